@@ -1,0 +1,31 @@
+"""User-facing errors: one clear line and exit code 2 from every executor.
+
+Anything the user can fix (bad file, bad key, bad value, bad shape) raises
+``UserError``; executors wrap their ``main`` with :func:`run_cli`, which prints
+``error: <message>`` and exits 2, or re-raises with ``--debug``.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, Sequence
+
+
+class UserError(Exception):
+    """An error caused by input the user controls (data, config, flags, weights)."""
+
+
+def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None = None) -> int:
+    """Run ``main(argv)``; turn UserError (and bad-input OS/HDF5 errors) into exit code 2."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        main(argv)
+    except UserError as exc:
+        if debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
