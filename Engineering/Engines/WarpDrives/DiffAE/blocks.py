@@ -1,0 +1,134 @@
+"""Building blocks of the DiffAE networks (BeatGANs / guided-diffusion family).
+
+Module and attribute names (``in_layers``, ``emb_layers``, ``cond_emb_layers``,
+``out_layers``, ``skip_connection``, ``norm``, ``qkv``, ``proj_out``) and the
+Sequential indices are part of the published checkpoint layout: keep them.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def conv_nd(dims: int, c_in: int, c_out: int, kernel: int) -> nn.Module:
+    """'Same' convolution in 1, 2 or 3 dimensions."""
+    cls = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[dims]
+    return cls(c_in, c_out, kernel, padding=kernel // 2)
+
+
+def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
+    """Sinusoidal embedding of (unscaled, integer) timesteps: [cos, sin] halves (guided-diffusion order)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) / half * torch.arange(half, dtype=torch.float32, device=t.device))
+    args = t.to(torch.float32)[:, None] * freqs[None]
+    emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class Resample(nn.Module):
+    """Parameter-free 2x down (average pooling) or up (nearest) sampling.
+
+    ``in_plane_only`` (3D) leaves the first spatial axis alone, as the published model.
+    """
+
+    def __init__(self, mode: str, dims: int, in_plane_only: bool):
+        super().__init__()
+        self.mode = mode
+        self.dims = dims
+        self.factor = (1, 2, 2) if (dims == 3 and in_plane_only) else (2,) * dims
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.mode == "down":
+            pool = F.avg_pool3d if self.dims == 3 else F.avg_pool2d
+            return pool(x, self.factor)
+        return F.interpolate(x, scale_factor=self.factor, mode="nearest")
+
+    def extra_repr(self) -> str:
+        return f"mode={self.mode}, factor={self.factor}"
+
+
+class ResBlock(nn.Module):
+    """Residual block: norm-SiLU-conv, then (if conditioned) norm, time scale-shift, z_sem scale, SiLU, dropout, conv.
+
+    With ``emb_dim`` the block is conditioned as in DiffAE: the time embedding gives a
+    scale and a shift, the semantic code a second scale, both applied right after the
+    second GroupNorm: h = GN(h) * (1 + s_t) + b_t, then h = h * (1 + s_z).
+    Without ``emb_dim`` (the semantic encoder) the block is only norm-SiLU-conv plus skip.
+    ``resample`` ("down"/"up") resamples inside the block, between the first
+    activation and conv, and on the skip path.
+    """
+
+    def __init__(self, c_in: int, c_out: int, dims: int, groups: int, emb_dim: int | None = None,
+                 dropout: float = 0.0, resample: Resample | None = None):
+        super().__init__()
+        self.c_out = c_out
+        self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), conv_nd(dims, c_in, c_out, 3))
+        self.resample = resample
+        self.conditioned = emb_dim is not None
+        if self.conditioned:
+            self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
+            self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
+            self.out_layers = nn.Sequential(nn.GroupNorm(groups, c_out), nn.SiLU(), nn.Dropout(dropout),
+                                            conv_nd(dims, c_out, c_out, 3))
+        self.skip_connection = nn.Identity() if c_in == c_out else conv_nd(dims, c_in, c_out, 1)
+
+    def forward(self, x: Tensor, emb: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        norm, act, conv = self.in_layers
+        if self.resample is not None:
+            h = conv(self.resample(act(norm(x))))
+            x = self.resample(x)
+        else:
+            h = conv(act(norm(x)))
+        if self.conditioned:
+            norm2, act2, drop, conv2 = self.out_layers
+            bcast = (-1, self.c_out) + (1,) * (h.ndim - 2)
+            scale, shift = self.emb_layers(emb).view(bcast[0], 2 * self.c_out, *bcast[2:]).chunk(2, dim=1)
+            cscale = 1 + self.cond_emb_layers(cond).view(bcast)
+            # ((GN(h) * (1 + s_t) + b_t) * (1 + s_z)) folded into one multiply-add over the feature map
+            h = torch.addcmul(shift * cscale, norm2(h), (1 + scale) * cscale)
+            h = conv2(drop(act2(h)))
+        return self.skip_connection(x) + h
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all spatial positions, with a residual connection.
+
+    The qkv projection's output is laid out head by head ([q, k, v] per head), as the
+    published weights (guided-diffusion "legacy" order). Attention itself goes through
+    ``scaled_dot_product_attention`` (default 1/sqrt(head_dim) scaling), which never
+    materialises the (tokens x tokens) matrix on CPU: in 3D that matrix dominated the
+    ancestor's cost.
+    """
+
+    def __init__(self, channels: int, groups: int, num_heads: int = 1):
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = conv_nd(1, channels, 3 * channels, 1)
+        self.proj_out = conv_nd(1, channels, channels, 1)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, c = x.shape[:2]
+        flat = x.reshape(b, c, -1)
+        n = flat.shape[-1]
+        d = c // self.num_heads
+        # tokens-last -> (b, heads, tokens, 3*d); q, k, v are views with unit stride on the channel axis
+        qkv = self.qkv(self.norm(flat)).view(b, self.num_heads, 3 * d, n).transpose(-1, -2)
+        q, k, v = qkv.split(d, dim=-1)
+        a = F.scaled_dot_product_attention(q, k, v)  # (b, heads, tokens, d)
+        a = a.transpose(-1, -2).reshape(b, c, n)
+        return (flat + self.proj_out(a)).view(x.shape)
+
+
+class EmbedSequential(nn.Sequential):
+    """A Sequential that hands the time embedding and z_sem condition to its ResBlocks."""
+
+    def forward(self, x: Tensor, emb: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
+        for layer in self:
+            x = layer(x, emb, cond) if isinstance(layer, ResBlock) else layer(x)
+        return x

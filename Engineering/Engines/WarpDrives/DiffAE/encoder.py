@@ -1,0 +1,51 @@
+"""Semantic encoder of DiffAE (Preechakul et al., CVPR 2022): image -> z_sem.
+
+The downsampling half of a BeatGANs UNet without time conditioning, ending in
+GroupNorm, SiLU, global average pooling and a 1x1 convolution to ``latent_dim``
+(the paper's "adaptive non-zero" pooling head).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd
+from .config import DiffAEConfig
+
+
+class GlobalAvgPool(nn.Module):
+    """Mean over all spatial axes, keeping them as size-1 axes (for the 1x1 conv that follows)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+
+
+class SemanticEncoder(nn.Module):
+    def __init__(self, cfg: DiffAEConfig):
+        super().__init__()
+        dims, groups, ch = cfg.dims, cfg.norm_groups, cfg.net_ch
+        attn_levels = cfg.attention_levels(cfg.enc_ch_mult)
+
+        def block(c_in: int, c_out: int, resample: str | None = None) -> ResBlock:
+            rs = Resample(resample, dims, cfg.in_plane_only) if resample else None
+            return ResBlock(c_in, c_out, dims, groups, emb_dim=None, resample=rs)
+
+        self.input_blocks = nn.ModuleList([EmbedSequential(conv_nd(dims, cfg.in_channels, ch, 3))])
+        for lvl, mult in enumerate(cfg.enc_ch_mult):
+            for _ in range(cfg.enc_num_res_blocks):
+                layers = [block(ch, cfg.net_ch * mult)]
+                ch = cfg.net_ch * mult
+                if lvl in attn_levels:
+                    layers.append(AttentionBlock(ch, groups, cfg.num_heads))
+                self.input_blocks.append(EmbedSequential(*layers))
+            if lvl != len(cfg.enc_ch_mult) - 1:
+                self.input_blocks.append(EmbedSequential(block(ch, ch, "down")))
+        self.middle_block = EmbedSequential(block(ch, ch), AttentionBlock(ch, groups, cfg.num_heads), block(ch, ch))
+        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), GlobalAvgPool(),
+                                 conv_nd(dims, ch, cfg.latent_dim, 1), nn.Flatten(1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = x
+        for module in self.input_blocks:
+            h = module(h)
+        return self.out(self.middle_block(h))

@@ -1,0 +1,22 @@
+"""What each executor contributes: default files, flag defaults and task-only flags."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from Engineering.config.flags import Flag
+from Engineering.config.loader import Task
+
+DIFFAE_FLAGS = (
+    Flag("test_with_TEval", ("eval", "test_with_TEval"), "bool", False,
+         "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
+)
+
+
+def diffae_task(configs: Path) -> Task:
+    return Task(
+        name="diffAE", description="Diffusion Autoencoder (Preechakul et al., CVPR 2022), 2D and 3D.",
+        configyml=str(configs / "config_diffAE.yaml"), datajson=str(configs / "dataNpath_demo.json"),
+        defaults={"input_shape": [64, 64], "latent_dim": 32, "batch_size": 8, "num_epochs": 2, "lr": 1e-4,
+                  "n_train_batches": 1.0, "model§drive": "DiffAE", "model§tag": "DiffAE"},
+        extra_flags=DIFFAE_FLAGS,
+    )

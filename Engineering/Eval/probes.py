@@ -1,0 +1,79 @@
+"""Linear probes: how linearly decodable a label is from the latents.
+
+Classification: standardise + multinomial logistic regression, both fitted inside
+each training fold (a scaler fitted on all data leaks test statistics), scored by
+balanced accuracy (mean per-class recall; Brodersen et al., ICPR 2010) and top-1
+accuracy. Regression: standardise + ridge-regularised linear regression whose
+penalty is chosen by efficient leave-one-out inside the training fold (RidgeCV),
+scored by R², averaged over repeated k-fold partitions. Linear probing as a
+representation benchmark follows Alain & Bengio (ICLR-W 2017) and Kolesnikov et
+al. (CVPR 2019). CIs: percentile bootstrap over out-of-fold predictions (see
+bootstrap.py).
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.model_selection import cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from Engineering.Eval import scores
+from Engineering.Eval.bootstrap import bootstrap_ci
+from Engineering.Eval.folds import classification_folds, regression_folds
+from Engineering.Eval.result import HIGHER, MetricResult
+
+METRICS = {
+    "probe_balanced_accuracy": "Linear probe (standardise + logistic regression, stratified CV): "
+                               "mean per-class recall. Higher is better; chance = 1/#classes.",
+    "probe_accuracy": "Linear probe top-1 accuracy. Higher is better; chance = share of the largest class.",
+    "r2": "Linear (ridge) regression R² of a continuous label, repeated k-fold. Higher is better; 0 = predicting the mean.",
+}
+RIDGE_ALPHAS = np.logspace(-3, 3, 13)
+
+
+def classification_oof(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
+                       n_splits: int, seed: int) -> np.ndarray:
+    """Out-of-fold logistic-regression predictions of ``y``."""
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+    folds = classification_folds(y, groups, n_splits, seed)
+    with warnings.catch_warnings():
+        # A probe that has not fully converged is still a valid (slightly pessimistic) probe.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        return cross_val_predict(model, Z, y, cv=folds)
+
+
+def linear_probe_classification(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None,
+                                n_splits: int, n_boot: int, seed: int) -> dict[str, MetricResult]:
+    """Balanced and top-1 accuracy of a cross-validated linear probe, with bootstrap CIs."""
+    pred = classification_oof(Z, y, groups, n_splits, seed)
+    _, counts = np.unique(y, return_counts=True)
+    n = len(y)
+    return {
+        "probe_balanced_accuracy": MetricResult.from_ci(
+            bootstrap_ci(scores.balanced_accuracy(y, pred), n, n_boot, seed, groups), HIGHER, n,
+            chance=1.0 / len(counts)),
+        "probe_accuracy": MetricResult.from_ci(
+            bootstrap_ci(scores.accuracy(y, pred), n, n_boot, seed, groups), HIGHER, n,
+            chance=counts.max() / n),
+    }
+
+
+def regression_oof(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
+                   n_repeats: int, seed: int) -> list[np.ndarray]:
+    """Out-of-fold ridge predictions of ``y``, one array per repeat."""
+    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+    return [cross_val_predict(model, Z, y, cv=folds)
+            for folds in regression_folds(len(y), groups, n_splits, n_repeats, seed)]
+
+
+def linear_regression_r2(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
+                         n_repeats: int, n_boot: int, seed: int) -> MetricResult:
+    """Mean out-of-fold R² over repeats; every resample is scored on all repeats alike."""
+    y = np.asarray(y, dtype=float)
+    preds = regression_oof(Z, y, groups, n_splits, n_repeats, seed)
+    stat = scores.mean_of([scores.r2(y, p) for p in preds])
+    return MetricResult.from_ci(bootstrap_ci(stat, len(y), n_boot, seed, groups), HIGHER, len(y), chance=0.0)

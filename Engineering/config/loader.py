@@ -1,0 +1,249 @@
+"""Build the run configuration from the command line.
+
+Precedence, lowest first: flag defaults (with the task's defaults), YAML
+(``--configyml_path``), dataNpath JSON (``--datajson_path``), explicit flags,
+path overrides (``--a§b VALUE``, ``--json§key VALUE``). Unlike the ancestor, a
+JSON key never overrides a flag given explicitly on the command line.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from Engineering.config import overrides as ov
+from Engineering.config.flags import BY_NAME, CONTROL, FLAGS, Flag
+from Engineering.config.schema import DataPaths, validate
+from Engineering.errors import UserError
+
+
+@dataclass
+class Task:
+    """What an executor contributes: its name, default files and flag defaults."""
+
+    name: str
+    description: str
+    configyml: str = ""
+    datajson: str = ""
+    defaults: dict[str, Any] = field(default_factory=dict)  # flag name or 'a§b' path -> value
+    extra_flags: tuple[Flag, ...] = ()
+
+
+def _argtype(flag: Flag):
+    if flag.type == "int":
+        return int
+    if flag.type == "float":
+        return float
+    if flag.type == "num":
+        return lambda s: float(s) if any(c in s for c in ".eE") else int(s)
+    if flag.type == "bool":
+        return _bool_arg
+    if flag.type == "ints":
+        return lambda s: [int(v) for v in s.replace("[", "").replace("]", "").replace("x", ",").split(",") if v.strip()]
+    if flag.type == "optstr":
+        return lambda s: None if s.lower() in {"", "none", "null"} else s
+    return str
+
+
+def _bool_arg(s: str) -> bool:
+    try:
+        return ov.parse_bool(s)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 through run_cli
+        raise UserError(message)
+
+
+def build_parser(task: Task) -> argparse.ArgumentParser:
+    """argparse with every flag, grouped for --help; defaults are suppressed so only explicit flags appear."""
+    parser = _Parser(prog=f"main_{task.name}.py", description=task.description, allow_abbrev=False,
+                     argument_default=argparse.SUPPRESS,
+                     epilog="Any config path can be set with --section§key§sub VALUE (or $ as separator); "
+                            "dataNpath keys with --json§key VALUE. See README.md.")
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for flag in CONTROL + FLAGS + task.extra_flags:
+        grp = groups.setdefault(flag.group, parser.add_argument_group(flag.group))
+        default = _task_default(task, flag)
+        help_ = f"{flag.help} [default: {default!r}]" + (f" (config: {'§'.join(flag.path)})" if flag.path else "")
+        help_ = help_.replace("%", "%%")
+        if flag.type == "bool":
+            grp.add_argument(f"--{flag.name}", nargs="?", const=True, type=_bool_arg, metavar="true|false", help=help_)
+            grp.add_argument(f"--no-{flag.name}", dest=flag.name, action="store_false", help=argparse.SUPPRESS)
+        else:
+            grp.add_argument(f"--{flag.name}", type=_argtype(flag), choices=flag.choices, metavar=flag.type.upper(),
+                             help=help_)
+    return parser
+
+
+def _task_default(task: Task, flag: Flag):
+    if flag.name == "configyml_path":
+        return task.configyml
+    if flag.name == "datajson_path":
+        return task.datajson
+    return task.defaults.get(flag.name, flag.default)
+
+
+def split_argv(argv: Sequence[str], known: dict[str, str]) -> tuple[list[str], list[ov.Override]]:
+    """Separate known flags (for argparse) from path overrides.
+
+    ``known`` maps a flag name to 'value', 'bool' (optional true/false) or
+    'none'. Done by hand so that an unknown ``--name`` is never captured by a
+    known flag's prefix, and values such as ``-5``, ``-1e-3`` or ``a=b`` stay
+    values (each known flag is handed to argparse as ``--name=value``).
+    """
+    flags, overrides = [], []
+    i = 0
+    while i < len(argv):
+        tok = argv[i]
+        if not (tok.startswith("--") and len(tok) > 2):
+            raise UserError(f"unexpected argument {tok!r} (flags start with --)")
+        name, eq, value = tok[2:].partition("=")
+        kind = known.get(name)
+        has_next = i + 1 < len(argv)
+        if kind is None:
+            if not eq:
+                if not has_next:
+                    raise UserError(f"override --{name} needs a value")
+                value, i = argv[i + 1], i + 1
+            overrides.append(ov.Override(ov.split_path(name), value))
+        elif eq or kind == "none":
+            flags.append(tok)
+        elif kind == "value":
+            if not has_next:
+                raise UserError(f"flag --{name} needs a value")
+            flags.append(f"--{name}={argv[i + 1]}")
+            i += 1
+        else:  # optional boolean value
+            nxt = argv[i + 1] if has_next else ""
+            if nxt.lower() in ov.BOOL_WORDS:
+                flags.append(f"--{name}={nxt}")
+                i += 1
+            else:
+                flags.append(tok)
+        i += 1
+    return flags, overrides
+
+
+def read_yaml(path: str | Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = yaml.safe_load(fh)
+    except FileNotFoundError:
+        raise UserError(f"config YAML not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise UserError(f"config YAML {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"config YAML {path} must hold a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def read_json(path: str | Path) -> dict:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except FileNotFoundError:
+        raise UserError(f"dataNpath JSON not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"dataNpath JSON {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"dataNpath JSON {path} must hold an object")
+    return data
+
+
+def deep_merge(base: dict, upper: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, val in upper.items():
+        if isinstance(val, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], val)
+        else:
+            out[key] = copy.deepcopy(val)
+    return out
+
+
+def _set(cfg: dict, path: tuple[str, ...], value) -> None:
+    node = cfg
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+@dataclass
+class Resolved:
+    cfg: Any  # the validated pydantic Config
+    raw: dict  # the same as plain data (what resolved_config.yaml holds)
+    control: dict  # print_config, debug, strict_overrides, file paths
+
+
+def resolve(argv: Sequence[str], task: Task) -> Resolved:
+    """Merge every source in order of precedence and validate."""
+    parser = build_parser(task)
+    known = {}
+    for action in parser._actions:
+        kind = "bool" if action.nargs == "?" else "value" if action.nargs is None and action.type else "none"
+        known.update({opt[2:]: kind for opt in action.option_strings})
+    flag_argv, overrides = split_argv(argv, known)
+    explicit = vars(parser.parse_args(flag_argv))
+    control = {f.name: explicit.pop(f.name, _task_default(task, f)) for f in CONTROL}
+
+    all_flags = FLAGS + task.extra_flags
+    cfg: dict = {s: {} for s in ("run", "training", "model", "data", "eval")}
+    for flag in all_flags:
+        _set(cfg, flag.path, copy.deepcopy(_task_default(task, flag)))
+    for key, val in task.defaults.items():  # path-style task defaults ('model§DiffAE§net_ch')
+        if ov.is_path_flag(key):
+            _set(cfg, ov.split_path(key), copy.deepcopy(val))
+
+    if control["configyml_path"]:
+        cfg = deep_merge(cfg, read_yaml(control["configyml_path"]))
+    data_json = read_json(control["datajson_path"]) if control["datajson_path"] else {}
+    flag_by_name = {f.name: f for f in all_flags}
+    cfg["json"] = DataPaths().model_dump()
+    for key, val in data_json.items():
+        if key in flag_by_name:  # the ancestor allowed flags in the JSON: they rank above YAML, below the CLI
+            _set(cfg, flag_by_name[key].path, val)
+        else:
+            cfg["json"][key] = val
+
+    for name, val in explicit.items():
+        _set(cfg, flag_by_name[name].path, val)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ov.OverrideWarning)
+        for item in overrides:
+            _apply(cfg, item, control["strict_overrides"], flag_by_name)
+    for w in caught:
+        print(f"warning: {w.message}")
+
+    validated = validate(cfg, task.extra_flags)
+    return Resolved(validated, validated.model_dump(mode="json", by_alias=True), control)
+
+
+def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict) -> None:
+    if len(item.path) == 1:
+        # An unknown single-word flag: the ancestor made it a top-level key; we warn with the closest flag.
+        name = item.path[0]
+        if name in cfg:
+            raise UserError(f"--{name} names a config section; set a key inside it, e.g. --{name}§KEY VALUE")
+        hint = ov.closest_key(name, list(BY_NAME) + list(cfg))
+        msg = f"unknown flag --{name}" + (f" (did you mean --{hint}?)" if hint else "")
+        if strict:
+            raise UserError(msg)
+        print(f"warning: {msg}; stored as top-level config key '{name}'")
+        cfg[name] = ov.parse_new_value(item.raw)
+        return
+    ov.apply_override(cfg, item, strict)
+
+
+def dump_yaml(raw: dict) -> str:
+    return yaml.safe_dump(raw, sort_keys=False, default_flow_style=None, allow_unicode=True)

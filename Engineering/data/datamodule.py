@@ -1,0 +1,130 @@
+"""The Lightning DataModule: config -> index -> fold -> datasets -> loaders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import h5py
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Subset
+
+from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
+from Engineering.data.demo import ensure_demo
+from Engineering.data.folds import WHOLE_FILE, Fold, is_whole_file, read_fold
+from Engineering.data.index import load_records, selection_from
+from Engineering.data.transforms import VOLUME_NORMS, axis_perm
+from Engineering.errors import UserError
+
+
+def data_dir(paths_cfg) -> Path:
+    """``@demo`` is the bundled demo cohort, written on first use."""
+    if paths_cfg.datadir == "@demo":
+        return ensure_demo()
+    return Path(paths_cfg.datadir).expanduser()
+
+
+def sample_spec(cfg) -> SampleSpec:
+    p, d, m = cfg.paths, cfg.data, cfg.model
+    split_t = True if p.DS_split_time is None else p.DS_split_time
+    split_s = (not m.is3D) if p.DS_split_volume is None else p.DS_split_volume
+    if d.norm_type != "zscore" and d.prenorm not in ("", "none"):
+        raise UserError(f"data§prenorm={d.prenorm!r} only applies with norm_type zscore (norm_type is {d.norm_type})")
+    return SampleSpec(is3D=m.is3D, input_shape=tuple(m.input_shape), perm=axis_perm(p.DS_channel_dim, p.DS_slice_dim),
+                      split_c=not p.DS_multi_channel, split_t=split_t, split_s=split_s, norm_type=d.norm_type,
+                      prenorm=str(d.prenorm), croppad=d.croppad, interp_fact=d.interp_fact,
+                      complex_mode=d.complex_mode, grey2RGB=d.grey2RGB, mask_mode=d.data_mask_mode,
+                      flip_prob=d.flip_prob, flip_axes=tuple(getattr(d, "flip_axes", ()) or ()))
+
+
+class H5DataModule(L.LightningDataModule):
+    def __init__(self, cfg, merge_train_val: bool = False):
+        super().__init__()
+        self.cfg, self.merge_train_val = cfg, merge_train_val
+        self.spec = sample_spec(cfg)
+        root = data_dir(cfg.paths)
+        self.h5file = root / cfg.paths.datafile
+        self.mask_file = None
+        if cfg.data.data_mask_mode:
+            self.mask_file = root / "meta_mask.h5"
+            if not self.mask_file.is_file():
+                raise UserError(f"data§data_mask_mode={cfg.data.data_mask_mode} needs {self.mask_file}, which is missing")
+        fold_ref = cfg.paths.foldCSV
+        self.fold = WHOLE_FILE if is_whole_file(fold_ref) else read_fold(self._resolve(root, fold_ref), cfg.run.foldID)
+        sel = selection_from(cfg.paths, need_minmax=cfg.data.norm_type in VOLUME_NORMS
+                             or str(cfg.data.prenorm) in VOLUME_NORMS)
+        self.records, self.cache_hit = load_records(self.h5file, sel)
+        if not self.records:
+            raise UserError(f"no dataset in {self.h5file} matches the selection (json§DS_selected_primaries="
+                            f"{cfg.paths.DS_selected_primaries!r}, DS_selected_auxiliaries="
+                            f"{cfg.paths.DS_selected_auxiliaries!r}, DS_sanity_filters={cfg.paths.DS_sanity_filters!r})")
+        self._check_fold_ids()
+        self._datasets: dict[str, H5Samples] = {}
+
+    @staticmethod
+    def _resolve(root: Path, ref) -> Path:
+        path = Path(str(ref)).expanduser()
+        return path if path.is_absolute() or path.exists() else root / path
+
+    def _check_fold_ids(self) -> None:
+        if self.fold is WHOLE_FILE:
+            return
+        with h5py.File(self.h5file, "r") as h5:
+            in_file = set(h5.keys())
+        for split in ("train", "val", "test"):
+            absent = [p for p in self.fold.ids(split) if p not in in_file]
+            if absent:
+                raise UserError(f"{len(absent)} patient ID(s) of fold {self.cfg.run.foldID} split '{split}' are not in "
+                                f"{self.h5file}: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+
+    def split_ids(self, split: str) -> set[str] | None:
+        if self.fold is WHOLE_FILE:
+            return None
+        ids = set(self.fold.ids(split))
+        if split == "train" and self.merge_train_val:
+            ids |= set(self.fold.val)
+        return ids
+
+    def dataset(self, split: str) -> H5Samples:
+        if split not in self._datasets:
+            ids = self.split_ids(split)
+            keep = [i for i, r in enumerate(self.records) if ids is None or r.patientID in ids]
+            records = [self.records[i] for i in keep]
+            if not records:
+                raise UserError(f"the '{split}' split of fold {self.cfg.run.foldID} has no selected datasets")
+            samples = enumerate_samples(records, self.spec)
+            ds = H5Samples(self.h5file, records, samples, self.spec, train=split == "train",
+                           mask_file=self.mask_file, seed=self.cfg.training.seed)
+            self._datasets[split] = ds
+        return self._datasets[split]
+
+    def _loader(self, ds, shuffle: bool) -> DataLoader:
+        run = self.cfg.run
+        workers = run.num_workers
+        gen = torch.Generator().manual_seed(self.cfg.training.seed)
+        return DataLoader(ds, batch_size=self.cfg.training.batch_size, shuffle=shuffle, num_workers=workers,
+                          pin_memory=run.pin_memory, generator=gen if shuffle else None,
+                          prefetch_factor=run.prefetch_factor if workers > 0 else None,
+                          persistent_workers=workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("train"), shuffle=True)
+
+    def val_subset(self):
+        """A fixed, seeded subset when n_val_batches is a fraction (< 1)."""
+        ds = self.dataset("val")
+        frac = self.cfg.training.n_val_batches
+        if isinstance(frac, float) and 0 < frac < 1:
+            n = max(1, int(round(frac * len(ds))))
+            idx = np.sort(np.random.default_rng(self.cfg.training.seed).choice(len(ds), n, replace=False))
+            return Subset(ds, idx.tolist())
+        return ds
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_subset(), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.dataset("test"), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self.test_dataloader()

@@ -1,0 +1,165 @@
+"""A torch Dataset over the 5D HDF5 contract that reads only what each sample needs.
+
+A sample is one (channel, time, slice) selection: an axis that is split
+contributes one index, an axis that is not split is read whole. A 2D model gets
+C x X x Y, a 3D model C x S x X x Y; unsplit axes the model has no room for
+(time for both, slice for 2D) are folded into channels. The file is opened
+lazily, once per worker process, and read with h5py slicing, so a sample never
+loads its whole dataset.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from Engineering.data import transforms as T
+from Engineering.data.index import DatasetRecord
+from Engineering.errors import UserError
+
+
+@dataclass(frozen=True)
+class SampleRef:
+    record: int
+    c: int | None  # None: the whole axis
+    t: int | None
+    s: int | None
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How records become model inputs (from the config's data/model/json sections)."""
+
+    is3D: bool
+    input_shape: tuple[int, ...]
+    perm: tuple[int, ...] = (0, 1, 2, 3, 4)
+    split_c: bool = False
+    split_t: bool = True
+    split_s: bool = True
+    norm_type: str = "minmax"
+    prenorm: str = "none"
+    croppad: bool = True
+    interp_fact: float = 1.0
+    complex_mode: str = "magnitude"
+    grey2RGB: bool = False
+    mask_mode: int = 0
+    flip_prob: float = 0.0
+    flip_axes: tuple[int, ...] = field(default_factory=tuple)
+
+    def logical_shape(self, rec: DatasetRecord) -> tuple[int, ...]:
+        return tuple(rec.shape[p] for p in self.perm)
+
+
+def enumerate_samples(records: list[DatasetRecord], spec: SampleSpec) -> list[SampleRef]:
+    out = []
+    for i, rec in enumerate(records):
+        C, Tn, S = spec.logical_shape(rec)[:3]
+        cs = range(C) if spec.split_c else [None]
+        ts = range(Tn) if spec.split_t else [None]
+        ss = range(S) if spec.split_s else [None]
+        out.extend(SampleRef(i, c, t, s) for c in cs for t in ts for s in ss)
+    return out
+
+
+class H5Samples(Dataset):
+    def __init__(self, h5file: str | Path, records: list[DatasetRecord], samples: list[SampleRef],
+                 spec: SampleSpec, train: bool = False, mask_file: str | Path | None = None, seed: int = 0):
+        self.h5file, self.records, self.samples, self.spec = str(h5file), records, samples, spec
+        self.train, self.mask_file, self.seed = train, (str(mask_file) if mask_file else None), seed
+        self._files: dict[str, h5py.File] = {}
+        self._pid = None
+        self._epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch = epoch
+
+    def _file(self, path: str) -> h5py.File:
+        if self._pid != os.getpid():  # a forked worker must not share the parent's HDF5 handle
+            self._files, self._pid = {}, os.getpid()
+        if path not in self._files:
+            self._files[path] = h5py.File(path, "r")
+        return self._files[path]
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_files"], state["_pid"] = {}, None
+        return state
+
+    def read_raw(self, ref: SampleRef, path: str | None = None) -> np.ndarray:
+        """The logical (c, t, s, X, Y) block of one sample, read by slicing (split axes have length 1)."""
+        rec = self.records[ref.record]
+        raw_sel = [slice(None)] * 5
+        for logical, idx in enumerate((ref.c, ref.t, ref.s)):
+            if idx is not None:
+                raw_sel[self.spec.perm[logical]] = slice(idx, idx + 1)
+        where = f"{path or self.h5file}:{rec.h5path}"
+        try:
+            block = self._file(path or self.h5file)[rec.h5path][tuple(raw_sel)]
+        except KeyError:
+            raise UserError(f"{where} is missing") from None
+        return np.transpose(block, self.spec.perm)
+
+    def _to_model_layout(self, block: np.ndarray) -> np.ndarray:
+        c, t, s, x, y = block.shape
+        if self.spec.is3D:
+            return block.reshape(c * t, s, x, y)
+        return block.reshape(c * t * s, x, y)
+
+    def __getitem__(self, i: int) -> dict:
+        ref = self.samples[i]
+        rec = self.records[ref.record]
+        spec = self.spec
+        block = self.read_raw(ref)
+        if not np.isfinite(block).all():
+            raise UserError(f"{self.h5file}:{rec.h5path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})")
+        x = self._to_model_layout(T.complex_to_real(block, spec.complex_mode))
+        mask = None
+        if spec.mask_mode and self.mask_file:
+            mask = self._to_model_layout(self.read_raw(ref, self.mask_file).astype(np.float32))
+        scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm)
+        affine = np.stack([scale, offset], 1)
+        x = T.apply_affine(x, affine)
+        x = self._spatial(x, rec)
+        if mask is not None:
+            mask = (self._spatial(mask, rec) > 0.5).astype(np.float32)
+            if spec.mask_mode == 1:
+                x = x * mask
+        if spec.grey2RGB and x.shape[0] == 1:
+            x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
+        if self.train and spec.flip_prob > 0 and spec.flip_axes:
+            rng = np.random.default_rng((self.seed, self._epoch, i))
+            x = T.random_flip(x, spec.flip_axes, spec.flip_prob, rng)
+        out = {"inp": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+               "affine": torch.from_numpy(affine.astype(np.float32)), "index": i}
+        if mask is not None and spec.mask_mode == 2:
+            out["mask"] = torch.from_numpy(np.ascontiguousarray(mask))
+        return out
+
+    def _spatial(self, x: np.ndarray, rec: DatasetRecord) -> np.ndarray:
+        x = T.resample(x, self.spec.interp_fact)
+        want = tuple(self.spec.input_shape)
+        have = x.shape[1:]
+        if len(want) != len(have):
+            raise UserError(f"model§input_shape {list(want)} needs {len(have)} sizes for this "
+                            f"{'3D' if self.spec.is3D else '2D'} model (got {len(want)})")
+        if have != want:
+            if not self.spec.croppad:
+                raise UserError(f"{self.h5file}:{rec.h5path} gives samples of spatial shape {list(have)} but "
+                                f"model§input_shape is {list(want)}; use --croppad true or change --input_shape")
+            x = T.crop_or_pad(x, want)
+        return x
+
+    def describe(self, i: int) -> dict:
+        """IDs and indices of sample i, for the output files."""
+        ref = self.samples[i]
+        rec = self.records[ref.record]
+        return {"patientID": rec.patientID, "fieldID": rec.fieldID, "instanceID": rec.instanceID, "key": rec.key,
+                "c": ref.c, "t": ref.t, "s": ref.s, "record": ref.record}

@@ -1,0 +1,159 @@
+"""The sample index: which datasets of data.h5 are selected and how they split into samples.
+
+Walking the HDF5 tree of a large cohort is the slow part, so the list of
+selected datasets is cached outside the data folder (the data may be
+read-only), keyed on the file's path, size and mtime and on the selection; any
+change rebuilds it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from Engineering.data.layout import parse_key
+from Engineering.errors import UserError
+
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The dataNpath DS_* keys that decide which datasets are used."""
+
+    primaries: tuple[str, ...] = ()
+    auxiliaries: tuple[str, ...] = ()
+    every_primary: bool = True
+    include_repeat: bool = True
+    sanity_filters: tuple[tuple[int, int], ...] = ()  # (raw axis, required size)
+    need_minmax: bool = False  # a volumetric normalisation needs min_val/max_val
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    patientID: str
+    fieldID: str
+    instanceID: str
+    key: str
+    shape: tuple[int, ...]
+    is_complex: bool
+    min_val: float | None
+    max_val: float | None
+
+    @property
+    def h5path(self) -> str:
+        return f"{self.patientID}/{self.fieldID}/{self.instanceID}/{self.key}"
+
+
+def _as_list(value) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return tuple(v.strip() for v in value.split(",") if v.strip())
+    return tuple(value or ())
+
+
+def selection_from(paths_cfg, need_minmax: bool) -> Selection:
+    filters = []
+    for name, size in (paths_cfg.DS_sanity_filters or {}).items():
+        if not (name.startswith("dim") and name[3:].isdigit() and 0 <= int(name[3:]) < 5):
+            raise UserError(f"json§DS_sanity_filters: key {name!r} must be dim0..dim4")
+        filters.append((int(name[3:]), int(size)))
+    return Selection(_as_list(paths_cfg.DS_selected_primaries), _as_list(paths_cfg.DS_selected_auxiliaries),
+                     paths_cfg.DS_every_primary, paths_cfg.DS_include_repeatAcq, tuple(sorted(filters)), need_minmax)
+
+
+def key_selected(key: str, sel: Selection) -> bool:
+    """Selected primaries/auxiliaries match the full key, its stem (no repeat) or its base (no plane, no repeat)."""
+    parsed = parse_key(key)
+    if parsed is None:
+        return False
+    if not sel.include_repeat and parsed.repeat not in (None, 0):
+        return False
+    names = {parsed.key, parsed.stem, parsed.base}
+    if parsed.kind == "primary":
+        return bool(names & set(sel.primaries)) if sel.primaries else sel.every_primary
+    return bool(names & set(sel.auxiliaries))
+
+
+def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
+    """Walk patient/field/instance/key and keep the selected, valid datasets."""
+    records = []
+    try:
+        h5 = h5py.File(h5file, "r")
+    except FileNotFoundError:
+        raise UserError(f"data file not found: {h5file}") from None
+    except OSError as exc:
+        raise UserError(f"{h5file} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
+    with h5:
+        for pid, pgrp in h5.items():
+            for fid, fgrp in _groups(pgrp):
+                for iid, igrp in _groups(fgrp):
+                    for key, ds in igrp.items():
+                        if not isinstance(ds, h5py.Dataset) or not key_selected(key, sel):
+                            continue
+                        records.append(_record(h5file, pid, fid, iid, key, ds, sel))
+    return [r for r in records if r is not None]
+
+
+def _groups(grp):
+    if isinstance(grp, h5py.Group):
+        for name, child in grp.items():
+            if isinstance(child, h5py.Group):
+                yield name, child
+
+
+def _record(h5file, pid, fid, iid, key, ds: h5py.Dataset, sel: Selection) -> DatasetRecord | None:
+    where = f"{h5file}:{pid}/{fid}/{iid}/{key}"
+    if ds.ndim != 5:
+        raise UserError(f"{where} has shape {ds.shape}: the contract needs 5D Channel x Time x Slice x X x Y")
+    if not (np.issubdtype(ds.dtype, np.number) or ds.dtype.kind == "b"):
+        raise UserError(f"{where} has non-numeric dtype {ds.dtype}")
+    if any(ds.shape[axis] != size for axis, size in sel.sanity_filters):
+        return None
+    lo, hi = ds.attrs.get("min_val"), ds.attrs.get("max_val")
+    if sel.need_minmax and (lo is None or hi is None):
+        raise UserError(f"{where} lacks the min_val/max_val attributes that volumetric normalisation "
+                        "(minmaxvol/divbymaxvol) needs; add them (preprocess/validate_h5.py) or choose another norm_type")
+    return DatasetRecord(str(pid), str(fid), str(iid), str(key), tuple(int(s) for s in ds.shape),
+                         bool(np.issubdtype(ds.dtype, np.complexfloating)),
+                         None if lo is None else float(np.asarray(lo).ravel()[0]),
+                         None if hi is None else float(np.asarray(hi).ravel()[0]))
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("IMLATENT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imlatent")
+    return Path(root) / "index"
+
+
+def cache_key(h5file: str | Path, sel: Selection) -> str:
+    st = os.stat(h5file)
+    ident = {"v": INDEX_VERSION, "path": str(Path(h5file).resolve()), "size": st.st_size,
+             "mtime": st.st_mtime_ns, "sel": asdict(sel)}
+    return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def load_records(h5file: str | Path, sel: Selection, use_cache: bool = True) -> tuple[list[DatasetRecord], bool]:
+    """The selected datasets, from the cache when it is still valid. Returns (records, cache_hit)."""
+    if not Path(h5file).is_file():
+        raise UserError(f"data file not found: {h5file}")
+    path = cache_dir() / f"{cache_key(h5file, sel)}.json"
+    if use_cache and path.is_file():
+        try:
+            rows = json.loads(path.read_text())
+            return [DatasetRecord(**{**r, "shape": tuple(r["shape"])}) for r in rows], True
+        except (ValueError, TypeError, KeyError):
+            pass  # a damaged cache entry is rebuilt
+    records = scan(h5file, sel)
+    if use_cache:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps([asdict(r) for r in records]))
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home only costs a rescan next time
+    return records, False

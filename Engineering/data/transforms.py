@@ -1,0 +1,139 @@
+"""Sample transforms, each with what is needed to undo it.
+
+Every intensity normalisation here is affine per channel, ``y = x * scale + offset``,
+so one (C, 2) array of (scale, offset) per sample inverts any of them; that is
+how reconstructions are written back in original units.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from Engineering.errors import UserError
+
+SAMPLE_NORMS = ("minmax", "divbymax")
+VOLUME_NORMS = ("minmaxvol", "divbymaxvol")
+_EPS = 1e-8
+
+
+def axis_perm(channel_dim: int, slice_dim: int) -> tuple[int, ...]:
+    """Logical axis j reads raw axis perm[j]: swap channel_dim with 0, then slice_dim with 2."""
+    perm = list(range(5))
+    for target, source in ((0, channel_dim), (2, slice_dim)):
+        if not 0 <= source < 5:
+            raise UserError(f"json§DS_{'channel' if target == 0 else 'slice'}_dim must be in 0..4, got {source}")
+        perm[target], perm[source] = perm[source], perm[target]
+    return tuple(perm)
+
+
+def complex_to_real(arr: np.ndarray, mode: str) -> np.ndarray:
+    """Complex (C, ...) -> real channels; magphase and realimag double the channels."""
+    if not np.iscomplexobj(arr):
+        return arr.astype(np.float32, copy=False)
+    if mode == "magnitude":
+        out = np.abs(arr)
+    elif mode == "real":
+        out = arr.real
+    elif mode == "imaginary":
+        out = arr.imag
+    elif mode == "phase":
+        out = np.angle(arr)
+    elif mode == "magphase":
+        out = np.concatenate([np.abs(arr), np.angle(arr)], axis=0)
+    elif mode == "realimag":
+        out = np.concatenate([arr.real, arr.imag], axis=0)
+    else:
+        raise UserError(f"data§complex_mode {mode!r} is not one of magnitude, real, imaginary, phase, magphase, realimag")
+    return out.astype(np.float32, copy=False)
+
+
+def _prenorm_affine(x: np.ndarray, prenorm: str, vol: tuple[float | None, float | None]) -> tuple[float, float]:
+    if prenorm in ("", "none"):
+        return 1.0, 0.0
+    try:
+        return 1.0 / float(prenorm), 0.0  # a numeric prenorm such as 255 (the ancestor crashed here)
+    except ValueError:
+        pass
+    if prenorm == "zscore":
+        raise UserError("data§prenorm cannot be zscore itself")
+    s, o = norm_affine(x, prenorm, vol)
+    return float(s[0]), float(o[0])
+
+
+def norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | None] = (None, None),
+                prenorm: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, offset) of the normalisation of sample ``x`` (C, ...)."""
+    n_ch = x.shape[0]
+    ones, zeros = np.ones(n_ch, np.float64), np.zeros(n_ch, np.float64)
+    if norm_type == "none":
+        return ones, zeros
+    if norm_type in SAMPLE_NORMS:
+        lo, hi = float(x.min()), float(x.max())
+    elif norm_type in VOLUME_NORMS:
+        lo, hi = vol
+        if lo is None or hi is None:
+            raise UserError(f"norm_type {norm_type} needs the min_val/max_val dataset attributes")
+    elif norm_type == "zscore":
+        s0, o0 = _prenorm_affine(x, prenorm, vol)
+        flat = x.reshape(n_ch, -1).astype(np.float64) * s0 + o0
+        mean, std = flat.mean(1), flat.std(1)
+        inv = 1.0 / np.maximum(std, _EPS)
+        return s0 * inv, (o0 - mean) * inv
+    else:
+        raise UserError(f"unknown norm_type {norm_type!r}")
+    if norm_type.startswith("minmax"):
+        scale = 1.0 / max(hi - lo, _EPS)
+        return ones * scale, zeros - lo * scale
+    return ones / max(abs(hi), _EPS), zeros
+
+
+def apply_affine(x: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """``affine`` is (C, 2) = (scale, offset); x is (C, ...)."""
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    return (x * affine[:, 0].reshape(shape) + affine[:, 1].reshape(shape)).astype(np.float32)
+
+
+def invert_affine(y, affine):
+    """Back to original units; works on numpy arrays or tensors, batched (B, C, ...) or not."""
+    scale, offset = affine[..., 0], affine[..., 1]
+    extra = y.ndim - scale.ndim
+    shape = tuple(scale.shape) + (1,) * extra
+    return (y - offset.reshape(shape)) / scale.reshape(shape)
+
+
+def resample(x: np.ndarray, fact: float) -> np.ndarray:
+    """In-plane (last two axes) resampling by ``fact`` (linear interpolation)."""
+    if fact == 1.0:
+        return x
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    lead = t.shape[:-2]
+    t = t.reshape(1, -1, *t.shape[-2:])
+    t = F.interpolate(t, scale_factor=fact, mode="bilinear", align_corners=False, recompute_scale_factor=False)
+    return t.reshape(*lead, *t.shape[-2:]).numpy()
+
+
+def crop_or_pad(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Centre crop or zero-pad the trailing len(shape) axes to ``shape``."""
+    lead = x.ndim - len(shape)
+    slices, pads = [slice(None)] * lead, [(0, 0)] * lead
+    for size, want in zip(x.shape[lead:], shape):
+        if size >= want:
+            start = (size - want) // 2
+            slices.append(slice(start, start + want))
+            pads.append((0, 0))
+        else:
+            slices.append(slice(None))
+            before = (want - size) // 2
+            pads.append((before, want - size - before))
+    out = x[tuple(slices)]
+    return np.pad(out, pads) if any(p != (0, 0) for p in pads) else out
+
+
+def random_flip(x: np.ndarray, axes: tuple[int, ...], prob: float, rng: np.random.Generator) -> np.ndarray:
+    """Flip each spatial axis in ``axes`` (0 = first spatial axis) with probability ``prob``."""
+    lead = 1  # channel axis
+    for axis in axes:
+        if rng.random() < prob:
+            x = np.flip(x, axis=lead + axis)
+    return np.ascontiguousarray(x)

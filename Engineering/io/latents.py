@@ -1,0 +1,151 @@
+"""Read latents written by a run (emb.h5 / emb.tsv / emb.parquet) into one flat table.
+
+The flat layout is the output contract's table: one row per computed sample with
+``patientID, fieldID, instanceID, key, c, t, s, Z0..Z{L-1}`` (IDs as strings,
+c/t/s as ints). emb.h5 holds, per ``patientID/fieldID/instanceID/key``, an array
+(n_channel, n_time, n_slice, latent_dim) that is NaN where nothing was computed;
+those all-NaN rows are dropped here, partly-NaN rows are kept so that the caller
+can report them.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from Engineering.errors import UserError
+
+ID_COLUMNS = ("patientID", "fieldID", "instanceID", "key")
+INDEX_COLUMNS = ("c", "t", "s")
+SAMPLE_COLUMNS = ID_COLUMNS + INDEX_COLUMNS
+_Z_COLUMN = re.compile(r"^Z(\d+)$")
+# Searched in this order inside a run folder: parquet is the fastest to read.
+_FILE_NAMES = ("emb.parquet", "emb.tsv", "emb.h5")
+
+
+def z_columns(df: pd.DataFrame) -> list[str]:
+    """The latent columns ``Z0..Z{L-1}`` in numeric order (Z10 after Z9)."""
+    found = [(int(m.group(1)), c) for c in df.columns if (m := _Z_COLUMN.match(str(c)))]
+    return [c for _, c in sorted(found)]
+
+
+def resolve_latent_file(path: str | Path) -> Path:
+    """A latent file from a file path, a run folder (``<run>/Output/emb.*``) or an Output folder."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"latents not found: {path}")
+    if path.is_file():
+        return path
+    outputs = [path / "Output"] if (path / "Output").is_dir() else sorted(path.glob("Output_*"))
+    if len(outputs) > 1:
+        names = ", ".join(p.name for p in outputs)
+        raise UserError(f"{path} has several output folders ({names}); pass the one to use")
+    for folder in outputs + [path]:
+        for name in _FILE_NAMES:
+            if (folder / name).is_file():
+                return folder / name
+    raise UserError(f"no {'/'.join(_FILE_NAMES)} in {path} or its Output folder")
+
+
+def read_latents(path: str | Path) -> pd.DataFrame:
+    """The flat latent table of an emb.h5 / emb.tsv / emb.csv / emb.parquet file or a run folder."""
+    file = resolve_latent_file(path)
+    suffix = file.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            df = pd.read_parquet(file)
+        elif suffix in (".tsv", ".txt", ".csv"):
+            sep = "," if suffix == ".csv" else "\t"
+            df = pd.read_csv(file, sep=sep, dtype={c: str for c in ID_COLUMNS})
+        elif suffix in (".h5", ".hdf5"):
+            df = _read_h5(file)
+        else:
+            raise UserError(f"unknown latent format '{file.suffix}' for {file} "
+                            "(expected emb.h5, emb.tsv, emb.csv or emb.parquet)")
+    except UserError:
+        raise
+    except (OSError, ValueError, ImportError) as exc:  # unreadable or corrupt file
+        raise UserError(f"cannot read latents {file}: {exc}") from exc
+    return _normalise(df, file)
+
+
+def latent_arrays(df: pd.DataFrame, dtype=np.float64) -> tuple[pd.DataFrame, np.ndarray]:
+    """(sample IDs, Z matrix) of a flat latent table; rows stay aligned."""
+    cols = z_columns(df)
+    if not cols:
+        raise UserError("the latent table has no Z0..Z{L-1} columns")
+    ids = df[[c for c in df.columns if c not in cols]].reset_index(drop=True)
+    return ids, df[cols].to_numpy(dtype=dtype)
+
+
+def _normalise(df: pd.DataFrame, file: Path) -> pd.DataFrame:
+    """Check the Z columns, fill optional ID columns and fix their types."""
+    cols = z_columns(df)
+    if not cols:
+        raise UserError(f"{file} has no latent columns Z0..Z{{L-1}} (columns: {', '.join(map(str, df.columns[:10]))})")
+    if "patientID" not in df.columns:
+        raise UserError(f"{file} has no patientID column")
+    df = df.copy()
+    # Tables made outside the pipeline may hold one row per patient only.
+    for col in ID_COLUMNS[1:]:
+        if col not in df.columns:
+            df[col] = "0" if col != "key" else "primary"
+    for col in INDEX_COLUMNS:
+        if col not in df.columns:
+            df[col] = 0
+    for col in ID_COLUMNS:
+        df[col] = df[col].astype(str).str.strip()
+    for col in INDEX_COLUMNS:
+        df[col] = pd.to_numeric(df[col], errors="raise").astype(np.int64)
+    df[cols] = df[cols].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+    if df.empty:
+        raise UserError(f"{file} holds no computed latents")
+    return df[list(SAMPLE_COLUMNS) + cols].reset_index(drop=True)
+
+
+def _read_h5(file: Path) -> pd.DataFrame:
+    """Flatten emb.h5 (patient/field/instance groups, one (C,T,S,L) array per key)."""
+    import h5py  # only needed for this format
+
+    parts: list[pd.DataFrame] = []
+    latent_dim = None
+    with h5py.File(file, "r") as h5:
+        for pid, fields in h5.items():
+            for fid, instances in _groups(fields):
+                for iid, inst in _groups(instances):
+                    for key, ds in inst.items():
+                        if not isinstance(ds, h5py.Dataset):
+                            continue
+                        if ds.ndim != 4:
+                            raise UserError(f"{file}:{ds.name} has shape {ds.shape}; "
+                                            "expected (n_channel, n_time, n_slice, latent_dim)")
+                        if latent_dim is not None and ds.shape[-1] != latent_dim:
+                            raise UserError(f"{file}:{ds.name} has latent_dim {ds.shape[-1]}, others {latent_dim}")
+                        latent_dim = ds.shape[-1]
+                        parts.append(_flatten(ds[()], pid, fid, iid, key))
+    if not parts:
+        raise UserError(f"{file} holds no latent arrays (expected patientID/fieldID/instanceID/key datasets)")
+    return pd.concat(parts, ignore_index=True)
+
+
+def _groups(node):
+    import h5py
+
+    return [(name, child) for name, child in node.items() if isinstance(child, h5py.Group)]
+
+
+def _flatten(arr: np.ndarray, pid: str, fid: str, iid: str, key: str) -> pd.DataFrame:
+    """One row per (c, t, s) that was computed (not all-NaN)."""
+    n_c, n_t, n_s, dim = arr.shape
+    flat = arr.reshape(-1, dim).astype(np.float32)
+    c, t, s = (i.ravel() for i in np.indices((n_c, n_t, n_s)))
+    keep = ~np.all(np.isnan(flat), axis=1)
+    df = pd.DataFrame(flat[keep], columns=[f"Z{i}" for i in range(dim)])
+    df.insert(0, "s", s[keep])
+    df.insert(0, "t", t[keep])
+    df.insert(0, "c", c[keep])
+    for col, val in reversed(list(zip(ID_COLUMNS, (pid, fid, iid, key)))):
+        df.insert(0, col, val)
+    return df

@@ -1,0 +1,30 @@
+# One command to set up and run the demo, one to set up and run the tests.
+#   make demo   -> venv + install + train/test a small DiffAE on the bundled demo data (CPU ok)
+#   make test   -> venv + install + the default test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_CPU ?= torch==2.13.0
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU-only machine: install the CPU torch build first so pip does not pull the CUDA one.
+	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "$(TORCH_CPU)"; fi
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+demo: setup
+	$(PY) Executors/main_diffAE.py
+
+test: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+bench: setup
+	$(PY) benchmarks/bench_diffae.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,45 @@
+"""Collects which inputs of a batch were converted or skipped, and why."""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+log = logging.getLogger("preprocess")
+
+
+@dataclass
+class BatchReport:
+    """Successes and failures of a batch conversion, printed as one summary at the end."""
+
+    succeeded: list[str] = field(default_factory=list)
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    notes: Counter = field(default_factory=Counter)
+
+    def ok(self, name: str) -> None:
+        self.succeeded.append(name)
+
+    def fail(self, name: str, reason: str) -> None:
+        """Record a skipped input and say so at once (the batch goes on)."""
+        self.failed.append((name, reason))
+        log.warning("skipped %s: %s", name, reason)
+
+    def note(self, what: str) -> None:
+        """Count a non-fatal event (e.g. 'series without a spec entry ignored')."""
+        self.notes[what] += 1
+
+    def summary(self) -> str:
+        total = len(self.succeeded) + len(self.failed)
+        lines = [f"converted {len(self.succeeded)} of {total} inputs, {len(self.failed)} failed"]
+        for name, reason in self.failed:
+            lines.append(f"  failed: {name}: {reason}")
+        for what, n in sorted(self.notes.items()):
+            lines.append(f"  {what}: {n}")
+        return "\n".join(lines)
+
+
+def setup_logging(debug: bool = False) -> None:
+    """Plain one-line messages on stderr; --debug adds detail."""
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s: %(message)s", force=True)
+    # Third-party chatter (pydicom warnings on odd headers) only with --debug.
+    logging.getLogger("pydicom").setLevel(logging.DEBUG if debug else logging.ERROR)
