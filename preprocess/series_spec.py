@@ -40,13 +40,14 @@ class Rule:
     phase: str | None = None
 
     def matches(self, description: str) -> bool:
-        return _match(self.magnitude, description)
+        return matches_description(self.magnitude, description)
 
     def matches_phase(self, description: str) -> bool:
-        return self.phase is not None and _match(self.phase, description)
+        return self.phase is not None and matches_description(self.phase, description)
 
 
-def _match(pattern: str, description: str) -> bool:
+def matches_description(pattern: str, description: str) -> bool:
+    """Exact match, else shell-style pattern match."""
     return description == pattern or fnmatchcase(description, pattern)
 
 
@@ -55,8 +56,8 @@ class FieldSpec:
     """How one field's series become keys."""
 
     rules: list[Rule] = field(default_factory=list)
-    default_plane: str | None = None
-    repeat_acq: bool = False
+    default_plane: str | None = None  # None: not set here (the command line decides)
+    repeat_acq: bool | None = None
     store_all: bool = False  # no spec: every series is "primary", numbered when several
 
     def rule_for(self, description: str) -> Rule | None:
@@ -126,7 +127,8 @@ def load_spec(path: str | Path) -> dict[str, FieldSpec]:
         rules = _rules(entry, "primary", where) + _rules(entry, "auxiliary", where)
         if not rules:
             raise UserError(f"{where}: names no primary_data or auxiliary_data")
-        spec[str(fid)] = FieldSpec(rules, plane, bool(entry.get("repeat_acq", False)))
+        repeat = entry.get("repeat_acq")
+        spec[str(fid)] = FieldSpec(rules, plane, None if repeat is None else bool(repeat))
     return spec
 
 

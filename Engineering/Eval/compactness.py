@@ -21,6 +21,7 @@ from sklearn.neighbors import NearestNeighbors
 
 from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import LOWER, MetricResult
+from Engineering.Eval.subsample import subsample_indices, subset_note
 
 METRICS = {
     "intrinsic_dimension": "Levina-Bickel MLE intrinsic dimension ((k-2) correction, mean over k). "
@@ -28,7 +29,6 @@ METRICS = {
     "pca_components_90": "Principal components needed for 90% of the latent variance. Lower is better (more compact).",
 }
 DEFAULT_KS = (10, 15, 20)
-MAX_POINTS = 5000  # neighbour search is O(n^2); a random subset estimates the same quantity
 MAX_PCA_RESAMPLES = 200  # each resample is an O(n d^2) covariance
 
 
@@ -92,11 +92,11 @@ def pca_components(Z: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | N
 
 
 def _subsample(Z: np.ndarray, groups: np.ndarray | None, seed: int):
-    if len(Z) <= MAX_POINTS:
+    keep = subsample_indices(len(Z), seed)
+    if keep is None:
         return Z, groups, None
-    keep = np.sort(np.random.default_rng(seed).choice(len(Z), MAX_POINTS, replace=False))
     groups = None if groups is None else np.unique(groups[keep], return_inverse=True)[1]
-    return Z[keep], groups, f"on a random subset of {MAX_POINTS} of {len(Z)} samples"
+    return Z[keep], groups, subset_note(len(Z))
 
 
 def _join(a: str | None, b: str) -> str:

@@ -67,9 +67,15 @@ def parse_bool(raw: str | bool) -> bool:
 def parse_new_value(raw: str) -> Any:
     """A value for a key that has no existing type: a YAML scalar or flow collection."""
     try:
-        return yaml.safe_load(raw) if raw.strip() else raw
+        val = yaml.safe_load(raw) if raw.strip() else raw
     except yaml.YAMLError:
         return raw
+    if isinstance(val, str):
+        try:  # YAML 1.1 reads '1e-3' as a string
+            return float(val) if val.strip().lower() not in {"nan", "inf", "-inf", "infinity"} else val
+        except ValueError:
+            pass
+    return val
 
 
 def coerce_like(existing: Any, raw: Any, where: str) -> Any:
