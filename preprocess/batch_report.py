@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -39,7 +40,15 @@ class BatchReport:
 
 
 def setup_logging(debug: bool = False) -> None:
-    """Plain one-line messages on stderr; --debug adds detail."""
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s: %(message)s", force=True)
+    """One-line messages: information on stdout, warnings and errors on stderr.
+
+    Keeping stderr for trouble means a failed run ends with just the ``error:`` line there.
+    """
+    out = logging.StreamHandler(sys.stdout)
+    out.addFilter(lambda record: record.levelno < logging.WARNING)
+    err = logging.StreamHandler(sys.stderr)
+    err.setLevel(logging.WARNING)
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s: %(message)s",
+                        handlers=[out, err], force=True)
     # Third-party chatter (pydicom warnings on odd headers) only with --debug.
     logging.getLogger("pydicom").setLevel(logging.DEBUG if debug else logging.ERROR)

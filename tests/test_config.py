@@ -128,3 +128,11 @@ def test_executor_bad_override_exit_2_one_line():
     assert len(lines) == 1 and "training§batch_size" in lines[0]
     proc = run_executor("main_diffAE.py", "--training§batch_size", "abc", "--print_config", "--debug")
     assert proc.returncode != 0 and "Traceback" in proc.stderr
+
+
+def test_readme_documents_every_flag():
+    from Engineering.config.docs import BEGIN, END, flag_tables
+
+    text = (REPO / "README.md").read_text()
+    block = text.split(BEGIN)[1].split(END)[0]
+    assert block.strip() == flag_tables().strip(), "run: python -m Engineering.config.docs --write"

@@ -1,14 +1,222 @@
-"""Builds the run from the config: Lightning Trainer, callbacks, loggers, checkpoints, run modes."""
+"""Builds the run from the config: Lightning Trainer, callbacks, loggers, checkpoints, run modes.
+
+Run modes: 0 train (train+val merged), 1 train+val, 2 test, 3 train (merged)
+then test with the final weights, 4 train+val then test with the best
+checkpoint.
+"""
 from __future__ import annotations
 
+import inspect
+import json
+import logging
+import os
+import sys
+from pathlib import Path
 from typing import Sequence
 
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
 from Engineering.config.loader import Task, dump_yaml, resolve
+from Engineering.data.datamodule import H5DataModule
+from Engineering.errors import UserError
+from Engineering.io.atomic import write_text
+from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, load_weights
+
+log = logging.getLogger("imlatent")
+TRAIN_MODES, TEST_MODES, MERGED_MODES = (0, 1, 3, 4), (2, 3, 4), (0, 3)
 
 
-def run(argv: Sequence[str], task: Task) -> None:
+def engine_class(drive: str):
+    """The LightningModule of a WarpDrive (imported lazily: each pulls in its own dependencies)."""
+    if drive == "DiffAE":
+        from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import DiffAEEngine
+        return DiffAEEngine
+    if drive == "pythae":
+        from Engineering.Engines.AuxiliaryEngines.ReconEngine import ReconEngine
+        return ReconEngine
+    raise UserError(f"model§drive {drive!r} is unknown; choose DiffAE or pythae")
+
+
+def run_name(cfg, task: Task) -> str:
+    if cfg.run.fulltrainID:
+        return cfg.run.fulltrainID
+    tag = getattr(cfg.model, "tag", None) or task.name
+    return f"{cfg.paths.run_prefix}_{cfg.run.trainID}fold{cfg.run.foldID}_prec{cfg.run.ampmode}_{tag}"
+
+
+def is_rank_zero() -> bool:
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
+def precision(cfg, accelerator: str) -> str:
+    amp = str(cfg.run.ampmode)
+    if accelerator == "cpu" and amp in ("16", "16-mixed"):
+        print(f"notice: --ampmode {amp} is not supported on CPU; using bf16-mixed")
+        return "bf16-mixed"
+    return amp
+
+
+def strategy(cfg) -> str:
+    name = cfg.run.training_strategy
+    if name.startswith("deepspeed") and not torch.cuda.is_available():
+        raise UserError(f"--training_strategy {name} needs CUDA GPUs (Lightning's DeepSpeed strategy); "
+                        "on this machine use --training_strategy ddp")
+    return "auto" if name == "default" else name
+
+
+def resolved_accelerator(cfg) -> str:
+    acc = cfg.run.accelerator
+    if acc == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return acc
+
+
+def setup_logging(run_dir: Path) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(run_dir / "run.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+    for name in ("imlatent", "lightning.pytorch", "lightning.fabric"):
+        lg = logging.getLogger(name)
+        lg.addHandler(handler)
+        lg.setLevel(logging.INFO)
+
+
+def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool) -> L.Trainer:
+    r, t = cfg.run, cfg.training
+    acc = resolved_accelerator(cfg)
+    world = max(1, r.ndevices) * max(1, r.nnodes)
+    accumulate = max(1, t.effective_batch_size // (t.batch_size * world)) if t.effective_batch_size else 1
+    callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best-{epoch:03d}-{step}", monitor=monitor,
+                                 mode="min", save_top_k=1, save_last=True)]
+    if t.early_stopping_patience > 0:
+        callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience, mode="min"))
+    loggers = []
+    if r.tbactive:
+        loggers.append(TensorBoardLogger(save_dir=cfg.paths.tblog_path or str(run_dir), name="tensorboard", version=""))
+    loggers.append(CSVLogger(save_dir=str(run_dir), name="csv_logs", version=""))
+    if r.wnbactive:
+        try:
+            from lightning.pytorch.loggers import WandbLogger
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("--wnbactive needs the wandb package (pip install wandb)") from None
+        loggers.append(WandbLogger(project=r.wnbproject, name=run_dir.name, save_dir=str(run_dir)))
+    if t.lr_decay_type:
+        callbacks.append(LearningRateMonitor(logging_interval="epoch"))
+    if r.progress_bar:
+        callbacks.append(RichProgressBar(leave=True))
+    limit_val = t.n_val_batches if isinstance(t.n_val_batches, int) else 1.0  # fractions: a fixed subset (datamodule)
+    return L.Trainer(
+        accelerator=acc, devices=r.ndevices, num_nodes=r.nnodes, strategy=strategy(cfg),
+        sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc), max_epochs=t.num_epochs,
+        accumulate_grad_batches=accumulate, gradient_clip_val=t.grad_clip_val or None,
+        gradient_clip_algorithm=t.grad_clip_algo if t.grad_clip_val else None,
+        limit_train_batches=t.n_train_batches, limit_val_batches=limit_val if has_val else 0,
+        num_sanity_val_steps=1 if has_val else 0, callbacks=callbacks, logger=loggers,
+        deterministic=False if r.non_deter else "warn", benchmark=bool(r.non_deter),
+        profiler=r.profiler or None, fast_dev_run=r.dev_run or False, detect_anomaly=r.check_anomalies,
+        default_root_dir=str(run_dir), log_every_n_steps=5, enable_progress_bar=r.progress_bar,
+    )
+
+
+def _fit_kwargs(trainer: L.Trainer) -> dict:
+    # Our own checkpoints hold only tensors and plain data: load them without unpickling objects.
+    return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
+
+
+def run(argv: Sequence[str], task: Task) -> dict:
     resolved = resolve(argv, task)
     if resolved.control["print_config"]:
         print(dump_yaml(resolved.raw), end="")
+        return {}
+    cfg = resolved.cfg
+    mode = cfg.run.run_mode
+    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(cfg.run.matmul_precision)
+
+    run_dir = Path(cfg.paths.save_path).expanduser() / run_name(cfg, task)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    out_dir = run_dir / ("Output" + (f"_{cfg.run.output_suffix}" if cfg.run.output_suffix else ""))
+    test_ckpt = _test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
+    if mode == 2 and test_ckpt is None and not (cfg.run.preweights_path or cfg.run.load_hf):
+        raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
+                        "--load_model_4test PATH, --load_hf REPO or --preweights_path PATH")
+    if cfg.run.resume and mode != 2 and not (ckpt_dir / "last.ckpt").is_file():
+        raise UserError(f"--resume: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist")
+
+    dm = H5DataModule(cfg, merge_train_val=mode in MERGED_MODES)
+    probe = dm.dataset("test" if mode == 2 else "train")
+    in_channels = int(probe[0]["inp"].shape[0])
+    model = engine_class(cfg.model.drive)(cfg, in_channels)
+    model.has_val = mode in (1, 4)
+    if cfg.run.preweights_path:
+        load_weights(model, cfg.run.preweights_path)
+    if cfg.run.compile_model:
+        model.net.compile()
+
+    if is_rank_zero():
+        setup_logging(run_dir)
+        write_text(run_dir / "resolved_config.yaml", dump_yaml(resolved.raw))
+    log.info("run %s mode %d; data %s (%d datasets, index cache %s)", run_dir.name, mode, dm.h5file,
+             len(dm.records), "hit" if dm.cache_hit else "rebuilt")
+
+    trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val)
+    result = {"run_dir": str(run_dir)}
+    if mode in TRAIN_MODES:
+        _tune(cfg, trainer, model, dm, run_dir)
+        resume = str(ckpt_dir / "last.ckpt") if cfg.run.resume else None
+        trainer.fit(model, datamodule=dm, ckpt_path=resume, **_fit_kwargs(trainer))
+        if mode == 4:
+            best = trainer.checkpoint_callback.best_model_path
+            test_ckpt = Path(best) if best else None
+    if mode in TEST_MODES and not cfg.run.dev_run:
+        if test_ckpt is not None:
+            load_weights(model, test_ckpt)
+        model.out_dir = out_dir
+        model.output_attrs = {"model": cfg.model.drive, "run_name": run_dir.name, "norm_type": cfg.data.norm_type,
+                              "input_shape": json.dumps(list(cfg.model.input_shape)), "is3D": cfg.model.is3D,
+                              "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
+                              "ema": bool(cfg.eval.test_ema)}
+        trainer.test(model, datamodule=dm, verbose=False)
+        result["out_dir"] = str(out_dir)
+        if trainer.is_global_zero:
+            summary = getattr(model, "test_summary", None)
+            print(f"outputs written to {out_dir}" + (f" (mean {', '.join(f'{k} {v:.4g}' for k, v in summary.items())})"
+                                                     if summary else ""))
+    elif trainer.is_global_zero:
+        print(f"checkpoints in {ckpt_dir}")
+    return result
+
+
+def _test_checkpoint(cfg, ckpt_dir: Path) -> Path | None:
+    if cfg.run.load_model_4test:
+        return checkpoint_in(cfg.run.load_model_4test, best=cfg.run.load_best)
+    if cfg.run.resume:
+        return checkpoint_in(ckpt_dir, best=cfg.run.load_best)
+    return None
+
+
+def _tune(cfg, trainer, model, dm, run_dir: Path) -> None:
+    """--auto_bs/--auto_lr: run the Lightning Tuner once per run folder; later runs reuse its result."""
+    t = cfg.training
+    if not (t.auto_bs or t.auto_lr):
         return
-    raise NotImplementedError
+    from lightning.pytorch.tuner import Tuner
+
+    record = run_dir / "tuned.json"
+    tuned = json.loads(record.read_text()) if record.is_file() else {}
+    if t.auto_bs and "batch_size" not in tuned:
+        tuned["batch_size"] = Tuner(trainer).scale_batch_size(model, datamodule=dm, mode="binsearch")
+    if t.auto_lr and "lr" not in tuned:
+        finder = Tuner(trainer).lr_find(model, datamodule=dm)
+        tuned["lr"] = float(finder.suggestion()) if finder and finder.suggestion() else t.lr
+    if "batch_size" in tuned:
+        dm.batch_size = t.batch_size = int(tuned["batch_size"])
+    if "lr" in tuned:
+        model.lr = t.lr = float(tuned["lr"])
+    if is_rank_zero():
+        write_text(record, json.dumps(tuned))
+    print(f"tuned: {tuned} (recorded in {record})", file=sys.stderr)

@@ -3,13 +3,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from Engineering.config.flags import Flag
+from Engineering.config.flags import DIFFAE_FLAGS
 from Engineering.config.loader import Task
-
-DIFFAE_FLAGS = (
-    Flag("test_with_TEval", ("eval", "test_with_TEval"), "bool", False,
-         "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
-)
 
 
 def diffae_task(configs: Path) -> Task:

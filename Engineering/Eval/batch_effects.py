@@ -32,12 +32,12 @@ from Engineering.Eval.result import HIGHER, LOWER, MetricResult
 from Engineering.Eval.subsample import subsample_indices, subset_note
 
 METRICS = {
-    "batch_knn_balanced_accuracy": "kNN (k=15, cosine) balanced accuracy at predicting the batch. "
-                                   "Lower is better; chance = 1/#batches.",
-    "batch_silhouette": "1 - |silhouette| by batch (scIB batch ASW). Higher is better; 1 = well mixed.",
-    "batch_ilisi": "Neighbourhood batch mixing (inverse Simpson index of batches among 15 cosine neighbours, "
-                   "rescaled to [0, 1]). Higher is better; 1 = well mixed.",
-    "bio_silhouette": "(silhouette by label + 1) / 2. Higher is better; 0.5 = no class structure.",
+    "batch_knn_balanced_accuracy": (LOWER, "kNN (k=15, cosine) balanced accuracy at predicting the batch. "
+                                   "Lower is better; chance = 1/#batches."),
+    "batch_silhouette": (HIGHER, "1 - |silhouette| by batch (scIB batch ASW). Higher is better; 1 = well mixed."),
+    "batch_ilisi": (HIGHER, "Neighbourhood batch mixing (inverse Simpson index of batches among 15 cosine neighbours, "
+                   "rescaled to [0, 1]). Higher is better; 1 = well mixed."),
+    "bio_silhouette": (HIGHER, "(silhouette by label + 1) / 2. Higher is better; 0.5 = no class structure."),
 }
 
 

@@ -44,10 +44,15 @@ def resample_weights(n: int, n_resamples: int, rng: np.random.Generator,
 
 
 def bootstrap_ci(stat: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int, seed: int,
-                 groups: np.ndarray | None = None, level: float = 0.95) -> tuple[float, float, float]:
+                 groups: np.ndarray | None = None, level: float = 0.95,
+                 recentre: bool = False) -> tuple[float, float, float]:
     """(point estimate, CI low, CI high) of ``stat(W) -> (len(W),)`` by the percentile bootstrap.
 
     Resamples where the statistic is undefined (NaN, e.g. a class absent) are ignored.
+    ``recentre`` shifts the interval by the bootstrap median's offset from the estimate:
+    for statistics that resampling itself biases (duplicated samples spread the
+    eigenvalues of a covariance), the shape of the bootstrap distribution is kept
+    but its location is taken from the estimate.
     """
     value = float(stat(np.ones((1, n), dtype=np.int32))[0])
     if n_boot <= 0 or not np.isfinite(value):
@@ -63,6 +68,9 @@ def bootstrap_ci(stat: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int, 
         return value, float("nan"), float("nan")
     tail = 100 * (1 - level) / 2
     low, high = np.percentile(stats, [tail, 100 - tail])
+    if recentre:
+        shift = value - float(np.median(stats))
+        low, high = low + shift, high + shift
     return value, float(low), float(high)
 
 

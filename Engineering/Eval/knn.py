@@ -18,8 +18,8 @@ from Engineering.Eval.folds import classification_folds
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {
-    "knn_accuracy": "k-nearest-neighbour (k=15, cosine) top-1 accuracy on held-out folds. "
-                    "Higher is better; chance = share of the largest class.",
+    "knn_accuracy": (HIGHER, "k-nearest-neighbour (k=15, cosine) top-1 accuracy on held-out folds. "
+                    "Higher is better; chance = share of the largest class."),
 }
 
 

@@ -26,11 +26,12 @@ from Engineering.Eval.bootstrap import bootstrap_ci
 from Engineering.Eval.folds import classification_folds, regression_folds
 from Engineering.Eval.result import HIGHER, MetricResult
 
-METRICS = {
-    "probe_balanced_accuracy": "Linear probe (standardise + logistic regression, stratified CV): "
-                               "mean per-class recall. Higher is better; chance = 1/#classes.",
-    "probe_accuracy": "Linear probe top-1 accuracy. Higher is better; chance = share of the largest class.",
-    "r2": "Linear (ridge) regression R² of a continuous label, repeated k-fold. Higher is better; 0 = predicting the mean.",
+METRICS = {  # family -> (direction, description)
+    "probe_balanced_accuracy": (HIGHER, "Linear probe (standardise + logistic regression, stratified CV): "
+                               "mean per-class recall. Higher is better; chance = 1/#classes."),
+    "probe_accuracy": (HIGHER, "Linear probe top-1 accuracy. Higher is better; chance = share of the largest class."),
+    "r2": (HIGHER, "Linear (ridge) regression R² of a continuous label, repeated k-fold. "
+                 "Higher is better; 0 = predicting the mean."),
 }
 RIDGE_ALPHAS = np.logspace(-3, 3, 13)
 

@@ -21,8 +21,8 @@ from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {
-    "retrieval_map": "Mean average precision of retrieving same-label samples by cosine similarity, "
-                     "with a permutation p-value. Higher is better; chance = mean share of same-label candidates.",
+    "retrieval_map": (HIGHER, "Mean average precision of retrieving same-label samples by cosine similarity, "
+                     "with a permutation p-value. Higher is better; chance = mean share of same-label candidates."),
 }
 MAX_QUERIES = 2000  # rankings cost O(queries * n log n)
 MAX_PERMUTATION_QUERIES = 500  # the null is recomputed n_perm times on these

@@ -118,4 +118,10 @@ CONTROL = (
     Flag("debug", (), "bool", False, "Show full tracebacks on errors.", "Config files"),
 )
 
-BY_NAME = {f.name: f for f in FLAGS + CONTROL}
+# Flags only some executors have.
+DIFFAE_FLAGS = (
+    Flag("test_with_TEval", ("eval", "test_with_TEval"), "bool", False,
+         "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
+)
+
+BY_NAME = {f.name: f for f in FLAGS + CONTROL + DIFFAE_FLAGS}

@@ -6,8 +6,7 @@ from pathlib import Path
 import h5py
 import lightning as L
 import numpy as np
-import torch
-from torch.utils.data import DataLoader, Subset
+from torch.utils.data import DataLoader, Sampler, Subset
 
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
 from Engineering.data.demo import ensure_demo
@@ -37,6 +36,25 @@ def sample_spec(cfg) -> SampleSpec:
                       flip_prob=d.flip_prob, flip_axes=tuple(getattr(d, "flip_axes", ()) or ()))
 
 
+class EpochShuffle(Sampler):
+    """A shuffle that is a pure function of (seed, epoch): a resumed run sees the same order.
+
+    Lightning calls ``set_epoch`` on samplers that have it.
+    """
+
+    def __init__(self, n: int, seed: int):
+        self.n, self.seed, self.epoch = n, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        return iter(np.random.default_rng((self.seed, self.epoch)).permutation(self.n).tolist())
+
+    def __len__(self) -> int:
+        return self.n
+
+
 class H5DataModule(L.LightningDataModule):
     def __init__(self, cfg, merge_train_val: bool = False):
         super().__init__()
@@ -60,6 +78,7 @@ class H5DataModule(L.LightningDataModule):
                             f"{cfg.paths.DS_selected_auxiliaries!r}, DS_sanity_filters={cfg.paths.DS_sanity_filters!r})")
         self._check_fold_ids()
         self._datasets: dict[str, H5Samples] = {}
+        self.batch_size = cfg.training.batch_size  # the Lightning Tuner may change it
 
     @staticmethod
     def _resolve(root: Path, ref) -> Path:
@@ -101,9 +120,9 @@ class H5DataModule(L.LightningDataModule):
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         run = self.cfg.run
         workers = run.num_workers
-        gen = torch.Generator().manual_seed(self.cfg.training.seed)
-        return DataLoader(ds, batch_size=self.cfg.training.batch_size, shuffle=shuffle, num_workers=workers,
-                          pin_memory=run.pin_memory, generator=gen if shuffle else None,
+        sampler = EpochShuffle(len(ds), self.cfg.training.seed) if shuffle else None
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+                          pin_memory=run.pin_memory,
                           prefetch_factor=run.prefetch_factor if workers > 0 else None,
                           persistent_workers=workers > 0)
 

@@ -73,13 +73,9 @@ class H5Samples(Dataset):
         self.train, self.mask_file, self.seed = train, (str(mask_file) if mask_file else None), seed
         self._files: dict[str, h5py.File] = {}
         self._pid = None
-        self._epoch = 0
 
     def __len__(self) -> int:
         return len(self.samples)
-
-    def set_epoch(self, epoch: int) -> None:
-        self._epoch = epoch
 
     def _file(self, path: str) -> h5py.File:
         if self._pid != os.getpid():  # a forked worker must not share the parent's HDF5 handle
@@ -135,7 +131,8 @@ class H5Samples(Dataset):
         if spec.grey2RGB and x.shape[0] == 1:
             x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
         if self.train and spec.flip_prob > 0 and spec.flip_axes:
-            rng = np.random.default_rng((self.seed, self._epoch, i))
+            # torch's RNG is seeded per worker by Lightning (seed_everything(workers=True)): reproducible runs.
+            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
             x = T.random_flip(x, spec.flip_axes, spec.flip_prob, rng)
         out = {"inp": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                "affine": torch.from_numpy(affine.astype(np.float32)), "index": i}

@@ -117,12 +117,14 @@ class AttentionBlock(nn.Module):
         flat = x.reshape(b, c, -1)
         n = flat.shape[-1]
         d = c // self.num_heads
-        # tokens-last -> (b, heads, tokens, 3*d); q, k, v are views with unit stride on the channel axis
-        qkv = self.qkv(self.norm(flat)).view(b, self.num_heads, 3 * d, n).transpose(-1, -2)
-        q, k, v = qkv.split(d, dim=-1)
-        a = F.scaled_dot_product_attention(q, k, v)  # (b, heads, tokens, d)
-        a = a.transpose(-1, -2).reshape(b, c, n)
-        return (flat + self.proj_out(a)).view(x.shape)
+        # token-major projections, so q, k, v have unit stride on their channel axis:
+        # the fused (flash) CPU kernel of SDPA requires it, else torch falls back to explicit softmax
+        tokens = self.norm(flat).transpose(1, 2)  # (b, n, c) view
+        qkv = F.linear(tokens, self.qkv.weight.squeeze(-1), self.qkv.bias)  # (b, n, 3c)
+        q, k, v = qkv.view(b, n, self.num_heads, 3 * d).transpose(1, 2).split(d, dim=-1)  # (b, heads, n, d)
+        a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, c)
+        out = F.linear(a, self.proj_out.weight.squeeze(-1), self.proj_out.bias)  # (b, n, c)
+        return (flat + out.transpose(1, 2)).view(x.shape)
 
 
 class EmbedSequential(nn.Sequential):

@@ -1,0 +1,105 @@
+"""Lightning engine of the Diffusion Autoencoder (Preechakul et al., CVPR 2022).
+
+Training: epsilon-MSE at random timesteps, the semantic encoder trained end to
+end through the conditional UNet. Validation is cheap and deterministic: the
+same epsilon-MSE at fixed timesteps and noise per batch (``val_loss``), plus
+every ``eval§val_ssim_every`` epochs the reconstruction SSIM of a few fixed
+samples. Test: z_sem from the (EMA) encoder; unless ``--test_emb_only``,
+deterministic DDIM inversion to x_T and rendering back.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
+from Engineering.Science.diffusion import GaussianDiffusion
+from Engineering.Science.metrics import recon_metrics
+
+_DIFFUSION_KEYS = {"T", "T_eval", "T_inv", "T_step"}
+
+
+def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
+    """The WarpDrive config from model§latent_dim, model§input_shape, model§is3D and model§DiffAE§*."""
+    extra = dict(getattr(cfg.model, "DiffAE", None) or {})
+    names = {f.name for f in dataclasses.fields(DiffAEConfig)}
+    arch = {k: v for k, v in extra.items() if k in names}
+    unknown = set(extra) - names - _DIFFUSION_KEYS
+    if unknown:
+        from Engineering.errors import UserError
+        raise UserError(f"model§DiffAE has unknown key(s) {', '.join(sorted(unknown))}; valid: "
+                        f"{', '.join(sorted(names | _DIFFUSION_KEYS))}")
+    return DiffAEConfig(**{**arch, "is3D": cfg.model.is3D, "in_channels": in_channels,
+                           "input_shape": tuple(cfg.model.input_shape), "latent_dim": cfg.model.latent_dim})
+
+
+class DiffAEEngine(LatentEngine):
+    def __init__(self, cfg, in_channels: int):
+        super().__init__(cfg, in_channels)
+        self.drive_cfg = diffae_config(cfg, in_channels)
+        self.net = DiffAE(self.drive_cfg)
+        self.init_ema()
+        extra = dict(getattr(cfg.model, "DiffAE", None) or {})
+        self.T = int(extra.get("T", 1000))
+        t_eval = int(extra.get("T_eval", 20))
+        self.T_inv = t_eval if cfg.eval.test_with_TEval else int(extra.get("T_inv", t_eval))
+        self.T_step = t_eval if cfg.eval.test_with_TEval else int(extra.get("T_step", t_eval))
+        self.T_eval = t_eval
+        self.diffusion = GaussianDiffusion(T=self.T)
+        self.seed = int(cfg.training.seed)
+
+    def _gen(self, *key: int) -> torch.Generator:
+        """Draws that are a pure function of (seed, key): exact resume without replaying RNGs."""
+        g = torch.Generator(device=self.device)
+        g.manual_seed(hash((self.seed,) + key) & 0x7FFFFFFFFFFFFFFF)
+        return g
+
+    def _draw(self, x: torch.Tensor, g: torch.Generator):
+        t = torch.randint(0, self.T, (x.shape[0],), generator=g, device=self.device)
+        noise = torch.randn(x.shape, generator=g, device=self.device, dtype=x.dtype)
+        return t, noise
+
+    def _loss(self, model, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        t, noise = self._draw(x, g)
+        return self.diffusion.loss(model, x, model.encode(x), t, noise)
+
+    def training_step(self, batch, batch_idx):
+        rank = self.global_rank
+        loss = self._loss(self.net, batch["inp"], self._gen(1, self.global_step, batch_idx, rank))
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["inp"].shape[0],
+                 sync_dist=True)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()  # once per optimiser step: gradient accumulation is respected
+
+    def _eval_net(self):
+        return self.ema_net if self.cfg.eval.test_ema else self.net
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        x = batch["inp"]
+        net = self._eval_net()
+        loss = self._loss(net, x, self._gen(2, batch_idx))
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
+        every = int(getattr(self.cfg.eval, "val_ssim_every", 0) or 0)
+        if every and batch_idx == 0 and (self.current_epoch + 1) % every == 0 and not self.trainer.sanity_checking:
+            n = int(getattr(self.cfg.eval, "val_ssim_subjects", 2))
+            xs = x[:n]
+            z = net.encode(xs)
+            rec = self._render(net, xs, z, self.T_eval, self.T_eval)
+            ssim = torch.tensor([r["SSIM"] for i in range(len(xs)) for r in recon_metrics(xs[i].cpu(), rec[i].cpu())])
+            self.log("val_ssim", ssim.nanmean().to(self.device), on_epoch=True, batch_size=len(xs), sync_dist=True)
+
+    def _render(self, net, x, z, t_inv: int, t_step: int) -> torch.Tensor:
+        x_T = self.diffusion.ddim_invert(net, x, z, t_inv)
+        return self.diffusion.ddim_sample(net, x_T, z, t_step)
+
+    def embed(self, x, use_ema: bool) -> torch.Tensor:
+        return (self.ema_net if use_ema else self.net).encode(x)
+
+    def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
+        return self._render(self.ema_net if use_ema else self.net, x, z, self.T_inv, self.T_step)

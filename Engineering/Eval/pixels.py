@@ -1,0 +1,59 @@
+"""Raw input pixels behind each latent row, for the PCA-of-pixels baseline.
+
+Pixels come from the input data file of the data contract
+(``data.h5/<patientID>/<fieldID>/<instanceID>/<key>``, 5D C x T x S x X x Y).
+A latent row (c, t, s) indexes that array; an axis along which the latents of
+a key never go beyond index 0 while the data has several entries (e.g. one
+latent per whole cine) is taken whole, so the pixel vector is what the encoder
+saw. Complex data is reduced to its magnitude.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from Engineering.errors import UserError
+
+_ITEM = ["patientID", "fieldID", "instanceID", "key"]
+
+
+def read_pixels(path: str | Path, rows: pd.DataFrame) -> np.ndarray:
+    """(len(rows), n_pixels) float32 pixel vectors for the sample rows (flat-table ID columns)."""
+    import h5py  # only needed when a pixel file is given
+
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"pixels file not found: {path}")
+    if path.suffix.lower() not in (".h5", ".hdf5"):
+        raise UserError(f"pixels must be an HDF5 data file in the 5D data contract, got {path.name}")
+    rows = rows.reset_index(drop=True)  # index = output position
+    out: list[np.ndarray | None] = [None] * len(rows)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise UserError(f"cannot read pixels {path}: {exc}") from exc
+    with h5:
+        for item, part in rows.groupby(_ITEM, sort=False):
+            name = "/".join(map(str, item))
+            if name not in h5:
+                raise UserError(f"pixels file {path.name} has no dataset {name}")
+            ds = h5[name]
+            if ds.ndim != 5:
+                raise UserError(f"{path.name}:{name} has shape {ds.shape}; expected C x T x S x X x Y")
+            arr = ds[()]
+            whole = [bool(ds.shape[a] > 1 and (part[ax] == 0).all()) for a, ax in enumerate("cts")]
+            for pos, (c, t, s) in zip(part.index, part[["c", "t", "s"]].to_numpy()):
+                index = tuple(slice(None) if w else int(i) for w, i in zip(whole, (c, t, s)))
+                try:
+                    vec = arr[index]
+                except IndexError as exc:
+                    raise UserError(f"{path.name}:{name} has shape {ds.shape}; latent row c={c} t={t} s={s} "
+                                    "is outside it") from exc
+                out[pos] = np.abs(vec).ravel().astype(np.float32) if np.iscomplexobj(vec) \
+                    else vec.ravel().astype(np.float32)
+    sizes = {v.size for v in out}
+    if len(sizes) > 1:
+        raise UserError(f"pixel vectors differ in size ({sorted(sizes)[:5]}); the PCA baseline needs inputs of one shape")
+    return np.stack(out)

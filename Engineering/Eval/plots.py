@@ -1,0 +1,110 @@
+"""Figures of the benchmark report, returned as PNG bytes (matplotlib, Agg backend).
+
+- one bar plot per metric (grouped into one image per metric family): runs side
+  by side, 95% CI as error bars, the chance level as a dashed line;
+- one radar chart across runs. Each axis is one metric rescaled over the runs
+  shown (0 = worst run, 1 = best run; reversed for lower-is-better metrics) so
+  outward is always better. It shows relative standing only; the table and bar
+  plots hold the absolute values. (The AllenCell benchmark, seed 003, plots
+  z-scores across models the same way, without orientation or CIs.)
+"""
+from __future__ import annotations
+
+import io
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import numpy as np  # noqa: E402
+
+from Engineering.Eval.result import LOWER, MetricResult  # noqa: E402
+
+BASELINE_COLOUR = "#9e9e9e"
+
+
+def _png(fig, tight: bool = False) -> bytes:
+    buf = io.BytesIO()
+    # A tight bounding box keeps legends placed outside the axes (slower, so only when asked).
+    fig.savefig(buf, format="png", dpi=80, bbox_inches="tight" if tight else None)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def bar_plots(metrics: dict[str, dict[str, MetricResult]], baseline_names=(), ncols: int = 4) -> bytes:
+    """One panel per metric (metric -> run -> result): bars with CI error bars, chance as a dashed line.
+
+    Metrics of one family go in one figure: one image per family keeps the report small and fast.
+    """
+    n = len(metrics)
+    ncols = min(ncols, n)
+    nrows = -(-n // ncols)
+    n_runs = max(len(per_run) for per_run in metrics.values())
+    width = max(3.0, 0.45 * n_runs + 1.4)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(width * ncols, 2.9 * nrows), squeeze=False)
+    for ax, (metric, per_run) in zip(axes.ravel(), metrics.items()):
+        _bars(ax, metric, per_run, baseline_names)
+    for ax in axes.ravel()[n:]:
+        ax.set_axis_off()
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _bars(ax, metric: str, per_run: dict[str, MetricResult], baseline_names) -> None:
+    names = list(per_run)
+    values = np.array([np.nan if r.value is None else r.value for r in per_run.values()], dtype=float)
+    low = np.array([np.nan if r.ci_low is None else r.ci_low for r in per_run.values()], dtype=float)
+    high = np.array([np.nan if r.ci_high is None else r.ci_high for r in per_run.values()], dtype=float)
+    err = np.nan_to_num(np.vstack([np.clip(values - low, 0, None), np.clip(high - values, 0, None)]))
+    colours = [BASELINE_COLOUR if n in baseline_names else f"C{i % 10}" for i, n in enumerate(names)]
+    x = np.arange(len(names))
+    ax.bar(x, np.nan_to_num(values), yerr=err, color=colours, capsize=3, edgecolor="black", linewidth=0.4)
+    for i, v in enumerate(values):
+        if not np.isfinite(v):
+            ax.text(i, 0, "skipped", ha="center", va="bottom", rotation=90, fontsize=7)
+    chance = next((r.chance for r in per_run.values() if r.chance is not None), None)
+    if chance is not None:
+        ax.axhline(chance, color="black", linestyle="--", linewidth=0.8, label="chance")
+        ax.legend(fontsize=6, loc="best")
+    direction = next(iter(per_run.values())).direction
+    ax.set_title(f"{metric} ({'lower' if direction == LOWER else 'higher'} is better)", fontsize=8)
+    ax.set_xticks(x, names, rotation=30, ha="right", fontsize=7)
+    ax.tick_params(axis="y", labelsize=7)
+
+
+def radar_axes(results: dict[str, dict[str, MetricResult]]) -> tuple[list[str], np.ndarray]:
+    """(metrics, scores runs x metrics in [0, 1], outward = better) over metrics every run has."""
+    runs = list(results)
+    metrics = [m for m in next(iter(results.values()))
+               if all(results[r].get(m) is not None and results[r][m].value is not None
+                      and np.isfinite(results[r][m].value) for r in runs)]
+    scores = np.zeros((len(runs), len(metrics)))
+    for j, m in enumerate(metrics):
+        v = np.array([results[r][m].value for r in runs], dtype=float)
+        span = v.max() - v.min()
+        s = (v - v.min()) / span if span > 0 else np.full(len(v), 0.5)
+        scores[:, j] = 1 - s if results[runs[0]][m].direction == LOWER else s
+    return metrics, scores
+
+
+def radar_chart(results: dict[str, dict[str, MetricResult]], baseline_names=()) -> bytes | None:
+    """The radar chart, or None when fewer than 3 metrics are available for every run."""
+    metrics, scores = radar_axes(results)
+    if len(metrics) < 3 or len(results) < 2:
+        return None
+    angles = np.linspace(0, 2 * np.pi, len(metrics), endpoint=False)
+    closed = np.append(angles, angles[0])
+    fig, ax = plt.subplots(figsize=(6.5, 6.5), subplot_kw={"projection": "polar"})
+    dashes = iter([":", "--", "-."])
+    for i, (run, row) in enumerate(zip(results, scores)):
+        style = {"color": BASELINE_COLOUR, "linestyle": next(dashes, ":")} if run in baseline_names \
+            else {"color": f"C{i % 10}"}
+        ax.plot(closed, np.append(row, row[0]), linewidth=1.4, label=run, **style)
+        ax.fill(closed, np.append(row, row[0]), alpha=0.08, color=style["color"])
+    ax.set_xticks(angles, [m.replace("/", "\n") for m in metrics], fontsize=6)
+    ax.set_yticks([0, 0.5, 1], ["worst", "", "best"], fontsize=6)
+    ax.set_rlabel_position(360 / len(metrics) / 2)  # between the first two axes, not on one
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
+    ax.set_title("Relative standing per metric (outward = better)", fontsize=9, pad=18)
+    return _png(fig, tight=True)

@@ -1,0 +1,107 @@
+"""Reading weights safely and choosing checkpoints.
+
+Weights are read with ``torch.load(..., weights_only=True, map_location='cpu')``
+(a GPU checkpoint works on CPU, and no pickle executes code) or from
+safetensors. A state that does not fit the model is one error naming the first
+mismatching tensors.
+"""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from Engineering.errors import UserError
+
+CHECKPOINT_DIR = "Checkpoints"
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The whole checkpoint dict (Lightning or plain), read without executing code."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        try:
+            return {"state_dict": load_file(str(path), device="cpu")}
+        except Exception as exc:  # safetensors raises its own error types
+            raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise UserError(f"{path} cannot be read with weights_only=True (it holds arbitrary Python objects, "
+                        f"which we never unpickle): {str(exc).splitlines()[0]}") from None
+    except (RuntimeError, EOFError, OSError) as exc:
+        raise UserError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0]})") from None
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} does not hold a state dict")
+    return obj if "state_dict" in obj else {"state_dict": obj}
+
+
+def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """Adapt common layouts (bare network keys, net.* without ema_net.*) and check that every tensor fits."""
+    own = model.state_dict()
+    if not any(k in own for k in state) and any(f"net.{k}" in own for k in state):
+        state = {f"net.{k}": v for k, v in state.items()}
+    if any(k.startswith("ema_net.") for k in own) and not any(k.startswith("ema_net.") for k in state):
+        state = {**state, **{f"ema_{k}": v for k, v in state.items() if k.startswith("net.")}}
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or wrong:
+        parts = []
+        if wrong:
+            parts.append("shape mismatch " + ", ".join(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                                                        for k in wrong[:3]))
+        if missing:
+            parts.append("missing " + ", ".join(missing[:3]))
+        if unexpected:
+            parts.append("unexpected " + ", ".join(unexpected[:3]))
+        raise UserError(f"weights in {source} do not fit the model ({len(wrong)} mismatched, {len(missing)} missing, "
+                        f"{len(unexpected)} unexpected): " + "; ".join(parts)
+                        + ". Check --is3D, --input_shape, --latent_dim and model§… architecture keys")
+    return state
+
+
+def load_weights(model: nn.Module, path: str | Path) -> dict:
+    """Load a checkpoint's weights into ``model``; returns the checkpoint dict."""
+    ckpt = read_checkpoint(path)
+    state = fit_state(model, ckpt["state_dict"], str(path))
+    model.load_state_dict(state)
+    return ckpt
+
+
+def best_from_last(ckpt_dir: Path) -> Path | None:
+    """The best checkpoint as ModelCheckpoint recorded it in last.ckpt (not the largest epoch number)."""
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        return None
+    ckpt = read_checkpoint(last)
+    for key, cb_state in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and cb_state.get("best_model_path"):
+            best = Path(cb_state["best_model_path"])
+            # The run folder may have moved since: look for the same file name here.
+            for cand in (best, ckpt_dir / best.name):
+                if cand.is_file():
+                    return cand
+    return None
+
+
+def checkpoint_in(run_or_file: str | Path, best: bool) -> Path:
+    """A checkpoint file, or the best/last checkpoint of a run folder."""
+    p = Path(run_or_file)
+    if p.is_file():
+        return p
+    ckpt_dir = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
+    if best:
+        found = best_from_last(ckpt_dir)
+        if found is None:
+            raise UserError(f"no best checkpoint recorded in {ckpt_dir / 'last.ckpt'}")
+        return found
+    if (ckpt_dir / "last.ckpt").is_file():
+        return ckpt_dir / "last.ckpt"
+    raise UserError(f"no checkpoint in {ckpt_dir} (expected last.ckpt)")

@@ -1,0 +1,194 @@
+"""Compare representations: score several runs' latents on the same samples against labels.
+
+    python Executors/main_benchmark.py --latents runA/Output/emb.parquet B=runB \\
+        --labels phenotypes.tsv covariates.tsv --label_cols ef_class ejection_fraction \\
+        --batch_col site --group_col patientID --pixels data.h5 --out bench/
+
+Writes DIR/metrics.json (run -> metric -> value, ci_low, ci_high, direction, ...),
+DIR/metrics.csv and a self-contained DIR/report.html. Metrics, their directions
+and how CIs are computed are documented in Engineering/Eval/. All input checks
+run before anything is written; a bad input is one ``error:`` line and exit 2.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from Engineering.errors import UserError, run_cli
+from Engineering.Eval import baselines, invariance
+from Engineering.Eval.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
+                                     resolve_targets)
+from Engineering.Eval.pixels import read_pixels
+from Engineering.Eval.report import write_report
+from Engineering.Eval.result import MetricResult
+from Engineering.Eval.samples import AGGREGATIONS, aggregate_rows, align_runs
+from Engineering.Eval.suite import METRICS, Settings, run_benchmark
+from Engineering.Eval.tables import write_metrics_csv, write_metrics_json
+from Engineering.io.latents import read_latents, resolve_latent_file
+
+
+class _Parser(argparse.ArgumentParser):
+    """Flag mistakes are user errors too: one line, exit 2 (through run_cli)."""
+
+    def error(self, message):
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="main_benchmark.py", allow_abbrev=False,
+                description="Benchmark latent representations (see Engineering/Eval for the metrics).")
+    p.add_argument("--latents", nargs="+", required=True, metavar="[NAME=]PATH",
+                   help="emb.h5 / emb.tsv / emb.parquet or a run folder; optionally named NAME=PATH")
+    p.add_argument("--labels", nargs="+", default=[], metavar="FILE",
+                   help="label tables keyed by patient (first column, or FID / f.eid / patientID)")
+    p.add_argument("--label_cols", nargs="+", default=None, help="label columns (default: all label columns)")
+    p.add_argument("--categorical_cols", nargs="+", default=None, help="force these columns to be classes")
+    p.add_argument("--continuous_cols", nargs="+", default=None, help="force these columns to be regressed")
+    p.add_argument("--batch_col", default=None, help="batch column (e.g. site): enables batch-effect metrics")
+    p.add_argument("--group_col", default=None,
+                   help="group column (e.g. patientID): CV folds, neighbours and bootstrap respect groups")
+    p.add_argument("--aggregate", choices=AGGREGATIONS, default="none",
+                   help="'patient': average latents per patient (runs of different granularity)")
+    p.add_argument("--keys", nargs="+", default=None, help="only latents of these input keys")
+    p.add_argument("--pixels", default=None, metavar="DATA_H5",
+                   help="input data.h5 for the PCA-of-pixels baseline")
+    p.add_argument("--run", nargs="+", default=None, metavar="RUN_DIR",
+                   help="model run folders for model-dependent metrics (not wired yet: reported as skipped)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
+    p.add_argument("--n_splits", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    return p
+
+
+def main(argv: Sequence[str]) -> dict:
+    args = build_parser().parse_args(list(argv))
+    if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2:
+        raise UserError("--n_boot and --n_perm must be >= 0 and --n_splits >= 2")
+    settings = Settings(n_boot=args.n_boot, seed=args.seed, n_splits=args.n_splits, n_perm=args.n_perm,
+                        debug=args.debug)
+
+    # 1. Inputs, all checked before anything is written.
+    paths = _named_paths(args.latents)
+    runs = {name: read_latents(path) for name, path in paths.items()}
+    samples = align_runs(runs, args.aggregate, args.keys)
+    notes = list(samples.notes)
+    tables = {_label_name(p, args.labels): read_label_table(p) for p in args.labels}
+    table, label_notes = attach_labels(samples.ids, tables) if tables else (samples.ids.copy(), [])
+    notes += label_notes
+    reserved = [c for c in (args.batch_col, args.group_col) if c]
+    targets, target_notes = resolve_targets(table, args.label_cols, args.categorical_cols, args.continuous_cols,
+                                            reserved, min_class_size=args.n_splits, min_samples=2 * args.n_splits)
+    notes += target_notes
+    batch = batch_target(table, args.batch_col, args.n_splits) if args.batch_col else None
+    groups = group_codes_of(table, args.group_col) if args.group_col else None
+    if groups is None and table["patientID"].duplicated().any():
+        notes.append("several samples per patient and no --group_col: CV folds and neighbours may pair samples "
+                     "of one patient; consider --group_col patientID")
+    pixels = _pixels(args.pixels, samples) if args.pixels else None
+    if pixels is None:
+        notes.append("PCA-of-pixels baseline skipped: give --pixels <data.h5> to include it")
+
+    # 2. Scores.
+    results = run_benchmark(samples.latents, targets, batch, groups, settings, pixels, log=print)
+    if args.run:
+        _model_dependent_hook(results, args.run, notes)
+
+    # 3. Outputs (each written atomically).
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_metrics_json(out / "metrics.json", results)
+    write_metrics_csv(out / "metrics.csv", results)
+    summary = _summary(paths, runs, samples, targets, args)
+    write_report(out / "report.html", results, {**METRICS, **invariance.METRICS}, summary, notes, baselines.NAMES)
+    for note in notes:
+        print(f"note: {note}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'}, {out / 'report.html'}")
+    return results
+
+
+def _named_paths(items: list[str]) -> dict[str, Path]:
+    """Run name -> path from ``PATH`` or ``NAME=PATH`` (default name: the run folder's name)."""
+    named: dict[str, Path] = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if sep and name and "/" not in name and not Path(item).exists():
+            if name in named:
+                raise UserError(f"run name '{name}' given twice")
+            named[name] = Path(rest)
+            continue
+        base = _default_name(Path(item))
+        name, i = base, 2
+        while name in named:
+            name, i = f"{base}_{i}", i + 1
+        named[name] = Path(item)
+    return named
+
+
+def _default_name(path: Path) -> str:
+    path = path.resolve()
+    folder = path.parent if path.suffix else path
+    if folder.name.startswith("Output"):
+        folder = folder.parent
+    return folder.name or path.stem
+
+
+def _label_name(path: str, all_paths: list[str]) -> str:
+    """Short name of a label file for messages (the full path when base names clash)."""
+    base = Path(path).name
+    return base if sum(Path(p).name == base for p in all_paths) == 1 else str(path)
+
+
+def _pixels(path: str, samples) -> np.ndarray:
+    """Pixel vectors per benchmark sample, averaged like the latents when aggregated."""
+    raw = read_pixels(path, samples.source_rows)
+    index = samples.source_rows[["sample_index"]]
+    keys, mean = aggregate_rows(index, raw, ["sample_index"])
+    if len(keys) != len(samples.ids):
+        raise UserError(f"pixels cover {len(keys)} of {len(samples.ids)} samples")
+    return mean
+
+
+def _model_dependent_hook(results: dict, run_dirs: list[str], notes: list[str]) -> None:
+    """Placeholder for --run: model loading is the engine's job; the metric math is in Eval/invariance.py.
+
+    To wire: load each run's encoder/decoder as numpy callables and call
+    invariance.rotation_sensitivity / invariance.reconstruction_mse on the samples' pixels.
+    """
+    reason = "model-dependent metrics are not wired to a model loader yet"
+    notes.append(f"--run {' '.join(run_dirs)}: {reason}")
+    for name, per in results.items():
+        if name in baselines.NAMES:
+            continue
+        for family, (direction, _) in invariance.METRICS.items():
+            per[family] = MetricResult.skip(direction, reason)
+
+
+def _summary(paths, runs, samples, targets, args) -> dict[str, str]:
+    runs_text = "; ".join(f"{n}: {resolve_latent_file(p)} ({len(runs[n])} rows, {samples.latents[n].shape[1]} dims)"
+                          for n, p in paths.items())
+    target_text = ", ".join(f"{t.name} ({'classes' if t.kind == CATEGORICAL else 'continuous'}, n={int(t.mask.sum())})"
+                            for t in targets) or "none"
+    return {
+        "generated": _dt.datetime.now().isoformat(timespec="seconds"),
+        "runs": runs_text,
+        "baselines": ", ".join(baselines.NAMES[:1] + ((baselines.PCA_PIXELS,) if args.pixels else ())),
+        "samples": f"{len(samples.ids)} common samples (aggregate: {args.aggregate})",
+        "labels": ", ".join(args.labels) or "none",
+        "targets": target_text,
+        "batch column": args.batch_col or "none",
+        "group column": args.group_col or "none",
+        "settings": f"{args.n_splits}-fold CV, {args.n_boot} bootstrap resamples (percentile 95% CI"
+                    f"{', resampling whole groups' if args.group_col else ''}), {args.n_perm} permutations, "
+                    f"seed {args.seed}",
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))

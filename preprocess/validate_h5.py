@@ -1,0 +1,211 @@
+"""Check an HDF5 file against the 5D data contract and summarise its content.
+
+Problems (exit code 2): objects outside ``<patient>/<field>/<instance>/<key>``,
+key names that do not parse, datasets that are not 5D or not numeric, empty
+datasets, NaN/Inf values, min_val > max_val or attributes that disagree with the
+data, DICOMHeader that is not JSON, masks (``meta_mask.h5`` beside the file) whose
+keys have no dataset or whose shapes do not broadcast against it.
+Warnings (exit 0 unless --strict): missing min_val/max_val (needed for the
+volumetric normalisations), empty groups, datasets without a mask.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from Engineering.data.layout import parse_key
+from Engineering.errors import UserError, run_cli
+from preprocess.batch_report import setup_logging
+from preprocess.h5_writer import check_h5, magnitude_range
+
+LEVELS = ("patient", "field", "instance")
+
+
+@dataclass
+class Findings:
+    problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    keys: Counter = field(default_factory=Counter)
+    shapes: dict = field(default_factory=dict)  # key stem -> Counter of (shape, dtype)
+    groups: dict = field(default_factory=lambda: {lvl: set() for lvl in LEVELS})
+    n_datasets: int = 0
+
+
+def _bad_structure(path: str, obj, depth: int, out: Findings) -> bool:
+    """Report objects at the wrong depth; True when ``obj`` must not be descended."""
+    if depth < 3 and isinstance(obj, h5py.Dataset):
+        out.problems.append(f"{path}: dataset at {LEVELS[depth]} level (datasets belong at <patient>/<field>/<instance>/<key>)")
+        return True
+    if depth == 3 and isinstance(obj, h5py.Group):
+        out.problems.append(f"{path}: group where a dataset key is expected")
+        return True
+    if depth < 3 and isinstance(obj, h5py.Group) and len(obj) == 0:
+        out.warnings.append(f"{path}: empty group")
+    return False
+
+
+def check_values(path: str, ds: h5py.Dataset, out: Findings, tol: float) -> None:
+    """NaN/Inf and min/max agreement, reading one C x T block at a time (bounded memory)."""
+    lo, hi, nonfinite = np.inf, -np.inf, 0
+    for c in range(ds.shape[0]):
+        for t in range(ds.shape[1]):
+            block = ds[c, t]
+            finite = np.isfinite(block)
+            nonfinite += int(block.size - finite.sum())
+            if finite.any():
+                b_lo, b_hi = magnitude_range(block[finite])
+                lo, hi = min(lo, b_lo), max(hi, b_hi)
+    if nonfinite:
+        out.problems.append(f"{path}: {nonfinite} NaN/Inf value(s)")
+    for name, actual in (("min_val", lo), ("max_val", hi)):
+        if name in ds.attrs and np.isfinite(actual):
+            stored = float(np.asarray(ds.attrs[name]).ravel()[0])
+            if abs(stored - actual) > tol * max(1.0, abs(actual)):
+                out.problems.append(f"{path}: {name}={stored:g} but the data's magnitude {name[:3]} is {actual:g}")
+
+
+def check_dataset(path: str, key: str, ds: h5py.Dataset, out: Findings, scan: bool, tol: float) -> None:
+    out.n_datasets += 1
+    parsed = parse_key(key)
+    if parsed is None:
+        out.problems.append(f"{path}: key {key!r} is not primary, primary_<tag> or auxiliary_<tag> [_<plane>][_<n>]")
+    stem = parsed.stem if parsed else key
+    out.keys[stem] += 1
+    out.shapes.setdefault(stem, Counter())[(ds.shape, str(ds.dtype))] += 1
+    if ds.ndim != 5:
+        out.problems.append(f"{path}: {ds.ndim}D with shape {ds.shape}; expected 5D Channel x Time x Slice x X x Y")
+    if ds.dtype.kind not in "iufc":
+        out.problems.append(f"{path}: dtype {ds.dtype} is not numeric (int, uint, float or complex)")
+    if ds.size == 0:
+        out.problems.append(f"{path}: empty (shape {ds.shape})")
+    has = [n in ds.attrs for n in ("min_val", "max_val")]
+    if not all(has):
+        out.warnings.append(f"{path}: no min_val/max_val (needed for volumetric normalisation)")
+    elif float(np.ravel(ds.attrs["min_val"])[0]) > float(np.ravel(ds.attrs["max_val"])[0]):
+        out.problems.append(f"{path}: min_val > max_val")
+    if "DICOMHeader" in ds.attrs:
+        try:
+            json.loads(ds.attrs["DICOMHeader"])
+        except (TypeError, ValueError):
+            out.problems.append(f"{path}: DICOMHeader is not valid JSON")
+    if scan and ds.ndim == 5 and ds.size and ds.dtype.kind in "iufc":
+        check_values(path, ds, out, tol)
+
+
+def check_file(h5: h5py.File, scan: bool = True, tol: float = 1e-4) -> Findings:
+    out = Findings()
+    for patient, pg in sorted(h5.items()):
+        if _bad_structure(patient, pg, 0, out):
+            continue
+        out.groups["patient"].add(patient)
+        for fid, fg in sorted(pg.items()):
+            if _bad_structure(f"{patient}/{fid}", fg, 1, out):
+                continue
+            out.groups["field"].add(fid)
+            for inst, ig in sorted(fg.items()):
+                gpath = f"{patient}/{fid}/{inst}"
+                if _bad_structure(gpath, ig, 2, out):
+                    continue
+                out.groups["instance"].add(gpath)
+                for key, obj in sorted(ig.items()):
+                    if not _bad_structure(f"{gpath}/{key}", obj, 3, out):
+                        check_dataset(f"{gpath}/{key}", key, obj, out, scan, tol)
+    if out.n_datasets == 0:
+        out.problems.append("no datasets at <patient>/<field>/<instance>/<key>")
+    return out
+
+
+def check_masks(data: h5py.File, masks: h5py.File, out: Findings, name: str) -> None:
+    """Every mask needs a dataset with a broadcast-compatible shape (same X, Y, S)."""
+    seen = set()
+
+    def visit(path: str, obj) -> None:
+        if not isinstance(obj, h5py.Dataset):
+            return
+        seen.add(path)
+        if path not in data or not isinstance(data[path], h5py.Dataset):
+            out.problems.append(f"{name}/{path}: mask without a dataset in the data file")
+            return
+        ds_shape, m_shape = data[path].shape, obj.shape
+        if len(m_shape) != 5 or m_shape[2:] != ds_shape[2:] or any(m not in (1, d) for m, d in zip(m_shape[:2], ds_shape[:2])):
+            out.problems.append(f"{name}/{path}: mask shape {m_shape} does not align with data shape {ds_shape}")
+
+    masks.visititems(visit)
+    n_missing = out.n_datasets - len(seen)
+    if n_missing > 0:
+        out.warnings.append(f"{n_missing} dataset(s) have no mask in {name}")
+
+
+def summary_table(out: Findings) -> Table:
+    table = Table()
+    for col in ("key", "datasets", "shapes (C, T, S, X, Y) and dtypes"):
+        table.add_column(col)
+    for stem, n in sorted(out.keys.items()):
+        shapes = ", ".join(f"{s}×{k} {d}" if k > 1 else f"{s} {d}" for (s, d), k in out.shapes[stem].most_common(4))
+        more = len(out.shapes[stem]) - 4
+        table.add_row(stem, str(n), shapes + (f", +{more} more" if more > 0 else ""))
+    return table
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="validate_h5.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
+                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="data.h5 file(s) to check")
+    p.add_argument("--mask", help="mask file to check against the (single) INPUT (default: meta_mask.h5 beside it, if present)")
+    p.add_argument("--no-mask", action="store_true", help="do not check masks")
+    p.add_argument("--quick", action="store_true", help="check names, shapes and attributes only; skip reading the values (NaN/Inf, min/max)")
+    p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance for min_val/max_val against the data (default: 1e-4)")
+    p.add_argument("--strict", action="store_true", help="treat warnings as problems")
+    p.add_argument("--max-listed", type=int, default=50, help="list at most this many problems and warnings each (default: 50)")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def main(argv: Sequence[str]) -> None:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.debug)
+    if args.mask and len(args.inputs) > 1:
+        raise UserError("--mask needs a single INPUT")
+    paths = [check_h5(p) for p in args.inputs]
+    if args.mask:
+        check_h5(args.mask)
+    # soft_wrap: one finding per line, whatever the terminal width (greppable logs).
+    console, err = Console(soft_wrap=True), Console(stderr=True, soft_wrap=True)
+    failed = []
+    for path in paths:
+        with h5py.File(path, "r") as h5:
+            out = check_file(h5, scan=not args.quick, tol=args.tol)
+            mask_path = None if args.no_mask else Path(args.mask) if args.mask else path.parent / "meta_mask.h5"
+            if mask_path is not None and mask_path.exists() and mask_path.resolve() != path.resolve():
+                with h5py.File(check_h5(mask_path), "r") as masks:
+                    check_masks(h5, masks, out, mask_path.name)
+        counts = ", ".join(f"{len(out.groups[lvl])} {lvl}(s)" for lvl in LEVELS)
+        console.print(f"{path}: {counts}, {out.n_datasets} dataset(s)", markup=False, highlight=False)
+        console.print(summary_table(out), soft_wrap=False)
+        problems = out.problems + (out.warnings if args.strict else [])
+        warnings = [] if args.strict else out.warnings
+        for label, items, stream in (("warning", warnings, console), ("problem", problems, err)):
+            for line in items[: args.max_listed]:
+                stream.print(f"{label}: {line}", markup=False, highlight=False)
+            if len(items) > args.max_listed:
+                stream.print(f"... and {len(items) - args.max_listed} more {label}s", markup=False)
+        if problems:
+            failed.append(f"{path} ({len(problems)} problem{'s' if len(problems) > 1 else ''})")
+        else:
+            console.print(f"{path}: valid", markup=False)
+    if failed:
+        raise UserError(f"not valid: {', '.join(failed)}")
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_cli(main))
