@@ -14,8 +14,17 @@ class UserError(Exception):
     """An error caused by input the user controls (data, config, flags, weights)."""
 
 
+def one_line(exc: BaseException) -> str:
+    """The user-facing line of an error; a DataLoader worker wraps ours in its traceback text."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        last = [ln for ln in text.strip().splitlines() if ln.strip()][-1]
+        text = last.split("UserError: ", 1)[-1]
+    return " ".join(text.split("\n")).strip()
+
+
 def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None = None) -> int:
-    """Run ``main(argv)``; turn UserError (and bad-input OS/HDF5 errors) into exit code 2."""
+    """Run ``main(argv)``; turn a UserError into one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -23,7 +32,7 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
     except UserError as exc:
         if debug:
             raise
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

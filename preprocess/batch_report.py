@@ -43,12 +43,17 @@ def setup_logging(debug: bool = False) -> None:
     """One-line messages: information on stdout, warnings and errors on stderr.
 
     Keeping stderr for trouble means a failed run ends with just the ``error:`` line there.
+    Only the "preprocess" logger is configured, so calling a tool's ``main`` in-process
+    leaves the caller's logging alone.
     """
     out = logging.StreamHandler(sys.stdout)
     out.addFilter(lambda record: record.levelno < logging.WARNING)
     err = logging.StreamHandler(sys.stderr)
     err.setLevel(logging.WARNING)
-    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO, format="%(levelname)s: %(message)s",
-                        handlers=[out, err], force=True)
+    for handler in (out, err):
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    log.handlers[:] = [out, err]
+    log.setLevel(logging.DEBUG if debug else logging.INFO)
+    log.propagate = False
     # Third-party chatter (pydicom warnings on odd headers) only with --debug.
     logging.getLogger("pydicom").setLevel(logging.DEBUG if debug else logging.ERROR)

@@ -4,7 +4,8 @@ Ordering rules (one series at a time):
 - Slice (S): position along the slice normal (ImagePositionPatient projected on
   the cross product of the ImageOrientationPatient vectors), else SliceLocation.
 - Time (T): TriggerTime, then InstanceNumber, then frame number within a file;
-  the frames of a multi-frame file are time points unless per-frame positions differ.
+  the frames of a multi-frame file are time points unless per-frame positions
+  differ (or the caller says frames are slices: ``frames_as="slice"``).
 - Channel (C): echoes (EchoNumbers / EchoTime) when a series has several, times
   the samples per pixel (RGB and palette-colour images give 3 channels).
 - X, Y: DICOM Rows, Columns (the pixel array as stored).
@@ -175,14 +176,16 @@ def _per_frame(ds: pydicom.Dataset, n: int, sequence: str, keyword: str) -> list
         return None
 
 
-def _frames_of(info: FileInfo, ds: pydicom.Dataset) -> tuple[list[_Frame], bool]:
+def _frames_of(info: FileInfo, ds: pydicom.Dataset, frames_as: str) -> tuple[list[_Frame], bool]:
     arr, rescaled = _pixels(ds)
     n = arr.shape[0]
     positions = [info.position] * n
-    if n > 1 and info.normal is not None:
-        per = _per_frame(ds, n, "PlanePositionSequence", "ImagePositionPatient")
-        if per is not None:
-            positions = [float(np.dot([float(v) for v in p], info.normal)) for p in per]
+    per = _per_frame(ds, n, "PlanePositionSequence", "ImagePositionPatient") if n > 1 and info.normal is not None else None
+    if per is not None:
+        positions = [float(np.dot([float(v) for v in p], info.normal)) for p in per]
+    elif n > 1 and frames_as == "slice":
+        # No per-frame geometry: the user says the frames are consecutive slices.
+        positions = [(info.position or 0.0) + i for i in range(n)]
     times = [(info.trigger_time or 0.0, info.instance_number, i) for i in range(n)]
     if n > 1:
         per_t = _per_frame(ds, n, "CardiacSynchronizationSequence", "NominalCardiacTriggerDelayTime")
@@ -195,8 +198,12 @@ def _key(value: float | None, ndigits: int = 2) -> float:
     return -math.inf if value is None else round(value, ndigits)
 
 
-def assemble(series: Series, read: Callable[[str], pydicom.Dataset]) -> tuple[np.ndarray, pydicom.Dataset]:
-    """Read and stack one series into C x T x S x X x Y; return it with its first header."""
+def assemble(series: Series, read: Callable[[str], pydicom.Dataset], frames_as: str = "time") -> tuple[np.ndarray, pydicom.Dataset]:
+    """Read and stack one series into C x T x S x X x Y; return it with its first header.
+
+    ``frames_as`` ("time" or "slice") says what the frames of a multi-frame file are
+    when the file has no per-frame positions.
+    """
     frames: list[_Frame] = []
     first_ds = None
     rescaled = False
@@ -205,7 +212,7 @@ def assemble(series: Series, read: Callable[[str], pydicom.Dataset]) -> tuple[np
         if ds is None:
             raise SeriesError(f"{info.member}: no longer readable as DICOM")
         try:
-            got, was_rescaled = _frames_of(info, ds)
+            got, was_rescaled = _frames_of(info, ds, frames_as)
         except Exception as exc:  # decoding errors come in many types; name the file
             raise SeriesError(f"{info.member}: cannot decode pixels ({exc})") from exc
         rescaled |= was_rescaled

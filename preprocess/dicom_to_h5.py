@@ -23,8 +23,9 @@ from Engineering.errors import UserError, run_cli
 from preprocess.batch_report import BatchReport, setup_logging
 from preprocess.dicom_series import FileInfo, Series, SeriesError, assemble, file_info, group_series, header_json, phase_to_radians
 from preprocess.dicom_sources import Source, SourceReader, find_sources
-from preprocess.h5_writer import COMPRESSIONS, atomic_h5, check_h5, remove_and_prune, write_image
+from preprocess.h5_writer import COMPRESSIONS, atomic_h5, check_h5, prune_empty, remove_and_prune, write_image
 from preprocess.progress_bar import track
+from preprocess import series_spec
 from preprocess.series_spec import FieldSpec, assign_keys, load_spec, matches_description
 
 log = logging.getLogger("preprocess")
@@ -47,7 +48,7 @@ numbered _0, _1, ... when several share a key. Exit code 2 when nothing converte
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="dicom_to_h5.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-        epilog=ID_RULES, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=ID_RULES + "\n\nSpec: " + series_spec.__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a DICOM file, a folder (searched recursively; zips inside are separate inputs) or a zip")
     p.add_argument("--out", required=True, help="output HDF5 file, written atomically")
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeat-acq", action="store_true", help="number repeats of a key _0, _1, ... (default: keep the first, report the rest), for fields whose spec sets none")
     p.add_argument("--field", help="field ID for inputs not named like UK Biobank zips (default: StudyDescription, else 0)")
     p.add_argument("--instance", help="instance ID for inputs not named like UK Biobank zips (default: 0, 1, ... per study)")
+    p.add_argument("--frames-as", choices=("time", "slice"), default="time", help="what the frames of a multi-frame file without per-frame positions are (default: time)")
     p.add_argument("--append", action="store_true", help="add to an existing --out file instead of replacing it")
     p.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="HDF5 compression filter (default: gzip)")
     p.add_argument("--debug", action="store_true", help="show tracebacks and stop at the first failing study")
@@ -129,14 +131,16 @@ class Converter:
         return entry
 
     def _convert_study(self, source: Source, reader: SourceReader, files: list[FileInfo], label: str) -> None:
-        written: list[str] = []
+        written: list[str] = []  # the group path, then each dataset written
         try:
             self._write_study(source, reader, files, written)
             self.report.ok(label)
         except Exception as exc:
             if self.args.debug:
                 raise
-            remove_and_prune(self.h5, written)
+            remove_and_prune(self.h5, written[1:])
+            if written:
+                prune_empty(self.h5, written[0])
             self.report.fail(label, str(exc) or type(exc).__name__)
 
     def _write_study(self, source: Source, reader: SourceReader, files: list[FileInfo], written: list[str]) -> None:
@@ -162,6 +166,7 @@ class Converter:
             del self.h5[path]
         group = self.h5.require_group(path)
         self.created.add(path)
+        written.append(path)
         bases = [(rule.base, s.plane) for s, rule in chosen]
         keys = assign_keys(bases, default_plane, repeat, number_when_several=fspec.store_all, taken=set(group))
         study = files[0].study
@@ -175,21 +180,23 @@ class Converter:
                 log.error("%s: repeated acquisition of %r ignored (set repeat_acq to keep it)", source.name, rule.base)
                 self.report.note("repeated acquisitions ignored")
                 continue
-            array, header = assemble(s, read)
+            array, header = assemble(s, read, self.args.frames_as)
             attrs = {"seriesID": s.uid, "seriesDesc": s.description, "DICOMHeader": header_json(header)}
             if rule.phase is not None:
-                array, attrs["phaseSeriesID"] = self._complex(s, rule.phase, array, phases, used_phases, read)
+                array, attrs["phaseSeriesID"] = self._complex(s, rule.phase, array, phases, used_phases, read, self.args.frames_as)
             write_image(group, key, array, attrs, self.args.compression)
             written.append(f"{path}/{key}")
+        if len(written) == 1:
+            raise SeriesError(f"every series repeats a key already in {path}")
 
     @staticmethod
-    def _complex(mag: Series, pattern: str, magnitude: np.ndarray, phases: list[Series], used: set[int], read):
+    def _complex(mag: Series, pattern: str, magnitude: np.ndarray, phases: list[Series], used: set[int], read, frames_as: str):
         """magnitude * exp(i * phase) with the first unused phase series of the same plane."""
         for i, ph in enumerate(phases):
             if i in used or ph.plane != mag.plane or not matches_description(pattern, ph.description):
                 continue
             used.add(i)
-            phase, header = assemble(ph, read)
+            phase, header = assemble(ph, read, frames_as)
             if phase.shape != magnitude.shape:
                 raise SeriesError(f"phase series {ph.description!r} has shape {phase.shape}, magnitude {mag.description!r} {magnitude.shape}")
             radians = phase_to_radians(phase, header)

@@ -98,12 +98,16 @@ def write_image(
     return ds
 
 
+def prune_empty(h5: h5py.File, path: str) -> None:
+    """Delete ``path`` if it is an empty group, then each parent left empty."""
+    while path and path in h5 and isinstance(h5[path], h5py.Group) and len(h5[path]) == 0:
+        del h5[path]
+        path = path.rsplit("/", 1)[0] if "/" in path else ""
+
+
 def remove_and_prune(h5: h5py.File, paths: list[str]) -> None:
     """Delete ``paths`` and then every group left empty above them."""
     for path in paths:
         if path in h5:
             del h5[path]
-        parent = path.rsplit("/", 1)[0] if "/" in path else ""
-        while parent and parent in h5 and len(h5[parent]) == 0:
-            del h5[parent]
-            parent = parent.rsplit("/", 1)[0] if "/" in parent else ""
+        prune_empty(h5, path.rsplit("/", 1)[0] if "/" in path else "")

@@ -22,7 +22,6 @@ from typing import Sequence
 import h5py
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import KFold, ShuffleSplit, StratifiedKFold, StratifiedShuffleSplit, train_test_split
 
 from Engineering.errors import UserError, run_cli
 from preprocess.batch_report import setup_logging
@@ -83,6 +82,9 @@ def strata(patients: list[str], table_path: str, column: str, id_column: str | N
 def make_folds(patients: list[str], mode: str = "kfold", n_folds: int = 5, test_frac: float = 0.2,
                val_frac: float = 0.1, seed: int = 0, labels: np.ndarray | None = None) -> list[dict[str, list[str]]]:
     """Folds of {"train", "val", "test"} patient lists; val_frac/test_frac are fractions of all patients."""
+    # Imported here: scikit-learn takes a second to load, which --help and input errors need not wait for.
+    from sklearn.model_selection import KFold, ShuffleSplit, StratifiedKFold, StratifiedShuffleSplit, train_test_split
+
     order = np.argsort(patients, kind="stable")  # sorted input makes the seed alone decide
     ids = np.asarray(patients, dtype=str)[order]
     n = len(ids)

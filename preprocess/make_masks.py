@@ -7,8 +7,9 @@ Cowan & Young, MICCAI 2006); for static images the intensity itself. The feature
 map is smoothed, thresholded with Otsu's method (Otsu 1979) or a quantile, then
 cleaned per slice: opening, hole filling, largest connected component, closing
 and an optional dilation. Alternatively masks come from NIfTI label files.
-Masks are uint8 arrays of shape 1 x 1 x S x X x Y (labels: 1 x T x S x X x Y),
-broadcastable against their C x T x S x X x Y dataset.
+Masks are uint8 (labels: uint8/uint16) with exactly the shape of their dataset,
+repeated over channels and frames, because the data layer reads a sample's mask
+with the same (c, t, s) indices as its image; gzip keeps the repeats cheap.
 """
 from __future__ import annotations
 
@@ -21,7 +22,6 @@ import h5py
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
-from skimage.morphology import disk
 
 from Engineering.errors import UserError, run_cli
 from preprocess.batch_report import BatchReport, setup_logging
@@ -44,6 +44,12 @@ def feature_map(array: np.ndarray, method: str) -> np.ndarray:
             raise ValueError("variance masks need a time series (T > 1); use --method intensity")
         return mag.std(axis=1).mean(axis=0)
     return mag.mean(axis=(0, 1))
+
+
+def disk(radius: int) -> np.ndarray:
+    """A filled disk structuring element of the given radius."""
+    r = np.arange(-radius, radius + 1)
+    return (r[:, None] ** 2 + r[None, :] ** 2) <= radius**2
 
 
 def clean_slice(binary: np.ndarray, opening: int, closing: int, dilate: int) -> np.ndarray:
@@ -145,7 +151,8 @@ def main(argv: Sequence[str]) -> None:
                 continue
             if not mask.any():
                 report.note("empty masks")
-            made = dst.require_group(entry.group).create_dataset(entry.key, data=mask, compression="gzip")
+            full = np.broadcast_to(mask, ds.shape)
+            made = dst.require_group(entry.group).create_dataset(entry.key, data=full, chunks=(1, 1, 1) + ds.shape[3:], compression="gzip")
             made.attrs.update(attrs)
             report.ok(entry.path)
         unused = set(labels) - {e.path for e, _ in entries}

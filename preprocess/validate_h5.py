@@ -4,7 +4,7 @@ Problems (exit code 2): objects outside ``<patient>/<field>/<instance>/<key>``,
 key names that do not parse, datasets that are not 5D or not numeric, empty
 datasets, NaN/Inf values, min_val > max_val or attributes that disagree with the
 data, DICOMHeader that is not JSON, masks (``meta_mask.h5`` beside the file) whose
-keys have no dataset or whose shapes do not broadcast against it.
+keys have no dataset or whose shape differs from it.
 Warnings (exit 0 unless --strict): missing min_val/max_val (needed for the
 volumetric normalisations), empty groups, datasets without a mask.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,7 +125,7 @@ def check_file(h5: h5py.File, scan: bool = True, tol: float = 1e-4) -> Findings:
 
 
 def check_masks(data: h5py.File, masks: h5py.File, out: Findings, name: str) -> None:
-    """Every mask needs a dataset with a broadcast-compatible shape (same X, Y, S)."""
+    """Every mask needs a dataset of the same shape (the data layer indexes both alike)."""
     seen = set()
 
     def visit(path: str, obj) -> None:
@@ -137,8 +136,8 @@ def check_masks(data: h5py.File, masks: h5py.File, out: Findings, name: str) -> 
             out.problems.append(f"{name}/{path}: mask without a dataset in the data file")
             return
         ds_shape, m_shape = data[path].shape, obj.shape
-        if len(m_shape) != 5 or m_shape[2:] != ds_shape[2:] or any(m not in (1, d) for m, d in zip(m_shape[:2], ds_shape[:2])):
-            out.problems.append(f"{name}/{path}: mask shape {m_shape} does not align with data shape {ds_shape}")
+        if m_shape != ds_shape:
+            out.problems.append(f"{name}/{path}: mask shape {m_shape} differs from data shape {ds_shape}")
 
     masks.visititems(visit)
     n_missing = out.n_datasets - len(seen)

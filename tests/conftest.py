@@ -37,3 +37,24 @@ def run_executor(script: str, *args: str, cwd: Path | None = None, timeout: int 
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, str(REPO / "Executors" / script), *args], cwd=cwd or REPO,
                           capture_output=True, text=True, timeout=timeout, env=full_env)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(_isolated_cache):
+    """A small demo cohort (12 patients, 4 frames of 32x32) for fast end-to-end runs."""
+    from Engineering.data.demo import DemoSpec, write_demo
+
+    return write_demo(Path(_isolated_cache) / "tiny_demo", DemoSpec(n_patients=12, n_frames=4, size=32, n_folds=3))
+
+
+# A DiffAE small enough for CPU tests in seconds.
+TINY_DIFFAE = ["--latent_dim", "8", "--batch_size", "4", "--num_epochs", "1", "--n_train_batches", "2",
+               "--n_val_batches", "2", "--model§DiffAE§net_ch", "8", "--model§DiffAE§ch_mult", "[1,2]",
+               "--model§DiffAE§enc_ch_mult", "[1,2]", "--model§DiffAE§num_res_blocks", "1",
+               "--model§DiffAE§enc_num_res_blocks", "1", "--model§DiffAE§attn_res", "[8]",
+               "--model§DiffAE§T_eval", "3", "--model§DiffAE§T_inv", "3", "--model§DiffAE§T_step", "3",
+               "--no-progress_bar", "--no-tbactive", "--input_shape", "32,32"]
+
+
+def tiny_args(demo: Path, save: Path, *extra: str) -> list[str]:
+    return [*TINY_DIFFAE, "--json§datadir", str(demo), "--json§save_path", str(save), *extra]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import json
+import importlib
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import pytest
 
 from preprocess.make_folds import instance_counts, make_folds
 
+from Engineering.errors import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 PATIENTS = [str(1000000 + i) for i in range(40)]
 
@@ -24,6 +27,12 @@ def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
+
+def run_main(tool: str, *args) -> int:
+    """Run a tool's main in-process (faster than a subprocess); returns the exit code."""
+    module = importlib.import_module(f"preprocess.{tool}")
+    return run_cli(module.main, [str(a) for a in args])
+
 
 
 def test_kfold_test_sets_are_disjoint_and_cover_everyone():
@@ -72,8 +81,7 @@ def test_instance_counts_and_filter(data_file, tmp_path):
     counts = instance_counts([str(data_file)])
     assert counts["p7"] == 2 and counts["p0"] == 1 and "p99" not in counts
     out = tmp_path / "folds.csv"
-    proc = run_tool("make_folds", data_file, "--out", out, "--min-instances", 2, "--n-folds", 2, "--val-frac", 0.25)
-    assert proc.returncode == 0, proc.stderr
+    assert run_main("make_folds", data_file, "--out", out, "--min-instances", 2, "--n-folds", 2, "--val-frac", 0.25) == 0
     table = pd.read_csv(out)
     assert list(table.columns) == ["train", "val", "test"] and len(table) == 2
     for _, row in table.iterrows():
@@ -86,17 +94,16 @@ def test_cli_stratified_json(data_file, tmp_path):
     cov = tmp_path / "cov.csv"
     pd.DataFrame({"eid": [f"p{i}" for i in range(10)], "sex": [0, 1] * 5, "age": np.arange(10) * 3.5}).to_csv(cov, index=False)
     out = tmp_path / "folds.json"
-    proc = run_tool("make_folds", data_file, "--out", out, "--covariates", cov, "--stratify", "sex", "--n-folds", 5, "--val-frac", 0)
-    assert proc.returncode == 0, proc.stderr
+    assert run_main("make_folds", data_file, "--out", out, "--covariates", cov, "--stratify", "sex", "--n-folds", 5, "--val-frac", 0) == 0
     folds = json.loads(out.read_text())
     assert len(folds) == 5 and all(len(f["test"]) == 2 for f in folds)
     for f in folds:
         assert sorted(int(p[1:]) % 2 for p in f["test"]) == [0, 1]
 
 
-def test_cli_errors(data_file, tmp_path):
+def test_cli_errors(data_file, tmp_path, capsys):
     proc = run_tool("make_folds", data_file, "--out", tmp_path / "f.csv", "--min-instances", 3)
     assert proc.returncode == 2 and proc.stderr.strip() == "error: only 0 patient(s) left after filtering; need at least 2"
-    proc = run_tool("make_folds", data_file, "--out", tmp_path / "f.csv", "--covariates", tmp_path / "none.csv", "--stratify", "sex")
-    assert proc.returncode == 2 and "covariate table not found" in proc.stderr
+    assert run_main("make_folds", data_file, "--out", tmp_path / "f.csv", "--covariates", tmp_path / "none.csv", "--stratify", "sex") == 2
+    assert "covariate table not found" in capsys.readouterr().err
     assert not (tmp_path / "f.csv").exists()

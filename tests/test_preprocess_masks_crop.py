@@ -1,6 +1,7 @@
 """make_masks and crop_h5: the cine mask method, label masks, windows, padding, CLI round trip."""
 from __future__ import annotations
 
+import importlib
 import os
 import subprocess
 import sys
@@ -14,6 +15,8 @@ import pytest
 from preprocess.crop_h5 import crop_xy, mask_centre, window_start
 from preprocess.make_masks import auto_mask
 
+from Engineering.errors import run_cli
+
 REPO = Path(__file__).resolve().parents[1]
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
@@ -22,6 +25,12 @@ def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
                           capture_output=True, text=True, env=env, timeout=120)
+
+def run_main(tool: str, *args) -> int:
+    """Run a tool's main in-process (faster than a subprocess); returns the exit code."""
+    module = importlib.import_module(f"preprocess.{tool}")
+    return run_cli(module.main, [str(a) for a in args])
+
 
 
 def beating_disk(shape=(1, 12, 2, 64, 80), centre=(40, 25), seed=0) -> np.ndarray:
@@ -69,20 +78,19 @@ def test_window_start_clamps_inside_and_pads_small_images():
 def converted(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("masks")
     out = tmp / "data.h5"
-    proc = run_tool("nifti_to_h5", NIB_DATA / "anatomical.nii", NIB_DATA / "example4d.nii.gz", "--out", out)
-    assert proc.returncode == 0, proc.stderr
+    assert run_main("nifti_to_h5", NIB_DATA / "anatomical.nii", NIB_DATA / "example4d.nii.gz", "--out", out) == 0
     return out
 
 
 def test_masks_then_crop_then_validate(converted, tmp_path):
-    proc = run_tool("make_masks", converted)
-    assert proc.returncode == 0, proc.stderr
+    assert run_main("make_masks", converted) == 0
     masks = converted.parent / "meta_mask.h5"
     with h5py.File(masks, "r") as m, h5py.File(converted, "r") as d:
-        assert m["anatomical/0/0/primary"].shape == (1, 1) + d["anatomical/0/0/primary"].shape[2:]
+        for key in ("anatomical/0/0/primary", "example4d/0/0/primary"):
+            assert m[key].shape == d[key].shape and m[key].dtype == np.uint8
+        np.testing.assert_array_equal(m["example4d/0/0/primary"][0, 0], m["example4d/0/0/primary"][0, 1])
     out = tmp_path / "cropped.h5"
-    proc = run_tool("crop_h5", converted, "--out", out, "--size", 48, 32)
-    assert proc.returncode == 0, proc.stderr
+    assert run_main("crop_h5", converted, "--out", out, "--size", 48, 32) == 0
     with h5py.File(out, "r") as h5, h5py.File(converted, "r") as src, h5py.File(tmp_path / "meta_mask.h5", "r") as cm:
         small = h5["anatomical/0/0/primary"]  # 33 x 41 -> padded in X, cut in Y
         assert small.shape == (1, 1, 25, 48, 32)
@@ -95,7 +103,7 @@ def test_masks_then_crop_then_validate(converted, tmp_path):
         shifted = small.attrs["affine"] @ np.array([7, 0, 0, 1.0])
         original = src["anatomical/0/0/primary"].attrs["affine"] @ np.array([0, y0, 0, 1.0])
         np.testing.assert_allclose(shifted, original)  # same voxel, same world position
-    assert run_tool("validate_h5", out).returncode == 0
+    assert run_main("validate_h5", out) == 0
 
 
 def test_label_masks_from_nifti(converted, tmp_path):
@@ -103,22 +111,23 @@ def test_label_masks_from_nifti(converted, tmp_path):
     labels = (np.asanyarray(img.dataobj) > 1000).astype(np.uint8) * 2
     nib.save(nib.Nifti1Image(labels, img.affine), tmp_path / "anatomical.nii.gz")
     out = tmp_path / "labels.h5"
-    proc = run_tool("make_masks", converted, "--labels", tmp_path / "anatomical.nii.gz", "--out", out)
-    assert proc.returncode == 0, proc.stderr
+    assert run_main("make_masks", converted, "--labels", tmp_path / "anatomical.nii.gz", "--out", out) == 0
     with h5py.File(out, "r") as m:
         mask = m["anatomical/0/0/primary"][()]
+        assert mask.shape == (1, 1, 25, 33, 41)
         np.testing.assert_array_equal(mask[0, 0], labels.transpose(2, 0, 1))
         assert "example4d" not in m  # no label file for it
 
 
-def test_bad_inputs_exit_2(tmp_path, converted):
+def test_bad_inputs_exit_2(tmp_path, converted, capsys):
     text = tmp_path / "notes.h5"
     text.write_text("hello")
     proc = run_tool("make_masks", text)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: not an HDF5 file: {text}"
-    proc = run_tool("crop_h5", converted, "--out", tmp_path / "c.h5", "--size", 0, 4)
-    assert proc.returncode == 2 and proc.stderr.startswith("error: --size must be positive")
+    assert run_main("crop_h5", converted, "--out", tmp_path / "c.h5", "--size", 0, 4) == 2
+    assert capsys.readouterr().err.startswith("error: --size must be positive")
     if not (converted.parent / "meta_mask.h5").exists():
-        assert run_tool("make_masks", converted).returncode == 0
-    proc = run_tool("crop_h5", converted, "--out", converted.parent / "c.h5", "--size", 8, 8)
-    assert proc.returncode == 2 and "would overwrite the input masks" in proc.stderr
+        assert run_main("make_masks", converted) == 0
+    capsys.readouterr()
+    assert run_main("crop_h5", converted, "--out", converted.parent / "c.h5", "--size", 8, 8) == 2
+    assert "would overwrite the input masks" in capsys.readouterr().err

@@ -7,9 +7,9 @@ those too. Each label column becomes a target: categorical (classification,
 retrieval, silhouette) or continuous (regression), decided by dtype and number
 of distinct values unless the user says otherwise.
 
-Policy for unusable targets: what the user named explicitly must work, so a
-missing column, a single class or a constant value is a ``UserError``; columns
-picked up automatically are skipped with a note in the report.
+Policy for unusable targets: a column the user named (in --label_cols or a type
+flag) must work, so a missing column, a single class or a constant value is a
+``UserError``; columns picked up automatically are skipped with a note in the report.
 """
 from __future__ import annotations
 
@@ -109,26 +109,24 @@ def resolve_targets(table: pd.DataFrame, label_cols: list[str] | None, categoric
     both = set(categorical) & set(continuous)
     if both:
         raise UserError(f"column(s) {', '.join(sorted(both))} given as both categorical and continuous")
-    explicit = bool(label_cols or categorical or continuous)
-    if explicit:
-        names = list(dict.fromkeys(list(label_cols or []) + categorical + continuous))
-        missing = [c for c in names if c not in table.columns]
-        if missing:
-            raise UserError(f"label column(s) {', '.join(missing)} not found in the labels "
-                            f"(available: {', '.join(_label_columns(table, reserved)) or 'none'})")
-    else:
-        names = [c for c in _label_columns(table, reserved) if c not in reserved]
+    named = list(dict.fromkeys(list(label_cols or []) + categorical + continuous))
+    missing = [c for c in named if c not in table.columns]
+    if missing:
+        raise UserError(f"label column(s) {', '.join(missing)} not found in the labels "
+                        f"(available: {', '.join(_label_columns(table, reserved)) or 'none'})")
+    # Without --label_cols every label column is used; the type flags then only override types.
+    names = named if label_cols else list(dict.fromkeys(_label_columns(table, reserved) + named))
     targets, notes = [], []
     for name in names:
         kind = CATEGORICAL if name in categorical else CONTINUOUS if name in continuous else infer_kind(table[name])
         target, problem = _make_target(table[name], name, kind, min_class_size, min_samples)
-        if problem and explicit:
+        if problem and name in named:
             raise UserError(f"label '{name}': {problem}")
         if problem:
             notes.append(f"label '{name}' skipped: {problem}")
         else:
             targets.append(target)
-    if not targets and not explicit and not notes:
+    if not names:
         notes.append("no label columns: only label-free metrics were computed")
     return targets, notes
 

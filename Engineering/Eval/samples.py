@@ -85,11 +85,11 @@ def aggregate_latents(ids: pd.DataFrame, Z: np.ndarray, cols: list[str]) -> tupl
 
 def aggregate_rows(ids: pd.DataFrame, X: np.ndarray, cols: list[str]) -> tuple[pd.DataFrame, np.ndarray]:
     """Mean of the rows of ``X`` sharing the same ``cols`` values, keys in sorted order."""
-    codes, uniques = pd.MultiIndex.from_frame(ids[cols]).factorize(sort=True)
-    sums = np.zeros((len(uniques), X.shape[1]))
+    codes = ids.groupby(cols, sort=True).ngroup().to_numpy()  # group numbers follow the sorted keys
+    keys = ids[cols].drop_duplicates().sort_values(cols, kind="stable").reset_index(drop=True)
+    sums = np.zeros((len(keys), X.shape[1]))
     np.add.at(sums, codes, X)
-    counts = np.bincount(codes, minlength=len(uniques))
-    return uniques.to_frame(index=False), sums / counts[:, None]
+    return keys, sums / np.bincount(codes, minlength=len(keys))[:, None]
 
 
 def _check_finite(name: str, ids: pd.DataFrame, Z: np.ndarray) -> None:

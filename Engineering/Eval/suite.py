@@ -30,7 +30,7 @@ class Settings:
     n_boot: int = 1000
     seed: int = 0
     n_splits: int = 5
-    n_repeats: int = 3  # regression CV repeats
+    n_repeats: int = 3  # CV repeats of the linear probes
     knn_k: int = 15
     n_perm: int = 200  # retrieval permutations
     id_ks: tuple[int, ...] = compactness.DEFAULT_KS
@@ -94,7 +94,7 @@ def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target 
         Zt, y, g = _subset(Z, t, groups)
         if t.kind == CATEGORICAL:
             record(f"probe/{t.name}",
-                   lambda: probes.linear_probe_classification(Zt, y, g, s.n_splits, s.n_boot, s.seed),
+                   lambda: probes.linear_probe_classification(Zt, y, g, s.n_splits, s.n_repeats, s.n_boot, s.seed),
                    ["probe_balanced_accuracy", "probe_accuracy"])
             record(f"knn_accuracy/{t.name}",
                    lambda: knn.knn_accuracy(Zt, y, g, s.knn_k, s.n_splits, s.n_boot, s.seed), ["knn_accuracy"])
