@@ -24,6 +24,7 @@ from Engineering.data.datamodule import H5DataModule
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, load_weights
+from Engineering.Science.optimisers import accumulation_steps
 
 log = logging.getLogger("imlatent")
 TRAIN_MODES, TEST_MODES, MERGED_MODES = (0, 1, 3, 4), (2, 3, 4), (0, 3)
@@ -84,11 +85,14 @@ def setup_logging(run_dir: Path) -> None:
         lg.setLevel(logging.INFO)
 
 
-def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool) -> L.Trainer:
+def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bool = True,
+                  inference_mode: bool = True) -> L.Trainer:
     r, t = cfg.run, cfg.training
     acc = resolved_accelerator(cfg)
     world = max(1, r.ndevices) * max(1, r.nnodes)
-    accumulate = max(1, t.effective_batch_size // (t.batch_size * world)) if t.effective_batch_size else 1
+    # Manual optimisation (multi-optimiser models) accumulates and clips in the engine itself.
+    accumulate = accumulation_steps(t, world) if automatic else 1
+    clip = (t.grad_clip_val or None) if automatic else None
     callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best-{epoch:03d}-{step}", monitor=monitor,
                                  mode="min", save_top_k=1, save_last=True)]
     if t.early_stopping_patience > 0:
@@ -112,8 +116,8 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool) -> L.Trainer:
     return L.Trainer(
         accelerator=acc, devices=r.ndevices, num_nodes=r.nnodes, strategy=strategy(cfg),
         sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc), max_epochs=t.num_epochs,
-        accumulate_grad_batches=accumulate, gradient_clip_val=t.grad_clip_val or None,
-        gradient_clip_algorithm=t.grad_clip_algo if t.grad_clip_val else None,
+        accumulate_grad_batches=accumulate, gradient_clip_val=clip,
+        gradient_clip_algorithm=t.grad_clip_algo if clip else None, inference_mode=inference_mode,
         limit_train_batches=t.n_train_batches, limit_val_batches=limit_val if has_val else 0,
         num_sanity_val_steps=1 if has_val else 0, callbacks=callbacks, logger=loggers,
         deterministic=False if r.non_deter else "warn", benchmark=bool(r.non_deter),
@@ -163,7 +167,8 @@ def run(argv: Sequence[str], task: Task) -> dict:
     log.info("run %s mode %d; data %s (%d datasets, index cache %s)", run_dir.name, mode, dm.h5file,
              len(dm.records), "hit" if dm.cache_hit else "rebuilt")
 
-    trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val)
+    trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val, model.automatic_optimization,
+                            not getattr(model, "needs_grad_in_eval", False))
     result = {"run_dir": str(run_dir)}
     if mode in TRAIN_MODES:
         _tune(cfg, trainer, model, dm, run_dir)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from Engineering.config.flags import DIFFAE_FLAGS
+from Engineering.config.flags import DIFFAE_FLAGS, RECON_FLAGS
 from Engineering.config.loader import Task
 
 
@@ -14,4 +14,14 @@ def diffae_task(configs: Path) -> Task:
         defaults={"input_shape": [64, 64], "latent_dim": 32, "batch_size": 8, "num_epochs": 2, "lr": 1e-4,
                   "n_train_batches": 1.0, "model§drive": "DiffAE", "model§tag": "DiffAE"},
         extra_flags=DIFFAE_FLAGS,
+    )
+
+
+def recon_task(configs: Path) -> Task:
+    return Task(
+        name="recon", description="pythae autoencoders and VAEs (Chadebec et al., NeurIPS 2022), 2D and 3D.",
+        configyml=str(configs / "config_recon.yaml"), datajson=str(configs / "dataNpath_demo.json"),
+        defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
+                  "model§drive": "pythae", "model§tag": "recon"},
+        extra_flags=RECON_FLAGS,
     )

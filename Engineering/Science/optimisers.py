@@ -36,3 +36,9 @@ def make_scheduler(optimiser, training_cfg, monitor: str) -> dict | None:
         return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
     except (TypeError, ValueError) as exc:
         raise UserError(f"training§LRDecay§type{kind}: {exc}") from None
+
+
+def accumulation_steps(training_cfg, world_size: int) -> int:
+    """Batches per optimiser step so that effective_batch_size samples make one step (0 = no accumulation)."""
+    eff, bs = training_cfg.effective_batch_size, training_cfg.batch_size
+    return max(1, eff // (bs * max(1, world_size))) if eff else 1

@@ -124,4 +124,11 @@ DIFFAE_FLAGS = (
          "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
 )
 
-BY_NAME = {f.name: f for f in FLAGS + CONTROL + DIFFAE_FLAGS}
+RECON_FLAGS = (
+    Flag("pythae_model", ("model", "pythae", "model"), "str", "vae",
+         "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.", "Model"),
+    Flag("pythae_config", ("model", "pythae", "config_json"), "str", "",
+         "JSON file of pythae model parameters (overridden by model§pythae§models§<name>§<field>).", "Model"),
+)
+
+BY_NAME = {f.name: f for f in FLAGS + CONTROL + DIFFAE_FLAGS + RECON_FLAGS}

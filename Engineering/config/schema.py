@@ -31,7 +31,8 @@ class _Section(BaseModel):
 
 
 def _section_model(section: str, extra_flags: tuple[Flag, ...]) -> type[BaseModel]:
-    fields = {f.path[1]: (_TYPES[f.type], f.default) for f in FLAGS + extra_flags if f.path[0] == section}
+    fields = {f.path[1]: (_TYPES[f.type], f.default) for f in FLAGS + extra_flags
+              if f.path[0] == section and len(f.path) == 2}
     return pydantic.create_model(f"{section.capitalize()}Config", __base__=_Section, **fields)
 
 

@@ -1,0 +1,132 @@
+"""Lightning engine of the pythae WarpDrive (Chadebec et al., NeurIPS 2022): every pythae AE/VAE.
+
+Single-optimiser models use Lightning's automatic optimisation. Multi-optimiser
+models (factor_vae, aae, vaegan, piwae, ...) use manual optimisation following
+the drive's contract (see WarpDrives/pythaeDrive/drive.py), with gradient
+accumulation and clipping done here, since Lightning leaves both to the engine
+under manual optimisation.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
+from Engineering.errors import UserError
+from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
+
+_DRIVE_KEYS = ("nn", "n_features", "n_levels", "reconstruction_loss", "custom_loss_class", "custom_loss_params",
+               "output_activation", "vq_code_dim")
+
+
+def pythae_config(cfg, in_channels: int) -> PythaeDriveConfig:
+    """Drive config: model§pythae§* keys; parameters = pythae defaults < --pythae_config JSON < YAML models§<name>."""
+    pcfg = dict(getattr(cfg.model, "pythae", None) or {})
+    name = pcfg.get("model", "vae")
+    params: dict = {}
+    if pcfg.get("config_json"):
+        path = Path(pcfg["config_json"]).expanduser()
+        try:
+            params.update(json.loads(path.read_text()))
+        except FileNotFoundError:
+            raise UserError(f"--pythae_config file not found: {path}") from None
+        except json.JSONDecodeError as exc:
+            raise UserError(f"--pythae_config {path} is not valid JSON: {exc}") from None
+    params.update(((pcfg.get("models") or {}).get(name) or {}))
+    known = set(_DRIVE_KEYS) | {"model", "config_json", "models"}
+    unknown = set(pcfg) - known
+    if unknown:
+        raise UserError(f"model§pythae has unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
+    return PythaeDriveConfig(model=name, is3D=cfg.model.is3D, in_channels=in_channels,
+                             input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim,
+                             model_params=params, **{k: pcfg[k] for k in _DRIVE_KEYS if k in pcfg})
+
+
+class ReconEngine(LatentEngine):
+    def __init__(self, cfg, in_channels: int):
+        super().__init__(cfg, in_channels)
+        self.drive_cfg = pythae_config(cfg, in_channels)
+        self.net = PythaeDrive(self.drive_cfg)
+        self.automatic_optimization = not self.net.is_multi_optimiser
+        self.needs_grad_in_eval = self.net.needs_grad_in_eval
+        self._touched: set[str] = set()
+
+    def _train_size(self) -> int:
+        return len(self.trainer.datamodule.dataset("train"))
+
+    def training_step(self, batch, batch_idx):
+        out = self.net(batch, epoch=self.current_epoch, dataset_size=self._train_size())
+        bs = batch["inp"].shape[0]
+        self.log("train_loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        for k, v in out.losses.items():
+            if k != "loss":
+                self.log(f"train_{k}", v, on_epoch=True, batch_size=bs, sync_dist=True)
+        if self.automatic_optimization:
+            return out.loss
+        self._manual_step(out, batch_idx)
+        return None
+
+    def _manual_step(self, out, batch_idx: int) -> None:
+        t = self.cfg.training
+        accumulate = accumulation_steps(t, self.trainer.world_size)
+        for step in self.net.losses_for_step(out):
+            if step.loss is None:
+                continue
+            self.manual_backward(step.loss / accumulate, inputs=step.params, retain_graph=step.retain_graph)
+            self._touched.add(step.optimiser)
+        last = (batch_idx + 1) == self.trainer.num_training_batches
+        if (batch_idx + 1) % accumulate == 0 or last:
+            opts = self.optimizers()
+            opts = opts if isinstance(opts, list) else [opts]
+            for spec, opt in zip(self.net.optimiser_specs(), opts):
+                if spec.name in self._touched:
+                    if t.grad_clip_val:
+                        self.clip_gradients(opt, gradient_clip_val=t.grad_clip_val,
+                                            gradient_clip_algorithm=t.grad_clip_algo)
+                    opt.step()
+                opt.zero_grad()
+            self._touched.clear()
+
+    def on_train_epoch_end(self) -> None:
+        self.net.on_train_epoch_end()
+        if not self.automatic_optimization and self.cfg.training.lr_decay_type == 1:
+            scheds = self.lr_schedulers()
+            for s in scheds if isinstance(scheds, list) else [scheds]:
+                s.step()
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.automatic_optimization and self.cfg.training.lr_decay_type == 2 and not self.trainer.sanity_checking:
+            metric = self.trainer.callback_metrics.get(self.monitor())
+            scheds = self.lr_schedulers()
+            for s in scheds if isinstance(scheds, list) else [scheds]:
+                if metric is not None:
+                    s.step(metric)
+
+    def validation_step(self, batch, batch_idx):
+        # hvae/rhvae/rae_gp differentiate inside their forward: the trainer runs without inference_mode for them.
+        with torch.enable_grad() if self.needs_grad_in_eval else torch.no_grad():
+            out = self.net(batch)
+        self.log("val_loss", out.loss.detach(), on_epoch=True, prog_bar=True, batch_size=batch["inp"].shape[0],
+                 sync_dist=True)
+
+    def configure_optimizers(self):
+        if self.automatic_optimization:
+            return super().configure_optimizers()
+        t = self.cfg.training
+        optimisers, schedulers = [], []
+        for spec in self.net.optimiser_specs():
+            opt = make_optimiser(spec.param_groups, t.optimiserID, self.lr)
+            optimisers.append(opt)
+            sched = make_scheduler(opt, t, self.monitor())
+            if sched is not None:
+                schedulers.append(sched)
+        return (optimisers, schedulers) if schedulers else optimisers
+
+    def embed(self, x, use_ema: bool) -> torch.Tensor:
+        return self.net.embed(x)
+
+    def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
+        return self.net.decode(z) if hasattr(self.net, "decode") else self.net.reconstruct(x)
