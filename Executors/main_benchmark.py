@@ -62,17 +62,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
     p.add_argument("--n_splits", type=int, default=5, help="cross-validation folds")
+    p.add_argument("--n_repeats", type=int, default=3, help="repeats of the linear-probe cross-validation")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--blas_threads", type=int, default=1,
+                   help="BLAS threads while scoring (0 = library default); 1 is fastest for the many small fits")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
 
 
 def main(argv: Sequence[str]) -> dict:
     args = build_parser().parse_args(list(argv))
-    if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2:
-        raise UserError("--n_boot and --n_perm must be >= 0 and --n_splits >= 2")
-    settings = Settings(n_boot=args.n_boot, seed=args.seed, n_splits=args.n_splits, n_perm=args.n_perm,
-                        debug=args.debug)
+    if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2 or args.n_repeats < 1:
+        raise UserError("--n_boot and --n_perm must be >= 0, --n_splits >= 2 and --n_repeats >= 1")
+    settings = Settings(n_boot=args.n_boot, seed=args.seed, n_splits=args.n_splits, n_repeats=args.n_repeats,
+                        n_perm=args.n_perm, blas_threads=args.blas_threads or None, debug=args.debug)
 
     # 1. Inputs, all checked before anything is written.
     paths = _named_paths(args.latents)
@@ -184,9 +187,9 @@ def _summary(paths, runs, samples, targets, args) -> dict[str, str]:
         "targets": target_text,
         "batch column": args.batch_col or "none",
         "group column": args.group_col or "none",
-        "settings": f"{args.n_splits}-fold CV, {args.n_boot} bootstrap resamples (percentile 95% CI"
-                    f"{', resampling whole groups' if args.group_col else ''}), {args.n_perm} permutations, "
-                    f"seed {args.seed}",
+        "settings": f"{args.n_splits}-fold CV x {args.n_repeats} repeats, {args.n_boot} bootstrap resamples "
+                    f"(percentile 95% CI{', resampling whole groups' if args.group_col else ''}), "
+                    f"{args.n_perm} permutations, seed {args.seed}",
     }
 
 

@@ -39,7 +39,7 @@ def latents(cls: np.ndarray, site: np.ndarray, class_sep: float, site_shift: flo
         for t in range(N_T):
             z = rng.normal(size=DIM)
             z[0] += class_sep * cls[p]
-            z[1] += site_shift * (site[p] == "siteB")
+            z[1] += site_shift * (np.flatnonzero(SITES == site[p])[0] - 1)  # sites at -1, 0, +1
             rows.append([str(1000 + p), "20208", "2", "primary_cine_0", 0, t, 0, *z])
     return pd.DataFrame(rows, columns=["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
                         + [f"Z{j}" for j in range(DIM)])
@@ -77,9 +77,9 @@ def data(tmp_path_factory):
     return root
 
 
-def common_args(data: Path, out: Path) -> list[str]:
-    return ["--latents", str(data / "runA"), f"B={data / 'embB.tsv'}", f"C={data / 'embC.h5'}",
-            "--labels", str(data / "pheno.tsv"), str(data / "cov.tsv"), "--out", str(out),
+def common_args(data: Path, out: Path, runs=("runA", "B=embB.tsv", "C=embC.h5")) -> list[str]:
+    latents = [f"{r.partition('=')[0]}={data / r.partition('=')[2]}" if "=" in r else str(data / r) for r in runs]
+    return ["--latents", *latents, "--labels", str(data / "pheno.tsv"), str(data / "cov.tsv"), "--out", str(out),
             "--n_boot", "100", "--n_perm", "20"]
 
 
@@ -114,7 +114,7 @@ def test_cli_end_to_end(data, tmp_path, capsys):
 
 def test_cli_auto_labels_skip_unusable_columns_in_report(data, tmp_path):
     out = tmp_path / "auto"
-    main(common_args(data, out) + ["--aggregate", "patient"])
+    main(common_args(data, out, runs=("runA", "C=embC.h5")) + ["--aggregate", "patient"])
     html = (out / "report.html").read_text()
     assert "label &#x27;constant&#x27; skipped: a single class" in html
     assert "PCA-of-pixels baseline skipped" in html
@@ -124,7 +124,7 @@ def test_cli_auto_labels_skip_unusable_columns_in_report(data, tmp_path):
 
 def test_model_dependent_hook_reports_skips(data, tmp_path):
     out = tmp_path / "hook"
-    main(common_args(data, out) + ["--label_cols", "cls", "--run", str(data / "runA")])
+    main(common_args(data, out, runs=("runA",)) + ["--label_cols", "cls", "--run", str(data / "runA")])
     rec = json.loads((out / "metrics.json").read_text())["runA"]["rotation_sensitivity"]
     assert rec["value"] is None and "not wired" in rec["skipped"]
 

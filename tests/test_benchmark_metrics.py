@@ -5,14 +5,22 @@ import numpy as np
 import pytest
 from sklearn.decomposition import PCA
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, r2_score
+from threadpoolctl import threadpool_limits
 
-from Engineering.Eval import batch_effects, compactness, knn, probes, retrieval, scores
+from Engineering.Eval import batch_effects, compactness, knn, probes, regression, retrieval, scores
 from Engineering.Eval.bootstrap import bootstrap_ci, resample_weights, weighted_mean
 from Engineering.Eval.folds import classification_folds, regression_folds
 from Engineering.Eval.labels import CATEGORICAL, CONTINUOUS, Target
 from Engineering.Eval.suite import Settings, evaluate_representation, run_benchmark
 
 N_BOOT = 200
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_blas_thread():
+    """As run_benchmark does: the small fits here are fastest on one BLAS thread."""
+    with threadpool_limits(1, user_api="blas"):
+        yield
 
 
 def clustered(n_per_class=50, n_classes=3, dim=16, separation=6.0, seed=0):
@@ -62,9 +70,23 @@ def test_regression_r2_high_for_linear_target_and_near_zero_for_noise():
     rng = np.random.default_rng(4)
     Z = rng.normal(size=(150, 8))
     signal = Z @ rng.normal(size=8) + 0.1 * rng.normal(size=150)
-    assert probes.linear_regression_r2(Z, signal, None, 5, 2, N_BOOT, 0).value > 0.95
-    noise = probes.linear_regression_r2(Z, rng.normal(size=150), None, 5, 2, N_BOOT, 0)
+    assert regression.linear_regression_r2(Z, signal, None, 5, 2, N_BOOT, 0).value > 0.95
+    noise = regression.linear_regression_r2(Z, rng.normal(size=150), None, 5, 2, N_BOOT, 0)
     assert noise.value < 0.05 and noise.ci_low < 0
+
+
+def test_ridge_path_matches_sklearn_ridge():
+    from sklearn.linear_model import Ridge
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    rng = np.random.default_rng(12)
+    X, y, X_eval = rng.normal(size=(40, 6)) * 3 + 1, rng.normal(size=40), rng.normal(size=(7, 6))
+    alphas = np.array([0.01, 1.0, 100.0])
+    path = regression.ridge_path(X, y, X_eval, alphas)
+    for j, alpha in enumerate(alphas):
+        expected = make_pipeline(StandardScaler(), Ridge(alpha=alpha)).fit(X, y).predict(X_eval)
+        np.testing.assert_allclose(path[:, j], expected, rtol=1e-8, atol=1e-10)
 
 
 # --- group-aware cross-validation ---------------------------------------------------------------------
@@ -96,6 +118,11 @@ def test_group_aware_cv_removes_patient_leakage():
     fair = knn.knn_accuracy(Z, y, patient, 5, 5, N_BOOT, 0)
     assert leaky.value > 0.9
     assert contains(fair, 0.5)
+    # The same for a continuous per-patient value and the regression probe (penalty chosen group-aware too).
+    value = np.random.default_rng(0).normal(size=patient.max() + 1)[patient]
+    fair_r2 = regression.linear_regression_r2(Z, value, patient, 5, 1, N_BOOT, 0).value
+    assert fair_r2 < 0.1
+    assert regression.linear_regression_r2(Z, value, None, 5, 1, N_BOOT, 0).value > fair_r2 + 0.2
 
 
 # --- compactness -----------------------------------------------------------------------------------------
@@ -177,10 +204,14 @@ def test_retrieval_skips_own_group():
 
 
 def test_average_precision_by_hand():
-    # Query 0 (label a): ranking 1 (a), 2 (b), 3 (a) -> AP = (1/1 + 2/3) / 2.
-    order = np.array([[1, 2, 3, 0]])
-    ap, n_rel = retrieval.average_precisions(order, np.array([3]), np.array([0, 0, 1, 0]), np.array([0]))
+    # Query 0 (label 0): ranking 1 (0), 2 (1), 3 (0), then the excluded slot -> AP = (1/1 + 2/3) / 2.
+    order = np.array([[1, 2, 3, 4]])
+    ap, n_rel = retrieval.average_precisions(order, np.array([0, 0, 1, 0]), np.array([0]))
     assert ap[0] == pytest.approx((1 + 2 / 3) / 2) and n_rel[0] == 2
+    # The same through rankings: cosine order of 1D points, the query itself excluded.
+    Z = np.array([[1.0, 0.0], [1.0, 0.1], [1.0, 0.5], [1.0, 1.0]])
+    order, n_cand = retrieval.rankings(Z, np.array([0]))
+    assert order.tolist() == [[1, 2, 3, 4]] and n_cand.tolist() == [3]
 
 
 # --- bootstrap and scores --------------------------------------------------------------------------------

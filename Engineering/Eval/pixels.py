@@ -55,5 +55,6 @@ def read_pixels(path: str | Path, rows: pd.DataFrame) -> np.ndarray:
                     else vec.ravel().astype(np.float32)
     sizes = {v.size for v in out}
     if len(sizes) > 1:
-        raise UserError(f"pixel vectors differ in size ({sorted(sizes)[:5]}); the PCA baseline needs inputs of one shape")
+        raise UserError(f"pixel vectors differ in size ({sorted(sizes)[:5]}); "
+                        "the PCA baseline needs inputs of one shape")
     return np.stack(out)

@@ -1,15 +1,14 @@
-"""Linear probes: how linearly decodable a label is from the latents.
+"""Linear probe classification: how linearly decodable a categorical label is.
 
-Classification: standardise + multinomial logistic regression, both fitted inside
-each training fold (a scaler fitted on all data leaks test statistics), scored by
-balanced accuracy (mean per-class recall; Brodersen et al., ICPR 2010) and top-1
-accuracy. Regression: standardise + ridge-regularised linear regression whose
-penalty is chosen by efficient leave-one-out inside the training fold (RidgeCV),
-scored by R². Both are averaged over repeated k-fold partitions (different
-shuffles), which removes most of the partition noise from the point estimate. Linear probing as a
+Standardise + multinomial logistic regression (C=1), both fitted inside each
+training fold (a scaler fitted on all data leaks test statistics), on stratified
+k-fold splits (group-aware with groups), scored by balanced accuracy (mean
+per-class recall; Brodersen et al., ICPR 2010) and top-1 accuracy. Scores are
+averaged over repeated k-fold partitions (different shuffles), which removes most
+of the partition noise from the point estimate. Linear probing as a
 representation benchmark follows Alain & Bengio (ICLR-W 2017) and Kolesnikov et
 al. (CVPR 2019). CIs: percentile bootstrap over out-of-fold predictions (see
-bootstrap.py).
+bootstrap.py). Continuous labels: regression.py.
 """
 from __future__ import annotations
 
@@ -17,24 +16,21 @@ import warnings
 
 import numpy as np
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, RidgeCV
+from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from Engineering.Eval import scores
 from Engineering.Eval.bootstrap import bootstrap_ci
-from Engineering.Eval.folds import classification_folds, regression_folds
+from Engineering.Eval.folds import classification_folds
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {  # family -> (direction, description)
     "probe_balanced_accuracy": (HIGHER, "Linear probe (standardise + logistic regression, repeated stratified CV): "
                                "mean per-class recall. Higher is better; chance = 1/#classes."),
     "probe_accuracy": (HIGHER, "Linear probe top-1 accuracy. Higher is better; chance = share of the largest class."),
-    "r2": (HIGHER, "Linear (ridge) regression R² of a continuous label, repeated k-fold. "
-                 "Higher is better; 0 = predicting the mean."),
 }
-RIDGE_ALPHAS = np.logspace(-3, 3, 13)
 
 
 def classification_oof(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
@@ -62,20 +58,3 @@ def linear_probe_classification(Z: np.ndarray, y: np.ndarray, groups: np.ndarray
         "probe_accuracy": MetricResult.from_ci(bootstrap_ci(top1, n, n_boot, seed, groups), HIGHER, n,
                                                chance=counts.max() / n),
     }
-
-
-def regression_oof(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
-                   n_repeats: int, seed: int) -> list[np.ndarray]:
-    """Out-of-fold ridge predictions of ``y``, one array per repeat."""
-    model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
-    return [cross_val_predict(model, Z, y, cv=folds)
-            for folds in regression_folds(len(y), groups, n_splits, n_repeats, seed)]
-
-
-def linear_regression_r2(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
-                         n_repeats: int, n_boot: int, seed: int) -> MetricResult:
-    """Mean out-of-fold R² over repeats; every resample is scored on all repeats alike."""
-    y = np.asarray(y, dtype=float)
-    preds = regression_oof(Z, y, groups, n_splits, n_repeats, seed)
-    stat = scores.mean_of([scores.r2(y, p) for p in preds])
-    return MetricResult.from_ci(bootstrap_ci(stat, len(y), n_boot, seed, groups), HIGHER, len(y), chance=0.0)

@@ -24,7 +24,8 @@ body{font-family:system-ui,sans-serif;margin:2em;color:#222;max-width:1400px}
 table{border-collapse:collapse;font-size:13px;margin:1em 0}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}
-th{background:#f2f2f2} th.baseline{color:#888} td.skip{color:#999;font-style:italic} td.best{font-weight:bold;background:#eef7ee}
+th{background:#f2f2f2} th.baseline{color:#888}
+td.skip{color:#999;font-style:italic} td.best{font-weight:bold;background:#eef7ee}
 .ci{color:#666;font-size:11px} .grid{display:flex;flex-wrap:wrap;gap:12px} .grid img{border:1px solid #eee}
 .note{color:#8a5300} code{background:#f5f5f5;padding:0 3px}
 """
@@ -52,8 +53,9 @@ def render_report(results: Results, descriptions: dict[str, tuple[str, str]], su
     parts.append("</table>")
     parts.append("<h2>Radar across runs</h2>")
     radar = _safe_png(lambda: plots.radar_chart(results, baseline_names))
+    no_radar = "radar chart needs at least 2 runs and 3 metrics computed for all"
     parts.append(_img(radar, "radar chart") if isinstance(radar, bytes) else
-                 f"<p class='note'>{_e(radar or 'radar chart needs at least 2 runs and 3 metrics computed for all')}</p>")
+                 f"<p class='note'>{_e(radar or no_radar)}</p>")
     parts.append("<h2>Per-metric comparison</h2><div class='grid'>")
     for fam in dict.fromkeys(m.partition("/")[0] for m in metrics):
         panels = {m: {r: results[r][m] for r in runs if m in results[r]}

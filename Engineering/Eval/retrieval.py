@@ -25,13 +25,14 @@ METRICS = {
                      "with a permutation p-value. Higher is better; chance = mean share of same-label candidates."),
 }
 MAX_QUERIES = 2000  # rankings cost O(queries * n log n)
-MAX_PERMUTATION_QUERIES = 500  # the null is recomputed n_perm times on these
+MAX_PERMUTATION_QUERIES = 300  # the null is recomputed n_perm times on these
 _CHUNK = 256
 
 
 def rankings(Z: np.ndarray, queries: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(order, n_candidates): per query, all samples by decreasing cosine similarity; the
-    first n_candidates entries are the eligible ones (not the query, not its group)."""
+    """(order, n_candidates): per query, all samples by decreasing cosine similarity; the first
+    n_candidates entries are the eligible ones (not the query, not its group), the rest are
+    replaced by ``len(Z)``, an index that ``average_precisions`` maps to "never relevant"."""
     norm = np.linalg.norm(Z, axis=1, keepdims=True)
     Zn = np.divide(Z, norm, out=np.zeros_like(Z, dtype=float), where=norm > 0)
     orders, counts = [], []
@@ -43,24 +44,31 @@ def rankings(Z: np.ndarray, queries: np.ndarray, groups: np.ndarray | None = Non
         if groups is not None:
             excluded |= groups[None, :] == groups[q][:, None]
         sim[excluded] = -np.inf
-        orders.append(np.argsort(-sim, axis=1, kind="stable").astype(np.int32))
-        counts.append((~excluded).sum(axis=1))
+        order = np.argsort(-sim, axis=1, kind="stable").astype(np.int32)
+        n_cand = (~excluded).sum(axis=1)
+        order[np.arange(order.shape[1])[None, :] >= n_cand[:, None]] = len(Z)
+        orders.append(order)
+        counts.append(n_cand)
     return np.concatenate(orders), np.concatenate(counts)
 
 
-def average_precisions(order: np.ndarray, n_candidates: np.ndarray, labels: np.ndarray,
+def average_precisions(order: np.ndarray, labels: np.ndarray,
                        query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(AP, #relevant candidates) per query; AP is NaN when no candidate shares the label."""
+    """(AP, #relevant candidates) per query; AP is NaN when no candidate shares the label.
+
+    AP = (1 / #relevant) * sum over relevant ranks r of (#relevant up to r) / r.
+    """
+    padded = np.append(labels, -1).astype(np.int32)  # index len(labels): an excluded slot
+    inv_rank = 1.0 / np.arange(1, order.shape[1] + 1, dtype=np.float32)
     aps, n_rels = [], []
-    ranks = np.arange(1, order.shape[1] + 1)[None, :]
     for start in range(0, len(order), _CHUNK):
         rows = slice(start, start + _CHUNK)
-        eligible = ranks <= n_candidates[rows, None]
-        rel = (labels[order[rows]] == query_labels[rows, None]) & eligible
-        hits = np.cumsum(rel, axis=1)
-        n_rel = hits[:, -1]
+        rel = padded[order[rows]] == query_labels[rows, None]
+        hits = np.cumsum(rel, axis=1, dtype=np.float32)  # exact for counts below 2**24
+        n_rel = hits[:, -1].astype(np.int64)
+        hits *= rel
         with np.errstate(invalid="ignore", divide="ignore"):
-            aps.append(np.where(n_rel > 0, (rel * hits / ranks).sum(axis=1) / n_rel, np.nan))
+            aps.append(np.where(n_rel > 0, (hits @ inv_rank) / n_rel, np.nan))
         n_rels.append(n_rel)
     return np.concatenate(aps), np.concatenate(n_rels)
 
@@ -72,29 +80,29 @@ def retrieval_map(Z: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, 
     n = len(Z)
     queries = np.arange(n) if n <= MAX_QUERIES else np.sort(rng.choice(n, MAX_QUERIES, replace=False))
     order, n_cand = rankings(Z, queries, groups)
-    ap, relevant = average_precisions(order, n_cand, labels, labels[queries])
+    ap, relevant = average_precisions(order, labels, labels[queries])
     with np.errstate(invalid="ignore", divide="ignore"):
         chance = float(np.nanmean(np.where(relevant > 0, relevant / n_cand, np.nan)))
     q_groups = None if groups is None else np.unique(groups[queries], return_inverse=True)[1]
     ci = bootstrap_ci(weighted_mean(ap), len(ap), n_boot, seed, q_groups)
-    p_value = _permutation_p(order, n_cand, labels, queries, groups, n_perm, rng)
+    p_value = _permutation_p(order, labels, queries, groups, n_perm, rng)
     note = None if len(queries) == n else f"{len(queries)} random queries of {n} samples"
     return MetricResult.from_ci(ci, HIGHER, int(np.isfinite(ap).sum()), chance=chance, p_value=p_value, note=note)
 
 
-def _permutation_p(order, n_cand, labels, queries, groups, n_perm, rng) -> float | None:
+def _permutation_p(order, labels, queries, groups, n_perm, rng) -> float | None:
     if n_perm <= 0:
         return None
     sub = np.arange(len(queries))
     if len(sub) > MAX_PERMUTATION_QUERIES:
         sub = np.sort(rng.choice(len(sub), MAX_PERMUTATION_QUERIES, replace=False))
-    order, n_cand, queries = order[sub], n_cand[sub], queries[sub]
-    observed = np.nanmean(average_precisions(order, n_cand, labels, labels[queries])[0])
+    order, queries = order[sub], queries[sub]
+    observed = np.nanmean(average_precisions(order, labels, labels[queries])[0])
     shuffle = _label_shuffler(labels, groups, rng)
     null = np.empty(n_perm)
     for i in range(n_perm):
         perm = shuffle()
-        null[i] = np.nanmean(average_precisions(order, n_cand, perm, perm[queries])[0])
+        null[i] = np.nanmean(average_precisions(order, perm, perm[queries])[0])
     return float((1 + np.sum(null >= observed - 1e-12)) / (1 + n_perm))
 
 

@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 from Engineering.errors import UserError
-from Engineering.Eval import baselines, batch_effects, compactness, knn, probes, retrieval
+from Engineering.Eval import baselines, batch_effects, compactness, knn, probes, regression, retrieval
 from Engineering.Eval.labels import CATEGORICAL, Target
 from Engineering.Eval.result import MetricResult
 
 # family -> (direction, description), for the report and for skipped records.
-METRICS = {**probes.METRICS, **knn.METRICS, **retrieval.METRICS, **compactness.METRICS, **batch_effects.METRICS}
+METRICS = {**probes.METRICS, **regression.METRICS, **knn.METRICS, **retrieval.METRICS, **compactness.METRICS,
+           **batch_effects.METRICS}
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,10 @@ class Settings:
     knn_k: int = 15
     n_perm: int = 200  # retrieval permutations
     id_ks: tuple[int, ...] = compactness.DEFAULT_KS
+    # BLAS threads during scoring: the many small per-fold fits spend more on waking threads
+    # than they gain (1 thread was ~10x faster on 2 busy cores, even for 5000 x 512 probes).
+    # None keeps the library default.
+    blas_threads: int | None = 1
     debug: bool = False
 
 
@@ -59,9 +65,11 @@ def run_benchmark(latents: dict[str, np.ndarray], targets: list[Target], batch: 
             raise UserError(f"pixels have {len(pixels)} rows for {n} samples")
         reps[baselines.PCA_PIXELS] = baselines.pca_pixel_features(pixels, dim, settings.seed)
     results = {}
-    for name, Z in reps.items():
-        log(f"scoring {name}: {Z.shape[0]} samples x {Z.shape[1]} dims")
-        results[name] = evaluate_representation(np.asarray(Z, dtype=np.float64), targets, batch, groups, settings)
+    with threadpool_limits(settings.blas_threads, user_api="blas"):
+        for name, Z in reps.items():
+            log(f"scoring {name}: {Z.shape[0]} samples x {Z.shape[1]} dims")
+            results[name] = evaluate_representation(np.asarray(Z, dtype=np.float64), targets, batch, groups,
+                                                    settings)
     return results
 
 
@@ -104,12 +112,9 @@ def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target 
                    lambda: batch_effects.bio_silhouette(Zt, y, g, s.n_boot, s.seed), ["bio_silhouette"])
         else:
             record(f"r2/{t.name}",
-                   lambda: probes.linear_regression_r2(Zt, y.astype(float), g, s.n_splits, s.n_repeats,
+                   lambda: regression.linear_regression_r2(Zt, y.astype(float), g, s.n_splits, s.n_repeats,
                                                        s.n_boot, s.seed), ["r2"])
-        if t.note:
-            for key, res in out.items():
-                if key.endswith(f"/{t.name}") and not res.note:
-                    res.note = t.note
+        _annotate(out, t)
 
     if batch is not None:
         Zb, b, g = _subset(Z, batch, groups)
@@ -120,7 +125,16 @@ def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target 
                lambda: batch_effects.batch_silhouette(Zb, b, g, s.n_boot, s.seed), ["batch_silhouette"])
         record(f"batch_ilisi/{batch.name}",
                lambda: batch_effects.batch_ilisi(Zb, b, g, s.knn_k, s.n_boot, s.seed), ["batch_ilisi"])
+        _annotate(out, batch)
     return out
+
+
+def _annotate(out: dict[str, MetricResult], target: Target) -> None:
+    """Carry a target's note (e.g. rare classes left out) onto its metrics."""
+    if target.note:
+        for key, res in out.items():
+            if key.endswith(f"/{target.name}") and not res.note:
+                res.note = target.note
 
 
 def _subset(Z: np.ndarray, target: Target, groups: np.ndarray | None):

@@ -67,8 +67,6 @@ class H5DataModule(L.LightningDataModule):
             self.mask_file = root / "meta_mask.h5"
             if not self.mask_file.is_file():
                 raise UserError(f"data§data_mask_mode={cfg.data.data_mask_mode} needs {self.mask_file}, which is missing")
-        fold_ref = cfg.paths.foldCSV
-        self.fold = WHOLE_FILE if is_whole_file(fold_ref) else read_fold(self._resolve(root, fold_ref), cfg.run.foldID)
         sel = selection_from(cfg.paths, need_minmax=cfg.data.norm_type in VOLUME_NORMS
                              or str(cfg.data.prenorm) in VOLUME_NORMS)
         self.records, self.cache_hit = load_records(self.h5file, sel)
@@ -76,6 +74,8 @@ class H5DataModule(L.LightningDataModule):
             raise UserError(f"no dataset in {self.h5file} matches the selection (json§DS_selected_primaries="
                             f"{cfg.paths.DS_selected_primaries!r}, DS_selected_auxiliaries="
                             f"{cfg.paths.DS_selected_auxiliaries!r}, DS_sanity_filters={cfg.paths.DS_sanity_filters!r})")
+        fold_ref = cfg.paths.foldCSV
+        self.fold = WHOLE_FILE if is_whole_file(fold_ref) else read_fold(self._resolve(root, fold_ref), cfg.run.foldID)
         self._check_fold_ids()
         self._datasets: dict[str, H5Samples] = {}
         self.batch_size = cfg.training.batch_size  # the Lightning Tuner may change it

@@ -75,6 +75,9 @@ def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".demo_tmp_", dir=out_dir.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the demo is shared like any data
     rng = np.random.default_rng(spec.seed)
     phenos, covs = [], []
     with h5py.File(tmp / "data.h5", "w") as h5:

@@ -121,8 +121,10 @@ class LatentEngine(L.LightningModule):
         for j, i in enumerate(idx):
             info = self._test_ds.describe(i)
             for row in recon_metrics(x[j].float().cpu(), recon[j].cpu()):
-                buf["metrics"].append({**{k: info[k] for k in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")},
-                                       **row})
+                ids = {k: info[k] for k in ("patientID", "fieldID", "instanceID", "key")}
+                # the same indexing as emb.h5/emb.tsv: an axis that is not split has the single index 0
+                ids.update({k: info[k] or 0 for k in ("c", "t", "s")})
+                buf["metrics"].append({**ids, **row})
             if info["patientID"] in self._recon_subs:
                 buf["recon"][i] = (orig_rec[j], orig_in[j])
             if len(buf["preview"]) < int(getattr(ev, "n_preview", 4)):

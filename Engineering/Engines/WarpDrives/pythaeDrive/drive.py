@@ -53,8 +53,9 @@ defaults). Every trainable parameter belongs to exactly one optimiser.
 
 Inference: ``drive.embed(x)`` -> (B, latent_dim): the posterior mean (encoder embedding;
 unit-normalised for svae, on the Poincaré ball for pvae), or the quantised code for vqvae,
-flattened. ``drive.reconstruct(x)`` = ``drive.decode(drive.embed(x))`` -> same shape as ``x`` (the
-decoder of that latent, through the flow for vae_iaf / vae_lin_nf). Neither needs gradients; call them in eval mode.
+flattened. ``drive.reconstruct(x)`` = ``drive.decode(drive.embed(x))`` -> same shape as
+``x`` (the decoder of that latent, through the flow for vae_iaf / vae_lin_nf). Neither
+needs gradients; call them in eval mode.
 
 Epoch end: call ``drive.on_train_epoch_end()`` after each training epoch (rhvae freezes its
 metric there, as pythae's trainer does with ``model.update()``; a no-op otherwise).
@@ -82,6 +83,9 @@ Tensor = torch.Tensor
 
 # warnings pythae raises about encoder outputs that our encoders do provide
 _EXPECTED_WARNINGS = ("Carefull, this model expects",)
+# warnings pythae 0.1.2 triggers at every step with torch 2.x: svae calls torch.tensor() on a
+# tensor; pvae's Riemannian-normal distributions define no ``arg_constraints``
+_STEP_WARNINGS = ("To copy construct from a tensor", r".* does not define `arg_constraints`")
 
 
 @dataclass(frozen=True)
@@ -142,9 +146,10 @@ def _encoder_kwargs(spec: ModelSpec, cfg: PythaeDriveConfig, mcfg) -> Dict[str, 
         return {"log_covariance": True}
     if kind == "svae":
         return {"log_concentration": True}
-    if kind == "pvae":
-        return {"log_covariance": True, "poincare_curvature": float(mcfg.curvature),
-                "log_concentration": mcfg.posterior_distribution == "riemannian_normal"}
+    if kind == "pvae":  # pythae reads log_concentration as the scale of a Riemannian-normal posterior
+        riemannian = mcfg.posterior_distribution == "riemannian_normal"
+        return {"log_covariance": not riemannian, "log_concentration": riemannian,
+                "poincare_curvature": float(mcfg.curvature)}
     if kind == "vqvae":
         return {"vq_code_dim": cfg.vq_code_dim}
     return {}
@@ -202,13 +207,15 @@ class PythaeDrive(nn.Module):
     def forward(self, batch: Union[Tensor, Mapping[str, Any]], epoch: Optional[int] = None,
                 dataset_size: Optional[int] = None, **model_kwargs) -> DriveOutput:
         x, mask = self._unpack(batch)
+        if self.spec.name == "rae_gp":  # pythae calls requires_grad_() on its input: give it its own leaf
+            x = x.detach()
         if self.recon_loss is not None:
             if self.recon_loss.takes_mask and mask is None:
                 raise ValueError(f"reconstruction loss {self.recon_loss.name} needs a mask in the batch "
                                  f"under {self.config.mask_key!r} (mask_key)")
             data = ReconTarget.wrap(x, self.recon_loss, mask)
         else:
-            data = x.detach() if self.spec.name == "rae_gp" else x  # rae_gp sets requires_grad on its input
+            data = x
         if epoch is not None:
             model_kwargs["epoch"] = epoch
         if dataset_size is not None:
@@ -220,8 +227,8 @@ class PythaeDrive(nn.Module):
                                    "torch.inference_mode; use Trainer(inference_mode=False)")
             grad_ctx = torch.enable_grad()
         with grad_ctx, warnings.catch_warnings():
-            # svae: pythae calls torch.tensor() on a tensor at every step
-            warnings.filterwarnings("ignore", message="To copy construct from a tensor")
+            for msg in _STEP_WARNINGS:
+                warnings.filterwarnings("ignore", message=msg)
             raw = self.model({"data": data}, **model_kwargs)
         losses = {k: v for k, v in raw.items()
                   if k.endswith("loss") and isinstance(v, Tensor) and v.dim() == 0}

@@ -10,7 +10,7 @@ Every other model is used as pythae ships it.
 - RHVAE keeps the metric it learns (the matrices M and centroids gathered during an epoch
   and frozen by ``update()``) in plain attributes, outside ``state_dict``, so a checkpoint
   would lose it and ``.to(device)`` would not move it. This subclass saves it as module
-  extra state, moves it with the module, and skips ``update()`` when nothing was gathered.
+  extra state (one tensor), moves it with the module, and skips ``update()`` when nothing was gathered.
 """
 from __future__ import annotations
 
@@ -35,7 +35,10 @@ class HVAE(_HVAE):
 class RHVAE(_RHVAE):
     """pythae's RHVAE with its learned metric checkpointed and device-aware."""
 
-    _metric_updated = False
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._initial_metric = (self.G, self.G_inv)  # pythae's starting metric (identity-like)
+        self._metric_updated = False
 
     def update(self):
         if len(self.M) == 0:  # no training batch since the last update: keep the current metric
@@ -43,18 +46,25 @@ class RHVAE(_RHVAE):
         super().update()
         self._metric_updated = True
 
+    # One tensor (not a dict) so that safetensors exports can hold it: row i is
+    # [M_i flattened (L*L), centroid_i (L)]; zero rows = metric not learned yet.
     def get_extra_state(self):
+        d = self.latent_dim
         if not self._metric_updated:
-            return {"updated": False}
-        return {"updated": True, "M": self.M_tens.detach().cpu(), "centroids": self.centroids_tens.detach().cpu()}
+            return torch.zeros(0, d * d + d)
+        return torch.cat([self.M_tens.detach().reshape(-1, d * d), self.centroids_tens.detach()], 1).cpu()
 
     def set_extra_state(self, state):
-        if not state or not state.get("updated"):
+        if state is None or state.numel() == 0:  # checkpoint from before the first update
+            self.G, self.G_inv = self._initial_metric
+            self._metric_updated = False
             return
+        d = self.latent_dim
         device = next(self.parameters()).device
+        state = state.to(device)
         pending_M, pending_c = self.M, self.centroids  # keep what this epoch gathered so far
-        self.M = deque([state["M"].to(device)])
-        self.centroids = deque([state["centroids"].to(device)])
+        self.M = deque([state[:, :d * d].reshape(-1, d, d)])
+        self.centroids = deque([state[:, d * d:]])
         super().update()
         self.M, self.centroids = pending_M, pending_c
         self._metric_updated = True

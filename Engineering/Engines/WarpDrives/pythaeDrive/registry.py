@@ -124,11 +124,17 @@ MODELS: Dict[str, ModelSpec] = {s.name: s for s in [
           notes="call PythaeDrive.on_train_epoch_end() after each training epoch (pythae's "
                 "model.update(): freezes the metric used in eval)."),
     _spec("svae", pm.SVAEConfig, pm.SVAE, encoder_kind="svae"),
-    _spec("pvae", pm.PoincareVAEConfig, pm.PoincareVAE, encoder_kind="pvae"),
+    _spec("pvae", pm.PoincareVAEConfig, pm.PoincareVAE, encoder_kind="pvae",
+          notes="the encoder maps its mean onto the Poincaré ball (expmap0, as Mathieu et al. 2019). "
+                "posterior_distribution='riemannian_normal' is unreliable in pythae 0.1.2: its "
+                "rejection sampler can fail ('initial anchor points must span mode of PDF') once the "
+                "posterior scale grows (seen within 5 Adam steps at lr 2e-3); the default wrapped "
+                "normal is robust."),
     _spec("vae_iaf", pm.VAE_IAF_Config, pm.VAE_IAF),
     _spec("vae_lin_nf", pm.VAE_LinNF_Config, pm.VAE_LinNF),
     _spec("aae", pm.Adversarial_AE_Config, pm.Adversarial_AE, extra_nets=("latent_discriminator",),
-          optimisers=ADVERSARIAL, monitor="autoencoder_loss", pythae_trainer="AdversarialTrainer"),
+          optimisers=ADVERSARIAL, monitor="autoencoder_loss", pythae_trainer="AdversarialTrainer",
+          notes="with deterministic_posterior=True the log_covariance head gets no gradient."),
     _spec("vaegan", pm.VAEGANConfig, pm.VAEGAN, extra_nets=("image_discriminator",), custom_recon=False,
           native_bce=False,
           optimisers=(OptimiserPlan("encoder", ("encoder",), "encoder_loss", "update_encoder"),

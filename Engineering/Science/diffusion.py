@@ -1,0 +1,133 @@
+"""Gaussian diffusion math for DiffAE: noising, epsilon loss, DDIM sampling and inversion.
+
+Kept apart from the network (as diffusers does): ``model`` is any callable
+``(x_t, t, z_sem) -> eps`` with integer timesteps t in [0, T).
+
+The process is DDPM's (Ho et al., 2020): T=1000 steps, betas linear in
+[1e-4, 0.02], epsilon prediction. Sampling and inversion are deterministic DDIM
+(Song et al., 2021, eta=0) on a respaced subset of the T timesteps; DDIM
+inversion gives DiffAE's stochastic code x_T (Preechakul et al., CVPR 2022).
+Schedules are held in float64 and cast per step to the data's dtype.
+"""
+from __future__ import annotations
+
+from typing import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+EpsModel = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def respace_timesteps(T: int, steps: int) -> Tensor:
+    """``steps`` evenly spread timesteps of 0..T-1, ascending, always including 0 and T-1 (when steps > 1).
+
+    The spacing rounds i*(T-1)/(steps-1), as guided-diffusion's ``space_timesteps(T, [steps])``
+    that DiffAE uses, so T_eval/T_inv/T_step step counts select the same timesteps.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
+        raise ValueError(f"the number of diffusion steps must be an integer in [1, {T}], got {steps!r}")
+    if steps == 1:
+        return torch.zeros(1, dtype=torch.long)
+    stride = (T - 1) / (steps - 1)
+    return torch.tensor([round(i * stride) for i in range(steps)], dtype=torch.long)
+
+
+class GaussianDiffusion:
+    """DDPM forward process with epsilon prediction, and respaced DDIM (eta=0) sampling/inversion."""
+
+    def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+        if T < 1:
+            raise ValueError(f"T must be positive, got {T}")
+        self.T = T
+        self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
+        self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+
+    # ---- helpers ---------------------------------------------------------------------
+    def respace(self, steps: int) -> Tensor:
+        """Original timesteps used by a ``steps``-step sampler (see ``respace_timesteps``)."""
+        return respace_timesteps(self.T, steps)
+
+    def _coefs(self, t: Tensor | int | None, like: Tensor) -> tuple[Tensor, Tensor]:
+        """(sqrt(abar_t), sqrt(1 - abar_t)), computed in float64 (1 - abar is tiny near t=0),
+        shaped to broadcast over ``like`` (B, ...) and cast to its dtype/device.
+        t=None is the end of the chain past T-1 (abar = 0); t=-1 the clean data (abar = 1)."""
+        if t is None or (isinstance(t, int) and t < 0):
+            ab = torch.tensor(0.0 if t is None else 1.0, dtype=torch.float64)
+        else:
+            ab = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long).cpu()]
+            if ab.ndim:
+                ab = ab.reshape(-1, *([1] * (like.ndim - 1)))
+        return (ab.sqrt().to(device=like.device, dtype=like.dtype),
+                (1.0 - ab).sqrt().to(device=like.device, dtype=like.dtype))
+
+    def _steps_tensor(self, t: int, like: Tensor) -> Tensor:
+        return torch.full((like.shape[0],), int(t), dtype=torch.long, device=like.device)
+
+    def sample_timesteps(self, batch: int, device=None, generator: torch.Generator | None = None) -> Tensor:
+        """Uniform training timesteps in [0, T)."""
+        return torch.randint(0, self.T, (batch,), device=device, generator=generator)
+
+    # ---- training --------------------------------------------------------------------
+    def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor) -> Tensor:
+        """x_t = sqrt(abar_t) x0 + sqrt(1 - abar_t) noise."""
+        a, s = self._coefs(t, x0)
+        return a * x0 + s * noise
+
+    def loss(self, model: EpsModel, x0: Tensor, z_sem: Tensor, t: Tensor | None = None,
+             noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
+        """Epsilon MSE (mean over all elements). Fixed t and noise make it deterministic (validation)."""
+        if t is None:
+            t = self.sample_timesteps(x0.shape[0], x0.device, generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
+        return F.mse_loss(model(self.q_sample(x0, t, noise), t, z_sem), noise)
+
+    # ---- DDIM ------------------------------------------------------------------------
+    def _x0_from_eps(self, x: Tensor, t: int, eps: Tensor, clip: tuple[float, float] | None):
+        a, s = self._coefs(t, x)
+        x0 = (x - s * eps) / a
+        if clip is not None:
+            # clipped x0 implies a different eps; re-derive it so the step stays on the DDIM path
+            x0 = x0.clamp(*clip)
+            eps = (x - a * x0) / s
+        return x0, eps
+
+    @torch.no_grad()
+    def ddim_sample(self, model: EpsModel, x_T: Tensor, z_sem: Tensor, steps: int,
+                    clip: tuple[float, float] | None = None, progress: Callable[[Iterable], Iterable] | None = None
+                    ) -> Tensor:
+        """Deterministic DDIM (eta=0) from x_T to x_0 over ``steps`` respaced timesteps.
+
+        clip: clamp the predicted x0 to (lo, hi) at every step (DiffAE clips to (-1, 1) for data in that range).
+        progress: optional wrapper of the step iterable (e.g. a progress bar).
+        """
+        ts = self.respace(steps).tolist()
+        x = x_T
+        order = list(reversed(range(len(ts))))
+        for i in (progress(order) if progress else order):
+            eps = model(x, self._steps_tensor(ts[i], x), z_sem)
+            x0, eps = self._x0_from_eps(x, ts[i], eps, clip)
+            a, s = self._coefs(ts[i - 1] if i > 0 else -1, x)
+            x = a * x0 + s * eps
+        return x
+
+    @torch.no_grad()
+    def ddim_invert(self, model: EpsModel, x0: Tensor, z_sem: Tensor, steps: int,
+                    clip: tuple[float, float] | None = None, progress: Callable[[Iterable], Iterable] | None = None
+                    ) -> Tensor:
+        """Deterministic DDIM inversion: the stochastic code x_T that ``ddim_sample`` maps back to about x0.
+
+        Runs the DDIM update forwards in time over the same respaced timesteps, starting
+        from x0 taken as the state at the first one; past the last, abar = 0.
+        """
+        ts = self.respace(steps).tolist()
+        x = x0
+        order = list(range(len(ts)))
+        for i in (progress(order) if progress else order):
+            eps = model(x, self._steps_tensor(ts[i], x), z_sem)
+            pred_x0, eps = self._x0_from_eps(x, ts[i], eps, clip)
+            a, s = self._coefs(ts[i + 1] if i + 1 < len(ts) else None, x)
+            x = a * pred_x0 + s * eps
+        return x

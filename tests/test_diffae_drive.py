@@ -1,0 +1,276 @@
+"""DiffAE WarpDrive (2D/3D network) and the Gaussian diffusion math, on tiny CPU shapes."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from Engineering.Engines.WarpDrives import DRIVES, create_drive
+from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig, DiffAEConfigError
+from Engineering.Engines.WarpDrives.DiffAE.blocks import AttentionBlock, Resample
+from Engineering.errors import UserError
+from Engineering.Science.diffusion import GaussianDiffusion, respace_timesteps
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny shapes gain nothing from threads, and on a busy 2-core machine the thread pool's
+    synchronisation makes them several times slower; restore the setting afterwards."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+# two UNet levels, attention at the second (running resolution 16 -> 8)
+TINY = dict(net_ch=8, latent_dim=6, ch_mult=(1, 2), enc_ch_mult=(1, 2, 2), num_res_blocks=1,
+            enc_num_res_blocks=1, attn_res=(8,), dropout=0.0)
+
+
+def tiny(**kw) -> DiffAE:
+    torch.manual_seed(0)
+    return DiffAE(DiffAEConfig(**{**TINY, **kw})).eval()
+
+
+def signature(model: torch.nn.Module) -> dict:
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+
+# ---- network ----------------------------------------------------------------------------
+
+def test_2d_shapes():
+    m = tiny(is3D=False, in_channels=2, input_shape=(16, 16))
+    x = torch.randn(3, 2, 16, 16)
+    z = m.encode(x)
+    assert z.shape == (3, 6)
+    eps = m(x, torch.tensor([0, 10, 999]), z)
+    assert eps.shape == x.shape
+    assert m.cfg.attention_levels() == (1,)
+    assert any(isinstance(b, AttentionBlock) for b in m.modules())
+
+
+@pytest.mark.parametrize("isotropic", [False, True])
+def test_3d_shapes_and_resampling_axes(isotropic):
+    m = tiny(is3D=True, input_shape=(4, 16, 16), isotropic=isotropic)
+    seen = []
+    for mod in m.modules():
+        if isinstance(mod, Resample):
+            mod.register_forward_hook(lambda mod, inp, out: seen.append((mod.mode, inp[0].shape[2:], out.shape[2:])))
+    x = torch.randn(2, 1, 4, 16, 16)
+    with torch.no_grad():
+        z = m.encode(x)
+        eps = m(x, torch.tensor([3, 500]), z)
+    assert z.shape == (2, 6) and eps.shape == x.shape
+    assert seen and {mode for mode, _, _ in seen} == {"down", "up"}
+    for mode, before, after in seen:
+        if isotropic:
+            factor = 0.5 if mode == "down" else 2
+            assert tuple(after) == tuple(int(s * factor) for s in before)
+        else:  # in-plane only: the first spatial axis keeps its length
+            assert after[0] == before[0] == 4
+            assert after[1:] == (torch.Size([b // 2 for b in before[1:]]) if mode == "down"
+                                 else torch.Size([b * 2 for b in before[1:]]))
+
+
+def test_in_plane_only_accepts_any_first_axis_but_isotropic_needs_it_divisible():
+    m = tiny(is3D=True, input_shape=(3, 16, 16))
+    x = torch.randn(1, 1, 3, 16, 16)
+    with torch.no_grad():
+        assert m(x, torch.tensor([1]), m.encode(x)).shape == x.shape
+    with pytest.raises(DiffAEConfigError, match="all spatial sizes"):
+        DiffAEConfig(**{**TINY, "is3D": True, "input_shape": (3, 16, 16), "isotropic": True})
+
+
+def test_no_sampling_noise_or_buffers_in_state():
+    m = tiny(is3D=True, input_shape=(4, 16, 16))
+    assert list(m.buffers()) == []
+    assert "x_T" not in m.state_dict()
+    assert not any(k.endswith("x_T") for k in m.state_dict())
+
+
+def test_in_plane_size_does_not_change_structure():
+    # attention placement depends only on max(input_shape): same maximum, same weights
+    a = tiny(is3D=True, input_shape=(4, 16, 16))
+    b = tiny(is3D=True, input_shape=(6, 8, 16))
+    assert signature(a) == signature(b)
+    # without attention the structure is independent of the size altogether
+    assert signature(tiny(input_shape=(16, 16), attn_res=())) == signature(tiny(input_shape=(48, 32), attn_res=()))
+    # a built model also runs on other (valid) in-plane sizes
+    x = torch.randn(1, 1, 4, 8, 24)
+    with torch.no_grad():
+        assert a(x, torch.tensor([5]), a.encode(x)).shape == x.shape
+
+
+def test_published_layout_names():
+    keys = tiny(is3D=True, input_shape=(2, 16, 16)).state_dict().keys()
+    for k in ["time_embed.time_embed.0.weight", "input_blocks.0.0.weight", "input_blocks.1.0.emb_layers.1.weight",
+              "input_blocks.1.0.cond_emb_layers.1.weight", "input_blocks.2.0.in_layers.0.weight",
+              "input_blocks.3.1.qkv.weight", "middle_block.1.proj_out.weight", "output_blocks.1.2.in_layers.2.weight",
+              "out.2.weight", "encoder.out.3.weight", "encoder.input_blocks.1.0.in_layers.2.weight"]:
+        assert k in keys, k
+    # the encoder's blocks are unconditioned: no embedding or second conv
+    assert not any(k.startswith("encoder.") and ("emb_layers" in k or "out_layers" in k) for k in keys)
+
+
+def test_sdpa_attention_matches_explicit_softmax():
+    torch.manual_seed(1)
+    c, heads = 8, 2
+    blk = AttentionBlock(c, groups=4, num_heads=heads)
+    for p in blk.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    x = torch.randn(2, c, 3, 4, 5)
+    # reference: heads laid out as [q, k, v] per head in the qkv output, softmax(q k^T / sqrt(d)) v
+    flat = x.reshape(2, c, -1)
+    qkv = F.conv1d(blk.norm(flat), blk.qkv.weight, blk.qkv.bias)
+    d = c // heads
+    q, k, v = qkv.reshape(2 * heads, 3 * d, -1).split(d, dim=1)
+    w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / math.sqrt(d), dim=-1)
+    a = torch.einsum("bts,bcs->bct", w, v).reshape(2, c, -1)
+    ref = (flat + F.conv1d(a, blk.proj_out.weight, blk.proj_out.bias)).reshape(x.shape)
+    with torch.no_grad():
+        torch.testing.assert_close(blk(x), ref, atol=1e-5, rtol=1e-5)
+
+
+def test_training_step_reaches_the_encoder():
+    m = tiny(input_shape=(16, 16), dropout=0.1).train()
+    x = torch.randn(2, 1, 16, 16)
+    loss = GaussianDiffusion().loss(m, x, m.encode(x), torch.tensor([10, 700]), torch.randn_like(x))
+    loss.backward()
+    assert torch.isfinite(loss)
+    # out.2 starts random here (not zero-initialised), so gradients reach z_sem's encoder
+    assert m.encoder.out[3].weight.grad.abs().sum() > 0
+
+
+def test_config_errors_are_clear():
+    with pytest.raises(DiffAEConfigError, match="input_shape must have 3 entries"):
+        DiffAEConfig(is3D=True, input_shape=(16, 16))
+    with pytest.raises(DiffAEConfigError, match=r"input_shape \(30, 32\).*multiples of 2\*\*\(len\(ch_mult\)-1\) = 16"):
+        DiffAEConfig(input_shape=(30, 32))
+    with pytest.raises(DiffAEConfigError, match="net_ch=48"):
+        DiffAEConfig(net_ch=48)
+    with pytest.raises(DiffAEConfigError, match="dropout"):
+        DiffAEConfig(dropout=1.5)
+    with pytest.raises(DiffAEConfigError, match="ch_mult"):
+        DiffAEConfig(ch_mult=(1, 0))
+    with pytest.raises(DiffAEConfigError, match="enc_ch_mult"):
+        DiffAEConfig(input_shape=(16, 16), ch_mult=(1, 2), enc_ch_mult=(1, 1, 1, 1, 1, 1))
+    assert issubclass(DiffAEConfigError, ValueError) and issubclass(DiffAEConfigError, UserError)
+    # lists (YAML/JSON) and 0/1 flags (CLI) are accepted
+    cfg = DiffAEConfig(is3D=1, input_shape=[4, 32, 32], ch_mult=[1, 2])
+    assert cfg.is3D is True and cfg.input_shape == (4, 32, 32) and cfg.ch_mult == (1, 2)
+    assert DiffAEConfig(**cfg.to_dict()) == cfg
+
+
+def test_runtime_input_checks():
+    m = tiny(input_shape=(16, 16))
+    with pytest.raises(DiffAEConfigError, match="multiples of 2"):
+        m(torch.randn(1, 1, 16, 15), torch.tensor([1]), torch.randn(1, 6))
+    with pytest.raises(DiffAEConfigError, match="C=1"):
+        m.encode(torch.randn(1, 3, 16, 16))
+
+
+def test_registry():
+    assert DRIVES["DiffAE"] == (DiffAEConfig, DiffAE)
+    m = create_drive("DiffAE", **{**TINY, "input_shape": (16, 16)})
+    assert isinstance(m, DiffAE)
+    with pytest.raises(ValueError, match="valid names: .*DiffAE"):
+        create_drive("NoSuchDrive")
+    with pytest.raises(ValueError, match="unknown DiffAE config field.*bogus"):
+        create_drive("DiffAE", bogus=1)
+
+
+# ---- diffusion --------------------------------------------------------------------------
+
+def test_respacing():
+    ts = respace_timesteps(1000, 20)
+    assert ts.tolist()[:4] == [0, 53, 105, 158] and ts[-1] == 999 and len(ts) == 20
+    assert bool((ts[1:] > ts[:-1]).all())
+    assert torch.equal(respace_timesteps(1000, 1000), torch.arange(1000))
+    assert respace_timesteps(1000, 1).tolist() == [0]
+    assert torch.equal(GaussianDiffusion(T=10).respace(4), torch.tensor([0, 3, 6, 9]))
+    for bad in (0, 1001, 2.5):
+        with pytest.raises(ValueError, match=r"\[1, 1000\]"):
+            respace_timesteps(1000, bad)
+
+
+def test_schedule_and_q_sample():
+    d = GaussianDiffusion()
+    assert d.betas[0].item() == pytest.approx(1e-4) and d.betas[-1].item() == pytest.approx(0.02)
+    x0, noise = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
+    t = torch.tensor([0, 999])
+    xt = d.q_sample(x0, t, noise)
+    ab = d.alphas_cumprod[t].float().view(2, 1, 1, 1)
+    torch.testing.assert_close(xt, ab.sqrt() * x0 + (1 - ab).sqrt() * noise)
+    # the oracle noise predictor has zero loss; a fixed t and noise make the loss deterministic
+    oracle = lambda x_t, t_, z: noise  # noqa: E731
+    assert d.loss(oracle, x0, None, t, noise).item() == pytest.approx(0.0, abs=1e-12)
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    zero = lambda x_t, t_, z: torch.zeros_like(x_t)  # noqa: E731
+    assert d.loss(zero, x0, None, generator=g1).item() == d.loss(zero, x0, None, generator=g2).item()
+
+
+def point_mass_model(d: GaussianDiffusion, target: torch.Tensor):
+    """The exact noise predictor for data concentrated on ``target``."""
+    def eps(x_t, t, z):
+        ab = d.alphas_cumprod[t].to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
+        return (x_t - ab.sqrt() * target) / (1 - ab).sqrt()
+    return eps
+
+
+@pytest.mark.parametrize("steps", [1, 5, 20])
+def test_ddim_invert_then_sample_round_trips(steps):
+    d = GaussianDiffusion()
+    torch.manual_seed(0)
+    x0 = torch.randn(2, 1, 3, 8, 8)
+    # a point-mass denoiser: DDIM maps any x_T to the point, and inversion is exact
+    model = point_mass_model(d, x0)
+    x_T = d.ddim_invert(model, x0, None, steps)
+    assert not torch.allclose(x_T, x0)
+    # (a single step at t=0 divides by sqrt(1 - abar_0) = 0.01: float32 cancellation, hence the looser bound)
+    tol = 1e-3 if steps == 1 else 1e-5
+    torch.testing.assert_close(d.ddim_sample(model, x_T, None, steps), x0, atol=tol, rtol=tol)
+
+
+def reference_ddim(d: GaussianDiffusion, model, x, steps: int, invert: bool):
+    """DDIM (eta=0) written out on the respaced chain's own alpha_bar arrays, in float64."""
+    ts = respace_timesteps(d.T, steps)
+    ab = d.alphas_cumprod[ts]
+    ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
+    ab_next = torch.cat([ab[1:], torch.zeros(1, dtype=ab.dtype)])
+    x = x.double()
+    for i in (range(steps) if invert else reversed(range(steps))):
+        eps = model(x, torch.full((x.shape[0],), int(ts[i])), None)
+        x0 = (1 / ab[i]).sqrt() * x - (1 / ab[i] - 1).sqrt() * eps
+        target = ab_next[i] if invert else ab_prev[i]
+        x = target.sqrt() * x0 + (1 - target).sqrt() * eps
+    return x.float()
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_ddim_matches_reference_formulas(steps):
+    d = GaussianDiffusion()
+    model = lambda x_t, t, z: torch.tanh(x_t) * (t.to(x_t.dtype).view(-1, 1, 1, 1) / 1000 + 0.5)  # noqa: E731
+    x = torch.randn(2, 1, 4, 4)
+    torch.testing.assert_close(d.ddim_invert(model, x, None, steps), reference_ddim(d, model, x, steps, True),
+                               atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(d.ddim_sample(model, x, None, steps), reference_ddim(d, model, x, steps, False),
+                               atol=1e-4, rtol=1e-4)
+
+
+def test_ddim_clip_and_model_integration():
+    d = GaussianDiffusion()
+    m = tiny(input_shape=(16, 16))
+    x = torch.randn(2, 1, 16, 16)
+    calls = []
+
+    def net(x_t, t, z):
+        calls.append(t.clone())
+        return m(x_t, t, z)
+
+    z = m.encode(x)
+    x_T = d.ddim_invert(net, x, z, 3)
+    out = d.ddim_sample(net, x_T, z, 3, clip=(-1.0, 1.0))
+    assert out.shape == x.shape and bool(out.abs().max() <= 1.0 + 1e-6)
+    assert [c.tolist() for c in calls] == [[0, 0], [500, 500], [999, 999], [999, 999], [500, 500], [0, 0]]
+    assert all(c.dtype == torch.long for c in calls)
