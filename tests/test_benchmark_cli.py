@@ -80,7 +80,7 @@ def data(tmp_path_factory):
 def common_args(data: Path, out: Path, runs=("runA", "B=embB.tsv", "C=embC.h5")) -> list[str]:
     latents = [f"{r.partition('=')[0]}={data / r.partition('=')[2]}" if "=" in r else str(data / r) for r in runs]
     return ["--latents", *latents, "--labels", str(data / "pheno.tsv"), str(data / "cov.tsv"), "--out", str(out),
-            "--n_boot", "100", "--n_perm", "20"]
+            "--n_boot", "100", "--n_perm", "20", "--n_repeats", "1"]
 
 
 def test_cli_end_to_end(data, tmp_path, capsys):

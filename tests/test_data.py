@@ -8,6 +8,7 @@ import time
 import h5py
 import numpy as np
 import pytest
+import torch
 
 from Engineering.config.loader import Task, resolve
 from Engineering.data import transforms as T
@@ -72,11 +73,11 @@ def test_selection_repeats_and_auxiliaries(tmp_path):
 def test_2d_split_flags_and_channel_folding(tmp_path):
     write_ancestor_file(tmp_path / "data.h5", n_pat=1)  # (C=2, T=5, S=3, 12, 10), 2 primary keys
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10")).dataset("test")
-    assert len(ds) == 2 * 5 * 3 and ds[0]["inp"].shape == (2, 12, 10)  # one sample per (t, s), channels kept
+    assert len(ds) == 2 * 5 * 3 and ds.sample(0)["inp"].shape == (2, 12, 10)  # one sample per (t, s), channels kept
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_multi_channel=False)).dataset("test")
-    assert len(ds) == 2 * 2 * 5 * 3 and ds[0]["inp"].shape == (1, 12, 10)
+    assert len(ds) == 2 * 2 * 5 * 3 and ds.sample(0)["inp"].shape == (1, 12, 10)
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_split_time=False)).dataset("test")
-    assert len(ds) == 2 * 3 and ds[0]["inp"].shape == (10, 12, 10)  # frames folded into channels
+    assert len(ds) == 2 * 3 and ds.sample(0)["inp"].shape == (10, 12, 10)  # frames folded into channels
 
 
 def test_3d_and_axis_swaps(tmp_path):
@@ -84,19 +85,19 @@ def test_3d_and_axis_swaps(tmp_path):
     with h5py.File(path) as h5:
         raw = h5["5000/20208/2/primary_LAX_4Ch_transverse_0"][()]
     ds = H5DataModule(make_cfg(tmp_path, "--is3D", "--input_shape", "3,12,10", "--norm_type", "none")).dataset("test")
-    assert len(ds) == 2 * 5 and ds[0]["inp"].shape == (2, 3, 12, 10)
-    np.testing.assert_array_equal(ds[1]["inp"].numpy(), raw[:, 1].astype(np.float32))  # t=1, all slices
+    assert len(ds) == 2 * 5 and ds.sample(0)["inp"].shape == (2, 3, 12, 10)
+    np.testing.assert_array_equal(ds.sample(1)["inp"].numpy(), raw[:, 1].astype(np.float32))  # t=1, all slices
     # DS_slice_dim 1: cine time becomes the volume axis, 5 frames -> a 5 x X x Y volume per slice
     ds = H5DataModule(make_cfg(tmp_path, "--is3D", "--input_shape", "5,12,10", "--norm_type", "none",
                                DS_slice_dim=1)).dataset("test")
-    assert len(ds) == 2 * 3 and ds[0]["inp"].shape == (2, 5, 12, 10)
-    np.testing.assert_array_equal(ds[2]["inp"].numpy(), raw[:, :, 2].astype(np.float32))
+    assert len(ds) == 2 * 3 and ds.sample(0)["inp"].shape == (2, 5, 12, 10)
+    np.testing.assert_array_equal(ds.sample(2)["inp"].numpy(), raw[:, :, 2].astype(np.float32))
     assert ds.describe(2)["t"] == 2  # logical axis 1 is now the raw slice axis
     # DS_channel_dim 2: raw slices become channels
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", "--norm_type", "none", DS_channel_dim=2,
                                DS_multi_channel=True)).dataset("test")
-    assert ds[0]["inp"].shape == (3, 12, 10)
-    np.testing.assert_array_equal(ds[0]["inp"].numpy(), raw[0, 0].astype(np.float32))
+    assert ds.sample(0)["inp"].shape == (3, 12, 10)
+    np.testing.assert_array_equal(ds.sample(0)["inp"].numpy(), raw[0, 0].astype(np.float32))
 
 
 @pytest.mark.parametrize("norm,prenorm", [("minmax", "none"), ("divbymax", "none"), ("minmaxvol", "none"),
@@ -152,10 +153,10 @@ def test_mask_multiply_and_pass(tmp_path):
             mask[..., 2:6, 3:7] = 1
             m.create_dataset(f"5000/20208/2/{key}", data=mask)
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", "--data_mask_mode", "1")).dataset("test")
-    x = ds[0]["inp"].numpy()
+    x = ds.sample(0)["inp"].numpy()
     assert (x[..., :2, :] == 0).all() and (x[..., 2:6, 3:7] != 0).any()
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", "--data_mask_mode", "2")).dataset("test")
-    assert ds[0]["mask"].sum() == 2 * 4 * 4
+    assert ds.sample(0)["mask"].sum() == 2 * 4 * 4
 
 
 def test_lazy_slicing_reads_only_the_sample(tmp_path, monkeypatch):
@@ -186,7 +187,7 @@ def test_lazy_slicing_reads_only_the_sample(tmp_path, monkeypatch):
     monkeypatch.setattr("Engineering.data.dataset.h5py.File",
                         lambda path, mode="r": real_file(Counting(path), mode))
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "64,64")).dataset("test")
-    ds[37]
+    ds.sample(37)
     total = int(np.prod(shape)) * 2
     assert 0 < reads["bytes"] < total / 20, f"read {reads['bytes']} of {total} bytes for one frame"
 
@@ -269,10 +270,10 @@ def test_bad_no_match_not_5d_nan_shape(tmp_path):
     write_ancestor_file(sub / "data.h5", nan=True)
     ds = H5DataModule(make_cfg(sub, "--input_shape", "12,10")).dataset("test")
     with pytest.raises(UserError, match="NaN/Inf"):
-        ds[0]
+        ds.sample(0)
     ds = H5DataModule(make_cfg(sub, "--input_shape", "16,16", "--no-croppad")).dataset("test")
     with pytest.raises(UserError, match=r"spatial shape \[12, 10\].*input_shape is \[16, 16\]"):
-        ds[1]
+        ds.sample(1)
 
 
 def test_bad_fold_csv(tmp_path):
@@ -288,3 +289,13 @@ def test_val_subset_is_fixed_and_seeded(tmp_path):
     a = H5DataModule(cfg).val_subset().indices
     b = H5DataModule(cfg).val_subset().indices
     assert a == b and len(a) == round(0.5 * 2 * 3 * 5 * 3)
+
+
+def test_loader_ships_stored_dtype_and_padding_normalises_to_zero(tmp_path):
+    write_ancestor_file(tmp_path / "data.h5", n_pat=1)  # int16
+    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10")).dataset("test")
+    assert ds[0]["inp"].dtype == torch.int16  # normalised on the device, per batch
+    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "16,10", "--norm_type", "minmaxvol")).dataset("test")
+    x = ds.sample(0)["inp"].numpy()
+    assert x.shape == (2, 16, 10) and (x[:, :2] == 0).all() and (x[:, -2:] == 0).all()
+    assert 0 <= x.min() and x.max() <= 1

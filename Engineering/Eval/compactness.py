@@ -15,6 +15,10 @@
 
 Lower is better for both: a representation that explains the data with fewer
 degrees of freedom is more compact (as in the AllenCell benchmark, seed 003).
+The intrinsic dimension is local: with many samples per subject (e.g. cine
+frames) the nearest neighbours are mostly the subject's own samples and the
+estimate describes within-subject variation; ``--aggregate patient`` measures
+across subjects instead.
 """
 from __future__ import annotations
 
@@ -65,6 +69,7 @@ def intrinsic_dimension(Z: np.ndarray, n_boot: int, seed: int, groups: np.ndarra
 def components_for_variance(Z: np.ndarray, fraction: float = 0.9):
     """Statistic: #components whose cumulative explained variance first exceeds ``fraction``."""
     Z = np.asarray(Z, dtype=float)
+    Z = Z - Z.mean(axis=0)  # so that E[zz^T] - mean mean^T below does not cancel badly
 
     def stat(w: np.ndarray) -> np.ndarray:
         out = np.empty(len(w))

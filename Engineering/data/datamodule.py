@@ -12,7 +12,7 @@ from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
 from Engineering.data.demo import ensure_demo
 from Engineering.data.folds import WHOLE_FILE, Fold, is_whole_file, read_fold
 from Engineering.data.index import load_records, selection_from
-from Engineering.data.transforms import VOLUME_NORMS, axis_perm
+from Engineering.data.transforms import VOLUME_NORMS, axis_perm, normalise_batch
 from Engineering.errors import UserError
 
 
@@ -147,3 +147,8 @@ class H5DataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        # Normalise on the device: the loader ships stored dtypes (e.g. int16) and the affine.
+        batch["inp"] = normalise_batch(batch["inp"], batch["affine"])
+        return batch

@@ -72,6 +72,7 @@ class H5Samples(Dataset):
         self.h5file, self.records, self.samples, self.spec = str(h5file), records, samples, spec
         self.train, self.mask_file, self.seed = train, (str(mask_file) if mask_file else None), seed
         self._files: dict[str, h5py.File] = {}
+        self._handles: dict[tuple[str, int], h5py.Dataset] = {}
         self._pid = None
 
     def __len__(self) -> int:
@@ -79,29 +80,35 @@ class H5Samples(Dataset):
 
     def _file(self, path: str) -> h5py.File:
         if self._pid != os.getpid():  # a forked worker must not share the parent's HDF5 handle
-            self._files, self._pid = {}, os.getpid()
+            self._files, self._handles, self._pid = {}, {}, os.getpid()
         if path not in self._files:
             self._files[path] = h5py.File(path, "r")
         return self._files[path]
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_files"], state["_pid"] = {}, None
+        state["_files"], state["_handles"], state["_pid"] = {}, {}, None
         return state
+
+    def _dataset(self, path: str, rec: DatasetRecord) -> h5py.Dataset:
+        handle = self._file(path).get(rec.h5path)
+        if handle is None:
+            raise UserError(f"{path}:{rec.h5path} is missing")
+        return handle
 
     def read_raw(self, ref: SampleRef, path: str | None = None) -> np.ndarray:
         """The logical (c, t, s, X, Y) block of one sample, read by slicing (split axes have length 1)."""
+        path = path or self.h5file
         rec = self.records[ref.record]
+        key = (path, ref.record)
+        handle = self._handles.get(key) if self._pid == os.getpid() else None
+        if handle is None:  # path lookups cost more than a small read: keep one handle per dataset
+            handle = self._handles[key] = self._dataset(path, rec)
         raw_sel = [slice(None)] * 5
         for logical, idx in enumerate((ref.c, ref.t, ref.s)):
             if idx is not None:
                 raw_sel[self.spec.perm[logical]] = slice(idx, idx + 1)
-        where = f"{path or self.h5file}:{rec.h5path}"
-        try:
-            block = self._file(path or self.h5file)[rec.h5path][tuple(raw_sel)]
-        except KeyError:
-            raise UserError(f"{where} is missing") from None
-        return np.transpose(block, self.spec.perm)
+        return np.transpose(handle[tuple(raw_sel)], self.spec.perm)
 
     def _to_model_layout(self, block: np.ndarray) -> np.ndarray:
         c, t, s, x, y = block.shape
@@ -110,38 +117,51 @@ class H5Samples(Dataset):
         return block.reshape(c * t * s, x, y)
 
     def __getitem__(self, i: int) -> dict:
+        """The sample in its stored dtype where possible, with the (C, 2) affine that normalises it.
+
+        The affine is applied per batch after the transfer to the device
+        (H5DataModule.on_after_batch_transfer, or :meth:`sample`): the loader then
+        moves half the bytes for int16 data and does no float passes on the CPU.
+        """
         ref = self.samples[i]
         rec = self.records[ref.record]
         spec = self.spec
         block = self.read_raw(ref)
-        if not np.isfinite(block).all():
+        if block.dtype.kind in "fc" and not np.isfinite(block).all():
             raise UserError(f"{self.h5file}:{rec.h5path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})")
-        x = self._to_model_layout(T.complex_to_real(block, spec.complex_mode))
+        x = self._to_model_layout(T.complex_to_real(block, spec.complex_mode) if block.dtype.kind == "c" else block)
+        scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm)
+        affine = np.stack([scale, offset], 1).astype(np.float32)
+        zero = -offset / scale  # the raw value that normalises to 0: padding and masked-out voxels
         mask = None
         if spec.mask_mode and self.mask_file:
-            mask = self._to_model_layout(self.read_raw(ref, self.mask_file).astype(np.float32))
-        scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm)
-        affine = np.stack([scale, offset], 1)
-        x = T.apply_affine(x, affine)
-        x = self._spatial(x, rec)
-        if mask is not None:
-            mask = (self._spatial(mask, rec) > 0.5).astype(np.float32)
-            if spec.mask_mode == 1:
-                x = x * mask
+            mask = self._to_model_layout(self.read_raw(ref, self.mask_file))
+            mask = (self._spatial(mask.astype(np.float32), rec, 0.0) > 0.5)
+        x = self._spatial(x, rec, zero)
+        if mask is not None and spec.mask_mode == 1:
+            x = np.where(mask, x, zero.reshape((-1,) + (1,) * (x.ndim - 1)).astype(np.float32))
         if spec.grey2RGB and x.shape[0] == 1:
             x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
         if self.train and spec.flip_prob > 0 and spec.flip_axes:
             # torch's RNG is seeded per worker by Lightning (seed_everything(workers=True)): reproducible runs.
             rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
             x = T.random_flip(x, spec.flip_axes, spec.flip_prob, rng)
-        out = {"inp": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
-               "affine": torch.from_numpy(affine.astype(np.float32)), "index": i}
+        if x.dtype not in T.BATCH_DTYPES:
+            x = x.astype(np.float32)
+        out = {"inp": torch.from_numpy(np.ascontiguousarray(x)), "affine": torch.from_numpy(affine), "index": i}
         if mask is not None and spec.mask_mode == 2:
-            out["mask"] = torch.from_numpy(np.ascontiguousarray(mask))
+            out["mask"] = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))
         return out
 
-    def _spatial(self, x: np.ndarray, rec: DatasetRecord) -> np.ndarray:
-        x = T.resample(x, self.spec.interp_fact)
+    def sample(self, i: int) -> dict:
+        """Sample i normalised (float32), as the model sees it."""
+        item = self[i]
+        item["inp"] = T.normalise_batch(item["inp"][None], item["affine"][None])[0]
+        return item
+
+    def _spatial(self, x: np.ndarray, rec: DatasetRecord, fill) -> np.ndarray:
+        if self.spec.interp_fact != 1.0:
+            x = T.resample(x.astype(np.float32), self.spec.interp_fact)
         want = tuple(self.spec.input_shape)
         have = x.shape[1:]
         if len(want) != len(have):
@@ -151,7 +171,7 @@ class H5Samples(Dataset):
             if not self.spec.croppad:
                 raise UserError(f"{self.h5file}:{rec.h5path} gives samples of spatial shape {list(have)} but "
                                 f"model§input_shape is {list(want)}; use --croppad true or change --input_shape")
-            x = T.crop_or_pad(x, want)
+            x = T.crop_or_pad(x, want, fill)
         return x
 
     def describe(self, i: int) -> dict:

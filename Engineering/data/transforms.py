@@ -13,6 +13,8 @@ import torch.nn.functional as F
 from Engineering.errors import UserError
 
 SAMPLE_NORMS = ("minmax", "divbymax")
+# dtypes a batch may carry to the device before normalisation (torch collates them all)
+BATCH_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", "int8", "uint8", "int16", "int32"))
 VOLUME_NORMS = ("minmaxvol", "divbymaxvol")
 _EPS = 1e-8
 
@@ -113,8 +115,14 @@ def resample(x: np.ndarray, fact: float) -> np.ndarray:
     return t.reshape(*lead, *t.shape[-2:]).numpy()
 
 
-def crop_or_pad(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    """Centre crop or zero-pad the trailing len(shape) axes to ``shape``."""
+def normalise_batch(inp: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
+    """Apply the per-sample, per-channel affine (B, C, 2) to a batch (B, C, ...) as float32."""
+    shape = affine.shape[:2] + (1,) * (inp.ndim - 2)
+    return inp.to(torch.float32) * affine[..., 0].reshape(shape) + affine[..., 1].reshape(shape)
+
+
+def crop_or_pad(x: np.ndarray, shape: tuple[int, ...], fill=None) -> np.ndarray:
+    """Centre crop or pad the trailing len(shape) axes to ``shape``; padding takes ``fill`` (per channel) or 0."""
     lead = x.ndim - len(shape)
     slices, pads = [slice(None)] * lead, [(0, 0)] * lead
     for size, want in zip(x.shape[lead:], shape):
@@ -127,7 +135,15 @@ def crop_or_pad(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
             before = (want - size) // 2
             pads.append((before, want - size - before))
     out = x[tuple(slices)]
-    return np.pad(out, pads) if any(p != (0, 0) for p in pads) else out
+    if all(p == (0, 0) for p in pads):
+        return out
+    if fill is None:
+        return np.pad(out, pads)
+    fill = np.asarray(fill, dtype=np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
+    padded = np.empty([s + a + b for s, (a, b) in zip(out.shape, pads)], dtype=np.float32)
+    padded[...] = fill
+    padded[tuple(slice(a, a + s) for s, (a, _) in zip(out.shape, pads))] = out
+    return padded
 
 
 def random_flip(x: np.ndarray, axes: tuple[int, ...], prob: float, rng: np.random.Generator) -> np.ndarray:
