@@ -23,7 +23,8 @@ from Engineering.config.loader import Task, dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
-from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, load_weights
+from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, fit_state, load_weights
+from Engineering.io.hub import read as read_hub
 from Engineering.Science.optimisers import accumulation_steps
 
 log = logging.getLogger("imlatent")
@@ -131,8 +132,25 @@ def _fit_kwargs(trainer: L.Trainer) -> dict:
     return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
-def run(argv: Sequence[str], task: Task) -> dict:
+def _with_hub(argv: Sequence[str], task: Task):
+    """Resolve the config; with --load_hf, the weights' own config ranks above YAML/JSON, below explicit flags."""
     resolved = resolve(argv, task)
+    ref = resolved.cfg.run.load_hf
+    if not ref:
+        return resolved, None
+    hub = read_hub(ref, resolved.cfg.run.hf_weights)
+    resolved = resolve(argv, task, layer=hub.layer)
+    missing = [n for n in hub.needs if n not in resolved.explicit and f"model§{n}" not in resolved.explicit]
+    if missing:
+        raise UserError(f"the weights of {ref} do not determine {', '.join(missing)}: pass "
+                        + " ".join(f"--{n}" for n in missing) + " (the published cardiac models: --input_shape 50,128,128)")
+    if hub.revision:
+        resolved.raw["run"]["load_hf_revision"] = hub.revision  # recorded in resolved_config.yaml and emb.h5
+    return resolved, hub
+
+
+def run(argv: Sequence[str], task: Task) -> dict:
+    resolved, hub = _with_hub(argv, task)
     if resolved.control["print_config"]:
         print(dump_yaml(resolved.raw), end="")
         return {}
@@ -158,6 +176,8 @@ def run(argv: Sequence[str], task: Task) -> dict:
     model.has_val = mode in (1, 4)
     if cfg.run.preweights_path:
         load_weights(model, cfg.run.preweights_path)
+    if hub is not None:
+        model.load_state_dict(fit_state(model, hub.state, f"--load_hf {cfg.run.load_hf}"))
     if cfg.run.compile_model:
         model.net.compile()
 
@@ -184,6 +204,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
         model.output_attrs = {"model": cfg.model.drive, "run_name": run_dir.name, "norm_type": cfg.data.norm_type,
                               "input_shape": json.dumps(list(cfg.model.input_shape)), "is3D": cfg.model.is3D,
                               "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
+                              "load_hf_revision": (hub.revision or "") if hub else "",
                               "ema": bool(cfg.eval.test_ema)}
         trainer.test(model, datamodule=dm, verbose=False)
         result["out_dir"] = str(out_dir)

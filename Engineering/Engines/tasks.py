@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from Engineering.config.flags import DIFFAE_FLAGS, RECON_FLAGS
+from Engineering.config.flags import DIFFAE_FLAGS, LATENTCLS_FLAGS, RECON_FLAGS
 from Engineering.config.loader import Task
 
 
@@ -24,4 +24,15 @@ def recon_task(configs: Path) -> Task:
         defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
                   "model§drive": "pythae", "model§tag": "recon"},
         extra_flags=RECON_FLAGS,
+    )
+
+
+def latentcls_task(configs: Path) -> Task:
+    return Task(
+        name="latentcls", description="Linear and MLP predictors of phenotypes from a run's latents "
+                                      "(regression and classification, several targets at once).",
+        configyml=str(configs / "config_latentcls.yaml"), datajson=str(configs / "dataNpath_demo.json"),
+        defaults={"batch_size": 64, "num_epochs": 60, "lr": 3e-3, "model§drive": "LatentPredictor",
+                  "model§tag": "LtCls"},
+        extra_flags=LATENTCLS_FLAGS,
     )

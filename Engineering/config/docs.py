@@ -8,21 +8,22 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from Engineering.config.flags import CONTROL, DIFFAE_FLAGS, FLAGS, RECON_FLAGS
+from Engineering.config.flags import CONTROL, DIFFAE_FLAGS, FLAGS, LATENTCLS_FLAGS, RECON_FLAGS
 
 BEGIN, END = "<!-- FLAGS:BEGIN -->", "<!-- FLAGS:END -->"
 
 
 def flag_tables() -> str:
     out, groups = [], {}
-    for f in CONTROL + FLAGS + DIFFAE_FLAGS + RECON_FLAGS:
+    for f in CONTROL + FLAGS + DIFFAE_FLAGS + RECON_FLAGS + LATENTCLS_FLAGS:
         groups.setdefault(f.group, []).append(f)
     for group, flags in groups.items():
         out += [f"#### {group}", "", "| flag | config path | type | default | meaning |", "|---|---|---|---|---|"]
         for f in flags:
             path = "§".join(f.path) if f.path else "(control)"
             choices = f" One of {', '.join(map(str, f.choices))}." if f.choices else ""
-            only = " (main_diffAE)" if f in DIFFAE_FLAGS else " (main_recon)" if f in RECON_FLAGS else ""
+            only = (" (main_diffAE)" if f in DIFFAE_FLAGS else " (main_recon)" if f in RECON_FLAGS
+                    else " (main_latentcls)" if f in LATENTCLS_FLAGS else "")
             out.append(f"| `--{f.name}` | `{path}` | {f.type} | `{f.default!r}` | {f.help}{choices}{only} |")
         out.append("")
     return "\n".join(out)

@@ -131,4 +131,37 @@ RECON_FLAGS = (
          "JSON file of pythae model parameters (overridden by model§pythae§models§<name>§<field>).", "Model"),
 )
 
-BY_NAME = {f.name: f for f in FLAGS + CONTROL + DIFFAE_FLAGS + RECON_FLAGS}
+LATENTCLS_GROUP = "Latent predictor"
+LATENTCLS_FLAGS = (
+    Flag("parent_trainID", ("run", "parent_trainID"), "optstr", None,
+         "Run folder (in json§save_path) whose latents are used; outputs go to its ClassifyLatent/ folder.",
+         LATENTCLS_GROUP),
+    Flag("parent_outfolder", ("run", "parent_outfolder"), "str", "Output",
+         "Output folder of the parent run that holds emb.parquet/tsv/h5 (e.g. Output_fullDS).", LATENTCLS_GROUP),
+    Flag("latents", ("data", "latents"), "optstr", None,
+         "An emb.h5 / emb.tsv / emb.parquet file (or run folder) instead of --parent_trainID.", LATENTCLS_GROUP),
+    Flag("targets", ("data", "targets"), "str", "",
+         "Comma-separated target columns of json§DS_phenotypes ('' = its columns, or every column).", LATENTCLS_GROUP),
+    Flag("categorical_targets", ("data", "categorical_targets"), "str", "",
+         "Comma-separated targets to treat as classes (default: inferred).", LATENTCLS_GROUP),
+    Flag("continuous_targets", ("data", "continuous_targets"), "str", "",
+         "Comma-separated targets to regress (default: inferred).", LATENTCLS_GROUP),
+    Flag("latent_aggregate", ("data", "latent_aggregate"), "str", "none",
+         "'patient': average the latents of each patient (one sample per patient).", LATENTCLS_GROUP,
+         ("none", "patient")),
+    Flag("heads", ("model", "heads"), "str", "linear,mlp",
+         "Heads trained together on the latents: linear, mlp or both (comma-separated).", LATENTCLS_GROUP),
+    Flag("mlp_hidden", ("model", "mlp_hidden"), "int", 64, "Hidden width of the MLP head.", LATENTCLS_GROUP),
+    Flag("mlp_dropout", ("model", "mlp_dropout"), "float", 0.1, "Dropout of the MLP head.", LATENTCLS_GROUP),
+    Flag("use_ema", ("training", "use_ema"), "bool", False,
+         "Keep an EMA of the heads' weights (training§ema_decay); evaluated with --test_ema.", LATENTCLS_GROUP),
+    Flag("manipulate", ("eval", "manipulate"), "str", "",
+         "DiffAE parents: move z_sem along the linear head's direction for this target (TARGET or TARGET:CLASS) "
+         "and render.", LATENTCLS_GROUP),
+    Flag("scales", ("eval", "scales"), "str", "-2,-1,0,1,2",
+         "Steps along the unit direction, in standard deviations of the standardised latents.", LATENTCLS_GROUP),
+    Flag("n_manipulate_subs", ("eval", "n_manipulate_subs"), "int", 2,
+         "Test-split subjects to manipulate (one sample each).", LATENTCLS_GROUP),
+)
+
+BY_NAME = {f.name: f for f in FLAGS + CONTROL + DIFFAE_FLAGS + RECON_FLAGS + LATENTCLS_FLAGS}

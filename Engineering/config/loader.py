@@ -183,10 +183,15 @@ class Resolved:
     cfg: Any  # the validated pydantic Config
     raw: dict  # the same as plain data (what resolved_config.yaml holds)
     control: dict  # print_config, debug, strict_overrides, file paths
+    explicit: set  # flag names given on the command line, and override paths ('a§b')
 
 
-def resolve(argv: Sequence[str], task: Task) -> Resolved:
-    """Merge every source in order of precedence and validate."""
+def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resolved:
+    """Merge every source in order of precedence and validate.
+
+    ``layer`` (e.g. what Hub weights fix: architecture, normalisation) ranks above
+    the JSON and below explicit flags and overrides.
+    """
     parser = build_parser(task)
     known = {}
     for action in parser._actions:
@@ -215,6 +220,8 @@ def resolve(argv: Sequence[str], task: Task) -> Resolved:
         else:
             cfg["json"][key] = val
 
+    if layer:
+        cfg = deep_merge(cfg, layer)
     for name, val in explicit.items():
         _set(cfg, flag_by_name[name].path, val)
 
@@ -226,7 +233,8 @@ def resolve(argv: Sequence[str], task: Task) -> Resolved:
         print(f"warning: {w.message}")
 
     validated = validate(cfg, task.extra_flags)
-    return Resolved(validated, validated.model_dump(mode="json", by_alias=True), control)
+    given = set(explicit) | {item.dotted for item in overrides}
+    return Resolved(validated, validated.model_dump(mode="json", by_alias=True), control, given)
 
 
 def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict) -> None:

@@ -1,0 +1,81 @@
+"""Rebuild a trained autoencoder from its run folder (or checkpoint) for use outside training.
+
+Our Lightning checkpoints carry the resolved config (``imlatent_config``) and
+the number of input channels, so the engine is rebuilt exactly as trained and
+its weights loaded with the usual checks (weights_only, shapes). Used by latent
+manipulation (main_latentcls) and the model-dependent benchmark metrics.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from Engineering.config.flags import DIFFAE_FLAGS, RECON_FLAGS
+from Engineering.config.schema import validate
+from Engineering.data.datamodule import H5DataModule
+from Engineering.Engines.MainEngine import engine_class
+from Engineering.errors import UserError
+from Engineering.io.checkpoints import checkpoint_in, fit_state, read_checkpoint
+
+
+@dataclass
+class SavedRun:
+    engine: object  # a LatentEngine subclass, in eval mode, on the CPU
+    cfg: object  # its validated config
+    checkpoint: Path
+    use_ema: bool  # evaluate with the EMA weights (as the run's own test phase would)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.engine.embed(x, self.use_ema)
+
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        return self.engine.reconstruct(x, self.encode(x), self.use_ema)
+
+
+def run_checkpoint(run_or_file: str | Path) -> Path:
+    """The best checkpoint of a run folder (the last one if no best was recorded), or the file itself."""
+    try:
+        return checkpoint_in(run_or_file, best=True)
+    except UserError:
+        return checkpoint_in(run_or_file, best=False)
+
+
+def load_run(run_or_file: str | Path) -> SavedRun:
+    path = run_checkpoint(run_or_file)
+    ckpt = read_checkpoint(path)
+    raw, in_channels = ckpt.get("imlatent_config"), ckpt.get("in_channels")
+    if not isinstance(raw, dict) or in_channels is None:
+        raise UserError(f"{path} holds no imlatent_config/in_channels: not a checkpoint of this pipeline's "
+                        "training (use the run folder of main_diffAE or main_recon)")
+    cfg = validate(copy.deepcopy(raw), DIFFAE_FLAGS + RECON_FLAGS)
+    engine = engine_class(cfg.model.drive)(cfg, int(in_channels))
+    engine.load_state_dict(fit_state(engine, ckpt["state_dict"], str(path)))
+    engine.eval()
+    return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"))
+
+
+def whole_file_data(cfg, datafile: str | Path | None = None) -> H5DataModule:
+    """The run's data pipeline (selection, normalisation, crop) over the whole file, ignoring its folds.
+
+    ``datafile`` replaces the run's data file (e.g. the run was trained on another machine).
+    """
+    cfg = cfg.model_copy(deep=True)
+    cfg.paths.foldCSV = ""
+    if datafile is not None:
+        datafile = Path(datafile).expanduser()
+        if not datafile.is_file():
+            raise UserError(f"data file not found: {datafile}")
+        cfg.paths.datadir, cfg.paths.datafile = str(datafile.parent), datafile.name
+    return H5DataModule(cfg)
+
+
+@torch.no_grad()
+def batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
+    """Apply a tensor -> tensor model function to a numpy batch, ``batch_size`` samples at a time."""
+    out = [fn(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).float().numpy()
+           for i in range(0, len(x), batch_size)]
+    return np.concatenate(out)

@@ -1,0 +1,124 @@
+"""Write a training run as a Hub repository in our format: config.json, model.safetensors, README.md."""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+from safetensors.torch import save_file
+
+from Engineering.config.schema import validate
+from Engineering.errors import UserError
+from Engineering.io.checkpoints import CHECKPOINT_DIR, best_from_last, checkpoint_in, read_checkpoint
+from Engineering.io.hub import export_config
+
+
+def _checkpoint(run: Path, which: str) -> Path:
+    if which == "best":
+        best = best_from_last(run / CHECKPOINT_DIR)
+        if best is None:
+            raise UserError(f"no best checkpoint recorded in {run / CHECKPOINT_DIR / 'last.ckpt'}")
+        return best
+    if which == "last":
+        return checkpoint_in(run, best=False)
+    return Path(which)
+
+
+def export_run(run: str | Path, which: str, out: str | Path) -> Path:
+    run, out = Path(run), Path(out)
+    if not run.is_dir():
+        raise UserError(f"--run {run} is not a run folder")
+    ckpt_path = _checkpoint(run, which)
+    ckpt = read_checkpoint(ckpt_path)
+    if "imlatent_config" not in ckpt:
+        raise UserError(f"{ckpt_path} was not written by this tool (no imlatent_config): cannot describe the model")
+    cfg = validate(ckpt["imlatent_config"])
+    state = ckpt["state_dict"]
+    # DiffAE runs publish their EMA weights (what inference uses); other drives their trained weights.
+    prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
+    weights = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+    config = export_config(cfg, int(ckpt["in_channels"]), "ema" if prefix == "ema_net." else "trained")
+    config["source_checkpoint"] = {"file": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "imlatent", "drive": cfg.model.drive})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        (tmp / "README.md").write_text(model_card(cfg, config, ckpt, run))
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.replace(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _metrics(ckpt: dict, run: Path) -> list[str]:
+    lines = []
+    for key, cb in (ckpt.get("callbacks") or {}).items():
+        if str(key).startswith("ModelCheckpoint") and cb.get("best_model_score") is not None:
+            lines.append(f"- best {cb.get('monitor', 'val_loss')}: {float(cb['best_model_score']):.5g}")
+    metrics = run / "Output" / "metrics.csv"
+    if metrics.is_file():
+        df = pd.read_csv(metrics)
+        for col in ("SSIM", "PSNR", "NRMSE"):
+            if col in df:
+                lines.append(f"- test {col} (mean over {len(df)} sample-channels): {df[col].mean():.4g}")
+    return lines or ["- (no validation/test metrics recorded)"]
+
+
+def model_card(cfg, config: dict, ckpt: dict, run: Path) -> str:
+    p, drive = cfg.paths, cfg.model.drive
+    shape = "×".join(map(str, config["input_shape"]))
+    norm = config["normalisation"]
+    return f"""---
+library_name: imlatent
+tags: [representation-learning, {drive.lower()}, medical-imaging, {'3d' if cfg.model.is3D else '2d'}]
+---
+# {run.name}
+
+A {'3D' if cfg.model.is3D else '2D'} {drive} trained with ImLatent to produce {config['latent_dim']}-dimensional latent
+representations (task: unsupervised latent representation learning).
+
+## Input contract
+- axes: {config['axes']}; input shape {config['in_channels']} × {shape}
+- normalisation: {norm['norm_type']} (prenorm {norm['prenorm']}), crop/pad to the input shape: {norm['croppad']},
+  in-plane resampling factor {norm['interp_fact']}, complex mode {norm['complex_mode']}
+- data layout used in training: {json.dumps(config['data_selection'])}
+
+## Training data
+- file {p.datafile} in {p.datadir}; fold file {p.foldCSV or '(whole file)'}, fold {cfg.run.foldID}
+- selected primaries {p.DS_selected_primaries or '(every primary)' if p.DS_every_primary else p.DS_selected_primaries};
+  auxiliaries {p.DS_selected_auxiliaries or 'none'}; sanity filters {p.DS_sanity_filters or 'none'}
+- {cfg.training.num_epochs} epochs max, batch size {cfg.training.batch_size}, lr {cfg.training.lr}, seed {cfg.training.seed};
+  checkpoint epoch {ckpt.get('epoch')}, step {ckpt.get('global_step')}; weights: {config['weights']}
+
+## Metrics
+{chr(10).join(_metrics(ckpt, run))}
+
+## Use with ImLatent
+```bash
+python Executors/main_{'diffAE' if drive == 'DiffAE' else 'recon'}.py --load_hf <this repo or folder> --run_mode 2 \\
+    --json§datadir /your/data --json§foldCSV 0
+```
+The config.json rebuilds the model; no other flag is needed. Latents are written to
+`Output/emb.h5` and `emb.tsv`/`emb.parquet`. The weights are plain safetensors
+(`model.safetensors`): no code from this repository is executed when loading.
+"""
+
+
+def push(folder: Path, repo: str, private: bool) -> str:
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(repo, private=private, exist_ok=True)
+        info = api.upload_folder(repo_id=repo, folder_path=str(folder))
+    except Exception as exc:  # network, auth and Hub errors all end the same way for the user
+        raise UserError(f"could not push to {repo} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                        f"the export is complete in {folder}") from None
+    return str(getattr(info, "commit_url", repo))
