@@ -111,11 +111,17 @@ def test_run_modes(tiny_demo, tmp_path, mode):
         _run(tiny_demo, tmp_path, "--fulltrainID", "m", "--run_mode", "2", "--resume", "--test_emb_only")
         assert (tmp_path / "m" / "Output" / "emb.h5").is_file()
         return
-    _run(tiny_demo, tmp_path, "--fulltrainID", "m", "--run_mode", str(mode), "--test_emb_only")
+    # StepLR every epoch by 0.5 (the ancestor had LR decay disabled): the logged lr must halve
+    decay = ["--lr_decay_type", "1", "--num_epochs", "2", "--training§LRDecay§type1§decay_every", "1",
+             "--training§LRDecay§type1§decay_rate", "0.5"] if mode == 1 else []
+    _run(tiny_demo, tmp_path, "--fulltrainID", "m", "--run_mode", str(mode), "--test_emb_only", *decay)
     assert (tmp_path / "m" / "Checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "m" / "Output" / "emb.h5").is_file() == (mode == 3)
     logged = pd.read_csv(tmp_path / "m" / "csv_logs" / "metrics.csv")
     assert ("val_loss" in logged.columns) == (mode == 1)
+    if decay:
+        lrs = logged["lr-Adam"].dropna().tolist()
+        assert lrs[:2] == pytest.approx([1e-4, 5e-5])
 
 
 def test_whole_file_inference_and_other_checkpoint(tiny_demo, tmp_path):

@@ -1,0 +1,90 @@
+"""Small engine pieces: precision/strategy mapping, optimisers, LR decay, accumulation, atomic writes."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from Engineering.config.loader import Task, resolve
+from Engineering.Engines.MainEngine import precision, strategy
+from Engineering.errors import UserError, one_line
+from Engineering.io.atomic import atomic_path
+from Engineering.io.outputs import SampleInfo, write_emb_h5
+from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
+
+
+def cfg(*args):
+    return resolve(list(args), Task("t", "t")).cfg
+
+
+def test_precision_on_cpu(capsys):
+    assert precision(cfg("--ampmode", "16-mixed"), "cpu") == "bf16-mixed"
+    assert "bf16-mixed" in capsys.readouterr().out
+    assert precision(cfg("--ampmode", "16-mixed"), "gpu") == "16-mixed"
+    assert precision(cfg(), "cpu") == "32"
+
+
+def test_strategy_mapping():
+    assert strategy(cfg()) == "auto"
+    assert strategy(cfg("--training_strategy", "ddp")) == "ddp"
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="needs CUDA"):
+            strategy(cfg("--training_strategy", "deepspeed_stage_3_offload"))
+
+
+def test_optimisers_and_unknown_name():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    assert isinstance(make_optimiser(p, "adamw", 1e-3), torch.optim.AdamW)
+    assert isinstance(make_optimiser(p, "RAdam", 1e-3), torch.optim.RAdam)
+    assert isinstance(make_optimiser(p, "SGD", 1e-3), torch.optim.SGD)
+    with pytest.raises(UserError, match="not a torch.optim optimiser.*Adam"):
+        make_optimiser(p, "Adamm", 1e-3)
+
+
+def test_lr_decay_step_and_plateau():
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    c = cfg("--lr_decay_type", "1", "--training§LRDecay", "{type1: {decay_every: 2, decay_rate: 0.5}}")
+    opt = make_optimiser(p, "Adam", 1.0)
+    sched = make_scheduler(opt, c.training, "val_loss")["scheduler"]
+    for _ in range(4):
+        opt.step()
+        sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.25)
+    c = cfg("--lr_decay_type", "2", "--training§LRDecay", "{type2: {decay_rate: 0.1, patience: 0}}")
+    opt = make_optimiser(p, "Adam", 1.0)
+    spec = make_scheduler(opt, c.training, "val_loss")
+    assert spec["monitor"] == "val_loss"
+    for _ in range(3):
+        spec["scheduler"].step(1.0)
+    assert opt.param_groups[0]["lr"] < 1.0
+    assert make_scheduler(opt, cfg().training, "val_loss") is None
+
+
+def test_accumulation_steps():
+    assert accumulation_steps(cfg("--batch_size", "4", "--effective_batch_size", "16").training, 1) == 4
+    assert accumulation_steps(cfg("--batch_size", "4", "--effective_batch_size", "16").training, 2) == 2
+    assert accumulation_steps(cfg("--batch_size", "4").training, 1) == 1
+
+
+def test_atomic_write_keeps_previous_file_on_crash(tmp_path):
+    target = tmp_path / "emb.h5"
+    infos = [SampleInfo("p", "f", "i", "primary", None, 0, None, 1, 2, 1)]
+    write_emb_h5(target, infos, np.ones((1, 4), np.float32))
+    with pytest.raises(IndexError):  # t=5 does not exist in a 2-frame array: fails mid-write
+        write_emb_h5(target, infos + [SampleInfo("p", "f", "i", "primary", None, 5, None, 1, 2, 1)],
+                     np.zeros((2, 4), np.float32))
+    with h5py.File(target) as h5:
+        np.testing.assert_array_equal(h5["p/f/i/primary"][0, 0, 0], np.ones(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["emb.h5"]  # no temporary left behind
+    with pytest.raises(RuntimeError):
+        with atomic_path(tmp_path / "new.txt") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash")
+    assert not (tmp_path / "new.txt").exists() and len(list(tmp_path.iterdir())) == 1
+
+
+def test_worker_errors_become_one_line():
+    wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+                        "  File \"x.py\", line 1\nEngineering.errors.UserError: data.h5:1/2/3/primary contains NaN/Inf")
+    assert one_line(wrapped) == "data.h5:1/2/3/primary contains NaN/Inf"
