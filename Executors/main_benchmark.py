@@ -56,8 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", nargs="+", default=None, help="only latents of these input keys")
     p.add_argument("--pixels", default=None, metavar="DATA_H5",
                    help="input data.h5 for the PCA-of-pixels baseline")
-    p.add_argument("--run", nargs="+", default=None, metavar="RUN_DIR",
-                   help="model run folders for model-dependent metrics (not wired yet: reported as skipped)")
+    p.add_argument("--run", nargs="+", default=None, metavar="[NAME=]RUN_DIR",
+                   help="model run folders (or checkpoints) of --latents runs, matched by name, for the "
+                        "model-dependent metrics: rotation/flip sensitivity and reconstruction error")
+    p.add_argument("--run_max_samples", type=int, default=32,
+                   help="samples (seeded subset of the common ones) for the model-dependent metrics")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
@@ -72,8 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> dict:
     args = build_parser().parse_args(list(argv))
-    if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2 or args.n_repeats < 1:
-        raise UserError("--n_boot and --n_perm must be >= 0, --n_splits >= 2 and --n_repeats >= 1")
+    if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2 or args.n_repeats < 1 or args.run_max_samples < 1:
+        raise UserError("--n_boot and --n_perm must be >= 0, --n_splits >= 2, --n_repeats and --run_max_samples >= 1")
     settings = Settings(n_boot=args.n_boot, seed=args.seed, n_splits=args.n_splits, n_repeats=args.n_repeats,
                         n_perm=args.n_perm, blas_threads=args.blas_threads or None, debug=args.debug)
 
@@ -97,11 +100,12 @@ def main(argv: Sequence[str]) -> dict:
     pixels = _pixels(args.pixels, samples) if args.pixels else None
     if pixels is None:
         notes.append("PCA-of-pixels baseline skipped: give --pixels <data.h5> to include it")
+    models = _load_models(args.run, paths, samples, args) if args.run else {}
 
     # 2. Scores.
     results = run_benchmark(samples.latents, targets, batch, groups, settings, pixels, log=print)
     if args.run:
-        _model_dependent_hook(results, args.run, notes)
+        _model_dependent(results, models, args, notes)
 
     # 3. Outputs (each written atomically).
     out = Path(args.out)
@@ -158,19 +162,71 @@ def _pixels(path: str, samples) -> np.ndarray:
     return mean
 
 
-def _model_dependent_hook(results: dict, run_dirs: list[str], notes: list[str]) -> None:
-    """Placeholder for --run: model loading is the engine's job; the metric math is in Eval/invariance.py.
+def _load_models(items: list[str], paths: dict[str, Path], samples, args) -> dict:
+    """--run latents-name -> (the run's rebuilt model, its input images); a run folder is matched to --latents
+    by its name.
 
-    To wire: load each run's encoder/decoder as numpy callables and call
-    invariance.rotation_sensitivity / invariance.reconstruction_mse on the samples' pixels.
+    Images are the benchmark's common samples as each model's own data pipeline prepares them (normalised,
+    cropped) from --pixels if given, else from the data file of the run's config; a seeded subset of
+    --run_max_samples.
     """
-    reason = "model-dependent metrics are not wired to a model loader yet"
-    notes.append(f"--run {' '.join(run_dirs)}: {reason}")
+    from Engineering.Engines.saved_runs import load_run, sample_images  # torch and Lightning only with --run
+
+    models = {}
+    for item in items:
+        name, sep, rest = item.partition("=")
+        if sep and name and "/" not in name and not Path(item).exists():
+            path = Path(rest)
+        else:
+            path = Path(item)
+            in_checkpoints = path.is_file() and path.parent.name == "Checkpoints"
+            name = path.parent.parent.name if in_checkpoints else _default_name(path)
+        if name not in paths:
+            raise UserError(f"--run {item}: no --latents run is named '{name}' (runs: {', '.join(paths)}); "
+                            "use --run NAME=RUN_DIR")
+        model = load_run(path)
+        models[name] = (model, sample_images(model, samples.source_rows, args.pixels, args.run_max_samples,
+                                             args.seed))
+    return models
+
+
+def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> None:
+    """Rotation/flip sensitivity and reconstruction error of each --run model (Eval/invariance.py);
+    the reconstruction error is in the model's normalised input units."""
+    from Engineering.Engines.saved_runs import batched
+
     for name, per in results.items():
         if name in baselines.NAMES:
             continue
+        if name not in models:
+            for family, (direction, _) in invariance.METRICS.items():
+                per[family] = MetricResult.skip(direction, "no --run model folder for this run")
+            continue
+        model, images = models[name]
+        bs = int(model.cfg.training.batch_size)
+        compute = {
+            "rotation_sensitivity": lambda: invariance.rotation_sensitivity(
+                lambda x: batched(model.encode, x, bs), images, args.n_boot, args.seed),
+            "reconstruction_mse": lambda: invariance.reconstruction_mse(
+                lambda x: batched(model.reconstruct, x, bs), images, args.n_boot, args.seed),
+        }
         for family, (direction, _) in invariance.METRICS.items():
-            per[family] = MetricResult.skip(direction, reason)
+            if not len(images):
+                per[family] = MetricResult.skip(direction, "none of the benchmark samples is in the model's data file")
+            elif family == "rotation_sensitivity" and images.shape[-1] != images.shape[-2]:
+                per[family] = MetricResult.skip(direction, f"90° rotations need square in-plane inputs, "
+                                                           f"got {images.shape[-2]}x{images.shape[-1]}")
+            else:
+                print(f"{family} of {name}: {len(images)} samples ({model.checkpoint})")
+                try:
+                    per[family] = compute[family]()
+                except Exception as exc:  # noqa: BLE001 - reported as a skip, like every metric (see suite.py)
+                    if args.debug:
+                        raise
+                    per[family] = MetricResult.skip(direction, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+        notes.append(f"model-dependent metrics of {name}: {model.checkpoint}, {len(images)} samples, "
+                     f"{'EMA' if model.use_ema else 'raw'} weights; reconstruction error in the model's "
+                     "normalised input units")
 
 
 def _summary(paths, runs, samples, targets, args) -> dict[str, str]:

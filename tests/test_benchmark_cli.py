@@ -122,11 +122,13 @@ def test_cli_auto_labels_skip_unusable_columns_in_report(data, tmp_path):
     assert metrics["runA"]["probe_balanced_accuracy/cls"]["n"] == N_PATIENTS
 
 
-def test_model_dependent_hook_reports_skips(data, tmp_path):
+def test_run_without_a_checkpoint_is_an_error(data, tmp_path):
+    from Engineering.errors import UserError
+
     out = tmp_path / "hook"
-    main(common_args(data, out, runs=("runA",)) + ["--label_cols", "cls", "--run", str(data / "runA")])
-    rec = json.loads((out / "metrics.json").read_text())["runA"]["rotation_sensitivity"]
-    assert rec["value"] is None and "not wired" in rec["skipped"]
+    with pytest.raises(UserError, match="no checkpoint in"):
+        main(common_args(data, out, runs=("runA",)) + ["--label_cols", "cls", "--run", str(data / "runA")])
+    assert not out.exists()  # input checks run before anything is written
 
 
 @pytest.fixture(scope="module")

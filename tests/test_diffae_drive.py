@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from Engineering.Engines.WarpDrives import DRIVES, create_drive
 from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig, DiffAEConfigError
+from Engineering.Engines.WarpDrives.DiffAE import blocks
 from Engineering.Engines.WarpDrives.DiffAE.blocks import AttentionBlock, Resample
 from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion, respace_timesteps
@@ -113,23 +114,34 @@ def test_published_layout_names():
     assert not any(k.startswith("encoder.") and ("emb_layers" in k or "out_layers" in k) for k in keys)
 
 
-def test_sdpa_attention_matches_explicit_softmax():
+def explicit_attention_block(blk: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
+    """Reference: qkv laid out [q, k, v] per head, softmax(q k^T / sqrt(d)) v written out."""
+    b, c = x.shape[:2]
+    heads, d = blk.num_heads, c // blk.num_heads
+    flat = x.reshape(b, c, -1)
+    qkv = F.conv1d(blk.norm(flat), blk.qkv.weight, blk.qkv.bias)
+    q, k, v = qkv.reshape(b * heads, 3 * d, -1).split(d, dim=1)
+    w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / math.sqrt(d), dim=-1)
+    a = torch.einsum("bts,bcs->bct", w, v).reshape(b, c, -1)
+    return (flat + F.conv1d(a, blk.proj_out.weight, blk.proj_out.bias)).reshape(x.shape)
+
+
+def test_sdpa_attention_matches_explicit_softmax(monkeypatch):
     torch.manual_seed(1)
-    c, heads = 8, 2
-    blk = AttentionBlock(c, groups=4, num_heads=heads)
+    blk = AttentionBlock(8, groups=4, num_heads=2)
     for p in blk.parameters():
         torch.nn.init.normal_(p, std=0.3)
-    x = torch.randn(2, c, 3, 4, 5)
-    # reference: heads laid out as [q, k, v] per head in the qkv output, softmax(q k^T / sqrt(d)) v
-    flat = x.reshape(2, c, -1)
-    qkv = F.conv1d(blk.norm(flat), blk.qkv.weight, blk.qkv.bias)
-    d = c // heads
-    q, k, v = qkv.reshape(2 * heads, 3 * d, -1).split(d, dim=1)
-    w = torch.softmax(torch.einsum("bct,bcs->bts", q, k) / math.sqrt(d), dim=-1)
-    a = torch.einsum("bts,bcs->bct", w, v).reshape(2, c, -1)
-    ref = (flat + F.conv1d(a, blk.proj_out.weight, blk.proj_out.bias)).reshape(x.shape)
+    x = torch.randn(2, 8, 3, 4, 5)
     with torch.no_grad():
-        torch.testing.assert_close(blk(x), ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(blk(x), explicit_attention_block(blk, x), atol=1e-5, rtol=1e-5)
+    # training path: fused forward, query-chunked backward (forced into several chunks here)
+    monkeypatch.setattr(blocks, "_CHUNK_ELEMS", 4 * 60 * 7)
+    params = [x.requires_grad_(), *blk.parameters()]
+    g = torch.randn_like(x)
+    grads = torch.autograd.grad(blk(x), params, g)
+    ref = torch.autograd.grad(explicit_attention_block(blk, x), params, g)
+    for got, want in zip(grads, ref):
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
 def test_training_step_reaches_the_encoder():

@@ -127,7 +127,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     )
 
 
-def _fit_kwargs(trainer: L.Trainer) -> dict:
+def fit_kwargs(trainer: L.Trainer) -> dict:
     # Our own checkpoints hold only tensors and plain data: load them without unpickling objects.
     return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
@@ -162,7 +162,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
     run_dir = Path(cfg.paths.save_path).expanduser() / run_name(cfg, task)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     out_dir = run_dir / ("Output" + (f"_{cfg.run.output_suffix}" if cfg.run.output_suffix else ""))
-    test_ckpt = _test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
+    test_ckpt = test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
     if mode == 2 and test_ckpt is None and not (cfg.run.preweights_path or cfg.run.load_hf):
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
                         "--load_model_4test PATH, --load_hf REPO or --preweights_path PATH")
@@ -193,7 +193,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
     if mode in TRAIN_MODES:
         _tune(cfg, trainer, model, dm, run_dir)
         resume = str(ckpt_dir / "last.ckpt") if cfg.run.resume else None
-        trainer.fit(model, datamodule=dm, ckpt_path=resume, **_fit_kwargs(trainer))
+        trainer.fit(model, datamodule=dm, ckpt_path=resume, **fit_kwargs(trainer))
         if mode == 4:
             best = trainer.checkpoint_callback.best_model_path
             test_ckpt = Path(best) if best else None
@@ -217,7 +217,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
     return result
 
 
-def _test_checkpoint(cfg, ckpt_dir: Path) -> Path | None:
+def test_checkpoint(cfg, ckpt_dir: Path) -> Path | None:
     if cfg.run.load_model_4test:
         return checkpoint_in(cfg.run.load_model_4test, best=cfg.run.load_best)
     if cfg.run.resume:

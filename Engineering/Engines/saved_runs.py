@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from Engineering.config.flags import DIFFAE_FLAGS, RECON_FLAGS
@@ -20,6 +21,7 @@ from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.MainEngine import engine_class
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import checkpoint_in, fit_state, read_checkpoint
+from Engineering.io.latents import SAMPLE_COLUMNS
 
 
 @dataclass
@@ -79,3 +81,22 @@ def batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
     out = [fn(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).float().numpy()
            for i in range(0, len(x), batch_size)]
     return np.concatenate(out)
+
+
+def sample_images(run: SavedRun, rows: pd.DataFrame, datafile: str | Path | None, max_n: int,
+                  seed: int) -> np.ndarray:
+    """Model inputs (n, C, ...) of up to ``max_n`` of ``rows`` (flat-table sample IDs), as the run's pipeline
+    prepares them; rows its data does not hold are left out (an empty array if none is found)."""
+    ds = whole_file_data(run.cfg, datafile).dataset("test")
+    wanted = set(rows["patientID"].astype(str))
+    where = {}
+    for i, ref in enumerate(ds.samples):
+        rec = ds.records[ref.record]
+        if rec.patientID in wanted:  # an unsplit axis is index 0 in the flat tables
+            where[(rec.patientID, rec.fieldID, rec.instanceID, rec.key, ref.c or 0, ref.t or 0, ref.s or 0)] = i
+    found = sorted({where[k] for k in rows[list(SAMPLE_COLUMNS)].itertuples(index=False, name=None) if k in where})
+    if len(found) > max_n:
+        found = sorted(np.random.default_rng(seed).choice(found, max_n, replace=False).tolist())
+    if not found:
+        return np.zeros((0,), np.float32)
+    return np.stack([ds.sample(i)["inp"].numpy() for i in found])

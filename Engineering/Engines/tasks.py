@@ -32,7 +32,8 @@ def latentcls_task(configs: Path) -> Task:
         name="latentcls", description="Linear and MLP predictors of phenotypes from a run's latents "
                                       "(regression and classification, several targets at once).",
         configyml=str(configs / "config_latentcls.yaml"), datajson=str(configs / "dataNpath_demo.json"),
-        defaults={"batch_size": 64, "num_epochs": 60, "lr": 3e-3, "model§drive": "LatentPredictor",
+        defaults={"batch_size": 64, "num_epochs": 100, "lr": 1e-2, "early_stopping_patience": 20,
+                  "model§drive": "LatentPredictor",
                   "model§tag": "LtCls"},
         extra_flags=LATENTCLS_FLAGS,
     )

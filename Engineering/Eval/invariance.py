@@ -2,8 +2,8 @@
 
 Hook for the engine: give these functions callables that map a batch of images
 (n, ..., X, Y) to latents (n, L) or reconstructions of the input's shape; this
-module never loads a model itself. Until the CLI's ``--run`` is wired to a model
-loader, main_benchmark reports these metrics as not available.
+module never loads a model itself (main_benchmark's ``--run`` does, through
+Engineering/Engines/saved_runs.py).
 
 - rotation/flip sensitivity: for the 90/180/270 degree in-plane rotations and the
   two flips, the relative change ||z_r - z_0|| / (||z_0|| + ||z_r||) (0 =

@@ -64,17 +64,23 @@ def shifted_codes(z: torch.Tensor, mean: np.ndarray, std: np.ndarray, direction:
                   scales: Sequence[float]) -> torch.Tensor:
     """(n, n_scales, L) semantic codes: each z moved by every scale along the unit direction (see module doc)."""
     as_t = {"dtype": z.dtype, "device": z.device}
-    mean, std = torch.as_tensor(mean, **as_t), torch.as_tensor(std, **as_t)
-    step = torch.as_tensor(np.asarray(scales)[:, None] * direction[None, :], **as_t)  # (S, L)
+    mean, std = torch.tensor(np.array(mean), **as_t), torch.tensor(np.array(std), **as_t)
+    step = torch.tensor(np.asarray(scales)[:, None] * np.asarray(direction)[None, :], **as_t)  # (S, L)
     return ((z - mean) / std)[:, None, :].add(step[None]) * std + mean
 
 
 @torch.no_grad()
 def render(diffusion, net, x0: torch.Tensor, z0: torch.Tensor, codes: torch.Tensor, t_inv: int,
            t_step: int) -> torch.Tensor:
-    """(n, n_scales, C, ...) renders from each subject's own x_T (DDIM inversion with its own z_sem)."""
+    """(n, n_scales, C, ...) renders from each subject's own x_T (DDIM inversion with its own z_sem).
+
+    All scales of a subject are rendered as one batch (the same x_T, one code each).
+    """
     x_T = diffusion.ddim_invert(net, x0, z0, t_inv)
-    return torch.stack([diffusion.ddim_sample(net, x_T, codes[:, k], t_step) for k in range(codes.shape[1])], 1)
+    n, n_scales = codes.shape[:2]
+    x_T = x_T[:, None].expand(n, n_scales, *x_T.shape[1:]).reshape(n * n_scales, *x_T.shape[1:])
+    out = diffusion.ddim_sample(net, x_T, codes.reshape(n * n_scales, -1), t_step)
+    return out.reshape(n, n_scales, *out.shape[1:])
 
 
 def _plane(img: np.ndarray) -> np.ndarray:
@@ -87,14 +93,14 @@ def _plane(img: np.ndarray) -> np.ndarray:
 
 def write_strip(path: str | Path, image: np.ndarray, renders: np.ndarray, scales: Sequence[float],
                 title: str) -> None:
-    """One PNG row: the input, then the render at every scale (shared grey scale)."""
+    """One PNG row: the input, then the render at every scale, all on the input's grey scale."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     panels = [_plane(image)] + [_plane(r) for r in renders]
-    lo, hi = float(min(p.min() for p in panels)), float(max(p.max() for p in panels))
+    lo, hi = float(panels[0].min()), float(panels[0].max())  # renders compared with the input, not each other
     fig, axes = plt.subplots(1, len(panels), figsize=(1.8 * len(panels), 2.2), squeeze=False)
     for ax, img, name in zip(axes[0], panels, ["input"] + [f"{s:+g}" for s in scales]):
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)

@@ -180,7 +180,8 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
         present = ", ".join(f"{s}: {n}" for s, n in table["split"].value_counts().items())
         raise UserError(f"only {int(train.sum())} latent rows belong to the training patients of {where} "
                         f"({present}); write latents of the whole cohort first (main_diffAE --resume --load_best "
-                        "--run_mode 2 --output_suffix fullDS --json§foldCSV 0) and use --parent_outfolder Output_fullDS")
+                        "--run_mode 2 --output_suffix fullDS --json§foldCSV 0) and use "
+                        "--parent_outfolder Output_fullDS")
 
     named = _list(cfg.data.targets) or pheno_cols or None
     reserved = ["split"]

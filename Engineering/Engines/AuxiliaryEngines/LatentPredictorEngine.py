@@ -62,7 +62,7 @@ class LatentPredictorEngine(LatentEngine):
     def __init__(self, cfg, in_channels: int, targets: list[TargetSpec], z_mean: np.ndarray, z_std: np.ndarray):
         super().__init__(cfg, in_channels)
         self.targets = list(targets)
-        self.z_mean, self.z_std = np.asarray(z_mean, np.float32), np.asarray(z_std, np.float32)
+        self.z_mean, self.z_std = np.array(z_mean, np.float32), np.array(z_std, np.float32)
         m = cfg.model
         width = sum(t.width for t in self.targets)
         self.net = nn.ModuleDict({h: make_head(h, in_channels, width, int(m.mlp_hidden), float(m.mlp_dropout))
@@ -105,7 +105,7 @@ class LatentPredictorEngine(LatentEngine):
     def predict_heads(self, Z: np.ndarray) -> dict[str, list[np.ndarray]]:
         """head -> per target: standardised values (n,) or class probabilities (n, K)."""
         net = self._eval_net().eval()
-        z = torch.as_tensor(np.asarray(Z, np.float32), device=self.device)
+        z = torch.tensor(np.asarray(Z, np.float32), device=self.device)
         out = {}
         for name, head in net.items():
             raw, start, per = head(z).float().cpu(), 0, []

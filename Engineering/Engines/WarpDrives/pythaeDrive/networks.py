@@ -302,17 +302,24 @@ class Discriminator(BaseDiscriminator):
 
 
 class Metric(BaseMetric):
-    """RHVAE metric network: image -> lower-triangular L with a positive diagonal (as pythae's Metric_MLP)."""
+    """RHVAE metric network: image -> lower-triangular L with a positive diagonal (as pythae's Metric_MLP).
 
-    def __init__(self, geo: Geometry, family: str, n_features: int, latent_dim: int):
+    The diagonal goes through exp(), so the heads read globally pooled features through a
+    hidden layer (pythae's MLP uses 400 ReLU units): feeding exp() from thousands of
+    flattened features let one Adam step at lr 1e-3 blow the metric up (NaN on the demo data).
+    """
+
+    def __init__(self, geo: Geometry, family: str, n_features: int, latent_dim: int, hidden: int = 400):
         BaseMetric.__init__(self)
         self.latent_dim = latent_dim
         self.trunk = Trunk(geo, family, n_features)
-        self.diag = nn.Linear(self.trunk.out_features, latent_dim)
-        self.lower = nn.Linear(self.trunk.out_features, latent_dim * (latent_dim - 1) // 2)
+        self.hidden = nn.Sequential(nn.Linear(self.trunk.out_channels, hidden), nn.ReLU())
+        self.diag = nn.Linear(hidden, latent_dim)
+        self.lower = nn.Linear(hidden, latent_dim * (latent_dim - 1) // 2)
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
-        h = self.trunk(x).flatten(1)
+        h = self.trunk(x)
+        h = self.hidden(h.mean(dim=tuple(range(2, h.dim()))))
         d = self.latent_dim
         rows, cols = torch.tril_indices(d, d, offset=-1, device=x.device)
         L = torch.zeros(x.shape[0], d, d, device=x.device, dtype=h.dtype)
