@@ -25,6 +25,7 @@ test: setup
 
 bench: setup
 	$(PY) benchmarks/bench_diffae.py
+	$(PY) benchmarks/bench_recon.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

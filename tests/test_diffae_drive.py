@@ -126,7 +126,8 @@ def explicit_attention_block(blk: AttentionBlock, x: torch.Tensor) -> torch.Tens
     return (flat + F.conv1d(a, blk.proj_out.weight, blk.proj_out.bias)).reshape(x.shape)
 
 
-def test_sdpa_attention_matches_explicit_softmax(monkeypatch):
+@pytest.mark.parametrize("fused_lse", [True, False])
+def test_sdpa_attention_matches_explicit_softmax(monkeypatch, fused_lse):
     torch.manual_seed(1)
     blk = AttentionBlock(8, groups=4, num_heads=2)
     for p in blk.parameters():
@@ -135,7 +136,10 @@ def test_sdpa_attention_matches_explicit_softmax(monkeypatch):
     with torch.no_grad():
         torch.testing.assert_close(blk(x), explicit_attention_block(blk, x), atol=1e-5, rtol=1e-5)
     # training path: fused forward, query-chunked backward (forced into several chunks here)
+    # (with the fused kernel's log-sum-exp, and without it where that private kernel is missing)
     monkeypatch.setattr(blocks, "_CHUNK_ELEMS", 4 * 60 * 7)
+    if not fused_lse:
+        monkeypatch.setattr(blocks, "_FLASH_CPU", None)
     params = [x.requires_grad_(), *blk.parameters()]
     g = torch.randn_like(x)
     grads = torch.autograd.grad(blk(x), params, g)
@@ -144,14 +148,21 @@ def test_sdpa_attention_matches_explicit_softmax(monkeypatch):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
 
 
-def test_training_step_reaches_the_encoder():
+def test_zero_initialised_residual_branches_and_training_step():
     m = tiny(input_shape=(16, 16), dropout=0.1).train()
     x = torch.randn(2, 1, 16, 16)
-    loss = GaussianDiffusion().loss(m, x, m.encode(x), torch.tensor([10, 700]), torch.randn_like(x))
+    t = torch.tensor([10, 700])
+    # residual branches and the output start at zero, as in DDPM/DiffAE: a fresh model predicts eps = 0
+    assert torch.count_nonzero(m(x, t, m.encode(x))) == 0
+    assert m.encoder.out[3].weight.abs().sum() > 0  # the encoder's head is not zeroed
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    loss = GaussianDiffusion().loss(m, x, m.encode(x), t, torch.randn_like(x))
     loss.backward()
     assert torch.isfinite(loss)
-    # out.2 starts random here (not zero-initialised), so gradients reach z_sem's encoder
+    # the semantic encoder is trained end to end through the UNet's conditioning
     assert m.encoder.out[3].weight.grad.abs().sum() > 0
+    assert m.encoder.input_blocks[0][0].weight.grad.abs().sum() > 0
 
 
 def test_config_errors_are_clear():
@@ -180,6 +191,11 @@ def test_runtime_input_checks():
         m(torch.randn(1, 1, 16, 15), torch.tensor([1]), torch.randn(1, 6))
     with pytest.raises(DiffAEConfigError, match="C=1"):
         m.encode(torch.randn(1, 3, 16, 16))
+    with pytest.raises(DiffAEConfigError, match=r"z_sem of shape \(2, 6\)"):
+        m(torch.randn(2, 1, 16, 16), torch.tensor([1, 2]), torch.randn(2, 5))
+    x, z = torch.randn(2, 1, 16, 16), torch.randn(2, 6)
+    with torch.no_grad():  # one scalar timestep serves the whole batch
+        torch.testing.assert_close(m(x, 7, z), m(x, torch.tensor([7, 7]), z))
 
 
 def test_registry():

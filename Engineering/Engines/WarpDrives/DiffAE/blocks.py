@@ -19,6 +19,13 @@ def conv_nd(dims: int, c_in: int, c_out: int, kernel: int) -> nn.Module:
     return cls(c_in, c_out, kernel, padding=kernel // 2)
 
 
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero a layer that closes a residual branch: each block starts as the identity (as in DDPM/DiffAE)."""
+    for p in module.parameters():
+        nn.init.zeros_(p)
+    return module
+
+
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:
     """Sinusoidal embedding of (unscaled, integer) timesteps: [cos, sin] halves (guided-diffusion order)."""
     half = dim // 2
@@ -45,6 +52,8 @@ class Resample(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "down":
             pool = F.avg_pool3d if self.dims == 3 else F.avg_pool2d
+            if x.device.type == "cpu" and x.dtype in (torch.float16, torch.bfloat16):
+                return pool(x.float(), self.factor).to(x.dtype)  # no half-precision 3D pooling kernel on CPU
             return pool(x, self.factor)
         return F.interpolate(x, scale_factor=self.factor, mode="nearest")
 
@@ -74,7 +83,7 @@ class ResBlock(nn.Module):
             self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
             self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
             self.out_layers = nn.Sequential(nn.GroupNorm(groups, c_out), nn.SiLU(), nn.Dropout(dropout),
-                                            conv_nd(dims, c_out, c_out, 3))
+                                            zero_init(conv_nd(dims, c_out, c_out, 3)))
         self.skip_connection = nn.Identity() if c_in == c_out else conv_nd(dims, c_in, c_out, 1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
@@ -95,8 +104,9 @@ class ResBlock(nn.Module):
         return self.skip_connection(x) + h
 
 
-# Elements of one (query chunk x keys) probability block in the attention backward: 64 MB in float32.
-_CHUNK_ELEMS = 1 << 24
+# Elements of one (query chunk x keys) probability block in the attention backward: 128 MB in
+# float32. Smaller blocks are slower on CPU (the dK/dV GEMMs get a short inner dimension).
+_CHUNK_ELEMS = 1 << 25
 # The fused CPU kernel behind SDPA, called directly for the row log-sum-exp it also returns.
 _FLASH_CPU = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
 
@@ -180,7 +190,7 @@ class AttentionBlock(nn.Module):
         self.num_heads = num_heads
         self.norm = nn.GroupNorm(groups, channels)
         self.qkv = conv_nd(1, channels, 3 * channels, 1)
-        self.proj_out = conv_nd(1, channels, channels, 1)
+        self.proj_out = zero_init(conv_nd(1, channels, channels, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         b, c = x.shape[:2]

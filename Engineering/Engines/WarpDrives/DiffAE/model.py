@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, timestep_embedding
+from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, timestep_embedding, zero_init
 from .config import DiffAEConfig, DiffAEConfigError
 from .encoder import SemanticEncoder
 
@@ -28,7 +28,8 @@ class TimeEmbed(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(feat_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        return self.time_embed(timestep_embedding(t, self.feat_dim))
+        # features in float32 (exact for t < 1000), then in the weights' dtype (half/double models)
+        return self.time_embed(timestep_embedding(t, self.feat_dim).to(self.time_embed[0].weight.dtype))
 
 
 class DiffAE(nn.Module):
@@ -77,7 +78,8 @@ class DiffAE(nn.Module):
                     layers.append(block(ch, ch, "up"))
                 self.output_blocks.append(EmbedSequential(*layers))
 
-        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), conv_nd(dims, ch, cfg.in_channels, 3))
+        # zero-initialised output: training starts from an eps prediction of 0
+        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), zero_init(conv_nd(dims, ch, cfg.in_channels, 3)))
 
         self.encoder = SemanticEncoder(cfg)
 
@@ -103,8 +105,15 @@ class DiffAE(nn.Module):
         return self.encoder(x)
 
     def forward(self, x_t: Tensor, t: Tensor, z_sem: Tensor) -> Tensor:
-        """Noise prediction for x_t at integer timesteps t (B,) in [0, T), conditioned on z_sem (B, latent_dim)."""
+        """Noise prediction for x_t at integer timesteps t (B,) (or one scalar) in [0, T), given z_sem (B, latent_dim)."""
         self._check_unet_input(x_t)
+        b = x_t.shape[0]
+        t = torch.as_tensor(t, device=x_t.device)
+        if t.ndim == 0:
+            t = t.expand(b)
+        if t.shape != (b,) or z_sem.shape != (b, self.cfg.latent_dim):
+            raise DiffAEConfigError(f"expected t of shape ({b},) and z_sem of shape ({b}, {self.cfg.latent_dim}) "
+                                    f"for x_t of batch {b}, got {tuple(t.shape)} and {tuple(z_sem.shape)}")
         emb = self.time_embed(t)
         hs = []
         h = x_t
