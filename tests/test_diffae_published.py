@@ -1,7 +1,7 @@
 """Published ImLatent DiffAE checkpoints map onto our DiffAE and reproduce the reference outputs.
 
-Small fixtures are copied into tests/fixtures/compat; the 10 MB ch8 checkpoint is read
-from the shared compat folder beside the repository (../shared/compat), as CI places it.
+The reference files of ../shared/compat are copied into tests/fixtures/compat so
+the repository is self-contained.
 """
 from __future__ import annotations
 
@@ -28,8 +28,7 @@ def _one_thread():
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "compat"
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "compat"
-CH8 = SHARED / "diffae3d_ch8.safetensors"  # too large to copy into the repository
+CH8 = FIXTURES / "diffae3d_ch8.safetensors"
 IO = FIXTURES / "diffae3d_ch8_io.safetensors"
 L128_KEYS = FIXTURES / "published_diffae3d_L128_keys.json"
 TOL = 1e-4

@@ -14,8 +14,9 @@ Build: ``drive = PythaeDrive(PythaeDriveConfig(model="vae", input_shape=(64, 64)
 Forward: ``out = drive(batch, epoch=current_epoch, dataset_size=len(train_set))`` where
 ``batch`` is the datamodule dict (image under ``config.data_key``, default 'inp', and the
 optional mask under ``config.mask_key``) or a bare tensor. ``epoch`` / ``dataset_size``
-are what pythae's trainer passes (disentangled_beta_vae's and vamp's warm-ups,
-beta_tc_vae's stratified sampling); give them in training, they can be omitted otherwise.
+are what pythae's trainer passes in training *and* evaluation (disentangled_beta_vae's
+and vamp's warm-ups, beta_tc_vae's stratified sampling); pass them in validation too, or
+e.g. disentangled_beta_vae validates against its fully warmed-up KL capacity.
 ``out`` is a :class:`DriveOutput`: ``loss`` (pythae's total; log it), ``losses`` (every
 scalar term pythae reports: recon_loss, reg_loss, ...), ``recon``, ``z``, ``updates``.
 
