@@ -58,3 +58,19 @@ TINY_DIFFAE = ["--latent_dim", "8", "--batch_size", "4", "--num_epochs", "1", "-
 
 def tiny_args(demo: Path, save: Path, *extra: str) -> list[str]:
     return [*TINY_DIFFAE, "--json§datadir", str(demo), "--json§save_path", str(save), *extra]
+
+
+def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
+    """Run a preprocess/ tool as users do (a subprocess); text output."""
+    return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def run_main(tool: str, *args) -> int:
+    """Run a preprocess/ tool's main in-process (faster than a subprocess); returns the exit code."""
+    import importlib
+
+    from Engineering.errors import run_cli
+
+    module = importlib.import_module(f"preprocess.{tool}")
+    return run_cli(module.main, [str(a) for a in args])

@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import json
-import importlib
 import os
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 
@@ -20,21 +18,12 @@ from Engineering.data.layout import DATASET_ATTRS, GROUP_ATTRS, parse_key
 from preprocess.dicom_series import file_info, phase_to_radians, plane_of
 from preprocess.series_spec import assign_keys
 
-from Engineering.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_main, run_tool
+
 SERIES_DIR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892003"
 
 
-def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
-
-def run_main(tool: str, *args) -> int:
-    """Run a tool's main in-process (faster than a subprocess); returns the exit code."""
-    module = importlib.import_module(f"preprocess.{tool}")
-    return run_cli(module.main, [str(a) for a in args])
 
 
 

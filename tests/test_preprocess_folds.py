@@ -3,10 +3,6 @@ from __future__ import annotations
 
 import ast
 import json
-import importlib
-import os
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
@@ -17,21 +13,12 @@ import pytest
 
 from preprocess.make_folds import instance_counts, make_folds
 
-from Engineering.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_main, run_tool
+
 PATIENTS = [str(1000000 + i) for i in range(40)]
 
 
-def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
-
-def run_main(tool: str, *args) -> int:
-    """Run a tool's main in-process (faster than a subprocess); returns the exit code."""
-    module = importlib.import_module(f"preprocess.{tool}")
-    return run_cli(module.main, [str(a) for a in args])
 
 
 

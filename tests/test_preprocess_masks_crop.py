@@ -1,10 +1,6 @@
 """make_masks and crop_h5: the cine mask method, label masks, windows, padding, CLI round trip."""
 from __future__ import annotations
 
-import importlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -15,21 +11,12 @@ import pytest
 from preprocess.crop_h5 import crop_xy, mask_centre, window_start
 from preprocess.make_masks import auto_mask
 
-from Engineering.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_main, run_tool
+
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 
-def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
-
-def run_main(tool: str, *args) -> int:
-    """Run a tool's main in-process (faster than a subprocess); returns the exit code."""
-    module = importlib.import_module(f"preprocess.{tool}")
-    return run_cli(module.main, [str(a) for a in args])
 
 
 

@@ -1,11 +1,7 @@
 """nifti_to_h5 on nibabel's shipped images: layout, attributes, IDs, a broken file in a batch."""
 from __future__ import annotations
 
-import importlib
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -14,22 +10,13 @@ import numpy as np
 
 from preprocess.nifti_sources import find_nifti, load_5d
 
-from Engineering.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_main, run_tool
+
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 EXAMPLE4D, ANATOMICAL = NIB_DATA / "example4d.nii.gz", NIB_DATA / "anatomical.nii"
 
 
-def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
-
-def run_main(tool: str, *args) -> int:
-    """Run a tool's main in-process (faster than a subprocess); returns the exit code."""
-    module = importlib.import_module(f"preprocess.{tool}")
-    return run_cli(module.main, [str(a) for a in args])
 
 
 

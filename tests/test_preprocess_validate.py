@@ -1,10 +1,6 @@
 """validate_h5: a valid file passes with a summary; each kind of problem is reported, exit code 2."""
 from __future__ import annotations
 
-import importlib
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import h5py
@@ -14,20 +10,11 @@ import pytest
 from preprocess.h5_writer import write_image
 from preprocess.validate_h5 import check_file
 
-from Engineering.errors import run_cli
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.conftest import run_main, run_tool
 
 
-def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
-                          capture_output=True, text=True, env=env, timeout=120)
 
-def run_main(tool: str, *args) -> int:
-    """Run a tool's main in-process (faster than a subprocess); returns the exit code."""
-    module = importlib.import_module(f"preprocess.{tool}")
-    return run_cli(module.main, [str(a) for a in args])
 
 
 
