@@ -24,9 +24,6 @@ from tests.conftest import run_main, run_tool
 SERIES_DIR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892003"
 
 
-
-
-
 def dicom_file(name: str) -> Path:
     path = get_testdata_file(name)
     if path is None:

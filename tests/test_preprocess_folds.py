@@ -19,9 +19,6 @@ from tests.conftest import run_main, run_tool
 PATIENTS = [str(1000000 + i) for i in range(40)]
 
 
-
-
-
 def test_kfold_test_sets_are_disjoint_and_cover_everyone():
     folds = make_folds(PATIENTS, "kfold", n_folds=5, val_frac=0.1, seed=3)
     assert len(folds) == 5

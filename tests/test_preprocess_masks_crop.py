@@ -17,9 +17,6 @@ from tests.conftest import run_main, run_tool
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 
 
-
-
-
 def beating_disk(shape=(1, 12, 2, 64, 80), centre=(40, 25), seed=0) -> np.ndarray:
     """A static bright square plus a disk whose radius pulses over time, with noise."""
     rng = np.random.default_rng(seed)

@@ -17,9 +17,6 @@ NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
 EXAMPLE4D, ANATOMICAL = NIB_DATA / "example4d.nii.gz", NIB_DATA / "anatomical.nii"
 
 
-
-
-
 def test_4d_time_to_T_and_volume_to_SXY():
     array, attrs = load_5d(EXAMPLE4D)
     img = nib.load(str(EXAMPLE4D))

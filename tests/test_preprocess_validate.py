@@ -9,13 +9,7 @@ import pytest
 
 from preprocess.h5_writer import write_image
 from preprocess.validate_h5 import check_file
-
-
 from tests.conftest import run_main, run_tool
-
-
-
-
 
 
 @pytest.fixture()
