@@ -11,8 +11,9 @@ def diffae_task(configs: Path) -> Task:
     return Task(
         name="diffAE", description="Diffusion Autoencoder (Preechakul et al., CVPR 2022), 2D and 3D.",
         configyml=str(configs / "config_diffAE.yaml"), datajson=str(configs / "dataNpath_demo.json"),
-        defaults={"input_shape": [64, 64], "latent_dim": 32, "batch_size": 8, "num_epochs": 2, "lr": 1e-4,
-                  "n_train_batches": 1.0, "model§drive": "DiffAE", "model§tag": "DiffAE"},
+        # demo-sized defaults: a first look on a laptop CPU in a few minutes; real runs set their own
+        defaults={"input_shape": [32, 32], "interp_fact": 0.5, "latent_dim": 32, "batch_size": 16, "num_epochs": 8,
+                  "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "model§drive": "DiffAE", "model§tag": "DiffAE"},
         extra_flags=DIFFAE_FLAGS,
     )
 

@@ -18,7 +18,24 @@ from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
 from Engineering.Science.diffusion import GaussianDiffusion
 from Engineering.Science.metrics import recon_metrics
 
-_DIFFUSION_KEYS = {"T", "T_eval", "T_inv", "T_step"}
+_DIFFUSION_KEYS = {"T", "T_eval", "T_inv", "T_step", "clip_x0"}
+_UNIT_RANGE_NORMS = ("minmax", "minmaxvol", "divbymax", "divbymaxvol")
+
+
+def clip_range(cfg) -> tuple[float, float] | None:
+    """Where rendering clamps its x0 prediction: ``model§DiffAE§clip_x0`` auto = the data range of the
+    normalisation ([0, 1] for the min-max family; none for zscore/none), as DiffAE clips to [-1, 1]."""
+    value = (getattr(cfg.model, "DiffAE", None) or {}).get("clip_x0", "auto")
+    if value == "auto":
+        return (0.0, 1.0) if cfg.data.norm_type in _UNIT_RANGE_NORMS else None
+    if value in (None, False, "none"):
+        return None
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        from Engineering.errors import UserError
+        raise UserError(f"model§DiffAE§clip_x0 must be auto, null or [lo, hi], got {value!r}") from None
+    return lo, hi
 
 
 def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
@@ -48,6 +65,7 @@ class DiffAEEngine(LatentEngine):
         self.T_step = t_eval if cfg.eval.test_with_TEval else int(extra.get("T_step", t_eval))
         self.T_eval = t_eval
         self.diffusion = GaussianDiffusion(T=self.T)
+        self.clip = clip_range(cfg)
         self.seed = int(cfg.training.seed)
 
     def _gen(self, *key: int) -> torch.Generator:
@@ -96,7 +114,7 @@ class DiffAEEngine(LatentEngine):
 
     def _render(self, net, x, z, t_inv: int, t_step: int) -> torch.Tensor:
         x_T = self.diffusion.ddim_invert(net, x, z, t_inv)
-        return self.diffusion.ddim_sample(net, x_T, z, t_step)
+        return self.diffusion.ddim_sample(net, x_T, z, t_step, clip=self.clip)
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return (self.ema_net if use_ema else self.net).encode(x)

@@ -108,13 +108,13 @@ class ReconEngine(LatentEngine):
     def validation_step(self, batch, batch_idx):
         # hvae/rhvae/rae_gp differentiate inside their forward: the trainer runs without inference_mode for them.
         with torch.enable_grad() if self.needs_grad_in_eval else torch.no_grad():
-            out = self.net(batch)
+            # the same warm-up state as training (disentangled_beta_vae's KL target, vamp's warm-up)
+            out = self.net(batch, epoch=self.current_epoch, dataset_size=self._train_size())
         self.log("val_loss", out.loss.detach(), on_epoch=True, prog_bar=True, batch_size=batch["inp"].shape[0],
                  sync_dist=True)
 
     def configure_optimizers(self):
-        if self.automatic_optimization:
-            return super().configure_optimizers()
+        # From the drive's param groups: they carry group options such as rae_l2's decoder weight decay.
         t = self.cfg.training
         optimisers, schedulers = [], []
         for spec in self.net.optimiser_specs():
@@ -123,6 +123,9 @@ class ReconEngine(LatentEngine):
             sched = make_scheduler(opt, t, self.monitor())
             if sched is not None:
                 schedulers.append(sched)
+        if self.automatic_optimization:
+            opt = optimisers[0]
+            return {"optimizer": opt, "lr_scheduler": schedulers[0]} if schedulers else opt
         return (optimisers, schedulers) if schedulers else optimisers
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:

@@ -23,7 +23,8 @@ What each pythae model reads from the encoder (``ModelOutput`` keys):
                                a flat (B, L) embedding makes pythae quantise each of the L
                                scalars separately (``vq_code_dim`` = 1, pythae's own behaviour).
 pvae also needs the embedding to lie on the Poincaré ball: the encoder maps it there with
-the ball's exponential map at 0 (as in Mathieu et al., 2019).
+the ball's exponential map at 0 (as in Mathieu et al., 2019) and pythae's own projection,
+which keeps it a float-safe distance inside the boundary (on it, pythae's KL is NaN).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from pythae.models.base.base_utils import ModelOutput
 from pythae.models.nn import BaseDecoder, BaseDiscriminator, BaseEncoder, BaseMetric
+from pythae.models.pvae.pvae_utils import PoincareBall, _project
 
 FAMILIES = ("conv", "resnet")
 
@@ -207,17 +209,14 @@ class Encoder(BaseEncoder):
         self.embedding = nn.Linear(feat, latent_dim)
         self.log_covariance = nn.Linear(feat, latent_dim) if log_covariance else None
         self.log_concentration = nn.Linear(feat, 1) if log_concentration else None
-        self.ball = None
-        if poincare_curvature is not None:
-            from pythae.models.pvae.pvae_utils import PoincareBall
-            self.ball = PoincareBall(dim=latent_dim, c=poincare_curvature)
+        self.ball = PoincareBall(dim=latent_dim, c=poincare_curvature) if poincare_curvature is not None else None
 
     def forward(self, x: torch.Tensor) -> ModelOutput:
         _check_input(x, self.geo, "encoder")
         h = self.trunk(x).flatten(1)
         emb = self.embedding(h)
-        if self.ball is not None:
-            emb = self.ball.expmap0(emb)
+        if self.ball is not None:  # exp map at 0, then keep a float-safe distance from the boundary
+            emb = _project(self.ball.expmap0(emb), self.ball.c)
         if self.vq_code_dim > 1:
             emb = flat_to_tokens(emb, self.vq_code_dim)
         out = ModelOutput(embedding=emb)
