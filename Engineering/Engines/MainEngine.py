@@ -213,7 +213,8 @@ def run(argv: Sequence[str], task: Task) -> dict:
             print(f"outputs written to {out_dir}" + (f" (mean {', '.join(f'{k} {v:.4g}' for k, v in summary.items())})"
                                                      if summary else ""))
     elif trainer.is_global_zero:
-        print(f"checkpoints in {ckpt_dir}")
+        print(f"dev run of {cfg.run.dev_run} batch(es) finished (no checkpoints, no outputs)" if cfg.run.dev_run
+              else f"checkpoints in {ckpt_dir}")
     return result
 
 
