@@ -118,7 +118,7 @@ def test_print_config_with_no_other_argument():
     assert proc.returncode == 0, proc.stderr
     cfg = yaml.safe_load(proc.stdout)
     assert cfg["model"]["drive"] == "DiffAE" and cfg["json"]["datadir"] == "@demo"
-    assert cfg["training"]["batch_size"] == 8
+    assert cfg["training"]["batch_size"] == 16
 
 
 def test_executor_bad_override_exit_2_one_line():

@@ -112,7 +112,7 @@ def test_run_modes(tiny_demo, tmp_path, mode):
         assert (tmp_path / "m" / "Output" / "emb.h5").is_file()
         return
     # StepLR every epoch by 0.5 (the ancestor had LR decay disabled): the logged lr must halve
-    decay = ["--lr_decay_type", "1", "--num_epochs", "2", "--training§LRDecay§type1§decay_every", "1",
+    decay = ["--lr", "1e-4", "--lr_decay_type", "1", "--num_epochs", "2", "--training§LRDecay§type1§decay_every", "1",
              "--training§LRDecay§type1§decay_rate", "0.5"] if mode == 1 else []
     _run(tiny_demo, tmp_path, "--fulltrainID", "m", "--run_mode", str(mode), "--test_emb_only", *decay)
     assert (tmp_path / "m" / "Checkpoints" / "last.ckpt").is_file()

@@ -262,7 +262,7 @@ def manipulate(cfg, model: LatentPredictorEngine, data: LatentSet, out_dir: Path
              "scale_units": "standard deviations of the standardised latents (training-split statistics), "
                             "along the unit direction"}
     path = manipulation.manipulate(net, engine.diffusion, engine.T_inv, engine.T_step, samples, direction,
-                                   model.z_mean, model.z_std, scales, folder, attrs)
+                                   model.z_mean, model.z_std, scales, folder, attrs, clip=engine.clip)
     print(f"manipulation of {cfg.eval.manipulate} ({label}) for {len(samples)} subject(s): {folder}")
     return path
 

@@ -71,7 +71,7 @@ def shifted_codes(z: torch.Tensor, mean: np.ndarray, std: np.ndarray, direction:
 
 @torch.no_grad()
 def render(diffusion, net, x0: torch.Tensor, z0: torch.Tensor, codes: torch.Tensor, t_inv: int,
-           t_step: int) -> torch.Tensor:
+           t_step: int, clip: tuple[float, float] | None = None) -> torch.Tensor:
     """(n, n_scales, C, ...) renders from each subject's own x_T (DDIM inversion with its own z_sem).
 
     All scales of a subject are rendered as one batch (the same x_T, one code each).
@@ -79,7 +79,7 @@ def render(diffusion, net, x0: torch.Tensor, z0: torch.Tensor, codes: torch.Tens
     x_T = diffusion.ddim_invert(net, x0, z0, t_inv)
     n, n_scales = codes.shape[:2]
     x_T = x_T[:, None].expand(n, n_scales, *x_T.shape[1:]).reshape(n * n_scales, *x_T.shape[1:])
-    out = diffusion.ddim_sample(net, x_T, codes.reshape(n * n_scales, -1), t_step)
+    out = diffusion.ddim_sample(net, x_T, codes.reshape(n * n_scales, -1), t_step, clip=clip)
     return out.reshape(n, n_scales, *out.shape[1:])
 
 
@@ -130,7 +130,7 @@ def write_renders_h5(path: str | Path, items: list[dict], scales: Sequence[float
 @torch.no_grad()
 def manipulate(net, diffusion, t_inv: int, t_step: int, samples: list[dict], direction: np.ndarray,
                mean: np.ndarray, std: np.ndarray, scales: Sequence[float], out_dir: str | Path,
-               attrs: dict) -> Path:
+               attrs: dict, clip: tuple[float, float] | None = None) -> Path:
     """Encode, move and render every sample; write one PNG strip per sample and ``renders.h5`` into ``out_dir``.
 
     ``samples``: dicts with the normalised input ``inp`` (C, ...), its ``affine`` (C, 2) and the IDs
@@ -142,7 +142,7 @@ def manipulate(net, diffusion, t_inv: int, t_step: int, samples: list[dict], dir
         x0 = sample["inp"][None].float()
         z0 = net.encode(x0)
         codes = shifted_codes(z0, mean, std, direction, scales)
-        renders = render(diffusion, net, x0, z0, codes, t_inv, t_step)[0]
+        renders = render(diffusion, net, x0, z0, codes, t_inv, t_step, clip)[0]
         affine = sample["affine"].float()
         item = {k: sample[k] for k in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")}
         item["input"] = invert_affine(x0[0], affine).numpy()

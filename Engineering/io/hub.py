@@ -114,7 +114,8 @@ def published_diffae(tensors, meta: dict, which: str, source: str, revision) -> 
         model["input_shape"] = [int(v) for v in json.loads(meta["input_shape"])]
     else:
         needs.append("input_shape")
-    return HubModel("published_diffae", state, {"model": model}, source, revision, needs)
+    # the published models take data at its native resolution: no demo-style resampling unless asked for
+    return HubModel("published_diffae", state, {"model": model, "data": {"interp_fact": 1.0}}, source, revision, needs)
 
 
 def layer_from_config(config: dict) -> dict:
