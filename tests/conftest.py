@@ -74,3 +74,15 @@ def run_main(tool: str, *args) -> int:
 
     module = importlib.import_module(f"preprocess.{tool}")
     return run_cli(module.main, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second intra-op thread, and on a busy 2-core machine its
+    synchronisation makes them several times slower; the setting is restored afterwards."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)

@@ -14,14 +14,7 @@ from Engineering.Engines.WarpDrives.DiffAE.blocks import AttentionBlock, Resampl
 from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion, respace_timesteps
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from threads, and on a busy 2-core machine the thread pool's
-    synchronisation makes them several times slower; restore the setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # two UNet levels, attention at the second (running resolution 16 -> 8)

@@ -75,7 +75,6 @@ def test_3d_train_test_time_as_volume(tiny_demo, tmp_path):
         assert arr.shape == (1, 1, 1, 8) and np.isfinite(arr).all()  # one volume per instance
     with h5py.File(out / "recon.h5") as h5:
         assert len(h5) == 1  # one subject
-        ds = [h5[pid] for pid in h5][0]
 
 
 def test_resume_is_exact(tiny_demo, tmp_path):

@@ -17,14 +17,7 @@ from Engineering.Engines.WarpDrives.DiffAE import (DiffAE, DiffAEConfig, Weights
                                                     load_published_state)
 from Engineering.errors import UserError
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny shapes gain nothing from threads, and on a busy 2-core machine the thread pool's
-    synchronisation makes them several times slower; restore the setting afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "compat"

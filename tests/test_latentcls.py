@@ -29,14 +29,7 @@ FAST = ["--no-progress_bar", "--no-tbactive", "--batch_size", "16", "--num_epoch
 ID_COLUMNS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: a second intra-op thread mostly waits (DDIM renders were 50x
-    slower with 2 threads under load)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _load(script: str):

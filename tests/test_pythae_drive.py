@@ -23,12 +23,7 @@ FEW_SAMPLES = {"iwae": {"number_samples": 3}, "ciwae": {"number_samples": 3},
                "piwae": {"number_samples": 3, "number_gradient_estimates": 2}}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def blobs(shape, batch=4, channels=1, seed=0):

@@ -21,12 +21,7 @@ from tests.conftest import REPO
 TASK = recon_task(REPO / "Configs")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models: a second thread only waits
-    yield
-    torch.set_num_threads(old)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _args(demo, *extra):

@@ -149,15 +149,22 @@ def _with_hub(argv: Sequence[str], task: Task):
     return resolved, hub
 
 
-def run(argv: Sequence[str], task: Task) -> dict:
-    resolved, hub = _with_hub(argv, task)
+def begin(resolved) -> bool:
+    """What every run does first: --print_config prints and stops (False); else seeds and matmul precision."""
     if resolved.control["print_config"]:
         print(dump_yaml(resolved.raw), end="")
+        return False
+    L.seed_everything(resolved.cfg.training.seed, workers=True, verbose=False)
+    torch.set_float32_matmul_precision(resolved.cfg.run.matmul_precision)
+    return True
+
+
+def run(argv: Sequence[str], task: Task) -> dict:
+    resolved, hub = _with_hub(argv, task)
+    if not begin(resolved):
         return {}
     cfg = resolved.cfg
     mode = cfg.run.run_mode
-    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision(cfg.run.matmul_precision)
 
     run_dir = Path(cfg.paths.save_path).expanduser() / run_name(cfg, task)
     ckpt_dir = run_dir / CHECKPOINT_DIR

@@ -14,7 +14,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Sequence
 
-import lightning as L
 import numpy as np
 import pandas as pd
 import torch
@@ -25,7 +24,7 @@ from Engineering.data.latent_datamodule import LatentDataModule
 from Engineering.data.latent_tables import LatentSet, prepare
 from Engineering.Engines.AuxiliaryEngines.LatentPredictorEngine import LatentPredictorEngine, head_names
 from Engineering.Engines.saved_runs import load_run, whole_file_data
-from Engineering.Engines.MainEngine import (MERGED_MODES, TEST_MODES, TRAIN_MODES, fit_kwargs, test_checkpoint,
+from Engineering.Engines.MainEngine import (MERGED_MODES, begin, TEST_MODES, TRAIN_MODES, fit_kwargs, test_checkpoint,
                                             build_trainer, is_rank_zero, run_name, setup_logging)
 from Engineering.errors import UserError
 from Engineering.Eval import manipulation, reference_models
@@ -48,13 +47,10 @@ def run_dir_of(cfg, task: Task) -> Path:
 
 def run(argv: Sequence[str], task: Task) -> dict:
     resolved = resolve(argv, task)
-    if resolved.control["print_config"]:
-        print(dump_yaml(resolved.raw), end="")
+    if not begin(resolved):
         return {}
     cfg = resolved.cfg
     mode = cfg.run.run_mode
-    L.seed_everything(cfg.training.seed, workers=True, verbose=False)
-    torch.set_float32_matmul_precision(cfg.run.matmul_precision)
 
     data = prepare(cfg, merge_train_val=mode in MERGED_MODES)  # every input check before anything is written
     run_dir = run_dir_of(cfg, task)

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
 from Engineering.data.demo import ensure_demo
-from Engineering.data.folds import WHOLE_FILE, Fold, is_whole_file, read_fold
+from Engineering.data.folds import WHOLE_FILE, is_whole_file, read_fold
 from Engineering.data.index import load_records, selection_from
 from Engineering.data.transforms import VOLUME_NORMS, axis_perm, normalise_batch
 from Engineering.errors import UserError

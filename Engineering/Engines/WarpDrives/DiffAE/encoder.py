@@ -6,7 +6,6 @@ GroupNorm, SiLU, global average pooling and a 1x1 convolution to ``latent_dim``
 """
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd
