@@ -38,6 +38,15 @@ class BatchReport:
             lines.append(f"  {what}: {n}")
         return "\n".join(lines)
 
+    def finish(self, out) -> None:
+        """Print the summary; a batch in which nothing converted is an error (inside the atomic write, so the
+        output is left unchanged)."""
+        print(self.summary())
+        if not self.succeeded:
+            from Engineering.errors import UserError
+
+            raise UserError(f"no input could be converted; {out} left unchanged")
+
 
 def setup_logging(debug: bool = False) -> None:
     """One-line messages: information on stdout, warnings and errors on stderr.

@@ -219,9 +219,7 @@ def main(argv: Sequence[str]) -> None:
         converter = Converter(h5, spec, args, report)
         for source in track(sources, "DICOM -> HDF5", total=len(sources)):
             converter.convert_source(source)
-        print(report.summary())
-        if not report.succeeded:
-            raise UserError(f"no input could be converted; {out} left unchanged")
+        report.finish(out)
     log.info("wrote %s", out)
 
 

@@ -71,9 +71,7 @@ def main(argv: Sequence[str]) -> None:
                 continue
             written[target] = item.path
             report.ok(str(item.path))
-        print(report.summary())
-        if not report.succeeded:
-            raise UserError(f"no input could be converted; {out} left unchanged")
+        report.finish(out)
     log.info("wrote %s", out)
 
 
