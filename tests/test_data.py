@@ -271,16 +271,16 @@ def test_bad_no_match_not_5d_nan_shape(tmp_path):
     ds = H5DataModule(make_cfg(sub, "--input_shape", "12,10")).dataset("test")
     with pytest.raises(UserError, match="NaN/Inf"):
         ds.sample(0)
-    ds = H5DataModule(make_cfg(sub, "--input_shape", "16,16", "--no-croppad")).dataset("test")
+    # checked for every dataset when the data module is built, before anything runs or is written
     with pytest.raises(UserError, match=r"spatial shape \[12, 10\].*input_shape is \[16, 16\]"):
-        ds.sample(1)
+        H5DataModule(make_cfg(sub, "--input_shape", "16,16", "--no-croppad"))
 
 
 def test_bad_fold_csv(tmp_path):
     write_ancestor_file(tmp_path / "data.h5")
     (tmp_path / "folds.csv").write_bytes(b"\xff\xfe\x00garbage")
     with pytest.raises(UserError, match="fold file .*folds.csv is unreadable"):
-        H5DataModule(make_cfg(tmp_path, "--json§foldCSV", "folds.csv"))
+        H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", "--json§foldCSV", "folds.csv"))
 
 
 def test_val_subset_is_fixed_and_seeded(tmp_path):

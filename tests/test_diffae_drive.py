@@ -204,7 +204,13 @@ def test_registry():
 # ---- diffusion --------------------------------------------------------------------------
 
 def test_respacing():
-    ts = respace_timesteps(1000, 20)
+    # DiffAE's default "ddim" spacing: guided-diffusion's space_timesteps(1000, "ddim20") = range(0, 1000, 50)
+    assert respace_timesteps(1000, 20).tolist() == list(range(0, 1000, 50))
+    assert respace_timesteps(1000, 3).tolist() == [0, 334, 668]  # the smallest stride giving exactly 3 steps
+    assert respace_timesteps(1000, 10).tolist() == list(range(0, 1000, 100))
+    with pytest.raises(ValueError, match="integer stride"):
+        respace_timesteps(1000, 700)
+    ts = respace_timesteps(1000, 20, "even")
     assert ts.tolist()[:4] == [0, 53, 105, 158] and ts[-1] == 999 and len(ts) == 20
     assert bool((ts[1:] > ts[:-1]).all())
     assert torch.equal(respace_timesteps(1000, 1000), torch.arange(1000))
@@ -293,5 +299,5 @@ def test_ddim_clip_and_model_integration():
     x_T = d.ddim_invert(net, x, z, 3)
     out = d.ddim_sample(net, x_T, z, 3, clip=(-1.0, 1.0))
     assert out.shape == x.shape and bool(out.abs().max() <= 1.0 + 1e-6)
-    assert [c.tolist() for c in calls] == [[0, 0], [500, 500], [999, 999], [999, 999], [500, 500], [0, 0]]
+    assert [c.tolist() for c in calls] == [[0, 0], [334, 334], [668, 668], [668, 668], [334, 334], [0, 0]]
     assert all(c.dtype == torch.long for c in calls)

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from safetensors import safe_open
 from safetensors.torch import save_file
 
@@ -64,13 +65,18 @@ def test_published_without_input_shape_names_the_flag(fixture_subject, tmp_path)
     tensors, meta = _tensors("diffae3d_ch8.safetensors")
     d = tmp_path / "nometa"
     d.mkdir()
-    save_file(tensors, str(d / "weights.safetensors"))  # no metadata: the shape is unknown
+    # no metadata, no config.json and no x_T buffer: the shape is unknown
+    save_file({k: v for k, v in tensors.items() if k != "x_T"}, str(d / "weights.safetensors"))
     data, _ = fixture_subject
     args = ["--load_hf", str(d), "--run_mode", "2", "--test_emb_only", "--json§datadir", str(data),
             "--json§foldCSV", "0", "--json§save_path", str(tmp_path), "--no-progress_bar"]
     with pytest.raises(UserError, match="do not determine input_shape: pass --input_shape"):
         run(args, TASK)
     run(args + ["--input_shape", "8,32,32", "--norm_type", "none", "--no-croppad"], TASK)  # with the flag it runs
+    # the x_T buffer (sample_size, C, *input_shape) determines it too
+    save_file(tensors, str(d / "weights.safetensors"))
+    run(args + ["--norm_type", "none", "--no-croppad", "--fulltrainID", "xT"], TASK)
+    assert yaml.safe_load((tmp_path / "xT" / "resolved_config.yaml").read_text())["model"]["input_shape"] == [8, 32, 32]
 
 
 def test_wrong_input_shape_is_one_clear_mismatch(published_dir, fixture_subject, tmp_path):

@@ -154,6 +154,10 @@ def begin(resolved) -> bool:
     if resolved.control["print_config"]:
         print(dump_yaml(resolved.raw), end="")
         return False
+    t = resolved.cfg.training
+    if resolved.cfg.run.run_mode in TRAIN_MODES and type(t.n_train_batches) is int and t.n_train_batches == 1:
+        print("warning: --n_train_batches 1 trains on ONE batch per epoch (Lightning's meaning; the ancestor "
+              "read 1 as all batches); pass 1.0 for all")
     L.seed_everything(resolved.cfg.training.seed, workers=True, verbose=False)
     torch.set_float32_matmul_precision(resolved.cfg.run.matmul_precision)
     return True
@@ -212,7 +216,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
                               "input_shape": json.dumps(list(cfg.model.input_shape)), "is3D": cfg.model.is3D,
                               "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
                               "load_hf_revision": (hub.revision or "") if hub else "",
-                              "ema": bool(cfg.eval.test_ema)}
+                              "ema": bool(cfg.eval.test_ema) and hasattr(model, "ema_net")}
         trainer.test(model, datamodule=dm, verbose=False)
         result["out_dir"] = str(out_dir)
         if trainer.is_global_zero:

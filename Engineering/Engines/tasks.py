@@ -13,7 +13,8 @@ def diffae_task(configs: Path) -> Task:
         configyml=str(configs / "config_diffAE.yaml"), datajson=str(configs / "dataNpath_demo.json"),
         # demo-sized defaults: a first look on a laptop CPU in a few minutes; real runs set their own
         defaults={"input_shape": [32, 32], "interp_fact": 0.5, "latent_dim": 32, "batch_size": 16, "num_epochs": 8,
-                  "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "model§drive": "DiffAE", "model§tag": "DiffAE"},
+                  "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "norm_range": "symmetric",
+                  "model§drive": "DiffAE", "model§tag": "DiffAE"},
         extra_flags=DIFFAE_FLAGS,
     )
 

@@ -20,14 +20,27 @@ from torch import Tensor
 EpsModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
-def respace_timesteps(T: int, steps: int) -> Tensor:
-    """``steps`` evenly spread timesteps of 0..T-1, ascending, always including 0 and T-1 (when steps > 1).
+SPACINGS = ("ddim", "even")
 
-    The spacing rounds i*(T-1)/(steps-1), as guided-diffusion's ``space_timesteps(T, [steps])``
-    that DiffAE uses, so T_eval/T_inv/T_step step counts select the same timesteps.
+
+def respace_timesteps(T: int, steps: int, spacing: str = "ddim") -> Tensor:
+    """The ``steps`` original timesteps (ascending) a respaced DDIM sampler visits.
+
+    spacing "ddim" (default): DiffAE's and the ancestor's ``space_timesteps(T, "ddimN")`` of
+    guided-diffusion: ``range(0, T, k)`` with the smallest integer stride k giving exactly N steps
+    (T=1000, N=20: 0, 50, ..., 950; t = T-1 is not visited). "even": N timesteps rounded from
+    i*(T-1)/(N-1), which includes 0 and T-1.
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= T:
         raise ValueError(f"the number of diffusion steps must be an integer in [1, {T}], got {steps!r}")
+    if spacing == "ddim":
+        for stride in range(1, T + 1):
+            if len(range(0, T, stride)) == steps:
+                return torch.arange(0, T, stride, dtype=torch.long)
+        raise ValueError(f"{steps} steps of {T} cannot be spaced with an integer stride (DiffAE's ddim spacing); "
+                         f"choose another step count or spacing 'even'")
+    if spacing != "even":
+        raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     if steps == 1:
         return torch.zeros(1, dtype=torch.long)
     stride = (T - 1) / (steps - 1)
@@ -37,17 +50,19 @@ def respace_timesteps(T: int, steps: int) -> Tensor:
 class GaussianDiffusion:
     """DDPM forward process with epsilon prediction, and respaced DDIM (eta=0) sampling/inversion."""
 
-    def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02):
+    def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, spacing: str = "ddim"):
         if T < 1:
             raise ValueError(f"T must be positive, got {T}")
-        self.T = T
+        if spacing not in SPACINGS:
+            raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+        self.T, self.spacing = T, spacing
         self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
 
     # ---- helpers ---------------------------------------------------------------------
     def respace(self, steps: int) -> Tensor:
         """Original timesteps used by a ``steps``-step sampler (see ``respace_timesteps``)."""
-        return respace_timesteps(self.T, steps)
+        return respace_timesteps(self.T, steps, self.spacing)
 
     def _coefs(self, t: Tensor | int | None, like: Tensor) -> tuple[Tensor, Tensor]:
         """(sqrt(abar_t), sqrt(1 - abar_t)), computed in float64 (1 - abar is tiny near t=0),
@@ -120,7 +135,8 @@ class GaussianDiffusion:
         """Deterministic DDIM inversion: the stochastic code x_T that ``ddim_sample`` maps back to about x0.
 
         Runs the DDIM update forwards in time over the same respaced timesteps, starting
-        from x0 taken as the state at the first one; past the last, abar = 0.
+        from x0 taken as the state at the first one; past the last, abar = 0. ``clip`` clamps
+        the predicted x0 at every step, as DiffAE's ``ddim_reverse_sample`` (clip_denoised) does.
         """
         ts = self.respace(steps).tolist()
         x = x0

@@ -3,7 +3,7 @@
 A flag is a shortcut for one config path: ``--batch_size 8`` sets
 ``training§batch_size``. The YAML may set the same path; explicit flags win.
 Types: int, float, str, bool, num (a fraction in (0, 1] or a count), ints (a
-list of ints such as ``16,64,64``), optstr (a string or null).
+list of ints such as ``16,64,64``), optstr (a string or null), optfloat (a number or null).
 """
 from __future__ import annotations
 
@@ -69,7 +69,9 @@ FLAGS: tuple[Flag, ...] = (
     _f("Training", "effective_batch_size", "training", "int", 0,
        "Samples per optimiser step; > batch_size accumulates gradients (0 = batch_size)."),
     _f("Training", "num_epochs", "training", "int", 2, "Maximum epochs."),
-    _f("Training", "n_train_batches", "training", "num", 1.0, "Training batches per epoch: a fraction (<=1) or a count."),
+    _f("Training", "n_train_batches", "training", "num", 1.0,
+       "Training batches per epoch: a fraction (1.0 = all) or a count (the integer 1 is ONE batch, as in "
+       "Lightning; the ancestor read 1 as all)."),
     _f("Training", "n_val_batches", "training", "num", 1.0, "Validation batches: a fraction (fixed seeded subset) or a count."),
     _f("Training", "lr", "training", "float", 1e-4, "Learning rate."),
     _f("Training", "optimiserID", "training", "str", "Adam", "Adam, AdamW, RAdam or any torch.optim class name."),
@@ -86,8 +88,19 @@ FLAGS: tuple[Flag, ...] = (
     _f("Model", "latent_dim", "model", "int", 64, "Size of the latent representation."),
     # --- Data
     _f("Data", "norm_type", "data", "str", "minmax", "Intensity normalisation.", choices=NORM_TYPES),
+    _f("Data", "norm_range", "data", "str", "unit",
+       "Range of the min-max family (minmax, minmaxvol, divbymax*): unit [0, 1] or symmetric [-1, 1] "
+       "(2y - 1, what DiffAE's noise schedule assumes).", choices=("unit", "symmetric")),
     _f("Data", "prenorm", "data", "str", "none",
        "zscore only: normalisation before the z-score: none, a number (e.g. 255) or a norm_type."),
+    _f("Data", "zscore_prenorm", "data", "str", "none", "The ancestor's name of --prenorm (same setting).",
+       key="prenorm"),
+    _f("Data", "zscore_mean", "data", "optfloat", None,
+       "zscore: fixed mean subtracted after the prenorm (the ancestor's; null = each sample's own mean)."),
+    _f("Data", "zscore_std", "data", "optfloat", None,
+       "zscore: fixed std divided by after the prenorm (the ancestor's; null = each sample's own std)."),
+    _f("Data", "allow_pad", "data", "bool", False,
+       "Allow crop-or-pad to pad more than half of an axis (refused by default: latents of mostly padding)."),
     _f("Data", "croppad", "data", "bool", True, "Centre crop or zero-pad every sample to input_shape."),
     _f("Data", "interp_fact", "data", "float", 1.0, "In-plane resampling factor applied before crop/pad (1 = none)."),
     _f("Data", "grey2RGB", "data", "bool", False, "Repeat a single channel three times."),

@@ -48,6 +48,8 @@ def _argtype(flag: Flag):
         return lambda s: [int(v) for v in s.replace("[", "").replace("]", "").replace("x", ",").split(",") if v.strip()]
     if flag.type == "optstr":
         return lambda s: None if s.lower() in {"", "none", "null"} else s
+    if flag.type == "optfloat":
+        return lambda s: None if s.lower() in {"", "none", "null"} else float(s)
     return str
 
 

@@ -23,6 +23,7 @@ _TYPES: dict[str, Any] = {
     "num": Union[StrictInt, StrictFloat],
     "ints": list[StrictInt],
     "optstr": Optional[StrictStr],
+    "optfloat": Optional[Union[StrictFloat, StrictInt]],
 }
 
 

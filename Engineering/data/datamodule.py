@@ -31,7 +31,8 @@ def sample_spec(cfg) -> SampleSpec:
         raise UserError(f"data§prenorm={d.prenorm!r} only applies with norm_type zscore (norm_type is {d.norm_type})")
     return SampleSpec(is3D=m.is3D, input_shape=tuple(m.input_shape), perm=axis_perm(p.DS_channel_dim, p.DS_slice_dim),
                       split_c=not p.DS_multi_channel, split_t=split_t, split_s=split_s, norm_type=d.norm_type,
-                      prenorm=str(d.prenorm), croppad=d.croppad, interp_fact=d.interp_fact,
+                      prenorm=str(d.prenorm), zscore_mean=d.zscore_mean, zscore_std=d.zscore_std,
+                      norm_range=d.norm_range, allow_pad=d.allow_pad, croppad=d.croppad, interp_fact=d.interp_fact,
                       complex_mode=d.complex_mode, grey2RGB=d.grey2RGB, mask_mode=d.data_mask_mode,
                       flip_prob=d.flip_prob, flip_axes=tuple(getattr(d, "flip_axes", ()) or ()))
 
@@ -74,11 +75,19 @@ class H5DataModule(L.LightningDataModule):
             raise UserError(f"no dataset in {self.h5file} matches the selection (json§DS_selected_primaries="
                             f"{cfg.paths.DS_selected_primaries!r}, DS_selected_auxiliaries="
                             f"{cfg.paths.DS_selected_auxiliaries!r}, DS_sanity_filters={cfg.paths.DS_sanity_filters!r})")
+        self._check_shapes()
         fold_ref = cfg.paths.foldCSV
         self.fold = WHOLE_FILE if is_whole_file(fold_ref) else read_fold(self._resolve(root, fold_ref), cfg.run.foldID)
         self._check_fold_ids()
         self._datasets: dict[str, H5Samples] = {}
         self.batch_size = cfg.training.batch_size  # the Lightning Tuner may change it
+
+    def _check_shapes(self) -> None:
+        """Every selected dataset must fit the model (crop/pad rules) before anything runs or is written."""
+        for rec in self.records:
+            problem = self.spec.fit_problem(self.spec.sample_spatial(rec), f"{self.h5file}:{rec.h5path}")
+            if problem:
+                raise UserError(problem)
 
     @staticmethod
     def _resolve(root: Path, ref) -> Path:

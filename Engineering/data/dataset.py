@@ -43,6 +43,10 @@ class SampleSpec:
     split_s: bool = True
     norm_type: str = "minmax"
     prenorm: str = "none"
+    zscore_mean: float | None = None
+    zscore_std: float | None = None
+    norm_range: str = "unit"
+    allow_pad: bool = False
     croppad: bool = True
     interp_fact: float = 1.0
     complex_mode: str = "magnitude"
@@ -53,6 +57,38 @@ class SampleSpec:
 
     def logical_shape(self, rec: DatasetRecord) -> tuple[int, ...]:
         return tuple(rec.shape[p] for p in self.perm)
+
+    def sample_spatial(self, rec: DatasetRecord) -> tuple[int, ...]:
+        """Spatial size of the record's samples before crop/pad: (S, X, Y) for 3D, (X, Y) for 2D, after resampling."""
+        _, _, S, X, Y = self.logical_shape(rec)
+        if self.interp_fact != 1.0:  # F.interpolate's output size: floor(size * factor)
+            X, Y = int(np.floor(X * self.interp_fact)), int(np.floor(Y * self.interp_fact))
+        return ((1 if self.split_s else S), X, Y) if self.is3D else (X, Y)
+
+    def fit_problem(self, have: tuple[int, ...], where: str) -> str | None:
+        """Why a sample of spatial size ``have`` cannot become ``input_shape`` (None: it can).
+
+        Crop-or-pad that pads more than half of an axis makes latents of mostly padding
+        (a cine frame padded to 50 slices is 98 % zeros): refused unless --allow_pad.
+        """
+        want = tuple(self.input_shape)
+        if len(want) != len(have):
+            return (f"model§input_shape {list(want)} needs {len(have)} sizes for this "
+                    f"{'3D' if self.is3D else '2D'} model (got {len(want)})")
+        resampled = (f" (after --interp_fact {self.interp_fact:g} resampled it in-plane)"
+                     if self.interp_fact != 1.0 else "")
+        if have != want and not self.croppad:
+            return (f"{where} gives samples of spatial shape {list(have)}{resampled} but model§input_shape is "
+                    f"{list(want)}; use --croppad true or change --input_shape")
+        if self.croppad and not self.allow_pad:
+            names = ("S", "X", "Y") if self.is3D else ("X", "Y")
+            for axis, (size, target) in enumerate(zip(have, want)):
+                if 2 * size < target:
+                    fix = ("the slices may be cine frames: select time as slices with --json§DS_slice_dim 1"
+                           if self.is3D and axis == 0 else "change --input_shape or --interp_fact")
+                    return (f"{where}: crop-or-pad would pad axis {names[axis]} from {size}{resampled} to the model's "
+                            f"{target} ({100 * (target - size) / target:.0f}% padding); {fix}, or pass --allow_pad")
+        return None
 
 
 def enumerate_samples(records: list[DatasetRecord], spec: SampleSpec) -> list[SampleRef]:
@@ -130,16 +166,17 @@ class H5Samples(Dataset):
         if block.dtype.kind in "fc" and not np.isfinite(block).all():
             raise UserError(f"{self.h5file}:{rec.h5path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})")
         x = self._to_model_layout(T.complex_to_real(block, spec.complex_mode) if block.dtype.kind == "c" else block)
-        scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm)
-        affine = np.stack([scale, offset], 1).astype(np.float32)
-        zero = -offset / scale  # the raw value that normalises to 0: padding and masked-out voxels
         mask = None
         if spec.mask_mode and self.mask_file:
             mask = self._to_model_layout(self.read_raw(ref, self.mask_file))
-            mask = (self._spatial(mask.astype(np.float32), rec, 0.0) > 0.5)
-        x = self._spatial(x, rec, zero)
+            mask = (self._spatial(mask.astype(np.float32), rec) > 0.5)
+        # The ancestor's order: resample, crop-or-pad (zeros), mask, then the statistics of what the model sees.
+        x = self._spatial(x, rec)
         if mask is not None and spec.mask_mode == 1:
-            x = np.where(mask, x, zero.reshape((-1,) + (1,) * (x.ndim - 1)).astype(np.float32))
+            x = np.where(mask, x, np.zeros((), x.dtype))
+        scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm,
+                                      spec.zscore_mean, spec.zscore_std, spec.norm_range)
+        affine = np.stack([scale, offset], 1).astype(np.float32)
         if spec.grey2RGB and x.shape[0] == 1:
             x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
         if self.train and spec.flip_prob > 0 and spec.flip_axes:
@@ -159,20 +196,14 @@ class H5Samples(Dataset):
         item["inp"] = T.normalise_batch(item["inp"][None], item["affine"][None])[0]
         return item
 
-    def _spatial(self, x: np.ndarray, rec: DatasetRecord, fill) -> np.ndarray:
+    def _spatial(self, x: np.ndarray, rec: DatasetRecord) -> np.ndarray:
         if self.spec.interp_fact != 1.0:
             x = T.resample(x.astype(np.float32), self.spec.interp_fact)
-        want = tuple(self.spec.input_shape)
-        have = x.shape[1:]
-        if len(want) != len(have):
-            raise UserError(f"model§input_shape {list(want)} needs {len(have)} sizes for this "
-                            f"{'3D' if self.spec.is3D else '2D'} model (got {len(want)})")
-        if have != want:
-            if not self.spec.croppad:
-                raise UserError(f"{self.h5file}:{rec.h5path} gives samples of spatial shape {list(have)} but "
-                                f"model§input_shape is {list(want)}; use --croppad true or change --input_shape")
-            x = T.crop_or_pad(x, want, fill)
-        return x
+        have, want = tuple(x.shape[1:]), tuple(self.spec.input_shape)
+        problem = self.spec.fit_problem(have, f"{self.h5file}:{rec.h5path}")
+        if problem:
+            raise UserError(problem)
+        return x if have == want else T.crop_or_pad(x, want)
 
     def describe(self, i: int) -> dict:
         """IDs and indices of sample i, for the output files."""

@@ -19,7 +19,7 @@ import numpy as np
 from Engineering.data.layout import parse_key
 from Engineering.errors import UserError
 
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: the ancestor's selection spellings
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,29 @@ def selection_from(paths_cfg, need_minmax: bool) -> Selection:
                      paths_cfg.DS_every_primary, paths_cfg.DS_include_repeatAcq, tuple(sorted(filters)), need_minmax)
 
 
+def selection_name(entry: str, kind: str) -> str:
+    """A DS_selected_* entry as a key name: the ancestor wrote tags without their kind
+    (``LAX_4Ch_transverse`` for ``primary_LAX_4Ch_transverse_0``); ours and full keys keep theirs."""
+    entry = entry.strip()
+    head = entry.partition("_")[0]
+    return entry if head in ("primary", "auxiliary") else f"{kind}_{entry}"
+
+
+def _entries(sel: Selection) -> dict[str, str]:
+    """{normalised name: entry as written} for every selected primary and auxiliary."""
+    out = {selection_name(e, "primary"): e for e in sel.primaries}
+    out.update({selection_name(e, "auxiliary"): e for e in sel.auxiliaries})
+    return out
+
+
+def matched_entries(key: str, sel: Selection) -> set[str]:
+    """The normalised selection names that ``key`` answers to (full key, stem without repeat, base without plane)."""
+    parsed = parse_key(key)
+    if parsed is None:
+        return set()
+    return {parsed.key, parsed.stem, parsed.base} & set(_entries(sel))
+
+
 def key_selected(key: str, sel: Selection) -> bool:
     """Selected primaries/auxiliaries match the full key, its stem (no repeat) or its base (no plane, no repeat)."""
     parsed = parse_key(key)
@@ -75,13 +98,32 @@ def key_selected(key: str, sel: Selection) -> bool:
         return False
     names = {parsed.key, parsed.stem, parsed.base}
     if parsed.kind == "primary":
-        return bool(names & set(sel.primaries)) if sel.primaries else sel.every_primary
-    return bool(names & set(sel.auxiliaries))
+        wanted = {selection_name(e, "primary") for e in sel.primaries}
+        return bool(names & wanted) if sel.primaries else sel.every_primary
+    return bool(names & {selection_name(e, "auxiliary") for e in sel.auxiliaries})
+
+
+def _unmatched_error(h5file, sel: Selection, matched: set[str], seen: set[str]) -> UserError | None:
+    """A selection entry that names no dataset of the file is a typo until shown otherwise: name the closest keys."""
+    import difflib
+
+    missing = [entry for name, entry in _entries(sel).items() if name not in matched]
+    if not missing:
+        return None
+    stems = sorted({n for k in seen if (p := parse_key(k)) for n in (p.stem, p.base)} | seen)
+    parts = []
+    for entry in missing:
+        close = difflib.get_close_matches(selection_name(entry, "primary" if entry in sel.primaries else "auxiliary"),
+                                          stems, n=3, cutoff=0.5)
+        parts.append(f"{entry!r}" + (f" (closest keys in the file: {', '.join(close)})" if close else ""))
+    some = ", ".join(sorted(seen)[:6]) + (" ..." if len(seen) > 6 else "")
+    return UserError(f"no dataset in {h5file} matches the selection: json§DS_selected_primaries/auxiliaries "
+                     f"{'; '.join(parts)} (the file's keys: {some or 'none'})")
 
 
 def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
     """Walk patient/field/instance/key and keep the selected, valid datasets."""
-    records = []
+    records, seen, matched = [], set(), set()
     try:
         h5 = h5py.File(h5file, "r")
     except FileNotFoundError:
@@ -93,9 +135,15 @@ def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
             for fid, fgrp in _groups(pgrp):
                 for iid, igrp in _groups(fgrp):
                     for key, ds in igrp.items():
-                        if not isinstance(ds, h5py.Dataset) or not key_selected(key, sel):
+                        if not isinstance(ds, h5py.Dataset):
                             continue
-                        records.append(_record(h5file, pid, fid, iid, key, ds, sel))
+                        seen.add(key)
+                        matched |= matched_entries(key, sel)
+                        if key_selected(key, sel):
+                            records.append(_record(h5file, pid, fid, iid, key, ds, sel))
+    problem = _unmatched_error(h5file, sel, matched, seen)
+    if problem is not None:
+        raise problem
     return [r for r in records if r is not None]
 
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from Engineering.errors import UserError
 
 SAMPLE_NORMS = ("minmax", "divbymax")
+UNIT_RANGE_NORMS = ("minmax", "minmaxvol", "divbymax", "divbymaxvol")  # [0, 1] for non-negative data
 # dtypes a batch may carry to the device before normalisation (torch collates them all)
 BATCH_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", "int8", "uint8", "int16", "int32"))
 VOLUME_NORMS = ("minmaxvol", "divbymaxvol")
@@ -64,8 +65,36 @@ def _prenorm_affine(x: np.ndarray, prenorm: str, vol: tuple[float | None, float 
 
 
 def norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | None] = (None, None),
-                prenorm: str = "none") -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel (scale, offset) of the normalisation of sample ``x`` (C, ...)."""
+                prenorm: str = "none", zscore_mean: float | None = None, zscore_std: float | None = None,
+                norm_range: str = "unit") -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel (scale, offset) of the normalisation of sample ``x`` (C, ...).
+
+    zscore: ``(prenorm(x) - mean) / std`` with the sample's own per-channel mean/std, or the fixed
+    ``zscore_mean``/``zscore_std`` (the ancestor's ``--zscore_mean 0.5 --zscore_std 0.5`` after a min-max
+    prenorm gives [-1, 1], the published cardiac models' input range).
+    norm_range: the min-max family gives [0, 1] ("unit") or, mapped by 2y - 1, [-1, 1] ("symmetric":
+    the range DiffAE's noise schedule assumes).
+    """
+    scale, offset = _norm_affine(x, norm_type, vol, prenorm, zscore_mean, zscore_std)
+    if norm_range == "symmetric" and norm_type in UNIT_RANGE_NORMS:
+        return 2.0 * scale, 2.0 * offset - 1.0
+    if norm_range not in ("unit", "symmetric"):
+        raise UserError(f"data§norm_range must be unit or symmetric, got {norm_range!r}")
+    return scale, offset
+
+
+def normalised_range(norm_type: str, prenorm: str = "none", zscore_mean: float | None = None,
+                     zscore_std: float | None = None, norm_range: str = "unit") -> tuple[float, float] | None:
+    """The interval a normalisation maps the data into, when it has one (None: unbounded, e.g. a per-sample z-score)."""
+    if norm_type in UNIT_RANGE_NORMS:
+        return (-1.0, 1.0) if norm_range == "symmetric" else (0.0, 1.0)
+    if norm_type == "zscore" and str(prenorm) in UNIT_RANGE_NORMS and zscore_mean is not None \
+            and zscore_std is not None and zscore_std > 0:
+        return (0.0 - zscore_mean) / zscore_std, (1.0 - zscore_mean) / zscore_std
+    return None
+
+
+def _norm_affine(x, norm_type, vol, prenorm, zscore_mean, zscore_std) -> tuple[np.ndarray, np.ndarray]:
     n_ch = x.shape[0]
     ones, zeros = np.ones(n_ch, np.float64), np.zeros(n_ch, np.float64)
     if norm_type == "none":
@@ -78,8 +107,12 @@ def norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | 
             raise UserError(f"norm_type {norm_type} needs the min_val/max_val dataset attributes")
     elif norm_type == "zscore":
         s0, o0 = _prenorm_affine(x, prenorm, vol)
-        flat = x.reshape(n_ch, -1).astype(np.float64) * s0 + o0
-        mean, std = flat.mean(1), flat.std(1)
+        if zscore_mean is None or zscore_std is None:
+            flat = x.reshape(n_ch, -1).astype(np.float64) * s0 + o0
+        mean = flat.mean(1) if zscore_mean is None else np.full(n_ch, float(zscore_mean))
+        std = flat.std(1) if zscore_std is None else np.full(n_ch, float(zscore_std))
+        if zscore_std is not None and not zscore_std > 0:
+            raise UserError(f"data§zscore_std must be positive, got {zscore_std}")
         inv = 1.0 / np.maximum(std, _EPS)
         return s0 * inv, (o0 - mean) * inv
     else:
@@ -121,8 +154,9 @@ def normalise_batch(inp: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
     return inp.to(torch.float32) * affine[..., 0].reshape(shape) + affine[..., 1].reshape(shape)
 
 
-def crop_or_pad(x: np.ndarray, shape: tuple[int, ...], fill=None) -> np.ndarray:
-    """Centre crop or pad the trailing len(shape) axes to ``shape``; padding takes ``fill`` (per channel) or 0."""
+def crop_or_pad(x: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """Centre crop or zero-pad the trailing len(shape) axes to ``shape``, as the ancestor: an odd
+    difference puts the extra padded voxel at the end and crops the extra voxel from the end."""
     lead = x.ndim - len(shape)
     slices, pads = [slice(None)] * lead, [(0, 0)] * lead
     for size, want in zip(x.shape[lead:], shape):
@@ -135,15 +169,7 @@ def crop_or_pad(x: np.ndarray, shape: tuple[int, ...], fill=None) -> np.ndarray:
             before = (want - size) // 2
             pads.append((before, want - size - before))
     out = x[tuple(slices)]
-    if all(p == (0, 0) for p in pads):
-        return out
-    if fill is None:
-        return np.pad(out, pads)
-    fill = np.asarray(fill, dtype=np.float32).reshape((-1,) + (1,) * (x.ndim - 1))
-    padded = np.empty([s + a + b for s, (a, b) in zip(out.shape, pads)], dtype=np.float32)
-    padded[...] = fill
-    padded[tuple(slice(a, a + s) for s, (a, _) in zip(out.shape, pads))] = out
-    return padded
+    return out if all(p == (0, 0) for p in pads) else np.pad(out, pads)
 
 
 def random_flip(x: np.ndarray, axes: tuple[int, ...], prob: float, rng: np.random.Generator) -> np.ndarray:

@@ -64,8 +64,11 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+        try:
+            with safe_open(str(path), framework="pt", device="cpu") as fh:
+                return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
+        except Exception as exc:  # safetensors raises its own error types for truncated or damaged files
+            raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # an unpicklable (unsafe) object or a damaged file: never fall back to full pickle
@@ -79,6 +82,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
 def read(ref: str, which: str = "ema") -> HubModel:
     folder, source, revision = fetch(ref)
     cfg_path = folder / "config.json"
+    config = None
     if cfg_path.is_file():
         try:
             config = json.loads(cfg_path.read_text())
@@ -95,27 +99,65 @@ def read(ref: str, which: str = "ema") -> HubModel:
         raise UserError(f"no weights in {folder} (expected our config.json + model.safetensors, or a published "
                         "checkpoint with net.*/ema_net.* tensors)")
     tensors, meta = _read_tensors(files[0])
-    return published_diffae(tensors, meta, which, source, revision)
+    published = config if isinstance(config, dict) else {}
+    return published_diffae(tensors, meta, which, source, revision, published, str(cfg_path))
 
 
-def published_diffae(tensors, meta: dict, which: str, source: str, revision) -> HubModel:
+# What the published ImLatent DiffAE models were trained and tested with that is not a property of the
+# user's data (the ancestor's ukbb_autoenc template and defaults; the model cards): per-sample min-max then
+# (x - 0.5) / 0.5, i.e. [-1, 1]; native resolution; DDIM with T_eval = T_inv = T_step = 20 steps spaced as
+# DiffAE's "ddim20" (range(0, 1000, 50)), x0 clipped to the data range while inverting and rendering.
+PUBLISHED_DATA = {"norm_type": "minmax", "norm_range": "symmetric", "interp_fact": 1.0, "croppad": True}
+PUBLISHED_DIFFUSION = {"T": 1000, "T_eval": 20, "T_inv": 20, "T_step": 20, "spacing": "ddim", "clip_x0": "auto"}
+
+
+def _published_shape(value, where: str) -> list[int]:
+    """input_shape of a published config.json: a list of ints or the ancestor's "50,128,128" string."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
+        value = [int(p) for p in parts] if all(p.isdigit() for p in parts) else value
+    if not (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
+                                                      for v in value)):
+        raise UserError(f"{where}: input_shape must be a list of positive integers such as [50, 128, 128], "
+                        f"got {value!r}")
+    return value
+
+
+def published_diffae(tensors, meta: dict, which: str, source: str, revision, config: dict | None = None,
+                     where: str = "config.json") -> HubModel:
+    """The published layout: weights mapped onto our DiffAE; the architecture from the tensor shapes, checked
+    against the repository's config.json (only its plain values are read: ``auto_map`` and any other code
+    reference is ignored, nothing is imported); input shape from config.json, else the ``x_T`` buffer."""
     from Engineering.Engines.WarpDrives.DiffAE import DiffAEConfig
     from Engineering.Engines.WarpDrives.DiffAE.published import load_published_state
 
+    config = config or {}
     state, inferred = load_published_state(tensors, which)
+    for key in ("is3D", "in_channels", "latent_dim", "net_ch"):
+        if key in config and key in inferred and (bool(config[key]) if key == "is3D" else config[key]) != inferred[key]:
+            raise UserError(f"{where} says {key}={config[key]!r} but the weights have {key}={inferred[key]!r}")
     arch = {k: v for k, v in dataclasses.asdict(DiffAEConfig()).items()
             if k not in ("is3D", "in_channels", "input_shape", "latent_dim")}
     arch.update({k: list(v) if isinstance(v, tuple) else v for k, v in inferred.items()
                  if k not in ("is3D", "in_channels", "latent_dim")})
     model = {"drive": "DiffAE", "is3D": bool(inferred["is3D"]), "latent_dim": int(inferred["latent_dim"]),
-             "DiffAE": {k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}}
+             "DiffAE": {**{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}, **PUBLISHED_DIFFUSION}}
+    dims = 3 if inferred["is3D"] else 2
+    x_T = tensors.get("x_T")
+    buffer_shape = [int(v) for v in x_T.shape[2:]] if x_T is not None and x_T.ndim == dims + 2 else None
     needs = []
-    if "input_shape" in meta:  # some files record it in the safetensors metadata
-        model["input_shape"] = [int(v) for v in json.loads(meta["input_shape"])]
+    if "input_shape" in config:
+        model["input_shape"] = _published_shape(config["input_shape"], where)
+        if buffer_shape and buffer_shape != model["input_shape"]:
+            raise UserError(f"{where} says input_shape={model['input_shape']} but its x_T buffer is {buffer_shape}")
+    elif "input_shape" in meta:  # some files record it in the safetensors metadata
+        model["input_shape"] = _published_shape(json.loads(meta["input_shape"]), f"{source} metadata")
+    elif buffer_shape:
+        model["input_shape"] = buffer_shape
     else:
         needs.append("input_shape")
-    # the published models take data at its native resolution: no demo-style resampling unless asked for
-    return HubModel("published_diffae", state, {"model": model, "data": {"interp_fact": 1.0}}, source, revision, needs)
+    return HubModel("published_diffae", state, {"model": model, "data": dict(PUBLISHED_DATA)}, source, revision,
+                    needs)
 
 
 def layer_from_config(config: dict) -> dict:

@@ -14,26 +14,29 @@ import dataclasses
 import torch
 
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.data.transforms import normalised_range
 from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
+from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion
 from Engineering.Science.metrics import recon_metrics
 
-_DIFFUSION_KEYS = {"T", "T_eval", "T_inv", "T_step", "clip_x0"}
-_UNIT_RANGE_NORMS = ("minmax", "minmaxvol", "divbymax", "divbymaxvol")
+_DIFFUSION_KEYS = {"T", "T_eval", "T_inv", "T_step", "clip_x0", "spacing"}
 
 
 def clip_range(cfg) -> tuple[float, float] | None:
-    """Where rendering clamps its x0 prediction: ``model§DiffAE§clip_x0`` auto = the data range of the
-    normalisation ([0, 1] for the min-max family; none for zscore/none), as DiffAE clips to [-1, 1]."""
+    """Where inversion and rendering clamp their x0 prediction: ``model§DiffAE§clip_x0`` auto = the range
+    the normalisation maps into ([-1, 1] for the symmetric min-max family and the ancestor's fixed
+    z-score after min-max, [0, 1] for unit min-max; none for a per-sample z-score or none), as DiffAE
+    clips to [-1, 1] in both (clip_denoised)."""
     value = (getattr(cfg.model, "DiffAE", None) or {}).get("clip_x0", "auto")
     if value == "auto":
-        return (0.0, 1.0) if cfg.data.norm_type in _UNIT_RANGE_NORMS else None
+        d = cfg.data
+        return normalised_range(d.norm_type, d.prenorm, d.zscore_mean, d.zscore_std, d.norm_range)
     if value in (None, False, "none"):
         return None
     try:
         lo, hi = (float(v) for v in value)
     except (TypeError, ValueError):
-        from Engineering.errors import UserError
         raise UserError(f"model§DiffAE§clip_x0 must be auto, null or [lo, hi], got {value!r}") from None
     return lo, hi
 
@@ -45,7 +48,6 @@ def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
     arch = {k: v for k, v in extra.items() if k in names}
     unknown = set(extra) - names - _DIFFUSION_KEYS
     if unknown:
-        from Engineering.errors import UserError
         raise UserError(f"model§DiffAE has unknown key(s) {', '.join(sorted(unknown))}; valid: "
                         f"{', '.join(sorted(names | _DIFFUSION_KEYS))}")
     return DiffAEConfig(**{**arch, "is3D": cfg.model.is3D, "in_channels": in_channels,
@@ -64,7 +66,13 @@ class DiffAEEngine(LatentEngine):
         self.T_inv = t_eval if cfg.eval.test_with_TEval else int(extra.get("T_inv", t_eval))
         self.T_step = t_eval if cfg.eval.test_with_TEval else int(extra.get("T_step", t_eval))
         self.T_eval = t_eval
-        self.diffusion = GaussianDiffusion(T=self.T)
+        try:
+            self.diffusion = GaussianDiffusion(T=self.T, spacing=str(extra.get("spacing", "ddim")))
+            for name in ("T_eval", "T_inv", "T_step"):
+                self.diffusion.respace(getattr(self, name))
+        except ValueError as exc:
+            raise UserError(f"model§DiffAE (T={self.T}, T_eval={self.T_eval}, T_inv={self.T_inv}, "
+                            f"T_step={self.T_step}): {exc}") from None
         self.clip = clip_range(cfg)
         self.seed = int(cfg.training.seed)
 
@@ -112,12 +120,19 @@ class DiffAEEngine(LatentEngine):
             ssim = torch.tensor([r["SSIM"] for i in range(len(xs)) for r in recon_metrics(xs[i].cpu(), rec[i].cpu())])
             self.log("val_ssim", ssim.nanmean().to(self.device), on_epoch=True, batch_size=len(xs), sync_dist=True)
 
+    def _invert_render(self, net, x, z, t_inv: int, t_step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x_T = self.diffusion.ddim_invert(net, x, z, t_inv, clip=self.clip)
+        return self.diffusion.ddim_sample(net, x_T, z, t_step, clip=self.clip), x_T
+
     def _render(self, net, x, z, t_inv: int, t_step: int) -> torch.Tensor:
-        x_T = self.diffusion.ddim_invert(net, x, z, t_inv)
-        return self.diffusion.ddim_sample(net, x_T, z, t_step, clip=self.clip)
+        return self._invert_render(net, x, z, t_inv, t_step)[0]
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return (self.ema_net if use_ema else self.net).encode(x)
 
     def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
         return self._render(self.ema_net if use_ema else self.net, x, z, self.T_inv, self.T_step)
+
+    def reconstruct_with_code(self, x, z, use_ema: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        """The reconstruction and DiffAE's stochastic code x_T (DDIM inversion, the model's input units)."""
+        return self._invert_render(self.ema_net if use_ema else self.net, x, z, self.T_inv, self.T_step)

@@ -48,6 +48,10 @@ class LatentEngine(L.LightningModule):
     def reconstruct(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool) -> torch.Tensor:
         raise NotImplementedError
 
+    def reconstruct_with_code(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool):
+        """(reconstruction, a per-sample code beyond z written to recon.h5 such as DiffAE's x_T, or None)."""
+        return self.reconstruct(x, z, use_ema), None
+
     # --- EMA of a submodule called ``net`` into ``ema_net`` (if the subclass has them)
     def init_ema(self) -> None:
         self.ema_net = copy.deepcopy(self.net)
@@ -115,7 +119,8 @@ class LatentEngine(L.LightningModule):
         buf["z"].append(z.float().cpu())
         if ev.test_emb_only:
             return
-        recon = self.reconstruct(x, z, use_ema).float()
+        recon, code = self.reconstruct_with_code(x, z, use_ema)
+        recon = recon.float()
         orig_in = invert_affine(x.float(), batch["affine"]).cpu().numpy()
         orig_rec = invert_affine(recon, batch["affine"]).cpu().numpy()
         for j, i in enumerate(idx):
@@ -126,7 +131,7 @@ class LatentEngine(L.LightningModule):
                 ids.update({k: info[k] or 0 for k in ("c", "t", "s")})
                 buf["metrics"].append({**ids, **row})
             if info["patientID"] in self._recon_subs:
-                buf["recon"][i] = (orig_rec[j], orig_in[j])
+                buf["recon"][i] = (orig_rec[j], orig_in[j], None if code is None else code[j].float().cpu().numpy())
             if len(buf["preview"]) < int(getattr(ev, "n_preview", 4)):
                 buf["preview"][i] = (orig_in[j], orig_rec[j])
 
@@ -178,7 +183,7 @@ class LatentEngine(L.LightningModule):
         if data["recon"]:
             keys = sorted(data["recon"])
             write_recon_h5(out / "recon.h5", [self._info(i) for i in keys], [data["recon"][i][0] for i in keys],
-                           [data["recon"][i][1] for i in keys], attrs)
+                           [data["recon"][i][1] for i in keys], attrs, [data["recon"][i][2] for i in keys])
         if data["preview"]:
             keys = sorted(data["preview"])
             write_preview(out / "preview.png", [data["preview"][i][0] for i in keys],
