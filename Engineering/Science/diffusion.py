@@ -109,6 +109,12 @@ class GaussianDiffusion:
             eps = (x - a * x0) / s
         return x0, eps
 
+    @staticmethod
+    def _work_dtype(x: Tensor) -> torch.dtype:
+        # the chain's state in float64 where the device has it: at t=0 the update divides by sqrt(1 - abar) = 0.01,
+        # which turns float32 rounding into ~1e-4 errors; the network still runs in the input's dtype
+        return torch.float64 if x.device.type in ("cpu", "cuda") else x.dtype
+
     @torch.no_grad()
     def ddim_sample(self, model: EpsModel, x_T: Tensor, z_sem: Tensor, steps: int,
                     clip: tuple[float, float] | None = None, progress: Callable[[Iterable], Iterable] | None = None
@@ -119,14 +125,14 @@ class GaussianDiffusion:
         progress: optional wrapper of the step iterable (e.g. a progress bar).
         """
         ts = self.respace(steps).tolist()
-        x = x_T
+        net_dtype, x = x_T.dtype, x_T.to(self._work_dtype(x_T))
         order = list(reversed(range(len(ts))))
         for i in (progress(order) if progress else order):
-            eps = model(x, self._steps_tensor(ts[i], x), z_sem)
+            eps = model(x.to(net_dtype), self._steps_tensor(ts[i], x), z_sem).to(x.dtype)
             x0, eps = self._x0_from_eps(x, ts[i], eps, clip)
             a, s = self._coefs(ts[i - 1] if i > 0 else -1, x)
             x = a * x0 + s * eps
-        return x
+        return x.to(net_dtype)
 
     @torch.no_grad()
     def ddim_invert(self, model: EpsModel, x0: Tensor, z_sem: Tensor, steps: int,
@@ -139,11 +145,11 @@ class GaussianDiffusion:
         the predicted x0 at every step, as DiffAE's ``ddim_reverse_sample`` (clip_denoised) does.
         """
         ts = self.respace(steps).tolist()
-        x = x0
+        net_dtype, x = x0.dtype, x0.to(self._work_dtype(x0))
         order = list(range(len(ts)))
         for i in (progress(order) if progress else order):
-            eps = model(x, self._steps_tensor(ts[i], x), z_sem)
+            eps = model(x.to(net_dtype), self._steps_tensor(ts[i], x), z_sem).to(x.dtype)
             pred_x0, eps = self._x0_from_eps(x, ts[i], eps, clip)
             a, s = self._coefs(ts[i + 1] if i + 1 < len(ts) else None, x)
             x = a * pred_x0 + s * eps
-        return x
+        return x.to(net_dtype)

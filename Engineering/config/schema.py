@@ -50,7 +50,7 @@ class DataPaths(_Section):
     DS_selected_primaries: Union[list[StrictStr], StrictStr] = []
     DS_selected_auxiliaries: Union[list[StrictStr], StrictStr] = []
     DS_every_primary: StrictBool = True
-    DS_include_repeatAcq: StrictBool = True
+    DS_include_repeatAcq: StrictBool = False  # the ancestor read only the first acquisition (_0)
     DS_sanity_filters: dict[str, StrictInt] = {}
     DS_multi_channel: StrictBool = True
     DS_split_volume: Optional[StrictBool] = None
