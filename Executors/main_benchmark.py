@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import yaml
 
 from Engineering.errors import UserError, run_cli
 from Engineering.Eval import baselines, invariance
@@ -56,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", nargs="+", default=None, help="only latents of these input keys")
     p.add_argument("--pixels", default=None, metavar="DATA_H5",
                    help="input data.h5 for the PCA-of-pixels baseline")
+    p.add_argument("--pixels_axes", default=None, metavar="CHANNEL_DIM,SLICE_DIM",
+                   help="json§DS_channel_dim,DS_slice_dim of the latents' runs (e.g. 0,1 for time as slices); "
+                        "default: read from the runs' resolved_config.yaml, else 0,2")
     p.add_argument("--run", nargs="+", default=None, metavar="[NAME=]RUN_DIR",
                    help="model run folders (or checkpoints) of --latents runs, matched by name, for the "
                         "model-dependent metrics: rotation/flip sensitivity and reconstruction error")
@@ -97,7 +101,7 @@ def main(argv: Sequence[str]) -> dict:
     if groups is None and table["patientID"].duplicated().any():
         notes.append("several samples per patient and no --group_col: CV folds and neighbours may pair samples "
                      "of one patient; consider --group_col patientID")
-    pixels = _pixels(args.pixels, samples) if args.pixels else None
+    pixels = _pixels(args.pixels, samples, _pixel_axes(args.pixels_axes, paths)) if args.pixels else None
     if pixels is None:
         notes.append("PCA-of-pixels baseline skipped: give --pixels <data.h5> to include it")
     models = _load_models(args.run, paths, samples, args) if args.run else {}
@@ -152,9 +156,32 @@ def _label_name(path: str, all_paths: list[str]) -> str:
     return base if sum(Path(p).name == base for p in all_paths) == 1 else str(path)
 
 
-def _pixels(path: str, samples) -> np.ndarray:
+def _pixel_axes(option: str | None, paths: dict[str, Path]) -> tuple[int, int]:
+    """The axis swaps the latents were computed with: --pixels_axes, else the runs' resolved configs (which
+    must agree), else the contract's order."""
+    if option:
+        try:
+            channel, slice_ = (int(v) for v in option.split(","))
+        except ValueError:
+            raise UserError(f"--pixels_axes must be CHANNEL_DIM,SLICE_DIM such as 0,1; got {option!r}") from None
+        return channel, slice_
+    found = {}
+    for name, path in paths.items():
+        latent = resolve_latent_file(path)
+        for folder in (latent.parent, latent.parent.parent):
+            if (folder / "resolved_config.yaml").is_file():
+                js = (yaml.safe_load((folder / "resolved_config.yaml").read_text()) or {}).get("json") or {}
+                found[name] = (int(js.get("DS_channel_dim", 0)), int(js.get("DS_slice_dim", 2)))
+                break
+    if len(set(found.values())) > 1:
+        raise UserError(f"the runs were computed with different axis swaps {found}; benchmark them separately "
+                        "or pass --pixels_axes")
+    return next(iter(found.values()), (0, 2))
+
+
+def _pixels(path: str, samples, axes: tuple[int, int]) -> np.ndarray:
     """Pixel vectors per benchmark sample, averaged like the latents when aggregated."""
-    raw = read_pixels(path, samples.source_rows)
+    raw = read_pixels(path, samples.source_rows, *axes)
     index = samples.source_rows[["sample_index"]]
     keys, mean = aggregate_rows(index, raw, ["sample_index"])
     if len(keys) != len(samples.ids):

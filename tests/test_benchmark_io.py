@@ -137,3 +137,16 @@ def test_read_pixels_indexes_or_takes_whole_axes(tmp_path):
     np.testing.assert_array_equal(px, data[:, :, 0].reshape(2, -1))
     with pytest.raises(UserError, match="no dataset"):
         read_pixels(tmp_path / "data.h5", rows.assign(key="other"))
+
+
+def test_read_pixels_follows_the_axis_swap(tmp_path):
+    """Time as slices (json§DS_slice_dim 1): latent row t indexes the stored slice axis, and the whole cine of that
+    slice is the pixel vector (the stored time axis became the volume)."""
+    data = np.random.default_rng(0).random((1, 5, 3, 2, 2)).astype(np.float32)  # C, T=5 frames, S=3 slices
+    with h5py.File(tmp_path / "data.h5", "w") as h5:
+        h5.create_dataset("100/20208/2/primary", data=data)
+    rows = pd.DataFrame({"patientID": ["100"] * 3, "fieldID": "20208", "instanceID": "2", "key": "primary",
+                         "c": 0, "t": [0, 1, 2], "s": 0})
+    px = read_pixels(tmp_path / "data.h5", rows, channel_dim=0, slice_dim=1)
+    np.testing.assert_array_equal(px, np.stack([data[0, :, t].ravel() for t in range(3)]))
+    assert not np.array_equal(read_pixels(tmp_path / "data.h5", rows), px)  # the contract's order reads other frames

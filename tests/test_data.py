@@ -60,41 +60,57 @@ def test_key_grammar():
 
 def test_selection_repeats_and_auxiliaries(tmp_path):
     write_ancestor_file(tmp_path / "data.h5")
+    # the default reads the first acquisition only, as the ancestor did
     dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10"))
+    assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0"}
+    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_include_repeatAcq=True))
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0", "primary_LAX_4Ch_transverse_1"}
     dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_include_repeatAcq=False,
                                DS_selected_auxiliaries=["auxiliary_seg"]))
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0", "auxiliary_seg"}
-    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries="primary_LAX_4Ch_transverse_1"))
+    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries="primary_LAX_4Ch_transverse_1",
+                               DS_include_repeatAcq=True))
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_1"}
     assert dm.records[0].min_val is not None
+    # the ancestor's spelling: no kind prefix, plane included, _0 implied; auxiliaries likewise
+    for entry in ("LAX_4Ch_transverse", "LAX_4Ch", "primary_LAX_4Ch_transverse"):
+        dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries=[entry]))
+        assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0"}, entry
+    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries=["LAX_4Ch_transverse"],
+                               DS_selected_auxiliaries=["seg"]))
+    assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0", "auxiliary_seg"}
+    # an entry that names nothing: one error naming the closest keys of the file
+    with pytest.raises(UserError, match=r"'LAX_4Ch_transvers' \(closest keys in the file: primary_LAX_4Ch_transverse"):
+        H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries=["LAX_4Ch_transvers"]))
 
 
 def test_2d_split_flags_and_channel_folding(tmp_path):
     write_ancestor_file(tmp_path / "data.h5", n_pat=1)  # (C=2, T=5, S=3, 12, 10), 2 primary keys
-    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10")).dataset("test")
+    make = lambda *a, **j: make_cfg(tmp_path, *a, DS_include_repeatAcq=True, **j)  # noqa: E731
+    ds = H5DataModule(make("--input_shape", "12,10")).dataset("test")
     assert len(ds) == 2 * 5 * 3 and ds.sample(0)["inp"].shape == (2, 12, 10)  # one sample per (t, s), channels kept
-    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_multi_channel=False)).dataset("test")
+    ds = H5DataModule(make("--input_shape", "12,10", DS_multi_channel=False)).dataset("test")
     assert len(ds) == 2 * 2 * 5 * 3 and ds.sample(0)["inp"].shape == (1, 12, 10)
-    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_split_time=False)).dataset("test")
+    ds = H5DataModule(make("--input_shape", "12,10", DS_split_time=False)).dataset("test")
     assert len(ds) == 2 * 3 and ds.sample(0)["inp"].shape == (10, 12, 10)  # frames folded into channels
 
 
 def test_3d_and_axis_swaps(tmp_path):
     path = write_ancestor_file(tmp_path / "data.h5", n_pat=1)
+    make = lambda *a, **j: make_cfg(tmp_path, *a, DS_include_repeatAcq=True, **j)  # noqa: E731  (2 primary keys)
     with h5py.File(path) as h5:
         raw = h5["5000/20208/2/primary_LAX_4Ch_transverse_0"][()]
-    ds = H5DataModule(make_cfg(tmp_path, "--is3D", "--input_shape", "3,12,10", "--norm_type", "none")).dataset("test")
+    ds = H5DataModule(make("--is3D", "--input_shape", "3,12,10", "--norm_type", "none")).dataset("test")
     assert len(ds) == 2 * 5 and ds.sample(0)["inp"].shape == (2, 3, 12, 10)
     np.testing.assert_array_equal(ds.sample(1)["inp"].numpy(), raw[:, 1].astype(np.float32))  # t=1, all slices
     # DS_slice_dim 1: cine time becomes the volume axis, 5 frames -> a 5 x X x Y volume per slice
-    ds = H5DataModule(make_cfg(tmp_path, "--is3D", "--input_shape", "5,12,10", "--norm_type", "none",
+    ds = H5DataModule(make("--is3D", "--input_shape", "5,12,10", "--norm_type", "none",
                                DS_slice_dim=1)).dataset("test")
     assert len(ds) == 2 * 3 and ds.sample(0)["inp"].shape == (2, 5, 12, 10)
     np.testing.assert_array_equal(ds.sample(2)["inp"].numpy(), raw[:, :, 2].astype(np.float32))
     assert ds.describe(2)["t"] == 2  # logical axis 1 is now the raw slice axis
     # DS_channel_dim 2: raw slices become channels
-    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", "--norm_type", "none", DS_channel_dim=2,
+    ds = H5DataModule(make("--input_shape", "12,10", "--norm_type", "none", DS_channel_dim=2,
                                DS_multi_channel=True)).dataset("test")
     assert ds.sample(0)["inp"].shape == (3, 12, 10)
     np.testing.assert_array_equal(ds.sample(0)["inp"].numpy(), raw[0, 0].astype(np.float32))
@@ -285,7 +301,7 @@ def test_bad_fold_csv(tmp_path):
 
 def test_val_subset_is_fixed_and_seeded(tmp_path):
     write_ancestor_file(tmp_path / "data.h5", n_pat=3)
-    cfg = make_cfg(tmp_path, "--input_shape", "12,10", "--n_val_batches", "0.5")
+    cfg = make_cfg(tmp_path, "--input_shape", "12,10", "--n_val_batches", "0.5", DS_include_repeatAcq=True)
     a = H5DataModule(cfg).val_subset().indices
     b = H5DataModule(cfg).val_subset().indices
     assert a == b and len(a) == round(0.5 * 2 * 3 * 5 * 3)

@@ -88,3 +88,33 @@ def test_worker_errors_become_one_line():
     wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
                         "  File \"x.py\", line 1\nEngineering.errors.UserError: data.h5:1/2/3/primary contains NaN/Inf")
     assert one_line(wrapped) == "data.h5:1/2/3/primary contains NaN/Inf"
+
+
+def test_ndevices_all_counts_the_devices_for_accumulation(tmp_path, monkeypatch):
+    from Engineering.Engines import MainEngine as ME
+
+    c = cfg("--ndevices", "-1", "--batch_size", "4", "--effective_batch_size", "16", "--no-progress_bar",
+            "--no-tbactive")
+    trainer = ME.build_trainer(c, tmp_path, "val_loss", has_val=False)  # CPU: -1 is the one CPU device
+    assert trainer.num_devices == 1 and trainer.accumulate_grad_batches == 4
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert ME.device_count(c, "gpu") == 2 and accumulation_steps(c.training, ME.device_count(c, "gpu")) == 2
+    with pytest.raises(UserError, match="--ndevices must be"):
+        ME.device_count(cfg("--ndevices", "0"), "cpu")
+
+
+def test_resume_state_carries_the_cuda_generators(monkeypatch):
+    from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+
+    states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [s.clone() for s in states])
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda s: restored.extend(s))
+    engine = LatentEngine(cfg(), 1)
+    ckpt: dict = {}
+    engine.on_save_checkpoint(ckpt)
+    assert [t.tolist() for t in ckpt["rng_states"]["cuda"]] == [[1, 2, 3], [4, 5, 6]]
+    engine.on_load_checkpoint(ckpt)
+    assert [t.tolist() for t in restored] == [[1, 2, 3], [4, 5, 6]]

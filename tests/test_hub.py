@@ -146,3 +146,30 @@ def test_drive_mismatch_is_an_error(tiny_demo, tmp_path):
     with pytest.raises(UserError, match="do not fit the model"):
         run(["--load_hf", str(out), "--run_mode", "2", "--json§datadir", str(tiny_demo),
              "--json§save_path", str(tmp_path)], recon_task(REPO / "Configs"))
+
+
+def test_export_replaces_the_old_folder_only_once_the_new_one_is_in_place(tmp_path, monkeypatch):
+    """export_hf onto an existing folder: a failure while moving the new export in leaves the previous one."""
+    from pathlib import Path
+
+    from Engineering.io import export
+
+    out, new = tmp_path / "hf_model", tmp_path / ".hf_model.new"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    new.mkdir()
+    (new / "config.json").write_text("new")
+    real = Path.replace
+
+    def failing(self, target):
+        if self == new:
+            raise OSError("disk full")
+        return real(self, target)
+
+    monkeypatch.setattr(Path, "replace", failing)
+    with pytest.raises(OSError):
+        export._swap_in(new, out)
+    assert (out / "config.json").read_text() == "old"
+    monkeypatch.setattr(Path, "replace", real)
+    export._swap_in(new, out)
+    assert (out / "config.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"]

@@ -77,6 +77,11 @@ def test_main_recon_end_to_end_and_unknown_model(tiny_demo, tmp_path):
     assert res["out_dir"] == str(out)
     for f in ("emb.h5", "emb.tsv", "emb.parquet", "metrics.csv", "recon.h5"):
         assert (out / f).is_file()
+    import h5py
+
+    with h5py.File(out / "emb.h5") as h5:
+        assert bool(h5.attrs["ema"]) is False  # pythae keeps no EMA: the latents are the trained weights'
+
     run(_args(tiny_demo, "--json§save_path", str(tmp_path), "--fulltrainID", "vae", "--resume", "--load_best",
               "--run_mode", "2", "--output_suffix", "again", "--test_emb_only"), TASK)
     assert (tmp_path / "vae" / "Output_again" / "emb.h5").is_file()
@@ -84,3 +89,40 @@ def test_main_recon_end_to_end_and_unknown_model(tiny_demo, tmp_path):
         run(_args(tiny_demo, "--pythae_model", "vea", "--json§save_path", str(tmp_path)), TASK)
     with pytest.raises(UserError, match="unknown vae parameter 'bta'"):
         run(_args(tiny_demo, "--model§pythae§models§vae§bta", "2", "--json§save_path", str(tmp_path)), TASK)
+
+
+def test_manual_clipping_under_16_mixed_clips_the_true_gradient(tiny_demo):
+    """factor_vae (manual optimisation) under 16-mixed with a GradScaler: the gradients each optimiser steps
+    with have the true clipped norm (clipping the still-scaled gradients would leave ~1/65536 of it)."""
+    from lightning.pytorch.plugins.precision import MixedPrecision
+
+    clip = 0.5
+    cfg = resolve(_args(tiny_demo, "--pythae_model", "factor_vae", "--grad_clip_val", str(clip)), TASK).cfg
+    L.seed_everything(0, verbose=False)
+    dm = H5DataModule(cfg, merge_train_val=True)
+    engine = ReconEngine(cfg, 1)
+    engine.has_val = False
+    assert not engine.automatic_optimization
+    norms: list[float] = []
+    build = engine.configure_optimizers
+
+    def configure():
+        opts = build()
+        for opt in (opts if isinstance(opts, (list, tuple)) else [opts]):
+            inner = opt.step
+
+            def step(*a, _inner=inner, _opt=opt, **k):  # called by the GradScaler after unscale + clipping
+                grads = [p.grad for g in _opt.param_groups for p in g["params"] if p.grad is not None]
+                norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+                return _inner(*a, **k)
+            opt.step = step
+        return opts
+
+    engine.configure_optimizers = configure
+    trainer = L.Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))])
+    trainer.fit(engine, datamodule=dm)
+    assert norms and max(norms) <= clip * (1 + 1e-3)
+    # the gradients were large enough to be clipped: the clipped norm is the threshold itself, not 1/scale of it
+    assert max(norms) > clip * 0.5, norms

@@ -76,6 +76,22 @@ def resolved_accelerator(cfg) -> str:
     return acc
 
 
+def device_count(cfg, accelerator: str) -> int:
+    """Devices per node as a number: --ndevices N, or -1 = every device of the accelerator (every GPU; a CPU is
+    one device), so that accumulation is computed for the real world size."""
+    n = cfg.run.ndevices
+    if n > 0:
+        return n
+    if n != -1:
+        raise UserError(f"--ndevices must be a positive count or -1 (all devices), got {n}")
+    if accelerator == "gpu":
+        found = torch.cuda.device_count()
+        if not found:
+            raise UserError("--ndevices -1 --accelerator gpu: no CUDA device is visible")
+        return found
+    return 1
+
+
 def setup_logging(run_dir: Path) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(run_dir / "run.log")
@@ -90,7 +106,8 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
                   inference_mode: bool = True) -> L.Trainer:
     r, t = cfg.run, cfg.training
     acc = resolved_accelerator(cfg)
-    world = max(1, r.ndevices) * max(1, r.nnodes)
+    devices = device_count(cfg, acc)
+    world = devices * max(1, r.nnodes)
     # Manual optimisation (multi-optimiser models) accumulates and clips in the engine itself.
     accumulate = accumulation_steps(t, world) if automatic else 1
     clip = (t.grad_clip_val or None) if automatic else None
@@ -115,7 +132,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         callbacks.append(RichProgressBar(leave=True))
     limit_val = t.n_val_batches if isinstance(t.n_val_batches, int) else 1.0  # fractions: a fixed subset (datamodule)
     return L.Trainer(
-        accelerator=acc, devices=r.ndevices, num_nodes=r.nnodes, strategy=strategy(cfg),
+        accelerator=acc, devices=devices, num_nodes=r.nnodes, strategy=strategy(cfg),
         sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc), max_epochs=t.num_epochs,
         accumulate_grad_batches=accumulate, gradient_clip_val=clip,
         gradient_clip_algorithm=t.grad_clip_algo if clip else None, inference_mode=inference_mode,

@@ -76,7 +76,7 @@ def render(diffusion, net, x0: torch.Tensor, z0: torch.Tensor, codes: torch.Tens
 
     All scales of a subject are rendered as one batch (the same x_T, one code each).
     """
-    x_T = diffusion.ddim_invert(net, x0, z0, t_inv)
+    x_T = diffusion.ddim_invert(net, x0, z0, t_inv, clip=clip)  # clipped as the engine inverts (DiffAE)
     n, n_scales = codes.shape[:2]
     x_T = x_T[:, None].expand(n, n_scales, *x_T.shape[1:]).reshape(n * n_scales, *x_T.shape[1:])
     out = diffusion.ddim_sample(net, x_T, codes.reshape(n * n_scales, -1), t_step, clip=clip)

@@ -5,7 +5,9 @@ Pixels come from the input data file of the data contract
 A latent row (c, t, s) indexes that array; an axis along which the latents of
 a key never go beyond index 0 while the data has several entries (e.g. one
 latent per whole cine) is taken whole, so the pixel vector is what the encoder
-saw. Complex data is reduced to its magnitude.
+saw. Complex data is reduced to its magnitude. The latents' (c, t, s) are logical
+axes: with ``DS_channel_dim``/``DS_slice_dim`` swaps (e.g. time as slices) the
+stored array is transposed the same way first.
 """
 from __future__ import annotations
 
@@ -14,13 +16,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from Engineering.data.transforms import axis_perm
 from Engineering.errors import UserError
 
 _ITEM = ["patientID", "fieldID", "instanceID", "key"]
 
 
-def read_pixels(path: str | Path, rows: pd.DataFrame) -> np.ndarray:
-    """(len(rows), n_pixels) float32 pixel vectors for the sample rows (flat-table ID columns)."""
+def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slice_dim: int = 2) -> np.ndarray:
+    """(len(rows), n_pixels) float32 pixel vectors for the sample rows (flat-table ID columns); the axis
+    swaps are those of the run's dataNpath JSON (json§DS_channel_dim / DS_slice_dim)."""
+    perm = axis_perm(channel_dim, slice_dim)
     import h5py  # only needed when a pixel file is given
 
     path = Path(path)
@@ -42,14 +47,15 @@ def read_pixels(path: str | Path, rows: pd.DataFrame) -> np.ndarray:
             ds = h5[name]
             if ds.ndim != 5:
                 raise UserError(f"{path.name}:{name} has shape {ds.shape}; expected C x T x S x X x Y")
-            arr = ds[()]
-            whole = [bool(ds.shape[a] > 1 and (part[ax] == 0).all()) for a, ax in enumerate("cts")]
+            arr = np.transpose(ds[()], perm)
+            whole = [bool(arr.shape[a] > 1 and (part[ax] == 0).all()) for a, ax in enumerate("cts")]
             for pos, (c, t, s) in zip(part.index, part[["c", "t", "s"]].to_numpy()):
                 index = tuple(slice(None) if w else int(i) for w, i in zip(whole, (c, t, s)))
                 try:
                     vec = arr[index]
                 except IndexError as exc:
-                    raise UserError(f"{path.name}:{name} has shape {ds.shape}; latent row c={c} t={t} s={s} "
+                    raise UserError(f"{path.name}:{name} has shape {arr.shape} (axes swapped as json§DS_channel_dim="
+                                    f"{channel_dim}, DS_slice_dim={slice_dim}); latent row c={c} t={t} s={s} "
                                     "is outside it") from exc
                 out[pos] = np.abs(vec).ravel().astype(np.float32) if np.iscomplexobj(vec) \
                     else vec.ravel().astype(np.float32)

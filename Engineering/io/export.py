@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -48,13 +49,28 @@ def export_run(run: str | Path, which: str, out: str | Path) -> Path:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "imlatent", "drive": cfg.model.drive})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(cfg, config, ckpt, run))
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.replace(out)
+        _swap_in(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _swap_in(new: Path, out: Path) -> None:
+    """Put the complete folder ``new`` at ``out``; the previous export is kept until the new one is in place
+    (and put back if that fails), so an interrupted export leaves the old folder or the new one."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        out.replace(old)
+    try:
+        new.replace(out)
+    except BaseException:
+        if old is not None:
+            old.replace(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _metrics(ckpt: dict, run: Path) -> list[str]:

@@ -79,7 +79,10 @@ class LatentEngine(L.LightningModule):
 
     # --- exact resume: the global RNGs (dropout etc.) travel with the checkpoint
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(), "python": list(random.getstate()[1]),
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    # every CUDA generator too: a GPU resume with --non_deter false is exact
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                                    "python": list(random.getstate()[1]),
                                     "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
                                     "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2])}
         checkpoint["imlatent_config"] = self.cfg.model_dump(mode="json", by_alias=True)
@@ -89,6 +92,9 @@ class LatentEngine(L.LightningModule):
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])
+            cuda = rng.get("cuda") or []
+            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
             random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
             np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
 

@@ -83,12 +83,17 @@ class ReconEngine(LatentEngine):
             opts = opts if isinstance(opts, list) else [opts]
             for spec, opt in zip(self.net.optimiser_specs(), opts):
                 if spec.name in self._touched:
-                    if t.grad_clip_val:
-                        self.clip_gradients(opt, gradient_clip_val=t.grad_clip_val,
-                                            gradient_clip_algorithm=t.grad_clip_algo)
-                    opt.step()
+                    opt.step()  # clipping happens in on_before_optimizer_step, after the AMP unscale
                 opt.zero_grad()
             self._touched.clear()
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # Under 16-mixed the gradients are still multiplied by the loss scale until Lightning's precision
+        # plugin unscales them inside opt.step(), just before this hook: clipping earlier clips the scaled
+        # gradients (up to 65536x too strongly). Automatic optimisation is clipped by the Trainer itself.
+        t = self.cfg.training
+        if not self.automatic_optimization and t.grad_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=t.grad_clip_val, gradient_clip_algorithm=t.grad_clip_algo)
 
     def on_train_epoch_end(self) -> None:
         self.net.on_train_epoch_end()
