@@ -118,3 +118,22 @@ def test_not_a_published_checkpoint():
         load_published_state({"encoder.conv.weight": torch.zeros(1), "decoder.fc.bias": torch.zeros(1)})
     with pytest.raises(ValueError, match="which must be one of"):
         load_published_state({}, which="best")
+
+
+def test_shipped_training_recipe_builds_the_published_architecture():
+    """Configs/config_diffAE_ukbb.yaml resolves to the published model: every tensor name and shape of the
+    published layout, [-1, 1] data, gradient clipping at 1, DiffAE's ddim20 test sampler."""
+    from Engineering.config.loader import resolve
+    from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import clip_range, diffae_config
+    from Engineering.Engines.tasks import diffae_task
+
+    repo = FIXTURES.parents[2]
+    cfg = resolve(["--configyml_path", str(repo / "Configs" / "config_diffAE_ukbb.yaml")],
+                  diffae_task(repo / "Configs")).cfg
+    model = DiffAE(diffae_config(cfg, 1))
+    shapes = json.loads(L128_KEYS.read_text())  # {name: shape} of one published model
+    ours = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert ours == {k: list(v) for k, v in shapes.items()}
+    assert sum(v.numel() for v in model.parameters()) == pytest.approx(20.8e6, rel=0.01)
+    assert clip_range(cfg) == (-1.0, 1.0) and cfg.training.grad_clip_val == 1.0
+    assert (cfg.model.DiffAE["T_inv"], cfg.model.DiffAE["spacing"], cfg.data.interp_fact) == (20, "ddim", 1.0)

@@ -118,3 +118,15 @@ def test_resume_state_carries_the_cuda_generators(monkeypatch):
     assert [t.tolist() for t in ckpt["rng_states"]["cuda"]] == [[1, 2, 3], [4, 5, 6]]
     engine.on_load_checkpoint(ckpt)
     assert [t.tolist() for t in restored] == [[1, 2, 3], [4, 5, 6]]
+
+
+def test_n_train_batches_one_warns_once(capsys):
+    from Engineering.config.loader import resolve as _resolve
+    from Engineering.Engines.MainEngine import begin
+
+    begin(_resolve(["--n_train_batches", "1"], Task("t", "t")))
+    out = capsys.readouterr().out
+    assert out.count("--n_train_batches 1 trains on ONE batch") == 1
+    begin(_resolve(["--n_train_batches", "1.0"], Task("t", "t")))
+    begin(_resolve(["--n_train_batches", "1", "--run_mode", "2"], Task("t", "t")))  # no training: no warning
+    assert "ONE batch" not in capsys.readouterr().out

@@ -173,3 +173,46 @@ def test_export_replaces_the_old_folder_only_once_the_new_one_is_in_place(tmp_pa
     monkeypatch.setattr(Path, "replace", real)
     export._swap_in(new, out)
     assert (out / "config.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"]
+
+
+def _hostile_architecture(marker):
+    return {"reconstruction_loss": "custom", "custom_loss_class": "subprocess.Popen",
+            "custom_loss_params": {"args": ["touch", str(marker)]}}
+
+
+def test_downloaded_config_cannot_name_code(tiny_demo, tmp_path):
+    """A Hub folder (our format) whose config.json names a callable: refused before anything is built, exit 2."""
+    marker = tmp_path / "PWNED"
+    d = tmp_path / "hostile"
+    d.mkdir()
+    save_file({"w": __import__("torch").zeros(1)}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({
+        "format": "imlatent", "format_version": 1, "drive": "pythae", "is3D": False, "input_shape": [16, 16],
+        "in_channels": 1, "latent_dim": 4, "architecture": {"model": "vae", **_hostile_architecture(marker)}}))
+    proc = run_executor("main_recon.py", "--load_hf", str(d), "--run_mode", "2", "--json§datadir", str(tiny_demo),
+                        "--json§save_path", str(tmp_path))
+    assert proc.returncode == 2 and not marker.exists()
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "config.json" in line and "custom_loss_class" in line and "subprocess.Popen" in line
+    assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_config_cannot_name_code(tiny_demo, tmp_path):
+    """A checkpoint whose saved imlatent_config names a callable: main_benchmark --run refuses it, exit 2."""
+    import torch
+
+    from Engineering.config.loader import resolve
+
+    marker = tmp_path / "PWNED"
+    raw = resolve(["--json§datadir", str(tiny_demo)], recon_task(REPO / "Configs")).raw
+    raw["model"]["pythae"].update(_hostile_architecture(marker))
+    ckpt = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "imlatent_config": raw, "in_channels": 1}, ckpt)
+    pd.DataFrame({"patientID": ["1000001", "1000002"], "fieldID": "20208", "instanceID": "2", "key": "primary_cine_0",
+                  "c": 0, "t": 0, "s": 0, "Z0": [0.1, 0.2], "Z1": [0.3, 0.1]}).to_csv(tmp_path / "emb.tsv", sep="\t",
+                                                                                      index=False)
+    proc = run_executor("main_benchmark.py", "--latents", f"evil={tmp_path / 'emb.tsv'}", "--run", f"evil={ckpt}",
+                        "--out", str(tmp_path / "bench"), "--n_boot", "0", "--n_splits", "2")
+    assert proc.returncode == 2 and not marker.exists(), proc.stderr[-2000:]
+    line = proc.stderr.strip().splitlines()[-1]
+    assert "evil.ckpt" in line and "custom_loss_class" in line and "subprocess.Popen" in line

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from Engineering.config.loader import Task, dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
+from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, fit_state, load_weights
@@ -156,6 +157,7 @@ def _with_hub(argv: Sequence[str], task: Task):
     if not ref:
         return resolved, None
     hub = read_hub(ref, resolved.cfg.run.hf_weights)
+    refuse_code(hub.layer, f"--load_hf {ref} (config.json)")
     resolved = resolve(argv, task, layer=hub.layer)
     missing = [n for n in hub.needs if n not in resolved.explicit and f"model§{n}" not in resolved.explicit]
     if missing:

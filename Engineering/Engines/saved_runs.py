@@ -19,6 +19,7 @@ from Engineering.config.flags import DIFFAE_FLAGS, RECON_FLAGS
 from Engineering.config.schema import validate
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.MainEngine import engine_class
+from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import checkpoint_in, fit_state, read_checkpoint
 from Engineering.io.latents import SAMPLE_COLUMNS
@@ -53,6 +54,7 @@ def load_run(run_or_file: str | Path) -> SavedRun:
     if not isinstance(raw, dict) or in_channels is None:
         raise UserError(f"{path} holds no imlatent_config/in_channels: not a checkpoint of this pipeline's "
                         "training (use the run folder of main_diffAE or main_recon)")
+    refuse_code(raw, f"checkpoint {path} (its saved imlatent_config)")
     cfg = validate(copy.deepcopy(raw), DIFFAE_FLAGS + RECON_FLAGS)
     engine = engine_class(cfg.model.drive)(cfg, int(in_channels))
     engine.load_state_dict(fit_state(engine, ckpt["state_dict"], str(path)))
