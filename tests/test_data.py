@@ -315,3 +315,37 @@ def test_loader_ships_stored_dtype_and_padding_normalises_to_zero(tmp_path):
     x = ds.sample(0)["inp"].numpy()
     assert x.shape == (2, 16, 10) and (x[:, :2] == 0).all() and (x[:, -2:] == 0).all()
     assert 0 <= x.min() and x.max() <= 1
+
+
+def test_fixed_zscore_after_prenorm_is_the_ancestors_minus_one_to_one():
+    """--norm_type zscore --zscore_prenorm minmax --zscore_mean 0.5 --zscore_std 0.5 (the ancestor's flags for
+    the published models) is (minmax(x) - 0.5) / 0.5, the same map as minmax with --norm_range symmetric."""
+    x = np.random.default_rng(3).uniform(20, 900, size=(1, 6, 5)).astype(np.float32)
+    s, o = T.norm_affine(x, "zscore", prenorm="minmax", zscore_mean=0.5, zscore_std=0.5)
+    y = T.apply_affine(x, np.stack([s, o], 1))
+    want = ((x - x.min()) / (x.max() - x.min()) - 0.5) / 0.5
+    np.testing.assert_allclose(y, want, atol=1e-6)
+    np.testing.assert_allclose(T.invert_affine(y, np.stack([s, o], 1)), x, rtol=1e-5)
+    s2, o2 = T.norm_affine(x, "minmax", norm_range="symmetric")
+    np.testing.assert_allclose(np.stack([s, o]), np.stack([s2, o2]), rtol=1e-9, atol=1e-9)
+    assert T.normalised_range("zscore", "minmax", 0.5, 0.5) == (-1.0, 1.0)
+    assert T.normalised_range("minmax", norm_range="symmetric") == (-1.0, 1.0)
+    assert T.normalised_range("minmaxvol") == (0.0, 1.0) and T.normalised_range("zscore") is None
+    with pytest.raises(UserError, match="zscore_std must be positive"):
+        T.norm_affine(x, "zscore", zscore_mean=0.0, zscore_std=0.0)
+
+
+def test_statistics_are_those_of_what_the_model_sees(tmp_path):
+    """The ancestor normalises after crop-or-pad: a bright border that the crop removes does not set the max."""
+    data = np.full((1, 1, 1, 12, 10), 100, np.int16)
+    data[0, 0, 0, 4:8, 3:7] = 300
+    data[0, 0, 0, 0, 0] = 30000  # outside the central 8 x 8 crop
+    with h5py.File(tmp_path / "data.h5", "w") as h5:
+        h5.create_dataset("1/2/3/primary", data=data)
+    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "8,8")).dataset("test")
+    x = ds.sample(0)["inp"].numpy()
+    assert x.max() == pytest.approx(1.0) and x.min() == pytest.approx(0.0)  # 100 -> 0, 300 -> 1
+    # padding is zeros in the stored units, inside the statistics (as the ancestor): 0 -> 0, 300 -> 1
+    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "16,10", "--norm_range", "symmetric")).dataset("test")
+    x = ds.sample(0)["inp"].numpy()
+    assert x.shape == (1, 16, 10) and (x[:, :2] == -1).all() and x.max() == pytest.approx(1.0)
