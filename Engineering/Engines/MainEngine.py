@@ -24,7 +24,7 @@ from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
-from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, fit_state, load_weights
+from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, fit_state, load_weights, read_checkpoint
 from Engineering.io.hub import read as read_hub
 from Engineering.Science.optimisers import accumulation_steps
 
@@ -74,6 +74,8 @@ def resolved_accelerator(cfg) -> str:
     acc = cfg.run.accelerator
     if acc == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
+    if acc in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UserError(f"--accelerator {acc}: no CUDA GPU is visible on this machine (use auto or cpu)")
     return acc
 
 
@@ -189,17 +191,26 @@ def run(argv: Sequence[str], task: Task) -> dict:
     cfg = resolved.cfg
     mode = cfg.run.run_mode
 
-    run_dir = Path(cfg.paths.save_path).expanduser() / run_name(cfg, task)
+    save_path = Path(cfg.paths.save_path).expanduser()
+    if save_path.exists() and not save_path.is_dir():
+        raise UserError(f"json§save_path {save_path} is a file, not a folder for run folders")
+    run_dir = save_path / run_name(cfg, task)
     ckpt_dir = run_dir / CHECKPOINT_DIR
     out_dir = run_dir / ("Output" + (f"_{cfg.run.output_suffix}" if cfg.run.output_suffix else ""))
     test_ckpt = test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
     if mode == 2 and test_ckpt is None and not (cfg.run.preweights_path or cfg.run.load_hf):
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
                         "--load_model_4test PATH, --load_hf REPO or --preweights_path PATH")
-    if cfg.run.resume and mode != 2 and not (ckpt_dir / "last.ckpt").is_file():
-        raise UserError(f"--resume: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist")
+    if cfg.run.resume and mode != 2:
+        if not (ckpt_dir / "last.ckpt").is_file():
+            raise UserError(f"--resume: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist")
+        read_checkpoint(ckpt_dir / "last.ckpt")  # our safe reader first: one line for a damaged or hostile file
 
     dm = H5DataModule(cfg, merge_train_val=mode in MERGED_MODES)
+    # every split the run will use exists before anything is trained or written
+    for split in (("train",) if mode in TRAIN_MODES else ()) + (("val",) if mode in (1, 4) else ()) \
+            + (("test",) if mode in TEST_MODES else ()):
+        dm.dataset(split)
     probe = dm.dataset("test" if mode == 2 else "train")
     in_channels = int(probe[0]["inp"].shape[0])
     model = engine_class(cfg.model.drive)(cfg, in_channels)

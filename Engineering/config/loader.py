@@ -22,6 +22,8 @@ from Engineering.config.flags import BY_NAME, CONTROL, FLAGS, Flag
 from Engineering.config.schema import DataPaths, validate
 from Engineering.errors import UserError
 
+SECTIONS = ("run", "training", "model", "data", "eval")
+
 
 @dataclass
 class Task:
@@ -147,7 +149,11 @@ def read_yaml(path: str | Path) -> dict:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"config YAML {path} must hold a mapping of sections, got {type(data).__name__}")
-    return data
+    for section in SECTIONS:
+        if section in data and data[section] is not None and not isinstance(data[section], dict):
+            raise UserError(f"config YAML {path}: section '{section}' must be a mapping of keys, "
+                            f"got {type(data[section]).__name__} {data[section]!r}")
+    return {k: ({} if k in SECTIONS and v is None else v) for k, v in data.items()}
 
 
 def read_json(path: str | Path) -> dict:
@@ -204,7 +210,7 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
     control = {f.name: explicit.pop(f.name, _task_default(task, f)) for f in CONTROL}
 
     all_flags = FLAGS + task.extra_flags
-    cfg: dict = {s: {} for s in ("run", "training", "model", "data", "eval")}
+    cfg: dict = {s: {} for s in SECTIONS}
     for flag in all_flags:
         _set(cfg, flag.path, copy.deepcopy(_task_default(task, flag)))
     for key, val in task.defaults.items():  # path-style task defaults ('model§DiffAE§net_ch')

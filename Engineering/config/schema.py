@@ -7,7 +7,7 @@ Errors name the key, the expected type and the value.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Annotated, Any, Optional, Union
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -31,8 +31,16 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
 
 
+def _annotated(flag: Flag):
+    """The flag's type with its bounds; floats are finite (--lr nan is an error, not a NaN loss)."""
+    kw = dict(flag.bounds)
+    if flag.type in ("float", "num", "optfloat"):
+        kw["allow_inf_nan"] = False
+    return Annotated[_TYPES[flag.type], Field(**kw)] if kw else _TYPES[flag.type]
+
+
 def _section_model(section: str, extra_flags: tuple[Flag, ...]) -> type[BaseModel]:
-    fields = {f.path[1]: (_TYPES[f.type], f.default) for f in FLAGS + extra_flags
+    fields = {f.path[1]: (_annotated(f), f.default) for f in FLAGS + extra_flags
               if f.path[0] == section and len(f.path) == 2}
     return pydantic.create_model(f"{section.capitalize()}Config", __base__=_Section, **fields)
 

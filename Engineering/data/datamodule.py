@@ -1,6 +1,7 @@
 """The Lightning DataModule: config -> index -> fold -> datasets -> loaders."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import h5py
@@ -35,6 +36,13 @@ def sample_spec(cfg) -> SampleSpec:
                       norm_range=d.norm_range, allow_pad=d.allow_pad, croppad=d.croppad, interp_fact=d.interp_fact,
                       complex_mode=d.complex_mode, grey2RGB=d.grey2RGB, mask_mode=d.data_mask_mode,
                       flip_prob=d.flip_prob, flip_axes=tuple(getattr(d, "flip_axes", ()) or ()))
+
+
+def _memory_bytes() -> int:
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a laptop
+        return 16 * 2**30
 
 
 class EpochShuffle(Sampler):
@@ -83,8 +91,15 @@ class H5DataModule(L.LightningDataModule):
         self.batch_size = cfg.training.batch_size  # the Lightning Tuner may change it
 
     def _check_shapes(self) -> None:
-        """Every selected dataset must fit the model (crop/pad rules) before anything runs or is written."""
+        """Every selected dataset must fit the model (crop/pad rules) and memory before anything runs or is written."""
+        limit = _memory_bytes() // 4
         for rec in self.records:
+            need = self.spec.sample_bytes(rec)
+            if need > limit:
+                raise UserError(f"{self.h5file}:{rec.h5path} (shape {rec.shape}) would need {need / 2**30:.1f} GiB per "
+                                f"sample after resampling (--interp_fact {self.spec.interp_fact:g}), more than a quarter "
+                                f"of this machine's {4 * limit / 2**30:.0f} GiB; check the selection, DS_split_* and "
+                                "--interp_fact")
             problem = self.spec.fit_problem(self.spec.sample_spatial(rec), f"{self.h5file}:{rec.h5path}")
             if problem:
                 raise UserError(problem)

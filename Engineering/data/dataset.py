@@ -65,6 +65,13 @@ class SampleSpec:
             X, Y = int(np.floor(X * self.interp_fact)), int(np.floor(Y * self.interp_fact))
         return ((1 if self.split_s else S), X, Y) if self.is3D else (X, Y)
 
+    def sample_bytes(self, rec: DatasetRecord) -> int:
+        """float32 bytes of one sample after resampling (before crop/pad): what reading it allocates."""
+        C, Tn = self.logical_shape(rec)[:2]
+        channels = (1 if self.split_c else C) * (1 if self.split_t else Tn) * (2 if self.complex_mode in
+                                                                               ("magphase", "realimag") else 1)
+        return 4 * channels * int(np.prod(self.sample_spatial(rec)))
+
     def fit_problem(self, have: tuple[int, ...], where: str) -> str | None:
         """Why a sample of spatial size ``have`` cannot become ``input_shape`` (None: it can).
 

@@ -71,6 +71,10 @@ def read_fold(path: str | Path, fold_id: int) -> Fold:
         raise UserError(f"fold file {path} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
     if not isinstance(rows, list) or not rows:
         raise UserError(f"fold file {path} holds no folds")
+    bad = [i for i, r in enumerate(rows) if not isinstance(r, dict)]
+    if bad:
+        raise UserError(f"fold file {path}: fold {bad[0]} is {rows[bad[0]]!r}, not an object with train, val and "
+                        "test lists of patient IDs")
     missing = [s for s in SPLITS if s not in rows[0]]
     if missing:
         raise UserError(f"fold file {path} lacks column(s) {', '.join(missing)} (needs train,val,test)")

@@ -162,14 +162,31 @@ def _record(h5file, pid, fid, iid, key, ds: h5py.Dataset, sel: Selection) -> Dat
         raise UserError(f"{where} has non-numeric dtype {ds.dtype}")
     if any(ds.shape[axis] != size for axis, size in sel.sanity_filters):
         return None
-    lo, hi = ds.attrs.get("min_val"), ds.attrs.get("max_val")
+    if 0 in ds.shape:
+        raise UserError(f"{where} is empty: shape {ds.shape} has a zero-length axis")
+    lo, hi = (_attr_number(ds, name, where, sel.need_minmax) for name in ("min_val", "max_val"))
     if sel.need_minmax and (lo is None or hi is None):
         raise UserError(f"{where} lacks the min_val/max_val attributes that volumetric normalisation "
                         "(minmaxvol/divbymaxvol) needs; add them (preprocess/validate_h5.py) or choose another norm_type")
     return DatasetRecord(str(pid), str(fid), str(iid), str(key), tuple(int(s) for s in ds.shape),
-                         bool(np.issubdtype(ds.dtype, np.complexfloating)),
-                         None if lo is None else float(np.asarray(lo).ravel()[0]),
-                         None if hi is None else float(np.asarray(hi).ravel()[0]))
+                         bool(np.issubdtype(ds.dtype, np.complexfloating)), lo, hi)
+
+
+def _attr_number(ds: h5py.Dataset, name: str, where: str, needed: bool) -> float | None:
+    """A numeric dataset attribute; a value that is not a finite number is an error when it is needed."""
+    value = ds.attrs.get(name)
+    if value is None:
+        return None
+    try:
+        out = float(np.asarray(value).ravel()[0])
+        if not np.isfinite(out):
+            raise ValueError
+        return out
+    except (TypeError, ValueError, IndexError):
+        if needed:
+            raise UserError(f"{where}: attribute {name}={value!r} is not a finite number "
+                            "(volumetric normalisation needs it; fix it with preprocess/validate_h5.py)") from None
+        return None
 
 
 def cache_dir() -> Path:

@@ -8,6 +8,7 @@ mismatching tensors.
 from __future__ import annotations
 
 import pickle
+import re
 from pathlib import Path
 
 import torch
@@ -30,16 +31,30 @@ def read_checkpoint(path: str | Path) -> dict:
             return {"state_dict": load_file(str(path), device="cpu")}
         except Exception as exc:  # safetensors raises its own error types
             raise UserError(f"{path} is not a readable safetensors file ({exc})") from None
+    if path.stat().st_size == 0:
+        raise UserError(f"{path} is empty (0 bytes): not a checkpoint")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise UserError(f"{path} cannot be read with weights_only=True (it holds arbitrary Python objects, "
-                        f"which we never unpickle): {str(exc).splitlines()[0]}") from None
-    except (RuntimeError, EOFError, OSError) as exc:
-        raise UserError(f"{path} is not a readable checkpoint ({str(exc).splitlines()[0]})") from None
+        raise UserError(refused_pickle_message(path, exc)) from None
+    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise UserError(f"{path} is not a checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                        ) from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a state dict")
     return obj if "state_dict" in obj else {"state_dict": obj}
+
+
+def refused_pickle_message(path, exc: Exception) -> str:
+    """Why torch.load(weights_only=True) refused a file, without torch's advice to retry unsafely."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found is None and "Unsupported global" not in text:  # not a pickle of tensors at all: random or damaged bytes
+        detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", text)
+        return f"{path} is not a checkpoint (unreadable: {detail.group(1).strip() if detail else type(exc).__name__})"
+    what = f" ({found.group(1)})" if found else ""
+    return (f"{path} holds Python objects other than tensors{what}; refused: checkpoints are read with "
+            "weights_only=True and never unpickled")
 
 
 def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

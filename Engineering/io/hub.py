@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from Engineering.errors import UserError
+from Engineering.io.checkpoints import read_checkpoint
 
 FORMAT = "imlatent"
 FORMAT_VERSION = 1
@@ -69,10 +70,7 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
                 return {k: fh.get_tensor(k) for k in fh.keys()}, dict(fh.metadata() or {})
         except Exception as exc:  # safetensors raises its own error types for truncated or damaged files
             raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # an unpicklable (unsafe) object or a damaged file: never fall back to full pickle
-        raise UserError(f"{path} cannot be read safely with weights_only=True: {str(exc).splitlines()[0]}") from None
+    obj = read_checkpoint(path)  # weights_only=True, one-line errors; never falls back to full pickle
     obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a dictionary of tensors")

@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 from Engineering.data.transforms import invert_affine
+from Engineering.errors import UserError
 from Engineering.io.outputs import SampleInfo, write_emb_h5, write_emb_tables, write_preview, write_recon_h5, write_table
 from Engineering.Science.metrics import recon_metrics
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
@@ -40,6 +41,10 @@ class LatentEngine(L.LightningModule):
         self._test_buf: dict = {}
         self.has_val = True
         self.lr = cfg.training.lr  # the Lightning Tuner's lr_find sets this
+        decay = getattr(cfg.training, "ema_decay", 0.9999)
+        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
+            raise UserError(f"training§ema_decay must be a number in [0, 1), got {decay!r}")
+        self.ema_decay = float(decay)
 
     # --- subclasses
     def embed(self, x: torch.Tensor, use_ema: bool) -> torch.Tensor:
@@ -60,7 +65,7 @@ class LatentEngine(L.LightningModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        decay = ema_decay_at(self.global_step, float(getattr(self.cfg.training, "ema_decay", 0.9999)))
+        decay = ema_decay_at(self.global_step, self.ema_decay)
         for e, p in zip(self.ema_net.parameters(), self.net.parameters()):
             e.lerp_(p.detach(), 1.0 - decay)
         for e, b in zip(self.ema_net.buffers(), self.net.buffers()):
