@@ -58,8 +58,8 @@ def test_new_keys_parse_as_yaml(task):
 
 
 def test_negative_and_exponent_values_for_flags(task):
-    r = resolve(["--lr", "-1e-3", "--seed", "-5"], task)
-    assert r.cfg.training.lr == pytest.approx(-1e-3) and r.cfg.training.seed == -5
+    r = resolve(["--zscore_mean", "-1e-3", "--seed", "-5"], task)  # (a negative lr is now an error)
+    assert r.cfg.data.zscore_mean == pytest.approx(-1e-3) and r.cfg.training.seed == -5
 
 
 def test_new_key_warns_with_closest_and_strict_errors(task, capsys):

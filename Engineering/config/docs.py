@@ -22,6 +22,9 @@ def flag_tables() -> str:
         for f in flags:
             path = "§".join(f.path) if f.path else "(control)"
             choices = f" One of {', '.join(map(str, f.choices))}." if f.choices else ""
+            ops = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+            if f.bounds:
+                choices += " Must be " + " and ".join(f"{ops[k]} {v:g}" for k, v in f.bounds) + "."
             only = (" (main_diffAE)" if f in DIFFAE_FLAGS else " (main_recon)" if f in RECON_FLAGS
                     else " (main_latentcls)" if f in LATENTCLS_FLAGS else "")
             out.append(f"| `--{f.name}` | `{path}` | {f.type} | `{f.default!r}` | {f.help}{choices}{only} |")
