@@ -77,8 +77,12 @@ def test_3d_train_test_time_as_volume(tiny_demo, tmp_path):
         assert len(h5) == 1  # one subject
 
 
-def test_resume_is_exact(tiny_demo, tmp_path):
-    common = ("--run_mode", "1", "--n_train_batches", "2")
+@pytest.mark.parametrize("workers", ["0", "2"])
+def test_resume_is_exact(tiny_demo, tmp_path, workers):
+    # with workers: persistent loaders and their seeds must not shift the global RNG (dropout) across a resume;
+    # random flips are a pure function of (seed, epoch, sample)
+    common = ("--run_mode", "1", "--n_train_batches", "2", "--num_workers", workers, "--flip_prob", "0.5",
+              "--data§flip_axes", "[0, 1]")
     _run(tiny_demo, tmp_path, "--fulltrainID", "straight", "--num_epochs", "2", *common)
     _run(tiny_demo, tmp_path, "--fulltrainID", "split", "--num_epochs", "1", *common)
     _run(tiny_demo, tmp_path, "--fulltrainID", "split", "--num_epochs", "2", "--resume", *common)

@@ -7,6 +7,7 @@ from pathlib import Path
 import h5py
 import lightning as L
 import numpy as np
+import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
@@ -48,17 +49,22 @@ def _memory_bytes() -> int:
 class EpochShuffle(Sampler):
     """A shuffle that is a pure function of (seed, epoch): a resumed run sees the same order.
 
-    Lightning calls ``set_epoch`` on samplers that have it.
+    It yields (index, epoch) so that random augmentation is a pure function of (seed, epoch, sample)
+    too, whichever worker process reads the sample. The epoch comes from ``epoch_fn`` (the trainer's) when
+    given: on a resume with persistent workers Lightning creates the iterator before it calls
+    ``set_epoch``, which would replay epoch 0's order.
     """
 
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed, self.epoch = n, seed, 0
+    def __init__(self, n: int, seed: int, epoch_fn=None):
+        self.n, self.seed, self.epoch, self.epoch_fn = n, seed, 0, epoch_fn
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        return iter(np.random.default_rng((self.seed, self.epoch)).permutation(self.n).tolist())
+        epoch = self.epoch if self.epoch_fn is None else int(self.epoch_fn())
+        order = np.random.default_rng((self.seed, epoch)).permutation(self.n).tolist()
+        return iter([(i, epoch) for i in order])
 
     def __len__(self) -> int:
         return self.n
@@ -144,11 +150,18 @@ class H5DataModule(L.LightningDataModule):
     def _loader(self, ds, shuffle: bool) -> DataLoader:
         run = self.cfg.run
         workers = run.num_workers
-        sampler = EpochShuffle(len(ds), self.cfg.training.seed) if shuffle else None
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=workers,
+        sampler = EpochShuffle(len(ds), self.cfg.training.seed, self._trainer_epoch) if shuffle else None
+        # the loader's own generator: creating its iterator (worker base seeds) must not draw from the global RNG,
+        # which dropout uses, or a resume with persistent workers would shift that stream
+        generator = torch.Generator().manual_seed(int(self.cfg.training.seed))
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=workers, generator=generator,
                           pin_memory=run.pin_memory,
                           prefetch_factor=run.prefetch_factor if workers > 0 else None,
                           persistent_workers=workers > 0)
+
+    def _trainer_epoch(self) -> int:
+        # what Lightning itself passes to set_epoch (a resumed run's tracker has processed > completed)
+        return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), shuffle=True)

@@ -159,13 +159,14 @@ class H5Samples(Dataset):
             return block.reshape(c * t, s, x, y)
         return block.reshape(c * t * s, x, y)
 
-    def __getitem__(self, i: int) -> dict:
+    def __getitem__(self, i: int | tuple[int, int]) -> dict:
         """The sample in its stored dtype where possible, with the (C, 2) affine that normalises it.
 
         The affine is applied per batch after the transfer to the device
         (H5DataModule.on_after_batch_transfer, or :meth:`sample`): the loader then
         moves half the bytes for int16 data and does no float passes on the CPU.
         """
+        i, epoch = i if isinstance(i, tuple) else (i, 0)  # the training sampler yields (index, epoch)
         ref = self.samples[i]
         rec = self.records[ref.record]
         spec = self.spec
@@ -187,8 +188,8 @@ class H5Samples(Dataset):
         if spec.grey2RGB and x.shape[0] == 1:
             x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
         if self.train and spec.flip_prob > 0 and spec.flip_axes:
-            # torch's RNG is seeded per worker by Lightning (seed_everything(workers=True)): reproducible runs.
-            rng = np.random.default_rng(int(torch.randint(0, 2**31 - 1, (1,)).item()))
+            # a pure function of (seed, epoch, sample): the same flips with any number of workers and after a resume
+            rng = np.random.default_rng((self.seed, epoch, i))
             x = T.random_flip(x, spec.flip_axes, spec.flip_prob, rng)
         if x.dtype not in T.BATCH_DTYPES:
             x = x.astype(np.float32)
