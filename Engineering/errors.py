@@ -6,6 +6,7 @@ Anything the user can fix (bad file, bad key, bad value, bad shape) raises
 """
 from __future__ import annotations
 
+import errno
 import sys
 from typing import Callable, Sequence
 
@@ -37,4 +38,11 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC or debug:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left on the device{where}; earlier outputs and checkpoints are intact (every "
+              "write goes to a temporary file first); free some space and run again", file=sys.stderr)
+        return 2
     return 0

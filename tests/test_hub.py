@@ -152,7 +152,7 @@ def test_export_replaces_the_old_folder_only_once_the_new_one_is_in_place(tmp_pa
     """export_hf onto an existing folder: a failure while moving the new export in leaves the previous one."""
     from pathlib import Path
 
-    from Engineering.io import export
+    from Engineering.io.atomic import replace_dir
 
     out, new = tmp_path / "hf_model", tmp_path / ".hf_model.new"
     out.mkdir()
@@ -168,10 +168,10 @@ def test_export_replaces_the_old_folder_only_once_the_new_one_is_in_place(tmp_pa
 
     monkeypatch.setattr(Path, "replace", failing)
     with pytest.raises(OSError):
-        export._swap_in(new, out)
+        replace_dir(new, out)
     assert (out / "config.json").read_text() == "old"
     monkeypatch.setattr(Path, "replace", real)
-    export._swap_in(new, out)
+    replace_dir(new, out)
     assert (out / "config.json").read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["hf_model"]
 
 

@@ -23,8 +23,10 @@ from Engineering.config.loader import Task, dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
-from Engineering.io.atomic import write_text
-from Engineering.io.checkpoints import CHECKPOINT_DIR, checkpoint_in, fit_state, load_weights, read_checkpoint
+from Engineering.io.atomic import remove_stale, write_text
+from Engineering.io.checkpoints import (CHECKPOINT_DIR, AtomicCheckpointIO, checkpoint_in, fit_state, load_weights,
+                                        newest_readable, read_checkpoint)
+from Engineering.io.runlock import RunLock
 from Engineering.io.hub import read as read_hub
 from Engineering.Science.optimisers import accumulation_steps
 
@@ -144,6 +146,8 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         deterministic=False if r.non_deter else "warn", benchmark=bool(r.non_deter),
         profiler=r.profiler or None, fast_dev_run=r.dev_run or False, detect_anomaly=r.check_anomalies,
         default_root_dir=str(run_dir), log_every_n_steps=5, enable_progress_bar=r.progress_bar,
+        # checkpoints written atomically (DeepSpeed writes its own checkpoint folders)
+        plugins=None if str(r.training_strategy).startswith("deepspeed") else [AtomicCheckpointIO()],
     )
 
 
@@ -201,10 +205,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
     if mode == 2 and test_ckpt is None and not (cfg.run.preweights_path or cfg.run.load_hf):
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
                         "--load_model_4test PATH, --load_hf REPO or --preweights_path PATH")
-    if cfg.run.resume and mode != 2:
-        if not (ckpt_dir / "last.ckpt").is_file():
-            raise UserError(f"--resume: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist")
-        read_checkpoint(ckpt_dir / "last.ckpt")  # our safe reader first: one line for a damaged or hostile file
+    resume_from = resume_checkpoint(ckpt_dir) if cfg.run.resume and mode != 2 else None
 
     dm = H5DataModule(cfg, merge_train_val=mode in MERGED_MODES)
     # every split the run will use exists before anything is trained or written
@@ -222,7 +223,41 @@ def run(argv: Sequence[str], task: Task) -> dict:
     if cfg.run.compile_model:
         model.net.compile()
 
+    lock = RunLock(run_dir).acquire() if is_rank_zero() else None
+    try:
+        return _run_locked(cfg, resolved, hub, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def resume_checkpoint(ckpt_dir: Path) -> Path:
+    """last.ckpt, read with our safe reader first (one line for a damaged or hostile file); a damaged one falls
+    back to the newest readable checkpoint of the run, with a warning."""
+    last = ckpt_dir / "last.ckpt"
+    if not last.is_file():
+        raise UserError(f"--resume: nothing to resume, {last} does not exist")
+    try:
+        read_checkpoint(last)
+        return last
+    except UserError as exc:
+        other = newest_readable(ckpt_dir, exclude=last)
+        if other is None:
+            raise
+        # kept for inspection, out of the way: Lightning then writes a fresh last.ckpt (not last-v1.ckpt)
+        last.replace(last.with_name("last.ckpt.damaged"))
+        print(f"warning: {exc}; resuming from {other.name}, the newest readable checkpoint "
+              f"(the damaged file is kept as last.ckpt.damaged)")
+        return other
+
+
+def _run_locked(cfg, resolved, hub, dm, model, run_dir: Path, ckpt_dir: Path, out_dir: Path, test_ckpt,
+                resume_from) -> dict:
+    mode = cfg.run.run_mode
     if is_rank_zero():
+        for folder in (run_dir, ckpt_dir):
+            for stale in remove_stale(folder):
+                log.info("removed %s, left by an interrupted earlier run", stale)
         setup_logging(run_dir)
         write_text(run_dir / "resolved_config.yaml", dump_yaml(resolved.raw))
     log.info("run %s mode %d; data %s (%d datasets, index cache %s)", run_dir.name, mode, dm.h5file,
@@ -233,7 +268,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
     result = {"run_dir": str(run_dir)}
     if mode in TRAIN_MODES:
         _tune(cfg, trainer, model, dm, run_dir)
-        resume = str(ckpt_dir / "last.ckpt") if cfg.run.resume else None
+        resume = str(resume_from) if resume_from else None
         trainer.fit(model, datamodule=dm, ckpt_path=resume, **fit_kwargs(trainer))
         if mode == 4:
             best = trainer.checkpoint_callback.best_model_path

@@ -49,10 +49,10 @@ def _memory_bytes() -> int:
 class EpochShuffle(Sampler):
     """A shuffle that is a pure function of (seed, epoch): a resumed run sees the same order.
 
-    It yields (index, epoch) so that random augmentation is a pure function of (seed, epoch, sample)
-    too, whichever worker process reads the sample. The epoch comes from ``epoch_fn`` (the trainer's) when
-    given: on a resume with persistent workers Lightning creates the iterator before it calls
-    ``set_epoch``, which would replay epoch 0's order.
+    With ``epoch_fn`` (the trainer's epoch) it yields (index, epoch), so that random augmentation is a
+    pure function of (seed, epoch, sample) too, whichever worker process reads the sample. The epoch is
+    asked of ``epoch_fn`` rather than taken from ``set_epoch``: on a resume with persistent workers
+    Lightning creates the iterator before it calls ``set_epoch``, which replayed epoch 0's order.
     """
 
     def __init__(self, n: int, seed: int, epoch_fn=None):
@@ -62,7 +62,9 @@ class EpochShuffle(Sampler):
         self.epoch = epoch
 
     def __iter__(self):
-        epoch = self.epoch if self.epoch_fn is None else int(self.epoch_fn())
+        if self.epoch_fn is None:
+            return iter(np.random.default_rng((self.seed, self.epoch)).permutation(self.n).tolist())
+        epoch = int(self.epoch_fn())
         order = np.random.default_rng((self.seed, epoch)).permutation(self.n).tolist()
         return iter([(i, epoch) for i in order])
 

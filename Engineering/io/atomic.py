@@ -6,10 +6,13 @@ truncated one; readers never see a half-written emb.h5.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
+
+from Engineering.io.runlock import process_alive
 
 
 @contextmanager
@@ -33,3 +36,55 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 def write_text(path: str | Path, text: str) -> None:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
+
+
+def fsync_file(path: str | Path) -> None:
+    with open(path, "rb") as fh:
+        os.fsync(fh.fileno())
+
+
+def replace_dir(new: str | Path, out: str | Path) -> None:
+    """Put the complete folder ``new`` at ``out``. The previous folder is kept until the new one is in place (and
+    put back if that fails): an interruption leaves the old set of files or the new one, never a mixture."""
+    new, out = Path(new), Path(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old{os.getpid()}")
+        if old.exists():
+            shutil.rmtree(old)
+        out.replace(old)
+    try:
+        new.replace(out)
+    except BaseException:
+        if old is not None:
+            old.replace(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def staging_dir(out: str | Path) -> Path:
+    """A fresh hidden folder beside ``out`` to build its new contents in (same filesystem: the swap is a rename)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700 folders; outputs are shared like any other folder
+    return stage
+
+
+def remove_stale(folder: str | Path) -> list[Path]:
+    """Remove what interrupted writes of earlier runs left in ``folder`` (temp files, staging and old folders)
+    whose writer process is gone; returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for p in list(folder.glob(".*.tmp")) + list(folder.glob(".*.staging*")) + list(folder.glob(".*.old*")):
+        pid = "".join(ch for ch in p.name.rsplit("old", 1)[-1] if ch.isdigit()) if ".old" in p.name else ""
+        if pid and process_alive(int(pid)):
+            continue
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        removed.append(p)
+    return removed

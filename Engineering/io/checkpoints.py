@@ -14,7 +14,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
 from Engineering.errors import UserError
+from Engineering.io.atomic import atomic_path, fsync_file
 
 CHECKPOINT_DIR = "Checkpoints"
 
@@ -91,7 +94,11 @@ def load_weights(model: nn.Module, path: str | Path) -> dict:
 
 
 def best_from_last(ckpt_dir: Path) -> Path | None:
-    """The best checkpoint as ModelCheckpoint recorded it in last.ckpt (not the largest epoch number)."""
+    """The best checkpoint as ModelCheckpoint recorded it in last.ckpt (not the largest epoch number).
+
+    The run's own Checkpoints/ comes first: a copied or moved run folder still records the original absolute
+    path, which is used only when this folder lacks the file (with a warning).
+    """
     last = ckpt_dir / "last.ckpt"
     if not last.is_file():
         return None
@@ -99,11 +106,35 @@ def best_from_last(ckpt_dir: Path) -> Path | None:
     for key, cb_state in (ckpt.get("callbacks") or {}).items():
         if str(key).startswith("ModelCheckpoint") and cb_state.get("best_model_path"):
             best = Path(cb_state["best_model_path"])
-            # The run folder may have moved since: look for the same file name here.
-            for cand in (best, ckpt_dir / best.name):
-                if cand.is_file():
-                    return cand
+            if (ckpt_dir / best.name).is_file():
+                return ckpt_dir / best.name
+            if best.is_file():
+                print(f"warning: the best checkpoint {best.name} is not in {ckpt_dir}; using the recorded {best}")
+                return best
     return None
+
+
+def newest_readable(ckpt_dir: Path, exclude: Path | None = None) -> Path | None:
+    """The most recent checkpoint in ``ckpt_dir`` that reads (for a resume whose last.ckpt is damaged)."""
+    for cand in sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True):
+        if cand == exclude:
+            continue
+        try:
+            read_checkpoint(cand)
+            return cand
+        except UserError:
+            continue
+    return None
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoints written as a temporary file in the same folder, fsynced, then renamed over the old
+    one: a kill or a full disk during a write leaves the previous checkpoint intact, never a truncated file."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            fsync_file(tmp)
 
 
 def checkpoint_in(run_or_file: str | Path, best: bool) -> Path:

@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import pandas as pd
@@ -12,6 +10,7 @@ from safetensors.torch import save_file
 
 from Engineering.config.schema import validate
 from Engineering.errors import UserError
+from Engineering.io.atomic import replace_dir, staging_dir
 from Engineering.io.checkpoints import CHECKPOINT_DIR, best_from_last, checkpoint_in, read_checkpoint
 from Engineering.io.hub import export_config
 
@@ -44,33 +43,16 @@ def export_run(run: str | Path, which: str, out: str | Path) -> Path:
     config["source_checkpoint"] = {"file": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "imlatent", "drive": cfg.model.drive})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         (tmp / "README.md").write_text(model_card(cfg, config, ckpt, run))
-        _swap_in(tmp, out)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
-
-
-def _swap_in(new: Path, out: Path) -> None:
-    """Put the complete folder ``new`` at ``out``; the previous export is kept until the new one is in place
-    (and put back if that fails), so an interrupted export leaves the old folder or the new one."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old{os.getpid()}")
-        out.replace(old)
-    try:
-        new.replace(out)
-    except BaseException:
-        if old is not None:
-            old.replace(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _metrics(ckpt: dict, run: Path) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import random
+import shutil
 from pathlib import Path
 
 import lightning as L
@@ -19,6 +20,7 @@ import torch.distributed as dist
 
 from Engineering.data.transforms import invert_affine
 from Engineering.errors import UserError
+from Engineering.io.atomic import replace_dir, staging_dir
 from Engineering.io.outputs import SampleInfo, write_emb_h5, write_emb_tables, write_preview, write_recon_h5, write_table
 from Engineering.Science.metrics import recon_metrics
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
@@ -182,7 +184,18 @@ class LatentEngine(L.LightningModule):
         index = [data["index"][k] for k in order]
         z = np.asarray(data["z"])[order]
         infos = [self._info(i) for i in index]
-        out = Path(self.out_dir)
+        # the whole Output set is built in a staging folder and swapped in at the end: a crash leaves the
+        # previous set or the new one, never a new emb.h5 beside an old recon.h5
+        final = Path(self.out_dir)
+        out = staging_dir(final)
+        try:
+            self._write_outputs(out, data, index, z, infos)
+            replace_dir(out, final)
+        except BaseException:
+            shutil.rmtree(out, ignore_errors=True)
+            raise
+
+    def _write_outputs(self, out: Path, data: dict, index: list, z: np.ndarray, infos: list) -> None:
         attrs = {**self.output_attrs, "n_samples": len(index)}
         write_emb_h5(out / "emb.h5", infos, z, attrs)
         write_emb_tables(out, infos, z)
