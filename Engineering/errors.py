@@ -38,6 +38,11 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except PermissionError as exc:
+        if debug:
+            raise
+        print(f"error: permission denied: {exc.filename or exc} (a read-only folder or file?)", file=sys.stderr)
+        return 2
     except OSError as exc:
         if exc.errno != errno.ENOSPC or debug:
             raise

@@ -64,6 +64,11 @@ def check_h5(path: str | os.PathLike) -> Path:
         raise UserError(f"file not found: {path}")
     if path.is_dir() or not h5py.is_hdf5(path):
         raise UserError(f"not an HDF5 file: {path}")
+    try:
+        with h5py.File(path, "r"):
+            pass
+    except OSError as exc:  # the signature is there but the file is truncated or damaged
+        raise UserError(f"cannot open {path} ({str(exc).splitlines()[0]}): truncated or damaged?") from None
     return path
 
 

@@ -25,6 +25,7 @@ from rich.table import Table
 from Engineering.data.layout import parse_key
 from Engineering.errors import UserError, run_cli
 from preprocess.batch_report import setup_logging
+from preprocess.h5_walk import members
 from preprocess.h5_writer import check_h5, magnitude_range
 
 LEVELS = ("patient", "field", "instance")
@@ -53,6 +54,14 @@ def _bad_structure(path: str, obj, depth: int, out: Findings) -> bool:
     return False
 
 
+def _number(value) -> float | None:
+    try:
+        out = float(np.asarray(value).ravel()[0])
+    except (TypeError, ValueError, IndexError):
+        return None
+    return out if np.isfinite(out) else None
+
+
 def check_values(path: str, ds: h5py.Dataset, out: Findings, tol: float) -> None:
     """NaN/Inf and min/max agreement, reading one C x T block at a time (bounded memory)."""
     lo, hi, nonfinite = np.inf, -np.inf, 0
@@ -67,8 +76,8 @@ def check_values(path: str, ds: h5py.Dataset, out: Findings, tol: float) -> None
     if nonfinite:
         out.problems.append(f"{path}: {nonfinite} NaN/Inf value(s)")
     for name, actual in (("min_val", lo), ("max_val", hi)):
-        if name in ds.attrs and np.isfinite(actual):
-            stored = float(np.asarray(ds.attrs[name]).ravel()[0])
+        stored = _number(ds.attrs[name]) if name in ds.attrs else None
+        if stored is not None and np.isfinite(actual):
             if abs(stored - actual) > tol * max(1.0, abs(actual)):
                 out.problems.append(f"{path}: {name}={stored:g} but the data's magnitude {name[:3]} is {actual:g}")
 
@@ -88,9 +97,13 @@ def check_dataset(path: str, key: str, ds: h5py.Dataset, out: Findings, scan: bo
     if ds.size == 0:
         out.problems.append(f"{path}: empty (shape {ds.shape})")
     has = [n in ds.attrs for n in ("min_val", "max_val")]
+    bounds = [_number(ds.attrs[n]) if h else None for n, h in zip(("min_val", "max_val"), has)]
     if not all(has):
         out.warnings.append(f"{path}: no min_val/max_val (needed for volumetric normalisation)")
-    elif float(np.ravel(ds.attrs["min_val"])[0]) > float(np.ravel(ds.attrs["max_val"])[0]):
+    elif None in bounds:
+        bad = [n for n, b in zip(("min_val", "max_val"), bounds) if b is None]
+        out.problems.append(f"{path}: {', '.join(f'{n}={ds.attrs[n]!r}' for n in bad)} is not a finite number")
+    elif bounds[0] > bounds[1]:
         out.problems.append(f"{path}: min_val > max_val")
     if "DICOMHeader" in ds.attrs:
         try:
@@ -101,22 +114,31 @@ def check_dataset(path: str, key: str, ds: h5py.Dataset, out: Findings, scan: bo
         check_values(path, ds, out, tol)
 
 
+def _readable(group: h5py.Group, prefix: str, out: Findings):
+    """Members of ``group``; one whose object header is damaged is reported as a problem and skipped."""
+    for name, obj, why in members(group):
+        if why is not None:
+            out.problems.append(f"{prefix}{name}: cannot be read ({why}); the file is damaged there")
+            continue
+        yield name, obj
+
+
 def check_file(h5: h5py.File, scan: bool = True, tol: float = 1e-4) -> Findings:
     out = Findings()
-    for patient, pg in sorted(h5.items()):
+    for patient, pg in _readable(h5, "", out):
         if _bad_structure(patient, pg, 0, out):
             continue
         out.groups["patient"].add(patient)
-        for fid, fg in sorted(pg.items()):
+        for fid, fg in _readable(pg, f"{patient}/", out):
             if _bad_structure(f"{patient}/{fid}", fg, 1, out):
                 continue
             out.groups["field"].add(fid)
-            for inst, ig in sorted(fg.items()):
+            for inst, ig in _readable(fg, f"{patient}/{fid}/", out):
                 gpath = f"{patient}/{fid}/{inst}"
                 if _bad_structure(gpath, ig, 2, out):
                     continue
                 out.groups["instance"].add(gpath)
-                for key, obj in sorted(ig.items()):
+                for key, obj in _readable(ig, f"{gpath}/", out):
                     if not _bad_structure(f"{gpath}/{key}", obj, 3, out):
                         check_dataset(f"{gpath}/{key}", key, obj, out, scan, tol)
     if out.n_datasets == 0:

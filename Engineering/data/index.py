@@ -131,10 +131,10 @@ def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
     except OSError as exc:
         raise UserError(f"{h5file} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
     with h5:
-        for pid, pgrp in h5.items():
-            for fid, fgrp in _groups(pgrp):
-                for iid, igrp in _groups(fgrp):
-                    for key, ds in igrp.items():
+        for pid, pgrp in _children(h5, h5file):
+            for fid, fgrp in _groups(pgrp, h5file):
+                for iid, igrp in _groups(fgrp, h5file):
+                    for key, ds in _children(igrp, h5file):
                         if not isinstance(ds, h5py.Dataset):
                             continue
                         seen.add(key)
@@ -147,9 +147,20 @@ def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
     return [r for r in records if r is not None]
 
 
-def _groups(grp):
+def _children(grp: h5py.Group, h5file):
+    """(name, object) of a group's members; a member whose object header is damaged is an error naming it
+    (h5py's ``items()`` would give None for it and the dataset would vanish from the index without a word)."""
+    for name in grp.keys():
+        try:
+            yield name, grp[name]
+        except (KeyError, OSError, RuntimeError) as exc:
+            raise UserError(f"{h5file}:{grp.name.rstrip('/')}/{name} cannot be read ({str(exc).splitlines()[0]}): "
+                            "the file is damaged there; check it with preprocess/validate_h5.py") from None
+
+
+def _groups(grp, h5file):
     if isinstance(grp, h5py.Group):
-        for name, child in grp.items():
+        for name, child in _children(grp, h5file):
             if isinstance(child, h5py.Group):
                 yield name, child
 
