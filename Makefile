@@ -1,11 +1,12 @@
 # One command to set up and run the demo, one to set up and run the tests.
 #   make demo   -> venv + install + train/test a small DiffAE on the bundled demo data (CPU ok)
 #   make test   -> venv + install + the default test suite
+#   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test test-slow bench clean
 
 setup: $(VENV)/.installed
 
@@ -22,6 +23,9 @@ demo: setup
 
 test: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
+
+test-slow: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
 
 bench: setup
 	$(PY) benchmarks/bench_diffae.py
