@@ -131,8 +131,9 @@ def test_executor_bad_override_exit_2_one_line():
 
 
 def test_readme_documents_every_flag():
-    from Engineering.config.docs import BEGIN, END, flag_tables
+    from Engineering.config.docs import BEGIN, END
+    from Engineering.Engines.docs import tables
 
     text = (REPO / "README.md").read_text()
     block = text.split(BEGIN)[1].split(END)[0]
-    assert block.strip() == flag_tables().strip(), "run: python -m Engineering.config.docs --write"
+    assert block.strip() == tables().strip(), "run: python -m Engineering.Engines.docs --write"

@@ -99,3 +99,15 @@ def test_disk_full_is_one_line_and_exit_2(capsys):
     assert run_cli(main, []) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no space left" in err[0] and "emb.h5" in err[0]
+
+
+def test_full_disk_is_noticed_before_a_checkpoint_is_written(tmp_path, monkeypatch):
+    import shutil as sh
+
+    from Engineering.io import atomic
+
+    usage = sh.disk_usage(tmp_path)
+    monkeypatch.setattr(atomic.shutil, "disk_usage", lambda p: usage._replace(free=20 * 1024))  # 20 KB free
+    with pytest.raises(UserError, match="not enough free space for checkpoint last.ckpt"):
+        AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1000, 1000)}}, tmp_path / "last.ckpt")
+    assert list(tmp_path.iterdir()) == []  # no partial file

@@ -140,3 +140,15 @@ def test_hub_folder_with_bad_config_or_weights(tiny_demo, tmp_path, capsys):
     (d / "config.json").write_text(json.dumps({"input_shape": 50, "is3D": True}))
     code, err = _exit(capsys, tiny_args(tiny_demo, tmp_path, "--load_hf", str(d), "--run_mode", "2"))
     _one_clear_line(code, err, "config.json", "input_shape must be a list of positive integers")
+
+
+def test_our_format_config_with_wrong_types(tiny_demo, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    d = tmp_path / "ours"
+    d.mkdir()
+    save_file({"w": torch.zeros(1)}, str(d / "model.safetensors"))
+    (d / "config.json").write_text(json.dumps({"format": "imlatent", "drive": "DiffAE", "is3D": False,
+                                               "input_shape": 50, "latent_dim": 8}))
+    code, err = _exit(capsys, tiny_args(tiny_demo, tmp_path, "--load_hf", str(d), "--run_mode", "2"))
+    _one_clear_line(code, err, "config.json", "input_shape must be a list of positive integers")

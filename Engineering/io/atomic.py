@@ -38,6 +38,31 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def require_free(folder: str | Path, nbytes: int, what: str) -> None:
+    """A UserError before writing ``nbytes`` into ``folder`` when the disk cannot take them (cheap to check, and
+    HDF5 and torch handle a full disk badly: truncated files, even crashes)."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if free < nbytes * 1.05 + 2**20:
+        from Engineering.errors import UserError
+
+        raise UserError(f"not enough free space for {what}: {nbytes / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB "
+                        f"free in {folder}; earlier outputs and checkpoints are untouched")
+
+
+def tensor_bytes(obj) -> int:
+    """Bytes of every tensor/array in a nested structure (a checkpoint's size, near enough)."""
+    if hasattr(obj, "nbytes") and not isinstance(obj, (bytes, str)):
+        return int(obj.nbytes)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
 def fsync_file(path: str | Path) -> None:
     with open(path, "rb") as fh:
         os.fsync(fh.fileno())

@@ -17,7 +17,7 @@ from torch import nn
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from Engineering.errors import UserError
-from Engineering.io.atomic import atomic_path, fsync_file
+from Engineering.io.atomic import atomic_path, fsync_file, require_free, tensor_bytes
 
 CHECKPOINT_DIR = "Checkpoints"
 
@@ -132,6 +132,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     one: a kill or a full disk during a write leaves the previous checkpoint intact, never a truncated file."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        require_free(Path(path).parent, tensor_bytes(checkpoint), f"checkpoint {Path(path).name}")
         with atomic_path(path) as tmp:
             super().save_checkpoint(checkpoint, tmp, storage_options)
             fsync_file(tmp)

@@ -91,7 +91,7 @@ def read(ref: str, which: str = "ema") -> HubModel:
             if not weights.is_file():
                 raise UserError(f"{folder} has our config.json but no model.safetensors")
             state, _ = _read_tensors(weights)
-            return HubModel("imlatent", state, layer_from_config(config), source, revision)
+            return HubModel("imlatent", state, layer_from_config(config, str(cfg_path)), source, revision)
     files = sorted(folder.glob("*.safetensors")) or [p for pat in _PICKLES for p in sorted(folder.glob(pat))]
     if not files:
         raise UserError(f"no weights in {folder} (expected our config.json + model.safetensors, or a published "
@@ -158,15 +158,25 @@ def published_diffae(tensors, meta: dict, which: str, source: str, revision, con
                     needs)
 
 
-def layer_from_config(config: dict) -> dict:
-    """Our config.json -> the config layer that rebuilds the model and its input contract."""
+def layer_from_config(config: dict, where: str = "config.json") -> dict:
+    """Our config.json -> the config layer that rebuilds the model and its input contract (types checked: the
+    file comes from elsewhere)."""
     try:
-        model = {"drive": config["drive"], "is3D": bool(config["is3D"]), "input_shape": list(config["input_shape"]),
-                 "latent_dim": int(config["latent_dim"]), config["drive"]: dict(config.get("architecture") or {})}
+        drive, arch, norm = config["drive"], config.get("architecture") or {}, config.get("normalisation") or {}
+        is3D, latent = config["is3D"], config["latent_dim"]
+        shape = _published_shape(config["input_shape"], where)
     except KeyError as exc:
-        raise UserError(f"config.json of the Hub model lacks {exc}") from None
+        raise UserError(f"{where} of the Hub model lacks {exc}") from None
+    problems = [name for name, ok in (("drive", isinstance(drive, str)), ("is3D", isinstance(is3D, bool)),
+                                      ("latent_dim", isinstance(latent, int) and not isinstance(latent, bool)
+                                       and latent > 0),
+                                      ("architecture", isinstance(arch, dict)), ("normalisation", isinstance(norm, dict)))
+                if not ok]
+    if problems:
+        raise UserError(f"{where}: {', '.join(f'{p}={config.get(p)!r}' for p in problems)} has the wrong type")
+    model = {"drive": drive, "is3D": is3D, "input_shape": shape, "latent_dim": latent, drive: dict(arch)}
     # data_selection stays documentation: how a user's file is laid out is theirs to say
-    return {"model": model, "data": dict(config.get("normalisation") or {})}
+    return {"model": model, "data": dict(norm)}
 
 
 def export_config(cfg, in_channels: int, weights: str) -> dict:

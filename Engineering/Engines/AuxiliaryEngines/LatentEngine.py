@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from Engineering.data.transforms import invert_affine
 from Engineering.errors import UserError
-from Engineering.io.atomic import replace_dir, staging_dir
+from Engineering.io.atomic import replace_dir, require_free, staging_dir, tensor_bytes
 from Engineering.io.outputs import SampleInfo, write_emb_h5, write_emb_tables, write_preview, write_recon_h5, write_table
 from Engineering.Science.metrics import recon_metrics
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
@@ -187,6 +187,9 @@ class LatentEngine(L.LightningModule):
         # the whole Output set is built in a staging folder and swapped in at the end: a crash leaves the
         # previous set or the new one, never a new emb.h5 beside an old recon.h5
         final = Path(self.out_dir)
+        # emb.h5 + parquet + TSV text (~3x) of the latents, and recon.h5 (reconstruction + input + code)
+        need = 5 * z.nbytes + 3 * tensor_bytes([v[0] for v in data["recon"].values()])
+        require_free(final.parent, need, f"the outputs in {final}")
         out = staging_dir(final)
         try:
             self._write_outputs(out, data, index, z, infos)
