@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from Engineering.config.flags import CONTROL, DIFFAE_FLAGS, FLAGS, LATENTCLS_FLAGS, RECON_FLAGS
-from Engineering.config.loader import Task, _task_default
+from Engineering.config.loader import Task, task_default
 
 BEGIN, END = "<!-- FLAGS:BEGIN -->", "<!-- FLAGS:END -->"
 _OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
@@ -17,8 +17,8 @@ _OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 def _defaults(flag, tasks: Sequence[Task]) -> str:
     """The generic default, then each executor whose own default differs (what `main_<task>.py` really uses)."""
     text = f"`{flag.default!r}`"
-    own = [f"main_{t.name} `{_task_default(t, flag)!r}`" for t in tasks
-           if flag in FLAGS + CONTROL + t.extra_flags and _task_default(t, flag) != flag.default]
+    own = [f"main_{t.name} `{task_default(t, flag)!r}`" for t in tasks
+           if flag in FLAGS + CONTROL + t.extra_flags and task_default(t, flag) != flag.default]
     return text + (f" ({'; '.join(own)})" if own else "")
 
 

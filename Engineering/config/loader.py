@@ -76,7 +76,7 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in CONTROL + FLAGS + task.extra_flags:
         grp = groups.setdefault(flag.group, parser.add_argument_group(flag.group))
-        default = _task_default(task, flag)
+        default = task_default(task, flag)
         help_ = f"{flag.help} [default: {default!r}]" + (f" (config: {'§'.join(flag.path)})" if flag.path else "")
         help_ = help_.replace("%", "%%")
         if flag.type == "bool":
@@ -88,7 +88,7 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
     return parser
 
 
-def _task_default(task: Task, flag: Flag):
+def task_default(task: Task, flag: Flag):
     if flag.name == "configyml_path":
         return task.configyml
     if flag.name == "datajson_path":
@@ -207,12 +207,12 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
         known.update({opt[2:]: kind for opt in action.option_strings})
     flag_argv, overrides = split_argv(argv, known)
     explicit = vars(parser.parse_args(flag_argv))
-    control = {f.name: explicit.pop(f.name, _task_default(task, f)) for f in CONTROL}
+    control = {f.name: explicit.pop(f.name, task_default(task, f)) for f in CONTROL}
 
     all_flags = FLAGS + task.extra_flags
     cfg: dict = {s: {} for s in SECTIONS}
     for flag in all_flags:
-        _set(cfg, flag.path, copy.deepcopy(_task_default(task, flag)))
+        _set(cfg, flag.path, copy.deepcopy(task_default(task, flag)))
     for key, val in task.defaults.items():  # path-style task defaults ('model§DiffAE§net_ch')
         if ov.is_path_flag(key):
             _set(cfg, ov.split_path(key), copy.deepcopy(val))
