@@ -152,3 +152,10 @@ def test_our_format_config_with_wrong_types(tiny_demo, tmp_path, capsys):
                                                "input_shape": 50, "latent_dim": 8}))
     code, err = _exit(capsys, tiny_args(tiny_demo, tmp_path, "--load_hf", str(d), "--run_mode", "2"))
     _one_clear_line(code, err, "config.json", "input_shape must be a list of positive integers")
+
+
+def test_shape_error_says_the_task_default_resampled_the_file(tmp_path, capsys):
+    d = _data(tmp_path, (1, 2, 1, 8, 8))
+    # main_diffAE's demo default --interp_fact 0.5 halves 8x8 to 4x4; padding that to 32x32 is refused
+    code, err = _exit(capsys, [*tiny_args(d, tmp_path, "--json§foldCSV", "0")])
+    _one_clear_line(code, err, "from 4 (after --interp_fact 0.5 resampled it in-plane)", "to the model's 32")

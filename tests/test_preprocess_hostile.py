@@ -81,3 +81,21 @@ def test_unwritable_output_is_one_line(data, tmp_path, capsys, monkeypatch, tool
     code = run_main(tool, data, *[a.format(out=tmp_path / "ro") for a in args])
     assert code == 2
     assert "permission denied" in _last_line(capsys)
+
+
+def test_dicom_to_h5_into_an_unwritable_folder(tmp_path, capsys, monkeypatch):
+    import tempfile
+
+    from tests.test_preprocess_dicom import dicom_file
+
+    src = dicom_file("emri_small.dcm")
+    (tmp_path / "ro").mkdir()
+
+    def refuse(*a, **k):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "ro"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(tempfile, "mkdtemp", refuse)
+    assert run_main("dicom_to_h5", src, "--out", tmp_path / "ro" / "d.h5") == 2
+    assert "permission denied" in _last_line(capsys)
+    assert not (tmp_path / "ro" / "d.h5").exists()
