@@ -40,11 +40,12 @@ def _weights(save, name):
 
 
 def _kill_when(proc, ckpt_dir: Path, rng: random.Random, in_write: bool) -> bool:
-    """Kill at a random moment, or (in_write) as soon as a checkpoint's temporary file is seen; True if it was
-    inside a write."""
-    deadline = time.time() + (60 if in_write else rng.uniform(4, 20))
+    """Kill at a random moment, or (in_write) as soon as a checkpoint's temporary file is seen once a previous
+    last.ckpt exists (the write that must not destroy it); True if it was inside a write."""
+    deadline = time.time() + (120 if in_write else rng.uniform(4, 20))
     while time.time() < deadline and proc.poll() is None:
-        if in_write and ckpt_dir.is_dir() and any(p.name.endswith(".tmp") for p in os.scandir(ckpt_dir)):
+        if in_write and (ckpt_dir / "last.ckpt").is_file() and \
+                any(p.name.endswith(".tmp") for p in os.scandir(ckpt_dir)):
             os.kill(proc.pid, signal.SIGKILL)
             return True
         time.sleep(0.0005 if in_write else 0.05)
@@ -70,7 +71,7 @@ def main() -> None:
         hit = _kill_when(proc, out / name / "Checkpoints", rng, in_write=run % 2 == 1)
         proc.wait()
         last = out / name / "Checkpoints" / "last.ckpt"
-        if hit:
+        if hit:  # the previous last.ckpt must have survived the killed write
             in_write += 1
             try:
                 read_checkpoint(last)
