@@ -25,14 +25,15 @@ from Engineering.data.latent_tables import LatentSet, prepare
 from Engineering.Engines.AuxiliaryEngines.LatentPredictorEngine import LatentPredictorEngine, head_names
 from Engineering.Engines.saved_runs import load_run, whole_file_data
 from Engineering.Engines.MainEngine import (MERGED_MODES, begin, TEST_MODES, TRAIN_MODES, fit_kwargs, test_checkpoint,
-                                            build_trainer, is_rank_zero, run_name, setup_logging)
+                                            build_trainer, is_rank_zero, resume_checkpoint, run_name, setup_logging)
 from Engineering.errors import UserError
 from Engineering.Eval import manipulation, reference_models
 from Engineering.Eval.labels import CATEGORICAL
 from Engineering.Eval.predictor_metrics import (ALL_METRICS, CLASSIFICATION_METRICS, REGRESSION_METRICS,
                                                 classification_scores, regression_scores)
-from Engineering.io.atomic import write_text
+from Engineering.io.atomic import remove_stale, write_text
 from Engineering.io.checkpoints import CHECKPOINT_DIR, load_weights
+from Engineering.io.runlock import RunLock
 from Engineering.io.outputs import write_table
 
 PARENT_SUBDIR = "ClassifyLatent"
@@ -60,8 +61,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
     if mode == 2 and test_ckpt is None and not cfg.run.preweights_path:
         raise UserError("--run_mode 2 (test) needs trained heads: --resume [--load_best] for this run's checkpoints, "
                         "--load_model_4test PATH or --preweights_path PATH")
-    if cfg.run.resume and mode != 2 and not (ckpt_dir / "last.ckpt").is_file():
-        raise UserError(f"--resume: nothing to resume, {ckpt_dir / 'last.ckpt'} does not exist")
+    resume_from = resume_checkpoint(ckpt_dir) if cfg.run.resume and mode != 2 else None
     if cfg.eval.manipulate:
         check_manipulation(cfg, data)  # fail before training, not after
 
@@ -70,7 +70,19 @@ def run(argv: Sequence[str], task: Task) -> dict:
     model.has_val = mode in (1, 4) and dm.has("val")
     if cfg.run.preweights_path:
         load_weights(model, cfg.run.preweights_path)
+    lock = RunLock(run_dir).acquire() if is_rank_zero() else None
+    try:
+        return _run_locked(cfg, resolved, data, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _run_locked(cfg, resolved, data, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from) -> dict:
+    mode = cfg.run.run_mode
     if is_rank_zero():
+        for folder in (run_dir, ckpt_dir):
+            remove_stale(folder)
         setup_logging(run_dir)
         write_text(run_dir / "resolved_config.yaml", dump_yaml(resolved.raw))
     for note in data.notes:
@@ -79,7 +91,7 @@ def run(argv: Sequence[str], task: Task) -> dict:
     trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val)
     result = {"run_dir": str(run_dir)}
     if mode in TRAIN_MODES:
-        resume = str(ckpt_dir / "last.ckpt") if cfg.run.resume else None
+        resume = str(resume_from) if resume_from else None
         with one_thread():
             trainer.fit(model, datamodule=dm, ckpt_path=resume, **fit_kwargs(trainer))
         if mode == 4:
