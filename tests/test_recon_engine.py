@@ -126,3 +126,16 @@ def test_manual_clipping_under_16_mixed_clips_the_true_gradient(tiny_demo):
     assert norms and max(norms) <= clip * (1 + 1e-3)
     # the gradients were large enough to be clipped: the clipped norm is the threshold itself, not 1/scale of it
     assert max(norms) > clip * 0.5, norms
+
+
+def test_vqvae_every_loss_term_falls(tiny_demo, tmp_path):
+    """The VQ-VAE under the defaults: reconstruction, quantiser and validation losses all fall epoch to epoch's end
+    (pythae's gradient-learned codebook let the quantiser loss grow 24x on the demo; the EMA codebook follows)."""
+    import pandas as pd
+
+    run(_args(tiny_demo, "--pythae_model", "vqvae", "--json§save_path", str(tmp_path), "--fulltrainID", "vq",
+              "--num_epochs", "4", "--run_mode", "1"), TASK)
+    m = pd.read_csv(tmp_path / "vq" / "csv_logs" / "metrics.csv").groupby("epoch").mean(numeric_only=True)
+    for term in ("train_recon_loss_epoch", "train_vq_loss_epoch", "val_loss"):
+        curve = m[term].dropna().to_numpy()
+        assert len(curve) == 4 and curve[-1] < curve[0] and curve.max() <= curve[0] * 1.5, (term, curve)

@@ -1,7 +1,8 @@
 """Configuration of the pythae WarpDrive (pythae: Chadebec et al., NeurIPS 2022).
 
 Model parameters follow pythae's own default config of the chosen model (e.g.
-``BetaVAEConfig.beta = 1.0``), overridden by ``model_params`` -- the engine passes the
+``BetaVAEConfig.beta = 1.0``; where pythae's default does not train, the registry's
+``defaults``, e.g. vqvae's EMA codebook), overridden by ``model_params`` -- the engine passes the
 ``--pythae_config`` JSON merged with the YAML ``model§pythae§models§<name>§<field>`` values.
 An unknown field is an error naming the valid fields; fields that pythae writes into its
 saved configs for bookkeeping (``name``, ``uses_default_*``) are accepted and ignored, and
@@ -39,10 +40,10 @@ def editable_fields(model: str) -> Tuple[str, ...]:
 
 
 def pythae_defaults(model: str) -> Dict[str, Any]:
-    """pythae's default values of the editable fields of ``model``."""
+    """The default values of the editable fields of ``model``: pythae's, with ours where they differ."""
     spec = get_spec(model)
     cfg = spec.config_cls()
-    return {name: getattr(cfg, name) for name in editable_fields(spec.name)}
+    return {**{name: getattr(cfg, name) for name in editable_fields(spec.name)}, **dict(spec.defaults)}
 
 
 def _positive_int(name: str, value) -> int:
@@ -177,7 +178,7 @@ class PythaeDriveConfig:
         """A fresh pythae config instance (pythae models mutate theirs) with defaults < model_params."""
         spec = self.spec
         valid = editable_fields(spec.name)
-        params: Dict[str, Any] = {}
+        params: Dict[str, Any] = dict(spec.defaults)
         owned = {"input_dim": self.input_dim, "latent_dim": self.latent_dim,
                  "reconstruction_loss": self.native_reconstruction_loss}
         for key, value in self.model_params.items():
