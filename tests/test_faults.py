@@ -111,3 +111,21 @@ def test_full_disk_is_noticed_before_a_checkpoint_is_written(tmp_path, monkeypat
     with pytest.raises(UserError, match="not enough free space for checkpoint last.ckpt"):
         AtomicCheckpointIO().save_checkpoint({"state_dict": {"w": torch.zeros(1000, 1000)}}, tmp_path / "last.ckpt")
     assert list(tmp_path.iterdir()) == []  # no partial file
+
+
+def test_only_the_global_rank_zero_process_owns_the_run_folder(monkeypatch, tmp_path):
+    from Engineering.Engines.MainEngine import is_rank_zero
+
+    for var in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
+        monkeypatch.delenv(var, raising=False)
+    assert is_rank_zero()
+    monkeypatch.setenv("SLURM_PROCID", "3")  # an srun task of a multi-GPU job: must not take the lock
+    assert not is_rank_zero()
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    # a requeued SLURM job (same job id, another node) takes its own earlier lock over
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "node-17", "slurm_job": "4242"}))
+    RunLock(tmp_path).acquire().release()
+    (tmp_path / LOCK_NAME).write_text(json.dumps({"pid": 1, "host": "node-17", "slurm_job": "99"}))
+    with pytest.raises(UserError, match="in use by process 1 on node-17.*delete the lock file"):
+        RunLock(tmp_path).acquire()

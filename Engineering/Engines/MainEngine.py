@@ -53,7 +53,10 @@ def run_name(cfg, task: Task) -> str:
 
 
 def is_rank_zero() -> bool:
-    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+    """The process that owns the run folder: rank 0 for Lightning's own launcher (LOCAL_RANK/NODE_RANK), torchrun
+    (RANK), SLURM's srun (SLURM_PROCID) and MPI launchers (DeepSpeed's), whichever started this process."""
+    names = ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK")
+    return all(int(os.environ.get(n, 0) or 0) == 0 for n in names)
 
 
 def precision(cfg, accelerator: str) -> str:

@@ -34,20 +34,23 @@ class RunLock:
 
     def acquire(self) -> "RunLock":
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname()}
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID", "")}
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder.get("host") == me["host"] and not process_alive(int(holder.get("pid", -1))):
+                dead = holder.get("host") == me["host"] and not process_alive(int(holder.get("pid", -1)))
+                requeued = bool(me["slurm_job"]) and holder.get("slurm_job") == me["slurm_job"]  # SLURM requeue
+                if dead or requeued:
                     print(f"warning: taking over the stale lock of run folder {self.path.parent} "
-                          f"(process {holder.get('pid')} is gone)")
+                          f"(process {holder.get('pid')} on {holder.get('host')} is gone)")
                     self.path.unlink(missing_ok=True)
                     continue
                 raise UserError(f"run folder {self.path.parent} is in use by process {holder.get('pid', '?')} on "
-                                f"{holder.get('host', '?')} (lock {self.path}); wait for it, or use another "
-                                "--trainID/--fulltrainID") from None
+                                f"{holder.get('host', '?')} (lock {self.path}); wait for it or use another "
+                                "--trainID/--fulltrainID (if that process is gone, e.g. a job on another node, "
+                                "delete the lock file)") from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
