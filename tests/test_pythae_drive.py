@@ -376,7 +376,8 @@ def test_vqvae_embed_is_the_quantised_code():
         drive = make("vqvae", vq_code_dim=code_dim).eval()
         z = drive.embed(x)
         assert z.shape == (4, 4)
-        codebook = drive.model.quantizer.embeddings.weight  # (num_embeddings, code_dim)
+        emb = drive.model.quantizer.embeddings  # the EMA codebook (our default) is a buffer, pythae's a layer
+        codebook = emb.weight if hasattr(emb, "weight") else emb  # (num_embeddings, code_dim)
         codes = z.reshape(-1, code_dim)
         assert torch.cdist(codes, codebook).min(dim=1).values.max() < 1e-5
         assert torch.allclose(drive.decode(z), drive.reconstruct(x))
