@@ -22,6 +22,7 @@ demo: setup
 	$(PY) Executors/main_diffAE.py
 
 test: setup
+	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-slow: setup

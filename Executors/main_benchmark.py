@@ -21,7 +21,7 @@ import yaml
 
 from Engineering.errors import UserError, run_cli
 from Engineering.Eval import baselines, invariance
-from Engineering.Eval.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
+from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
                                      resolve_targets)
 from Engineering.Eval.pixels import read_pixels
 from Engineering.Eval.report import write_report

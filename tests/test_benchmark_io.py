@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from Engineering.errors import UserError
-from Engineering.Eval.labels import (CATEGORICAL, CONTINUOUS, attach_labels, infer_kind, read_label_table,
+from Engineering.data.labels import (CATEGORICAL, CONTINUOUS, attach_labels, infer_kind, read_label_table,
                                      resolve_targets)
 from Engineering.Eval.pixels import read_pixels
 from Engineering.Eval.samples import align_runs

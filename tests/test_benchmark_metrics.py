@@ -10,7 +10,7 @@ from threadpoolctl import threadpool_limits
 from Engineering.Eval import batch_effects, compactness, knn, probes, regression, retrieval, scores
 from Engineering.Eval.bootstrap import bootstrap_ci, resample_weights, weighted_mean
 from Engineering.Eval.folds import classification_folds, regression_folds
-from Engineering.Eval.labels import CATEGORICAL, CONTINUOUS, Target
+from Engineering.data.labels import CATEGORICAL, CONTINUOUS, Target
 from Engineering.Eval.suite import Settings, evaluate_representation, run_benchmark
 
 N_BOOT = 200

@@ -21,6 +21,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from Engineering.config.loader import Task, dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
+from Engineering.Engines.published_hub import published_diffae
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.atomic import remove_stale, write_text
@@ -165,7 +166,9 @@ def _with_hub(argv: Sequence[str], task: Task):
     ref = resolved.cfg.run.load_hf
     if not ref:
         return resolved, None
-    hub = read_hub(ref, resolved.cfg.run.hf_weights)
+    hub = read_hub(ref)
+    if hub.kind == "published":
+        hub = published_diffae(hub, resolved.cfg.run.hf_weights)
     refuse_code(hub.layer, f"--load_hf {ref} (config.json)")
     resolved = resolve(argv, task, layer=hub.layer)
     missing = [n for n in hub.needs if n not in resolved.explicit and f"model§{n}" not in resolved.explicit]

@@ -28,7 +28,7 @@ from Engineering.Engines.MainEngine import (MERGED_MODES, begin, TEST_MODES, TRA
                                             build_trainer, is_rank_zero, resume_checkpoint, run_name, setup_logging)
 from Engineering.errors import UserError
 from Engineering.Eval import manipulation, reference_models
-from Engineering.Eval.labels import CATEGORICAL
+from Engineering.data.labels import CATEGORICAL
 from Engineering.Eval.predictor_metrics import (ALL_METRICS, CLASSIFICATION_METRICS, REGRESSION_METRICS,
                                                 classification_scores, regression_scores)
 from Engineering.io.atomic import remove_stale, write_text

@@ -19,7 +19,7 @@ from threadpoolctl import threadpool_limits
 
 from Engineering.errors import UserError
 from Engineering.Eval import baselines, batch_effects, compactness, knn, probes, regression, retrieval
-from Engineering.Eval.labels import CATEGORICAL, Target
+from Engineering.data.labels import CATEGORICAL, Target
 from Engineering.Eval.result import MetricResult
 
 # family -> (direction, description), for the report and for skipped records.

@@ -24,7 +24,7 @@ from Engineering.data.demo import ensure_demo
 from Engineering.data.folds import SPLITS, is_whole_file, read_fold
 from Engineering.data.tables import TrainFitScaler
 from Engineering.errors import UserError
-from Engineering.Eval.labels import CATEGORICAL, CONTINUOUS, attach_labels, read_label_table, resolve_targets
+from Engineering.data.labels import CATEGORICAL, CONTINUOUS, attach_labels, read_label_table, resolve_targets
 from Engineering.io.latents import SAMPLE_COLUMNS, latent_arrays, read_latents, resolve_latent_file
 
 AGGREGATIONS = ("none", "patient")

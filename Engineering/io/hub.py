@@ -7,11 +7,11 @@ Two repository layouts are read, never executing code from them (no
    model and its input contract) + ``model.safetensors`` (the WarpDrive's state
    dict) + ``README.md``;
 2. the published ImLatent DiffAE repositories: tensors ``net.*``, ``ema_net.*`` and
-   ``x_T`` in a safetensors file (else a torch pickle), mapped onto our DiffAE.
+   ``x_T`` in a safetensors file (else a torch pickle), returned as stored with the
+   repository's config.json; ``Engines/published_hub.py`` maps them onto our DiffAE.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import re
 from dataclasses import dataclass, field
@@ -30,12 +30,15 @@ _PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 
 @dataclass
 class HubModel:
-    kind: str  # "imlatent" or "published_diffae"
-    state: dict[str, torch.Tensor]  # the WarpDrive's own state dict (no net./ema_net. prefix)
+    kind: str  # "imlatent", or "published" (tensors as stored: the engine level maps them onto a drive)
+    state: dict[str, torch.Tensor]  # ours: the WarpDrive's own state dict; published: every stored tensor
     layer: dict  # config values the weights fix (merged above YAML/JSON, below explicit flags)
     source: str
     revision: str | None
     needs: list[str] = field(default_factory=list)  # flags the weights cannot determine
+    meta: dict = field(default_factory=dict)  # published: the safetensors metadata
+    config: dict = field(default_factory=dict)  # published: the repository's config.json (plain values only)
+    config_path: str = "config.json"
 
 
 def fetch(ref: str) -> tuple[Path, str, str | None]:
@@ -77,7 +80,8 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
     return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
 
 
-def read(ref: str, which: str = "ema") -> HubModel:
+def read(ref: str) -> HubModel:
+    """Our format (config + the drive's state dict), or the tensors of another layout as they are stored."""
     folder, source, revision = fetch(ref)
     cfg_path = folder / "config.json"
     config = None
@@ -97,20 +101,12 @@ def read(ref: str, which: str = "ema") -> HubModel:
         raise UserError(f"no weights in {folder} (expected our config.json + model.safetensors, or a published "
                         "checkpoint with net.*/ema_net.* tensors)")
     tensors, meta = _read_tensors(files[0])
-    published = config if isinstance(config, dict) else {}
-    return published_diffae(tensors, meta, which, source, revision, published, str(cfg_path))
+    return HubModel("published", tensors, {}, source, revision, meta=meta,
+                    config=config if isinstance(config, dict) else {}, config_path=str(cfg_path))
 
 
-# What the published ImLatent DiffAE models were trained and tested with that is not a property of the
-# user's data (the ancestor's ukbb_autoenc template and defaults; the model cards): per-sample min-max then
-# (x - 0.5) / 0.5, i.e. [-1, 1]; native resolution; DDIM with T_eval = T_inv = T_step = 20 steps spaced as
-# DiffAE's "ddim20" (range(0, 1000, 50)), x0 clipped to the data range while inverting and rendering.
-PUBLISHED_DATA = {"norm_type": "minmax", "norm_range": "symmetric", "interp_fact": 1.0, "croppad": True}
-PUBLISHED_DIFFUSION = {"T": 1000, "T_eval": 20, "T_inv": 20, "T_step": 20, "spacing": "ddim", "clip_x0": "auto"}
-
-
-def _published_shape(value, where: str) -> list[int]:
-    """input_shape of a published config.json: a list of ints or the ancestor's "50,128,128" string."""
+def shape_list(value, where: str) -> list[int]:
+    """input_shape of a config.json: a list of ints or the ancestor's "50,128,128" string."""
     if isinstance(value, str):
         parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
         value = [int(p) for p in parts] if all(p.isdigit() for p in parts) else value
@@ -121,50 +117,13 @@ def _published_shape(value, where: str) -> list[int]:
     return value
 
 
-def published_diffae(tensors, meta: dict, which: str, source: str, revision, config: dict | None = None,
-                     where: str = "config.json") -> HubModel:
-    """The published layout: weights mapped onto our DiffAE; the architecture from the tensor shapes, checked
-    against the repository's config.json (only its plain values are read: ``auto_map`` and any other code
-    reference is ignored, nothing is imported); input shape from config.json, else the ``x_T`` buffer."""
-    from Engineering.Engines.WarpDrives.DiffAE import DiffAEConfig
-    from Engineering.Engines.WarpDrives.DiffAE.published import load_published_state
-
-    config = config or {}
-    state, inferred = load_published_state(tensors, which)
-    for key in ("is3D", "in_channels", "latent_dim", "net_ch"):
-        if key in config and key in inferred and (bool(config[key]) if key == "is3D" else config[key]) != inferred[key]:
-            raise UserError(f"{where} says {key}={config[key]!r} but the weights have {key}={inferred[key]!r}")
-    arch = {k: v for k, v in dataclasses.asdict(DiffAEConfig()).items()
-            if k not in ("is3D", "in_channels", "input_shape", "latent_dim")}
-    arch.update({k: list(v) if isinstance(v, tuple) else v for k, v in inferred.items()
-                 if k not in ("is3D", "in_channels", "latent_dim")})
-    model = {"drive": "DiffAE", "is3D": bool(inferred["is3D"]), "latent_dim": int(inferred["latent_dim"]),
-             "DiffAE": {**{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}, **PUBLISHED_DIFFUSION}}
-    dims = 3 if inferred["is3D"] else 2
-    x_T = tensors.get("x_T")
-    buffer_shape = [int(v) for v in x_T.shape[2:]] if x_T is not None and x_T.ndim == dims + 2 else None
-    needs = []
-    if "input_shape" in config:
-        model["input_shape"] = _published_shape(config["input_shape"], where)
-        if buffer_shape and buffer_shape != model["input_shape"]:
-            raise UserError(f"{where} says input_shape={model['input_shape']} but its x_T buffer is {buffer_shape}")
-    elif "input_shape" in meta:  # some files record it in the safetensors metadata
-        model["input_shape"] = _published_shape(json.loads(meta["input_shape"]), f"{source} metadata")
-    elif buffer_shape:
-        model["input_shape"] = buffer_shape
-    else:
-        needs.append("input_shape")
-    return HubModel("published_diffae", state, {"model": model, "data": dict(PUBLISHED_DATA)}, source, revision,
-                    needs)
-
-
 def layer_from_config(config: dict, where: str = "config.json") -> dict:
     """Our config.json -> the config layer that rebuilds the model and its input contract (types checked: the
     file comes from elsewhere)."""
     try:
         drive, arch, norm = config["drive"], config.get("architecture") or {}, config.get("normalisation") or {}
         is3D, latent = config["is3D"], config["latent_dim"]
-        shape = _published_shape(config["input_shape"], where)
+        shape = shape_list(config["input_shape"], where)
     except KeyError as exc:
         raise UserError(f"{where} of the Hub model lacks {exc}") from None
     problems = [name for name, ok in (("drive", isinstance(drive, str)), ("is3D", isinstance(is3D, bool)),

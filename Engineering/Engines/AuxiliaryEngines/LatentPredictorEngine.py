@@ -23,7 +23,7 @@ from torch import nn
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.data.latent_tables import TargetSpec
 from Engineering.errors import UserError
-from Engineering.Eval.labels import CATEGORICAL
+from Engineering.data.labels import CATEGORICAL
 
 HEADS = ("linear", "mlp")
 
