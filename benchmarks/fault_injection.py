@@ -24,19 +24,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 from Engineering.data.demo import DemoSpec, write_demo  # noqa: E402
 from Engineering.io.checkpoints import read_checkpoint  # noqa: E402
-from tests.conftest import tiny_args  # noqa: E402
+from tests.test_kill_resume import last_weights, train_cmd  # noqa: E402
 
-COMMON = ("--run_mode", "1", "--num_epochs", "6", "--n_train_batches", "3", "--num_workers", "2",
-          "--flip_prob", "0.5", "--data§flip_axes", "[0, 1]")
-
-
-def _cmd(demo, save, name, *extra):
-    return [sys.executable, str(REPO / "Executors" / "main_diffAE.py"),
-            *tiny_args(demo, save, "--fulltrainID", name, *COMMON, *extra)]
-
-
-def _weights(save, name):
-    return read_checkpoint(save / name / "Checkpoints" / "last.ckpt")["state_dict"]
+EPOCHS = 6
 
 
 def _kill_when(proc, ckpt_dir: Path, rng: random.Random, in_write: bool) -> bool:
@@ -62,12 +52,13 @@ def main() -> None:
     out = Path(args.out).resolve()
     demo = write_demo(out / "demo", DemoSpec(n_patients=12, n_frames=4, size=32, n_folds=3))
     env = {**os.environ, "IMLATENT_CACHE": str(out / "cache")}
-    subprocess.run(_cmd(demo, out, "straight"), check=True, capture_output=True, env=env)
-    want = _weights(out, "straight")
+    subprocess.run(train_cmd(demo, out, "straight", epochs=EPOCHS), check=True, capture_output=True, env=env)
+    want = last_weights(out, "straight")
     exact, in_write, in_write_ok = 0, 0, 0
     for run in range(args.runs):
         rng, name = random.Random(run), f"killed{run}"
-        proc = subprocess.Popen(_cmd(demo, out, name), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(train_cmd(demo, out, name, epochs=EPOCHS), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env)
         hit = _kill_when(proc, out / name / "Checkpoints", rng, in_write=run % 2 == 1)
         proc.wait()
         last = out / name / "Checkpoints" / "last.ckpt"
@@ -79,8 +70,9 @@ def main() -> None:
             except Exception:
                 pass
         resume = ["--resume"] if last.is_file() else []
-        done = subprocess.run(_cmd(demo, out, name, *resume), capture_output=True, text=True, env=env)
-        got = _weights(out, name) if done.returncode == 0 else {}
+        done = subprocess.run(train_cmd(demo, out, name, *resume, epochs=EPOCHS), capture_output=True, text=True,
+                              env=env)
+        got = last_weights(out, name) if done.returncode == 0 else {}
         exact += int(bool(got) and all(torch.equal(v, got[k]) for k, v in want.items()))
     print(json.dumps({"runs": args.runs, "bit_exact_after_resume": exact, "kills_inside_checkpoint_writes": in_write,
                       "of_which_resumable": in_write_ok}))

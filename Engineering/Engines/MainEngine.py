@@ -7,6 +7,7 @@ checkpoint.
 from __future__ import annotations
 
 import inspect
+from contextlib import nullcontext
 import json
 import logging
 import os
@@ -229,12 +230,8 @@ def run(argv: Sequence[str], task: Task) -> dict:
     if cfg.run.compile_model:
         model.net.compile()
 
-    lock = RunLock(run_dir).acquire() if is_rank_zero() else None
-    try:
+    with RunLock(run_dir) if is_rank_zero() else nullcontext():  # one run per run folder
         return _run_locked(cfg, resolved, hub, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def resume_checkpoint(ckpt_dir: Path) -> Path:

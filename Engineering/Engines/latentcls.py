@@ -10,7 +10,7 @@ on the same rows), and ``--manipulate`` if asked.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Sequence
 
@@ -70,12 +70,8 @@ def run(argv: Sequence[str], task: Task) -> dict:
     model.has_val = mode in (1, 4) and dm.has("val")
     if cfg.run.preweights_path:
         load_weights(model, cfg.run.preweights_path)
-    lock = RunLock(run_dir).acquire() if is_rank_zero() else None
-    try:
+    with RunLock(run_dir) if is_rank_zero() else nullcontext():  # one run per run folder
         return _run_locked(cfg, resolved, data, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
-    finally:
-        if lock is not None:
-            lock.release()
 
 
 def _run_locked(cfg, resolved, data, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from) -> dict:
