@@ -1,14 +1,11 @@
-"""Atomic HDF5/text outputs and dataset writing for the 5D contract.
+"""Atomic HDF5 outputs and dataset writing for the 5D contract.
 
-Every output is first written to a temporary file in the destination folder and
-then moved over the destination with ``os.replace`` (atomic on POSIX), so a
-crash leaves the previous file or none, never a half-written one.
+Every output goes through ``Engineering.io.atomic.atomic_path`` (a temporary file in the
+destination folder, then ``os.replace``), so a crash leaves the previous file or none.
 """
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -17,34 +14,9 @@ import h5py
 import numpy as np
 
 from Engineering.errors import UserError
+from Engineering.io.atomic import atomic_path
 
 COMPRESSIONS = ("gzip", "lzf", "none")
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike, copy_existing: bool = False) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; move it over ``path`` on success.
-
-    With ``copy_existing`` the temporary file starts as a copy of ``path`` (to append).
-    """
-    path = Path(path)
-    if path.parent and not path.parent.exists():
-        raise UserError(f"output folder does not exist: {path.parent}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    os.close(fd)
-    tmp = Path(tmp)
-    # mkstemp makes the file private (0600); give the output the usual umask mode.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    try:
-        if copy_existing and path.exists():
-            shutil.copyfile(path, tmp)
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 @contextmanager
@@ -52,7 +24,7 @@ def atomic_h5(path: str | os.PathLike, append: bool = False) -> Iterator[h5py.Fi
     """Open a temporary HDF5 file that replaces ``path`` when the block succeeds."""
     if append and Path(path).exists():
         check_h5(path)
-    with atomic_path(path, copy_existing=append) as tmp:
+    with atomic_path(path, copy_existing=append, create_parent=False) as tmp:
         with h5py.File(tmp, "a" if append else "w") as h5:
             yield h5
 

@@ -24,9 +24,9 @@ import numpy as np
 import pandas as pd
 
 from Engineering.errors import UserError, run_cli
+from Engineering.io.atomic import atomic_path
 from preprocess.batch_report import setup_logging
 from preprocess.h5_walk import iter_entries
-from preprocess.h5_writer import atomic_path
 
 log = logging.getLogger("preprocess")
 
@@ -110,7 +110,7 @@ def make_folds(patients: list[str], mode: str = "kfold", n_folds: int = 5, test_
 
 
 def write_folds(folds: list[dict[str, list[str]]], out: Path) -> None:
-    with atomic_path(out) as tmp:
+    with atomic_path(out, create_parent=False) as tmp:
         if out.suffix.lower() == ".json":
             tmp.write_text(json.dumps(folds, indent=1))
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import h5py
 import numpy as np
 import pandas as pd
 from scipy.ndimage import gaussian_filter
+
+from Engineering.io.atomic import replace_dir, staging_dir
 
 FIELD_ID = "20208"  # UK Biobank's long-axis cardiac cine field, as in the ancestor's data
 KEY = "primary_cine_0"
@@ -73,11 +74,7 @@ def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Genera
 def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Write data.h5, phenotypes.tsv, covariates.tsv and folds.csv into ``out_dir`` (atomically, as a folder)."""
     out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".demo_tmp_", dir=out_dir.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes a private folder; the demo is shared like any data
+    tmp = staging_dir(out_dir)
     rng = np.random.default_rng(spec.seed)
     phenos, covs = [], []
     with h5py.File(tmp / "data.h5", "w") as h5:
@@ -114,10 +111,8 @@ def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     pd.DataFrame(phenos).to_csv(tmp / "phenotypes.tsv", sep="\t", index=False)
     pd.DataFrame(covs).to_csv(tmp / "covariates.tsv", sep="\t", index=False)
     _write_folds(tmp / "folds.csv", [p["FID"] for p in phenos], spec)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
     try:
-        os.replace(tmp, out_dir)
+        replace_dir(tmp, out_dir)  # the previous copy stays until the new one is complete
     except OSError:  # another process finished first: keep theirs
         shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

@@ -18,6 +18,7 @@ import numpy as np
 
 from Engineering.data.layout import parse_key
 from Engineering.errors import UserError
+from Engineering.io.atomic import write_text
 
 INDEX_VERSION = 2  # 2: the ancestor's selection spellings
 
@@ -226,10 +227,7 @@ def load_records(h5file: str | Path, sel: Selection, use_cache: bool = True) -> 
     records = scan(h5file, sel)
     if use_cache:
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps([asdict(r) for r in records]))
-            os.replace(tmp, path)
+            write_text(path, json.dumps([asdict(r) for r in records]))
         except OSError:
             pass  # a read-only home only costs a rescan next time
     return records, False

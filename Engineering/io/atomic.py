@@ -16,16 +16,27 @@ from Engineering.io.runlock import process_alive
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path to write to; it replaces ``path`` only if the block succeeds."""
+def atomic_path(path: str | Path, copy_existing: bool = False, create_parent: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write to; it replaces ``path`` only if the block succeeds.
+
+    copy_existing: the temporary file starts as a copy of ``path`` (to append to it).
+    create_parent: make a missing destination folder; False makes it an error (a user's --out typo).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if create_parent:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    elif not path.parent.exists():
+        from Engineering.errors import UserError
+
+        raise UserError(f"output folder does not exist: {path.parent}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs are shared like any other file
     try:
+        if copy_existing and path.exists():
+            shutil.copyfile(path, tmp)
         yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
