@@ -22,10 +22,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from Engineering.data.layout import parse_key
+from Engineering.data.layout import members, parse_key
 from Engineering.errors import UserError, run_cli
 from preprocess.batch_report import setup_logging
-from preprocess.h5_walk import members
 from preprocess.h5_writer import check_h5, magnitude_range
 
 LEVELS = ("patient", "field", "instance")

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from Engineering.data.layout import parse_key
+from Engineering.data.layout import parse_key, readable_members
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 
@@ -132,10 +132,10 @@ def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
     except OSError as exc:
         raise UserError(f"{h5file} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
     with h5:
-        for pid, pgrp in _children(h5, h5file):
-            for fid, fgrp in _groups(pgrp, h5file):
-                for iid, igrp in _groups(fgrp, h5file):
-                    for key, ds in _children(igrp, h5file):
+        for pid, pgrp in readable_members(h5):
+            for fid, fgrp in _groups(pgrp):
+                for iid, igrp in _groups(fgrp):
+                    for key, ds in readable_members(igrp):
                         if not isinstance(ds, h5py.Dataset):
                             continue
                         seen.add(key)
@@ -148,20 +148,9 @@ def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
     return [r for r in records if r is not None]
 
 
-def _children(grp: h5py.Group, h5file):
-    """(name, object) of a group's members; a member whose object header is damaged is an error naming it
-    (h5py's ``items()`` would give None for it and the dataset would vanish from the index without a word)."""
-    for name in grp.keys():
-        try:
-            yield name, grp[name]
-        except (KeyError, OSError, RuntimeError) as exc:
-            raise UserError(f"{h5file}:{grp.name.rstrip('/')}/{name} cannot be read ({str(exc).splitlines()[0]}): "
-                            "the file is damaged there; check it with preprocess/validate_h5.py") from None
-
-
-def _groups(grp, h5file):
+def _groups(grp):
     if isinstance(grp, h5py.Group):
-        for name, child in _children(grp, h5file):
+        for name, child in readable_members(grp):
             if isinstance(child, h5py.Group):
                 yield name, child
 

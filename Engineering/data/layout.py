@@ -8,6 +8,11 @@ Each dataset is 5D ``Channel x Time x Slice x X x Y``, real or complex.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
+
+import h5py
+
+from Engineering.errors import UserError
 
 PLANES = ("sagittal", "coronal", "transverse")
 AXES = ("Channel", "Time", "Slice", "X", "Y")
@@ -55,3 +60,22 @@ def parse_key(key: str) -> DatasetKey | None:
     if kind not in ("primary", "auxiliary") or (kind == "auxiliary" and not tag):
         return None
     return DatasetKey(key, kind, tag or None, plane, repeat)
+
+
+def members(group: h5py.Group) -> Iterator[tuple[str, object, str | None]]:
+    """(name, object, None) for each member of ``group`` in name order, or (name, None, why) when its object
+    header cannot be read: h5py's ``items()`` gives None for such a member, which would vanish without a word."""
+    for name in sorted(group.keys()):
+        try:
+            yield name, group[name], None
+        except (KeyError, OSError, RuntimeError) as exc:
+            yield name, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def readable_members(group: h5py.Group) -> Iterator[tuple[str, object]]:
+    """Members of ``group``; a damaged one is a UserError naming it."""
+    for name, obj, why in members(group):
+        if why is not None:
+            raise UserError(f"{group.file.filename}:{group.name.rstrip('/')}/{name} cannot be read ({why}): the file "
+                            "is damaged there; check it with preprocess/validate_h5.py")
+        yield name, obj
