@@ -30,14 +30,6 @@ import numpy as np
 _MAX_CELLS_PER_CHUNK = 20_000_000
 
 
-def group_codes(groups) -> np.ndarray | None:
-    """Integer codes 0..G-1 of a group vector (None stays None)."""
-    if groups is None:
-        return None
-    _, codes = np.unique(np.asarray(groups, dtype=object).astype(str), return_inverse=True)
-    return codes
-
-
 def resample_weights(n: int, n_resamples: int, rng: np.random.Generator,
                      groups: np.ndarray | None = None) -> np.ndarray:
     """(n_resamples, n) draw counts; with ``groups`` (integer codes) whole groups are drawn."""

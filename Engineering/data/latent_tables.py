@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from sklearn.preprocessing import StandardScaler
 
 from Engineering.data.datamodule import data_dir
 from Engineering.data.demo import ensure_demo
 from Engineering.data.folds import SPLITS, is_whole_file, read_fold
-from Engineering.data.tables import TrainFitScaler
 from Engineering.errors import UserError
 from Engineering.data.labels import CATEGORICAL, CONTINUOUS, attach_labels, read_label_table, resolve_targets
 from Engineering.io.latents import SAMPLE_COLUMNS, latent_arrays, read_latents, resolve_latent_file
@@ -193,11 +193,9 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
         raise UserError(f"no usable target column in {pheno_path}" + (f" ({'; '.join(target_notes)})"
                                                                       if target_notes else ""))
 
-    # Training statistics only (TrainFitScaler: mean/std of the rows whose patient is in the training split).
-    train_ids = set(table.loc[train, "patientID"])
-    zframe = pd.DataFrame(Z, index=table["patientID"].to_numpy())
-    z_scaler = TrainFitScaler().fit(zframe, train_ids)
-    Zs = z_scaler.transform(zframe).to_numpy(dtype=np.float32)
+    # Training statistics only: the scalers see the rows of the training patients (the ancestor fitted on all).
+    z_scaler = StandardScaler().fit(Z[train])
+    Zs = z_scaler.transform(Z).astype(np.float32)
 
     specs, columns = [], []
     truth = pd.DataFrame(index=table.index)
@@ -212,9 +210,9 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
             specs.append(TargetSpec(t.name, CATEGORICAL, classes))
             truth[t.name] = [str(v) if m else None for v, m in zip(t.values, mask)]
         else:
-            values = np.where(mask, t.values, np.nan)
-            scaler = TrainFitScaler().fit(pd.DataFrame({t.name: values}, index=zframe.index), train_ids)
-            mean, std = float(scaler.mean_[t.name]), float(scaler.std_[t.name])
+            values = np.where(mask, t.values, np.nan).astype(np.float64)
+            scaler = StandardScaler().fit(values[train & mask].reshape(-1, 1))
+            mean, std = float(scaler.mean_[0]), float(scaler.scale_[0])
             col = ((values - mean) / std).astype(np.float32)
             specs.append(TargetSpec(t.name, CONTINUOUS, (), mean, std))
             truth[t.name] = values
@@ -223,5 +221,5 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
         columns.append(col)
     id_cols = [c for c in SAMPLE_COLUMNS if c in table.columns]
     return LatentSet(table[id_cols + ["split"]].copy(), Zs, np.stack(columns, axis=1), truth, specs,
-                     z_scaler.mean_.to_numpy(dtype=np.float32), z_scaler.std_.to_numpy(dtype=np.float32),
+                     z_scaler.mean_.astype(np.float32), z_scaler.scale_.astype(np.float32),
                      source, notes + [f"splits: {where}"])
