@@ -159,3 +159,14 @@ def test_shape_error_says_the_task_default_resampled_the_file(tmp_path, capsys):
     # main_diffAE's demo default --interp_fact 0.5 halves 8x8 to 4x4; padding that to 32x32 is refused
     code, err = _exit(capsys, [*tiny_args(d, tmp_path, "--json§foldCSV", "0")])
     _one_clear_line(code, err, "from 4 (after --interp_fact 0.5 resampled it in-plane)", "to the model's 32")
+
+
+def test_empty_test_split_is_an_error_before_training(tiny_demo, tmp_path, capsys):
+    import pandas as pd
+
+    ids = sorted(pd.read_csv(tiny_demo / "phenotypes.tsv", sep="\t", dtype=str)["FID"])
+    (tmp_path / "folds.csv").write_text(f'train,val,test\n"{ids[:8]}","{ids[8:]}","[]"\n')
+    code, err = _exit(capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "e", "--json§foldCSV",
+                                        str(tmp_path / "folds.csv")))  # run mode 4: train, then test
+    _one_clear_line(code, err, "'test' split of fold 0 has no selected datasets")
+    assert not (tmp_path / "e").exists()  # nothing trained, nothing written
