@@ -349,3 +349,21 @@ def test_statistics_are_those_of_what_the_model_sees(tmp_path):
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "16,10", "--norm_range", "symmetric")).dataset("test")
     x = ds.sample(0)["inp"].numpy()
     assert x.shape == (1, 16, 10) and (x[:, :2] == -1).all() and x.max() == pytest.approx(1.0)
+
+
+def test_volumetric_attributes_that_do_not_bound_the_data_are_an_error(tmp_path):
+    """(found by the property test: min_val 3.4e30 with minmaxvol normalised the sample to -inf)"""
+    data = np.full((1, 1, 1, 8, 8), 50, np.int16)
+    with h5py.File(tmp_path / "data.h5", "w") as h5:
+        ds = h5.create_dataset("1/2/3/primary", data=data)
+        ds.attrs.update({"min_val": 3.4e30, "max_val": 60})
+    ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "8,8", "--norm_type", "minmaxvol")).dataset("test")
+    with pytest.raises(UserError, match=r"min_val/max_val attributes \(3.4e\+30, 60\) do not bound its data"):
+        ds.sample(0)
+    # padding zeros below a positive min_val are fine: the check is on the stored values
+    ok = tmp_path / "ok"
+    ok.mkdir()
+    with h5py.File(ok / "data.h5", "w") as h5:
+        h5.create_dataset("1/2/3/primary", data=data).attrs.update({"min_val": 50, "max_val": 60})
+    ds = H5DataModule(make_cfg(ok, "--input_shape", "12,8", "--norm_type", "minmaxvol")).dataset("test")
+    assert np.isfinite(ds.sample(0)["inp"].numpy()).all()

@@ -97,7 +97,9 @@ def test_whole_command_lines_resolve_or_give_one_user_error(args):
 
 ACCEPTED: list[int] = []  # the property must not hold vacuously: see the test below
 DTYPES = st.sampled_from(["int16", "uint8", "float32", "float64", "complex64", "bool", "S4"])
-ATTR = st.one_of(st.none(), st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=3))
+# (HDF5 cannot store a string attribute with an embedded NUL: such a file cannot exist, so none is generated)
+ATTR = st.one_of(st.none(), st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True),
+                 st.text(st.characters(blacklist_characters="\x00"), max_size=3))
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -178,6 +178,8 @@ class H5Samples(Dataset):
         if spec.mask_mode and self.mask_file:
             mask = self._to_model_layout(self.read_raw(ref, self.mask_file))
             mask = (self._spatial(mask.astype(np.float32), rec) > 0.5)
+        if spec.norm_type in T.VOLUME_NORMS or spec.prenorm in T.VOLUME_NORMS:
+            self._check_volume_bounds(x, rec)  # on the stored values (padding zeros may lie below min_val)
         # The ancestor's order: resample, crop-or-pad (zeros), mask, then the statistics of what the model sees.
         x = self._spatial(x, rec)
         if mask is not None and spec.mask_mode == 1:
@@ -185,6 +187,13 @@ class H5Samples(Dataset):
         scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm,
                                       spec.zscore_mean, spec.zscore_std, spec.norm_range)
         affine = np.stack([scale, offset], 1).astype(np.float32)
+        if x.size:  # the normalised extremes must be float32 numbers (a wild attribute or constant must not give inf)
+            ext = np.abs(np.stack([x.reshape(x.shape[0], -1).min(1), x.reshape(x.shape[0], -1).max(1)], 1)
+                         .astype(np.float64) * scale[:, None] + offset[:, None])
+            if not np.isfinite(ext).all() or ext.max() > 1e30:
+                raise UserError(f"{self.h5file}:{rec.h5path}: --norm_type {spec.norm_type} gives non-finite values "
+                                f"for this sample (scale {scale.tolist()}, offset {offset.tolist()}); check the "
+                                "dataset's min_val/max_val attributes or choose another normalisation")
         if spec.grey2RGB and x.shape[0] == 1:
             x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
         if self.train and spec.flip_prob > 0 and spec.flip_axes:
@@ -203,6 +212,20 @@ class H5Samples(Dataset):
         item = self[i]
         item["inp"] = T.normalise_batch(item["inp"][None], item["affine"][None])[0]
         return item
+
+    def _check_volume_bounds(self, x: np.ndarray, rec: DatasetRecord) -> None:
+        """min_val/max_val are the dataset's range: a sample outside it means the attributes are wrong, and a
+        volumetric normalisation would be silently off."""
+        lo, hi = rec.min_val, rec.max_val
+        if lo is None or hi is None:
+            return
+        mag = np.abs(x) if np.iscomplexobj(x) else x
+        have_lo, have_hi = float(mag.min()), float(mag.max())
+        tol = 1e-4 * max(1.0, abs(lo), abs(hi))
+        if lo > hi or have_lo < lo - tol or have_hi > hi + tol:
+            raise UserError(f"{self.h5file}:{rec.h5path}: its min_val/max_val attributes ({lo:g}, {hi:g}) do not "
+                            f"bound its data ({have_lo:g} .. {have_hi:g}); recompute them (preprocess/validate_h5.py "
+                            "reports this) or use a per-sample normalisation")
 
     def _spatial(self, x: np.ndarray, rec: DatasetRecord) -> np.ndarray:
         if self.spec.interp_fact != 1.0:
