@@ -109,6 +109,20 @@ def enumerate_samples(records: list[DatasetRecord], spec: SampleSpec) -> list[Sa
     return out
 
 
+def _stays_finite(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> bool:
+    """Whether ``x * scale + offset`` stays far inside float32 range; integer data is bounded by its dtype, so
+    only float data costs a pass over the values."""
+    if not (np.isfinite(scale).all() and np.isfinite(offset).all()):
+        return False
+    if x.dtype.kind in "iu":
+        bound = float(max(abs(np.iinfo(x.dtype).min), np.iinfo(x.dtype).max))
+    elif x.dtype.kind == "b" or x.size == 0:
+        bound = 1.0
+    else:
+        bound = float(np.abs(x).max())
+    return bool((np.abs(scale) * bound + np.abs(offset)).max() < 1e30)
+
+
 class H5Samples(Dataset):
     def __init__(self, h5file: str | Path, records: list[DatasetRecord], samples: list[SampleRef],
                  spec: SampleSpec, train: bool = False, mask_file: str | Path | None = None, seed: int = 0):
@@ -187,13 +201,10 @@ class H5Samples(Dataset):
         scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm,
                                       spec.zscore_mean, spec.zscore_std, spec.norm_range)
         affine = np.stack([scale, offset], 1).astype(np.float32)
-        if x.size:  # the normalised extremes must be float32 numbers (a wild attribute or constant must not give inf)
-            ext = np.abs(np.stack([x.reshape(x.shape[0], -1).min(1), x.reshape(x.shape[0], -1).max(1)], 1)
-                         .astype(np.float64) * scale[:, None] + offset[:, None])
-            if not np.isfinite(ext).all() or ext.max() > 1e30:
-                raise UserError(f"{self.h5file}:{rec.h5path}: --norm_type {spec.norm_type} gives non-finite values "
-                                f"for this sample (scale {scale.tolist()}, offset {offset.tolist()}); check the "
-                                "dataset's min_val/max_val attributes or choose another normalisation")
+        if not _stays_finite(x, scale, offset):  # a wild attribute or a constant must not give inf
+            raise UserError(f"{self.h5file}:{rec.h5path}: --norm_type {spec.norm_type} gives non-finite values "
+                            f"for this sample (scale {scale.tolist()}, offset {offset.tolist()}); check the "
+                            "dataset's min_val/max_val attributes or choose another normalisation")
         if spec.grey2RGB and x.shape[0] == 1:
             x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
         if self.train and spec.flip_prob > 0 and spec.flip_axes:
