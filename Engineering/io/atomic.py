@@ -12,7 +12,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
+from Engineering.errors import UserError
 from Engineering.io.runlock import process_alive
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # reading the umask means setting it: put it straight back
+    os.umask(umask)
+    return umask
 
 
 @contextmanager
@@ -26,14 +33,10 @@ def atomic_path(path: str | Path, copy_existing: bool = False, create_parent: bo
     if create_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.parent.exists():
-        from Engineering.errors import UserError
-
         raise UserError(f"output folder does not exist: {path.parent}")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; outputs are shared like any other file
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; outputs are shared like any other file
     try:
         if copy_existing and path.exists():
             shutil.copyfile(path, tmp)
@@ -57,8 +60,6 @@ def require_free(folder: str | Path, nbytes: int, what: str) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < nbytes * 1.05 + 2**20:
-        from Engineering.errors import UserError
-
         raise UserError(f"not enough free space for {what}: {nbytes / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB "
                         f"free in {folder}; earlier outputs and checkpoints are untouched")
 
@@ -104,9 +105,7 @@ def staging_dir(out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.staging", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(stage, 0o777 & ~umask)  # mkdtemp makes 0700 folders; outputs are shared like any other folder
+    os.chmod(stage, 0o777 & ~_umask())  # mkdtemp makes 0700 folders; outputs are shared like any other folder
     return stage
 
 
