@@ -6,6 +6,7 @@ Anything the user can fix (bad file, bad key, bad value, bad shape) raises
 """
 from __future__ import annotations
 
+import argparse
 import errno
 import sys
 from typing import Callable, Sequence
@@ -13,6 +14,26 @@ from typing import Callable, Sequence
 
 class UserError(Exception):
     """An error caused by input the user controls (data, config, flags, weights)."""
+
+
+# Error types of the layers below the CLI that know nothing of it (a WarpDrive raises its own ValueError
+# subclass); the layer that owns them registers them here, and run_cli prints them as one line like UserError.
+USER_FACING: list[type[BaseException]] = [UserError]
+
+
+def user_facing(*types: type[BaseException]) -> None:
+    USER_FACING.extend(t for t in types if t not in USER_FACING)
+
+
+class ArgParser(argparse.ArgumentParser):
+    """The one argparse parser of every command-line tool: a bad flag is one line and exit 2 (via run_cli)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message):
+        raise UserError(message)
 
 
 def one_line(exc: BaseException) -> str:
@@ -30,7 +51,7 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
     debug = "--debug" in argv
     try:
         main(argv)
-    except UserError as exc:
+    except tuple(USER_FACING) as exc:
         if debug:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
