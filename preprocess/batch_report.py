@@ -2,17 +2,24 @@
 from __future__ import annotations
 
 import logging
-import sys
 from collections import Counter
 from dataclasses import dataclass, field
+
+from Engineering.errors import UserError
 
 log = logging.getLogger("preprocess")
 
 
 @dataclass
 class BatchReport:
-    """Successes and failures of a batch conversion, printed as one summary at the end."""
+    """Successes and failures of a batch, printed as one summary when its ``with`` block ends.
 
+    Open it inside the atomic output (``with atomic_h5(out) as h5, BatchReport(...) as report:``): a batch
+    in which nothing succeeded raises ``nothing`` there, so the output is left unchanged.
+    """
+
+    nothing: str  # the error when no input succeeded
+    done: str = "converted"  # the verb of the summary line
     succeeded: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
     notes: Counter = field(default_factory=Counter)
@@ -31,38 +38,19 @@ class BatchReport:
 
     def summary(self) -> str:
         total = len(self.succeeded) + len(self.failed)
-        lines = [f"converted {len(self.succeeded)} of {total} inputs, {len(self.failed)} failed"]
+        lines = [f"{self.done} {len(self.succeeded)} of {total} inputs, {len(self.failed)} failed"]
         for name, reason in self.failed:
             lines.append(f"  failed: {name}: {reason}")
         for what, n in sorted(self.notes.items()):
             lines.append(f"  {what}: {n}")
         return "\n".join(lines)
 
-    def finish(self, out) -> None:
-        """Print the summary; a batch in which nothing converted is an error (inside the atomic write, so the
-        output is left unchanged)."""
+    def __enter__(self) -> "BatchReport":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:  # the batch itself failed: its error, not a summary
+            return
         print(self.summary())
         if not self.succeeded:
-            from Engineering.errors import UserError
-
-            raise UserError(f"no input could be converted; {out} left unchanged")
-
-
-def setup_logging(debug: bool = False) -> None:
-    """One-line messages: information on stdout, warnings and errors on stderr.
-
-    Keeping stderr for trouble means a failed run ends with just the ``error:`` line there.
-    Only the "preprocess" logger is configured, so calling a tool's ``main`` in-process
-    leaves the caller's logging alone.
-    """
-    out = logging.StreamHandler(sys.stdout)
-    out.addFilter(lambda record: record.levelno < logging.WARNING)
-    err = logging.StreamHandler(sys.stderr)
-    err.setLevel(logging.WARNING)
-    for handler in (out, err):
-        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    log.handlers[:] = [out, err]
-    log.setLevel(logging.DEBUG if debug else logging.INFO)
-    log.propagate = False
-    # Third-party chatter (pydicom warnings on odd headers) only with --debug.
-    logging.getLogger("pydicom").setLevel(logging.DEBUG if debug else logging.ERROR)
+            raise UserError(self.nothing)

@@ -15,15 +15,15 @@ import argparse
 import logging
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
 
-from Engineering.errors import UserError, run_cli
-from preprocess.batch_report import BatchReport, setup_logging
+from Engineering.errors import ArgParser, UserError, run_cli
+from preprocess.batch_report import BatchReport
+from preprocess.cli import tool_main, tool_parser
 from preprocess.h5_walk import copy_group_attrs, iter_entries
-from preprocess.h5_writer import COMPRESSIONS, atomic_h5, check_h5, write_image
+from preprocess.h5_writer import atomic_h5, check_h5, write_image
 from preprocess.progress_bar import track
 
 log = logging.getLogger("preprocess")
@@ -65,24 +65,19 @@ def shifted_affine(affine: np.ndarray, x0: int, y0: int) -> np.ndarray:
     return out
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="crop_h5.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgParser:
+    p = tool_parser("crop_h5.py", __doc__, out="cropped data file, written atomically (may be INPUT itself)", compression=True)
     p.add_argument("input", metavar="INPUT", help="the data.h5 file to crop")
-    p.add_argument("--out", required=True, help="cropped data file, written atomically (may be INPUT itself)")
     p.add_argument("--size", type=int, nargs=2, required=True, metavar=("X", "Y"), help="in-plane output size")
     p.add_argument("--mask", help="mask file (default: meta_mask.h5 beside INPUT, if it exists)")
     p.add_argument("--no-mask", action="store_true", help="ignore masks: centre every window on its image")
     p.add_argument("--mask-out", help="where the cropped masks go (default: meta_mask.h5 beside --out)")
     p.add_argument("--pad-value", type=float, default=0.0, help="value outside the image when padding (default: 0)")
-    p.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="HDF5 compression filter (default: gzip)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def main(argv: Sequence[str]) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> None:
     data_path = check_h5(args.input)
     if min(args.size) < 1:
         raise UserError(f"--size must be positive, got {args.size}")
@@ -101,41 +96,34 @@ def main(argv: Sequence[str]) -> None:
         if mask_out.resolve() == mask_path.resolve() and out.resolve() != data_path.resolve():
             raise UserError(f"cropped masks would overwrite the input masks {mask_path}; give --mask-out or another --out folder")
     size = tuple(args.size)
-    report = BatchReport()
-    with h5py.File(data_path, "r") as src, atomic_h5(out) as dst:
-        masks = h5py.File(mask_path, "r") if mask_path else None
-        try:
-            entries = list(iter_entries(src))
-            with atomic_h5(mask_out) if mask_out else nullcontext() as mdst:
-                for entry, ds in track(entries, "crop", total=len(entries)):
-                    if ds.ndim != 5:
-                        report.fail(entry.path, f"not 5D (shape {ds.shape})")
-                        continue
-                    mask = masks[entry.path][()] if masks is not None and entry.path in masks else None
-                    centre = mask_centre(mask) if mask is not None else None
-                    if centre is None:
-                        report.note("datasets without a (non-empty) mask, centred on the image")
-                        centre = (ds.shape[3] / 2, ds.shape[4] / 2)
-                    x0 = window_start(size[0], ds.shape[3], centre[0])
-                    y0 = window_start(size[1], ds.shape[4], centre[1])
-                    attrs = {k: v for k, v in ds.attrs.items() if k not in ("min_val", "max_val")}
-                    if "affine" in attrs and np.shape(attrs["affine"]) == (4, 4):
-                        attrs["affine"] = shifted_affine(np.asarray(attrs["affine"]), x0, y0)
-                    prior = np.asarray(attrs.get("crop_origin", (0, 0)))  # crops compose
-                    attrs["crop_origin"] = np.array([x0, y0]) + prior
-                    attrs.setdefault("uncropped_shape", np.array(ds.shape[3:]))
-                    group = copy_group_attrs(src, dst, entry.group)
-                    write_image(group, entry.key, crop_xy(ds[()], x0, y0, size, args.pad_value), attrs, args.compression)
-                    if mask is not None and mdst is not None:
-                        made = mdst.require_group(entry.group).create_dataset(entry.key, data=crop_xy(mask, x0, y0, size, 0), compression="gzip")
-                        made.attrs.update(dict(masks[entry.path].attrs))
-                    report.ok(entry.path)
-                print(report.summary().replace("converted", "cropped"))
-                if not report.succeeded:
-                    raise UserError(f"no dataset could be cropped in {data_path}")
-        finally:
-            if masks is not None:
-                masks.close()
+    # The report closes innermost: when nothing could be cropped, neither output is replaced.
+    with h5py.File(data_path, "r") as src, h5py.File(mask_path, "r") if mask_path else nullcontext() as masks, \
+            atomic_h5(out) as dst, atomic_h5(mask_out) if mask_out else nullcontext() as mdst, \
+            BatchReport(f"no dataset could be cropped in {data_path}", done="cropped") as report:
+        entries = list(iter_entries(src))
+        for entry, ds in track(entries, "crop", total=len(entries)):
+            if ds.ndim != 5:
+                report.fail(entry.path, f"not 5D (shape {ds.shape})")
+                continue
+            mask = masks[entry.path][()] if masks is not None and entry.path in masks else None
+            centre = mask_centre(mask) if mask is not None else None
+            if centre is None:
+                report.note("datasets without a (non-empty) mask, centred on the image")
+                centre = (ds.shape[3] / 2, ds.shape[4] / 2)
+            x0 = window_start(size[0], ds.shape[3], centre[0])
+            y0 = window_start(size[1], ds.shape[4], centre[1])
+            attrs = {k: v for k, v in ds.attrs.items() if k not in ("min_val", "max_val")}
+            if "affine" in attrs and np.shape(attrs["affine"]) == (4, 4):
+                attrs["affine"] = shifted_affine(np.asarray(attrs["affine"]), x0, y0)
+            prior = np.asarray(attrs.get("crop_origin", (0, 0)))  # crops compose
+            attrs["crop_origin"] = np.array([x0, y0]) + prior
+            attrs.setdefault("uncropped_shape", np.array(ds.shape[3:]))
+            group = copy_group_attrs(src, dst, entry.group)
+            write_image(group, entry.key, crop_xy(ds[()], x0, y0, size, args.pad_value), attrs, args.compression)
+            if mask is not None and mdst is not None:
+                made = mdst.require_group(entry.group).create_dataset(entry.key, data=crop_xy(mask, x0, y0, size, 0), compression="gzip")
+                made.attrs.update(dict(masks[entry.path].attrs))
+            report.ok(entry.path)
     log.info("wrote %s%s", out, f" and {mask_out}" if mask_out else "")
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 from pydicom.errors import InvalidDicomError
 
-from Engineering.errors import UserError
+from preprocess.cli import input_path
 
 UKBB_ZIP = re.compile(r"^(?P<patient>\d+)_(?P<field>\d+)_(?P<instance>\d+)_(?P<array>\d+)\.zip$", re.IGNORECASE)
 # Directory records are DICOM but hold no image.
@@ -94,9 +94,7 @@ def find_sources(inputs: list[str]) -> list[Source]:
     """
     sources: list[Source] = []
     for raw in inputs:
-        path = Path(raw)
-        if not path.exists():
-            raise UserError(f"input not found: {raw}")
+        path = input_path(raw)
         if path.is_file():
             kind = "zip" if zipfile.is_zipfile(path) or path.suffix.lower() == ".zip" else "file"
             sources.append(Source(path, kind, ukbb_ids(path) if kind == "zip" else None))

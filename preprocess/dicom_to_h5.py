@@ -13,17 +13,17 @@ import re
 import zipfile
 from collections import defaultdict
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
 
 from Engineering.data.layout import PLANES
-from Engineering.errors import UserError, run_cli
-from preprocess.batch_report import BatchReport, setup_logging
+from Engineering.errors import ArgParser, UserError, run_cli
+from preprocess.batch_report import BatchReport
+from preprocess.cli import tool_main, tool_parser
 from preprocess.dicom_series import FileInfo, Series, SeriesError, assemble, file_info, group_series, header_json, phase_to_radians
 from preprocess.dicom_sources import Source, SourceReader, find_sources
-from preprocess.h5_writer import COMPRESSIONS, atomic_h5, check_h5, prune_empty, remove_and_prune, write_image
+from preprocess.h5_writer import atomic_h5, prune_empty, remove_and_prune, write_image
 from preprocess.progress_bar import track
 from preprocess import series_spec
 from preprocess.series_spec import FieldSpec, assign_keys, load_spec, matches_description
@@ -45,13 +45,11 @@ Without --spec every series is stored as "primary" (plus _<plane> when known),
 numbered _0, _1, ... when several share a key. Exit code 2 when nothing converted."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="dicom_to_h5.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-        epilog=ID_RULES + "\n\nSpec: " + series_spec.__doc__.split("\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> ArgParser:
+    p = tool_parser("dicom_to_h5.py", __doc__, epilog=ID_RULES + "\n\nSpec: " + series_spec.__doc__.split("\n", 1)[1],
+                    out="output HDF5 file, written atomically", compression=True,
+                    debug="show tracebacks and stop at the first failing study")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a DICOM file, a folder (searched recursively; zips inside are separate inputs) or a zip")
-    p.add_argument("--out", required=True, help="output HDF5 file, written atomically")
     p.add_argument("--spec", help="YAML/JSON spec per field mapping series descriptions to keys (see preprocess/series_spec.py)")
     p.add_argument("--default-plane", choices=PLANES, help="plane whose _<plane> suffix is left out, for fields whose spec sets none (default: none, always suffix)")
     p.add_argument("--repeat-acq", action="store_true", help="number repeats of a key _0, _1, ... (default: keep the first, report the rest), for fields whose spec sets none")
@@ -59,8 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--instance", help="instance ID for inputs not named like UK Biobank zips (default: 0, 1, ... per study)")
     p.add_argument("--frames-as", choices=("time", "slice"), default="time", help="what the frames of a multi-frame file without per-frame positions are (default: time)")
     p.add_argument("--append", action="store_true", help="add to an existing --out file instead of replacing it")
-    p.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="HDF5 compression filter (default: gzip)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and stop at the first failing study")
     return p
 
 
@@ -204,22 +200,17 @@ class Converter:
         raise SeriesError(f"no phase series matching {pattern!r} for {mag.description!r}")
 
 
-def main(argv: Sequence[str]) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> None:
     spec = load_spec(args.spec) if args.spec else None
     sources = find_sources(args.inputs)
     if not sources:
         raise UserError(f"no files found in: {' '.join(args.inputs)}")
     out = Path(args.out)
-    if args.append and out.exists():
-        check_h5(out)
-    report = BatchReport()
-    with atomic_h5(out, append=args.append) as h5:
+    with atomic_h5(out, append=args.append) as h5, BatchReport(f"no input could be converted; {out} left unchanged") as report:
         converter = Converter(h5, spec, args, report)
         for source in track(sources, "DICOM -> HDF5", total=len(sources)):
             converter.convert_source(source)
-        report.finish(out)
     log.info("wrote %s", out)
 
 

@@ -7,20 +7,24 @@ from __future__ import annotations
 import argparse
 
 from Engineering.data.demo import DemoSpec, default_demo_dir, write_demo
-from Engineering.errors import run_cli
+from Engineering.errors import ArgParser, run_cli
+from preprocess.cli import tool_main, tool_parser
 
 
-def main(argv) -> None:
-    p = argparse.ArgumentParser(description=__doc__, allow_abbrev=False)
-    p.add_argument("--out", default=str(default_demo_dir()), help="output folder (default: the demo cache)")
+def build_parser() -> ArgParser:
+    p = tool_parser("make_demo_dataset.py", __doc__, out="output folder (default: the demo cache)", out_required=False,
+                    out_default=str(default_demo_dir()))
     p.add_argument("--n_patients", type=int, default=DemoSpec.n_patients)
     p.add_argument("--n_frames", type=int, default=DemoSpec.n_frames)
     p.add_argument("--size", type=int, default=DemoSpec.size, help="in-plane size X = Y")
     p.add_argument("--seed", type=int, default=DemoSpec.seed)
     p.add_argument("--n_folds", type=int, default=DemoSpec.n_folds)
-    p.add_argument("--debug", action="store_true")
-    a = p.parse_args(argv)
-    out = write_demo(a.out, DemoSpec(a.n_patients, a.n_frames, a.size, a.seed, a.n_folds))
+    return p
+
+
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> None:
+    out = write_demo(args.out, DemoSpec(args.n_patients, args.n_frames, args.size, args.seed, args.n_folds))
     print(f"demo dataset written to {out}")
 
 

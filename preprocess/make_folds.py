@@ -17,15 +17,14 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from Engineering.errors import UserError, run_cli
+from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.atomic import atomic_path
-from preprocess.batch_report import setup_logging
+from preprocess.cli import input_path, tool_main, tool_parser
 from preprocess.h5_walk import iter_entries
 
 log = logging.getLogger("preprocess")
@@ -35,9 +34,7 @@ def instance_counts(paths: list[str], field: str | None = None) -> Counter:
     """Number of instances holding at least one dataset, per patient (within ``field`` if given)."""
     counts: Counter = Counter()
     for path in paths:
-        p = Path(path)
-        if not p.exists():
-            raise UserError(f"input not found: {path}")
+        p = input_path(path)
         if p.suffix.lower() in (".csv", ".tsv", ".txt"):
             for pid in read_id_list(p):
                 counts[pid] += 1
@@ -118,11 +115,9 @@ def write_folds(folds: list[dict[str, list[str]]], out: Path) -> None:
             pd.DataFrame(rows, columns=["train", "val", "test"]).to_csv(tmp, index=False)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="make_folds.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgParser:
+    p = tool_parser("make_folds.py", __doc__, out="fold file: .csv (train,val,test list literals) or .json; written atomically")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="data.h5 file(s), or patient-ID lists (.csv/.tsv first column, .txt one per line; each listing counts as one instance)")
-    p.add_argument("--out", required=True, help="fold file: .csv (train,val,test list literals) or .json; written atomically")
     p.add_argument("--mode", choices=("kfold", "montecarlo"), default="kfold", help="k-fold with disjoint test sets, or Monte-Carlo random splits (default: kfold)")
     p.add_argument("--n-folds", type=int, default=5, help="number of folds (default: 5)")
     p.add_argument("--test-frac", type=float, default=0.2, help="montecarlo: test fraction of all patients (default: 0.2)")
@@ -135,13 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--field", help="only count (and keep) patients with datasets in this field")
     p.add_argument("--min-instances", type=int, default=1, help="keep patients with at least this many instances (default: 1)")
     p.add_argument("--max-instances", type=int, help="keep patients with at most this many instances (default: no limit)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def main(argv: Sequence[str]) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> None:
     if args.n_folds < 2 and args.mode == "kfold":
         raise UserError(f"--n-folds must be at least 2 for kfold, got {args.n_folds}")
     if args.n_folds < 1:

@@ -16,15 +16,15 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from Engineering.errors import UserError, run_cli
-from preprocess.batch_report import BatchReport, setup_logging
+from Engineering.errors import ArgParser, UserError, run_cli
+from preprocess.batch_report import BatchReport
+from preprocess.cli import tool_main, tool_parser
 from preprocess.h5_walk import iter_entries
 from preprocess.h5_writer import atomic_h5, check_h5
 from preprocess.nifti_sources import find_nifti, load_5d
@@ -96,11 +96,9 @@ def label_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
     return labels.astype(np.uint8 if top < 256 else np.uint16)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="make_masks.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgParser:
+    p = tool_parser("make_masks.py", __doc__, out="mask file, written atomically (default: meta_mask.h5 beside INPUT)", out_required=False)
     p.add_argument("input", metavar="INPUT", help="the data.h5 file to mask")
-    p.add_argument("--out", help="mask file, written atomically (default: meta_mask.h5 beside INPUT)")
     p.add_argument("--method", choices=METHODS, default="auto", help="feature to threshold: auto (variance if T > 1, else intensity), variance, intensity (default: auto)")
     p.add_argument("--labels", nargs="+", metavar="LABELS", help="use NIfTI label files instead (files, folders or a mapping CSV, named as for nifti_to_h5.py)")
     p.add_argument("--label-key", default="primary", help="dataset key the label files belong to when not given by a mapping CSV (default: primary)")
@@ -110,13 +108,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opening", type=int, default=1, help="opening radius in pixels, removes specks (default: 1)")
     p.add_argument("--closing", type=int, default=2, help="closing radius in pixels, bridges gaps (default: 2)")
     p.add_argument("--dilate", type=int, default=0, help="final dilation radius in pixels, a safety margin (default: 0)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def main(argv: Sequence[str]) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> None:
     data_path = check_h5(args.input)
     if args.threshold is not None and not 0 < args.threshold < 1:
         raise UserError(f"--threshold must be a quantile between 0 and 1, got {args.threshold}")
@@ -129,8 +125,8 @@ def main(argv: Sequence[str]) -> None:
     out = Path(args.out) if args.out else data_path.parent / "meta_mask.h5"
     if out.resolve() == data_path.resolve():
         raise UserError(f"--out would overwrite the input data file: {out}")
-    report = BatchReport()
-    with h5py.File(data_path, "r") as src, atomic_h5(out) as dst:
+    with h5py.File(data_path, "r") as src, atomic_h5(out) as dst, \
+            BatchReport(f"no mask could be made for {data_path}", done="masked") as report:
         entries = [(e, ds) for e, ds in iter_entries(src) if not args.keys or e.key in args.keys]
         for entry, ds in track(entries, "masks", total=len(entries)):
             try:
@@ -158,9 +154,6 @@ def main(argv: Sequence[str]) -> None:
         unused = set(labels) - {e.path for e, _ in entries}
         for path in sorted(unused):
             report.fail(str(labels[path]), f"no dataset {path} in {data_path}")
-        print(report.summary().replace("converted", "masked"))
-        if not report.succeeded:
-            raise UserError(f"no mask could be made for {data_path}")
     log.info("wrote %s", out)
 
 

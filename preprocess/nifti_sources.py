@@ -15,6 +15,7 @@ import numpy as np
 
 from Engineering.data.layout import parse_key
 from Engineering.errors import UserError
+from preprocess.cli import input_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # <patient>_<field>_<instance>[_<anything>], e.g. UK Biobank's 1000001_20252_2_0.nii.gz
@@ -85,9 +86,7 @@ def find_nifti(inputs: list[str], field: str | None = None, instance: str | None
     check_key(key, "--key")
     items: list[NiftiItem] = []
     for raw in inputs:
-        path = Path(raw)
-        if not path.exists():
-            raise UserError(f"input not found: {raw}")
+        path = input_path(raw)
         if path.is_dir():
             items.extend(item_from_name(p, field, instance, key) for p in sorted(path.rglob("*")) if p.is_file() and is_nifti(p))
         elif path.suffix.lower() == ".csv":

@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Sequence
 
-from Engineering.errors import UserError, run_cli
-from preprocess.batch_report import BatchReport, setup_logging
-from preprocess.h5_writer import COMPRESSIONS, atomic_h5, check_h5, write_image
+from Engineering.errors import ArgParser, UserError, run_cli
+from preprocess.batch_report import BatchReport
+from preprocess.cli import tool_main, tool_parser
+from preprocess.h5_writer import atomic_h5, write_image
 from preprocess.nifti_sources import MAPPING_COLUMNS, find_nifti, load_5d
 from preprocess.progress_bar import track
 
@@ -28,34 +28,25 @@ last three optional, defaulting to the options). --field/--instance override nam
 Exit code 2 when nothing converted."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="nifti_to_h5.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-        epilog=ID_RULES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
+def build_parser() -> ArgParser:
+    p = tool_parser("nifti_to_h5.py", __doc__, epilog=ID_RULES, out="output HDF5 file, written atomically", compression=True,
+                    debug="show tracebacks and stop at the first failing file")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="a .nii/.nii.gz file, a folder (searched recursively) or a mapping CSV")
-    p.add_argument("--out", required=True, help="output HDF5 file, written atomically")
     p.add_argument("--key", default="primary", help="dataset key for every image not given one by a mapping CSV (default: primary)")
     p.add_argument("--field", help="field ID (default: from the file name, else 0)")
     p.add_argument("--instance", help="instance ID (default: from the file name, else 0)")
     p.add_argument("--append", action="store_true", help="add to an existing --out file instead of replacing it")
-    p.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="HDF5 compression filter (default: gzip)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks and stop at the first failing file")
     return p
 
 
-def main(argv: Sequence[str]) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> None:
     items = find_nifti(args.inputs, args.field, args.instance, args.key)
     if not items:
         raise UserError(f"no NIfTI files found in: {' '.join(args.inputs)}")
     out = Path(args.out)
-    if args.append and out.exists():
-        check_h5(out)
-    report = BatchReport()
     written: dict[str, Path] = {}
-    with atomic_h5(out, append=args.append) as h5:
+    with atomic_h5(out, append=args.append) as h5, BatchReport(f"no input could be converted; {out} left unchanged") as report:
         for item in track(items, "NIfTI -> HDF5", total=len(items)):
             target = f"{item.group}/{item.key}"
             if target in written:
@@ -71,7 +62,6 @@ def main(argv: Sequence[str]) -> None:
                 continue
             written[target] = item.path
             report.ok(str(item.path))
-        report.finish(out)
     log.info("wrote %s", out)
 
 

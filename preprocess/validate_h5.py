@@ -15,7 +15,6 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -23,8 +22,8 @@ from rich.console import Console
 from rich.table import Table
 
 from Engineering.data.layout import members, parse_key
-from Engineering.errors import UserError, run_cli
-from preprocess.batch_report import setup_logging
+from Engineering.errors import ArgParser, UserError, run_cli
+from preprocess.cli import tool_main, tool_parser
 from preprocess.h5_writer import check_h5, magnitude_range
 
 LEVELS = ("patient", "field", "instance")
@@ -177,9 +176,8 @@ def summary_table(out: Findings) -> Table:
     return table
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="validate_h5.py", allow_abbrev=False, description=__doc__.split("\n\n")[0],
-                                epilog=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser() -> ArgParser:
+    p = tool_parser("validate_h5.py", __doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="data.h5 file(s) to check")
     p.add_argument("--mask", help="mask file to check against the (single) INPUT (default: meta_mask.h5 beside it, if present)")
     p.add_argument("--no-mask", action="store_true", help="do not check masks")
@@ -187,13 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance for min_val/max_val against the data (default: 1e-4)")
     p.add_argument("--strict", action="store_true", help="treat warnings as problems")
     p.add_argument("--max-listed", type=int, default=50, help="list at most this many problems and warnings each (default: 50)")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
     return p
 
 
-def main(argv: Sequence[str]) -> None:
-    args = build_parser().parse_args(argv)
-    setup_logging(args.debug)
+@tool_main(build_parser)
+def main(args: argparse.Namespace) -> None:
     if args.mask and len(args.inputs) > 1:
         raise UserError("--mask needs a single INPUT")
     paths = [check_h5(p) for p in args.inputs]
