@@ -11,6 +11,8 @@ from Engineering.data.layout import readable_members
 
 @dataclass(frozen=True)
 class Entry:
+    """Where a dataset sits; preprocess/ spells the ``<patient>/<field>/<instance>[/<key>]`` paths only here."""
+
     patient: str
     field: str
     instance: str

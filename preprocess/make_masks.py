@@ -121,7 +121,7 @@ def main(args: argparse.Namespace) -> None:
             raise UserError(f"--{name} must be >= 0")
     labels = {}
     if args.labels:
-        labels = {f"{it.group}/{it.key}": it.path for it in find_nifti(args.labels, key=args.label_key)}
+        labels = {it.path: it.file for it in find_nifti(args.labels, key=args.label_key)}
     out = Path(args.out) if args.out else data_path.parent / "meta_mask.h5"
     if out.resolve() == data_path.resolve():
         raise UserError(f"--out would overwrite the input data file: {out}")

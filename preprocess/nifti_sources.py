@@ -16,6 +16,7 @@ import numpy as np
 from Engineering.data.layout import parse_key
 from Engineering.errors import UserError
 from preprocess.cli import input_path
+from preprocess.h5_walk import Entry
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # <patient>_<field>_<instance>[_<anything>], e.g. UK Biobank's 1000001_20252_2_0.nii.gz
@@ -24,16 +25,10 @@ MAPPING_COLUMNS = ("path", "patientID", "fieldID", "instanceID", "key")
 
 
 @dataclass(frozen=True)
-class NiftiItem:
-    path: Path
-    patient: str
-    field: str
-    instance: str
-    key: str
+class NiftiItem(Entry):
+    """The dataset a NIfTI file becomes (its ``path``/``group`` in the data file) and that file."""
 
-    @property
-    def group(self) -> str:
-        return f"{self.patient}/{self.field}/{self.instance}"
+    file: Path
 
 
 def is_nifti(path: Path) -> bool:
@@ -55,8 +50,8 @@ def item_from_name(path: Path, field: str | None, instance: str | None, key: str
     """IDs from ``<patient>_<field>_<instance>[_...]``; otherwise patient = the whole stem."""
     m = ID_NAME.match(stem(path))
     if m:
-        return NiftiItem(path, m["patient"], field or m["field"], instance or m["instance"], key)
-    return NiftiItem(path, stem(path), field or "0", instance or "0", key)
+        return NiftiItem(m["patient"], field or m["field"], instance or m["instance"], key, path)
+    return NiftiItem(stem(path), field or "0", instance or "0", key, path)
 
 
 def read_mapping(csv_path: Path, field: str | None, instance: str | None, key: str) -> list[NiftiItem]:
@@ -72,11 +67,11 @@ def read_mapping(csv_path: Path, field: str | None, instance: str | None, key: s
             path = path if path.is_absolute() else csv_path.parent / path
             where = f"mapping {csv_path} line {line}"
             items.append(NiftiItem(
-                path,
                 row["patientID"].strip(),
                 (row.get("fieldID") or field or "0").strip(),
                 (row.get("instanceID") or instance or "0").strip(),
                 check_key((row.get("key") or key).strip(), where),
+                path,
             ))
     return items
 

@@ -45,23 +45,22 @@ def main(args: argparse.Namespace) -> None:
     if not items:
         raise UserError(f"no NIfTI files found in: {' '.join(args.inputs)}")
     out = Path(args.out)
-    written: dict[str, Path] = {}
+    written: dict[str, Path] = {}  # dataset path -> the file it came from
     with atomic_h5(out, append=args.append) as h5, BatchReport(f"no input could be converted; {out} left unchanged") as report:
         for item in track(items, "NIfTI -> HDF5", total=len(items)):
-            target = f"{item.group}/{item.key}"
-            if target in written:
-                report.fail(str(item.path), f"{target} already written from {written[target]}")
+            if item.path in written:
+                report.fail(str(item.file), f"{item.path} already written from {written[item.path]}")
                 continue
             try:
-                array, attrs = load_5d(item.path)
+                array, attrs = load_5d(item.file)
                 write_image(h5.require_group(item.group), item.key, array, attrs, args.compression)
             except ValueError as exc:
                 if args.debug:
                     raise
-                report.fail(str(item.path), str(exc))
+                report.fail(str(item.file), str(exc))
                 continue
-            written[target] = item.path
-            report.ok(str(item.path))
+            written[item.path] = item.file
+            report.ok(str(item.file))
     log.info("wrote %s", out)
 
 
