@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 
-from Engineering.errors import run_cli
+from Engineering.Engines.saved_runs import describe_saved
+from Engineering.errors import ArgParser, run_cli
 from Engineering.io.export import export_run, push
 
 
 def main(argv) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-                                allow_abbrev=False)
+    p = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", required=True, help="training run folder (with Checkpoints/ and resolved_config.yaml)")
     p.add_argument("--checkpoint", default="best", help="best (by the monitored metric), last, or a checkpoint path")
     p.add_argument("--out", required=True, help="output folder for the repository files")
@@ -25,7 +25,7 @@ def main(argv) -> None:
     p.add_argument("--private", action="store_true", help="create the pushed repo as private")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)
-    out = export_run(a.run, a.checkpoint, a.out)
+    out = export_run(a.run, a.checkpoint, a.out, describe_saved)
     print(f"exported {a.run} to {out}")
     if a.push:
         url = push(out, a.push, a.private)

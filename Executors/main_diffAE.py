@@ -3,17 +3,13 @@
 python Executors/main_diffAE.py [flags] [--section§key VALUE ...] [--json§key VALUE ...]
 With no arguments: a small 2D DiffAE on the bundled demo cohort, on CPU.
 """
-from pathlib import Path
 
-from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import diffae_task
+from Engineering.Engines import cli
 from Engineering.errors import run_cli
 
-CONFIGS = Path(__file__).resolve().parents[1] / "Configs"
 
-
-def main(argv) -> None:
-    run(argv, diffae_task(CONFIGS))
+def main(argv) -> dict:
+    return cli.main(argv, task="diffAE")
 
 
 if __name__ == "__main__":

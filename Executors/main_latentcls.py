@@ -5,17 +5,13 @@ python Executors/main_latentcls.py --parent_trainID RUN [--parent_outfolder Outp
 python Executors/main_latentcls.py --latents PATH/emb.parquet [--manipulate TARGET --scales -2,-1,0,1,2]
 Phenotypes come from json§DS_phenotypes, splits from json§foldCSV (row --foldID). See README.md.
 """
-from pathlib import Path
 
-from Engineering.Engines.latentcls import run
-from Engineering.Engines.tasks import latentcls_task
+from Engineering.Engines import cli
 from Engineering.errors import run_cli
 
-CONFIGS = Path(__file__).resolve().parents[1] / "Configs"
 
-
-def main(argv) -> None:
-    run(argv, latentcls_task(CONFIGS))
+def main(argv) -> dict:
+    return cli.main(argv, task="latentcls")
 
 
 if __name__ == "__main__":

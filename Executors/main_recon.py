@@ -3,17 +3,13 @@
 python Executors/main_recon.py --pythae_model beta_vae [flags] [--model§pythae§models§beta_vae§beta 4]
 With no arguments: a small VAE on the bundled demo cohort, on CPU.
 """
-from pathlib import Path
 
-from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import recon_task
+from Engineering.Engines import cli
 from Engineering.errors import run_cli
 
-CONFIGS = Path(__file__).resolve().parents[1] / "Configs"
 
-
-def main(argv) -> None:
-    run(argv, recon_task(CONFIGS))
+def main(argv) -> dict:
+    return cli.main(argv, task="recon")
 
 
 if __name__ == "__main__":

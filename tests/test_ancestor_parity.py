@@ -22,7 +22,7 @@ import yaml
 from safetensors.torch import save_file
 
 from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import diffae_task
+from Engineering.Engines import registry
 from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
 from tests.conftest import REPO, run_executor
 
@@ -226,7 +226,7 @@ def test_inversion_and_rendering_match_diffae_formulas(small_cohort, small_publi
     js = _ancestor_json(tmp_path / "dn.json", small_cohort, SMALL_FRAMES)
     run(["--load_hf", str(folder), "--datajson_path", str(js), "--run_mode", "2", "--json§foldCSV", "0",
          "--json§save_path", str(tmp_path), "--fulltrainID", "inv", "--save_recon_subs", PATIENTS[1],
-         "--no-progress_bar", "--no-tbactive"], diffae_task(REPO / "Configs"))
+         "--no-progress_bar", "--no-tbactive"], registry.get("diffAE"))
     x = torch.from_numpy(reference_input(small_cohort / "data.h5", PATIENTS[1], SMALL_SHAPE))[None].float()
     with torch.no_grad():
         z = ema.encode(x)

@@ -6,9 +6,29 @@ import json
 import pytest
 import yaml
 
+from typing import Any
+
 from Engineering.config.loader import Task, resolve, split_argv
+from Engineering.config.schema import Keys
 from Engineering.errors import UserError
 from tests.conftest import REPO, run_executor
+
+
+class _TrainingKeys(Keys):  # the typed YAML keys the grammar tests use (an undeclared key is an error)
+    flag: bool = False
+    newlist: Any = None
+    newdict: Any = None
+    newfloat: Any = None
+    newstr: Any = None
+
+
+class _DiffAEKeys(Keys):
+    ch_mult: list[int] = [1]
+    opts: dict = {}
+
+
+class _ModelKeys(Keys):
+    DiffAE: _DiffAEKeys = _DiffAEKeys()
 
 
 @pytest.fixture
@@ -21,7 +41,8 @@ def task(tmp_path):
     js = tmp_path / "data.json"
     js.write_text(json.dumps({"datadir": "/data", "foldCSV": "folds.csv", "latent_dim": 20,
                               "DS_sanity_filters": {"dim1": 50}}))
-    return Task("t", "test", configyml=str(yml), datajson=str(js), defaults={"lr": 0.5})
+    return Task("t", "test", configyml=str(yml), datajson=str(js), defaults={"lr": 0.5},
+                sections={"training": _TrainingKeys, "model": _ModelKeys})
 
 
 def test_precedence_defaults_yaml_json_flags_overrides(task):
@@ -63,7 +84,10 @@ def test_negative_and_exponent_values_for_flags(task):
 
 
 def test_new_key_warns_with_closest_and_strict_errors(task, capsys):
-    resolve(["--training§LRdecay§x", "1"], task)
+    # inside a typed section an unknown key is an error that lists the valid keys (after the typo warning)
+    with pytest.raises(UserError, match=r"unknown key training§LRdecay \(did you mean training§LRDecay\?\); "
+                                        r"valid keys: .*LRDecay"):
+        resolve(["--training§LRdecay§x", "1"], task)
     assert "did you mean 'LRDecay'" in capsys.readouterr().out
     with pytest.raises(UserError, match="LRdecay.*did you mean 'LRDecay'"):
         resolve(["--training§LRdecay§x", "1", "--strict_overrides"], task)
@@ -137,3 +161,57 @@ def test_readme_documents_every_flag():
     text = (REPO / "README.md").read_text()
     block = text.split(BEGIN)[1].split(END)[0]
     assert block.strip() == tables().strip(), "run: python -m Engineering.Engines.docs --write"
+
+
+def test_readme_documents_every_yaml_key():
+    from Engineering.config.docs import KEYS_BEGIN, KEYS_END, key_tables
+    from Engineering.Engines.docs import executor_tasks
+
+    text = (REPO / "README.md").read_text()
+    block = text.split(KEYS_BEGIN)[1].split(KEYS_END)[0]
+    assert block.strip() == key_tables(executor_tasks()).strip(), "run: python -m Engineering.Engines.docs --write"
+    for key in ("model§DiffAE§T_eval", "model§DiffAE§net_ch", "training§LRDecay§type2§patience",
+                "model§pythae§models", "eval§reference_Cs", "eval§val_ssim_every"):
+        assert f"`{key}`" in block
+
+
+def test_typed_sections_one_default_and_unknown_keys_listed(tmp_path):
+    from Engineering.Engines import registry
+
+    diffae = registry.get("diffAE")
+    cfg = resolve([], diffae).cfg
+    # one home per default: the engine reads the key model's value (the YAML no longer repeats it)
+    assert cfg.model.DiffAE.T_eval == 10 and cfg.model.DiffAE.T_inv is None and cfg.training.ema_decay == 0.9999
+    with pytest.raises(UserError, match=r"unknown key model§DiffAE§net_chh \(did you mean model§DiffAE§net_ch\?\); "
+                                        r"valid keys: .*attn_res.*net_ch"):
+        resolve(["--model§DiffAE§net_chh", "8"], diffae)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("eval:\n  val_ssim_evry: 2\n")
+    with pytest.raises(UserError, match=r"unknown key eval§val_ssim_evry .*valid keys: .*val_ssim_every"):
+        resolve(["--configyml_path", str(bad)], diffae)
+    with pytest.raises(UserError, match=r"training§LRDecay§type2§decay_rate: input should be less than 1"):
+        resolve(["--training§LRDecay§type2§decay_rate", "1.5"], diffae)
+    # a key of another task is unknown here
+    with pytest.raises(UserError, match="unknown key eval§reference_Cs"):
+        resolve(["--eval§reference_Cs", "[1.0]"], diffae)
+
+
+def test_pythae_config_file_ranks_as_an_explicit_flag(tmp_path):
+    from Engineering.Engines import registry
+
+    recon = registry.get("recon")
+    yml = tmp_path / "r.yaml"
+    yml.write_text("model:\n  drive: pythae\n  pythae:\n    models:\n      beta_vae: {beta: 2.0, warmup_epoch: 3}\n")
+    js = tmp_path / "beta.json"
+    js.write_text(json.dumps({"beta": 5.0}))
+    base = ["--configyml_path", str(yml), "--pythae_model", "beta_vae"]
+    assert resolve(base, recon).cfg.model.pythae.models["beta_vae"] == {"beta": 2.0, "warmup_epoch": 3}
+    # the file given on the command line beats the YAML, field by field ...
+    got = resolve(base + ["--pythae_config", str(js)], recon).cfg.model.pythae.models["beta_vae"]
+    assert got == {"beta": 5.0, "warmup_epoch": 3}
+    # ... and a path override beats the file
+    got = resolve(base + ["--pythae_config", str(js), "--model§pythae§models§beta_vae§beta", "7.0"],
+                  recon).cfg.model.pythae.models["beta_vae"]
+    assert got["beta"] == 7.0
+    with pytest.raises(UserError, match="--pythae_config file not found"):
+        resolve(base + ["--pythae_config", str(tmp_path / "nope.json")], recon)

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import diffae_task
+from Engineering.Engines import registry
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import best_from_last, read_checkpoint
 from tests.conftest import REPO, run_executor, tiny_args
 
-TASK = diffae_task(REPO / "Configs")
+TASK = registry.get("diffAE")
 
 
 def _run(demo, save, *extra):

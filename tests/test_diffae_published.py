@@ -13,9 +13,10 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from Engineering.Engines.WarpDrives.DiffAE import (DiffAE, DiffAEConfig, WeightsMismatchError, check_state_fits,
+from Engineering.Engines.WarpDrives.DiffAE import (DiffAE, DiffAEConfig, WeightsMismatchError,
                                                     load_published_state)
 from Engineering.errors import UserError
+from Engineering.io.checkpoints import fit_state
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -42,7 +43,7 @@ def build(tensors, meta, which):
     state, inferred = load_published_state(tensors, which)
     cfg = DiffAEConfig(input_shape=tuple(json.loads(meta["input_shape"])), **inferred)
     model = DiffAE(cfg).eval()
-    check_state_fits(model, state)
+    fit_state(model, state, "the published weights")
     model.load_state_dict(state)
     return model, inferred
 
@@ -90,7 +91,7 @@ def test_published_L128_layout_maps_exactly():
         model = DiffAE(cfg)
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == shapes
-    check_state_fits(model, state)
+    fit_state(model, state, "the published weights")
     assert sum(p.numel() for p in model.parameters()) == pytest.approx(20.8e6, rel=0.01)
 
 
@@ -100,17 +101,16 @@ def test_mismatch_is_one_clear_error(ch8):
     # a wrong input_shape moves the attention blocks
     with torch.device("meta"):
         model = DiffAE(DiffAEConfig(input_shape=(8, 64, 64), **inferred))
-    with pytest.raises(WeightsMismatchError) as err:
-        check_state_fits(model, state)
+    with pytest.raises(UserError) as err:
+        fit_state(model, state, "the published weights")
     msg = str(err.value)
     assert "missing from the weights" in msg and "unexpected in the weights" in msg
     assert "qkv" in msg and "more)" in msg and "check input_shape" in msg
-    assert isinstance(err.value, UserError) and isinstance(err.value, ValueError)
     # a wrong latent size shows the shapes
     with torch.device("meta"):
         model = DiffAE(DiffAEConfig(input_shape=(8, 32, 32), **{**inferred, "latent_dim": 32}))
-    with pytest.raises(WeightsMismatchError, match=r"with different shapes: .*weights \(16,.*\) vs model \(32,"):
-        check_state_fits(model, state)
+    with pytest.raises(UserError, match=r"shape mismatch: .*weights \(16,.*\) vs model \(32,"):
+        fit_state(model, state, "the published weights")
 
 
 def test_not_a_published_checkpoint():
@@ -125,15 +125,15 @@ def test_shipped_training_recipe_builds_the_published_architecture():
     published layout, [-1, 1] data, gradient clipping at 1, DiffAE's ddim20 test sampler."""
     from Engineering.config.loader import resolve
     from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import clip_range, diffae_config
-    from Engineering.Engines.tasks import diffae_task
+    from Engineering.Engines import registry
 
     repo = FIXTURES.parents[2]
     cfg = resolve(["--configyml_path", str(repo / "Configs" / "config_diffAE_ukbb.yaml")],
-                  diffae_task(repo / "Configs")).cfg
+                  registry.get("diffAE")).cfg
     model = DiffAE(diffae_config(cfg, 1))
     shapes = json.loads(L128_KEYS.read_text())  # {name: shape} of one published model
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == {k: list(v) for k, v in shapes.items()}
     assert sum(v.numel() for v in model.parameters()) == pytest.approx(20.8e6, rel=0.01)
     assert clip_range(cfg) == (-1.0, 1.0) and cfg.training.grad_clip_val == 1.0
-    assert (cfg.model.DiffAE["T_inv"], cfg.model.DiffAE["spacing"], cfg.data.interp_fact) == (20, "ddim", 1.0)
+    assert (cfg.model.DiffAE.T_inv, cfg.model.DiffAE.spacing, cfg.data.interp_fact) == (20, "ddim", 1.0)

@@ -12,13 +12,13 @@ import pytest
 import torch
 
 from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import diffae_task
+from Engineering.Engines import registry
 from Engineering.errors import UserError, run_cli
 from Engineering.io.checkpoints import AtomicCheckpointIO
 from Engineering.io.runlock import LOCK_NAME, RunLock
 from tests.conftest import REPO, tiny_args
 
-TASK = diffae_task(REPO / "Configs")
+TASK = registry.get("diffAE")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import diffae_task
+from Engineering.Engines import registry
 from Engineering.errors import run_cli
 from tests.conftest import REPO, tiny_args
 
-TASK = diffae_task(REPO / "Configs")
+TASK = registry.get("diffAE")
 
 
 def _exit(capsys, argv) -> tuple[int, str]:
@@ -42,7 +42,7 @@ def _one_clear_line(code, err, *words):
     (["--n_train_batches", "0"], ["training§n_train_batches"]),
     (["--model§DiffAE§T_eval", "5000"], ["T_eval=5000", "[1, 1000]"]),
     (["--model§DiffAE§T_inv", "0"], ["T_inv=0", "[1, 1000]"]),
-    (["--training§ema_decay", "2"], ["training§ema_decay", "[0, 1)"]),
+    (["--training§ema_decay", "2"], ["training§ema_decay", "less than 1"]),
     (["--training§ema_decay", "-1"], ["training§ema_decay"]),
 ])
 def test_bad_values_are_one_line(tiny_demo, tmp_path, capsys, args, words):

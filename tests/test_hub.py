@@ -13,12 +13,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import diffae_task, recon_task
+from Engineering.Engines import registry
 from Engineering.errors import UserError
 from tests.conftest import REPO, run_executor, tiny_args
 
 COMPAT = REPO / "tests" / "fixtures" / "compat"
-TASK = diffae_task(REPO / "Configs")
+TASK = registry.get("diffAE")
 
 
 def _tensors(name):
@@ -145,7 +145,7 @@ def test_drive_mismatch_is_an_error(tiny_demo, tmp_path):
     (out / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(UserError, match="do not fit the model"):
         run(["--load_hf", str(out), "--run_mode", "2", "--json§datadir", str(tiny_demo),
-             "--json§save_path", str(tmp_path)], recon_task(REPO / "Configs"))
+             "--json§save_path", str(tmp_path)], registry.get("recon"))
 
 
 def test_export_replaces_the_old_folder_only_once_the_new_one_is_in_place(tmp_path, monkeypatch):
@@ -204,7 +204,7 @@ def test_checkpoint_config_cannot_name_code(tiny_demo, tmp_path):
     from Engineering.config.loader import resolve
 
     marker = tmp_path / "PWNED"
-    raw = resolve(["--json§datadir", str(tiny_demo)], recon_task(REPO / "Configs")).raw
+    raw = resolve(["--json§datadir", str(tiny_demo)], registry.get("recon")).raw
     raw["model"]["pythae"].update(_hostile_architecture(marker))
     ckpt = tmp_path / "evil.ckpt"
     torch.save({"state_dict": {}, "imlatent_config": raw, "in_channels": 1}, ckpt)

@@ -15,15 +15,15 @@ import torch
 from Engineering.config.loader import resolve
 from Engineering.data.latent_tables import prepare
 from Engineering.data.transforms import invert_affine
-from Engineering.Engines.latentcls import run
+from Engineering.Engines.MainEngine import run
 from Engineering.Engines.MainEngine import run as run_autoencoder
 from Engineering.Engines.saved_runs import load_run, whole_file_data
-from Engineering.Engines.tasks import diffae_task, latentcls_task
+from Engineering.Engines import registry
 from Engineering.errors import UserError, run_cli
 from Engineering.io.checkpoints import read_checkpoint
 from tests.conftest import REPO, run_executor, tiny_args
 
-TASK = latentcls_task(REPO / "Configs")
+TASK = registry.get("latentcls")
 N_PATIENTS, N_FRAMES, DIM = 90, 2, 8
 FAST = ["--no-progress_bar", "--no-tbactive", "--batch_size", "16", "--num_epochs", "40", "--lr", "2e-2"]
 ID_COLUMNS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
@@ -182,7 +182,7 @@ def diffae_run(tiny_demo, tmp_path_factory):
     """A tiny trained DiffAE with latents of the whole cohort (12 patients x 4 frames)."""
     save = tmp_path_factory.mktemp("dae")
     run_autoencoder(tiny_args(tiny_demo, save, "--fulltrainID", "dae", "--run_mode", "3", "--json§foldCSV", "0",
-                              "--test_emb_only"), diffae_task(REPO / "Configs"))
+                              "--test_emb_only"), registry.get("diffAE"))
     return save
 
 

@@ -97,7 +97,9 @@ def test_registry_holds_every_model_pythae_exports():
 def test_unknown_model_name_lists_valid_names():
     with pytest.raises(ValueError, match="valid names: ae, vae, beta_vae") as err:
         PythaeDriveConfig(model="bvae")
-    assert isinstance(err.value, UserError)
+    from Engineering.Engines import registry  # noqa: F401  (registers the drives' error type with run_cli)
+    from Engineering.errors import USER_FACING
+    assert not isinstance(err.value, UserError) and isinstance(err.value, tuple(USER_FACING))
     with pytest.raises(ValueError, match="vqvae"):
         get_spec("nope")
     assert get_spec("VQ_VAE").name == "vqvae"

@@ -13,12 +13,12 @@ from Engineering.config.loader import resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.AuxiliaryEngines.ReconEngine import ReconEngine
 from Engineering.Engines.MainEngine import run
-from Engineering.Engines.tasks import recon_task
+from Engineering.Engines import registry
 from Engineering.Engines.WarpDrives.pythaeDrive import model_names
 from Engineering.errors import UserError
 from tests.conftest import REPO
 
-TASK = recon_task(REPO / "Configs")
+TASK = registry.get("recon")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

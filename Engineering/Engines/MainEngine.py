@@ -20,9 +20,9 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-from Engineering.config.loader import Task, dump_yaml, resolve
+from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
-from Engineering.Engines.published_hub import published_diffae
+from Engineering.Engines.registry import TaskSpec, drive_errors
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.atomic import remove_stale, write_text
@@ -36,21 +36,10 @@ log = logging.getLogger("imlatent")
 TRAIN_MODES, TEST_MODES, MERGED_MODES = (0, 1, 3, 4), (2, 3, 4), (0, 3)
 
 
-def engine_class(drive: str):
-    """The LightningModule of a WarpDrive (imported lazily: each pulls in its own dependencies)."""
-    if drive == "DiffAE":
-        from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import DiffAEEngine
-        return DiffAEEngine
-    if drive == "pythae":
-        from Engineering.Engines.AuxiliaryEngines.ReconEngine import ReconEngine
-        return ReconEngine
-    raise UserError(f"model§drive {drive!r} is unknown; choose DiffAE or pythae")
-
-
-def run_name(cfg, task: Task) -> str:
+def run_name(cfg, task: TaskSpec) -> str:
     if cfg.run.fulltrainID:
         return cfg.run.fulltrainID
-    tag = getattr(cfg.model, "tag", None) or task.name
+    tag = cfg.model.tag or task.name
     return f"{cfg.paths.run_prefix}_{cfg.run.trainID}fold{cfg.run.foldID}_prec{cfg.run.ampmode}_{tag}"
 
 
@@ -161,7 +150,7 @@ def fit_kwargs(trainer: L.Trainer) -> dict:
     return {"weights_only": True} if "weights_only" in inspect.signature(trainer.fit).parameters else {}
 
 
-def _with_hub(argv: Sequence[str], task: Task):
+def _with_hub(argv: Sequence[str], task: TaskSpec):
     """Resolve the config; with --load_hf, the weights' own config ranks above YAML/JSON, below explicit flags."""
     resolved = resolve(argv, task)
     ref = resolved.cfg.run.load_hf
@@ -169,7 +158,14 @@ def _with_hub(argv: Sequence[str], task: Task):
         return resolved, None
     hub = read_hub(ref)
     if hub.kind == "published":
-        hub = published_diffae(hub, resolved.cfg.run.hf_weights)
+        if task.published is None:
+            raise UserError(f"--load_hf {ref}: a published layout (not our config.json) that task {task.name!r} "
+                            "cannot read")
+        with drive_errors():
+            hub = task.published(hub, resolved.cfg)
+    elif hub.layer["model"]["drive"] != task.drive:
+        raise UserError(f"--load_hf {ref} holds a {hub.layer['model']['drive']} model; task {task.name!r} "
+                        f"trains {task.drive} (use its executor)")
     refuse_code(hub.layer, f"--load_hf {ref} (config.json)")
     resolved = resolve(argv, task, layer=hub.layer)
     missing = [n for n in hub.needs if n not in resolved.explicit and f"model§{n}" not in resolved.explicit]
@@ -195,43 +191,87 @@ def begin(resolved) -> bool:
     return True
 
 
-def run(argv: Sequence[str], task: Task) -> dict:
+class ImageRun:
+    """The lifecycle hooks of an image task (the default): H5 data, the task's engine, Trainer.test writes the
+    output contract. A task with another kind of data (latentcls) registers its own class with these hooks."""
+
+    weights_hint = "--load_hf REPO or --preweights_path PATH"
+
+    def __init__(self, cfg, task: TaskSpec, hub):
+        self.cfg, self.task, self.hub = cfg, task, hub
+
+    def run_dir(self) -> Path:
+        return Path(self.cfg.paths.save_path).expanduser() / run_name(self.cfg, self.task)
+
+    def has_weights(self) -> bool:
+        return bool(self.cfg.run.preweights_path or self.cfg.run.load_hf)
+
+    def build(self, mode: int):
+        """(datamodule, engine): every split the run will use exists before anything is trained or written."""
+        cfg = self.cfg
+        dm = H5DataModule(cfg, merge_train_val=mode in MERGED_MODES)
+        for split in (("train",) if mode in TRAIN_MODES else ()) + (("val",) if mode in (1, 4) else ()) \
+                + (("test",) if mode in TEST_MODES else ()):
+            dm.dataset(split)
+        probe = dm.dataset("test" if mode == 2 else "train")
+        with drive_errors():
+            model = self.task.engine_class()(cfg, int(probe[0]["inp"].shape[0]))
+            model.has_val = mode in (1, 4)
+            if self.hub is not None:
+                model.load_state_dict(fit_state(model, self.hub.state, f"--load_hf {cfg.run.load_hf}"))
+        return dm, model
+
+    def describe(self, dm) -> str:
+        return (f"data {dm.h5file} ({len(dm.records)} datasets, index cache {'hit' if dm.cache_hit else 'rebuilt'})")
+
+    def fit_context(self):
+        return nullcontext()
+
+    def test(self, trainer, model, dm, out_dir: Path, test_ckpt) -> dict:
+        cfg, hub = self.cfg, self.hub
+        model.out_dir = out_dir
+        model.output_attrs = {"model": cfg.model.drive, "run_name": out_dir.parent.name, "norm_type": cfg.data.norm_type,
+                              "input_shape": json.dumps(list(cfg.model.input_shape)), "is3D": cfg.model.is3D,
+                              "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
+                              "load_hf_revision": (hub.revision or "") if hub else "",
+                              "ema": bool(cfg.eval.test_ema) and hasattr(model, "ema_net")}
+        trainer.test(model, datamodule=dm, verbose=False)
+        if trainer.is_global_zero:
+            summary = getattr(model, "test_summary", None)
+            print(f"outputs written to {out_dir}" + (f" (mean {', '.join(f'{k} {v:.4g}' for k, v in summary.items())})"
+                                                     if summary else ""))
+        return {"out_dir": str(out_dir)}
+
+
+def run(argv: Sequence[str], task: TaskSpec) -> dict:
+    """One lifecycle for every task: config, folders, run-mode checks, resume, lock, fit, best checkpoint, test."""
     resolved, hub = _with_hub(argv, task)
     if not begin(resolved):
         return {}
     cfg = resolved.cfg
     mode = cfg.run.run_mode
+    life = (task.lifecycle_class() or ImageRun)(cfg, task, hub)
 
     save_path = Path(cfg.paths.save_path).expanduser()
     if save_path.exists() and not save_path.is_dir():
         raise UserError(f"json§save_path {save_path} is a file, not a folder for run folders")
-    run_dir = save_path / run_name(cfg, task)
+    run_dir = life.run_dir()
     ckpt_dir = run_dir / CHECKPOINT_DIR
     out_dir = run_dir / ("Output" + (f"_{cfg.run.output_suffix}" if cfg.run.output_suffix else ""))
     test_ckpt = test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
-    if mode == 2 and test_ckpt is None and not (cfg.run.preweights_path or cfg.run.load_hf):
+    if mode == 2 and test_ckpt is None and not life.has_weights():
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
-                        "--load_model_4test PATH, --load_hf REPO or --preweights_path PATH")
+                        f"--load_model_4test PATH or {life.weights_hint}")
     resume_from = resume_checkpoint(ckpt_dir) if cfg.run.resume and mode != 2 else None
 
-    dm = H5DataModule(cfg, merge_train_val=mode in MERGED_MODES)
-    # every split the run will use exists before anything is trained or written
-    for split in (("train",) if mode in TRAIN_MODES else ()) + (("val",) if mode in (1, 4) else ()) \
-            + (("test",) if mode in TEST_MODES else ()):
-        dm.dataset(split)
-    probe = dm.dataset("test" if mode == 2 else "train")
-    in_channels = int(probe[0]["inp"].shape[0])
-    model = engine_class(cfg.model.drive)(cfg, in_channels)
-    model.has_val = mode in (1, 4)
+    dm, model = life.build(mode)
     if cfg.run.preweights_path:
         load_weights(model, cfg.run.preweights_path)
-    if hub is not None:
-        model.load_state_dict(fit_state(model, hub.state, f"--load_hf {cfg.run.load_hf}"))
-    if cfg.run.compile_model:
+    if cfg.run.compile_model and hasattr(model, "net"):
         model.net.compile()
 
     with RunLock(run_dir) if is_rank_zero() else nullcontext():  # one run per run folder
-        return _run_locked(cfg, resolved, hub, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
+        return _run_locked(life, resolved, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
 
 
 def resume_checkpoint(ckpt_dir: Path) -> Path:
@@ -254,8 +294,9 @@ def resume_checkpoint(ckpt_dir: Path) -> Path:
         return other
 
 
-def _run_locked(cfg, resolved, hub, dm, model, run_dir: Path, ckpt_dir: Path, out_dir: Path, test_ckpt,
+def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_dir: Path, test_ckpt,
                 resume_from) -> dict:
+    cfg = resolved.cfg
     mode = cfg.run.run_mode
     if is_rank_zero():
         for folder in (run_dir, ckpt_dir):
@@ -263,8 +304,7 @@ def _run_locked(cfg, resolved, hub, dm, model, run_dir: Path, ckpt_dir: Path, ou
                 log.info("removed %s, left by an interrupted earlier run", stale)
         setup_logging(run_dir)
         write_text(run_dir / "resolved_config.yaml", dump_yaml(resolved.raw))
-    log.info("run %s mode %d; data %s (%d datasets, index cache %s)", run_dir.name, mode, dm.h5file,
-             len(dm.records), "hit" if dm.cache_hit else "rebuilt")
+    log.info("run %s mode %d; %s", run_dir.name, mode, life.describe(dm))
 
     trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val, model.automatic_optimization,
                             not getattr(model, "needs_grad_in_eval", False))
@@ -272,25 +312,15 @@ def _run_locked(cfg, resolved, hub, dm, model, run_dir: Path, ckpt_dir: Path, ou
     if mode in TRAIN_MODES:
         _tune(cfg, trainer, model, dm, run_dir)
         resume = str(resume_from) if resume_from else None
-        trainer.fit(model, datamodule=dm, ckpt_path=resume, **fit_kwargs(trainer))
+        with life.fit_context():
+            trainer.fit(model, datamodule=dm, ckpt_path=resume, **fit_kwargs(trainer))
         if mode == 4:
             best = trainer.checkpoint_callback.best_model_path
             test_ckpt = Path(best) if best else None
     if mode in TEST_MODES and not cfg.run.dev_run:
         if test_ckpt is not None:
             load_weights(model, test_ckpt)
-        model.out_dir = out_dir
-        model.output_attrs = {"model": cfg.model.drive, "run_name": run_dir.name, "norm_type": cfg.data.norm_type,
-                              "input_shape": json.dumps(list(cfg.model.input_shape)), "is3D": cfg.model.is3D,
-                              "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
-                              "load_hf_revision": (hub.revision or "") if hub else "",
-                              "ema": bool(cfg.eval.test_ema) and hasattr(model, "ema_net")}
-        trainer.test(model, datamodule=dm, verbose=False)
-        result["out_dir"] = str(out_dir)
-        if trainer.is_global_zero:
-            summary = getattr(model, "test_summary", None)
-            print(f"outputs written to {out_dir}" + (f" (mean {', '.join(f'{k} {v:.4g}' for k, v in summary.items())})"
-                                                     if summary else ""))
+        result.update(life.test(trainer, model, dm, out_dir, test_ckpt))
     elif trainer.is_global_zero:
         print(f"dev run of {cfg.run.dev_run} batch(es) finished (no checkpoints, no outputs)" if cfg.run.dev_run
               else f"checkpoints in {ckpt_dir}")

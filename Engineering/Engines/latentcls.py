@@ -10,104 +10,76 @@ on the same rows), and ``--manipulate`` if asked.
 from __future__ import annotations
 
 import json
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from Engineering.config.loader import Task, dump_yaml, resolve
+from Engineering.data.labels import CATEGORICAL
 from Engineering.data.latent_datamodule import LatentDataModule
 from Engineering.data.latent_tables import LatentSet, prepare
-from Engineering.Engines.AuxiliaryEngines.LatentPredictorEngine import LatentPredictorEngine, head_names
-from Engineering.Engines.saved_runs import load_run, whole_file_data
-from Engineering.Engines.MainEngine import (MERGED_MODES, begin, TEST_MODES, TRAIN_MODES, fit_kwargs, test_checkpoint,
-                                            build_trainer, is_rank_zero, resume_checkpoint, run_name, setup_logging)
-from Engineering.errors import UserError
-from Engineering.Eval import manipulation, reference_models
-from Engineering.data.labels import CATEGORICAL
+from Engineering.Engines.AuxiliaryEngines.LatentPredictorEngine import LatentPredictorEngine
+from Engineering.Engines.MainEngine import MERGED_MODES, ImageRun, run_name
+from Engineering.Eval import reference_models
 from Engineering.Eval.predictor_metrics import (ALL_METRICS, CLASSIFICATION_METRICS, REGRESSION_METRICS,
                                                 classification_scores, regression_scores)
-from Engineering.io.atomic import remove_stale, write_text
-from Engineering.io.checkpoints import CHECKPOINT_DIR, load_weights
-from Engineering.io.runlock import RunLock
+from Engineering.io.atomic import write_text
 from Engineering.io.outputs import write_table
 
 PARENT_SUBDIR = "ClassifyLatent"
 
 
-def run_dir_of(cfg, task: Task) -> Path:
-    root = Path(cfg.paths.save_path).expanduser()
-    if cfg.run.parent_trainID:
-        root = root / cfg.run.parent_trainID / PARENT_SUBDIR
-    return root / run_name(cfg, task)
+class PredictorRun(ImageRun):
+    """The latent predictors' hooks into the one run lifecycle: latents + phenotypes instead of images; "test"
+    predicts every sample on rank 0 and writes predictions and metrics (with scikit-learn references fitted
+    on the same rows); then the task's extra output steps (``--manipulate``)."""
 
+    weights_hint = "--preweights_path PATH"
 
-def run(argv: Sequence[str], task: Task) -> dict:
-    resolved = resolve(argv, task)
-    if not begin(resolved):
-        return {}
-    cfg = resolved.cfg
-    mode = cfg.run.run_mode
+    def run_dir(self) -> Path:
+        root = Path(self.cfg.paths.save_path).expanduser()
+        if self.cfg.run.parent_trainID:
+            root = root / self.cfg.run.parent_trainID / PARENT_SUBDIR
+        return root / run_name(self.cfg, self.task)
 
-    data = prepare(cfg, merge_train_val=mode in MERGED_MODES)  # every input check before anything is written
-    run_dir = run_dir_of(cfg, task)
-    ckpt_dir = run_dir / CHECKPOINT_DIR
-    out_dir = run_dir / ("Output" + (f"_{cfg.run.output_suffix}" if cfg.run.output_suffix else ""))
-    test_ckpt = test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
-    if mode == 2 and test_ckpt is None and not cfg.run.preweights_path:
-        raise UserError("--run_mode 2 (test) needs trained heads: --resume [--load_best] for this run's checkpoints, "
-                        "--load_model_4test PATH or --preweights_path PATH")
-    resume_from = resume_checkpoint(ckpt_dir) if cfg.run.resume and mode != 2 else None
-    if cfg.eval.manipulate:
-        check_manipulation(cfg, data)  # fail before training, not after
+    def has_weights(self) -> bool:
+        return bool(self.cfg.run.preweights_path)
 
-    dm = LatentDataModule(data, cfg.training.batch_size, cfg.training.seed)
-    model = LatentPredictorEngine(cfg, data.Z.shape[1], data.targets, data.z_mean, data.z_std)
-    model.has_val = mode in (1, 4) and dm.has("val")
-    if cfg.run.preweights_path:
-        load_weights(model, cfg.run.preweights_path)
-    with RunLock(run_dir) if is_rank_zero() else nullcontext():  # one run per run folder
-        return _run_locked(cfg, resolved, data, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
+    def build(self, mode: int):
+        cfg = self.cfg
+        self.data = data = prepare(cfg, merge_train_val=mode in MERGED_MODES)  # every input check first
+        self.steps = self.task.step_objects()
+        for step in self.steps:
+            step.check(cfg, data)  # fail before training, not after
+        dm = LatentDataModule(data, cfg.training.batch_size, cfg.training.seed)
+        model = self.task.engine_class()(cfg, data.Z.shape[1], data.targets, data.z_mean, data.z_std)
+        model.has_val = mode in (1, 4) and dm.has("val")
+        return dm, model
 
+    def describe(self, dm) -> str:
+        for note in self.data.notes:
+            print(f"note: {note}")
+        return f"latents {self.data.source} ({len(self.data.Z)} samples)"
 
-def _run_locked(cfg, resolved, data, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from) -> dict:
-    mode = cfg.run.run_mode
-    if is_rank_zero():
-        for folder in (run_dir, ckpt_dir):
-            remove_stale(folder)
-        setup_logging(run_dir)
-        write_text(run_dir / "resolved_config.yaml", dump_yaml(resolved.raw))
-    for note in data.notes:
-        print(f"note: {note}")
+    def fit_context(self):
+        return one_thread()
 
-    trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val)
-    result = {"run_dir": str(run_dir)}
-    if mode in TRAIN_MODES:
-        resume = str(resume_from) if resume_from else None
+    def test(self, trainer, model, dm, out_dir: Path, test_ckpt) -> dict:
+        if not trainer.is_global_zero:
+            return {}
+        cfg, data = self.cfg, self.data
+        model.to("cpu").eval()
         with one_thread():
-            trainer.fit(model, datamodule=dm, ckpt_path=resume, **fit_kwargs(trainer))
-        if mode == 4:
-            best = trainer.checkpoint_callback.best_model_path
-            test_ckpt = Path(best) if best else None
-    if mode not in TEST_MODES or cfg.run.dev_run or not trainer.is_global_zero:
-        if trainer.is_global_zero:
-            print(f"checkpoints in {ckpt_dir}")
+            predictions, metrics, penalties = evaluate(model, data, cfg)
+        write_outputs(out_dir, predictions, metrics, penalties, data, test_ckpt)
+        result = {"out_dir": str(out_dir), "metrics": metrics}
+        for step in self.steps:
+            result.update(step.run(cfg, model, data, out_dir))
+        print(f"outputs written to {out_dir} ({_summary(metrics)})")
         return result
-    if test_ckpt is not None:
-        load_weights(model, test_ckpt)
-    model.to("cpu").eval()
-    with one_thread():
-        predictions, metrics, penalties = evaluate(model, data, cfg)
-    write_outputs(out_dir, predictions, metrics, penalties, data, test_ckpt)
-    result.update(out_dir=str(out_dir), metrics=metrics)
-    if cfg.eval.manipulate:
-        result["manipulation"] = str(manipulate(cfg, model, data, out_dir))
-    print(f"outputs written to {out_dir} ({_summary(metrics)})")
-    return result
 
 
 @contextmanager
@@ -129,8 +101,7 @@ def evaluate(model: LatentPredictorEngine, data: LatentSet, cfg) -> tuple[pd.Dat
     """Long predictions table, wide metrics table and the references' chosen penalties."""
     heads = model.predict_heads(data.Z)
     train, val = data.rows("train"), data.rows("val")
-    alphas = [float(a) for a in getattr(cfg.eval, "reference_alphas", None) or [0.1, 1.0, 10.0]]
-    Cs = [float(c) for c in getattr(cfg.eval, "reference_Cs", None) or [0.1, 1.0, 10.0]]
+    alphas, Cs = cfg.eval.reference_alphas, cfg.eval.reference_Cs
     parts, rows, penalties = [], [], {}
     for j, t in enumerate(data.targets):
         outputs = {name: per[j] for name, per in heads.items()}
@@ -210,91 +181,3 @@ def _summary(metrics: pd.DataFrame) -> str:
     parts = [f"{r.target} " + (f"bal. acc. {r.balanced_accuracy:.3g}" if r.kind == CATEGORICAL else f"R² {r.r2:.3g}")
              for r in test.itertuples()]
     return "test, linear head: " + ", ".join(parts)
-
-
-# --- latent manipulation (DiffAE parents) ------------------------------------------------------------------------
-
-def parent_run_folder(cfg, data: LatentSet) -> Path:
-    """The autoencoder behind the latents: --parent_trainID, or the run folder holding the --latents file."""
-    if cfg.run.parent_trainID:
-        return Path(cfg.paths.save_path).expanduser() / cfg.run.parent_trainID
-    folder = data.source.parent
-    if folder.name.startswith("Output"):
-        folder = folder.parent
-    if not (folder / CHECKPOINT_DIR).is_dir():
-        raise UserError(f"--manipulate needs the DiffAE run behind the latents: give --parent_trainID "
-                        f"(no {CHECKPOINT_DIR}/ next to {data.source})")
-    return folder
-
-
-def check_manipulation(cfg, data: LatentSet) -> None:
-    target, _, wanted = cfg.eval.manipulate.partition(":")
-    spec = next((t for t in data.targets if t.name == target), None)
-    if spec is None:
-        raise UserError(f"--manipulate {target!r} is not a target (targets: {', '.join(t.name for t in data.targets)})")
-    if wanted and wanted not in spec.classes:
-        raise UserError(f"--manipulate {cfg.eval.manipulate}: {wanted!r} is not a class of {target} "
-                        f"({', '.join(spec.classes) or 'continuous target'})")
-    if "linear" not in head_names(cfg.model.heads):
-        raise UserError("--manipulate needs the linear head: add linear to --heads")
-    if cfg.eval.n_manipulate_subs < 1:
-        raise UserError("--n_manipulate_subs must be >= 1")
-    manipulation.parse_scales(cfg.eval.scales)
-    parent_run_folder(cfg, data)
-
-
-def manipulate(cfg, model: LatentPredictorEngine, data: LatentSet, out_dir: Path) -> Path:
-    target, _, wanted = cfg.eval.manipulate.partition(":")
-    spec = next(t for t in data.targets if t.name == target)  # checked before training
-    direction, label = manipulation.unit_direction(model.linear_weights(target), spec.classes, wanted or None)
-    scales = manipulation.parse_scales(cfg.eval.scales)
-    parent = load_run(parent_run_folder(cfg, data))
-    if parent.cfg.model.drive != "DiffAE":
-        raise UserError(f"--manipulate renders with a DiffAE; the parent run's model is {parent.cfg.model.drive}")
-    if int(parent.cfg.model.latent_dim) != data.Z.shape[1]:
-        raise UserError(f"the latents have {data.Z.shape[1]} dimensions but the parent DiffAE has latent_dim "
-                        f"{parent.cfg.model.latent_dim}: they are not this model's latents")
-    samples = _manipulation_samples(parent.cfg, data, int(cfg.eval.n_manipulate_subs))
-    engine = parent.engine
-    net = engine.ema_net if parent.use_ema else engine.net
-    folder = out_dir / ("manipulation_" + "".join(ch if ch.isalnum() or ch in "-_." else "_"
-                                                  for ch in cfg.eval.manipulate))
-    attrs = {"target": target, "class": wanted or "", "direction_label": label,
-             "parent_checkpoint": str(parent.checkpoint), "T_inv": engine.T_inv, "T_step": engine.T_step,
-             "ema": parent.use_ema,
-             "units": "original intensity units (the input's normalisation inverted)",
-             "scale_units": "standard deviations of the standardised latents (training-split statistics), "
-                            "along the unit direction"}
-    path = manipulation.manipulate(net, engine.diffusion, engine.T_inv, engine.T_step, samples, direction,
-                                   model.z_mean, model.z_std, scales, folder, attrs, clip=engine.clip)
-    print(f"manipulation of {cfg.eval.manipulate} ({label}) for {len(samples)} subject(s): {folder}")
-    return path
-
-
-def _manipulation_samples(parent_cfg, data: LatentSet, n_subjects: int) -> list[dict]:
-    """One image per test-split subject (the sample of its first latent row when rows are per sample)."""
-    rows = data.ids[data.rows("test")]
-    if rows.empty:
-        raise UserError("--manipulate uses test-split subjects, and the test split has no latents")
-    ds = whole_file_data(parent_cfg).dataset("test")
-    by_id, first = {}, {}
-    for i in range(len(ds)):
-        d = ds.describe(i)
-        key = (d["patientID"], d["fieldID"], d["instanceID"], d["key"], d["c"] or 0, d["t"] or 0, d["s"] or 0)
-        by_id.setdefault(key, i)
-        first.setdefault(d["patientID"], i)
-    samples = []
-    for pid, part in rows.groupby("patientID", sort=True):
-        if len(samples) >= n_subjects:
-            break
-        r = part.iloc[0]
-        key = tuple(r[c] for c in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")) \
-            if "key" in part.columns else None
-        i = by_id.get(key, first.get(pid))
-        if i is None:
-            continue
-        item = ds.sample(i)
-        samples.append({**ds.describe(i), "inp": item["inp"], "affine": item["affine"]})
-    if not samples:
-        raise UserError("--manipulate: none of the test-split subjects is in the parent run's data file")
-    return samples

@@ -20,12 +20,12 @@ PUBLISHED_DATA = {"norm_type": "minmax", "norm_range": "symmetric", "interp_fact
 PUBLISHED_DIFFUSION = {"T": 1000, "T_eval": 20, "T_inv": 20, "T_step": 20, "spacing": "ddim", "clip_x0": "auto"}
 
 
-def published_diffae(raw: HubModel, which: str) -> HubModel:
+def published_diffae(raw: HubModel, cfg) -> HubModel:
     """The published layout: weights mapped onto our DiffAE; the architecture from the tensor shapes, checked
     against the repository's config.json (only its plain values are read: ``auto_map`` and any other code
     reference is ignored, nothing is imported); input shape from config.json, else the ``x_T`` buffer."""
     tensors, meta, config, where, source = raw.state, raw.meta, raw.config, raw.config_path, raw.source
-    state, inferred = load_published_state(tensors, which)
+    state, inferred = load_published_state(tensors, cfg.run.hf_weights)
     for key in ("is3D", "in_channels", "latent_dim", "net_ch"):
         if key in config and key in inferred and (bool(config[key]) if key == "is3D" else config[key]) != inferred[key]:
             raise UserError(f"{where} says {key}={config[key]!r} but the weights have {key}={inferred[key]!r}")

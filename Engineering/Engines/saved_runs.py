@@ -15,10 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from Engineering.config.flags import DIFFAE_FLAGS, RECON_FLAGS
 from Engineering.config.schema import validate
 from Engineering.data.datamodule import H5DataModule
-from Engineering.Engines.MainEngine import engine_class
+from Engineering.Engines import registry
+from Engineering.Engines.registry import drive_errors
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import checkpoint_in, fit_state, read_checkpoint
@@ -54,12 +54,26 @@ def load_run(run_or_file: str | Path) -> SavedRun:
     if not isinstance(raw, dict) or in_channels is None:
         raise UserError(f"{path} holds no imlatent_config/in_channels: not a checkpoint of this pipeline's "
                         "training (use the run folder of main_diffAE or main_recon)")
-    refuse_code(raw, f"checkpoint {path} (its saved imlatent_config)")
-    cfg = validate(copy.deepcopy(raw), DIFFAE_FLAGS + RECON_FLAGS)
-    engine = engine_class(cfg.model.drive)(cfg, int(in_channels))
+    cfg, task = saved_config(raw, f"checkpoint {path}")
+    with drive_errors():
+        engine = task.engine_class()(cfg, int(in_channels))
     engine.load_state_dict(fit_state(engine, ckpt["state_dict"], str(path)))
     engine.eval()
     return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"))
+
+
+def saved_config(raw: dict, where: str):
+    """A run's saved config (a checkpoint's imlatent_config), validated as its own task's: (cfg, task)."""
+    refuse_code(raw, f"{where} (its saved imlatent_config)")
+    drive = (raw.get("model") or {}).get("drive")
+    task = registry.for_drive(str(drive), where)
+    return validate(copy.deepcopy(raw), task.extra_flags, task.sections), task
+
+
+def describe_saved(raw: dict, where: str):
+    """For io/export: the validated config and the task's name."""
+    cfg, task = saved_config(raw, where)
+    return cfg, task.name
 
 
 def whole_file_data(cfg, datafile: str | Path | None = None) -> H5DataModule:

@@ -23,19 +23,16 @@ def make_scheduler(optimiser, training_cfg, monitor: str) -> dict | None:
     kind = training_cfg.lr_decay_type
     if kind == 0:
         return None
-    params = (getattr(training_cfg, "LRDecay", None) or {}).get(f"type{kind}", {})
-    try:
-        if kind == 1:
-            sched = torch.optim.lr_scheduler.StepLR(optimiser, step_size=int(params.get("decay_every", 50)),
-                                                    gamma=float(params.get("decay_rate", 0.1)))
-            return {"scheduler": sched, "interval": "epoch"}
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-            optimiser, mode="min", factor=float(params.get("decay_rate", 0.1)), patience=int(params.get("patience", 10)),
-            threshold=float(params.get("threshold", 1e-4)), cooldown=int(params.get("cooldown", 0)),
-            min_lr=float(params.get("min_lr", 0.0)))
-        return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"training§LRDecay§type{kind}: {exc}") from None
+    decay = training_cfg.LRDecay  # typed keys (config/schema.LRDecayKeys): checked when the config was resolved
+    if kind == 1:
+        p = decay.type1
+        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimiser, step_size=p.decay_every, gamma=p.decay_rate),
+                "interval": "epoch"}
+    p = decay.type2
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        optimiser, mode="min", factor=p.decay_rate, patience=p.patience, threshold=p.threshold, cooldown=p.cooldown,
+        min_lr=p.min_lr)
+    return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
 
 
 def accumulation_steps(training_cfg, world_size: int) -> int:

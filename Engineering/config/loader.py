@@ -18,8 +18,8 @@ from typing import Any, Sequence
 import yaml
 
 from Engineering.config import overrides as ov
-from Engineering.config.flags import BY_NAME, CONTROL, FLAGS, Flag
-from Engineering.config.schema import DataPaths, validate
+from Engineering.config.flags import CONTROL, FLAGS, Flag
+from Engineering.config.schema import DataPaths, key_defaults, validate
 from Engineering.errors import UserError
 
 SECTIONS = ("run", "training", "model", "data", "eval")
@@ -35,6 +35,11 @@ class Task:
     datajson: str = ""
     defaults: dict[str, Any] = field(default_factory=dict)  # flag name or 'a§b' path -> value
     extra_flags: tuple[Flag, ...] = ()
+    # typed YAML keys of this task: section ('model', 'eval', ...) -> pydantic model whose fields join the section
+    sections: dict[str, Any] = field(default_factory=dict)
+    # called on the merged dict after the explicit flags, before path overrides (a flag that names a file of
+    # values, such as --pythae_config, merges them at its own rank)
+    flag_layer: Any = None
 
 
 def _argtype(flag: Flag):
@@ -210,7 +215,7 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
     control = {f.name: explicit.pop(f.name, task_default(task, f)) for f in CONTROL}
 
     all_flags = FLAGS + task.extra_flags
-    cfg: dict = {s: {} for s in SECTIONS}
+    cfg: dict = key_defaults(task.sections)
     for flag in all_flags:
         _set(cfg, flag.path, copy.deepcopy(task_default(task, flag)))
     for key, val in task.defaults.items():  # path-style task defaults ('model§DiffAE§net_ch')
@@ -232,6 +237,8 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
         cfg = deep_merge(cfg, layer)
     for name, val in explicit.items():
         _set(cfg, flag_by_name[name].path, val)
+    if task.flag_layer is not None:
+        task.flag_layer(cfg)
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ov.OverrideWarning)
@@ -240,7 +247,7 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
     for w in caught:
         print(f"warning: {w.message}")
 
-    validated = validate(cfg, task.extra_flags)
+    validated = validate(cfg, task.extra_flags, task.sections)
     given = set(explicit) | {item.dotted for item in overrides}
     return Resolved(validated, validated.model_dump(mode="json", by_alias=True), control, given)
 
@@ -251,7 +258,7 @@ def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict) -> No
         name = item.path[0]
         if name in cfg:
             raise UserError(f"--{name} names a config section; set a key inside it, e.g. --{name}§KEY VALUE")
-        hint = ov.closest_key(name, list(BY_NAME) + list(cfg))
+        hint = ov.closest_key(name, [f.name for f in CONTROL] + list(flag_by_name) + list(cfg))
         msg = f"unknown flag --{name}" + (f" (did you mean --{hint}?)" if hint else "")
         if strict:
             raise UserError(msg)

@@ -1,9 +1,10 @@
-"""The typed, validated configuration (pydantic), generated from the flag table.
+"""The typed, validated configuration (pydantic), generated from the flag table and the YAML key models.
 
-Sections: run, training, model, data, eval (flags + YAML extras such as
-``training§LRDecay`` or ``model§DiffAE``) and json (the dataNpath JSON). Unknown
-keys are kept (path overrides may add them); known keys must have their type.
-Errors name the key, the expected type and the value.
+Sections: run, training, model, data, eval and json (the dataNpath JSON). A section's keys are its flags,
+the keys every task has (the ``*Keys`` models below: one home per default) and the keys of the running task
+(``Task.sections``, e.g. ``model§DiffAE``). An unknown key inside a section is an error listing the valid
+keys; new top-level keys stay allowed (the ancestor's single-word flags, with a typo warning). Errors name
+the key, the expected type and the value.
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from Engineering.config.flags import FLAGS, Flag
+from Engineering.config.overrides import closest_key
 from Engineering.errors import UserError
 
 _TYPES: dict[str, Any] = {
@@ -31,6 +33,64 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True, populate_by_name=True)
 
 
+class Keys(BaseModel):
+    """A typed group of YAML keys: unknown keys are errors (the message lists the valid ones)."""
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
+
+
+class StepLRKeys(Keys):
+    """training§LRDecay§type1 (--lr_decay_type 1, StepLR)"""
+    decay_every: int = Field(50, gt=0, description="Epochs between decays.")
+    decay_rate: float = Field(0.1, gt=0, description="Factor applied to the learning rate.")
+
+
+class PlateauKeys(Keys):
+    """training§LRDecay§type2 (--lr_decay_type 2, ReduceLROnPlateau on the monitored loss)"""
+    decay_rate: float = Field(0.1, gt=0, lt=1, description="Factor applied to the learning rate.")
+    patience: int = Field(10, ge=0, description="Epochs without improvement before a decay.")
+    threshold: float = Field(1e-4, ge=0, description="Relative improvement that counts.")
+    cooldown: int = Field(0, ge=0, description="Epochs to wait after a decay.")
+    min_lr: float = Field(0.0, ge=0, description="Lower bound of the learning rate.")
+
+
+class LRDecayKeys(Keys):
+    """training§LRDecay"""
+    type1: StepLRKeys = StepLRKeys()
+    type2: PlateauKeys = PlateauKeys()
+
+
+class TrainingKeys(Keys):
+    """training (YAML keys beside the flags)"""
+    ema_decay: float = Field(0.9999, ge=0, lt=1, description="EMA decay of the weights (warm-up (1+n)/(10+n)).")
+    LRDecay: LRDecayKeys = LRDecayKeys()
+
+
+class ModelKeys(Keys):
+    """model (YAML keys beside the flags)"""
+    drive: StrictStr = Field("", description="The WarpDrive of the run (set by the task).")
+    tag: StrictStr = Field("", description="Last part of the composed run name.")
+
+
+class DataKeys(Keys):
+    """data (YAML keys beside the flags)"""
+    flip_axes: list[StrictInt] = Field([], description="Spatial axes eligible for random training flips "
+                                                       "(with --flip_prob).")
+
+
+class EvalKeys(Keys):
+    """eval (YAML keys beside the flags)"""
+    n_preview: StrictInt = Field(4, ge=0, description="Subjects in the PNG preview grid.")
+
+
+class RunKeys(Keys):
+    """run (recorded, not set by users)"""
+    load_hf_revision: StrictStr = Field("", description="The Hub commit actually loaded by --load_hf.")
+
+
+COMMON_KEYS: dict[str, type[Keys]] = {"run": RunKeys, "training": TrainingKeys, "model": ModelKeys,
+                                      "data": DataKeys, "eval": EvalKeys}
+
+
 def _annotated(flag: Flag):
     """The flag's type with its bounds; floats are finite (--lr nan is an error, not a NaN loss)."""
     kw = dict(flag.bounds)
@@ -39,10 +99,17 @@ def _annotated(flag: Flag):
     return Annotated[_TYPES[flag.type], Field(**kw)] if kw else _TYPES[flag.type]
 
 
-def _section_model(section: str, extra_flags: tuple[Flag, ...]) -> type[BaseModel]:
-    fields = {f.path[1]: (_annotated(f), f.default) for f in FLAGS + extra_flags
-              if f.path[0] == section and len(f.path) == 2}
-    return pydantic.create_model(f"{section.capitalize()}Config", __base__=_Section, **fields)
+def _fields(model: type[BaseModel]) -> dict:
+    return {name: (info.annotation, info) for name, info in model.model_fields.items()}
+
+
+def _section_model(section: str, extra_flags: tuple[Flag, ...], task_keys: type[BaseModel] | None) -> type[BaseModel]:
+    """Flags of the section + the keys every task has + the running task's keys (nested flags such as
+    model§pythae§model are fields of the task's key models)."""
+    fields = {**_fields(COMMON_KEYS[section]), **(_fields(task_keys) if task_keys else {})}
+    fields.update({f.path[1]: (_annotated(f), f.default) for f in FLAGS + extra_flags
+                   if f.path[0] == section and len(f.path) == 2})
+    return pydantic.create_model(f"{section.capitalize()}Config", __base__=Keys, **fields)
 
 
 class DataPaths(_Section):
@@ -69,24 +136,92 @@ class DataPaths(_Section):
     DS_covariates: Optional[dict[str, Any]] = None
 
 
-def build_schema(extra_flags: tuple[Flag, ...] = ()) -> type[BaseModel]:
-    sections = {s: (_section_model(s, extra_flags), ...) for s in ("run", "training", "model", "data", "eval")}
+def key_defaults(sections: dict | None = None) -> dict:
+    """Every typed YAML key with its default, as plain data: the loader starts from these (below the flags),
+    so an override of a known key takes its type and ``--print_config`` shows every key."""
+    out = {}
+    for name, model in COMMON_KEYS.items():
+        out[name] = model().model_dump(mode="json")
+        if sections and name in sections:
+            out[name].update(sections[name]().model_dump(mode="json"))
+    return out
+
+
+def build_schema(extra_flags: tuple[Flag, ...] = (), sections: dict | None = None) -> type[BaseModel]:
+    sections = sections or {}
+    unknown = sorted(set(sections) - set(COMMON_KEYS))
+    if unknown:
+        raise UserError(f"task key models for unknown section(s) {', '.join(unknown)}; sections: "
+                        f"{', '.join(COMMON_KEYS)}")
+    models = {s: (_section_model(s, extra_flags, sections.get(s)), ...) for s in COMMON_KEYS}
     # 'json' would shadow BaseModel.json: the attribute is cfg.paths, the key stays 'json'.
-    return pydantic.create_model("Config", __base__=_Section, paths=(DataPaths, Field(alias="json")), **sections)
+    return pydantic.create_model("Config", __base__=_Section, paths=(DataPaths, Field(alias="json")), **models)
 
 
-def validate(cfg: dict, extra_flags: tuple[Flag, ...] = ()):
+def validate(cfg: dict, extra_flags: tuple[Flag, ...] = (), sections: dict | None = None):
     """Validate the merged dict; one UserError line naming the first bad keys."""
+    schema = build_schema(extra_flags, sections)
     try:
-        return build_schema(extra_flags).model_validate(cfg)
+        return schema.model_validate(cfg)
     except pydantic.ValidationError as exc:
         problems = []
         for err in exc.errors()[:3]:
-            loc = "§".join(str(p) for p in err["loc"] if not _is_union_branch(p)).replace("paths", "json", 1)
+            parts = [p for p in err["loc"] if not _is_union_branch(p)]
+            loc = "§".join(str(p) for p in parts).replace("paths", "json", 1)
+            if err["type"] == "extra_forbidden":
+                valid = _valid_keys(schema, parts[:-1])
+                problems.append(f"unknown key {loc}" + (f" (did you mean {'§'.join(map(str, parts[:-1]))}§{hint}?)"
+                                                        if (hint := closest_key(str(parts[-1]), valid)) else "")
+                                + f"; valid keys: {', '.join(valid)}")
+                continue
             problems.append(f"{loc}: {err['msg'].lower()} (got {err.get('input')!r})")
         raise UserError("invalid config: " + "; ".join(problems)) from None
+
+
+def _valid_keys(model, path) -> list[str]:
+    for part in path:
+        info = model.model_fields.get("paths" if part == "json" else part)
+        model = getattr(info, "annotation", None)
+        if not (isinstance(model, type) and issubclass(model, BaseModel)):
+            return []
+    return sorted(model.model_fields)
 
 
 def _is_union_branch(part) -> bool:
     # pydantic reports which Union branch failed ('int', 'list[str]'): noise for a user.
     return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "bool"})
+
+
+def keys_from_dataclass(name: str, dc: type, exclude: tuple[str, ...] = (), doc: str = "",
+                        overrides: dict | None = None, **extra) -> type[Keys]:
+    """A key model whose fields and defaults ARE a drive's config dataclass (one home per default): the
+    dataclass's own defaults and types, its docstring's ``name: meaning`` lines as descriptions; ``overrides``
+    replaces a field's type (name -> (type, default)), ``extra`` adds keys the engine reads (name -> (type, Field))."""
+    import dataclasses
+    import re
+    import typing
+
+    hints = typing.get_type_hints(dc)
+    meaning, current = {}, ()
+    for line in (dc.__doc__ or "").splitlines():
+        m = re.match(r"    (\w+)(?: / (\w+))?: (.+)", line)
+        if m:
+            current = tuple(filter(None, m.group(1, 2)))
+            for key in current:
+                meaning[key] = m.group(3).strip()
+        elif line.startswith("        ") and current:  # a continuation line of the same entry
+            for key in current:
+                meaning[key] += " " + line.strip()
+        else:
+            current = ()
+    fields = {}
+    for f in dataclasses.fields(dc):
+        if f.name in exclude:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        typ, default = (overrides or {}).get(f.name, (hints[f.name], default))
+        fields[f.name] = (typ, Field(default, description=meaning.get(f.name, "")))
+    fields.update(extra)
+    model = pydantic.create_model(name, __base__=Keys, **fields)
+    model.__doc__ = doc
+    return model

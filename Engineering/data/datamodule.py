@@ -36,7 +36,7 @@ def sample_spec(cfg) -> SampleSpec:
                       prenorm=str(d.prenorm), zscore_mean=d.zscore_mean, zscore_std=d.zscore_std,
                       norm_range=d.norm_range, allow_pad=d.allow_pad, croppad=d.croppad, interp_fact=d.interp_fact,
                       complex_mode=d.complex_mode, grey2RGB=d.grey2RGB, mask_mode=d.data_mask_mode,
-                      flip_prob=d.flip_prob, flip_axes=tuple(getattr(d, "flip_axes", ()) or ()))
+                      flip_prob=d.flip_prob, flip_axes=tuple(d.flip_axes))
 
 
 def _memory_bytes() -> int:

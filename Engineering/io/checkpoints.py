@@ -60,6 +60,36 @@ def refused_pickle_message(path, exc: Exception) -> str:
             "weights_only=True and never unpickled")
 
 
+def state_mismatch(own: dict, state: dict, limit: int = 5) -> str | None:
+    """What keeps ``state`` from loading into a model whose state dict is ``own`` (None if it fits): the first
+    few missing, unexpected and mis-shaped tensors with their shapes (works on meta-device models too)."""
+    shape = lambda t: tuple(t.shape)  # noqa: E731
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [k for k in own if k in state and shape(own[k]) != shape(state[k])]
+    if not (missing or unexpected or wrong):
+        return None
+
+    def listing(names, fmt):
+        more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
+        return ", ".join(fmt(k) for k in names[:limit]) + more
+
+    parts = []
+    if wrong:
+        parts.append(f"{len(wrong)} shape mismatch: "
+                     + listing(wrong, lambda k: f"{k} weights {shape(state[k])} vs model {shape(own[k])}"))
+    if missing:
+        parts.append(f"{len(missing)} missing from the weights: " + listing(missing, lambda k: f"{k} {shape(own[k])}"))
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected in the weights: "
+                     + listing(unexpected, lambda k: f"{k} {shape(state[k])}"))
+    hint = ""
+    if any(".qkv." in k for k in missing + unexpected):
+        hint = (" (attention blocks differ: attention sits where the running resolution, starting at "
+                "max(input_shape) and halving per level, is in attn_res; check input_shape)")
+    return "; ".join(parts) + hint
+
+
 def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
     """Adapt common layouts (bare network keys, net.* without ema_net.*) and check that every tensor fits."""
     own = model.state_dict()
@@ -67,21 +97,10 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         state = {f"net.{k}": v for k, v in state.items()}
     if any(k.startswith("ema_net.") for k in own) and not any(k.startswith("ema_net.") for k in state):
         state = {**state, **{f"ema_{k}": v for k, v in state.items() if k.startswith("net.")}}
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or wrong:
-        parts = []
-        if wrong:
-            parts.append("shape mismatch " + ", ".join(f"{k} {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                                                        for k in wrong[:3]))
-        if missing:
-            parts.append("missing " + ", ".join(missing[:3]))
-        if unexpected:
-            parts.append("unexpected " + ", ".join(unexpected[:3]))
-        raise UserError(f"weights in {source} do not fit the model ({len(wrong)} mismatched, {len(missing)} missing, "
-                        f"{len(unexpected)} unexpected): " + "; ".join(parts)
-                        + ". Check --is3D, --input_shape, --latent_dim and model§… architecture keys")
+    problem = state_mismatch(own, state)
+    if problem:
+        raise UserError(f"weights in {source} do not fit the model (check --is3D, --input_shape, --latent_dim and "
+                        f"the model§… architecture keys): {problem}")
     return state
 
 

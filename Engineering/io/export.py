@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 from safetensors.torch import save_file
 
-from Engineering.config.schema import validate
+from typing import Callable
+
 from Engineering.errors import UserError
 from Engineering.io.atomic import replace_dir, staging_dir
 from Engineering.io.checkpoints import CHECKPOINT_DIR, best_from_last, checkpoint_in, read_checkpoint
@@ -26,7 +27,9 @@ def _checkpoint(run: Path, which: str) -> Path:
     return Path(which)
 
 
-def export_run(run: str | Path, which: str, out: str | Path) -> Path:
+def export_run(run: str | Path, which: str, out: str | Path, describe: Callable) -> Path:
+    """``describe(raw_config, where) -> (validated config, task name)`` is the engine level's (it knows the tasks;
+    this layer only writes files)."""
     run, out = Path(run), Path(out)
     if not run.is_dir():
         raise UserError(f"--run {run} is not a run folder")
@@ -34,7 +37,7 @@ def export_run(run: str | Path, which: str, out: str | Path) -> Path:
     ckpt = read_checkpoint(ckpt_path)
     if "imlatent_config" not in ckpt:
         raise UserError(f"{ckpt_path} was not written by this tool (no imlatent_config): cannot describe the model")
-    cfg = validate(ckpt["imlatent_config"])
+    cfg, task = describe(ckpt["imlatent_config"], f"checkpoint {ckpt_path}")
     state = ckpt["state_dict"]
     # DiffAE runs publish their EMA weights (what inference uses); other drives their trained weights.
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
@@ -47,7 +50,7 @@ def export_run(run: str | Path, which: str, out: str | Path) -> Path:
     try:
         save_file(weights, str(tmp / "model.safetensors"), metadata={"format": "imlatent", "drive": cfg.model.drive})
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
-        (tmp / "README.md").write_text(model_card(cfg, config, ckpt, run))
+        (tmp / "README.md").write_text(model_card(cfg, config, ckpt, run, task))
         replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -69,7 +72,7 @@ def _metrics(ckpt: dict, run: Path) -> list[str]:
     return lines or ["- (no validation/test metrics recorded)"]
 
 
-def model_card(cfg, config: dict, ckpt: dict, run: Path) -> str:
+def model_card(cfg, config: dict, ckpt: dict, run: Path, task: str) -> str:
     p, drive = cfg.paths, cfg.model.drive
     shape = "×".join(map(str, config["input_shape"]))
     norm = config["normalisation"]
@@ -100,7 +103,7 @@ representations (task: unsupervised latent representation learning).
 
 ## Use with ImLatent
 ```bash
-python Executors/main_{'diffAE' if drive == 'DiffAE' else 'recon'}.py --load_hf <this repo or folder> --run_mode 2 \\
+python Executors/main.py --task {task} --load_hf <this repo or folder> --run_mode 2 \\
     --json§datadir /your/data --json§foldCSV 0
 ```
 The config.json rebuilds the model; no other flag is needed. Latents are written to

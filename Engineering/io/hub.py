@@ -138,6 +138,10 @@ def layer_from_config(config: dict, where: str = "config.json") -> dict:
     return {"model": model, "data": dict(norm)}
 
 
+def _section(keys) -> dict:
+    return keys.model_dump(mode="json") if hasattr(keys, "model_dump") else dict(keys or {})
+
+
 def export_config(cfg, in_channels: int, weights: str) -> dict:
     """What config.json holds for a trained run (the inverse of layer_from_config)."""
     drive = cfg.model.drive
@@ -145,7 +149,7 @@ def export_config(cfg, in_channels: int, weights: str) -> dict:
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION, "drive": drive, "is3D": cfg.model.is3D,
         "input_shape": list(cfg.model.input_shape), "in_channels": in_channels, "latent_dim": cfg.model.latent_dim,
-        "architecture": dict(getattr(cfg.model, drive, None) or {}), "weights": weights,
+        "architecture": _section(getattr(cfg.model, drive, None)), "weights": weights,
         "axes": "C x S x X x Y" if cfg.model.is3D else "C x X x Y",
         "normalisation": {"norm_type": d.norm_type, "prenorm": d.prenorm, "croppad": d.croppad,
                           "interp_fact": d.interp_fact, "complex_mode": d.complex_mode, "grey2RGB": d.grey2RGB},

@@ -10,17 +10,44 @@ deterministic DDIM inversion to x_T and rendering back.
 from __future__ import annotations
 
 import dataclasses
+from typing import Literal, Optional, Union
 
 import torch
+from pydantic import Field, create_model
 
+from Engineering.config.flags import Flag
+from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.published_hub import published_diffae
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.data.transforms import normalised_range
 from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
 from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion
 from Engineering.Science.metrics import recon_metrics
 
-_DIFFUSION_KEYS = {"T", "T_eval", "T_inv", "T_step", "clip_x0", "spacing"}
+# model§DiffAE: the drive's architecture (its config dataclass: one home per default) + the diffusion keys
+DiffAEKeys = keys_from_dataclass(
+    "DiffAEKeys", DiffAEConfig, exclude=("is3D", "in_channels", "input_shape", "latent_dim"), doc="model§DiffAE",
+    T=(int, Field(1000, gt=0, description="Diffusion steps (training timesteps).")),
+    # the step counts are checked against T by the diffusion (one message naming all four)
+    T_eval=(int, Field(10, description="DDIM steps of the validation renders (val_ssim).")),
+    T_inv=(Optional[int], Field(None, description="DDIM steps of the test inversion to x_T (null = T_eval).")),
+    T_step=(Optional[int], Field(None, description="DDIM steps of the test rendering (null = T_eval).")),
+    spacing=(Literal["ddim", "even"], Field("ddim", description="DDIM timesteps: ddim = DiffAE's range(0, T, T // N) "
+                                                              "striding; even = rounded, including T-1.")),
+    clip_x0=(Union[Literal["auto", "none"], None, tuple[float, float]],
+             Field("auto", description="Clamp the predicted x0 while inverting and rendering: auto = the normalised "
+                                       "range, null = off, or [lo, hi].")),
+)
+DiffAEModelKeys = create_model("DiffAEModelKeys", __base__=Keys, DiffAE=(DiffAEKeys, DiffAEKeys()))
+
+
+class DiffAEEvalKeys(Keys):
+    """eval (main_diffAE)"""
+    val_ssim_every: int = Field(1, ge=0, description="Reconstruction SSIM of a few fixed validation subjects every "
+                                                     "N epochs (0 = never).")
+    val_ssim_subjects: int = Field(2, gt=0, description="Validation subjects of that SSIM.")
 
 
 def clip_range(cfg) -> tuple[float, float] | None:
@@ -28,28 +55,19 @@ def clip_range(cfg) -> tuple[float, float] | None:
     the normalisation maps into ([-1, 1] for the symmetric min-max family and the ancestor's fixed
     z-score after min-max, [0, 1] for unit min-max; none for a per-sample z-score or none), as DiffAE
     clips to [-1, 1] in both (clip_denoised)."""
-    value = (getattr(cfg.model, "DiffAE", None) or {}).get("clip_x0", "auto")
+    value = cfg.model.DiffAE.clip_x0
     if value == "auto":
         d = cfg.data
         return normalised_range(d.norm_type, d.prenorm, d.zscore_mean, d.zscore_std, d.norm_range)
-    if value in (None, False, "none"):
+    if value in (None, "none"):
         return None
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise UserError(f"model§DiffAE§clip_x0 must be auto, null or [lo, hi], got {value!r}") from None
-    return lo, hi
+    return float(value[0]), float(value[1])
 
 
 def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
     """The WarpDrive config from model§latent_dim, model§input_shape, model§is3D and model§DiffAE§*."""
-    extra = dict(getattr(cfg.model, "DiffAE", None) or {})
-    names = {f.name for f in dataclasses.fields(DiffAEConfig)}
-    arch = {k: v for k, v in extra.items() if k in names}
-    unknown = set(extra) - names - _DIFFUSION_KEYS
-    if unknown:
-        raise UserError(f"model§DiffAE has unknown key(s) {', '.join(sorted(unknown))}; valid: "
-                        f"{', '.join(sorted(names | _DIFFUSION_KEYS))}")
+    keys = cfg.model.DiffAE
+    arch = {f.name: getattr(keys, f.name) for f in dataclasses.fields(DiffAEConfig) if f.name in type(keys).model_fields}
     return DiffAEConfig(**{**arch, "is3D": cfg.model.is3D, "in_channels": in_channels,
                            "input_shape": tuple(cfg.model.input_shape), "latent_dim": cfg.model.latent_dim})
 
@@ -60,14 +78,14 @@ class DiffAEEngine(LatentEngine):
         self.drive_cfg = diffae_config(cfg, in_channels)
         self.net = DiffAE(self.drive_cfg)
         self.init_ema()
-        extra = dict(getattr(cfg.model, "DiffAE", None) or {})
-        self.T = int(extra.get("T", 1000))
-        t_eval = int(extra.get("T_eval", 20))
-        self.T_inv = t_eval if cfg.eval.test_with_TEval else int(extra.get("T_inv", t_eval))
-        self.T_step = t_eval if cfg.eval.test_with_TEval else int(extra.get("T_step", t_eval))
+        keys = cfg.model.DiffAE
+        self.T = keys.T
+        t_eval = keys.T_eval
+        self.T_inv = t_eval if cfg.eval.test_with_TEval or keys.T_inv is None else keys.T_inv
+        self.T_step = t_eval if cfg.eval.test_with_TEval or keys.T_step is None else keys.T_step
         self.T_eval = t_eval
         try:
-            self.diffusion = GaussianDiffusion(T=self.T, spacing=str(extra.get("spacing", "ddim")))
+            self.diffusion = GaussianDiffusion(T=self.T, spacing=keys.spacing)
             for name in ("T_eval", "T_inv", "T_step"):
                 self.diffusion.respace(getattr(self, name))
         except ValueError as exc:
@@ -111,9 +129,9 @@ class DiffAEEngine(LatentEngine):
         net = self._eval_net()
         loss = self._loss(net, x, self._gen(2, batch_idx))
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
-        every = int(getattr(self.cfg.eval, "val_ssim_every", 0) or 0)
+        every = self.cfg.eval.val_ssim_every
         if every and batch_idx == 0 and (self.current_epoch + 1) % every == 0 and not self.trainer.sanity_checking:
-            n = int(getattr(self.cfg.eval, "val_ssim_subjects", 2))
+            n = self.cfg.eval.val_ssim_subjects
             xs = x[:n]
             z = net.encode(xs)
             rec = self._render(net, xs, z, self.T_eval, self.T_eval)
@@ -136,3 +154,19 @@ class DiffAEEngine(LatentEngine):
     def reconstruct_with_code(self, x, z, use_ema: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The reconstruction and DiffAE's stochastic code x_T (DDIM inversion, the model's input units)."""
         return self._invert_render(self.ema_net if use_ema else self.net, x, z, self.T_inv, self.T_step)
+
+
+DIFFAE_FLAGS = (
+    Flag("test_with_TEval", ("eval", "test_with_TEval"), "bool", False,
+         "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
+)
+
+register(TaskSpec(
+    name="diffAE", description="Diffusion Autoencoder (Preechakul et al., CVPR 2022), 2D and 3D.",
+    configyml=str(CONFIGS / "config_diffAE.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    # demo-sized defaults: a first look on a laptop CPU in a few minutes; real runs set their own
+    defaults={"input_shape": [32, 32], "interp_fact": 0.5, "latent_dim": 32, "batch_size": 16, "num_epochs": 8,
+              "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "norm_range": "symmetric",
+              "model§drive": "DiffAE", "model§tag": "DiffAE"},
+    extra_flags=DIFFAE_FLAGS, sections={"model": DiffAEModelKeys, "eval": DiffAEEvalKeys}, drive="DiffAE", engine=DiffAEEngine, published=published_diffae, module=__name__,
+))

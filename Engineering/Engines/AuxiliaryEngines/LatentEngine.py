@@ -43,10 +43,7 @@ class LatentEngine(L.LightningModule):
         self._test_buf: dict = {}
         self.has_val = True
         self.lr = cfg.training.lr  # the Lightning Tuner's lr_find sets this
-        decay = getattr(cfg.training, "ema_decay", 0.9999)
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0.0 <= decay < 1.0:
-            raise UserError(f"training§ema_decay must be a number in [0, 1), got {decay!r}")
-        self.ema_decay = float(decay)
+        self.ema_decay = float(cfg.training.ema_decay)  # in [0, 1): checked by the config schema
 
     # --- subclasses
     def embed(self, x: torch.Tensor, use_ema: bool) -> torch.Tensor:
@@ -145,7 +142,7 @@ class LatentEngine(L.LightningModule):
                 buf["metrics"].append({**ids, **row})
             if info["patientID"] in self._recon_subs:
                 buf["recon"][i] = (orig_rec[j], orig_in[j], None if code is None else code[j].float().cpu().numpy())
-            if len(buf["preview"]) < int(getattr(ev, "n_preview", 4)):
+            if len(buf["preview"]) < ev.n_preview:
                 buf["preview"][i] = (orig_in[j], orig_rec[j])
 
     def _gathered(self) -> dict | None:

@@ -20,7 +20,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pydantic import Field
+
+from Engineering.config.flags import Flag
+from Engineering.config.schema import Keys
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.data.latent_tables import TargetSpec
 from Engineering.errors import UserError
 from Engineering.data.labels import CATEGORICAL
@@ -132,3 +137,57 @@ class LatentPredictorEngine(LatentEngine):
         super().on_save_checkpoint(checkpoint)
         checkpoint["latentcls_targets"] = [t.to_dict() for t in self.targets]
         checkpoint["latentcls_scaler"] = {"mean": self.z_mean.tolist(), "std": self.z_std.tolist()}
+
+
+LATENTCLS_GROUP = "Latent predictor"
+LATENTCLS_FLAGS = (
+    Flag("parent_trainID", ("run", "parent_trainID"), "optstr", None,
+         "Run folder (in json§save_path) whose latents are used; outputs go to its ClassifyLatent/ folder.",
+         LATENTCLS_GROUP),
+    Flag("parent_outfolder", ("run", "parent_outfolder"), "str", "Output",
+         "Output folder of the parent run that holds emb.parquet/tsv/h5 (e.g. Output_fullDS).", LATENTCLS_GROUP),
+    Flag("latents", ("data", "latents"), "optstr", None,
+         "An emb.h5 / emb.tsv / emb.parquet file (or run folder) instead of --parent_trainID.", LATENTCLS_GROUP),
+    Flag("targets", ("data", "targets"), "str", "",
+         "Comma-separated target columns of json§DS_phenotypes ('' = its columns, or every column).", LATENTCLS_GROUP),
+    Flag("categorical_targets", ("data", "categorical_targets"), "str", "",
+         "Comma-separated targets to treat as classes (default: inferred).", LATENTCLS_GROUP),
+    Flag("continuous_targets", ("data", "continuous_targets"), "str", "",
+         "Comma-separated targets to regress (default: inferred).", LATENTCLS_GROUP),
+    Flag("latent_aggregate", ("data", "latent_aggregate"), "str", "none",
+         "'patient': average the latents of each patient (one sample per patient).", LATENTCLS_GROUP,
+         ("none", "patient")),
+    Flag("heads", ("model", "heads"), "str", "linear,mlp",
+         "Heads trained together on the latents: linear, mlp or both (comma-separated).", LATENTCLS_GROUP),
+    Flag("mlp_hidden", ("model", "mlp_hidden"), "int", 64, "Hidden width of the MLP head.", LATENTCLS_GROUP),
+    Flag("mlp_dropout", ("model", "mlp_dropout"), "float", 0.1, "Dropout of the MLP head.", LATENTCLS_GROUP),
+    Flag("use_ema", ("training", "use_ema"), "bool", False,
+         "Keep an EMA of the heads' weights (training§ema_decay); evaluated with --test_ema.", LATENTCLS_GROUP),
+    Flag("manipulate", ("eval", "manipulate"), "str", "",
+         "DiffAE parents: move z_sem along the linear head's direction for this target (TARGET or TARGET:CLASS) "
+         "and render.", LATENTCLS_GROUP),
+    Flag("scales", ("eval", "scales"), "str", "-2,-1,0,1,2",
+         "Steps along the unit direction, in standard deviations of the standardised latents.", LATENTCLS_GROUP),
+    Flag("n_manipulate_subs", ("eval", "n_manipulate_subs"), "int", 2,
+         "Test-split subjects to manipulate (one sample each).", LATENTCLS_GROUP),
+)
+
+
+class PredictorEvalKeys(Keys):
+    """eval (main_latentcls)"""
+    reference_alphas: list[float] = Field([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], min_length=1,
+                                          description="Ridge penalties tried for the scikit-learn reference.")
+    reference_Cs: list[float] = Field([0.01, 0.1, 1.0, 10.0, 100.0], min_length=1,
+                                      description="Inverse penalties tried for the logistic reference.")
+
+
+register(TaskSpec(
+    name="latentcls", description="Linear and MLP predictors of phenotypes from a run's latents "
+                                  "(regression and classification, several targets at once).",
+    configyml=str(CONFIGS / "config_latentcls.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    defaults={"batch_size": 64, "num_epochs": 100, "lr": 1e-2, "early_stopping_patience": 20,
+              "model§drive": "LatentPredictor", "model§tag": "LtCls"},
+    extra_flags=LATENTCLS_FLAGS, sections={"eval": PredictorEvalKeys}, drive="LatentPredictor", engine=LatentPredictorEngine,
+    lifecycle="Engineering.Engines.latentcls:PredictorRun", steps=("Engineering.Engines.manipulate:ManipulationStep",),
+    module=__name__,
+))

@@ -10,39 +10,61 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
+from pydantic import Field, create_model
 
+from Engineering.config.flags import Flag
+from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
 from Engineering.errors import UserError
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
 
-_DRIVE_KEYS = ("nn", "n_features", "n_levels", "reconstruction_loss", "custom_loss_class", "custom_loss_params",
-               "output_activation", "vq_code_dim")
+# model§pythae: the drive's own config dataclass (its defaults and types) + which model, its parameters
+PythaeKeys = keys_from_dataclass(
+    "PythaeKeys", PythaeDriveConfig, doc="model§pythae",
+    exclude=("is3D", "in_channels", "input_shape", "latent_dim", "model_params", "data_key", "mask_key"),
+    overrides={"custom_loss_class": (Optional[str], None)},
+    config_json=(str, Field("", description="--pythae_config: a JSON file of pythae model parameters (merged into "
+                                            "models§<model> when the config is resolved).")),
+    models=(dict[str, dict[str, Any]], Field({}, description="pythae parameters per model name, e.g. "
+                                                              "beta_vae: {beta: 4.0}.")),
+)
+PythaeModelKeys = create_model("PythaeModelKeys", __base__=Keys, pythae=(PythaeKeys, PythaeKeys()))
+
+
+def merge_pythae_json(cfg: dict) -> None:
+    """--pythae_config FILE ranks as the explicit flag it is: its parameters are merged into
+    model§pythae§models§<model> above the YAML's and below path overrides (called by the config loader)."""
+    pcfg = cfg.get("model", {}).get("pythae") or {}
+    if not pcfg.get("config_json"):
+        return
+    path = Path(pcfg["config_json"]).expanduser()
+    try:
+        params = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"--pythae_config file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise UserError(f"--pythae_config {path} is not valid JSON: {exc}") from None
+    if not isinstance(params, dict):
+        raise UserError(f"--pythae_config {path} must hold an object of parameters")
+    models = pcfg.setdefault("models", {}) or {}
+    pcfg["models"] = models
+    name = pcfg.get("model", "vae")
+    models[name] = {**(models.get(name) or {}), **params}
 
 
 def pythae_config(cfg, in_channels: int) -> PythaeDriveConfig:
-    """Drive config: model§pythae§* keys; parameters = pythae defaults < --pythae_config JSON < YAML models§<name>."""
-    pcfg = dict(getattr(cfg.model, "pythae", None) or {})
-    name = pcfg.get("model", "vae")
-    params: dict = {}
-    if pcfg.get("config_json"):
-        path = Path(pcfg["config_json"]).expanduser()
-        try:
-            params.update(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise UserError(f"--pythae_config file not found: {path}") from None
-        except json.JSONDecodeError as exc:
-            raise UserError(f"--pythae_config {path} is not valid JSON: {exc}") from None
-    params.update(((pcfg.get("models") or {}).get(name) or {}))
-    known = set(_DRIVE_KEYS) | {"model", "config_json", "models"}
-    unknown = set(pcfg) - known
-    if unknown:
-        raise UserError(f"model§pythae has unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(known))}")
-    return PythaeDriveConfig(model=name, is3D=cfg.model.is3D, in_channels=in_channels,
+    """Drive config from model§pythae§*; parameters = pythae defaults < YAML < --pythae_config < path overrides."""
+    keys = cfg.model.pythae
+    drive = {f: getattr(keys, f) for f in ("nn", "n_features", "n_levels", "reconstruction_loss", "custom_loss_class",
+                                           "custom_loss_params", "output_activation", "vq_code_dim")}
+    return PythaeDriveConfig(model=keys.model, is3D=cfg.model.is3D, in_channels=in_channels,
                              input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim,
-                             model_params=params, **{k: pcfg[k] for k in _DRIVE_KEYS if k in pcfg})
+                             model_params=dict(keys.models.get(keys.model) or {}), **drive)
 
 
 class ReconEngine(LatentEngine):
@@ -138,3 +160,19 @@ class ReconEngine(LatentEngine):
 
     def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
         return self.net.decode(z) if hasattr(self.net, "decode") else self.net.reconstruct(x)
+
+
+RECON_FLAGS = (
+    Flag("pythae_model", ("model", "pythae", "model"), "str", "vae",
+         "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.", "Model"),
+    Flag("pythae_config", ("model", "pythae", "config_json"), "str", "",
+         "JSON file of pythae model parameters (above the YAML's models§<name>, below path overrides).", "Model"),
+)
+
+register(TaskSpec(
+    name="recon", description="pythae autoencoders and VAEs (Chadebec et al., NeurIPS 2022), 2D and 3D.",
+    configyml=str(CONFIGS / "config_recon.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
+              "model§drive": "pythae", "model§tag": "recon"},
+    extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae", engine=ReconEngine, module=__name__,
+))

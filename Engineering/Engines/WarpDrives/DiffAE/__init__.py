@@ -5,7 +5,7 @@ published ImLatent checkpoints (``net.*`` / ``ema_net.*``) onto ``DiffAE``.
 """
 from .config import DiffAEConfig, DiffAEConfigError
 from .model import DiffAE
-from .published import WeightsMismatchError, check_state_fits, load_published_state
+from .published import WeightsMismatchError, load_published_state
 
-__all__ = ["DiffAEConfig", "DiffAEConfigError", "DiffAE", "load_published_state", "check_state_fits",
+__all__ = ["DiffAEConfig", "DiffAEConfigError", "DiffAE", "load_published_state",
            "WeightsMismatchError"]

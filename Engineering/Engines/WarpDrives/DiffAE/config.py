@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-from Engineering.errors import UserError
+from Engineering.Engines.WarpDrives.errors import DriveError
 
 
-class DiffAEConfigError(ValueError, UserError):
-    """A DiffAE configuration value the user can fix (a ValueError, and a UserError for the CLI)."""
+class DiffAEConfigError(DriveError):
+    """A DiffAE configuration value the user can fix."""
 
 
 def _int_tuple(name: str, value: Sequence[int] | int, allow_empty: bool = False) -> tuple[int, ...]:

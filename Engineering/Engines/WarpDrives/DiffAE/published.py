@@ -12,15 +12,15 @@ from __future__ import annotations
 import re
 from collections import defaultdict
 
-from torch import Tensor, nn
+from torch import Tensor
 
-from Engineering.errors import UserError
+from Engineering.Engines.WarpDrives.errors import DriveError
 
 PREFIXES = {"ema": "ema_net.", "net": "net."}
 
 
-class WeightsMismatchError(ValueError, UserError):
-    """Weights that do not fit the model (a ValueError, and a UserError for the CLI)."""
+class WeightsMismatchError(DriveError):
+    """Weights that do not fit the model."""
 
 
 def load_published_state(tensors: dict[str, Tensor], which: str = "ema") -> tuple[dict[str, Tensor], dict]:
@@ -106,37 +106,3 @@ def infer_config(state: dict[str, Tensor]) -> dict:
                 if enc_mult is not None:
                     out.update(enc_ch_mult=enc_mult, enc_num_res_blocks=nrb)
     return out
-
-
-def _shape(t) -> tuple[int, ...]:
-    return tuple(t.shape)
-
-
-def check_state_fits(model: nn.Module, state: dict[str, Tensor], limit: int = 5) -> None:
-    """Raise one WeightsMismatchError listing the first few missing/unexpected/mis-shaped tensors."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    wrong = [k for k in own if k in state and _shape(own[k]) != _shape(state[k])]
-    if not (missing or unexpected or wrong):
-        return
-
-    def listing(names, fmt):
-        more = f", ... ({len(names) - limit} more)" if len(names) > limit else ""
-        return ", ".join(fmt(k) for k in names[:limit]) + more
-
-    parts = []
-    if missing:
-        parts.append(f"{len(missing)} missing from the weights: "
-                     + listing(missing, lambda k: f"{k} {_shape(own[k])}"))
-    if unexpected:
-        parts.append(f"{len(unexpected)} unexpected in the weights: "
-                     + listing(unexpected, lambda k: f"{k} {_shape(state[k])}"))
-    if wrong:
-        parts.append(f"{len(wrong)} with different shapes: "
-                     + listing(wrong, lambda k: f"{k} weights {_shape(state[k])} vs model {_shape(own[k])}"))
-    hint = ""
-    if any(".qkv." in k for k in missing + unexpected):
-        hint = (" (attention blocks differ: attention sits where the running resolution, starting at "
-                "max(input_shape) and halving per level, is in attn_res; check input_shape)")
-    raise WeightsMismatchError(f"weights do not fit {type(model).__name__}: " + "; ".join(parts) + hint)

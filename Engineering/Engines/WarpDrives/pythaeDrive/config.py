@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Tuple, Union
 
-from Engineering.errors import UserError
+from Engineering.Engines.WarpDrives.errors import DriveError
 
 from .registry import ModelSpec, get_spec
 
@@ -29,8 +29,8 @@ BOOKKEEPING = ("name", "uses_default_encoder", "uses_default_decoder", "uses_def
                "uses_default_metric", "discriminator_input_dim")
 
 
-class PythaeDriveConfigError(ValueError, UserError):
-    """A pythae drive configuration value the user can fix (a ValueError, and a UserError for the CLI)."""
+class PythaeDriveConfigError(DriveError):
+    """A pythae drive configuration value the user can fix."""
 
 
 def editable_fields(model: str) -> Tuple[str, ...]:
