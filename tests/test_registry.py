@@ -1,0 +1,95 @@
+"""The plug-in seam: one task registry, Executors/main.py --task, plug-ins from outside the repository."""
+from __future__ import annotations
+
+import shutil
+
+import h5py
+import pandas as pd
+import pytest
+import yaml
+
+from Engineering.config.loader import resolve
+from Engineering.Engines import registry
+from Engineering.errors import UserError
+from tests.conftest import REPO, run_executor
+
+
+def test_builtin_tasks_are_registered_next_to_their_engines():
+    tasks = registry.tasks()
+    assert {"diffAE", "recon", "latentcls"} <= set(tasks)
+    for name, drive, module in (("diffAE", "DiffAE", "DiffAEEngine"), ("recon", "pythae", "ReconEngine"),
+                                ("latentcls", "LatentPredictor", "LatentPredictorEngine")):
+        spec = tasks[name]
+        assert spec.drive == drive and spec.module.endswith(f"AuxiliaryEngines.{module}")
+        assert spec.engine_class().__module__ == spec.module  # the engine the registration sits next to
+        assert registry.for_drive(drive, "test") is spec
+    assert registry.get("diffAE").published is not None and registry.get("recon").published is None
+    with pytest.raises(UserError, match=r"unknown task 'difAE' \(did you mean 'diffAE'\?\); registered tasks: "):
+        registry.get("difAE")
+    with pytest.raises(UserError, match="names model§drive 'StyleGAN2', which no registered task provides"):
+        registry.for_drive("StyleGAN2", "checkpoint x.ckpt")
+
+
+def test_a_task_name_is_registered_once():
+    spec = registry.get("recon")
+    other = registry.TaskSpec(name="recon", description="x", drive="x", engine=object, module="elsewhere")
+    with pytest.raises(UserError, match="registered twice"):
+        registry.register(other)
+    assert registry.get("recon") is spec
+
+
+def test_generic_executor_errors_are_one_line_exit_2():
+    proc = run_executor("main.py", "--print_config")
+    assert proc.returncode == 2 and proc.stderr.strip() == \
+        "error: --task NAME is required; registered tasks: diffAE, latentcls, recon"
+    proc = run_executor("main.py", "--task", "nope")
+    assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr and "diffAE, latentcls, recon" in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+    proc = run_executor("main.py", "--plugins", "no_such_plugin_mod", "--task", "toy")
+    assert proc.returncode == 2 and "--plugins no_such_plugin_mod: cannot import it" in proc.stderr
+    proc = run_executor("main_diffAE.py", "--task", "recon")
+    assert proc.returncode == 2 and "this executor runs task 'diffAE'" in proc.stderr
+
+
+def test_main_alias_and_generic_executor_resolve_the_same_config():
+    a = run_executor("main_diffAE.py", "--print_config", "--latent_dim", "12")
+    b = run_executor("main.py", "--task", "diffAE", "--print_config", "--latent_dim", "12")
+    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
+    assert yaml.safe_load(a.stdout)["model"]["latent_dim"] == 12
+
+
+@pytest.fixture
+def plugin_copy(tmp_path):
+    """The example plug-in, copied to a folder outside the repository."""
+    folder = tmp_path / "elsewhere" / "plugin_drive"
+    shutil.copytree(REPO / "examples" / "plugin_drive", folder)
+    return folder
+
+
+def test_toy_plugin_trains_tests_and_writes_outputs_from_outside_the_repository(plugin_copy, tiny_demo, tmp_path):
+    args = ["--plugins", "toy_drive", "--task", "toy", "--json§datadir", str(tiny_demo), "--json§save_path",
+            str(tmp_path / "runs"), "--num_epochs", "1", "--batch_size", "8", "--no-progress_bar", "--no-tbactive"]
+    env = {"PYTHONPATH": str(plugin_copy)}
+    cfg = yaml.safe_load(run_executor("main.py", *args, "--print_config", cwd=tmp_path, env=env).stdout)
+    assert cfg["model"]["toy"] == {"width": 8} and cfg["model"]["drive"] == "toy"
+    proc = run_executor("main.py", *args, "--toy_width", "4", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    out = tmp_path / "runs" / "demo_demofold0_prec32_toy" / "Output"
+    with h5py.File(out / "emb.h5") as h5:
+        assert h5.attrs["latent_dim"] == 8 and h5.attrs["model"] == "toy" and h5.attrs["n_samples"] > 0
+    table = pd.read_parquet(out / "emb.parquet")
+    assert len(table) == h5py.File(out / "emb.h5").attrs["n_samples"] and list(table.columns[-8:]) == \
+        [f"Z{j}" for j in range(8)]
+    metrics = pd.read_csv(out / "metrics.csv")
+    assert metrics["SSIM"].notna().all() and (out / "recon.h5").is_file()
+    saved = yaml.safe_load((out.parent / "resolved_config.yaml").read_text())
+    assert saved["model"]["toy"]["width"] == 4  # its own flag reached its typed section
+    # the same plug-in through the environment variable; its typed section rejects an unknown key
+    proc = run_executor("main.py", "--task", "toy", "--model§toy§widht", "3", "--print_config", cwd=tmp_path,
+                        env={**env, registry.PLUGINS_ENV: "toy_drive"})
+    assert proc.returncode == 2 and "unknown key model§toy§widht (did you mean model§toy§width?)" in proc.stderr
+
+
+def test_unknown_keys_of_a_plugin_section_are_not_valid_for_other_tasks():
+    with pytest.raises(UserError, match="unknown key model§toy"):
+        resolve(["--model§toy§width", "3"], registry.get("diffAE"))
