@@ -22,7 +22,8 @@ import numpy as np
 from Engineering.errors import ArgParser, UserError, run_cli
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
-from preprocess.h5_walk import copy_group_attrs, iter_entries
+from Engineering.data.layout import iter_datasets
+from preprocess.h5_walk import copy_group_attrs
 from preprocess.h5_writer import atomic_h5, check_h5, write_image
 from preprocess.progress_bar import track
 
@@ -100,7 +101,7 @@ def main(args: argparse.Namespace) -> None:
     with h5py.File(data_path, "r") as src, h5py.File(mask_path, "r") if mask_path else nullcontext() as masks, \
             atomic_h5(out) as dst, atomic_h5(mask_out) if mask_out else nullcontext() as mdst, \
             BatchReport(f"no dataset could be cropped in {data_path}", done="cropped") as report:
-        entries = list(iter_entries(src))
+        entries = list(iter_datasets(src))
         for entry, ds in track(entries, "crop", total=len(entries)):
             if ds.ndim != 5:
                 report.fail(entry.path, f"not 5D (shape {ds.shape})")

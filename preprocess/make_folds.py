@@ -25,7 +25,7 @@ import pandas as pd
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.atomic import atomic_path
 from preprocess.cli import input_path, tool_main, tool_parser
-from preprocess.h5_walk import iter_entries
+from Engineering.data.layout import iter_datasets
 
 log = logging.getLogger("preprocess")
 
@@ -42,7 +42,7 @@ def instance_counts(paths: list[str], field: str | None = None) -> Counter:
         if not h5py.is_hdf5(p):
             raise UserError(f"not an HDF5 file or an ID list (.csv/.tsv/.txt): {path}")
         with h5py.File(p, "r") as h5:
-            seen = {(e.patient, e.field, e.instance) for e, _ in iter_entries(h5) if field is None or e.field == field}
+            seen = {(e.patientID, e.fieldID, e.instanceID) for e, _ in iter_datasets(h5) if field is None or e.fieldID == field}
         for patient, _, _ in seen:
             counts[patient] += 1
     return counts

@@ -25,7 +25,7 @@ from skimage.filters import threshold_otsu
 from Engineering.errors import ArgParser, UserError, run_cli
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
-from preprocess.h5_walk import iter_entries
+from Engineering.data.layout import iter_datasets
 from preprocess.h5_writer import atomic_h5, check_h5
 from preprocess.nifti_sources import find_nifti, load_5d
 from preprocess.progress_bar import track
@@ -127,7 +127,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"--out would overwrite the input data file: {out}")
     with h5py.File(data_path, "r") as src, atomic_h5(out) as dst, \
             BatchReport(f"no mask could be made for {data_path}", done="masked") as report:
-        entries = [(e, ds) for e, ds in iter_entries(src) if not args.keys or e.key in args.keys]
+        entries = [(e, ds) for e, ds in iter_datasets(src) if not args.keys or e.key in args.keys]
         for entry, ds in track(entries, "masks", total=len(entries)):
             try:
                 if ds.ndim != 5:

@@ -13,10 +13,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from Engineering.data.layout import parse_key
+from Engineering.data.layout import SampleKey, parse_key
 from Engineering.errors import UserError
 from preprocess.cli import input_path
-from preprocess.h5_walk import Entry
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 # <patient>_<field>_<instance>[_<anything>], e.g. UK Biobank's 1000001_20252_2_0.nii.gz
@@ -25,7 +24,7 @@ MAPPING_COLUMNS = ("path", "patientID", "fieldID", "instanceID", "key")
 
 
 @dataclass(frozen=True)
-class NiftiItem(Entry):
+class NiftiItem(SampleKey):
     """The dataset a NIfTI file becomes (its ``path``/``group`` in the data file) and that file."""
 
     file: Path

@@ -11,7 +11,8 @@ from Engineering.data.labels import (CATEGORICAL, CONTINUOUS, attach_labels, inf
                                      resolve_targets)
 from Engineering.Eval.pixels import read_pixels
 from Engineering.Eval.samples import align_runs
-from Engineering.io.latents import SAMPLE_COLUMNS, latent_arrays, read_latents
+from Engineering.data.layout import SAMPLE_COLUMNS
+from Engineering.io.latents import latent_arrays, read_latents
 
 
 def flat_table(n_patients=4, n_t=3, dim=5, seed=0) -> pd.DataFrame:

@@ -51,7 +51,7 @@ def test_mapping_csv_names_ids_and_keys(tmp_path):
     mapping = tmp_path / "map.csv"
     mapping.write_text(f"path,patientID,fieldID,instanceID,key\n{ANATOMICAL},p1,t1,0,primary_T1\n{EXAMPLE4D},p1,fmri,0,\n")
     items = find_nifti([str(mapping)])
-    assert [(i.patient, i.field, i.instance, i.key) for i in items] == [("p1", "t1", "0", "primary_T1"), ("p1", "fmri", "0", "primary")]
+    assert [i.ids for i in items] == [("p1", "t1", "0", "primary_T1"), ("p1", "fmri", "0", "primary")]
     out = tmp_path / "d.h5"
     assert run_main("nifti_to_h5", mapping, "--out", out) == 0
     with h5py.File(out, "r") as h5:
@@ -60,7 +60,7 @@ def test_mapping_csv_names_ids_and_keys(tmp_path):
 
 def test_plain_names_use_field_and_instance_options(tmp_path):
     items = find_nifti([str(ANATOMICAL)], field="20252", instance="2", key="auxiliary_t1")
-    assert [(i.patient, i.field, i.instance, i.key) for i in items] == [("anatomical", "20252", "2", "auxiliary_t1")]
+    assert [i.ids for i in items] == [("anatomical", "20252", "2", "auxiliary_t1")]
 
 
 def test_errors_exit_2_with_one_line(tmp_path, capsys):

@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
+from Engineering.Engines.output_writer import OutputWriter
 from Engineering.Engines.registry import TaskSpec, drive_errors
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
@@ -229,18 +230,22 @@ class ImageRun:
 
     def test(self, trainer, model, dm, out_dir: Path, test_ckpt) -> dict:
         cfg, hub = self.cfg, self.hub
-        model.out_dir = out_dir
-        model.output_attrs = {"model": cfg.model.drive, "run_name": out_dir.parent.name, "norm_type": cfg.data.norm_type,
-                              "input_shape": json.dumps(list(cfg.model.input_shape)), "is3D": cfg.model.is3D,
-                              "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
-                              "load_hf_revision": (hub.revision or "") if hub else "",
-                              "ema": bool(cfg.eval.test_ema) and hasattr(model, "ema_net")}
-        trainer.test(model, datamodule=dm, verbose=False)
+        attrs = {"model": cfg.model.drive, "run_name": out_dir.parent.name, "norm_type": cfg.data.norm_type,
+                 "input_shape": json.dumps(list(cfg.model.input_shape)), "is3D": cfg.model.is3D,
+                 "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
+                 "load_hf_revision": (hub.revision or "") if hub else "",
+                 "ema": bool(cfg.eval.test_ema) and hasattr(model, "ema_net")}
+        writer = OutputWriter(out_dir, attrs, cfg.eval.output_chunk)
+        trainer.callbacks.append(writer)
+        try:
+            trainer.test(model, datamodule=dm, verbose=False)
+        finally:
+            trainer.callbacks.remove(writer)
         if trainer.is_global_zero:
-            summary = getattr(model, "test_summary", None)
+            summary = writer.summary
             print(f"outputs written to {out_dir}" + (f" (mean {', '.join(f'{k} {v:.4g}' for k, v in summary.items())})"
                                                      if summary else ""))
-        return {"out_dir": str(out_dir)}
+        return {"out_dir": str(out_dir), "writer": writer}
 
 
 def run(argv: Sequence[str], task: TaskSpec) -> dict:
@@ -329,9 +334,9 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
 
 def test_checkpoint(cfg, ckpt_dir: Path) -> Path | None:
     if cfg.run.load_model_4test:
-        return checkpoint_in(cfg.run.load_model_4test, best=cfg.run.load_best)
+        return checkpoint_in(cfg.run.load_model_4test, "best" if cfg.run.load_best else "last")
     if cfg.run.resume:
-        return checkpoint_in(ckpt_dir, best=cfg.run.load_best)
+        return checkpoint_in(ckpt_dir, "best" if cfg.run.load_best else "last")
     return None
 
 

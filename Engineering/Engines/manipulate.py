@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from Engineering.data.latent_tables import LatentSet
+from Engineering.data.layout import SAMPLE_COLUMNS
 from Engineering.Engines.AuxiliaryEngines.LatentPredictorEngine import head_names
 from Engineering.Engines.saved_runs import load_run, whole_file_data
 from Engineering.errors import UserError
@@ -96,7 +97,7 @@ def _manipulation_samples(parent_cfg, data: LatentSet, n_subjects: int) -> list[
     by_id, first = {}, {}
     for i in range(len(ds)):
         d = ds.describe(i)
-        key = (d["patientID"], d["fieldID"], d["instanceID"], d["key"], d["c"] or 0, d["t"] or 0, d["s"] or 0)
+        key = tuple(ds.sample_info(i).row().values())
         by_id.setdefault(key, i)
         first.setdefault(d["patientID"], i)
     samples = []
@@ -104,7 +105,7 @@ def _manipulation_samples(parent_cfg, data: LatentSet, n_subjects: int) -> list[
         if len(samples) >= n_subjects:
             break
         r = part.iloc[0]
-        key = tuple(r[c] for c in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")) \
+        key = tuple(r[c] for c in SAMPLE_COLUMNS) \
             if "key" in part.columns else None
         i = by_id.get(key, first.get(pid))
         if i is None:

@@ -22,7 +22,7 @@ from Engineering.Engines.registry import drive_errors
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import checkpoint_in, fit_state, read_checkpoint
-from Engineering.io.latents import SAMPLE_COLUMNS
+from Engineering.data.layout import SAMPLE_COLUMNS
 
 
 @dataclass
@@ -39,16 +39,8 @@ class SavedRun:
         return self.engine.reconstruct(x, self.encode(x), self.use_ema)
 
 
-def run_checkpoint(run_or_file: str | Path) -> Path:
-    """The best checkpoint of a run folder (the last one if no best was recorded), or the file itself."""
-    try:
-        return checkpoint_in(run_or_file, best=True)
-    except UserError:
-        return checkpoint_in(run_or_file, best=False)
-
-
 def load_run(run_or_file: str | Path) -> SavedRun:
-    path = run_checkpoint(run_or_file)
+    path = checkpoint_in(run_or_file, "best_or_last")  # the best of a run folder (its last if none)
     ckpt = read_checkpoint(path)
     raw, in_channels = ckpt.get("imlatent_config"), ckpt.get("in_channels")
     if not isinstance(raw, dict) or in_channels is None:

@@ -26,6 +26,7 @@ import h5py
 import numpy as np
 import torch
 
+from Engineering.data.layout import KEY_COLUMNS, SAMPLE_COLUMNS, SampleKey
 from Engineering.data.transforms import invert_affine
 from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path
@@ -121,7 +122,7 @@ def write_renders_h5(path: str | Path, items: list[dict], scales: Sequence[float
         h5.create_dataset("scales", data=np.asarray(scales, dtype=np.float64))
         h5.create_dataset("direction", data=np.asarray(direction, dtype=np.float64))
         for item in items:
-            grp = h5.require_group(f"{item['patientID']}/{item['fieldID']}/{item['instanceID']}/{item['key']}")
+            grp = h5.require_group(SampleKey(*(item[k] for k in KEY_COLUMNS)).path)
             grp.attrs.update({k: -1 if item[k] is None else int(item[k]) for k in ("c", "t", "s")})
             grp.create_dataset("input", data=item["input"].astype(np.float32))
             grp.create_dataset("renders", data=item["renders"].astype(np.float32))
@@ -144,11 +145,11 @@ def manipulate(net, diffusion, t_inv: int, t_step: int, samples: list[dict], dir
         codes = shifted_codes(z0, mean, std, direction, scales)
         renders = render(diffusion, net, x0, z0, codes, t_inv, t_step, clip)[0]
         affine = sample["affine"].float()
-        item = {k: sample[k] for k in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")}
+        item = {k: sample[k] for k in SAMPLE_COLUMNS}
         item["input"] = invert_affine(x0[0], affine).numpy()
         item["renders"] = invert_affine(renders, affine[None]).numpy()
         items.append(item)
-        name = "_".join(str(item[k]) for k in ("patientID", "fieldID", "instanceID", "key"))
+        name = "_".join(str(item[k]) for k in KEY_COLUMNS)
         where = "".join(f" {k}={item[k]}" for k in ("c", "t", "s") if item[k] is not None)
         write_strip(out_dir / f"{name}.png", item["input"], item["renders"], scales,
                     f"{attrs.get('target', '')} ({attrs.get('direction_label', '')}): {name}{where}")

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from Engineering.data.layout import KEY_COLUMNS, SampleKey
 from Engineering.data.transforms import axis_perm
 from Engineering.errors import UserError
 
-_ITEM = ["patientID", "fieldID", "instanceID", "key"]
 
 
 def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slice_dim: int = 2) -> np.ndarray:
@@ -40,8 +40,8 @@ def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slic
     except OSError as exc:
         raise UserError(f"cannot read pixels {path}: {exc}") from exc
     with h5:
-        for item, part in rows.groupby(_ITEM, sort=False):
-            name = "/".join(map(str, item))
+        for item, part in rows.groupby(list(KEY_COLUMNS), sort=False):
+            name = SampleKey(*map(str, item)).path
             if name not in h5:
                 raise UserError(f"pixels file {path.name} has no dataset {name}")
             ds = h5[name]

@@ -15,7 +15,8 @@ import numpy as np
 import pandas as pd
 
 from Engineering.errors import UserError
-from Engineering.io.latents import SAMPLE_COLUMNS, latent_arrays
+from Engineering.data.layout import SAMPLE_COLUMNS
+from Engineering.io.latents import latent_arrays
 
 AGGREGATIONS = ("none", "patient")
 

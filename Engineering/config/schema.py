@@ -80,6 +80,9 @@ class DataKeys(Keys):
 class EvalKeys(Keys):
     """eval (YAML keys beside the flags)"""
     n_preview: StrictInt = Field(4, ge=0, description="Subjects in the PNG preview grid.")
+    output_chunk: StrictInt = Field(256, gt=0, description="Test samples held in memory before they are written "
+                                                           "to the run's output shards (bounds the memory of a "
+                                                           "whole-cohort inference).")
 
 
 class RunKeys(Keys):

@@ -104,11 +104,11 @@ class H5DataModule(L.LightningDataModule):
         for rec in self.records:
             need = self.spec.sample_bytes(rec)
             if need > limit:
-                raise UserError(f"{self.h5file}:{rec.h5path} (shape {rec.shape}) would need {need / 2**30:.1f} GiB per "
+                raise UserError(f"{self.h5file}:{rec.path} (shape {rec.shape}) would need {need / 2**30:.1f} GiB per "
                                 f"sample after resampling (--interp_fact {self.spec.interp_fact:g}), more than a quarter "
                                 f"of this machine's {4 * limit / 2**30:.0f} GiB; check the selection, DS_split_* and "
                                 "--interp_fact")
-            problem = self.spec.fit_problem(self.spec.sample_spatial(rec), f"{self.h5file}:{rec.h5path}")
+            problem = self.spec.fit_problem(self.spec.sample_spatial(rec), f"{self.h5file}:{rec.path}")
             if problem:
                 raise UserError(problem)
 

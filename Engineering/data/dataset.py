@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from Engineering.data import transforms as T
 from Engineering.data.index import DatasetRecord
+from Engineering.data.layout import SampleInfo
 from Engineering.errors import UserError
 
 
@@ -148,9 +149,9 @@ class H5Samples(Dataset):
         return state
 
     def _dataset(self, path: str, rec: DatasetRecord) -> h5py.Dataset:
-        handle = self._file(path).get(rec.h5path)
+        handle = self._file(path).get(rec.path)
         if handle is None:
-            raise UserError(f"{path}:{rec.h5path} is missing")
+            raise UserError(f"{path}:{rec.path} is missing")
         return handle
 
     def read_raw(self, ref: SampleRef, path: str | None = None) -> np.ndarray:
@@ -186,7 +187,7 @@ class H5Samples(Dataset):
         spec = self.spec
         block = self.read_raw(ref)
         if block.dtype.kind in "fc" and not np.isfinite(block).all():
-            raise UserError(f"{self.h5file}:{rec.h5path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})")
+            raise UserError(f"{self.h5file}:{rec.path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})")
         x = self._to_model_layout(T.complex_to_real(block, spec.complex_mode) if block.dtype.kind == "c" else block)
         mask = None
         if spec.mask_mode and self.mask_file:
@@ -202,7 +203,7 @@ class H5Samples(Dataset):
                                       spec.zscore_mean, spec.zscore_std, spec.norm_range)
         affine = np.stack([scale, offset], 1).astype(np.float32)
         if not _stays_finite(x, scale, offset):  # a wild attribute or a constant must not give inf
-            raise UserError(f"{self.h5file}:{rec.h5path}: --norm_type {spec.norm_type} gives non-finite values "
+            raise UserError(f"{self.h5file}:{rec.path}: --norm_type {spec.norm_type} gives non-finite values "
                             f"for this sample (scale {scale.tolist()}, offset {offset.tolist()}); check the "
                             "dataset's min_val/max_val attributes or choose another normalisation")
         if spec.grey2RGB and x.shape[0] == 1:
@@ -234,7 +235,7 @@ class H5Samples(Dataset):
         have_lo, have_hi = float(mag.min()), float(mag.max())
         tol = 1e-4 * max(1.0, abs(lo), abs(hi))
         if lo > hi or have_lo < lo - tol or have_hi > hi + tol:
-            raise UserError(f"{self.h5file}:{rec.h5path}: its min_val/max_val attributes ({lo:g}, {hi:g}) do not "
+            raise UserError(f"{self.h5file}:{rec.path}: its min_val/max_val attributes ({lo:g}, {hi:g}) do not "
                             f"bound its data ({have_lo:g} .. {have_hi:g}); recompute them (preprocess/validate_h5.py "
                             "reports this) or use a per-sample normalisation")
 
@@ -242,10 +243,20 @@ class H5Samples(Dataset):
         if self.spec.interp_fact != 1.0:
             x = T.resample(x.astype(np.float32), self.spec.interp_fact)
         have, want = tuple(x.shape[1:]), tuple(self.spec.input_shape)
-        problem = self.spec.fit_problem(have, f"{self.h5file}:{rec.h5path}")
+        problem = self.spec.fit_problem(have, f"{self.h5file}:{rec.path}")
         if problem:
             raise UserError(problem)
         return x if have == want else T.crop_or_pad(x, want)
+
+    def sample_info(self, i: int) -> SampleInfo:
+        """Where sample i comes from and the size of its dataset's output array (the output contract's key)."""
+        ref = self.samples[i]
+        rec = self.records[ref.record]
+        spec = self.spec
+        shape = spec.logical_shape(rec)
+        return SampleInfo(rec.patientID, rec.fieldID, rec.instanceID, rec.key, ref.c, ref.t, ref.s,
+                          shape[0] if spec.split_c else 1, shape[1] if spec.split_t else 1,
+                          shape[2] if spec.split_s else 1)
 
     def describe(self, i: int) -> dict:
         """IDs and indices of sample i, for the output files."""

@@ -16,7 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from Engineering.data.layout import parse_key, readable_members
+from Engineering.data.layout import SampleKey, iter_datasets, parse_key
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 
@@ -36,19 +36,11 @@ class Selection:
 
 
 @dataclass(frozen=True)
-class DatasetRecord:
-    patientID: str
-    fieldID: str
-    instanceID: str
-    key: str
+class DatasetRecord(SampleKey):
     shape: tuple[int, ...]
     is_complex: bool
     min_val: float | None
     max_val: float | None
-
-    @property
-    def h5path(self) -> str:
-        return f"{self.patientID}/{self.fieldID}/{self.instanceID}/{self.key}"
 
 
 def _as_list(value) -> tuple[str, ...]:
@@ -132,31 +124,19 @@ def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
     except OSError as exc:
         raise UserError(f"{h5file} is not a readable HDF5 file ({str(exc).splitlines()[0]})") from None
     with h5:
-        for pid, pgrp in readable_members(h5):
-            for fid, fgrp in _groups(pgrp):
-                for iid, igrp in _groups(fgrp):
-                    for key, ds in readable_members(igrp):
-                        if not isinstance(ds, h5py.Dataset):
-                            continue
-                        seen.add(key)
-                        matched |= matched_entries(key, sel)
-                        if key_selected(key, sel):
-                            records.append(_record(h5file, pid, fid, iid, key, ds, sel))
+        for where, ds in iter_datasets(h5):
+            seen.add(where.key)
+            matched |= matched_entries(where.key, sel)
+            if key_selected(where.key, sel):
+                records.append(_record(h5file, where, ds, sel))
     problem = _unmatched_error(h5file, sel, matched, seen)
     if problem is not None:
         raise problem
     return [r for r in records if r is not None]
 
 
-def _groups(grp):
-    if isinstance(grp, h5py.Group):
-        for name, child in readable_members(grp):
-            if isinstance(child, h5py.Group):
-                yield name, child
-
-
-def _record(h5file, pid, fid, iid, key, ds: h5py.Dataset, sel: Selection) -> DatasetRecord | None:
-    where = f"{h5file}:{pid}/{fid}/{iid}/{key}"
+def _record(h5file, at: SampleKey, ds: h5py.Dataset, sel: Selection) -> DatasetRecord | None:
+    where = f"{h5file}:{at.path}"
     if ds.ndim != 5:
         raise UserError(f"{where} has shape {ds.shape}: the contract needs 5D Channel x Time x Slice x X x Y")
     if not (np.issubdtype(ds.dtype, np.number) or ds.dtype.kind == "b"):
@@ -169,7 +149,7 @@ def _record(h5file, pid, fid, iid, key, ds: h5py.Dataset, sel: Selection) -> Dat
     if sel.need_minmax and (lo is None or hi is None):
         raise UserError(f"{where} lacks the min_val/max_val attributes that volumetric normalisation "
                         "(minmaxvol/divbymaxvol) needs; add them (preprocess/validate_h5.py) or choose another norm_type")
-    return DatasetRecord(str(pid), str(fid), str(iid), str(key), tuple(int(s) for s in ds.shape),
+    return DatasetRecord(*at.ids, tuple(int(s) for s in ds.shape),
                          bool(np.issubdtype(ds.dtype, np.complexfloating)), lo, hi)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from Engineering.errors import UserError
-from Engineering.io.latents import SAMPLE_COLUMNS
+from Engineering.data.layout import SAMPLE_COLUMNS
 
 ID_ALIASES = ("patientID", "FID", "f.eid", "eid")
 JOIN_EXTRA = ("fieldID", "instanceID", "key")

@@ -25,7 +25,8 @@ from Engineering.data.demo import ensure_demo
 from Engineering.data.folds import SPLITS, is_whole_file, read_fold
 from Engineering.errors import UserError
 from Engineering.data.labels import CATEGORICAL, CONTINUOUS, attach_labels, read_label_table, resolve_targets
-from Engineering.io.latents import SAMPLE_COLUMNS, latent_arrays, read_latents, resolve_latent_file
+from Engineering.data.layout import SAMPLE_COLUMNS
+from Engineering.io.latents import latent_arrays, read_latents, resolve_latent_file
 
 AGGREGATIONS = ("none", "patient")
 # Without a fold file: a seeded split by patient (train, val; the rest is test).

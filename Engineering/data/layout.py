@@ -19,6 +19,56 @@ AXES = ("Channel", "Time", "Slice", "X", "Y")
 GROUP_ATTRS = ("patientDICOMID", "studyDICOMID", "studyDesc", "aet", "host", "date", "n_series")
 DATASET_ATTRS = ("seriesID", "DICOMHeader", "seriesDesc", "min_val", "max_val")
 
+# The ID columns of every flat table (latents, metrics, predictions): the dataset key, then the sample's index
+# along the axes a dataset is split on (0 where an axis is not split).
+KEY_COLUMNS = ("patientID", "fieldID", "instanceID", "key")
+INDEX_COLUMNS = ("c", "t", "s")
+SAMPLE_COLUMNS = KEY_COLUMNS + INDEX_COLUMNS
+
+
+@dataclass(frozen=True)
+class SampleKey:
+    """Where a dataset sits: ``<patientID>/<fieldID>/<instanceID>/<key>`` (the only place that spells it)."""
+
+    patientID: str
+    fieldID: str
+    instanceID: str
+    key: str
+
+    @property
+    def group(self) -> str:
+        return f"{self.patientID}/{self.fieldID}/{self.instanceID}"
+
+    @property
+    def path(self) -> str:
+        return f"{self.group}/{self.key}"
+
+    @property
+    def ids(self) -> tuple[str, str, str, str]:
+        return self.patientID, self.fieldID, self.instanceID, self.key
+
+
+@dataclass(frozen=True)
+class SampleInfo(SampleKey):
+    """One sample of a dataset: its (c, t, s) index (None on an axis that is not split) and the sizes of its
+    dataset's output array along those axes (1 where not split)."""
+
+    c: int | None = None
+    t: int | None = None
+    s: int | None = None
+    n_c: int = 1
+    n_t: int = 1
+    n_s: int = 1
+
+    @property
+    def index(self) -> tuple[int, int, int]:
+        """The (c, t, s) of the flat tables and emb.h5: an axis that is not split has the single index 0."""
+        return self.c or 0, self.t or 0, self.s or 0
+
+    def row(self) -> dict:
+        """The ID columns of this sample in a flat table."""
+        return dict(zip(SAMPLE_COLUMNS, self.ids + self.index))
+
 
 
 
@@ -79,3 +129,20 @@ def readable_members(group: h5py.Group) -> Iterator[tuple[str, object]]:
             raise UserError(f"{group.file.filename}:{group.name.rstrip('/')}/{name} cannot be read ({why}): the file "
                             "is damaged there; check it with preprocess/validate_h5.py")
         yield name, obj
+
+
+def iter_datasets(h5: h5py.File) -> Iterator[tuple[SampleKey, h5py.Dataset]]:
+    """The one walker of a contract file: datasets four levels deep (patient/field/instance/key), in name order;
+    other objects are skipped (the validator reports them); a damaged object is an error naming it."""
+    for pid, pg in readable_members(h5):
+        if not isinstance(pg, h5py.Group):
+            continue
+        for fid, fg in readable_members(pg):
+            if not isinstance(fg, h5py.Group):
+                continue
+            for iid, ig in readable_members(fg):
+                if not isinstance(ig, h5py.Group):
+                    continue
+                for key, obj in readable_members(ig):
+                    if isinstance(obj, h5py.Dataset):
+                        yield SampleKey(pid, fid, iid, key), obj

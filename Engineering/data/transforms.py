@@ -123,12 +123,6 @@ def _norm_affine(x, norm_type, vol, prenorm, zscore_mean, zscore_std) -> tuple[n
     return ones / max(abs(hi), _EPS), zeros
 
 
-def apply_affine(x: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    """``affine`` is (C, 2) = (scale, offset); x is (C, ...)."""
-    shape = (-1,) + (1,) * (x.ndim - 1)
-    return (x * affine[:, 0].reshape(shape) + affine[:, 1].reshape(shape)).astype(np.float32)
-
-
 def invert_affine(y, affine):
     """Back to original units; works on numpy arrays or tensors, batched (B, C, ...) or not."""
     scale, offset = affine[..., 0], affine[..., 1]

@@ -157,17 +157,21 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             fsync_file(tmp)
 
 
-def checkpoint_in(run_or_file: str | Path, best: bool) -> Path:
-    """A checkpoint file, or the best/last checkpoint of a run folder."""
+def checkpoint_in(run_or_file: str | Path, which: str = "last") -> Path:
+    """The one "which checkpoint" rule: a checkpoint file as given, or in a run folder (or its Checkpoints/)
+    ``best`` (as ModelCheckpoint recorded it), ``last`` (last.ckpt) or ``best_or_last`` (best if recorded)."""
+    if which not in ("best", "last", "best_or_last"):
+        raise UserError(f"which checkpoint: best, last or best_or_last, got {which!r}")
     p = Path(run_or_file)
     if p.is_file():
         return p
     ckpt_dir = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
-    if best:
+    if which != "last":
         found = best_from_last(ckpt_dir)
-        if found is None:
+        if found is not None:
+            return found
+        if which == "best":
             raise UserError(f"no best checkpoint recorded in {ckpt_dir / 'last.ckpt'}")
-        return found
     if (ckpt_dir / "last.ckpt").is_file():
         return ckpt_dir / "last.ckpt"
     raise UserError(f"no checkpoint in {ckpt_dir} (expected last.ckpt)")

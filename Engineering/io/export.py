@@ -4,27 +4,15 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 from safetensors.torch import save_file
 
-from typing import Callable
-
 from Engineering.errors import UserError
 from Engineering.io.atomic import replace_dir, staging_dir
-from Engineering.io.checkpoints import CHECKPOINT_DIR, best_from_last, checkpoint_in, read_checkpoint
+from Engineering.io.checkpoints import checkpoint_in, read_checkpoint
 from Engineering.io.hub import export_config
-
-
-def _checkpoint(run: Path, which: str) -> Path:
-    if which == "best":
-        best = best_from_last(run / CHECKPOINT_DIR)
-        if best is None:
-            raise UserError(f"no best checkpoint recorded in {run / CHECKPOINT_DIR / 'last.ckpt'}")
-        return best
-    if which == "last":
-        return checkpoint_in(run, best=False)
-    return Path(which)
 
 
 def export_run(run: str | Path, which: str, out: str | Path, describe: Callable) -> Path:
@@ -33,7 +21,7 @@ def export_run(run: str | Path, which: str, out: str | Path, describe: Callable)
     run, out = Path(run), Path(out)
     if not run.is_dir():
         raise UserError(f"--run {run} is not a run folder")
-    ckpt_path = _checkpoint(run, which)
+    ckpt_path = checkpoint_in(run, which) if which in ("best", "last") else Path(which)
     ckpt = read_checkpoint(ckpt_path)
     if "imlatent_config" not in ckpt:
         raise UserError(f"{ckpt_path} was not written by this tool (no imlatent_config): cannot describe the model")

@@ -15,11 +15,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from Engineering.data.layout import INDEX_COLUMNS, KEY_COLUMNS, SAMPLE_COLUMNS, SampleKey, iter_datasets
 from Engineering.errors import UserError
 
-ID_COLUMNS = ("patientID", "fieldID", "instanceID", "key")
-INDEX_COLUMNS = ("c", "t", "s")
-SAMPLE_COLUMNS = ID_COLUMNS + INDEX_COLUMNS
 _Z_COLUMN = re.compile(r"^Z(\d+)$")
 # Searched in this order inside a run folder: parquet is the fastest to read.
 _FILE_NAMES = ("emb.parquet", "emb.tsv", "emb.h5")
@@ -58,7 +56,7 @@ def read_latents(path: str | Path) -> pd.DataFrame:
             df = pd.read_parquet(file)
         elif suffix in (".tsv", ".txt", ".csv"):
             sep = "," if suffix == ".csv" else "\t"
-            df = pd.read_csv(file, sep=sep, dtype={c: str for c in ID_COLUMNS})
+            df = pd.read_csv(file, sep=sep, dtype={c: str for c in KEY_COLUMNS})
         elif suffix in (".h5", ".hdf5"):
             df = _read_h5(file)
         else:
@@ -89,13 +87,13 @@ def _normalise(df: pd.DataFrame, file: Path) -> pd.DataFrame:
         raise UserError(f"{file} has no patientID column")
     df = df.copy()
     # Tables made outside the pipeline may hold one row per patient only.
-    for col in ID_COLUMNS[1:]:
+    for col in KEY_COLUMNS[1:]:
         if col not in df.columns:
             df[col] = "0" if col != "key" else "primary"
     for col in INDEX_COLUMNS:
         if col not in df.columns:
             df[col] = 0
-    for col in ID_COLUMNS:
+    for col in KEY_COLUMNS:
         df[col] = df[col].astype(str).str.strip()
     for col in INDEX_COLUMNS:
         df[col] = pd.to_numeric(df[col], errors="raise").astype(np.int64)
@@ -112,31 +110,19 @@ def _read_h5(file: Path) -> pd.DataFrame:
     parts: list[pd.DataFrame] = []
     latent_dim = None
     with h5py.File(file, "r") as h5:
-        for pid, fields in h5.items():
-            for fid, instances in _groups(fields):
-                for iid, inst in _groups(instances):
-                    for key, ds in inst.items():
-                        if not isinstance(ds, h5py.Dataset):
-                            continue
-                        if ds.ndim != 4:
-                            raise UserError(f"{file}:{ds.name} has shape {ds.shape}; "
-                                            "expected (n_channel, n_time, n_slice, latent_dim)")
-                        if latent_dim is not None and ds.shape[-1] != latent_dim:
-                            raise UserError(f"{file}:{ds.name} has latent_dim {ds.shape[-1]}, others {latent_dim}")
-                        latent_dim = ds.shape[-1]
-                        parts.append(_flatten(ds[()], pid, fid, iid, key))
+        for where, ds in iter_datasets(h5):
+            if ds.ndim != 4:
+                raise UserError(f"{file}:{ds.name} has shape {ds.shape}; expected (n_channel, n_time, n_slice, latent_dim)")
+            if latent_dim is not None and ds.shape[-1] != latent_dim:
+                raise UserError(f"{file}:{ds.name} has latent_dim {ds.shape[-1]}, others {latent_dim}")
+            latent_dim = ds.shape[-1]
+            parts.append(_flatten(ds[()], where))
     if not parts:
         raise UserError(f"{file} holds no latent arrays (expected patientID/fieldID/instanceID/key datasets)")
     return pd.concat(parts, ignore_index=True)
 
 
-def _groups(node):
-    import h5py
-
-    return [(name, child) for name, child in node.items() if isinstance(child, h5py.Group)]
-
-
-def _flatten(arr: np.ndarray, pid: str, fid: str, iid: str, key: str) -> pd.DataFrame:
+def _flatten(arr: np.ndarray, where: SampleKey) -> pd.DataFrame:
     """One row per (c, t, s) that was computed (not all-NaN)."""
     n_c, n_t, n_s, dim = arr.shape
     flat = arr.reshape(-1, dim).astype(np.float32)
@@ -146,6 +132,6 @@ def _flatten(arr: np.ndarray, pid: str, fid: str, iid: str, key: str) -> pd.Data
     df.insert(0, "s", s[keep])
     df.insert(0, "t", t[keep])
     df.insert(0, "c", c[keep])
-    for col, val in reversed(list(zip(ID_COLUMNS, (pid, fid, iid, key)))):
+    for col, val in reversed(list(zip(KEY_COLUMNS, where.ids))):
         df.insert(0, col, val)
     return df

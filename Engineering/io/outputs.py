@@ -6,37 +6,14 @@ float32 array (n_channel, n_time, n_slice, latent_dim) indexed by the sample's
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
+from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo
 from Engineering.io.atomic import atomic_path
-
-ID_COLS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
-
-
-@dataclass
-class SampleInfo:
-    """Where one sample comes from; n_c/n_t/n_s are the sizes of its record's emb array."""
-
-    patientID: str
-    fieldID: str
-    instanceID: str
-    key: str
-    c: int | None
-    t: int | None
-    s: int | None
-    n_c: int
-    n_t: int
-    n_s: int
-
-    @property
-    def group(self) -> str:
-        return f"{self.patientID}/{self.fieldID}/{self.instanceID}"
-
 
 def _attrs(obj, attrs: dict) -> None:
     for k, v in (attrs or {}).items():
@@ -50,7 +27,7 @@ def write_emb_h5(path: str | Path, infos: list[SampleInfo], z: np.ndarray, attrs
         arr = arrays.get((info.group, info.key))
         if arr is None:
             arr = arrays[(info.group, info.key)] = np.full((info.n_c, info.n_t, info.n_s, latent), np.nan, np.float32)
-        arr[info.c or 0, info.t or 0, info.s or 0] = vec
+        arr[info.index] = vec
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         _attrs(h5, {**(attrs or {}), "latent_dim": latent, "axes": "Channel x Time x Slice x Latent"})
         for (group, key), arr in arrays.items():
@@ -58,8 +35,7 @@ def write_emb_h5(path: str | Path, infos: list[SampleInfo], z: np.ndarray, attrs
 
 
 def emb_table(infos: list[SampleInfo], z: np.ndarray) -> pd.DataFrame:
-    ids = pd.DataFrame([{"patientID": i.patientID, "fieldID": i.fieldID, "instanceID": i.instanceID, "key": i.key,
-                         "c": i.c or 0, "t": i.t or 0, "s": i.s or 0} for i in infos], columns=ID_COLS)
+    ids = pd.DataFrame([i.row() for i in infos], columns=list(SAMPLE_COLUMNS))
     zs = pd.DataFrame(z.astype(np.float32), columns=[f"Z{j}" for j in range(z.shape[1])])
     return pd.concat([ids, zs], axis=1)
 

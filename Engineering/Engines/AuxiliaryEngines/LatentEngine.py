@@ -2,27 +2,20 @@
 exact-resume RNG state, and the test phase that writes the output contract.
 
 A subclass provides ``embed(x, use_ema)`` and, unless embeddings only are asked
-for, ``reconstruct(x, z, use_ema)``. Under DDP every rank computes its share of
-the test set; the pieces are gathered and written once, by rank 0.
+for, ``reconstruct(x, z, use_ema)``. ``test_step`` returns one record per batch;
+the OutputWriter callback (Engines/output_writer.py) writes the output contract,
+under DDP from every rank's share.
 """
 from __future__ import annotations
 
 import copy
 import random
-import shutil
-from pathlib import Path
 
 import lightning as L
 import numpy as np
-import pandas as pd
 import torch
-import torch.distributed as dist
 
-from Engineering.data.transforms import invert_affine
-from Engineering.errors import UserError
-from Engineering.io.atomic import replace_dir, require_free, staging_dir, tensor_bytes
-from Engineering.io.outputs import SampleInfo, write_emb_h5, write_emb_tables, write_preview, write_recon_h5, write_table
-from Engineering.Science.metrics import recon_metrics
+from Engineering.Engines.output_writer import test_record
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
 
 
@@ -38,9 +31,6 @@ class LatentEngine(L.LightningModule):
         super().__init__()
         self.cfg = cfg
         self.in_channels = in_channels
-        self.out_dir: Path | None = None
-        self.output_attrs: dict = {}
-        self._test_buf: dict = {}
         self.has_val = True
         self.lr = cfg.training.lr  # the Lightning Tuner's lr_find sets this
         self.ema_decay = float(cfg.training.ema_decay)  # in [0, 1): checked by the config schema
@@ -102,123 +92,13 @@ class LatentEngine(L.LightningModule):
             random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
             np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
 
-    # --- test phase: embeddings, reconstructions, metrics
-    def on_test_epoch_start(self) -> None:
-        ds = self.trainer.datamodule.dataset("test")
-        self._test_ds = ds
-        ev = self.cfg.eval
-        patients = sorted({r.patientID for r in ds.records})
-        if ev.save_recon_subs:
-            keep = {p.strip() for p in str(ev.save_recon_subs).split(",") if p.strip()}
-        else:
-            n = ev.n_save_recon_subs
-            n = int(round(n * len(patients))) if isinstance(n, float) and n <= 1 else int(n)
-            keep = set(patients[:n])
-        self._recon_subs = keep
-        self._test_buf = {"index": [], "z": [], "metrics": [], "recon": {}, "preview": {}}
-
+    # --- test phase: one record per batch; the OutputWriter callback writes the output contract
     @torch.no_grad()
     def test_step(self, batch, batch_idx):
-        ev = self.cfg.eval
-        use_ema = bool(ev.test_ema) and hasattr(self, "ema_net")
+        use_ema = bool(self.cfg.eval.test_ema) and hasattr(self, "ema_net")
         x = batch["inp"]
         z = self.embed(x, use_ema)
-        buf = self._test_buf
-        idx = batch["index"].tolist()
-        buf["index"].extend(idx)
-        buf["z"].append(z.float().cpu())
-        if ev.test_emb_only:
-            return
+        if self.cfg.eval.test_emb_only:
+            return test_record(batch["index"], z)
         recon, code = self.reconstruct_with_code(x, z, use_ema)
-        recon = recon.float()
-        orig_in = invert_affine(x.float(), batch["affine"]).cpu().numpy()
-        orig_rec = invert_affine(recon, batch["affine"]).cpu().numpy()
-        for j, i in enumerate(idx):
-            info = self._test_ds.describe(i)
-            for row in recon_metrics(x[j].float().cpu(), recon[j].cpu()):
-                ids = {k: info[k] for k in ("patientID", "fieldID", "instanceID", "key")}
-                # the same indexing as emb.h5/emb.tsv: an axis that is not split has the single index 0
-                ids.update({k: info[k] or 0 for k in ("c", "t", "s")})
-                buf["metrics"].append({**ids, **row})
-            if info["patientID"] in self._recon_subs:
-                buf["recon"][i] = (orig_rec[j], orig_in[j], None if code is None else code[j].float().cpu().numpy())
-            if len(buf["preview"]) < ev.n_preview:
-                buf["preview"][i] = (orig_in[j], orig_rec[j])
-
-    def _gathered(self) -> dict | None:
-        buf = self._test_buf
-        local = {"index": buf["index"], "z": torch.cat(buf["z"]).numpy() if buf["z"] else np.zeros((0, 0)),
-                 "metrics": buf["metrics"], "recon": buf["recon"], "preview": buf["preview"]}
-        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-            return local
-        parts = [None] * dist.get_world_size()
-        dist.all_gather_object(parts, local)
-        if dist.get_rank() != 0:
-            return None
-        merged = {"index": [], "z": [], "metrics": [], "recon": {}, "preview": {}}
-        seen = set()
-        for part in parts:  # DistributedSampler pads with repeats: keep each sample once
-            for k, i in enumerate(part["index"]):
-                if i not in seen:
-                    seen.add(i)
-                    merged["index"].append(i)
-                    merged["z"].append(part["z"][k])
-            merged["metrics"].extend(part["metrics"])
-            merged["recon"].update(part["recon"])
-            merged["preview"].update(part["preview"])
-        merged["z"] = np.stack(merged["z"])
-        mdf = pd.DataFrame(merged["metrics"])
-        if not mdf.empty:
-            merged["metrics"] = mdf.drop_duplicates(["patientID", "fieldID", "instanceID", "key", "c", "t", "s",
-                                                     "channel"]).to_dict("records")
-        return merged
-
-    def on_test_epoch_end(self) -> None:
-        data = self._gathered()
-        if data is None or self.out_dir is None:
-            return
-        order = np.argsort(data["index"], kind="stable")
-        index = [data["index"][k] for k in order]
-        z = np.asarray(data["z"])[order]
-        infos = [self._info(i) for i in index]
-        # the whole Output set is built in a staging folder and swapped in at the end: a crash leaves the
-        # previous set or the new one, never a new emb.h5 beside an old recon.h5
-        final = Path(self.out_dir)
-        # emb.h5 + parquet + TSV text (~3x) of the latents, and recon.h5 (reconstruction + input + code)
-        need = 5 * z.nbytes + 3 * tensor_bytes([v[0] for v in data["recon"].values()])
-        require_free(final.parent, need, f"the outputs in {final}")
-        out = staging_dir(final)
-        try:
-            self._write_outputs(out, data, index, z, infos)
-            replace_dir(out, final)
-        except BaseException:
-            shutil.rmtree(out, ignore_errors=True)
-            raise
-
-    def _write_outputs(self, out: Path, data: dict, index: list, z: np.ndarray, infos: list) -> None:
-        attrs = {**self.output_attrs, "n_samples": len(index)}
-        write_emb_h5(out / "emb.h5", infos, z, attrs)
-        write_emb_tables(out, infos, z)
-        if data["metrics"]:
-            mdf = pd.DataFrame(data["metrics"]).sort_values(["patientID", "fieldID", "instanceID", "key", "c", "t", "s",
-                                                             "channel"], na_position="first")
-            write_table(out / "metrics.csv", mdf)
-            self.test_summary = mdf[["SSIM", "PSNR", "NRMSE"]].replace([np.inf, -np.inf], np.nan).mean().to_dict()
-        if data["recon"]:
-            keys = sorted(data["recon"])
-            write_recon_h5(out / "recon.h5", [self._info(i) for i in keys], [data["recon"][i][0] for i in keys],
-                           [data["recon"][i][1] for i in keys], attrs, [data["recon"][i][2] for i in keys])
-        if data["preview"]:
-            keys = sorted(data["preview"])
-            write_preview(out / "preview.png", [data["preview"][i][0] for i in keys],
-                          [data["preview"][i][1] for i in keys],
-                          [f"{self._info(i).patientID}/{self._info(i).key}" for i in keys])
-
-    def _info(self, i: int) -> SampleInfo:
-        ds = self._test_ds
-        d = ds.describe(i)
-        shape = ds.spec.logical_shape(ds.records[d["record"]])
-        spec = ds.spec
-        return SampleInfo(d["patientID"], d["fieldID"], d["instanceID"], d["key"], d["c"], d["t"], d["s"],
-                          shape[0] if spec.split_c else 1, shape[1] if spec.split_t else 1,
-                          shape[2] if spec.split_s else 1)
+        return test_record(batch["index"], z, batch, recon, code)
