@@ -19,7 +19,7 @@ from typing import Sequence
 import numpy as np
 import yaml
 
-from Engineering.errors import UserError, run_cli
+from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.Eval import baselines, invariance
 from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
                                      resolve_targets)
@@ -32,15 +32,8 @@ from Engineering.Eval.tables import write_metrics_csv, write_metrics_json
 from Engineering.io.latents import read_latents, resolve_latent_file
 
 
-class _Parser(argparse.ArgumentParser):
-    """Flag mistakes are user errors too: one line, exit 2 (through run_cli)."""
-
-    def error(self, message):
-        raise UserError(message)
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="main_benchmark.py", allow_abbrev=False,
+    p = ArgParser(prog="main_benchmark.py",
                 description="Benchmark latent representations (see Engineering/Eval for the metrics).")
     p.add_argument("--latents", nargs="+", required=True, metavar="[NAME=]PATH",
                    help="emb.h5 / emb.tsv / emb.parquet or a run folder; optionally named NAME=PATH")

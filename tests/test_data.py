@@ -116,6 +116,11 @@ def test_3d_and_axis_swaps(tmp_path):
     np.testing.assert_array_equal(ds.sample(0)["inp"].numpy(), raw[0, 0].astype(np.float32))
 
 
+def _apply(x: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """The (C, 2) affine applied as the loader does (normalise_batch, on a batch of one)."""
+    return T.normalise_batch(torch.from_numpy(x)[None], torch.from_numpy(affine.astype(np.float32))[None])[0].numpy()
+
+
 @pytest.mark.parametrize("norm,prenorm", [("minmax", "none"), ("divbymax", "none"), ("minmaxvol", "none"),
                                           ("divbymaxvol", "none"), ("zscore", "none"), ("zscore", "255"),
                                           ("zscore", "minmax"), ("zscore", "divbymaxvol"), ("none", "none")])
@@ -124,7 +129,7 @@ def test_normalisations_and_inverses(norm, prenorm):
     x = rng.uniform(10, 500, size=(2, 4, 6)).astype(np.float32)
     s, o = T.norm_affine(x, norm, (0.0, 600.0), prenorm)
     aff = np.stack([s, o], 1)
-    y = T.normalise_batch(torch.from_numpy(x)[None], torch.from_numpy(aff.astype(np.float32))[None])[0].numpy()
+    y = _apply(x, aff)
     if norm == "minmax":
         assert y.min() == pytest.approx(0, abs=1e-6) and y.max() == pytest.approx(1, abs=1e-6)
     if norm == "divbymax":
@@ -322,7 +327,7 @@ def test_fixed_zscore_after_prenorm_is_the_ancestors_minus_one_to_one():
     the published models) is (minmax(x) - 0.5) / 0.5, the same map as minmax with --norm_range symmetric."""
     x = np.random.default_rng(3).uniform(20, 900, size=(1, 6, 5)).astype(np.float32)
     s, o = T.norm_affine(x, "zscore", prenorm="minmax", zscore_mean=0.5, zscore_std=0.5)
-    y = T.apply_affine(x, np.stack([s, o], 1))
+    y = _apply(x, np.stack([s, o], 1))
     want = ((x - x.min()) / (x.max() - x.min()) - 0.5) / 0.5
     np.testing.assert_allclose(y, want, atol=1e-6)
     np.testing.assert_allclose(T.invert_affine(y, np.stack([s, o], 1)), x, rtol=1e-5)

@@ -11,7 +11,7 @@ from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import best_from_last, read_checkpoint
-from tests.conftest import REPO, run_executor, tiny_args
+from tests.conftest import run_executor, tiny_args
 
 TASK = registry.get("diffAE")
 

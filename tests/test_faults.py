@@ -16,7 +16,7 @@ from Engineering.Engines import registry
 from Engineering.errors import UserError, run_cli
 from Engineering.io.checkpoints import AtomicCheckpointIO
 from Engineering.io.runlock import LOCK_NAME, RunLock
-from tests.conftest import REPO, tiny_args
+from tests.conftest import tiny_args
 
 TASK = registry.get("diffAE")
 pytestmark = pytest.mark.usefixtures("one_thread")

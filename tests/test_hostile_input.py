@@ -12,7 +12,7 @@ import torch
 from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
 from Engineering.errors import run_cli
-from tests.conftest import REPO, tiny_args
+from tests.conftest import tiny_args
 
 TASK = registry.get("diffAE")
 

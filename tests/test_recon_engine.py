@@ -16,7 +16,6 @@ from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
 from Engineering.Engines.WarpDrives.pythaeDrive import model_names
 from Engineering.errors import UserError
-from tests.conftest import REPO
 
 TASK = registry.get("recon")
 

@@ -45,7 +45,7 @@ def load_run(run_or_file: str | Path) -> SavedRun:
     raw, in_channels = ckpt.get("imlatent_config"), ckpt.get("in_channels")
     if not isinstance(raw, dict) or in_channels is None:
         raise UserError(f"{path} holds no imlatent_config/in_channels: not a checkpoint of this pipeline's "
-                        "training (use the run folder of main_diffAE or main_recon)")
+                        "training (use the run folder of an autoencoder task such as main.py --task diffAE)")
     cfg, task = saved_config(raw, f"checkpoint {path}")
     with drive_errors():
         engine = task.engine_class()(cfg, int(in_channels))

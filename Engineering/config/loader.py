@@ -20,7 +20,7 @@ import yaml
 from Engineering.config import overrides as ov
 from Engineering.config.flags import CONTROL, FLAGS, Flag
 from Engineering.config.schema import DataPaths, key_defaults, validate
-from Engineering.errors import UserError
+from Engineering.errors import ArgParser, UserError
 
 SECTIONS = ("run", "training", "model", "data", "eval")
 
@@ -67,14 +67,9 @@ def _bool_arg(s: str) -> bool:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 through run_cli
-        raise UserError(message)
-
-
 def build_parser(task: Task) -> argparse.ArgumentParser:
     """argparse with every flag, grouped for --help; defaults are suppressed so only explicit flags appear."""
-    parser = _Parser(prog=f"main_{task.name}.py", description=task.description, allow_abbrev=False,
+    parser = ArgParser(prog=f"main_{task.name}.py", description=task.description,
                      argument_default=argparse.SUPPRESS,
                      epilog="Any config path can be set with --section§key§sub VALUE (or $ as separator); "
                             "dataNpath keys with --json§key VALUE. See README.md.")
@@ -142,18 +137,27 @@ def split_argv(argv: Sequence[str], known: dict[str, str]) -> tuple[list[str], l
     return flags, overrides
 
 
-def read_yaml(path: str | Path) -> dict:
+def read_mapping(path: str | Path, what: str) -> dict:
+    """A YAML or JSON file (by suffix; JSON is YAML) holding a mapping; every failure is one line naming it."""
+    path = Path(path).expanduser()
+    is_json = path.suffix.lower() == ".json"
     try:
         with open(path, encoding="utf-8") as fh:
-            data = yaml.safe_load(fh)
+            data = json.load(fh) if is_json else yaml.safe_load(fh)
     except FileNotFoundError:
-        raise UserError(f"config YAML not found: {path}") from None
-    except yaml.YAMLError as exc:
-        raise UserError(f"config YAML {path} is not valid YAML: {str(exc).splitlines()[0]}") from None
-    if data is None:
+        raise UserError(f"{what} not found: {path}") from None
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise UserError(f"{what} {path} is not valid {'JSON' if is_json else 'YAML'}: "
+                        f"{str(exc).splitlines()[0]}") from None
+    if data is None and not is_json:
         return {}
     if not isinstance(data, dict):
-        raise UserError(f"config YAML {path} must hold a mapping of sections, got {type(data).__name__}")
+        raise UserError(f"{what} {path} must hold a mapping (an object), got {type(data).__name__}")
+    return data
+
+
+def read_yaml(path: str | Path) -> dict:
+    data = read_mapping(path, "config YAML")
     for section in SECTIONS:
         if section in data and data[section] is not None and not isinstance(data[section], dict):
             raise UserError(f"config YAML {path}: section '{section}' must be a mapping of keys, "
@@ -162,16 +166,7 @@ def read_yaml(path: str | Path) -> dict:
 
 
 def read_json(path: str | Path) -> dict:
-    try:
-        with open(path, encoding="utf-8") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise UserError(f"dataNpath JSON not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"dataNpath JSON {path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise UserError(f"dataNpath JSON {path} must hold an object")
-    return data
+    return read_mapping(path, "dataNpath JSON")
 
 
 def deep_merge(base: dict, upper: dict) -> dict:

@@ -8,19 +8,17 @@ under manual optimisation.
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
 from pydantic import Field, create_model
 
 from Engineering.config.flags import Flag
+from Engineering.config.loader import read_mapping
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
-from Engineering.errors import UserError
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
 
 # model§pythae: the drive's own config dataclass (its defaults and types) + which model, its parameters
@@ -42,15 +40,7 @@ def merge_pythae_json(cfg: dict) -> None:
     pcfg = cfg.get("model", {}).get("pythae") or {}
     if not pcfg.get("config_json"):
         return
-    path = Path(pcfg["config_json"]).expanduser()
-    try:
-        params = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"--pythae_config file not found: {path}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"--pythae_config {path} is not valid JSON: {exc}") from None
-    if not isinstance(params, dict):
-        raise UserError(f"--pythae_config {path} must hold an object of parameters")
+    params = read_mapping(pcfg["config_json"], "--pythae_config file")
     models = pcfg.setdefault("models", {}) or {}
     pcfg["models"] = models
     name = pcfg.get("model", "vae")

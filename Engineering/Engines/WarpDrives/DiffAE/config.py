@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Sequence
 
-from Engineering.Engines.WarpDrives.errors import DriveError
+from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
 class DiffAEConfigError(DriveError):
@@ -30,12 +30,6 @@ def _int_tuple(name: str, value: Sequence[int] | int, allow_empty: bool = False)
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
             raise DiffAEConfigError(f"{name} must hold positive integers, got {value!r}")
     return out
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise DiffAEConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 @dataclass
@@ -82,7 +76,7 @@ class DiffAEConfig:
             else:
                 raise DiffAEConfigError(f"{name} must be a boolean (or 0/1), got {v!r}")
         for name in ("in_channels", "latent_dim", "net_ch", "num_res_blocks", "enc_num_res_blocks", "num_heads"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name), DiffAEConfigError)
         self.input_shape = _int_tuple("input_shape", self.input_shape)
         self.ch_mult = _int_tuple("ch_mult", self.ch_mult)
         self.enc_ch_mult = _int_tuple("enc_ch_mult", self.enc_ch_mult)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Dict, Mapping, Tuple, Union
 
-from Engineering.Engines.WarpDrives.errors import DriveError
+from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 from .registry import ModelSpec, get_spec
 
@@ -44,12 +44,6 @@ def pythae_defaults(model: str) -> Dict[str, Any]:
     spec = get_spec(model)
     cfg = spec.config_cls()
     return {**{name: getattr(cfg, name) for name in editable_fields(spec.name)}, **dict(spec.defaults)}
-
-
-def _positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise PythaeDriveConfigError(f"{name} must be a positive integer, got {value!r}")
-    return value
 
 
 @dataclass
@@ -109,7 +103,7 @@ class PythaeDriveConfig:
             raise PythaeDriveConfigError(f"input_shape must hold {want} positive sizes "
                                          f"({'S, X, Y' if self.is3D else 'X, Y'}), got {list(self.input_shape)}")
         for name in ("in_channels", "latent_dim", "n_features", "n_levels", "vq_code_dim"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name), PythaeDriveConfigError)
         if self.nn not in NN_FAMILIES:
             raise PythaeDriveConfigError(f"nn must be one of {', '.join(NN_FAMILIES)}, got {self.nn!r}")
         if self.reconstruction_loss not in RECON_LOSSES:
