@@ -29,16 +29,20 @@ from Engineering.Science.metrics import recon_metrics
 # model§DiffAE: the drive's architecture (its config dataclass: one home per default) + the diffusion keys
 DiffAEKeys = keys_from_dataclass(
     "DiffAEKeys", DiffAEConfig, exclude=("is3D", "in_channels", "input_shape", "latent_dim"), doc="model§DiffAE",
-    T=(int, Field(1000, gt=0, description="Diffusion steps (training timesteps).")),
+    T=(int, Field(1000, gt=0, description="Diffusion steps of training (linear betas, epsilon prediction).")),
     # the step counts are checked against T by the diffusion (one message naming all four)
     T_eval=(int, Field(10, description="DDIM steps of the validation renders (val_ssim).")),
     T_inv=(Optional[int], Field(None, description="DDIM steps of the test inversion to x_T (null = T_eval).")),
     T_step=(Optional[int], Field(None, description="DDIM steps of the test rendering (null = T_eval).")),
-    spacing=(Literal["ddim", "even"], Field("ddim", description="DDIM timesteps: ddim = DiffAE's range(0, T, T // N) "
-                                                              "striding; even = rounded, including T-1.")),
+    spacing=(Literal["ddim", "even"], Field("ddim", description="Which timesteps an N-step DDIM visits: ddim = DiffAE's "
+                                                              "and the ancestor's range(0, T, k) with the smallest "
+                                                              "stride k giving N steps (20 steps: 0, 50, ..., 950); "
+                                                              "even = N rounded points from 0 to T-1.")),
     clip_x0=(Union[Literal["auto", "none"], None, tuple[float, float]],
-             Field("auto", description="Clamp the predicted x0 while inverting and rendering: auto = the normalised "
-                                       "range, null = off, or [lo, hi].")),
+             Field("auto", description="Clamp the predicted x0 while inverting and rendering (DiffAE's clip_denoised): "
+                                       "auto = the normalised data range ([-1, 1] with --norm_range symmetric or "
+                                       "the fixed z-score after a min-max prenorm, [0, 1] with unit; off for a "
+                                       "per-sample z-score or none), null = off, or [lo, hi].")),
 )
 DiffAEModelKeys = create_model("DiffAEModelKeys", __base__=Keys, DiffAE=(DiffAEKeys, DiffAEKeys()))
 
