@@ -22,6 +22,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
 from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
+from Engineering.Engines.bn_policy import BNPolicy
 from Engineering.Engines.output_writer import OutputWriter
 from Engineering.Engines.registry import TaskSpec, drive_errors
 from Engineering.Engines.untrusted import refuse_code
@@ -130,10 +131,14 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
     if r.progress_bar:
         callbacks.append(RichProgressBar(leave=True))
+    groups, bn_mode = bool(cfg.data.batch_groups), cfg.eval.bn_eval_mode
+    if bn_mode != "running":
+        callbacks.append(BNPolicy(bn_mode))
     limit_val = t.n_val_batches if isinstance(t.n_val_batches, int) else 1.0  # fractions: a fixed subset (datamodule)
     return L.Trainer(
         accelerator=acc, devices=devices, num_nodes=r.nnodes, strategy=strategy(cfg),
-        sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc), max_epochs=t.num_epochs,
+        # group-pure batches: the group samplers split the work across ranks themselves
+        use_distributed_sampler=not groups, sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc), max_epochs=t.num_epochs,
         accumulate_grad_batches=accumulate, gradient_clip_val=clip,
         gradient_clip_algorithm=t.grad_clip_algo if clip else None, inference_mode=inference_mode,
         limit_train_batches=t.n_train_batches, limit_val_batches=limit_val if has_val else 0,
@@ -255,6 +260,8 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
         return {}
     cfg = resolved.cfg
     mode = cfg.run.run_mode
+    if cfg.eval.bn_eval_mode == "group" and not cfg.data.batch_groups:
+        raise UserError("--bn_eval_mode group normalises with each group's statistics: give --batch_groups COL")
     life = (task.lifecycle_class() or ImageRun)(cfg, task, hub)
 
     save_path = Path(cfg.paths.save_path).expanduser()

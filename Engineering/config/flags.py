@@ -112,9 +112,17 @@ FLAGS: tuple[Flag, ...] = (
     _f("Data", "complex_mode", "data", "str", "magnitude", "How complex data becomes real channels.", choices=COMPLEX_MODES),
     _f("Data", "data_mask_mode", "data", "int", 0, "meta_mask.h5: 0 ignore, 1 multiply, 2 pass to masked losses.",
        choices=(0, 1, 2)),
+    _f("Data", "batch_groups", "data", "str", "",
+       "Group-pure batches (Batch Effects Normalization): covariate column(s) of json§DS_covariates whose values "
+       "form the groups (plate, experiment,plate, site); every training batch comes from one group, evaluation "
+       "runs group by group ('' = ordinary shuffled batches)."),
     _f("Data", "flip_prob", "data", "float", 0.0, "Training-only random flip probability per axis (0 = off).",
        ge=0, le=1),
     # --- Test outputs
+    _f("Test", "bn_eval_mode", "eval", "str", "running",
+       "BatchNorm statistics at validation/test: running (the learnt buffers), batch (each batch's own), group "
+       "(each --batch_groups group's, over all its batches); the buffers are never changed at evaluation.",
+       choices=("running", "batch", "group")),
     _f("Test", "test_ema", "eval", "bool", True, "Validate and test with the EMA weights."),
     _f("Test", "test_emb_only", "eval", "bool", False, "Only write latents (skip inversion, rendering, recon metrics)."),
     _f("Test", "n_save_recon_subs", "eval", "num", 2, "Subjects whose reconstructions go to recon.h5: a count or a fraction.", **NON_NEGATIVE),

@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader, Sampler, Subset
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
 from Engineering.data.demo import ensure_demo
 from Engineering.data.folds import WHOLE_FILE, is_whole_file, read_fold
+from Engineering.data.group_batches import GroupBatchSampler, GroupChunks, group_codes
 from Engineering.data.index import load_records, selection_from
+from Engineering.data.labels import read_label_table
 from Engineering.data.transforms import VOLUME_NORMS, axis_perm, normalise_batch
 from Engineering.errors import UserError
 
@@ -23,6 +25,15 @@ def data_dir(paths_cfg) -> Path:
     if paths_cfg.datadir == "@demo":
         return ensure_demo()
     return Path(paths_cfg.datadir).expanduser()
+
+
+def resolve_data_path(cfg, ref: str) -> Path:
+    """``@demo/x`` is the demo cohort's file; a relative path is read from json§datadir unless it exists as given."""
+    ref = str(ref)
+    if ref.startswith("@demo"):
+        return ensure_demo() / ref[len("@demo"):].lstrip("/")
+    path = Path(ref).expanduser()
+    return path if path.is_absolute() or path.exists() else data_dir(cfg.paths) / path
 
 
 def sample_spec(cfg) -> SampleSpec:
@@ -96,7 +107,16 @@ class H5DataModule(L.LightningDataModule):
         self.fold = WHOLE_FILE if is_whole_file(fold_ref) else read_fold(self._resolve(root, fold_ref), cfg.run.foldID)
         self._check_fold_ids()
         self._datasets: dict[str, H5Samples] = {}
+        self._codes: dict[str, np.ndarray] = {}
         self.batch_size = cfg.training.batch_size  # the Lightning Tuner may change it
+        self.group_columns = [c.strip() for c in str(cfg.data.batch_groups).split(",") if c.strip()]
+        if self.group_columns:
+            cov = cfg.paths.DS_covariates or {}
+            if not cov.get("path"):
+                raise UserError(f"--batch_groups {cfg.data.batch_groups} reads its groups from the covariate table: "
+                                "set json§DS_covariates§path")
+            self._group_table_path = resolve_data_path(cfg, cov["path"])
+            self._group_table = read_label_table(self._group_table_path)
 
     def _check_shapes(self) -> None:
         """Every selected dataset must fit the model (crop/pad rules) and memory before anything runs or is written."""
@@ -149,24 +169,44 @@ class H5DataModule(L.LightningDataModule):
             self._datasets[split] = ds
         return self._datasets[split]
 
-    def _loader(self, ds, shuffle: bool) -> DataLoader:
+    def group_codes(self, split: str) -> np.ndarray | None:
+        """Per sample of ``dataset(split)``, its --batch_groups group code (None without --batch_groups)."""
+        if not self.group_columns:
+            return None
+        if split not in self._codes:
+            ds = self.dataset(split)
+            patients = [ds.records[ref.record].patientID for ref in ds.samples]
+            self._codes[split], self.group_names = group_codes(patients, self._group_table, self.group_columns,
+                                                               str(self._group_table_path))
+        return self._codes[split]
+
+    def _ranks(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _loader(self, ds, shuffle: bool, codes: np.ndarray | None = None) -> DataLoader:
         run = self.cfg.run
         workers = run.num_workers
-        sampler = EpochShuffle(len(ds), self.cfg.training.seed, self._trainer_epoch) if shuffle else None
         # the loader's own generator: creating its iterator (worker base seeds) must not draw from the global RNG,
         # which dropout uses, or a resume with persistent workers would shift that stream
         generator = torch.Generator().manual_seed(int(self.cfg.training.seed))
-        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, num_workers=workers, generator=generator,
-                          pin_memory=run.pin_memory,
-                          prefetch_factor=run.prefetch_factor if workers > 0 else None,
-                          persistent_workers=workers > 0)
+        common = dict(num_workers=workers, generator=generator, pin_memory=run.pin_memory,
+                      prefetch_factor=run.prefetch_factor if workers > 0 else None, persistent_workers=workers > 0)
+        if codes is not None:  # group-pure batches (BEN); the samplers split the work across ranks themselves
+            rank, world = self._ranks()
+            batches = GroupBatchSampler(codes, self.batch_size, self.cfg.training.seed, epoch_fn=self._trainer_epoch,
+                                        rank=rank, world=world) if shuffle else \
+                GroupChunks(codes, self.batch_size, rank, world)
+            return DataLoader(ds, batch_sampler=batches, **common)
+        sampler = EpochShuffle(len(ds), self.cfg.training.seed, self._trainer_epoch) if shuffle else None
+        return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, **common)
 
     def _trainer_epoch(self) -> int:
         # what Lightning itself passes to set_epoch (a resumed run's tracker has processed > completed)
         return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("train"), shuffle=True)
+        return self._loader(self.dataset("train"), shuffle=True, codes=self.group_codes("train"))
 
     def val_subset(self):
         """A fixed, seeded subset when n_val_batches is a fraction (< 1)."""
@@ -179,10 +219,14 @@ class H5DataModule(L.LightningDataModule):
         return ds
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_subset(), shuffle=False)
+        ds = self.val_subset()
+        codes = self.group_codes("val")
+        if codes is not None and isinstance(ds, Subset):
+            codes = codes[np.asarray(ds.indices)]
+        return self._loader(ds, shuffle=False, codes=codes)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), shuffle=False)
+        return self._loader(self.dataset("test"), shuffle=False, codes=self.group_codes("test"))
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

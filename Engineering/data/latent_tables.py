@@ -20,8 +20,7 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
-from Engineering.data.datamodule import data_dir
-from Engineering.data.demo import ensure_demo
+from Engineering.data.datamodule import resolve_data_path
 from Engineering.data.folds import SPLITS, is_whole_file, read_fold
 from Engineering.errors import UserError
 from Engineering.data.labels import CATEGORICAL, CONTINUOUS, attach_labels, read_label_table, resolve_targets
@@ -91,15 +90,6 @@ def latent_source(cfg) -> Path:
                             "--parent_outfolder, e.g. Output_fullDS)")
         return resolve_latent_file(folder)
     raise UserError("no latents: give --parent_trainID RUN (a run folder in json§save_path) or --latents PATH")
-
-
-def resolve_data_path(cfg, ref: str) -> Path:
-    """``@demo/x`` is the demo cohort's file; a relative path is read from json§datadir unless it exists as given."""
-    ref = str(ref)
-    if ref.startswith("@demo"):
-        return ensure_demo() / ref[len("@demo"):].lstrip("/")
-    path = Path(ref).expanduser()
-    return path if path.is_absolute() or path.exists() else data_dir(cfg.paths) / path
 
 
 def _phenotype_spec(cfg) -> tuple[Path, list[str]]:
