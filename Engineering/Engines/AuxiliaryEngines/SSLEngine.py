@@ -1,0 +1,122 @@
+"""Lightning engine of self-supervised representation learning: SimCLR (Chen et al., ICML 2020) and MinCLR
+(Lin & Lu, MLCB 2022), with Batch Effects Normalization from the shared options (--batch_groups for
+group-pure training batches, --bn_eval_mode for evaluation).
+
+Training: V views of every image (SimCLR: V random augmentations of the image; MinCLR: V different grid cells
+of the same image, drawn without replacement, each then augmented), the ResNet encoder, the projection head
+and the multi-positive NT-Xent. Every random draw is a function of (seed, step, batch, rank): exact resume.
+Validation: the same loss with draws fixed per batch (``val_loss``). The latents are the encoder's pooled
+features (not the projections), written through the output contract (embeddings only: nothing is
+reconstructed).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import Field, create_model
+
+from Engineering.config.flags import Flag
+from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.data.augment import AugmentSpec, augment, grid_views
+from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
+from Engineering.Engines.WarpDrives.SSL import SSLConfig, SSLNet
+from Engineering.errors import UserError
+from Engineering.Science.contrastive import nt_xent
+
+# model§SSL: the drive's dataclass + the method's keys; the augmentations (one home: AugmentSpec's defaults)
+SSLKeys = keys_from_dataclass(
+    "SSLKeys", SSLConfig, exclude=("is3D", "in_channels"), doc="model§SSL",
+    method=(Literal["simclr", "minclr"], Field("simclr", description="simclr: positives are augmentations of the "
+                                                                    "image; minclr: different grid cells of it.")),
+    n_views=(int, Field(2, ge=2, description="Views per image (positives per anchor: n_views - 1).")),
+    temperature=(float, Field(0.1, gt=0, description="NT-Xent temperature.")),
+    grid=(int, Field(2, ge=1, description="MinCLR: the image is cut into grid x grid cells, one per view.")),
+)
+AugmentKeys = keys_from_dataclass("AugmentKeys", AugmentSpec, doc="model§augment")
+SSLModelKeys = create_model("SSLModelKeys", __base__=Keys, SSL=(SSLKeys, SSLKeys()),
+                            augment=(AugmentKeys, AugmentKeys()))
+
+
+class SSLEngine(LatentEngine):
+    monitor_train = "train_loss_epoch"
+
+    def __init__(self, cfg, in_channels: int):
+        super().__init__(cfg, in_channels)
+        keys = cfg.model.SSL
+        arch = {f: getattr(keys, f) for f in ("depth", "width", "stem", "proj_hidden", "proj_dim")}
+        self.net = SSLNet(SSLConfig(is3D=cfg.model.is3D, in_channels=in_channels, **arch))
+        self.init_ema()
+        self.method, self.n_views, self.tau, self.grid = keys.method, keys.n_views, keys.temperature, keys.grid
+        if self.method == "minclr" and self.n_views > self.grid ** 2:
+            raise UserError(f"model§SSL: MinCLR draws its {self.n_views} views from different cells of a "
+                            f"{self.grid}x{self.grid} grid; raise model§SSL§grid or lower n_views")
+        self.aug = AugmentSpec(**cfg.model.augment.model_dump())
+        self.seed = int(cfg.training.seed)
+
+    def _gen(self, *key: int) -> torch.Generator:
+        g = torch.Generator(device="cpu")
+        g.manual_seed(hash((self.seed,) + key) & 0x7FFFFFFFFFFFFFFF)
+        return g
+
+    def views(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """(B, V, C, ...) views of the batch: V augmentations (SimCLR) or V augmented grid cells (MinCLR)."""
+        x = x.float()
+        if self.method == "minclr":
+            parts = [augment(v, self.aug, g, crop=False) for v in grid_views(x, self.n_views, self.grid, g)]
+        else:
+            parts = [augment(x, self.aug, g) for _ in range(self.n_views)]
+        return torch.stack(parts, 1)
+
+    def _loss(self, net, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        v = self.views(x.cpu(), g).to(x.device)
+        b, n = v.shape[:2]
+        z = net.project(net.encode(v.flatten(0, 1))).reshape(b, n, -1)
+        return nt_xent(z, self.tau)
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(self.net, batch["inp"], self._gen(1, self.global_step, batch_idx, self.global_rank))
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]),
+                 sync_dist=True)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        net = self.ema_net if self.cfg.eval.test_ema else self.net
+        if len(batch["inp"]) < 2:
+            return  # a contrastive loss needs negatives: a single-sample chunk has none
+        loss = self._loss(net, batch["inp"], self._gen(2, batch_idx))
+        self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]), sync_dist=True)
+
+    def embed(self, x, use_ema: bool) -> torch.Tensor:
+        if self.aug.standardise:  # the views the encoder learnt from were standardised per channel
+            dims = tuple(range(2, x.ndim))
+            x = (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-6)
+        return (self.ema_net if use_ema else self.net).encode(x)
+
+    def reconstruct(self, x, z, use_ema: bool):
+        raise UserError("the SSL task learns no decoder: it writes embeddings only (--test_emb_only)")
+
+
+SSL_FLAGS = (
+    Flag("ssl_method", ("model", "SSL", "method"), "str", "simclr",
+         "simclr (positives: augmentations of the image) or minclr (different cells of the same image).", "Model",
+         ("simclr", "minclr")),
+    Flag("n_views", ("model", "SSL", "n_views"), "int", 2, "Views per image in the contrastive loss.", "Model"),
+    Flag("temperature", ("model", "SSL", "temperature"), "float", 0.1, "NT-Xent temperature.", "Model"),
+)
+
+register(TaskSpec(
+    name="ssl", description="Self-supervised ResNet encoders: SimCLR and MinCLR, with Batch Effects Normalization "
+                            "(--batch_groups, --bn_eval_mode).",
+    configyml=str(CONFIGS / "config_ssl.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    # demo-sized: a first look on a laptop CPU in a few minutes
+    defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
+              "n_train_batches": 20, "test_emb_only": True, "model§drive": "SSL", "model§tag": "SSL"},
+    extra_flags=SSL_FLAGS, sections={"model": SSLModelKeys}, drive="SSL", engine=SSLEngine, module=__name__,
+))
