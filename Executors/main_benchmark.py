@@ -17,10 +17,11 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+import pandas as pd
 import yaml
 
 from Engineering.errors import ArgParser, UserError, run_cli
-from Engineering.Eval import baselines, invariance
+from Engineering.Eval import baselines, invariance, nsc
 from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
                                      resolve_targets)
 from Engineering.Eval.pixels import read_pixels
@@ -58,6 +59,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "model-dependent metrics: rotation/flip sensitivity and reconstruction error")
     p.add_argument("--run_max_samples", type=int, default=32,
                    help="samples (seeded subset of the common ones) for the model-dependent metrics")
+    p.add_argument("--nsc_label", default=None, metavar="COL",
+                   help="NSC/NSCB: the label matched between treatment profiles (e.g. mechanism of action); "
+                        "needs --compound_col and --batch_col")
+    p.add_argument("--compound_col", default=None, help="NSC: the compound of each sample")
+    p.add_argument("--dose_col", default=None, help="NSC: a treatment is a compound at a dose")
+    p.add_argument("--well_col", default=None, help="NSC: samples of one well are averaged first (default: each "
+                                                    "sample is its own well)")
+    p.add_argument("--nsc_center", action="store_true", help="NSC: subtract the mean profile")
+    p.add_argument("--nsc_controls", default=None, metavar="COMPOUND",
+                   help="NSC: whiten each batch on this control compound's profiles (TVN)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
     p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
@@ -85,7 +96,8 @@ def main(argv: Sequence[str]) -> dict:
     tables = {_label_name(p, args.labels): read_label_table(p) for p in args.labels}
     table, label_notes = attach_labels(samples.ids, tables) if tables else (samples.ids.copy(), [])
     notes += label_notes
-    reserved = [c for c in (args.batch_col, args.group_col) if c]
+    reserved = [c for c in (args.batch_col, args.group_col, args.nsc_label, args.compound_col, args.dose_col,
+                            args.well_col) if c]
     targets, target_notes = resolve_targets(table, args.label_cols, args.categorical_cols, args.continuous_cols,
                                             reserved, min_class_size=args.n_splits, min_samples=2 * args.n_splits)
     notes += target_notes
@@ -98,9 +110,14 @@ def main(argv: Sequence[str]) -> dict:
     if pixels is None:
         notes.append("PCA-of-pixels baseline skipped: give --pixels <data.h5> to include it")
     models = _load_models(args.run, paths, samples, args) if args.run else {}
+    nsc_meta = _nsc_meta(table, args) if args.nsc_label else None
 
     # 2. Scores.
     results = run_benchmark(samples.latents, targets, batch, groups, settings, pixels, log=print)
+    if nsc_meta is not None:
+        for name, Z in samples.latents.items():
+            results[name].update(nsc.nsc_scores(Z, nsc_meta, args.n_boot, args.seed, "well" if args.well_col
+                                                else None, args.nsc_center, args.nsc_controls))
     if args.run:
         _model_dependent(results, models, args, notes)
 
@@ -110,11 +127,30 @@ def main(argv: Sequence[str]) -> dict:
     write_metrics_json(out / "metrics.json", results)
     write_metrics_csv(out / "metrics.csv", results)
     summary = _summary(paths, runs, samples, targets, args)
-    write_report(out / "report.html", results, {**METRICS, **invariance.METRICS}, summary, notes, baselines.NAMES)
+    write_report(out / "report.html", results, {**METRICS, **invariance.METRICS, **nsc.METRICS}, summary, notes, baselines.NAMES)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'}, {out / 'report.html'}")
     return results
+
+
+def _nsc_meta(table, args):
+    """compound / treatment / batch / label (/ well) per sample, from the label tables."""
+    need = {"--nsc_label": args.nsc_label, "--compound_col": args.compound_col, "--batch_col": args.batch_col}
+    if not all(need.values()):
+        raise UserError("--nsc_label needs " + " and ".join(k for k, v in need.items() if not v))
+    cols = [c for c in (args.nsc_label, args.compound_col, args.batch_col, args.dose_col, args.well_col) if c]
+    missing = [c for c in cols if c not in table.columns]
+    if missing:
+        raise UserError(f"NSC column(s) {', '.join(missing)} not in the label tables")
+    if table[cols].isna().any().any():
+        raise UserError(f"NSC columns {', '.join(cols)} have missing values for some samples")
+    meta = pd.DataFrame({"compound": table[args.compound_col].astype(str), "batch": table[args.batch_col].astype(str),
+                         "label": table[args.nsc_label].astype(str)})
+    meta["treatment"] = meta["compound"] + ("@" + table[args.dose_col].astype(str) if args.dose_col else "")
+    if args.well_col:
+        meta["well"] = table[args.well_col].astype(str)
+    return meta.reset_index(drop=True)
 
 
 def _named_paths(items: list[str]) -> dict[str, Path]:
