@@ -16,7 +16,7 @@ from tests.conftest import REPO, run_executor
 
 def test_builtin_tasks_are_registered_next_to_their_engines():
     tasks = registry.tasks()
-    assert {"diffAE", "recon", "latentcls"} <= set(tasks)
+    assert {"diffAE", "recon", "latentcls", "ssl", "erm"} <= set(tasks)
     for name, drive, module in (("diffAE", "DiffAE", "DiffAEEngine"), ("recon", "pythae", "ReconEngine"),
                                 ("latentcls", "LatentPredictor", "LatentPredictorEngine")):
         spec = tasks[name]
@@ -41,9 +41,9 @@ def test_a_task_name_is_registered_once():
 def test_generic_executor_errors_are_one_line_exit_2():
     proc = run_executor("main.py", "--print_config")
     assert proc.returncode == 2 and proc.stderr.strip() == \
-        "error: --task NAME is required; registered tasks: diffAE, latentcls, recon"
+        "error: --task NAME is required; registered tasks: diffAE, erm, latentcls, recon, ssl"
     proc = run_executor("main.py", "--task", "nope")
-    assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr and "diffAE, latentcls, recon" in proc.stderr
+    assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr and "diffAE, erm, latentcls, recon, ssl" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
     proc = run_executor("main.py", "--plugins", "no_such_plugin_mod", "--task", "toy")
     assert proc.returncode == 2 and "--plugins no_such_plugin_mod: cannot import it" in proc.stderr

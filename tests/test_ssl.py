@@ -126,3 +126,36 @@ def test_blur_keeps_constants_and_smooths_an_impulse():
     y = _blur(impulse, 1.0)
     assert y.shape == impulse.shape and float(y.sum()) == pytest.approx(1.0, rel=1e-5)
     assert float(y[0, 0, 4, 4]) < 1.0 and float(y[0, 0, 4, 5]) == pytest.approx(float(y[0, 0, 5, 4]), rel=1e-6)
+
+
+def test_main_erm_trains_and_reports_held_out_groups(tiny_demo, tmp_path):
+    import json
+
+    # a leave-one-site-out fold: the test split is every patient of one site
+    cov = pd.read_csv(tiny_demo / "covariates.tsv", sep="\t", dtype={"FID": str})
+    held = cov.loc[cov["site"] == cov["site"].iloc[0], "FID"].tolist()
+    rest = [p for p in cov["FID"] if p not in held]
+    folds = tmp_path / "folds.csv"
+    pd.DataFrame({"train": [str(rest[2:])], "val": [str(rest[:2])], "test": [str(held)]}).to_csv(folds, index=False)
+    args = ["--batch_size", "8", "--num_epochs", "3", "--n_train_batches", "4", "--model§ERM§width", "4",
+            "--no-progress_bar", "--no-tbactive", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
+            "--json§foldCSV", str(folds), "--json§DS_phenotypes§path", str(tiny_demo / "phenotypes.tsv"),
+            "--json§DS_covariates§path", str(tiny_demo / "covariates.tsv"), "--batch_groups", "site",
+            "--bn_eval_mode", "batch", "--fulltrainID", "erm"]
+    proc = run_executor("main_erm.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    log = pd.read_csv(tmp_path / "erm" / "csv_logs" / "metrics.csv")
+    train = log["train_loss_epoch"].dropna().to_numpy()
+    assert len(train) == 3 and train[-1] < train[0]  # the training loss falls (val: see ood_report)
+    assert log["val_loss"].dropna().size == 3 and log["val_acc"].dropna().between(0, 1).all()
+    out = tmp_path / "erm" / "Output"
+    report = json.loads((out / "ood_report.json").read_text())
+    site = cov["site"].iloc[0]
+    assert report["per_group"][site]["held_out"] is True and report["out_of_distribution"]["n"] > 0
+    assert report["in_distribution"]["n"] == 0 and site not in report["groups_in_training"]
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t", dtype={"patientID": str})
+    assert set(pred["patientID"]) == set(held) and pred["prediction"].isin(report["classes"]).all()
+    assert report["accuracy"] == pytest.approx((pred["true"] == pred["prediction"]).mean())
+    proc = run_executor("main_erm.py", *args[:-1], "bad", "--erm_label", "nope")
+    assert proc.returncode == 2 and "--erm_label 'nope' is not a column" in proc.stderr
+    assert not (tmp_path / "bad").exists()

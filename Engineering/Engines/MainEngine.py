@@ -219,6 +219,8 @@ class ImageRun:
         for split in (("train",) if mode in TRAIN_MODES else ()) + (("val",) if mode in (1, 4) else ()) \
                 + (("test",) if mode in TEST_MODES else ()):
             dm.dataset(split)
+        for step in self.task.step_objects():
+            step.check(cfg, dm)  # an extra output's inputs are checked before training, not after
         probe = dm.dataset("test" if mode == 2 else "train")
         with drive_errors():
             model = self.task.engine_class()(cfg, int(probe[0]["inp"].shape[0]))
@@ -246,11 +248,14 @@ class ImageRun:
             trainer.test(model, datamodule=dm, verbose=False)
         finally:
             trainer.callbacks.remove(writer)
+        result = {"out_dir": str(out_dir), "writer": writer}
         if trainer.is_global_zero:
             summary = writer.summary
             print(f"outputs written to {out_dir}" + (f" (mean {', '.join(f'{k} {v:.4g}' for k, v in summary.items())})"
                                                      if summary else ""))
-        return {"out_dir": str(out_dir), "writer": writer}
+            for step in self.task.step_objects():  # the task's extra outputs, from the written contract
+                result.update(step.run(cfg, model, dm, out_dir))
+        return result
 
 
 def run(argv: Sequence[str], task: TaskSpec) -> dict:

@@ -19,7 +19,8 @@ def make_optimiser(params, name: str, lr: float) -> torch.optim.Optimizer:
 
 
 def make_scheduler(optimiser, training_cfg, monitor: str) -> dict | None:
-    """lr_decay_type 0 none, 1 StepLR (every ``decay_every`` epochs by ``decay_rate``), 2 ReduceLROnPlateau."""
+    """lr_decay_type 0 none, 1 StepLR (every ``decay_every`` epochs by ``decay_rate``), 2 ReduceLROnPlateau, 3 cosine
+    with warm-up."""
     kind = training_cfg.lr_decay_type
     if kind == 0:
         return None
@@ -28,11 +29,25 @@ def make_scheduler(optimiser, training_cfg, monitor: str) -> dict | None:
         p = decay.type1
         return {"scheduler": torch.optim.lr_scheduler.StepLR(optimiser, step_size=p.decay_every, gamma=p.decay_rate),
                 "interval": "epoch"}
+    if kind == 3:
+        return {"scheduler": cosine_with_warmup(optimiser, training_cfg.num_epochs, decay.type3.warmup_epochs,
+                                                decay.type3.min_lr), "interval": "epoch"}
     p = decay.type2
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
         optimiser, mode="min", factor=p.decay_rate, patience=p.patience, threshold=p.threshold, cooldown=p.cooldown,
         min_lr=p.min_lr)
     return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
+
+
+def cosine_with_warmup(optimiser, epochs: int, warmup: int, min_lr: float):
+    """Linear warm-up from lr/10 over ``warmup`` epochs, then cosine annealing to ``min_lr`` at the last epoch
+    (SGDR's schedule, Loshchilov & Hutter, ICLR 2017, without restarts)."""
+    warmup = min(warmup, max(epochs - 1, 0))
+    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs - warmup), eta_min=min_lr)
+    if warmup == 0:
+        return cosine
+    ramp = torch.optim.lr_scheduler.LinearLR(optimiser, start_factor=0.1, end_factor=1.0, total_iters=warmup)
+    return torch.optim.lr_scheduler.SequentialLR(optimiser, [ramp, cosine], milestones=[warmup])
 
 
 def accumulation_steps(training_cfg, world_size: int) -> int:

@@ -53,10 +53,17 @@ class PlateauKeys(Keys):
     min_lr: float = Field(0.0, ge=0, description="Lower bound of the learning rate.")
 
 
+class CosineKeys(Keys):
+    """training§LRDecay§type3 (--lr_decay_type 3, cosine annealing after a linear warm-up, per epoch)"""
+    warmup_epochs: int = Field(1, ge=0, description="Epochs of linear warm-up from lr/10 to lr.")
+    min_lr: float = Field(0.0, ge=0, description="The learning rate reached at the last epoch.")
+
+
 class LRDecayKeys(Keys):
     """training§LRDecay"""
     type1: StepLRKeys = StepLRKeys()
     type2: PlateauKeys = PlateauKeys()
+    type3: CosineKeys = CosineKeys()
 
 
 class TrainingKeys(Keys):

@@ -109,7 +109,7 @@ class ReconEngine(LatentEngine):
 
     def on_train_epoch_end(self) -> None:
         self.net.on_train_epoch_end()
-        if not self.automatic_optimization and self.cfg.training.lr_decay_type == 1:
+        if not self.automatic_optimization and self.cfg.training.lr_decay_type in (1, 3):  # per-epoch schedules
             scheds = self.lr_schedulers()
             for s in scheds if isinstance(scheds, list) else [scheds]:
                 s.step()

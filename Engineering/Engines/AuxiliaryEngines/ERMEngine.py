@@ -1,0 +1,189 @@
+"""Lightning engine of supervised ERM (empirical risk minimisation): a ResNet classifier of a phenotype column,
+the supervised baseline of Batch Effects Normalization (Lin & Lu, MLCB 2022).
+
+Labels come from json§DS_phenotypes (``--erm_label COL``, a categorical column) joined on patient; a sample
+without a label is left out of the loss. Cross-entropy, Adam, cosine schedule with a linear warm-up by default
+(``--lr_decay_type 3``). With ``--batch_groups`` the batches are group-pure and ``--bn_eval_mode`` applies, as
+for every task. Test: the encoder's features go to the output contract (emb.h5: the latents a probe or GWAS
+uses), and an extra output step writes the class predictions and the in- / out-of-distribution report.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from pydantic import Field, create_model
+from torch import nn
+
+from Engineering.config.flags import Flag
+from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.data.datamodule import resolve_data_path
+from Engineering.data.labels import read_label_table
+from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
+from Engineering.Engines.WarpDrives.SSL import ResNetEncoder, SSLConfig
+from Engineering.errors import UserError
+from Engineering.io.atomic import write_text
+from Engineering.io.outputs import write_table
+
+# model§ERM: the ResNet encoder of the SSL drive's config (its defaults), without the projection head
+ERMKeys = keys_from_dataclass("ERMKeys", SSLConfig, exclude=("is3D", "in_channels", "proj_hidden", "proj_dim"),
+                              doc="model§ERM")
+ERMModelKeys = create_model("ERMModelKeys", __base__=Keys, ERM=(ERMKeys, ERMKeys()),
+                            erm_label=(str, Field("", description="The phenotype column the classifier predicts.")))
+
+
+def phenotype_labels(cfg) -> tuple[pd.Series, list[str]]:
+    """patientID -> class name of ``model§erm_label`` from json§DS_phenotypes, and the sorted class names."""
+    column = cfg.model.erm_label
+    if not column:
+        raise UserError("the ERM task classifies a phenotype: give --erm_label COL (a column of json§DS_phenotypes)")
+    spec = cfg.paths.DS_phenotypes or {}
+    spec = {"path": spec} if isinstance(spec, str) else spec
+    if not spec.get("path"):
+        raise UserError("--erm_label: no phenotype table; set json§DS_phenotypes§path")
+    path = resolve_data_path(cfg, spec["path"])
+    table = read_label_table(path)
+    if column not in table.columns:
+        raise UserError(f"--erm_label {column!r} is not a column of {path} "
+                        f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})")
+    labels = table.drop_duplicates("patientID").set_index("patientID")[column].dropna().astype(str)
+    classes = sorted(labels.unique())
+    if len(classes) < 2:
+        raise UserError(f"--erm_label {column!r} has {len(classes)} class(es) in {path}; a classifier needs 2 or more")
+    return labels, classes
+
+
+class ERMEngine(LatentEngine):
+    def __init__(self, cfg, in_channels: int):
+        super().__init__(cfg, in_channels)
+        self.labels, self.classes = phenotype_labels(cfg)
+        keys = cfg.model.ERM
+        arch = SSLConfig(is3D=cfg.model.is3D, in_channels=in_channels, depth=keys.depth, width=keys.width,
+                         stem=keys.stem)
+        self.net = nn.ModuleDict({"encoder": ResNetEncoder(arch), "head": nn.Linear(arch.feature_dim,
+                                                                                   len(self.classes))})
+        self.init_ema()
+        self._targets: dict[str, torch.Tensor] = {}
+
+    def setup(self, stage: str) -> None:
+        """Per split, the class index of every sample (-1: no label), from the datamodule's samples."""
+        dm = self.trainer.datamodule
+        code = {c: k for k, c in enumerate(self.classes)}
+        for split in ("train", "val", "test"):
+            try:
+                ds = dm.dataset(split)
+            except UserError:
+                continue
+            pids = [ds.records[ref.record].patientID for ref in ds.samples]
+            self._targets[split] = torch.tensor([code.get(self.labels.get(p), -1) for p in pids], dtype=torch.long)
+
+    def _net(self, use_ema: bool):
+        return self.ema_net if use_ema else self.net
+
+    def _loss(self, net, batch, split: str):
+        y = self._targets[split][batch["index"].cpu()].to(self.device)
+        logits = net["head"](net["encoder"](batch["inp"]))
+        keep = y >= 0
+        if not keep.any():
+            return None, None
+        return F.cross_entropy(logits[keep], y[keep]), (logits[keep].argmax(1) == y[keep]).float().mean()
+
+    def training_step(self, batch, batch_idx):
+        loss, acc = self._loss(self.net, batch, "train")
+        if loss is None:
+            return None  # no labelled sample in this batch
+        n = len(batch["inp"])
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log("train_acc", acc, on_epoch=True, batch_size=n, sync_dist=True)
+        return loss
+
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
+    @torch.no_grad()
+    def validation_step(self, batch, batch_idx):
+        loss, acc = self._loss(self.ema_net if self.cfg.eval.test_ema else self.net, batch, "val")
+        if loss is not None:
+            n = len(batch["inp"])
+            self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+            self.log("val_acc", acc, on_epoch=True, batch_size=n, sync_dist=True)
+
+    def embed(self, x, use_ema: bool) -> torch.Tensor:
+        return self._net(use_ema)["encoder"](x)
+
+    def reconstruct(self, x, z, use_ema: bool):
+        raise UserError("the ERM task learns no decoder: it writes embeddings only (--test_emb_only)")
+
+    @torch.no_grad()
+    def predict_from_latents(self, Z: np.ndarray, use_ema: bool) -> np.ndarray:
+        head = self._net(use_ema)["head"].cpu()
+        return torch.softmax(head(torch.from_numpy(Z.astype(np.float32))), 1).numpy()
+
+
+class ERMReport:
+    """The extra output step of the ERM task: predictions.tsv and ood_report.json in the Output folder."""
+
+    def check(self, cfg, data) -> None:
+        phenotype_labels(cfg)
+
+    def run(self, cfg, model, dm, out_dir: Path) -> dict:
+        emb = pd.read_parquet(out_dir / "emb.parquet")
+        zcols = [c for c in emb.columns if c.startswith("Z")]
+        use_ema = bool(cfg.eval.test_ema) and hasattr(model, "ema_net")
+        proba = model.predict_from_latents(emb[zcols].to_numpy(), use_ema)
+        pred = emb.drop(columns=zcols)
+        pred["true"] = pred["patientID"].map(model.labels)
+        pred["prediction"] = np.asarray(model.classes, dtype=object)[proba.argmax(1)]
+        pred["probability"] = proba.max(1)
+        train = set(dm.split_ids("train") or [])
+        group_of = _groups(dm, list(train) + pred["patientID"].tolist())
+        seen = {group_of[p] for p in train if p in group_of} if group_of else set()
+        pred["group"] = pred["patientID"].map(group_of) if group_of else ""
+        labelled = pred[pred["true"].notna()]
+        correct = labelled["true"] == labelled["prediction"]
+        report = {"label": cfg.model.erm_label, "classes": model.classes, "n_test": int(len(labelled)),
+                  "accuracy": float(correct.mean()) if len(labelled) else None}
+        if group_of:
+            ood = ~labelled["group"].isin(seen)
+            report.update(
+                groups_in_training=sorted(seen),
+                in_distribution={"n": int((~ood).sum()), "accuracy": float(correct[~ood].mean()) if (~ood).any() else None},
+                out_of_distribution={"n": int(ood.sum()), "accuracy": float(correct[ood].mean()) if ood.any() else None},
+                per_group={g: {"n": int(len(part)), "accuracy": float((part["true"] == part["prediction"]).mean()),
+                               "held_out": g not in seen} for g, part in labelled.groupby("group")})
+        write_table(out_dir / "predictions.tsv", pred, sep="\t")
+        write_text(out_dir / "ood_report.json", json.dumps(report, indent=1))
+        print(f"test accuracy {report['accuracy']:.3g}" + (
+            f" (in-distribution {report['in_distribution']['accuracy']}, held-out groups "
+            f"{report['out_of_distribution']['accuracy']})" if group_of else ""))
+        return {"ood_report": report}
+
+
+def _groups(dm, patients) -> dict:
+    """patientID -> its --batch_groups group name (empty without --batch_groups)."""
+    if not dm.group_columns:
+        return {}
+    table = dm._group_table.drop_duplicates("patientID").set_index("patientID")
+    names = table[dm.group_columns].astype(str).apply(lambda r: "/".join(r), axis=1)
+    return {p: names.get(p) for p in set(patients)}
+
+
+ERM_FLAGS = (Flag("erm_label", ("model", "erm_label"), "str", "", "The phenotype column (classes) the ERM "
+                  "classifier predicts (json§DS_phenotypes).", "Model"),)
+
+register(TaskSpec(
+    name="erm", description="Supervised ResNet classifier of a phenotype (ERM), with Batch Effects Normalization "
+                            "(--batch_groups, --bn_eval_mode) and an in/out-of-distribution report.",
+    configyml=str(CONFIGS / "config_erm.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
+              "n_train_batches": 20, "test_emb_only": True, "lr_decay_type": 3, "erm_label": "ef_class",
+              "model§drive": "ERM", "model§tag": "ERM"},
+    extra_flags=ERM_FLAGS, sections={"model": ERMModelKeys}, drive="ERM", engine=ERMEngine,
+    steps=(ERMReport(),), module=__name__,
+))
