@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 import h5py
 import pandas as pd
 import pytest
@@ -159,3 +161,23 @@ def test_main_erm_trains_and_reports_held_out_groups(tiny_demo, tmp_path):
     proc = run_executor("main_erm.py", *args[:-1], "bad", "--erm_label", "nope")
     assert proc.returncode == 2 and "--erm_label 'nope' is not a column" in proc.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_control_sample_batchnorm_runs_and_names_a_group_without_controls(tiny_demo, tmp_path):
+    cov = pd.read_csv(tiny_demo / "covariates.tsv", sep="\t", dtype={"FID": str})
+    site0 = cov["site"].iloc[0]
+    # controls in every site but the first
+    cov["treatment"] = np.where((cov.index % 2 == 0) & (cov["site"] != site0), "DMSO", "drug")
+    path = tmp_path / "cov.tsv"
+    cov.to_csv(path, sep="\t", index=False)
+    base = [*TINY_SSL[:2], "--num_epochs", "1", *TINY_SSL[4:], "--json§datadir", str(tiny_demo),
+            "--json§save_path", str(tmp_path), "--json§DS_covariates§path", str(path), "--batch_groups", "site",
+            "--bn_controls", "treatment=DMSO"]
+    proc = run_executor("main_ssl.py", *base, "--bn_eval_mode", "group", "--fulltrainID", "ctrl")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert f"--bn_controls: group '{site0}' holds no control sample" in proc.stderr.strip().splitlines()[-1]
+    proc = run_executor("main_ssl.py", *base[:-2], "--bn_controls", "treatment", "--bn_eval_mode", "batch",
+                        "--fulltrainID", "bad")
+    assert proc.returncode == 2 and "give COL=VALUE" in proc.stderr and not (tmp_path / "bad").exists()
+    proc = run_executor("main_ssl.py", *base, "--fulltrainID", "run")
+    assert proc.returncode == 2 and "needs --bn_eval_mode batch or group" in proc.stderr

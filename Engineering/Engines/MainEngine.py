@@ -133,7 +133,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         callbacks.append(RichProgressBar(leave=True))
     groups, bn_mode = bool(cfg.data.batch_groups), cfg.eval.bn_eval_mode
     if bn_mode != "running":
-        callbacks.append(BNPolicy(bn_mode))
+        callbacks.append(BNPolicy(bn_mode, controls=bool(cfg.eval.bn_controls)))
     limit_val = t.n_val_batches if isinstance(t.n_val_batches, int) else 1.0  # fractions: a fixed subset (datamodule)
     return L.Trainer(
         accelerator=acc, devices=devices, num_nodes=r.nnodes, strategy=strategy(cfg),
@@ -267,6 +267,11 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
     mode = cfg.run.run_mode
     if cfg.eval.bn_eval_mode == "group" and not cfg.data.batch_groups:
         raise UserError("--bn_eval_mode group normalises with each group's statistics: give --batch_groups COL")
+    if cfg.eval.bn_controls and cfg.eval.bn_eval_mode == "running":
+        raise UserError("--bn_controls picks the samples whose statistics BatchNorm uses: it needs --bn_eval_mode "
+                        "batch or group")
+    if cfg.eval.bn_controls and "=" not in cfg.eval.bn_controls:
+        raise UserError(f"--bn_controls {cfg.eval.bn_controls!r}: give COL=VALUE, e.g. treatment=DMSO")
     life = (task.lifecycle_class() or ImageRun)(cfg, task, hub)
 
     save_path = Path(cfg.paths.save_path).expanduser()

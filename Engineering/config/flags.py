@@ -124,6 +124,9 @@ FLAGS: tuple[Flag, ...] = (
        "BatchNorm statistics at validation/test: running (the learnt buffers), batch (each batch's own), group "
        "(each --batch_groups group's, over all its batches); the buffers are never changed at evaluation.",
        choices=("running", "batch", "group")),
+    _f("Test", "bn_controls", "eval", "str", "",
+       "Experimental, with --bn_eval_mode batch|group: BatchNorm statistics from control samples only, "
+       "COL=VALUE of json§DS_covariates (e.g. treatment=DMSO); a batch or group without controls is an error."),
     _f("Test", "test_ema", "eval", "bool", True, "Validate and test with the EMA weights."),
     _f("Test", "test_emb_only", "eval", "bool", False, "Only write latents (skip inversion, rendering, recon metrics)."),
     _f("Test", "n_save_recon_subs", "eval", "num", 2, "Subjects whose reconstructions go to recon.h5: a count or a fraction.", **NON_NEGATIVE),

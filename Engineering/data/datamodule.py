@@ -180,6 +180,22 @@ class H5DataModule(L.LightningDataModule):
                                                                str(self._group_table_path))
         return self._codes[split]
 
+    def control_mask(self, split: str) -> np.ndarray | None:
+        """Per sample of ``dataset(split)``: is it a control (--bn_controls COL=VALUE of the covariate table)?"""
+        spec = str(self.cfg.eval.bn_controls)
+        if not spec:
+            return None
+        col, sep, value = spec.partition("=")
+        if not sep or not col:
+            raise UserError(f"--bn_controls {spec!r}: give COL=VALUE, e.g. treatment=DMSO")
+        if not self.group_columns:
+            raise UserError("--bn_controls needs the covariate table of --batch_groups (give --batch_groups COL)")
+        if col not in self._group_table.columns:
+            raise UserError(f"--bn_controls: column {col!r} is not in {self._group_table_path}")
+        ds = self.dataset(split)
+        control = self._group_table.drop_duplicates("patientID").set_index("patientID")[col].astype(str) == value
+        return np.array([bool(control.get(ds.records[ref.record].patientID, False)) for ref in ds.samples])
+
     def _ranks(self) -> tuple[int, int]:
         t = self.trainer
         return (t.global_rank, t.world_size) if t is not None else (0, 1)
