@@ -97,18 +97,21 @@ TINY_SSL = ["--batch_size", "8", "--num_epochs", "3", "--n_train_batches", "6", 
 
 
 @pytest.mark.parametrize("method, extra", [
-    ("simclr", []),
+    ("simclr", ["--knn_label", "ef_class"]),
     ("minclr", ["--batch_groups", "site", "--bn_eval_mode", "group"]),
 ])
 def test_main_ssl_trains_and_writes_latents(tiny_demo, tmp_path, method, extra):
     args = [*TINY_SSL, "--ssl_method", method, "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-            "--json§DS_covariates§path", str(tiny_demo / "covariates.tsv"), "--fulltrainID", method, *extra]
+            "--json§DS_covariates§path", str(tiny_demo / "covariates.tsv"),
+            "--json§DS_phenotypes§path", str(tiny_demo / "phenotypes.tsv"), "--fulltrainID", method, *extra]
     proc = run_executor("main_ssl.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = pd.read_csv(tmp_path / method / "csv_logs" / "metrics.csv")
     for term in ("train_loss_epoch", "val_loss"):  # every logged loss term falls
         values = log[term].dropna().to_numpy()
         assert len(values) == 3 and values[-1] < values[0], (term, values)
+    if "--knn_label" in extra:  # the kNN monitor is logged every validation
+        assert log["val_knn_acc"].dropna().between(0, 1).all() and log["val_knn_acc"].dropna().size == 3
     out = tmp_path / method / "Output"
     table = pd.read_parquet(out / "emb.parquet")
     assert list(table.columns[-32:]) == [f"Z{j}" for j in range(32)]  # 8 x width pooled features
@@ -181,3 +184,15 @@ def test_control_sample_batchnorm_runs_and_names_a_group_without_controls(tiny_d
     assert proc.returncode == 2 and "give COL=VALUE" in proc.stderr and not (tmp_path / "bad").exists()
     proc = run_executor("main_ssl.py", *base, "--fulltrainID", "run")
     assert proc.returncode == 2 and "needs --bn_eval_mode batch or group" in proc.stderr
+
+
+def test_knn_monitor_on_planted_clusters():
+    from Engineering.Engines.AuxiliaryEngines.SSLEngine import knn_leave_one_out
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.eye(3) * 10
+    y = torch.arange(3).repeat_interleave(20)
+    feats = centres[y] + torch.randn(60, 3, generator=g)
+    assert float(knn_leave_one_out(feats, y, k=5)) == 1.0
+    assert float(knn_leave_one_out(torch.randn(60, 3, generator=g), y, k=5)) < 0.6  # no structure: near chance
+    assert knn_leave_one_out(feats[:2], y[:2]) is None

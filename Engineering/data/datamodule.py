@@ -36,6 +36,27 @@ def resolve_data_path(cfg, ref: str) -> Path:
     return path if path.is_absolute() or path.exists() else data_dir(cfg.paths) / path
 
 
+def phenotype_labels(cfg, column: str, flag: str) -> tuple[dict, list[str]]:
+    """patientID -> class name of a categorical column of json§DS_phenotypes, and the sorted class names (``flag``
+    names the option that asked for it in the messages)."""
+    if not column:
+        raise UserError(f"{flag} COL: give a column of json§DS_phenotypes")
+    spec = cfg.paths.DS_phenotypes or {}
+    spec = {"path": spec} if isinstance(spec, str) else spec
+    if not spec.get("path"):
+        raise UserError(f"{flag}: no phenotype table; set json§DS_phenotypes§path")
+    path = resolve_data_path(cfg, spec["path"])
+    table = read_label_table(path)
+    if column not in table.columns:
+        raise UserError(f"{flag} {column!r} is not a column of {path} "
+                        f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})")
+    labels = table.drop_duplicates("patientID").set_index("patientID")[column].dropna().astype(str)
+    classes = sorted(labels.unique())
+    if len(classes) < 2:
+        raise UserError(f"{flag} {column!r} has {len(classes)} class(es) in {path}; it needs 2 or more")
+    return labels.to_dict(), classes
+
+
 def sample_spec(cfg) -> SampleSpec:
     p, d, m = cfg.paths, cfg.data, cfg.model
     split_t = True if p.DS_split_time is None else p.DS_split_time

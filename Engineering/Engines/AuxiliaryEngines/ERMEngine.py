@@ -21,8 +21,7 @@ from torch import nn
 
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
-from Engineering.data.datamodule import resolve_data_path
-from Engineering.data.labels import read_label_table
+from Engineering.data.datamodule import phenotype_labels
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.SSL import ResNetEncoder, SSLConfig
@@ -37,31 +36,10 @@ ERMModelKeys = create_model("ERMModelKeys", __base__=Keys, ERM=(ERMKeys, ERMKeys
                             erm_label=(str, Field("", description="The phenotype column the classifier predicts.")))
 
 
-def phenotype_labels(cfg) -> tuple[pd.Series, list[str]]:
-    """patientID -> class name of ``model§erm_label`` from json§DS_phenotypes, and the sorted class names."""
-    column = cfg.model.erm_label
-    if not column:
-        raise UserError("the ERM task classifies a phenotype: give --erm_label COL (a column of json§DS_phenotypes)")
-    spec = cfg.paths.DS_phenotypes or {}
-    spec = {"path": spec} if isinstance(spec, str) else spec
-    if not spec.get("path"):
-        raise UserError("--erm_label: no phenotype table; set json§DS_phenotypes§path")
-    path = resolve_data_path(cfg, spec["path"])
-    table = read_label_table(path)
-    if column not in table.columns:
-        raise UserError(f"--erm_label {column!r} is not a column of {path} "
-                        f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})")
-    labels = table.drop_duplicates("patientID").set_index("patientID")[column].dropna().astype(str)
-    classes = sorted(labels.unique())
-    if len(classes) < 2:
-        raise UserError(f"--erm_label {column!r} has {len(classes)} class(es) in {path}; a classifier needs 2 or more")
-    return labels, classes
-
-
 class ERMEngine(LatentEngine):
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
-        self.labels, self.classes = phenotype_labels(cfg)
+        self.labels, self.classes = phenotype_labels(cfg, cfg.model.erm_label, "--erm_label")
         keys = cfg.model.ERM
         arch = SSLConfig(is3D=cfg.model.is3D, in_channels=in_channels, depth=keys.depth, width=keys.width,
                          stem=keys.stem)
@@ -130,7 +108,7 @@ class ERMReport:
     """The extra output step of the ERM task: predictions.tsv and ood_report.json in the Output folder."""
 
     def check(self, cfg, data) -> None:
-        phenotype_labels(cfg)
+        phenotype_labels(cfg, cfg.model.erm_label, "--erm_label")
 
     def run(self, cfg, model, dm, out_dir: Path) -> dict:
         emb = pd.read_parquet(out_dir / "emb.parquet")

@@ -14,11 +14,13 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import Field, create_model
 
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.augment import AugmentSpec, augment, grid_views
+from Engineering.data.datamodule import phenotype_labels
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.SSL import SSLConfig, SSLNet
@@ -54,6 +56,10 @@ class SSLEngine(LatentEngine):
                             f"{self.grid}x{self.grid} grid; raise model§SSL§grid or lower n_views")
         self.aug = AugmentSpec(**cfg.model.augment.model_dump())
         self.seed = int(cfg.training.seed)
+        # the kNN monitor: leave-one-out k-NN accuracy of a phenotype class on the validation features
+        self.knn_labels, self.knn_classes = phenotype_labels(cfg, cfg.eval.knn_label, "--knn_label") \
+            if cfg.eval.knn_label else (None, None)
+        self._val_feats: list = []
 
     def _gen(self, *key: int) -> torch.Generator:
         g = torch.Generator(device="cpu")
@@ -92,12 +98,51 @@ class SSLEngine(LatentEngine):
             return  # a contrastive loss needs negatives: a single-sample chunk has none
         loss = self._loss(net, batch["inp"], self._gen(2, batch_idx))
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]), sync_dist=True)
+        if self.knn_labels is not None:
+            ds = self.trainer.datamodule.dataset("val")
+            code = {c: k for k, c in enumerate(self.knn_classes)}
+            pos = self._val_positions(batch["index"].tolist())
+            y = [code.get(self.knn_labels.get(ds.records[ds.samples[i].record].patientID), -1) for i in pos]
+            self._val_feats.append((self.embed(batch["inp"], bool(self.cfg.eval.test_ema)).float(),
+                                    torch.tensor(y, device=self.device)))
+
+    def _val_positions(self, index: list[int]) -> list[int]:
+        loader = self.trainer.val_dataloaders
+        ds = loader.dataset
+        return [ds.indices[i] for i in index] if hasattr(ds, "indices") else index
+
+    def on_validation_epoch_end(self) -> None:
+        if self.knn_labels is None or not self._val_feats:
+            return
+        feats = torch.cat([f for f, _ in self._val_feats])
+        y = torch.cat([t for _, t in self._val_feats])
+        self._val_feats = []
+        if self.trainer.world_size > 1:  # every rank scores the whole validation set
+            feats = self.all_gather(feats).flatten(0, 1)
+            y = self.all_gather(y).flatten(0, 1)
+        keep = y >= 0
+        acc = knn_leave_one_out(feats[keep], y[keep], k=15)
+        if acc is not None:
+            self.log("val_knn_acc", acc, on_epoch=True, batch_size=int(keep.sum()))
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
-        if self.aug.standardise:  # the views the encoder learnt from were standardised per channel
-            dims = tuple(range(2, x.ndim))
-            x = (x - x.mean(dims, keepdim=True)) / (x.std(dims, keepdim=True) + 1e-6)
-        return (self.ema_net if use_ema else self.net).encode(x)
+        """The image's latent: its encoder features; for MinCLR the mean over its grid cells' features (each
+        cell resized to the input size, as in training: the encoder learnt from cells, not whole images)."""
+        net = self.ema_net if use_ema else self.net
+        parts = [x.float()]
+        if self.method == "minclr":
+            h, w = x.shape[-2:]
+            ch, cw = h // self.grid, w // self.grid
+            parts = [F.interpolate(x[..., r * ch:(r + 1) * ch, c * cw:(c + 1) * cw].float(), size=tuple(x.shape[2:]),
+                                   mode="trilinear" if x.ndim == 5 else "bilinear", align_corners=False)
+                     for r in range(self.grid) for c in range(self.grid)]
+        feats = []
+        for v in parts:
+            if self.aug.standardise:  # the views the encoder learnt from were standardised per channel
+                dims = tuple(range(2, v.ndim))
+                v = (v - v.mean(dims, keepdim=True)) / (v.std(dims, keepdim=True) + 1e-6)
+            feats.append(net.encode(v))
+        return torch.stack(feats).mean(0)
 
     def reconstruct(self, x, z, use_ema: bool):
         raise UserError("the SSL task learns no decoder: it writes embeddings only (--test_emb_only)")
@@ -109,7 +154,23 @@ SSL_FLAGS = (
          ("simclr", "minclr")),
     Flag("n_views", ("model", "SSL", "n_views"), "int", 2, "Views per image in the contrastive loss.", "Model"),
     Flag("temperature", ("model", "SSL", "temperature"), "float", 0.1, "NT-Xent temperature.", "Model"),
+    Flag("knn_label", ("eval", "knn_label"), "str", "", "kNN monitor: leave-one-out 15-NN accuracy of this "
+         "phenotype class on the validation features, logged as val_knn_acc ('' = off).", "Test"),
 )
+
+def knn_leave_one_out(feats: torch.Tensor, y: torch.Tensor, k: int = 15) -> torch.Tensor | None:
+    """Leave-one-out k-NN (cosine, majority vote) accuracy: the kNN monitor of Wu et al. (CVPR 2018)."""
+    n = len(y)
+    if n < 3:
+        return None
+    k = min(k, n - 1)
+    z = F.normalize(feats, dim=1)
+    sim = z @ z.t()
+    sim.fill_diagonal_(-float("inf"))
+    nn_idx = sim.topk(k, dim=1).indices
+    votes = F.one_hot(y[nn_idx], int(y.max()) + 1).sum(1)
+    return (votes.argmax(1) == y).float().mean()
+
 
 register(TaskSpec(
     name="ssl", description="Self-supervised ResNet encoders: SimCLR and MinCLR, with Batch Effects Normalization "
