@@ -196,3 +196,21 @@ def test_group_batches_train_and_test_under_two_process_ddp(tiny_demo, tmp_path)
                                                        "--batch_groups", "", "--fulltrainID", "nogroups"))
     assert proc.returncode == 2 and "--bn_eval_mode group" in proc.stderr
     assert not (tmp_path / "nogroups").exists()  # refused before anything was written
+
+
+def test_every_rank_trains_on_group_pure_batches_under_ddp(tiny_demo, tmp_path):
+    from tests.conftest import REPO, run_executor
+
+    log = tmp_path / "purity.log"
+    args = ["--plugins", "purity_probe", "--task", "purity", "--batch_size", "4", "--num_epochs", "2",
+            "--n_train_batches", "3", "--model§SSL§width", "4", "--model§SSL§proj_hidden", "8", "--no-progress_bar",
+            "--no-tbactive", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
+            "--json§DS_covariates§path", str(tiny_demo / "covariates.tsv"), "--batch_groups", "site",
+            "--accelerator", "cpu", "--ndevices", "2", "--training_strategy", "ddp", "--run_mode", "1"]
+    proc = run_executor("main.py", *args, env={"PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'plugins'}",
+                                               "PURITY_LOG": str(log)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
+    assert {r for r, _, _ in rows} == {0, 1} and len(rows) == 2 * 2 * 3  # 2 ranks x 2 epochs x 3 batches
+    assert all(n == 1 for _, n, _ in rows)  # every batch on every rank is one group
+    assert len({g for _, _, g in rows}) > 1  # and the groups vary

@@ -120,10 +120,6 @@ class DiffAEEngine(LatentEngine):
                  sync_dist=True)
         return loss
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        self.update_ema()  # once per optimiser step: gradient accumulation is respected
-
     def _eval_net(self):
         return self.ema_net if self.cfg.eval.test_ema else self.net
 

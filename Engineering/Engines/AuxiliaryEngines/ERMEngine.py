@@ -80,10 +80,6 @@ class ERMEngine(LatentEngine):
         self.log("train_acc", acc, on_epoch=True, batch_size=n, sync_dist=True)
         return loss
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        self.update_ema()
-
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
         loss, acc = self._loss(self.ema_net if self.cfg.eval.test_ema else self.net, batch, "val")

@@ -61,6 +61,11 @@ class LatentEngine(L.LightningModule):
             e.copy_(b)
 
     # --- optimisation
+    def optimizer_step(self, *args, **kwargs):
+        super().optimizer_step(*args, **kwargs)
+        if hasattr(self, "ema_net"):
+            self.update_ema()  # once per optimiser step: gradient accumulation is respected
+
     def monitor(self) -> str:
         return "val_loss" if self.has_val else self.monitor_train
 

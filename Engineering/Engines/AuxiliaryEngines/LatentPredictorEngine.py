@@ -95,11 +95,6 @@ class LatentPredictorEngine(LatentEngine):
                  sync_dist=True)
         return loss
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        if self.use_ema:
-            self.update_ema()
-
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
         loss = self._step(self._eval_net(), batch, "val")

@@ -87,10 +87,6 @@ class SSLEngine(LatentEngine):
                  sync_dist=True)
         return loss
 
-    def optimizer_step(self, *args, **kwargs):
-        super().optimizer_step(*args, **kwargs)
-        self.update_ema()
-
     @torch.no_grad()
     def validation_step(self, batch, batch_idx):
         net = self.ema_net if self.cfg.eval.test_ema else self.net

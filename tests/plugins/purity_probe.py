@@ -1,0 +1,25 @@
+"""A test plug-in: the ssl task, plus a check of every training batch's groups (what --batch_groups promises).
+
+Each rank appends one line per training batch to $PURITY_LOG: rank, number of distinct groups in the batch,
+and the batch's group. Registered as the task ``purity``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from Engineering.Engines import registry
+from Engineering.Engines.AuxiliaryEngines.SSLEngine import SSLEngine
+
+
+class PurityEngine(SSLEngine):
+    def training_step(self, batch, batch_idx):
+        dm = self.trainer.datamodule
+        codes = dm.group_codes("train")[batch["index"].cpu().numpy()]
+        with open(os.environ["PURITY_LOG"], "a") as fh:
+            fh.write(f"{self.global_rank} {len(set(codes.tolist()))} {int(codes[0])}\n")
+        return super().training_step(batch, batch_idx)
+
+
+registry.register(dataclasses.replace(registry.get("ssl"), name="purity", engine=PurityEngine, module=__name__,
+                                      drive="SSL_purity"))
