@@ -138,7 +138,8 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     return L.Trainer(
         accelerator=acc, devices=devices, num_nodes=r.nnodes, strategy=strategy(cfg),
         # group-pure batches: the group samplers split the work across ranks themselves
-        use_distributed_sampler=not groups, sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc), max_epochs=t.num_epochs,
+        use_distributed_sampler=not groups, sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc),
+        max_epochs=t.num_epochs,
         accumulate_grad_batches=accumulate, gradient_clip_val=clip,
         gradient_clip_algorithm=t.grad_clip_algo if clip else None, inference_mode=inference_mode,
         limit_train_batches=t.n_train_batches, limit_val_batches=limit_val if has_val else 0,
@@ -219,7 +220,8 @@ class ImageRun:
         for split in (("train",) if mode in TRAIN_MODES else ()) + (("val",) if mode in (1, 4) else ()) \
                 + (("test",) if mode in TEST_MODES else ()):
             dm.dataset(split)
-        for step in self.task.step_objects():
+        self.steps = self.task.step_objects()
+        for step in self.steps:
             step.check(cfg, dm)  # an extra output's inputs are checked before training, not after
         probe = dm.dataset("test" if mode == 2 else "train")
         with drive_errors():
@@ -230,7 +232,7 @@ class ImageRun:
         return dm, model
 
     def describe(self, dm) -> str:
-        return (f"data {dm.h5file} ({len(dm.records)} datasets, index cache {'hit' if dm.cache_hit else 'rebuilt'})")
+        return f"data {dm.h5file} ({len(dm.records)} datasets, index cache {'hit' if dm.cache_hit else 'rebuilt'})"
 
     def fit_context(self):
         return nullcontext()
@@ -253,7 +255,7 @@ class ImageRun:
             summary = writer.summary
             print(f"outputs written to {out_dir}" + (f" (mean {', '.join(f'{k} {v:.4g}' for k, v in summary.items())})"
                                                      if summary else ""))
-            for step in self.task.step_objects():  # the task's extra outputs, from the written contract
+            for step in self.steps:  # the task's extra outputs, from the written contract
                 result.update(step.run(cfg, model, dm, out_dir))
         return result
 

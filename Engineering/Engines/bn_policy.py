@@ -5,8 +5,8 @@ from __future__ import annotations
 import lightning as L
 import torch
 
+from Engineering.data.datamodule import dataset_positions
 from Engineering.errors import UserError
-
 from Engineering.Science.batchnorm import batch_statistics, batchnorm_layers, fixed_statistics, group_statistics
 
 
@@ -26,9 +26,7 @@ class BNPolicy(L.Callback):
         """The control samples among ``index`` (dataset positions of the evaluation loader's dataset)."""
         split = "test" if trainer.testing else "val"
         mask = trainer.datamodule.control_mask(split)
-        ds = loader.dataset
-        pos = [ds.indices[i] for i in index] if hasattr(ds, "indices") else list(index)  # a val Subset
-        return torch.as_tensor(mask[pos], dtype=torch.bool)
+        return torch.as_tensor(mask[dataset_positions(loader.dataset, index)], dtype=torch.bool)
 
     def _start(self, trainer, pl_module, batch, loaders) -> None:
         if not batchnorm_layers(pl_module):
@@ -44,9 +42,7 @@ class BNPolicy(L.Callback):
         elif self.mode == "batch":
             self._ctx = batch_statistics(pl_module)
         else:
-            chunks = loader.batch_sampler
-            first = int(batch["index"][0])
-            group = next(g for c, g in zip(chunks.chunks, chunks.chunk_groups) if first in c)
+            group = int(loader.batch_sampler.codes[int(batch["index"][0])])  # a chunk is one group
             if group != self._group:
                 self._group, self._stats = group, self._group_stats(trainer, pl_module, loader, group)
             self._ctx = fixed_statistics(pl_module, self._stats)

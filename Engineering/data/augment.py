@@ -9,6 +9,7 @@ in-plane cells and gives each view a different cell, drawn without replacement.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +40,7 @@ def _crop(x: torch.Tensor, spec: AugmentSpec, g) -> torch.Tensor:
     """A random-resized crop of the last two (in-plane) axes of one sample (1, C, ..., H, W)."""
     h, w = x.shape[-2:]
     area = h * w * _uniform(g, *spec.crop_scale)
-    ratio = torch.exp(torch.tensor(_uniform(g, *torch.log(torch.tensor(spec.crop_ratio)).tolist()))).item()
+    ratio = math.exp(_uniform(g, math.log(spec.crop_ratio[0]), math.log(spec.crop_ratio[1])))  # log-uniform
     ch, cw = max(1, min(h, round((area / ratio) ** 0.5))), max(1, min(w, round((area * ratio) ** 0.5)))
     top = int(torch.randint(0, h - ch + 1, (), generator=g))
     left = int(torch.randint(0, w - cw + 1, (), generator=g))

@@ -57,6 +57,11 @@ def phenotype_labels(cfg, column: str, flag: str) -> tuple[dict, list[str]]:
     return labels.to_dict(), classes
 
 
+def dataset_positions(ds, index) -> list[int]:
+    """Positions in the split's dataset of a loader's indices (the validation loader may read a fixed Subset)."""
+    return [ds.indices[i] for i in index] if isinstance(ds, Subset) else list(index)
+
+
 def sample_spec(cfg) -> SampleSpec:
     p, d, m = cfg.paths, cfg.data, cfg.model
     split_t = True if p.DS_split_time is None else p.DS_split_time
@@ -200,6 +205,14 @@ class H5DataModule(L.LightningDataModule):
             self._codes[split], self.group_names = group_codes(patients, self._group_table, self.group_columns,
                                                                str(self._group_table_path))
         return self._codes[split]
+
+    def patient_groups(self, patients) -> dict[str, str]:
+        """patientID -> its --batch_groups group name (empty without --batch_groups)."""
+        if not self.group_columns:
+            return {}
+        patients = sorted(set(patients))
+        codes, names = group_codes(patients, self._group_table, self.group_columns, str(self._group_table_path))
+        return {p: names[c] for p, c in zip(patients, codes)}
 
     def control_mask(self, split: str) -> np.ndarray | None:
         """Per sample of ``dataset(split)``: is it a control (--bn_controls COL=VALUE of the covariate table)?"""

@@ -28,7 +28,8 @@ from Engineering.errors import UserError
 def group_codes(patients: Sequence[str], table: pd.DataFrame, columns: Sequence[str], where: str
                 ) -> tuple[np.ndarray, list[str]]:
     """Per sample, the code of its group (the combination of ``columns`` of its patient's row), and the group
-    names. ``table`` is keyed by ``patientID`` (data/labels.read_label_table)."""
+    names. ``table`` is keyed by ``patientID`` (data/labels.read_label_table). The codes number every group of
+    the table, so they are the same whichever split ``patients`` come from."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise UserError(f"--batch_groups {','.join(columns)}: column(s) {', '.join(missing)} not in {where} "
@@ -40,7 +41,7 @@ def group_codes(patients: Sequence[str], table: pd.DataFrame, columns: Sequence[
     if len(absent):
         raise UserError(f"--batch_groups: {len(absent)} sample(s) have no row in {where} "
                         f"(first: patient {absent.index[0]})")
-    groups = sorted(set(per_sample))
+    groups = sorted(set(names))
     code = {g: k for k, g in enumerate(groups)}
     return np.array([code[g] for g in per_sample], np.int64), groups
 
@@ -92,6 +93,7 @@ class GroupChunks(Sampler):
     rank left without a chunk (fewer chunks than ranks) repeats one: the output writer keeps each sample once."""
 
     def __init__(self, codes: np.ndarray, chunk: int, rank: int = 0, world: int = 1):
+        self.codes = np.asarray(codes)  # the group of each dataset position
         self.chunks: list[list[int]] = []
         self.chunk_groups: list[int] = []
         for g, m in enumerate(_members(np.asarray(codes))):

@@ -116,7 +116,7 @@ class ERMReport:
         pred["prediction"] = np.asarray(model.classes, dtype=object)[proba.argmax(1)]
         pred["probability"] = proba.max(1)
         train = set(dm.split_ids("train") or [])
-        group_of = _groups(dm, list(train) + pred["patientID"].tolist())
+        group_of = dm.patient_groups(list(train) + pred["patientID"].tolist())
         seen = {group_of[p] for p in train if p in group_of} if group_of else set()
         pred["group"] = pred["patientID"].map(group_of) if group_of else ""
         labelled = pred[pred["true"].notna()]
@@ -137,15 +137,6 @@ class ERMReport:
             f" (in-distribution {report['in_distribution']['accuracy']}, held-out groups "
             f"{report['out_of_distribution']['accuracy']})" if group_of else ""))
         return {"ood_report": report}
-
-
-def _groups(dm, patients) -> dict:
-    """patientID -> its --batch_groups group name (empty without --batch_groups)."""
-    if not dm.group_columns:
-        return {}
-    table = dm._group_table.drop_duplicates("patientID").set_index("patientID")
-    names = table[dm.group_columns].astype(str).apply(lambda r: "/".join(r), axis=1)
-    return {p: names.get(p) for p in set(patients)}
 
 
 ERM_FLAGS = (Flag("erm_label", ("model", "erm_label"), "str", "", "The phenotype column (classes) the ERM "

@@ -20,7 +20,7 @@ from pydantic import Field, create_model
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.augment import AugmentSpec, augment, grid_views
-from Engineering.data.datamodule import phenotype_labels
+from Engineering.data.datamodule import dataset_positions, phenotype_labels
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.SSL import SSLConfig, SSLNet
@@ -42,8 +42,6 @@ SSLModelKeys = create_model("SSLModelKeys", __base__=Keys, SSL=(SSLKeys, SSLKeys
 
 
 class SSLEngine(LatentEngine):
-    monitor_train = "train_loss_epoch"
-
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
         keys = cfg.model.SSL
@@ -97,15 +95,10 @@ class SSLEngine(LatentEngine):
         if self.knn_labels is not None:
             ds = self.trainer.datamodule.dataset("val")
             code = {c: k for k, c in enumerate(self.knn_classes)}
-            pos = self._val_positions(batch["index"].tolist())
+            pos = dataset_positions(self.trainer.val_dataloaders.dataset, batch["index"].tolist())
             y = [code.get(self.knn_labels.get(ds.records[ds.samples[i].record].patientID), -1) for i in pos]
             self._val_feats.append((self.embed(batch["inp"], bool(self.cfg.eval.test_ema)).float(),
                                     torch.tensor(y, device=self.device)))
-
-    def _val_positions(self, index: list[int]) -> list[int]:
-        loader = self.trainer.val_dataloaders
-        ds = loader.dataset
-        return [ds.indices[i] for i in index] if hasattr(ds, "indices") else index
 
     def on_validation_epoch_end(self) -> None:
         if self.knn_labels is None or not self._val_feats:
