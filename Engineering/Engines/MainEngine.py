@@ -343,7 +343,7 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
             test_ckpt = Path(best) if best else None
     if mode in TEST_MODES and not cfg.run.dev_run:
         if test_ckpt is not None:
-            load_weights(model, test_ckpt)
+            model.load_run_state(load_weights(model, test_ckpt))
         result.update(life.test(trainer, model, dm, out_dir, test_ckpt))
     elif trainer.is_global_zero:
         print(f"dev run of {cfg.run.dev_run} batch(es) finished (no checkpoints, no outputs)" if cfg.run.dev_run

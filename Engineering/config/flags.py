@@ -21,6 +21,7 @@ class Flag:
     group: str
     choices: tuple | None = None
     bounds: tuple[tuple[str, float], ...] = ()  # pydantic constraints, e.g. (("gt", 0),): lr > 0
+    aliases: tuple[str, ...] = ()  # older names still accepted (not listed in the help)
 
 
 def _f(group, name, section, type_, default, help_, choices=None, key=None, **bounds):

@@ -83,8 +83,8 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
             grp.add_argument(f"--{flag.name}", nargs="?", const=True, type=_bool_arg, metavar="true|false", help=help_)
             grp.add_argument(f"--no-{flag.name}", dest=flag.name, action="store_false", help=argparse.SUPPRESS)
         else:
-            grp.add_argument(f"--{flag.name}", type=_argtype(flag), choices=flag.choices, metavar=flag.type.upper(),
-                             help=help_)
+            grp.add_argument(f"--{flag.name}", *(f"--{a}" for a in flag.aliases), type=_argtype(flag),
+                             choices=flag.choices, metavar=flag.type.upper(), help=help_)
     return parser
 
 

@@ -255,6 +255,12 @@ class H5DataModule(L.LightningDataModule):
         # what Lightning itself passes to set_epoch (a resumed run's tracker has processed > completed)
         return self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0
 
+    def ordered_loader(self, split: str, rank: int = 0, world: int = 1) -> DataLoader:
+        """Every ``world``-th sample of the split from ``rank``, in dataset order: one pass over all of them
+        across the ranks (e.g. IP-IRM's feature bank); ``batch["index"]`` is the dataset position."""
+        ds = self.dataset(split)
+        return self._loader(Subset(ds, list(range(rank, len(ds), world))), shuffle=False)
+
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.dataset("train"), shuffle=True, codes=self.group_codes("train"))
 

@@ -97,6 +97,9 @@ class LatentEngine(L.LightningModule):
             random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
             np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
 
+    def load_run_state(self, checkpoint: dict) -> None:
+        """State beyond the weights that a test needs from the checkpoint it loads (IP-IRM: its partitions)."""
+
     # --- test phase: one record per batch; the OutputWriter callback writes the output contract
     @torch.no_grad()
     def test_step(self, batch, batch_idx):

@@ -1,5 +1,5 @@
-"""Lightning engine of self-supervised representation learning: SimCLR (Chen et al., ICML 2020) and MinCLR
-(Lin & Lu, MLCB 2022), with Batch Effects Normalization from the shared options (--batch_groups for
+"""Lightning engine of self-supervised representation learning: SimCLR (Chen et al., ICML 2020), MinCLR
+(Lin & Lu, MLCB 2022) and IP-IRM (Wang et al., NeurIPS 2021: ``IPIRMEngine``, which builds on this one), with Batch Effects Normalization from the shared options (--batch_groups for
 group-pure training batches, --bn_eval_mode for evaluation).
 
 Training: V views of every image (SimCLR: V random augmentations of the image; MinCLR: V different grid cells
@@ -30,15 +30,49 @@ from Engineering.Science.contrastive import nt_xent
 # model§SSL: the drive's dataclass + the method's keys; the augmentations (one home: AugmentSpec's defaults)
 SSLKeys = keys_from_dataclass(
     "SSLKeys", SSLConfig, exclude=("is3D", "in_channels"), doc="model§SSL",
-    method=(Literal["simclr", "minclr"], Field("simclr", description="simclr: positives are augmentations of the "
-                                                                    "image; minclr: different grid cells of it.")),
+    method=(Literal["simclr", "minclr", "ipirm"], Field("simclr", description="simclr: positives are augmentations "
+                                                    "of the image; minclr: different grid cells of it; ipirm: SimCLR's "
+                                                    "views with IP-IRM's partitions (model§IPIRM).")),
     n_views=(int, Field(2, ge=2, description="Views per image (positives per anchor: n_views - 1).")),
     temperature=(float, Field(0.1, gt=0, description="NT-Xent temperature.")),
     grid=(int, Field(2, ge=1, description="MinCLR: the image is cut into grid x grid cells, one per view.")),
 )
 AugmentKeys = keys_from_dataclass("AugmentKeys", AugmentSpec, doc="model§augment")
+
+
+class IPIRMKeys(Keys):
+    """model§IPIRM: IP-IRM (--method ipirm). Names follow the reference code's flags."""
+    env_num: int = Field(2, ge=2, description="K: subsets (orbits) per partition.")
+    penalty_weight: float = Field(0.2, ge=0, description="lambda_1: weight of the IRM penalty in the minimisation "
+                                                         "step (> 1: the IRM part is divided by it, as IRMv1 does).")
+    penalty_warmup: int = Field(0, ge=0, description="Epochs over which lambda_1 ramps linearly from 0 (0: off).")
+    irm_weight_maxim: float = Field(0.5, ge=0, description="lambda_2: weight of the penalty in the maximisation "
+                                                           "step's objective.")
+    irm_temperature: float = Field(0.1, gt=0, description="tau_irm: temperature of the losses inside the penalty.")
+    maximize_iter: int = Field(50, ge=1, description="A maximisation step at the start and every this many epochs.")
+    keep_cont: bool = Field(True, description="Keep the whole-batch contrastive loss next to the subsets' losses.")
+    retain_group: bool = Field(True, description="Keep the earlier partitions in the minimisation step (else only "
+                                                 "the newest).")
+    retain_group_set: int = Field(10, ge=1, description="At most this many retained partitions (oldest dropped).")
+    offline: bool = Field(True, description="Feature bank of two fresh views of every training sample at each "
+                                            "maximisation step; false: the projections training computed during "
+                                            "the previous epochs (samples not yet visited are left out).")
+    random_init: bool = Field(True, description="Start each partition search from random logits; false: from the "
+                                                "previous search's.")
+    constrain: bool = Field(True, description="Balance constraint on the partition (see balance_ratio).")
+    balance_ratio: float = Field(2.0, ge=1, description="Most unbalanced split allowed: one subset this many times "
+                                                        "the others (K = 2, 2:1: entropy 0.6365, the reference's).")
+    max_epochs: int = Field(100, ge=1, description="Passes over the feature bank in a maximisation step.")
+    max_lr: float = Field(0.5, gt=0, description="Adam learning rate of the partition logits.")
+    max_patience: int = Field(10, ge=1, description="Stop the search after this many passes without improvement.")
+    mixup: bool = Field(False, description="i-Mix in the minimisation step: the first view is an input mix, the "
+                                           "loss weighs each sample's two targets by its own mixing weight.")
+    mixup_alpha: float = Field(1.0, gt=0, description="Mixing weights ~ Beta(alpha, alpha).")
+    mixup_max: bool = Field(False, description="i-Mix in the maximisation step's feature bank too (offline only).")
+
+
 SSLModelKeys = create_model("SSLModelKeys", __base__=Keys, SSL=(SSLKeys, SSLKeys()),
-                            augment=(AugmentKeys, AugmentKeys()))
+                            augment=(AugmentKeys, AugmentKeys()), IPIRM=(IPIRMKeys, IPIRMKeys()))
 
 
 class SSLEngine(LatentEngine):
@@ -138,14 +172,28 @@ class SSLEngine(LatentEngine):
 
 
 SSL_FLAGS = (
-    Flag("ssl_method", ("model", "SSL", "method"), "str", "simclr",
-         "simclr (positives: augmentations of the image) or minclr (different cells of the same image).", "Model",
-         ("simclr", "minclr")),
+    Flag("method", ("model", "SSL", "method"), "str", "simclr",
+         "simclr (positives: augmentations of the image), minclr (different cells of the same image) or ipirm "
+         "(SimCLR views, IRM inside discovered partitions).", "Model", ("simclr", "minclr", "ipirm"),
+         aliases=("ssl_method",)),
     Flag("n_views", ("model", "SSL", "n_views"), "int", 2, "Views per image in the contrastive loss.", "Model"),
     Flag("temperature", ("model", "SSL", "temperature"), "float", 0.1, "NT-Xent temperature.", "Model"),
     Flag("knn_label", ("eval", "knn_label"), "str", "", "kNN monitor: leave-one-out 15-NN accuracy of this "
          "phenotype class on the validation features, logged as val_knn_acc ('' = off).", "Test"),
-)
+) + tuple(
+    Flag(name, ("model", "IPIRM", name), typ, IPIRMKeys.model_fields[name].default,
+         "IP-IRM: " + IPIRMKeys.model_fields[name].description, "Model")
+    for name, typ in (("env_num", "int"), ("penalty_weight", "float"), ("irm_weight_maxim", "float"),
+                      ("maximize_iter", "int"), ("keep_cont", "bool"), ("retain_group", "bool"), ("offline", "bool"),
+                      ("random_init", "bool"), ("constrain", "bool"), ("mixup", "bool"), ("mixup_max", "bool")))
+
+def ssl_engine(cfg, in_channels: int) -> SSLEngine:
+    """The engine of the method: IP-IRM's extends SSLEngine (imported here: it imports this module)."""
+    if cfg.model.SSL.method == "ipirm":
+        from Engineering.Engines.AuxiliaryEngines.IPIRMEngine import IPIRMEngine
+        return IPIRMEngine(cfg, in_channels)
+    return SSLEngine(cfg, in_channels)
+
 
 def knn_leave_one_out(feats: torch.Tensor, y: torch.Tensor, k: int = 15) -> torch.Tensor | None:
     """Leave-one-out k-NN (cosine, majority vote) accuracy: the kNN monitor of Wu et al. (CVPR 2018)."""
@@ -162,11 +210,12 @@ def knn_leave_one_out(feats: torch.Tensor, y: torch.Tensor, k: int = 15) -> torc
 
 
 register(TaskSpec(
-    name="ssl", description="Self-supervised ResNet encoders: SimCLR and MinCLR, with Batch Effects Normalization "
-                            "(--batch_groups, --bn_eval_mode).",
+    name="ssl", description="Self-supervised ResNet encoders: SimCLR, MinCLR and IP-IRM, with Batch Effects "
+                            "Normalization (--batch_groups, --bn_eval_mode).",
     configyml=str(CONFIGS / "config_ssl.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     # demo-sized: a first look on a laptop CPU in a few minutes
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
               "n_train_batches": 20, "test_emb_only": True, "model§drive": "SSL", "model§tag": "SSL"},
-    extra_flags=SSL_FLAGS, sections={"model": SSLModelKeys}, drive="SSL", engine=SSLEngine, module=__name__,
+    extra_flags=SSL_FLAGS, sections={"model": SSLModelKeys}, drive="SSL", engine=ssl_engine, module=__name__,
+    steps=("Engineering.Engines.AuxiliaryEngines.IPIRMEngine:PartitionTable",),
 ))
