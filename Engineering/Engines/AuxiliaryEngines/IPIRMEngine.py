@@ -17,7 +17,8 @@ Alternates two steps:
 Partitions are stored in dataset order (row i is sample i of the training split: a function of the HDF5 index,
 not of workers or shuffling) and live in the checkpoint with the retained set, the last logits (warm start),
 the online bank and a digest of the training split's sample keys (a resume on another split is refused). After
-training, ``PartitionTable`` writes ``Output/partitions.tsv``.
+training, ``PartitionTable`` writes ``Output/partitions.tsv`` from the checkpoint's own sample keys (so a test
+on another split still describes the training samples).
 """
 from __future__ import annotations
 
@@ -36,13 +37,16 @@ from Engineering.Science.contrastive import nt_xent
 from Engineering.Science.ipirm import FeatureBank, imix_loss, irm_penalty, maximise_partition, subset_infonce
 
 
-def split_digest(ds) -> str:
-    """A digest of the training split's sample keys in dataset order: what partition row i refers to."""
-    h = hashlib.sha1()
-    for i in range(len(ds)):
-        info = ds.sample_info(i)
-        h.update(f"{info.patientID}\t{info.fieldID}\t{info.instanceID}\t{info.key}\t{info.index}\n".encode())
-    return h.hexdigest()
+KEY_FIELDS = ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")
+
+
+def describe_split(ds) -> dict:
+    """What partition row i refers to: the training split's sample keys in dataset order (columns of plain
+    values, so the checkpoint stays loadable with weights_only) and their digest (compared on resume)."""
+    rows = [ds.describe(i) for i in range(len(ds))]
+    keys = {f: [r[f] for r in rows] for f in KEY_FIELDS}
+    h = hashlib.sha1("\n".join("\t".join(str(r[f]) for f in KEY_FIELDS) for r in rows).encode())
+    return {"n": len(rows), "digest": h.hexdigest(), "keys": keys}
 
 
 class IPIRMEngine(SSLEngine):
@@ -77,8 +81,13 @@ class IPIRMEngine(SSLEngine):
         shape = (n,) + (1,) * (v1.ndim - 1)
         return lam.view(shape) * v1 + (1 - lam.view(shape)) * v1[partner], lam, partner
 
-    def _project_pair(self, net, x: torch.Tensor, g: torch.Generator, mixup: bool):
-        v = self.views(x.cpu(), g)
+    def _project_pair(self, net, x: torch.Tensor, g: torch.Generator, mixup: bool, per_sample=None):
+        """Projections of the two views (the first mixed with i-Mix if ``mixup``); ``per_sample`` (one generator
+        per sample) makes each sample's views independent of the batch it is in (the bank under DDP)."""
+        if per_sample is None:
+            v = self.views(x.cpu(), g)
+        else:
+            v = torch.cat([self.views(x[j:j + 1].cpu(), gj) for j, gj in enumerate(per_sample)])
         v1, v2, lam, partner = v[:, 0], v[:, 1], None, None
         if mixup:
             v1, lam, partner = self._mix(v1, g)
@@ -185,9 +194,8 @@ class Maximisation(Callback):
     """IP-IRM's maximisation step at the start of training and every ``maximize_iter`` epochs."""
 
     def on_train_start(self, trainer, m: IPIRMEngine) -> None:
-        ds = trainer.datamodule.dataset("train")
-        split = {"n": len(ds), "digest": split_digest(ds)}
-        if m.split is not None and m.split != split:
+        split = describe_split(trainer.datamodule.dataset("train"))
+        if m.split is not None and (m.split["n"], m.split["digest"]) != (split["n"], split["digest"]):
             raise UserError(f"the checkpoint's IP-IRM partitions cover {m.split['n']} samples of another training "
                             f"split (this one has {split['n']}, or other samples): resume with the same data and "
                             "fold, or start a new run")
@@ -236,8 +244,10 @@ class Maximisation(Callback):
         try:
             for b, batch in enumerate(dm.ordered_loader("train", rank, world)):
                 x = dm.on_after_batch_transfer(trainer.strategy.batch_to_device(batch), 0)["inp"]
-                z1, z2, mix = m._project_pair(m.net, x, m._gen(3, epoch, b, rank), mixup)
                 idx = batch["index"].long()
+                # a sample's views depend on (seed, epoch, sample), not on which rank or batch holds it
+                z1, z2, mix = m._project_pair(m.net, x, m._gen(3, epoch, b, rank), mixup,
+                                              per_sample=[m._gen(3, epoch, -1, int(i)) for i in idx])
                 rows.append(idx)
                 z1s.append(z1.float().cpu())
                 z2s.append(z2.float().cpu())
@@ -292,22 +302,19 @@ class PartitionTable:
         if not model.partitions:
             print("IP-IRM: no partition to export (the model has not been trained)")
             return {}
-        ds = dm.dataset("train")
-        if model.split is not None and model.split != {"n": len(ds), "digest": split_digest(ds)}:
-            raise UserError("the IP-IRM partitions were found on another training split than this run's: "
-                            "partitions.tsv is not written (use the training run's data and fold)")
-        keys = pd.DataFrame([ds.describe(i) for i in range(len(ds))]).drop(columns="record")
+        # the samples the partitions were found on, from the checkpoint (whatever split this run tests)
+        keys = pd.DataFrame(model.split["keys"])
         parts = []
         for number, (weights, epoch) in enumerate(zip(model.partitions, model.partition_epochs)):
             w = weights.numpy()
             part = keys.copy()
-            part.insert(0, "sample", np.arange(len(ds)))
+            part.insert(0, "sample", np.arange(len(keys)))
             part["partition"], part["found_at_epoch"], part["subset"] = number, epoch, w.argmax(1)
             for k in range(w.shape[1]):
                 part[f"w{k}"] = w[:, k]
             parts.append(part)
         table = pd.concat(parts, ignore_index=True)
         write_table(out_dir / "partitions.tsv", table, sep="\t")
-        print(f"IP-IRM partitions written to {out_dir / 'partitions.tsv'} ({len(parts)} partitions of {len(ds)} "
+        print(f"IP-IRM partitions written to {out_dir / 'partitions.tsv'} ({len(parts)} partitions of {len(keys)} "
               "training samples)")
         return {"partitions": str(out_dir / "partitions.tsv")}
