@@ -1,6 +1,6 @@
-"""Self-supervised representations (SimCLR, MinCLR) with Batch Effects Normalization; write their latents.
+"""Self-supervised representations (SimCLR, MinCLR, IP-IRM) with Batch Effects Normalization; write their latents.
 
-python Executors/main_ssl.py [--ssl_method simclr|minclr] [--batch_groups site --bn_eval_mode batch] [flags]
+python Executors/main_ssl.py [--method simclr|minclr|ipirm] [--batch_groups site --bn_eval_mode batch] [flags]
 With no arguments: a small SimCLR ResNet-18 on the bundled demo cohort, on CPU.
 """
 

@@ -59,6 +59,7 @@ class IPIRMEngine(SSLEngine):
             raise UserError("model§IPIRM§mixup_max mixes inputs for the feature bank: it needs offline true")
         self.partitions: list[torch.Tensor] = []  # soft weights (N, K) in dataset order, oldest first
         self.partition_epochs: list[int] = []  # the epoch at whose start each was found
+        self._hard: list[torch.Tensor] = []  # their hard assignments (what the minimisation step uses)
         self.theta: torch.Tensor | None = None  # the newest search's logits (warm start)
         self.split: dict | None = None  # {"n": N, "digest": ...} of the training split the partitions cover
         self.bank: dict | None = None  # online bank: {"z1", "z2", "seen"}
@@ -106,18 +107,17 @@ class IPIRMEngine(SSLEngine):
         full = nt_xent(torch.stack([z1, z2], 1), self.tau) if mix is None else \
             imix_loss(z1, z2, mix[1], mix[0], None, self.tau)
         env_losses, penalties = [], []
-        for weights in self.partitions:
-            hard = weights.to(idx.device).argmax(1)[idx]
-            conts, pens = [], []
-            for k in range(weights.shape[1]):
-                member = hard == k
-                if int(member.sum()) < 2:  # a subset needs a negative
-                    continue
-                conts.append(loss(member, self.tau))
-                pens.append(irm_penalty(lambda s, m=member: loss(m, self.ip.irm_temperature, s), device=z1.device))
-            if conts:
-                env_losses.append(torch.stack(conts).mean())
-                penalties.append(torch.stack(pens).mean())
+        for hard_all in self._hard:
+            hard = hard_all.to(idx.device)[idx]
+            subsets = [hard == k for k in range(self.ip.env_num)]
+            subsets = [m for m in subsets if int(m.sum()) >= 2]  # a subset needs a negative
+            if not subsets:  # a batch too small for any subset: the batch as one (the logged terms stay defined)
+                subsets = [torch.ones_like(hard, dtype=torch.bool)]
+            conts = [loss(m, self.tau) for m in subsets]
+            pens = [irm_penalty(lambda s, m=m: loss(m, self.ip.irm_temperature, s), device=z1.device)
+                    for m in subsets]
+            env_losses.append(torch.stack(conts).mean())
+            penalties.append(torch.stack(pens).mean())
         terms = {"train_cont": full}
         if env_losses:
             lam1 = self.lambda1()
@@ -170,6 +170,7 @@ class IPIRMEngine(SSLEngine):
         self.partitions = [p.clone() for p in state["partitions"]]
         self.partition_epochs = list(state["epochs"])
         self.theta, self.split, self.bank = state["theta"], state["split"], state["bank"]
+        self._hard = [p.argmax(1) for p in self.partitions]
 
     # --- the maximisation step (run by the callback)
     def new_partition(self, bank: FeatureBank, epoch: int) -> dict:
@@ -188,6 +189,7 @@ class IPIRMEngine(SSLEngine):
         self.theta = found["theta"].float().cpu()
         cap = self.ip.retain_group_set if self.ip.retain_group else 1
         del self.partitions[:-cap], self.partition_epochs[:-cap]  # FIFO: the oldest go first
+        self._hard = [p.argmax(1) for p in self.partitions]
 
 
 class Maximisation(Callback):

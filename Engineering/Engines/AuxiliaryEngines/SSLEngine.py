@@ -174,7 +174,8 @@ class SSLEngine(LatentEngine):
 SSL_FLAGS = (
     Flag("method", ("model", "SSL", "method"), "str", "simclr",
          "simclr (positives: augmentations of the image), minclr (different cells of the same image) or ipirm "
-         "(SimCLR views, IRM inside discovered partitions).", "Model", ("simclr", "minclr", "ipirm"),
+         "(SimCLR views, IRM inside discovered partitions); --ssl_method is its former name.", "Model",
+         ("simclr", "minclr", "ipirm"),
          aliases=("ssl_method",)),
     Flag("n_views", ("model", "SSL", "n_views"), "int", 2, "Views per image in the contrastive loss.", "Model"),
     Flag("temperature", ("model", "SSL", "temperature"), "float", 0.1, "NT-Xent temperature.", "Model"),
