@@ -2,11 +2,13 @@
 #   make demo   -> venv + install + train/test a small DiffAE on the bundled demo data (CPU ok)
 #   make test   -> venv + install + the default test suite
 #   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
+#   make test-deepspeed -> DeepSpeed ZeRO-1/2/3 on two CPU processes (a few minutes)
+#   make ci     -> what CI runs: make test, then make test-deepspeed
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow test-deepspeed ci bench clean
 
 setup: $(VENV)/.installed
 
@@ -27,6 +29,13 @@ test: setup
 
 test-slow: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow
+
+# DeepSpeed JIT-builds its CPU ops once per machine: cached outside the repository
+test-deepspeed: setup
+	TORCH_EXTENSIONS_DIR=$${TORCH_EXTENSIONS_DIR:-$$HOME/.cache/torch_extensions} HF_HUB_OFFLINE=1 \
+		$(PY) -m pytest -q -m deepspeed
+
+ci: test test-deepspeed
 
 bench: setup
 	$(PY) benchmarks/bench_diffae.py

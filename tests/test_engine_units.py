@@ -25,12 +25,27 @@ def test_precision_on_cpu(capsys):
     assert precision(cfg(), "cpu") == "32"
 
 
-def test_strategy_mapping():
-    assert strategy(cfg()) == "auto"
-    assert strategy(cfg("--training_strategy", "ddp")) == "ddp"
-    if not torch.cuda.is_available():
-        with pytest.raises(UserError, match="needs CUDA"):
-            strategy(cfg("--training_strategy", "deepspeed_stage_3_offload"))
+def test_strategy_mapping(tmp_path):
+    from Engineering.Engines.deepspeed_strategy import CPUDeepSpeedStrategy
+
+    assert strategy(cfg(), "cpu") == "auto"
+    assert strategy(cfg("--training_strategy", "ddp"), "cpu") == "ddp"
+    ds = strategy(cfg("--training_strategy", "deepspeed_stage_3_offload"), "cpu")
+    assert isinstance(ds, CPUDeepSpeedStrategy)
+    zero = ds.config["zero_optimization"]
+    assert zero["stage"] == 3 and zero["offload_optimizer"]["device"] == "cpu" and "offload_param" in zero
+    assert strategy(cfg("--training_strategy", "deepspeed_stage_1"), "cpu").config["zero_optimization"]["stage"] == 1
+    with pytest.raises(UserError, match="several optimisers; DeepSpeed supports one optimiser; use "
+                                        "--training_strategy ddp"):
+        strategy(cfg("--training_strategy", "deepspeed_stage_2"), "cpu", automatic=False)
+    with pytest.raises(UserError, match="--deepspeed_config: no such file"):
+        strategy(cfg("--training_strategy", "deepspeed", "--deepspeed_config", str(tmp_path / "no.json")), "cpu")
+    with pytest.raises(UserError, match="--deepspeed_config needs --training_strategy deepspeed"):
+        strategy(cfg("--deepspeed_config", str(tmp_path / "no.json")), "cpu")
+    own = tmp_path / "ds.json"
+    own.write_text('{"zero_optimization": {"stage": 1}, "train_micro_batch_size_per_gpu": 2}')
+    ds = strategy(cfg("--training_strategy", "deepspeed_stage_3", "--deepspeed_config", str(own)), "cpu")
+    assert ds.config["zero_optimization"] == {"stage": 1}  # the user's file replaces the stage's defaults
 
 
 def test_optimisers_and_unknown_name():

@@ -23,13 +23,14 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.bn_policy import BNPolicy
+from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed
 from Engineering.Engines.output_writer import OutputWriter
 from Engineering.Engines.registry import TaskSpec, drive_errors
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.atomic import remove_stale, write_text
-from Engineering.io.checkpoints import (CHECKPOINT_DIR, AtomicCheckpointIO, checkpoint_in, fit_state, load_weights,
-                                        newest_readable, read_checkpoint)
+from Engineering.io.checkpoints import (CHECKPOINT_DIR, AtomicCheckpointIO, checkpoint_in, fit_state, is_checkpoint,
+                                        load_weights, newest_readable, read_checkpoint)
 from Engineering.io.runlock import RunLock
 from Engineering.io.hub import read as read_hub
 from Engineering.Science.optimisers import accumulation_steps
@@ -60,11 +61,12 @@ def precision(cfg, accelerator: str) -> str:
     return amp
 
 
-def strategy(cfg) -> str:
+def strategy(cfg, accelerator: str, automatic: bool = True):
     name = cfg.run.training_strategy
-    if name.startswith("deepspeed") and not torch.cuda.is_available():
-        raise UserError(f"--training_strategy {name} needs CUDA GPUs (Lightning's DeepSpeed strategy); "
-                        "on this machine use --training_strategy ddp")
+    if is_deepspeed(name):
+        return build_strategy(cfg, accelerator, automatic)
+    if cfg.run.deepspeed_config:
+        raise UserError(f"--deepspeed_config needs --training_strategy deepspeed* (got {name})")
     return "auto" if name == "default" else name
 
 
@@ -104,7 +106,9 @@ def setup_logging(run_dir: Path) -> None:
 
 
 def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bool = True,
-                  inference_mode: bool = True) -> L.Trainer:
+                  inference_mode: bool = True, testing: list | None = None) -> L.Trainer:
+    """The run's Trainer; ``testing``: the loggers of a DeepSpeed run's training Trainer, for the Trainer of its
+    test phase (DDP over the same processes, logging to the same files)."""
     r, t = cfg.run, cfg.training
     acc = resolved_accelerator(cfg)
     devices = device_count(cfg, acc)
@@ -117,10 +121,13 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     if t.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience, mode="min"))
     loggers = []
-    if r.tbactive:
+    if testing is not None:
+        loggers = list(testing)
+    elif r.tbactive:
         loggers.append(TensorBoardLogger(save_dir=cfg.paths.tblog_path or str(run_dir), name="tensorboard", version=""))
-    loggers.append(CSVLogger(save_dir=str(run_dir), name="csv_logs", version=""))
-    if r.wnbactive:
+    if testing is None:
+        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv_logs", version=""))
+    if r.wnbactive and testing is None:
         try:
             from lightning.pytorch.loggers import WandbLogger
             import wandb  # noqa: F401
@@ -136,7 +143,8 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         callbacks.append(BNPolicy(bn_mode, controls=bool(cfg.eval.bn_controls)))
     limit_val = t.n_val_batches if isinstance(t.n_val_batches, int) else 1.0  # fractions: a fixed subset (datamodule)
     return L.Trainer(
-        accelerator=acc, devices=devices, num_nodes=r.nnodes, strategy=strategy(cfg),
+        accelerator=acc, devices=devices, num_nodes=r.nnodes,
+        strategy=("ddp" if world > 1 else "auto") if testing is not None else strategy(cfg, acc, automatic),
         # group-pure batches: the group samplers split the work across ranks themselves
         use_distributed_sampler=not groups, sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc),
         max_epochs=t.num_epochs,
@@ -148,7 +156,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         profiler=r.profiler or None, fast_dev_run=r.dev_run or False, detect_anomaly=r.check_anomalies,
         default_root_dir=str(run_dir), log_every_n_steps=5, enable_progress_bar=r.progress_bar,
         # checkpoints written atomically (DeepSpeed writes its own checkpoint folders)
-        plugins=None if str(r.training_strategy).startswith("deepspeed") else [AtomicCheckpointIO()],
+        plugins=None if is_deepspeed(r.training_strategy) and testing is None else [AtomicCheckpointIO()],
     )
 
 
@@ -302,7 +310,7 @@ def resume_checkpoint(ckpt_dir: Path) -> Path:
     """last.ckpt, read with our safe reader first (one line for a damaged or hostile file); a damaged one falls
     back to the newest readable checkpoint of the run, with a warning."""
     last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
+    if not is_checkpoint(last):
         raise UserError(f"--resume: nothing to resume, {last} does not exist")
     try:
         read_checkpoint(last)
@@ -342,6 +350,16 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
             best = trainer.checkpoint_callback.best_model_path
             test_ckpt = Path(best) if best else None
     if mode in TEST_MODES and not cfg.run.dev_run:
+        if is_deepspeed(cfg.run.training_strategy):
+            # DeepSpeed trains; the test runs without it (no optimiser state to shard, and ZeRO-3's partitioned
+            # parameters cannot take a state dict): a fresh engine with the consolidated fp32 weights, on the
+            # same processes under DDP
+            if test_ckpt is None and mode in TRAIN_MODES:
+                test_ckpt = ckpt_dir / "last.ckpt"
+            model = type(model)(cfg, model.in_channels)
+            model.has_val = mode in (1, 4)
+            trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val, model.automatic_optimization,
+                                    not getattr(model, "needs_grad_in_eval", False), testing=trainer.loggers)
         if test_ckpt is not None:
             model.load_run_state(load_weights(model, test_ckpt))
         result.update(life.test(trainer, model, dm, out_dir, test_ckpt))

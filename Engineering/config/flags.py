@@ -60,7 +60,10 @@ FLAGS: tuple[Flag, ...] = (
     _f("Hardware", "accelerator", "run", "str", "auto", "auto, cpu, gpu, ... (auto: GPU when present)."),
     _f("Hardware", "ndevices", "run", "int", 1, "Devices per node."),
     _f("Hardware", "nnodes", "run", "int", 1, "Number of nodes.", **POSITIVE),
-    _f("Hardware", "training_strategy", "run", "str", "default", "Distribution strategy.", choices=STRATEGIES),
+    _f("Hardware", "training_strategy", "run", "str", "default", "Distribution strategy (deepspeed*: ZeRO stage "
+       "1/2/3, on CUDA or CPU; one optimiser only).", choices=STRATEGIES),
+    _f("Hardware", "deepspeed_config", "run", "optstr", None, "A full DeepSpeed JSON config for --training_strategy "
+       "deepspeed* (replaces the stage's defaults; Lightning still sets clipping and accumulation)."),
     _f("Hardware", "sync_batchnorm", "run", "bool", False, "Synchronise BatchNorm statistics across processes."),
     _f("Hardware", "ampmode", "run", "str", "32",
        "Precision (16-mixed becomes bf16-mixed on CPU).", choices=PRECISIONS),

@@ -7,6 +7,8 @@ mismatching tensors.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import pickle
 import re
 from pathlib import Path
@@ -22,9 +24,80 @@ from Engineering.io.atomic import atomic_path, fsync_file, require_free, tensor_
 CHECKPOINT_DIR = "Checkpoints"
 
 
+DEEPSPEED_TAG = "checkpoint"  # the tag Lightning's DeepSpeed strategy saves under
+
+
+def _model_states(path: str | Path) -> Path | None:
+    """The rank-0 model states file of a DeepSpeed checkpoint directory (ZeRO-1/2 and ZeRO-3 name it apart)."""
+    folder = Path(path) / DEEPSPEED_TAG
+    for name in ("mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_model_states.pt"):
+        if (folder / name).is_file():
+            return folder / name
+    return None
+
+
+def is_deepspeed_checkpoint(path: str | Path) -> bool:
+    """A DeepSpeed checkpoint is a directory (shards per rank) with a rank-0 model states file."""
+    return _model_states(path) is not None
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A checkpoint file, or a DeepSpeed checkpoint directory."""
+    return Path(path).is_file() or is_deepspeed_checkpoint(path)
+
+
+@contextlib.contextmanager
+def deepspeed_safe_load():
+    """Every ``torch.load`` DeepSpeed makes while this is active is held to ``weights_only=True``: tensors and
+    plain data, plus the three DeepSpeed classes its ZeRO optimiser states name (an enum, a dataclass, the loss
+    scaler), allowed by name. DeepSpeed itself asks for full unpickling; a hostile file is refused instead."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    original = torch.load
+
+    def load_tensors_only(*args, **kwargs):
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
+            return original(*args, **kwargs)
+    torch.load = load_tensors_only
+    try:
+        yield
+    finally:
+        torch.load = original
+
+
+def read_deepspeed_checkpoint(path: Path) -> dict:
+    """A DeepSpeed checkpoint directory as one checkpoint dict: the client state (what Lightning and our engine
+    saved: loops, callbacks, RNG states, config, the fp32 EMA) and ``state_dict``, the consolidated fp32 weights
+    (ZeRO-1/2/3 shards merged by DeepSpeed's own converter under :func:`deepspeed_safe_load`), with the EMA's
+    ``ema_net.*`` tensors put back in the usual layout."""
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+
+    states = _model_states(path)
+    try:
+        client = torch.load(states, map_location="cpu", weights_only=True)
+        quiet = io.StringIO()  # the converter prints its progress
+        with deepspeed_safe_load(), contextlib.redirect_stdout(quiet), contextlib.redirect_stderr(quiet):
+            weights = get_fp32_state_dict_from_zero_checkpoint(str(path), tag=DEEPSPEED_TAG)
+    except pickle.UnpicklingError as exc:
+        raise UserError(refused_pickle_message(path, exc)) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
+        raise UserError(f"{path} is not a readable DeepSpeed checkpoint ({str(exc).splitlines()[0]})") from None
+    out = {k: v for k, v in client.items() if k not in ("module", "optimizer", "buffer_names", "param_shapes",
+                                                        "frozen_param_shapes", "shared_params",
+                                                        "frozen_param_fragments", "ds_config", "ds_version")}
+    out["state_dict"] = {**{k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+                         **client.get("ema_state_dict", {})}
+    return out
+
+
 def read_checkpoint(path: str | Path) -> dict:
-    """The whole checkpoint dict (Lightning or plain), read without executing code."""
+    """The whole checkpoint dict (Lightning or plain, or a DeepSpeed directory), read without executing code."""
     path = Path(path)
+    if path.is_dir() and is_deepspeed_checkpoint(path):
+        return read_deepspeed_checkpoint(path)
     if not path.is_file():
         raise UserError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
@@ -119,15 +192,15 @@ def best_from_last(ckpt_dir: Path) -> Path | None:
     path, which is used only when this folder lacks the file (with a warning).
     """
     last = ckpt_dir / "last.ckpt"
-    if not last.is_file():
+    if not is_checkpoint(last):
         return None
     ckpt = read_checkpoint(last)
     for key, cb_state in (ckpt.get("callbacks") or {}).items():
         if str(key).startswith("ModelCheckpoint") and cb_state.get("best_model_path"):
             best = Path(cb_state["best_model_path"])
-            if (ckpt_dir / best.name).is_file():
+            if is_checkpoint(ckpt_dir / best.name):
                 return ckpt_dir / best.name
-            if best.is_file():
+            if is_checkpoint(best):
                 print(f"warning: the best checkpoint {best.name} is not in {ckpt_dir}; using the recorded {best}")
                 return best
     return None
@@ -163,7 +236,7 @@ def checkpoint_in(run_or_file: str | Path, which: str = "last") -> Path:
     if which not in ("best", "last", "best_or_last"):
         raise UserError(f"which checkpoint: best, last or best_or_last, got {which!r}")
     p = Path(run_or_file)
-    if p.is_file():
+    if is_checkpoint(p):
         return p
     ckpt_dir = p / CHECKPOINT_DIR if (p / CHECKPOINT_DIR).is_dir() else p
     if which != "last":
@@ -172,6 +245,6 @@ def checkpoint_in(run_or_file: str | Path, which: str = "last") -> Path:
             return found
         if which == "best":
             raise UserError(f"no best checkpoint recorded in {ckpt_dir / 'last.ckpt'}")
-    if (ckpt_dir / "last.ckpt").is_file():
+    if is_checkpoint(ckpt_dir / "last.ckpt"):
         return ckpt_dir / "last.ckpt"
     raise UserError(f"no checkpoint in {ckpt_dir} (expected last.ckpt)")

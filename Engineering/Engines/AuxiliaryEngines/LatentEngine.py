@@ -8,15 +8,35 @@ under DDP from every rank's share.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from Engineering.Engines.output_writer import test_record
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
+
+
+def _deepspeed_engine_of(module):
+    """The DeepSpeed engine training ``module`` (None before it exists), or False when not under DeepSpeed."""
+    trainer = module._trainer
+    if trainer is None or not isinstance(trainer.strategy, DeepSpeedStrategy):
+        return False
+    engine = trainer.strategy.model
+    return engine if hasattr(engine, "global_steps") else None
+
+
+def _gathered(strategy, params):
+    """ZeRO-3 partitions the parameters: gather them (every rank takes part) for the EMA update."""
+    if isinstance(strategy, DeepSpeedStrategy) and strategy.zero_stage_3:
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(params)
+    return contextlib.nullcontext()
 
 
 def ema_decay_at(step: int, decay: float) -> float:
@@ -53,18 +73,36 @@ class LatentEngine(L.LightningModule):
         self.ema_net.eval()
 
     @torch.no_grad()
-    def update_ema(self) -> None:
-        decay = ema_decay_at(self.global_step, self.ema_decay)
-        for e, p in zip(self.ema_net.parameters(), self.net.parameters()):
-            e.lerp_(p.detach(), 1.0 - decay)
+    def update_ema(self, step: int | None = None) -> None:
+        decay = ema_decay_at(self.global_step if step is None else step, self.ema_decay)
+        params = list(self.net.parameters())
+        with _gathered(self.trainer.strategy if self._trainer is not None else None, params):
+            for e, p in zip(self.ema_net.parameters(), params):
+                e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
         for e, b in zip(self.ema_net.buffers(), self.net.buffers()):
             e.copy_(b)
 
+    # --- DeepSpeed: the EMA copy stays fp32 and outside the engine's module (no bf16 cast, no ZeRO-3 partition)
+    def setup(self, stage: str) -> None:
+        if _deepspeed_engine_of(self) is not False and "ema_net" in self._modules:
+            ema = self._modules.pop("ema_net").float()
+            self.__dict__["ema_net"] = ema.to(self.trainer.strategy.root_device)
+
+    def ema_outside(self) -> bool:
+        return "ema_net" in self.__dict__
+
     # --- optimisation
     def optimizer_step(self, *args, **kwargs):
+        engine = _deepspeed_engine_of(self)
+        before = engine.global_steps if engine else None
         super().optimizer_step(*args, **kwargs)
         if hasattr(self, "ema_net"):
-            self.update_ema()  # once per optimiser step: gradient accumulation is respected
+            if not engine:
+                self.update_ema()  # once per optimiser step: gradient accumulation is respected
+            elif engine.global_steps != before:
+                # DeepSpeed owns accumulation: Lightning calls this hook on every micro-batch, the engine steps
+                # only at the accumulation boundary; the decay takes the steps before this one, as above
+                self.update_ema(engine.global_steps - 1)
 
     def monitor(self) -> str:
         return "val_loss" if self.has_val else self.monitor_train
@@ -86,8 +124,14 @@ class LatentEngine(L.LightningModule):
                                     "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2])}
         checkpoint["imlatent_config"] = self.cfg.model_dump(mode="json", by_alias=True)
         checkpoint["in_channels"] = self.in_channels
+        if self.ema_outside():  # DeepSpeed saves the module's weights itself; the EMA travels as client state
+            checkpoint["ema_state_dict"] = {f"ema_net.{k}": v.detach().cpu() for k, v in
+                                            self.ema_net.state_dict().items()}
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.ema_outside() and "ema_state_dict" in checkpoint:
+            prefix = len("ema_net.")
+            self.ema_net.load_state_dict({k[prefix:]: v for k, v in checkpoint["ema_state_dict"].items()})
         rng = checkpoint.get("rng_states")
         if rng:
             torch.set_rng_state(rng["torch"])
