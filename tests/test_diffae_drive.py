@@ -293,3 +293,37 @@ def test_ddim_clip_and_model_integration():
     assert out.shape == x.shape and bool(out.abs().max() <= 1.0 + 1e-6)
     assert [c.tolist() for c in calls] == [[0, 0], [334, 334], [668, 668], [668, 668], [334, 334], [0, 0]]
     assert all(c.dtype == torch.long for c in calls)
+
+
+@pytest.mark.parametrize("is3D", [False, True])
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(is3D):
+    kw = {"is3D": True, "input_shape": (4, 16, 16)} if is3D else {}
+    torch.manual_seed(0)
+    plain = DiffAE(DiffAEConfig(**{**TINY, **kw, "dropout": 0.0}))
+    ckpt = DiffAE(DiffAEConfig(**{**TINY, **kw, "dropout": 0.0}))
+    ckpt.load_state_dict(plain.state_dict())
+    ckpt.activation_checkpointing = ckpt.encoder.activation_checkpointing = True
+    g = torch.Generator().manual_seed(1)
+    shape = (2, TINY.get("in_channels", 1), *((4, 16, 16) if is3D else (16, 16)))
+    x, noise = torch.randn(shape, generator=g), torch.randn(shape, generator=g)
+    t = torch.tensor([3, 7])
+    losses, kept = [], []
+    for net in (plain, ckpt):
+        saved = [0]
+
+        def pack(tensor, saved=saved):  # what autograd keeps for the backward pass, in bytes
+            saved[0] += tensor.numel() * tensor.element_size()
+            return tensor
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = F.mse_loss(net(x + noise, t, net.encode(x)), noise)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        kept.append(saved[0])
+    assert losses[0] == pytest.approx(losses[1], rel=1e-6)
+    assert kept[1] < 0.5 * kept[0]  # the point: far fewer activations kept between forward and backward
+    grads = dict(plain.named_parameters())
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in grads.values())
+    for name, p in ckpt.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-7, msg=name)
+    with torch.no_grad():  # no gradients: the blocks run plainly, the same output
+        torch.testing.assert_close(ckpt.encode(x), plain.encode(x))

@@ -234,6 +234,7 @@ class ImageRun:
         probe = dm.dataset("test" if mode == 2 else "train")
         with drive_errors():
             model = self.task.engine_class()(cfg, int(probe[0]["inp"].shape[0]))
+            model.use_activation_checkpointing(cfg.training.activation_checkpointing)
             model.has_val = mode in (1, 4)
             if self.hub is not None:
                 model.load_state_dict(fit_state(model, self.hub.state, f"--load_hf {cfg.run.load_hf}"))
@@ -357,7 +358,7 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
             if test_ckpt is None and mode in TRAIN_MODES:
                 test_ckpt = ckpt_dir / "last.ckpt"
             model = type(model)(cfg, model.in_channels)
-            model.has_val = mode in (1, 4)
+            model.has_val = mode in (1, 4)  # (the test takes no gradients: no activation checkpointing)
             trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val, model.automatic_optimization,
                                     not getattr(model, "needs_grad_in_eval", False), testing=trainer.loggers)
         if test_ckpt is not None:

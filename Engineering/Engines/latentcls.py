@@ -56,6 +56,7 @@ class PredictorRun(ImageRun):
             step.check(cfg, data)  # fail before training, not after
         dm = LatentDataModule(data, cfg.training.batch_size, cfg.training.seed)
         model = self.task.engine_class()(cfg, data.Z.shape[1], data.targets, data.z_mean, data.z_std)
+        model.use_activation_checkpointing(cfg.training.activation_checkpointing)
         model.has_val = mode in (1, 4) and dm.has("val")
         return dm, model
 

@@ -75,6 +75,9 @@ FLAGS: tuple[Flag, ...] = (
     _f("Hardware", "compile_model", "run", "bool", False, "torch.compile the network."),
     # --- Training
     _f("Training", "batch_size", "training", "int", 4, "Samples per batch per device.", **POSITIVE),
+    _f("Training", "activation_checkpointing", "training", "bool", False,
+       "Recompute each DiffAE UNet/encoder block's activations in the backward pass instead of keeping them "
+       "(less memory, about a third more compute; what makes large 3D inputs fit)."),
     _f("Training", "effective_batch_size", "training", "int", 0,
        "Samples per optimiser step; > batch_size accumulates gradients (0 = batch_size).", **NON_NEGATIVE),
     _f("Training", "num_epochs", "training", "int", 2, "Maximum epochs.", **POSITIVE),

@@ -98,6 +98,9 @@ class DiffAEEngine(LatentEngine):
         self.clip = clip_range(cfg)
         self.seed = int(cfg.training.seed)
 
+    def checkpointable(self) -> list:
+        return [self.net, self.net.encoder]  # the EMA copy only runs without gradients
+
     def _gen(self, *key: int) -> torch.Generator:
         """Draws that are a pure function of (seed, key): exact resume without replaying RNGs."""
         g = torch.Generator(device=self.device)
@@ -110,6 +113,9 @@ class DiffAEEngine(LatentEngine):
         return t, noise
 
     def _loss(self, model, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        # the diffusion schedule (noise, x_t, the loss) at fp32 or wider, whatever DeepSpeed's bf16 made of the
+        # batch; the network casts x_t to its own dtype and its prediction back
+        x = x.to(torch.promote_types(x.dtype, torch.float32))
         t, noise = self._draw(x, g)
         return self.diffusion.loss(model, x, model.encode(x), t, noise)
 

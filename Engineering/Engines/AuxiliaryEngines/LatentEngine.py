@@ -18,6 +18,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from Engineering.Engines.output_writer import test_record
+from Engineering.errors import UserError
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
 
 
@@ -65,6 +66,17 @@ class LatentEngine(L.LightningModule):
     def reconstruct_with_code(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool):
         """(reconstruction, a per-sample code beyond z written to recon.h5 such as DiffAE's x_T, or None)."""
         return self.reconstruct(x, z, use_ema), None
+
+    def checkpointable(self) -> list:
+        """Modules with an ``activation_checkpointing`` switch (--activation_checkpointing)."""
+        return []
+
+    def use_activation_checkpointing(self, on: bool) -> None:
+        if on and not self.checkpointable():
+            raise UserError(f"--activation_checkpointing: the {type(self).__name__} has no checkpointed blocks "
+                            "(the DiffAE has)")
+        for module in self.checkpointable():
+            module.activation_checkpointing = on
 
     # --- EMA of a submodule called ``net`` into ``ema_net`` (if the subclass has them)
     def init_ema(self) -> None:

@@ -10,6 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import Tensor, nn
 
 
@@ -24,6 +25,15 @@ def zero_init(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+def run_block(module: nn.Module, checkpointing: bool, *args: Tensor) -> Tensor:
+    """One block, with activation checkpointing when asked and gradients are being taken: its activations are
+    recomputed in the backward pass instead of kept (Chen et al., 2016, "Training Deep Nets with Sublinear
+    Memory Cost"); the non-reentrant form, which supports keyword-free inputs that do not require grad."""
+    if checkpointing and torch.is_grad_enabled():
+        return torch.utils.checkpoint.checkpoint(module, *args, use_reentrant=False)
+    return module(*args)
 
 
 def timestep_embedding(t: Tensor, dim: int, max_period: float = 10000.0) -> Tensor:

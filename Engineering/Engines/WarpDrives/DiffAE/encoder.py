@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd
+from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, run_block
 from .config import DiffAEConfig
 
 
@@ -24,6 +24,7 @@ class SemanticEncoder(nn.Module):
         super().__init__()
         dims, groups, ch = cfg.dims, cfg.norm_groups, cfg.net_ch
         attn_levels = cfg.attention_levels(cfg.enc_ch_mult)
+        self.activation_checkpointing = False  # a run-time choice (memory for compute), not architecture
 
         def block(c_in: int, c_out: int, resample: str | None = None) -> ResBlock:
             rs = Resample(resample, dims, cfg.in_plane_only) if resample else None
@@ -44,7 +45,7 @@ class SemanticEncoder(nn.Module):
                                  conv_nd(dims, ch, cfg.latent_dim, 1), nn.Flatten(1))
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x
+        h = x.to(self.out[-2].weight.dtype)  # see DiffAE.forward: the network's dtype in, the caller's out
         for module in self.input_blocks:
-            h = module(h)
-        return self.out(self.middle_block(h))
+            h = run_block(module, self.activation_checkpointing, h)
+        return self.out(run_block(self.middle_block, self.activation_checkpointing, h)).to(x.dtype)

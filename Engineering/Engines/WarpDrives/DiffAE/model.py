@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, timestep_embedding, zero_init
+from .blocks import (AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, run_block, timestep_embedding,
+                     zero_init)
 from .config import DiffAEConfig, DiffAEConfigError
 from .encoder import SemanticEncoder
 
@@ -39,6 +40,7 @@ class DiffAE(nn.Module):
         super().__init__()
         self.cfg = cfg
         dims, groups, emb = cfg.dims, cfg.norm_groups, cfg.embed_dim
+        self.activation_checkpointing = False  # a run-time choice (memory for compute), not architecture
         attn_levels = cfg.attention_levels(cfg.ch_mult)
 
         def block(c_in: int, c_out: int, resample: str | None = None) -> ResBlock:
@@ -114,15 +116,19 @@ class DiffAE(nn.Module):
         if t.shape != (b,) or z_sem.shape != (b, self.cfg.latent_dim):
             raise DiffAEConfigError(f"expected t of shape ({b},) and z_sem of shape ({b}, {self.cfg.latent_dim}) "
                                     f"for x_t of batch {b}, got {tuple(t.shape)} and {tuple(z_sem.shape)}")
+        # the network may run in another dtype than its inputs (DeepSpeed's bf16 casts the parameters): the
+        # caller's tensors (the fp32 diffusion schedule's x_t) are cast in, the prediction is cast back
+        dtype = self.out[-1].weight.dtype
         emb = self.time_embed(t)
+        z_sem = z_sem.to(dtype)
         hs = []
-        h = x_t
+        h = x_t.to(dtype)
         for module in self.input_blocks:
-            h = module(h, emb, z_sem)
+            h = run_block(module, self.activation_checkpointing, h, emb, z_sem)
             hs.append(h)
-        h = self.middle_block(h, emb, z_sem)
+        h = run_block(self.middle_block, self.activation_checkpointing, h, emb, z_sem)
         for module in self.output_blocks:
             # decoder input: running features first, then the matching skip
-            h = module(torch.cat([h, hs.pop()], dim=1), emb, z_sem)
-        return self.out(h)
+            h = run_block(module, self.activation_checkpointing, torch.cat([h, hs.pop()], dim=1), emb, z_sem)
+        return self.out(h).to(x_t.dtype)
 
