@@ -93,6 +93,21 @@ def test_resume_is_exact(tiny_demo, tmp_path, workers):
         assert torch.equal(v, b["state_dict"][k]), k
 
 
+def test_requeued_slurm_job_resumes_without_resume_flag(tiny_demo, tmp_path, monkeypatch, capsys):
+    common = ("--run_mode", "1", "--n_train_batches", "2")
+    _run(tiny_demo, tmp_path, "--fulltrainID", "straight", "--num_epochs", "2", *common)
+    _run(tiny_demo, tmp_path, "--fulltrainID", "job", "--num_epochs", "1", *common)
+    # SLURM requeues the preempted job: the same command again, with SLURM_RESTART_COUNT set
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    _run(tiny_demo, tmp_path, "--fulltrainID", "job", "--num_epochs", "2", *common)
+    assert "requeued SLURM job (restart 1): resuming from last.ckpt" in capsys.readouterr().out
+    a = read_checkpoint(tmp_path / "straight" / "Checkpoints" / "last.ckpt")
+    b = read_checkpoint(tmp_path / "job" / "Checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 4
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
 def test_load_best_picks_lowest_val_loss(tiny_demo, tmp_path):
     _run(tiny_demo, tmp_path, "--fulltrainID", "best", "--num_epochs", "3", "--run_mode", "1", "--lr", "3e-3")
     ckpt_dir = tmp_path / "best" / "Checkpoints"

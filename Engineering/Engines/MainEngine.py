@@ -296,6 +296,8 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
                         f"--load_model_4test PATH or {life.weights_hint}")
     resume_from = resume_checkpoint(ckpt_dir) if cfg.run.resume and mode != 2 else None
+    if resume_from is None and mode != 2:
+        resume_from = requeued_checkpoint(run_dir, ckpt_dir)
 
     dm, model = life.build(mode)
     if cfg.run.preweights_path:
@@ -305,6 +307,21 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
 
     with RunLock(run_dir) if is_rank_zero() else nullcontext():  # one run per run folder
         return _run_locked(life, resolved, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
+
+
+def requeued_checkpoint(run_dir: Path, ckpt_dir: Path) -> Path | None:
+    """A SLURM job that was preempted and requeued (SLURM_RESTART_COUNT > 0) runs its command again: it resumes
+    from the newest of Lightning's preemption checkpoint (hpc_ckpt_N.ckpt, written on the requeue signal) and
+    last.ckpt, without --resume in the batch script."""
+    if int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) <= 0:
+        return None
+    found = [p for p in [*run_dir.glob("hpc_ckpt_*.ckpt"), ckpt_dir / "last.ckpt"] if is_checkpoint(p)]
+    if not found:
+        return None
+    newest = max(found, key=lambda p: p.stat().st_mtime)
+    read_checkpoint(newest)  # one clear line for a damaged file, before anything starts
+    print(f"requeued SLURM job (restart {os.environ['SLURM_RESTART_COUNT']}): resuming from {newest.name}")
+    return newest
 
 
 def resume_checkpoint(ckpt_dir: Path) -> Path:
