@@ -24,7 +24,7 @@ from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.bn_policy import BNPolicy
 from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed
-from Engineering.Engines.output_writer import OutputWriter
+from Engineering.Engines.output_writer import OutputWriter, done_samples, test_fingerprint
 from Engineering.Engines.registry import TaskSpec, drive_errors
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
@@ -32,6 +32,7 @@ from Engineering.io.atomic import remove_stale, write_text
 from Engineering.io.checkpoints import (CHECKPOINT_DIR, AtomicCheckpointIO, checkpoint_in, fit_state, is_checkpoint,
                                         load_weights, newest_readable, read_checkpoint)
 from Engineering.io.runlock import RunLock
+from Engineering.io.shards import parse_shard, shard_folder
 from Engineering.io.hub import read as read_hub
 from Engineering.Science.optimisers import accumulation_steps
 
@@ -253,12 +254,24 @@ class ImageRun:
                  "checkpoint": str(test_ckpt or cfg.run.preweights_path or cfg.run.load_hf or "final weights"),
                  "load_hf_revision": (hub.revision or "") if hub else "",
                  "ema": bool(cfg.eval.test_ema) and hasattr(model, "ema_net")}
-        writer = OutputWriter(out_dir, attrs, cfg.eval.output_chunk)
-        trainer.callbacks.append(writer)
-        try:
-            trainer.test(model, datamodule=dm, verbose=False)
-        finally:
-            trainer.callbacks.remove(writer)
+        ds = dm.dataset("test")
+        fingerprint = test_fingerprint(cfg, attrs["checkpoint"], ds)
+        # group statistics need every sample of a group: a BN-group test is never resumed part-way
+        done = done_samples(out_dir, fingerprint) if cfg.eval.bn_eval_mode != "group" else set()
+        if done and trainer.is_global_zero:
+            print(f"resuming an interrupted test: {len(done)} of {len(ds)} samples already written")
+        dm.test_skip = done
+        writer = OutputWriter(out_dir, attrs, cfg.eval.output_chunk, fingerprint)
+        if len(done) >= len(ds):  # everything was written before the interruption: only the merge is left
+            if trainer.is_global_zero:
+                writer.start(ds, cfg.eval)
+                writer.finish()
+        else:
+            trainer.callbacks.append(writer)
+            try:
+                trainer.test(model, datamodule=dm, verbose=False)
+            finally:
+                trainer.callbacks.remove(writer)
         result = {"out_dir": str(out_dir), "writer": writer}
         if trainer.is_global_zero:
             summary = writer.summary
@@ -291,6 +304,11 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
     run_dir = life.run_dir()
     ckpt_dir = run_dir / CHECKPOINT_DIR
     out_dir = run_dir / ("Output" + (f"_{cfg.run.output_suffix}" if cfg.run.output_suffix else ""))
+    shard = parse_shard(cfg.run.shard)
+    if shard is not None:
+        if mode != 2:
+            raise UserError("--shard splits a test-only inference: use it with --run_mode 2")
+        out_dir = shard_folder(out_dir, shard)
     test_ckpt = test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
     if mode == 2 and test_ckpt is None and not life.has_weights():
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "

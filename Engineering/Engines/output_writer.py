@@ -7,15 +7,25 @@ to original units) and optionally ``code`` (a per-sample code beyond z, such as 
 
 - describes each sample from the dataset (its key and the size of its emb.h5 array),
 - computes the reconstruction metrics (SSIM/PSNR/NRMSE per channel, in original units),
-- holds at most ``chunk`` samples in memory: every full chunk goes to this rank's shard files in the staging
-  folder (latents and reconstructions to an HDF5 shard, metric rows to a CSV shard),
-- at the end merges the shards of every rank on rank 0 (each sample once: DistributedSampler pads with
-  repeats), writes emb.h5, emb.tsv/parquet, metrics.csv, recon.h5 and preview.png in sample order, and swaps
-  the staging folder in atomically: a crash leaves the previous Output folder or the new one, never a mix.
+- holds at most ``chunk`` samples in memory: every full chunk becomes one file in the partial folder beside the
+  outputs (``.Output.partial/``), written atomically (latents, indices, metric rows, the selected
+  reconstructions): a kill leaves whole chunks only,
+- at the end merges the chunks of every rank and every earlier attempt on rank 0 (each sample once:
+  DistributedSampler pads with repeats), writes emb.h5, emb.tsv/parquet, metrics.csv, recon.h5 and preview.png
+  in sample order into a staging folder and swaps it in atomically: a crash leaves the previous Output folder
+  or the new one, never a mix.
+
+Resuming an interrupted test: the partial folder records a fingerprint of what the test computes (weights,
+model/data/eval configuration, the test samples); a later test with the same fingerprint skips the samples its
+chunks hold (``done_samples``), so a killed whole-cohort inference continues where it stopped. A partial folder
+with another fingerprint is discarded.
 """
 from __future__ import annotations
 
+import io
+import json
 import shutil
+import time
 from pathlib import Path
 
 import h5py
@@ -26,24 +36,61 @@ import torch
 
 from Engineering.data.layout import SAMPLE_COLUMNS
 from Engineering.data.transforms import invert_affine
-from Engineering.io.atomic import replace_dir, require_free, staging_dir
+from Engineering.io.atomic import atomic_path, replace_dir, require_free, staging_dir, write_text
 from Engineering.io.outputs import write_emb_h5, write_emb_tables, write_preview, write_recon_h5, write_table
 from Engineering.Science.metrics import recon_metrics
 
 METRIC_ORDER = list(SAMPLE_COLUMNS) + ["channel"]
 
 
+def partial_dir(out_dir: str | Path) -> Path:
+    """Where an unfinished test keeps its chunks: hidden, beside the Output folder."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(f".{out_dir.name}.partial")
+
+
+def test_fingerprint(cfg, weights, ds) -> dict:
+    """What a test's outputs depend on: the weights (their path and modification time), the model, data and eval
+    configuration (not the chunk or preview sizes) and the test samples. Equal fingerprints: equal outputs."""
+    path = Path(str(weights)) if weights else None
+    cfg_json = cfg.model_dump(mode="json", by_alias=True)
+    eval_keys = {k: v for k, v in cfg_json["eval"].items() if k not in ("output_chunk", "n_preview")}
+    return json.loads(json.dumps({
+        "weights": str(weights), "weights_mtime": path.stat().st_mtime_ns if path and path.exists() else None,
+        "model": cfg_json["model"], "data": cfg_json["data"], "eval": eval_keys,
+        "samples": ds.key_digest(), "n_samples": len(ds)}, sort_keys=True))
+
+
+def _chunks(folder: Path) -> list[Path]:
+    return sorted(folder.glob("chunk_*.h5"))
+
+
+def done_samples(out_dir: str | Path, fingerprint: dict) -> set[int]:
+    """The test samples an interrupted earlier test with this fingerprint already wrote (none for another one)."""
+    part = partial_dir(out_dir)
+    record = part / "fingerprint.json"
+    if not record.is_file() or json.loads(record.read_text()) != fingerprint:
+        return set()
+    done: set[int] = set()
+    for path in _chunks(part):
+        with h5py.File(path, "r") as h5:
+            done.update(h5["index"][()].tolist())
+    return done
+
+
 class OutputWriter(L.Callback):
-    def __init__(self, out_dir: str | Path, attrs: dict, chunk: int = 256):
+    def __init__(self, out_dir: str | Path, attrs: dict, chunk: int = 256, fingerprint: dict | None = None):
         super().__init__()
         self.out_dir, self.attrs, self.chunk = Path(out_dir), dict(attrs), max(1, int(chunk))
+        self.fingerprint = fingerprint or {}
         self.summary: dict | None = None
-        self.peak_buffered = 0  # the most samples held in memory at once (a test checks the bound)
+        self.peak_buffered = 0  # the most samples held in memory at once (the chunk bound, tested)
 
-    # --- per rank ------------------------------------------------------------------------------------------
     def on_test_epoch_start(self, trainer, pl_module) -> None:
-        self.ds = trainer.datamodule.dataset("test")
-        ev = pl_module.cfg.eval
+        self.start(trainer.datamodule.dataset("test"), pl_module.cfg.eval, trainer)
+
+    def start(self, ds, ev, trainer=None) -> None:
+        self.ds = ds
         patients = sorted({r.patientID for r in self.ds.records})
         if ev.save_recon_subs:
             self.recon_subs = {p.strip() for p in str(ev.save_recon_subs).split(",") if p.strip()}
@@ -52,14 +99,21 @@ class OutputWriter(L.Callback):
             n = int(round(n * len(patients))) if isinstance(n, float) and n <= 1 else int(n)
             self.recon_subs = set(patients[:n])
         self.n_preview = int(ev.n_preview)
-        # every rank writes its shards into the same staging folder, made by rank 0
-        stage = staging_dir(self.out_dir) if trainer.is_global_zero else None
-        self.stage = Path(trainer.strategy.broadcast(str(stage) if stage else None, src=0))
-        self.rank = trainer.global_rank
-        self.shard = h5py.File(self.stage / f".shard{self.rank}.h5", "w")
-        self.metrics_shard = self.stage / f".metrics{self.rank}.csv"
+        self.part = partial_dir(self.out_dir)
+        zero = trainer is None or trainer.is_global_zero
+        if zero:
+            record = self.part / "fingerprint.json"
+            if self.part.exists() and (not record.is_file() or json.loads(record.read_text()) != self.fingerprint):
+                shutil.rmtree(self.part)  # another run's, or another model's: nothing to reuse
+            self.part.mkdir(parents=True, exist_ok=True)
+            write_text(record, json.dumps(self.fingerprint, sort_keys=True))
+        # every rank of every attempt names its chunks apart
+        attempt = f"{time.time_ns():020d}" if zero else None
+        self.attempt = trainer.strategy.broadcast(attempt, src=0) if trainer is not None else attempt
+        self.rank = trainer.global_rank if trainer is not None else 0
         self.buffer: list[dict] = []
-        self.n_latents = self.n_previews = 0
+        self.n_chunks = self.n_previews = 0
+        self.n_previews = sum(1 for _ in self._existing_previews())
 
     def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         rec = outputs
@@ -88,123 +142,111 @@ class OutputWriter(L.Callback):
             if len(self.buffer) >= self.chunk:
                 self._flush()
 
+    def _existing_previews(self):
+        for path in _chunks(self.part):
+            with h5py.File(path, "r") as h5:
+                yield from (h5["preview"] if "preview" in h5 else ())
+
     def _flush(self) -> None:
         items, self.buffer = self.buffer, []
         if not items:
             return
-        h5 = self.shard
         z = np.stack([it["z"] for it in items]).astype(np.float32)
         idx = np.array([it["index"] for it in items], np.int64)
-        if "z" not in h5:
-            h5.create_dataset("z", shape=(0, z.shape[1]), maxshape=(None, z.shape[1]), dtype=np.float32,
-                              chunks=(min(self.chunk, 1024), z.shape[1]))
-            h5.create_dataset("index", shape=(0,), maxshape=(None,), dtype=np.int64)
-        n = self.n_latents
-        for name, arr in (("z", z), ("index", idx)):
-            h5[name].resize(n + len(arr), axis=0)
-            h5[name][n:] = arr
-        self.n_latents += len(items)
-        for it in items:
-            for kind in ("recon", "preview"):
-                if it.get(kind) is None:
-                    continue
-                grp = h5.require_group(f"{kind}/{it['index']}")
-                for name, arr in it[kind].items():
-                    if arr is not None:
-                        grp.create_dataset(name, data=np.asarray(arr, np.float32))
-        rows = [row for it in items for row in it.get("metrics", ())]
-        if rows:
-            pd.DataFrame(rows).to_csv(self.metrics_shard, mode="a", header=not self.metrics_shard.exists(),
-                                      index=False)
+        name = f"chunk_{self.attempt}_{self.rank:04d}_{self.n_chunks:06d}.h5"
+        self.n_chunks += 1
+        with atomic_path(self.part / name) as tmp, h5py.File(tmp, "w") as h5:
+            h5.create_dataset("z", data=z)
+            h5.create_dataset("index", data=idx)
+            for it in items:
+                for kind in ("recon", "preview"):
+                    if it.get(kind) is None:
+                        continue
+                    grp = h5.require_group(f"{kind}/{it['index']}")
+                    for key, arr in it[kind].items():
+                        if arr is not None:
+                            grp.create_dataset(key, data=np.asarray(arr, np.float32))
+            rows = [row for it in items for row in it.get("metrics", ())]
+            if rows:
+                h5.attrs["metrics_csv"] = pd.DataFrame(rows).to_csv(index=False)
 
     def on_test_epoch_end(self, trainer, pl_module) -> None:
-        try:
-            self._flush()
-        finally:
-            self.shard.close()
+        self._flush()
         trainer.strategy.barrier("imlatent_outputs")
         if trainer.is_global_zero:
-            try:
-                self._merge(trainer.world_size)
-                replace_dir(self.stage, self.out_dir)
-            except BaseException:
-                shutil.rmtree(self.stage, ignore_errors=True)
-                raise
+            self.finish()
         trainer.strategy.barrier("imlatent_outputs_done")
 
-    def on_exception(self, trainer, pl_module, exception) -> None:
-        shard = getattr(self, "shard", None)
-        if shard is not None and shard.id.valid:
-            shard.close()
-        if trainer.is_global_zero and getattr(self, "stage", None) is not None:
-            shutil.rmtree(self.stage, ignore_errors=True)  # nothing half-written replaces the previous outputs
+    def finish(self) -> None:
+        """Rank 0: merge every chunk into the outputs, swap them in, drop the partial folder."""
+        stage = staging_dir(self.out_dir)
+        try:
+            self._merge(stage)
+            replace_dir(stage, self.out_dir)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+        shutil.rmtree(self.part, ignore_errors=True)
+
+    # an exception keeps the partial folder: the next test with the same fingerprint continues from its chunks
 
     # --- rank 0 -------------------------------------------------------------------------------------------
-    def _merge(self, world: int) -> None:
-        shards = [h5py.File(self.stage / f".shard{r}.h5", "r") for r in range(world)]
-        try:
-            index, z, where = [], [], {}
-            for r, h5 in enumerate(shards):
-                if "index" not in h5:
-                    continue
-                for k, i in enumerate(h5["index"][()].tolist()):
+    def _merge(self, stage: Path) -> None:
+        index, z, where = [], [], {}
+        metrics, recon_at, preview_at = [], {}, {}
+        for path in _chunks(self.part):
+            with h5py.File(path, "r") as h5:
+                rows = h5["index"][()].tolist()
+                latents = h5["z"][()]
+                for k, i in enumerate(rows):
                     if i not in where:  # DistributedSampler's padding repeats samples: keep each once
-                        where[i] = r
+                        where[i] = path
                         index.append(i)
-                        z.append(h5["z"][k])
-            order = np.argsort(index, kind="stable")
-            index = [index[k] for k in order]
-            z = np.stack([z[k] for k in order]) if z else np.zeros((0, 0), np.float32)
-            infos = [self.ds.sample_info(i) for i in index]
-            recon_keys = sorted({int(i) for h5 in shards if "recon" in h5 for i in h5["recon"]})
-            recon_bytes = sum(grp["recon"].nbytes for h5 in shards if "recon" in h5 for grp in h5["recon"].values())
-            # emb.h5 + parquet + TSV text (~3x) of the latents, and recon.h5 (reconstruction + input + code)
-            require_free(self.out_dir.parent, 5 * z.nbytes + 3 * recon_bytes, f"the outputs in {self.out_dir}")
-            attrs = {**self.attrs, "n_samples": len(index)}
-            write_emb_h5(self.stage / "emb.h5", infos, z, attrs)
-            write_emb_tables(self.stage, infos, z)
-            self._merge_metrics(world)
-            if recon_keys:
-                self._merge_recon(shards, recon_keys, attrs)
-            self._merge_preview(shards)
-        finally:
-            for h5 in shards:
-                h5.close()
-            for r in range(world):
-                (self.stage / f".shard{r}.h5").unlink(missing_ok=True)
-                (self.stage / f".metrics{r}.csv").unlink(missing_ok=True)
+                        z.append(latents[k])
+                if "metrics_csv" in h5.attrs:
+                    metrics.append(pd.read_csv(io.StringIO(h5.attrs["metrics_csv"]),
+                                               dtype={c: str for c in SAMPLE_COLUMNS[:4]}))
+                for kind, at in (("recon", recon_at), ("preview", preview_at)):
+                    for i in (h5[kind] if kind in h5 else ()):
+                        at.setdefault(int(i), path)
+        order = np.argsort(index, kind="stable")
+        index = [index[k] for k in order]
+        z = np.stack([z[k] for k in order]) if z else np.zeros((0, 0), np.float32)
+        infos = [self.ds.sample_info(i) for i in index]
+        recon_keys = sorted(recon_at)
+        recon_bytes = 0
+        for i in recon_keys:
+            with h5py.File(recon_at[i], "r") as h5:
+                recon_bytes += h5[f"recon/{i}/recon"].nbytes
+        # emb.h5 + parquet + TSV text (~3x) of the latents, and recon.h5 (reconstruction + input + code)
+        require_free(self.out_dir.parent, 5 * z.nbytes + 3 * recon_bytes, f"the outputs in {self.out_dir}")
+        attrs = {**self.attrs, "n_samples": len(index)}
+        write_emb_h5(stage / "emb.h5", infos, z, attrs)
+        write_emb_tables(stage, infos, z)
+        if metrics:
+            mdf = pd.concat(metrics, ignore_index=True).drop_duplicates(METRIC_ORDER)
+            mdf = mdf.sort_values(METRIC_ORDER, na_position="first")
+            write_table(stage / "metrics.csv", mdf)
+            self.summary = mdf[["SSIM", "PSNR", "NRMSE"]].replace([np.inf, -np.inf], np.nan).mean().to_dict()
+        if recon_keys:  # recon.h5 holds only the selected subjects (--n_save_recon_subs / --save_recon_subs)
+            items = self._read_items(recon_at, "recon", recon_keys)
+            write_recon_h5(stage / "recon.h5", [self.ds.sample_info(i) for i in recon_keys],
+                           [it["recon"] for it in items], [it["input"] for it in items], attrs,
+                           [it["code"] for it in items])
+        keys = sorted(preview_at)[:self.n_preview]
+        if keys:
+            items = self._read_items(preview_at, "preview", keys)
+            write_preview(stage / "preview.png", [it["input"] for it in items], [it["recon"] for it in items],
+                          [f"{info.patientID}/{info.key}" for info in (self.ds.sample_info(i) for i in keys)])
 
-    def _merge_metrics(self, world: int) -> None:
-        parts = [pd.read_csv(p, dtype={c: str for c in SAMPLE_COLUMNS[:4]})
-                 for p in (self.stage / f".metrics{r}.csv" for r in range(world)) if p.is_file()]
-        if not parts:
-            return
-        mdf = pd.concat(parts, ignore_index=True).drop_duplicates(METRIC_ORDER)
-        mdf = mdf.sort_values(METRIC_ORDER, na_position="first")
-        write_table(self.stage / "metrics.csv", mdf)
-        self.summary = mdf[["SSIM", "PSNR", "NRMSE"]].replace([np.inf, -np.inf], np.nan).mean().to_dict()
-
-    def _read_items(self, shards, kind: str, keys) -> list[dict]:
+    @staticmethod
+    def _read_items(at: dict, kind: str, keys) -> list[dict]:
         out = []
         for i in keys:
-            grp = next(h for h in shards if f"{kind}/{i}" in h)[f"{kind}/{i}"]
-            out.append({n: grp[n][()] if n in grp else None for n in ("recon", "input", "code")})
+            with h5py.File(at[i], "r") as h5:
+                grp = h5[f"{kind}/{i}"]
+                out.append({n: grp[n][()] if n in grp else None for n in ("recon", "input", "code")})
         return out
-
-    def _merge_recon(self, shards, keys: list[int], attrs: dict) -> None:
-        # recon.h5 holds only the selected subjects (--n_save_recon_subs / --save_recon_subs)
-        items = self._read_items(shards, "recon", keys)
-        write_recon_h5(self.stage / "recon.h5", [self.ds.sample_info(i) for i in keys], [it["recon"] for it in items],
-                       [it["input"] for it in items], attrs, [it["code"] for it in items])
-
-    def _merge_preview(self, shards) -> None:
-        keys = sorted({int(i) for h5 in shards if "preview" in h5 for i in h5["preview"]})[:self.n_preview]
-        if not keys:
-            return
-        items = self._read_items(shards, "preview", keys)
-        infos = [self.ds.sample_info(i) for i in keys]
-        write_preview(self.stage / "preview.png", [it["input"] for it in items], [it["recon"] for it in items],
-                      [f"{info.patientID}/{info.key}" for info in infos])
 
 
 def test_record(index: torch.Tensor, z: torch.Tensor, batch: dict | None = None, recon: torch.Tensor | None = None,

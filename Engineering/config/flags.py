@@ -46,6 +46,8 @@ FLAGS: tuple[Flag, ...] = (
        "0 train (train+val merged), 1 train+val, 2 test, 3 train (merged) then test, "
        "4 train+val then test with the best checkpoint.", choices=(0, 1, 2, 3, 4)),
     _f("Run", "output_suffix", "run", "str", "", "Outputs go to Output_<suffix>/ (e.g. an interim or whole-cohort inference)."),
+    _f("Run", "shard", "run", "str", "", "With --run_mode 2: i/n tests every n-th patient (sorted IDs) from the "
+       "i-th into Output[_suffix]_shard<i>of<n>/; Executors/merge_shards.py RUN merges the n shards."),
     _f("Run", "seed", "training", "int", 1701, "Global seed (Python, NumPy, torch, data order)."),
     _f("Run", "non_deter", "run", "bool", False, "Allow non-deterministic algorithms (faster on GPU)."),
     _f("Run", "dev_run", "run", "int", 0, "Lightning fast_dev_run with N batches (0 = off).", **NON_NEGATIVE),

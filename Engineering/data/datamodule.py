@@ -18,6 +18,7 @@ from Engineering.data.index import load_records, selection_from
 from Engineering.data.labels import read_label_table
 from Engineering.data.transforms import VOLUME_NORMS, axis_perm, normalise_batch
 from Engineering.errors import UserError
+from Engineering.io.shards import parse_shard
 
 
 def data_dir(paths_cfg) -> Path:
@@ -113,6 +114,7 @@ class H5DataModule(L.LightningDataModule):
     def __init__(self, cfg, merge_train_val: bool = False):
         super().__init__()
         self.cfg, self.merge_train_val = cfg, merge_train_val
+        self.test_skip: set[int] = set()  # test samples already written by an interrupted test (OutputWriter)
         self.spec = sample_spec(cfg)
         root = data_dir(cfg.paths)
         self.h5file = root / cfg.paths.datafile
@@ -186,6 +188,10 @@ class H5DataModule(L.LightningDataModule):
         if split not in self._datasets:
             ids = self.split_ids(split)
             keep = [i for i, r in enumerate(self.records) if ids is None or r.patientID in ids]
+            shard = parse_shard(self.cfg.run.shard) if split == "test" else None
+            if shard is not None:  # every n-th patient of the split from the i-th: shards are disjoint by patient
+                mine = set(sorted({self.records[i].patientID for i in keep})[shard[0]::shard[1]])
+                keep = [i for i in keep if self.records[i].patientID in mine]
             records = [self.records[i] for i in keep]
             if not records:
                 raise UserError(f"the '{split}' split of fold {self.cfg.run.foldID} has no selected datasets")
@@ -282,7 +288,12 @@ class H5DataModule(L.LightningDataModule):
         return self._loader(ds, shuffle=False, codes=codes)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.dataset("test"), shuffle=False, codes=self.group_codes("test"))
+        ds, codes = self.dataset("test"), self.group_codes("test")
+        if self.test_skip:  # a resumed test: only the samples an interrupted one did not write
+            keep = [i for i in range(len(ds)) if i not in self.test_skip]
+            codes = codes[np.asarray(keep, dtype=np.int64)] if codes is not None else None
+            ds = Subset(ds, keep)
+        return self._loader(ds, shuffle=False, codes=codes)
 
     def predict_dataloader(self) -> DataLoader:
         return self.test_dataloader()

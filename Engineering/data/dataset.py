@@ -258,6 +258,17 @@ class H5Samples(Dataset):
                           shape[0] if spec.split_c else 1, shape[1] if spec.split_t else 1,
                           shape[2] if spec.split_s else 1)
 
+    def key_digest(self) -> str:
+        """A digest of every sample's key and (c, t, s) in dataset order: what "the same samples" means."""
+        import hashlib
+
+        h = hashlib.sha1()
+        for i in range(len(self)):
+            d = self.describe(i)
+            h.update("\t".join(str(d[f]) for f in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s"))
+                     .encode() + b"\n")
+        return h.hexdigest()
+
     def describe(self, i: int) -> dict:
         """IDs and indices of sample i, for the output files."""
         ref = self.samples[i]

@@ -22,7 +22,6 @@ on another split still describes the training samples).
 """
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -44,9 +43,7 @@ def describe_split(ds) -> dict:
     """What partition row i refers to: the training split's sample keys in dataset order (columns of plain
     values, so the checkpoint stays loadable with weights_only) and their digest (compared on resume)."""
     rows = [ds.describe(i) for i in range(len(ds))]
-    keys = {f: [r[f] for r in rows] for f in KEY_FIELDS}
-    h = hashlib.sha1("\n".join("\t".join(str(r[f]) for f in KEY_FIELDS) for r in rows).encode())
-    return {"n": len(rows), "digest": h.hexdigest(), "keys": keys}
+    return {"n": len(rows), "digest": ds.key_digest(), "keys": {f: [r[f] for r in rows] for f in KEY_FIELDS}}
 
 
 class IPIRMEngine(SSLEngine):

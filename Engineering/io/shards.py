@@ -1,0 +1,91 @@
+"""Merging the outputs of a sharded inference (``--run_mode 2 --shard i/n``) into one Output folder.
+
+Shard i of n holds every n-th patient of the test split (sorted IDs) starting at the i-th, so shards are
+disjoint by patient: their emb.h5 and recon.h5 groups are copied as they are, the tables concatenated in sample
+order, ``n_samples`` summed. Every shard must be there and complete; the merged folder is swapped in atomically.
+"""
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import h5py
+import pandas as pd
+
+from Engineering.data.layout import SAMPLE_COLUMNS
+from Engineering.errors import UserError
+from Engineering.io.atomic import replace_dir, staging_dir
+
+SHARD = re.compile(r"^(\d+)/(\d+)$")
+
+
+def parse_shard(text: str) -> tuple[int, int] | None:
+    """``"i/n"`` -> (i, n) with 0 <= i < n; "" -> None."""
+    if not text:
+        return None
+    m = SHARD.match(str(text).strip())
+    if not m or int(m.group(2)) < 1 or int(m.group(1)) >= int(m.group(2)):
+        raise UserError(f"--shard {text!r}: give i/n with 0 <= i < n (e.g. 0/4 for the first of four shards)")
+    return int(m.group(1)), int(m.group(2))
+
+
+def shard_folder(out_dir: Path, shard: tuple[int, int]) -> Path:
+    return out_dir.with_name(f"{out_dir.name}_shard{shard[0]}of{shard[1]}")
+
+
+def merge_shards(out_dir: Path) -> dict:
+    """Merge ``<out_dir>_shard{i}of{n}`` (every i) into ``out_dir``; returns a summary."""
+    found = {}
+    for p in out_dir.parent.glob(f"{out_dir.name}_shard*of*"):
+        m = re.fullmatch(re.escape(out_dir.name) + r"_shard(\d+)of(\d+)", p.name)
+        if m and p.is_dir():
+            found.setdefault(int(m.group(2)), {})[int(m.group(1))] = p
+    if not found:
+        raise UserError(f"no shard folders {out_dir.name}_shard<i>of<n> in {out_dir.parent}")
+    if len(found) > 1:
+        raise UserError(f"shard folders of several splits in {out_dir.parent} (of {sorted(found)}): keep one")
+    n, shards = next(iter(found.items()))
+    missing = [i for i in range(n) if i not in shards or not (shards[i] / "emb.h5").is_file()]
+    if missing:
+        raise UserError(f"shards {missing} of {n} are missing or unfinished in {out_dir.parent} "
+                        f"(run --run_mode 2 --shard i/{n} for them)")
+    folders = [shards[i] for i in range(n)]
+    stage = staging_dir(out_dir)
+    try:
+        n_samples = _merge_h5([f / "emb.h5" for f in folders], stage / "emb.h5", n)
+        recon = [f / "recon.h5" for f in folders if (f / "recon.h5").is_file()]
+        if recon:
+            _merge_h5(recon, stage / "recon.h5", n)
+        table = pd.concat([pd.read_parquet(f / "emb.parquet") for f in folders], ignore_index=True)
+        table = table.sort_values(list(SAMPLE_COLUMNS), na_position="first", kind="stable")
+        table.to_parquet(stage / "emb.parquet", index=False)
+        table.to_csv(stage / "emb.tsv", sep="\t", index=False)
+        metrics = [pd.read_csv(f / "metrics.csv", dtype={c: str for c in SAMPLE_COLUMNS[:4]})
+                   for f in folders if (f / "metrics.csv").is_file()]
+        if metrics:
+            pd.concat(metrics, ignore_index=True).to_csv(stage / "metrics.csv", index=False)
+        if len(table) != n_samples:
+            raise UserError(f"the shards' tables hold {len(table)} samples but their emb.h5 {n_samples}")
+        replace_dir(stage, out_dir)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return {"out_dir": str(out_dir), "shards": n, "n_samples": n_samples}
+
+
+def _merge_h5(paths: list[Path], out: Path, n: int) -> int:
+    total = 0
+    with h5py.File(out, "w") as dst:
+        for path in paths:
+            with h5py.File(path, "r") as src:
+                for k, v in src.attrs.items():
+                    dst.attrs[k] = v
+                total += int(src.attrs.get("n_samples", 0))
+                for name in src:
+                    if name in dst:
+                        raise UserError(f"{path}: patient {name} is in two shards")
+                    src.copy(src[name], dst, name=name)
+        dst.attrs["n_samples"] = total
+        dst.attrs["shards"] = n
+    return total
