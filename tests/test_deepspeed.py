@@ -72,6 +72,34 @@ def test_pythae_vae_trains_and_tests_under_zero(tiny_demo, tmp_path, stage):
     _subjects_once(tmp_path / name / "Output")
 
 
+def test_ipirm_under_zero_3(tiny_demo, tmp_path):
+    """The SSL task with IP-IRM's callbacks (bank gathered across ranks, partition broadcast) under ZeRO-3."""
+    from tests.test_ipirm import _args
+
+    proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, "--fulltrainID", "ip", "--num_epochs", "2",
+                                              *TWO_CPU, "--training_strategy", "deepspeed_stage_3"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _losses_fall(tmp_path / "ip", "train_cont")
+    state = read_checkpoint(tmp_path / "ip" / "Checkpoints" / "last.ckpt")
+    assert state["ipirm"]["epochs"] == [0, 1] and (tmp_path / "ip" / "Output" / "partitions.tsv").is_file()
+    _subjects_once(tmp_path / "ip" / "Output")
+
+
+def test_bf16_under_zero_2_keeps_the_ema_and_the_schedule_fp32(tiny_demo, tmp_path):
+    args = [*TINY_DIFFAE, "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path), *TWO_CPU,
+            "--training_strategy", "deepspeed_stage_2", "--ampmode", "bf16-mixed", "--num_epochs", "2",
+            "--n_train_batches", "3", "--fulltrainID", "bf", "--test_emb_only", "--grad_clip_val", "1.0"]
+    proc = run_executor("main_diffAE.py", *args)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _losses_fall(tmp_path / "bf", "train_loss_epoch")
+    states = torch.load(tmp_path / "bf" / "Checkpoints" / "last.ckpt" / "checkpoint" / "mp_rank_00_model_states.pt",
+                        weights_only=True)
+    assert states["ds_config"]["bf16"]["enabled"] and states["ds_config"]["gradient_clipping"] == 1.0
+    assert {v.dtype for k, v in states["module"].items() if k.startswith("net.")} == {torch.bfloat16}
+    assert {v.dtype for v in states["ema_state_dict"].values()} == {torch.float32}  # outside the bf16 module
+    _subjects_once(tmp_path / "bf" / "Output")
+
+
 def test_resume_load_best_and_export_from_deepspeed_checkpoints(tiny_demo, tmp_path):
     zero3 = ["--training_strategy", "deepspeed_stage_3"]
     proc = run_executor("main_diffAE.py", *_diffae(tiny_demo, tmp_path, *zero3, "--fulltrainID", "whole",

@@ -124,6 +124,10 @@ def _stays_finite(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> bool:
     return bool((np.abs(scale) * bound + np.abs(offset)).max() < 1e30)
 
 
+OPEN_DATASETS = 64  # HDF5 dataset handles kept open per file and process (least recently used dropped)
+METADATA_CACHE = 4 * 2 ** 20  # bytes of HDF5 metadata cache per open file
+
+
 class H5Samples(Dataset):
     def __init__(self, h5file: str | Path, records: list[DatasetRecord], samples: list[SampleRef],
                  spec: SampleSpec, train: bool = False, mask_file: str | Path | None = None, seed: int = 0):
@@ -140,7 +144,13 @@ class H5Samples(Dataset):
         if self._pid != os.getpid():  # a forked worker must not share the parent's HDF5 handle
             self._files, self._handles, self._pid = {}, {}, os.getpid()
         if path not in self._files:
-            self._files[path] = h5py.File(path, "r")
+            f = self._files[path] = h5py.File(path, "r")
+            # HDF5's metadata cache grows to 32 MiB per open file as a pass touches every group; a reader that
+            # visits each dataset once gains nothing from more than a few MiB
+            mdc = f.id.get_mdc_config()
+            mdc.max_size, mdc.min_size = METADATA_CACHE, min(mdc.min_size, METADATA_CACHE)
+            mdc.initial_size = min(mdc.initial_size, METADATA_CACHE)
+            f.id.set_mdc_config(mdc)
         return self._files[path]
 
     def __getstate__(self):
@@ -160,8 +170,14 @@ class H5Samples(Dataset):
         rec = self.records[ref.record]
         key = (path, ref.record)
         handle = self._handles.get(key) if self._pid == os.getpid() else None
-        if handle is None:  # path lookups cost more than a small read: keep one handle per dataset
+        if handle is None:  # path lookups cost more than a small read: keep the handles of recent datasets
             handle = self._handles[key] = self._dataset(path, rec)
+            if len(self._handles) > OPEN_DATASETS:
+                # each open dataset holds HDF5 metadata and its chunk cache (~200 KB seen): unbounded, a whole
+                # cohort's test grew by GBs; a pass in dataset order needs only the current one
+                self._handles.pop(next(iter(self._handles)))
+        else:
+            self._handles[key] = self._handles.pop(key)  # most recently used last
         raw_sel = [slice(None)] * 5
         for logical, idx in enumerate((ref.c, ref.t, ref.s)):
             if idx is not None:

@@ -43,7 +43,7 @@ def emb_table(infos: list[SampleInfo], z: np.ndarray) -> pd.DataFrame:
 def write_emb_tables(out_dir: str | Path, infos: list[SampleInfo], z: np.ndarray) -> None:
     table = emb_table(infos, z)
     with atomic_path(Path(out_dir) / "emb.tsv") as tmp:
-        table.to_csv(tmp, sep="\t", index=False)
+        table.to_csv(tmp, sep="\t", index=False, chunksize=1024)  # text formatted a block at a time
     with atomic_path(Path(out_dir) / "emb.parquet") as tmp:
         table.to_parquet(tmp, index=False)
 
