@@ -38,24 +38,36 @@ def test_a_task_name_is_registered_once():
     assert registry.get("recon") is spec
 
 
-def test_generic_executor_errors_are_one_line_exit_2():
-    proc = run_executor("main.py", "--print_config")
-    assert proc.returncode == 2 and proc.stderr.strip() == \
+def _cli(capsys, argv, task=None):
+    """An executor in-process (what ``python Executors/main*.py`` runs): exit code, stdout, stderr."""
+    from Engineering.Engines import cli
+    from Engineering.errors import run_cli
+
+    code = run_cli(lambda a: cli.main(a, task=task), argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_generic_executor_errors_are_one_line_exit_2(capsys):
+    code, _, err = _cli(capsys, ["--print_config"])
+    assert code == 2 and err.strip() == \
         "error: --task NAME is required; registered tasks: diffAE, erm, latentcls, recon, ssl"
-    proc = run_executor("main.py", "--task", "nope")
-    assert proc.returncode == 2 and "unknown task 'nope'" in proc.stderr and "diffAE, erm, latentcls, recon, ssl" in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1
-    proc = run_executor("main.py", "--plugins", "no_such_plugin_mod", "--task", "toy")
-    assert proc.returncode == 2 and "--plugins no_such_plugin_mod: cannot import it" in proc.stderr
-    proc = run_executor("main_diffAE.py", "--task", "recon")
-    assert proc.returncode == 2 and "this executor runs task 'diffAE'" in proc.stderr
+    code, _, err = _cli(capsys, ["--task", "nope"])
+    assert code == 2 and "unknown task 'nope'" in err and "diffAE, erm, latentcls, recon, ssl" in err
+    assert len(err.strip().splitlines()) == 1
+    code, _, err = _cli(capsys, ["--plugins", "no_such_plugin_mod", "--task", "toy"])
+    assert code == 2 and "--plugins no_such_plugin_mod: cannot import it" in err
+    code, _, err = _cli(capsys, ["--task", "recon"], task="diffAE")  # main_diffAE.py --task recon
+    assert code == 2 and "this executor runs task 'diffAE'" in err
+    proc = run_executor("main.py", "--task", "nope")  # and once as a real process
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
 
 
-def test_main_alias_and_generic_executor_resolve_the_same_config():
-    a = run_executor("main_diffAE.py", "--print_config", "--latent_dim", "12")
-    b = run_executor("main.py", "--task", "diffAE", "--print_config", "--latent_dim", "12")
-    assert a.returncode == b.returncode == 0 and a.stdout == b.stdout
-    assert yaml.safe_load(a.stdout)["model"]["latent_dim"] == 12
+def test_main_alias_and_generic_executor_resolve_the_same_config(capsys):
+    code_a, a, _ = _cli(capsys, ["--print_config", "--latent_dim", "12"], task="diffAE")
+    code_b, b, _ = _cli(capsys, ["--task", "diffAE", "--print_config", "--latent_dim", "12"])
+    assert code_a == code_b == 0 and a == b
+    assert yaml.safe_load(a)["model"]["latent_dim"] == 12
 
 
 @pytest.fixture

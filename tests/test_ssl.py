@@ -179,11 +179,15 @@ def test_control_sample_batchnorm_runs_and_names_a_group_without_controls(tiny_d
     proc = run_executor("main_ssl.py", *base, "--bn_eval_mode", "group", "--fulltrainID", "ctrl")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"--bn_controls: group '{site0}' holds no control sample" in proc.stderr.strip().splitlines()[-1]
-    proc = run_executor("main_ssl.py", *base[:-2], "--bn_controls", "treatment", "--bn_eval_mode", "batch",
-                        "--fulltrainID", "bad")
-    assert proc.returncode == 2 and "give COL=VALUE" in proc.stderr and not (tmp_path / "bad").exists()
-    proc = run_executor("main_ssl.py", *base, "--fulltrainID", "run")
-    assert proc.returncode == 2 and "needs --bn_eval_mode batch or group" in proc.stderr
+    from Engineering.Engines.MainEngine import run
+    from Engineering.Engines.registry import get
+    from Engineering.errors import UserError
+
+    with pytest.raises(UserError, match="give COL=VALUE"):  # in-process: the same checks, without a start-up
+        run([*base[:-2], "--bn_controls", "treatment", "--bn_eval_mode", "batch", "--fulltrainID", "bad"], get("ssl"))
+    assert not (tmp_path / "bad").exists()
+    with pytest.raises(UserError, match="needs --bn_eval_mode batch or group"):
+        run([*base, "--fulltrainID", "run"], get("ssl"))
 
 
 def test_knn_monitor_on_planted_clusters():
