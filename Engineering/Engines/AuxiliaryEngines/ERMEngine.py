@@ -50,6 +50,7 @@ class ERMEngine(LatentEngine):
 
     def setup(self, stage: str) -> None:
         """Per split, the class index of every sample (-1: no label), from the datamodule's samples."""
+        super().setup(stage)  # (under DeepSpeed: the EMA leaves the module first)
         dm = self.trainer.datamodule
         code = {c: k for k, c in enumerate(self.classes)}
         for split in ("train", "val", "test"):
