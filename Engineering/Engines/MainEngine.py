@@ -255,7 +255,8 @@ class ImageRun:
                  "load_hf_revision": (hub.revision or "") if hub else "",
                  "ema": bool(cfg.eval.test_ema) and hasattr(model, "ema_net")}
         ds = dm.dataset("test")
-        fingerprint = test_fingerprint(cfg, attrs["checkpoint"], ds)
+        fingerprint = test_fingerprint(cfg, test_ckpt or cfg.run.preweights_path or cfg.run.load_hf, ds,
+                                       attrs["load_hf_revision"])
         # group statistics need every sample of a group: a BN-group test is never resumed part-way
         done = done_samples(out_dir, fingerprint) if cfg.eval.bn_eval_mode != "group" else set()
         if done and trainer.is_global_zero:

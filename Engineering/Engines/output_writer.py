@@ -49,14 +49,19 @@ def partial_dir(out_dir: str | Path) -> Path:
     return out_dir.with_name(f".{out_dir.name}.partial")
 
 
-def test_fingerprint(cfg, weights, ds) -> dict:
-    """What a test's outputs depend on: the weights (their path and modification time), the model, data and eval
-    configuration (not the chunk or preview sizes) and the test samples. Equal fingerprints: equal outputs."""
-    path = Path(str(weights)) if weights else None
+def test_fingerprint(cfg, weights, ds, revision: str = "") -> dict:
+    """What a test's outputs depend on: the weights (a checkpoint's path and modification time, or a Hub repo and
+    its commit), the model, data and eval configuration (not the chunk or preview sizes) and the test samples.
+    Equal fingerprints: equal outputs. Weights held only in memory (a test right after training without a
+    checkpoint) are no file to compare: such a test gets a fingerprint of its own and never reuses chunks."""
+    if not weights:
+        return {"weights": f"in memory, {time.time_ns()}"}
+    path = Path(str(weights))
     cfg_json = cfg.model_dump(mode="json", by_alias=True)
     eval_keys = {k: v for k, v in cfg_json["eval"].items() if k not in ("output_chunk", "n_preview")}
     return json.loads(json.dumps({
-        "weights": str(weights), "weights_mtime": path.stat().st_mtime_ns if path and path.exists() else None,
+        "weights": str(weights), "revision": revision,
+        "weights_mtime": path.stat().st_mtime_ns if path.exists() else None,
         "model": cfg_json["model"], "data": cfg_json["data"], "eval": eval_keys,
         "samples": ds.key_digest(), "n_samples": len(ds)}, sort_keys=True))
 
@@ -65,11 +70,15 @@ def _chunks(folder: Path) -> list[Path]:
     return sorted(folder.glob("chunk_*.h5"))
 
 
+def _same_test(part: Path, fingerprint: dict) -> bool:
+    record = part / "fingerprint.json"
+    return record.is_file() and json.loads(record.read_text()) == fingerprint
+
+
 def done_samples(out_dir: str | Path, fingerprint: dict) -> set[int]:
     """The test samples an interrupted earlier test with this fingerprint already wrote (none for another one)."""
     part = partial_dir(out_dir)
-    record = part / "fingerprint.json"
-    if not record.is_file() or json.loads(record.read_text()) != fingerprint:
+    if not _same_test(part, fingerprint):
         return set()
     done: set[int] = set()
     for path in _chunks(part):
@@ -102,11 +111,10 @@ class OutputWriter(L.Callback):
         self.part = partial_dir(self.out_dir)
         zero = trainer is None or trainer.is_global_zero
         if zero:
-            record = self.part / "fingerprint.json"
-            if self.part.exists() and (not record.is_file() or json.loads(record.read_text()) != self.fingerprint):
+            if self.part.exists() and not _same_test(self.part, self.fingerprint):
                 shutil.rmtree(self.part)  # another run's, or another model's: nothing to reuse
             self.part.mkdir(parents=True, exist_ok=True)
-            write_text(record, json.dumps(self.fingerprint, sort_keys=True))
+            write_text(self.part / "fingerprint.json", json.dumps(self.fingerprint, sort_keys=True))
         # every rank of every attempt names its chunks apart
         attempt = f"{time.time_ns():020d}" if zero else None
         self.attempt = trainer.strategy.broadcast(attempt, src=0) if trainer is not None else attempt
