@@ -4,11 +4,12 @@
 #   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
 #   make test-deepspeed -> DeepSpeed ZeRO-1/2/3 on two CPU processes (a few minutes)
 #   make ci     -> what CI runs: make test, then make test-deepspeed
+#   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (README "How good are the latents?")
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-deepspeed ci bench clean
+.PHONY: setup demo test test-slow test-deepspeed ci bench bench-quality clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +41,10 @@ ci: test test-deepspeed
 bench: setup
 	$(PY) benchmarks/bench_diffae.py
 	$(PY) benchmarks/bench_recon.py
+
+# How good are the latents? DiffAE and a VAE vs PCA of the pixels on real images (about 25 minutes on 2 cores)
+bench-quality: setup
+	$(PY) benchmarks/bench_quality.py --write benchmarks/results/quality.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache

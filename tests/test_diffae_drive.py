@@ -76,10 +76,34 @@ def test_in_plane_only_accepts_any_first_axis_but_isotropic_needs_it_divisible()
 
 
 def test_no_sampling_noise_or_buffers_in_state():
-    m = tiny(is3D=True, input_shape=(4, 16, 16))
+    m = tiny(is3D=True, input_shape=(4, 16, 16))  # latent_norm none: the published model has no buffers
     assert list(m.buffers()) == []
     assert "x_T" not in m.state_dict()
     assert not any(k.endswith("x_T") for k in m.state_dict())
+
+
+def test_batch_latent_norm_standardises_the_code_and_adds_only_its_statistics():
+    plain, normed = tiny(input_shape=(16, 16)), tiny(input_shape=(16, 16), latent_norm="batch")
+    # the published layout (latent_norm none) is unchanged; batch adds BatchNorm statistics, no weights
+    extra = set(normed.state_dict()) - set(plain.state_dict())
+    assert extra == {f"encoder.out.5.{k}" for k in ("running_mean", "running_var", "num_batches_tracked")}
+    assert set(plain.state_dict()) <= set(normed.state_dict())
+    normed.load_state_dict({**normed.state_dict(), **plain.state_dict()})  # same encoder weights as plain
+    x = torch.randn(8, 1, 16, 16)
+    normed.train()
+    with torch.no_grad():
+        raw = plain.encode(x)
+        z = normed.encode(x)
+    # training: each dimension standardised over the batch (biased variance, BatchNorm's eps)
+    ref = (raw - raw.mean(0)) / torch.sqrt(raw.var(0, unbiased=False) + 1e-5)
+    assert torch.allclose(z, ref, atol=1e-5)
+    # evaluation: the running statistics, so a sample's code does not depend on its batch
+    normed.eval()
+    with torch.no_grad():
+        alone, together = normed.encode(x[:1]), normed.encode(x)[:1]
+    assert torch.allclose(alone, together, atol=1e-6)
+    bn = normed.encoder.out[5]
+    assert torch.allclose(alone, (raw[:1] - bn.running_mean) / torch.sqrt(bn.running_var + 1e-5), atol=1e-5)
 
 
 def test_in_plane_size_does_not_change_structure():

@@ -5,6 +5,8 @@ torch thread (these tensors are too small for threads to pay off on 2 shared cor
 """
 from __future__ import annotations
 
+import math
+
 import pytest
 import pythae.models as pm
 import torch
@@ -44,8 +46,9 @@ def make(model, shape=(12, 12), **kw):
     return PythaeDrive(PythaeDriveConfig(model=model, is3D=len(shape) == 3, input_shape=shape, **kw))
 
 
-def train(drive, batch, steps, lr=2e-3):
-    """Plain torch optimisers following the drive's contract; returns the monitored loss per step."""
+def train(drive, batch, steps, lr=2e-3, terms=None):
+    """Plain torch optimisers following the drive's contract; returns the monitored loss per step (and, into
+    ``terms``, every logged loss term per step)."""
     opts = {s.name: torch.optim.Adam(s.param_groups, lr=lr) for s in drive.optimiser_specs()}
     history = []
     for step in range(steps):
@@ -58,8 +61,24 @@ def train(drive, batch, steps, lr=2e-3):
         for s in todo:
             opts[s.optimiser].step()
         history.append(out.losses[drive.spec.monitor].item())
+        if terms is not None:
+            for name, value in out.losses.items():
+                terms.setdefault(name, []).append(float(value.detach()))
     drive.on_train_epoch_end()
     return history
+
+
+def unstable_terms(terms: dict, monitor: str, k: int = 5) -> dict:
+    """Logged loss terms that are not finite, or whose mean over the last k steps exceeds their first-k mean by
+    more than the whole starting objective (the monitored loss): a term running away while the total hides it
+    (pythae's gradient-learned VQ codebook: quantiser loss 45 -> 1067 on the demo while reconstruction fell)."""
+    budget = abs(sum(terms[monitor][:k]) / k)
+    bad = {}
+    for name, h in terms.items():
+        first, last = sum(h[:k]) / k, sum(h[-k:]) / k
+        if not all(math.isfinite(v) for v in h) or last > first + budget:
+            bad[name] = (round(first, 3), round(last, 3))
+    return bad
 
 
 def check_trains(drive, x, steps):
@@ -67,12 +86,14 @@ def check_trains(drive, x, steps):
     owned = [p for s in drive.optimiser_specs() for p in s.params]
     assert len(owned) == len({id(p) for p in owned}) == len(trainable), "each parameter in exactly one optimiser"
     before = [p.detach().clone() for p in trainable]
-    hist = train(drive, {"inp": x}, steps)
+    terms: dict = {}
+    hist = train(drive, {"inp": x}, steps, terms=terms)
     unchanged = [i for i, (a, p) in enumerate(zip(before, trainable)) if torch.equal(a, p)]
     assert not unchanged, f"{len(unchanged)} trainable tensors never changed"
     k = 5
     first, last = sum(hist[:k]) / k, sum(hist[-k:]) / k
     assert last < first, f"{drive.spec.monitor} did not go down: {hist}"
+    assert not unstable_terms(terms, drive.spec.monitor), unstable_terms(terms, drive.spec.monitor)
     drive.eval()
     with torch.no_grad():
         z = drive.embed(x)
@@ -154,6 +175,22 @@ def test_every_model_trains_2d(model):
 def test_every_model_trains_3d(model):
     drive = make(model, (4, 12, 12), model_params=FEW_SAMPLES.get(model, {}))
     check_trains(drive, blobs((4, 12, 12)), steps=10)
+
+
+def test_vqvae_quantiser_loss_stays_bounded_and_the_check_sees_a_runaway_codebook():
+    """60 steps: the EMA codebook (our default) keeps every term bounded and the quantiser loss falls;
+    pythae's gradient-learned codebook (use_ema false) lets it run away, which the per-term check reports."""
+    x = blobs((12, 12))
+    for use_ema in (True, False):
+        drive = make("vqvae", model_params={"use_ema": use_ema})
+        terms: dict = {}
+        train(drive, {"inp": x}, 60, terms=terms)
+        bad = unstable_terms(terms, drive.spec.monitor)
+        if use_ema:
+            assert not bad, bad
+            assert sum(terms["vq_loss"][-5:]) < sum(terms["vq_loss"][5:10])
+        else:
+            assert "vq_loss" in bad, terms["vq_loss"][::10]
 
 
 def test_resnet_family_trains_2d_and_3d():

@@ -69,6 +69,9 @@ class LRDecayKeys(Keys):
 class TrainingKeys(Keys):
     """training (YAML keys beside the flags)"""
     ema_decay: float = Field(0.9999, ge=0, lt=1, description="EMA decay of the weights (warm-up (1+n)/(10+n)).")
+    ema_warmup: bool = Field(True, description="Decay min(ema_decay, (1+n)/(10+n)) at step n; false = the fixed "
+                                               "ema_decay of DiffAE's and the ancestor's training (at 0.9999 a "
+                                               "run of a few thousand steps tests near-initial weights).")
     LRDecay: LRDecayKeys = LRDecayKeys()
 
 

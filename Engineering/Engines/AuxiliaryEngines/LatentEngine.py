@@ -40,9 +40,10 @@ def _gathered(strategy, params):
     return contextlib.nullcontext()
 
 
-def ema_decay_at(step: int, decay: float) -> float:
-    """EMA warm-up (decay grows as (1+n)/(10+n)) so short runs do not test near-initial weights."""
-    return min(decay, (1.0 + step) / (10.0 + step))
+def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
+    """EMA warm-up (decay grows as (1+n)/(10+n)) so short runs do not test near-initial weights; without it
+    the fixed decay of DiffAE's and the ancestor's training."""
+    return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
 
 class LatentEngine(L.LightningModule):
@@ -55,6 +56,7 @@ class LatentEngine(L.LightningModule):
         self.has_val = True
         self.lr = cfg.training.lr  # the Lightning Tuner's lr_find sets this
         self.ema_decay = float(cfg.training.ema_decay)  # in [0, 1): checked by the config schema
+        self.ema_warmup = bool(cfg.training.ema_warmup)
 
     # --- subclasses
     def embed(self, x: torch.Tensor, use_ema: bool) -> torch.Tensor:
@@ -86,7 +88,7 @@ class LatentEngine(L.LightningModule):
 
     @torch.no_grad()
     def update_ema(self, step: int | None = None) -> None:
-        decay = ema_decay_at(self.global_step if step is None else step, self.ema_decay)
+        decay = ema_decay_at(self.global_step if step is None else step, self.ema_decay, self.ema_warmup)
         params = list(self.net.parameters())
         with _gathered(self.trainer.strategy if self._trainer is not None else None, params):
             for e, p in zip(self.ema_net.parameters(), params):

@@ -12,6 +12,10 @@ from typing import Sequence
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
+LATENT_NORMS = ("none", "batch")
+ENC_POOLS = ("avg", "flatten")
+
+
 class DiffAEConfigError(DriveError):
     """A DiffAE configuration value the user can fix."""
 
@@ -52,6 +56,15 @@ class DiffAEConfig:
     dropout: dropout inside the UNet's residual blocks.
     isotropic: 3D only. False (published model): down/upsample in-plane only, the first
         spatial axis (frames or slices) keeps its length. True: all three axes.
+    enc_pool: how the encoder's last feature map becomes z_sem. "avg" (published model): global
+        average pooling, then a 1x1 convolution (nearly translation invariant: what sits where is
+        lost unless the convolutions encode it in channels). "flatten": every position of the map
+        into one linear layer (keeps the layout, so position-dependent content such as the tissue at
+        the image centre is linearly available; ties the encoder to ``input_shape``).
+    latent_norm: "none" (published model): z_sem is the encoder head's output. "batch": z_sem is
+        standardised per dimension over the batch (BatchNorm without affine; running statistics at
+        evaluation), so it cannot collapse to a constant that the UNet learns to ignore (see README,
+        "How good are the latents?").
     """
 
     is3D: bool = False
@@ -67,6 +80,8 @@ class DiffAEConfig:
     num_heads: int = 1
     dropout: float = 0.1
     isotropic: bool = False
+    enc_pool: str = "avg"
+    latent_norm: str = "none"
 
     def __post_init__(self) -> None:
         for name in ("is3D", "isotropic"):
@@ -77,6 +92,10 @@ class DiffAEConfig:
                 raise DiffAEConfigError(f"{name} must be a boolean (or 0/1), got {v!r}")
         for name in ("in_channels", "latent_dim", "net_ch", "num_res_blocks", "enc_num_res_blocks", "num_heads"):
             positive_int(name, getattr(self, name), DiffAEConfigError)
+        if self.enc_pool not in ENC_POOLS:
+            raise DiffAEConfigError(f"enc_pool must be one of {', '.join(ENC_POOLS)}, got {self.enc_pool!r}")
+        if self.latent_norm not in LATENT_NORMS:
+            raise DiffAEConfigError(f"latent_norm must be one of {', '.join(LATENT_NORMS)}, got {self.latent_norm!r}")
         self.input_shape = _int_tuple("input_shape", self.input_shape)
         self.ch_mult = _int_tuple("ch_mult", self.ch_mult)
         self.enc_ch_mult = _int_tuple("enc_ch_mult", self.enc_ch_mult)
@@ -148,6 +167,12 @@ class DiffAEConfig:
 
     def downsampled_axes_text(self) -> str:
         return "the in-plane sizes (X, Y)" if self.in_plane_only else "all spatial sizes"
+
+    def encoder_map_shape(self) -> tuple[int, ...]:
+        """Spatial shape of the encoder's last feature map for ``input_shape`` (average pooling floors)."""
+        n = len(self.enc_ch_mult) - 1
+        shape = [s // 2 ** n for s in self.downsampled(self.input_shape)]
+        return (self.input_shape[0], *shape) if self.in_plane_only else tuple(shape)
 
     def attention_levels(self, mult: Sequence[int] | None = None) -> tuple[int, ...]:
         """Levels (0 = full resolution) whose running resolution is in ``attn_res``."""

@@ -2,14 +2,18 @@
 
 The downsampling half of a BeatGANs UNet without time conditioning, ending in
 GroupNorm, SiLU, global average pooling and a 1x1 convolution to ``latent_dim``
-(the paper's "adaptive non-zero" pooling head).
+(the paper's "adaptive non-zero" pooling head), or with ``enc_pool="flatten"`` GroupNorm, SiLU and
+one linear layer over every position of the last map. With ``latent_norm="batch"`` the code is then
+standardised per dimension (batch statistics in training, running ones at evaluation).
 """
 from __future__ import annotations
+
+import math
 
 from torch import Tensor, nn
 
 from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, run_block
-from .config import DiffAEConfig
+from .config import DiffAEConfig, DiffAEConfigError
 
 
 class GlobalAvgPool(nn.Module):
@@ -25,6 +29,7 @@ class SemanticEncoder(nn.Module):
         dims, groups, ch = cfg.dims, cfg.norm_groups, cfg.net_ch
         attn_levels = cfg.attention_levels(cfg.enc_ch_mult)
         self.activation_checkpointing = False  # a run-time choice (memory for compute), not architecture
+        self.cfg_input_shape = cfg.input_shape
 
         def block(c_in: int, c_out: int, resample: str | None = None) -> ResBlock:
             rs = Resample(resample, dims, cfg.in_plane_only) if resample else None
@@ -41,11 +46,24 @@ class SemanticEncoder(nn.Module):
             if lvl != len(cfg.enc_ch_mult) - 1:
                 self.input_blocks.append(EmbedSequential(block(ch, ch, "down")))
         self.middle_block = EmbedSequential(block(ch, ch), AttentionBlock(ch, groups, cfg.num_heads), block(ch, ch))
-        self.out = nn.Sequential(nn.GroupNorm(groups, ch), nn.SiLU(), GlobalAvgPool(),
-                                 conv_nd(dims, ch, cfg.latent_dim, 1), nn.Flatten(1))
+        self.map_shape = cfg.encoder_map_shape() if cfg.enc_pool == "flatten" else None
+        if self.map_shape is None:
+            head = [nn.GroupNorm(groups, ch), nn.SiLU(), GlobalAvgPool(), conv_nd(dims, ch, cfg.latent_dim, 1),
+                    nn.Flatten(1)]
+        else:  # same indices as the pooled head: out.3 is the projection, out.5 the optional BatchNorm
+            head = [nn.GroupNorm(groups, ch), nn.SiLU(), nn.Flatten(1),
+                    nn.Linear(ch * math.prod(self.map_shape), cfg.latent_dim), nn.Identity()]
+        if cfg.latent_norm == "batch":
+            head.append(nn.BatchNorm1d(cfg.latent_dim, affine=False))
+        self.out = nn.Sequential(*head)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = x.to(self.out[-2].weight.dtype)  # see DiffAE.forward: the network's dtype in, the caller's out
+        h = x.to(self.out[3].weight.dtype)  # see DiffAE.forward: the network's dtype in, the caller's out
         for module in self.input_blocks:
             h = run_block(module, self.activation_checkpointing, h)
-        return self.out(run_block(self.middle_block, self.activation_checkpointing, h)).to(x.dtype)
+        h = run_block(self.middle_block, self.activation_checkpointing, h)
+        if self.map_shape is not None and tuple(h.shape[2:]) != self.map_shape:
+            raise DiffAEConfigError(f"enc_pool flatten: the encoder was built for input_shape "
+                                    f"{tuple(self.cfg_input_shape)} (a {self.map_shape} feature map), got an input "
+                                    f"of spatial shape {tuple(x.shape[2:])}")
+        return self.out(h).to(x.dtype)

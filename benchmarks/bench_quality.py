@@ -1,0 +1,176 @@
+"""How good are the latents? DiffAE and a VAE against PCA of the pixels, on real images, at a CPU budget.
+
+For each dataset of ``quality_datasets.py`` (real images that ship in Python packages: scikit-learn's digits,
+10 classes; MRI patches of nilearn's MNI152 template, 3 tissue classes) this script trains
+
+* ``DiffAE``: ``main_diffAE.py`` as a user runs it (its demo recipe; only ``--latent_dim`` and the data flags set),
+* ``VAE``: ``main_recon.py --pythae_model vae`` (its defaults),
+
+on the training split, embeds the held-out test subjects, and scores them with ``main_benchmark`` beside
+``baseline_pca_pixels`` (PCA of the raw pixels, same dimension) and ``baseline_random`` (the chance level):
+standardised logistic-regression probe, repeated stratified 5-fold balanced accuracy on the test subjects, with a
+95 % bootstrap CI. It also runs the latent-usage diagnostic of the DiffAE: each test subject's DDIM code x_T
+(inverted with its own z) rendered with its own z vs with another subject's z. If swapping z barely changes the
+rendering, the UNet ignores the code.
+
+    python benchmarks/bench_quality.py [--datasets digits mri_tissue] [--out bench_quality] [--reuse]
+        [--diffae_args "--lr 3e-4"] [--tag NAME] [--write benchmarks/results/quality.md]
+
+Prints one JSON line per (dataset, representation) and a markdown table. Not part of the tests (it trains for
+minutes); ``--reuse`` keeps finished runs. Needs nilearn for mri_tissue (``pip install -e .[bench]``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
+
+from quality_datasets import DATASETS, write_dataset  # noqa: E402
+
+LATENT = 16
+# data-describing flags only: patches of one volume share its intensity scale (see quality_datasets)
+DATA_FLAGS = {"digits": [], "mri_tissue": ["--norm_type", "minmaxvol"]}
+MODELS = {
+    "DiffAE": ("Executors/main_diffAE.py", []),
+    "VAE": ("Executors/main_recon.py", ["--pythae_model", "vae"]),
+}
+
+
+def _run(args: list[str]) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True)
+    if proc.returncode:
+        sys.exit(f"{' '.join(args[:1])} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def train_and_embed(script: str, flags: list[str], data: Path, run_id: str, reuse: bool) -> tuple[Path, float | None]:
+    """Train on the training split and embed the test split (one executor call); (emb.h5, seconds)."""
+    run = data / "runs" / run_id
+    emb = run / "Output" / "emb.h5"
+    if reuse and emb.exists():
+        return emb, None
+    secs = _run([script, "--datajson_path", str(data / "dataNpath.json"), "--fulltrainID", run_id,
+                 "--latent_dim", str(LATENT), "--no-progress_bar", "--test_emb_only", *flags])
+    return emb, secs
+
+
+def embed_raw(data: Path, run_id: str, flags: list[str], reuse: bool) -> Path:
+    """The same best checkpoint embedded with the raw (not EMA) weights: Output_raw/emb.h5."""
+    emb = data / "runs" / run_id / "Output_raw" / "emb.h5"
+    if not (reuse and emb.exists()):
+        _run(["Executors/main_diffAE.py", "--datajson_path", str(data / "dataNpath.json"), "--fulltrainID", run_id,
+              "--latent_dim", str(LATENT), "--resume", "--load_best", "--run_mode", "2", "--no-test_ema",
+              "--test_emb_only", "--output_suffix", "raw", "--no-progress_bar", *flags])
+    return emb
+
+
+def latent_usage(run_dir: Path, data: Path, n: int = 64, seed: int = 0) -> dict:
+    """MSE of each subject's rendering from its own x_T with its own z vs with another subject's z."""
+    import pandas as pd
+    import torch
+
+    from Engineering.Engines.saved_runs import load_run, sample_images
+
+    run = load_run(run_dir)
+    eng = run.engine
+    ids = pd.read_csv(data / "labels.tsv", sep="\t", dtype=str)["FID"]
+    from ast import literal_eval
+    test = set(literal_eval(pd.read_csv(data / "folds.csv")["test"][0]))
+    rows = pd.DataFrame({"patientID": [i for i in ids if i in test]})
+    rows = rows.assign(fieldID="F0", instanceID="2", key="primary_img_0", c=0, t=0, s=0)
+    x = torch.from_numpy(sample_images(run, rows, data / "data.h5", n, seed)).float()
+    net = eng.ema_net if run.use_ema else eng.net
+    with torch.no_grad():
+        z = net.encode(x)
+        x_T = eng.diffusion.ddim_invert(net, x, z, eng.T_inv, clip=eng.clip)
+        own = eng.diffusion.ddim_sample(net, x_T, z, eng.T_step, clip=eng.clip)
+        perm = torch.roll(torch.arange(len(x)), 1)  # every subject gets another subject's code
+        swap = eng.diffusion.ddim_sample(net, x_T, z[perm], eng.T_step, clip=eng.clip)
+    mse_own = ((own - x) ** 2).flatten(1).mean(1)
+    mse_swap = ((swap - x) ** 2).flatten(1).mean(1)
+    mse_other = ((x[perm] - x) ** 2).flatten(1).mean(1)  # the scale: how different two subjects are
+    return {"n": len(x), "mse_own_z": float(mse_own.mean()), "mse_swapped_z": float(mse_swap.mean()),
+            "mse_between_subjects": float(mse_other.mean()),
+            "swap_over_own": float(mse_swap.mean() / mse_own.mean())}
+
+
+def score(data: Path, embs: dict[str, Path], out: Path) -> dict:
+    args = ["Executors/main_benchmark.py", "--latents", *[f"{k}={v}" for k, v in embs.items()],
+            "--labels", str(data / "labels.tsv"), "--label_cols", "label", "--pixels", str(data / "data.h5"),
+            "--out", str(out)]
+    _run(args)
+    return json.loads((out / "metrics.json").read_text())
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    p.add_argument("--out", default="bench_quality")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--diffae_args", default="", help="extra main_diffAE flags (a variant of the recipe)")
+    p.add_argument("--vae_args", default="", help="extra main_recon flags")
+    p.add_argument("--tag", default="default", help="run-name suffix of this variant")
+    p.add_argument("--reuse", action="store_true", help="keep finished runs")
+    p.add_argument("--no-usage", dest="usage", action="store_false", help="skip the latent-usage diagnostic")
+    p.add_argument("--raw_too", action="store_true", help="also score the DiffAE's raw (not EMA) encoder")
+    p.add_argument("--write", default="", help="also write the markdown table to this file")
+    args = p.parse_args()
+    out = Path(args.out).resolve()
+    extra = {"DiffAE": shlex.split(args.diffae_args), "VAE": shlex.split(args.vae_args)}
+    lines = ["| data | representation | probe balanced accuracy [95% CI] | vs PCA | kNN accuracy | train+embed s |",
+             "|---|---|---|---|---|---|"]
+    usage_lines = []
+    for name in args.datasets:
+        data = out / name
+        if not (data / "data.h5").exists() or not args.reuse:
+            write_dataset(name, data)
+        embs, secs = {}, {}
+        for model in args.models:
+            script, flags = MODELS[model]
+            run_id = f"{model}_{args.tag}"
+            embs[run_id], secs[run_id] = train_and_embed(script, [*flags, *DATA_FLAGS[name], *extra[model]], data,
+                                                         run_id, args.reuse)
+        if args.raw_too and "DiffAE" in args.models:
+            embs[f"DiffAE_{args.tag}_raw"] = embed_raw(data, f"DiffAE_{args.tag}",
+                                                       [*DATA_FLAGS[name], *extra["DiffAE"]], args.reuse)
+        metrics = score(data, embs, data / f"bench_{args.tag}")
+        pca = metrics["baseline_pca_pixels"]["probe_balanced_accuracy/label"]["value"]
+        for rep, values in metrics.items():
+            if not isinstance(values, dict) or "probe_balanced_accuracy/label" not in values:
+                continue
+            m, k = values["probe_balanced_accuracy/label"], values.get("knn_accuracy/label", {})
+            row = {"dataset": name, "representation": rep, "probe_bal_acc": round(m["value"], 3),
+                   "ci": [round(m["ci_low"], 3), round(m["ci_high"], 3)], "vs_pca": round(m["value"] / pca, 3),
+                   "knn_acc": round(k.get("value", float("nan")), 3), "n": m.get("n"),
+                   "seconds": None if secs.get(rep) is None else round(secs[rep])}
+            if rep.startswith("DiffAE") and not rep.endswith("_raw") and args.usage:
+                row["latent_usage"] = latent_usage(data / "runs" / rep, data)
+                u = row["latent_usage"]
+                usage_lines.append(f"| {name} | {u['mse_own_z']:.4f} | {u['mse_swapped_z']:.4f} | "
+                                   f"{u['swap_over_own']:.1f}× | {u['mse_between_subjects']:.4f} |")
+            print(json.dumps(row), flush=True)
+            lines.append(f"| {name} | {rep} | {row['probe_bal_acc']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] | "
+                         f"{row['vs_pca']:.2f}× | {row['knn_acc']:.3f} | {row['seconds'] or ''} |")
+    table = "\n".join(lines)
+    if usage_lines:
+        table += ("\n\nLatent usage (DiffAE, test subjects, rendering from each subject's own x_T; MSE in the model's "
+                  "input units):\n\n| data | own z | another subject's z | ratio | two subjects' images |\n"
+                  "|---|---|---|---|---|\n" + "\n".join(usage_lines))
+    print(table)
+    if args.write:
+        Path(args.write).write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
