@@ -253,6 +253,34 @@ def test_schedule_and_q_sample():
     assert d.loss(zero, x0, None, generator=g1).item() == d.loss(zero, x0, None, generator=g2).item()
 
 
+def test_p2_weighting_follows_the_paper_formula():
+    """P2 (Choi et al. 2022): lambda_t = 1 / (k + SNR_t)^gamma with SNR_t = abar_t / (1 - abar_t), here divided
+    by its mean over the T steps; the loss is each sample's MSE times its timestep's weight."""
+    T, gamma, k = 1000, 0.5, 2.0
+    d = GaussianDiffusion(T=T, weighting="p2", p2_gamma=gamma, p2_k=k)
+    betas = [1e-4 + (0.02 - 1e-4) * i / (T - 1) for i in range(T)]
+    abar, lam = 1.0, []
+    for b in betas:
+        abar *= 1.0 - b
+        lam.append((k + abar / (1.0 - abar)) ** -gamma)
+    mean = sum(lam) / T
+    for t in (0, 10, 250, 500, 999):
+        assert d.loss_weights[t].item() == pytest.approx(lam[t] / mean, rel=1e-9)
+    assert d.loss_weights[0] < d.loss_weights[500] < d.loss_weights[999]  # weight moves to the noisy steps
+    x0, noise = torch.randn(3, 1, 4, 4), torch.randn(3, 1, 4, 4)
+    t = torch.tensor([5, 400, 990])
+    zero = lambda x_t, t_, z: torch.zeros_like(x_t)  # noqa: E731
+    per_sample = noise.square().flatten(1).mean(1)
+    want = sum(per_sample[i].item() * lam[t[i]] / mean for i in range(3)) / 3
+    assert d.loss(zero, x0, None, t, noise).item() == pytest.approx(want, rel=1e-5)
+    # validation's plain MSE, and the uniform diffusion, are untouched by the weighting
+    assert d.loss(zero, x0, None, t, noise, weighted=False).item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
+    assert GaussianDiffusion().loss(zero, x0, None, t, noise).item() == pytest.approx(per_sample.mean().item(),
+                                                                                      rel=1e-6)
+    with pytest.raises(ValueError, match="weighting"):
+        GaussianDiffusion(weighting="snr")
+
+
 def point_mass_model(d: GaussianDiffusion, target: torch.Tensor):
     """The exact noise predictor for data concentrated on ``target``."""
     def eps(x_t, t, z):

@@ -17,7 +17,9 @@ from Engineering.io.hub import HubModel, shape_list
 # (x - 0.5) / 0.5, i.e. [-1, 1]; native resolution; DDIM with T_eval = T_inv = T_step = 20 steps spaced as
 # DiffAE's "ddim20" (range(0, 1000, 50)), x0 clipped to the data range while inverting and rendering.
 PUBLISHED_DATA = {"norm_type": "minmax", "norm_range": "symmetric", "interp_fact": 1.0, "croppad": True}
-PUBLISHED_DIFFUSION = {"T": 1000, "T_eval": 20, "T_inv": 20, "T_step": 20, "spacing": "ddim", "clip_x0": "auto"}
+# the published model's diffusion, and its training objective (fine-tuning keeps DiffAE's uniform epsilon MSE)
+PUBLISHED_DIFFUSION = {"T": 1000, "T_eval": 20, "T_inv": 20, "T_step": 20, "spacing": "ddim", "clip_x0": "auto",
+                       "loss_weighting": "uniform"}
 
 
 def published_diffae(raw: HubModel, cfg) -> HubModel:

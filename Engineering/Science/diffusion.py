@@ -8,6 +8,13 @@ The process is DDPM's (Ho et al., 2020): T=1000 steps, betas linear in
 (Song et al., 2021, eta=0) on a respaced subset of the T timesteps; DDIM
 inversion gives DiffAE's stochastic code x_T (Preechakul et al., CVPR 2022).
 Schedules are held in float64 and cast per step to the data's dtype.
+
+The training loss is the plain epsilon MSE ("uniform", DDPM's L_simple and DiffAE's) or P2-weighted
+(Choi et al., "Perception Prioritized Training of Diffusion Models", CVPR 2022): each timestep's MSE
+times lambda_t = 1 / (k + SNR_t)^gamma, which moves the weight from the nearly clean steps (where
+x_t alone gives the answer) to the noisy ones where the content has to come from elsewhere -- for a
+diffusion autoencoder, from z_sem. Weights are divided by their mean over the T steps, so the loss
+keeps the uniform loss's scale.
 """
 from __future__ import annotations
 
@@ -21,6 +28,7 @@ EpsModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 SPACINGS = ("ddim", "even")
+WEIGHTINGS = ("uniform", "p2")
 
 
 def respace_timesteps(T: int, steps: int, spacing: str = "ddim") -> Tensor:
@@ -50,14 +58,24 @@ def respace_timesteps(T: int, steps: int, spacing: str = "ddim") -> Tensor:
 class GaussianDiffusion:
     """DDPM forward process with epsilon prediction, and respaced DDIM (eta=0) sampling/inversion."""
 
-    def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, spacing: str = "ddim"):
+    def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, spacing: str = "ddim",
+                 weighting: str = "uniform", p2_gamma: float = 1.0, p2_k: float = 1.0):
         if T < 1:
             raise ValueError(f"T must be positive, got {T}")
         if spacing not in SPACINGS:
             raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
-        self.T, self.spacing = T, spacing
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"the loss weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
+        if not (p2_gamma >= 0 and p2_k > 0):
+            raise ValueError(f"P2 weighting needs gamma >= 0 and k > 0, got gamma={p2_gamma}, k={p2_k}")
+        self.T, self.spacing, self.weighting = T, spacing, weighting
         self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
+        self.loss_weights = None  # per-timestep weights of the training loss (None: uniform)
+        if weighting == "p2":
+            snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
+            lam = (p2_k + snr) ** -p2_gamma
+            self.loss_weights = lam / lam.mean()
 
     # ---- helpers ---------------------------------------------------------------------
     def respace(self, steps: int) -> Tensor:
@@ -91,12 +109,16 @@ class GaussianDiffusion:
         return a * x0 + s * noise
 
     def loss(self, model: EpsModel, x0: Tensor, z_sem: Tensor, t: Tensor | None = None,
-             noise: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Epsilon MSE (mean over all elements). Fixed t and noise make it deterministic (validation)."""
+             noise: Tensor | None = None, generator: torch.Generator | None = None, weighted: bool = True) -> Tensor:
+        """Epsilon MSE (mean over all elements), P2-weighted per sample if the diffusion has that weighting and
+        ``weighted``. Fixed t and noise make it deterministic (validation, which reports the plain MSE)."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
+        if weighted and self.loss_weights is not None:
+            err = (model(self.q_sample(x0, t, noise), t, z_sem) - noise).square().flatten(1).mean(1)
+            return (err * self.loss_weights[t.cpu()].to(device=err.device, dtype=err.dtype)).mean()
         return F.mse_loss(model(self.q_sample(x0, t, noise), t, z_sem), noise)
 
     # ---- DDIM ------------------------------------------------------------------------

@@ -38,6 +38,13 @@ DiffAEKeys = keys_from_dataclass(
                                                               "and the ancestor's range(0, T, k) with the smallest "
                                                               "stride k giving N steps (20 steps: 0, 50, ..., 950); "
                                                               "even = N rounded points from 0 to T-1.")),
+    loss_weighting=(Literal["uniform", "p2"],
+                    Field("uniform", description="Training loss over timesteps: uniform = DiffAE's epsilon MSE; p2 = "
+                                                 "P2 weighting 1/(p2_k + SNR_t)^p2_gamma (Choi et al. 2022, mean 1), "
+                                                 "more weight on the noisy steps where the content must come from "
+                                                 "z_sem (validation reports the plain MSE either way).")),
+    p2_gamma=(float, Field(1.0, ge=0, description="P2 weighting exponent (0 = uniform).")),
+    p2_k=(float, Field(1.0, gt=0, description="P2 weighting offset k.")),
     clip_x0=(Union[Literal["auto", "none"], None, tuple[float, float]],
              Field("auto", description="Clamp the predicted x0 while inverting and rendering (DiffAE's clip_denoised): "
                                        "auto = the normalised data range ([-1, 1] with --norm_range symmetric or "
@@ -89,7 +96,8 @@ class DiffAEEngine(LatentEngine):
         self.T_step = t_eval if cfg.eval.test_with_TEval or keys.T_step is None else keys.T_step
         self.T_eval = t_eval
         try:
-            self.diffusion = GaussianDiffusion(T=self.T, spacing=keys.spacing)
+            self.diffusion = GaussianDiffusion(T=self.T, spacing=keys.spacing, weighting=keys.loss_weighting,
+                                               p2_gamma=keys.p2_gamma, p2_k=keys.p2_k)
             for name in ("T_eval", "T_inv", "T_step"):
                 self.diffusion.respace(getattr(self, name))
         except ValueError as exc:
@@ -112,12 +120,12 @@ class DiffAEEngine(LatentEngine):
         noise = torch.randn(x.shape, generator=g, device=self.device, dtype=x.dtype)
         return t, noise
 
-    def _loss(self, model, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def _loss(self, model, x: torch.Tensor, g: torch.Generator, weighted: bool = True) -> torch.Tensor:
         # the diffusion schedule (noise, x_t, the loss) at fp32 or wider, whatever DeepSpeed's bf16 made of the
         # batch; the network casts x_t to its own dtype and its prediction back
         x = x.to(torch.promote_types(x.dtype, torch.float32))
         t, noise = self._draw(x, g)
-        return self.diffusion.loss(model, x, model.encode(x), t, noise)
+        return self.diffusion.loss(model, x, model.encode(x), t, noise, weighted=weighted)
 
     def training_step(self, batch, batch_idx):
         rank = self.global_rank
@@ -133,7 +141,7 @@ class DiffAEEngine(LatentEngine):
     def validation_step(self, batch, batch_idx):
         x = batch["inp"]
         net = self._eval_net()
-        loss = self._loss(net, x, self._gen(2, batch_idx))
+        loss = self._loss(net, x, self._gen(2, batch_idx), weighted=False)
         self.log("val_loss", loss, on_epoch=True, prog_bar=True, batch_size=x.shape[0], sync_dist=True)
         every = self.cfg.eval.val_ssim_every
         if every and batch_idx == 0 and (self.current_epoch + 1) % every == 0 and not self.trainer.sanity_checking:
