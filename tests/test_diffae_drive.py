@@ -277,6 +277,13 @@ def test_p2_weighting_follows_the_paper_formula():
     assert d.loss(zero, x0, None, t, noise, weighted=False).item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
     assert GaussianDiffusion().loss(zero, x0, None, t, noise).item() == pytest.approx(per_sample.mean().item(),
                                                                                       rel=1e-6)
+    # truncated SNR (Salimans & Ho 2022): eps weight max(1, 1/SNR_t), i.e. x0-error weight max(SNR_t, 1)
+    tr = GaussianDiffusion(T=T, weighting="truncated_snr")
+    abar = 1.0
+    for i, b in enumerate(betas):
+        abar *= 1.0 - b
+        if i in (0, 200, 999):
+            assert tr.loss_weights[i].item() == pytest.approx(max(1.0, (1.0 - abar) / abar), rel=1e-9)
     with pytest.raises(ValueError, match="weighting"):
         GaussianDiffusion(weighting="snr")
 

@@ -14,7 +14,9 @@ The training loss is the plain epsilon MSE ("uniform", DDPM's L_simple and DiffA
 times lambda_t = 1 / (k + SNR_t)^gamma, which moves the weight from the nearly clean steps (where
 x_t alone gives the answer) to the noisy ones where the content has to come from elsewhere -- for a
 diffusion autoencoder, from z_sem. Weights are divided by their mean over the T steps, so the loss
-keeps the uniform loss's scale.
+keeps the uniform loss's scale. "truncated_snr" (Salimans & Ho, "Progressive Distillation", ICLR 2022)
+weights each step by max(1, 1/SNR_t): the x0 error counts with weight max(SNR_t, 1), so at the noisy
+steps the UNet is trained as a decoder of z_sem (not normalised: the weights are the definition).
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ EpsModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 
 
 SPACINGS = ("ddim", "even")
-WEIGHTINGS = ("uniform", "p2")
+WEIGHTINGS = ("uniform", "p2", "truncated_snr")
 
 
 def respace_timesteps(T: int, steps: int, spacing: str = "ddim") -> Tensor:
@@ -72,10 +74,12 @@ class GaussianDiffusion:
         self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self.loss_weights = None  # per-timestep weights of the training loss (None: uniform)
+        snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
         if weighting == "p2":
-            snr = self.alphas_cumprod / (1.0 - self.alphas_cumprod)
             lam = (p2_k + snr) ** -p2_gamma
             self.loss_weights = lam / lam.mean()
+        elif weighting == "truncated_snr":
+            self.loss_weights = torch.clamp(1.0 / snr, min=1.0)
 
     # ---- helpers ---------------------------------------------------------------------
     def respace(self, steps: int) -> Tensor:

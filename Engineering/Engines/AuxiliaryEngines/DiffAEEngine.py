@@ -38,11 +38,13 @@ DiffAEKeys = keys_from_dataclass(
                                                               "and the ancestor's range(0, T, k) with the smallest "
                                                               "stride k giving N steps (20 steps: 0, 50, ..., 950); "
                                                               "even = N rounded points from 0 to T-1.")),
-    loss_weighting=(Literal["uniform", "p2"],
+    loss_weighting=(Literal["uniform", "p2", "truncated_snr"],
                     Field("uniform", description="Training loss over timesteps: uniform = DiffAE's epsilon MSE; p2 = "
                                                  "P2 weighting 1/(p2_k + SNR_t)^p2_gamma (Choi et al. 2022, mean 1), "
                                                  "more weight on the noisy steps where the content must come from "
-                                                 "z_sem (validation reports the plain MSE either way).")),
+                                                 "z_sem; truncated_snr = max(1, 1/SNR_t) (Salimans & Ho 2022: the "
+                                                 "x0 error with weight max(SNR_t, 1)). Validation reports the "
+                                                 "plain MSE either way.")),
     p2_gamma=(float, Field(1.0, ge=0, description="P2 weighting exponent (0 = uniform).")),
     p2_k=(float, Field(1.0, gt=0, description="P2 weighting offset k.")),
     clip_x0=(Union[Literal["auto", "none"], None, tuple[float, float]],
