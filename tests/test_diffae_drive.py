@@ -104,6 +104,12 @@ def test_batch_latent_norm_standardises_the_code_and_adds_only_its_statistics():
     assert torch.allclose(alone, together, atol=1e-6)
     bn = normed.encoder.out[5]
     assert torch.allclose(alone, (raw[:1] - bn.running_mean) / torch.sqrt(bn.running_var + 1e-5), atol=1e-5)
+    # a one-sample training batch (an epoch's remainder) uses the running statistics and leaves them as they are
+    normed.train()
+    before = bn.running_mean.clone()
+    with torch.no_grad():
+        one = normed.encode(x[:1])
+    assert torch.allclose(one, alone, atol=1e-6) and torch.equal(bn.running_mean, before)
 
 
 def test_in_plane_size_does_not_change_structure():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .blocks import AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, run_block
@@ -21,6 +22,19 @@ class GlobalAvgPool(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x.mean(dim=tuple(range(2, x.ndim)), keepdim=True)
+
+
+class LatentBatchNorm(nn.BatchNorm1d):
+    """BatchNorm without affine over the code; a one-sample training batch (an epoch's remainder, one sample
+    per rank) has no batch statistics, so it is normalised with the running ones and leaves them unchanged."""
+
+    def __init__(self, dim: int):
+        super().__init__(dim, affine=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return F.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
+        return super().forward(x)
 
 
 class SemanticEncoder(nn.Module):
@@ -54,7 +68,7 @@ class SemanticEncoder(nn.Module):
             head = [nn.GroupNorm(groups, ch), nn.SiLU(), nn.Flatten(1),
                     nn.Linear(ch * math.prod(self.map_shape), cfg.latent_dim), nn.Identity()]
         if cfg.latent_norm == "batch":
-            head.append(nn.BatchNorm1d(cfg.latent_dim, affine=False))
+            head.append(LatentBatchNorm(cfg.latent_dim))
         self.out = nn.Sequential(*head)
 
     def forward(self, x: Tensor) -> Tensor:
