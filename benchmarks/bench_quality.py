@@ -3,8 +3,9 @@
 For each dataset of ``quality_datasets.py`` (real images that ship in Python packages: scikit-learn's digits,
 10 classes; MRI patches of nilearn's MNI152 template, 3 tissue classes) this script trains
 
-* ``DiffAE``: ``main_diffAE.py`` as a user runs it (its demo recipe; only ``--latent_dim`` and the data flags set),
-* ``VAE``: ``main_recon.py --pythae_model vae`` (its defaults),
+* ``DiffAE``: ``main_diffAE.py`` as a user runs it (its demo recipe for 36 epochs instead of 8: the "small data"
+  recipe; otherwise only ``--latent_dim`` and the data flags set),
+* ``VAE``: ``main_recon.py --pythae_model vae`` (its defaults for 20 epochs instead of 3),
 
 on the training split, embeds the held-out test subjects, and scores them with ``main_benchmark`` beside
 ``baseline_pca_pixels`` (PCA of the raw pixels, same dimension) and ``baseline_random`` (the chance level):
@@ -28,8 +29,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

@@ -112,6 +112,18 @@ def test_batch_latent_norm_standardises_the_code_and_adds_only_its_statistics():
     assert torch.allclose(one, alone, atol=1e-6) and torch.equal(bn.running_mean, before)
 
 
+def test_flatten_head_keeps_the_layout_and_names_a_wrong_input_size():
+    m = tiny(input_shape=(16, 16), enc_pool="flatten")
+    head = m.encoder.out[3]
+    assert isinstance(head, torch.nn.Linear) and head.in_features == 16 * 4 * 4  # 16 channels on a 4x4 map
+    assert m.encode(torch.randn(2, 1, 16, 16)).shape == (2, 6)
+    with pytest.raises(DiffAEConfigError, match=r"built for input_shape \(16, 16\).*\(8, 16\)"):
+        m.encode(torch.randn(2, 1, 8, 16))
+    for bad in ({"enc_pool": "max"}, {"latent_norm": "layer"}):
+        with pytest.raises(DiffAEConfigError, match=next(iter(bad))):
+            tiny(input_shape=(16, 16), **bad)
+
+
 def test_in_plane_size_does_not_change_structure():
     # attention placement depends only on max(input_shape): same maximum, same weights
     a = tiny(is3D=True, input_shape=(4, 16, 16))

@@ -70,7 +70,7 @@ class GaussianDiffusion:
             raise ValueError(f"the loss weighting must be one of {', '.join(WEIGHTINGS)}, got {weighting!r}")
         if not (p2_gamma >= 0 and p2_k > 0):
             raise ValueError(f"P2 weighting needs gamma >= 0 and k > 0, got gamma={p2_gamma}, k={p2_k}")
-        self.T, self.spacing, self.weighting = T, spacing, weighting
+        self.T, self.spacing = T, spacing
         self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float64)
         self.alphas_cumprod = torch.cumprod(1.0 - self.betas, dim=0)
         self.loss_weights = None  # per-timestep weights of the training loss (None: uniform)
@@ -114,16 +114,18 @@ class GaussianDiffusion:
 
     def loss(self, model: EpsModel, x0: Tensor, z_sem: Tensor, t: Tensor | None = None,
              noise: Tensor | None = None, generator: torch.Generator | None = None, weighted: bool = True) -> Tensor:
-        """Epsilon MSE (mean over all elements), P2-weighted per sample if the diffusion has that weighting and
-        ``weighted``. Fixed t and noise make it deterministic (validation, which reports the plain MSE)."""
+        """Epsilon MSE (mean over all elements), weighted per sample by its timestep's ``loss_weights`` (p2,
+        truncated_snr) if ``weighted``. Fixed t and noise make it deterministic (validation, which reports the
+        plain MSE)."""
         if t is None:
             t = self.sample_timesteps(x0.shape[0], x0.device, generator)
         if noise is None:
             noise = torch.randn(x0.shape, dtype=x0.dtype, device=x0.device, generator=generator)
-        if weighted and self.loss_weights is not None:
-            err = (model(self.q_sample(x0, t, noise), t, z_sem) - noise).square().flatten(1).mean(1)
-            return (err * self.loss_weights[t.cpu()].to(device=err.device, dtype=err.dtype)).mean()
-        return F.mse_loss(model(self.q_sample(x0, t, noise), t, z_sem), noise)
+        pred = model(self.q_sample(x0, t, noise), t, z_sem)
+        if not weighted or self.loss_weights is None:
+            return F.mse_loss(pred, noise)
+        err = (pred - noise).square().flatten(1).mean(1)
+        return (err * self.loss_weights[t.cpu()].to(device=err.device, dtype=err.dtype)).mean()
 
     # ---- DDIM ------------------------------------------------------------------------
     def _x0_from_eps(self, x: Tensor, t: int, eps: Tensor, clip: tuple[float, float] | None):
