@@ -1,17 +1,33 @@
-"""DiffAE speed on this machine: training steps/s, embedding throughput, FLOP/s, data-loader rate.
+"""DiffAE speed on this machine, side by side with the ancestor: training s/step, embedding subjects/s, FLOP/s.
 
-python benchmarks/bench_diffae.py [--quick] [--threads N] [--rows 2d,3d_small,3d_published]
+python benchmarks/bench_diffae.py [--config published|small3d|2d|all] [--ancestor PATH] [--threads N]
+    [--steps N] [--compile] [--no-profile]
 
-One training step = eps-MSE at random t through encoder + UNet, backward, Adam
-step (as the ancestor's reference numbers). Embedding = the semantic encoder
-alone (--test_emb_only). FLOPs are counted with torch.utils.flop_counter and
-compared with this machine's measured fp32 matmul peak. The data-loader rows
-compare our H5Samples (h5py slicing, normalisation) with raw h5py reads of the
-same samples.
+One training step = eps-MSE at a random t through encoder + UNet, backward, Adam step (the ancestor's
+procedure). Our steps pull their batch from our DataLoader over an int16 HDF5 cohort of the configuration's
+shape (default workers), so the time the loop waits for data is measured, not assumed. Embedding = the
+semantic encoder alone, eval, no grad (``--test_emb_only``): fp32, and bf16 through the encoder copy that
+``--embed_precision bf16`` uses (channels-last for 3D; ``--compile`` torch.compiles it, as ``--compile_model``).
+
+``--ancestor PATH`` is the root of a local checkout of the ancestor (GlastonburyGroup/ImLatent, MIT-licensed
+model code): its BeatGANs autoencoder is imported from that path at run time (never vendored) and timed with the
+same procedure in the same process. Without it, the last recorded ancestor figures (``ROWS``) are printed.
+
+Output: one JSON line per configuration (``config``, ``ours_train_s_per_step``, ``ancestor_train_s_per_step``,
+``ratio_train`` = ancestor s/step / ours, ``ours_embed_subj_per_s``, ``ancestor_embed_subj_per_s``,
+``ratio_embed`` = ours / ancestor, bf16 figures, GFLOP/s and their fraction of this machine's measured matmul and
+convolution peaks, the data wait, the profile's top operators), then a markdown table. Every time is the median
+of ``--steps`` repetitions after a warm-up. On CUDA the same rows report samples/s and peak memory.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
+import json
+import os
+import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -19,133 +35,295 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
 from torch.utils.flop_counter import FlopCounterMode
 
-from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
-from Engineering.data.index import Selection, scan
-from Engineering.data.transforms import axis_perm
-from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
-from Engineering.Science.diffusion import GaussianDiffusion
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
 
-# (name, is3D, input_shape, net_ch, latent, batch, ancestor s/step, ancestor subjects/s embedding)
+from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples  # noqa: E402
+from Engineering.data.index import Selection, scan  # noqa: E402
+from Engineering.data.transforms import axis_perm, normalise_batch  # noqa: E402
+from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig  # noqa: E402
+from Engineering.Science.diffusion import GaussianDiffusion  # noqa: E402
+
+# name: (is3D, input_shape, net_ch, latent, train batch, embed batch,
+#        last recorded ancestor s/step, ancestor embedding subjects/s (fp32, same threads, this machine kind))
 ROWS = {
-    "2d": (False, (64, 64), 32, 64, 8, 0.78, 274.0),
-    "3d_small": (True, (16, 64, 64), 16, 32, 4, 12.6, 5.7),
-    "3d_published": (True, (50, 128, 128), 32, 128, 1, 89.0, 0.36),
+    "2d": (False, (64, 64), 32, 64, 8, 32, 0.78, 274.0),
+    "small3d": (True, (16, 64, 64), 16, 32, 4, 4, 12.6, 5.7),
+    "published": (True, (50, 128, 128), 32, 128, 1, 2, 89.0, 0.36),
 }
 
 
-def matmul_peak(seconds: float = 2.0) -> float:
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
-        a @ b
-        n += 1
-    return 2 * 2048**3 * n / (time.perf_counter() - t0)
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
-def bench_model(is3D, shape, net_ch, latent, batch, n_steps: int, n_embed: int) -> dict:
-    torch.manual_seed(0)
-    cfg = DiffAEConfig(is3D=is3D, in_channels=1, input_shape=shape, latent_dim=latent, net_ch=net_ch)
-    net = DiffAE(cfg)
-    diff = GaussianDiffusion(T=1000)
-    opt = torch.optim.Adam(net.parameters(), lr=1e-4)
-    x = torch.randn(batch, 1, *shape)
+def median_time(fn, steps: int, sync=lambda: None) -> float:
+    return interleaved([fn], steps, sync)[0]
 
-    def step():
-        t = torch.randint(0, 1000, (batch,))
-        loss = diff.loss(net, x, net.encode(x), t, torch.randn_like(x))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
 
-    with FlopCounterMode(display=False) as fc:
-        step()  # also the warm-up
-    step_flops = fc.get_total_flops()
-    t0 = time.perf_counter()
-    for _ in range(n_steps):
-        step()
-    s_per_step = (time.perf_counter() - t0) / n_steps
+def interleaved(fns, steps: int, sync=lambda: None) -> list[float]:
+    """Median seconds per call of each fn, the calls alternating (A B A B ...) after one warm-up call each: a
+    shared, drifting machine then slows both sides alike, and the ratio stays honest."""
+    for fn in fns:  # warm-up (allocator, oneDNN primitive cache, compilation)
+        fn()
+        sync()
+    times = [[] for _ in fns]
+    for _ in range(steps):
+        for fn, ts in zip(fns, times):
+            t0 = time.perf_counter()
+            fn()
+            sync()
+            ts.append(time.perf_counter() - t0)
+    return [statistics.median(ts) for ts in times]
 
-    net.eval()
-    xe = torch.randn(max(batch, 4 if is3D else 32), 1, *shape)
+
+def matmul_peak(device: str, seconds: float = 2.0) -> float:
+    a, b = torch.randn(2048, 2048, device=device), torch.randn(2048, 2048, device=device)
+    return 2 * 2048 ** 3 / median_time(lambda: a @ b, max(3, int(seconds / 0.05)), _sync(device))
+
+
+def conv_peak(is3D: bool, ch: int, shape, device: str) -> float:
+    """fp32 FLOP/s of the configuration's dominant convolution (net_ch -> net_ch, 3x3(x3), full resolution)."""
+    conv = (torch.nn.Conv3d if is3D else torch.nn.Conv2d)(ch, ch, 3, padding=1).to(device)
+    h = torch.randn(1, ch, *shape, device=device)
+    flops = 2 * ch * ch * 3 ** len(shape) * int(np.prod(shape))
     with torch.no_grad():
-        with FlopCounterMode(display=False) as fc:
-            net.encode(xe)
-        emb_flops = fc.get_total_flops()
-        t0 = time.perf_counter()
-        for _ in range(n_embed):
-            net.encode(xe)
-        subj_per_s = n_embed * xe.shape[0] / (time.perf_counter() - t0)
-    return {"s_per_step": s_per_step, "step_flops": step_flops, "subj_per_s": subj_per_s,
-            "emb_flops_per_subj": emb_flops / xe.shape[0], "params_M": sum(p.numel() for p in net.parameters()) / 1e6}
+        return flops / median_time(lambda: conv(h), 3, _sync(device))
 
 
-def _cohort(path: Path, n: int, shape) -> None:
+def _sync(device: str):
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
+# ---- the ancestor's network, imported from a local checkout ------------------------------------------------------
+def ancestor_model(root: Path, is3D: bool, shape, net_ch: int, latent: int):
+    """The ancestor's BeatGANsAutoencModel for this configuration, built by its own ``ukbb_autoenc`` template."""
+    pkg_dir = Path(root).expanduser() / "Engineering" / "Engines" / "WarpDrives" / "DiffAE"
+    if not (pkg_dir / "templates.py").is_file():
+        sys.exit(f"--ancestor {root}: no Engineering/Engines/WarpDrives/DiffAE/templates.py there (give the root of "
+                 "an ImLatent checkout)")
+    name = "_ancestor_diffae"  # its own package name, so it cannot shadow ours (both are called Engineering)
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, pkg_dir / "__init__.py",
+                                                      submodule_search_locations=[str(pkg_dir)])
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    templates = importlib.import_module(f"{name}.templates")
+    conf = templates.ukbb_autoenc(n_latents=latent)
+    conf.is3D, conf.input_shape, conf.in_channels, conf.out_channels, conf.net_ch = is3D, tuple(shape), 1, 1, net_ch
+    conf.refresh_values()
+    return conf.make_model_conf().make_model()
+
+
+# ---- one procedure for both networks -------------------------------------------------------------------------------
+class Pair:
+    """forward(x_t, t, x) -> eps and encode(x) -> z for our DiffAE or the ancestor's model."""
+
+    def __init__(self, net, ancestor: bool):
+        self.net, self.ancestor = net, ancestor
+
+    def eps(self, x_t, t, x):
+        return self.net(x_t, t, x_start=x).pred if self.ancestor else self.net(x_t, t, self.net.encode(x))
+
+    def encode(self, x):
+        return self.net.encode(x)["cond"] if self.ancestor else self.net.encode(x)
+
+
+def _cohort(path: Path, n: int, shape, is3D: bool) -> None:
+    """int16 samples of the configuration's shape in our HDF5 layout: a 3D sample is one (1, S, 1, X, Y) volume
+    read as S slices (DS_slice_dim 1); a 2D cohort stores (1, 1, 1, X, Y) frames."""
     rng = np.random.default_rng(0)
     with h5py.File(path, "w") as h5:
         for i in range(n):
-            data = rng.integers(0, 2000, size=shape, dtype=np.int16)
-            ds = h5.create_dataset(f"{1000 + i}/20208/2/primary_cine_0", data=data)
+            full = (1, shape[0], 1, *shape[1:]) if is3D else (1, 1, 1, *shape)
+            ds = h5.create_dataset(f"{1000 + i}/20208/2/primary_cine_0", data=rng.integers(0, 2000, full, np.int16))
             ds.attrs.update({"min_val": 0.0, "max_val": 2000.0})
 
 
-def bench_loader(is3D: bool, n: int = 24, shape=(1, 50, 1, 128, 128), repeats: int = 2) -> dict:
+def loader(path: Path, is3D: bool, shape, batch: int, workers: int) -> DataLoader:
+    records = scan(path, Selection())
+    spec = SampleSpec(is3D=is3D, input_shape=tuple(shape), perm=axis_perm(0, 1 if is3D else 2), split_t=not is3D,
+                      split_s=not is3D, norm_type="minmaxvol", norm_range="symmetric")
+    ds = H5Samples(path, records, enumerate_samples(records, spec), spec)
+    return DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
+
+
+def train_step(pair: Pair, batches, device: str):
+    """One step of the ancestor's procedure on the next batch; the time spent waiting for it is recorded apart."""
+    diff = GaussianDiffusion(T=1000)
+    ab = torch.as_tensor(diff.alphas_cumprod, dtype=torch.float32, device=device)
+    opt = torch.optim.Adam(pair.net.parameters(), lr=1e-4)
+    pair.net.train()
+    it, waits = iter(batches), []
+
+    def step():
+        t0 = time.perf_counter()
+        batch = next(it)
+        x = normalise_batch(batch["inp"].to(device), batch["affine"].to(device))  # as on_after_batch_transfer
+        waits.append(time.perf_counter() - t0)
+        t = torch.randint(0, 1000, (x.shape[0],), device=device)
+        noise = torch.randn_like(x)
+        a = ab[t].view(-1, *([1] * (x.ndim - 1)))
+        loss = F.mse_loss(pair.eps(a.sqrt() * x + (1 - a).sqrt() * noise, t, x), noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return step, waits
+
+
+def flops_of(fn) -> float:
+    with FlopCounterMode(display=False) as fc:
+        fn()
+    return fc.get_total_flops()
+
+
+def top_ops(fn, n: int = 6) -> list[dict]:
+    """The operators that take the time of one call of fn (torch.profiler, self CPU time)."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
+    total = sum(e.self_cpu_time_total for e in prof.key_averages()) or 1
+    return [{"op": e.key, "s": round(e.self_cpu_time_total / 1e6, 3), "share": round(e.self_cpu_time_total / total, 3)}
+            for e in rows]
+
+
+def bench_config(name: str, args, peaks: dict) -> dict:
+    is3D, shape, ch, latent, bs, ebs, anc_step, anc_emb = ROWS[name]
+    steps = args.steps or {"published": 3, "small3d": 5, "2d": 9}[name]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    sync = _sync(device)
+    torch.manual_seed(0)
+    ours = DiffAE(DiffAEConfig(is3D=is3D, in_channels=1, input_shape=shape, latent_dim=latent, net_ch=ch)).to(device)
+    pairs = [Pair(ours, ancestor=False)]
+    if args.ancestor:
+        torch.manual_seed(0)
+        pairs.append(Pair(ancestor_model(Path(args.ancestor), is3D, shape, ch, latent).to(device), ancestor=True))
+    out: dict = {"config": name, "shape": list(shape), "net_ch": ch, "latent": latent, "train_batch": bs,
+                 "embed_batch": ebs, "steps": steps, "threads": torch.get_num_threads(), "device": device,
+                 "params_M": round(sum(p.numel() for p in ours.parameters()) / 1e6, 2)}
+    if args.ancestor:
+        out["ancestor_params_M"] = round(sum(p.numel() for p in pairs[1].net.parameters()) / 1e6, 2)
+    x_train = torch.randn(bs, 1, *shape, device=device)
+    x_emb = torch.randn(ebs, 1, *shape, device=device)
+    t0 = torch.zeros(bs, dtype=torch.long, device=device)
+    step_flops = 3 * flops_of(lambda: pairs[0].eps(x_train, t0, x_train))  # forward + backward (~2x forward)
+    with torch.no_grad():
+        emb_flops = flops_of(lambda: ours.encode(x_emb)) / ebs
+
+    # training: our DataLoader over an int16 cohort of this shape (default --num_workers 0), both networks
+    # stepping in alternation
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.h5"
-        _cohort(path, n, shape)
-        records = scan(path, Selection())
-        # 3D: cine frames as the volume axis (DS_slice_dim 1); 2D: one frame per sample
-        perm = axis_perm(0, 1 if is3D else 2)
-        spec = SampleSpec(is3D=is3D, input_shape=(50, 128, 128) if is3D else (128, 128), perm=perm,
-                          split_t=not is3D, split_s=False if is3D else True, norm_type="minmaxvol")
-        ds = H5Samples(path, records, enumerate_samples(records, spec), spec)
-        for i in range(min(len(ds), 4)):
-            ds[i]  # open the file, warm the page cache
-        t0 = time.perf_counter()
-        for _ in range(repeats):
-            for i in range(len(ds)):
-                ds[i]
-        ours = repeats * len(ds) / (time.perf_counter() - t0)
-        with h5py.File(path, "r") as h5:
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                for ref in ds.samples:
-                    rec = records[ref.record]
-                    d = h5[rec.h5path]
-                    d[:, :, 0:1] if is3D else d[:, ref.t:ref.t + 1, ref.s:ref.s + 1]  # noqa: B018
-            raw = repeats * len(ds) / (time.perf_counter() - t0)
-    return {"ours": ours, "raw": raw, "ratio": ours / raw, "n": len(ds)}
+        _cohort(path, bs * (steps + 1), shape, is3D)
+        made = [train_step(pair, loader(path, is3D, shape, bs, workers=0), device) for pair in pairs]
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        secs = interleaved([m[0] for m in made], steps, sync)
+        if device == "cuda":
+            out["train_peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+            out["train_samples_per_s"] = round(bs / secs[0], 2)
+    out["ours_train_s_per_step"] = round(secs[0], 3)
+    out["data_wait_s"] = round(statistics.median(made[0][1][1:]), 5)
+    out["data_wait_fraction"] = round(out["data_wait_s"] / secs[0], 5)
+    gf = step_flops / secs[0] / 1e9
+    out["ours_train_GFLOPs"] = round(gf, 1)
+    out["train_frac_matmul_peak"] = round(gf * 1e9 / peaks["matmul"], 3)
+    out["train_frac_conv_peak"] = round(gf * 1e9 / peaks[name], 3)
+    del made
+
+    # embedding: fp32 encoders alternating; then our bf16 copy
+    for pair in pairs:
+        pair.net.eval()
+    with torch.inference_mode():
+        esecs = interleaved([lambda p=pair: p.encode(x_emb) for pair in pairs], steps, sync)
+        out["ours_embed_subj_per_s"] = round(ebs / esecs[0], 3)
+        out["ours_embed_GFLOPs"] = round(emb_flops * ebs / esecs[0] / 1e9, 1)
+        out["embed_frac_matmul_peak"] = round(emb_flops * ebs / esecs[0] / peaks["matmul"], 3)
+        fast = ours.fast_encoder(torch.bfloat16, compile=args.compile)
+        t_c = time.perf_counter()
+        fast(x_emb)
+        out["bf16_first_call_s"] = round(time.perf_counter() - t_c, 1)  # includes the compilation with --compile
+        out["ours_embed_bf16_subj_per_s"] = round(ebs / median_time(lambda: fast(x_emb), steps, sync), 3)
+        out["bf16_compiled"] = bool(args.compile)
+        if args.profile and device == "cpu":
+            out["top_ops_embed_fp32"] = top_ops(lambda: ours.encode(x_emb))
+            out["top_ops_embed_bf16"] = top_ops(lambda: fast(x_emb))
+    if args.profile and device == "cpu":
+        ours.train()
+
+        def one_step():
+            loss = pairs[0].eps(x_train, t0 + 500, x_train).square().mean()
+            loss.backward()
+        out["top_ops_train"] = top_ops(one_step)
+
+    if args.ancestor:
+        out["ancestor_train_s_per_step"] = round(secs[1], 3)
+        out["ancestor_embed_subj_per_s"] = round(ebs / esecs[1], 3)
+        out["ancestor_source"] = "measured"
+    else:
+        out["ancestor_train_s_per_step"], out["ancestor_embed_subj_per_s"] = anc_step, anc_emb
+        out["ancestor_source"] = "recorded"
+    out["ratio_train"] = round(out["ancestor_train_s_per_step"] / out["ours_train_s_per_step"], 2)
+    out["ratio_embed"] = round(out["ours_embed_subj_per_s"] / out["ancestor_embed_subj_per_s"], 2)
+    out["ratio_embed_bf16"] = round(out["ours_embed_bf16_subj_per_s"] / out["ancestor_embed_subj_per_s"], 2)
+    return out
+
+
+def table(rows: list[dict], peaks: dict) -> str:
+    lines = [f"threads {rows[0]['threads']}; fp32 matmul peak {peaks['matmul'] / 1e9:.0f} GFLOP/s",
+             "",
+             "| config | batch (train/embed) | s/step ours (ancestor) | train speed-up | train GFLOP/s (% matmul / "
+             "% conv peak) | data wait | embed subj/s fp32 ours (ancestor) | embed speed-up | embed subj/s bf16 "
+             "(vs ancestor fp32) |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['config']} {'x'.join(map(str, r['shape']))} ch{r['net_ch']} L{r['latent']} | {r['train_batch']}/"
+            f"{r['embed_batch']} | {r['ours_train_s_per_step']:.2f} ({r['ancestor_train_s_per_step']:.2f}) | "
+            f"{r['ratio_train']:.2f}x | {r['ours_train_GFLOPs']:.0f} ({100 * r['train_frac_matmul_peak']:.0f}% / "
+            f"{100 * r['train_frac_conv_peak']:.0f}%) | {100 * r['data_wait_fraction']:.2f}% | "
+            f"{r['ours_embed_subj_per_s']:.2f} ({r['ancestor_embed_subj_per_s']:.2f}) | {r['ratio_embed']:.2f}x | "
+            f"{r['ours_embed_bf16_subj_per_s']:.2f} ({r['ratio_embed_bf16']:.2f}x) |")
+    return "\n".join(lines)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer repetitions, skip the published 3D size")
-    p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--rows", default="2d,3d_small,3d_published")
+    p.add_argument("--config", default="all", choices=[*ROWS, "all"])
+    p.add_argument("--ancestor", default="", help="root of a local ImLatent checkout: time its model side by side")
+    p.add_argument("--threads", type=int, default=usable_cores(), help="default: the cores this process may use")
+    p.add_argument("--steps", type=int, default=0,
+                   help="timed repetitions after the warm-up (median); default 3 published, 5 small3d, 9 2d")
+    p.add_argument("--compile", action="store_true", help="torch.compile the bf16 encoder (as --compile_model)")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the operator profile")
+    p.add_argument("--write", default="", help="also write the JSON lines and the table to this file")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
-    rows = [r for r in a.rows.split(",") if not (a.quick and r == "3d_published")]
-    peak = matmul_peak()
-    print(f"threads {a.threads}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s\n")
-    print("| config | batch | params (M) | s/step | ancestor s/step | speed-up | train GFLOP/s (% peak) "
-          "| embed subj/s | ancestor subj/s | speed-up |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for name in rows:
-        is3D, shape, ch, lat, bs, anc_step, anc_emb = ROWS[name]
-        big = name == "3d_published"
-        r = bench_model(is3D, shape, ch, lat, bs, n_steps=1 if big or a.quick else 3, n_embed=1 if big else 3)
-        gflops = r["step_flops"] / r["s_per_step"] / 1e9
-        print(f"| {name} {'x'.join(map(str, shape))} ch{ch} L{lat} | {bs} | {r['params_M']:.1f} | {r['s_per_step']:.2f} "
-              f"| {anc_step} | {anc_step / r['s_per_step']:.1f}x | {gflops:.1f} ({100 * gflops * 1e9 / peak:.0f}%) "
-              f"| {r['subj_per_s']:.2f} | {anc_emb} | {r['subj_per_s'] / anc_emb:.1f}x |")
-    print("\n| data loader (int16 cine 1x50x1x128x128) | samples | ours samples/s | raw h5py samples/s | ours/raw |")
-    print("|---|---|---|---|---|")
-    for is3D in (True, False):
-        r = bench_loader(is3D)
-        print(f"| {'3D volume (50x128x128)' if is3D else '2D frame (128x128)'} | {r['n']} | {r['ours']:.0f} "
-              f"| {r['raw']:.0f} | {100 * r['ratio']:.0f}% |")
+    names = list(ROWS) if a.config == "all" else [a.config]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    peaks = {"matmul": matmul_peak(device)}
+    for n in names:
+        is3D, shape, ch = ROWS[n][:3]
+        peaks[n] = conv_peak(is3D, ch, shape, device)
+    rows = []
+    for n in names:
+        rows.append(bench_config(n, a, peaks))
+        rows[-1]["conv_peak_GFLOPs"] = round(peaks[n] / 1e9, 1)
+        rows[-1]["matmul_peak_GFLOPs"] = round(peaks["matmul"] / 1e9, 1)
+        print(json.dumps(rows[-1]), flush=True)
+    text = table(rows, peaks)
+    print("\n" + text)
+    if a.write:
+        Path(a.write).write_text("\n".join(json.dumps(r) for r in rows) + "\n\n" + text + "\n")
 
 
 if __name__ == "__main__":

@@ -404,3 +404,83 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(is3D):
         torch.testing.assert_close(p.grad, grads[name].grad, rtol=1e-5, atol=1e-7, msg=name)
     with torch.no_grad():  # no gradients: the blocks run plainly, the same output
         torch.testing.assert_close(ckpt.encode(x), plain.encode(x))
+
+
+# ---- fast paths (README, Speed): the same numbers as the plain operators ---------------------------------------
+
+def _plain_down(x: torch.Tensor, factor) -> torch.Tensor:
+    return (F.avg_pool3d if x.ndim == 5 else F.avg_pool2d)(x, factor)
+
+
+@pytest.mark.parametrize("dims,shape,layout", [(2, (2, 3, 8, 12), torch.contiguous_format),
+                                               (3, (2, 3, 5, 8, 12), torch.contiguous_format),
+                                               (3, (2, 3, 5, 8, 12), torch.channels_last_3d)])
+def test_in_plane_downsampling_equals_average_pooling_values_and_gradients(dims, shape, layout):
+    r = Resample("down", dims, in_plane_only=True)
+    x = torch.randn(shape).contiguous(memory_format=layout).requires_grad_(True)
+    x_ref = x.detach().clone().requires_grad_(True)
+    out, ref = r(x), _plain_down(x_ref, r.factor)
+    torch.testing.assert_close(out, ref, rtol=0, atol=1e-6)
+    w = torch.randn(ref.shape)
+    (out * w).sum().backward()
+    (ref * w).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad, rtol=0, atol=1e-6)
+    # bf16 on CPU (no 3D pooling kernel there): the same mean, to bf16 precision
+    torch.testing.assert_close(r(x.detach().bfloat16()).float(), ref.detach(), rtol=2e-2, atol=2e-2)
+
+
+def test_isotropic_and_odd_downsampling_still_pool():
+    iso = Resample("down", 3, in_plane_only=False)
+    x = torch.randn(1, 2, 4, 6, 6)
+    assert torch.equal(iso(x), F.avg_pool3d(x, 2))
+    odd = torch.randn(1, 2, 7, 7)  # floor, as the pooling kernel
+    assert torch.equal(Resample("down", 2, True)(odd), F.avg_pool2d(odd, 2))
+
+
+def test_fast_dropout_keeps_the_distribution_and_is_the_identity_in_eval():
+    drop = blocks.FastDropout(0.25)
+    x = torch.ones(400_000, requires_grad=True)
+    y = drop(x)
+    values = torch.unique(y.detach())
+    assert values.tolist() == pytest.approx([0.0, 1 / 0.75])
+    assert float((y.detach() > 0).float().mean()) == pytest.approx(0.75, abs=0.005)
+    assert float(y.detach().mean()) == pytest.approx(1.0, abs=0.01)  # unbiased
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # the gradient is the same mask
+    drop.eval()
+    z = torch.randn(10)
+    assert torch.equal(drop(z), z)
+    assert torch.equal(blocks.FastDropout(0.0).train()(z), z)
+
+
+@pytest.mark.parametrize("is3D", [False, True])
+def test_optimised_fp32_paths_give_the_plain_latents_and_noise(monkeypatch, is3D):
+    kw = {"is3D": True, "input_shape": (4, 16, 16)} if is3D else {}
+    net = tiny(**kw)
+    x = torch.randn(2, 1, *((4, 16, 16) if is3D else (16, 16)))
+    t = torch.tensor([3, 700])
+    with torch.no_grad():
+        z, eps = net.encode(x), net(x, t, net.encode(x))
+        fast32 = net.fast_encoder(torch.float32)(x)  # the embedding copy (channels-last in 3D)
+        monkeypatch.setattr(Resample, "forward", lambda self, h: _plain_down(h, self.factor) if self.mode == "down"
+                            else F.interpolate(h, scale_factor=self.factor, mode="nearest"))
+        z_plain, eps_plain = net.encode(x), net(x, t, net.encode(x))
+    torch.testing.assert_close(z, z_plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(eps, eps_plain, rtol=0, atol=1e-5)
+    torch.testing.assert_close(fast32, z_plain, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("is3D", [False, True])
+def test_bf16_embedding_copy_is_close_float32_and_checks_its_input(is3D):
+    kw = {"is3D": True, "input_shape": (4, 16, 16)} if is3D else {}
+    net = tiny(**kw)
+    x = torch.randn(3, 1, *((4, 16, 16) if is3D else (16, 16)))
+    fast = net.fast_encoder(torch.bfloat16)
+    with torch.no_grad():
+        z, z16 = net.encode(x), fast(x)
+    assert z16.dtype == torch.float32 and z16.shape == z.shape
+    assert not torch.equal(z16, z)  # it did run in bf16
+    assert float(F.cosine_similarity(z16, z).min()) > 0.999
+    assert all(p.dtype == torch.float32 for p in net.parameters())  # the model itself is untouched
+    with pytest.raises(DiffAEConfigError):
+        fast(torch.randn(1, 2, *x.shape[2:]))  # wrong channel count: the same clear error as encode

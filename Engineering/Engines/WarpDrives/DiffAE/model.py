@@ -11,6 +11,8 @@ noise of the ancestor (``x_T``) is not part of its state.
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import Tensor, nn
 
@@ -105,6 +107,21 @@ class DiffAE(nn.Module):
         """Semantic code z_sem (B, latent_dim) of images x."""
         self._check_input(x, "x")
         return self.encoder(x)
+
+    def fast_encoder(self, dtype: torch.dtype = torch.bfloat16, compile: bool = False):
+        """An inference-only copy of the semantic encoder in ``dtype`` (bf16: AVX512-BF16/AMX CPUs, CUDA), in
+        channels-last layout for 3D (oneDNN's fast Conv3d path), optionally ``torch.compile``d (GroupNorm, SiLU
+        and the residual adds fused; about a minute of compilation on CPU). Returns ``f(x) -> z_sem`` in float32.
+        The copy does not follow later changes to this module's weights: build it after loading them."""
+        enc = copy.deepcopy(self.encoder).eval().requires_grad_(False).to(dtype)
+        layout = torch.channels_last_3d if self.cfg.is3D else torch.contiguous_format
+        enc = enc.to(memory_format=layout)
+        run = torch.compile(enc) if compile else enc
+
+        def encode(x: Tensor) -> Tensor:
+            self._check_input(x, "x")
+            return run(x.to(dtype).contiguous(memory_format=layout)).float()
+        return encode
 
     def forward(self, x_t: Tensor, t: Tensor, z_sem: Tensor) -> Tensor:
         """Noise prediction for x_t at integer timesteps t (B,) (or one scalar) in [0, T), given z_sem (B, latent_dim)."""
