@@ -4,6 +4,7 @@
 #   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
 #   make test-deepspeed -> DeepSpeed ZeRO-1/2/3 on two CPU processes (a few minutes)
 #   make ci     -> what CI runs: make test, then make test-deepspeed
+#   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 embedding tolerance
 #   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (README "How good are the latents?")
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -38,8 +39,11 @@ test-deepspeed: setup
 
 ci: test test-deepspeed
 
+# Speed (README "Speed"): ANCESTOR=/path/to/ImLatent times the ancestor side by side (published row ~16 min)
+ANCESTOR ?=
 bench: setup
-	$(PY) benchmarks/bench_diffae.py
+	$(PY) benchmarks/bench_diffae.py --compile $(if $(ANCESTOR),--ancestor $(ANCESTOR)) --write benchmarks/results/speed.md
+	$(PY) benchmarks/bench_embed_bf16.py
 	$(PY) benchmarks/bench_recon.py
 
 # How good are the latents? DiffAE and a VAE vs PCA of the pixels on real images (about 25 minutes on 2 cores)

@@ -484,3 +484,28 @@ def test_bf16_embedding_copy_is_close_float32_and_checks_its_input(is3D):
     assert all(p.dtype == torch.float32 for p in net.parameters())  # the model itself is untouched
     with pytest.raises(DiffAEConfigError):
         fast(torch.randn(1, 2, *x.shape[2:]))  # wrong channel count: the same clear error as encode
+
+
+def test_bf16_embedding_keeps_a_code_with_a_large_mean_and_small_spread():
+    """The head runs in float32: a pre-normalisation code of mean ~100 and spread ~0.1 (bf16 resolves 0.5 at
+    100) must keep its standardised values."""
+    net = tiny(latent_norm="batch")
+    x = torch.randn(16, 1, 16, 16)
+    proj, bn = net.encoder.out[3], net.encoder.out[-1]
+    with torch.no_grad():
+        proj.weight.mul_(0.1)
+        proj.bias.fill_(100.0)
+        pre = net.encoder.out[:-1](_trunk(net, x))
+        bn.running_mean.copy_(pre.mean(0))
+        bn.running_var.copy_(pre.var(0))
+        z, z16 = net.encode(x), net.fast_encoder(torch.bfloat16)(x)
+    assert float(z.std()) > 0.5  # standardised: the signal is the spread, not the mean
+    assert float(F.cosine_similarity(z16, z).min()) > 0.99
+    assert float((z16 - z).abs().max()) < 0.1
+
+
+def _trunk(net: DiffAE, x: torch.Tensor) -> torch.Tensor:
+    h = x
+    for m in [*net.encoder.input_blocks, net.encoder.middle_block]:
+        h = m(h)
+    return h

@@ -109,18 +109,31 @@ class DiffAE(nn.Module):
         return self.encoder(x)
 
     def fast_encoder(self, dtype: torch.dtype = torch.bfloat16, compile: bool = False):
-        """An inference-only copy of the semantic encoder in ``dtype`` (bf16: AVX512-BF16/AMX CPUs, CUDA), in
-        channels-last layout for 3D (oneDNN's fast Conv3d path), optionally ``torch.compile``d (GroupNorm, SiLU
-        and the residual adds fused; about a minute of compilation on CPU). Returns ``f(x) -> z_sem`` in float32.
-        The copy does not follow later changes to this module's weights: build it after loading them."""
-        enc = copy.deepcopy(self.encoder).eval().requires_grad_(False).to(dtype)
+        """An inference-only copy of the semantic encoder whose convolutional trunk runs in ``dtype`` (bf16:
+        AVX512-BF16/AMX CPUs, CUDA), in channels-last layout for 3D (oneDNN's fast Conv3d path), optionally
+        ``torch.compile``d (GroupNorm, SiLU and the residual adds fused; about a minute of compilation on CPU).
+        The head (norm, pooling, projection, the code's BatchNorm) stays float32: it is cheap, and a code
+        whose pre-normalisation values have a large mean and a small spread loses its signal in bf16.
+        Returns ``f(x) -> z_sem`` in float32. The copy does not follow later changes to this module's
+        weights: build it after loading them."""
+        enc = copy.deepcopy(self.encoder).eval().requires_grad_(False)
         layout = torch.channels_last_3d if self.cfg.is3D else torch.contiguous_format
-        enc = enc.to(memory_format=layout)
-        run = torch.compile(enc) if compile else enc
+        trunk = nn.ModuleList([*enc.input_blocks, enc.middle_block]).to(dtype).to(memory_format=layout)
+        head = enc.out.float()
+
+        def features(x: Tensor) -> Tensor:
+            for module in trunk:
+                h = x = module(x)
+            return h
+        run = torch.compile(features) if compile else features
 
         def encode(x: Tensor) -> Tensor:
             self._check_input(x, "x")
-            return run(x.to(dtype).contiguous(memory_format=layout)).float()
+            h = run(x.to(dtype).contiguous(memory_format=layout))
+            if enc.map_shape is not None and tuple(h.shape[2:]) != enc.map_shape:
+                raise DiffAEConfigError(f"enc_pool flatten: the encoder was built for a {enc.map_shape} feature "
+                                        f"map, got {tuple(h.shape[2:])} from an input of {tuple(x.shape[2:])}")
+            return head(h.float())
         return encode
 
     def forward(self, x_t: Tensor, t: Tensor, z_sem: Tensor) -> Tensor:
