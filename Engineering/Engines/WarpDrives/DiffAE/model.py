@@ -125,7 +125,9 @@ class DiffAE(nn.Module):
             for module in trunk:
                 h = x = module(x)
             return h
-        run = torch.compile(features) if compile else features
+        # static shapes: one compilation per batch shape (a cohort has two: full batches and the last one);
+        # automatic dynamic shapes would kick in on the second shape and give slower kernels
+        run = torch.compile(features, dynamic=False) if compile else features
 
         def encode(x: Tensor) -> Tensor:
             self._check_input(x, "x")
