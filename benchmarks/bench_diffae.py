@@ -305,6 +305,27 @@ def table(rows: list[dict], peaks: dict) -> str:
     return "\n".join(lines)
 
 
+def targets(rows: list[dict]) -> str:
+    """Issue 16's targets for the published shape: met, or by how much they are missed."""
+    pub = next((r for r in rows if r["config"] == "published"), None)
+    if pub is None:
+        return "targets: run --config published to check them"
+    checks = [("fp32 training vs the ancestor", pub["ratio_train"], 2.0, "x"),
+              ("fp32 embedding vs the ancestor", pub["ratio_embed"], 2.0, "x"),
+              ("bf16 embedding vs the ancestor's fp32", pub["ratio_embed_bf16"], 4.0, "x"),
+              ("bf16 embedding, subjects/s", pub["ours_embed_bf16_subj_per_s"], 1.6, ""),
+              ("data wait, % of the step (at most)", 100 * pub["data_wait_fraction"], 5.0, "%")]
+    lines = [f"targets (published shape, ancestor {pub['ancestor_source']}):"]
+    for what, got, want, unit in checks:
+        ok = got <= want if "at most" in what else got >= want
+        miss = "" if ok else f" by {100 * abs(1 - got / want):.0f} %"
+        lines.append(f"  {what}: {got:.3g}{unit} (target {want:g}{unit}) {'met' if ok else 'MISSED'}{miss}")
+    top = ", ".join(f"{o['op'].replace('aten::', '')} {100 * o['share']:.0f}%" for o in pub.get("top_ops_train", [])[:4])
+    if top:
+        lines.append(f"  training step profile: {top}")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="all", choices=[*ROWS, "all"])
@@ -329,7 +350,7 @@ def main() -> None:
         rows[-1]["conv_peak_GFLOPs"] = round(peaks[n] / 1e9, 1)
         rows[-1]["matmul_peak_GFLOPs"] = round(peaks["matmul"] / 1e9, 1)
         print(json.dumps(rows[-1]), flush=True)
-    text = table(rows, peaks)
+    text = table(rows, peaks) + "\n\n" + targets(rows)
     print("\n" + text)
     if a.write:
         Path(a.write).write_text("\n".join(json.dumps(r) for r in rows) + "\n\n" + text + "\n")
