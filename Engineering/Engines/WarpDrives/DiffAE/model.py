@@ -121,9 +121,9 @@ class DiffAE(nn.Module):
         trunk = nn.ModuleList([*enc.input_blocks, enc.middle_block]).to(dtype).to(memory_format=layout)
         head = enc.out.float()
 
-        def features(x: Tensor) -> Tensor:
+        def features(h: Tensor) -> Tensor:
             for module in trunk:
-                h = x = module(x)
+                h = module(h)
             return h
         # static shapes: one compilation per batch shape (a cohort has two: full batches and the last one);
         # automatic dynamic shapes would kick in on the second shape and give slower kernels
