@@ -274,6 +274,7 @@ def test_readme_recipe_verbatim_gives_the_same_latents(cohort, published, tmp_pa
     assert not (snap / "REMOTE_CODE_RAN").exists()
 
 
+@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_padding_guard_names_axis_and_fix(small_cohort, small_published, tmp_path):
     """Without DS_slice_dim 1 each cine frame is a sample of 1 slice: padding it to the model's 20 is refused."""
     folder, _ = small_published

@@ -137,6 +137,7 @@ def test_missing_files_are_clear_errors(task, tmp_path):
         resolve(["--datajson_path", str(tmp_path / "broken.json")], task)
 
 
+@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_print_config_with_no_other_argument():
     proc = run_executor("main_diffAE.py", "--print_config")
     assert proc.returncode == 0, proc.stderr

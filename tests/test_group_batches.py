@@ -180,6 +180,7 @@ def test_datamodule_loaders_are_group_pure_and_cover_the_test_split(tiny_demo, t
                              registry.get("diffAE")).cfg).train_dataloader()
 
 
+@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_group_batches_train_and_test_under_two_process_ddp(tiny_demo, tmp_path):
     import h5py
     from tests.conftest import run_executor

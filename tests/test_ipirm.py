@@ -54,6 +54,7 @@ def test_ipirm_trains_logs_every_term_and_writes_the_partition_table(tiny_demo, 
     assert not table.duplicated(["patientID", "fieldID", "instanceID", "key", "c", "t", "s", "partition"]).any()
 
 
+@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_partitions_survive_resume_bit_for_bit(tiny_demo, tmp_path):
     common = ["--num_epochs", "2", "--no-keep_cont", "--offline", "false", "--mixup", "--penalty_weight", "2"]
     proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, *common, "--fulltrainID", "whole"))
@@ -81,6 +82,7 @@ def test_partitions_survive_resume_bit_for_bit(tiny_demo, tmp_path):
         assert torch.equal(value, split["state_dict"][key]), key
 
 
+@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_ipirm_user_errors(tiny_demo, tmp_path):
     from Engineering.config.loader import resolve
     from Engineering.Engines.AuxiliaryEngines.SSLEngine import ssl_engine

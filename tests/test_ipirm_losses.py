@@ -159,7 +159,7 @@ def test_maximisation_raises_its_objective_and_recovers_the_planted_factor():
     assert adjusted_rand_score(s, again.weights.argmax(1)) > 0.9
 
 
-@pytest.mark.parametrize("k", [2, 3, 4])
+@pytest.mark.parametrize("k", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
 def test_balance_constraint_holds_where_the_unconstrained_search_breaks_it(k):
     bank, _ = _planted(frac=0.15)  # the violation is largest for a 15:85 split, beyond the 2:1 floor
     floor = balance_floor(k, 2.0)

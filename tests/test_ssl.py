@@ -98,7 +98,7 @@ TINY_SSL = ["--batch_size", "8", "--num_epochs", "3", "--n_train_batches", "6", 
 
 @pytest.mark.parametrize("method, extra", [
     ("simclr", ["--knn_label", "ef_class"]),
-    ("minclr", ["--batch_groups", "site", "--bn_eval_mode", "group"]),
+    pytest.param("minclr", ["--batch_groups", "site", "--bn_eval_mode", "group"], marks=pytest.mark.slow),
 ])
 def test_main_ssl_trains_and_writes_latents(tiny_demo, tmp_path, method, extra):
     args = [*TINY_SSL, "--ssl_method", method, "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
@@ -166,6 +166,7 @@ def test_main_erm_trains_and_reports_held_out_groups(tiny_demo, tmp_path):
     assert not (tmp_path / "bad").exists()
 
 
+@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_control_sample_batchnorm_runs_and_names_a_group_without_controls(tiny_demo, tmp_path):
     cov = pd.read_csv(tiny_demo / "covariates.tsv", sep="\t", dtype={"FID": str})
     site0 = cov["site"].iloc[0]
