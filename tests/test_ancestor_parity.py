@@ -274,20 +274,28 @@ def test_readme_recipe_verbatim_gives_the_same_latents(cohort, published, tmp_pa
     assert not (snap / "REMOTE_CODE_RAN").exists()
 
 
-@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
-def test_padding_guard_names_axis_and_fix(small_cohort, small_published, tmp_path):
-    """Without DS_slice_dim 1 each cine frame is a sample of 1 slice: padding it to the model's 20 is refused."""
+def _padding_args(small_cohort, small_published, tmp_path):
     folder, _ = small_published
     js = tmp_path / "frames.json"
     js.write_text(json.dumps({**ANCESTOR_JSON, "datadir": str(small_cohort), "DS_slice_dim": 2, "DS_split_time": True,
                               "DS_sanity_filters": {"dim1": SMALL_FRAMES}}))
     args = ["--load_hf", str(folder), "--datajson_path", str(js), "--run_mode", "2", "--test_emb_only",
             "--json§foldCSV", "0", "--json§save_path", str(tmp_path / "R"), "--fulltrainID", "pad"]
-    proc = run_executor("main_diffAE.py", *args, cwd=tmp_path)
+    return args
+
+
+def test_padding_guard_names_axis_and_fix(small_cohort, small_published, tmp_path):
+    """Without DS_slice_dim 1 each cine frame is a sample of 1 slice: padding it to the model's 20 is refused."""
+    proc = run_executor("main_diffAE.py", *_padding_args(small_cohort, small_published, tmp_path), cwd=tmp_path)
     assert proc.returncode == 2
     line = proc.stderr.strip().splitlines()[-1]
     assert "axis S from 1 to the model's 20 (95% padding)" in line and "--json§DS_slice_dim 1" in line
     assert "Traceback" not in proc.stderr and not (tmp_path / "R" / "pad").exists()
+
+
+@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
+def test_allow_pad_embeds_the_padded_frames(small_cohort, small_published, tmp_path):
+    args = _padding_args(small_cohort, small_published, tmp_path)
     proc = run_executor("main_diffAE.py", *args, "--allow_pad", "--no-progress_bar", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     with h5py.File(tmp_path / "R" / "pad" / "Output" / "emb.h5") as h5:

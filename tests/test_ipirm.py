@@ -82,7 +82,6 @@ def test_partitions_survive_resume_bit_for_bit(tiny_demo, tmp_path):
         assert torch.equal(value, split["state_dict"][key]), key
 
 
-@pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_ipirm_user_errors(tiny_demo, tmp_path):
     from Engineering.config.loader import resolve
     from Engineering.Engines.AuxiliaryEngines.SSLEngine import ssl_engine
