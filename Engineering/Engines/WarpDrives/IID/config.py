@@ -1,0 +1,62 @@
+"""Configuration of the IID predictor WarpDrive (Wu et al., "Towards IID representation learning and its
+application on biomedical data", MIDL 2022; seed 000)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
+
+
+class IIDConfigError(DriveError):
+    """An IID predictor configuration value the user can fix."""
+
+
+@dataclass
+class IIDConfig:
+    """in_channels, n_classes: image channels and classes.
+    depth, width: the ResNet (BasicBlock, BatchNorm; 18 or 34 layers; first-stage width, doubling per stage).
+    use_noise: inject the encoder's noise maps into the stages (``h + Dropout(alpha * n)``, alpha learnt from 0).
+    use_style: concatenate features of the style codes (n_latent x style_dim) with the pooled image features.
+    n_latent, style_dim: the style codes' shape (from the encoder's generator); needed with use_style.
+    style_mix: learnt combinations of the n_latent layer codes (a 1x1 Conv1d over the layer axis).
+    dropout: of the injected noise and of the style features.
+    emb_dim: the embedding after the neck (what the heads read).
+    arcface_s, arcface_m: ArcFace's scale and additive angular margin (Deng et al., CVPR 2019), used when the
+        loss coefficient is > 0.
+    Neither use_noise nor use_style: the ERM baseline (a plain ResNet classifier).
+    """
+
+    in_channels: int = 3
+    n_classes: int = 2
+    depth: int = 18
+    width: int = 64
+    use_noise: bool = False
+    use_style: bool = False
+    n_latent: int = 0
+    style_dim: int = 0
+    style_mix: int = 4
+    dropout: float = 0.1
+    emb_dim: int = 256
+    arcface_s: float = 30.0
+    arcface_m: float = 0.5
+
+    def __post_init__(self) -> None:
+        for name in ("in_channels", "width", "style_mix", "emb_dim"):
+            positive_int(name, getattr(self, name), IIDConfigError)
+        if isinstance(self.n_classes, bool) or not isinstance(self.n_classes, int) or self.n_classes < 2:
+            raise IIDConfigError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
+        if self.depth not in (18, 34):
+            raise IIDConfigError(f"depth must be 18 or 34, got {self.depth!r}")
+        if self.use_style:
+            positive_int("n_latent", self.n_latent, IIDConfigError)
+            positive_int("style_dim", self.style_dim, IIDConfigError)
+        if not 0 <= self.dropout < 1:
+            raise IIDConfigError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if not (self.arcface_s > 0 and 0 <= self.arcface_m < 3.14159):
+            raise IIDConfigError(f"arcface_s must be > 0 and arcface_m in [0, pi), got {self.arcface_s!r}, "
+                                 f"{self.arcface_m!r}")
+        self.use_noise, self.use_style = bool(self.use_noise), bool(self.use_style)
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return (2, 2, 2, 2) if self.depth == 18 else (3, 4, 6, 3)
