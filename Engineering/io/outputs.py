@@ -95,3 +95,23 @@ def write_preview(path: str | Path, inputs: list[np.ndarray], recons: list[np.nd
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=100)
     plt.close(fig)
+
+
+def write_sample_grid(path: str | Path, images: np.ndarray, ncol: int = 8) -> None:
+    """Generated images (N, C, H, W) as one PNG grid: channel 0 in grey (each image scaled to its own range)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    n = len(images)
+    nrow = (n + ncol - 1) // ncol
+    fig, axes = plt.subplots(nrow, min(n, ncol), figsize=(1.2 * min(n, ncol), 1.2 * nrow), squeeze=False)
+    for ax in axes.flat:
+        ax.set_axis_off()
+    for ax, img in zip(axes.flat, images):
+        ax.imshow(img[0], cmap="gray")
+    fig.tight_layout(pad=0.1)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
