@@ -212,6 +212,7 @@ class ImageRun:
     output contract. A task with another kind of data (latentcls) registers its own class with these hooks."""
 
     weights_hint = "--load_hf REPO or --preweights_path PATH"
+    datamodule_class = H5DataModule  # a task whose splits follow other rules (main_iid's held-out groups) swaps it
 
     def __init__(self, cfg, task: TaskSpec, hub):
         self.cfg, self.task, self.hub = cfg, task, hub
@@ -225,7 +226,7 @@ class ImageRun:
     def build(self, mode: int):
         """(datamodule, engine): every split the run will use exists before anything is trained or written."""
         cfg = self.cfg
-        dm = H5DataModule(cfg, merge_train_val=mode in MERGED_MODES)
+        dm = self.datamodule_class(cfg, merge_train_val=mode in MERGED_MODES)
         for split in (("train",) if mode in TRAIN_MODES else ()) + (("val",) if mode in (1, 4) else ()) \
                 + (("test",) if mode in TEST_MODES else ()):
             dm.dataset(split)
