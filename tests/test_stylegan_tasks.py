@@ -57,23 +57,29 @@ def test_stylegan_trains_and_writes_samples(gan_run):
     assert float(ckpt["state_dict"]["ema_net.w_avg"].norm()) > 0  # the average latent was tracked
 
 
-def test_restyle_inverts_the_frozen_generator(gan_run, tiny_demo, tmp_path):
-    g_before = read_checkpoint(gan_run / "Checkpoints" / "last.ckpt")["state_dict"]
-    run([*TINY_RESTYLE, *_data(tiny_demo, tmp_path), "--fulltrainID", "r", "--num_epochs", "3",
+@pytest.fixture(scope="module")
+def restyle_run(gan_run, tiny_demo, tmp_path_factory):
+    save = tmp_path_factory.mktemp("restyle")
+    run([*TINY_RESTYLE, *_data(tiny_demo, save), "--fulltrainID", "r", "--num_epochs", "3",
          "--generator", str(gan_run)], registry.get("restyle"))
-    log = _log(tmp_path / "r")
+    return save / "r"
+
+
+def test_restyle_inverts_the_frozen_generator(gan_run, restyle_run):
+    g_before = read_checkpoint(gan_run / "Checkpoints" / "last.ckpt")["state_dict"]
+    log = _log(restyle_run)
     for term in ("train_loss_epoch", "train_l2", "train_ssim", "val_loss", "val_ssim"):
         values = log[term].dropna().to_numpy()
         assert len(values) == 3 and np.isfinite(values).all(), (term, values)
     assert log["train_loss_epoch"].dropna().iloc[-1] < log["train_loss_epoch"].dropna().iloc[0]
-    out = tmp_path / "r" / "Output"
+    out = restyle_run / "Output"
     table = pd.read_parquet(out / "emb.parquet")
     assert len([c for c in table.columns if c.startswith("Z")]) == 8 * 16  # n_latent x style_dim at 32x32
     mean = pd.read_csv(out / "style_mean" / "emb.tsv", sep="\t")
     z = table[[f"Z{i}" for i in range(128)]].to_numpy().reshape(-1, 8, 16).mean(1)
     np.testing.assert_allclose(mean[[f"Z{i}" for i in range(16)]].to_numpy(), z, rtol=1e-5, atol=1e-6)
     assert (out / "recon.h5").is_file() and (out / "metrics.csv").is_file()
-    after = read_checkpoint(tmp_path / "r" / "Checkpoints" / "last.ckpt")["state_dict"]
+    after = read_checkpoint(restyle_run / "Checkpoints" / "last.ckpt")["state_dict"]
     for k, v in g_before.items():  # the inverted generator is the run's EMA generator, unchanged
         if k.startswith("ema_net."):
             assert torch.equal(after["net.generator." + k[len("ema_net."):]], v), k
@@ -83,7 +89,7 @@ def test_restyle_refuses_a_missing_or_mismatched_generator(gan_run, tiny_demo, t
     with pytest.raises(UserError, match="--generator"):
         run([*TINY_RESTYLE, *_data(tiny_demo, tmp_path), "--num_epochs", "1"], registry.get("restyle"))
     with pytest.raises(UserError, match="makes 1-channel 32x32"):
-        run([*TINY_RESTYLE, *_data(tiny_demo, tmp_path), "--num_epochs", "1", "--input_shape", "64,64",
+        run([*TINY_RESTYLE, *_data(tiny_demo, tmp_path), "--num_epochs", "1", "--input_shape", "16,16",
              "--generator", str(gan_run)], registry.get("restyle"))
 
 
@@ -100,3 +106,62 @@ def test_resume_is_exact(task, args, gan_run, tiny_demo, tmp_path):
     assert a["global_step"] == b["global_step"]
     for k, v in a["state_dict"].items():
         assert torch.equal(v, b["state_dict"][k]), k
+
+
+IID_DEMO = ["--batch_size", "8", "--n_train_batches", "3", "--n_val_batches", "2", "--no-progress_bar",
+            "--no-tbactive", "--input_shape", "32,32", "--model§IID§width", "4", "--model§IID§emb_dim", "8",
+            "--targets", "ef_class", "--ood_column", "site", "--ood_test_groups", "siteC", "--ood_val_groups", "siteB"]
+
+
+def _sites(demo):
+    from Engineering.data.labels import read_label_table
+
+    return read_label_table(demo / "covariates.tsv").drop_duplicates("patientID").set_index("patientID")["site"]
+
+
+def _iid_data(demo, save):
+    return [*_data(demo, save), "--json§DS_phenotypes§path", str(demo / "phenotypes.tsv"),
+            "--json§DS_covariates§path", str(demo / "covariates.tsv")]
+
+
+@pytest.mark.parametrize("flags", [[], ["--noise", "--style", "--loss_coef", "0.5", "--model§IID§cutmix_prob", "1"]])
+def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run, tiny_demo, tmp_path):
+    res = run([*IID_DEMO, *_iid_data(tiny_demo, tmp_path), "--fulltrainID", "p", "--num_epochs", "2",
+               "--encoder", str(restyle_run), *flags], registry.get("iid"))
+    log = _log(tmp_path / "p")
+    for term in ("train_loss_epoch", "train_acc_epoch", "val_loss", "val_acc"):
+        values = log[term].dropna().to_numpy()
+        assert len(values) == 2 and np.isfinite(values).all(), (term, values)
+    out = tmp_path / "p" / "Output"
+    report = pd.read_csv(out / "ood_report.csv", dtype={"group": str})
+    assert list(report.columns) == ["group", "split", "n", "accuracy"]
+    pred = pd.read_csv(out / "predictions.tsv", sep="\t", dtype={"patientID": str})
+    site = _sites(tiny_demo)
+    pred["site"] = pred["patientID"].map(site)
+    assert set(pred.loc[pred["split"] == "ood", "site"]) == {"siteC"}  # the OOD test: all of siteC, only siteC
+    assert "siteB" not in set(pred["site"])  # OOD validation groups are never tested on
+    expected = pred.groupby(["site", "split"])["patientID"].nunique()
+    assert len(report) == len(expected)  # one row per group present in the id or OOD test subjects
+    for row in report.itertuples():
+        assert row.n == expected[(row.group, row.split)] and 0 <= row.accuracy <= 1
+    assert res["ood_report"]["ood_test_groups"] == ["siteC"] and res["ood_report"]["style"] == ("--style" in flags)
+    for name in ("ood_report.json", "ood_report.html", "wilds_id_test_pred.csv", "wilds_ood_test_pred.csv"):
+        assert (out / name).is_file(), name
+    wilds = (out / "wilds_ood_test_pred.csv").read_text().split()
+    assert len(wilds) == int((pred["split"] == "ood").sum())
+
+
+def test_ood_splits_hold_the_groups_out(tiny_demo, tmp_path):
+    from Engineering.config.loader import resolve
+    from Engineering.Engines.AuxiliaryEngines.IIDEngine import OODSplits
+
+    cfg = resolve([*IID_DEMO, *_iid_data(tiny_demo, tmp_path)], registry.get("iid")).cfg
+    dm = OODSplits(cfg)
+    site = _sites(tiny_demo)
+    groups = {s: {site[p] for p in dm.split_ids(s)} for s in ("train", "val", "test")}
+    assert groups["train"] == {"siteA"} and groups["val"] == {"siteA", "siteB"} and groups["test"] == {"siteA", "siteC"}
+    assert not dm.split_ids("train") & (dm.ood_test | dm.ood_val)
+    for bad, match in ((["--ood_test_groups", "siteZ"], "siteZ"), (["--ood_column", "nope"], "nope"),
+                       (["--ood_val_groups", "siteC"], "both")):
+        with pytest.raises(UserError, match=match):
+            OODSplits(resolve([*IID_DEMO, *_iid_data(tiny_demo, tmp_path), *bad], registry.get("iid")).cfg)

@@ -92,7 +92,8 @@ class ReStyleEngine(LatentEngine):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True)
         for name in ("l2", "ssim"):
             if name in last:
-                self.log(f"train_{name}", last[name].detach(), on_epoch=True, batch_size=b, sync_dist=True)
+                self.log(f"train_{name}", last[name].detach(), on_step=False, on_epoch=True, batch_size=b,
+                         sync_dist=True)
         return loss
 
     def validation_step(self, batch, batch_idx):
