@@ -76,6 +76,40 @@ def test_lr_decay_step_and_plateau():
     assert make_scheduler(opt, cfg().training, "val_loss") is None
 
 
+@pytest.mark.parametrize("epochs,warmup,min_lr", [(10, 1, 0.0), (10, 3, 1e-5), (1, 1, 0.0), (6, 0, 1e-4)])
+def test_cosine_schedule_is_warmup_then_cosine_and_resumes_at_another_length(epochs, warmup, min_lr):
+    def lrs(opt, sched, n):
+        out = []
+        for _ in range(n):
+            out.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return out
+
+    p = [torch.nn.Parameter(torch.zeros(2))]
+    c = cfg("--lr_decay_type", "3", "--num_epochs", str(epochs),
+            "--training§LRDecay", f"{{type3: {{warmup_epochs: {warmup}, min_lr: {min_lr}}}}}")
+    opt = make_optimiser(p, "SGD", 1e-3)
+    ours = lrs(opt, make_scheduler(opt, c.training, "val_loss")["scheduler"], epochs)
+    # the reference: torch's own linear warm-up chained with cosine annealing
+    ref_opt = torch.optim.SGD(p, lr=1e-3)
+    w = min(warmup, max(epochs - 1, 0))
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=max(1, epochs - w), eta_min=min_lr)
+    ref = cos if w == 0 else torch.optim.lr_scheduler.SequentialLR(
+        ref_opt, [torch.optim.lr_scheduler.LinearLR(ref_opt, 0.1, 1.0, w), cos], milestones=[w])
+    assert ours == pytest.approx(lrs(ref_opt, ref, epochs), rel=1e-9, abs=1e-15)
+    # a run resumed with twice the epochs loads the saved state and continues on the longer schedule
+    opt2 = make_optimiser(p, "SGD", 1e-3)
+    longer = cfg("--lr_decay_type", "3", "--num_epochs", str(2 * epochs),
+                 "--training§LRDecay", f"{{type3: {{warmup_epochs: {warmup}, min_lr: {min_lr}}}}}")
+    sched2 = make_scheduler(opt2, longer.training, "val_loss")["scheduler"]
+    opt3 = make_optimiser(p, "SGD", 1e-3)
+    sched3 = make_scheduler(opt3, c.training, "val_loss")["scheduler"]
+    lrs(opt3, sched3, epochs)
+    sched2.load_state_dict(sched3.state_dict())
+    assert sched2.last_epoch == epochs and lrs(opt2, sched2, epochs)[-1] >= min_lr
+
+
 def test_accumulation_steps():
     assert accumulation_steps(cfg("--batch_size", "4", "--effective_batch_size", "16").training, 1) == 4
     assert accumulation_steps(cfg("--batch_size", "4", "--effective_batch_size", "16").training, 2) == 2

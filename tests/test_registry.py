@@ -26,8 +26,8 @@ def test_builtin_tasks_are_registered_next_to_their_engines():
     assert registry.get("diffAE").published is not None and registry.get("recon").published is None
     with pytest.raises(UserError, match=r"unknown task 'difAE' \(did you mean 'diffAE'\?\); registered tasks: "):
         registry.get("difAE")
-    with pytest.raises(UserError, match="names model§drive 'StyleGAN2', which no registered task provides"):
-        registry.for_drive("StyleGAN2", "checkpoint x.ckpt")
+    with pytest.raises(UserError, match="names model§drive 'NoSuchDrive', which no registered task provides"):
+        registry.for_drive("NoSuchDrive", "checkpoint x.ckpt")
 
 
 def test_a_task_name_is_registered_once():
@@ -51,9 +51,9 @@ def _cli(capsys, argv, task=None):
 def test_generic_executor_errors_are_one_line_exit_2(capsys):
     code, _, err = _cli(capsys, ["--print_config"])
     assert code == 2 and err.strip() == \
-        "error: --task NAME is required; registered tasks: diffAE, erm, latentcls, recon, ssl"
+        "error: --task NAME is required; registered tasks: diffAE, erm, iid, latentcls, recon, restyle, ssl, stylegan"
     code, _, err = _cli(capsys, ["--task", "nope"])
-    assert code == 2 and "unknown task 'nope'" in err and "diffAE, erm, latentcls, recon, ssl" in err
+    assert code == 2 and "unknown task 'nope'" in err and "diffAE, erm, iid, latentcls, recon, restyle, ssl" in err
     assert len(err.strip().splitlines()) == 1
     code, _, err = _cli(capsys, ["--plugins", "no_such_plugin_mod", "--task", "toy"])
     assert code == 2 and "--plugins no_such_plugin_mod: cannot import it" in err

@@ -1,6 +1,8 @@
 """Optimisers and learning-rate schedules from the config (training section)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
 from Engineering.errors import UserError
@@ -41,13 +43,25 @@ def make_scheduler(optimiser, training_cfg, monitor: str) -> dict | None:
 
 def cosine_with_warmup(optimiser, epochs: int, warmup: int, min_lr: float):
     """Linear warm-up from lr/10 over ``warmup`` epochs, then cosine annealing to ``min_lr`` at the last epoch
-    (SGDR's schedule, Loshchilov & Hutter, ICLR 2017, without restarts)."""
+    (SGDR's schedule, Loshchilov & Hutter, ICLR 2017, without restarts).
+
+    One LambdaLR whose state is only the epoch count: a run resumed with a different --num_epochs (training
+    longer) continues on the schedule of its new length, where chained schedulers would change type and refuse
+    the saved state."""
     warmup = min(warmup, max(epochs - 1, 0))
-    cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(1, epochs - warmup), eta_min=min_lr)
-    if warmup == 0:
-        return cosine
-    ramp = torch.optim.lr_scheduler.LinearLR(optimiser, start_factor=0.1, end_factor=1.0, total_iters=warmup)
-    return torch.optim.lr_scheduler.SequentialLR(optimiser, [ramp, cosine], milestones=[warmup])
+    span = max(1, epochs - warmup)
+
+    def factor(base_lr: float):
+        floor = min_lr / base_lr if base_lr > 0 else 0.0
+
+        def at(epoch: int) -> float:
+            if epoch < warmup:
+                return 0.1 + 0.9 * epoch / warmup
+            t = min(epoch - warmup, span)
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / span))
+        return at
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, [factor(g["lr"]) for g in optimiser.param_groups])
 
 
 def accumulation_steps(training_cfg, world_size: int) -> int:

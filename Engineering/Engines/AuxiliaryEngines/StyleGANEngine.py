@@ -67,6 +67,10 @@ class StyleGANEngine(LatentEngine):
 
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
+        if str(cfg.run.training_strategy).startswith("deepspeed"):
+            raise UserError(f"--training_strategy {cfg.run.training_strategy}: adversarial training steps two "
+                            "optimisers by hand, which Lightning's DeepSpeed strategy does not support; use DDP "
+                            "(--training_strategy ddp_find_unused_parameters_true on several devices)")
         self.gen_cfg = generator_config(cfg, in_channels)
         self.k = cfg.model.StyleGAN2
         self.net = Generator(self.gen_cfg)
