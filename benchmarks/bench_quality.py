@@ -43,9 +43,9 @@ LATENT = 16
 # defaults for 20 epochs instead of 3 (about 2 minutes)
 BUDGET = {"DiffAE": ["--num_epochs", "100", "--lr_decay_type", "3", "--model§DiffAE§dropout", "0"],
           "VAE": ["--num_epochs", "20"]}
-# training seeds: the executors' default seed, then SEED + 1, ... One run's probe moves by about +-0.01 with the
-# seed (README), as much as the gaps measured here, so the cheap VAE is trained three times and scored by the mean;
-# one DiffAE run costs ~25 minutes
+# training seeds: the executors' default seed, then SEED + 1, ... The gaps to PCA measured here are a few
+# thousandths, the size of the seed-to-seed spread of the VAE's probe (README), so the cheap VAE is trained three
+# times and scored by the mean; one DiffAE run costs ~18 minutes
 SEED = 1701
 SEEDS = {"DiffAE": 1, "VAE": 3}
 # data-describing flags only: patches of one volume share its intensity scale (see quality_datasets)
