@@ -93,7 +93,7 @@ def test_restyle_refuses_a_missing_or_mismatched_generator(gan_run, tiny_demo, t
              "--generator", str(gan_run)], registry.get("restyle"))
 
 
-@pytest.mark.parametrize("task,args", [("stylegan", TINY_GAN),
+@pytest.mark.parametrize("task,args", [pytest.param("stylegan", TINY_GAN, marks=pytest.mark.slow),
                                        pytest.param("restyle", TINY_RESTYLE, marks=pytest.mark.slow)])
 def test_resume_is_exact(task, args, gan_run, tiny_demo, tmp_path):
     extra = ["--generator", str(gan_run)] if task == "restyle" else []
@@ -124,7 +124,8 @@ def _iid_data(demo, save):
             "--json§DS_covariates§path", str(demo / "covariates.tsv")]
 
 
-@pytest.mark.parametrize("flags", [[], ["--noise", "--style", "--loss_coef", "0.5", "--model§IID§cutmix_prob", "1"]])
+@pytest.mark.parametrize("flags", [pytest.param([], marks=pytest.mark.slow),
+                                   ["--noise", "--style", "--loss_coef", "0.5", "--model§IID§cutmix_prob", "1"]])
 def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run, tiny_demo, tmp_path):
     res = run([*IID_DEMO, *_iid_data(tiny_demo, tmp_path), "--fulltrainID", "p", "--num_epochs", "2",
                "--encoder", str(restyle_run), *flags], registry.get("iid"))
