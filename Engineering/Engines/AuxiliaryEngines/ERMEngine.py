@@ -36,6 +36,20 @@ ERMModelKeys = create_model("ERMModelKeys", __base__=Keys, ERM=(ERMKeys, ERMKeys
                             erm_label=(str, Field("", description="The phenotype column the classifier predicts.")))
 
 
+def split_targets(dm, labels: dict, classes: list[str]) -> dict[str, torch.Tensor]:
+    """Per split the datamodule has, the class index of every sample (-1: no label), in dataset order."""
+    code = {c: k for k, c in enumerate(classes)}
+    out = {}
+    for split in ("train", "val", "test"):
+        try:
+            ds = dm.dataset(split)
+        except UserError:
+            continue
+        pids = [ds.records[ref.record].patientID for ref in ds.samples]
+        out[split] = torch.tensor([code.get(labels.get(p), -1) for p in pids], dtype=torch.long)
+    return out
+
+
 class ERMEngine(LatentEngine):
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
@@ -49,17 +63,8 @@ class ERMEngine(LatentEngine):
         self._targets: dict[str, torch.Tensor] = {}
 
     def setup(self, stage: str) -> None:
-        """Per split, the class index of every sample (-1: no label), from the datamodule's samples."""
         super().setup(stage)  # (under DeepSpeed: the EMA leaves the module first)
-        dm = self.trainer.datamodule
-        code = {c: k for k, c in enumerate(self.classes)}
-        for split in ("train", "val", "test"):
-            try:
-                ds = dm.dataset(split)
-            except UserError:
-                continue
-            pids = [ds.records[ref.record].patientID for ref in ds.samples]
-            self._targets[split] = torch.tensor([code.get(self.labels.get(p), -1) for p in pids], dtype=torch.long)
+        self._targets = split_targets(self.trainer.datamodule, self.labels, self.classes)
 
     def _net(self, use_ema: bool):
         return self.ema_net if use_ema else self.net

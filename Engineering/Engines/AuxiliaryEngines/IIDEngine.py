@@ -25,15 +25,15 @@ from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.datamodule import H5DataModule, phenotype_labels, resolve_data_path
 from Engineering.data.labels import read_label_table
+from Engineering.Engines.AuxiliaryEngines.ERMEngine import split_targets
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.AuxiliaryEngines.ReStyleEngine import ReStyleEngine
 from Engineering.Engines.MainEngine import ImageRun
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.saved_runs import load_run
+from Engineering.Engines.saved_runs import upstream_engine
 from Engineering.Engines.WarpDrives.IID import IIDConfig, IIDNet
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
-from Engineering.io.checkpoints import checkpoint_in
 from Engineering.io.outputs import write_table
 from Engineering.Science.cutmix import cutmix
 
@@ -110,13 +110,8 @@ class IIDRun(ImageRun):
 
 
 def frozen_encoder(path: str):
-    if not path:
-        raise UserError("main_iid reads a trained encoder's latents: give --encoder RUN_DIR_OR_CKPT (a main_restyle "
-                        "run)")
-    ckpt = checkpoint_in(Path(path).expanduser(), "last")
-    engine = load_run(ckpt).engine
-    if not isinstance(engine, ReStyleEngine):
-        raise UserError(f"--encoder {path}: {ckpt} is a {type(engine).__name__} run, not a main_restyle run")
+    engine = upstream_engine(path, ReStyleEngine, "--encoder", "restyle", "main_iid reads a trained encoder's "
+                             "latents")
     return engine.net.requires_grad_(False).eval()
 
 
@@ -149,15 +144,7 @@ class IIDEngine(LatentEngine):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        dm = self.trainer.datamodule
-        code = {c: i for i, c in enumerate(self.classes)}
-        for split in ("train", "val", "test"):
-            try:
-                ds = dm.dataset(split)
-            except UserError:
-                continue
-            pids = [ds.records[ref.record].patientID for ref in ds.samples]
-            self._targets[split] = torch.tensor([code.get(self.labels.get(p), -1) for p in pids], dtype=torch.long)
+        self._targets = split_targets(self.trainer.datamodule, self.labels, self.classes)
 
     @torch.no_grad()
     def latents(self, x: torch.Tensor):

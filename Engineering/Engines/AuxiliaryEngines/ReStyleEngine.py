@@ -24,10 +24,9 @@ from Engineering.data.transforms import normalised_range
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.AuxiliaryEngines.StyleGANEngine import StyleGANEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.saved_runs import load_run
+from Engineering.Engines.saved_runs import upstream_engine
 from Engineering.Engines.WarpDrives.ReStyle import ReStyleConfig, ReStyleNet
 from Engineering.errors import UserError
-from Engineering.io.checkpoints import checkpoint_in
 
 ReStyleKeys = keys_from_dataclass(
     "ReStyleKeys", ReStyleConfig, doc="model§ReStyle",
@@ -42,13 +41,8 @@ ReStyleModelKeys = create_model("ReStyleModelKeys", __base__=Keys, ReStyle=(ReSt
 
 def frozen_generator(path: str, in_channels: int, input_shape) -> torch.nn.Module:
     """The EMA generator of a main_stylegan run, checked against this run's images."""
-    if not path:
-        raise UserError("main_restyle inverts a trained generator: give --generator RUN_DIR_OR_CKPT (a "
-                        "main_stylegan run)")
-    ckpt = checkpoint_in(Path(path).expanduser(), "last")
-    engine = load_run(ckpt).engine
-    if not isinstance(engine, StyleGANEngine):
-        raise UserError(f"--generator {path}: {ckpt} is a {type(engine).__name__} run, not a main_stylegan run")
+    engine = upstream_engine(path, StyleGANEngine, "--generator", "stylegan", "main_restyle inverts a trained "
+                             "generator")
     g = engine.ema_net
     want = (in_channels, *[int(s) for s in input_shape])
     have = (g.cfg.channels, g.cfg.size, g.cfg.size)
