@@ -1,13 +1,15 @@
 """StyleGAN2 generator training and ReStyle inversion throughput (images per second) on this machine.
 
-    python benchmarks/bench_stylegan.py [--sizes 64 256] [--batch 8] [--steps 6] [--repeats 3] [--channels 1]
-        [--channel_multiplier 2] [--channel_max 512] [--threads N]
+    python benchmarks/bench_stylegan.py [--sizes 64 256] [--configs F demo] [--batch 4] [--steps 1] [--repeats 3]
+        [--channels 1] [--threads N] [--write benchmarks/results/stylegan.md]
 
 Training: one generator step (non-saturating loss) and one discriminator step (logistic loss) per batch, with
 lazy R1 every 16 and path-length regularisation every 4 steps, amortised over a 16-step cycle as in training
 (their cost per step is reported separately too). Inversion: the ReStyle encoder (IR-SE-50 layers, noise head)
-and the frozen generator, one refinement per image, under no_grad. The paper's config F sizes unless told;
-median of ``--repeats`` timings. Run it alone: two cores shared with anything else make every number worse.
+and the frozen generator, one refinement per image, under no_grad. Two sizes: the papers' (StyleGAN2 config F:
+style_dim 512, 8 mapping layers, up to 512 feature maps; ReStyle's IR-SE-50 encoder) and the demo tasks' defaults
+(style_dim 64, 4 mapping layers, at most 32 feature maps; one IR-SE unit per stage, width 16). Median of
+``--repeats`` timings. Run it alone: two cores shared with anything else make every number worse.
 """
 from __future__ import annotations
 
@@ -80,8 +82,8 @@ def train_costs(cfg: StyleGAN2Config, batch: int, steps: int, repeats: int) -> d
             "train_img_per_s": round(batch / per_step, 2)}
 
 
-def inversion_cost(cfg: StyleGAN2Config, batch: int, steps: int, repeats: int) -> dict:
-    net = ReStyleNet(ReStyleConfig(), Generator(cfg)).eval()
+def inversion_cost(cfg: StyleGAN2Config, enc: ReStyleConfig, batch: int, steps: int, repeats: int) -> dict:
+    net = ReStyleNet(enc, Generator(cfg)).eval()
     x = torch.randn(batch, cfg.channels, cfg.size, cfg.size)
 
     def invert():
@@ -93,27 +95,56 @@ def inversion_cost(cfg: StyleGAN2Config, batch: int, steps: int, repeats: int) -
             "invert_img_per_s": round(batch / t, 2)}
 
 
+# (generator, encoder) keyword sets: the papers' sizes (StyleGAN2Config's and ReStyleConfig's defaults) and
+# the demo tasks' (Configs/config_stylegan.yaml, Configs/config_restyle.yaml)
+CONFIGS = {"F": ({}, {}),
+           "demo": ({"style_dim": 64, "n_mlp": 4, "channel_max": 32}, {"blocks": (1, 1, 1, 1), "width": 16})}
+
+
+def markdown(rows: list[dict]) -> str:
+    head = ("| config | size | G / D / encoder params (M) | train step (s, batch {b}) | R1 / PL step (s) "
+            "| **train img/s** | **inversion img/s** |").format(b=rows[0]["batch"])
+    lines = [head, "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['size']} | {r['g_params_M']} / {r['d_params_M']} / "
+                     f"{r['encoder_params_M']} | {r['train_step_s']} | {r['r1_s']} / {r['pl_s']} "
+                     f"| {r['train_img_per_s']} | {r['invert_img_per_s']} |")
+    r = rows[0]
+    lines.append(f"\n{r['channels']} image channel(s), {r['threads']} CPU threads, median of {r['repeats']} timings; "
+                 "train img/s counts R1 every 16 and path length every 4 steps. "
+                 "Regenerate: `python benchmarks/bench_stylegan.py --write benchmarks/results/stylegan.md`.")
+    return "\n".join(lines)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="+", default=[64, 256])
-    p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--steps", type=int, default=1, help="timed calls per repeat")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--channels", type=int, default=1)
-    p.add_argument("--channel_multiplier", type=float, default=2.0)
-    p.add_argument("--channel_max", type=int, default=512)
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--write", default="", help="also write the markdown table to this file")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    for size in args.sizes:
-        cfg = StyleGAN2Config(size=size, channels=args.channels, channel_multiplier=args.channel_multiplier,
-                              channel_max=args.channel_max)
-        row = {"size": size, "channels": args.channels, "batch": args.batch, "threads": torch.get_num_threads(),
-               **train_costs(cfg, args.batch, args.steps, args.repeats),
-               **inversion_cost(cfg, args.batch, args.steps, args.repeats)}
-        print(json.dumps(row), flush=True)
+    rows = []
+    for name in args.configs:
+        for size in args.sizes:
+            g_kw, enc_kw = CONFIGS[name]
+            cfg = StyleGAN2Config(size=size, channels=args.channels, **g_kw)
+            row = {"config": name, "size": size, "channels": args.channels, "batch": args.batch,
+                   "threads": torch.get_num_threads(), "repeats": args.repeats,
+                   **train_costs(cfg, args.batch, args.steps, args.repeats),
+                   **inversion_cost(cfg, ReStyleConfig(**enc_kw), args.batch, args.steps, args.repeats)}
+            print(json.dumps(row), flush=True)
+            rows.append(row)
+    table = markdown(rows)
+    print(table)
+    if args.write:
+        Path(args.write).write_text(table + "\n")
 
 
 if __name__ == "__main__":

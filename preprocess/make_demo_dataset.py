@@ -1,6 +1,7 @@
 """Write the synthetic cardiac-cine demo cohort (see Engineering/data/demo.py).
 
 python preprocess/make_demo_dataset.py [--out DIR] [--n_patients 64] [--n_frames 16] [--size 64] [--seed 1701]
+    [--channels 1]   (3: the multi-channel variant that @demo_mc names)
 """
 from __future__ import annotations
 
@@ -19,12 +20,15 @@ def build_parser() -> ArgParser:
     p.add_argument("--size", type=int, default=DemoSpec.size, help="in-plane size X = Y")
     p.add_argument("--seed", type=int, default=DemoSpec.seed)
     p.add_argument("--n_folds", type=int, default=DemoSpec.n_folds)
+    p.add_argument("--channels", type=int, default=DemoSpec.channels, choices=(1, 2, 3),
+                   help="1: the cardiac phantom; 3: add the membrane and nucleus stain channels")
     return p
 
 
 @tool_main(build_parser)
 def main(args: argparse.Namespace) -> None:
-    out = write_demo(args.out, DemoSpec(args.n_patients, args.n_frames, args.size, args.seed, args.n_folds))
+    out = write_demo(args.out, DemoSpec(args.n_patients, args.n_frames, args.size, args.seed, args.n_folds,
+                                        args.channels))
     print(f"demo dataset written to {out}")
 
 

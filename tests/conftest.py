@@ -54,6 +54,15 @@ def tiny_demo(_isolated_cache):
     return write_demo(Path(_isolated_cache) / "tiny_demo", DemoSpec(n_patients=12, n_frames=4, size=32, n_folds=3))
 
 
+@pytest.fixture(scope="session")
+def tiny_demo_mc(_isolated_cache):
+    """The tiny demo's 3-channel variant (phantom, membrane and nucleus stains, per-site stain gains)."""
+    from Engineering.data.demo import DemoSpec, write_demo
+
+    return write_demo(Path(_isolated_cache) / "tiny_demo_mc",
+                      DemoSpec(n_patients=12, n_frames=4, size=32, n_folds=3, channels=3))
+
+
 # A DiffAE small enough for CPU tests in seconds.
 TINY_DIFFAE = ["--latent_dim", "8", "--batch_size", "4", "--num_epochs", "1", "--n_train_batches", "2",
                "--n_val_batches", "2", "--model§DiffAE§net_ch", "8", "--model§DiffAE§ch_mult", "[1,2]",

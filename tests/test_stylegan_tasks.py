@@ -1,5 +1,6 @@
-"""main_stylegan -> main_restyle end to end on the tiny demo cohort: every logged loss term, the outputs, the
-generator frozen under ReStyle, exact resume of both."""
+"""main_stylegan -> main_restyle -> main_iid end to end on the tiny 3-channel demo cohort (the tasks' default
+data is its full-sized twin, @demo_mc): every logged loss term, the outputs, the generator frozen under ReStyle,
+the held-out groups, exact resume of all three."""
 from __future__ import annotations
 
 import math
@@ -31,9 +32,9 @@ def _log(run_dir):
 
 
 @pytest.fixture(scope="module")
-def gan_run(tiny_demo, tmp_path_factory):
+def gan_run(tiny_demo_mc, tmp_path_factory):
     save = tmp_path_factory.mktemp("gan")
-    run([*TINY_GAN, *_data(tiny_demo, save), "--fulltrainID", "g", "--num_epochs", "2"], registry.get("stylegan"))
+    run([*TINY_GAN, *_data(tiny_demo_mc, save), "--fulltrainID", "g", "--num_epochs", "2"], registry.get("stylegan"))
     return save / "g"
 
 
@@ -58,10 +59,10 @@ def test_stylegan_trains_and_writes_samples(gan_run):
 
 
 @pytest.fixture(scope="module")
-def restyle_run(gan_run, tiny_demo, tmp_path_factory):
+def restyle_run(gan_run, tiny_demo_mc, tmp_path_factory):
     save = tmp_path_factory.mktemp("restyle")
-    run([*TINY_RESTYLE, *_data(tiny_demo, save), "--fulltrainID", "r", "--num_epochs", "3",
-         "--generator", str(gan_run)], registry.get("restyle"))
+    run([*TINY_RESTYLE, *_data(tiny_demo_mc, save), "--fulltrainID", "r", "--num_epochs", "3",
+         "--generator", str(gan_run), "--write_noise"], registry.get("restyle"))
     return save / "r"
 
 
@@ -79,33 +80,30 @@ def test_restyle_inverts_the_frozen_generator(gan_run, restyle_run):
     z = table[[f"Z{i}" for i in range(128)]].to_numpy().reshape(-1, 8, 16).mean(1)
     np.testing.assert_allclose(mean[[f"Z{i}" for i in range(16)]].to_numpy(), z, rtol=1e-5, atol=1e-6)
     assert (out / "recon.h5").is_file() and (out / "metrics.csv").is_file()
+    import h5py
+
+    with h5py.File(out / "noise_maps.h5") as h5:  # --write_noise: one map per noise input, rows as emb's
+        assert list(h5.attrs["sizes"]) == [4, 8, 8, 16, 16, 32, 32]
+        for i, side in enumerate(h5.attrs["sizes"]):
+            m = h5[f"noise_{i}"][()]
+            assert m.shape == (len(table), 1, side, side) and np.isfinite(m).all() and m.std() > 0
+        ids = pd.DataFrame({c: h5[c].asstr()[()] if h5[c].dtype.kind == "O" else h5[c][()]
+                            for c in ("patientID", "instanceID", "t")})
+    key = ["patientID", "instanceID", "t"]
+    assert sorted(map(tuple, ids[key].astype(str).to_numpy())) == \
+        sorted(map(tuple, table[key].astype(str).to_numpy()))
     after = read_checkpoint(restyle_run / "Checkpoints" / "last.ckpt")["state_dict"]
     for k, v in g_before.items():  # the inverted generator is the run's EMA generator, unchanged
         if k.startswith("ema_net."):
             assert torch.equal(after["net.generator." + k[len("ema_net."):]], v), k
 
 
-def test_restyle_refuses_a_missing_or_mismatched_generator(gan_run, tiny_demo, tmp_path):
+def test_restyle_refuses_a_missing_or_mismatched_generator(gan_run, tiny_demo_mc, tmp_path):
     with pytest.raises(UserError, match="--generator"):
-        run([*TINY_RESTYLE, *_data(tiny_demo, tmp_path), "--num_epochs", "1"], registry.get("restyle"))
-    with pytest.raises(UserError, match="makes 1-channel 32x32"):
-        run([*TINY_RESTYLE, *_data(tiny_demo, tmp_path), "--num_epochs", "1", "--input_shape", "16,16",
+        run([*TINY_RESTYLE, *_data(tiny_demo_mc, tmp_path), "--num_epochs", "1"], registry.get("restyle"))
+    with pytest.raises(UserError, match="makes 3-channel 32x32"):
+        run([*TINY_RESTYLE, *_data(tiny_demo_mc, tmp_path), "--num_epochs", "1", "--input_shape", "16,16",
              "--generator", str(gan_run)], registry.get("restyle"))
-
-
-@pytest.mark.parametrize("task,args", [pytest.param("stylegan", TINY_GAN, marks=pytest.mark.slow),
-                                       pytest.param("restyle", TINY_RESTYLE, marks=pytest.mark.slow)])
-def test_resume_is_exact(task, args, gan_run, tiny_demo, tmp_path):
-    extra = ["--generator", str(gan_run)] if task == "restyle" else []
-    common = [*args, *_data(tiny_demo, tmp_path), *extra]
-    run([*common, "--fulltrainID", "straight", "--num_epochs", "2"], registry.get(task))
-    run([*common, "--fulltrainID", "split", "--num_epochs", "1"], registry.get(task))
-    run([*common, "--fulltrainID", "split", "--num_epochs", "2", "--resume"], registry.get(task))
-    a = read_checkpoint(tmp_path / "straight" / "Checkpoints" / "last.ckpt")
-    b = read_checkpoint(tmp_path / "split" / "Checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"]
-    for k, v in a["state_dict"].items():
-        assert torch.equal(v, b["state_dict"][k]), k
 
 
 IID_DEMO = ["--batch_size", "8", "--n_train_batches", "3", "--n_val_batches", "2", "--no-progress_bar",
@@ -126,8 +124,8 @@ def _iid_data(demo, save):
 
 @pytest.mark.parametrize("flags", [pytest.param([], marks=pytest.mark.slow),
                                    ["--noise", "--style", "--loss_coef", "0.5", "--model§IID§cutmix_prob", "1"]])
-def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run, tiny_demo, tmp_path):
-    res = run([*IID_DEMO, *_iid_data(tiny_demo, tmp_path), "--fulltrainID", "p", "--num_epochs", "2",
+def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run, tiny_demo_mc, tmp_path):
+    res = run([*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path), "--fulltrainID", "p", "--num_epochs", "2",
                "--encoder", str(restyle_run), *flags], registry.get("iid"))
     log = _log(tmp_path / "p")
     for term in ("train_loss_epoch", "train_acc_epoch", "val_loss", "val_acc"):
@@ -137,7 +135,7 @@ def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run,
     report = pd.read_csv(out / "ood_report.csv", dtype={"group": str})
     assert list(report.columns) == ["group", "split", "n", "accuracy"]
     pred = pd.read_csv(out / "predictions.tsv", sep="\t", dtype={"patientID": str})
-    site = _sites(tiny_demo)
+    site = _sites(tiny_demo_mc)
     pred["site"] = pred["patientID"].map(site)
     assert set(pred.loc[pred["split"] == "ood", "site"]) == {"siteC"}  # the OOD test: all of siteC, only siteC
     assert "siteB" not in set(pred["site"])  # OOD validation groups are never tested on
@@ -152,17 +150,61 @@ def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run,
     assert len(wilds) == int((pred["split"] == "ood").sum())
 
 
-def test_ood_splits_hold_the_groups_out(tiny_demo, tmp_path):
+def test_ood_splits_hold_the_groups_out(tiny_demo_mc, tmp_path):
     from Engineering.config.loader import resolve
     from Engineering.Engines.AuxiliaryEngines.IIDEngine import OODSplits
 
-    cfg = resolve([*IID_DEMO, *_iid_data(tiny_demo, tmp_path)], registry.get("iid")).cfg
+    cfg = resolve([*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path)], registry.get("iid")).cfg
     dm = OODSplits(cfg)
-    site = _sites(tiny_demo)
+    site = _sites(tiny_demo_mc)
     groups = {s: {site[p] for p in dm.split_ids(s)} for s in ("train", "val", "test")}
     assert groups["train"] == {"siteA"} and groups["val"] == {"siteA", "siteB"} and groups["test"] == {"siteA", "siteC"}
     assert not dm.split_ids("train") & (dm.ood_test | dm.ood_val)
     for bad, match in ((["--ood_test_groups", "siteZ"], "siteZ"), (["--ood_column", "nope"], "nope"),
                        (["--ood_val_groups", "siteC"], "both")):
         with pytest.raises(UserError, match=match):
-            OODSplits(resolve([*IID_DEMO, *_iid_data(tiny_demo, tmp_path), *bad], registry.get("iid")).cfg)
+            OODSplits(resolve([*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path), *bad], registry.get("iid")).cfg)
+
+
+def _resume_args(task, tmp_path, demo, gan_run, restyle_run):
+    if task == "stylegan":
+        return [*TINY_GAN, *_data(demo, tmp_path)]
+    if task == "restyle":
+        return [*TINY_RESTYLE, *_data(demo, tmp_path), "--generator", str(gan_run)]
+    # every random draw of the predictor: dropout, CutMix's boxes and pairs, the noise maps' injection
+    return [*IID_DEMO, *_iid_data(demo, tmp_path), "--encoder", str(restyle_run), "--noise", "--style",
+            "--loss_coef", "0.5", "--model§IID§cutmix_prob", "0.5"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["stylegan", "restyle", "iid"])
+def test_resume_is_exact(task, request, tiny_demo_mc, tmp_path):
+    gan = request.getfixturevalue("gan_run")
+    restyle = request.getfixturevalue("restyle_run") if task == "iid" else None
+    common = _resume_args(task, tmp_path, tiny_demo_mc, gan, restyle)
+    run([*common, "--fulltrainID", "straight", "--num_epochs", "2"], registry.get(task))
+    run([*common, "--fulltrainID", "split", "--num_epochs", "1"], registry.get(task))
+    run([*common, "--fulltrainID", "split", "--num_epochs", "2", "--resume"], registry.get(task))
+    a = read_checkpoint(tmp_path / "straight" / "Checkpoints" / "last.ckpt")
+    b = read_checkpoint(tmp_path / "split" / "Checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"]
+    for k, v in a["state_dict"].items():
+        assert torch.equal(v, b["state_dict"][k]), k
+
+
+@pytest.mark.slow
+def test_stylegan_trains_under_two_process_ddp(tiny_demo_mc, tmp_path):
+    from tests.conftest import run_executor
+
+    proc = run_executor("main_stylegan.py", *TINY_GAN, *_data(tiny_demo_mc, tmp_path), "--fulltrainID", "d",
+                        "--num_epochs", "2", "--accelerator", "cpu", "--ndevices", "2", "--training_strategy", "ddp")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ddp_find_unused_parameters_true" in proc.stdout  # plain DDP would wait for the D step's G gradients
+    log = _log(tmp_path / "d")
+    for term in ("train_loss_d", "train_loss_g", "train_r1", "train_pl", "val_loss"):
+        values = log[term].dropna().to_numpy()
+        assert len(values) == 2 and np.isfinite(values).all(), (term, values)
+    state = read_checkpoint(tmp_path / "d" / "Checkpoints" / "last.ckpt")["state_dict"]
+    # 3 steps per epoch on each rank; the EMA's image count is the world's: 2 ranks x batch 4 per step
+    assert int(state["n_steps"]) == 6 and int(state["n_images"]) == 6 * 4 * 2
+    assert (tmp_path / "d" / "Output" / "samples.png").is_file()

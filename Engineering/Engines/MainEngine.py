@@ -68,6 +68,12 @@ def strategy(cfg, accelerator: str, automatic: bool = True):
         return build_strategy(cfg, accelerator, automatic)
     if cfg.run.deepspeed_config:
         raise UserError(f"--deepspeed_config needs --training_strategy deepspeed* (got {name})")
+    if name == "ddp" and not automatic:
+        # steps of several optimisers each use part of the model (a GAN's D step leaves G out): DDP must look
+        # for the unused parameters of every backward pass, or it waits for their gradients forever
+        print("notice: this model steps its optimisers by hand; --training_strategy ddp runs as "
+              "ddp_find_unused_parameters_true")
+        return "ddp_find_unused_parameters_true"
     return "auto" if name == "default" else name
 
 

@@ -11,7 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
-from Engineering.data.demo import ensure_demo
+from Engineering.data.demo import ensure_named_demo, split_demo_ref
 from Engineering.data.folds import WHOLE_FILE, is_whole_file, read_fold
 from Engineering.data.group_batches import GroupBatchSampler, GroupChunks, group_codes
 from Engineering.data.index import load_records, selection_from
@@ -22,17 +22,20 @@ from Engineering.io.shards import parse_shard
 
 
 def data_dir(paths_cfg) -> Path:
-    """``@demo`` is the bundled demo cohort, written on first use."""
-    if paths_cfg.datadir == "@demo":
-        return ensure_demo()
+    """``@demo`` (and ``@demo_mc``, its multi-channel variant) is a bundled demo cohort, written on first use."""
+    demo = split_demo_ref(paths_cfg.datadir)
+    if demo and not demo[1]:
+        return ensure_named_demo(demo[0])
     return Path(paths_cfg.datadir).expanduser()
 
 
 def resolve_data_path(cfg, ref: str) -> Path:
-    """``@demo/x`` is the demo cohort's file; a relative path is read from json§datadir unless it exists as given."""
+    """``@demo/x`` is the demo cohort's file (``@demo_mc/x`` the multi-channel one's); a relative path is read
+    from json§datadir unless it exists as given."""
     ref = str(ref)
-    if ref.startswith("@demo"):
-        return ensure_demo() / ref[len("@demo"):].lstrip("/")
+    demo = split_demo_ref(ref)
+    if demo:
+        return ensure_named_demo(demo[0]) / demo[1]
     path = Path(ref).expanduser()
     return path if path.is_absolute() or path.exists() else data_dir(cfg.paths) / path
 

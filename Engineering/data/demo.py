@@ -7,6 +7,11 @@ intensity) are known and written to ``phenotypes.tsv``; per-site acquisition
 effects (gain, noise, blur) to ``covariates.tsv`` and the group attributes. It
 lets every executor run with no arguments and makes the benchmark meaningful:
 the latents should recover the factors and, ideally, not the site.
+
+``@demo_mc`` is its multi-channel variant, a stand-in for a stained microscopy plate: three channels per image
+(the whole phantom, the ring alone as a "membrane" stain, the pool alone as a "nucleus" stain), each with its own
+per-site gain, so that the sites differ in stain balance as plates and experiments do. Seed 000's IID pipeline
+(main_stylegan -> main_restyle -> main_iid) runs on it with the sites as the held-out groups.
 """
 from __future__ import annotations
 
@@ -30,6 +35,9 @@ SITES = (  # (name, gain, noise sd, blur sigma): deliberately different scanners
     ("siteB", 1.25, 0.05, 0.6),
     ("siteC", 0.80, 0.03, 1.2),
 )
+# per-site gain of each extra channel of the multi-channel demo (channel 0 keeps the site's gain alone)
+STAIN_GAINS = {"siteA": (1.0, 1.0), "siteB": (0.7, 1.3), "siteC": (1.4, 0.75)}
+CHANNEL_NAMES = ("phantom", "membrane", "nucleus")
 
 
 @dataclass(frozen=True)
@@ -39,17 +47,38 @@ class DemoSpec:
     size: int = 64
     seed: int = 1701
     n_folds: int = 3
+    channels: int = 1  # 1: the cardiac phantom; 2 or 3: add the stain channels (CHANNEL_NAMES)
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.channels <= len(CHANNEL_NAMES):
+            raise ValueError(f"demo channels must be 1 to {len(CHANNEL_NAMES)}, got {self.channels}")
 
 
-def default_demo_dir() -> Path:
-    """Where the demo cohort is cached: $IMLATENT_CACHE/demo or ~/.cache/imlatent/demo."""
+# the named demo cohorts a dataNpath JSON can use as datadir (or as a path prefix): cache folder and spec
+DEMOS = {"@demo": ("demo", DemoSpec()), "@demo_mc": ("demo_mc", DemoSpec(channels=3))}
+
+
+def default_demo_dir(folder: str = "demo") -> Path:
+    """Where a demo cohort is cached: $IMLATENT_CACHE/<folder> or ~/.cache/imlatent/<folder>."""
     root = os.environ.get("IMLATENT_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "imlatent")
-    return Path(root) / "demo"
+    return Path(root) / folder
+
+
+def split_demo_ref(ref: str) -> tuple[str, str] | None:
+    """``@demo_mc/x.tsv`` -> ("@demo_mc", "x.tsv"); None if ``ref`` names no demo cohort."""
+    head, _, rest = str(ref).partition("/")
+    return (head, rest) if head in DEMOS else None
+
+
+def ensure_named_demo(name: str) -> Path:
+    """The folder of the demo cohort ``name`` (a key of DEMOS), written on first use."""
+    folder, spec = DEMOS[name]
+    return ensure_demo(default_demo_dir(folder), spec)
 
 
 def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Generator) -> np.ndarray:
-    """One cine (T, X, Y) of the ring phantom, float in roughly [0, 1.3]."""
-    _, gain, noise_sd, blur = site
+    """One cine (C, T, X, Y) of the ring phantom, float in roughly [0, 1.3]."""
+    name, gain, noise_sd, blur = site
     yy, xx = np.mgrid[0:spec.size, 0:spec.size].astype(np.float32)
     cx = spec.size / 2 + rng_factors["centre_dx"]
     cy = spec.size / 2 + rng_factors["centre_dy"]
@@ -64,11 +93,17 @@ def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Genera
         wall = rng_factors["wall_thickness"] * (1 + 0.3 * c)  # the wall thickens as it contracts
         pool = 1.0 / (1.0 + np.exp((dist - r_in) * 2.0))
         ring = 1.0 / (1.0 + np.exp((dist - r_in - wall) * 2.0)) - pool
-        img = rng_factors["intensity"] * (pool + 0.45 * ring) + 0.08
-        if blur:
-            img = gaussian_filter(img, blur)
-        frames.append(img * gain + noise_rng.normal(0, noise_sd, img.shape))
-    return np.clip(np.stack(frames), 0, None).astype(np.float32)
+        amp = rng_factors["intensity"]
+        chans = [amp * (pool + 0.45 * ring) + 0.08, amp * ring + 0.05, amp * pool + 0.05][:spec.channels]
+        out = []
+        for c, img in enumerate(chans):
+            if blur:
+                img = gaussian_filter(img, blur)
+            g = gain * (STAIN_GAINS[name][c - 1] if c else 1.0)
+            out.append(img * g + noise_rng.normal(0, noise_sd, img.shape))
+        frames.append(out)
+    # (T, C, X, Y) -> (C, T, X, Y); with one channel the draws are those of the original single-channel demo
+    return np.clip(np.stack(frames).transpose(1, 0, 2, 3), 0, None).astype(np.float32)
 
 
 def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
@@ -95,19 +130,21 @@ def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                 iid = str(2 + inst)
                 cine = _render(f, spec, site, rng)
                 # Stored as int16 like scanner output, scaled to a typical MR range.
-                arr = np.round(cine * 1000).astype(np.int16)[None, :, None]  # (C=1, T, S=1, X, Y)
+                arr = np.round(cine * 1000).astype(np.int16)[:, :, None]  # (C, T, S=1, X, Y)
                 grp = h5.create_group(f"{pid}/{FIELD_ID}/{iid}")
                 grp.attrs.update({"patientDICOMID": f"DEMO{pid}", "studyDICOMID": f"1.2.826.{pid}.{iid}",
                                   "studyDesc": "CARDIAC CINE (synthetic)", "aet": site[0], "host": f"{site[0]}-mr",
                                   "date": "20240101", "n_series": 1})
-                ds = grp.create_dataset(KEY, data=arr, chunks=(1, 1, 1, spec.size, spec.size))
+                ds = grp.create_dataset(KEY, data=arr, chunks=(spec.channels, 1, 1, spec.size, spec.size))
                 ds.attrs.update({"seriesID": f"{pid}.{iid}.1", "seriesDesc": "CINE_segmented_LAX_4Ch",
                                  "DICOMHeader": json.dumps({"Modality": "MR", "Manufacturer": "phantom"}),
+                                 "channels": json.dumps(list(CHANNEL_NAMES[:spec.channels])),
                                  "min_val": float(arr.min()), "max_val": float(arr.max())})
             phenos.append({"FID": pid, **{k: round(float(v), 5) for k, v in f.items()},
                            "ef_class": "reduced" if f["ejection_fraction"] < 0.5 else "normal"})
             covs.append({"FID": pid, "site": site[0], "gain": site[1], "noise": site[2], "blur": site[3],
-                         "n_instances": n_inst})
+                         "n_instances": n_inst,
+                         **{f"gain_{CHANNEL_NAMES[c]}": STAIN_GAINS[site[0]][c - 1] for c in range(1, spec.channels)}})
     pd.DataFrame(phenos).to_csv(tmp / "phenotypes.tsv", sep="\t", index=False)
     pd.DataFrame(covs).to_csv(tmp / "covariates.tsv", sep="\t", index=False)
     _write_folds(tmp / "folds.csv", [p["FID"] for p in phenos], spec)

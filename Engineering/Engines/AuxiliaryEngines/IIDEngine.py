@@ -275,7 +275,7 @@ IID_FLAGS = (
 register(TaskSpec(
     name="iid", description="IID predictor (Wu et al., MIDL 2022): a ResNet classifier with the ReStyle encoder's "
                             "noise maps and style codes, evaluated on held-out groups.",
-    configyml=str(CONFIGS / "config_iid.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    configyml=str(CONFIGS / "config_iid.yaml"), datajson=str(CONFIGS / "dataNpath_demo_mc.json"),
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 16, "num_epochs": 4, "lr": 1e-3,
               "n_train_batches": 20, "n_val_batches": 4, "test_emb_only": True, "lr_decay_type": 3,
               "norm_range": "symmetric", "model§drive": "IID", "model§tag": "IID",

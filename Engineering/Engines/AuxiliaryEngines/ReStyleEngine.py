@@ -6,7 +6,8 @@ Training: ``n_iters`` refinements per batch from the generator's average latent;
 refinement, each on detached inputs, so one backward pass and one optimiser step per batch train every
 iteration as ReStyle does. Validation: the same loss (``val_loss``). Test: the latents are the W+ style codes
 flattened (n_latent x style_dim: emb.h5 and the tables), with their mean over layers as a second output
-(``Output/style_mean/``); reconstructions and their SSIM/PSNR unless ``--test_emb_only``.
+(``Output/style_mean/``); reconstructions and their SSIM/PSNR unless ``--test_emb_only``; with ``--write_noise``
+the noise head's maps of every test sample (``Output/noise_maps.h5``).
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ ReStyleKeys = keys_from_dataclass(
                                           "checkpoint file whose EMA generator is inverted.")),
     l2_weight=(float, Field(1.0, ge=0, description="Weight of the pixel L2 loss.")),
     ssim_weight=(float, Field(0.5, ge=0, description="Weight of 1 - SSIM (torchmetrics, the data's range).")),
+    write_noise=(bool, Field(False, description="--write_noise: also write the noise head's maps of every test "
+                                                "sample to Output/noise_maps.h5.")),
 )
 ReStyleModelKeys = create_model("ReStyleModelKeys", __base__=Keys, ReStyle=(ReStyleKeys, ReStyleKeys()))
 
@@ -106,6 +109,54 @@ class ReStyleEngine(LatentEngine):
         return self.net.invert(x)[-1][2]
 
 
+class NoiseMapsView:
+    """After the test, with ``--write_noise``: the noise head's maps ("morph") of every test sample, in
+    ``Output/noise_maps.h5``: ``noise_<i>`` (N, 1, s, s) for the generator's i-th noise input (side ``s`` in the
+    attribute ``sizes``) and the samples' IDs as datasets named like the table columns (patientID ... s; 0 on an
+    axis that is not split), in the same row order."""
+
+    def check(self, cfg, data) -> None:
+        pass
+
+    def run(self, cfg, model, dm, out_dir: Path) -> dict:
+        if not cfg.model.ReStyle.write_noise:
+            return {}
+        if not model.re_cfg.noise_head:
+            print("notice: --write_noise with --no-noise_head: the encoder predicts no noise maps; none written")
+            return {}
+        import h5py
+
+        from Engineering.data.layout import SAMPLE_COLUMNS
+        from Engineering.io.atomic import atomic_path
+
+        dm.test_skip = None  # every test sample, also after a resumed test
+        loader = dm.test_dataloader()
+        ds = dm.dataset("test")
+        sizes = model.net.generator.cfg.noise_sizes()
+        maps, rows = [[] for _ in sizes], []
+        model.eval()
+        with torch.no_grad():
+            for batch in loader:
+                batch = dm.on_after_batch_transfer(batch, 0)
+                _, noise, _ = model.net.invert(batch["inp"].to(model.device))[-1]
+                for i, n in enumerate(noise):
+                    maps[i].append(n.float().cpu().numpy())
+                rows += [ds.describe(int(j)) for j in batch["index"]]
+        path = out_dir / "noise_maps.h5"
+        with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+            h5.attrs["sizes"] = sizes
+            for i, m in enumerate(maps):
+                h5.create_dataset(f"noise_{i}", data=np.concatenate(m))
+            for col in SAMPLE_COLUMNS:
+                values = [r[col] for r in rows]
+                if col in ("c", "t", "s"):
+                    h5.create_dataset(col, data=np.array([0 if v is None else v for v in values], np.int64))
+                else:
+                    h5.create_dataset(col, data=np.array([str(v) for v in values], dtype=h5py.string_dtype()))
+        print(f"noise maps of {len(rows)} test samples: {path}")
+        return {"noise_maps": str(path)}
+
+
 class StyleMeanView:
     """After the test: the style codes' mean over the generator's layers (style_dim values per sample), a
     compact view of W+ written through the same output contract in ``Output/style_mean/``."""
@@ -132,15 +183,19 @@ class StyleMeanView:
 RESTYLE_FLAGS = (
     Flag("generator", ("model", "ReStyle", "generator"), "str", "",
          "The main_stylegan run folder (its last checkpoint) or checkpoint file to invert.", "Model"),
+    Flag("noise_head", ("model", "ReStyle", "noise_head"), "bool", True,
+         "Predict the generator's noise maps from the image (--no-noise_head: a fixed noise draw).", "Model"),
+    Flag("write_noise", ("model", "ReStyle", "write_noise"), "bool", False,
+         "Also write the test samples' noise maps (Output/noise_maps.h5).", "Model"),
 )
 
 register(TaskSpec(
     name="restyle", description="ReStyle encoder (Alaluf et al., ICCV 2021) with a noise head (Wu et al., MIDL "
                                 "2022): W+ style codes and noise maps of a frozen main_stylegan generator.",
-    configyml=str(CONFIGS / "config_restyle.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    configyml=str(CONFIGS / "config_restyle.yaml"), datajson=str(CONFIGS / "dataNpath_demo_mc.json"),
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 16, "num_epochs": 4, "lr": 1e-3,
               "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric",
               "model§drive": "ReStyle", "model§tag": "ReStyle"},
     extra_flags=RESTYLE_FLAGS, sections={"model": ReStyleModelKeys}, drive="ReStyle", engine=ReStyleEngine,
-    steps=(StyleMeanView(),), module=__name__,
+    steps=(StyleMeanView(), NoiseMapsView()), module=__name__,
 ))

@@ -70,7 +70,7 @@ class StyleGANEngine(LatentEngine):
         if str(cfg.run.training_strategy).startswith("deepspeed"):
             raise UserError(f"--training_strategy {cfg.run.training_strategy}: adversarial training steps two "
                             "optimisers by hand, which Lightning's DeepSpeed strategy does not support; use DDP "
-                            "(--training_strategy ddp_find_unused_parameters_true on several devices)")
+                            "(--training_strategy ddp on several devices)")
         self.gen_cfg = generator_config(cfg, in_channels)
         self.k = cfg.model.StyleGAN2
         self.net = Generator(self.gen_cfg)
@@ -97,9 +97,14 @@ class StyleGANEngine(LatentEngine):
                 torch.optim.Adam(self.disc.parameters(), lr=self.lr, betas=(0.0, 0.99))]
 
     def _styles(self, b: int) -> torch.Tensor:
-        sd = self.gen_cfg.style_dim
-        z = torch.randn(b, sd, device=self.device)
-        z2 = torch.randn(b, sd, device=self.device) if random.random() < self.gen_cfg.mixing_prob else None
+        # every rank draws the whole world's codes and keeps its own slice: distinct fakes per rank, while the
+        # random streams stay equal on every rank (so rank 0's saved state resumes them all)
+        sd, n, r = self.gen_cfg.style_dim, self.world_size(), self.global_rank
+
+        def draw():
+            return torch.randn(n * b, sd, device=self.device)[r * b:(r + 1) * b]
+        z = draw()
+        z2 = draw() if random.random() < self.gen_cfg.mixing_prob else None
         return self.net.styles(z, z2)
 
     def training_step(self, batch, batch_idx):
@@ -143,7 +148,7 @@ class StyleGANEngine(LatentEngine):
             self.pl_mean.copy_(new_mean.detach())
             logs.update(pl=pl.detach(), pl_length=lengths.detach().mean())
         self.disc.requires_grad_(True)
-        self.n_images += b
+        self.n_images += b * self.world_size()  # images of every rank: the EMA's half-life counts them all
         self.n_steps += 1
         self.update_ema()
         self.log("train_loss", loss_g.detach() + loss_d.detach(), on_step=True, on_epoch=True, prog_bar=True,
@@ -153,10 +158,13 @@ class StyleGANEngine(LatentEngine):
         if k.sample_every and int(self.n_steps) % k.sample_every == 0:
             self.write_samples(f"step_{int(self.n_steps):07d}")
 
+    def world_size(self) -> int:
+        return max(1, self.trainer.world_size) if self._trainer is not None else 1
+
     @torch.no_grad()
     def update_ema(self, step: int | None = None) -> None:
         """beta = 0.5 ** (batch / half-life in images), the half-life ramped up over the first images."""
-        b = self.cfg.training.batch_size * max(1, self.trainer.world_size if self._trainer is not None else 1)
+        b = self.cfg.training.batch_size * self.world_size()
         half = self.k.ema_kimg * 1000
         if self.k.ema_rampup:
             half = min(half, float(self.n_images) * self.k.ema_rampup)
@@ -223,7 +231,7 @@ class GANRun(ImageRun):
 register(TaskSpec(
     name="stylegan", description="StyleGAN2 generator and discriminator (Karras et al., CVPR 2020), any channel "
                                  "count; the first stage of the IID pipeline (seed 000).",
-    configyml=str(CONFIGS / "config_stylegan.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    configyml=str(CONFIGS / "config_stylegan.yaml"), datajson=str(CONFIGS / "dataNpath_demo_mc.json"),
     # demo-sized: a first look on a laptop CPU in a few minutes (the paper's lr 0.002, batch 32 at 1024 px)
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 16, "num_epochs": 4, "lr": 2e-3,
               "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric",
