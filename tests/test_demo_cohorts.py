@@ -26,6 +26,9 @@ def test_demo_cohorts_have_their_channels(tiny_demo, tiny_demo_mc):
     assert one.keys() == three.keys()  # the same subjects, instances and factors
     for key, arr in one.items():
         assert arr.shape == (1, 4, 1, 32, 32) and three[key].shape == (3, 4, 1, 32, 32)
+        np.testing.assert_array_equal(three[key][:1], arr)  # channel 0 is the 1-channel demo's image
+    for name in ("phenotypes.tsv", "folds.csv"):
+        assert (tiny_demo / name).read_text() == (tiny_demo_mc / name).read_text()
     with h5py.File(tiny_demo_mc / "data.h5") as h5:
         pid = next(iter(h5))
         ds = next(iter(next(iter(h5[pid].values())).values()))[KEY]

@@ -30,6 +30,8 @@ def test_strategy_mapping(tmp_path):
 
     assert strategy(cfg(), "cpu") == "auto"
     assert strategy(cfg("--training_strategy", "ddp"), "cpu") == "ddp"
+    # hand-stepped optimisers (a GAN's D step leaves G's parameters out): DDP must find the unused ones
+    assert strategy(cfg("--training_strategy", "ddp"), "cpu", automatic=False) == "ddp_find_unused_parameters_true"
     ds = strategy(cfg("--training_strategy", "deepspeed_stage_3_offload"), "cpu")
     assert isinstance(ds, CPUDeepSpeedStrategy)
     zero = ds.config["zero_optimization"]
@@ -179,3 +181,38 @@ def test_n_train_batches_one_warns_once(capsys):
     begin(_resolve(["--n_train_batches", "1.0"], Task("t", "t")))
     begin(_resolve(["--n_train_batches", "1", "--run_mode", "2"], Task("t", "t")))  # no training: no warning
     assert "ONE batch" not in capsys.readouterr().out
+
+
+def test_last_checkpoint_follows_every_epoch_when_the_monitor_gets_worse(tmp_path):
+    """With Lightning 2.6's save_last, last.ckpt is written only with a new best: a run whose val_loss rises
+    would resume from its best epoch. LastCheckpoint writes it every epoch; best_from_last still finds the best."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from Engineering.Engines.MainEngine import LastCheckpoint
+    from Engineering.io.checkpoints import best_from_last, read_checkpoint
+
+    class Worse(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+
+        def training_step(self, batch, batch_idx):
+            return (self.w - batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", float(self.current_epoch))  # worse every epoch
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
+    ckpts = tmp_path / "Checkpoints"
+    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[ModelCheckpoint(dirpath=ckpts, filename="best-{epoch:03d}", monitor="val_loss",
+                                                   save_top_k=1), LastCheckpoint(ckpts)])
+    trainer.fit(Worse(), loader, loader)
+    last = read_checkpoint(ckpts / "last.ckpt")
+    assert last["epoch"] == 2 and last["global_step"] == 6
+    assert sorted(p.name for p in ckpts.iterdir()) == ["best-epoch=000.ckpt", "last.ckpt"]
+    assert best_from_last(ckpts) == ckpts / "best-epoch=000.ckpt"

@@ -112,6 +112,15 @@ def setup_logging(run_dir: Path) -> None:
         lg.setLevel(logging.INFO)
 
 
+class LastCheckpoint(ModelCheckpoint):
+    """``last.ckpt`` at the end of every epoch. Lightning 2.6 writes ``save_last`` only when a best-k checkpoint
+    is written at the same step, so with a monitor ``last.ckpt`` would stay at the best epoch: ``--resume`` would
+    repeat the epochs after it and ``--generator RUN`` / ``--encoder RUN`` would read older weights."""
+
+    def __init__(self, dirpath: Path):
+        super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
+
+
 def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bool = True,
                   inference_mode: bool = True, testing: list | None = None) -> L.Trainer:
     """The run's Trainer; ``testing``: the loggers of a DeepSpeed run's training Trainer, for the Trainer of its
@@ -123,8 +132,9 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     # Manual optimisation (multi-optimiser models) accumulates and clips in the engine itself.
     accumulate = accumulation_steps(t, world) if automatic else 1
     clip = (t.grad_clip_val or None) if automatic else None
+    # the best checkpoint first (trainer.checkpoint_callback), then last.ckpt, which records the best one's state
     callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best-{epoch:03d}-{step}", monitor=monitor,
-                                 mode="min", save_top_k=1, save_last=True)]
+                                 mode="min", save_top_k=1), LastCheckpoint(run_dir / CHECKPOINT_DIR)]
     if t.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience, mode="min"))
     loggers = []

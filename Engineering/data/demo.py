@@ -76,8 +76,10 @@ def ensure_named_demo(name: str) -> Path:
     return ensure_demo(default_demo_dir(folder), spec)
 
 
-def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Generator) -> np.ndarray:
-    """One cine (C, T, X, Y) of the ring phantom, float in roughly [0, 1.3]."""
+def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Generator,
+            stain_rng: np.random.Generator) -> np.ndarray:
+    """One cine (C, T, X, Y) of the ring phantom, float in roughly [0, 1.3]. The stain channels' noise comes from
+    its own generator, so the subjects and channel 0 are those of the 1-channel demo."""
     name, gain, noise_sd, blur = site
     yy, xx = np.mgrid[0:spec.size, 0:spec.size].astype(np.float32)
     cx = spec.size / 2 + rng_factors["centre_dx"]
@@ -100,9 +102,9 @@ def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Genera
             if blur:
                 img = gaussian_filter(img, blur)
             g = gain * (STAIN_GAINS[name][c - 1] if c else 1.0)
-            out.append(img * g + noise_rng.normal(0, noise_sd, img.shape))
+            out.append(img * g + (stain_rng if c else noise_rng).normal(0, noise_sd, img.shape))
         frames.append(out)
-    # (T, C, X, Y) -> (C, T, X, Y); with one channel the draws are those of the original single-channel demo
+    # (T, C, X, Y) -> (C, T, X, Y)
     return np.clip(np.stack(frames).transpose(1, 0, 2, 3), 0, None).astype(np.float32)
 
 
@@ -111,6 +113,7 @@ def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     out_dir = Path(out_dir)
     tmp = staging_dir(out_dir)
     rng = np.random.default_rng(spec.seed)
+    stain_rng = np.random.default_rng(spec.seed + 2)  # seed + 1 draws the folds
     phenos, covs = [], []
     with h5py.File(tmp / "data.h5", "w") as h5:
         for i in range(spec.n_patients):
@@ -128,7 +131,7 @@ def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
             n_inst = 1 + int(rng.random() < 0.5)
             for inst in range(n_inst):
                 iid = str(2 + inst)
-                cine = _render(f, spec, site, rng)
+                cine = _render(f, spec, site, rng, stain_rng)
                 # Stored as int16 like scanner output, scaled to a typical MR range.
                 arr = np.round(cine * 1000).astype(np.int16)[:, :, None]  # (C, T, S=1, X, Y)
                 grp = h5.create_group(f"{pid}/{FIELD_ID}/{iid}")
