@@ -176,15 +176,38 @@ def _resume_args(task, tmp_path, demo, gan_run, restyle_run):
             "--loss_coef", "0.5", "--model§IID§cutmix_prob", "0.5"]
 
 
+def _interrupted_after_the_first_epoch(monkeypatch):
+    """The next run's Trainer stops after its first epoch, as a killed job would (its schedule still planned
+    for every epoch: a cosine decay over --num_epochs must resume where it was)."""
+    import lightning as L
+
+    from Engineering.Engines import MainEngine
+
+    class Stop(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = True
+
+    real = MainEngine.build_trainer
+
+    def build(*args, **kwargs):
+        trainer = real(*args, **kwargs)
+        trainer.callbacks.append(Stop())
+        return trainer
+    monkeypatch.setattr(MainEngine, "build_trainer", build)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["stylegan", "restyle", "iid"])
-def test_resume_is_exact(task, request, tiny_demo_mc, tmp_path):
+def test_resume_is_exact(task, request, tiny_demo_mc, tmp_path, monkeypatch):
     gan = request.getfixturevalue("gan_run")
     restyle = request.getfixturevalue("restyle_run") if task == "iid" else None
-    common = _resume_args(task, tmp_path, tiny_demo_mc, gan, restyle)
-    run([*common, "--fulltrainID", "straight", "--num_epochs", "2"], registry.get(task))
-    run([*common, "--fulltrainID", "split", "--num_epochs", "1"], registry.get(task))
-    run([*common, "--fulltrainID", "split", "--num_epochs", "2", "--resume"], registry.get(task))
+    common = [*_resume_args(task, tmp_path, tiny_demo_mc, gan, restyle), "--num_epochs", "2"]
+    run([*common, "--fulltrainID", "straight"], registry.get(task))
+    with monkeypatch.context() as m:
+        _interrupted_after_the_first_epoch(m)
+        run([*common, "--fulltrainID", "split"], registry.get(task))
+    assert read_checkpoint(tmp_path / "split" / "Checkpoints" / "last.ckpt")["epoch"] == 0
+    run([*common, "--fulltrainID", "split", "--resume"], registry.get(task))
     a = read_checkpoint(tmp_path / "straight" / "Checkpoints" / "last.ckpt")
     b = read_checkpoint(tmp_path / "split" / "Checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"]
