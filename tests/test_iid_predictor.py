@@ -110,3 +110,126 @@ def test_cutmix_mixes_images_noise_and_codes_with_one_box():
 def test_config_errors_name_the_field(bad, match):
     with pytest.raises(IIDConfigError, match=match):
         IIDConfig(**{"n_latent": 4, "style_dim": 4, **bad})
+
+
+def torchvision_resnet_state(depth: int = 18, seed: int = 0) -> dict:
+    """Random tensors with the names and shapes of torchvision's resnet18 / resnet34 state dicts (its published
+    layout: conv1, bn1, layer1-4 of BasicBlocks with downsample.0/1 where a stage starts, fc), built without
+    torchvision (whose wheels do not import beside this CPU torch)."""
+    g = torch.Generator().manual_seed(seed)
+    st = {}
+
+    def conv(name, *shape):
+        st[name] = torch.randn(*shape, generator=g) * (2.0 / (shape[1] * shape[2] * shape[3])) ** 0.5
+
+    def bn(prefix, c):
+        st.update({f"{prefix}.weight": torch.rand(c, generator=g) + 0.5, f"{prefix}.bias": torch.randn(c, generator=g),
+                   f"{prefix}.running_mean": torch.randn(c, generator=g) * 0.1,
+                   f"{prefix}.running_var": torch.rand(c, generator=g) + 0.5,
+                   f"{prefix}.num_batches_tracked": torch.tensor(7)})
+    conv("conv1.weight", 64, 3, 7, 7)
+    bn("bn1", 64)
+    cin = 64
+    for k, n in enumerate({18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}[depth]):
+        cout = 64 * 2 ** k
+        for j in range(n):
+            pre = f"layer{k + 1}.{j}"
+            conv(f"{pre}.conv1.weight", cout, cin if j == 0 else cout, 3, 3)
+            bn(f"{pre}.bn1", cout)
+            conv(f"{pre}.conv2.weight", cout, cout, 3, 3)
+            bn(f"{pre}.bn2", cout)
+            if j == 0 and k:
+                conv(f"{pre}.downsample.0.weight", cout, cin, 1, 1)
+                bn(f"{pre}.downsample.1", cout)
+        cin = cout
+    st["fc.weight"], st["fc.bias"] = torch.randn(1000, 512, generator=g), torch.randn(1000, generator=g)
+    return st
+
+
+def reference_resnet_features(st: dict, x: torch.Tensor, blocks) -> torch.Tensor:
+    """The ImageNet BasicBlock ResNet (He et al., CVPR 2016) in eval mode straight from the state dict's tensors:
+    7x7/2 conv, BN, ReLU, 3x3/2 max pool, residual stages, global average pooling."""
+    def bn(h, pre):
+        return F.batch_norm(h, st[f"{pre}.running_mean"], st[f"{pre}.running_var"], st[f"{pre}.weight"],
+                            st[f"{pre}.bias"], False, 0.0, 1e-5)
+    h = F.max_pool2d(F.relu(bn(F.conv2d(x, st["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
+    for k, n in enumerate(blocks):
+        for j in range(n):
+            pre, stride = f"layer{k + 1}.{j}", 2 if (j == 0 and k) else 1
+            y = F.relu(bn(F.conv2d(h, st[f"{pre}.conv1.weight"], stride=stride, padding=1), f"{pre}.bn1"))
+            y = bn(F.conv2d(y, st[f"{pre}.conv2.weight"], padding=1), f"{pre}.bn2")
+            skip = bn(F.conv2d(h, st[f"{pre}.downsample.0.weight"], stride=stride), f"{pre}.downsample.1") \
+                if f"{pre}.downsample.0.weight" in st else h
+            h = F.relu(y + skip)
+    return h.mean((2, 3))
+
+
+def features(m: IIDNet, x: torch.Tensor) -> torch.Tensor:
+    h = m.stem(x)
+    for stage in m.stages:
+        h = stage(h)
+    return h.mean((2, 3))
+
+
+@pytest.mark.parametrize("channels", [1, 3, 6])
+def test_imagenet_stem_takes_any_channel_count_with_noise_and_style(channels):
+    torch.manual_seed(0)
+    m = IIDNet(IIDConfig(in_channels=channels, n_classes=3, stem="imagenet", use_noise=True, use_style=True,
+                         n_latent=N_LAT, style_dim=SD, emb_dim=16))
+    x, codes, noise, _ = batch(4)
+    out = m(x[:, :1].repeat(1, channels, 1, 1), codes, noise)
+    assert out["logits"].shape == (4, 3) and out["emb"].shape == (4, 16)
+    assert [inj.alpha.shape[1] for inj in m.inject] == [64, 128, 256, 512]  # torchvision's stage widths
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_local_torchvision_weights_give_the_reference_network(tmp_path, suffix, depth):
+    """Loaded from a file, the backbone computes the reference ResNet of those tensors; a 1-channel net's stem
+    sums the RGB filters (a grey image gives the RGB net's response to that grey on all three channels) and a
+    6-channel one repeats them at 3/6."""
+    from safetensors.torch import save_file
+
+    from Engineering.io.checkpoints import read_checkpoint
+
+    state = torchvision_resnet_state(depth)
+    path = tmp_path / f"resnet{depth}{suffix}"
+    if suffix == ".pth":
+        torch.save(state, path)
+    else:
+        save_file(state, str(path))
+    loaded = read_checkpoint(path)["state_dict"]
+    nets = {}
+    for c in (1, 3, 6):
+        nets[c] = IIDNet(IIDConfig(in_channels=c, n_classes=2, depth=depth, stem="imagenet", emb_dim=16)).eval()
+        info = nets[c].load_torchvision_weights(loaded)
+        assert info["tensors"] == len(state) - 2 and info["dropped"] == ["fc.bias", "fc.weight"]
+        assert info["conv1_adapted"] == (c != 3)
+    x = torch.randn(2, 3, 64, 64)
+    grey = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        want = reference_resnet_features(state, x, IIDConfig(depth=depth).blocks)
+        torch.testing.assert_close(features(nets[3], x), want, rtol=1e-3, atol=1e-4)
+        rgb_grey = features(nets[3], grey.repeat(1, 3, 1, 1))
+        torch.testing.assert_close(features(nets[1], grey), rgb_grey, rtol=1e-3, atol=1e-4)
+        torch.testing.assert_close(features(nets[6], grey.repeat(1, 6, 1, 1)), rgb_grey, rtol=1e-3, atol=1e-4)
+
+
+def test_weights_that_do_not_fit_are_refused():
+    m = IIDNet(IIDConfig(in_channels=3, n_classes=2, stem="imagenet", emb_dim=16))
+    r34 = torchvision_resnet_state(34)
+    with pytest.raises(IIDConfigError, match="lacks, e.g. layer1.2.conv1.weight"):  # a resnet34 is not a resnet18
+        m.load_torchvision_weights(r34)
+    with pytest.raises(IIDConfigError, match=r"the weights lack \d+ resnet18 tensor\(s\), e.g. layer1.0.conv1.weight"):
+        m.load_torchvision_weights({k: v for k, v in r34.items() if not k.startswith(("layer4", "layer1"))})
+    good = torchvision_resnet_state(18)
+    good["layer2.0.conv1.weight"] = r34["layer3.0.conv1.weight"]
+    with pytest.raises(IIDConfigError, match="layer2.0.conv1.weight has shape"):
+        m.load_torchvision_weights(good)
+    with pytest.raises(IIDConfigError, match="width 64"):
+        IIDNet(IIDConfig(in_channels=3, n_classes=2, width=32, stem="imagenet", emb_dim=16)).load_torchvision_weights(
+            torchvision_resnet_state(18))
+    with pytest.raises(IIDConfigError, match="imagenet stem"):
+        IIDNet(IIDConfig(in_channels=3, n_classes=2, width=8, emb_dim=16)).load_torchvision_weights(good)
+    with pytest.raises(IIDConfigError, match="stem must be one of small, imagenet"):
+        IIDConfig(stem="vit")

@@ -231,3 +231,20 @@ def test_stylegan_trains_under_two_process_ddp(tiny_demo_mc, tmp_path):
     # 3 steps per epoch on each rank; the EMA's image count is the world's: 2 ranks x batch 4 per step
     assert int(state["n_steps"]) == 6 and int(state["n_images"]) == 6 * 4 * 2
     assert (tmp_path / "d" / "Output" / "samples.png").is_file()
+
+
+def test_iid_starts_an_imagenet_resnet_from_local_torchvision_weights(tiny_demo_mc, tmp_path, capsys):
+    from tests.test_iid_predictor import torchvision_resnet_state
+
+    weights = tmp_path / "resnet18.pth"
+    torch.save(torchvision_resnet_state(18), weights)
+    common = [*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path), "--num_epochs", "1", "--n_train_batches", "1",
+              "--model§IID§weights", str(weights)]
+    with pytest.raises(UserError, match="need model§IID§stem imagenet"):
+        run([*common, "--fulltrainID", "small"], registry.get("iid"))
+    run([*common, "--fulltrainID", "tv", "--model§IID§stem", "imagenet", "--model§IID§width", "64"],
+        registry.get("iid"))
+    out = capsys.readouterr().out
+    assert "IID backbone: 120 tensors from" in out and "not used: fc.bias, fc.weight" in out
+    assert "adapted" not in out  # 3 channels: the RGB stem as it is
+    assert (tmp_path / "tv" / "Output" / "ood_report.csv").is_file()

@@ -34,6 +34,7 @@ from Engineering.Engines.saved_runs import upstream_engine
 from Engineering.Engines.WarpDrives.IID import IIDConfig, IIDNet
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
+from Engineering.io.checkpoints import read_checkpoint
 from Engineering.io.outputs import write_table
 from Engineering.Science.cutmix import cutmix
 
@@ -49,6 +50,9 @@ IIDKeys = keys_from_dataclass(
     loss_coef=(float, Field(0.0, ge=0, le=1, description="--loss_coef c: the loss is (1 - c) CE + c ArcFace.")),
     cutmix_prob=(float, Field(0.0, ge=0, le=1, description="Probability of CutMix per batch (images and latents).")),
     cutmix_alpha=(float, Field(1.0, gt=0, description="CutMix's Beta(alpha, alpha) of the kept area.")),
+    weights=(str, Field("", description="A local state dict of torchvision's resnet18/34 layout (.pth, read with "
+                                        "weights_only, or .safetensors) for the imagenet stem at width 64 to start "
+                                        "from; never downloaded.")),
 )
 IIDModelKeys = create_model("IIDModelKeys", __base__=Keys, IID=(IIDKeys, IIDKeys()))
 
@@ -130,11 +134,25 @@ class IIDEngine(LatentEngine):
                 raise UserError(f"--noise: the encoder {k.encoder} was trained without its noise head")
         g = self.encoder.generator.cfg if self.encoder is not None else None
         self.iid_cfg = IIDConfig(in_channels=in_channels, n_classes=len(self.classes), depth=k.depth, width=k.width,
-                                 use_noise=k.use_noise, use_style=k.use_style, n_latent=g.n_latent if g else 0,
+                                 stem=k.stem, use_noise=k.use_noise, use_style=k.use_style, n_latent=g.n_latent if g else 0,
                                  style_dim=g.style_dim if g else 0, style_mix=k.style_mix, dropout=k.dropout,
                                  emb_dim=k.emb_dim, arcface_s=k.arcface_s, arcface_m=k.arcface_m)
         self.net = IIDNet(self.iid_cfg)
+        if k.weights:
+            self._load_weights(k.weights)
         self._targets: dict[str, torch.Tensor] = {}
+
+    def _load_weights(self, path: str) -> None:
+        if self.iid_cfg.stem != "imagenet":
+            raise UserError(f"model§IID§weights {path}: pretrained weights need model§IID§stem imagenet (and "
+                            "model§IID§width 64)")
+        if not Path(path).is_file():
+            raise UserError(f"model§IID§weights {path}: no such file")
+        info = self.net.load_torchvision_weights(read_checkpoint(path)["state_dict"])
+        print(f"IID backbone: {info['tensors']} tensors from {path}"
+              + (f"; first convolution adapted from 3 to {self.iid_cfg.in_channels} channels"
+                 if info["conv1_adapted"] else "")
+              + (f"; not used: {', '.join(info['dropped'])}" if info["dropped"] else ""))
 
     def train(self, mode: bool = True):  # the encoder stays frozen, in eval mode
         super().train(mode)

@@ -11,10 +11,16 @@ class IIDConfigError(DriveError):
     """An IID predictor configuration value the user can fix."""
 
 
+STEMS = ("small", "imagenet")
+
+
 @dataclass
 class IIDConfig:
     """in_channels, n_classes: image channels and classes.
     depth, width: the ResNet (BasicBlock, BatchNorm; 18 or 34 layers; first-stage width, doubling per stage).
+    stem: small = a 3x3 stride-1 stem for small images (32-64 px); imagenet = the 7x7 stride-2 stem and max
+        pooling of the ImageNet ResNets, the layout of torchvision's resnet18 / resnet34 (with width 64 it can
+        start from a local file of their weights: ``load_torchvision_weights``).
     use_noise: inject the encoder's noise maps into the stages (``h + Dropout(alpha * n)``, alpha learnt from 0).
     use_style: concatenate features of the style codes (n_latent x style_dim) with the pooled image features.
     n_latent, style_dim: the style codes' shape (from the encoder's generator); needed with use_style.
@@ -30,6 +36,7 @@ class IIDConfig:
     n_classes: int = 2
     depth: int = 18
     width: int = 64
+    stem: str = "small"
     use_noise: bool = False
     use_style: bool = False
     n_latent: int = 0
@@ -47,6 +54,8 @@ class IIDConfig:
             raise IIDConfigError(f"n_classes must be an integer >= 2, got {self.n_classes!r}")
         if self.depth not in (18, 34):
             raise IIDConfigError(f"depth must be 18 or 34, got {self.depth!r}")
+        if self.stem not in STEMS:
+            raise IIDConfigError(f"stem must be one of {', '.join(STEMS)}, got {self.stem!r}")
         if self.use_style:
             positive_int("n_latent", self.n_latent, IIDConfigError)
             positive_int("style_dim", self.style_dim, IIDConfigError)

@@ -11,7 +11,7 @@ from torch import nn
 
 from Engineering.Engines.WarpDrives.SSL.model import BasicBlock
 
-from .config import IIDConfig
+from .config import IIDConfig, IIDConfigError
 
 
 class NoiseInjection(nn.Module):
@@ -36,17 +36,22 @@ class IIDNet(nn.Module):
         super().__init__()
         self.cfg = cfg
         w = cfg.width
-        self.stem = nn.Sequential(nn.Conv2d(cfg.in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w),
-                                  nn.ReLU(inplace=True))
+        # torchvision's wheels do not import beside this project's CPU torch: the same BasicBlock ResNet, with
+        # the ImageNet stem (7x7 stride 2 + max pooling) or a 3x3 stride-1 stem for small images
+        stem = [nn.Conv2d(cfg.in_channels, w, 3, 1, 1, bias=False)] if cfg.stem == "small" else \
+            [nn.Conv2d(cfg.in_channels, w, 7, 2, 3, bias=False)]
+        stem += [nn.BatchNorm2d(w), nn.ReLU(inplace=True)] + ([nn.MaxPool2d(3, 2, 1)] if cfg.stem == "imagenet" else [])
+        self.stem = nn.Sequential(*stem)
         self.stages, cin = nn.ModuleList(), w
         for k, n in enumerate(cfg.blocks):
             cout = w * 2 ** k
             self.stages.append(nn.Sequential(*[BasicBlock(cin if j == 0 else cout, cout, 2 if (j == 0 and k) else 1,
                                                           False) for j in range(n)]))
             cin = cout
+        widths = [stage[-1].bn2.num_features for stage in self.stages]
         if cfg.use_noise:
-            self.inject = nn.ModuleList(NoiseInjection(w * 2 ** k, cfg.dropout) for k in range(len(cfg.blocks)))
-        feat = cin
+            self.inject = nn.ModuleList(NoiseInjection(c, cfg.dropout) for c in widths)
+        feat = widths[-1]
         if cfg.use_style:
             self.style = nn.Sequential(nn.Conv1d(cfg.n_latent, cfg.style_mix, 1), nn.Flatten(),
                                        nn.BatchNorm1d(cfg.style_mix * cfg.style_dim), nn.LeakyReLU(0.2),
@@ -55,6 +60,49 @@ class IIDNet(nn.Module):
         self.neck = nn.Sequential(nn.Linear(feat, cfg.emb_dim), nn.BatchNorm1d(cfg.emb_dim), nn.ReLU(inplace=True))
         self.head = nn.Linear(cfg.emb_dim, cfg.n_classes)
         self.centres = nn.Parameter(torch.randn(cfg.n_classes, cfg.emb_dim) / math.sqrt(cfg.emb_dim))
+
+    def load_torchvision_weights(self, state: dict[str, torch.Tensor]) -> dict:
+        """Start the backbone from a state dict in the layout of torchvision's resnet18 / resnet34 (e.g. ImageNet
+        weights the user saved locally; needs the imagenet stem and width 64). Its ``fc`` is dropped (the heads
+        are this task's). For C != 3 input channels the first
+        convolution is adapted as is usual for pretrained RGB filters (e.g. timm's input-conv adaptation): C = 1
+        sums the RGB filters (a grey image then gives the response of the same grey on all three channels),
+        otherwise the RGB filters are repeated cyclically to C channels and scaled by 3 / C. Returns what was
+        loaded. ``state`` must hold every backbone tensor with its shape and nothing else but ``fc``."""
+        if self.cfg.stem != "imagenet":
+            raise IIDConfigError("pretrained ResNet weights need the imagenet stem (the small stem has no "
+                                 "published weights)")
+        names = {"0": "conv1", "1": "bn1"}
+        own = {}
+        for key in self.stem.state_dict():
+            idx, rest = key.split(".", 1)
+            own[f"stem.{key}"] = f"{names[idx]}.{rest}"
+        for k, stage in enumerate(self.stages):
+            for key in stage.state_dict():
+                own[f"stages.{k}.{key}"] = f"layer{k + 1}.{key.replace('.skip.', '.downsample.')}"
+        missing = [src for src in own.values() if src not in state]
+        if missing:
+            raise IIDConfigError(f"the weights lack {len(missing)} resnet{self.cfg.depth} tensor(s), "
+                                 f"e.g. {', '.join(missing[:3])} (a resnet{self.cfg.depth} state dict is needed)")
+        extra = [k for k in state if k not in own.values() and not k.startswith("fc.")]
+        if extra:  # e.g. a resnet34's extra blocks: a partial load would be a different network
+            raise IIDConfigError(f"the weights hold {len(extra)} tensor(s) that resnet{self.cfg.depth} "
+                                 f"lacks, e.g. {', '.join(extra[:3])} (set model§IID§depth to the file's)")
+        mine = self.state_dict()
+        new, adapted = {}, False
+        for dst, src in own.items():
+            w = state[src]
+            if src == "conv1.weight" and w.shape[1] != mine[dst].shape[1] and w.shape[1] == 3:
+                c = mine[dst].shape[1]
+                w = w.sum(1, keepdim=True) if c == 1 else w[:, [i % 3 for i in range(c)]] * (3.0 / c)
+                adapted = True
+            if w.shape != mine[dst].shape:
+                raise IIDConfigError(f"weights tensor {src} has shape {tuple(w.shape)}, the backbone needs "
+                                     f"{tuple(mine[dst].shape)} (torchvision's ResNets have width 64)")
+            new[dst] = w.to(mine[dst].dtype)
+        self.load_state_dict(new, strict=False)
+        return {"tensors": len(new), "dropped": sorted(k for k in state if k not in own.values()),
+                "conv1_adapted": adapted}
 
     @staticmethod
     def _noise_for(noise: list[torch.Tensor], side: int) -> torch.Tensor:
