@@ -27,8 +27,10 @@ def test_demo_cohorts_have_their_channels(tiny_demo, tiny_demo_mc):
     for key, arr in one.items():
         assert arr.shape == (1, 4, 1, 32, 32) and three[key].shape == (3, 4, 1, 32, 32)
         np.testing.assert_array_equal(three[key][:1], arr)  # channel 0 is the 1-channel demo's image
-    for name in ("phenotypes.tsv", "folds.csv"):
-        assert (tiny_demo / name).read_text() == (tiny_demo_mc / name).read_text()
+    assert (tiny_demo / "folds.csv").read_text() == (tiny_demo_mc / "folds.csv").read_text()
+    one_ph, mc_ph = (pd.read_csv(d / "phenotypes.tsv", sep="\t") for d in (tiny_demo, tiny_demo_mc))
+    pd.testing.assert_frame_equal(mc_ph.drop(columns="wall_class"), one_ph)  # plus a label one frame shows
+    assert (mc_ph["wall_class"] == np.where(mc_ph["wall_thickness"] >= 3.75, "thick", "thin")).all()
     with h5py.File(tiny_demo_mc / "data.h5") as h5:
         pid = next(iter(h5))
         ds = next(iter(next(iter(h5[pid].values())).values()))[KEY]

@@ -108,7 +108,7 @@ def test_restyle_refuses_a_missing_or_mismatched_generator(gan_run, tiny_demo_mc
 
 IID_DEMO = ["--batch_size", "8", "--n_train_batches", "3", "--n_val_batches", "2", "--no-progress_bar",
             "--no-tbactive", "--input_shape", "32,32", "--model§IID§width", "4", "--model§IID§emb_dim", "8",
-            "--targets", "ef_class", "--ood_column", "site", "--ood_test_groups", "siteC", "--ood_val_groups", "siteB"]
+            "--targets", "wall_class", "--ood_column", "site", "--ood_test_groups", "siteC", "--ood_val_groups", "siteB"]
 
 
 def _sites(demo):
@@ -144,6 +144,11 @@ def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run,
     for row in report.itertuples():
         assert row.n == expected[(row.group, row.split)] and 0 <= row.accuracy <= 1
     assert res["ood_report"]["ood_test_groups"] == ["siteC"] and res["ood_report"]["style"] == ("--style" in flags)
+    for split in ("id", "ood"):  # the overall accuracy is over subjects, as the rows are
+        rows = report[report["split"] == split]
+        assert res["ood_report"][f"{split}_n_subjects"] == rows["n"].sum()
+        assert res["ood_report"][f"{split}_accuracy"] == pytest.approx((rows["accuracy"] * rows["n"]).sum()
+                                                                       / rows["n"].sum())
     for name in ("ood_report.json", "ood_report.html", "wilds_id_test_pred.csv", "wilds_ood_test_pred.csv"):
         assert (out / name).is_file(), name
     wilds = (out / "wilds_ood_test_pred.csv").read_text().split()

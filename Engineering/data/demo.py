@@ -145,6 +145,8 @@ def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
                                  "min_val": float(arr.min()), "max_val": float(arr.max())})
             phenos.append({"FID": pid, **{k: round(float(v), 5) for k, v in f.items()},
                            "ef_class": "reduced" if f["ejection_fraction"] < 0.5 else "normal"})
+            if spec.channels > 1:  # a label that one frame shows (EF needs two): the IID pipeline's default
+                phenos[-1]["wall_class"] = "thick" if f["wall_thickness"] >= 3.75 else "thin"
             covs.append({"FID": pid, "site": site[0], "gain": site[1], "noise": site[2], "blur": site[3],
                          "n_instances": n_inst,
                          **{f"gain_{CHANNEL_NAMES[c]}": STAIN_GAINS[site[0]][c - 1] for c in range(1, spec.channels)}})

@@ -258,9 +258,11 @@ class OODReport:
         report = {"targets": cfg.model.IID.targets, "ood_column": cfg.model.IID.ood_column,
                   "ood_test_groups": sorted(dm.test_groups), "ood_val_groups": sorted(dm.val_groups),
                   "noise": model.k.use_noise, "style": model.k.use_style, "loss_coef": model.k.loss_coef}
-        for split in ("id", "ood"):
-            part = lab[lab["split"] == split]
-            report[f"{split}_accuracy"] = float(part["correct"].mean()) if len(part) else None
+        for split in ("id", "ood"):  # over subjects, as the per-group rows; the sample-level accuracy beside it
+            part, subjects = lab[lab["split"] == split], subj[subj["split"] == split]
+            report[f"{split}_accuracy"] = float(subjects["correct"].mean()) if len(subjects) else None
+            report[f"{split}_n_subjects"] = int(len(subjects))
+            report[f"{split}_sample_accuracy"] = float(part["correct"].mean()) if len(part) else None
             report[f"{split}_n_samples"] = int(len(part))
         report["per_group"] = table.to_dict(orient="records")
         write_table(out_dir / "ood_report.csv", table[["group", "split", "n", "accuracy"]])
@@ -270,7 +272,10 @@ class OODReport:
         for split in ("id", "ood"):
             write_text(out_dir / f"wilds_{split}_test_pred.csv",
                        "".join(f"{i}\n" for i in pred.loc[pred["split"] == split, "prediction_index"]))
-        print(f"accuracy in distribution {report['id_accuracy']}, out of distribution {report['ood_accuracy']}: "
+        def fmt(v):
+            return "n/a" if v is None else f"{v:.3f}"
+        print(f"accuracy over subjects in distribution {fmt(report['id_accuracy'])} (n {report['id_n_subjects']}), "
+              f"out of distribution {fmt(report['ood_accuracy'])} (n {report['ood_n_subjects']}): "
               f"{out_dir / 'ood_report.csv'}")
         return {"ood_report": report}
 
@@ -298,7 +303,7 @@ register(TaskSpec(
               "n_train_batches": 20, "n_val_batches": 4, "test_emb_only": True, "lr_decay_type": 3,
               "norm_range": "symmetric", "model§drive": "IID", "model§tag": "IID",
               # the demo cohort's label and sites (the bundled phantom): real runs name their own
-              "targets": "ef_class", "ood_column": "site", "ood_test_groups": "siteC", "ood_val_groups": "siteB"},
+              "targets": "wall_class", "ood_column": "site", "ood_test_groups": "siteC", "ood_val_groups": "siteB"},
     extra_flags=IID_FLAGS, sections={"model": IIDModelKeys}, drive="IID", engine=IIDEngine, lifecycle=IIDRun,
     steps=(OODReport(),), module=__name__,
 ))
