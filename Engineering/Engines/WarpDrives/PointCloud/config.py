@@ -1,0 +1,42 @@
+"""Configuration of the point-cloud autoencoder WarpDrive (seed 003's point-cloud models)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
+
+
+class PointCloudConfigError(DriveError):
+    """A point-cloud autoencoder configuration value the user can fix."""
+
+
+ENCODERS = ("dgcnn", "vn")
+
+
+@dataclass
+class PointCloudConfig:
+    """encoder: dgcnn = EdgeConv layers on a k-NN graph (Wang et al., "Dynamic Graph CNN", TOG 2019), not
+        rotation invariant; vn = Vector Neurons (Deng et al., ICCV 2021): SO(3)-equivariant features whose code
+        is invariant (features in a predicted canonical frame), the frame being the pose.
+    in_features: 3 (xyz) or 4 (xyz + intensity; the intensity weights each point's vectors in vn and is one more
+        feature in dgcnn).
+    k: neighbours of the k-NN graph. width: features of the first layer (doubling once). n_layers: edge convs.
+    latent_dim: the code. grid: the FoldingNet decoder folds a grid x grid square into grid**2 points
+        (Yang et al., CVPR 2018).
+    """
+
+    encoder: str = "dgcnn"
+    in_features: int = 3
+    k: int = 16
+    width: int = 32
+    n_layers: int = 3
+    latent_dim: int = 16
+    grid: int = 16
+
+    def __post_init__(self) -> None:
+        if self.encoder not in ENCODERS:
+            raise PointCloudConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.in_features not in (3, 4):
+            raise PointCloudConfigError(f"in_features must be 3 (xyz) or 4 (xyz + intensity), got {self.in_features!r}")
+        for name in ("k", "width", "n_layers", "latent_dim", "grid"):
+            positive_int(name, getattr(self, name), PointCloudConfigError)
