@@ -1,0 +1,99 @@
+"""Rotation invariance at arbitrary angles (model-dependent; seed 003 tested only four 90° rotations).
+
+Each test sample is re-encoded under random rotations: in 2D any in-plane angle, in 3D a random rotation of
+SO(3) (uniform, scipy's ``Rotation.random``), applied about the image centre by linear interpolation with the
+inscribed disk / ball kept (the corners leave the grid). The per-sample value is the mean latent change
+||z(Rx) - z(x)|| divided by the mean distance between two samples' latents (the between-sample spread), so 0 is
+invariant and about 1 means a rotation moves a sample as far as another sample is. Lower is better when the
+labels of interest do not depend on orientation. For models with a pose output (rotation matrices), the pose
+equivariance error is the mean angle between pose(Rx) and R pose(x), in degrees; lower is better.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from scipy.ndimage import affine_transform
+from scipy.spatial.transform import Rotation
+
+from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
+from Engineering.Eval.result import LOWER, MetricResult
+
+METRICS = {
+    "rotation_invariance": (LOWER, "Latent change under random rotations (any angle in 2D, random SO(3) in 3D) "
+                                   "over the between-sample latent spread. Lower is better (more invariant)."),
+    "pose_equivariance_error": (LOWER, "Mean angle (degrees) between pose(R x) and R pose(x). Lower is better."),
+}
+
+
+def random_rotations(dim: int, n: int, seed: int) -> np.ndarray:
+    """(n, dim, dim) rotation matrices: uniform angles in 2D, uniform on SO(3) in 3D."""
+    rng = np.random.default_rng(seed)
+    if dim == 2:
+        a = rng.uniform(0, 2 * np.pi, n)
+        return np.stack([np.stack([np.cos(a), -np.sin(a)], 1), np.stack([np.sin(a), np.cos(a)], 1)], 1)
+    if dim == 3:
+        return Rotation.random(n, random_state=rng).as_matrix()
+    raise ValueError(f"rotations are 2D or 3D, got dim {dim}")
+
+
+def ball_mask(shape: tuple[int, ...]) -> np.ndarray:
+    """1 inside the disk / ball inscribed in the spatial grid ``shape``."""
+    axes = [(np.arange(s) - (s - 1) / 2) / (s / 2) for s in shape]
+    grids = np.meshgrid(*axes, indexing="ij")
+    return (sum(g ** 2 for g in grids) <= 1.0).astype(np.float32)
+
+
+def rotate(images: np.ndarray, rot: np.ndarray) -> np.ndarray:
+    """Rotate (n, C, *S) images about the centre of S (dim = rot's size) by ``rot``, linear interpolation, zeros
+    outside; y(u) = x(R^T u), the convention of the grid groups (``WarpDrives/RotInv/groups``)."""
+    dim = rot.shape[0]
+    spatial = images.shape[-dim:]
+    centre = (np.asarray(spatial) - 1) / 2
+    inv = rot.T  # affine_transform maps output coordinates to input ones
+    offset = centre - inv @ centre
+    out = np.empty_like(images, dtype=np.float32)
+    flat = images.reshape(-1, *spatial)
+    res = out.reshape(-1, *spatial)
+    for i in range(len(flat)):
+        res[i] = affine_transform(flat[i].astype(np.float32), inv, offset=offset, order=1, mode="constant")
+    return out
+
+
+def pointwise_rotation_invariance(encode: Callable[[np.ndarray], np.ndarray], images: np.ndarray, dim: int,
+                                  n_rotations: int = 4, seed: int = 0) -> np.ndarray:
+    mask = ball_mask(images.shape[-dim:])
+    x = (images * mask).astype(np.float32)
+    z0 = np.asarray(encode(x), dtype=float)
+    d = np.linalg.norm(z0[:, None] - z0[None], axis=-1)
+    spread = d.sum() / (len(z0) * (len(z0) - 1))
+    if not spread > 0:
+        raise ValueError("all latents are equal: the between-sample spread is 0")
+    moves = []
+    for rot in random_rotations(dim, n_rotations, seed):
+        zr = np.asarray(encode(rotate(x, rot) * mask), dtype=float)
+        moves.append(np.linalg.norm(zr - z0, axis=1))
+    return np.mean(moves, axis=0) / spread
+
+
+def rotation_invariance(encode, images: np.ndarray, dim: int, n_boot: int, seed: int,
+                        n_rotations: int = 4) -> MetricResult:
+    values = pointwise_rotation_invariance(encode, images, dim, n_rotations, seed)
+    return MetricResult.from_ci(bootstrap_ci(weighted_mean(values), len(values), n_boot, seed), LOWER, len(values),
+                                note=f"{n_rotations} random {'angles' if dim == 2 else 'SO(3) rotations'} per sample")
+
+
+def pose_equivariance_error(pose: Callable[[np.ndarray], np.ndarray], images: np.ndarray, dim: int, n_boot: int,
+                            seed: int, n_rotations: int = 4) -> MetricResult:
+    """``pose(images) -> (n, dim, dim)`` rotation matrices; the angle of pose(Rx)^T R pose(x) per sample."""
+    mask = ball_mask(images.shape[-dim:])
+    x = (images * mask).astype(np.float32)
+    p0 = np.asarray(pose(x), dtype=float)
+    errs = []
+    for rot in random_rotations(dim, n_rotations, seed):
+        pr = np.asarray(pose(rotate(x, rot) * mask), dtype=float)
+        rel = np.einsum("nji,jk,nkl->nil", pr, rot, p0)  # identity when pose(Rx) = R pose(x)
+        cos = (np.trace(rel, axis1=1, axis2=2) - (dim - 2)) / 2 if dim == 3 else np.trace(rel, axis1=1, axis2=2) / 2
+        errs.append(np.degrees(np.arccos(np.clip(cos, -1, 1))))
+    values = np.mean(errs, axis=0)
+    return MetricResult.from_ci(bootstrap_ci(weighted_mean(values), len(values), n_boot, seed), LOWER, len(values))
