@@ -13,7 +13,7 @@ from Engineering.errors import ArgParser
 from tests.conftest import run_main, run_tool
 
 WRITE_HDF5 = ("dicom_to_h5", "nifti_to_h5", "crop_h5")
-TOOLS = WRITE_HDF5 + ("make_masks", "make_folds", "validate_h5", "make_demo_dataset")
+TOOLS = WRITE_HDF5 + ("make_masks", "make_folds", "validate_h5", "make_demo_dataset", "make_point_clouds")
 
 
 def flags(parser) -> set[str]:

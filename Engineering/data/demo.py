@@ -54,8 +54,17 @@ class DemoSpec:
             raise ValueError(f"demo channels must be 1 to {len(CHANNEL_NAMES)}, got {self.channels}")
 
 
-# the named demo cohorts a dataNpath JSON can use as datadir (or as a path prefix): cache folder and spec
-DEMOS = {"@demo": ("demo", DemoSpec()), "@demo_mc": ("demo_mc", DemoSpec(channels=3))}
+def _write_cells(out_dir: Path) -> Path:
+    from Engineering.data.cells import write_cells
+
+    return write_cells(out_dir)
+
+
+# the named demo cohorts a dataNpath JSON can use as datadir (or as a path prefix): cache folder and writer;
+# @cells is the synthetic 3D cell cohort of the rotation-invariant and point-cloud models (data/cells.py)
+DEMOS = {"@demo": ("demo", lambda out: write_demo(out, DemoSpec())),
+         "@demo_mc": ("demo_mc", lambda out: write_demo(out, DemoSpec(channels=3))),
+         "@cells": ("cells", _write_cells)}
 
 
 def default_demo_dir(folder: str = "demo") -> Path:
@@ -72,8 +81,12 @@ def split_demo_ref(ref: str) -> tuple[str, str] | None:
 
 def ensure_named_demo(name: str) -> Path:
     """The folder of the demo cohort ``name`` (a key of DEMOS), written on first use."""
-    folder, spec = DEMOS[name]
-    return ensure_demo(default_demo_dir(folder), spec)
+    folder, write = DEMOS[name]
+    out_dir = default_demo_dir(folder)
+    if not (out_dir / "data.h5").exists():
+        print(f"Writing the demo dataset {name} to {out_dir} (first use) ...")
+        write(out_dir)
+    return out_dir
 
 
 def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Generator,
