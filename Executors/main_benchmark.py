@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from Engineering.errors import ArgParser, UserError, run_cli
-from Engineering.Eval import baselines, invariance, nsc
+from Engineering.Eval import baselines, invariance, nsc, rotation
 from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
                                      resolve_targets)
 from Engineering.Eval.pixels import read_pixels
@@ -127,7 +127,8 @@ def main(argv: Sequence[str]) -> dict:
     write_metrics_json(out / "metrics.json", results)
     write_metrics_csv(out / "metrics.csv", results)
     summary = _summary(paths, runs, samples, targets, args)
-    write_report(out / "report.html", results, {**METRICS, **invariance.METRICS, **nsc.METRICS}, summary, notes, baselines.NAMES)
+    write_report(out / "report.html", results, {**METRICS, **MODEL_METRICS, **nsc.METRICS}, summary, notes,
+                 baselines.NAMES)
     for note in notes:
         print(f"note: {note}")
     print(f"wrote {out / 'metrics.json'}, {out / 'metrics.csv'}, {out / 'report.html'}")
@@ -246,32 +247,45 @@ def _load_models(items: list[str], paths: dict[str, Path], samples, args) -> dic
     return models
 
 
+MODEL_METRICS = {**invariance.METRICS, "rotation_invariance": rotation.METRICS["rotation_invariance"]}
+
+
 def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> None:
-    """Rotation/flip sensitivity and reconstruction error of each --run model (Eval/invariance.py);
-    the reconstruction error is in the model's normalised input units."""
+    """Rotation/flip sensitivity, rotation invariance at arbitrary angles (random SO(3) rotations for 3D models;
+    Eval/rotation.py) and reconstruction error of each --run model (Eval/invariance.py); the reconstruction
+    error is in the model's normalised input units."""
     from Engineering.Engines.saved_runs import batched
 
     for name, per in results.items():
         if name in baselines.NAMES:
             continue
         if name not in models:
-            for family, (direction, _) in invariance.METRICS.items():
+            for family, (direction, _) in MODEL_METRICS.items():
                 per[family] = MetricResult.skip(direction, "no --run model folder for this run")
             continue
         model, images = models[name]
         bs = int(model.cfg.training.batch_size)
+        dim = 3 if model.cfg.model.is3D else 2
         compute = {
             "rotation_sensitivity": lambda: invariance.rotation_sensitivity(
                 lambda x: batched(model.encode, x, bs), images, args.n_boot, args.seed),
+            "rotation_invariance": lambda: rotation.rotation_invariance(
+                lambda x: batched(model.encode, x, bs), images, dim, args.n_boot, args.seed),
             "reconstruction_mse": lambda: invariance.reconstruction_mse(
                 lambda x: batched(model.reconstruct, x, bs), images, args.n_boot, args.seed),
         }
-        for family, (direction, _) in invariance.METRICS.items():
+        for family, (direction, _) in MODEL_METRICS.items():
+            spatial = images.shape[-dim:] if len(images) else ()
             if not len(images):
                 per[family] = MetricResult.skip(direction, "none of the benchmark samples is in the model's data file")
             elif family == "rotation_sensitivity" and images.shape[-1] != images.shape[-2]:
                 per[family] = MetricResult.skip(direction, f"90° rotations need square in-plane inputs, "
                                                            f"got {images.shape[-2]}x{images.shape[-1]}")
+            elif family == "rotation_invariance" and len(set(spatial)) != 1:
+                per[family] = MetricResult.skip(direction, f"rotations need a square / cubic input, got "
+                                                           f"{'x'.join(map(str, spatial))}")
+            elif family == "rotation_invariance" and len(images) < 2:
+                per[family] = MetricResult.skip(direction, "needs 2 or more samples (the between-sample spread)")
             else:
                 print(f"{family} of {name}: {len(images)} samples ({model.checkpoint})")
                 try:

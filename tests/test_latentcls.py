@@ -238,5 +238,7 @@ def test_benchmark_run_gives_model_metrics(tiny_demo, diffae_run, tmp_path):
     assert 0 < rot["value"] <= 1 and rot["ci_low"] <= rot["value"] <= rot["ci_high"] and rot["n"] == 4
     assert rec["value"] >= 0 and np.isfinite([rec["value"], rec["ci_low"], rec["ci_high"]]).all()
     assert rot["direction"] == rec["direction"] == "lower"
+    inv = metrics["dae"]["rotation_invariance"]  # arbitrary angles, over the between-sample spread
+    assert inv["value"] > 0 and inv["ci_low"] <= inv["value"] <= inv["ci_high"] and inv["direction"] == "lower"
     assert "rotation_sensitivity" not in metrics["baseline_random"]
     assert metrics["copy"]["reconstruction_mse"]["skipped"] == "no --run model folder for this run"

@@ -51,9 +51,9 @@ def _cli(capsys, argv, task=None):
 def test_generic_executor_errors_are_one_line_exit_2(capsys):
     code, _, err = _cli(capsys, ["--print_config"])
     assert code == 2 and err.strip() == \
-        "error: --task NAME is required; registered tasks: diffAE, erm, iid, latentcls, recon, restyle, rotinv, ssl, stylegan"
+        "error: --task NAME is required; registered tasks: diffAE, erm, iid, latentcls, pointcloud, recon, restyle, rotinv, ssl, stylegan"
     code, _, err = _cli(capsys, ["--task", "nope"])
-    assert code == 2 and "unknown task 'nope'" in err and "diffAE, erm, iid, latentcls, recon, restyle, rotinv, ssl" in err
+    assert code == 2 and "unknown task 'nope'" in err and "diffAE, erm, iid, latentcls, pointcloud, recon, restyle, rotinv, ssl" in err
     assert len(err.strip().splitlines()) == 1
     code, _, err = _cli(capsys, ["--plugins", "no_such_plugin_mod", "--task", "toy"])
     assert code == 2 and "--plugins no_such_plugin_mod: cannot import it" in err

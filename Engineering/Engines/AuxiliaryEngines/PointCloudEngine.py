@@ -1,0 +1,72 @@
+"""Lightning engine of the point-cloud autoencoders (seed 003): a DGCNN or a Vector Neuron encoder and a FoldingNet
+decoder trained with the Chamfer distance on (N, 3) / (N, 4) clouds (``Engineering/data/point_datamodule.py``).
+Test: the codes as latents through the output contract (embeddings only: a cloud is no image to score by
+SSIM)."""
+from __future__ import annotations
+
+import torch
+from pydantic import create_model
+
+from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.data.point_datamodule import PointCloudDataModule
+from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.MainEngine import ImageRun
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
+from Engineering.Engines.WarpDrives.PointCloud import PointCloudAE, PointCloudConfig
+from Engineering.errors import UserError
+from Engineering.Science.chamfer import chamfer_distance
+
+PointCloudKeys = keys_from_dataclass("PointCloudKeys", PointCloudConfig, exclude=("in_features", "latent_dim"),
+                                     doc="model§PointCloud")
+PointCloudModelKeys = create_model("PointCloudModelKeys", __base__=Keys, PointCloud=(PointCloudKeys, PointCloudKeys()))
+
+
+class PointCloudEngine(LatentEngine):
+    def __init__(self, cfg, in_channels: int):
+        super().__init__(cfg, in_channels)
+        k = cfg.model.PointCloud
+        self.pc_cfg = PointCloudConfig(encoder=k.encoder, in_features=in_channels, k=k.k, width=k.width,
+                                       n_layers=k.n_layers, latent_dim=cfg.model.latent_dim, grid=k.grid)
+        self.net = PointCloudAE(self.pc_cfg)
+
+    @staticmethod
+    def _points(batch) -> torch.Tensor:
+        return batch["inp"].transpose(1, 2).float()  # (B, F, N) as shipped -> (B, N, F)
+
+    def _loss(self, pts: torch.Tensor) -> torch.Tensor:
+        return chamfer_distance(self.net(pts)["recon"], pts[..., :3]).mean()
+
+    def training_step(self, batch, batch_idx):
+        loss = self._loss(self._points(batch))
+        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]),
+                 sync_dist=True)
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val_loss", self._loss(self._points(batch)), on_epoch=True, prog_bar=True,
+                 batch_size=len(batch["inp"]), sync_dist=True)
+
+    def embed(self, x, use_ema: bool) -> torch.Tensor:
+        return self.net.encode(x.transpose(1, 2).float())
+
+    def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
+        raise UserError("main_pointcloud writes embeddings only (--test_emb_only): a reconstructed cloud is no image "
+                        "for recon.h5's metrics")
+
+
+class PointCloudRun(ImageRun):
+    datamodule_class = PointCloudDataModule
+
+    def describe(self, dm) -> str:
+        return f"point clouds {dm.h5file} ({len(dm.records)} clouds of shape {dm.records[0].shape})"
+
+
+register(TaskSpec(
+    name="pointcloud", description="Point-cloud autoencoders (seed 003): DGCNN or SO(3)-invariant Vector Neuron "
+                                   "encoder, FoldingNet decoder, Chamfer loss.",
+    configyml=str(CONFIGS / "config_pointcloud.yaml"), datajson=str(CONFIGS / "dataNpath_cells_points.json"),
+    defaults={"latent_dim": 16, "batch_size": 8, "num_epochs": 5, "lr": 2e-3, "test_emb_only": True,
+              "model§drive": "PointCloud", "model§tag": "PointCloud"},
+    sections={"model": PointCloudModelKeys}, drive="PointCloud", engine=PointCloudEngine, lifecycle=PointCloudRun,
+    module=__name__,
+))
