@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from Engineering.errors import ArgParser, UserError, run_cli
-from Engineering.Eval import baselines, invariance, nsc, rotation
+from Engineering.Eval import baselines, efficiency, invariance, nsc, rotation
 from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
                                      resolve_targets)
 from Engineering.Eval.pixels import read_pixels
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
     p.add_argument("--n_splits", type=int, default=5, help="cross-validation folds")
     p.add_argument("--n_repeats", type=int, default=3, help="repeats of the linear-probe cross-validation")
+    p.add_argument("--archetypes", type=int, default=0, metavar="K",
+                   help="also fit K archetypes to each run's latents and report the variance they explain (0 = off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--blas_threads", type=int, default=1,
                    help="BLAS threads while scoring (0 = library default); 1 is fastest for the many small fits")
@@ -85,8 +87,11 @@ def main(argv: Sequence[str]) -> dict:
     args = build_parser().parse_args(list(argv))
     if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2 or args.n_repeats < 1 or args.run_max_samples < 1:
         raise UserError("--n_boot and --n_perm must be >= 0, --n_splits >= 2, --n_repeats and --run_max_samples >= 1")
+    if args.archetypes == 1 or args.archetypes < 0:
+        raise UserError(f"--archetypes K needs K >= 2 (or 0: off), got {args.archetypes}")
     settings = Settings(n_boot=args.n_boot, seed=args.seed, n_splits=args.n_splits, n_repeats=args.n_repeats,
-                        n_perm=args.n_perm, blas_threads=args.blas_threads or None, debug=args.debug)
+                        n_perm=args.n_perm, blas_threads=args.blas_threads or None, debug=args.debug,
+                        n_archetypes=args.archetypes)
 
     # 1. Inputs, all checked before anything is written.
     paths = _named_paths(args.latents)
@@ -247,13 +252,15 @@ def _load_models(items: list[str], paths: dict[str, Path], samples, args) -> dic
     return models
 
 
-MODEL_METRICS = {**invariance.METRICS, "rotation_invariance": rotation.METRICS["rotation_invariance"]}
+MODEL_METRICS = {**invariance.METRICS, "rotation_invariance": rotation.METRICS["rotation_invariance"],
+                 **efficiency.METRICS}
 
 
 def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> None:
     """Rotation/flip sensitivity, rotation invariance at arbitrary angles (random SO(3) rotations for 3D models;
-    Eval/rotation.py) and reconstruction error of each --run model (Eval/invariance.py); the reconstruction
-    error is in the model's normalised input units."""
+    Eval/rotation.py), reconstruction error (Eval/invariance.py) and efficiency (parameters, time and peak memory
+    of encoding on this CPU; Eval/efficiency.py) of each --run model; the reconstruction error is in the model's
+    normalised input units."""
     from Engineering.Engines.saved_runs import batched
 
     for name, per in results.items():
@@ -274,6 +281,14 @@ def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> Non
             "reconstruction_mse": lambda: invariance.reconstruction_mse(
                 lambda x: batched(model.reconstruct, x, bs), images, args.n_boot, args.seed),
         }
+        measured: dict = {}
+
+        def measure(family):  # the efficiency family is measured once, on one batch of the model's inputs
+            if not measured:
+                measured.update(efficiency.efficiency(model.engine, model.encode,
+                                                      efficiency.as_tensor(images[:bs], "cpu")))
+            return measured[family]
+        compute.update({f: (lambda f=f: measure(f)) for f in efficiency.METRICS})
         for family, (direction, _) in MODEL_METRICS.items():
             spatial = images.shape[-dim:] if len(images) else ()
             if not len(images):

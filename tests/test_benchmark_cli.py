@@ -86,9 +86,12 @@ def common_args(data: Path, out: Path, runs=("runA", "B=embB.tsv", "C=embC.h5"))
 def test_cli_end_to_end(data, tmp_path, capsys):
     out = tmp_path / "report"
     main(common_args(data, out) + ["--label_cols", "cls", "ef", "--batch_col", "site", "--group_col", "patientID",
-                                   "--pixels", str(data / "data.h5")])
+                                   "--pixels", str(data / "data.h5"), "--archetypes", "3"])
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["runA", "B", "C", "baseline_random", "baseline_pca_pixels"]
+    for per in metrics.values():  # --archetypes K: the variance K archetypes explain, a fraction
+        rec = per["archetype_r2"]
+        assert 0 < rec["value"] <= 1 and rec["ci_low"] <= rec["value"] <= rec["ci_high"] and rec["note"] == "k = 3"
     for run, per in metrics.items():
         for name, rec in per.items():
             assert {"value", "ci_low", "ci_high", "direction"} <= set(rec), (run, name)

@@ -122,3 +122,34 @@ def test_archetypes_recover_the_vertices_data_were_built_from():
     r2 = archetype_r2(X, 4, n_boot=100, seed=0)
     assert r2.value > 0.97 and r2.ci_low <= r2.value <= r2.ci_high
     assert archetype_r2(X, 2, n_boot=0, seed=0).value < r2.value  # fewer archetypes explain less
+
+
+def test_efficiency_counts_parameters_and_sees_a_heavier_model():
+    import sys
+
+    import torch
+
+    from Engineering.Eval.efficiency import efficiency
+
+    light = torch.nn.Linear(64, 8)
+
+    class Heavy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.randn(64, 2048))
+
+        def forward(self, x):
+            big = torch.ones(len(x), 64, 2048 * 64)  # ~256 MiB written: a peak the RSS must show
+            h = x @ self.w
+            for _ in range(20):
+                h = torch.tanh(h @ self.w.T @ self.w) / 64
+            return h[:, :8] + big[:, 0, :8]
+
+    x = torch.randn(8, 64)
+    heavy = Heavy()
+    a, b = efficiency(light, light, x), efficiency(heavy, heavy, x)
+    assert a["parameters_M"].value == pytest.approx((64 * 8 + 8) / 1e6)
+    assert b["parameters_M"].value == pytest.approx(64 * 2048 / 1e6)
+    assert b["inference_ms_per_sample"].value > 5 * a["inference_ms_per_sample"].value
+    if sys.platform.startswith("linux"):
+        assert b["inference_peak_MiB"].value > 150 and a["inference_peak_MiB"].value < 50

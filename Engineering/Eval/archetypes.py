@@ -57,5 +57,4 @@ def archetype_r2(X: np.ndarray, k: int, n_boot: int, seed: int) -> MetricResult:
 
     def stat(w: np.ndarray) -> np.ndarray:
         return 1 - (w @ resid) / (w @ total)
-    return MetricResult.from_ci(bootstrap_ci(stat, len(X), n_boot, seed), HIGHER, len(X), note=f"k = {k}",
-                                extra={"archetypes": Z.tolist()})
+    return MetricResult.from_ci(bootstrap_ci(stat, len(X), n_boot, seed), HIGHER, len(X), note=f"k = {k}")

@@ -2,11 +2,11 @@
 
 - one bar plot per metric (grouped into one image per metric family): runs side
   by side, 95% CI as error bars, the chance level as a dashed line;
-- one radar chart across runs. Each axis is one metric rescaled over the runs
-  shown (0 = worst run, 1 = best run; reversed for lower-is-better metrics) so
-  outward is always better. It shows relative standing only; the table and bar
-  plots hold the absolute values. (The AllenCell benchmark, seed 003, plots
-  z-scores across models the same way, without orientation or CIs.)
+- one radar chart across runs. Each axis is one metric z-scored across the runs
+  shown ((value - mean) / standard deviation over the runs; sign flipped for
+  lower-is-better metrics) so outward is always better, as the AllenCell benchmark
+  (seed 003) draws it, and the chart says so. It shows relative standing only; the
+  table and bar plots hold the absolute values with their CIs.
 """
 from __future__ import annotations
 
@@ -73,7 +73,8 @@ def _bars(ax, metric: str, per_run: dict[str, MetricResult], baseline_names) -> 
 
 
 def radar_axes(results: dict[str, dict[str, MetricResult]]) -> tuple[list[str], np.ndarray]:
-    """(metrics, scores runs x metrics in [0, 1], outward = better) over metrics every run has."""
+    """(metrics, z-scores runs x metrics, outward = better) over metrics every run has; a metric on which every
+    run is equal scores 0 for all."""
     runs = list(results)
     metrics = [m for m in next(iter(results.values()))
                if all(results[r].get(m) is not None and results[r][m].value is not None
@@ -81,9 +82,9 @@ def radar_axes(results: dict[str, dict[str, MetricResult]]) -> tuple[list[str], 
     scores = np.zeros((len(runs), len(metrics)))
     for j, m in enumerate(metrics):
         v = np.array([results[r][m].value for r in runs], dtype=float)
-        span = v.max() - v.min()
-        s = (v - v.min()) / span if span > 0 else np.full(len(v), 0.5)
-        scores[:, j] = 1 - s if results[runs[0]][m].direction == LOWER else s
+        sd = v.std()
+        z = (v - v.mean()) / sd if sd > 0 else np.zeros(len(v))
+        scores[:, j] = -z if results[runs[0]][m].direction == LOWER else z
     return metrics, scores
 
 
@@ -102,9 +103,10 @@ def radar_chart(results: dict[str, dict[str, MetricResult]], baseline_names=()) 
         ax.plot(closed, np.append(row, row[0]), linewidth=1.4, label=run, **style)
         ax.fill(closed, np.append(row, row[0]), alpha=0.08, color=style["color"])
     ax.set_xticks(angles, [m.replace("/", "\n") for m in metrics], fontsize=6)
-    ax.set_yticks([0, 0.5, 1], ["worst", "", "best"], fontsize=6)
+    lim = max(2.0, float(np.ceil(np.abs(scores).max() * 2) / 2)) if scores.size else 2.0
+    ax.set_yticks([-lim, 0, lim], [f"{-lim:g} sd", "mean", f"+{lim:g} sd"], fontsize=6)
     ax.set_rlabel_position(360 / len(metrics) / 2)  # between the first two axes, not on one
-    ax.set_ylim(0, 1.05)
+    ax.set_ylim(-lim, lim * 1.05)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
-    ax.set_title("Relative standing per metric (outward = better)", fontsize=9, pad=18)
+    ax.set_title("z-score of each metric across the runs compared (outward = better)", fontsize=9, pad=18)
     return _png(fig, tight=True)

@@ -18,13 +18,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from Engineering.errors import UserError
-from Engineering.Eval import baselines, batch_effects, compactness, knn, probes, regression, retrieval
+from Engineering.Eval import archetypes, baselines, batch_effects, compactness, knn, probes, regression, retrieval
 from Engineering.data.labels import CATEGORICAL, Target
 from Engineering.Eval.result import MetricResult
 
 # family -> (direction, description), for the report and for skipped records.
 METRICS = {**probes.METRICS, **regression.METRICS, **knn.METRICS, **retrieval.METRICS, **compactness.METRICS,
-           **batch_effects.METRICS}
+           **batch_effects.METRICS, **archetypes.METRICS}
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class Settings:
     # None keeps the library default.
     blas_threads: int | None = 1
     debug: bool = False
+    n_archetypes: int = 0  # archetypal analysis with this many archetypes (0 = off)
 
 
 def run_benchmark(latents: dict[str, np.ndarray], targets: list[Target], batch: Target | None = None,
@@ -97,6 +98,9 @@ def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target 
            ["intrinsic_dimension"])
     record("pca_components_90", lambda: compactness.pca_components(Z, s.n_boot, s.seed, groups),
            ["pca_components_90"])
+    if s.n_archetypes:
+        record("archetype_r2", lambda: archetypes.archetype_r2(Z, s.n_archetypes, s.n_boot, s.seed),
+               ["archetype_r2"])
 
     for t in targets:
         Zt, y, g = _subset(Z, t, groups)
