@@ -1,0 +1,96 @@
+"""Classical vs rotation-invariant models on the synthetic 3D cell cohort (@cells; seed 003's comparison).
+
+Trains, at their demo budgets on this CPU, the rotation-invariant image AE (``main_rotinv``), a classical image
+AE (``main_recon --pythae_model ae``, 3D), and the Vector Neuron and DGCNN point-cloud AEs
+(``main_pointcloud``) on the same cells and folds, then scores the test cells' latents with ``main_benchmark``:
+the probes of the puncta placement rule, compactness, archetypes, and for the image models (``--run``)
+rotation sensitivity (90° steps), rotation invariance under random SO(3) rotations, reconstruction error and
+efficiency. Writes ``--out``/report/ (metrics.json, metrics.csv, report.html with the z-scored radar) and a
+Markdown table (``--write``). Not part of the tests (a few minutes on 2 CPU cores); run it alone.
+
+    python benchmarks/bench_cells.py [--out bench_cells] [--write benchmarks/results/cells.md] [--radar PNG]
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+LATENT = "16"
+MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds and latent size
+    "RotInv": ("Executors/main_rotinv.py", []),
+    "AE_3D": ("Executors/main_recon.py", ["--pythae_model", "ae", "--datajson_path", "Configs/dataNpath_cells.json",
+                                          "--is3D", "--input_shape", "32,32,32", "--batch_size", "8",
+                                          "--num_epochs", "3", "--lr", "2e-3"]),
+    "VN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "vn"]),
+    "DGCNN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "dgcnn"]),
+}
+IMAGE_MODELS = ("RotInv", "AE_3D")
+ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "rotation_invariance", "rotation_sensitivity",
+        "archetype_r2", "parameters_M", "inference_ms_per_sample")
+
+
+def _run(args: list[str], env: dict) -> float:
+    t0 = time.perf_counter()
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, capture_output=True, text=True, env=env)
+    if proc.returncode:
+        sys.exit(f"{args[0]} failed:\n{proc.stderr[-3000:]}")
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="bench_cells")
+    p.add_argument("--write", default="", help="also write the markdown table to this file")
+    p.add_argument("--radar", default="", help="also save the report's radar chart as this PNG")
+    args = p.parse_args()
+    out = Path(args.out).resolve()
+    env = {**os.environ, "IMLATENT_CACHE": str(out / "cache"), "HF_HUB_OFFLINE": "1"}
+    seconds = {}
+    for name, (script, flags) in MODELS.items():
+        seconds[name] = _run([script, "--fulltrainID", name, "--json§save_path", str(out / "runs"), "--latent_dim",
+                              LATENT, "--no-progress_bar", "--no-tbactive", *flags], env)
+        print(f"{name}: {seconds[name]:.0f} s", flush=True)
+    runs = out / "runs"
+    report = out / "report"
+    _run(["Executors/main_benchmark.py", "--latents", *[f"{n}={runs / n}" for n in MODELS],
+          "--labels", str(out / "cache" / "cells" / "phenotypes.tsv"), "--label_cols", "rule",
+          "--run", *[f"{n}={runs / n}" for n in IMAGE_MODELS], "--run_max_samples", "32", "--archetypes", "4",
+          "--out", str(report)], env)
+    metrics = json.loads((report / "metrics.json").read_text())
+    lines = ["| model | train s | " + " | ".join(ROWS) + " |", "|---|---|" + "---|" * len(ROWS)]
+    for name in [*MODELS, "baseline_random"]:
+        cells = []
+        for row in ROWS:
+            rec = metrics.get(name, {}).get(row)
+            if not rec or rec.get("value") is None:
+                cells.append("—")
+            elif rec.get("ci_low") is not None and rec["ci_low"] != rec["ci_high"]:
+                cells.append(f"{rec['value']:.3g} [{rec['ci_low']:.3g}, {rec['ci_high']:.3g}]")
+            else:
+                cells.append(f"{rec['value']:.3g}")
+        lines.append(f"| {name} | {seconds.get(name, 0):.0f} | " + " | ".join(cells) + " |")
+    lines.append("\nDirections: probes, kNN, archetype R² higher is better; rotation metrics, parameters (M) and ms "
+                 "per sample lower is better. Rotation invariance: latent change under 4 random SO(3) rotations over "
+                 "the between-sample spread; rotation sensitivity: under 90° in-plane steps and flips. "
+                 "Regenerate: `python benchmarks/bench_cells.py --write benchmarks/results/cells.md`.")
+    table = "\n".join(lines)
+    print(table)
+    if args.write:
+        Path(args.write).write_text(table + "\n")
+    if args.radar:
+        html = (report / "report.html").read_text()
+        found = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html[html.find("Radar"):])
+        if found:
+            Path(args.radar).write_bytes(base64.b64decode(found.group(1)))
+
+
+if __name__ == "__main__":
+    main()
