@@ -21,7 +21,7 @@ import pandas as pd
 import yaml
 
 from Engineering.errors import ArgParser, UserError, run_cli
-from Engineering.Eval import baselines, efficiency, invariance, nsc, rotation
+from Engineering.Eval import baselines, efficiency, interpolation, invariance, nsc, rotation
 from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
                                      resolve_targets)
 from Engineering.Eval.pixels import read_pixels
@@ -253,7 +253,7 @@ def _load_models(items: list[str], paths: dict[str, Path], samples, args) -> dic
 
 
 MODEL_METRICS = {**invariance.METRICS, "rotation_invariance": rotation.METRICS["rotation_invariance"],
-                 **efficiency.METRICS}
+                 **interpolation.METRICS, **efficiency.METRICS}
 
 
 def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> None:
@@ -261,6 +261,8 @@ def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> Non
     Eval/rotation.py), reconstruction error (Eval/invariance.py) and efficiency (parameters, time and peak memory
     of encoding on this CPU; Eval/efficiency.py) of each --run model; the reconstruction error is in the model's
     normalised input units."""
+    import torch
+
     from Engineering.Engines.saved_runs import batched
 
     for name, per in results.items():
@@ -289,6 +291,17 @@ def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> Non
                                                       efficiency.as_tensor(images[:bs], "cpu")))
             return measured[family]
         compute.update({f: (lambda f=f: measure(f)) for f in efficiency.METRICS})
+        paths: dict = {}
+
+        def interpolate(family):  # decoded latent segments; "real" = the decoded latents of the real samples
+            if not paths:
+                Z = batched(model.encode, images, bs)
+                paths.update(interpolation.interpolation_metrics(lambda z: batched(model.decode, z, bs), Z,
+                                                                 batched(model.decode, Z, bs), args.n_boot, args.seed))
+            return paths[family]
+        with torch.no_grad():
+            has_decoder = len(images) > 1 and model.decode(torch.zeros(1, int(model.cfg.model.latent_dim))) is not None
+        compute.update({f: (lambda f=f: interpolate(f)) for f in interpolation.METRICS})
         for family, (direction, _) in MODEL_METRICS.items():
             spatial = images.shape[-dim:] if len(images) else ()
             if not len(images):
@@ -301,6 +314,9 @@ def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> Non
                                                            f"{'x'.join(map(str, spatial))}")
             elif family == "rotation_invariance" and len(images) < 2:
                 per[family] = MetricResult.skip(direction, "needs 2 or more samples (the between-sample spread)")
+            elif family in interpolation.METRICS and not has_decoder:
+                per[family] = MetricResult.skip(direction, "the model has no decoder of a latent alone (DiffAE "
+                                                           "also needs x_T; encoders have none)")
             else:
                 print(f"{family} of {name}: {len(images)} samples ({model.checkpoint})")
                 try:

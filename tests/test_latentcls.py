@@ -240,6 +240,8 @@ def test_benchmark_run_gives_model_metrics(tiny_demo, diffae_run, tmp_path):
     assert rot["direction"] == rec["direction"] == "lower"
     inv = metrics["dae"]["rotation_invariance"]  # arbitrary angles, over the between-sample spread
     assert inv["value"] > 0 and inv["ci_low"] <= inv["value"] <= inv["ci_high"] and inv["direction"] == "lower"
+    skipped = metrics["dae"]["evolution_energy"]["skipped"]  # DiffAE's decoder also needs x_T
+    assert "no decoder of a latent alone" in skipped
     eff = metrics["dae"]
     assert eff["parameters_M"]["value"] > 0 and eff["inference_ms_per_sample"]["value"] > 0
     assert eff["inference_ms_per_sample"]["ci_low"] <= eff["inference_ms_per_sample"]["value"]

@@ -54,5 +54,21 @@ def test_rotinv_runs_in_2d_and_refuses_a_non_square_input(tiny_demo, tmp_path):
             "--datajson_path", "Configs/dataNpath_demo.json", "--no-is3D", "--input_shape", "32,32"]
     run([*args, "--fulltrainID", "flat", "--num_epochs", "1"], registry.get("rotinv"))
     assert (tmp_path / "flat" / "Output" / "emb.parquet").is_file()
+    # main_benchmark --run: the model-dependent families of a model with a decoder
+    import importlib.util
+    import json
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("bench", REPO / "Executors" / "main_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--latents", f"ri={tmp_path / 'flat'}", "--run", f"ri={tmp_path / 'flat'}", "--labels",
+                str(tiny_demo / "phenotypes.tsv"), "--label_cols", "ef_class", "--out", str(tmp_path / "b"),
+                "--n_boot", "20", "--n_perm", "5", "--n_splits", "2", "--n_repeats", "1", "--run_max_samples", "6"])
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())["ri"]
+    assert m["evolution_energy"]["value"] >= 1 - 1e-9  # a path is never shorter than its chord
+    assert m["interpolation_distance"]["value"] >= 0 and m["rotation_invariance"]["value"] >= 0
+    assert m["parameters_M"]["value"] > 0 and m["rotation_sensitivity"]["value"] < 1e-3  # C4-invariant
     with pytest.raises(UserError, match="square image or a cubic volume"):
         run([*args, "--fulltrainID", "bad", "--num_epochs", "1", "--input_shape", "32,16"], registry.get("rotinv"))

@@ -38,6 +38,9 @@ class SavedRun:
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         return self.engine.reconstruct(x, self.encode(x), self.use_ema)
 
+    def decode(self, z: torch.Tensor) -> torch.Tensor | None:
+        return self.engine.decode(z, self.use_ema)
+
 
 def load_run(run_or_file: str | Path) -> SavedRun:
     path = checkpoint_in(run_or_file, "best_or_last")  # the best of a run folder (its last if none)

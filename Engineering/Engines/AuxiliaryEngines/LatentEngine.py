@@ -65,6 +65,11 @@ class LatentEngine(L.LightningModule):
     def reconstruct(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool) -> torch.Tensor:
         raise NotImplementedError
 
+    def decode(self, z: torch.Tensor, use_ema: bool) -> torch.Tensor | None:
+        """The decoder's image of a latent alone (for latent interpolations), or None when the model has no
+        decoder that needs only z (DiffAE also needs x_T; an encoder-only model has none)."""
+        return None
+
     def reconstruct_with_code(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool):
         """(reconstruction, a per-sample code beyond z written to recon.h5 such as DiffAE's x_T, or None)."""
         return self.reconstruct(x, z, use_ema), None

@@ -151,6 +151,9 @@ class ReconEngine(LatentEngine):
     def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
         return self.net.decode(z) if hasattr(self.net, "decode") else self.net.reconstruct(x)
 
+    def decode(self, z, use_ema: bool):
+        return self.net.decode(z) if hasattr(self.net, "decode") else None
+
 
 RECON_FLAGS = (
     Flag("pythae_model", ("model", "pythae", "model"), "str", "vae",

@@ -61,6 +61,9 @@ class RotInvEngine(LatentEngine):
     def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
         return self.net(x)["recon"]
 
+    def decode(self, z, use_ema: bool) -> torch.Tensor:
+        return self.net.decoder(z)  # the canonical image: a code has no pose
+
 
 register(TaskSpec(
     name="rotinv", description="Rotation-invariant autoencoder (group convolutions; seed 003): an invariant code and "
