@@ -4,8 +4,8 @@ Trains, at their demo budgets on this CPU, the rotation-invariant image AE (``ma
 AE (``main_recon --pythae_model ae``, 3D), and the Vector Neuron and DGCNN point-cloud AEs
 (``main_pointcloud``) on the same cells and folds, then scores the test cells' latents with ``main_benchmark``:
 the probes of the puncta placement rule, compactness, archetypes, and for the image models (``--run``)
-rotation sensitivity (90° steps), rotation invariance under random SO(3) rotations, reconstruction error and
-efficiency. Writes ``--out``/report/ (metrics.json, metrics.csv, report.html with the z-scored radar) and a
+rotation sensitivity (90° steps), rotation invariance under random SO(3) rotations, evolution energy and
+interpolation distance of decoded latent segments, reconstruction error and efficiency. Writes ``--out``/report/ (metrics.json, metrics.csv, report.html with the z-scored radar) and a
 Markdown table (``--write``). Not part of the tests (a few minutes on 2 CPU cores); run it alone.
 
     python benchmarks/bench_cells.py [--out bench_cells] [--write benchmarks/results/cells.md] [--radar PNG]
@@ -34,7 +34,7 @@ MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds an
 }
 IMAGE_MODELS = ("RotInv", "AE_3D")
 ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "rotation_invariance", "rotation_sensitivity",
-        "archetype_r2", "parameters_M", "inference_ms_per_sample")
+        "evolution_energy", "interpolation_distance", "archetype_r2", "parameters_M", "inference_ms_per_sample")
 
 
 def _run(args: list[str], env: dict) -> float:
@@ -77,7 +77,8 @@ def main() -> None:
             else:
                 cells.append(f"{rec['value']:.3g}")
         lines.append(f"| {name} | {seconds.get(name, 0):.0f} | " + " | ".join(cells) + " |")
-    lines.append("\nDirections: probes, kNN, archetype R² higher is better; rotation metrics, parameters (M) and ms "
+    lines.append("\nDirections: probes, kNN, archetype R² higher is better; rotation metrics, evolution energy "
+                 "(decoded path length over decoded distance, >= 1), interpolation distance, parameters (M) and ms "
                  "per sample lower is better. Rotation invariance: latent change under 4 random SO(3) rotations over "
                  "the between-sample spread; rotation sensitivity: under 90° in-plane steps and flips. "
                  "Regenerate: `python benchmarks/bench_cells.py --write benchmarks/results/cells.md`.")
