@@ -18,6 +18,7 @@ from scipy.spatial.transform import Rotation
 
 from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import LOWER, MetricResult
+from Engineering.Science.grids import inscribed_ball
 
 METRICS = {
     "rotation_invariance": (LOWER, "Latent change under random rotations (any angle in 2D, random SO(3) in 3D) "
@@ -38,10 +39,8 @@ def random_rotations(dim: int, n: int, seed: int) -> np.ndarray:
 
 
 def ball_mask(shape: tuple[int, ...]) -> np.ndarray:
-    """1 inside the disk / ball inscribed in the spatial grid ``shape``."""
-    axes = [(np.arange(s) - (s - 1) / 2) / (s / 2) for s in shape]
-    grids = np.meshgrid(*axes, indexing="ij")
-    return (sum(g ** 2 for g in grids) <= 1.0).astype(np.float32)
+    """1 inside the disk / ball inscribed in the spatial grid ``shape`` (Science/grids)."""
+    return inscribed_ball(tuple(shape))
 
 
 def rotate(images: np.ndarray, rot: np.ndarray) -> np.ndarray:

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from Engineering.Science.grids import inscribed_ball
+
 from .config import RotInvConfig
 from .groups import GROUPS
 from .layers import GroupBatchNorm, GroupConv, LiftingConv, group_pool2
@@ -20,9 +22,7 @@ from .layers import GroupBatchNorm, GroupConv, LiftingConv, group_pool2
 
 def inscribed_mask(size: int, dim: int) -> torch.Tensor:
     """1 inside the disk / ball inscribed in the grid (symmetric under the grid's rotations), 0 outside."""
-    c = (torch.arange(size) - (size - 1) / 2) / (size / 2)
-    grids = torch.meshgrid(*[c] * dim, indexing="ij")
-    return (sum(g ** 2 for g in grids) <= 1.0).float()
+    return torch.from_numpy(inscribed_ball((size,) * dim))
 
 
 class RotInvEncoder(nn.Module):
