@@ -82,9 +82,13 @@ def split_demo_ref(ref: str) -> tuple[str, str] | None:
 def ensure_named_demo(name: str) -> Path:
     """The folder of the demo cohort ``name`` (a key of DEMOS), written on first use."""
     folder, write = DEMOS[name]
-    out_dir = default_demo_dir(folder)
+    return _ensure(default_demo_dir(folder), write)
+
+
+def _ensure(out_dir: Path, write) -> Path:
+    """``out_dir``, written by ``write(out_dir)`` on first use (a complete folder or none: the writers stage)."""
     if not (out_dir / "data.h5").exists():
-        print(f"Writing the demo dataset {name} to {out_dir} (first use) ...")
+        print(f"Writing the demo dataset to {out_dir} (first use) ...")
         write(out_dir)
     return out_dir
 
@@ -188,8 +192,4 @@ def _write_folds(path: Path, pids: list[str], spec: DemoSpec) -> None:
 
 def ensure_demo(out_dir: str | Path | None = None, spec: DemoSpec = DemoSpec()) -> Path:
     """The demo folder, written on first use (a complete folder or none: see write_demo)."""
-    out_dir = Path(out_dir) if out_dir else default_demo_dir()
-    if not (out_dir / "data.h5").exists():
-        print(f"Writing the demo dataset to {out_dir} (first use) ...")
-        write_demo(out_dir, spec)
-    return out_dir
+    return _ensure(Path(out_dir) if out_dir else default_demo_dir(), lambda out: write_demo(out, spec))

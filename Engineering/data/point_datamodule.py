@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 
 from Engineering.data.datamodule import H5DataModule, data_dir
 from Engineering.data.folds import WHOLE_FILE, is_whole_file, read_fold
+from Engineering.data.index import key_selected, selection_from
 from Engineering.data.layout import SampleInfo, SampleKey, iter_datasets
 from Engineering.errors import UserError
 
@@ -22,11 +23,6 @@ from Engineering.errors import UserError
 @dataclass(frozen=True)
 class CloudRecord(SampleKey):
     shape: tuple = ()
-
-
-def _selected(key: str, primaries: list[str]) -> bool:
-    """A key is selected when it is one of json§DS_selected_primaries or one of them plus a suffix (_0, _1 ...)."""
-    return not primaries or any(key == p or key.startswith(p + "_") for p in primaries)
 
 
 class CloudSamples(Dataset):
@@ -74,12 +70,11 @@ class PointCloudDataModule(H5DataModule):
         self.h5file = root / cfg.paths.datafile
         if not self.h5file.is_file():
             raise UserError(f"point-cloud file not found: {self.h5file} (preprocess/make_point_clouds.py writes one)")
-        primaries = cfg.paths.DS_selected_primaries
-        primaries = [primaries] if isinstance(primaries, str) else list(primaries)
+        sel = selection_from(cfg.paths, need_minmax=False)  # the images' key selection rules
         self.records, sizes = [], set()
         with h5py.File(self.h5file, "r") as h5:
             for entry, ds in iter_datasets(h5):
-                if not _selected(entry.key, primaries):
+                if not key_selected(entry.key, sel):
                     continue
                 if ds.ndim != 2 or ds.shape[1] not in (3, 4):
                     raise UserError(f"{self.h5file}:{entry.path} has shape {ds.shape}; point clouds are (N, 3) or "
@@ -88,7 +83,9 @@ class PointCloudDataModule(H5DataModule):
                                                 tuple(ds.shape)))
                 sizes.add(tuple(ds.shape))
         if not self.records:
-            raise UserError(f"no point cloud in {self.h5file} matches json§DS_selected_primaries={primaries!r}")
+            raise UserError(f"no point cloud in {self.h5file} matches json§DS_selected_primaries="
+                            f"{cfg.paths.DS_selected_primaries!r} / DS_selected_auxiliaries="
+                            f"{cfg.paths.DS_selected_auxiliaries!r}")
         if len(sizes) > 1:
             raise UserError(f"the point clouds of {self.h5file} differ in shape ({', '.join(map(str, sorted(sizes)))}); "
                             "sample every cloud to the same N (make_point_clouds.py --n_points)")

@@ -106,8 +106,8 @@ class VNEdgeConv(nn.Module):
 
 class VNEncoder(nn.Module):
     """(B, N, F) -> {"z" (invariant), "frame" (B, 3, 3) rows = an orthonormal right-handed frame that rotates with
-    the cloud: frame(x R^T) = frame(x) R^T}. Points are centred on their (intensity-weighted) mean first, so the
-    code is also invariant to translations."""
+    the cloud: frame(x R^T) = frame(x) R^T, "centre" (B, 1, 3)}. Points are centred on their (intensity-weighted)
+    mean first, so the code is also invariant to translations."""
 
     def __init__(self, cfg: PointCloudConfig):
         super().__init__()
@@ -122,7 +122,8 @@ class VNEncoder(nn.Module):
         xyz = pts[..., :3]
         w = pts[..., 3:4].clamp_min(0) if pts.shape[-1] == 4 else torch.ones_like(xyz[..., :1])
         w = w / w.sum(1, keepdim=True).clamp_min(1e-8)
-        xyz = xyz - (w * xyz).sum(1, keepdim=True)
+        centre = (w * xyz).sum(1, keepdim=True)
+        xyz = xyz - centre
         idx = knn(xyz, self.cfg.k)
         v = (xyz * w * xyz.shape[1]).unsqueeze(2)  # (B, N, 1, 3): intensity scales each point's vector
         feats = []
@@ -135,7 +136,7 @@ class VNEncoder(nn.Module):
         e2 = F.normalize(b - (b * e1).sum(-1, keepdim=True) * e1, dim=-1)
         frame = torch.stack([e1, e2, torch.cross(e1, e2, dim=-1)], 1)  # (B, 3, 3), rows
         inv = torch.einsum("bcd,bed->bce", pooled, frame)  # the features in the frame: invariant
-        return {"z": self.head(inv.flatten(1)), "frame": frame}
+        return {"z": self.head(inv.flatten(1)), "frame": frame, "centre": centre}
 
 
 class FoldingDecoder(nn.Module):
@@ -177,8 +178,5 @@ class PointCloudAE(nn.Module):
         enc = self.encoder(pts)
         recon = self.decoder(enc["z"])
         if "frame" in enc:
-            xyz = pts[..., :3]
-            w = pts[..., 3:4].clamp_min(0) if pts.shape[-1] == 4 else torch.ones_like(xyz[..., :1])
-            centre = (w * xyz).sum(1, keepdim=True) / w.sum(1, keepdim=True).clamp_min(1e-8)
-            recon = recon @ enc["frame"] + centre  # canonical coordinates -> the input's orientation
+            recon = recon @ enc["frame"] + enc["centre"]  # canonical coordinates -> the input's pose
         return {**enc, "recon": recon}
