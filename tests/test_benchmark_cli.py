@@ -150,6 +150,7 @@ def nan_latents(data):
     ("nan_latents", "contain NaN"),
     ("bad_flag", "unrecognized arguments: --lat"),
     ("missing_file", "latents not found"),
+    ("one_archetype", "--archetypes K needs K >= 2"),
 ])
 def test_bad_input_exits_2_with_one_line(data, nan_latents, tmp_path, capsys, case, message):
     out = tmp_path / "bad"
@@ -161,6 +162,7 @@ def test_bad_input_exits_2_with_one_line(data, nan_latents, tmp_path, capsys, ca
         "nan_latents": ["--latents", str(nan_latents), "--labels", str(data / "pheno.tsv"), "--out", str(out)],
         "bad_flag": base + ["--lat", "x"],
         "missing_file": ["--latents", str(data / "missing.parquet"), "--out", str(out)],
+        "one_archetype": base + ["--archetypes", "1"],
     }[case]
     assert run_cli(main, argv) == 2
     err = capsys.readouterr().err.strip()
