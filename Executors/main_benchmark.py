@@ -21,9 +21,9 @@ import pandas as pd
 import yaml
 
 from Engineering.errors import ArgParser, UserError, run_cli
-from Engineering.Eval import baselines, efficiency, interpolation, invariance, nsc, rotation
-from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, read_label_table,
-                                     resolve_targets)
+from Engineering.Eval import baselines, efficiency, interpolation, invariance, latent_usage, nsc, rotation
+from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, outlier_target,
+                                     read_label_table, resolve_targets)
 from Engineering.Eval.pixels import read_pixels
 from Engineering.Eval.report import write_report
 from Engineering.Eval.result import MetricResult
@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
     p.add_argument("--n_splits", type=int, default=5, help="cross-validation folds")
     p.add_argument("--n_repeats", type=int, default=3, help="repeats of the linear-probe cross-validation")
+    p.add_argument("--outlier_col", default=None, metavar="COL",
+                   help="label column marking known outliers (1/0): the AUROC of intrinsic-dimension outlier scores")
     p.add_argument("--archetypes", type=int, default=0, metavar="K",
                    help="also fit K archetypes to each run's latents and report the variance they explain (0 = off)")
     p.add_argument("--seed", type=int, default=0)
@@ -102,11 +104,12 @@ def main(argv: Sequence[str]) -> dict:
     table, label_notes = attach_labels(samples.ids, tables) if tables else (samples.ids.copy(), [])
     notes += label_notes
     reserved = [c for c in (args.batch_col, args.group_col, args.nsc_label, args.compound_col, args.dose_col,
-                            args.well_col) if c]
+                            args.well_col, args.outlier_col) if c]
     targets, target_notes = resolve_targets(table, args.label_cols, args.categorical_cols, args.continuous_cols,
                                             reserved, min_class_size=args.n_splits, min_samples=2 * args.n_splits)
     notes += target_notes
     batch = batch_target(table, args.batch_col, args.n_splits) if args.batch_col else None
+    outlier = outlier_target(table, args.outlier_col) if args.outlier_col else None
     groups = group_codes_of(table, args.group_col) if args.group_col else None
     if groups is None and table["patientID"].duplicated().any():
         notes.append("several samples per patient and no --group_col: CV folds and neighbours may pair samples "
@@ -118,7 +121,7 @@ def main(argv: Sequence[str]) -> dict:
     nsc_meta = _nsc_meta(table, args) if args.nsc_label else None
 
     # 2. Scores.
-    results = run_benchmark(samples.latents, targets, batch, groups, settings, pixels, log=print)
+    results = run_benchmark(samples.latents, targets, batch, groups, settings, pixels, log=print, outlier=outlier)
     if nsc_meta is not None:
         for name, Z in samples.latents.items():
             results[name].update(nsc.nsc_scores(Z, nsc_meta, args.n_boot, args.seed, "well" if args.well_col
@@ -247,24 +250,25 @@ def _load_models(items: list[str], paths: dict[str, Path], samples, args) -> dic
             raise UserError(f"--run {item}: no --latents run is named '{name}' (runs: {', '.join(paths)}); "
                             "use --run NAME=RUN_DIR")
         model = load_run(path)
-        models[name] = (model, sample_images(model, samples.source_rows, args.pixels, args.run_max_samples,
-                                             args.seed))
+        datafile = args.pixels if model.engine.input_kind == "image" else None  # clouds: the run's own file
+        models[name] = (model, sample_images(model, samples.source_rows, datafile, args.run_max_samples, args.seed))
     return models
 
 
-MODEL_METRICS = {**invariance.METRICS, "rotation_invariance": rotation.METRICS["rotation_invariance"],
-                 **interpolation.METRICS, **efficiency.METRICS}
+MODEL_METRICS = {**invariance.METRICS, **rotation.METRICS, **interpolation.METRICS, **latent_usage.METRICS,
+                 **efficiency.METRICS}
+
+
+class _NotApplicable(Exception):
+    """A model-dependent metric that does not apply to this model: recorded as a skip with the reason."""
 
 
 def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> None:
-    """Rotation/flip sensitivity, rotation invariance at arbitrary angles (random SO(3) rotations for 3D models;
-    Eval/rotation.py), reconstruction error (Eval/invariance.py) and efficiency (parameters, time and peak memory
-    of encoding on this CPU; Eval/efficiency.py) of each --run model; the reconstruction error is in the model's
-    normalised input units."""
-    import torch
-
-    from Engineering.Engines.saved_runs import batched
-
+    """The --run metrics of each model: rotation/flip sensitivity and reconstruction error (Eval/invariance.py),
+    rotation invariance at arbitrary angles and pose equivariance (random rotations, SO(3) in 3D;
+    Eval/rotation.py), evolution energy and interpolation distance (Eval/interpolation.py), latent usage
+    (Eval/latent_usage.py) and efficiency (parameters, time and peak memory of encoding on this CPU;
+    Eval/efficiency.py). Errors are in the model's normalised input units (point clouds: their coordinates)."""
     for name, per in results.items():
         if name in baselines.NAMES:
             continue
@@ -273,61 +277,126 @@ def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> Non
                 per[family] = MetricResult.skip(direction, "no --run model folder for this run")
             continue
         model, images = models[name]
-        bs = int(model.cfg.training.batch_size)
-        dim = 3 if model.cfg.model.is3D else 2
-        compute = {
-            "rotation_sensitivity": lambda: invariance.rotation_sensitivity(
-                lambda x: batched(model.encode, x, bs), images, args.n_boot, args.seed),
-            "rotation_invariance": lambda: rotation.rotation_invariance(
-                lambda x: batched(model.encode, x, bs), images, dim, args.n_boot, args.seed),
-            "reconstruction_mse": lambda: invariance.reconstruction_mse(
-                lambda x: batched(model.reconstruct, x, bs), images, args.n_boot, args.seed),
-        }
-        measured: dict = {}
-
-        def measure(family):  # the efficiency family is measured once, on one batch of the model's inputs
-            if not measured:
-                measured.update(efficiency.efficiency(model.engine, model.encode,
-                                                      efficiency.as_tensor(images[:bs], "cpu")))
-            return measured[family]
-        compute.update({f: (lambda f=f: measure(f)) for f in efficiency.METRICS})
-        paths: dict = {}
-
-        def interpolate(family):  # decoded latent segments; "real" = the decoded latents of the real samples
-            if not paths:
-                Z = batched(model.encode, images, bs)
-                paths.update(interpolation.interpolation_metrics(lambda z: batched(model.decode, z, bs), Z,
-                                                                 batched(model.decode, Z, bs), args.n_boot, args.seed))
-            return paths[family]
-        with torch.no_grad():
-            has_decoder = len(images) > 1 and model.decode(torch.zeros(1, int(model.cfg.model.latent_dim))) is not None
-        compute.update({f: (lambda f=f: interpolate(f)) for f in interpolation.METRICS})
+        compute = _model_metrics(model, images, args)
         for family, (direction, _) in MODEL_METRICS.items():
-            spatial = images.shape[-dim:] if len(images) else ()
             if not len(images):
                 per[family] = MetricResult.skip(direction, "none of the benchmark samples is in the model's data file")
-            elif family == "rotation_sensitivity" and images.shape[-1] != images.shape[-2]:
-                per[family] = MetricResult.skip(direction, f"90° rotations need square in-plane inputs, "
-                                                           f"got {images.shape[-2]}x{images.shape[-1]}")
-            elif family == "rotation_invariance" and len(set(spatial)) != 1:
-                per[family] = MetricResult.skip(direction, f"rotations need a square / cubic input, got "
-                                                           f"{'x'.join(map(str, spatial))}")
-            elif family == "rotation_invariance" and len(images) < 2:
-                per[family] = MetricResult.skip(direction, "needs 2 or more samples (the between-sample spread)")
-            elif family in interpolation.METRICS and not has_decoder:
-                per[family] = MetricResult.skip(direction, "the model has no decoder of a latent alone (DiffAE "
-                                                           "also needs x_T; encoders have none)")
-            else:
-                print(f"{family} of {name}: {len(images)} samples ({model.checkpoint})")
-                try:
-                    per[family] = compute[family]()
-                except Exception as exc:  # noqa: BLE001 - reported as a skip, like every metric (see suite.py)
-                    if args.debug:
-                        raise
-                    per[family] = MetricResult.skip(direction, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+                continue
+            print(f"{family} of {name}: {len(images)} samples ({model.checkpoint})")
+            try:
+                per[family] = compute[family]()
+            except _NotApplicable as why:
+                per[family] = MetricResult.skip(direction, str(why))
+            except Exception as exc:  # noqa: BLE001 - reported as a skip, like every metric (see suite.py)
+                if args.debug:
+                    raise
+                per[family] = MetricResult.skip(direction, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
+            if family == "latent_usage_swap" and (per[family].note or "").startswith("the decoder ignores"):
+                notes.append(f"{name}: {per[family].note}")
         notes.append(f"model-dependent metrics of {name}: {model.checkpoint}, {len(images)} samples, "
-                     f"{'EMA' if model.use_ema else 'raw'} weights; reconstruction error in the model's "
-                     "normalised input units")
+                     f"{'EMA' if model.use_ema else 'raw'} weights; errors in the model's normalised input units")
+
+
+def _model_metrics(model, images, args) -> dict:
+    """family -> a function computing it for one model (raising _NotApplicable where it does not apply)."""
+    import torch
+
+    from Engineering.Engines.saved_runs import batched
+    from Engineering.Science.chamfer import chamfer_distance
+
+    bs = int(model.cfg.training.batch_size)
+    points = model.engine.input_kind == "points"
+    dim = 3 if points or model.cfg.model.is3D else 2
+    kind = "points" if points else "image"
+    spatial = images.shape[-dim:] if len(images) and not points else ()
+    encode = lambda x: batched(model.encode, x, bs)  # noqa: E731
+    cache: dict = {}
+
+    def latents():
+        if "Z" not in cache:
+            cache["Z"] = encode(images)
+        return cache["Z"]
+
+    def needs(ok: bool, reason: str) -> None:
+        if not ok:
+            raise _NotApplicable(reason)
+
+    def rotatable():
+        needs(points or len(set(spatial)) == 1,
+              f"rotations need a square / cubic input, got {'x'.join(map(str, spatial))}")
+        needs(len(images) > 1, "needs 2 or more samples (the between-sample spread)")
+
+    def sensitivity():
+        needs(not points, "90° image rotations and flips; for point clouds see rotation_invariance")
+        needs(images.shape[-1] == images.shape[-2],
+              f"90° rotations need square in-plane inputs, got {images.shape[-2]}x{images.shape[-1]}")
+        return invariance.rotation_sensitivity(encode, images, args.n_boot, args.seed)
+
+    def invariance_():
+        rotatable()
+        return rotation.rotation_invariance(encode, images, dim, args.n_boot, args.seed, kind=kind)
+
+    def pose():
+        rotatable()
+        with torch.no_grad():
+            needs(model.pose(torch.from_numpy(images[:1]).float()) is not None, "the model has no pose output")
+        return rotation.pose_equivariance_error(lambda x: batched(model.pose, x, bs), images, dim, args.n_boot,
+                                                args.seed, kind=kind)
+
+    def recon_mse():
+        needs(not points, "point clouds: the run's val_loss is their reconstruction (Chamfer) error")
+        return invariance.reconstruction_mse(lambda x: batched(model.reconstruct, x, bs), images, args.n_boot,
+                                             args.seed)
+
+    def decoded(z):
+        with torch.no_grad():
+            return model.decode(torch.from_numpy(np.asarray(z, np.float32)))
+
+    def interpolate(family):  # decoded latent segments; "real" = the decoded latents of the real samples
+        if "paths" not in cache:
+            needs(len(images) > 1, "needs 2 or more samples")
+            needs(decoded(latents()[:1]) is not None,
+                  "the model has no decoder of a latent alone (DiffAE also needs x_T; encoders have none)")
+            Z = latents()
+            cache["paths"] = interpolation.interpolation_metrics(lambda z: batched(model.decode, z, bs), Z,
+                                                                 batched(model.decode, Z, bs), args.n_boot, args.seed)
+        return cache["paths"][family]
+
+    def render(x, codes):
+        outs = [[] for _ in codes]
+        for i in range(0, len(x), bs):
+            with torch.no_grad():
+                got = model.render(torch.from_numpy(np.ascontiguousarray(x[i:i + bs], np.float32)),
+                                   [torch.from_numpy(np.asarray(c[i:i + bs], np.float32)) for c in codes])
+            needs(got is not None, "the model has no decoder conditioned on a latent")
+            for out, r in zip(outs, got):
+                out.append(r.float().numpy())
+        return [np.concatenate(o) for o in outs]
+
+    def chamfer(a, b):
+        return chamfer_distance(torch.from_numpy(np.asarray(a, np.float32)),
+                                torch.from_numpy(np.asarray(b, np.float32))).double().numpy()
+
+    def usage(family):
+        if "usage" not in cache:
+            needs(len(images) > 1, "needs 2 or more samples")
+            target = images[:, :3].transpose(0, 2, 1) if points else images
+            cache["usage"] = latent_usage.latent_usage(render, images, latents(), target, args.n_boot, args.seed,
+                                                       chamfer if points else latent_usage.mse)
+        return cache["usage"][family]
+
+    def measure(family):  # the efficiency family is measured once, on one batch of the model's inputs
+        if "efficiency" not in cache:
+            cache["efficiency"] = efficiency.efficiency(model.engine, model.encode,
+                                                        efficiency.as_tensor(images[:bs], "cpu"))
+        return cache["efficiency"][family]
+
+    compute = {"rotation_sensitivity": sensitivity, "rotation_invariance": invariance_,
+               "pose_equivariance_error": pose, "reconstruction_mse": recon_mse}
+    compute.update({f: (lambda f=f: interpolate(f)) for f in interpolation.METRICS})
+    compute.update({f: (lambda f=f: usage(f)) for f in latent_usage.METRICS})
+    compute.update({f: (lambda f=f: measure(f)) for f in efficiency.METRICS})
+    return compute
 
 
 def _summary(paths, runs, samples, targets, args) -> dict[str, str]:

@@ -1,12 +1,15 @@
 """Classical vs rotation-invariant models on the synthetic 3D cell cohort (@cells; seed 003's comparison).
 
 Trains, at their demo budgets on this CPU, the rotation-invariant image AE (``main_rotinv``), a classical image
-AE (``main_recon --pythae_model ae``, 3D), and the Vector Neuron and DGCNN point-cloud AEs
-(``main_pointcloud``) on the same cells and folds, then scores the test cells' latents with ``main_benchmark``:
-the probes of the puncta placement rule, compactness, archetypes, and for the image models (``--run``)
-rotation sensitivity (90° steps), rotation invariance under random SO(3) rotations, evolution energy and
-interpolation distance of decoded latent segments, reconstruction error and efficiency. Writes ``--out``/report/ (metrics.json, metrics.csv, report.html with the z-scored radar) and a
-Markdown table (``--write``). Not part of the tests (a few minutes on 2 CPU cores); run it alone.
+AE and a VAE (``main_recon --pythae_model ae / vae``, 3D), a 3D DiffAE (``main_diffAE``, its UNet without the
+self-attention at 16³, which costs 6x the step time on a CPU), and the Vector Neuron and DGCNN point-cloud AEs
+(``main_pointcloud``) on the same cells and folds, then scores the test cells' latents with ``main_benchmark``
+and every model with ``--run``: the probes of the puncta placement rule, compactness, archetypes, outlier
+detection of the planted abnormal cells, rotation sensitivity (90° steps), rotation invariance under random
+SO(3) rotations (of volumes or clouds), pose equivariance, evolution energy and interpolation distance of
+decoded latent segments, latent usage, reconstruction error and efficiency. Writes ``--out``/report/
+(metrics.json, metrics.csv, report.html with the z-scored radar) and a Markdown table (``--write``). Not part
+of the tests (about 15 minutes on 2 CPU cores); run it alone.
 
     python benchmarks/bench_cells.py [--out bench_cells] [--write benchmarks/results/cells.md] [--radar PNG]
 """
@@ -24,16 +27,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LATENT = "16"
+IMAGE_3D = ["--datajson_path", "Configs/dataNpath_cells.json", "--is3D", "--input_shape", "32,32,32"]
 MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds and latent size
     "RotInv": ("Executors/main_rotinv.py", []),
-    "AE_3D": ("Executors/main_recon.py", ["--pythae_model", "ae", "--datajson_path", "Configs/dataNpath_cells.json",
-                                          "--is3D", "--input_shape", "32,32,32", "--batch_size", "8",
-                                          "--num_epochs", "3", "--lr", "2e-3"]),
+    "AE_3D": ("Executors/main_recon.py", ["--pythae_model", "ae", *IMAGE_3D, "--batch_size", "8", "--num_epochs", "3",
+                                          "--lr", "2e-3"]),
+    "VAE_3D": ("Executors/main_recon.py", ["--pythae_model", "vae", *IMAGE_3D, "--batch_size", "8",
+                                           "--num_epochs", "3", "--lr", "2e-3"]),
+    "DiffAE_3D": ("Executors/main_diffAE.py", [*IMAGE_3D, "--batch_size", "8", "--num_epochs", "8",
+                                               "--model§DiffAE§attn_res", "[]", "--test_emb_only"]),
     "VN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "vn"]),
     "DGCNN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "dgcnn"]),
 }
-IMAGE_MODELS = ("RotInv", "AE_3D")
-ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "rotation_invariance", "rotation_sensitivity",
+ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "outlier_auroc/outlier", "rotation_invariance",
+        "pose_equivariance_error", "rotation_sensitivity", "reconstruction_mse", "latent_usage_swap",
         "evolution_energy", "interpolation_distance", "archetype_r2", "parameters_M", "inference_ms_per_sample")
 
 
@@ -61,12 +68,12 @@ def main() -> None:
     runs = out / "runs"
     report = out / "report"
     _run(["Executors/main_benchmark.py", "--latents", *[f"{n}={runs / n}" for n in MODELS],
-          "--labels", str(out / "cache" / "cells" / "phenotypes.tsv"), "--label_cols", "rule",
-          "--run", *[f"{n}={runs / n}" for n in IMAGE_MODELS], "--run_max_samples", "32", "--archetypes", "4",
-          "--out", str(report)], env)
+          "--labels", str(out / "cache" / "cells_v2" / "phenotypes.tsv"), "--label_cols", "rule",
+          "--outlier_col", "outlier", "--run", *[f"{n}={runs / n}" for n in MODELS], "--run_max_samples", "32",
+          "--archetypes", "4", "--pixels", str(out / "cache" / "cells_v2" / "data.h5"), "--out", str(report)], env)
     metrics = json.loads((report / "metrics.json").read_text())
     lines = ["| model | train s | " + " | ".join(ROWS) + " |", "|---|---|" + "---|" * len(ROWS)]
-    for name in [*MODELS, "baseline_random"]:
+    for name in [*MODELS, "baseline_pca_pixels", "baseline_random"]:
         cells = []
         for row in ROWS:
             rec = metrics.get(name, {}).get(row)
@@ -77,10 +84,12 @@ def main() -> None:
             else:
                 cells.append(f"{rec['value']:.3g}")
         lines.append(f"| {name} | {seconds.get(name, 0):.0f} | " + " | ".join(cells) + " |")
-    lines.append("\nDirections: probes, kNN, archetype R² higher is better; rotation metrics, evolution energy "
-                 "(decoded path length over decoded distance, >= 1), interpolation distance, parameters (M) and ms "
-                 "per sample lower is better. Rotation invariance: latent change under 4 random SO(3) rotations over "
-                 "the between-sample spread; rotation sensitivity: under 90° in-plane steps and flips. "
+    lines.append("\nDirections: probes, kNN, outlier AUROC (0.5 = chance), latent usage, archetype R² higher is "
+                 "better; rotation metrics, pose error (degrees), reconstruction MSE, evolution energy (decoded path "
+                 "length over decoded distance, >= 1), interpolation distance, parameters (M) and ms per sample lower "
+                 "is better. Rotation invariance: latent change under 4 random SO(3) rotations over the "
+                 "between-sample spread; rotation sensitivity: under 90° in-plane steps and flips. — : not "
+                 "applicable to the model (see report.html for the reason). "
                  "Regenerate: `python benchmarks/bench_cells.py --write benchmarks/results/cells.md`.")
     table = "\n".join(lines)
     print(table)

@@ -151,6 +151,8 @@ def nan_latents(data):
     ("bad_flag", "unrecognized arguments: --lat"),
     ("missing_file", "latents not found"),
     ("one_archetype", "--archetypes K needs K >= 2"),
+    ("outlier_values", "outlier column 'cls' must hold 1/0 or true/false"),
+    ("outlier_missing", "outlier column 'nope' not found"),
 ])
 def test_bad_input_exits_2_with_one_line(data, nan_latents, tmp_path, capsys, case, message):
     out = tmp_path / "bad"
@@ -163,6 +165,8 @@ def test_bad_input_exits_2_with_one_line(data, nan_latents, tmp_path, capsys, ca
         "bad_flag": base + ["--lat", "x"],
         "missing_file": ["--latents", str(data / "missing.parquet"), "--out", str(out)],
         "one_archetype": base + ["--archetypes", "1"],
+        "outlier_values": base + ["--outlier_col", "cls"],
+        "outlier_missing": base + ["--outlier_col", "nope"],
     }[case]
     assert run_cli(main, argv) == 2
     err = capsys.readouterr().err.strip()

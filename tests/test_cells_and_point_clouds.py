@@ -98,6 +98,6 @@ def test_the_cells_demo_name_resolves(_isolated_cache):
     from Engineering.data.datamodule import data_dir
 
     d = data_dir(SimpleNamespace(datadir="@cells"))
-    assert d.name == "cells" and (d / "points.h5").is_file()
+    assert d.name == "cells_v2" and (d / "points.h5").is_file()
     with h5py.File(d / "data.h5") as h5:
         assert len(h5) == CellSpec().n_cells

@@ -1,7 +1,8 @@
 """The benchmark's model-dependent metric families recover planted answers: arbitrary-angle rotation invariance
 (an exactly invariant encoder vs a pixel encoder, 2D and 3D), pose equivariance (a correct and a frozen pose),
-evolution energy and interpolation distance (a linear vs a curved decoder), outliers by intrinsic dimension, and
-archetypes of data built from known vertices."""
+evolution energy and interpolation distance (a linear vs a curved decoder), latent usage (a decoder that uses the
+code vs one that ignores it), rotations of point clouds, outliers by intrinsic dimension, and archetypes of data
+built from known vertices."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,8 +11,9 @@ from scipy.ndimage import gaussian_filter
 
 from Engineering.Eval.archetypes import archetype_r2, fit_archetypes
 from Engineering.Eval.interpolation import interpolation_metrics
+from Engineering.Eval.latent_usage import IGNORED, latent_usage
 from Engineering.Eval.outliers import outlier_auroc
-from Engineering.Eval.rotation import (ball_mask, pose_equivariance_error, random_rotations, rotate,
+from Engineering.Eval.rotation import (ball_mask, pose_equivariance_error, random_rotations, rotate, rotate_points,
                                        rotation_invariance)
 
 
@@ -153,3 +155,73 @@ def test_efficiency_counts_parameters_and_sees_a_heavier_model():
     assert b["inference_ms_per_sample"].value > 5 * a["inference_ms_per_sample"].value
     if sys.platform.startswith("linux"):
         assert b["inference_peak_MiB"].value > 150 and a["inference_peak_MiB"].value < 50
+
+
+def test_latent_usage_is_about_one_for_a_decoder_of_the_code_and_zero_for_one_that_ignores_it():
+    """Planted: x = W z + small noise. A decoder that renders W z_given uses the code (a swapped code reconstructs
+    the other sample: usage ~1); one that returns x itself whatever the code (a UNet that reconstructs from x_T
+    alone) does not (usage 0), and the note says so."""
+    rng = np.random.default_rng(0)
+    Z = rng.normal(size=(40, 4))
+    W = rng.normal(size=(4, 64))
+    X = Z @ W + rng.normal(0, 0.05, (40, 64))
+    uses = latent_usage(lambda x, codes: [c @ W for c in codes], X, Z, X, n_boot=100, seed=0)
+    ignores = latent_usage(lambda x, codes: [x + 0.01 for _ in codes], X, Z, X, n_boot=100, seed=0)
+    assert 0.9 < uses["latent_usage_swap"].value < 1.1, uses["latent_usage_swap"].value
+    # the mean code is about half as far as another sample's (E|z - mean|^2 vs E|z - z'|^2; per-sample ratios)
+    assert 0.35 < uses["latent_usage_mean"].value < 0.85
+    assert abs(ignores["latent_usage_swap"].value) < 1e-9 and abs(ignores["latent_usage_mean"].value) < 1e-9
+    assert ignores["latent_usage_swap"].note.startswith("the decoder ignores the latent")
+    assert not uses["latent_usage_swap"].note.startswith("the decoder ignores") and IGNORED > 0
+    assert uses["latent_usage_swap"].direction == "higher"
+    lo, hi = uses["latent_usage_swap"].ci_low, uses["latent_usage_swap"].ci_high
+    assert lo < uses["latent_usage_swap"].value < hi
+
+
+def test_point_clouds_are_rotated_exactly_and_scored_by_their_own_metric():
+    """rotate_points turns xyz about the origin and keeps intensity; a centred-distance encoder is invariant
+    (0) under random SO(3) rotations, raw coordinates are not; the covariance frame is an equivariant pose."""
+    rng = np.random.default_rng(1)
+    clouds = (rng.normal(size=(10, 3, 50)) * np.array([3.0, 2.0, 1.0])[None, :, None]).astype(np.float32)
+    clouds = np.concatenate([clouds, rng.uniform(size=(10, 1, 50)).astype(np.float32)], 1)  # + intensity
+    rot = random_rotations(3, 1, 0)[0]
+    turned = rotate_points(clouds, rot)
+    np.testing.assert_allclose(turned[:, :3], np.einsum("ij,njk->nik", rot, clouds[:, :3]), atol=1e-5)
+    np.testing.assert_array_equal(turned[:, 3], clouds[:, 3])
+
+    def radii(c):  # sorted distances to the centroid: invariant
+        xyz = c[:, :3] - c[:, :3].mean(2, keepdims=True)
+        return np.sort(np.linalg.norm(xyz, axis=1), 1)
+    inv = rotation_invariance(radii, clouds, 3, 50, 0, kind="points")
+    raw = rotation_invariance(lambda c: c[:, :3].reshape(len(c), -1), clouds, 3, 50, 0, kind="points")
+    assert inv.value < 1e-5 and raw.value > 0.3, (inv.value, raw.value)
+
+    def frame(c):  # principal axes, signs fixed by the third moment: pose(R x) = R pose(x)
+        xyz = c[:, :3] - c[:, :3].mean(2, keepdims=True)
+        out = []
+        for p in xyz:
+            _, vecs = np.linalg.eigh(p @ p.T)
+            vecs = vecs * np.sign(((vecs.T @ p) ** 3).sum(1))[None]
+            out.append(vecs * np.array([1, 1, np.linalg.det(vecs)]))
+        return np.stack(out)
+    assert pose_equivariance_error(frame, clouds, 3, 50, 0, kind="points").value < 1e-3  # degrees
+
+
+def test_radar_z_scores_each_metric_over_the_runs_that_have_it():
+    """Outward is better (a lower-is-better metric is flipped); a run without a metric (a decoder metric of an
+    encoder-only model) is a gap, not a zero, and the others are z-scored among themselves."""
+    from Engineering.Eval.plots import radar_axes, radar_chart
+    from Engineering.Eval.result import HIGHER, LOWER, MetricResult
+
+    def r(v, d=HIGHER):
+        return MetricResult(v, v, v, d)
+    results = {"a": {"acc": r(0.9), "err": r(1.0, LOWER), "dec": r(2.0, LOWER)},
+               "b": {"acc": r(0.7), "err": r(3.0, LOWER), "dec": r(4.0, LOWER)},
+               "c": {"acc": r(0.8), "err": r(2.0, LOWER), "dec": MetricResult.skip(LOWER, "no decoder")}}
+    metrics, z = radar_axes(results)
+    assert metrics == ["acc", "err", "dec"]
+    np.testing.assert_allclose(z[:, 0], [np.sqrt(1.5), -np.sqrt(1.5), 0], atol=1e-12)
+    np.testing.assert_allclose(z[:, 1], z[:, 0], atol=1e-12)  # lower error = outward
+    np.testing.assert_allclose(z[:2, 2], [1, -1])
+    assert np.isnan(z[2, 2])
+    assert radar_chart(results)[:4] == b"\x89PNG"

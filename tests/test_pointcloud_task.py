@@ -1,6 +1,7 @@
 """main_pointcloud end to end on a tiny cell cohort's clouds: both encoders train (every logged loss term), write
 one latent row per cloud through the output contract, the VN run's code is invariant to rotating the test clouds,
-and malformed point-cloud files are refused with one line naming the culprit."""
+main_benchmark --run scores both with point-cloud rotations (and the cohort's planted outliers), and malformed point-cloud files
+are refused with one line naming the culprit."""
 from __future__ import annotations
 
 import h5py
@@ -56,6 +57,39 @@ def test_point_cloud_autoencoders_train_and_write_latents(encoder, tiny_cells, t
         with torch.no_grad():
             z, zr = engine.embed(x, False), engine.embed(moved, False)
         assert (zr - z).norm() / z.norm() < 1e-3
+
+
+def test_main_benchmark_scores_point_cloud_runs_with_their_own_rotations(tiny_cells, tmp_path):
+    """Both encoders through main_benchmark --run: random SO(3) rotations of the clouds leave the VN code and its
+    pose equivariant to float precision and move the DGCNN code; DGCNN has no pose; latent usage is scored by
+    Chamfer; image-only families are skipped with the reason; --outlier_col scores a marked column."""
+    import importlib.util
+    import json
+
+    from tests.conftest import REPO
+
+    cells = write_cells(tmp_path / "cells", CellSpec(n_cells=24, n_puncta=6, n_points=36))  # 2 planted outliers
+    for encoder in ("vn", "dgcnn"):  # latents of every cell (the outlier scores need > 20 samples)
+        run(_args(cells, tmp_path, "--fulltrainID", encoder, "--num_epochs", "1", "--model§PointCloud§encoder",
+                  encoder, "--json§foldCSV", "none"), registry.get("pointcloud"))
+    n = len(pd.read_parquet(tmp_path / "vn" / "Output" / "emb.parquet"))
+    spec = importlib.util.spec_from_file_location("bench", REPO / "Executors" / "main_benchmark.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    runs = [f"{e}={tmp_path / e}" for e in ("vn", "dgcnn")]
+    bench.main(["--latents", *runs, "--run", *runs, "--labels", str(cells / "phenotypes.tsv"), "--label_cols", "rule",
+                "--outlier_col", "outlier", "--out", str(tmp_path / "b"), "--n_boot", "20", "--n_perm", "5",
+                "--n_splits", "2", "--n_repeats", "1"])
+    m = json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert m["vn"]["rotation_invariance"]["value"] < 1e-3 < m["dgcnn"]["rotation_invariance"]["value"]
+    assert m["vn"]["pose_equivariance_error"]["value"] < 0.1  # degrees
+    assert "no pose output" in m["dgcnn"]["pose_equivariance_error"]["skipped"]
+    for name in ("vn", "dgcnn"):
+        assert "Chamfer" in m[name]["reconstruction_mse"]["skipped"]
+        assert "point clouds" in m[name]["rotation_sensitivity"]["skipped"]
+        assert np.isfinite(m[name]["latent_usage_swap"]["value"]) and m[name]["evolution_energy"]["value"] >= 1 - 1e-9
+        assert 0 <= m[name]["outlier_auroc/outlier"]["value"] <= 1 and m[name]["outlier_auroc/outlier"]["n"] == n == 24
+    assert "outlier_auroc/outlier" in m["baseline_random"] and "probe_balanced_accuracy/outlier" not in m["vn"]
 
 
 def test_malformed_point_cloud_files_are_named(tiny_cells, tmp_path):

@@ -47,6 +47,14 @@ def test_rotinv_trains_on_3d_cells_with_an_invariant_code(tiny_cells, tmp_path):
         z = engine.net.encode(x)
         for k in (1, 7, 23):
             assert ((engine.net.encode(g.act(k, x)) - z).norm() / z.norm()) < 1e-4
+    # the pose output (the benchmark's pose_equivariance_error) is exactly equivariant to the group's rotations
+    from Engineering.Eval.rotation import pose_equivariance_error
+
+    def pose(a):
+        with torch.no_grad():
+            return engine.pose(torch.from_numpy(a), False).numpy()
+    exact = pose_equivariance_error(pose, x.numpy(), 3, 20, 0, rotations=np.stack(g.mats).astype(float))
+    assert exact.value == 0 and exact.n == 2
 
 
 def test_rotinv_runs_in_2d_and_refuses_a_non_square_input(tiny_demo, tmp_path):
@@ -70,5 +78,8 @@ def test_rotinv_runs_in_2d_and_refuses_a_non_square_input(tiny_demo, tmp_path):
     assert m["evolution_energy"]["value"] >= 1 - 1e-9  # a path is never shorter than its chord
     assert m["interpolation_distance"]["value"] >= 0 and m["rotation_invariance"]["value"] >= 0
     assert m["parameters_M"]["value"] > 0 and m["rotation_sensitivity"]["value"] < 1e-3  # C4-invariant
+    assert 0 <= m["pose_equivariance_error"]["value"] <= 180  # arbitrary angles: C4 poses are 90° apart
+    for family in ("latent_usage_swap", "latent_usage_mean"):  # the canonical decoder, posed by x's own pose
+        assert np.isfinite(m[family]["value"]) and "error with own latent" in m[family]["note"], m[family]
     with pytest.raises(UserError, match="square image or a cubic volume"):
         run([*args, "--fulltrainID", "bad", "--num_epochs", "1", "--input_shape", "32,16"], registry.get("rotinv"))

@@ -31,6 +31,7 @@ class SavedRun:
     cfg: object  # its validated config
     checkpoint: Path
     use_ema: bool  # evaluate with the EMA weights (as the run's own test phase would)
+    datamodule_class: type = H5DataModule  # the task's data pipeline (point clouds have their own)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.engine.embed(x, self.use_ema)
@@ -40,6 +41,12 @@ class SavedRun:
 
     def decode(self, z: torch.Tensor) -> torch.Tensor | None:
         return self.engine.decode(z, self.use_ema)
+
+    def pose(self, x: torch.Tensor) -> torch.Tensor | None:
+        return self.engine.pose(x, self.use_ema)
+
+    def render(self, x: torch.Tensor, z: torch.Tensor) -> torch.Tensor | None:
+        return self.engine.render(x, z, self.use_ema)
 
 
 def load_run(run_or_file: str | Path) -> SavedRun:
@@ -54,7 +61,8 @@ def load_run(run_or_file: str | Path) -> SavedRun:
         engine = task.engine_class()(cfg, int(in_channels))
     engine.load_state_dict(fit_state(engine, ckpt["state_dict"], str(path)))
     engine.eval()
-    return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"))
+    data_cls = getattr(task.lifecycle_class(), "datamodule_class", H5DataModule)
+    return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"), data_cls)
 
 
 def upstream_engine(path: str, engine_cls: type, flag: str, task: str, purpose: str):
@@ -83,7 +91,7 @@ def describe_saved(raw: dict, where: str):
     return cfg, task.name
 
 
-def whole_file_data(cfg, datafile: str | Path | None = None) -> H5DataModule:
+def whole_file_data(cfg, datafile: str | Path | None = None, datamodule_class: type = H5DataModule) -> H5DataModule:
     """The run's data pipeline (selection, normalisation, crop) over the whole file, ignoring its folds.
 
     ``datafile`` replaces the run's data file (e.g. the run was trained on another machine).
@@ -95,7 +103,7 @@ def whole_file_data(cfg, datafile: str | Path | None = None) -> H5DataModule:
         if not datafile.is_file():
             raise UserError(f"data file not found: {datafile}")
         cfg.paths.datadir, cfg.paths.datafile = str(datafile.parent), datafile.name
-    return H5DataModule(cfg)
+    return datamodule_class(cfg)
 
 
 @torch.no_grad()
@@ -110,13 +118,13 @@ def sample_images(run: SavedRun, rows: pd.DataFrame, datafile: str | Path | None
                   seed: int) -> np.ndarray:
     """Model inputs (n, C, ...) of up to ``max_n`` of ``rows`` (flat-table sample IDs), as the run's pipeline
     prepares them; rows its data does not hold are left out (an empty array if none is found)."""
-    ds = whole_file_data(run.cfg, datafile).dataset("test")
+    ds = whole_file_data(run.cfg, datafile, run.datamodule_class).dataset("test")
     wanted = set(rows["patientID"].astype(str))
     where = {}
-    for i, ref in enumerate(ds.samples):
-        rec = ds.records[ref.record]
-        if rec.patientID in wanted:  # an unsplit axis is index 0 in the flat tables
-            where[(rec.patientID, rec.fieldID, rec.instanceID, rec.key, ref.c or 0, ref.t or 0, ref.s or 0)] = i
+    for i in range(len(ds)):
+        d = ds.describe(i)
+        if d["patientID"] in wanted:  # an unsplit axis is index 0 in the flat tables
+            where[(d["patientID"], d["fieldID"], d["instanceID"], d["key"], d["c"] or 0, d["t"] or 0, d["s"] or 0)] = i
     found = sorted({where[k] for k in rows[list(SAMPLE_COLUMNS)].itertuples(index=False, name=None) if k in where})
     if len(found) > max_n:
         found = sorted(np.random.default_rng(seed).choice(found, max_n, replace=False).tolist())

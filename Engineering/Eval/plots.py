@@ -73,40 +73,53 @@ def _bars(ax, metric: str, per_run: dict[str, MetricResult], baseline_names) -> 
 
 
 def radar_axes(results: dict[str, dict[str, MetricResult]]) -> tuple[list[str], np.ndarray]:
-    """(metrics, z-scores runs x metrics, outward = better) over metrics every run has; a metric on which every
-    run is equal scores 0 for all."""
+    """(metrics, z-scores runs x metrics, outward = better) over the metrics that two runs or more have; a run
+    without a metric (not applicable to it, e.g. a decoder metric of an encoder-only model or of a baseline) has
+    NaN there and is left out of that metric's z-score; a metric on which every run is equal scores 0."""
     runs = list(results)
-    metrics = [m for m in next(iter(results.values()))
-               if all(results[r].get(m) is not None and results[r][m].value is not None
-                      and np.isfinite(results[r][m].value) for r in runs)]
-    scores = np.zeros((len(runs), len(metrics)))
+
+    def value(r, m):
+        res = results[r].get(m)
+        return res.value if res is not None and res.value is not None and np.isfinite(res.value) else np.nan
+    names = list(dict.fromkeys(m for r in runs for m in results[r]))
+    metrics = [m for m in names if sum(np.isfinite(value(r, m)) for r in runs) >= 2]
+    scores = np.full((len(runs), len(metrics)), np.nan)
     for j, m in enumerate(metrics):
-        v = np.array([results[r][m].value for r in runs], dtype=float)
-        sd = v.std()
-        z = (v - v.mean()) / sd if sd > 0 else np.zeros(len(v))
-        scores[:, j] = -z if results[runs[0]][m].direction == LOWER else z
+        v = np.array([value(r, m) for r in runs], dtype=float)
+        ok = np.isfinite(v)
+        sd = v[ok].std()
+        z = (v[ok] - v[ok].mean()) / sd if sd > 0 else np.zeros(ok.sum())
+        direction = next(results[r][m].direction for r in runs if m in results[r])
+        scores[ok, j] = -z if direction == LOWER else z
     return metrics, scores
 
 
 def radar_chart(results: dict[str, dict[str, MetricResult]], baseline_names=()) -> bytes | None:
-    """The radar chart, or None when fewer than 3 metrics are available for every run."""
+    """The radar chart, or None when fewer than 3 metrics are available for two runs or more. A run's line has a
+    gap (and no fill) at the metrics it does not have; those axes are marked with *."""
     metrics, scores = radar_axes(results)
     if len(metrics) < 3 or len(results) < 2:
         return None
     angles = np.linspace(0, 2 * np.pi, len(metrics), endpoint=False)
     closed = np.append(angles, angles[0])
-    fig, ax = plt.subplots(figsize=(6.5, 6.5), subplot_kw={"projection": "polar"})
+    fig, ax = plt.subplots(figsize=(7.5, 7.5), subplot_kw={"projection": "polar"})
     dashes = iter([":", "--", "-."])
     for i, (run, row) in enumerate(zip(results, scores)):
         style = {"color": BASELINE_COLOUR, "linestyle": next(dashes, ":")} if run in baseline_names \
             else {"color": f"C{i % 10}"}
-        ax.plot(closed, np.append(row, row[0]), linewidth=1.4, label=run, **style)
-        ax.fill(closed, np.append(row, row[0]), alpha=0.08, color=style["color"])
-    ax.set_xticks(angles, [m.replace("/", "\n") for m in metrics], fontsize=6)
-    lim = max(2.0, float(np.ceil(np.abs(scores).max() * 2) / 2)) if scores.size else 2.0
+        ring = np.append(row, row[0])
+        ax.plot(closed, ring, linewidth=1.4, label=run, marker="o", markersize=2.5, **style)
+        if np.isfinite(row).all():
+            ax.fill(closed, ring, alpha=0.08, color=style["color"])
+    partial = ~np.isfinite(scores).all(0)
+    labels = [m.replace("/", "\n") + (" *" if p else "") for m, p in zip(metrics, partial)]
+    ax.set_xticks(angles, labels, fontsize=6)
+    lim = max(2.0, float(np.ceil(np.nanmax(np.abs(scores)) * 2) / 2)) if np.isfinite(scores).any() else 2.0
     ax.set_yticks([-lim, 0, lim], [f"{-lim:g} sd", "mean", f"+{lim:g} sd"], fontsize=6)
     ax.set_rlabel_position(360 / len(metrics) / 2)  # between the first two axes, not on one
     ax.set_ylim(-lim, lim * 1.05)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
-    ax.set_title("z-score of each metric across the runs compared (outward = better)", fontsize=9, pad=18)
+    ax.set_title("z-score of each metric across the runs compared (outward = better)"
+                 + ("\n* not every run has this metric: a gap, z-scored over the runs that have it"
+                    if partial.any() else ""), fontsize=9, pad=18)
     return _png(fig, tight=True)

@@ -18,13 +18,14 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from Engineering.errors import UserError
-from Engineering.Eval import archetypes, baselines, batch_effects, compactness, knn, probes, regression, retrieval
+from Engineering.Eval import (archetypes, baselines, batch_effects, compactness, knn, outliers, probes, regression,
+                              retrieval)
 from Engineering.data.labels import CATEGORICAL, Target
 from Engineering.Eval.result import MetricResult
 
 # family -> (direction, description), for the report and for skipped records.
 METRICS = {**probes.METRICS, **regression.METRICS, **knn.METRICS, **retrieval.METRICS, **compactness.METRICS,
-           **batch_effects.METRICS, **archetypes.METRICS}
+           **batch_effects.METRICS, **archetypes.METRICS, **outliers.METRICS}
 
 
 @dataclass(frozen=True)
@@ -47,8 +48,10 @@ class Settings:
 def run_benchmark(latents: dict[str, np.ndarray], targets: list[Target], batch: Target | None = None,
                   groups: np.ndarray | None = None, settings: Settings = Settings(),
                   pixels: np.ndarray | None = None,
-                  log: Callable[[str], None] = lambda _: None) -> dict[str, dict[str, MetricResult]]:
-    """Scores of each run plus the baselines; ``pixels`` (n_samples, ...) enables the PCA-pixel baseline."""
+                  log: Callable[[str], None] = lambda _: None,
+                  outlier: Target | None = None) -> dict[str, dict[str, MetricResult]]:
+    """Scores of each run plus the baselines; ``pixels`` (n_samples, ...) enables the PCA-pixel baseline;
+    ``outlier`` (known outliers, outlier_target) the outlier-detection AUROC."""
     if not latents:
         raise UserError("no latents to benchmark")
     clash = set(latents) & set(baselines.NAMES)
@@ -70,12 +73,13 @@ def run_benchmark(latents: dict[str, np.ndarray], targets: list[Target], batch: 
         for name, Z in reps.items():
             log(f"scoring {name}: {Z.shape[0]} samples x {Z.shape[1]} dims")
             results[name] = evaluate_representation(np.asarray(Z, dtype=np.float64), targets, batch, groups,
-                                                    settings)
+                                                    settings, outlier)
     return results
 
 
 def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target | None,
-                            groups: np.ndarray | None, s: Settings) -> dict[str, MetricResult]:
+                            groups: np.ndarray | None, s: Settings,
+                            outlier: Target | None = None) -> dict[str, MetricResult]:
     out: dict[str, MetricResult] = {}
 
     def record(metric: str, fn: Callable[[], MetricResult | dict[str, MetricResult]], families: list[str]):
@@ -101,6 +105,11 @@ def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target 
     if s.n_archetypes:
         record("archetype_r2", lambda: archetypes.archetype_r2(Z, s.n_archetypes, s.n_boot, s.seed),
                ["archetype_r2"])
+
+    if outlier is not None:
+        Zo, y, _ = _subset(Z, outlier, groups)
+        record(f"outlier_auroc/{outlier.name}", lambda: outliers.outlier_auroc(Zo, y, s.n_boot, s.seed, s.id_ks),
+               ["outlier_auroc"])
 
     for t in targets:
         Zt, y, g = _subset(Z, t, groups)

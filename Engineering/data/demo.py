@@ -64,7 +64,7 @@ def _write_cells(out_dir: Path) -> Path:
 # @cells is the synthetic 3D cell cohort of the rotation-invariant and point-cloud models (data/cells.py)
 DEMOS = {"@demo": ("demo", lambda out: write_demo(out, DemoSpec())),
          "@demo_mc": ("demo_mc", lambda out: write_demo(out, DemoSpec(channels=3))),
-         "@cells": ("cells", _write_cells)}
+         "@cells": ("cells_v2", _write_cells)}  # v2: the outlier column
 
 
 def default_demo_dir(folder: str = "demo") -> Path:

@@ -141,6 +141,25 @@ def batch_target(table: pd.DataFrame, column: str, min_class_size: int) -> Targe
     return target
 
 
+def outlier_target(table: pd.DataFrame, column: str) -> Target:
+    """A column marking known outliers (1/0 or true/false) as a categorical target; samples without a value are
+    left out; both outliers and inliers must occur."""
+    if column not in table.columns:
+        raise UserError(f"outlier column '{column}' not found (available: {', '.join(map(str, table.columns))})")
+    series = table[column]
+    mask = series.notna().to_numpy()
+    text = series[mask].astype(str).str.strip().str.lower()
+    truth = {"1": True, "1.0": True, "true": True, "yes": True, "0": False, "0.0": False, "false": False, "no": False}
+    bad = sorted(set(text) - set(truth))
+    if bad:
+        raise UserError(f"outlier column '{column}' must hold 1/0 or true/false, found {', '.join(bad[:5])}")
+    values = np.zeros(len(series), dtype=bool)
+    values[mask] = text.map(truth).to_numpy(dtype=bool)
+    if values[mask].all() or not values[mask].any():
+        raise UserError(f"outlier column '{column}' needs both outliers (1) and inliers (0) among the samples")
+    return Target(column, CATEGORICAL, values, mask)
+
+
 def group_codes_of(table: pd.DataFrame, column: str) -> np.ndarray:
     """Integer group codes of a column (of labels or sample IDs); missing values form their own groups."""
     if column not in table.columns:

@@ -34,7 +34,9 @@ class CloudSamples(Dataset):
         return len(self.records)
 
     def __getitem__(self, item):
-        i = item[0] if isinstance(item, tuple) else item  # EpochShuffle yields (index, epoch)
+        return self.sample(item[0] if isinstance(item, tuple) else item)  # EpochShuffle yields (index, epoch)
+
+    def sample(self, i: int) -> dict:
         if self._h5 is None:  # one handle per worker process
             self._h5 = h5py.File(self.h5file, "r")
         rec = self.records[i]

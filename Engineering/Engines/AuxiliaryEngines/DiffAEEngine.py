@@ -183,6 +183,12 @@ class DiffAEEngine(LatentEngine):
     def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
         return self._render(self.ema_net if use_ema else self.net, x, z, self.T_inv, self.T_step)
 
+    def render(self, x, codes, use_ema: bool) -> list[torch.Tensor]:
+        """x's own x_T (inverted with its own z), rendered with each of ``codes``."""
+        net = self.ema_net if use_ema else self.net
+        x_T = self.diffusion.ddim_invert(net, x, self.embed(x, use_ema), self.T_inv, clip=self.clip)
+        return [self.diffusion.ddim_sample(net, x_T, z, self.T_step, clip=self.clip) for z in codes]
+
     def reconstruct_with_code(self, x, z, use_ema: bool) -> tuple[torch.Tensor, torch.Tensor]:
         """The reconstruction and DiffAE's stochastic code x_T (DDIM inversion, the model's input units)."""
         return self._invert_render(self.ema_net if use_ema else self.net, x, z, self.T_inv, self.T_step)

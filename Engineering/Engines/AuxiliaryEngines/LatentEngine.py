@@ -47,6 +47,8 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 
 
 class LatentEngine(L.LightningModule):
+    input_kind = "image"  # what a sample is: "image" (C, *S) or "points" (F, N); the benchmark rotates each its way
+
     monitor_train = "train_loss_epoch"
 
     def __init__(self, cfg, in_channels: int):
@@ -68,6 +70,16 @@ class LatentEngine(L.LightningModule):
     def decode(self, z: torch.Tensor, use_ema: bool) -> torch.Tensor | None:
         """The decoder's image of a latent alone (for latent interpolations), or None when the model has no
         decoder that needs only z (DiffAE also needs x_T; an encoder-only model has none)."""
+        return None
+
+    def render(self, x: torch.Tensor, codes: list[torch.Tensor], use_ema: bool) -> list[torch.Tensor] | None:
+        """x's reconstruction with its latent replaced by each of ``codes`` (latent usage, Eval/latent_usage.py):
+        whatever else the decoder takes (DiffAE's x_T, a pose) stays x's own. None without such a decoder."""
+        decoded = [self.decode(z, use_ema) for z in codes]
+        return None if any(d is None for d in decoded) else decoded
+
+    def pose(self, x: torch.Tensor, use_ema: bool) -> torch.Tensor | None:
+        """(B, dim, dim) rotation matrices with pose(R x) = R pose(x) for a model with a pose output, else None."""
         return None
 
     def reconstruct_with_code(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool):

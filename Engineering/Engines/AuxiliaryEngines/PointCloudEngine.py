@@ -22,6 +22,7 @@ PointCloudModelKeys = create_model("PointCloudModelKeys", __base__=Keys, PointCl
 
 
 class PointCloudEngine(LatentEngine):
+    input_kind = "points"
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
         k = cfg.model.PointCloud
@@ -48,6 +49,20 @@ class PointCloudEngine(LatentEngine):
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return self.net.encode(x.transpose(1, 2).float())
+
+    def decode(self, z, use_ema: bool) -> torch.Tensor:
+        return self.net.decoder(z)  # (B, M, 3); the VN encoder's canonical frame
+
+    def render(self, x, codes, use_ema: bool) -> list[torch.Tensor]:
+        """Each code's cloud, placed in x's own frame and centre (VN) or as decoded (DGCNN)."""
+        enc = self.net.encoder(x.transpose(1, 2).float())
+        place = (lambda c: c @ enc["frame"] + enc["centre"]) if "frame" in enc else (lambda c: c)
+        return [place(self.net.decoder(z)) for z in codes]
+
+    def pose(self, x, use_ema: bool) -> torch.Tensor | None:
+        """The VN encoder's frame as a rotation (its rows are the frame's axes: pose = frame^T); DGCNN has none."""
+        enc = self.net.encoder(x.transpose(1, 2).float())
+        return enc["frame"].transpose(1, 2) if "frame" in enc else None
 
     def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
         raise UserError("main_pointcloud writes embeddings only (--test_emb_only): a reconstructed cloud is no image "

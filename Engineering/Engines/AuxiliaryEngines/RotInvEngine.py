@@ -7,6 +7,7 @@ posed reconstructions and their SSIM/PSNR through the output contract.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import create_model
@@ -63,6 +64,17 @@ class RotInvEngine(LatentEngine):
 
     def decode(self, z, use_ema: bool) -> torch.Tensor:
         return self.net.decoder(z)  # the canonical image: a code has no pose
+
+    def render(self, x, codes, use_ema: bool) -> list[torch.Tensor]:
+        """Each code's canonical image turned by x's own pose."""
+        pose = self.net.encoder(x)["pose_logits"].softmax(1)
+        mask = self.net.encoder.mask if self.rot_cfg.mask else 1
+        return [self.net.posed(self.net.decoder(z), pose) * mask for z in codes]
+
+    def pose(self, x, use_ema: bool) -> torch.Tensor:
+        """The rotation matrix of the most likely group element."""
+        mats = torch.as_tensor(np.stack(self.net.group.mats), dtype=torch.float32, device=x.device)
+        return mats[self.net.encoder(x)["pose_logits"].argmax(1)]
 
 
 register(TaskSpec(
