@@ -74,6 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
     p.add_argument("--n_splits", type=int, default=5, help="cross-validation folds")
     p.add_argument("--n_repeats", type=int, default=3, help="repeats of the linear-probe cross-validation")
+    p.add_argument("--co2_country", default=None, metavar="ISO3",
+                   help="--run efficiency: CO2 of the measured energy (codecarbon, offline) on this country's grid, "
+                        "e.g. GBR")
     p.add_argument("--outlier_col", default=None, metavar="COL",
                    help="label column marking known outliers (1/0): the AUROC of intrinsic-dimension outlier scores")
     p.add_argument("--archetypes", type=int, default=0, metavar="K",
@@ -344,7 +347,7 @@ def _model_metrics(model, images, args) -> dict:
                                                 args.seed, kind=kind)
 
     def recon_mse():
-        needs(not points, "point clouds: the run's val_loss is their reconstruction (Chamfer) error")
+        needs(not points, "point clouds: their reconstruction errors are the run's val_chamfer (Chamfer) and val_emd")
         return invariance.reconstruction_mse(lambda x: batched(model.reconstruct, x, bs), images, args.n_boot,
                                              args.seed)
 
@@ -388,7 +391,8 @@ def _model_metrics(model, images, args) -> dict:
     def measure(family):  # the efficiency family is measured once, on one batch of the model's inputs
         if "efficiency" not in cache:
             cache["efficiency"] = efficiency.efficiency(model.engine, model.encode,
-                                                        efficiency.as_tensor(images[:bs], "cpu"))
+                                                        efficiency.as_tensor(images[:bs], "cpu"),
+                                                        co2_country=args.co2_country)
         return cache["efficiency"][family]
 
     compute = {"rotation_sensitivity": sensitivity, "rotation_invariance": invariance_,

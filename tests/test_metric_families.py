@@ -149,12 +149,16 @@ def test_efficiency_counts_parameters_and_sees_a_heavier_model():
 
     x = torch.randn(8, 64)
     heavy = Heavy()
-    a, b = efficiency(light, light, x), efficiency(heavy, heavy, x)
+    a, b = efficiency(light, light, x), efficiency(heavy, heavy, x, co2_country="GBR")
     assert a["parameters_M"].value == pytest.approx((64 * 8 + 8) / 1e6)
     assert b["parameters_M"].value == pytest.approx(64 * 2048 / 1e6)
     assert b["inference_ms_per_sample"].value > 5 * a["inference_ms_per_sample"].value
     if sys.platform.startswith("linux"):
         assert b["inference_peak_MiB"].value > 150 and a["inference_peak_MiB"].value < 50
+    # energy (codecarbon, a dev dependency; offline): the slower model costs more per sample; CO2 needs a grid
+    assert b["inference_mJ_per_sample"].value > 3 * a["inference_mJ_per_sample"].value > 0
+    assert b["inference_CO2_ug_per_sample"].value > 0 and "GBR" in b["inference_CO2_ug_per_sample"].note
+    assert "--co2_country" in a["inference_CO2_ug_per_sample"].skipped
 
 
 def test_latent_usage_is_about_one_for_a_decoder_of_the_code_and_zero_for_one_that_ignores_it():

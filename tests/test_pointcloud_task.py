@@ -1,4 +1,5 @@
-"""main_pointcloud end to end on a tiny cell cohort's clouds: both encoders train (every logged loss term), write
+"""main_pointcloud end to end on a tiny cell cohort's clouds: both encoders train (Chamfer and Earth Mover's loss;
+every logged loss term), write
 one latent row per cloud through the output contract, the VN run's code is invariant to rotating the test clouds,
 main_benchmark --run scores both with point-cloud rotations (and the cohort's planted outliers), and malformed point-cloud files
 are refused with one line naming the culprit."""
@@ -30,16 +31,17 @@ def _args(cells, save, *extra):
             "--json§DS_covariates§path", str(cells / "covariates.tsv"), *extra]
 
 
-@pytest.mark.parametrize("encoder", ["vn", "dgcnn"])
-def test_point_cloud_autoencoders_train_and_write_latents(encoder, tiny_cells, tmp_path):
+@pytest.mark.parametrize("encoder, loss", [("vn", "chamfer"), ("dgcnn", "emd")])
+def test_point_cloud_autoencoders_train_and_write_latents(encoder, loss, tiny_cells, tmp_path):
     from Engineering.Engines.saved_runs import load_run
 
     run(_args(tiny_cells, tmp_path, "--fulltrainID", encoder, "--num_epochs", "2", "--model§PointCloud§encoder",
-              encoder), registry.get("pointcloud"))
+              encoder, "--model§PointCloud§loss", loss), registry.get("pointcloud"))
     log = pd.read_csv(tmp_path / encoder / "csv_logs" / "metrics.csv")
-    for term in ("train_loss_epoch", "val_loss"):
+    for term in ("train_loss_epoch", "val_loss", "val_chamfer", "val_emd"):
         values = log[term].dropna().to_numpy()
         assert len(values) == 2 and np.isfinite(values).all() and (values > 0).all(), (term, values)
+    np.testing.assert_allclose(log["val_loss"].dropna(), log[f"val_{loss}"].dropna())  # the loss chosen
     table = pd.read_parquet(tmp_path / encoder / "Output" / "emb.parquet")
     from ast import literal_eval
     test = set(literal_eval(pd.read_csv(tiny_cells / "folds.csv")["test"][0]))

@@ -5,9 +5,12 @@ Time: the median over ``repeats`` timed passes of one batch (after a warm-up pas
 Memory: on CUDA the peak allocated by PyTorch during one pass, minus what was allocated before; on Linux CPUs
 the rise of the process's peak resident set size during one pass (the peak is reset first through
 /proc/self/clear_refs), which includes what the allocator keeps for later; elsewhere not measured (skipped with
-the reason). Lower is better for all three. Energy and CO2 would need ``codecarbon``'s hardware counters: not
-measured here. No bootstrap: these are measurements of one model, not statistics over samples; the spread of
-the timed passes is the reported interval for the time.
+the reason). Energy: when ``codecarbon`` is installed (``pip install codecarbon``; its offline tracker, nothing
+is sent), the energy of encoding passes repeated for about 2 seconds, per sample, as codecarbon estimates it for
+this process (RAPL counters where readable, else its CPU power model, plus RAM); CO2 from that energy and the
+grid intensity of a given country (``co2_country``, ISO 3166 alpha-3). Lower is better for all of them. No
+bootstrap: these are measurements of one model, not statistics over samples; the spread of the timed passes is
+the reported interval for the time.
 """
 from __future__ import annotations
 
@@ -25,7 +28,12 @@ METRICS = {
     "inference_ms_per_sample": (LOWER, "Median time of one encoding pass per sample (ms; interval: the fastest "
                                        "and slowest timed passes). Lower is better."),
     "inference_peak_MiB": (LOWER, "Peak memory added by one encoding pass (MiB). Lower is better."),
+    "inference_mJ_per_sample": (LOWER, "Energy of encoding per sample (millijoules, codecarbon's estimate). "
+                                       "Lower is better."),
+    "inference_CO2_ug_per_sample": (LOWER, "CO2-equivalent of that energy per sample (micrograms; the grid of "
+                                           "--co2_country). Lower is better."),
 }
+ENERGY_SECONDS = 2.0
 
 
 def _peak_rss_kib() -> int | None:
@@ -46,7 +54,8 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def efficiency(module: torch.nn.Module, encode, batch: torch.Tensor, repeats: int = 5) -> dict[str, MetricResult]:
+def efficiency(module: torch.nn.Module, encode, batch: torch.Tensor, repeats: int = 5,
+               co2_country: str | None = None) -> dict[str, MetricResult]:
     """``encode(batch)`` is timed and measured; ``module`` is counted."""
     n = len(batch)
     params = sum(p.numel() for p in module.parameters()) / 1e6
@@ -79,6 +88,42 @@ def efficiency(module: torch.nn.Module, encode, batch: torch.Tensor, repeats: in
                                                      note="CPU: rise of the process's peak resident set")
         else:
             out["inference_peak_MiB"] = MetricResult.skip(LOWER, "peak memory is measured on CUDA or on Linux only")
+        out.update(energy(encode, batch, co2_country))
+    return out
+
+
+def energy(encode, batch: torch.Tensor, co2_country: str | None) -> dict[str, MetricResult]:
+    """Energy (and CO2 with ``co2_country``) per sample of encoding passes repeated for ENERGY_SECONDS."""
+    try:
+        import logging
+
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
+        from codecarbon import OfflineEmissionsTracker
+    except ImportError:
+        why = "codecarbon is not installed (pip install codecarbon)"
+        return {"inference_mJ_per_sample": MetricResult.skip(LOWER, why),
+                "inference_CO2_ug_per_sample": MetricResult.skip(LOWER, why)}
+    tracker = OfflineEmissionsTracker(country_iso_code=co2_country or "USA", log_level="error", save_to_file=False,
+                                      measure_power_secs=1, tracking_mode="process")
+    tracker.start()
+    t0, samples = time.perf_counter(), 0
+    try:
+        while time.perf_counter() - t0 < ENERGY_SECONDS:
+            encode(batch)
+            samples += len(batch)
+    finally:
+        kg = tracker.stop()
+    data = tracker.final_emissions_data
+    mj = float(data.energy_consumed) * 3.6e9 / samples  # kWh -> mJ
+    note = f"codecarbon {data.cpu_model or 'CPU'}: {samples} samples in {time.perf_counter() - t0:.1f} s"
+    out = {"inference_mJ_per_sample": MetricResult(mj, mj, mj, LOWER, n=samples, note=note)}
+    if co2_country:
+        ug = float(kg) * 1e9 / samples
+        out["inference_CO2_ug_per_sample"] = MetricResult(ug, ug, ug, LOWER, n=samples,
+                                                          note=f"{note}; grid of {co2_country}")
+    else:
+        out["inference_CO2_ug_per_sample"] = MetricResult.skip(LOWER, "give --co2_country ISO3 (the grid's carbon "
+                                                                      "intensity) for CO2")
     return out
 
 

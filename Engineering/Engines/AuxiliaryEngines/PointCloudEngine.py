@@ -1,5 +1,6 @@
 """Lightning engine of the point-cloud autoencoders (seed 003): a DGCNN or a Vector Neuron encoder and a FoldingNet
-decoder trained with the Chamfer distance on (N, 3) / (N, 4) clouds (``Engineering/data/point_datamodule.py``).
+decoder trained with the Chamfer or the Earth Mover's distance (``model§PointCloud§loss``; validation logs both as
+val_chamfer and val_emd) on (N, 3) / (N, 4) clouds (``Engineering/data/point_datamodule.py``).
 Test: the codes as latents through the output contract (embeddings only: a cloud is no image to score by
 SSIM)."""
 from __future__ import annotations
@@ -15,6 +16,7 @@ from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.PointCloud import PointCloudAE, PointCloudConfig
 from Engineering.errors import UserError
 from Engineering.Science.chamfer import chamfer_distance
+from Engineering.Science.transport import earth_movers
 
 PointCloudKeys = keys_from_dataclass("PointCloudKeys", PointCloudConfig, exclude=("in_features", "latent_dim"),
                                      doc="model§PointCloud")
@@ -27,15 +29,23 @@ class PointCloudEngine(LatentEngine):
         super().__init__(cfg, in_channels)
         k = cfg.model.PointCloud
         self.pc_cfg = PointCloudConfig(encoder=k.encoder, in_features=in_channels, k=k.k, width=k.width,
-                                       n_layers=k.n_layers, latent_dim=cfg.model.latent_dim, grid=k.grid)
+                                       n_layers=k.n_layers, latent_dim=cfg.model.latent_dim, grid=k.grid,
+                                       loss=k.loss)
         self.net = PointCloudAE(self.pc_cfg)
 
     @staticmethod
     def _points(batch) -> torch.Tensor:
         return batch["inp"].transpose(1, 2).float()  # (B, F, N) as shipped -> (B, N, F)
 
+    def _losses(self, pts: torch.Tensor) -> dict[str, torch.Tensor]:
+        recon, target = self.net(pts)["recon"], pts[..., :3]
+        out = {"chamfer": chamfer_distance(recon, target).mean()}
+        if self.pc_cfg.loss == "emd" or not self.training:
+            out["emd"] = earth_movers(recon, target).mean()
+        return out
+
     def _loss(self, pts: torch.Tensor) -> torch.Tensor:
-        return chamfer_distance(self.net(pts)["recon"], pts[..., :3]).mean()
+        return self._losses(pts)[self.pc_cfg.loss]
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(self._points(batch))
@@ -44,8 +54,10 @@ class PointCloudEngine(LatentEngine):
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self._loss(self._points(batch)), on_epoch=True, prog_bar=True,
-                 batch_size=len(batch["inp"]), sync_dist=True)
+        losses = self._losses(self._points(batch))
+        n = len(batch["inp"])
+        self.log("val_loss", losses[self.pc_cfg.loss], on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
+        self.log_dict({f"val_{k}": v for k, v in losses.items()}, on_epoch=True, batch_size=n, sync_dist=True)
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return self.net.encode(x.transpose(1, 2).float())
@@ -78,7 +90,7 @@ class PointCloudRun(ImageRun):
 
 register(TaskSpec(
     name="pointcloud", description="Point-cloud autoencoders (seed 003): DGCNN or SO(3)-invariant Vector Neuron "
-                                   "encoder, FoldingNet decoder, Chamfer loss.",
+                                   "encoder, FoldingNet decoder, Chamfer or Earth Mover's loss.",
     configyml=str(CONFIGS / "config_pointcloud.yaml"), datajson=str(CONFIGS / "dataNpath_cells_points.json"),
     defaults={"latent_dim": 16, "batch_size": 8, "num_epochs": 5, "lr": 2e-3, "test_emb_only": True,
               "model§drive": "PointCloud", "model§tag": "PointCloud"},

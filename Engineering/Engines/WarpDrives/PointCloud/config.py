@@ -11,6 +11,7 @@ class PointCloudConfigError(DriveError):
 
 
 ENCODERS = ("dgcnn", "vn")
+LOSSES = ("chamfer", "emd")
 
 
 @dataclass
@@ -23,6 +24,8 @@ class PointCloudConfig:
     k: neighbours of the k-NN graph. width: features of the first layer (doubling once). n_layers: edge convs.
     latent_dim: the code. grid: the FoldingNet decoder folds a grid x grid square into grid**2 points
         (Yang et al., CVPR 2018).
+    loss: chamfer (Science/chamfer) or emd, the Earth Mover's distance (Science/transport, geomloss's Sinkhorn
+        divergence; slower, but every point must be matched). Validation logs both.
     """
 
     encoder: str = "dgcnn"
@@ -32,10 +35,13 @@ class PointCloudConfig:
     n_layers: int = 3
     latent_dim: int = 16
     grid: int = 16
+    loss: str = "chamfer"
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:
             raise PointCloudConfigError(f"encoder must be one of {', '.join(ENCODERS)}, got {self.encoder!r}")
+        if self.loss not in LOSSES:
+            raise PointCloudConfigError(f"loss must be one of {', '.join(LOSSES)}, got {self.loss!r}")
         if self.in_features not in (3, 4):
             raise PointCloudConfigError(f"in_features must be 3 (xyz) or 4 (xyz + intensity), got {self.in_features!r}")
         for name in ("k", "width", "n_layers", "latent_dim", "grid"):
