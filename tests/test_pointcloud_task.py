@@ -1,8 +1,7 @@
-"""main_pointcloud end to end on a tiny cell cohort's clouds: both encoders train (Chamfer and Earth Mover's loss;
-every logged loss term), write
-one latent row per cloud through the output contract, the VN run's code is invariant to rotating the test clouds,
-main_benchmark --run scores both with point-cloud rotations (and the cohort's planted outliers), and malformed point-cloud files
-are refused with one line naming the culprit."""
+"""main_pointcloud end to end on a tiny cell cohort's clouds: both encoders train (Chamfer and Earth Mover's
+loss; every logged loss term), write one latent row per cloud through the output contract, the VN run's code is
+invariant to rotating the test clouds, main_benchmark --run scores both with point-cloud rotations (and the
+cohort's planted outliers), and malformed point-cloud files are refused with one line naming the culprit."""
 from __future__ import annotations
 
 import h5py

@@ -22,4 +22,5 @@ def earth_movers(a: torch.Tensor, b: torch.Tensor, blur: float = 0.05) -> torch.
         raise ValueError(f"earth_movers needs (B, N, D) and (B, M, D) clouds, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
     # geomloss's p=2 cost is |x - y|^2 / 2: twice the divergence is the squared distance
-    return 2 * SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.9, backend="tensorized")(a.float().contiguous(), b.float().contiguous())
+    divergence = SamplesLoss("sinkhorn", p=2, blur=blur, scaling=0.9, backend="tensorized")
+    return 2 * divergence(a.float().contiguous(), b.float().contiguous())
