@@ -1,15 +1,16 @@
 """Classical vs rotation-invariant models on the synthetic 3D cell cohort (@cells; seed 003's comparison).
 
-Trains, at their demo budgets on this CPU, the rotation-invariant image AE (``main_rotinv``), a classical image
-AE and a VAE (``main_recon --pythae_model ae / vae``, 3D), a 3D DiffAE (``main_diffAE``, its UNet without the
-self-attention at 16³, which costs 6x the step time on a CPU), and the Vector Neuron and DGCNN point-cloud AEs
-(``main_pointcloud``) on the same cells and folds, then scores the test cells' latents with ``main_benchmark``
-and every model with ``--run``: the probes of the puncta placement rule, compactness, archetypes, outlier
-detection of the planted abnormal cells, rotation sensitivity (90° steps), rotation invariance under random
-SO(3) rotations (of volumes or clouds), pose equivariance, evolution energy and interpolation distance of
-decoded latent segments, latent usage, reconstruction error and efficiency. Writes ``--out``/report/
-(metrics.json, metrics.csv, report.html with the z-scored radar) and a Markdown table (``--write``). Not part
-of the tests (about 15 minutes on 2 CPU cores); run it alone.
+Trains, for a few CPU minutes each (longer than the executors' demo defaults, which are sized for a first
+look), the rotation-invariant image AE (``main_rotinv``), a classical image AE and a VAE (``main_recon
+--pythae_model ae / vae``, 3D), a 3D DiffAE (``main_diffAE``, its UNet without the self-attention at 16³, which
+costs 6x the step time on a CPU), and the Vector Neuron and DGCNN point-cloud AEs (``main_pointcloud``) on the
+same cells and folds, then scores the test cells' latents with ``main_benchmark`` and every model with
+``--run``: the probes of the puncta placement rule, compactness, archetypes, outlier detection of the planted
+abnormal cells, rotation sensitivity (90° steps), rotation invariance under random SO(3) rotations (of volumes
+or clouds), pose equivariance, evolution energy and interpolation distance of decoded latent segments, latent
+usage, reconstruction error and efficiency. Writes ``--out``/report/ (metrics.json, metrics.csv, report.html
+with the z-scored radar) and a Markdown table (``--write``). Not part of the tests (about 20 minutes on 2 CPU
+cores); run it alone.
 
     python benchmarks/bench_cells.py [--out bench_cells] [--write benchmarks/results/cells.md] [--radar PNG]
 """
@@ -28,16 +29,16 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LATENT = "16"
 IMAGE_3D = ["--datajson_path", "Configs/dataNpath_cells.json", "--is3D", "--input_shape", "32,32,32"]
-MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds and latent size
-    "RotInv": ("Executors/main_rotinv.py", []),
-    "AE_3D": ("Executors/main_recon.py", ["--pythae_model", "ae", *IMAGE_3D, "--batch_size", "8", "--num_epochs", "3",
+MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds and latent size; a few CPU minutes each
+    "RotInv": ("Executors/main_rotinv.py", ["--num_epochs", "8"]),
+    "AE_3D": ("Executors/main_recon.py", ["--pythae_model", "ae", *IMAGE_3D, "--batch_size", "8", "--num_epochs", "20",
                                           "--lr", "2e-3"]),
     "VAE_3D": ("Executors/main_recon.py", ["--pythae_model", "vae", *IMAGE_3D, "--batch_size", "8",
-                                           "--num_epochs", "3", "--lr", "2e-3"]),
+                                           "--num_epochs", "20", "--lr", "2e-3"]),
     "DiffAE_3D": ("Executors/main_diffAE.py", [*IMAGE_3D, "--batch_size", "8", "--num_epochs", "8",
                                                "--model§DiffAE§attn_res", "[]", "--test_emb_only"]),
-    "VN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "vn"]),
-    "DGCNN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "dgcnn"]),
+    "VN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "vn", "--num_epochs", "20"]),
+    "DGCNN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "dgcnn", "--num_epochs", "20"]),
 }
 ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "outlier_auroc/outlier", "rotation_invariance",
         "pose_equivariance_error", "rotation_sensitivity", "reconstruction_mse", "latent_usage_swap",
