@@ -6,11 +6,12 @@
 #   make ci     -> what CI runs: make test, then make test-deepspeed
 #   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 embedding tolerance
 #   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (README "How good are the latents?")
+#   make bench-cells -> classical vs rotation-invariant image and point-cloud models on @cells, every metric family
 VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-deepspeed ci bench bench-quality clean
+.PHONY: setup demo test test-slow test-deepspeed ci bench bench-quality bench-cells clean
 
 setup: $(VENV)/.installed
 
@@ -49,6 +50,10 @@ bench: setup
 # How good are the latents? DiffAE and a VAE vs PCA of the pixels on real images (about 25 minutes on 2 cores)
 bench-quality: setup
 	$(PY) benchmarks/bench_quality.py --write benchmarks/results/quality.md
+
+# seed 003's comparison on the bundled 3D cells (about 20 minutes on 2 cores)
+bench-cells: setup
+	$(PY) benchmarks/bench_cells.py --write benchmarks/results/cells.md --radar benchmarks/results/cells_radar.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache
