@@ -135,6 +135,8 @@ def main() -> None:
     p.add_argument("--vae_seeds", type=int, default=SEEDS["VAE"], help="training seeds of the VAE (their mean "
                                                                         "is its point estimate)")
     p.add_argument("--diffae_seeds", type=int, default=SEEDS["DiffAE"], help="training seeds of the DiffAE")
+    p.add_argument("--seed_offset", type=int, default=0,
+                   help="start at seed SEED + this (e.g. 1: more seeds beside runs already made)")
     p.add_argument("--reuse", action="store_true", help="keep finished runs")
     p.add_argument("--no-usage", dest="usage", action="store_false", help="skip the latent-usage diagnostic")
     p.add_argument("--raw_too", action="store_true", help="also score the DiffAE's raw (not EMA) encoder")
@@ -153,7 +155,7 @@ def main() -> None:
         embs, secs, seed_runs = {}, {}, {}
         for model in args.models:
             script, flags = MODELS[model]
-            for i in range(seeds[model]):  # the default seed first, then --seed 1702, 1703, ...
+            for i in range(args.seed_offset, args.seed_offset + seeds[model]):  # default seed, then 1702, ...
                 run_id = f"{model}_{args.tag}" + (f"_seed{SEED + i}" if i else "")
                 seed_flag = ["--seed", str(SEED + i)] if i else []
                 embs[run_id], secs[run_id] = train_and_embed(
