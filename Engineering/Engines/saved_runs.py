@@ -17,6 +17,7 @@ import torch
 
 from Engineering.config.schema import validate
 from Engineering.data.datamodule import H5DataModule
+from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines import registry
 from Engineering.Engines.registry import drive_errors
 from Engineering.Engines.untrusted import refuse_code
@@ -25,13 +26,16 @@ from Engineering.io.checkpoints import checkpoint_in, fit_state, read_checkpoint
 from Engineering.data.layout import SAMPLE_COLUMNS
 
 
+READERS = {"image": H5DataModule, "points": PointCloudDataModule}  # LatentEngine.input_kind -> DataModule
+
+
 @dataclass
 class SavedRun:
     engine: object  # a LatentEngine subclass, in eval mode, on the CPU
     cfg: object  # its validated config
     checkpoint: Path
     use_ema: bool  # evaluate with the EMA weights (as the run's own test phase would)
-    datamodule_class: type = H5DataModule  # the task's data pipeline (point clouds have their own)
+    datamodule_class: type = H5DataModule  # how its samples are read (point clouds have their own reader)
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.engine.embed(x, self.use_ema)
@@ -61,7 +65,9 @@ def load_run(run_or_file: str | Path) -> SavedRun:
         engine = task.engine_class()(cfg, int(in_channels))
     engine.load_state_dict(fit_state(engine, ckpt["state_dict"], str(path)))
     engine.eval()
-    data_cls = getattr(task.lifecycle_class(), "datamodule_class", H5DataModule)
+    # the whole file through the reader of the engine's kind of sample (not the task's split rules: main_iid's
+    # held-out groups would hide subjects)
+    data_cls = READERS[getattr(engine, "input_kind", "image")]
     return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"), data_cls)
 
 
