@@ -308,9 +308,9 @@ def _model_metrics(model, images, args) -> dict:
     from Engineering.Science.chamfer import chamfer_distance
 
     bs = int(model.cfg.training.batch_size)
-    points = model.engine.input_kind == "points"
+    kind = model.engine.input_kind
+    points = kind == "points"
     dim = 3 if points or model.cfg.model.is3D else 2
-    kind = "points" if points else "image"
     spatial = images.shape[-dim:] if len(images) and not points else ()
     encode = lambda x: batched(model.encode, x, bs)  # noqa: E731
     cache: dict = {}

@@ -35,7 +35,12 @@ class SavedRun:
     cfg: object  # its validated config
     checkpoint: Path
     use_ema: bool  # evaluate with the EMA weights (as the run's own test phase would)
-    datamodule_class: type = H5DataModule  # how its samples are read (point clouds have their own reader)
+
+    @property
+    def datamodule_class(self) -> type:
+        """The reader of the engine's kind of sample over the whole file (not the task's split rules: main_iid's
+        held-out groups would hide subjects)."""
+        return READERS[self.engine.input_kind]
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         return self.engine.embed(x, self.use_ema)
@@ -65,10 +70,7 @@ def load_run(run_or_file: str | Path) -> SavedRun:
         engine = task.engine_class()(cfg, int(in_channels))
     engine.load_state_dict(fit_state(engine, ckpt["state_dict"], str(path)))
     engine.eval()
-    # the whole file through the reader of the engine's kind of sample (not the task's split rules: main_iid's
-    # held-out groups would hide subjects)
-    data_cls = READERS[getattr(engine, "input_kind", "image")]
-    return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"), data_cls)
+    return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"))
 
 
 def upstream_engine(path: str, engine_cls: type, flag: str, task: str, purpose: str):

@@ -25,6 +25,7 @@ PointCloudModelKeys = create_model("PointCloudModelKeys", __base__=Keys, PointCl
 
 class PointCloudEngine(LatentEngine):
     input_kind = "points"
+
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
         k = cfg.model.PointCloud
@@ -68,8 +69,7 @@ class PointCloudEngine(LatentEngine):
     def render(self, x, codes, use_ema: bool) -> list[torch.Tensor]:
         """Each code's cloud, placed in x's own frame and centre (VN) or as decoded (DGCNN)."""
         enc = self.net.encoder(x.transpose(1, 2).float())
-        place = (lambda c: c @ enc["frame"] + enc["centre"]) if "frame" in enc else (lambda c: c)
-        return [place(self.net.decoder(z)) for z in codes]
+        return [self.net.place(self.net.decoder(z), enc) for z in codes]
 
     def pose(self, x, use_ema: bool) -> torch.Tensor | None:
         """The VN encoder's frame as a rotation (its rows are the frame's axes: pose = frame^T); DGCNN has none."""

@@ -68,8 +68,7 @@ class RotInvEngine(LatentEngine):
     def render(self, x, codes, use_ema: bool) -> list[torch.Tensor]:
         """Each code's canonical image turned by x's own pose."""
         pose = self.net.encoder(x)["pose_logits"].softmax(1)
-        mask = self.net.encoder.mask if self.rot_cfg.mask else 1
-        return [self.net.posed(self.net.decoder(z), pose) * mask for z in codes]
+        return [self.net.draw(self.net.decoder(z), pose) for z in codes]
 
     def pose(self, x, use_ema: bool) -> torch.Tensor:
         """The rotation matrix of the most likely group element."""

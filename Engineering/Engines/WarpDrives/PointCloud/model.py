@@ -174,9 +174,12 @@ class PointCloudAE(nn.Module):
     def encode(self, pts: torch.Tensor) -> torch.Tensor:
         return self.encoder(pts)["z"]
 
+    @staticmethod
+    def place(cloud: torch.Tensor, enc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A decoded cloud in the encoded input's pose: VN's canonical coordinates turned by its frame and moved to
+        its centre; DGCNN's as decoded."""
+        return cloud @ enc["frame"] + enc["centre"] if "frame" in enc else cloud
+
     def forward(self, pts: torch.Tensor) -> dict[str, torch.Tensor]:
         enc = self.encoder(pts)
-        recon = self.decoder(enc["z"])
-        if "frame" in enc:
-            recon = recon @ enc["frame"] + enc["centre"]  # canonical coordinates -> the input's pose
-        return {**enc, "recon": recon}
+        return {**enc, "recon": self.place(self.decoder(enc["z"]), enc)}

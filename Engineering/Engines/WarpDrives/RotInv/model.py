@@ -101,11 +101,13 @@ class RotInvAE(nn.Module):
         turned = torch.stack([self.group.act(g, canonical) for g in range(len(self.group))], 1)
         return (pose.view(*pose.shape, *[1] * (turned.ndim - 2)) * turned).sum(1)
 
+    def draw(self, canonical: torch.Tensor, pose: torch.Tensor) -> torch.Tensor:
+        """The canonical image in the pose's orientation, inside the mask: the reconstruction."""
+        recon = self.posed(canonical, pose)
+        return recon * self.encoder.mask if self.cfg.mask else recon
+
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         enc = self.encoder(x)
         pose = enc["pose_logits"].softmax(1)
         canonical = self.decoder(enc["z"])
-        recon = self.posed(canonical, pose)
-        if self.cfg.mask:
-            recon = recon * self.encoder.mask
-        return {"z": enc["z"], "pose": pose, "canonical": canonical, "recon": recon}
+        return {"z": enc["z"], "pose": pose, "canonical": canonical, "recon": self.draw(canonical, pose)}
