@@ -87,33 +87,34 @@ def embed_raw(data: Path, run_id: str, flags: list[str], reuse: bool) -> Path:
 
 
 def latent_usage(run_dir: Path, data: Path, n: int = 64, seed: int = 0) -> dict:
-    """MSE of each subject's rendering from its own x_T with its own z vs with another subject's z."""
+    """The DiffAE's latent-usage diagnostic of ``main_benchmark --run`` (``Eval/latent_usage``) on n test subjects:
+    each one's own x_T rendered with its own z and with the next subject's z; MSE in the model's input units."""
+    from ast import literal_eval
+
     import pandas as pd
     import torch
 
     from Engineering.Engines.saved_runs import load_run, sample_images
+    from Engineering.Eval.latent_usage import pointwise_latent_usage
 
     run = load_run(run_dir)
-    eng = run.engine
     ids = pd.read_csv(data / "labels.tsv", sep="\t", dtype=str)["FID"]
-    from ast import literal_eval
     test = set(literal_eval(pd.read_csv(data / "folds.csv")["test"][0]))
     rows = pd.DataFrame({"patientID": [i for i in ids if i in test]})
     rows = rows.assign(fieldID="F0", instanceID="2", key="primary_img_0", c=0, t=0, s=0)
     x = torch.from_numpy(sample_images(run, rows, data / "data.h5", n, seed)).float()
-    net = eng.ema_net if run.use_ema else eng.net
+
+    def render(inputs, codes):
+        with torch.no_grad():
+            return [r.numpy() for r in run.render(torch.from_numpy(inputs), [torch.from_numpy(c) for c in codes])]
+
     with torch.no_grad():
-        z = net.encode(x)
-        x_T = eng.diffusion.ddim_invert(net, x, z, eng.T_inv, clip=eng.clip)
-        own = eng.diffusion.ddim_sample(net, x_T, z, eng.T_step, clip=eng.clip)
-        perm = torch.roll(torch.arange(len(x)), 1)  # every subject gets another subject's code
-        swap = eng.diffusion.ddim_sample(net, x_T, z[perm], eng.T_step, clip=eng.clip)
-    mse_own = ((own - x) ** 2).flatten(1).mean(1)
-    mse_swap = ((swap - x) ** 2).flatten(1).mean(1)
-    mse_other = ((x[perm] - x) ** 2).flatten(1).mean(1)  # the scale: how different two subjects are
-    return {"n": len(x), "mse_own_z": float(mse_own.mean()), "mse_swapped_z": float(mse_swap.mean()),
-            "mse_between_subjects": float(mse_other.mean()),
-            "swap_over_own": float(mse_swap.mean() / mse_own.mean())}
+        z = run.encode(x).numpy()
+    e = pointwise_latent_usage(render, x.numpy(), z, x.numpy())
+    return {"n": len(x), "mse_own_z": float(e["own"].mean()), "mse_swapped_z": float(e["swap"].mean()),
+            "mse_between_subjects": float(e["between"].mean()),
+            "swap_over_own": float(e["swap"].mean() / e["own"].mean()),
+            "latent_usage_swap": float(((e["swap"] - e["own"]) / e["between"]).mean())}
 
 
 def score(data: Path, embs: dict[str, Path], out: Path) -> dict:
@@ -177,8 +178,9 @@ def main() -> None:
             if rep.startswith("DiffAE") and not rep.endswith("_raw") and args.usage:
                 row["latent_usage"] = latent_usage(data / "runs" / rep, data)
                 u = row["latent_usage"]
-                usage_lines.append(f"| {name} | {u['mse_own_z']:.4f} | {u['mse_swapped_z']:.4f} | "
-                                   f"{u['swap_over_own']:.1f}× | {u['mse_between_subjects']:.4f} |")
+                usage_lines.append(f"| {name} | {rep} | {u['mse_own_z']:.4f} | {u['mse_swapped_z']:.4f} | "
+                                   f"{u['swap_over_own']:.1f}× | {u['mse_between_subjects']:.4f} | "
+                                   f"{u['latent_usage_swap']:.3f} |")
             print(json.dumps(row), flush=True)
             lines.append(f"| {name} | {rep} | {row['probe_bal_acc']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] | "
                          f"{row['vs_pca']:.3f}× | {row['knn_acc']:.3f} | {row['seconds'] or ''} |")
@@ -197,8 +199,9 @@ def main() -> None:
     table = "\n".join(lines)
     if usage_lines:
         table += ("\n\nLatent usage (DiffAE, test subjects, rendering from each subject's own x_T; MSE in the model's "
-                  "input units):\n\n| data | own z | another subject's z | ratio | two subjects' images |\n"
-                  "|---|---|---|---|---|\n" + "\n".join(usage_lines))
+                  "input units; latent_usage_swap as main_benchmark --run reports it: (swapped - own) / two "
+                  "subjects' distance):\n\n| data | run | own z | another subject's z | ratio | two subjects' images "
+                  "| latent_usage_swap |\n|---|---|---|---|---|---|---|\n" + "\n".join(usage_lines))
     print(table)
     if args.write:
         Path(args.write).write_text(table + "\n")

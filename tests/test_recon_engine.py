@@ -138,3 +138,62 @@ def test_vqvae_every_loss_term_falls(tiny_demo, tmp_path):
     for term in ("train_recon_loss_epoch", "train_vq_loss_epoch", "val_loss"):
         curve = m[term].dropna().to_numpy()
         assert len(curve) == 4 and curve[-1] < curve[0] and curve.max() <= curve[0] * 1.5, (term, curve)
+
+
+@pytest.mark.parametrize("name", ["vae", "factor_vae"])  # automatic and manual optimisation
+def test_use_ema_averages_every_optimiser_step(tiny_demo, name):
+    """--use_ema: after each optimiser step the EMA moves toward the trained weights by 1 - ema_decay_at(n),
+    recomputed here from the weights the steps left; the latents are the EMA's."""
+    from Engineering.Engines.AuxiliaryEngines.LatentEngine import ema_decay_at
+
+    cfg = resolve(_args(tiny_demo, "--pythae_model", name, "--use_ema", "--lr", "3e-3"), TASK).cfg
+    L.seed_everything(0, verbose=False)
+    dm = H5DataModule(cfg, merge_train_val=True)
+    engine = ReconEngine(cfg, 1)
+    engine.has_val = False
+    key = next(k for k, p in engine.net.named_parameters() if p.requires_grad)
+    expected = dict(engine.net.named_parameters())[key].detach().clone()
+    steps: list[torch.Tensor] = []
+
+    class Record(L.Callback):
+        def on_train_batch_end(self, trainer, module, *args):
+            steps.append(dict(module.net.named_parameters())[key].detach().clone())
+
+    # max_steps counts every optimiser's steps (factor_vae has two): 6 batches either way
+    trainer = L.Trainer(accelerator="cpu", max_steps=6 * len(engine.net.optimiser_specs()), limit_val_batches=0,
+                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[Record()])
+    trainer.fit(engine, datamodule=dm)
+    for n, p in enumerate(steps):  # one update per batch, whatever the number of optimisers
+        decay = ema_decay_at(n, cfg.training.ema_decay, cfg.training.ema_warmup)
+        expected = decay * expected + (1 - decay) * p
+    ema = dict(engine.ema_net.named_parameters())[key]
+    assert len(steps) == 6
+    torch.testing.assert_close(ema, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(ema, steps[-1])  # an average, not the last weights
+    x = torch.stack([dm.dataset("train").sample(i)["inp"] for i in range(4)])
+    engine.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(engine.embed(x, True), engine.ema_net.embed(x))
+        assert not torch.allclose(engine.embed(x, True), engine.embed(x, False))
+
+
+def test_use_ema_end_to_end_and_rhvae_refused(tiny_demo, tmp_path):
+    """main_recon --use_ema writes the EMA's latents (recorded in emb.h5) and a reload embeds the same;
+    rhvae, whose metric is state outside its weights, refuses it with one line."""
+    import h5py
+    import pandas as pd
+
+    common = ["--json§save_path", str(tmp_path), "--fulltrainID", "ema", "--n_train_batches", "3",
+              "--n_val_batches", "2"]
+    run(_args(tiny_demo, *common, "--use_ema", "--num_epochs", "2"), TASK)
+    with h5py.File(tmp_path / "ema" / "Output" / "emb.h5") as h5:
+        assert bool(h5.attrs["ema"]) is True
+    run(_args(tiny_demo, *common, "--use_ema", "--resume", "--load_best", "--run_mode", "2", "--output_suffix",
+              "again", "--test_emb_only"), TASK)
+    first, again = (pd.read_csv(tmp_path / "ema" / d / "emb.tsv", sep="\t") for d in ("Output", "Output_again"))
+    z = [c for c in first.columns if c.startswith("Z")]
+    assert len(first) > 0
+    pd.testing.assert_frame_equal(first[z], again[z], rtol=1e-5)
+    with pytest.raises(UserError, match="--use_ema: rhvae"):
+        run(_args(tiny_demo, "--pythae_model", "rhvae", "--use_ema", "--json§save_path", str(tmp_path)), TASK)

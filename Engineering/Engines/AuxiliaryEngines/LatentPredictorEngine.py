@@ -157,7 +157,8 @@ LATENTCLS_FLAGS = (
     Flag("mlp_hidden", ("model", "mlp_hidden"), "int", 64, "Hidden width of the MLP head.", LATENTCLS_GROUP),
     Flag("mlp_dropout", ("model", "mlp_dropout"), "float", 0.1, "Dropout of the MLP head.", LATENTCLS_GROUP),
     Flag("use_ema", ("training", "use_ema"), "bool", False,
-         "Keep an EMA of the heads' weights (training§ema_decay); evaluated with --test_ema.", LATENTCLS_GROUP),
+         "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, the "
+         "best checkpoint and the outputs use it with --test_ema.", LATENTCLS_GROUP),
     Flag("manipulate", ("eval", "manipulate"), "str", "",
          "DiffAE parents: move z_sem along the linear head's direction for this target (TARGET or TARGET:CLASS) "
          "and render.", LATENTCLS_GROUP),

@@ -16,6 +16,7 @@ from pydantic import Field, create_model
 from Engineering.config.flags import Flag
 from Engineering.config.loader import read_mapping
 from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.errors import UserError
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
@@ -65,6 +66,12 @@ class ReconEngine(LatentEngine):
         self.automatic_optimization = not self.net.is_multi_optimiser
         self.needs_grad_in_eval = self.net.needs_grad_in_eval
         self._touched: set[str] = set()
+        self._ema_updates = 0  # EMA updates under manual optimisation (the warm-up's n)
+        if cfg.training.use_ema:  # validated, embedded and decoded with the EMA when eval§test_ema (the default)
+            if self.drive_cfg.model == "rhvae":
+                raise UserError("--use_ema: rhvae's metric is state outside its weights (set from the training "
+                                "passes at each epoch's end), which an average of the weights would not match")
+            self.init_ema()
 
     def _train_size(self) -> int:
         return len(self.trainer.datamodule.dataset("train"))
@@ -98,6 +105,18 @@ class ReconEngine(LatentEngine):
                     opt.step()  # clipping happens in on_before_optimizer_step, after the AMP unscale
                 opt.zero_grad()
             self._touched.clear()
+            if hasattr(self, "ema_net"):  # Lightning's optimizer_step hook (LatentEngine's EMA) is automatic-only;
+                # global_step counts every optimiser's steps here, so the warm-up counts updates itself
+                self.update_ema(self._ema_updates)
+                self._ema_updates += 1
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["ema_updates"] = self._ema_updates
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._ema_updates = int(checkpoint.get("ema_updates", 0))
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Under 16-mixed the gradients are still multiplied by the loss scale until Lightning's precision
@@ -126,7 +145,7 @@ class ReconEngine(LatentEngine):
         # hvae/rhvae/rae_gp differentiate inside their forward: the trainer runs without inference_mode for them.
         with torch.enable_grad() if self.needs_grad_in_eval else torch.no_grad():
             # the same warm-up state as training (disentangled_beta_vae's KL target, vamp's warm-up)
-            out = self.net(batch, epoch=self.current_epoch, dataset_size=self._train_size())
+            out = self._net(bool(self.cfg.eval.test_ema))(batch, epoch=self.current_epoch, dataset_size=self._train_size())
         self.log("val_loss", out.loss.detach(), on_epoch=True, prog_bar=True, batch_size=batch["inp"].shape[0],
                  sync_dist=True)
 
@@ -145,14 +164,19 @@ class ReconEngine(LatentEngine):
             return {"optimizer": opt, "lr_scheduler": schedulers[0]} if schedulers else opt
         return (optimisers, schedulers) if schedulers else optimisers
 
+    def _net(self, use_ema: bool) -> PythaeDrive:
+        return self.ema_net if use_ema and hasattr(self, "ema_net") else self.net
+
     def embed(self, x, use_ema: bool) -> torch.Tensor:
-        return self.net.embed(x)
+        return self._net(use_ema).embed(x)
 
     def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
-        return self.net.decode(z) if hasattr(self.net, "decode") else self.net.reconstruct(x)
+        net = self._net(use_ema)
+        return net.decode(z) if hasattr(net, "decode") else net.reconstruct(x)
 
     def decode(self, z, use_ema: bool):
-        return self.net.decode(z) if hasattr(self.net, "decode") else None
+        net = self._net(use_ema)
+        return net.decode(z) if hasattr(net, "decode") else None
 
 
 RECON_FLAGS = (
@@ -160,6 +184,9 @@ RECON_FLAGS = (
          "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.", "Model"),
     Flag("pythae_config", ("model", "pythae", "config_json"), "str", "",
          "JSON file of pythae model parameters (above the YAML's models§<name>, below path overrides).", "Model"),
+    Flag("use_ema", ("training", "use_ema"), "bool", False,
+         "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, the "
+         "best checkpoint and the outputs use it with --test_ema.", "Training"),
 )
 
 register(TaskSpec(
