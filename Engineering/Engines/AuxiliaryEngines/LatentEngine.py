@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from Engineering.config.flags import Flag
 from Engineering.Engines.output_writer import test_record
 from Engineering.errors import UserError
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
@@ -45,6 +46,13 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     the fixed decay of DiffAE's and the ancestor's training."""
     return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
+
+
+def use_ema_flag(group: str):
+    """--use_ema of an engine that keeps its EMA only when asked (``init_ema``); one text for every task."""
+    return Flag("use_ema", ("training", "use_ema"), "bool", False,
+                "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, "
+                "the best checkpoint and the outputs use it with --test_ema.", group)
 
 class LatentEngine(L.LightningModule):
     input_kind = "image"  # what a sample is: "image" (C, *S) or "points" (F, N); the benchmark rotates each its way

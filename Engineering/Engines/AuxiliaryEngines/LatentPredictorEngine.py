@@ -24,7 +24,7 @@ from pydantic import Field
 
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys
-from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine, use_ema_flag
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.data.latent_tables import TargetSpec
 from Engineering.errors import UserError
@@ -156,9 +156,7 @@ LATENTCLS_FLAGS = (
          "Heads trained together on the latents: linear, mlp or both (comma-separated).", LATENTCLS_GROUP),
     Flag("mlp_hidden", ("model", "mlp_hidden"), "int", 64, "Hidden width of the MLP head.", LATENTCLS_GROUP),
     Flag("mlp_dropout", ("model", "mlp_dropout"), "float", 0.1, "Dropout of the MLP head.", LATENTCLS_GROUP),
-    Flag("use_ema", ("training", "use_ema"), "bool", False,
-         "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, the "
-         "best checkpoint and the outputs use it with --test_ema.", LATENTCLS_GROUP),
+    use_ema_flag(LATENTCLS_GROUP),
     Flag("manipulate", ("eval", "manipulate"), "str", "",
          "DiffAE parents: move z_sem along the linear head's direction for this target (TARGET or TARGET:CLASS) "
          "and render.", LATENTCLS_GROUP),

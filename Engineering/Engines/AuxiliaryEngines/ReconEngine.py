@@ -17,7 +17,7 @@ from Engineering.config.flags import Flag
 from Engineering.config.loader import read_mapping
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.errors import UserError
-from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine, use_ema_flag
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
@@ -145,7 +145,8 @@ class ReconEngine(LatentEngine):
         # hvae/rhvae/rae_gp differentiate inside their forward: the trainer runs without inference_mode for them.
         with torch.enable_grad() if self.needs_grad_in_eval else torch.no_grad():
             # the same warm-up state as training (disentangled_beta_vae's KL target, vamp's warm-up)
-            out = self._net(bool(self.cfg.eval.test_ema))(batch, epoch=self.current_epoch, dataset_size=self._train_size())
+            net = self._net(bool(self.cfg.eval.test_ema))
+            out = net(batch, epoch=self.current_epoch, dataset_size=self._train_size())
         self.log("val_loss", out.loss.detach(), on_epoch=True, prog_bar=True, batch_size=batch["inp"].shape[0],
                  sync_dist=True)
 
@@ -184,9 +185,7 @@ RECON_FLAGS = (
          "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.", "Model"),
     Flag("pythae_config", ("model", "pythae", "config_json"), "str", "",
          "JSON file of pythae model parameters (above the YAML's models§<name>, below path overrides).", "Model"),
-    Flag("use_ema", ("training", "use_ema"), "bool", False,
-         "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, the "
-         "best checkpoint and the outputs use it with --test_ema.", "Training"),
+    use_ema_flag("Training"),
 )
 
 register(TaskSpec(
