@@ -96,7 +96,8 @@ def test_cosine_schedule_is_warmup_then_cosine_and_resumes_at_another_length(epo
     # the reference: torch's own linear warm-up chained with cosine annealing
     ref_opt = torch.optim.SGD(p, lr=1e-3)
     w = min(warmup, max(epochs - 1, 0))
-    cos = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=max(1, epochs - w), eta_min=min_lr)
+    # T_max: the epoch steps after the warm-up, so that eta_min is the last trained epoch's rate (issue 33)
+    cos = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=max(1, epochs - 1 - w), eta_min=min_lr)
     ref = cos if w == 0 else torch.optim.lr_scheduler.SequentialLR(
         ref_opt, [torch.optim.lr_scheduler.LinearLR(ref_opt, 0.1, 1.0, w), cos], milestones=[w])
     assert ours == pytest.approx(lrs(ref_opt, ref, epochs), rel=1e-9, abs=1e-15)

@@ -42,14 +42,17 @@ def make_scheduler(optimiser, training_cfg, monitor: str) -> dict | None:
 
 
 def cosine_with_warmup(optimiser, epochs: int, warmup: int, min_lr: float):
-    """Linear warm-up from lr/10 over ``warmup`` epochs, then cosine annealing to ``min_lr`` at the last epoch
-    (SGDR's schedule, Loshchilov & Hutter, ICLR 2017, without restarts).
+    """Linear warm-up from lr/10 over ``warmup`` epochs, then cosine annealing from lr to ``min_lr``, which is the
+    learning rate of the last epoch (epoch ``epochs - 1``; SGDR's schedule, Loshchilov & Hutter, ICLR 2017, without
+    restarts). The cosine spans the ``epochs - 1 - warmup`` epoch steps after the warm-up, so that its end falls on
+    an epoch that is trained (a span of ``epochs - warmup`` would end one step after training stops). With a
+    single epoch after the warm-up there is no step to anneal over: that epoch runs at lr.
 
     One LambdaLR whose state is only the epoch count: a run resumed with a different --num_epochs (training
     longer) continues on the schedule of its new length, where chained schedulers would change type and refuse
     the saved state."""
     warmup = min(warmup, max(epochs - 1, 0))
-    span = max(1, epochs - warmup)
+    span = max(1, epochs - 1 - warmup)
 
     def factor(base_lr: float):
         floor = min_lr / base_lr if base_lr > 0 else 0.0
