@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 
 from Engineering.errors import ArgParser, UserError, run_cli
+from Engineering.io.read_budget import check_bytes, check_read, nbytes
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
 from Engineering.data.layout import iter_datasets
@@ -82,6 +83,7 @@ def main(args: argparse.Namespace) -> None:
     data_path = check_h5(args.input)
     if min(args.size) < 1:
         raise UserError(f"--size must be positive, got {args.size}")
+    check_read(args.size, np.uint8, f"one {args.size[0]}x{args.size[1]} frame of --size")  # before any read
     out = Path(args.out)
     mask_path = None
     if not args.no_mask:
@@ -106,7 +108,14 @@ def main(args: argparse.Namespace) -> None:
             if ds.ndim != 5:
                 report.fail(entry.path, f"not 5D (shape {ds.shape})")
                 continue
-            mask = masks[entry.path][()] if masks is not None and entry.path in masks else None
+            has_mask = masks is not None and entry.path in masks
+            out_shape = ds.shape[:3] + size
+            # the image, its crop, and the mask and its crop, all held at once (checked before reading any)
+            need = nbytes(ds.shape, ds.dtype) + nbytes(out_shape, ds.dtype) + (
+                nbytes(masks[entry.path].shape, masks[entry.path].dtype) + nbytes(out_shape, masks[entry.path].dtype)
+                if has_mask else 0)
+            check_bytes(need, f"cropping {data_path}:{entry.path} (shape {ds.shape}) to {size[0]}x{size[1]}")
+            mask = masks[entry.path][()] if has_mask else None
             centre = mask_centre(mask) if mask is not None else None
             if centre is None:
                 report.note("datasets without a (non-empty) mask, centred on the image")

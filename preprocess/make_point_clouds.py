@@ -17,8 +17,9 @@ import h5py
 import numpy as np
 
 from Engineering.data.layout import iter_datasets
-from Engineering.data.pointclouds import sample_point_cloud
+from Engineering.data.pointclouds import sample_point_cloud, sampling_bytes
 from Engineering.errors import ArgParser, UserError, run_cli
+from Engineering.io.read_budget import check_bytes
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
 from preprocess.h5_writer import atomic_h5, check_h5
@@ -48,6 +49,7 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"--n_points must be >= 1, got {args.n_points}")
     if not 0 <= args.threshold < 1:
         raise UserError(f"--threshold must be in [0, 1), got {args.threshold}")
+    check_bytes(sampling_bytes((), args.n_points), f"--n_points {args.n_points}")  # before any volume is read
     out = Path(args.out) if args.out else data_path.parent / "points.h5"
     if out.resolve() == data_path.resolve():
         raise UserError(f"--out would overwrite the input data file: {out}")
@@ -64,6 +66,8 @@ def main(args: argparse.Namespace) -> None:
                         raise ValueError(f"not a 5D dataset with a volume (S > 1), shape {ds.shape}")
                     if not (0 <= args.channel < ds.shape[0] and 0 <= args.time < ds.shape[1]):
                         raise ValueError(f"--channel {args.channel} / --time {args.time} outside shape {ds.shape}")
+                    check_bytes(sampling_bytes(ds.shape[2:], args.n_points),
+                                f"sampling {args.n_points} points from {data_path}:{entry.path} (volume {ds.shape[2:]})")
                     mask = None
                     if masks is not None:
                         path = f"{entry.group}/{entry.key}"

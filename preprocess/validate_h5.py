@@ -23,6 +23,7 @@ from rich.table import Table
 
 from Engineering.data.layout import members, parse_key
 from Engineering.errors import ArgParser, UserError, run_cli
+from Engineering.io.read_budget import check_read
 from preprocess.cli import tool_main, tool_parser
 from preprocess.h5_writer import check_h5, magnitude_range
 
@@ -109,6 +110,11 @@ def check_dataset(path: str, key: str, ds: h5py.Dataset, out: Findings, scan: bo
         except (TypeError, ValueError):
             out.problems.append(f"{path}: DICOMHeader is not valid JSON")
     if scan and ds.ndim == 5 and ds.size and ds.dtype.kind in "iufc":
+        try:  # one C x T block at a time, each read checked from its declared size first
+            check_read(ds.shape[2:], ds.dtype, f"one block of {path}", copies=3)  # the block, its masks, its values
+        except UserError as exc:
+            out.problems.append(f"{path}: not scanned: {exc} (--quick skips the scan)")
+            return
         check_values(path, ds, out, tol)
 
 

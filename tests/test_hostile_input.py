@@ -77,7 +77,7 @@ def _data(tmp_path, shape=(1, 2, 1, 16, 16), **attrs):
 @pytest.mark.parametrize("shape,attrs,extra,words", [
     ((1, 0, 1, 16, 16), {}, [], ["is empty", "zero-length axis"]),
     ((1, 2, 1, 16, 16), {"min_val": "low", "max_val": 10}, ["--norm_type", "minmaxvol"], ["min_val='low'"]),
-    ((1, 1, 1, 150_000, 150_000), {}, ["--interp_fact", "1"], ["GiB per sample"]),
+    ((1, 1, 1, 150_000, 150_000), {}, ["--interp_fact", "1"], ["one sample of", "GiB, more than"]),
 ])
 def test_bad_data_files(tmp_path, capsys, shape, attrs, extra, words):
     if shape[-1] == 150_000:  # 84 GiB as float32: declared, never allocated (chunked, empty)

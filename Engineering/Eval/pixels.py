@@ -19,6 +19,7 @@ import pandas as pd
 from Engineering.data.layout import KEY_COLUMNS, SampleKey
 from Engineering.data.transforms import axis_perm
 from Engineering.errors import UserError
+from Engineering.io.read_budget import check_read
 
 
 
@@ -47,6 +48,7 @@ def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slic
             ds = h5[name]
             if ds.ndim != 5:
                 raise UserError(f"{path.name}:{name} has shape {ds.shape}; expected C x T x S x X x Y")
+            check_read(ds.shape, ds.dtype, f"pixels {path.name}:{name}", copies=2)  # the read and its float32 rows
             arr = np.transpose(ds[()], perm)
             whole = [bool(arr.shape[a] > 1 and (part[ax] == 0).all()) for a, ax in enumerate("cts")]
             for pos, (c, t, s) in zip(part.index, part[["c", "t", "s"]].to_numpy()):

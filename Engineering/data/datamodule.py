@@ -1,7 +1,6 @@
 """The Lightning DataModule: config -> index -> fold -> datasets -> loaders."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import h5py
@@ -18,6 +17,7 @@ from Engineering.data.index import load_records, selection_from
 from Engineering.data.labels import read_label_table
 from Engineering.data.transforms import VOLUME_NORMS, axis_perm, normalise_batch
 from Engineering.errors import UserError
+from Engineering.io.read_budget import check_bytes
 from Engineering.io.shards import parse_shard
 
 
@@ -78,13 +78,6 @@ def sample_spec(cfg) -> SampleSpec:
                       norm_range=d.norm_range, allow_pad=d.allow_pad, croppad=d.croppad, interp_fact=d.interp_fact,
                       complex_mode=d.complex_mode, grey2RGB=d.grey2RGB, mask_mode=d.data_mask_mode,
                       flip_prob=d.flip_prob, flip_axes=tuple(d.flip_axes))
-
-
-def _memory_bytes() -> int:
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
-    except (ValueError, OSError, AttributeError):  # not POSIX: assume a laptop
-        return 16 * 2**30
 
 
 class EpochShuffle(Sampler):
@@ -151,14 +144,10 @@ class H5DataModule(L.LightningDataModule):
 
     def _check_shapes(self) -> None:
         """Every selected dataset must fit the model (crop/pad rules) and memory before anything runs or is written."""
-        limit = _memory_bytes() // 4
         for rec in self.records:
-            need = self.spec.sample_bytes(rec)
-            if need > limit:
-                raise UserError(f"{self.h5file}:{rec.path} (shape {rec.shape}) would need {need / 2**30:.1f} GiB per "
-                                f"sample after resampling (--interp_fact {self.spec.interp_fact:g}), more than a quarter "
-                                f"of this machine's {4 * limit / 2**30:.0f} GiB; check the selection, DS_split_* and "
-                                "--interp_fact")
+            check_bytes(self.spec.sample_bytes(rec), f"one sample of {self.h5file}:{rec.path} (shape {rec.shape}) "
+                        f"after resampling (--interp_fact {self.spec.interp_fact:g})",
+                        "check the selection, DS_split_* and --interp_fact")
             problem = self.spec.fit_problem(self.spec.sample_spatial(rec), f"{self.h5file}:{rec.path}")
             if problem:
                 raise UserError(problem)

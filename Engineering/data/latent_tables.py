@@ -196,6 +196,11 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
             raise UserError(f"target '{t.name}' has no value among the training patients of {where}")
         if t.kind == CATEGORICAL:
             classes = tuple(sorted({str(v) for v in t.values[mask]}))
+            seen = sorted({str(v) for v in t.values[mask & train]})
+            if len(seen) < 2:  # a classifier of one class predicts it everywhere: its scores would mean nothing
+                raise UserError(f"target '{t.name}' has the single class {seen[0]!r} among the training patients of "
+                                f"{where} (all patients: {', '.join(classes)}); a classifier needs two: choose "
+                                "another fold or leave the target out (--targets)")
             code = {c: i for i, c in enumerate(classes)}
             col = np.array([code[str(v)] if m else np.nan for v, m in zip(t.values, mask)], dtype=np.float32)
             specs.append(TargetSpec(t.name, CATEGORICAL, classes))

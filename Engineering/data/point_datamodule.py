@@ -18,6 +18,7 @@ from Engineering.data.folds import WHOLE_FILE, is_whole_file, read_fold
 from Engineering.data.index import key_selected, selection_from
 from Engineering.data.layout import SampleInfo, SampleKey, iter_datasets
 from Engineering.errors import UserError
+from Engineering.io.read_budget import check_read
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,12 @@ class PointCloudDataModule(H5DataModule):
                 if ds.ndim != 2 or ds.shape[1] not in (3, 4):
                     raise UserError(f"{self.h5file}:{entry.path} has shape {ds.shape}; point clouds are (N, 3) or "
                                     "(N, 4) (xyz + intensity)")
+                if ds.dtype.kind not in "iuf":  # strings, objects, complex: no coordinates to learn from
+                    raise UserError(f"{self.h5file}:{entry.path} holds {ds.dtype} data; point clouds are real numbers")
+                if ds.shape[0] < 2:  # a cloud of 0 or 1 points has no shape (and no spread to normalise by)
+                    raise UserError(f"{self.h5file}:{entry.path} has {ds.shape[0]} point(s); a point cloud needs "
+                                    "at least 2 (make_point_clouds.py --n_points)")
+                check_read(ds.shape, np.float32, f"point cloud {self.h5file}:{entry.path}")
                 self.records.append(CloudRecord(entry.patientID, entry.fieldID, entry.instanceID, entry.key,
                                                 tuple(ds.shape)))
                 sizes.add(tuple(ds.shape))

@@ -11,6 +11,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from Engineering.io.read_budget import nbytes
+
+
+def sampling_bytes(volume_shape: tuple[int, ...], n_points: int) -> int:
+    """What :func:`sample_point_cloud` allocates, near enough, for the memory check before a volume is read: five
+    float64 copies of the volume (itself, its weights, their clip and normalised copies, the sampler's cumulative
+    sum) and about twenty float64 numbers per point (indices, coordinates, jitter, the stacked cloud)."""
+    return 5 * nbytes(volume_shape, np.float64) + 20 * 8 * int(n_points)
+
 
 def sample_point_cloud(volume: np.ndarray, n_points: int, rng: np.random.Generator, threshold: float = 0.1,
                        mask: np.ndarray | None = None) -> np.ndarray:

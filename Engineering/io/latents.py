@@ -17,6 +17,7 @@ import pandas as pd
 
 from Engineering.data.layout import INDEX_COLUMNS, KEY_COLUMNS, SAMPLE_COLUMNS, SampleKey, iter_datasets
 from Engineering.errors import UserError
+from Engineering.io.read_budget import check_bytes, nbytes
 
 _Z_COLUMN = re.compile(r"^Z(\d+)$")
 # Searched in this order inside a run folder: parquet is the fastest to read.
@@ -108,7 +109,7 @@ def _read_h5(file: Path) -> pd.DataFrame:
     import h5py  # only needed for this format
 
     parts: list[pd.DataFrame] = []
-    latent_dim = None
+    latent_dim, total = None, 0
     with h5py.File(file, "r") as h5:
         for where, ds in iter_datasets(h5):
             if ds.ndim != 4:
@@ -116,6 +117,10 @@ def _read_h5(file: Path) -> pd.DataFrame:
             if latent_dim is not None and ds.shape[-1] != latent_dim:
                 raise UserError(f"{file}:{ds.name} has latent_dim {ds.shape[-1]}, others {latent_dim}")
             latent_dim = ds.shape[-1]
+            # every array is held (as a float32 table) until the concat copies them all once more
+            total += nbytes(ds.shape, np.float32)
+            check_bytes(2 * total, f"{file}: the latent arrays up to {ds.name} (shape {ds.shape})",
+                        "is this an emb.h5 written by a run?")
             parts.append(_flatten(ds[()], where))
     if not parts:
         raise UserError(f"{file} holds no latent arrays (expected patientID/fieldID/instanceID/key datasets)")
