@@ -65,6 +65,13 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
         print(f"error: permission denied: {exc.filename or exc} (a read-only folder or file?)", file=sys.stderr)
         return 2
     except OSError as exc:
+        if exc.errno == errno.EROFS and not debug:  # a read-only mount raises this, not PermissionError
+            from pathlib import Path
+
+            folder = str(Path(exc.filename).parent) if exc.filename else "the output folder"
+            print(f"error: read-only file system: cannot write in {folder}; choose an output folder on a writable "
+                  "file system", file=sys.stderr)
+            return 2
         if exc.errno != errno.ENOSPC or debug:
             raise
         where = f" writing {exc.filename}" if exc.filename else ""
