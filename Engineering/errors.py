@@ -7,9 +7,12 @@ Anything the user can fix (bad file, bad key, bad value, bad shape) raises
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager
 import errno
+import signal
 import sys
-from typing import Callable, Sequence
+import threading
+from typing import Callable, Iterator, Sequence
 
 
 class UserError(Exception):
@@ -36,6 +39,50 @@ class ArgParser(argparse.ArgumentParser):
         raise UserError(message)
 
 
+class Terminated(BaseException):
+    """The process was asked to stop (SIGTERM from ``timeout``/``scancel``/``docker stop``/a SLURM time limit,
+    SIGHUP, SIGINT). A BaseException, like KeyboardInterrupt: nothing catches it by accident, and every atomic
+    writer removes its temporary file on the way out."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+# The signal policy of every executor (run_cli): SIGTERM, SIGHUP and SIGINT end the run with exit code
+# 128 + signal number (143, 129, 130) and one line saying what was saved and how to continue; never exit 0.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+_received: list[int] = []  # signals received during this run_cli call
+_deferred = [0]  # > 0 while a Lightning loop runs: it stops by itself at the next batch boundary
+_resume_hint: list[str] = []  # what the code that saved the state says about continuing
+
+
+def _on_stop_signal(signum, frame) -> None:
+    _received.append(signum)
+    if signum == signal.SIGINT:
+        raise KeyboardInterrupt  # Ctrl+C stops at once, as Python's own handler does (Lightning catches it too)
+    if signum != signal.SIGTERM or not _deferred[0]:  # Lightning's loops stop gracefully on SIGTERM only
+        raise Terminated(signum)
+
+
+@contextmanager
+def graceful_stop() -> Iterator[None]:
+    """Run a Lightning fit/test inside: a stop signal is recorded, Lightning ends the loop after the current batch
+    (its own SIGTERM handling, composed with ours) and callbacks save their state; on the way out the run stops."""
+    _deferred[0] += 1
+    try:
+        yield
+    finally:
+        _deferred[0] -= 1
+    if _received and not _deferred[0]:
+        raise Terminated(_received[-1])
+
+
+def note_resume(hint: str) -> None:
+    """Told by the code that saved the state on a stop signal: the line run_cli prints says it."""
+    _resume_hint.append(hint)
+
+
 def one_line(exc: BaseException) -> str:
     """The user-facing line of an error; a DataLoader worker wraps ours in its traceback text."""
     text = str(exc)
@@ -49,16 +96,35 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
     """Run ``main(argv)``; turn a UserError into one line on stderr and exit code 2."""
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    _received.clear()
+    _resume_hint.clear()
+    # signal handlers can only be set from the main thread (a run_cli called from another thread keeps Python's)
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = {s: signal.getsignal(s) for s in STOP_SIGNALS} if main_thread else {}
+    for s in previous:
+        signal.signal(s, _on_stop_signal)
     try:
         main(argv)
+    except (Terminated, KeyboardInterrupt, SystemExit) as exc:
+        # Lightning ends a stopped loop with SIGTERMException, a SystemExit without a code (exit status 0), and
+        # a Ctrl+C during fit with sys.exit(1): a received signal decides the exit status, never those
+        signum = exc.signum if isinstance(exc, Terminated) else _received[-1] if _received else \
+            signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None
+        if signum is None:
+            raise
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        name = signal.Signals(signum).name
+        hint = _resume_hint[-1] if _resume_hint else "outputs are written atomically: what was complete is kept"
+        print(f"error: terminated by {name}; {hint}", file=sys.stderr)
+        return 128 + int(signum)
     except tuple(USER_FACING) as exc:
         if debug:
             raise
         print(f"error: {one_line(exc)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
     except PermissionError as exc:
         if debug:
             raise
@@ -78,4 +144,11 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
         print(f"error: no space left on the device{where}; earlier outputs and checkpoints are intact (every "
               "write goes to a temporary file first); free some space and run again", file=sys.stderr)
         return 2
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if _received:  # the signal came after the last loop ended its work: still not a clean finish
+        print(f"error: terminated by {signal.Signals(_received[-1]).name} after the work had finished; outputs "
+              "are complete", file=sys.stderr)
+        return 128 + _received[-1]
     return 0

@@ -26,8 +26,10 @@ from Engineering.Engines.bn_policy import BNPolicy
 from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed
 from Engineering.Engines.output_writer import OutputWriter, done_samples, test_fingerprint
 from Engineering.Engines.registry import TaskSpec, drive_errors
+from Engineering.Engines import run_folder
+from Engineering.Engines.run_guards import FiniteLoss, StopCheckpoint
 from Engineering.Engines.untrusted import refuse_code
-from Engineering.errors import UserError
+from Engineering.errors import UserError, graceful_stop
 from Engineering.io.atomic import remove_stale, write_text
 from Engineering.io.checkpoints import (CHECKPOINT_DIR, AtomicCheckpointIO, checkpoint_in, fit_state, is_checkpoint,
                                         load_weights, newest_readable, read_checkpoint)
@@ -44,7 +46,9 @@ def run_name(cfg, task: TaskSpec) -> str:
     if cfg.run.fulltrainID:
         return cfg.run.fulltrainID
     tag = cfg.model.tag or task.name
-    return f"{cfg.paths.run_prefix}_{cfg.run.trainID}fold{cfg.run.foldID}_prec{cfg.run.ampmode}_{tag}"
+    # + what tells runs on the same data apart: the task's model variant, 2D/3D, the weights' source
+    return run_folder.compose(cfg, task, f"{cfg.paths.run_prefix}_{cfg.run.trainID}fold{cfg.run.foldID}"
+                                         f"_prec{cfg.run.ampmode}_{tag}")
 
 
 def is_rank_zero() -> bool:
@@ -135,6 +139,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     # the best checkpoint first (trainer.checkpoint_callback), then last.ckpt, which records the best one's state
     callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best-{epoch:03d}-{step}", monitor=monitor,
                                  mode="min", save_top_k=1), LastCheckpoint(run_dir / CHECKPOINT_DIR)]
+    callbacks += [FiniteLoss(), StopCheckpoint(run_dir / CHECKPOINT_DIR)]  # never silently wrong or stopped
     if t.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience, mode="min"))
     loggers = []
@@ -143,7 +148,9 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     elif r.tbactive:
         loggers.append(TensorBoardLogger(save_dir=cfg.paths.tblog_path or str(run_dir), name="tensorboard", version=""))
     if testing is None:
-        loggers.append(CSVLogger(save_dir=str(run_dir), name="csv_logs", version=""))
+        shard = parse_shard(r.shard)  # parallel shards of one test log apart
+        loggers.append(CSVLogger(save_dir=str(run_dir), version="",
+                                 name="csv_logs" + (f"_shard{shard[0]}of{shard[1]}" if shard else "")))
     if r.wnbactive and testing is None:
         try:
             from lightning.pytorch.loggers import WandbLogger
@@ -327,6 +334,9 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
         if mode != 2:
             raise UserError("--shard splits a test-only inference: use it with --run_mode 2")
         out_dir = shard_folder(out_dir, shard)
+    tests = mode in TEST_MODES and not cfg.run.dev_run
+    # another configuration's run folder or Output is refused before anything is built
+    run_folder.check(resolved.raw, run_dir, out_dir, mode, tests, say=is_rank_zero())
     test_ckpt = test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
     if mode == 2 and test_ckpt is None and not life.has_weights():
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
@@ -341,7 +351,8 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
     if cfg.run.compile_model and hasattr(model, "net"):
         model.net.compile()
 
-    with RunLock(run_dir) if is_rank_zero() else nullcontext():  # one run per run folder
+    # one run per run folder; the shards of one sharded test run in parallel (each writes only its own files)
+    with RunLock(run_dir, shard) if is_rank_zero() else nullcontext():
         return _run_locked(life, resolved, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from)
 
 
@@ -384,13 +395,19 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
                 resume_from) -> dict:
     cfg = resolved.cfg
     mode = cfg.run.run_mode
+    sharded = bool(cfg.run.shard)
     if is_rank_zero():
-        for folder in (run_dir, ckpt_dir):
-            for stale in remove_stale(folder):
+        # a shard cleans only its own leftovers: the other shards of the test write beside it right now
+        for folder in ((run_dir,) if sharded else (run_dir, ckpt_dir)):
+            for stale in remove_stale(folder, out_dir.name if sharded else ""):
                 log.info("removed %s, left by an interrupted earlier run", stale)
         setup_logging(run_dir)
-        write_text(run_dir / "resolved_config.yaml", dump_yaml(resolved.raw))
-    log.info("run %s mode %d; %s", run_dir.name, mode, life.describe(dm))
+        write_text(run_dir / (f"resolved_config_{out_dir.name}.yaml" if sharded else "resolved_config.yaml"),
+                   dump_yaml(resolved.raw))
+    described = life.describe(dm)  # the data pipeline in one line (and its warnings), before anything trains
+    if is_rank_zero():
+        print(described)
+    log.info("run %s mode %d; %s", run_dir.name, mode, described)
 
     trainer = build_trainer(cfg, run_dir, model.monitor(), model.has_val, model.automatic_optimization,
                             not getattr(model, "needs_grad_in_eval", False))
@@ -398,7 +415,7 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
     if mode in TRAIN_MODES:
         _tune(cfg, trainer, model, dm, run_dir)
         resume = str(resume_from) if resume_from else None
-        with life.fit_context():
+        with life.fit_context(), graceful_stop():
             trainer.fit(model, datamodule=dm, ckpt_path=resume, **fit_kwargs(trainer))
         if mode == 4:
             best = trainer.checkpoint_callback.best_model_path
@@ -416,7 +433,8 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
                                     not getattr(model, "needs_grad_in_eval", False), testing=trainer.loggers)
         if test_ckpt is not None:
             model.load_run_state(load_weights(model, test_ckpt))
-        result.update(life.test(trainer, model, dm, out_dir, test_ckpt))
+        with graceful_stop():
+            result.update(life.test(trainer, model, dm, out_dir, test_ckpt))
     elif trainer.is_global_zero:
         print(f"dev run of {cfg.run.dev_run} batch(es) finished (no checkpoints, no outputs)" if cfg.run.dev_run
               else f"checkpoints in {ckpt_dir}")

@@ -36,6 +36,7 @@ import torch
 
 from Engineering.data.layout import SAMPLE_COLUMNS
 from Engineering.data.transforms import invert_affine
+from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path, replace_dir, require_free, staging_dir, write_text
 from Engineering.io.outputs import write_emb_h5, write_emb_tables, write_preview, write_recon_h5, write_table
 from Engineering.Science.metrics import recon_metrics
@@ -127,6 +128,7 @@ class OutputWriter(L.Callback):
         rec = outputs
         z = rec["z"].detach().float().cpu().numpy()
         index = rec["index"].tolist()
+        self._refuse_non_finite(z, index)
         recon = rec.get("recon")
         if recon is not None:
             x = rec["inp"].detach().float()
@@ -149,6 +151,21 @@ class OutputWriter(L.Callback):
             self.peak_buffered = max(self.peak_buffered, len(self.buffer))
             if len(self.buffer) >= self.chunk:
                 self._flush()
+
+    def _refuse_non_finite(self, z: np.ndarray, index: list[int]) -> None:
+        """NaN in emb.h5 means "not computed" and downstream tools drop such rows without a word: a latent that is
+        not finite (NaN weights, a diverged run) stops the test before any of it becomes a result."""
+        bad = ~np.isfinite(z.reshape(len(index), -1)).all(axis=1)
+        if bad.any():
+            first = self.ds.sample_info(index[int(np.argmax(bad))])
+            raise UserError(f"non-finite latents for {int(bad.sum())} of {len(index)} samples of a test batch (first: "
+                            f"{'/'.join(map(str, first.ids))}): the weights hold "
+                            "NaN/inf or training diverged; nothing of this test is written as a result")
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        # stopped by SIGTERM after a whole batch: keep what is buffered as a chunk, the rerun continues after it
+        if getattr(trainer, "received_sigterm", False) and getattr(self, "buffer", None):
+            self._flush()
 
     def _existing_previews(self):
         for path in _chunks(self.part):

@@ -129,47 +129,52 @@ def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Write data.h5, phenotypes.tsv, covariates.tsv and folds.csv into ``out_dir`` (atomically, as a folder)."""
     out_dir = Path(out_dir)
     tmp = staging_dir(out_dir)
-    rng = np.random.default_rng(spec.seed)
-    stain_rng = np.random.default_rng(spec.seed + 2)  # seed + 1 draws the folds
-    phenos, covs = [], []
-    with h5py.File(tmp / "data.h5", "w") as h5:
-        for i in range(spec.n_patients):
-            pid = str(1000001 + i)
-            site = SITES[i % len(SITES)]
-            f = {
-                "cavity_radius": rng.uniform(8, 14),
-                "wall_thickness": rng.uniform(2.5, 5.0),
-                "ejection_fraction": rng.uniform(0.35, 0.70),
-                "phase": rng.uniform(0, 2 * np.pi),
-                "centre_dx": rng.uniform(-4, 4),
-                "centre_dy": rng.uniform(-4, 4),
-                "intensity": rng.uniform(0.7, 1.2),
-            }
-            n_inst = 1 + int(rng.random() < 0.5)
-            for inst in range(n_inst):
-                iid = str(2 + inst)
-                cine = _render(f, spec, site, rng, stain_rng)
-                # Stored as int16 like scanner output, scaled to a typical MR range.
-                arr = np.round(cine * 1000).astype(np.int16)[:, :, None]  # (C, T, S=1, X, Y)
-                grp = h5.create_group(f"{pid}/{FIELD_ID}/{iid}")
-                grp.attrs.update({"patientDICOMID": f"DEMO{pid}", "studyDICOMID": f"1.2.826.{pid}.{iid}",
-                                  "studyDesc": "CARDIAC CINE (synthetic)", "aet": site[0], "host": f"{site[0]}-mr",
-                                  "date": "20240101", "n_series": 1})
-                ds = grp.create_dataset(KEY, data=arr, chunks=(spec.channels, 1, 1, spec.size, spec.size))
-                ds.attrs.update({"seriesID": f"{pid}.{iid}.1", "seriesDesc": "CINE_segmented_LAX_4Ch",
-                                 "DICOMHeader": json.dumps({"Modality": "MR", "Manufacturer": "phantom"}),
-                                 "channels": json.dumps(list(CHANNEL_NAMES[:spec.channels])),
-                                 "min_val": float(arr.min()), "max_val": float(arr.max())})
-            phenos.append({"FID": pid, **{k: round(float(v), 5) for k, v in f.items()},
-                           "ef_class": "reduced" if f["ejection_fraction"] < 0.5 else "normal"})
-            if spec.channels > 1:  # a label that one frame shows (EF needs two): the IID pipeline's default
-                phenos[-1]["wall_class"] = "thick" if f["wall_thickness"] >= 3.75 else "thin"
-            covs.append({"FID": pid, "site": site[0], "gain": site[1], "noise": site[2], "blur": site[3],
-                         "n_instances": n_inst,
-                         **{f"gain_{CHANNEL_NAMES[c]}": STAIN_GAINS[site[0]][c - 1] for c in range(1, spec.channels)}})
-    pd.DataFrame(phenos).to_csv(tmp / "phenotypes.tsv", sep="\t", index=False)
-    pd.DataFrame(covs).to_csv(tmp / "covariates.tsv", sep="\t", index=False)
-    _write_folds(tmp / "folds.csv", [p["FID"] for p in phenos], spec)
+    try:
+        rng = np.random.default_rng(spec.seed)
+        stain_rng = np.random.default_rng(spec.seed + 2)  # seed + 1 draws the folds
+        phenos, covs = [], []
+        with h5py.File(tmp / "data.h5", "w") as h5:
+            for i in range(spec.n_patients):
+                pid = str(1000001 + i)
+                site = SITES[i % len(SITES)]
+                f = {
+                    "cavity_radius": rng.uniform(8, 14),
+                    "wall_thickness": rng.uniform(2.5, 5.0),
+                    "ejection_fraction": rng.uniform(0.35, 0.70),
+                    "phase": rng.uniform(0, 2 * np.pi),
+                    "centre_dx": rng.uniform(-4, 4),
+                    "centre_dy": rng.uniform(-4, 4),
+                    "intensity": rng.uniform(0.7, 1.2),
+                }
+                n_inst = 1 + int(rng.random() < 0.5)
+                for inst in range(n_inst):
+                    iid = str(2 + inst)
+                    cine = _render(f, spec, site, rng, stain_rng)
+                    # Stored as int16 like scanner output, scaled to a typical MR range.
+                    arr = np.round(cine * 1000).astype(np.int16)[:, :, None]  # (C, T, S=1, X, Y)
+                    grp = h5.create_group(f"{pid}/{FIELD_ID}/{iid}")
+                    grp.attrs.update({"patientDICOMID": f"DEMO{pid}", "studyDICOMID": f"1.2.826.{pid}.{iid}",
+                                      "studyDesc": "CARDIAC CINE (synthetic)", "aet": site[0], "host": f"{site[0]}-mr",
+                                      "date": "20240101", "n_series": 1})
+                    ds = grp.create_dataset(KEY, data=arr, chunks=(spec.channels, 1, 1, spec.size, spec.size))
+                    ds.attrs.update({"seriesID": f"{pid}.{iid}.1", "seriesDesc": "CINE_segmented_LAX_4Ch",
+                                     "DICOMHeader": json.dumps({"Modality": "MR", "Manufacturer": "phantom"}),
+                                     "channels": json.dumps(list(CHANNEL_NAMES[:spec.channels])),
+                                     "min_val": float(arr.min()), "max_val": float(arr.max())})
+                phenos.append({"FID": pid, **{k: round(float(v), 5) for k, v in f.items()},
+                               "ef_class": "reduced" if f["ejection_fraction"] < 0.5 else "normal"})
+                if spec.channels > 1:  # a label that one frame shows (EF needs two): the IID pipeline's default
+                    phenos[-1]["wall_class"] = "thick" if f["wall_thickness"] >= 3.75 else "thin"
+                covs.append({"FID": pid, "site": site[0], "gain": site[1], "noise": site[2], "blur": site[3],
+                             "n_instances": n_inst,
+                             **{f"gain_{CHANNEL_NAMES[c]}": STAIN_GAINS[site[0]][c - 1]
+                                for c in range(1, spec.channels)}})
+        pd.DataFrame(phenos).to_csv(tmp / "phenotypes.tsv", sep="\t", index=False)
+        pd.DataFrame(covs).to_csv(tmp / "covariates.tsv", sep="\t", index=False)
+        _write_folds(tmp / "folds.csv", [p["FID"] for p in phenos], spec)
+    except BaseException:  # a stop signal or an error mid-write: no half-written staging folder stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     try:
         replace_dir(tmp, out_dir)  # the previous copy stays until the new one is complete
     except OSError:  # another process finished first: keep theirs

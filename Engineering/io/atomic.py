@@ -5,6 +5,7 @@ truncated one; readers never see a half-written emb.h5.
 """
 from __future__ import annotations
 
+import glob
 import os
 import shutil
 import tempfile
@@ -109,14 +110,16 @@ def staging_dir(out: str | Path) -> Path:
     return stage
 
 
-def remove_stale(folder: str | Path) -> list[Path]:
+def remove_stale(folder: str | Path, owner: str = "") -> list[Path]:
     """Remove what interrupted writes of earlier runs left in ``folder`` (temp files, staging and old folders)
-    whose writer process is gone; returns what was removed."""
+    whose writer process is gone; returns what was removed. ``owner``: only the leftovers of writes to
+    ``folder/owner`` (a writer that shares the folder with others running now, such as one shard of a test)."""
     folder = Path(folder)
     removed = []
     if not folder.is_dir():
         return removed
-    for p in list(folder.glob(".*.tmp")) + list(folder.glob(".*.staging*")) + list(folder.glob(".*.old*")):
+    name = glob.escape(owner) if owner else "*"
+    for p in [*folder.glob(f".{name}.*.tmp"), *folder.glob(f".{name}.staging*"), *folder.glob(f".{name}.old*")]:
         pid = "".join(ch for ch in p.name.rsplit("old", 1)[-1] if ch.isdigit()) if ".old" in p.name else ""
         if pid and process_alive(int(pid)):
             continue

@@ -174,7 +174,23 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
     if problem:
         raise UserError(f"weights in {source} do not fit the model (check --is3D, --input_shape, --latent_dim and "
                         f"the model§… architecture keys): {problem}")
+    refuse_unusable(own, state, source)
     return state
+
+
+def refuse_unusable(own: dict, state: dict, source: str) -> None:
+    """Weights that fit by shape but would give silent garbage: an integer or boolean tensor where the model holds
+    floats (load_state_dict would cast it), or NaN/inf in a floating weight (every latent would be NaN)."""
+    for name, mine in own.items():
+        theirs = state.get(name)
+        if not isinstance(theirs, torch.Tensor):
+            continue
+        if mine.is_floating_point() and not (theirs.is_floating_point() or theirs.is_complex()):
+            raise UserError(f"weights in {source}: {name} is {str(theirs.dtype).replace('torch.', '')} where the model "
+                            f"holds {str(mine.dtype).replace('torch.', '')}: not trained weights of this model")
+        if theirs.is_floating_point() and theirs.numel() and not bool(torch.isfinite(theirs).all()):
+            raise UserError(f"weights in {source}: {name} holds NaN or inf values (a diverged or damaged "
+                            "checkpoint); every latent would be NaN")
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict:

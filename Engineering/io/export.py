@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
+import torch
 from safetensors.torch import save_file
 
 from Engineering.errors import UserError
 from Engineering.io.atomic import replace_dir, staging_dir
 from Engineering.io.checkpoints import checkpoint_in, read_checkpoint
-from Engineering.io.hub import export_config
+from Engineering.io.hub import FORMAT, export_config
 
 
 def export_run(run: str | Path, which: str, out: str | Path, describe: Callable) -> Path:
@@ -21,15 +22,23 @@ def export_run(run: str | Path, which: str, out: str | Path, describe: Callable)
     run, out = Path(run), Path(out)
     if not run.is_dir():
         raise UserError(f"--run {run} is not a run folder")
+    check_target(out, run)
     ckpt_path = checkpoint_in(run, which) if which in ("best", "last") else Path(which)
     ckpt = read_checkpoint(ckpt_path)
     if "imlatent_config" not in ckpt:
         raise UserError(f"{ckpt_path} was not written by this tool (no imlatent_config): cannot describe the model")
     cfg, task = describe(ckpt["imlatent_config"], f"checkpoint {ckpt_path}")
     state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{ckpt_path}: its state_dict is not a mapping of names to tensors: not a checkpoint of ours")
+    if not isinstance(ckpt.get("in_channels"), int) or ckpt["in_channels"] < 1:
+        raise UserError(f"{ckpt_path} records no input channel count (in_channels): it was not written by a "
+                        "training run of this tool")
     # DiffAE runs publish their EMA weights (what inference uses); other drives their trained weights.
     prefix = "ema_net." if any(k.startswith("ema_net.") for k in state) else "net."
     weights = {k[len(prefix):]: v.contiguous() for k, v in state.items() if k.startswith(prefix)}
+    if not weights:
+        raise UserError(f"{ckpt_path} holds no network weights (no '{prefix}*' tensors): nothing to export")
     config = export_config(cfg, int(ckpt["in_channels"]), "ema" if prefix == "ema_net." else "trained")
     config["source_checkpoint"] = {"file": ckpt_path.name, "epoch": ckpt.get("epoch"), "global_step": ckpt.get("global_step")}
 
@@ -44,6 +53,37 @@ def export_run(run: str | Path, which: str, out: str | Path, describe: Callable)
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+EXPORT_FILES = ("config.json", "model.safetensors", "README.md")
+
+
+def check_target(out: Path, run: Path) -> None:
+    """The one export target rule: an export writes only its own files, into a new or empty folder or over an
+    earlier export of ours (which it replaces atomically); anything else (the run folder itself, a folder of
+    other files, a file) is refused before anything is written: a mistyped --out never deletes a thing."""
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"--out {out} is a dangling symbolic link: give a new or empty folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file: give a new or empty folder for the exported repository")
+    if not out.is_dir():
+        return
+    if out.resolve() == run.resolve() or run.resolve().is_relative_to(out.resolve()):
+        raise UserError(f"--out {out} is (or holds) the run folder {run}: an export would replace it; give a new "
+                        "or empty folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    ours = set(entries) <= {*EXPORT_FILES, ".gitattributes"} and (out / "config.json").is_file()
+    if ours:
+        try:
+            ours = json.loads((out / "config.json").read_text()).get("format") == FORMAT
+        except (OSError, ValueError, AttributeError):
+            ours = False
+    if not ours:
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)" if len(entries) > 5 else "")
+        raise UserError(f"--out {out} is not empty and is not an earlier export (it holds {shown}): an export "
+                        "replaces its target folder, so give a new or empty folder")
 
 
 def _metrics(ckpt: dict, run: Path) -> list[str]:
