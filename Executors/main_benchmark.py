@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
+from Engineering.config.argtypes import bounded
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.Eval import baselines, efficiency, interpolation, invariance, latent_usage, nsc, rotation
 from Engineering.data.labels import (CATEGORICAL, attach_labels, batch_target, group_codes_of, outlier_target,
@@ -57,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", nargs="+", default=None, metavar="[NAME=]RUN_DIR",
                    help="model run folders (or checkpoints) of --latents runs, matched by name, for the "
                         "model-dependent metrics: rotation/flip sensitivity and reconstruction error")
-    p.add_argument("--run_max_samples", type=int, default=32,
+    p.add_argument("--run_max_samples", type=bounded(int, ge=1), default=32,
                    help="samples (seeded subset of the common ones) for the model-dependent metrics")
     p.add_argument("--nsc_label", default=None, metavar="COL",
                    help="NSC/NSCB: the label matched between treatment profiles (e.g. mechanism of action); "
@@ -66,23 +67,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dose_col", default=None, help="NSC: a treatment is a compound at a dose")
     p.add_argument("--well_col", default=None, help="NSC: samples of one well are averaged first (default: each "
                                                     "sample is its own well)")
-    p.add_argument("--nsc_center", action="store_true", help="NSC: subtract the mean profile")
+    p.add_argument("--plate_col", default=None,
+                   help="NSC: the plate of each sample: part of a well's identity and the unit of --nsc_tvn "
+                        "(default: --batch_col); --batch_col is the batch NSCB keeps apart (BBBC021: the week)")
+    p.add_argument("--nsc_center", action="store_true", help="NSC: subtract the mean profile (not in the reference)")
     p.add_argument("--nsc_controls", default=None, metavar="COMPOUND",
-                   help="NSC: whiten each batch on this control compound's profiles (TVN)")
+                   help="NSC: the control compound (e.g. DMSO): never a query or a neighbour, as in the reference")
+    p.add_argument("--nsc_tvn", action="store_true",
+                   help="NSC: whiten on the control samples, then TVN per plate (--plate_col, default --batch_col), "
+                        "as in the reference; needs --nsc_controls")
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--n_boot", type=int, default=1000, help="bootstrap resamples for the 95%% CIs")
-    p.add_argument("--n_perm", type=int, default=200, help="permutations for the retrieval p-value")
-    p.add_argument("--n_splits", type=int, default=5, help="cross-validation folds")
-    p.add_argument("--n_repeats", type=int, default=3, help="repeats of the linear-probe cross-validation")
+    p.add_argument("--n_boot", type=bounded(int, ge=0), default=1000, help="bootstrap resamples for the 95%% CIs")
+    p.add_argument("--n_perm", type=bounded(int, ge=0), default=200, help="permutations for the retrieval p-value")
+    p.add_argument("--n_splits", type=bounded(int, ge=2), default=5, help="cross-validation folds")
+    p.add_argument("--n_repeats", type=bounded(int, ge=1), default=3, help="repeats of the linear-probe cross-validation")
     p.add_argument("--co2_country", default=None, metavar="ISO3",
                    help="--run efficiency: CO2 of the measured energy (codecarbon, offline) on this country's grid, "
                         "e.g. GBR")
     p.add_argument("--outlier_col", default=None, metavar="COL",
                    help="label column marking known outliers (1/0): the AUROC of intrinsic-dimension outlier scores")
-    p.add_argument("--archetypes", type=int, default=0, metavar="K",
+    p.add_argument("--archetypes", type=bounded(int, ge=0), default=0, metavar="K",
                    help="also fit K archetypes to each run's latents and report the variance they explain (0 = off)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--blas_threads", type=int, default=1,
+    p.add_argument("--seed", type=bounded(int, ge=0, le=2**32 - 1), default=0)
+    p.add_argument("--blas_threads", type=bounded(int, ge=0), default=1,
                    help="BLAS threads while scoring (0 = library default); 1 is fastest for the many small fits")
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
     return p
@@ -92,6 +99,11 @@ def main(argv: Sequence[str]) -> dict:
     args = build_parser().parse_args(list(argv))
     if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2 or args.n_repeats < 1 or args.run_max_samples < 1:
         raise UserError("--n_boot and --n_perm must be >= 0, --n_splits >= 2, --n_repeats and --run_max_samples >= 1")
+    nsc_only = {"--compound_col": args.compound_col, "--dose_col": args.dose_col, "--well_col": args.well_col,
+                "--plate_col": args.plate_col, "--nsc_center": args.nsc_center, "--nsc_controls": args.nsc_controls,
+                "--nsc_tvn": args.nsc_tvn}
+    if not args.nsc_label and any(nsc_only.values()):
+        raise UserError(f"{', '.join(k for k, v in nsc_only.items() if v)} only act on NSC: add --nsc_label COL")
     if args.archetypes == 1 or args.archetypes < 0:
         raise UserError(f"--archetypes K needs K >= 2 (or 0: off), got {args.archetypes}")
     settings = Settings(n_boot=args.n_boot, seed=args.seed, n_splits=args.n_splits, n_repeats=args.n_repeats,
@@ -107,7 +119,7 @@ def main(argv: Sequence[str]) -> dict:
     table, label_notes = attach_labels(samples.ids, tables) if tables else (samples.ids.copy(), [])
     notes += label_notes
     reserved = [c for c in (args.batch_col, args.group_col, args.nsc_label, args.compound_col, args.dose_col,
-                            args.well_col, args.outlier_col) if c]
+                            args.well_col, args.plate_col, args.outlier_col) if c]
     targets, target_notes = resolve_targets(table, args.label_cols, args.categorical_cols, args.continuous_cols,
                                             reserved, min_class_size=args.n_splits, min_samples=2 * args.n_splits)
     notes += target_notes
@@ -128,7 +140,8 @@ def main(argv: Sequence[str]) -> dict:
     if nsc_meta is not None:
         for name, Z in samples.latents.items():
             results[name].update(nsc.nsc_scores(Z, nsc_meta, args.n_boot, args.seed, "well" if args.well_col
-                                                else None, args.nsc_center, args.nsc_controls))
+                                                else None, args.nsc_center, args.nsc_controls, args.nsc_tvn))
+        notes.append(_nsc_note(args))
     if args.run:
         _model_dependent(results, models, args, notes)
 
@@ -151,7 +164,10 @@ def _nsc_meta(table, args):
     need = {"--nsc_label": args.nsc_label, "--compound_col": args.compound_col, "--batch_col": args.batch_col}
     if not all(need.values()):
         raise UserError("--nsc_label needs " + " and ".join(k for k, v in need.items() if not v))
-    cols = [c for c in (args.nsc_label, args.compound_col, args.batch_col, args.dose_col, args.well_col) if c]
+    if args.nsc_tvn and not args.nsc_controls:
+        raise UserError("--nsc_tvn needs --nsc_controls COMPOUND (the control wells it is fitted on)")
+    cols = [c for c in (args.nsc_label, args.compound_col, args.batch_col, args.dose_col, args.well_col,
+                        args.plate_col) if c]
     missing = [c for c in cols if c not in table.columns]
     if missing:
         raise UserError(f"NSC column(s) {', '.join(missing)} not in the label tables")
@@ -162,7 +178,23 @@ def _nsc_meta(table, args):
     meta["treatment"] = meta["compound"] + ("@" + table[args.dose_col].astype(str) if args.dose_col else "")
     if args.well_col:
         meta["well"] = table[args.well_col].astype(str)
+    if args.plate_col:
+        meta["plate"] = table[args.plate_col].astype(str)
+    if args.nsc_controls and not (meta["compound"] == str(args.nsc_controls)).any():
+        raise UserError(f"--nsc_controls {args.nsc_controls}: no sample has that compound in {args.compound_col}")
     return meta.reset_index(drop=True)
+
+
+def _nsc_note(args) -> str:
+    """What the NSC numbers are: the reference's profiles, which controls were dropped, whether TVN ran."""
+    text = (f"NSC/NSCB as in Lin & Lu's BBBC021 notebook: one profile per treatment over all batches (the batch "
+            f"column {args.batch_col} only acts on NSCB)")
+    if not args.nsc_controls:
+        return text + "; no --nsc_controls: every compound is a query (the reference drops its DMSO controls)"
+    text += f"; control {args.nsc_controls} dropped from the profiles"
+    if args.nsc_tvn:
+        return text + f"; whitened on the controls and TVN per {args.plate_col or args.batch_col}"
+    return text + "; no TVN (add --nsc_tvn)"
 
 
 def _named_paths(items: list[str]) -> dict[str, Path]:

@@ -51,10 +51,14 @@ def test_centring_and_control_whitening_run_and_need_controls():
     meta = _meta(rows)
     meta["treatment"] = meta["compound"] + "@" + pd.Series(range(len(rows))).astype(str)
     Z = rng.normal(size=(len(rows), 3))
-    res = nsc_scores(Z, meta, n_boot=0, seed=0, center=True, controls="dmso")
+    res = nsc_scores(Z, meta, n_boot=0, seed=0, center=True, controls="dmso", tvn_on=True)
     assert res["nsc"].n == 8  # the controls are not queries
-    with pytest.raises(Exception, match="batch 2 has 1 control profile"):
-        nsc_scores(Z[:13], meta.iloc[:13], n_boot=0, seed=0, controls="dmso")
+    # one control sample in a plate is enough (the reference's (C + I)^(-1/2) is defined); none is an error
+    assert nsc_scores(Z[:13], meta.iloc[:13], n_boot=0, seed=0, controls="dmso", tvn_on=True)["nsc"].n == 8
+    with pytest.raises(Exception, match="plate 2 has no control sample"):
+        nsc_scores(Z[:12], meta.iloc[:12], n_boot=0, seed=0, controls="dmso", tvn_on=True)
+    with pytest.raises(Exception, match="TVN needs the control compound"):
+        nsc_scores(Z, meta, n_boot=0, seed=0, tvn_on=True)
 
 
 def test_main_benchmark_reports_nsc_and_nscb(tmp_path):
