@@ -336,7 +336,8 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
         out_dir = shard_folder(out_dir, shard)
     tests = mode in TEST_MODES and not cfg.run.dev_run
     # another configuration's run folder or Output is refused before anything is built
-    run_folder.check(resolved.raw, run_dir, out_dir, mode, tests, say=is_rank_zero())
+    run_folder.check(resolved.raw, run_dir, out_dir, mode, tests, say=is_rank_zero(), resuming=bool(cfg.run.resume)
+                     or int(os.environ.get("SLURM_RESTART_COUNT", "0") or 0) > 0)
     test_ckpt = test_checkpoint(cfg, ckpt_dir) if mode == 2 else None
     if mode == 2 and test_ckpt is None and not life.has_weights():
         raise UserError("--run_mode 2 (test) needs trained weights: --resume [--load_best] for this run's checkpoints, "
@@ -396,14 +397,20 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
     cfg = resolved.cfg
     mode = cfg.run.run_mode
     sharded = bool(cfg.run.shard)
+    test_record = False  # a test in a folder it did not train: its config goes to its Output folder, not the run's
     if is_rank_zero():
+        # again under the lock: a run of another configuration may have taken the folder in between
+        owner = run_folder.check(resolved.raw, run_dir, out_dir, mode, mode in TEST_MODES and not cfg.run.dev_run,
+                                 say=False)
+        test_record = mode == 2 and not sharded and (not owner or (run_dir / run_folder.CONFIG_NAME).is_file())
         # a shard cleans only its own leftovers: the other shards of the test write beside it right now
         for folder in ((run_dir,) if sharded else (run_dir, ckpt_dir)):
             for stale in remove_stale(folder, out_dir.name if sharded else ""):
                 log.info("removed %s, left by an interrupted earlier run", stale)
         setup_logging(run_dir)
-        write_text(run_dir / (f"resolved_config_{out_dir.name}.yaml" if sharded else "resolved_config.yaml"),
-                   dump_yaml(resolved.raw))
+        if not test_record:
+            write_text(run_dir / (f"resolved_config_{out_dir.name}.yaml" if sharded else "resolved_config.yaml"),
+                       dump_yaml(resolved.raw))
     described = life.describe(dm)  # the data pipeline in one line (and its warnings), before anything trains
     if is_rank_zero():
         print(described)
@@ -435,6 +442,8 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
             model.load_run_state(load_weights(model, test_ckpt))
         with graceful_stop():
             result.update(life.test(trainer, model, dm, out_dir, test_ckpt))
+        if test_record and out_dir.is_dir():
+            write_text(out_dir / run_folder.CONFIG_NAME, dump_yaml(resolved.raw))
     elif trainer.is_global_zero:
         print(f"dev run of {cfg.run.dev_run} batch(es) finished (no checkpoints, no outputs)" if cfg.run.dev_run
               else f"checkpoints in {ckpt_dir}")

@@ -40,6 +40,9 @@ class TaskSpec(Task):
     steps: tuple = ()  # extra output steps after the test phase: objects (or "module:attr" classes) with
     #                    check(cfg, data) before training and run(cfg, model, data, out_dir) -> dict after it
     module: str = ""  # where it was registered (for messages)
+    # run_name_parts(cfg) -> ["pythaemodel-vae", ...]: what tells this task's runs apart on the same data (its model
+    # variant), appended to the composed run name so that two variants never share a run folder
+    run_name_parts: Callable | None = None
 
     def engine_class(self):
         return _resolve(self.engine, f"task {self.name!r} engine")

@@ -95,5 +95,5 @@ register(TaskSpec(
     defaults={"latent_dim": 16, "batch_size": 8, "num_epochs": 5, "lr": 2e-3, "test_emb_only": True,
               "model§drive": "PointCloud", "model§tag": "PointCloud"},
     sections={"model": PointCloudModelKeys}, drive="PointCloud", engine=PointCloudEngine, lifecycle=PointCloudRun,
-    module=__name__,
+    module=__name__, run_name_parts=lambda cfg: [f"encoder-{cfg.model.PointCloud.encoder}"],
 ))

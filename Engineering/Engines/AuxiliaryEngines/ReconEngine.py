@@ -194,4 +194,5 @@ register(TaskSpec(
     defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
               "model§drive": "pythae", "model§tag": "recon"},
     extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae", engine=ReconEngine, module=__name__,
+    run_name_parts=lambda cfg: [f"pythaemodel-{cfg.model.pythae.model}"],  # the ancestor's run-name part
 ))

@@ -218,5 +218,6 @@ register(TaskSpec(
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
               "n_train_batches": 20, "test_emb_only": True, "model§drive": "SSL", "model§tag": "SSL"},
     extra_flags=SSL_FLAGS, sections={"model": SSLModelKeys}, drive="SSL", engine=ssl_engine, module=__name__,
+    run_name_parts=lambda cfg: [f"method-{cfg.model.SSL.method}"],  # SimCLR after IP-IRM gets its own run folder
     steps=("Engineering.Engines.AuxiliaryEngines.IPIRMEngine:PartitionTable",),
 ))
