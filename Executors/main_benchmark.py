@@ -299,11 +299,13 @@ class _NotApplicable(Exception):
 
 
 def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> None:
-    """The --run metrics of each model: rotation/flip sensitivity and reconstruction error (Eval/invariance.py),
-    rotation invariance at arbitrary angles and pose equivariance (random rotations, SO(3) in 3D;
-    Eval/rotation.py), evolution energy and interpolation distance (Eval/interpolation.py), latent usage
-    (Eval/latent_usage.py) and efficiency (parameters, time and peak memory of encoding on this CPU;
-    Eval/efficiency.py). Errors are in the model's normalised input units (point clouds: their coordinates)."""
+    """The --run metrics of each model: rotation/flip sensitivity, the reference's rotation invariance error and
+    reconstruction errors (MSE; the reference's Chamfer for point clouds) (Eval/invariance.py), rotation
+    invariance at arbitrary angles and pose equivariance (random rotations, SO(3) in 3D; Eval/rotation.py), the
+    reference's evolution energy and embedding distance and our decoded path ratio and interpolation distance
+    (Eval/interpolation.py), latent usage (Eval/latent_usage.py) and efficiency (parameters, time and peak memory
+    of encoding on this CPU; Eval/efficiency.py). Errors are in the model's normalised input units (point clouds:
+    their coordinates)."""
     for name, per in results.items():
         if name in baselines.NAMES:
             continue
@@ -362,7 +364,7 @@ def _model_metrics(model, images, args) -> dict:
         needs(len(images) > 1, "needs 2 or more samples (the between-sample spread)")
 
     def sensitivity():
-        needs(not points, "90° image rotations and flips; for point clouds see rotation_invariance")
+        needs(not points, "90° image rotations and flips; for point clouds see rotation_invariance(_error)")
         needs(images.shape[-1] == images.shape[-2],
               f"90° rotations need square in-plane inputs, got {images.shape[-2]}x{images.shape[-1]}")
         return invariance.rotation_sensitivity(encode, images, args.n_boot, args.seed)
@@ -379,19 +381,42 @@ def _model_metrics(model, images, args) -> dict:
                                                 args.seed, kind=kind)
 
     def recon_mse():
-        needs(not points, "point clouds: their reconstruction errors are the run's val_chamfer (Chamfer) and val_emd")
+        needs(not points, "point clouds: see reconstruction_chamfer (the reference's Chamfer loss)")
         return invariance.reconstruction_mse(lambda x: batched(model.reconstruct, x, bs), images, args.n_boot,
                                              args.seed)
+
+    def recon_chamfer():  # a cloud's own code, decoded in its own frame: the model's reconstruction
+        needs(points, "images: see reconstruction_mse")
+        return invariance.reconstruction_chamfer(lambda x: render(x, [latents()])[0], images, args.n_boot, args.seed)
+
+    def reference_rotation():
+        needs(points or images.shape[-1] == images.shape[-2],
+              f"90° rotations need square in-plane inputs, got {images.shape[-2]}x{images.shape[-1]}")
+        return invariance.rotation_invariance_error(encode, images, bs, args.n_boot, args.seed, kind=kind)
 
     def decoded(z):
         with torch.no_grad():
             return model.decode(torch.from_numpy(np.asarray(z, np.float32)))
 
+    def has_decoder():
+        needs(len(images) > 1, "needs 2 or more samples")
+        needs(decoded(latents()[:1]) is not None,
+              "the model has no decoder of a latent alone (DiffAE also needs x_T; encoders have none)")
+
+    def evolve():  # the reference's: decoded interpolants against the real ends (in each end's own pose)
+        has_decoder()
+        target = images[:, :3].transpose(0, 2, 1) if points else images
+        return interpolation.evolution_energy(lambda x, z: render(x, [z])[0], images, latents(), target,
+                                              invariance.chamfer_sum if points else latent_usage.mse, args.n_boot,
+                                              args.seed)
+
+    def embedding_distance():
+        needs(len(images) > 1, "needs 2 or more samples")
+        return interpolation.embedding_distance(latents(), args.n_boot, args.seed)
+
     def interpolate(family):  # decoded latent segments; "real" = the decoded latents of the real samples
         if "paths" not in cache:
-            needs(len(images) > 1, "needs 2 or more samples")
-            needs(decoded(latents()[:1]) is not None,
-                  "the model has no decoder of a latent alone (DiffAE also needs x_T; encoders have none)")
+            has_decoder()
             Z = latents()
             cache["paths"] = interpolation.interpolation_metrics(lambda z: batched(model.decode, z, bs), Z,
                                                                  batched(model.decode, Z, bs), args.n_boot, args.seed)
@@ -428,8 +453,10 @@ def _model_metrics(model, images, args) -> dict:
         return cache["efficiency"][family]
 
     compute = {"rotation_sensitivity": sensitivity, "rotation_invariance": invariance_,
-               "pose_equivariance_error": pose, "reconstruction_mse": recon_mse}
-    compute.update({f: (lambda f=f: interpolate(f)) for f in interpolation.METRICS})
+               "rotation_invariance_error": reference_rotation, "pose_equivariance_error": pose,
+               "reconstruction_mse": recon_mse, "reconstruction_chamfer": recon_chamfer,
+               "evolution_energy": evolve, "embedding_distance": embedding_distance}
+    compute.update({f: (lambda f=f: interpolate(f)) for f in ("decoded_path_ratio", "interpolation_distance")})
     compute.update({f: (lambda f=f: usage(f)) for f in latent_usage.METRICS})
     compute.update({f: (lambda f=f: measure(f)) for f in efficiency.METRICS})
     return compute

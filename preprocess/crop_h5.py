@@ -19,6 +19,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from Engineering.config.argtypes import bounded
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.read_budget import check_bytes, check_read, nbytes
 from preprocess.batch_report import BatchReport
@@ -70,7 +71,7 @@ def shifted_affine(affine: np.ndarray, x0: int, y0: int) -> np.ndarray:
 def build_parser() -> ArgParser:
     p = tool_parser("crop_h5.py", __doc__, out="cropped data file, written atomically (may be INPUT itself)", compression=True)
     p.add_argument("input", metavar="INPUT", help="the data.h5 file to crop")
-    p.add_argument("--size", type=int, nargs=2, required=True, metavar=("X", "Y"), help="in-plane output size")
+    p.add_argument("--size", type=bounded(int, ge=1), nargs=2, required=True, metavar=("X", "Y"), help="in-plane output size")
     p.add_argument("--mask", help="mask file (default: meta_mask.h5 beside INPUT, if it exists)")
     p.add_argument("--no-mask", action="store_true", help="ignore masks: centre every window on its image")
     p.add_argument("--mask-out", help="where the cropped masks go (default: meta_mask.h5 beside --out)")
@@ -81,8 +82,6 @@ def build_parser() -> ArgParser:
 @tool_main(build_parser)
 def main(args: argparse.Namespace) -> None:
     data_path = check_h5(args.input)
-    if min(args.size) < 1:
-        raise UserError(f"--size must be positive, got {args.size}")
     check_read(args.size, np.uint8, f"one {args.size[0]}x{args.size[1]} frame of --size")  # before any read
     out = Path(args.out)
     mask_path = None

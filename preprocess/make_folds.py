@@ -22,9 +22,11 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from Engineering.config.argtypes import bounded
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.atomic import atomic_path
 from preprocess.cli import input_path, tool_main, tool_parser
+from Engineering.data.folds import check_disjoint
 from Engineering.data.layout import iter_datasets
 
 log = logging.getLogger("preprocess")
@@ -107,6 +109,8 @@ def make_folds(patients: list[str], mode: str = "kfold", n_folds: int = 5, test_
 
 
 def write_folds(folds: list[dict[str, list[str]]], out: Path) -> None:
+    for i, fold in enumerate(folds):  # never write a fold that the readers would refuse
+        check_disjoint(fold, f"fold {i} for {out}")
     with atomic_path(out, create_parent=False) as tmp:
         if out.suffix.lower() == ".json":
             tmp.write_text(json.dumps(folds, indent=1))
@@ -119,17 +123,17 @@ def build_parser() -> ArgParser:
     p = tool_parser("make_folds.py", __doc__, out="fold file: .csv (train,val,test list literals) or .json; written atomically")
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="data.h5 file(s), or patient-ID lists (.csv/.tsv first column, .txt one per line; each listing counts as one instance)")
     p.add_argument("--mode", choices=("kfold", "montecarlo"), default="kfold", help="k-fold with disjoint test sets, or Monte-Carlo random splits (default: kfold)")
-    p.add_argument("--n-folds", type=int, default=5, help="number of folds (default: 5)")
-    p.add_argument("--test-frac", type=float, default=0.2, help="montecarlo: test fraction of all patients (default: 0.2)")
-    p.add_argument("--val-frac", type=float, default=0.1, help="validation fraction of all patients, drawn from the non-test ones (default: 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--n-folds", type=bounded(int, ge=1), default=5, help="number of folds (default: 5)")
+    p.add_argument("--test-frac", type=bounded(float, ge=0, lt=1), default=0.2, help="montecarlo: test fraction of all patients (default: 0.2)")
+    p.add_argument("--val-frac", type=bounded(float, ge=0, lt=1), default=0.1, help="validation fraction of all patients, drawn from the non-test ones (default: 0.1)")
+    p.add_argument("--seed", type=bounded(int, ge=0, le=2**32 - 1), default=0, help="random seed (default: 0)")
     p.add_argument("--covariates", help="CSV/TSV with one row per patient, for --stratify")
     p.add_argument("--stratify", metavar="COLUMN", help="stratify the splits by this covariate column")
     p.add_argument("--id-column", help="patient-ID column of --covariates (default: its first column)")
-    p.add_argument("--n-bins", type=int, default=5, help="quantile bins for a numeric covariate with more values (default: 5)")
+    p.add_argument("--n-bins", type=bounded(int, ge=1), default=5, help="quantile bins for a numeric covariate with more values (default: 5)")
     p.add_argument("--field", help="only count (and keep) patients with datasets in this field")
-    p.add_argument("--min-instances", type=int, default=1, help="keep patients with at least this many instances (default: 1)")
-    p.add_argument("--max-instances", type=int, help="keep patients with at most this many instances (default: no limit)")
+    p.add_argument("--min-instances", type=bounded(int, ge=0), default=1, help="keep patients with at least this many instances (default: 1)")
+    p.add_argument("--max-instances", type=bounded(int, ge=0), help="keep patients with at most this many instances (default: no limit)")
     return p
 
 

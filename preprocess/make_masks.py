@@ -22,6 +22,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
+from Engineering.config.argtypes import bounded
 from Engineering.errors import ArgParser, UserError, run_cli
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
@@ -103,11 +104,11 @@ def build_parser() -> ArgParser:
     p.add_argument("--labels", nargs="+", metavar="LABELS", help="use NIfTI label files instead (files, folders or a mapping CSV, named as for nifti_to_h5.py)")
     p.add_argument("--label-key", default="primary", help="dataset key the label files belong to when not given by a mapping CSV (default: primary)")
     p.add_argument("--keys", nargs="+", metavar="KEY", help="only mask these dataset keys (default: all)")
-    p.add_argument("--threshold", type=float, help="quantile in (0, 1) of the feature map to threshold at (default: Otsu's threshold)")
-    p.add_argument("--sigma", type=float, default=1.0, help="Gaussian smoothing of the feature map in pixels, 0 for none (default: 1)")
-    p.add_argument("--opening", type=int, default=1, help="opening radius in pixels, removes specks (default: 1)")
-    p.add_argument("--closing", type=int, default=2, help="closing radius in pixels, bridges gaps (default: 2)")
-    p.add_argument("--dilate", type=int, default=0, help="final dilation radius in pixels, a safety margin (default: 0)")
+    p.add_argument("--threshold", type=bounded(float, gt=0, lt=1), help="quantile in (0, 1) of the feature map to threshold at (default: Otsu's threshold)")
+    p.add_argument("--sigma", type=bounded(float, ge=0), default=1.0, help="Gaussian smoothing of the feature map in pixels, 0 for none (default: 1)")
+    p.add_argument("--opening", type=bounded(int, ge=0), default=1, help="opening radius in pixels, removes specks (default: 1)")
+    p.add_argument("--closing", type=bounded(int, ge=0), default=2, help="closing radius in pixels, bridges gaps (default: 2)")
+    p.add_argument("--dilate", type=bounded(int, ge=0), default=0, help="final dilation radius in pixels, a safety margin (default: 0)")
     return p
 
 

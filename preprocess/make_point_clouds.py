@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from Engineering.config.argtypes import bounded
 from Engineering.data.layout import iter_datasets
 from Engineering.data.pointclouds import sample_point_cloud, sampling_bytes
 from Engineering.errors import ArgParser, UserError, run_cli
@@ -31,14 +32,14 @@ def build_parser() -> ArgParser:
     p = tool_parser("make_point_clouds.py", __doc__, out="point-cloud file, written atomically (default: points.h5 "
                     "beside INPUT)", out_required=False)
     p.add_argument("input", metavar="INPUT", help="the data.h5 file of 3D images")
-    p.add_argument("--n_points", type=int, default=2048, help="points per cloud (default: 2048)")
-    p.add_argument("--channel", type=int, default=0, help="channel to sample (default: 0)")
-    p.add_argument("--time", type=int, default=0, help="time point to sample (default: 0)")
-    p.add_argument("--threshold", type=float, default=0.1, help="fraction of each volume's maximum below which "
+    p.add_argument("--n_points", type=bounded(int, ge=1), default=2048, help="points per cloud (default: 2048)")
+    p.add_argument("--channel", type=bounded(int, ge=0), default=0, help="channel to sample (default: 0)")
+    p.add_argument("--time", type=bounded(int, ge=0), default=0, help="time point to sample (default: 0)")
+    p.add_argument("--threshold", type=bounded(float, ge=0, lt=1), default=0.1, help="fraction of each volume's maximum below which "
                    "voxels are not drawn (default: 0.1)")
     p.add_argument("--mask", help="sample uniformly inside these masks instead (same keys)")
     p.add_argument("--keys", nargs="+", metavar="KEY", help="only these dataset keys (default: all)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=bounded(int, ge=0, le=2**32 - 1), default=0)
     return p
 
 

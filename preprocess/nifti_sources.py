@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from Engineering.data.layout import SampleKey, parse_key
+from Engineering.data.layout import SampleKey, check_id, parse_key
 from Engineering.errors import UserError
 from preprocess.cli import input_path
 
@@ -49,8 +49,14 @@ def item_from_name(path: Path, field: str | None, instance: str | None, key: str
     """IDs from ``<patient>_<field>_<instance>[_...]``; otherwise patient = the whole stem."""
     m = ID_NAME.match(stem(path))
     if m:
-        return NiftiItem(m["patient"], field or m["field"], instance or m["instance"], key, path)
-    return NiftiItem(stem(path), field or "0", instance or "0", key, path)
+        return _checked(NiftiItem(m["patient"], field or m["field"], instance or m["instance"], key, path), str(path))
+    return _checked(NiftiItem(stem(path), field or "0", instance or "0", key, path), str(path))
+
+
+def _checked(item: NiftiItem, where: str) -> NiftiItem:
+    for column, value in zip(("patientID", "fieldID", "instanceID"), item.ids):
+        check_id(column, value, where)
+    return item
 
 
 def read_mapping(csv_path: Path, field: str | None, instance: str | None, key: str) -> list[NiftiItem]:
@@ -65,19 +71,22 @@ def read_mapping(csv_path: Path, field: str | None, instance: str | None, key: s
             path = Path(row["path"])
             path = path if path.is_absolute() else csv_path.parent / path
             where = f"mapping {csv_path} line {line}"
-            items.append(NiftiItem(
-                row["patientID"].strip(),
+            items.append(_checked(NiftiItem(
+                (row["patientID"] or "").strip(),
                 (row.get("fieldID") or field or "0").strip(),
                 (row.get("instanceID") or instance or "0").strip(),
                 check_key((row.get("key") or key).strip(), where),
                 path,
-            ))
+            ), where))
     return items
 
 
 def find_nifti(inputs: list[str], field: str | None = None, instance: str | None = None, key: str = "primary") -> list[NiftiItem]:
     """Expand INPUTs (NIfTI files, folders searched recursively, mapping CSVs) into named items."""
     check_key(key, "--key")
+    for flag, value in (("--field", field), ("--instance", instance)):
+        if value is not None:
+            check_id(flag[2:] + "ID", value, flag)
     items: list[NiftiItem] = []
     for raw in inputs:
         path = input_path(raw)

@@ -21,6 +21,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from Engineering.config.argtypes import bounded
 from Engineering.data.layout import members, parse_key
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.read_budget import check_read
@@ -188,9 +189,9 @@ def build_parser() -> ArgParser:
     p.add_argument("--mask", help="mask file to check against the (single) INPUT (default: meta_mask.h5 beside it, if present)")
     p.add_argument("--no-mask", action="store_true", help="do not check masks")
     p.add_argument("--quick", action="store_true", help="check names, shapes and attributes only; skip reading the values (NaN/Inf, min/max)")
-    p.add_argument("--tol", type=float, default=1e-4, help="relative tolerance for min_val/max_val against the data (default: 1e-4)")
+    p.add_argument("--tol", type=bounded(float, ge=0), default=1e-4, help="relative tolerance for min_val/max_val against the data (default: 1e-4)")
     p.add_argument("--strict", action="store_true", help="treat warnings as problems")
-    p.add_argument("--max-listed", type=int, default=50, help="list at most this many problems and warnings each (default: 50)")
+    p.add_argument("--max-listed", type=bounded(int, ge=0), default=50, help="list at most this many problems and warnings each (default: 50)")
     return p
 
 

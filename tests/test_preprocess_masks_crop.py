@@ -109,7 +109,7 @@ def test_bad_inputs_exit_2(tmp_path, converted, capsys):
     proc = run_tool("make_masks", text)
     assert proc.returncode == 2 and proc.stderr.strip() == f"error: not an HDF5 file: {text}"
     assert run_main("crop_h5", converted, "--out", tmp_path / "c.h5", "--size", 0, 4) == 2
-    assert capsys.readouterr().err.startswith("error: --size must be positive")
+    assert capsys.readouterr().err.startswith("error: argument --size: must be >= 1, got 0")
     if not (converted.parent / "meta_mask.h5").exists():
         assert run_main("make_masks", converted) == 0
     capsys.readouterr()

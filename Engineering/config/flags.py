@@ -48,7 +48,7 @@ FLAGS: tuple[Flag, ...] = (
     _f("Run", "output_suffix", "run", "str", "", "Outputs go to Output_<suffix>/ (e.g. an interim or whole-cohort inference)."),
     _f("Run", "shard", "run", "str", "", "With --run_mode 2: i/n tests every n-th patient (sorted IDs) from the "
        "i-th into Output[_suffix]_shard<i>of<n>/; Executors/merge_shards.py RUN merges the n shards."),
-    _f("Run", "seed", "training", "int", 1701, "Global seed (Python, NumPy, torch, data order)."),
+    _f("Run", "seed", "training", "int", 1701, "Global seed (Python, NumPy, torch, data order).", ge=0, le=2**32 - 1),
     _f("Run", "non_deter", "run", "bool", False, "Allow non-deterministic algorithms (faster on GPU)."),
     _f("Run", "dev_run", "run", "int", 0, "Lightning fast_dev_run with N batches (0 = off).", **NON_NEGATIVE),
     # --- Checkpoints and weights
@@ -60,7 +60,7 @@ FLAGS: tuple[Flag, ...] = (
     _f("Weights", "hf_weights", "run", "str", "ema", "Which published weights to load: ema or net.", choices=("ema", "net")),
     # --- Hardware, precision, distribution
     _f("Hardware", "accelerator", "run", "str", "auto", "auto, cpu, gpu, ... (auto: GPU when present)."),
-    _f("Hardware", "ndevices", "run", "int", 1, "Devices per node."),
+    _f("Hardware", "ndevices", "run", "int", 1, "Devices per node.", ge=-1),  # -1: every device
     _f("Hardware", "nnodes", "run", "int", 1, "Number of nodes.", **POSITIVE),
     _f("Hardware", "training_strategy", "run", "str", "default", "Distribution strategy (deepspeed*: ZeRO stage "
        "1/2/3, on CUDA or CPU; one optimiser only).", choices=STRATEGIES),

@@ -81,4 +81,18 @@ def read_fold(path: str | Path, fold_id: int) -> Fold:
     if not 0 <= fold_id < len(rows):
         raise UserError(f"foldID {fold_id} is out of range: {path} has {len(rows)} fold(s)")
     row = rows[fold_id]
-    return Fold(*(_as_ids(row[s], f"{path.name} fold {fold_id} column {s}") for s in SPLITS))
+    fold = Fold(*(_as_ids(row[s], f"{path.name} fold {fold_id} column {s}") for s in SPLITS))
+    check_disjoint({s: fold.ids(s) or () for s in SPLITS}, f"fold file {path} fold {fold_id}")
+    return fold
+
+
+def check_disjoint(fold: dict, where: str) -> None:
+    """A patient in two splits of one fold leaks: a test score on subjects the model trained on (or was selected
+    on) is not a held-out score. Refused, naming the patients, for files we read and files we write."""
+    for i, a in enumerate(SPLITS):
+        for b in SPLITS[i + 1:]:
+            both = sorted(set(map(str, fold.get(a) or ())) & set(map(str, fold.get(b) or ())))
+            if both:
+                raise UserError(f"{where}: {len(both)} patient(s) are in both '{a}' and '{b}' (e.g. "
+                                f"{', '.join(both[:5])}); a patient belongs to one split of a fold (for the whole "
+                                "file in every split, use json§foldCSV 0)")

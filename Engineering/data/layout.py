@@ -93,6 +93,15 @@ class DatasetKey:
         return self.base if self.plane is None else f"{self.base}_{self.plane}"
 
 
+def check_id(column: str, value: str, where: str) -> str:
+    """A patient/field/instance ID is one HDF5 group name: an empty one, '.', '..' or one with '/' would put the
+    dataset at another depth (or inside another patient's group), where no reader finds it as that patient."""
+    if not value.strip() or value in (".", "..") or "/" in value:
+        raise UserError(f"{where}: {column} {value!r} cannot be a group name of the data file (an ID is not empty, "
+                        "'.' or '..', and has no '/')")
+    return value
+
+
 def parse_key(key: str) -> DatasetKey | None:
     """Parse a dataset key; None when it does not follow the contract.
 

@@ -95,13 +95,42 @@ def _normalise(df: pd.DataFrame, file: Path) -> pd.DataFrame:
         if col not in df.columns:
             df[col] = 0
     for col in KEY_COLUMNS:
+        missing = df[col].isna().to_numpy() | (df[col].astype(str).str.strip() == "").to_numpy()
+        if missing.any():  # would become the patient 'nan' (or '') and be joined with nobody, silently
+            raise _first_bad(df[col], missing, col, file, "an ID")
         df[col] = df[col].astype(str).str.strip()
     for col in INDEX_COLUMNS:
-        df[col] = pd.to_numeric(df[col], errors="raise").astype(np.int64)
-    df[cols] = df[cols].apply(pd.to_numeric, errors="coerce").astype(np.float32)
+        df[col] = _index_column(df[col], col, file)
+    for col in cols:
+        df[col] = _z_column(df[col], col, file)
     if df.empty:
         raise UserError(f"{file} holds no computed latents")
     return df[list(SAMPLE_COLUMNS) + cols].reset_index(drop=True)
+
+
+def _first_bad(values: pd.Series, bad: np.ndarray, col: str, file: Path, what: str) -> UserError:
+    i = int(np.flatnonzero(bad)[0])
+    value = values.iloc[i].item() if hasattr(values.iloc[i], "item") else values.iloc[i]  # 0.5, not np.float64(0.5)
+    return UserError(f"{file}: column {col} row {i + 1} is {value!r}, not {what} "
+                     f"({int(bad.sum())} such row(s))")
+
+
+def _index_column(values: pd.Series, col: str, file: Path) -> pd.Series:
+    """A c/t/s index is a whole number >= 0: 1.5 is refused, not truncated to the sample of index 1."""
+    num = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(num) | (num < 0) | (num != np.round(num))
+    if bad.any():
+        raise _first_bad(values, bad, col, file, "a whole number >= 0")
+    return pd.Series(num.astype(np.int64), index=values.index)
+
+
+def _z_column(values: pd.Series, col: str, file: Path) -> pd.Series:
+    """Latent values as float32; an empty cell or NaN is 'not computed', text is refused (not made NaN)."""
+    num = pd.to_numeric(values, errors="coerce")
+    bad = (num.isna() & values.notna() & ~values.astype(str).str.strip().str.lower().isin(("", "nan"))).to_numpy()
+    if bad.any():
+        raise _first_bad(values, bad, col, file, "a number")
+    return num.astype(np.float32)
 
 
 def _read_h5(file: Path) -> pd.DataFrame:

@@ -154,8 +154,10 @@ LATENTCLS_FLAGS = (
          ("none", "patient")),
     Flag("heads", ("model", "heads"), "str", "linear,mlp",
          "Heads trained together on the latents: linear, mlp or both (comma-separated).", LATENTCLS_GROUP),
-    Flag("mlp_hidden", ("model", "mlp_hidden"), "int", 64, "Hidden width of the MLP head.", LATENTCLS_GROUP),
-    Flag("mlp_dropout", ("model", "mlp_dropout"), "float", 0.1, "Dropout of the MLP head.", LATENTCLS_GROUP),
+    Flag("mlp_hidden", ("model", "mlp_hidden"), "int", 64, "Hidden width of the MLP head.", LATENTCLS_GROUP,
+         bounds=(("gt", 0),)),
+    Flag("mlp_dropout", ("model", "mlp_dropout"), "float", 0.1, "Dropout of the MLP head.", LATENTCLS_GROUP,
+         bounds=(("ge", 0), ("lt", 1))),
     use_ema_flag(LATENTCLS_GROUP),
     Flag("manipulate", ("eval", "manipulate"), "str", "",
          "DiffAE parents: move z_sem along the linear head's direction for this target (TARGET or TARGET:CLASS) "
@@ -163,7 +165,7 @@ LATENTCLS_FLAGS = (
     Flag("scales", ("eval", "scales"), "str", "-2,-1,0,1,2",
          "Steps along the unit direction, in standard deviations of the standardised latents.", LATENTCLS_GROUP),
     Flag("n_manipulate_subs", ("eval", "n_manipulate_subs"), "int", 2,
-         "Test-split subjects to manipulate (one sample each).", LATENTCLS_GROUP),
+         "Test-split subjects to manipulate (one sample each).", LATENTCLS_GROUP, bounds=(("gt", 0),)),
 )
 
 
