@@ -10,6 +10,7 @@ import inspect
 from contextlib import nullcontext
 import json
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -23,7 +24,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.bn_policy import BNPolicy
-from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed
+from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed, read_deepspeed_config
 from Engineering.Engines.output_writer import OutputWriter, done_samples, test_fingerprint
 from Engineering.Engines.registry import TaskSpec, drive_errors
 from Engineering.Engines import run_folder
@@ -66,8 +67,19 @@ def precision(cfg, accelerator: str) -> str:
     return amp
 
 
+def check_strategy(cfg, accelerator: str) -> None:
+    """What the configuration alone decides about the strategy, refused before the run folder is touched."""
+    name = cfg.run.training_strategy
+    if name == "fsdp" and accelerator == "cpu":
+        raise UserError("--training_strategy fsdp shards a model over CUDA GPUs and does not run on CPU; use ddp "
+                        "or deepspeed* (which run on CPU)")
+    if is_deepspeed(name) and cfg.run.deepspeed_config:
+        read_deepspeed_config(cfg.run.deepspeed_config)
+
+
 def strategy(cfg, accelerator: str, automatic: bool = True):
     name = cfg.run.training_strategy
+    check_strategy(cfg, accelerator)
     if is_deepspeed(name):
         return build_strategy(cfg, accelerator, automatic)
     if cfg.run.deepspeed_config:
@@ -326,8 +338,18 @@ def run(argv: Sequence[str], task: TaskSpec) -> dict:
     save_path = Path(cfg.paths.save_path).expanduser()
     if save_path.exists() and not save_path.is_dir():
         raise UserError(f"json§save_path {save_path} is a file, not a folder for run folders")
+    if save_path.is_symlink() and not save_path.exists():
+        raise UserError(f"json§save_path {save_path} is a link to {os.readlink(save_path)}, which does not exist "
+                        "(an unmounted disk?)")
+    check_strategy(cfg, resolved_accelerator(cfg))
     run_dir = life.run_dir()
     ckpt_dir = run_dir / CHECKPOINT_DIR
+    for folder in (run_dir, ckpt_dir):  # a file (or a dangling link) in the way: refused before anything starts
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            raise UserError(f"{folder} is {'a dangling link' if not folder.exists() else 'a file'} where the run's "
+                            "folder should be; move it away or choose another --trainID/--fulltrainID")
+    if cfg.training.auto_bs or cfg.training.auto_lr:
+        read_tuned(run_dir / TUNED)
     out_dir = run_dir / ("Output" + (f"_{cfg.run.output_suffix}" if cfg.run.output_suffix else ""))
     shard = parse_shard(cfg.run.shard)
     if shard is not None:
@@ -458,6 +480,27 @@ def test_checkpoint(cfg, ckpt_dir: Path) -> Path | None:
     return None
 
 
+TUNED = "tuned.json"
+
+
+def read_tuned(record: Path) -> dict:
+    """The Tuner's recorded result ({} when absent); a damaged record is one line naming it (read before training
+    starts too), not a traceback after the model was built."""
+    if not record.is_file():
+        return {}
+    try:
+        tuned = json.loads(record.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:
+        tuned = exc
+    ok = isinstance(tuned, dict) and all(
+        (k == "batch_size" and type(v) is int and v > 0)
+        or (k == "lr" and type(v) in (int, float) and math.isfinite(v) and v > 0) for k, v in tuned.items())
+    if not ok:
+        raise UserError(f"{record} is not a Tuner record ({{\"batch_size\": N, \"lr\": X}}, both positive): "
+                        "delete it to tune again")
+    return tuned
+
+
 def _tune(cfg, trainer, model, dm, run_dir: Path) -> None:
     """--auto_bs/--auto_lr: run the Lightning Tuner once per run folder; later runs reuse its result."""
     t = cfg.training
@@ -465,8 +508,8 @@ def _tune(cfg, trainer, model, dm, run_dir: Path) -> None:
         return
     from lightning.pytorch.tuner import Tuner
 
-    record = run_dir / "tuned.json"
-    tuned = json.loads(record.read_text()) if record.is_file() else {}
+    record = run_dir / TUNED
+    tuned = read_tuned(record)
     if t.auto_bs and "batch_size" not in tuned:
         tuned["batch_size"] = Tuner(trainer).scale_batch_size(model, datamodule=dm, mode="binsearch")
     if t.auto_lr and "lr" not in tuned:

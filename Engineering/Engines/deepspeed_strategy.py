@@ -13,6 +13,7 @@ all devices); nothing here clips partitioned gradients.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 from pathlib import Path
 
@@ -72,6 +73,34 @@ def is_deepspeed(name: str) -> bool:
     return str(name).startswith("deepspeed")
 
 
+def read_deepspeed_config(ref) -> dict:
+    """The --deepspeed_config file as a dict, checked here: Lightning and DeepSpeed read it deep inside the
+    Trainer (bad JSON, a list, ZeRO stage 7 were tracebacks there, after the run folder was made)."""
+    path = Path(ref).expanduser()
+    if not path.is_file():
+        raise UserError(f"--deepspeed_config: no such file {path}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise UserError(f"--deepspeed_config {path} is not readable JSON: {str(exc).splitlines()[0]}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"--deepspeed_config {path} holds a {type(config).__name__}, not a JSON object of "
+                        "DeepSpeed settings")
+    zero = config.get("zero_optimization", {})
+    if not isinstance(zero, dict):
+        raise UserError(f"--deepspeed_config {path}: zero_optimization is {zero!r}, not an object")
+    if zero:
+        from deepspeed.runtime.zero.config import DeepSpeedZeroConfig  # DeepSpeed's own rules for the section
+
+        try:
+            DeepSpeedZeroConfig(**zero)
+        except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+            detail = " ".join(str(exc).split("\n")[1:3]).strip() or str(exc)
+            raise UserError(f"--deepspeed_config {path}: zero_optimization is not valid: {' '.join(detail.split())}") \
+                from None
+    return config
+
+
 def build_strategy(cfg, accelerator: str, automatic: bool):
     """The DeepSpeed strategy of ``--training_strategy`` (and ``--deepspeed_config``) for this accelerator."""
     name = cfg.run.training_strategy
@@ -81,10 +110,7 @@ def build_strategy(cfg, accelerator: str, automatic: bool):
         raise UserError(f"--training_strategy {name} runs on CUDA GPUs or on CPU, not on --accelerator {accelerator}")
     kwargs = dict(STAGES[name])
     if cfg.run.deepspeed_config:
-        path = Path(cfg.run.deepspeed_config).expanduser()
-        if not path.is_file():
-            raise UserError(f"--deepspeed_config: no such file {path}")
-        kwargs = {"config": str(path)}
+        kwargs = {"config": read_deepspeed_config(cfg.run.deepspeed_config)}
     if accelerator == "cpu":
         # DeepSpeed JIT-builds its CPU ops once per machine: keep that cache out of the repository
         os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions"))

@@ -65,6 +65,8 @@ def load_run(run_or_file: str | Path) -> SavedRun:
     if not isinstance(raw, dict) or in_channels is None:
         raise UserError(f"{path} holds no imlatent_config/in_channels: not a checkpoint of this pipeline's "
                         "training (use the run folder of an autoencoder task such as main.py --task diffAE)")
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise UserError(f"{path}: in_channels is {in_channels!r}, not a positive number of channels")
     cfg, task = saved_config(raw, f"checkpoint {path}")
     with drive_errors():
         engine = task.engine_class()(cfg, int(in_channels))

@@ -118,7 +118,21 @@ def read_checkpoint(path: str | Path) -> dict:
                         ) from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a state dict")
-    return obj if "state_dict" in obj else {"state_dict": obj}
+    ckpt = obj if "state_dict" in obj else {"state_dict": obj}
+    check_state_dict(ckpt["state_dict"], str(path))
+    return ckpt
+
+
+def check_state_dict(state, source: str) -> None:
+    """A state dict maps parameter names to tensors; anything else (a list, numbers) is refused here, not met as
+    an AttributeError inside the loader."""
+    if not isinstance(state, dict):
+        raise UserError(f"{source}: its state_dict is a {type(state).__name__}, not a mapping of parameter names "
+                        "to tensors: not a checkpoint of a model")
+    for key, value in state.items():
+        if not isinstance(key, str) or not (isinstance(value, torch.Tensor) or key.endswith("_extra_state")):
+            raise UserError(f"{source}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor: not a "
+                            "checkpoint of a model")
 
 
 def refused_pickle_message(path, exc: Exception) -> str:
