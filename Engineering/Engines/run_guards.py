@@ -34,7 +34,7 @@ class FiniteLoss(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         values = _scalars(outputs)
         for name, value in trainer.callback_metrics.items():
-            if "loss" in name and isinstance(value, torch.Tensor) and value.numel() == 1:
+            if name.startswith("train") and "loss" in name and isinstance(value, torch.Tensor) and value.numel() == 1:
                 values.setdefault(name, float(value))
         bad = {k: v for k, v in values.items() if not math.isfinite(v)}
         if bad:
