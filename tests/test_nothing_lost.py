@@ -73,7 +73,7 @@ def test_export_targets_new_empty_or_an_earlier_export_only(trained, tmp_path, c
     other.mkdir()
     (other / "thesis.tex").write_text("years of work")
     proc = _export(capsys, "--run", str(run_dir), "--out", str(other))
-    assert proc.returncode == 2 and "not empty and is not an earlier export (it holds thesis.tex)" in proc.stderr
+    assert proc.returncode == 2 and "not empty and is not an earlier output of this tool (it holds thesis.tex)" in proc.stderr
     assert (other / "thesis.tex").read_text() == "years of work"
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -227,6 +227,6 @@ def test_export_config_marker_is_what_the_rule_reads(trained, tmp_path, capsys):
     for name in ("config.json", "model.safetensors", "README.md"):
         (fake / name).write_text(json.dumps({"format": "someone-else"}))
     proc = _export(capsys, "--run", str(trained / "t"), "--out", str(fake))
-    assert proc.returncode == 2 and "is not an earlier export" in proc.stderr
+    assert proc.returncode == 2 and "is not an earlier output" in proc.stderr
     assert (fake / "model.safetensors").read_text() == json.dumps({"format": "someone-else"})
     shutil.rmtree(fake)

@@ -11,7 +11,7 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, Sequence
 
 from Engineering.errors import UserError
 from Engineering.io.runlock import process_alive
@@ -31,6 +31,9 @@ def atomic_path(path: str | Path, copy_existing: bool = False, create_parent: bo
     create_parent: make a missing destination folder; False makes it an error (a user's --out typo).
     """
     path = Path(path)
+    if path.is_dir():  # os.replace cannot put a file there: refused before anything is computed into it
+        raise UserError(f"{path} is an existing folder, not a file that can be written: give a file name "
+                        f"(e.g. {path}/<name>)")
     if create_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.parent.exists():
@@ -126,3 +129,29 @@ def remove_stale(folder: str | Path, owner: str = "") -> list[Path]:
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         removed.append(p)
     return removed
+
+
+def check_replaceable(out: str | Path, own: Sequence[str], is_ours: Callable[[Path], bool], flag: str = "--out",
+                      protect: Sequence[Path] = ()) -> None:
+    """The one rule for a tool that writes a whole folder and swaps it in (replace_dir): ``out`` must be new, empty,
+    or hold only files named in ``own`` and pass ``is_ours`` (an earlier output of the same tool, replaced
+    atomically). Anything else (a folder of other files, a file, a dangling link, a folder that is or holds one of
+    ``protect``) is refused before anything is written: a mistyped --out never deletes a thing."""
+    out = Path(out)
+    if out.is_symlink() and not out.exists():
+        raise UserError(f"{flag} {out} is a dangling symbolic link: give a new or empty folder")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{flag} {out} is a file: give a new or empty folder")
+    if not out.is_dir():
+        return
+    for kept in protect:
+        if out.resolve() == Path(kept).resolve() or Path(kept).resolve().is_relative_to(out.resolve()):
+            raise UserError(f"{flag} {out} is (or holds) {kept}: writing there would replace it; give a new or "
+                            "empty folder")
+    entries = sorted(p.name for p in out.iterdir())
+    if not entries:
+        return
+    if not (set(entries) <= set(own) and is_ours(out)):
+        shown = ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)" if len(entries) > 5 else "")
+        raise UserError(f"{flag} {out} is not empty and is not an earlier output of this tool (it holds {shown}): "
+                        "it would be replaced, so give a new or empty folder")

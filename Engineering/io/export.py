@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import save_file
 
 from Engineering.errors import UserError
-from Engineering.io.atomic import replace_dir, staging_dir
+from Engineering.io.atomic import check_replaceable, replace_dir, staging_dir
 from Engineering.io.checkpoints import checkpoint_in, read_checkpoint
 from Engineering.io.hub import FORMAT, export_config
 
@@ -58,32 +58,16 @@ def export_run(run: str | Path, which: str, out: str | Path, describe: Callable)
 EXPORT_FILES = ("config.json", "model.safetensors", "README.md")
 
 
+def _is_export(folder: Path) -> bool:
+    try:
+        return json.loads((folder / "config.json").read_text()).get("format") == FORMAT
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def check_target(out: Path, run: Path) -> None:
-    """The one export target rule: an export writes only its own files, into a new or empty folder or over an
-    earlier export of ours (which it replaces atomically); anything else (the run folder itself, a folder of
-    other files, a file) is refused before anything is written: a mistyped --out never deletes a thing."""
-    if out.is_symlink() and not out.exists():
-        raise UserError(f"--out {out} is a dangling symbolic link: give a new or empty folder")
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: give a new or empty folder for the exported repository")
-    if not out.is_dir():
-        return
-    if out.resolve() == run.resolve() or run.resolve().is_relative_to(out.resolve()):
-        raise UserError(f"--out {out} is (or holds) the run folder {run}: an export would replace it; give a new "
-                        "or empty folder")
-    entries = sorted(p.name for p in out.iterdir())
-    if not entries:
-        return
-    ours = set(entries) <= {*EXPORT_FILES, ".gitattributes"} and (out / "config.json").is_file()
-    if ours:
-        try:
-            ours = json.loads((out / "config.json").read_text()).get("format") == FORMAT
-        except (OSError, ValueError, AttributeError):
-            ours = False
-    if not ours:
-        shown = ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)" if len(entries) > 5 else "")
-        raise UserError(f"--out {out} is not empty and is not an earlier export (it holds {shown}): an export "
-                        "replaces its target folder, so give a new or empty folder")
+    """The export's target: new, empty, or an earlier export of ours (never the run folder or other files)."""
+    check_replaceable(out, (*EXPORT_FILES, ".gitattributes"), _is_export, protect=(run,))
 
 
 def _metrics(ckpt: dict, run: Path) -> list[str]:
