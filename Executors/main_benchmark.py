@@ -97,8 +97,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> dict:
     args = build_parser().parse_args(list(argv))
-    if args.n_boot < 0 or args.n_perm < 0 or args.n_splits < 2 or args.n_repeats < 1 or args.run_max_samples < 1:
-        raise UserError("--n_boot and --n_perm must be >= 0, --n_splits >= 2, --n_repeats and --run_max_samples >= 1")
+    out = Path(args.out)
+    for path in (out, *(out / name for name in ("metrics.json", "metrics.csv", "report.html"))):
+        if path.exists() and path.is_dir() != (path == out):  # found now, not after the whole benchmark has run
+            raise UserError(f"--out {args.out}: {path} is {'a folder' if path.is_dir() else 'a file'} where the "
+                            f"benchmark writes {'its report file' if path != out else 'its folder'}")
     nsc_only = {"--compound_col": args.compound_col, "--dose_col": args.dose_col, "--well_col": args.well_col,
                 "--plate_col": args.plate_col, "--nsc_center": args.nsc_center, "--nsc_controls": args.nsc_controls,
                 "--nsc_tvn": args.nsc_tvn}

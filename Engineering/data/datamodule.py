@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Sampler, Subset
 
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
 from Engineering.data.demo import ensure_named_demo, split_demo_ref
-from Engineering.data.folds import WHOLE_FILE, is_whole_file, read_fold
+from Engineering.data.folds import SPLITS, WHOLE_FILE, is_whole_file, read_fold
 from Engineering.data.group_batches import GroupBatchSampler, GroupChunks, group_codes
 from Engineering.data.index import load_records, selection_from
 from Engineering.data.labels import read_label_table
@@ -141,6 +141,9 @@ class H5DataModule(L.LightningDataModule):
                                 "set json§DS_covariates§path")
             self._group_table_path = resolve_data_path(cfg, cov["path"])
             self._group_table = read_label_table(self._group_table_path)
+            # every patient of the fold needs its group now, not when the test split is reached after training
+            in_fold = None if self.fold is WHOLE_FILE else {p for s in SPLITS for p in self.fold.ids(s) or ()}
+            self.patient_groups({r.patientID for r in self.records if in_fold is None or r.patientID in in_fold})
 
     def _check_shapes(self) -> None:
         """Every selected dataset must fit the model (crop/pad rules) and memory before anything runs or is written."""

@@ -34,7 +34,18 @@ def group_codes(patients: Sequence[str], table: pd.DataFrame, columns: Sequence[
     if missing:
         raise UserError(f"--batch_groups {','.join(columns)}: column(s) {', '.join(missing)} not in {where} "
                         f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})")
-    rows = table.drop_duplicates("patientID").set_index("patientID")[list(columns)].astype(str)
+    raw = table.drop_duplicates("patientID").set_index("patientID")[list(columns)]
+    empty = raw.isna() | raw.apply(lambda col: col.astype(str).str.strip().eq(""))
+    # an empty cell of a patient with samples would pool them into a group 'nan' (or a traceback): refused; rows
+    # of patients without samples here form no group
+    used = empty.reindex([p for p in dict.fromkeys(patients) if p in raw.index])
+    for col in columns:
+        if used[col].any():
+            first = used.index[used[col].to_numpy()][0]
+            raise UserError(f"--batch_groups {','.join(columns)}: {int(used[col].sum())} patient(s) have no value "
+                            f"in column {col!r} of {where} (first: patient {first}); fill them in or leave those "
+                            "patients out")
+    rows = raw[~empty.any(axis=1)].astype(str)
     names = rows.apply(lambda r: "/".join(r), axis=1)
     per_sample = names.reindex(list(patients))
     absent = per_sample[per_sample.isna()]

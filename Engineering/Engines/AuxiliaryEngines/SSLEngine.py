@@ -86,6 +86,10 @@ class SSLEngine(LatentEngine):
         if self.method == "minclr" and self.n_views > self.grid ** 2:
             raise UserError(f"model§SSL: MinCLR draws its {self.n_views} views from different cells of a "
                             f"{self.grid}x{self.grid} grid; raise model§SSL§grid or lower n_views")
+        plane = tuple(cfg.model.input_shape)[-2:]
+        if self.method == "minclr" and min(plane) < self.grid:  # cells of 0 pixels: nothing to resize
+            raise UserError(f"model§SSL§grid={self.grid}: a {self.grid}x{self.grid} MinCLR grid does not fit the "
+                            f"{plane[0]}x{plane[1]} input (--input_shape); each cell needs at least one pixel")
         self.aug = AugmentSpec(**cfg.model.augment.model_dump())
         self.seed = int(cfg.training.seed)
         # the kNN monitor: leave-one-out k-NN accuracy of a phenotype class on the validation features
