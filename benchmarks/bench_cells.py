@@ -6,9 +6,11 @@ look), the rotation-invariant image AE (``main_rotinv``), a classical image AE a
 costs 6x the step time on a CPU), and the Vector Neuron and DGCNN point-cloud AEs (``main_pointcloud``) on the
 same cells and folds, then scores the test cells' latents with ``main_benchmark`` and every model with
 ``--run``: the probes of the puncta placement rule, compactness, archetypes, outlier detection of the planted
-abnormal cells, rotation sensitivity (90° steps), rotation invariance under random SO(3) rotations (of volumes
-or clouds), pose equivariance, evolution energy and interpolation distance of decoded latent segments, latent
-usage, reconstruction error and efficiency. Writes ``--out``/report/ (metrics.json, metrics.csv, report.html
+abnormal cells (the reference's classifier and our AUROC), the reference's rotation invariance error (90° turns
+about z) beside ours under random SO(3) rotations (of volumes or clouds) and rotation sensitivity (90° steps and
+flips), pose equivariance, the reference's evolution energy and embedding distance beside our decoded path ratio
+and interpolation distance of decoded latent segments, latent usage, reconstruction error (MSE; the reference's
+Chamfer for clouds) and efficiency. Writes ``--out``/report/ (metrics.json, metrics.csv, report.html
 with the z-scored radar) and a Markdown table (``--write``). Not part of the tests (about 20 minutes on 2 CPU
 cores); run it alone.
 
@@ -40,9 +42,10 @@ MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds an
     "VN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "vn", "--num_epochs", "20"]),
     "DGCNN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "dgcnn", "--num_epochs", "20"]),
 }
-ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "outlier_auroc/outlier", "rotation_invariance",
-        "pose_equivariance_error", "rotation_sensitivity", "reconstruction_mse", "latent_usage_swap",
-        "evolution_energy", "interpolation_distance", "archetype_r2", "parameters_M", "inference_ms_per_sample")
+ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "outlier_detection/outlier", "outlier_auroc/outlier",
+        "rotation_invariance_error", "rotation_invariance", "pose_equivariance_error", "rotation_sensitivity",
+        "reconstruction_mse", "reconstruction_chamfer", "latent_usage_swap", "evolution_energy", "embedding_distance",
+        "decoded_path_ratio", "interpolation_distance", "archetype_r2", "parameters_M", "inference_ms_per_sample")
 
 
 def _run(args: list[str], env: dict) -> float:
@@ -85,11 +88,14 @@ def main() -> None:
             else:
                 cells.append(f"{rec['value']:.3g}")
         lines.append(f"| {name} | {seconds.get(name, 0):.0f} | " + " | ".join(cells) + " |")
-    lines.append("\nDirections: probes, kNN, outlier AUROC (0.5 = chance), latent usage, archetype R² higher is "
-                 "better; rotation metrics, pose error (degrees), reconstruction MSE, evolution energy (decoded path "
-                 "length over decoded distance, >= 1), interpolation distance, parameters (M) and ms per sample lower "
-                 "is better. Rotation invariance: latent change under 4 random SO(3) rotations over the "
-                 "between-sample spread; rotation sensitivity: under 90° in-plane steps and flips. — : not "
+    lines.append("\nDirections: probes, kNN, outlier detection and AUROC (0.5 = chance), latent usage, archetype "
+                 "R² higher is better; rotation metrics, pose error (degrees), reconstruction errors, evolution "
+                 "energy, embedding distance, decoded path ratio (>= 1), interpolation distance, parameters (M) and "
+                 "ms per sample lower is better. The reference's definitions (AllenCell benchmarking_representations)"
+                 ": outlier_detection, rotation_invariance_error, reconstruction_chamfer, evolution_energy, "
+                 "embedding_distance; ours: outlier_auroc, rotation_invariance (latent change under 4 random SO(3) "
+                 "rotations over the between-sample spread), rotation_sensitivity (90° in-plane steps and flips), "
+                 "decoded_path_ratio, interpolation_distance. — : not "
                  "applicable to the model (see report.html for the reason). "
                  "Regenerate: `python benchmarks/bench_cells.py --write benchmarks/results/cells.md`.")
     table = "\n".join(lines)

@@ -1,6 +1,6 @@
 """The benchmark's model-dependent metric families recover planted answers: arbitrary-angle rotation invariance
 (an exactly invariant encoder vs a pixel encoder, 2D and 3D), pose equivariance (a correct and a frozen pose),
-evolution energy and interpolation distance (a linear vs a curved decoder), latent usage (a decoder that uses the
+the decoded path ratio and interpolation distance (a linear vs a curved decoder), latent usage (a decoder that uses the
 code vs one that ignores it), rotations of point clouds, outliers by intrinsic dimension, and archetypes of data
 built from known vertices."""
 from __future__ import annotations
@@ -80,7 +80,7 @@ def test_pose_equivariance_error_is_zero_for_a_true_pose_and_large_for_a_frozen_
     assert good.value < 3.0 and frozen.value > 30.0, (good.value, frozen.value)
 
 
-def test_evolution_energy_is_one_for_a_linear_decoder_and_more_for_a_curved_one():
+def test_decoded_path_ratio_is_one_for_a_linear_decoder_and_more_for_a_curved_one():
     rng = np.random.default_rng(0)
     Z = rng.normal(size=(20, 3))
     W = rng.normal(size=(3, 10))
@@ -89,8 +89,8 @@ def test_evolution_energy_is_one_for_a_linear_decoder_and_more_for_a_curved_one(
     X_lin, X_cur = linear(Z), curved(Z)
     lin = interpolation_metrics(linear, Z, X_lin, n_boot=100, seed=0)
     cur = interpolation_metrics(curved, Z, X_cur, n_boot=100, seed=0)
-    assert lin["evolution_energy"].value == pytest.approx(1.0, abs=1e-9)
-    assert cur["evolution_energy"].ci_low > 1.05  # a detour: the whole CI above the straight path's 1
+    assert lin["decoded_path_ratio"].value == pytest.approx(1.0, abs=1e-9)
+    assert cur["decoded_path_ratio"].ci_low > 1.05  # a detour: the whole CI above the straight path's 1
     # interpolants of the curved decoder leave the data more than the linear decoder's (which stay in its span)
     assert cur["interpolation_distance"].value > lin["interpolation_distance"].value
 

@@ -1,4 +1,6 @@
-"""Rotation invariance at arbitrary angles (model-dependent; seed 003 tested only four 90° rotations).
+"""Rotation invariance at arbitrary angles (model-dependent): this project's variant. Seed 003's reference tests only
+the four 90° turns about z, relative to the latents' own norm (``invariance.rotation_invariance_error``, under the
+reference's name); this one uses any angle, and scales by the spread between samples instead.
 
 Each test sample is re-encoded under random rotations: in 2D any in-plane angle, in 3D a random rotation of
 SO(3) (uniform, scipy's ``Rotation.random``), applied about the image centre by linear interpolation with the
@@ -22,8 +24,9 @@ from Engineering.Eval.result import LOWER, MetricResult
 from Engineering.Science.grids import inscribed_ball
 
 METRICS = {
-    "rotation_invariance": (LOWER, "Latent change under random rotations (any angle in 2D, random SO(3) in 3D) "
-                                   "over the between-sample latent spread. Lower is better (more invariant)."),
+    "rotation_invariance": (LOWER, "Project variant (not the reference's rotation_invariance_error): latent change "
+                                   "under random rotations (any angle in 2D, random SO(3) in 3D) over the "
+                                   "between-sample latent spread. Lower is better (more invariant)."),
     "pose_equivariance_error": (LOWER, "Mean angle (degrees) between pose(R x) and R pose(x). Lower is better."),
 }
 

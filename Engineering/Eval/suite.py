@@ -51,7 +51,7 @@ def run_benchmark(latents: dict[str, np.ndarray], targets: list[Target], batch: 
                   log: Callable[[str], None] = lambda _: None,
                   outlier: Target | None = None) -> dict[str, dict[str, MetricResult]]:
     """Scores of each run plus the baselines; ``pixels`` (n_samples, ...) enables the PCA-pixel baseline;
-    ``outlier`` (known outliers, outlier_target) the outlier-detection AUROC."""
+    ``outlier`` (known outliers, outlier_target) the outlier metrics (the reference's classifier and our AUROC)."""
     if not latents:
         raise UserError("no latents to benchmark")
     clash = set(latents) & set(baselines.NAMES)
@@ -110,6 +110,8 @@ def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target 
         Zo, y, _ = _subset(Z, outlier, groups)
         record(f"outlier_auroc/{outlier.name}", lambda: outliers.outlier_auroc(Zo, y, s.n_boot, s.seed, s.id_ks),
                ["outlier_auroc"])
+        record(f"outlier_detection/{outlier.name}", lambda: outliers.outlier_detection(Zo, y, s.n_boot, s.seed),
+               ["outlier_detection"])
 
     for t in targets:
         Zt, y, g = _subset(Z, t, groups)
