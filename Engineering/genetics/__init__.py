@@ -1,0 +1,1 @@
+"""GWAS-ready phenotypes from latents (export_gwas)."""
