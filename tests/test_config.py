@@ -79,22 +79,48 @@ def test_new_keys_parse_as_yaml(task):
 
 
 def test_negative_and_exponent_values_for_flags(task):
-    r = resolve(["--zscore_mean", "-1e-3", "--seed", "-5"], task)  # (a negative lr is now an error)
-    assert r.cfg.data.zscore_mean == pytest.approx(-1e-3) and r.cfg.training.seed == -5
+    r = resolve(["--zscore_mean", "-1e-3", "--norm_type", "zscore", "--zscore_std", "2e0"], task)  # (a negative
+    assert r.cfg.data.zscore_mean == pytest.approx(-1e-3) and r.cfg.data.zscore_std == 2  # lr/seed is an error)
 
 
-def test_new_key_warns_with_closest_and_strict_errors(task, capsys):
-    # inside a typed section an unknown key is an error that lists the valid keys (after the typo warning)
+def test_typo_is_an_error_other_new_keys_are_created_and_recorded(task, capsys):
+    # a key or flag close to a known one is a likely typo: an error with the suggestion (and the valid keys)
     with pytest.raises(UserError, match=r"unknown key training§LRdecay \(did you mean training§LRDecay\?\); "
                                         r"valid keys: .*LRDecay"):
         resolve(["--training§LRdecay§x", "1"], task)
-    assert "did you mean 'LRDecay'" in capsys.readouterr().out
-    with pytest.raises(UserError, match="LRdecay.*did you mean 'LRDecay'"):
-        resolve(["--training§LRdecay§x", "1", "--strict_overrides"], task)
-    resolve(["--batchsize", "3"], task)
-    assert "did you mean --batch_size" in capsys.readouterr().out
-    with pytest.raises(UserError, match="batchsize"):
-        resolve(["--batchsize", "3", "--strict_overrides", "true"], task)
+    with pytest.raises(UserError, match=r"unknown key training§ema_decya \(did you mean training§ema_decay\?\)"):
+        resolve(["--training§ema_decya", "0.9"], task)
+    with pytest.raises(UserError, match=r"^unknown flag --batchsize \(did you mean --batch_size\?\)$"):
+        resolve(["--batchsize", "3"], task)
+    with pytest.raises(UserError, match=r"unknown flag --num_epoch \(did you mean --num_epochs\?\)"):
+        resolve(["--num_epoch", "1"], task)
+    # any other new key or flag is created with a warning (the ancestor's documented rule) and recorded
+    r = resolve(["--training§prova", "testing", "--model§DiffAE§opts§new", "3", "--brandnew", "7"], task)
+    err = capsys.readouterr().err
+    assert "training§prova' does not exist and is created" in err and "unknown flag --brandnew" in err
+    assert r.raw["training"]["prova"] == "testing" and r.raw["brandnew"] == 7
+    assert r.raw["model"]["DiffAE"]["opts"] == {"loss_fn": "l2", "new": 3}
+    assert "training§prova" in r.explicit
+    with pytest.raises(UserError, match=r"training§prova' does not exist \(--strict_overrides\)"):
+        resolve(["--training§prova", "testing", "--strict_overrides"], task)
+    with pytest.raises(UserError, match="brandnew"):
+        resolve(["--brandnew", "3", "--strict_overrides", "true"], task)
+
+
+def test_values_never_start_with_two_dashes_and_bare_unknown_flags_are_true(task):
+    # the repro: an unknown flag followed by a flag took that flag as its value
+    flags, overrides = split_argv(["--print_config", "--brandnew", "--no-keep_cont"],
+                                  {"print_config": "bool", "no-keep_cont": "none"})
+    assert flags == ["--print_config", "--no-keep_cont"] and overrides[0].raw == "true"
+    r = resolve(["--brandnew", "--no-tbactive", "--other_new"], task)
+    assert r.raw["brandnew"] is True and r.raw["other_new"] is True and r.cfg.run.tbactive is False
+    r = resolve(["--brandnew", "--print_config"], task)
+    assert r.control["print_config"] is True  # printing, not training
+    with pytest.raises(UserError, match=r"flag --lr needs a value \(got the flag --print_config\)"):
+        resolve(["--lr", "--print_config"], task)
+    with pytest.raises(UserError, match=r"override --training§newstr needs a value"):
+        resolve(["--training§newstr", "--print_config"], task)
+    assert resolve(["--seed", "5", "--zscore_mean", "-5", "--norm_type", "zscore"], task).cfg.data.zscore_mean == -5
 
 
 def test_path_through_scalar_and_bad_type_are_errors(task):
@@ -125,8 +151,8 @@ def test_no_abbreviation_capture(task):
     # '--batch' must not be taken as '--batch_size'
     flags, overrides = split_argv(["--batch", "3"], {"batch_size": "value"})
     assert flags == [] and overrides[0].path == ("batch",)
-    r = resolve(["--batch", "3"], task)
-    assert r.cfg.training.batch_size == 16 and r.raw["batch"] == 3
+    r = resolve(["--batchx", "3"], task)
+    assert r.cfg.training.batch_size == 16 and r.raw["batchx"] == 3
 
 
 def test_missing_files_are_clear_errors(task, tmp_path):

@@ -102,6 +102,12 @@ def test_toy_plugin_trains_tests_and_writes_outputs_from_outside_the_repository(
     assert proc.returncode == 2 and "unknown key model§toy§widht (did you mean model§toy§width?)" in proc.stderr
 
 
-def test_unknown_keys_of_a_plugin_section_are_not_valid_for_other_tasks():
-    with pytest.raises(UserError, match="unknown key model§toy"):
-        resolve(["--model§toy§width", "3"], registry.get("diffAE"))
+def test_keys_and_flags_of_another_task_are_refused_naming_it(capsys):
+    with pytest.raises(UserError, match=r"unknown key model§pythae: it belongs to task 'recon', not 'diffAE'"):
+        resolve(["--model§pythae§nn", "conv"], registry.get("diffAE"))
+    with pytest.raises(UserError, match=r"unknown key eval§reference_Cs: it belongs to task 'latentcls'"):
+        resolve(["--eval§reference_Cs", "[1.0]"], registry.get("diffAE"))
+    # a key no registered task has is new: created with a warning (the ancestor's rule), recorded
+    r = resolve(["--model§toy§width", "3"], registry.get("diffAE"))
+    assert r.raw["model"]["toy"] == {"width": 3} and "'model§toy' does not exist and is created" in \
+        capsys.readouterr().err

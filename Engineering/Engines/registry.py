@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from Engineering.config.honour import STANDARD
 from Engineering.config.loader import Task
 from Engineering.config.overrides import closest_key
 from Engineering.Engines.WarpDrives.errors import DriveError
@@ -33,6 +34,7 @@ class TaskSpec(Task):
     first needed); ``lifecycle`` is how a run of it is built (None: the image autoencoder run of MainEngine).
     ``published(hub, cfg)`` maps weights of a foreign layout read by ``--load_hf`` onto the drive."""
 
+    honours: frozenset | None = STANDARD  # the common flags/keys it honours (config/honour.py); others are refused
     drive: str = ""  # the model§drive value its runs carry (checkpoints, Hub config.json)
     engine: Any = None
     lifecycle: Any = None
@@ -43,6 +45,17 @@ class TaskSpec(Task):
     # run_name_parts(cfg) -> ["pythaemodel-vae", ...]: what tells this task's runs apart on the same data (its model
     # variant), appended to the composed run name so that two variants never share a run folder
     run_name_parts: Callable | None = None
+
+    def owner_of(self, path: tuple[str, ...]) -> str | None:
+        for spec in tasks().values():
+            if spec.name == self.name:
+                continue
+            section, _, rest = ("§".join(path)).partition("§")
+            if section in spec.sections and rest.split("§")[0] in spec.sections[section].model_fields:
+                return spec.name
+            if any(f.path[:len(path)] == path for f in spec.extra_flags):
+                return spec.name
+        return None
 
     def engine_class(self):
         return _resolve(self.engine, f"task {self.name!r} engine")

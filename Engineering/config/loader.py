@@ -10,19 +10,24 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import yaml
+from pydantic import BaseModel
 
 from Engineering.config import overrides as ov
+from Engineering.config.ancestor import ancestor_flag, translate_yaml
 from Engineering.config.flags import CONTROL, FLAGS, Flag
-from Engineering.config.schema import DataPaths, key_defaults, validate
+from Engineering.config.honour import UNREAD_JSON, refuse_unhonoured
+from Engineering.config.schema import DataPaths, build_schema, key_defaults, validate
 from Engineering.errors import ArgParser, UserError
 
 SECTIONS = ("run", "training", "model", "data", "eval")
+TYPO_CUTOFF = 0.8  # difflib ratio above which an unknown name is taken as a typo of a known one (an error)
 
 
 @dataclass
@@ -40,6 +45,16 @@ class Task:
     # called on the merged dict after the explicit flags, before path overrides (a flag that names a file of
     # values, such as --pythae_config, merges them at its own rank)
     flag_layer: Any = None
+    # the common flags and keys it honours (config/honour.py; None: no check, for bare configs), the reason a
+    # refused one gives, flags whose value it fixes (name -> (value, why)) and conditions (name, cfg -> why | None)
+    honours: frozenset | None = None
+    why_not: dict[str, str] = field(default_factory=dict)
+    fixed: dict[str, tuple] = field(default_factory=dict)
+    conditions: tuple = ()
+
+    def owner_of(self, path: tuple[str, ...]) -> str | None:
+        """The other task whose typed keys or flags hold ``path`` (the registry knows them)."""
+        return None
 
 
 def _argtype(flag: Flag):
@@ -113,17 +128,23 @@ def split_argv(argv: Sequence[str], known: dict[str, str]) -> tuple[list[str], l
         name, eq, value = tok[2:].partition("=")
         kind = known.get(name)
         has_next = i + 1 < len(argv)
+        # a value never starts with '--': that is the next flag (negative numbers start with one '-')
+        value_next = has_next and not argv[i + 1].startswith("--")
         if kind is None:
             if not eq:
-                if not has_next:
-                    raise UserError(f"override --{name} needs a value")
-                value, i = argv[i + 1], i + 1
+                if value_next:
+                    value, i = argv[i + 1], i + 1
+                elif ov.is_path_flag(name):
+                    raise UserError(f"override --{name} needs a value"
+                                    + (f" (got the flag {argv[i + 1]})" if has_next else ""))
+                else:  # a bare unknown flag is True (the ancestor's rule)
+                    value = "true"
             overrides.append(ov.Override(ov.split_path(name), value))
         elif eq or kind == "none":
             flags.append(tok)
         elif kind == "value":
-            if not has_next:
-                raise UserError(f"flag --{name} needs a value")
+            if not value_next:
+                raise UserError(f"flag --{name} needs a value" + (f" (got the flag {argv[i + 1]})" if has_next else ""))
             flags.append(f"--{name}={argv[i + 1]}")
             i += 1
         else:  # optional boolean value
@@ -217,11 +238,19 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
         if ov.is_path_flag(key):
             _set(cfg, ov.split_path(key), copy.deepcopy(val))
 
+    notes: list[str] = []
+    yaml_json: dict = {}
     if control["configyml_path"]:
-        cfg = deep_merge(cfg, read_yaml(control["configyml_path"]))
+        sections = {f"{s}§{k}" for s, model in task.sections.items() for k in model.model_fields}
+        data, yaml_json, no_effect = translate_yaml(read_yaml(control["configyml_path"]),
+                                                    f"config YAML {control['configyml_path']}", sections)
+        if no_effect:  # the ancestor's keys that change nothing here: one line names them all
+            notes.append(f"config YAML {control['configyml_path']}: the ancestor's keys {', '.join(no_effect)} have "
+                         "no effect here")
+        cfg = deep_merge(cfg, data)
     data_json = read_json(control["datajson_path"]) if control["datajson_path"] else {}
     flag_by_name = {f.name: f for f in all_flags}
-    cfg["json"] = DataPaths().model_dump()
+    cfg["json"] = {**DataPaths().model_dump(), **yaml_json}
     for key, val in data_json.items():
         if key in flag_by_name:  # the ancestor allowed flags in the JSON: they rank above YAML, below the CLI
             _set(cfg, flag_by_name[key].path, val)
@@ -235,32 +264,102 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
     if task.flag_layer is not None:
         task.flag_layer(cfg)
 
+    schema = build_schema(task.extra_flags, task.sections)
+    created: list[tuple[str, ...]] = []  # new keys inside typed sections: recorded, not validated
+    given = set(explicit)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ov.OverrideWarning)
         for item in overrides:
-            _apply(cfg, item, control["strict_overrides"], flag_by_name)
-    for w in caught:
-        print(f"warning: {w.message}")
+            if _apply(cfg, item, control["strict_overrides"], flag_by_name, task, schema, created, notes):
+                given.add(item.dotted)
+    notes += [str(w.message) for w in caught]
 
+    kept = [(path, _pop_path(cfg, path)) for path in created]
     validated = validate(cfg, task.extra_flags, task.sections)
-    given = set(explicit) | {item.dotted for item in overrides}
-    return Resolved(validated, validated.model_dump(mode="json", by_alias=True), control, given)
+    notes += refuse_unhonoured(task, validated, given, {f"json§{k}" for k in data_json})
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    raw = validated.model_dump(mode="json", by_alias=True)
+    for path, val in kept:  # the ancestor's rule: a new key is created (with a warning) and recorded
+        _set(raw, path, val)
+    return Resolved(validated, raw, control, given)
 
 
-def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict) -> None:
+def _pop_path(cfg: dict, path: tuple[str, ...]):
+    node = cfg
+    for part in path[:-1]:
+        node = node[part]
+    return node.pop(path[-1])
+
+
+def _typo(name: str, candidates) -> str | None:
+    """A known name so close to ``name`` that ``name`` is a likely typo of it (ema_decya, num_epoch, LRdecay)."""
+    return ov.closest_key(name, candidates, cutoff=TYPO_CUTOFF)
+
+
+def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict, task: Task, schema, created: list,
+           notes: list) -> bool:
+    """Apply one override; False when it was an ancestor no-op (named in ``notes``, nothing set)."""
     if len(item.path) == 1:
-        # An unknown single-word flag: the ancestor made it a top-level key; we warn with the closest flag.
         name = item.path[0]
-        if name in cfg:
+        if name in cfg and isinstance(cfg[name], dict):
             raise UserError(f"--{name} names a config section; set a key inside it, e.g. --{name}§KEY VALUE")
-        hint = ov.closest_key(name, [f.name for f in CONTROL] + list(flag_by_name) + list(cfg))
-        msg = f"unknown flag --{name}" + (f" (did you mean --{hint}?)" if hint else "")
+        note = ancestor_flag(name, item.raw, task.name)
+        if note is not None:
+            notes.append(note)
+            return False
+        hint = _typo(name, [f.name for f in CONTROL] + list(flag_by_name))
+        if hint:
+            raise UserError(f"unknown flag --{name} (did you mean --{hint}?)")
         if strict:
-            raise UserError(msg)
-        print(f"warning: {msg}; stored as top-level config key '{name}'")
+            raise UserError(f"unknown flag --{name} (--strict_overrides)")
+        # the ancestor's rule: any other new flag becomes a top-level key, with a warning, and is recorded
+        notes.append(f"unknown flag --{name}: created as top-level key '{name}' (recorded in resolved_config.yaml; "
+                     "nothing in this pipeline reads it)")
         cfg[name] = ov.parse_new_value(item.raw)
-        return
+        return True
+    new_at = _new_typed_key(item.path, schema, task)
+    if new_at is not None:
+        depth, extra_allowed = new_at
+        if strict:
+            raise UserError(f"override --{item.dotted}: '{'§'.join(item.path[:depth + 1])}' does not exist "
+                            "(--strict_overrides)")
+        notes.append(f"override --{item.dotted}: '{'§'.join(item.path[:depth + 1])}' does not exist and is created "
+                     "(recorded in resolved_config.yaml; nothing in this task reads it)")
+        if not extra_allowed:
+            created.append(item.path[:depth + 1])
+        _set(cfg, item.path, ov.parse_new_value(item.raw))
+        return True
     ov.apply_override(cfg, item, strict)
+    return True
+
+
+def _new_typed_key(path: tuple[str, ...], schema, task: Task) -> tuple[int, bool] | None:
+    """Where ``path`` leaves the typed schema with a new key: (its depth, whether the model there allows extra
+    keys); None when every part is known or the path enters a free mapping (a dict field: the grammar's own rules
+    apply). A new key close to a known one is a typo (an error with the suggestion); a key of another task is an
+    error naming that task."""
+    model = schema
+    for depth, part in enumerate(path):
+        fields = {("json" if n == "paths" else n): info for n, info in model.model_fields.items()}
+        if part not in fields:
+            where = "§".join(path[:depth + 1])
+            if where in UNREAD_JSON:  # the ancestor's JSON key: refused by name at the honour check
+                return depth, True
+            owner = task.owner_of(path[:depth + 1])
+            if owner:
+                raise UserError(f"unknown key {where}: it belongs to task {owner!r}, not {task.name!r}")
+            hint = _typo(part, fields)
+            if hint:
+                parent = "§".join(path[:depth])
+                raise UserError(f"unknown key {where} (did you mean {parent + '§' if parent else ''}{hint}?); "
+                                f"valid keys: {', '.join(sorted(fields))}")
+            return depth, model.model_config.get("extra") == "allow"
+        ann = fields[part].annotation
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return None
+        model = ann
+    return None
 
 
 def dump_yaml(raw: dict) -> str:

@@ -113,8 +113,8 @@ def coerce_like(existing: Any, raw: Any, where: str) -> Any:
     return parse_new_value(raw)
 
 
-def closest_key(name: str, candidates) -> str | None:
-    found = difflib.get_close_matches(name, [str(c) for c in candidates], n=1, cutoff=0.6)
+def closest_key(name: str, candidates, cutoff: float = 0.6) -> str | None:
+    found = difflib.get_close_matches(name, [str(c) for c in candidates], n=1, cutoff=cutoff)
     return found[0] if found else None
 
 

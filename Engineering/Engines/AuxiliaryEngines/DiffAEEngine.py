@@ -15,6 +15,7 @@ from typing import Literal, Optional, Union
 import torch
 from pydantic import Field, create_model
 
+from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
@@ -210,4 +211,7 @@ register(TaskSpec(
               "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "norm_range": "symmetric",
               "model§drive": "DiffAE", "model§tag": "DiffAE"},
     extra_flags=DIFFAE_FLAGS, sections={"model": DiffAEModelKeys, "eval": DiffAEEvalKeys}, drive="DiffAE", engine=DiffAEEngine, published=published_diffae, module=__name__,
+    honours=honour.STANDARD | honour.BN_EVAL | honour.CHECKPOINTED | {"hf_weights"},
+    conditions=(("bn_eval_mode", lambda c: None if c.model.DiffAE.latent_norm == "batch" else
+                 "sets BatchNorm statistics; the DiffAE has BatchNorm only with model§DiffAE§latent_norm batch"),),
 ))

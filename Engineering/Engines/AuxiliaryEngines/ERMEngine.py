@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field, create_model
 from torch import nn
 
+from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.datamodule import phenotype_labels
@@ -156,5 +157,7 @@ register(TaskSpec(
               "n_train_batches": 20, "test_emb_only": True, "lr_decay_type": 3, "erm_label": "ef_class",
               "model§drive": "ERM", "model§tag": "ERM"},
     extra_flags=ERM_FLAGS, sections={"model": ERMModelKeys}, drive="ERM", engine=ERMEngine,
+    honours=(honour.STANDARD - honour.LATENT - honour.RECON_OUTPUTS) | honour.BN_EVAL | honour.PHENOTYPES,
+    fixed={"test_emb_only": (True, "the ERM classifier learns no decoder: it writes embeddings only")},
     steps=(ERMReport(),), module=__name__,
 ))

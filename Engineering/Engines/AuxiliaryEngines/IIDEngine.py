@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, create_model
 
+from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.datamodule import H5DataModule, phenotype_labels, resolve_data_path
@@ -305,5 +306,8 @@ register(TaskSpec(
               # the demo cohort's label and sites (the bundled phantom): real runs name their own
               "targets": "wall_class", "ood_column": "site", "ood_test_groups": "siteC", "ood_val_groups": "siteB"},
     extra_flags=IID_FLAGS, sections={"model": IIDModelKeys}, drive="IID", engine=IIDEngine, lifecycle=IIDRun,
+    honours=(honour.STANDARD - honour.LATENT - honour.RECON_OUTPUTS - honour.EMA) | honour.BN_EVAL
+    | honour.PHENOTYPES,
+    fixed={"test_emb_only": (True, "the IID predictor is a classifier: it writes embeddings only")},
     steps=(OODReport(),), module=__name__,
 ))

@@ -22,6 +22,7 @@ from torch import nn
 
 from pydantic import Field
 
+from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine, use_ema_flag
@@ -184,6 +185,10 @@ register(TaskSpec(
     defaults={"batch_size": 64, "num_epochs": 100, "lr": 1e-2, "early_stopping_patience": 20,
               "model§drive": "LatentPredictor", "model§tag": "LtCls"},
     extra_flags=LATENTCLS_FLAGS, sections={"eval": PredictorEvalKeys}, drive="LatentPredictor", engine=LatentPredictorEngine,
+    # latents and phenotypes in memory: none of the image pipeline's or the output writer's flags
+    honours=((honour.LIFECYCLE - {"compile_model"}) | honour.OPTIMISER | honour.ACCUMULATION | honour.CLIPPING
+             | honour.EMA | honour.PHENOTYPES),
+    conditions=honour.EMA_WITH_USE_EMA,
     lifecycle="Engineering.Engines.latentcls:PredictorRun", steps=("Engineering.Engines.manipulate:ManipulationStep",),
     module=__name__,
 ))

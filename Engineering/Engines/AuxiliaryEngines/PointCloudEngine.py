@@ -8,6 +8,7 @@ from __future__ import annotations
 import torch
 from pydantic import create_model
 
+from Engineering.config import honour
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
@@ -95,5 +96,9 @@ register(TaskSpec(
     defaults={"latent_dim": 16, "batch_size": 8, "num_epochs": 5, "lr": 2e-3, "test_emb_only": True,
               "model§drive": "PointCloud", "model§tag": "PointCloud"},
     sections={"model": PointCloudModelKeys}, drive="PointCloud", engine=PointCloudEngine, lifecycle=PointCloudRun,
+    # point clouds: none of the image pipeline's flags, no group-pure batches, no EMA, embeddings only
+    honours=(honour.LIFECYCLE | honour.LOADERS | honour.OPTIMISER | honour.ACCUMULATION | honour.CLIPPING
+             | honour.LATENT | honour.OUTPUTS | {"load_hf"}),
+    fixed={"test_emb_only": (True, "a reconstructed cloud is no image for recon.h5's metrics")},
     module=__name__, run_name_parts=lambda cfg: [f"encoder-{cfg.model.PointCloud.encoder}"],
 ))

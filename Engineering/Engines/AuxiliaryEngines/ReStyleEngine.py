@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from pydantic import Field, create_model
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.transforms import normalised_range
@@ -197,5 +198,7 @@ register(TaskSpec(
               "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric",
               "model§drive": "ReStyle", "model§tag": "ReStyle"},
     extra_flags=RESTYLE_FLAGS, sections={"model": ReStyleModelKeys}, drive="ReStyle", engine=ReStyleEngine,
+    honours=honour.STANDARD - honour.LATENT - honour.EMA,
+    why_not={"latent_dim": "its codes have the generator's sizes (W+ and noise maps)"},
     steps=(StyleMeanView(), NoiseMapsView()), module=__name__,
 ))

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import create_model
 
+from Engineering.config import honour
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
@@ -84,4 +85,5 @@ register(TaskSpec(
     defaults={"is3D": True, "input_shape": [32, 32, 32], "latent_dim": 16, "batch_size": 8, "num_epochs": 3,
               "lr": 2e-3, "model§drive": "RotInv", "model§tag": "RotInv"},
     sections={"model": RotInvModelKeys}, drive="RotInv", engine=RotInvEngine, module=__name__,
+    honours=(honour.STANDARD - honour.EMA) | honour.BN_EVAL,
 ))

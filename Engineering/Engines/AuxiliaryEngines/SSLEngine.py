@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, create_model
 
+from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.augment import AugmentSpec, augment, grid_views
@@ -222,6 +223,8 @@ register(TaskSpec(
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
               "n_train_batches": 20, "test_emb_only": True, "model§drive": "SSL", "model§tag": "SSL"},
     extra_flags=SSL_FLAGS, sections={"model": SSLModelKeys}, drive="SSL", engine=ssl_engine, module=__name__,
+    honours=(honour.STANDARD - honour.LATENT - honour.RECON_OUTPUTS) | honour.BN_EVAL,
+    fixed={"test_emb_only": (True, "the SSL task learns no decoder: it writes embeddings only")},
     run_name_parts=lambda cfg: [f"method-{cfg.model.SSL.method}"],  # SimCLR after IP-IRM gets its own run folder
     steps=("Engineering.Engines.AuxiliaryEngines.IPIRMEngine:PartitionTable",),
 ))

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from pydantic import Field, create_model
 
+from Engineering.config import honour
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
 from Engineering.Engines.MainEngine import ImageRun
@@ -29,6 +30,7 @@ from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path, write_text
 from Engineering.io.outputs import write_sample_grid
 from Engineering.Science.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
+from Engineering.Science.optimisers import make_optimiser, make_scheduler
 
 StyleGAN2Keys = keys_from_dataclass(
     "StyleGAN2Keys", StyleGAN2Config, exclude=("size", "channels"), doc="model§StyleGAN2",
@@ -85,16 +87,41 @@ class StyleGANEngine(LatentEngine):
                                                     generator=torch.Generator().manual_seed(int(cfg.training.seed))))
 
     def configure_optimizers(self):
-        # lazy regularisation: the paper's correction c = N / (N + 1) of the learning rate and of Adam's betas
-        def adam(params, every):
-            c = every / (every + 1)
-            return torch.optim.Adam(params, lr=self.lr * c, betas=(0.0, 0.99 ** c))
+        # Manual optimisation: Lightning neither clips nor steps schedulers here (on_before_optimizer_step and the
+        # epoch hooks below do). Lazy regularisation: the paper's correction c = N / (N + 1) of the learning rate
+        # (and of Adam's betas) for a network regularised every N steps.
+        t = self.cfg.training
+
+        def build(params, every):
+            c = every / (every + 1) if every else 1.0
+            if t.optimiserID.lower() == "adam":  # the paper's Adam: betas (0, 0.99)
+                return torch.optim.Adam(params, lr=self.lr * c, betas=(0.0, 0.99 ** c))
+            return make_optimiser(params, t.optimiserID, self.lr * c)  # --optimiserID: another torch.optim class
         g_every = self.k.pl_every if self.k.pl_weight > 0 else 0
         d_every = self.k.r1_every if self.k.r1_gamma > 0 else 0
-        return [adam(self.net.parameters(), g_every) if g_every else
-                torch.optim.Adam(self.net.parameters(), lr=self.lr, betas=(0.0, 0.99)),
-                adam(self.disc.parameters(), d_every) if d_every else
-                torch.optim.Adam(self.disc.parameters(), lr=self.lr, betas=(0.0, 0.99))]
+        optimisers = [build(self.net.parameters(), g_every), build(self.disc.parameters(), d_every)]
+        schedulers = [s for s in (make_scheduler(o, t, self.monitor()) for o in optimisers) if s is not None]
+        return (optimisers, schedulers) if schedulers else optimisers
+
+    def on_before_optimizer_step(self, optimizer) -> None:
+        # --grad_clip_val, after the AMP unscale (this hook runs inside opt.step()), for every step of both networks
+        t = self.cfg.training
+        if t.grad_clip_val:
+            self.clip_gradients(optimizer, gradient_clip_val=t.grad_clip_val, gradient_clip_algorithm=t.grad_clip_algo)
+
+    def _step_schedulers(self, plateau: bool) -> None:
+        """--lr_decay_type: per-epoch schedules (1, 3) at the end of each training epoch; ReduceLROnPlateau (2) on
+        the monitored loss once it is known (after validation, or after the epoch without validation)."""
+        kind = self.cfg.training.lr_decay_type
+        if not kind or (kind == 2) != plateau or self._trainer is None:
+            return
+        metric = self.trainer.callback_metrics.get(self.monitor())
+        scheds = self.lr_schedulers()
+        for s in scheds if isinstance(scheds, list) else [scheds]:
+            if kind != 2:
+                s.step()
+            elif metric is not None:
+                s.step(metric)
 
     def _styles(self, b: int) -> torch.Tensor:
         # every rank draws the whole world's codes and keeps its own slice: distinct fakes per rank, while the
@@ -176,6 +203,13 @@ class StyleGANEngine(LatentEngine):
 
     def on_train_epoch_end(self) -> None:
         self.write_samples(f"epoch_{self.current_epoch:04d}")
+        self._step_schedulers(plateau=False)
+        if not self.has_val:
+            self._step_schedulers(plateau=True)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._step_schedulers(plateau=True)
 
     def write_samples(self, name: str) -> None:
         if self._trainer is None or not self.trainer.is_global_zero:
@@ -237,5 +271,15 @@ register(TaskSpec(
               "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric",
               "model§drive": "StyleGAN2", "model§tag": "StyleGAN2"},
     sections={"model": StyleGANModelKeys}, drive="StyleGAN2", engine=StyleGANEngine, lifecycle=GANRun,
+    # two optimisers stepped by hand: their optimiser, schedule and clipping are applied here, not accumulation;
+    # the test writes samples of the EMA generator (no latents, no reconstructions)
+    honours=(honour.LIFECYCLE | honour.LOADERS | honour.OPTIMISER | honour.CLIPPING | honour.IMAGES | honour.GROUPS
+             | {"load_hf"}) - {"auto_lr", "auto_bs"},
+    why_not={"effective_batch_size": "adversarial training steps the discriminator and the generator once per batch "
+                                     "(gradient accumulation is not implemented for it)",
+             "auto_lr": "the Tuner's learning-rate finder steps one optimiser; adversarial training has two",
+             "auto_bs": "the Tuner's batch-size search runs the training step, which steps two optimisers by hand",
+             "test_ema": "its test always samples the EMA generator",
+             "latent_dim": "its latent size is model§StyleGAN2§style_dim"},
     module=__name__,
 ))
