@@ -77,10 +77,18 @@ def _metrics(ckpt: dict, run: Path) -> list[str]:
             lines.append(f"- best {cb.get('monitor', 'val_loss')}: {float(cb['best_model_score']):.5g}")
     metrics = run / "Output" / "metrics.csv"
     if metrics.is_file():
-        df = pd.read_csv(metrics)
+        try:
+            df = pd.read_csv(metrics)
+        except (ValueError, OSError) as exc:  # pandas' parser errors are ValueErrors
+            raise UserError(f"{metrics} is not a readable table ({str(exc).splitlines()[0]})") from None
         for col in ("SSIM", "PSNR", "NRMSE"):
             if col in df:
-                lines.append(f"- test {col} (mean over {len(df)} sample-channels): {df[col].mean():.4g}")
+                values = pd.to_numeric(df[col], errors="coerce")
+                text = values.isna() & df[col].notna()  # a number the card would average as text, or fail on
+                if text.any():
+                    raise UserError(f"{metrics}: column {col} row {int(text.to_numpy().argmax()) + 1} is "
+                                    f"{df[col][text].iloc[0]!r}, not a number")
+                lines.append(f"- test {col} (mean over {len(df)} sample-channels): {values.mean():.4g}")
     return lines or ["- (no validation/test metrics recorded)"]
 
 
