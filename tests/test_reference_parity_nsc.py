@@ -206,3 +206,11 @@ def test_nsc_flags_act_or_are_refused(tmp_path):
         with pytest.raises(UserError, match=message):
             load_main()(base + extra)
     assert not (tmp_path / "refused").exists()
+
+
+def test_the_report_says_what_nsc_did_with_the_controls(tmp_path):
+    df = bbbc_like(0)
+    _write(tmp_path, df)
+    _cli(tmp_path, "--batch_col", "batch")
+    page = next(tmp_path.glob("out*/report.html")).read_text()
+    assert "every compound is a query (the reference drops its DMSO controls)" in page
