@@ -146,7 +146,7 @@ def main(argv: Sequence[str]) -> dict:
                                                 else None, args.nsc_center, args.nsc_controls, args.nsc_tvn))
         notes.append(_nsc_note(args))
     if args.run:
-        _model_dependent(results, models, args, notes)
+        _model_dependent(results, models, args, notes, samples.latents)
 
     # 3. Outputs (each written atomically).
     out = Path(args.out)
@@ -301,7 +301,7 @@ class _NotApplicable(Exception):
     """A model-dependent metric that does not apply to this model: recorded as a skip with the reason."""
 
 
-def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> None:
+def _model_dependent(results: dict, models: dict, args, notes: list[str], latents: dict | None = None) -> None:
     """The --run metrics of each model: rotation/flip sensitivity, the reference's rotation invariance error and
     reconstruction errors (MSE; the reference's Chamfer for point clouds) (Eval/invariance.py), rotation
     invariance at arbitrary angles and pose equivariance (random rotations, SO(3) in 3D; Eval/rotation.py), the
@@ -317,7 +317,7 @@ def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> Non
                 per[family] = MetricResult.skip(direction, "no --run model folder for this run")
             continue
         model, images = models[name]
-        compute = _model_metrics(model, images, args)
+        compute = _model_metrics(model, images, args, None if latents is None else latents.get(name))
         for family, (direction, _) in MODEL_METRICS.items():
             if not len(images):
                 per[family] = MetricResult.skip(direction, "none of the benchmark samples is in the model's data file")
@@ -337,8 +337,9 @@ def _model_dependent(results: dict, models: dict, args, notes: list[str]) -> Non
                      f"{'EMA' if model.use_ema else 'raw'} weights; errors in the model's normalised input units")
 
 
-def _model_metrics(model, images, args) -> dict:
-    """family -> a function computing it for one model (raising _NotApplicable where it does not apply)."""
+def _model_metrics(model, images, args, all_latents=None) -> dict:
+    """family -> a function computing it for one model (raising _NotApplicable where it does not apply);
+    ``all_latents``: the run's latents of every benchmark sample (the embedding distance's pool)."""
     import torch
 
     from Engineering.Engines.saved_runs import batched
@@ -415,7 +416,9 @@ def _model_metrics(model, images, args) -> dict:
 
     def embedding_distance():
         needs(len(images) > 1, "needs 2 or more samples")
-        return interpolation.embedding_distance(latents(), args.n_boot, args.seed)
+        same = all_latents is not None and np.shape(all_latents)[1:] == latents().shape[1:]
+        pool = np.concatenate([latents(), all_latents]) if same else latents()
+        return interpolation.embedding_distance(latents(), args.n_boot, args.seed, pool=pool)
 
     def interpolate(family):  # decoded latent segments; "real" = the decoded latents of the real samples
         if "paths" not in cache:

@@ -67,9 +67,10 @@ def _ref_chamfer(gts: np.ndarray, preds: np.ndarray) -> np.ndarray:
     return (P.min(1).values.sum(1) + P.min(2).values.sum(1)).numpy()
 
 
-def _ref_evolution(decoder, loss_eval, Z, X, pairs) -> tuple[float, float]:
+def _ref_evolution(decoder, loss_eval, Z, X, pairs, all_embeds=None) -> tuple[float, float]:
     """get_evolution_dict + model_pass_reconstruct (energy) + distance_from_all (closest_embedding_distance), mean
     over the (pair, fraction) rows."""
+    all_embeds = Z if all_embeds is None else all_embeds
     energies, dists = [], []
     for a, b in pairs:
         init_x, final_x = X[a:a + 1], X[b:b + 1]
@@ -82,7 +83,7 @@ def _ref_evolution(decoder, loss_eval, Z, X, pairs) -> tuple[float, float]:
             final_rcl = loss_eval(xhat, final_x).mean()
             total_rcl = loss_eval(final_x, init_x).mean()
             energies.append((init_rcl + final_rcl) / total_rcl)
-            dists.append(np.mean([np.sqrt(((Z - z[i]) ** 2).sum(1)).min() for i in range(len(z))]))
+            dists.append(np.mean([np.sqrt(((all_embeds - z[i]) ** 2).sum(1)).min() for i in range(len(z))]))
     return float(np.mean(energies)), float(np.mean(dists))
 
 
@@ -163,6 +164,10 @@ def test_evolution_energy_matches_the_reference_and_sees_a_decoder_that_ignores_
         ours = interpolation.pointwise_evolution_energy(lambda x, z, d=decoder: d(z), X, Z, X, mse, pairs)
         assert ours.mean() == pytest.approx(ref_energy, rel=1e-9)
         assert interpolation.pointwise_embedding_distance(Z, pairs).mean() == pytest.approx(ref_dist, rel=1e-9)
+        more = np.random.default_rng(5).normal(size=(30, Z.shape[1]))  # the reference's pool: every embedded cell
+        _, ref_pool = _ref_evolution(decoder, _mse_loss, Z, X, pairs, np.concatenate([Z, more]))
+        got_pool = interpolation.pointwise_embedding_distance(Z, pairs, np.concatenate([Z, more])).mean()
+        assert got_pool == pytest.approx(ref_pool, rel=1e-9) and ref_pool <= ref_dist
         res = interpolation.evolution_energy(lambda x, z, d=decoder: d(z), X, Z, X, mse, n_boot=50, seed=0)
         assert res.value == pytest.approx(ref_energy, rel=1e-9)
         path = interpolation.interpolation_metrics(decoder, Z, decoder(Z), n_boot=0, seed=0)["decoded_path_ratio"]
@@ -264,7 +269,12 @@ def test_main_benchmark_computes_the_reference_families_for_a_run(kind):
     if kind == "image":  # an exact linear decoder: pixel-wise blends
         assert energy.value == pytest.approx(0.6333, abs=1e-3)
     assert np.isfinite(energy.value) and energy.value > 0
-    assert compute["embedding_distance"]().value > 0
+    alone = compute["embedding_distance"]().value
+    assert alone > 0
+    Z = np.asarray(_fake_run(kind, images).encode(torch.from_numpy(images)))
+    pool = Z[None] + np.linspace(0, 1, 5)[:, None, None] * (np.roll(Z, 1, 0) - Z)[None]  # segments between samples
+    with_pool = main_module._model_metrics(_fake_run(kind, images), images, args, pool.reshape(-1, Z.shape[1]))
+    assert with_pool["embedding_distance"]().value < alone  # nearest among all the run's latents, as the reference
     assert compute["rotation_invariance_error"]().value > 0.05  # a pixel-linear code is not invariant
     assert compute["decoded_path_ratio"]().value == pytest.approx(1.0, abs=1e-4)
     if kind == "points":

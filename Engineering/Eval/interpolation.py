@@ -13,7 +13,8 @@ cells) and each pair's latents are interpolated, z_t = z_a + t (z_b - z_a), at t
   more. Lower is better. Where the model poses its decoded output by its input (a rotation-invariant image model,
   the VN point-cloud encoder), D(z_t) is compared with x_a in x_a's pose and with x_b in x_b's pose.
 - ``embedding_distance`` (the reference's "closest_embedding_distance"): the Euclidean distance of z_t to the
-  nearest latent of the test samples (the two ends included), averaged over pairs and t, in latent units: how far
+  nearest latent of all embedded samples (the reference: every cell of its embedding table; here the run's
+  latents in the benchmark, the two ends included), averaged over pairs and t, in latent units: how far
   interpolants leave the embedded data. Lower is better. (The reference also truncates latents to a common
   size across models; we do not.)
 
@@ -89,19 +90,23 @@ def evolution_energy(render_at, inputs: np.ndarray, Z: np.ndarray, target: np.nd
                                 len(per_pair), note=f"{len(per_pair)} pairs x t = 0.1..0.9")
 
 
-def pointwise_embedding_distance(Z: np.ndarray, pairs: np.ndarray) -> np.ndarray:
-    """(n_pairs, 9) distances of each interpolant to its nearest latent among all rows of Z."""
+def pointwise_embedding_distance(Z: np.ndarray, pairs: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
+    """(n_pairs, 9) distances of each interpolant between rows of Z to its nearest latent among the rows of
+    ``pool`` (default: Z itself)."""
     Z = np.asarray(Z, dtype=float)
+    pool = Z if pool is None else np.asarray(pool, dtype=float)
     out = np.empty((len(pairs), len(FRACTIONS)))
     for i, (a, b) in enumerate(pairs):
         zs = Z[a] + FRACTIONS[:, None] * (Z[b] - Z[a])
-        out[i] = np.linalg.norm(zs[:, None] - Z[None], axis=-1).min(1)
+        out[i] = np.linalg.norm(zs[:, None] - pool[None], axis=-1).min(1)
     return out
 
 
-def embedding_distance(Z: np.ndarray, n_boot: int, seed: int, n_pairs: int | None = None) -> MetricResult:
+def embedding_distance(Z: np.ndarray, n_boot: int, seed: int, n_pairs: int | None = None,
+                       pool: np.ndarray | None = None) -> MetricResult:
+    """Pairs of rows of ``Z``; nearest latents among ``pool`` (all embedded samples; default: Z)."""
     pairs = reference_pairs(len(Z), n_pairs, seed)
-    per_pair = pointwise_embedding_distance(Z, pairs).mean(1)
+    per_pair = pointwise_embedding_distance(Z, pairs, pool).mean(1)
     return MetricResult.from_ci(bootstrap_ci(weighted_mean(per_pair), len(per_pair), n_boot, seed), LOWER,
                                 len(per_pair), note=f"{len(per_pair)} pairs x t = 0.1..0.9, latent units")
 
