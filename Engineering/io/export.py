@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Callable
 
 import pandas as pd
-import torch
 from safetensors.torch import save_file
 
 from Engineering.errors import UserError
@@ -28,10 +27,9 @@ def export_run(run: str | Path, which: str, out: str | Path, describe: Callable)
     if "imlatent_config" not in ckpt:
         raise UserError(f"{ckpt_path} was not written by this tool (no imlatent_config): cannot describe the model")
     cfg, task = describe(ckpt["imlatent_config"], f"checkpoint {ckpt_path}")
-    state = ckpt["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{ckpt_path}: its state_dict is not a mapping of names to tensors: not a checkpoint of ours")
-    if not isinstance(ckpt.get("in_channels"), int) or ckpt["in_channels"] < 1:
+    state = ckpt["state_dict"]  # a mapping of tensors (read_checkpoint checked it)
+    if isinstance(ckpt.get("in_channels"), bool) or not isinstance(ckpt.get("in_channels"), int) \
+            or ckpt["in_channels"] < 1:
         raise UserError(f"{ckpt_path} records no input channel count (in_channels): it was not written by a "
                         "training run of this tool")
     # DiffAE runs publish their EMA weights (what inference uses); other drives their trained weights.
