@@ -389,9 +389,18 @@ def _model_metrics(model, images, args, all_latents=None) -> dict:
         return invariance.reconstruction_mse(lambda x: batched(model.reconstruct, x, bs), images, args.n_boot,
                                              args.seed)
 
-    def recon_chamfer():  # a cloud's own code, decoded in its own frame: the model's reconstruction
+    def own_reconstruction(x):  # a cloud's own code, decoded in its own frame: the model's reconstruction
+        if "recon" not in cache:
+            cache["recon"] = render(images, [latents()])[0]
+        return cache["recon"]
+
+    def recon_chamfer():
         needs(points, "images: see reconstruction_mse")
-        return invariance.reconstruction_chamfer(lambda x: render(x, [latents()])[0], images, args.n_boot, args.seed)
+        return invariance.reconstruction_chamfer(own_reconstruction, images, args.n_boot, args.seed)
+
+    def recon_sinkhorn():
+        needs(points, "images: see reconstruction_mse")
+        return invariance.reconstruction_sinkhorn(own_reconstruction, images, args.n_boot, args.seed)
 
     def reference_rotation():
         needs(points or images.shape[-1] == images.shape[-2],
@@ -461,6 +470,7 @@ def _model_metrics(model, images, args, all_latents=None) -> dict:
     compute = {"rotation_sensitivity": sensitivity, "rotation_invariance": invariance_,
                "rotation_invariance_error": reference_rotation, "pose_equivariance_error": pose,
                "reconstruction_mse": recon_mse, "reconstruction_chamfer": recon_chamfer,
+               "reconstruction_sinkhorn": recon_sinkhorn,
                "evolution_energy": evolve, "embedding_distance": embedding_distance}
     compute.update({f: (lambda f=f: interpolate(f)) for f in ("decoded_path_ratio", "interpolation_distance")})
     compute.update({f: (lambda f=f: usage(f)) for f in latent_usage.METRICS})

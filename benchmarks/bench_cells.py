@@ -44,8 +44,9 @@ MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds an
 }
 ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "outlier_detection/outlier", "outlier_auroc/outlier",
         "rotation_invariance_error", "rotation_invariance", "pose_equivariance_error", "rotation_sensitivity",
-        "reconstruction_mse", "reconstruction_chamfer", "latent_usage_swap", "evolution_energy", "embedding_distance",
-        "decoded_path_ratio", "interpolation_distance", "archetype_r2", "parameters_M", "inference_ms_per_sample")
+        "reconstruction_mse", "reconstruction_chamfer", "reconstruction_sinkhorn", "latent_usage_swap",
+        "evolution_energy", "embedding_distance", "decoded_path_ratio", "interpolation_distance", "archetype_r2",
+        "parameters_M", "inference_ms_per_sample")
 
 
 def _run(args: list[str], env: dict) -> float:
@@ -92,7 +93,8 @@ def main() -> None:
                  "R² higher is better; rotation metrics, pose error (degrees), reconstruction errors, evolution "
                  "energy, embedding distance, decoded path ratio (>= 1), interpolation distance, parameters (M) and "
                  "ms per sample lower is better. The reference's definitions (AllenCell benchmarking_representations)"
-                 ": outlier_detection, rotation_invariance_error, reconstruction_chamfer, evolution_energy, "
+                 ": outlier_detection, rotation_invariance_error, reconstruction_chamfer, reconstruction_sinkhorn, "
+                 "evolution_energy, "
                  "embedding_distance; ours: outlier_auroc, rotation_invariance (latent change under 4 random SO(3) "
                  "rotations over the between-sample spread), rotation_sensitivity (90° in-plane steps and flips), "
                  "decoded_path_ratio, interpolation_distance. — : not "

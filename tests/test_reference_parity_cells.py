@@ -207,6 +207,25 @@ def test_reconstruction_chamfer_is_cyto_dls_chamfer_loss():
     assert perfect.value == pytest.approx(0.0, abs=1e-9)
 
 
+def test_reconstruction_sinkhorn_is_the_references_point_cloud_reconstruction_score():
+    """save_embeddings scores clouds with cyto-dl's GeomLoss (get_pc_loss: p 1, blur 0.01 in its config), whose
+    forward is SamplesLoss("sinkhorn", p=2, blur=.05)(preds, gts) whatever it is given."""
+    from geomloss import SamplesLoss
+
+    from Engineering.Science.transport import earth_movers
+
+    rng = np.random.default_rng(1)
+    clouds = rng.normal(size=(4, 3, 40))
+    recon = clouds.transpose(0, 2, 1)[:, rng.permutation(40)] + rng.normal(size=(4, 40, 3)) * 0.3
+    gts = torch.from_numpy(clouds.transpose(0, 2, 1)).float().contiguous()
+    ref = SamplesLoss(loss="sinkhorn", p=2, blur=.05)(torch.from_numpy(recon).float(), gts).double().numpy()
+    res = invariance.reconstruction_sinkhorn(lambda c: recon, clouds, n_boot=20, seed=0)
+    assert res.value == pytest.approx(ref.mean(), rel=1e-6)
+    # about half the project's squared-W2 Earth Mover's distance (geomloss's p=2 cost is |x - y|^2 / 2)
+    emd = earth_movers(torch.from_numpy(recon).float(), gts).double().numpy().mean()
+    assert res.value == pytest.approx(emd / 2, rel=0.05)
+
+
 # ---------------------------------------------------------------- outlier detection
 @pytest.mark.parametrize("seed", [0, 1])
 def test_outlier_detection_matches_the_reference_classifier(seed):
@@ -279,6 +298,7 @@ def test_main_benchmark_computes_the_reference_families_for_a_run(kind):
     assert compute["decoded_path_ratio"]().value == pytest.approx(1.0, abs=1e-4)
     if kind == "points":
         assert compute["reconstruction_chamfer"]().value == pytest.approx(0.0, abs=1e-3)
+        assert abs(compute["reconstruction_sinkhorn"]().value) < 1e-3
         with pytest.raises(main_module._NotApplicable, match="reconstruction_chamfer"):
             compute["reconstruction_mse"]()
     else:
@@ -288,7 +308,7 @@ def test_main_benchmark_computes_the_reference_families_for_a_run(kind):
 
 
 REFERENCE_NAMES = ("rotation_invariance_error", "evolution_energy", "embedding_distance", "outlier_detection",
-                   "reconstruction_chamfer")
+                   "reconstruction_chamfer", "reconstruction_sinkhorn")
 VARIANT_NAMES = ("rotation_invariance", "decoded_path_ratio", "interpolation_distance", "outlier_auroc")
 
 
