@@ -32,7 +32,8 @@ def build_parser() -> ArgParser:
     p = tool_parser("make_point_clouds.py", __doc__, out="point-cloud file, written atomically (default: points.h5 "
                     "beside INPUT)", out_required=False)
     p.add_argument("input", metavar="INPUT", help="the data.h5 file of 3D images")
-    p.add_argument("--n_points", type=bounded(int, ge=1), default=2048, help="points per cloud (default: 2048)")
+    p.add_argument("--n_points", type=bounded(int, ge=2), default=2048,
+                   help="points per cloud, at least 2 (default: 2048)")
     p.add_argument("--channel", type=bounded(int, ge=0), default=0, help="channel to sample (default: 0)")
     p.add_argument("--time", type=bounded(int, ge=0), default=0, help="time point to sample (default: 0)")
     p.add_argument("--threshold", type=bounded(float, ge=0, lt=1), default=0.1, help="fraction of each volume's maximum below which "
@@ -46,8 +47,6 @@ def build_parser() -> ArgParser:
 @tool_main(build_parser)
 def main(args: argparse.Namespace) -> None:
     data_path = check_h5(args.input)
-    if args.n_points < 1:
-        raise UserError(f"--n_points must be >= 1, got {args.n_points}")
     if not 0 <= args.threshold < 1:
         raise UserError(f"--threshold must be in [0, 1), got {args.threshold}")
     check_bytes(sampling_bytes((), args.n_points), f"--n_points {args.n_points}")  # before any volume is read

@@ -100,6 +100,10 @@ def test_the_budget_is_overridable_and_its_variable_checked(tmp_path, capsys, mo
         h5["1/2/3/primary_cine_0"] = np.zeros((1, 4, 1, 8), np.float32)  # 128 bytes
     monkeypatch.setenv(ENV, "1e-7")  # ~107 bytes
     _call(capsys, lambda: read_latents(emb), f"{ENV}=1e-7")
+    table = _latents(tmp_path, n=40)  # 40 rows of text, ~1.3 KiB: the text bound is 4x its size
+    _call(capsys, lambda: read_latents(table), "emb.tsv", "MiB of text")
+    pd.read_csv(table, sep="\t").to_parquet(tmp_path / "emb.parquet")
+    _call(capsys, lambda: read_latents(tmp_path / "emb.parquet"), "emb.parquet (40 rows x 9 columns")
     monkeypatch.setenv(ENV, "lots")
     _call(capsys, lambda: check_read((1,), np.uint8, "x"), f"{ENV}='lots' is not a positive number")
     monkeypatch.setenv(ENV, "1")

@@ -173,6 +173,7 @@ def test_out_that_is_a_folder(data, tmp_path, capsys, tool, args):
     ("make_folds", ["--out", "{out}/f.csv", "--val-frac", "nan"], ["--val-frac", "not a finite number"]),
     ("make_point_clouds", ["--out", "{out}/p.h5", "--seed", "-1"], ["--seed", "must be >= 0"]),
     ("make_point_clouds", ["--out", "{out}/p.h5", "--channel", "-1"], ["--channel", "must be >= 0"]),
+    ("make_point_clouds", ["--out", "{out}/p.h5", "--n_points", "1"], ["--n_points", "must be >= 2"]),
     ("make_masks", ["--out", "{out}/m.h5", "--dilate", "-2"], ["--dilate", "must be >= 0"]),
     ("validate_h5", ["--max-listed", "-1"], ["--max-listed", "must be >= 0"]),
     ("crop_h5", ["--out", "{out}/c.h5", "--size", "4", "x"], ["--size", "'x' is not an integer"]),

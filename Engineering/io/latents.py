@@ -54,9 +54,16 @@ def read_latents(path: str | Path) -> pd.DataFrame:
     suffix = file.suffix.lower()
     try:
         if suffix == ".parquet":
+            import pyarrow.parquet as pq  # the footer declares rows and columns: checked before the read
+
+            meta = pq.ParquetFile(file).metadata
+            check_bytes(8 * meta.num_rows * meta.num_columns, f"{file} ({meta.num_rows} rows x {meta.num_columns} "
+                        "columns as 8-byte values)")
             df = pd.read_parquet(file)
         elif suffix in (".tsv", ".txt", ".csv"):
             sep = "," if suffix == ".csv" else "\t"
+            # text declares nothing: its size bounds the numbers it can hold (a value takes >= 2 characters)
+            check_bytes(4 * file.stat().st_size, f"{file} ({file.stat().st_size / 2**20:.0f} MiB of text)")
             df = pd.read_csv(file, sep=sep, dtype={c: str for c in KEY_COLUMNS})
         elif suffix in (".h5", ".hdf5"):
             df = _read_h5(file)
