@@ -24,6 +24,7 @@ from skimage.filters import threshold_otsu
 
 from Engineering.config.argtypes import bounded
 from Engineering.errors import ArgParser, UserError, run_cli
+from Engineering.io.read_budget import check_bytes, nbytes
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
 from Engineering.data.layout import iter_datasets
@@ -139,6 +140,9 @@ def main(args: argparse.Namespace) -> None:
                         continue
                     mask, attrs = label_mask(labels[entry.path], ds.shape), {"method": "labels", "sourceFile": labels[entry.path].name}
                 else:
+                    # the image, its float64 feature map with its filtered and thresholded copies, the written mask
+                    check_bytes(nbytes(ds.shape, ds.dtype) + 4 * nbytes(ds.shape[2:], np.float64)
+                                + nbytes(ds.shape, np.uint8), f"masking {data_path}:{entry.path} (shape {ds.shape})")
                     mask = auto_mask(ds[()], args.method, args.threshold, args.sigma, args.opening, args.closing, args.dilate)
                     attrs = {"method": args.method, "threshold": "otsu" if args.threshold is None else args.threshold}
             except ValueError as exc:

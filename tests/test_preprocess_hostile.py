@@ -132,6 +132,7 @@ def _refused(capsys, code, *words):
      ["--size", "GiB, more than"]),
     ("make_point_clouds", (1, 1, HUGE, HUGE, 8), ["--out", "{out}/p.h5"],
      ["sampling 2048 points", "1/2/3/primary_cine_0", "GiB, more than"]),
+    ("make_masks", (1, 1, 1, HUGE, HUGE), ["--out", "{out}/m.h5"], ["masking", "1/2/3/primary_cine_0", "GiB, more"]),
     ("make_point_clouds", (1, 1, 4, 8, 8), ["--out", "{out}/p.h5", "--n_points", str(10**12)],
      ["--n_points 1000000000000", "GiB, more than"]),
 ])
@@ -147,7 +148,7 @@ def test_huge_datasets_and_size_flags_are_refused_before_allocation(tmp_path, ca
         tracemalloc.stop()
     _refused(capsys, code, *words)
     assert peak < 64 * 2**20
-    assert not list(tmp_path.glob("[cp].h5")) and not list(tmp_path.glob(".*.tmp"))
+    assert not list(tmp_path.glob("[cpm].h5")) and not list(tmp_path.glob(".*.tmp"))
 
 
 def test_validate_reports_a_dataset_too_large_to_scan(tmp_path, capsys):
