@@ -233,12 +233,12 @@ def _flag_rows():
     rows = [("diffAE", f) for f in FLAGS]
     for name, task in sorted(registry.tasks().items()):
         rows += [(name, f) for f in task.extra_flags]
-    return [(t, f) for t, f in rows if f.type in ("int", "float", "num", "optfloat")]
+    return [(t, f) for t, f in rows if f.type in ("int", "float", "num", "optfloat", "ints")]
 
 
 def test_every_numeric_flag_has_a_lower_bound():
-    """Each int/float flag of the common table and of every registered task refuses -10^12, with its bound named
-    (a Flag bound, a choice list or the task's typed key), unless it is in UNBOUNDED."""
+    """Each int/float flag (and list of ints) of the common table and of every registered task refuses -10^12,
+    with its bound named (a Flag bound, a choice list or the task's typed key), unless it is in UNBOUNDED."""
     from Engineering.config.loader import resolve
 
     rows = _flag_rows()
@@ -248,7 +248,8 @@ def test_every_numeric_flag_has_a_lower_bound():
         if flag.name in UNBOUNDED:
             continue
         try:
-            resolve([f"--{flag.name}", "-1000000000000"], registry.get(task))
+            value = "-1000000000000" + (",-1000000000000" if flag.type == "ints" else "")
+            resolve([f"--{flag.name}", value], registry.get(task))
             accepted.append(f"{task} --{flag.name}")
         except UserError as exc:
             assert "should be" in str(exc) or "invalid choice" in str(exc), (flag.name, str(exc))

@@ -99,7 +99,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("Training", "auto_lr", "training", "bool", False, "Find a learning rate (Lightning Tuner), once."),
     # --- Model
     _f("Model", "is3D", "model", "bool", False, "3D model (C x S x X x Y samples) instead of 2D (C x X x Y)."),
-    _f("Model", "input_shape", "model", "ints", [64, 64], "Spatial input size: X,Y for 2D, S,X,Y for 3D."),
+    _f("Model", "input_shape", "model", "ints", [64, 64], "Spatial input size: X,Y for 2D, S,X,Y for 3D.",
+       **POSITIVE),
     _f("Model", "latent_dim", "model", "int", 64, "Size of the latent representation.", **POSITIVE),
     # --- Data
     _f("Data", "norm_type", "data", "str", "minmax", "Intensity normalisation.", choices=NORM_TYPES),

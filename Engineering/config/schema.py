@@ -110,6 +110,8 @@ def _annotated(flag: Flag):
     kw = dict(flag.bounds)
     if flag.type in ("float", "num", "optfloat"):
         kw["allow_inf_nan"] = False
+    if flag.type == "ints" and kw:  # a list's bounds hold for each element (--input_shape -3,0)
+        return list[Annotated[StrictInt, Field(**kw)]]
     return Annotated[_TYPES[flag.type], Field(**kw)] if kw else _TYPES[flag.type]
 
 
