@@ -233,3 +233,50 @@ def test_weights_that_do_not_fit_are_refused():
         IIDNet(IIDConfig(in_channels=3, n_classes=2, width=8, emb_dim=16)).load_torchvision_weights(good)
     with pytest.raises(IIDConfigError, match="stem must be one of small, imagenet"):
         IIDConfig(stem="vit")
+
+
+def _report(tmp_path, classes, predicted, split):
+    """OODReport.run on a saved embedding table and a stand-in model that predicts ``predicted`` (class names)."""
+    import types
+
+    import numpy as np
+    import pandas as pd
+
+    from Engineering.Engines.AuxiliaryEngines.IIDEngine import OODReport
+
+    n = len(predicted)
+    ids = [f"p{i}" for i in range(n)]
+    emb = pd.DataFrame({"patientID": ids, "fieldID": "f", "instanceID": "0", "key": "primary", "c": 0, "t": 0,
+                        "s": 0, "Z0": np.zeros(n, dtype=np.float32)})
+    emb.to_parquet(tmp_path / "emb.parquet")
+    position = {c: k for k, c in enumerate(classes)}
+    proba = np.zeros((n, len(classes)))
+    proba[np.arange(n), [position[c] for c in predicted]] = 1.0
+    model = types.SimpleNamespace(predict_from_embeddings=lambda e: proba, classes=classes,
+                                  labels=dict(zip(ids, predicted)),
+                                  k=types.SimpleNamespace(use_noise=False, use_style=False, loss_coef=0.0))
+    dm = types.SimpleNamespace(group_of={p: "g" for p in ids}, ood_test={p for p, s in zip(ids, split) if s == "ood"},
+                               test_groups={"g"}, val_groups=set())
+    cfg = types.SimpleNamespace(model=types.SimpleNamespace(IID=types.SimpleNamespace(targets="y", ood_column="g")))
+    OODReport().run(cfg, model, dm, tmp_path)
+    return {s: (tmp_path / f"wilds_{s}_test_pred.csv").read_text().split() for s in ("id", "ood")}
+
+
+def test_wilds_files_hold_the_class_label_not_its_position_among_names_sorted_as_strings(tmp_path):
+    """rxrx1's 1,139 siRNA classes 0..1138: sorted as strings (the classifier's output order) class "2" is at
+    position 251; the WILDS file must say 2 (issue 33: it said 251)."""
+    classes = sorted(str(i) for i in range(1139))
+    assert classes.index("2") == 251
+    files = _report(tmp_path, classes, ["2", "1138", "10", "0"], ["ood", "ood", "id", "id"])
+    assert files == {"ood": ["2", "1138"], "id": ["10", "0"]}
+    assert not (tmp_path / "wilds_classes.csv").exists()
+
+
+def test_wilds_files_of_named_classes_hold_positions_with_their_key(tmp_path):
+    import pandas as pd
+
+    classes = ["mutant", "wild_type"]
+    files = _report(tmp_path, classes, ["wild_type", "mutant", "wild_type"], ["ood", "id", "id"])
+    assert files == {"ood": ["1"], "id": ["0", "1"]}
+    key = pd.read_csv(tmp_path / "wilds_classes.csv")
+    assert key.to_dict("list") == {"index": [0, 1], "class": classes}

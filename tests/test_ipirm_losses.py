@@ -73,9 +73,9 @@ def test_irm_penalty_is_zero_at_the_optimal_scale_and_positive_elsewhere():
     opt.step(closure)
     optimal = logits * float(w.detach())
     at_opt = irm_penalty(lambda s: F.cross_entropy(optimal * s, y))
-    assert float(at_opt) < 1e-10
+    assert float(at_opt.detach()) < 1e-10
     for away in (0.5, 2.0):  # any other scale: a positive penalty, many orders above the optimum's
-        assert float(irm_penalty(lambda s: F.cross_entropy(optimal * away * s, y))) > 1e-6
+        assert float(irm_penalty(lambda s: F.cross_entropy(optimal * away * s, y)).detach()) > 1e-6
     # double back-prop: the penalty has a gradient with respect to what made the logits
     feats = optimal.clone().requires_grad_(True)
     irm_penalty(lambda s: F.cross_entropy(feats * 2.0 * s, y)).backward()
@@ -142,12 +142,15 @@ def _planted(n=128, d=16, frac=0.5, seed=0):
     return FeatureBank(view(), view()), s
 
 
-def test_maximisation_raises_its_objective_and_recovers_the_planted_factor():
+def test_maximisation_raises_its_objective_and_recovers_the_planted_factor_with_the_scalar_penalty():
+    """The reference's search; with IRMv1's scalar dummy scale (--irm_scale scalar, a variant) it recovers the
+    planted factor, with the reference's per-column scales it raises its objective but does not (ARI 0.26 here:
+    the per-column penalty measures another violation than the one planted)."""
     bank, s = _planted()
-    result = maximise_partition(bank, 2, tau=0.5, tau_irm=0.5, irm_weight=0.5, chunk=64,
+    result = maximise_partition(bank, 2, tau=0.5, tau_irm=0.5, irm_weight=0.5, chunk=64, scalar_penalty=True,
                                 generator=torch.Generator().manual_seed(1))
     assert result.objective > result.objective_start + 0.1  # the IRM violation the step maximises went up
-    assert max(result.history) == pytest.approx(result.objective)  # the best pass is the one kept
+    assert 51 < len(result.history) <= 61  # the reference's stopping rule
     # chance: a random partition's ARI against s is about 0 (here, the random start's)
     start = torch.randn(len(s), 2, generator=torch.Generator().manual_seed(1)).argmax(1)
     assert abs(adjusted_rand_score(s, start)) < 0.1
@@ -155,20 +158,28 @@ def test_maximisation_raises_its_objective_and_recovers_the_planted_factor():
     torch.testing.assert_close(result.weights.sum(1), torch.ones(len(s)))
     # warm start from the found logits: nothing better to find, the partition stays
     again = maximise_partition(bank, 2, tau=0.5, tau_irm=0.5, irm_weight=0.5, chunk=64, init=result.logits,
-                               generator=torch.Generator().manual_seed(2))
+                               scalar_penalty=True, generator=torch.Generator().manual_seed(2))
     assert adjusted_rand_score(s, again.weights.argmax(1)) > 0.9
+    column = maximise_partition(bank, 2, tau=0.5, tau_irm=0.5, irm_weight=0.5, chunk=64,
+                                generator=torch.Generator().manual_seed(1))
+    assert column.objective > column.objective_start + 0.1
+    assert adjusted_rand_score(s, column.weights.argmax(1)) < 0.9
 
 
 @pytest.mark.parametrize("k", [2, 3, pytest.param(4, marks=pytest.mark.slow)])
-def test_balance_constraint_holds_where_the_unconstrained_search_breaks_it(k):
+def test_balance_terms_pull_towards_balance_where_the_unconstrained_search_breaks_it(k):
     bank, _ = _planted(frac=0.15)  # the violation is largest for a 15:85 split, beyond the 2:1 floor
     floor = balance_floor(k, 2.0)
     kw = dict(tau=0.5, tau_irm=0.5, irm_weight=0.5, chunk=64)
-    free = maximise_partition(bank, k, balance_ratio=None, generator=torch.Generator().manual_seed(1), **kw)
-    held = maximise_partition(bank, k, balance_ratio=2.0, generator=torch.Generator().manual_seed(1), **kw)
-    assert free.entropy < floor <= held.entropy
-    assert float(assignment_entropy(held.weights)) == pytest.approx(held.entropy, rel=1e-5)
-    assert held.objective > held.objective_start
+    free = maximise_partition(bank, k, constrain=None, generator=torch.Generator().manual_seed(1), **kw)
+    relax = maximise_partition(bank, k, constrain="relax", generator=torch.Generator().manual_seed(1), **kw)
+    even = maximise_partition(bank, k, constrain="entropy", generator=torch.Generator().manual_seed(1), **kw)
+    assert free.entropy < floor
+    # the hinge (the reference's --constrain_relax) is a soft term of weight 1: it raises the balance, and the
+    # -H form (--constrain alone) pushes towards equal subsets harder still
+    assert free.entropy < relax.entropy <= even.entropy + 1e-6
+    assert float(assignment_entropy(relax.weights)) == pytest.approx(relax.entropy, rel=1e-5)
+    assert relax.objective > relax.objective_start
 
 
 def test_maximisation_with_mixed_bank_and_online_gaps():

@@ -234,6 +234,19 @@ def _html(report: dict, table: pd.DataFrame) -> str:
             f"<th>accuracy</th></tr>{rows}</table>")
 
 
+def wilds_labels(classes: list[str], index: np.ndarray) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """What a WILDS-style prediction file holds for predicted class positions ``index`` into ``classes`` (the
+    class names sorted as strings, the order of the classifier's outputs): WILDS datasets' labels are integers
+    (rxrx1's siRNA 0..1138), so when every class name is an integer the file holds that label (class "2" is
+    written 2, not its position 251 among 1,139 names sorted as strings). Otherwise the file holds the position
+    and the returned table maps position -> class name (written beside it as ``wilds_classes.csv``)."""
+    names = np.asarray(classes, dtype=object)[np.asarray(index, dtype=int)]
+    try:
+        return np.array([int(c) for c in names], dtype=np.int64), None
+    except ValueError:
+        return np.asarray(index, dtype=np.int64), pd.DataFrame({"index": range(len(classes)), "class": classes})
+
+
 class OODReport:
     """After the test: accuracy per held-out and in-distribution group, predictions, WILDS-style files."""
 
@@ -270,9 +283,12 @@ class OODReport:
         write_text(out_dir / "ood_report.json", json.dumps(report, indent=1))
         write_text(out_dir / "ood_report.html", _html(report, table))
         write_table(out_dir / "predictions.tsv", pred, sep="\t")
+        labels, mapping = wilds_labels(model.classes, pred["prediction_index"].to_numpy())
         for split in ("id", "ood"):
             write_text(out_dir / f"wilds_{split}_test_pred.csv",
-                       "".join(f"{i}\n" for i in pred.loc[pred["split"] == split, "prediction_index"]))
+                       "".join(f"{i}\n" for i in labels[(pred["split"] == split).to_numpy()]))
+        if mapping is not None:
+            write_table(out_dir / "wilds_classes.csv", mapping)
         def fmt(v):
             return "n/a" if v is None else f"{v:.3f}"
         print(f"accuracy over subjects in distribution {fmt(report['id_accuracy'])} (n {report['id_n_subjects']}), "

@@ -6,9 +6,10 @@ Alternates two steps:
 - **minimisation** (every training step): SimCLR's two views; the whole-batch contrastive loss (``keep_cont``)
   plus, for every retained partition, the mean over its subsets of the InfoNCE restricted to the subset and of
   the IRMv1 penalty at ``irm_temperature`` (lambda_1 = ``penalty_weight``, optionally ramped over
-  ``penalty_warmup`` epochs). Like the reference, when lambda_1 > 1 the IRM part is divided by lambda_1 so that
-  its gradient keeps the contrastive loss's scale (the IRMv1 paper's practice for large penalty weights). The
-  minimisation step uses each partition's hard assignment (the argmax of its soft weights).
+  ``penalty_warmup`` epochs); the penalty has one dummy scale per logit column, as in the reference code. As in
+  the reference, when lambda_1 > 1 the whole loss (the ``keep_cont`` term included) is divided by lambda_1, so
+  that its gradient keeps the contrastive loss's scale (the IRMv1 paper's practice for large penalty weights).
+  The minimisation step uses each partition's hard assignment (the argmax of its soft weights).
 - **maximisation** (the ``Maximisation`` callback, at the start and every ``maximize_iter`` epochs): a feature
   bank (offline: two fresh views of every training sample; online: the projections training computed), then
   :func:`Engineering.Science.ipirm.maximise_partition`. Under DDP every rank builds its share of the bank, rank
@@ -101,6 +102,11 @@ class IPIRMEngine(SSLEngine):
                 return subset_infonce(z1, z2, member, tau, scale)
             return imix_loss(z1, z2, mix[1], mix[0], member.float(), tau, scale)
 
+        def columns(member) -> int | None:  # the dummy scales of the penalty: one per logit column (reference)
+            if self.ip.irm_scale == "scalar":
+                return None
+            return 2 * int(member.sum()) - 1 if mix is None else len(z1)
+
         full = nt_xent(torch.stack([z1, z2], 1), self.tau) if mix is None else \
             imix_loss(z1, z2, mix[1], mix[0], None, self.tau)
         env_losses, penalties = [], []
@@ -111,7 +117,7 @@ class IPIRMEngine(SSLEngine):
             if not subsets:  # a batch too small for any subset: the batch as one (the logged terms stay defined)
                 subsets = [torch.ones_like(hard, dtype=torch.bool)]
             conts = [loss(m, self.tau) for m in subsets]
-            pens = [irm_penalty(lambda s, m=m: loss(m, self.ip.irm_temperature, s), device=z1.device)
+            pens = [irm_penalty(lambda s, m=m: loss(m, self.ip.irm_temperature, s), columns(m), device=z1.device)
                     for m in subsets]
             env_losses.append(torch.stack(conts).mean())
             penalties.append(torch.stack(pens).mean())
@@ -119,11 +125,11 @@ class IPIRMEngine(SSLEngine):
         if env_losses:
             lam1 = self.lambda1()
             env, pen = torch.stack(env_losses).mean(), torch.stack(penalties).mean()
-            irm = env + lam1 * pen
-            if lam1 > 1:
-                irm = irm / lam1
+            loss = (env + full if self.ip.keep_cont else env) + lam1 * pen
+            if lam1 > 1:  # the reference rescales the whole loss, keep_cont's term included
+                loss = loss / lam1
             terms.update(train_env_loss=env, train_irm_penalty=pen)
-            terms["train_loss"] = irm + full if self.ip.keep_cont else irm
+            terms["train_loss"] = loss
         else:
             terms["train_loss"] = full
         return terms
@@ -173,10 +179,13 @@ class IPIRMEngine(SSLEngine):
     def new_partition(self, bank: FeatureBank, epoch: int) -> dict:
         ip = self.ip
         warm = self.theta if (not ip.random_init and self.theta is not None) else None
+        constrain = ("relax" if ip.constrain_relax else "entropy") if ip.constrain else None
         result = maximise_partition(
             bank, ip.env_num, tau=self.tau, tau_irm=ip.irm_temperature, irm_weight=ip.irm_weight_maxim,
-            epochs=ip.max_epochs, lr=ip.max_lr, patience=ip.max_patience, chunk=int(self.cfg.training.batch_size),
-            balance_ratio=ip.balance_ratio if ip.constrain else None, init=warm, generator=self._gen(4, epoch))
+            passes=ip.max_epochs, lr=ip.max_lr, milestones=tuple(ip.max_milestones), gamma=ip.max_gamma,
+            patience=ip.max_patience, patience_after=ip.max_patience_after, chunk=ip.max_chunk,
+            constrain=constrain, balance_ratio=ip.balance_ratio, init=warm, generator=self._gen(4, epoch),
+            scalar_penalty=ip.irm_scale == "scalar")
         return {"weights": result.weights, "theta": result.logits, "objective_start": result.objective_start,
                 "objective": result.objective, "entropy": result.entropy, "passes": len(result.history)}
 

@@ -1,5 +1,5 @@
 """ResNet encoder (He et al., CVPR 2016; BasicBlock) in 2D or 3D with BatchNorm, and the SimCLR projection head
-(Chen et al., ICML 2020: Linear-BN-ReLU-Linear). Written here because torchvision's wheels do not import beside
+(Chen et al., ICML 2020: Linear-BN-ReLU-Linear); depth 50 uses Bottleneck blocks. Written here because torchvision's wheels do not import beside
 the CPU build of torch this project installs; the architecture follows the paper's BasicBlock ResNets."""
 from __future__ import annotations
 
@@ -29,6 +29,24 @@ class BasicBlock(nn.Module):
         return self.act(self.bn2(self.conv2(y)) + self.skip(x))
 
 
+class Bottleneck(nn.Module):
+    """ResNet-50's block (He et al., CVPR 2016): 1x1 reduce, 3x3 (carrying the stride), 1x1 expand by 4."""
+
+    def __init__(self, cin: int, mid: int, stride: int, is3D: bool):
+        super().__init__()
+        Conv, BN, _, _ = _layers(is3D)
+        cout = 4 * mid
+        self.body = nn.Sequential(Conv(cin, mid, 1, bias=False), BN(mid), nn.ReLU(inplace=True),
+                                  Conv(mid, mid, 3, stride, 1, bias=False), BN(mid), nn.ReLU(inplace=True),
+                                  Conv(mid, cout, 1, bias=False), BN(cout))
+        self.act = nn.ReLU(inplace=True)
+        self.skip = nn.Identity() if stride == 1 and cin == cout else \
+            nn.Sequential(Conv(cin, cout, 1, stride, bias=False), BN(cout))
+
+    def forward(self, x):
+        return self.act(self.body(x) + self.skip(x))
+
+
 class ResNetEncoder(nn.Module):
     def __init__(self, cfg: SSLConfig):
         super().__init__()
@@ -41,10 +59,13 @@ class ResNetEncoder(nn.Module):
         self.stem = nn.Sequential(*stem)
         stages, cin = [], w
         for k, n in enumerate(cfg.blocks):
-            cout = w * 2 ** k
-            stages += [BasicBlock(cin if j == 0 else cout, cout, 2 if (j == 0 and k > 0) else 1, cfg.is3D)
-                       for j in range(n)]
-            cin = cout
+            mid = w * 2 ** k
+            cout = mid * cfg.expansion
+            for j in range(n):
+                stride = 2 if (j == 0 and k > 0) else 1
+                stages.append(Bottleneck(cin, mid, stride, cfg.is3D) if cfg.expansion == 4 else
+                              BasicBlock(cin, cout, stride, cfg.is3D))
+                cin = cout
         self.stages = nn.Sequential(*stages)
         self.pool = GAP(1)
         for m in self.modules():
