@@ -421,3 +421,12 @@ def test_main_benchmark_out_in_the_way(tmp_path, capsys):
     for out, words in ((tmp_path / "afile", ["is a file where the benchmark writes its folder"]),
                        (tmp_path / "o", ["metrics.json is a folder"])):
         _one_line(capsys, run_cli(bench.main, ["--latents", str(tmp_path / "x.tsv"), "--out", str(out)]), *words)
+
+
+@pytest.mark.parametrize("content,words", [(": : [", ["cannot be read"]), ("[1, 2]", ["'list' is not a mapping"]),
+                                           ("model: 5\n", ["'model' is not a mapping"])])
+def test_malformed_resolved_config_of_a_run_folder(tiny_demo, tmp_path, capsys, content, words):
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "resolved_config.yaml").write_text(content)
+    _main(capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "c"), DIFFAE, "resolved_config.yaml", *words)
+    assert [p.name for p in (tmp_path / "c").iterdir()] == ["resolved_config.yaml"]

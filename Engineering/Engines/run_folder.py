@@ -92,10 +92,16 @@ def _read(path: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
+        stored = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError, ValueError) as exc:  # ValueError: bytes that are not text
         raise UserError(f"{path} cannot be read ({exc}); it records which configuration owns that folder: "
                         "repair it or choose another --trainID / --fulltrainID") from None
+    bad = next((k for k in ("model", "run") if not isinstance(stored.get(k) or {}, dict)), None) \
+        if isinstance(stored, dict) else type(stored).__name__
+    if bad:  # a list, or a section that is a scalar: not a config we wrote
+        raise UserError(f"{path} is not a resolved config ({bad!r} is not a mapping); it records which "
+                        "configuration owns that folder: repair it or choose another --trainID / --fulltrainID")
+    return stored
 
 
 def _listed(diff: list[str]) -> str:
