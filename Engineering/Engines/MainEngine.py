@@ -161,8 +161,11 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         loggers.append(TensorBoardLogger(save_dir=cfg.paths.tblog_path or str(run_dir), name="tensorboard", version=""))
     if testing is None:
         shard = parse_shard(r.shard)  # parallel shards of one test log apart
+        # a test-only run logs apart too: Lightning's CSVLogger empties the folder it writes (the training's log)
+        test_only = ("_test" + (f"_{r.output_suffix}" if r.output_suffix else "")) if r.run_mode == 2 and not shard \
+            else ""
         loggers.append(CSVLogger(save_dir=str(run_dir), version="",
-                                 name="csv_logs" + (f"_shard{shard[0]}of{shard[1]}" if shard else "")))
+                                 name="csv_logs" + test_only + (f"_shard{shard[0]}of{shard[1]}" if shard else "")))
     if r.wnbactive and testing is None:
         try:
             from lightning.pytorch.loggers import WandbLogger
@@ -278,7 +281,12 @@ class ImageRun:
         return dm, model
 
     def describe(self, dm) -> str:
-        return f"data {dm.h5file} ({len(dm.records)} datasets, index cache {'hit' if dm.cache_hit else 'rebuilt'})"
+        """The data pipeline in one line (printed at the start of every run); its warnings are printed here."""
+        line, warnings = dm.pipeline(trains=self.cfg.run.run_mode in TRAIN_MODES)
+        if is_rank_zero():
+            for warning in warnings:
+                print(f"warning: {warning}")
+        return f"{line} ({dm.h5file}, index cache {'hit' if dm.cache_hit else 'rebuilt'})"
 
     def fit_context(self):
         return nullcontext()

@@ -80,6 +80,10 @@ def sample_spec(cfg) -> SampleSpec:
                       flip_prob=d.flip_prob, flip_axes=tuple(d.flip_axes))
 
 
+def _dims(shape) -> str:
+    return "×".join(str(int(v)) for v in shape)
+
+
 class EpochShuffle(Sampler):
     """A shuffle that is a pure function of (seed, epoch): a resumed run sees the same order.
 
@@ -170,6 +174,53 @@ class H5DataModule(L.LightningDataModule):
             if absent:
                 raise UserError(f"{len(absent)} patient ID(s) of fold {self.cfg.run.foldID} split '{split}' are not in "
                                 f"{self.h5file}: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+
+    def pipeline(self, trains: bool = True) -> tuple[str, list[str]]:
+        """The data pipeline in one line (what the data are, what the model gets, the folds) and the warnings for
+        what changes a user's data without a word: volumes cut into 2D slices by default, and a run that trains and
+        tests on the same samples (no fold file). ``trains``: the run trains (else it only tests)."""
+        spec, records, paths = self.spec, self.records, self.cfg.paths
+        shapes = [spec.logical_shape(r) for r in records]  # (C, T, S, X, Y)
+        C, T, S = shapes[0][:3]
+        what = f"{len(records)} {'volume' if S > 1 else 'image'}{'s' if len(records) > 1 else ''} " \
+               f"{_dims(shapes[0][2:] if S > 1 else shapes[0][3:])}"
+        extra = [f"{T} frames"] * (T > 1) + [f"{C} channels"] * (C > 1)
+        what += (f" ({', '.join(extra)})" if extra else "") + (
+            f" and {len(set(shapes)) - 1} other shape(s)" if len(set(shapes)) > 1 else "")
+        n = sum((c if spec.split_c else 1) * (t if spec.split_t else 1) * (z if spec.split_s else 1)
+                for c, t, z, _, _ in shapes)
+        steps = [f"{what} → {n} {'3D' if spec.is3D else '2D'} sample{'s' if n != 1 else ''}"]
+        if spec.interp_fact != 1.0:
+            steps.append(f"resampled ×{spec.interp_fact:g}")
+        have, want = {spec.sample_spatial(r) for r in records}, tuple(spec.input_shape)
+        if have == {want}:
+            steps.append(f"at {_dims(want)}")
+        elif spec.croppad:
+            crop = all(a >= b for h in have for a, b in zip(h, want))
+            pad = all(a <= b for h in have for a, b in zip(h, want))
+            steps.append(f"{'cropped' if crop else 'padded' if pad else 'cropped/padded'} to {_dims(want)}")
+        present = {r.patientID for r in records}
+        sets = {}
+        for split in ("train", "val", "test"):
+            ids = self.split_ids(split)
+            sets[split] = present if ids is None else ids & present
+        if self.fold is WHOLE_FILE and all(sets[k] == present for k in sets):
+            folds = "folds: none, train = val = test"
+        else:
+            source = "none" if self.fold is WHOLE_FILE else f"{paths.foldCSV} row {self.cfg.run.foldID}"
+            folds = f"folds: {source}, patients train {len(sets['train'])} / val {len(sets['val'])} / test " \
+                    f"{len(sets['test'])}" + (" (train includes val)" if self.merge_train_val else "")
+        warnings = []
+        n_vol = sum(1 for s in shapes if s[2] > 1)
+        if n_vol and not spec.is3D and paths.DS_split_volume is None:
+            warnings.append(f"{n_vol} of the {len(records)} datasets are volumes ({_dims(shapes[0][2:])}) but the "
+                            "model is 2D: each slice becomes a sample of its own; pass --is3D --input_shape S,X,Y for "
+                            "a 3D model (json§DS_split_volume true keeps the slices without this warning)")
+        if trains and sets["train"] == sets["test"]:
+            why = "json§foldCSV is empty" if self.fold is WHOLE_FILE else f"fold {self.cfg.run.foldID} says so"
+            warnings.append(f"train and test are the same {len(sets['test'])} patients ({why}): the test measures "
+                            "fit, not generalisation; give a fold file (preprocess/make_folds.py)")
+        return "data: " + ", ".join(steps) + "; " + folds, warnings
 
     def split_ids(self, split: str) -> set[str] | None:
         if self.fold is WHOLE_FILE:

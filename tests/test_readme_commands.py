@@ -1,0 +1,218 @@
+"""Every shell command in README.md that runs on the bundled demo data is run, so a documented command cannot rot
+(issue 33, item 6).
+
+The commands are extracted from the README's ```bash blocks and from inline `python ...` spans. Each is either run
+or skipped with a written reason (placeholders, data or weights that are not bundled, GPUs, benchmarks): a new
+command the README gains fails ``test_every_command_is_run_or_skipped_with_a_reason`` until it is classified.
+The default suite resolves every demo command's configuration in-process (``--print_config``: its flags exist
+and the task honours them), runs the quick start's demo for one batch and checks what the quick start says about
+it; ``-m slow`` runs each demo command for real at tiny scale, chains in README order.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
+
+# command prefix -> why it is not run here
+SKIP = {
+    "python Executors/main_diffAE.py [flags]": "the synopsis, not a command",
+    "srun python Executors/main_diffAE.py --is3D --input_shape 50,128,128": "SLURM on GPU nodes, /data/ukbb",
+    "python Executors/main_diffAE.py --configyml_path Configs/config_diffAE_ukbb.yaml": "UK Biobank data (/my/data)",
+    "python Executors/main_diffAE.py --load_hf GlastonburyGroup/": "downloads the published weights",
+    "python Executors/export_hf.py --run Results/<run_name>": "placeholders (<run_name>, [--push ...])",
+    "python Executors/main_latentcls.py --latents Results/<run>": "placeholder (<run>)",
+    "python Executors/main_benchmark.py --latents A=Results/runA": "files that are not bundled (phenotypes.tsv, data.h5)",
+    "python Executors/main_diffAE.py --datajson_path my.json": "the user's own data (my.json)",
+    "python Executors/merge_shards.py RUN_FOLDER": "placeholder (RUN_FOLDER)",
+    "python preprocess/<tool>.py": "placeholder (<tool>)",
+    "python benchmarks/": "benchmarks (minutes to hours, not tests; make bench*)",
+    "make test-deepspeed": "the DeepSpeed tests (two processes; make ci)",
+    "make test-slow": "the slow tests (this file's slow test among them)",
+    "make test": "the test suite itself",
+    "make ci": "the test suites",
+    "make bench": "benchmarks (minutes to hours, not tests)",
+    "python -m Engineering.Engines.docs": "tested by the docs tests (the generated tables stay in sync)",
+}
+# make targets the README runs, as the Makefile's recipe does (without creating a venv)
+MAKE = {"make demo": "python Executors/main_diffAE.py"}
+
+
+def readme_commands(text: str | None = None) -> list[str]:
+    """Shell commands of the README in order: ```bash blocks (continuations joined, comments dropped) and inline
+    `python ...` / `make ...` spans."""
+    text = README.read_text() if text is None else text
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            line = re.sub(r"\s+#.*$", "", line).strip()  # a trailing comment (no '#' in our arguments)
+            found.append(line)
+    outside = re.sub(r"```.*?```", "", text, flags=re.S)
+    for span in re.findall(r"`((?:python |make |PYTHONPATH=)[^`]*)`", outside):
+        span = " ".join(span.split())
+        if span not in found:
+            found.append(span)
+    return found
+
+
+def skip_reason(command: str) -> str | None:
+    for prefix, why in SKIP.items():
+        if command.startswith(prefix):
+            return why
+    return None
+
+
+def demo_commands() -> list[str]:
+    return list(dict.fromkeys(c for c in readme_commands() if skip_reason(c) is None))
+
+
+def test_every_command_is_run_or_skipped_with_a_reason():
+    for command in readme_commands():
+        if skip_reason(command):
+            continue
+        argv = as_argv(command)
+        assert argv[0] == "python" and Path(REPO / argv[1]).is_file(), \
+            f"README command neither runnable here nor in SKIP (with a reason): {command}"
+
+
+def as_argv(command: str) -> list[str]:
+    command = MAKE.get(command.split("  ")[0].strip(), command)
+    argv = shlex.split(command)
+    while argv and "=" in argv[0] and not argv[0].startswith("-"):  # PYTHONPATH=... prefix
+        argv = argv[1:]
+    return argv
+
+
+def _env(command: str) -> dict:
+    env = dict(os.environ)
+    for token in shlex.split(command):
+        if "=" in token and not token.startswith("-"):
+            key, value = token.split("=", 1)
+            env[key] = str(REPO / value) if key == "PYTHONPATH" else value
+            continue
+        break
+    return env
+
+
+def _module(script: str):
+    spec = importlib.util.spec_from_file_location(f"readme_{Path(script).stem}", REPO / script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _in_process(command: str, *extra: str, monkeypatch=None) -> int:
+    from Engineering.errors import run_cli
+
+    argv = as_argv(command)
+    env = _env(command)
+    if monkeypatch is not None and "PYTHONPATH" in env and env["PYTHONPATH"] != os.environ.get("PYTHONPATH"):
+        monkeypatch.syspath_prepend(env["PYTHONPATH"])
+    return run_cli(_module(argv[1]).main, [*argv[2:], *extra])
+
+
+@pytest.mark.parametrize("command", [c for c in demo_commands() if c.startswith(("python Executors/main",
+                                                                                  "make demo", "PYTHONPATH"))])
+def test_demo_command_resolves(command, capsys, monkeypatch):
+    """The command's flags exist and its task honours them: its configuration resolves (--print_config)."""
+    monkeypatch.chdir(REPO)
+    code = _in_process(command, "--print_config", monkeypatch=monkeypatch)
+    out = capsys.readouterr()
+    assert code == 0, f"{command}: {out.err.strip()[-500:]}"
+    assert yaml.safe_load(out.out)["run"], command
+
+
+def _resolved(command: str, capsys, monkeypatch) -> dict:
+    monkeypatch.chdir(REPO)
+    assert _in_process(command, "--print_config", monkeypatch=monkeypatch) == 0
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+def test_the_quick_start_says_what_the_demo_does(capsys, monkeypatch):
+    """"make demo ... trains a small 2D DiffAE on CPU for N epochs ... prints outputs written to Results/<run>":
+    the number of epochs and the run folder are the demo's."""
+    text = README.read_text()
+    quick = text[text.index("## Quick start"):text.index("## Layout")]
+    cfg = _resolved("make demo", capsys, monkeypatch)
+    words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "ten": 10}
+    said = re.search(r"for (\w+) epochs", quick).group(1)
+    assert words.get(said, said) in (cfg["training"]["num_epochs"], str(cfg["training"]["num_epochs"])), said
+    from Engineering.config.loader import resolve
+    from Engineering.Engines import registry
+    from Engineering.Engines.MainEngine import run_name
+
+    spec = registry.get("diffAE")
+    name = run_name(resolve([], spec).cfg, spec)
+    assert f"outputs written to Results/{name}/Output" in quick
+    make_test = next(line for line in quick.splitlines() if line.startswith("make test"))
+    assert "a few minutes" not in make_test  # the suite's duration is not a quick start's promise
+
+
+def test_executors_that_need_inputs_say_so_in_one_line(capsys, monkeypatch):
+    """The README's "with no arguments" sentence names the executors that need an earlier run's output; each of
+    them says which flag in one line."""
+    text = README.read_text()
+    sentence = text[text.index("With no arguments"):].split("\n\n")[0]
+    for script, flag in (("main_latentcls", "--parent_trainID"), ("main_restyle", "--generator"),
+                         ("main", "--task"), ("main_benchmark", "--latents"), ("export_hf", "--run"),
+                         ("merge_shards", "RUN")):
+        assert script in sentence, f"{script} needs arguments; the README's sentence does not say so"
+        code = _in_process(f"python Executors/{script}.py", monkeypatch=monkeypatch)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and err and flag.lower() in err[-1].lower() and "Traceback" not in "\n".join(err), \
+            (script, err[-3:])
+
+
+def test_the_demo_command_runs_one_batch(capsys, monkeypatch, tmp_path, demo_dir, one_thread):
+    """The quick start's command itself, for one batch (Lightning's fast dev run), on the demo cohort."""
+    monkeypatch.chdir(tmp_path)
+    code = _in_process("make demo", "--dev_run", "1", "--no-progress_bar", "--no-tbactive",
+                       monkeypatch=monkeypatch)
+    out = capsys.readouterr()
+    assert code == 0, out.err[-2000:]
+    assert "data: " in out.out and "dev run of 1 batch(es) finished" in out.out
+
+
+# --- slow: every demo command for real, at tiny scale, in README order (chains: later commands read earlier runs)
+
+TINY = {"main_latentcls": ["--num_epochs", "2"],
+        "main_ssl": ["--num_epochs", "1", "--n_train_batches", "2", "--maximize_iter", "2"],
+        "default": ["--num_epochs", "1", "--n_train_batches", "2"]}
+
+
+def _tiny(argv: list[str]) -> list[str]:
+    script = Path(argv[1]).stem
+    extra = list(TINY.get(script, TINY["default"]))
+    if "--num_epochs" in argv:  # the command's own recipe (e.g. 400 epochs) at tiny scale
+        i = argv.index("--num_epochs")
+        argv = argv[:i] + argv[i + 2:]
+    if script == "main_ssl" and "ipirm" not in argv:
+        extra = extra[:4]
+    return [*argv, *extra, "--no-progress_bar"]
+
+
+@pytest.mark.slow
+def test_every_demo_command_runs_at_tiny_scale(tmp_path):
+    for name in ("Configs", "Executors", "examples"):
+        (tmp_path / name).symlink_to(REPO / name)
+    failures = []
+    for command in demo_commands():
+        argv = _tiny(as_argv(command))
+        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=1800, env=_env(command))
+        if proc.returncode != 0:
+            failures.append(f"{command}\n  -> {proc.stderr.strip().splitlines()[-1:]}")
+    assert not failures, "\n".join(failures)
