@@ -430,3 +430,14 @@ def test_malformed_resolved_config_of_a_run_folder(tiny_demo, tmp_path, capsys, 
     (tmp_path / "c" / "resolved_config.yaml").write_text(content)
     _main(capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "c"), DIFFAE, "resolved_config.yaml", *words)
     assert [p.name for p in (tmp_path / "c").iterdir()] == ["resolved_config.yaml"]
+
+
+@pytest.mark.parametrize("callbacks,words", [([1, 2], ["callbacks state is a list"]),
+                                             ({"ModelCheckpoint{}": {"best_model_path": 5}},
+                                              ["best_model_path is 5, not a path"])])
+def test_last_checkpoint_with_malformed_callback_state(tiny_demo, tmp_path, capsys, callbacks, words):
+    (tmp_path / "b" / "Checkpoints").mkdir(parents=True)
+    last = tmp_path / "b" / "Checkpoints" / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(1)}, "callbacks": callbacks}, last)
+    _main(capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "b", "--resume", "--load_best", "--run_mode", "2"),
+          DIFFAE, "last.ckpt", *words)

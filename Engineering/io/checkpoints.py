@@ -225,8 +225,14 @@ def best_from_last(ckpt_dir: Path) -> Path | None:
     if not is_checkpoint(last):
         return None
     ckpt = read_checkpoint(last)
-    for key, cb_state in (ckpt.get("callbacks") or {}).items():
-        if str(key).startswith("ModelCheckpoint") and cb_state.get("best_model_path"):
+    callbacks = ckpt.get("callbacks") or {}
+    if not isinstance(callbacks, dict):
+        raise UserError(f"{last}: its callbacks state is a {type(callbacks).__name__}, not Lightning's mapping; "
+                        "not a checkpoint of a run (give the best checkpoint's file with --load_model_4test)")
+    for key, cb_state in callbacks.items():
+        if str(key).startswith("ModelCheckpoint") and isinstance(cb_state, dict) and cb_state.get("best_model_path"):
+            if not isinstance(cb_state["best_model_path"], str):
+                raise UserError(f"{last}: its recorded best_model_path is {cb_state['best_model_path']!r}, not a path")
             best = Path(cb_state["best_model_path"])
             if is_checkpoint(ckpt_dir / best.name):
                 return ckpt_dir / best.name
