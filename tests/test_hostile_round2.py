@@ -360,15 +360,18 @@ def test_malformed_preweights(tiny_demo, tmp_path, capsys, state, words):
     assert not (tmp_path / "w").exists()
 
 
-@pytest.mark.parametrize("in_channels,words", [(None, ["holds no imlatent_config/in_channels"]),
-                                               ("three", ["in_channels is 'three'"]),
-                                               (0, ["in_channels is 0"])])
-def test_saved_runs_with_bad_in_channels(tmp_path, capsys, in_channels, words):
+@pytest.mark.parametrize("in_channels,config,words", [
+    (None, {"model": {"drive": "DiffAE"}}, ["holds no imlatent_config/in_channels"]),
+    ("three", {"model": {"drive": "DiffAE"}}, ["in_channels is 'three'"]),
+    (0, {"model": {"drive": "DiffAE"}}, ["in_channels is 0"]),
+    (1, {"model": [1]}, ["model section is a list"]),
+    (1, {"model": {"drive": "DiffAE"}, "run": [1]}, ["invalid config", "run"]),
+])
+def test_saved_runs_with_bad_in_channels_or_config(tmp_path, capsys, in_channels, config, words):
     from Engineering.Engines.saved_runs import load_run
 
     ckpt = tmp_path / "r.ckpt"
-    torch.save({"state_dict": {}, "imlatent_config": {"model": {"drive": "DiffAE"}}, "in_channels": in_channels},
-               ckpt)
+    torch.save({"state_dict": {}, "imlatent_config": config, "in_channels": in_channels}, ckpt)
     _call(capsys, lambda: load_run(ckpt), "r.ckpt", *words)
 
 

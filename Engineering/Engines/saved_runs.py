@@ -90,7 +90,11 @@ def upstream_engine(path: str, engine_cls: type, flag: str, task: str, purpose: 
 def saved_config(raw: dict, where: str):
     """A run's saved config (a checkpoint's imlatent_config), validated as its own task's: (cfg, task)."""
     refuse_code(raw, f"{where} (its saved imlatent_config)")
-    drive = (raw.get("model") or {}).get("drive")
+    model = raw.get("model") or {}
+    if not isinstance(model, dict):
+        raise UserError(f"{where}: its saved imlatent_config's model section is a {type(model).__name__}, not a "
+                        "mapping: not a configuration this pipeline wrote")
+    drive = model.get("drive")
     task = registry.for_drive(str(drive), where)
     return validate(copy.deepcopy(raw), task.extra_flags, task.sections), task
 
