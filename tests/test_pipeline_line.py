@@ -69,3 +69,13 @@ def test_every_run_prints_the_line_at_start(volumes, capsys, one_thread):
     assert "data: 3 volumes 24×40×40 → 72 2D samples, resampled ×0.5, padded to 32×32; folds: none, train = val = " \
            "test" in out
     assert "warning: 3 of the 3 datasets are volumes" in out and "warning: train and test are the same" in out
+
+
+def test_point_cloud_runs_state_their_data_too():
+    from Engineering.data.point_datamodule import PointCloudDataModule
+    from Engineering.Engines.AuxiliaryEngines.PointCloudEngine import PointCloudRun
+
+    spec = registry.get("pointcloud")
+    cfg = resolve([], spec).cfg
+    line = PointCloudRun(cfg, spec, None).describe(PointCloudDataModule(cfg))
+    assert line.startswith("data: ") and " point clouds of " in line and "; folds: " in line

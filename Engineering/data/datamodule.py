@@ -199,7 +199,18 @@ class H5DataModule(L.LightningDataModule):
             crop = all(a >= b for h in have for a, b in zip(h, want))
             pad = all(a <= b for h in have for a, b in zip(h, want))
             steps.append(f"{'cropped' if crop else 'padded' if pad else 'cropped/padded'} to {_dims(want)}")
-        present = {r.patientID for r in records}
+        folds, warnings = self.split_summary(trains)
+        n_vol = sum(1 for s in shapes if s[2] > 1)
+        if n_vol and not spec.is3D and paths.DS_split_volume is None:
+            warnings.insert(0, f"{n_vol} of the {len(records)} datasets are volumes ({_dims(shapes[0][2:])}) but the "
+                               "model is 2D: each slice becomes a sample of its own; pass --is3D --input_shape S,X,Y "
+                               "for a 3D model (json§DS_split_volume true keeps the slices without this warning)")
+        return "data: " + ", ".join(steps) + "; " + folds, warnings
+
+    def split_summary(self, trains: bool = True) -> tuple[str, list[str]]:
+        """``folds: ...`` (the fold file and the patients of each split) and a warning when a training run's train
+        and test splits are the same patients."""
+        present = {r.patientID for r in self.records}
         sets = {}
         for split in ("train", "val", "test"):
             ids = self.split_ids(split)
@@ -207,20 +218,15 @@ class H5DataModule(L.LightningDataModule):
         if self.fold is WHOLE_FILE and all(sets[k] == present for k in sets):
             folds = "folds: none, train = val = test"
         else:
-            source = "none" if self.fold is WHOLE_FILE else f"{paths.foldCSV} row {self.cfg.run.foldID}"
+            source = "none" if self.fold is WHOLE_FILE else f"{self.cfg.paths.foldCSV} row {self.cfg.run.foldID}"
             folds = f"folds: {source}, patients train {len(sets['train'])} / val {len(sets['val'])} / test " \
                     f"{len(sets['test'])}" + (" (train includes val)" if self.merge_train_val else "")
         warnings = []
-        n_vol = sum(1 for s in shapes if s[2] > 1)
-        if n_vol and not spec.is3D and paths.DS_split_volume is None:
-            warnings.append(f"{n_vol} of the {len(records)} datasets are volumes ({_dims(shapes[0][2:])}) but the "
-                            "model is 2D: each slice becomes a sample of its own; pass --is3D --input_shape S,X,Y for "
-                            "a 3D model (json§DS_split_volume true keeps the slices without this warning)")
         if trains and sets["train"] == sets["test"]:
             why = "json§foldCSV is empty" if self.fold is WHOLE_FILE else f"fold {self.cfg.run.foldID} says so"
             warnings.append(f"train and test are the same {len(sets['test'])} patients ({why}): the test measures "
                             "fit, not generalisation; give a fold file (preprocess/make_folds.py)")
-        return "data: " + ", ".join(steps) + "; " + folds, warnings
+        return folds, warnings
 
     def split_ids(self, split: str) -> set[str] | None:
         if self.fold is WHOLE_FILE:

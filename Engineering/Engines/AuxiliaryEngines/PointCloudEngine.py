@@ -12,7 +12,7 @@ from Engineering.config import honour
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
-from Engineering.Engines.MainEngine import ImageRun
+from Engineering.Engines.MainEngine import TRAIN_MODES, ImageRun, is_rank_zero
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.PointCloud import PointCloudAE, PointCloudConfig
 from Engineering.errors import UserError
@@ -86,7 +86,13 @@ class PointCloudRun(ImageRun):
     datamodule_class = PointCloudDataModule
 
     def describe(self, dm) -> str:
-        return f"point clouds {dm.h5file} ({len(dm.records)} clouds of shape {dm.records[0].shape})"
+        folds, warnings = dm.split_summary(trains=self.cfg.run.run_mode in TRAIN_MODES)
+        if is_rank_zero():
+            for warning in warnings:
+                print(f"warning: {warning}")
+        n, width = dm.records[0].shape
+        return (f"data: {len(dm.records)} point clouds of {n} points ({'xyz + intensity' if width == 4 else 'xyz'}) "
+                f"→ {len(dm.records)} samples; {folds} ({dm.h5file})")
 
 
 register(TaskSpec(
