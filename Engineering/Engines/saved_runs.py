@@ -96,7 +96,10 @@ def saved_config(raw: dict, where: str):
                         "mapping: not a configuration this pipeline wrote")
     drive = model.get("drive")
     task = registry.for_drive(str(drive), where)
-    return validate(copy.deepcopy(raw), task.extra_flags, task.sections), task
+    try:
+        return validate(copy.deepcopy(raw), task.extra_flags, task.sections), task
+    except UserError as exc:  # the schema's message does not say where the config came from
+        raise UserError(f"{where}: its saved imlatent_config: {exc}") from None
 
 
 def describe_saved(raw: dict, where: str):
