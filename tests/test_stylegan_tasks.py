@@ -56,6 +56,29 @@ def test_stylegan_trains_and_writes_samples(gan_run):
     ckpt = read_checkpoint(gan_run / "Checkpoints" / "last.ckpt")
     assert int(ckpt["state_dict"]["n_steps"]) == 6 and int(ckpt["state_dict"]["n_images"]) == 24
     assert float(ckpt["state_dict"]["ema_net.w_avg"].norm()) > 0  # the average latent was tracked
+    # one checkpoint rule (issue 33): the test's samples come from last.ckpt, as main_restyle --generator reads,
+    # never from the "best" checkpoint by a val_loss that does not measure sample quality
+    import h5py
+
+    with h5py.File(out / "samples.h5") as f:
+        assert f.attrs["checkpoint"] == str(gan_run / "Checkpoints" / "last.ckpt")
+
+
+def test_gan_checkpoint_rule_is_last():
+    from pathlib import Path
+
+    from Engineering.Engines.AuxiliaryEngines.StyleGANEngine import GANRun
+
+    assert GANRun.generator_checkpoint(Path("r/Checkpoints/best-epoch=001-step=6.ckpt")) == \
+        Path("r/Checkpoints/last.ckpt")
+    assert GANRun.generator_checkpoint(Path("elsewhere/my_generator.ckpt")) == Path("elsewhere/my_generator.ckpt")
+    assert GANRun.generator_checkpoint(None) is None
+
+
+def test_stylegan_refuses_load_best(tiny_demo_mc, tmp_path):
+    with pytest.raises(UserError, match="load_best"):
+        run([*TINY_GAN, *_data(tiny_demo_mc, tmp_path), "--run_mode", "2", "--resume", "--load_best"],
+            registry.get("stylegan"))
 
 
 @pytest.fixture(scope="module")

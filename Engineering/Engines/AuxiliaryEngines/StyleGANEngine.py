@@ -9,11 +9,16 @@ learning rate and betas corrected for the laziness as in the paper. A generator 
 inverts; ``w_avg`` tracks the mean w. Validation: the EMA generator's non-saturating loss against the current
 discriminator (``val_loss``: a proxy that moves with training, not a quality score). Test: a sample grid and the
 samples' statistics (``Output/samples.png``, ``Output/samples.h5``, ``Output/gan_metrics.json``).
+
+One checkpoint rule for the generator everywhere: the **last** one. Its test and samples use ``last.ckpt`` (never
+the "best" checkpoint by ``val_loss``, which does not measure sample quality), as ``main_restyle --generator``
+does; ``--load_best`` is refused for this task.
 """
 from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -28,6 +33,7 @@ from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.StyleGAN2 import Discriminator, Generator, StyleGAN2Config
 from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path, write_text
+from Engineering.io.checkpoints import load_weights
 from Engineering.io.outputs import write_sample_grid
 from Engineering.Science.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
@@ -190,11 +196,14 @@ class StyleGANEngine(LatentEngine):
 
     @torch.no_grad()
     def update_ema(self, step: int | None = None) -> None:
-        """beta = 0.5 ** (batch / half-life in images), the half-life ramped up over the first images."""
+        """beta = 0.5 ** (batch / half-life in images), the half-life ramped up over the first images: StyleGAN2-ADA's
+        rule (Karras et al., NeurIPS 2020), whose ramp counts the images seen *before* this batch (its ``cur_nimg``
+        at the update), so that the first update copies the generator."""
         b = self.cfg.training.batch_size * self.world_size()
         half = self.k.ema_kimg * 1000
         if self.k.ema_rampup:
-            half = min(half, float(self.n_images) * self.k.ema_rampup)
+            before = max(0.0, float(self.n_images) - b)  # n_images already counts this batch
+            half = min(half, before * self.k.ema_rampup)
         beta = 0.5 ** (b / max(half, 1e-8))
         for e, p in zip(self.ema_net.parameters(), self.net.parameters()):
             e.lerp_(p.detach(), 1.0 - beta)
@@ -238,7 +247,19 @@ class StyleGANEngine(LatentEngine):
 class GANRun(ImageRun):
     """The image run, with a test phase that writes samples instead of latents."""
 
+    @staticmethod
+    def generator_checkpoint(test_ckpt):
+        """The rule: the last checkpoint. A "best-*" checkpoint the run chose by val_loss is replaced by the
+        ``last.ckpt`` beside it; a checkpoint file the user named (--load_model_4test FILE) is kept."""
+        if test_ckpt is not None and Path(test_ckpt).name.startswith("best-"):
+            return Path(test_ckpt).with_name("last.ckpt")
+        return test_ckpt
+
     def test(self, trainer, model, dm, out_dir, test_ckpt) -> dict:
+        chosen = self.generator_checkpoint(test_ckpt)
+        if chosen != test_ckpt:  # every rank: the same weights on all of them
+            model.load_run_state(load_weights(model, chosen))
+            test_ckpt = chosen
         if not trainer.is_global_zero:
             return {"out_dir": str(out_dir)}
         k = model.k
@@ -274,8 +295,10 @@ register(TaskSpec(
     # two optimisers stepped by hand: their optimiser, schedule and clipping are applied here, not accumulation;
     # the test writes samples of the EMA generator (no latents, no reconstructions)
     honours=(honour.LIFECYCLE | honour.LOADERS | honour.OPTIMISER | honour.CLIPPING | honour.IMAGES | honour.GROUPS
-             | {"load_hf"}) - {"auto_lr", "auto_bs"},
-    why_not={"effective_batch_size": "adversarial training steps the discriminator and the generator once per batch "
+             | {"load_hf"}) - {"auto_lr", "auto_bs", "load_best"},
+    why_not={"load_best": "its validation loss does not measure sample quality: the test, its samples and "
+                          "main_restyle --generator use the last checkpoint",
+             "effective_batch_size": "adversarial training steps the discriminator and the generator once per batch "
                                      "(gradient accumulation is not implemented for it)",
              "auto_lr": "the Tuner's learning-rate finder steps one optimiser; adversarial training has two",
              "auto_bs": "the Tuner's batch-size search runs the training step, which steps two optimisers by hand",
