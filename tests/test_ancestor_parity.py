@@ -208,8 +208,9 @@ def test_ancestor_files_and_published_weights_give_the_ancestors_latents(cohort,
     proc = run_executor("main_diffAE.py", "--load_hf", str(folder), "--datajson_path", str(js), "--run_mode", "2",
                         "--test_emb_only", "--output_suffix", "fullDS", "--json§foldCSV", "0", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # an inference with --load_hf gets its own run folder, named after the weights (issue 33, item 3)
-    run_dir = tmp_path.parent / "Results" / f"{ANCESTOR_JSON['run_prefix']}_demofold0_prec32_DiffAE_hf-{folder.name}"
+    # an inference with --load_hf gets its own run folder, named after the weights (and 3D: not the task's default)
+    run_dir = tmp_path.parent / "Results" / (f"{ANCESTOR_JSON['run_prefix']}_demofold0_prec32_DiffAE_3D"
+                                             f"_hf-{folder.name}")
     _check_latents(run_dir / "Output_fullDS" / "emb.h5", reference_latents(cohort / "data.h5", ema))
     assert not (folder / "REMOTE_CODE_RAN").exists()
     # what the published model needs is recorded with the run

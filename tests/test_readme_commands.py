@@ -32,7 +32,7 @@ SKIP = {
     "python Executors/main_diffAE.py --load_hf GlastonburyGroup/": "downloads the published weights",
     "python Executors/export_hf.py --run Results/<run_name>": "placeholders (<run_name>, [--push ...])",
     "python Executors/main_latentcls.py --latents Results/<run>": "placeholder (<run>)",
-    "python Executors/main_benchmark.py --latents A=Results/runA": "files that are not bundled (phenotypes.tsv, data.h5)",
+    "python Executors/main_benchmark.py --latents A=Results/runA": "files not bundled (phenotypes.tsv, data.h5)",
     "python Executors/main_diffAE.py --datajson_path my.json": "the user's own data (my.json)",
     "python Executors/merge_shards.py RUN_FOLDER": "placeholder (RUN_FOLDER)",
     "python preprocess/<tool>.py": "placeholder (<tool>)",
