@@ -444,3 +444,14 @@ def test_last_checkpoint_with_malformed_callback_state(tiny_demo, tmp_path, caps
     torch.save({"state_dict": {"w": torch.zeros(1)}, "callbacks": callbacks}, last)
     _main(capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "b", "--resume", "--load_best", "--run_mode", "2"),
           DIFFAE, "last.ckpt", *words)
+
+
+def test_pixel_rows_that_add_up_beyond_the_budget(tmp_path, capsys, monkeypatch):
+    from Engineering.Eval.pixels import read_pixels
+    from Engineering.io.read_budget import ENV
+
+    with h5py.File(tmp_path / "data.h5", "w") as h5:
+        h5["1/2/3/primary_cine_0"] = np.zeros((1, 1, 1, 4, 4), np.int16)  # 32 bytes: each read fits
+    rows = pd.DataFrame([dict(patientID="1", fieldID="2", instanceID="3", key="primary_cine_0", c=0, t=0, s=0)] * 40)
+    monkeypatch.setenv(ENV, str(1024 / 2**30))  # 40 rows x 64 B x 2 copies = 5 KiB > 1 KiB
+    _call(capsys, lambda: read_pixels(tmp_path / "data.h5", rows), "pixel vectors of 40 latent rows")

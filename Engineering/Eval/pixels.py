@@ -19,7 +19,7 @@ import pandas as pd
 from Engineering.data.layout import KEY_COLUMNS, SampleKey
 from Engineering.data.transforms import axis_perm
 from Engineering.errors import UserError
-from Engineering.io.read_budget import check_read
+from Engineering.io.read_budget import check_bytes, check_read, nbytes
 
 
 
@@ -36,6 +36,7 @@ def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slic
         raise UserError(f"pixels must be an HDF5 data file in the 5D data contract, got {path.name}")
     rows = rows.reset_index(drop=True)  # index = output position
     out: list[np.ndarray | None] = [None] * len(rows)
+    total = 0
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:
@@ -51,6 +52,10 @@ def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slic
             check_read(ds.shape, ds.dtype, f"pixels {path.name}:{name}", copies=2)  # the read and its float32 rows
             arr = np.transpose(ds[()], perm)
             whole = [bool(arr.shape[a] > 1 and (part[ax] == 0).all()) for a, ax in enumerate("cts")]
+            # every row's float32 vector is kept, and np.stack copies them all once more
+            per_row = [n for n, w in zip(arr.shape, whole) if w] + list(arr.shape[3:])
+            total += 2 * len(part) * nbytes(per_row, np.float32)
+            check_bytes(total, f"the pixel vectors of {len(rows)} latent rows from {path.name} (up to {name})")
             for pos, (c, t, s) in zip(part.index, part[["c", "t", "s"]].to_numpy()):
                 index = tuple(slice(None) if w else int(i) for w, i in zip(whole, (c, t, s)))
                 try:
