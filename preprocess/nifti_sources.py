@@ -15,6 +15,7 @@ import numpy as np
 
 from Engineering.data.layout import SampleKey, check_id, parse_key
 from Engineering.errors import UserError
+from Engineering.io.read_budget import check_read
 from preprocess.cli import input_path
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -104,11 +105,18 @@ def find_nifti(inputs: list[str], field: str | None = None, instance: str | None
 def load_5d(path: Path) -> tuple[np.ndarray, dict]:
     """The image as C x T x S x X x Y plus affine/voxel-size attributes."""
     try:
-        img = nib.load(str(path))
-        data = np.asanyarray(img.dataobj)
+        img = nib.load(str(path))  # the header only: the shape and dtype it declares are checked before the read
     except FileNotFoundError as exc:
         raise ValueError(f"file not found: {path}") from exc
     except Exception as exc:  # nibabel raises several types for damaged files
+        raise ValueError(f"cannot read NIfTI ({exc})") from exc
+    try:
+        check_read(img.shape, img.get_data_dtype(), "the image", copies=3)  # scaled, transposed, byte-swapped
+    except UserError as exc:  # one file of a batch: reported and skipped like any unreadable file
+        raise ValueError(str(exc)) from None
+    try:
+        data = np.asanyarray(img.dataobj)
+    except Exception as exc:
         raise ValueError(f"cannot read NIfTI ({exc})") from exc
     if data.ndim > 5:
         raise ValueError(f"{data.ndim}D image; at most 5D (x, y, z, t, c) is supported")

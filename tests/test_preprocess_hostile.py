@@ -202,3 +202,17 @@ def test_nifti_ids_that_are_not_group_names(tmp_path, capsys, row, words):
     _refused(capsys, run_main("nifti_to_h5", tmp_path / "a.nii", "--field", "2/3", "--out", tmp_path / "d.h5"),
              "--field", "'2/3'")
     assert not (tmp_path / "d.h5").exists()
+
+
+def test_nifti_declaring_a_huge_image_is_skipped_unread(tmp_path, capsys):
+    import nibabel as nib
+
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((30000, 30000, 3000))  # 5 TiB of int16 declared by a 352-byte header
+    hdr.set_data_dtype(np.int16)
+    hdr["vox_offset"] = 352
+    (tmp_path / "huge.nii").write_bytes(hdr.binaryblock + b"\0" * 4)
+    assert run_main("nifti_to_h5", tmp_path / "huge.nii", "--out", tmp_path / "d.h5") == 2
+    err = capsys.readouterr().err
+    assert "huge.nii: the image (shape (30000, 30000, 3000), int16) would need" in err and "Traceback" not in err
+    assert not (tmp_path / "d.h5").exists()
