@@ -79,8 +79,9 @@ def _data(tmp_path, shape=(1, 2, 1, 16, 16), **attrs):
     ((1, 2, 1, 16, 16), {"min_val": "low", "max_val": 10}, ["--norm_type", "minmaxvol"], ["min_val='low'"]),
     ((1, 1, 1, 150_000, 150_000), {}, ["--interp_fact", "1"], ["one sample of", "GiB, more than"]),
 ])
-def test_bad_data_files(tmp_path, capsys, shape, attrs, extra, words):
+def test_bad_data_files(tmp_path, capsys, monkeypatch, shape, attrs, extra, words):
     if shape[-1] == 150_000:  # 84 GiB as float32: declared, never allocated (chunked, empty)
+        monkeypatch.setenv("IMLATENT_MAX_READ_GB", "16")  # refused on any machine, however large
         d = tmp_path / "d"
         d.mkdir()
         with h5py.File(d / "data.h5", "w") as h5:
