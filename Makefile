@@ -3,7 +3,8 @@
 #   make test   -> venv + install + the default test suite
 #   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
 #   make test-deepspeed -> DeepSpeed ZeRO-1/2/3 on two CPU processes (a few minutes)
-#   make ci     -> what CI runs: make test, then make test-deepspeed
+#   make test-gwas -> a planted locus found by plink2 through a VAE's latents (installs Debian's plink2; minutes)
+#   make ci     -> what CI runs: make test, then make test-deepspeed and make test-gwas
 #   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 embedding tolerance
 #   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (README "How good are the latents?")
 #   make bench-cells -> classical vs rotation-invariant image and point-cloud models on @cells, every metric family
@@ -11,7 +12,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-deepspeed ci bench bench-quality bench-cells clean
+.PHONY: setup demo test test-slow test-deepspeed test-gwas ci bench bench-quality bench-cells clean
 
 setup: $(VENV)/.installed
 
@@ -38,7 +39,12 @@ test-deepspeed: setup
 	TORCH_EXTENSIONS_DIR=$${TORCH_EXTENSIONS_DIR:-$$HOME/.cache/torch_extensions} HF_HUB_OFFLINE=1 \
 		$(PY) -m pytest -q -m deepspeed
 
-ci: test test-deepspeed
+# plink2 from Debian (root, as on CI machines; otherwise install it yourself): the GWAS test's association tool
+test-gwas: setup
+	command -v plink2 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq plink2)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m gwas
+
+ci: test test-deepspeed test-gwas
 
 # Speed (README "Speed"): ANCESTOR=/path/to/ImLatent times the ancestor side by side (published row ~16 min)
 ANCESTOR ?=

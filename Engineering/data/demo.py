@@ -125,6 +125,13 @@ def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Genera
     return np.clip(np.stack(frames).transpose(1, 0, 2, 3), 0, None).astype(np.float32)
 
 
+def render_phantom(factors: dict, site: tuple, rng: np.random.Generator, size: int = 32,
+                   n_frames: int = 1) -> np.ndarray:
+    """One (1, T, X, Y) phantom cine from given factors (the keys of a demo patient's) and site (an entry of
+    SITES): for cohorts with a planted signal, such as benchmarks/gwas_planted.py."""
+    return _render(factors, DemoSpec(n_frames=n_frames, size=size), site, rng, rng)
+
+
 def write_demo(out_dir: str | Path, spec: DemoSpec = DemoSpec()) -> Path:
     """Write data.h5, phenotypes.tsv, covariates.tsv and folds.csv into ``out_dir`` (atomically, as a folder)."""
     out_dir = Path(out_dir)
