@@ -24,6 +24,8 @@ import pydicom
 from pydicom.pixels import apply_color_lut, apply_modality_lut
 
 from Engineering.data.layout import PLANES
+from Engineering.errors import UserError
+from Engineering.io.read_budget import check_bytes, nbytes
 
 
 class SeriesError(Exception):
@@ -204,6 +206,13 @@ def assemble(series: Series, read: Callable[[str], pydicom.Dataset], frames_as: 
     ``frames_as`` ("time" or "slice") says what the frames of a multi-frame file are
     when the file has no per-frame positions.
     """
+    # headers declare every file's size: the series (float64 after a rescale, then stacked) is checked first
+    sizes = sum(nbytes((f.rows, f.columns), np.float64) for f in series.files)
+    try:
+        check_bytes(2 * sizes, f"series {series.number} ({len(series.files)} files, {series.files[0].rows}x"
+                    f"{series.files[0].columns} pixels each)")
+    except UserError as exc:  # one series of a batch: reported and skipped like an undecodable one
+        raise SeriesError(str(exc)) from None
     frames: list[_Frame] = []
     first_ds = None
     rescaled = False

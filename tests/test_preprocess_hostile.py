@@ -216,3 +216,21 @@ def test_nifti_declaring_a_huge_image_is_skipped_unread(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "huge.nii: the image (shape (30000, 30000, 3000), int16) would need" in err and "Traceback" not in err
     assert not (tmp_path / "d.h5").exists()
+
+
+def test_dicom_series_declaring_huge_frames_is_refused_unread():
+    import dataclasses
+
+    import pydicom
+
+    from preprocess.dicom_series import Series, SeriesError, assemble, file_info
+    from tests.test_preprocess_dicom import dicom_file
+
+    info = file_info("a.dcm", pydicom.dcmread(dicom_file("emri_small.dcm"), stop_before_pixels=True))
+    huge = [dataclasses.replace(info, member=f"{i}.dcm", rows=60000, columns=60000) for i in range(300)]
+
+    def never(member):
+        raise AssertionError(f"{member} was read")
+
+    with pytest.raises(SeriesError, match=r"series 7 \(300 files, 60000x60000 pixels each\) would need"):
+        assemble(Series("1.2", "big", 7, None, huge), never)
