@@ -240,7 +240,8 @@ def maximise_partition(bank: FeatureBank, k: int, *, tau: float, tau_irm: float,
     best_risk, best_theta = math.inf, theta.detach().clone()
     history, stale = [], 0
     for done in range(1, passes + 1):
-        order = bank.chunks if bank.chunks is not None else list(rows[torch.randperm(len(rows), generator=g)].split(chunk))
+        order = bank.chunks if bank.chunks is not None else \
+            list(rows[torch.randperm(len(rows), generator=g)].split(chunk))
         risks = []
         for idx in order:
             w = torch.softmax(theta[idx], 1)

@@ -1,6 +1,6 @@
-"""ResNet encoder (He et al., CVPR 2016; BasicBlock) in 2D or 3D with BatchNorm, and the SimCLR projection head
-(Chen et al., ICML 2020: Linear-BN-ReLU-Linear); depth 50 uses Bottleneck blocks. Written here because torchvision's wheels do not import beside
-the CPU build of torch this project installs; the architecture follows the paper's BasicBlock ResNets."""
+"""ResNet encoder (He et al., CVPR 2016; BasicBlock, or Bottleneck for depth 50) in 2D or 3D with BatchNorm, and
+the SimCLR projection head (Chen et al., ICML 2020: Linear-BN-ReLU-Linear). Written here because torchvision's
+wheels do not import beside the CPU build of torch this project installs; the architecture follows the paper's."""
 from __future__ import annotations
 
 import torch
