@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 from pathlib import Path
 
 import pytest
@@ -58,13 +59,38 @@ def test_other_system_exits_keep_their_code():
         run_cli(helps, [])
 
 
-def test_every_executor_and_tool_goes_through_run_cli():
-    """The policy lives in run_cli: every entry point of Executors/ and preprocess/ must end in it."""
-    scripts = sorted(REPO.glob("Executors/*.py")) + sorted(REPO.glob("preprocess/*.py"))
-    entries = [p for p in scripts if "__main__" in p.read_text()]
-    assert len(entries) >= 20
-    for path in entries:
-        assert re.search(r"raise SystemExit\(run_cli\(main\)\)", path.read_text()), path
+ENTRIES = [p for p in sorted(REPO.glob("Executors/*.py")) + sorted(REPO.glob("preprocess/*.py"))
+           if 'if __name__ == "__main__":' in p.read_text()]
+
+
+@pytest.mark.parametrize("path", ENTRIES, ids=lambda p: f"{p.parent.name}/{p.name}")
+@pytest.mark.parametrize("name, code", [("SIGTERM", 143), ("SIGHUP", 129)])
+def test_every_executor_and_tool_exits_non_zero_when_stopped(path, name, code, monkeypatch, capsys):
+    """Every entry point of Executors/ and preprocess/ ends in run_cli; stopped while it parses its flags (the first
+    thing each does, through the one ArgParser), it exits 128 + the signal with one line."""
+    import importlib
+    import importlib.util
+
+    from Engineering.errors import ArgParser
+
+    assert re.search(r"raise SystemExit\(run_cli\(main\)\)", path.read_text()), path
+    if path.parent.name == "preprocess":
+        module = importlib.import_module(f"preprocess.{path.stem}")
+    else:
+        spec = importlib.util.spec_from_file_location(f"entry_{path.stem}", path)
+        module = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, spec.name, module)  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    real = ArgParser.parse_args
+
+    def stopped(self, *args, **kwargs):
+        os.kill(os.getpid(), getattr(signal, name))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(ArgParser, "parse_args", stopped)
+    argv = ["--task", "diffAE", "--help"] if path.name == "main.py" else ["--help"]
+    assert run_cli(module.main, argv) == code
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: terminated by {name}")
 
 
 def test_a_preprocess_tool_stopped_mid_write_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
