@@ -25,9 +25,7 @@ def tiny_cells(tmp_path_factory):
 
 
 def _args(cells, save, *extra):
-    return [*TINY, "--json§datadir", str(cells), "--json§save_path", str(save),
-            "--json§DS_phenotypes§path", str(cells / "phenotypes.tsv"),
-            "--json§DS_covariates§path", str(cells / "covariates.tsv"), *extra]
+    return [*TINY, "--json§datadir", str(cells), "--json§save_path", str(save), *extra]  # (reads no label table)
 
 
 @pytest.mark.parametrize("encoder, loss", [("vn", "chamfer"), ("dgcnn", "emd")])

@@ -24,8 +24,7 @@ def tiny_cells(tmp_path_factory):
 
 def _cells_args(cells, save):
     return ["--json§datadir", str(cells), "--json§save_path", str(save),
-            "--json§DS_phenotypes§path", str(cells / "phenotypes.tsv"),
-            "--json§DS_covariates§path", str(cells / "covariates.tsv")]
+            "--json§DS_covariates§path", str(cells / "covariates.tsv")]  # (main_rotinv reads no phenotype table)
 
 
 def test_rotinv_trains_on_3d_cells_with_an_invariant_code(tiny_cells, tmp_path):

@@ -83,6 +83,16 @@ def _world(cfg) -> int | None:
     return None if n < 0 else n * max(1, cfg.run.nnodes)
 
 
+def _prenorm_why(cfg) -> str | None:
+    d = cfg.data
+    if d.norm_type != "zscore":
+        return "acts only with --norm_type zscore"
+    if d.zscore_mean is None and d.zscore_std is None:
+        return ("is undone by the per-sample z-score (a scaling before it changes nothing): it acts only with a "
+                "fixed --zscore_mean or --zscore_std")
+    return None
+
+
 Condition = Callable[[Any], "str | None"]
 CONDITIONS: tuple[tuple[str, Condition], ...] = (
     ("flip_prob", lambda c: "flips nothing without data§flip_axes: name the spatial axes to flip, e.g. "
@@ -98,10 +108,13 @@ CONDITIONS: tuple[tuple[str, Condition], ...] = (
     ("grad_clip_algo", lambda c: "clips only with --grad_clip_val > 0" if not c.training.grad_clip_val else None),
     ("zscore_mean", lambda c: "acts only with --norm_type zscore" if c.data.norm_type != "zscore" else None),
     ("zscore_std", lambda c: "acts only with --norm_type zscore" if c.data.norm_type != "zscore" else None),
-    ("prenorm", lambda c: "acts only with --norm_type zscore" if c.data.norm_type != "zscore" else None),
-    ("zscore_prenorm", lambda c: "acts only with --norm_type zscore" if c.data.norm_type != "zscore" else None),
+    # a per-sample z-score undoes any positive affine prenorm: it acts only before a fixed mean or std
+    ("prenorm", lambda c: _prenorm_why(c)),
+    ("zscore_prenorm", lambda c: _prenorm_why(c)),
     ("norm_range", lambda c: f"sets the range of the min-max family; --norm_type {c.data.norm_type} has none"
      if c.data.norm_type in ("zscore", "none") else None),
+    ("complex_mode", lambda c: None if c.paths.is_complexDS else "turns complex-valued data into channels: set "
+     "json§is_complexDS true for complex data"),
     ("allow_pad", lambda c: "acts only with --croppad" if not c.data.croppad else None),
     ("wnbproject", lambda c: "acts only with --wnbactive" if not c.run.wnbactive else None),
     ("prefetch_factor", lambda c: "acts only with --num_workers > 0" if not c.run.num_workers else None),

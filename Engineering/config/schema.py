@@ -163,8 +163,21 @@ def key_defaults(sections: dict | None = None) -> dict:
     return out
 
 
+_SCHEMAS: dict = {}  # (flag ids, section ids) -> (the objects, the schema): creating pydantic models is slow
+
+
 def build_schema(extra_flags: tuple[Flag, ...] = (), sections: dict | None = None) -> type[BaseModel]:
     sections = sections or {}
+    key = (tuple(map(id, extra_flags)), tuple(sorted((k, id(v)) for k, v in sections.items())))
+    hit = _SCHEMAS.get(key)
+    if hit is not None and all(a is b for a, b in zip(hit[0], (*extra_flags, *sections.values()))):
+        return hit[1]  # the same objects (ids of collected objects can be reused: checked by identity)
+    schema = _build_schema(extra_flags, sections)
+    _SCHEMAS[key] = ((*extra_flags, *sections.values()), schema)
+    return schema
+
+
+def _build_schema(extra_flags: tuple[Flag, ...], sections: dict) -> type[BaseModel]:
     unknown = sorted(set(sections) - set(COMMON_KEYS))
     if unknown:
         raise UserError(f"task key models for unknown section(s) {', '.join(unknown)}; sections: "

@@ -195,6 +195,6 @@ register(TaskSpec(
     defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
               "model§drive": "pythae", "model§tag": "recon"},
     extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae", engine=ReconEngine, module=__name__,
-    honours=honour.STANDARD | honour.BN_EVAL, conditions=honour.EMA_WITH_USE_EMA,
+    honours=honour.STANDARD, conditions=honour.EMA_WITH_USE_EMA,  # (GroupNorm: no BatchNorm to set at evaluation)
     run_name_parts=lambda cfg: [f"pythaemodel-{cfg.model.pythae.model}"],  # the ancestor's run-name part
 ))

@@ -294,8 +294,8 @@ register(TaskSpec(
     sections={"model": StyleGANModelKeys}, drive="StyleGAN2", engine=StyleGANEngine, lifecycle=GANRun,
     # two optimisers stepped by hand: their optimiser, schedule and clipping are applied here, not accumulation;
     # the test writes samples of the EMA generator (no latents, no reconstructions)
-    honours=(honour.LIFECYCLE | honour.LOADERS | honour.OPTIMISER | honour.CLIPPING | honour.IMAGES | honour.GROUPS
-             | {"load_hf"}) - {"auto_lr", "auto_bs", "load_best"},
+    honours=(honour.LIFECYCLE | honour.LOADERS | honour.OPTIMISER | honour.CLIPPING | honour.IMAGES
+             | honour.GROUPS) - {"auto_lr", "auto_bs", "load_best", "is3D", "deepspeed_config"},
     why_not={"load_best": "its validation loss does not measure sample quality: the test, its samples and "
                           "main_restyle --generator use the last checkpoint",
              "effective_batch_size": "adversarial training steps the discriminator and the generator once per batch "
@@ -303,6 +303,9 @@ register(TaskSpec(
              "auto_lr": "the Tuner's learning-rate finder steps one optimiser; adversarial training has two",
              "auto_bs": "the Tuner's batch-size search runs the training step, which steps two optimisers by hand",
              "test_ema": "its test always samples the EMA generator",
-             "latent_dim": "its latent size is model§StyleGAN2§style_dim"},
+             "latent_dim": "its latent size is model§StyleGAN2§style_dim",
+             "is3D": "it trains on square 2D images",
+             "deepspeed_config": "DeepSpeed does not step two optimisers by hand (use --training_strategy ddp)",
+             "load_hf": "an export holds the generator alone; training and its test need the discriminator too"},
     module=__name__,
 ))
