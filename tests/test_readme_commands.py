@@ -195,6 +195,8 @@ TINY = {"main_latentcls": ["--num_epochs", "2"],
 
 def _tiny(argv: list[str]) -> list[str]:
     script = Path(argv[1]).stem
+    if "--run_mode" in argv and argv[argv.index("--run_mode") + 1] == "2":  # a test: nothing to shorten
+        return [*argv, "--no-progress_bar"]
     extra = list(TINY.get(script, TINY["default"]))
     if "--num_epochs" in argv:  # the command's own recipe (e.g. 400 epochs) at tiny scale
         i = argv.index("--num_epochs")

@@ -77,7 +77,7 @@ def test_guard_refuses_another_configuration(tmp_path, capsys):
     # an Output that records another configuration is never replaced
     (run_dir / "Output_b").mkdir()
     (run_dir / "Output_b" / "emb.h5").write_text("x")
-    (run_dir / "Output_b" / "resolved_config.yaml").write_text(dump_yaml(_raw("recon", "--pythae_model", "rae_l2")))
+    (run_dir / "resolved_config_Output_b.yaml").write_text(dump_yaml(_raw("recon", "--pythae_model", "rae_l2")))
     with pytest.raises(UserError, match="Output_b holds the outputs of another configuration"):
         run_folder.check(_raw("recon", "--pythae_model", "beta_vae", "--output_suffix", "b"), run_dir,
                          run_dir / "Output_b", 2, True)
@@ -111,9 +111,9 @@ def test_same_run_flow_and_refusals_end_to_end(tiny_demo, tmp_path, one_thread, 
         run([*other, "--load_model_4test", str(run_dir / "Checkpoints"), "--run_mode", "2"], task)
     assert emb.stat().st_mtime_ns == stamp and (run_dir / "resolved_config.yaml").read_text() == trained
 
-    # a test of another configuration (here: other sampling steps) with its own suffix goes beside, recorded there
+    # a test of another configuration (here: other sampling steps) with its own suffix goes beside, its config too
     res = run([*base, "--resume", "--run_mode", "2", "--model§DiffAE§T_eval", "2", "--output_suffix", "t2"], task)
     assert res["out_dir"] == str(run_dir / "Output_t2")
-    recorded = yaml.safe_load((run_dir / "Output_t2" / "resolved_config.yaml").read_text())
+    recorded = yaml.safe_load((run_dir / "resolved_config_Output_t2.yaml").read_text())
     assert recorded["model"]["DiffAE"]["T_eval"] == 2
     assert (run_dir / "resolved_config.yaml").read_text() == trained and emb.stat().st_mtime_ns == stamp

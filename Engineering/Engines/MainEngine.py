@@ -427,7 +427,7 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
     cfg = resolved.cfg
     mode = cfg.run.run_mode
     sharded = bool(cfg.run.shard)
-    test_record = False  # a test in a folder it did not train: its config goes to its Output folder, not the run's
+    test_record = False  # a test in a folder it did not train: its config beside the run's, named after its Output
     if is_rank_zero():
         # again under the lock: a run of another configuration may have taken the folder in between
         owner = run_folder.check(resolved.raw, run_dir, out_dir, mode, mode in TEST_MODES and not cfg.run.dev_run,
@@ -438,9 +438,8 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
             for stale in remove_stale(folder, out_dir.name if sharded else ""):
                 log.info("removed %s, left by an interrupted earlier run", stale)
         setup_logging(run_dir)
-        if not test_record:
-            write_text(run_dir / (f"resolved_config_{out_dir.name}.yaml" if sharded else "resolved_config.yaml"),
-                       dump_yaml(resolved.raw))
+        write_text(run_dir / (f"resolved_config_{out_dir.name}.yaml" if sharded or test_record else
+                              "resolved_config.yaml"), dump_yaml(resolved.raw))
     described = life.describe(dm)  # the data pipeline in one line (and its warnings), before anything trains
     if is_rank_zero():
         print(described)
@@ -472,8 +471,6 @@ def _run_locked(life, resolved, dm, model, run_dir: Path, ckpt_dir: Path, out_di
             model.load_run_state(load_weights(model, test_ckpt))
         with graceful_stop():
             result.update(life.test(trainer, model, dm, out_dir, test_ckpt))
-        if test_record and out_dir.is_dir():
-            write_text(out_dir / run_folder.CONFIG_NAME, dump_yaml(resolved.raw))
     elif trainer.is_global_zero:
         print(f"dev run of {cfg.run.dev_run} batch(es) finished (no checkpoints, no outputs)" if cfg.run.dev_run
               else f"checkpoints in {ckpt_dir}")

@@ -63,7 +63,7 @@ class PredictorRun(ImageRun):
     def describe(self, dm) -> str:
         for note in self.data.notes:
             print(f"note: {note}")
-        return f"latents {self.data.source} ({len(self.data.Z)} samples)"
+        return f"data: {len(self.data.Z)} latent vectors of {self.data.Z.shape[1]} from {self.data.source}"
 
     def fit_context(self):
         return one_thread()

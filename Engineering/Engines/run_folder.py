@@ -108,6 +108,11 @@ def _listed(diff: list[str]) -> str:
     return "; ".join(diff[:3]) + (f"; and {len(diff) - 3} more" if len(diff) > 3 else "")
 
 
+def record_path(run_dir: Path, out_dir: Path) -> Path:
+    """Where a test-only run in an existing run folder records its configuration (the training's stays)."""
+    return run_dir / f"resolved_config_{out_dir.name}.yaml"
+
+
 def has_outputs(out_dir: Path) -> bool:
     return out_dir.is_dir() and any(out_dir.iterdir())
 
@@ -117,7 +122,7 @@ def check(raw: dict, run_dir: Path, out_dir: Path, mode: int, tests: bool, say: 
     """Refuse (one UserError line) to reuse a run folder or replace an Output folder of another configuration;
     say when an Output folder of the same configuration is replaced. Returns whether the run folder's
     resolved_config.yaml is this run's to write (False: a test of another configuration, which records its
-    config in its own Output folder instead)."""
+    config beside it as resolved_config_<Output folder>.yaml instead)."""
     mine = identity(_plain(raw))
     suffix = (raw.get("run") or {}).get("output_suffix") or ""
     stored = _read(run_dir / CONFIG_NAME)
@@ -134,12 +139,13 @@ def check(raw: dict, run_dir: Path, out_dir: Path, mode: int, tests: bool, say: 
                                 "--trainID NAME / --fulltrainID NAME for a new run folder")
             owner = False
             if say:
-                print(f"notice: {what}; this test writes into {out_dir.name}/ and records its configuration there")
+                print(f"notice: {what}; this test writes into {out_dir.name}/ and records its configuration as "
+                      f"{record_path(run_dir, out_dir).name}")
         elif say and mode != 2 and not resuming and (run_dir / CHECKPOINTS / "last.ckpt").exists():
             print(f"notice: run folder {run_dir} already holds checkpoints of this configuration: this run trains "
                   "from scratch and replaces them (--resume continues it; --trainID NAME keeps both)")
     if tests and has_outputs(out_dir):
-        record = _read(out_dir / CONFIG_NAME) or stored
+        record = _read(record_path(run_dir, out_dir)) or stored
         if record is not None:
             diff = differences(identity(record), mine)
             if diff:
