@@ -135,10 +135,12 @@ def test_demo_command_resolves(command, capsys, monkeypatch):
     assert yaml.safe_load(out.out)["run"], command
 
 
-def _resolved(command: str, capsys, monkeypatch) -> dict:
+def _resolved(command: str, capsys, monkeypatch, *extra: str) -> dict:
     monkeypatch.chdir(REPO)
-    assert _in_process(command, "--print_config", monkeypatch=monkeypatch) == 0
-    return yaml.safe_load(capsys.readouterr().out)
+    code = _in_process(command, *extra, "--print_config", monkeypatch=monkeypatch)
+    out = capsys.readouterr()
+    assert code == 0, (command, extra, out.err[-500:])
+    return yaml.safe_load(out.out)
 
 
 def test_the_quick_start_says_what_the_demo_does(capsys, monkeypatch):
@@ -159,6 +161,27 @@ def test_the_quick_start_says_what_the_demo_does(capsys, monkeypatch):
     assert f"outputs written to Results/{name}/Output" in quick
     make_test = next(line for line in quick.splitlines() if line.startswith("make test"))
     assert "a few minutes" not in make_test  # the suite's duration is not a quick start's promise
+
+
+def test_the_recipes_table_resolves_on_the_demo_command(capsys, monkeypatch):
+    """Each "add to the training command" recipe, added to the demo's command, resolves (its flags exist, the task
+    honours them, and the run keeps the demo's run folder where the recipe tests the same run)."""
+    from Engineering.config.loader import resolve
+    from Engineering.Engines import registry
+    from Engineering.Engines.MainEngine import run_name
+
+    text = README.read_text()
+    table = text[text.index("| what | add to the training command |"):].split("\n\n")[0]
+    rows = [re.findall(r"`([^`]*)`", line) for line in table.splitlines()[2:]]
+    assert len(rows) >= 5
+    spec = registry.get("diffAE")
+    demo = run_name(resolve([], spec).cfg, spec)
+    for row in rows:
+        flags = shlex.split(row[0].replace("PATH", "Results/elsewhere"))
+        cfg = _resolved("make demo", capsys, monkeypatch, *flags)
+        assert cfg["run"], row
+        if "--resume" in flags:  # the ancestor's inference recipes test the same run
+            assert run_name(resolve(flags, spec).cfg, spec) == demo, row
 
 
 def test_executors_that_need_inputs_say_so_in_one_line(capsys, monkeypatch):
