@@ -85,8 +85,8 @@ def test_resnet_encoder_2d_3d_and_config_errors():
     assert h.shape == (2, 64) and net.project(h).shape == (2, 4)
     net3 = SSLNet(SSLConfig(is3D=True, in_channels=1, width=4, proj_hidden=8, proj_dim=4))
     assert net3.encode(torch.randn(2, 1, 8, 16, 16)).shape == (2, 32)
-    with pytest.raises(SSLConfigError, match="depth must be 18 or 34"):
-        SSLConfig(depth=50)
+    with pytest.raises(SSLConfigError, match="depth must be 18, 34 or 50"):  # 50: IP-IRM's reference backbone
+        SSLConfig(depth=101)
     with pytest.raises(SSLConfigError, match="stem must be one of small, imagenet"):
         SSLConfig(stem="big")
 
