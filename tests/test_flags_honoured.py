@@ -437,3 +437,88 @@ def test_every_flag_is_honoured_or_refused(task, world, tmp_path):
         honoured.append(f"{name}: {changed}")
     print(task, "honoured:", "; ".join(honoured), "| refused:", ", ".join(refused))
     assert honoured and len(honoured) + len(refused) + len(ELSEWHERE) == len(FLAGS)
+
+
+# --- the reproduced bugs of issue 33 item 1 and issue 34 item 7, each as a user typed it ------------------------
+
+def _cli(capsys, script: str, *argv: str):
+    from Engineering.Engines import cli
+    from Engineering.errors import run_cli
+
+    code = run_cli(lambda a: cli.main(a, task=script), list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def _gan_args(demo, save, name, *extra):
+    return [*TINY_GAN, "--interp_fact", "1", "--json§datadir", str(demo), "--json§save_path", str(save), "--fulltrainID",
+            name, "--n_train_batches", "2", "--run_mode", "0", "--num_epochs", "2", "--optimiserID", "SGD",
+            "--model§StyleGAN2§r1_gamma", "0", "--model§StyleGAN2§pl_weight", "0", *extra]
+
+
+def _gan_run(demo, save, name, *extra):
+    MainEngine.run(_gan_args(demo, save, name, *extra), registry.get("stylegan"))
+    return torch.load(save / name / "Checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+
+
+def test_stylegan_steps_the_optimiser_schedule_and_clipping_it_is_given(tiny_demo_mc, tmp_path, capsys):
+    """main_stylegan --effective_batch_size 16 --grad_clip_val 1e-6 --optimiserID SGD --lr_decay_type 1 trained
+    with Adam, no clipping, no schedule and one update per batch; now each acts or is refused."""
+    code, _, err = _cli(capsys, "stylegan", "--effective_batch_size", "16", "--grad_clip_val", "1e-6",
+                        "--optimiserID", "SGD", "--lr_decay_type", "1", "--print_config")
+    assert code == 2 and err.startswith("error: --effective_batch_size is not honoured by task 'stylegan'")
+    start = _start(registry.get("stylegan"), _gan_args(tiny_demo_mc, tmp_path, "s"))  # the same seed: the same init
+    initial = {k: v.detach().clone() for k, v in start["model"].named_parameters()
+               if k.startswith(("net.", "disc."))}  # the trained weights (not w_avg, the EMA or noise buffers)
+    free = _gan_run(tiny_demo_mc, tmp_path, "free", "--lr_decay_type", "1", "--training§LRDecay§type1§decay_every",
+                    "1")
+    clipped = _gan_run(tiny_demo_mc, tmp_path, "clipped", "--grad_clip_val", "1e-9")
+    for ckpt in (free, clipped):
+        assert [o["param_groups"][0].get("momentum") for o in ckpt["optimizer_states"]] == [0, 0]  # SGD, not Adam
+    # StepLR(decay_every 1, rate 0.1) stepped after each of the 2 epochs, on both optimisers
+    assert [s["_last_lr"][0] for s in free["lr_schedulers"]] == pytest.approx([2e-3 * 0.01] * 2)
+
+    def moved(ckpt):
+        return max(float((ckpt["state_dict"][k] - v).abs().max()) for k, v in initial.items())
+    # clipped to a norm of 1e-9, four SGD steps of lr 2e-3 move no weight by more than 1e-11; unclipped they move
+    assert moved(clipped) < 1e-10 < 1e-6 < moved(free)
+
+
+def test_a_flag_that_would_do_nothing_is_refused_before_anything_runs(capsys):
+    code, _, err = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--print_config")
+    assert code == 2 and "--flip_prob is not honoured by task 'diffAE': it flips nothing without data§flip_axes" in err
+    code, out, _ = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--data§flip_axes", "[1]", "--print_config")
+    assert code == 0 and yaml_load(out)["data"]["flip_axes"] == [1]
+    code, _, err = _cli(capsys, "ssl", "--bn_eval_mode", "batch", "--print_config")
+    assert code == 2 and "--bn_eval_mode is not honoured by task 'ssl'" in err and "--batch_groups" in err
+    for args, flag in ((["--grad_clip_algo", "value"], "--grad_clip_algo"),
+                       (["--zscore_mean", "0.5"], "--zscore_mean"),
+                       (["--json§DS_confounders§path", "c.tsv"], "--json§DS_confounders§path"),
+                       (["--test_ema", "false"], "--test_ema")):  # (recon keeps no EMA without --use_ema)
+        code, _, err = _cli(capsys, "recon", *args, "--print_config")
+        assert code == 2 and err.startswith(f"error: {flag}") and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_refusal_the_config_decides_comes_before_training(tiny_demo, tmp_path, capsys):
+    """main_ssl --no-test_emb_only trained the whole budget, then refused at the test."""
+    code, _, err = _cli(capsys, "ssl", *TINY_SSL, "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
+                        "--no-test_emb_only")
+    assert code == 2 and "--test_emb_only False is not honoured by task 'ssl': the SSL task learns no decoder" in err
+    assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing was built, trained or written
+
+
+def test_an_unknown_bare_flag_never_takes_the_next_flag_as_its_value(capsys):
+    """main_ssl --print_config --method ipirm --X --no-keep_cont gave X: '--no-keep_cont' and keep_cont true."""
+    code, out, err = _cli(capsys, "ssl", "--print_config", "--method", "ipirm", "--brand_new_switch", "--no-keep_cont")
+    cfg = yaml_load(out)
+    assert code == 0 and cfg["brand_new_switch"] is True and cfg["model"]["IPIRM"]["keep_cont"] is False
+    code, out, _ = _cli(capsys, "ssl", "--brand_new_switch", "--print_config")
+    assert code == 0 and yaml_load(out)["brand_new_switch"] is True  # printed, not trained
+    code, _, err = _cli(capsys, "ssl", "--num_epoch", "1", "--print_config")
+    assert code == 2 and "unknown flag --num_epoch (did you mean --num_epochs?)" in err
+
+
+def yaml_load(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
