@@ -42,7 +42,8 @@ ELSEWHERE = {
 # --data_mask_mode reads the masks file, which the demo cohort does not have.
 # Weights & Biases is not installed here: the W&B flags ask for it.
 MACHINE = {"accelerator": "no CUDA GPU is visible", "croppad": "use --croppad true", "data_mask_mode": "meta_mask.h5",
-           "wnbactive": "needs the wandb package", "wnbproject": "needs the wandb package"}
+           "wnbactive": "needs the wandb package", "wnbproject": "needs the wandb package",
+           "input_shape": "as the generator's run did"}  # (main_restyle: the size is its generator's)
 # Read by the Trainer alone (MainEngine.build_trainer, the same for every task): observed on the config with the
 # start's engine. Clipping and accumulation are not among them: manual optimisation does them in the engine.
 TRAINER_ONLY = {"non_deter", "dev_run", "ndevices", "nnodes", "training_strategy", "deepspeed_config",
@@ -486,11 +487,11 @@ def test_stylegan_steps_the_optimiser_schedule_and_clipping_it_is_given(tiny_dem
 
 def test_a_flag_that_would_do_nothing_is_refused_before_anything_runs(capsys):
     code, _, err = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--print_config")
-    assert code == 2 and "--flip_prob is not honoured by task 'diffAE': it flips nothing without data§flip_axes" in err
+    assert code == 2 and "--flip_prob 0.5 is not honoured by task 'diffAE': it flips nothing without data§flip_axes" in err
     code, out, _ = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--data§flip_axes", "[1]", "--print_config")
     assert code == 0 and yaml_load(out)["data"]["flip_axes"] == [1]
     code, _, err = _cli(capsys, "ssl", "--bn_eval_mode", "batch", "--print_config")
-    assert code == 2 and "--bn_eval_mode is not honoured by task 'ssl'" in err and "--batch_groups" in err
+    assert code == 2 and "--bn_eval_mode batch is not honoured by task 'ssl'" in err and "--batch_groups" in err
     for args, flag in ((["--grad_clip_algo", "value"], "--grad_clip_algo"),
                        (["--zscore_mean", "0.5"], "--zscore_mean"),
                        (["--json§DS_confounders§path", "c.tsv"], "--json§DS_confounders§path"),

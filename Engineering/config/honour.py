@@ -60,7 +60,8 @@ UNREAD_JSON = {"json§DS_confounders": "no task reads a confounder table yet"}
 NOT_USER_KEYS = {"run§load_hf_revision": "is recorded by --load_hf, not set by users",
                  "model§drive": "is fixed by the task (use its executor)"}
 
-ALL_NAMES = frozenset(f.name for f in FLAGS) | frozenset(KEYS)
+_FLAG_NAMES = frozenset(f.name for f in FLAGS)
+ALL_NAMES = _FLAG_NAMES | frozenset(KEYS)
 _BY_PATH = {f.path: f.name for f in FLAGS}
 
 
@@ -100,8 +101,8 @@ CONDITIONS: tuple[tuple[str, Condition], ...] = (
      if c.data.flip_prob > 0 and not c.data.flip_axes else None),
     ("data§flip_axes", lambda c: "flips only with --flip_prob > 0" if c.data.flip_axes and not c.data.flip_prob
      else None),
-    ("bn_eval_mode", lambda c: f"{c.eval.bn_eval_mode} normalises each evaluation batch with its own statistics; "
-     "without --batch_groups COL a batch mixes groups (plates, sites): give --batch_groups"
+    ("bn_eval_mode", lambda c: f"normalises with each {c.eval.bn_eval_mode}'s statistics; without --batch_groups COL a "
+     "batch mixes groups (plates, sites) and there are no groups: give --batch_groups"
      if c.eval.bn_eval_mode != "running" and not c.data.batch_groups else None),
     ("bn_controls", lambda c: "picks the samples whose statistics BatchNorm uses: it needs --bn_eval_mode batch or "
      "group" if c.eval.bn_controls and c.eval.bn_eval_mode == "running" else None),
@@ -166,7 +167,9 @@ def refuse_unhonoured(task, cfg, explicit: set[str], from_json: set[str] = froze
         hit = [e for e in explicit if e == name or name_of(tuple(e.split("§"))) == name]
         why = condition(cfg) if hit else None
         if why:
-            raise UserError(f"--{hit[0]} is not honoured by {where}: it {why}")
+            value = _value(cfg, name) if name in _FLAG_NAMES else None
+            shown = f" {value}" if value is not None and not isinstance(value, bool) else ""
+            raise UserError(f"--{hit[0]}{shown} is not honoured by {where}: it {why}")
     for key in sorted(from_json):  # one dataNpath JSON serves several tasks: only a key no task reads is named
         if key in UNREAD_JSON:
             notes.append(f"{key} (from the dataNpath JSON) has no effect: {UNREAD_JSON[key]}")

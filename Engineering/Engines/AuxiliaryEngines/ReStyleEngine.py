@@ -198,9 +198,9 @@ register(TaskSpec(
               "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric",
               "model§drive": "ReStyle", "model§tag": "ReStyle"},
     extra_flags=RESTYLE_FLAGS, sections={"model": ReStyleModelKeys}, drive="ReStyle", engine=ReStyleEngine,
-    honours=honour.STANDARD - honour.LATENT - honour.EMA - {"is3D", "input_shape"},
+    # --input_shape must be the generator's image size (the engine refuses another at the start)
+    honours=honour.STANDARD - honour.LATENT - honour.EMA - {"is3D"},
     why_not={"latent_dim": "its codes have the generator's sizes (W+ and noise maps)",
-             "is3D": "it inverts a 2D main_stylegan generator",
-             "input_shape": "the image size is the --generator's (its run's input_shape)"},
+             "is3D": "it inverts a 2D main_stylegan generator"},
     steps=(StyleMeanView(), NoiseMapsView()), module=__name__,
 ))
