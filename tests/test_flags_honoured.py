@@ -523,3 +523,34 @@ def yaml_load(text: str):
     import yaml
 
     return yaml.safe_load(text)
+
+
+KEY_VALUES = {"training§LRDecay§type1§decay_every": "7", "training§ema_decay": "0.99", "training§ema_warmup": "false",
+              "data§flip_axes": "[1]", "eval§n_preview": "2", "eval§output_chunk": "8", "model§tag": "x",
+              "json§DS_covariates§path": "c.tsv", "json§DS_phenotypes§path": "p.tsv"}
+
+
+@pytest.mark.parametrize("task", sorted(t.name for t in registry.builtin_tasks()))
+def test_every_common_key_is_declared_or_refused(task):
+    """The common YAML keys beside the flags follow the same declaration: an override of one the task does not
+    honour is one error line naming it and the task (what the honoured ones change is each key's own test)."""
+    from Engineering.config.loader import resolve
+
+    spec = registry.get(task)
+    keys = {k for k in honour.KEYS if k.startswith(("training", "data", "eval", "model")) and k != "training§LRDecay"}
+    assert set(KEY_VALUES) >= keys | {"json§DS_covariates§path", "json§DS_phenotypes§path"}
+    # what each key needs to act (so that a declared key is not refused by a condition)
+    needs = {"training§LRDecay§type1§decay_every": ["--lr_decay_type", "1"], "data§flip_axes": ["--flip_prob", "0.5"],
+             "training§ema_decay": ["--use_ema"], "training§ema_warmup": ["--use_ema"]}
+    for key, value in KEY_VALUES.items():
+        name = honour.name_of(tuple(key.split("§")))
+        extra = [a for a in needs.get(key, []) if a != "--use_ema" or task in ("recon", "latentcls")]
+        if "--flip_prob" in extra and "flip_prob" not in spec.honours:
+            extra = []
+        try:
+            resolve([f"--{key}", value, *extra], spec)
+        except UserError as exc:
+            assert name not in spec.honours, f"{task}: {key} is declared honoured but refused: {exc}"
+            assert f"--{key}" in str(exc) and repr(task) in str(exc) and "\n" not in str(exc)
+            continue
+        assert name in spec.honours, f"{task}: {key} is accepted but not declared"
