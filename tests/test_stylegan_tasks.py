@@ -19,7 +19,7 @@ TINY_GAN = ["--batch_size", "4", "--n_train_batches", "3", "--n_val_batches", "1
             "--no-tbactive", "--input_shape", "32,32", "--model§StyleGAN2§style_dim", "16",
             "--model§StyleGAN2§n_mlp", "2", "--model§StyleGAN2§channel_max", "8", "--model§StyleGAN2§r1_every", "2",
             "--model§StyleGAN2§pl_every", "2", "--model§StyleGAN2§n_samples", "4"]
-# no --input_shape: ReStyle takes the image size of its --generator (it refuses the flag)
+# no --input_shape: ReStyle takes the image size of its --generator
 TINY_RESTYLE = ["--batch_size", "4", "--n_train_batches", "4", "--n_val_batches", "1", "--no-progress_bar",
                 "--no-tbactive", "--model§ReStyle§width", "4", "--lr", "3e-3"]
 
