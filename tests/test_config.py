@@ -101,6 +101,8 @@ def test_typo_is_an_error_other_new_keys_are_created_and_recorded(task, capsys):
     assert r.raw["training"]["prova"] == "testing" and r.raw["brandnew"] == 7
     assert r.raw["model"]["DiffAE"]["opts"] == {"loss_fn": "l2", "new": 3}
     assert "training§prova" in r.explicit
+    r = resolve(["--model§toy§width", "3", "--model§toy§width", "4", "--model§toy§depth", "2"], task)  # twice
+    assert r.raw["model"]["toy"] == {"width": 4, "depth": 2}
     with pytest.raises(UserError, match=r"training§prova' does not exist \(--strict_overrides\)"):
         resolve(["--training§prova", "testing", "--strict_overrides"], task)
     with pytest.raises(UserError, match="brandnew"):

@@ -326,7 +326,7 @@ def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict, task:
                             "(--strict_overrides)")
         notes.append(f"override --{item.dotted}: '{'§'.join(item.path[:depth + 1])}' does not exist and is created "
                      "(recorded in resolved_config.yaml; nothing in this task reads it)")
-        if not extra_allowed:
+        if not extra_allowed and item.path[:depth + 1] not in created:  # (the same new key may be given twice)
             created.append(item.path[:depth + 1])
         _set(cfg, item.path, ov.parse_new_value(item.raw))
         return True
