@@ -143,7 +143,8 @@ def check(raw: dict, run_dir: Path, out_dir: Path, mode: int, tests: bool, say: 
                       f"{record_path(run_dir, out_dir).name}")
         elif say and mode != 2 and not resuming and (run_dir / CHECKPOINTS / "last.ckpt").exists():
             print(f"notice: run folder {run_dir} already holds checkpoints of this configuration: this run trains "
-                  "from scratch and replaces them (--resume continues it; --trainID NAME keeps both)")
+                  "from scratch, replaces last.ckpt and writes its best checkpoint beside the earlier ones (--resume "
+                  "continues instead; --trainID NAME keeps the runs apart)")
     if tests and has_outputs(out_dir):
         record = _read(record_path(run_dir, out_dir)) or stored
         if record is not None:
