@@ -1,0 +1,375 @@
+"""The public Python API: latents from a trained or published model in three lines.
+
+    from Engineering import api as imlatent
+    model = imlatent.load("runs/my_diffae")          # run folder, checkpoint, export folder or Hub id
+    z = model.embed("sub-01_cine.nii.gz")             # NIfTI, HDF5 (our contract) or a numpy/torch array
+    df = model.embed_many(paths, batch_size=8, progress=True)
+
+The preprocessing is the model's own (the run's saved config, or the export's config.json: axes, resampling,
+crop-or-pad with its padding guard, normalisation, complex mode): inputs go through the training dataset's
+transform code (``Engineering.data.dataset.H5Samples``), never a re-typed copy. Nothing is written; results are
+numpy arrays and pandas DataFrames keyed like ``emb.tsv``.
+
+Input layouts:
+
+- an HDF5 file in the data contract (``patient/field/instance/key``, 5D ``C x T x S x X x Y``): every selected
+  dataset, as the run's ``--run_mode 2`` reads it; ``embed`` returns the ``emb.tsv`` table of those samples;
+- a NIfTI file (``.nii``/``.nii.gz``), read as ``preprocess/nifti_to_h5.py`` lays it out: array axes
+  ``(i, j, k[, t[, c]])`` become ``C x T x S x X x Y`` with S = k, X = i, Y = j;
+- an array: one dataset in the 5D contract ``C x T x S x X x Y`` (the result has the shape of its ``emb.h5``
+  entry, ``n_c x n_t x n_s x latent_dim``), or one sample in the model's own input layout ``C x X x Y`` (2D
+  model) / ``C x S x X x Y`` (3D model), which gives one latent vector.
+
+A misfit input (wrong number of axes, too small for the model's input shape, NaN/Inf values, a 2D image for a
+3D model, another number of channels) is one :class:`~Engineering.errors.UserError` naming the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from Engineering.data.dataset import H5Samples, SampleRef, SampleSpec, enumerate_samples
+from Engineering.data.datamodule import sample_spec
+from Engineering.data.index import DatasetRecord
+from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo, SampleKey, check_id
+from Engineering.data.transforms import invert_affine, normalise_batch
+from Engineering.Engines import registry
+from Engineering.Engines.MainEngine import _with_hub
+from Engineering.Engines.registry import drive_errors
+from Engineering.Engines.saved_runs import SavedRun, load_run, whole_file_data
+from Engineering.errors import UserError
+from Engineering.io import hub as hub_io
+from Engineering.io.checkpoints import CHECKPOINT_DIR, fit_state
+from Engineering.io.outputs import emb_table
+
+__all__ = ["ImLatentModel", "load", "ids_from_name", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
+
+H5_SUFFIXES = (".h5", ".hdf5")
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+# the file-name convention of preprocess/nifti_to_h5.py: <patient>_<field>_<instance>[_<anything>]
+# (UK Biobank's 1000001_20252_2_0.nii.gz); a name that does not match is the patient ID, field and instance "0"
+DEFAULT_IDS = r"^(?P<patient>[^_]+)_(?P<field>\d+)_(?P<instance>\d+)(?:_.*)?$"
+ARRAY_KEY = SampleKey("array", "0", "0", "primary")  # the IDs of an array's rows
+
+
+def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | None = None,
+         device: str | torch.device = "cpu") -> "ImLatentModel":
+    """Rebuild a model for inference.
+
+    ``model`` is a training run folder (its best checkpoint, else its last), a checkpoint file, an export folder
+    (``config.json`` + ``model.safetensors`` as ``Executors/export_hf.py`` writes it), a folder with the published
+    DiffAE layout, or a Hugging Face id ``ORG/NAME[@revision]`` (read from the local cache when offline,
+    ``HF_HUB_OFFLINE=1``). ``options`` are command-line flags applied as ``--load_hf`` applies them (e.g.
+    ``["--input_shape", "50,128,128"]`` for a published model whose files do not say it); ``in_channels`` is needed
+    only for the published layout, whose files do not record it.
+    """
+    ref = str(model)
+    path = Path(ref).expanduser()
+    if path.is_file() or (path.is_dir() and (path / CHECKPOINT_DIR).is_dir()):
+        for name, given in (("options", bool(options)), ("in_channels", in_channels is not None)):
+            if given:
+                raise UserError(f"load({ref!r}): {name} apply to exported or published weights; a training run "
+                                "is rebuilt from the config its checkpoint saved")
+        run = load_run(path)
+    elif path.is_dir() or (not path.exists() and hub_io._REPO_ID.match(ref.partition("@")[0])):
+        run = _from_hub(ref, options, in_channels)
+    else:
+        raise UserError(f"load({ref!r}): not a run folder, checkpoint file, export folder or Hugging Face id "
+                        "ORG/NAME[@revision]")
+    return ImLatentModel(run, ref, torch.device(device))
+
+
+def _hub_task(ref: str) -> tuple[registry.TaskSpec, dict]:
+    """The task of Hub/export weights, from config.json alone (the weights are read once, by _with_hub)."""
+    folder, _, _ = hub_io.fetch(ref)
+    config = {}
+    if (folder / "config.json").is_file():
+        try:
+            config = json.loads((folder / "config.json").read_text())
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{folder / 'config.json'} is not valid JSON: {exc}") from None
+    config = config if isinstance(config, dict) else {}
+    if config.get("format") == hub_io.FORMAT:
+        return registry.for_drive(str(config.get("drive")), f"{folder / 'config.json'}"), config
+    readers = [t for t in registry.tasks().values() if t.published is not None]
+    if len(readers) != 1:
+        raise UserError(f"{ref}: not our export format, and {len(readers)} tasks read published layouts "
+                        f"({', '.join(t.name for t in readers)}): run the task's executor with --load_hf")
+    return readers[0], config
+
+
+def _from_hub(ref: str, options: Sequence[str], in_channels: int | None) -> SavedRun:
+    task, config = _hub_task(ref)
+    resolved, hub = _with_hub(["--load_hf", ref, *options], task)  # the same config layering as --load_hf
+    cfg = resolved.cfg
+    if hub.kind == "imlatent":
+        saved = config.get("in_channels")
+        if in_channels is not None and in_channels != saved:
+            raise UserError(f"load({ref!r}, in_channels={in_channels}): its config.json says in_channels={saved}")
+        in_channels = saved
+    if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
+        raise UserError(f"load({ref!r}): the weights do not record the number of input channels; pass "
+                        "in_channels=N (1 for the published cardiac models)")
+    with drive_errors():
+        engine = task.engine_class()(cfg, in_channels)
+        engine.load_state_dict(fit_state(engine, hub.state, f"load({ref!r})"))
+    engine.eval()
+    return SavedRun(engine, cfg, Path(hub.source), bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"))
+
+
+def ids_from_name(path: str | Path, pattern: str | None = None, key: str = "primary") -> SampleKey:
+    """patient/field/instance IDs of an image file from its name (without .nii/.nii.gz/.h5).
+
+    ``pattern`` is a regular expression with the named groups ``patient`` (required), ``field`` and
+    ``instance`` (``"0"`` when absent), searched in the file name; the default is preprocess/nifti_to_h5.py's
+    ``<patient>_<field>_<instance>[_...]``, and a name that does not match it is the patient ID.
+    """
+    name = Path(path).name
+    low = name.lower()
+    stem = next((name[:-len(s)] for s in (*NIFTI_SUFFIXES[::-1], *H5_SUFFIXES) if low.endswith(s)), name)
+    if pattern:
+        try:
+            rx = re.compile(pattern)
+        except re.error as exc:
+            raise UserError(f"--ids {pattern!r} is not a regular expression: {exc}") from None
+        if "patient" not in rx.groupindex:
+            raise UserError(f"--ids {pattern!r} has no named group (?P<patient>...)")
+        m = rx.search(stem)
+        if m is None:
+            raise UserError(f"--ids {pattern!r} does not match the file name {stem!r} ({path})")
+    else:
+        m = re.match(DEFAULT_IDS, stem)
+    groups = m.groupdict() if m else {"patient": stem}
+    ids = [groups.get(g) or "0" for g in ("patient", "field", "instance")]
+    for column, value in zip(("patientID", "fieldID", "instanceID"), ids):
+        check_id(column, value, str(path))
+    return SampleKey(*ids, key)
+
+
+def read_nifti(path: str | Path) -> np.ndarray:
+    """A NIfTI image as C x T x S x X x Y, laid out as preprocess/nifti_sources.load_5d does (the library may not
+    import preprocess/): (i, j, k, t, c) -> (c, t, k, i, j)."""
+    import nibabel as nib
+
+    try:
+        data = np.asanyarray(nib.load(str(path)).dataobj)
+    except FileNotFoundError:
+        raise UserError(f"file not found: {path}") from None
+    except Exception as exc:  # nibabel raises several types for damaged files
+        raise UserError(f"{path}: cannot read NIfTI ({str(exc).splitlines()[0]})") from None
+    if data.ndim > 5 or data.ndim < 2:
+        raise UserError(f"{path}: a {data.ndim}D NIfTI image; 2 to 5 axes (x, y, z, t, c) are read")
+    data = data.reshape(data.shape + (1,) * (5 - data.ndim))
+    out = np.ascontiguousarray(np.transpose(data, (4, 3, 2, 0, 1)))
+    return out.astype(out.dtype.newbyteorder("="), copy=False)
+
+
+class _ArraySamples(H5Samples):
+    """In-memory datasets through the training dataset's own sample code: only the read differs."""
+
+    def __init__(self, arrays: list[np.ndarray], keys: list[SampleKey], spec: SampleSpec, where: str):
+        records = []
+        for a, k in zip(arrays, keys):
+            mag = np.abs(a) if np.iscomplexobj(a) else a
+            # an array has no min_val/max_val attributes: its own range (what preprocess/ records for a dataset)
+            records.append(DatasetRecord(*k.ids, shape=tuple(a.shape), is_complex=bool(np.iscomplexobj(a)),
+                                         min_val=float(mag.min()), max_val=float(mag.max())))
+        super().__init__(where, records, enumerate_samples(records, spec), spec)
+        self.arrays = arrays
+
+    def read_raw(self, ref: SampleRef, path: str | None = None) -> np.ndarray:
+        if path is not None:
+            raise UserError("masks (data§data_mask_mode) are read from meta_mask.h5: embed the HDF5 file")
+        sel = [slice(None)] * 5
+        for logical, idx in enumerate((ref.c, ref.t, ref.s)):
+            if idx is not None:
+                sel[self.spec.perm[logical]] = slice(idx, idx + 1)
+        return np.transpose(self.arrays[ref.record][tuple(sel)], self.spec.perm)
+
+
+class ImLatentModel:
+    """A model ready for inference (eval mode, EMA weights where the run's test uses them)."""
+
+    def __init__(self, run: SavedRun, source: str, device: torch.device):
+        self.run, self.source, self.device = run, source, device
+        self.cfg = run.cfg
+        run.engine.to(device)
+        self.spec = sample_spec(run.cfg)
+
+    def __repr__(self) -> str:
+        m = self.cfg.model
+        return (f"ImLatentModel({self.source!r}: {m.drive}, {'3D' if m.is3D else '2D'}, input_shape "
+                f"{list(m.input_shape)}, latent_dim {m.latent_dim}, in_channels {self.in_channels})")
+
+    @property
+    def in_channels(self) -> int:
+        return int(self.run.engine.in_channels)
+
+    @property
+    def latent_dim(self) -> int:
+        return int(self.cfg.model.latent_dim)
+
+    # --- public
+    def embed(self, x, batch_size: int = 8, progress: bool = False):
+        """Latents of ``x``: an HDF5 file in our contract (-> DataFrame keyed like emb.tsv), a NIfTI file or an
+        array in the 5D contract (-> ``n_c x n_t x n_s x latent_dim``, its emb.h5 entry), or an array in the
+        model's input layout (-> one latent vector)."""
+        if isinstance(x, (str, Path)):
+            path = Path(x).expanduser()
+            if path.name.lower().endswith(H5_SUFFIXES):
+                return self._table(self._h5_samples(path), batch_size, progress)
+            if path.name.lower().endswith(NIFTI_SUFFIXES):
+                ds, single = self._samples([read_nifti(path)], [ARRAY_KEY], str(path))
+                return self._grid(ds, self._encode(ds, batch_size, progress))
+            raise UserError(f"{x}: embed reads HDF5 ({', '.join(H5_SUFFIXES)}) and NIfTI "
+                            f"({', '.join(NIFTI_SUFFIXES)}) files, or arrays")
+        ds, single = self._samples([_as_array(x)], [ARRAY_KEY], "the array")
+        z = self._encode(ds, batch_size, progress)
+        return z[0] if single else self._grid(ds, z)
+
+    def embed_many(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = False,
+                   ids: str | None = None) -> pd.DataFrame:
+        """One DataFrame keyed like emb.tsv for HDF5 and NIfTI files; a NIfTI file's IDs come from its name
+        (:func:`ids_from_name` with ``ids``). Files are read one at a time."""
+        paths = [Path(p).expanduser() for p in paths]
+        if not paths:
+            raise UserError("embed_many: no input files")
+        tables = []
+        for path in _progress(paths, progress and len(paths) > 1, "files"):
+            low = path.name.lower()
+            if low.endswith(H5_SUFFIXES):
+                ds = self._h5_samples(path)
+            elif low.endswith(NIFTI_SUFFIXES):
+                ds, _ = self._samples([read_nifti(path)], [ids_from_name(path, ids)], str(path))
+            else:
+                raise UserError(f"{path}: not an HDF5 ({', '.join(H5_SUFFIXES)}) or NIfTI "
+                                f"({', '.join(NIFTI_SUFFIXES)}) file")
+            tables.append(self._table(ds, batch_size, progress and len(paths) == 1))
+        table = pd.concat(tables, ignore_index=True)
+        dup = table.duplicated(list(SAMPLE_COLUMNS))
+        if dup.any():
+            row = table[dup].iloc[0]
+            raise UserError(f"two inputs give the same sample {'/'.join(str(row[c]) for c in SAMPLE_COLUMNS[:4])} "
+                            f"(c={row['c']}, t={row['t']}, s={row['s']}): name the files apart or give --ids")
+        return table
+
+    def reconstruct(self, x, batch_size: int = 8) -> np.ndarray:
+        """Reconstructions of the samples of ``x`` (NIfTI file or array, as :meth:`embed`), ``N x C x ...`` in
+        the model's input layout and the input's intensity units; only for families with a decoder."""
+        if isinstance(x, (str, Path)):
+            if not str(x).lower().endswith(NIFTI_SUFFIXES):
+                raise UserError(f"{x}: reconstruct reads NIfTI files and arrays")
+            ds, single = self._samples([read_nifti(Path(x).expanduser())], [ARRAY_KEY], str(x))
+        else:
+            ds, single = self._samples([_as_array(x)], [ARRAY_KEY], "the array")
+        out = []
+        with torch.no_grad():
+            for batch, affine in self._batches(ds, batch_size, False):
+                try:
+                    recon = self.run.reconstruct(batch)
+                except NotImplementedError:
+                    recon = None
+                if recon is None:
+                    raise UserError(f"the {self.cfg.model.drive} model ({type(self.run.engine).__name__}) has no "
+                                    "decoder: reconstruct is not available (embed is)")
+                out.append(invert_affine(recon.float().cpu(), affine).numpy())
+        rec = np.concatenate(out)
+        return rec[0] if single else rec
+
+    # --- samples
+    def _h5_samples(self, path: Path) -> H5Samples:
+        if not path.is_file():
+            raise UserError(f"file not found: {path}")
+        return whole_file_data(self.cfg, path, self.run.datamodule_class).dataset("test")
+
+    def _samples(self, arrays: list[np.ndarray], keys: list[SampleKey], where: str) -> tuple[H5Samples, bool]:
+        """The arrays as datasets of the run's pipeline; ``single``: one sample in the model's input layout."""
+        spec, m = self.spec, self.cfg.model
+        model_ndim = 4 if m.is3D else 3
+        layout = "C x S x X x Y" if m.is3D else "C x X x Y"
+        single = False
+        for i, a in enumerate(arrays):
+            if a.ndim == model_ndim:  # one sample as the model takes it: nothing to split or fold into channels
+                single = True
+                arrays[i] = a.reshape(a.shape[:1] + (1,) * (5 - model_ndim) + a.shape[1:])
+                spec = dataclasses.replace(spec, perm=(0, 1, 2, 3, 4), split_c=False, split_t=True,
+                                           split_s=not m.is3D)
+            elif a.ndim != 5:
+                raise UserError(f"{where} has {a.ndim} axes {list(a.shape)}: give one dataset in the 5D contract "
+                                f"C x T x S x X x Y or one sample in this {'3D' if m.is3D else '2D'} model's layout "
+                                f"{layout} (e.g. x[None] for one channel)")
+        for a in arrays:
+            if a.dtype.kind not in "uifc":
+                raise UserError(f"{where} has dtype {a.dtype}: give numbers")
+            if a.dtype.kind in "fc" and not np.isfinite(a).all():
+                raise UserError(f"{where} contains NaN/Inf values ({int((~np.isfinite(a)).sum())} of {a.size})")
+        ds = _ArraySamples(arrays, keys, spec, where)
+        for rec in ds.records:
+            have = spec.sample_spatial(rec)
+            if m.is3D and have[0] == 1 and m.input_shape[0] > 1:
+                raise UserError(f"{where}: a 2D image (one slice, shape {list(rec.shape)}) for a 3D model of input "
+                                f"shape {list(m.input_shape)}: give a volume (S > 1) or use a 2D model")
+            problem = spec.fit_problem(have, where)
+            if problem:
+                raise UserError(problem)
+        return ds, single
+
+    # --- inference
+    def _batches(self, ds: H5Samples, batch_size: int, progress: bool):
+        """(normalised batch on the device, its (B, C, 2) affine), as the test loader + on_after_batch_transfer."""
+        if batch_size < 1:
+            raise UserError(f"batch_size must be >= 1, got {batch_size}")
+        starts = range(0, len(ds), batch_size)
+        for start in _progress(starts, progress, f"batches of {batch_size}"):
+            items = [ds[i] for i in range(start, min(start + batch_size, len(ds)))]
+            inp = torch.stack([it["inp"].to(torch.float32) for it in items])
+            affine = torch.stack([it["affine"] for it in items])
+            if inp.shape[1] != self.in_channels:
+                raise UserError(f"{ds.h5file}: its samples have {inp.shape[1]} channel(s), the model takes "
+                                f"{self.in_channels} (check the channel axis of the 5D layout C x T x S x X x Y)")
+            yield normalise_batch(inp.to(self.device), affine.to(self.device)), affine
+
+    @torch.no_grad()
+    def _encode(self, ds: H5Samples, batch_size: int, progress: bool) -> np.ndarray:
+        out = [self.run.encode(x).float().cpu().numpy() for x, _ in self._batches(ds, batch_size, progress)]
+        z = np.concatenate(out).reshape(len(ds), -1)
+        if not np.isfinite(z).all():  # as the writer: a non-finite latent never becomes a result
+            raise UserError(f"{ds.h5file}: the model gives non-finite latents (diverged weights?)")
+        return z
+
+    def _infos(self, ds: H5Samples) -> list[SampleInfo]:
+        return [ds.sample_info(i) for i in range(len(ds))]
+
+    def _table(self, ds: H5Samples, batch_size: int, progress: bool) -> pd.DataFrame:
+        return emb_table(self._infos(ds), self._encode(ds, batch_size, progress))
+
+    def _grid(self, ds: H5Samples, z: np.ndarray) -> np.ndarray:
+        """The emb.h5 array (n_c, n_t, n_s, latent_dim) of a single dataset."""
+        infos = self._infos(ds)
+        grid = np.full((infos[0].n_c, infos[0].n_t, infos[0].n_s, z.shape[1]), np.nan, np.float32)
+        for info, vec in zip(infos, z):
+            grid[info.index] = vec
+        return grid
+
+
+def _as_array(x) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu().numpy()
+    if isinstance(x, np.ndarray):
+        return x
+    raise UserError(f"embed takes a file path, a numpy array or a torch tensor, not a {type(x).__name__}")
+
+
+def _progress(items, on: bool, unit: str):
+    if not on:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, unit=unit.split()[0], desc="embedding", mininterval=5.0)

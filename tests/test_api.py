@@ -1,0 +1,146 @@
+"""Engineering.api and Executors/embed.py: the latents of load(...).embed(...) are those of --run_mode 2."""
+from __future__ import annotations
+
+import h5py
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+
+from Engineering import api
+from Engineering.Engines import registry
+from Engineering.Engines.MainEngine import run
+from Engineering.Engines.saved_runs import describe_saved
+from Engineering.errors import UserError
+from Engineering.io.export import export_run
+from tests.conftest import run_executor, tiny_args
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+KEYS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
+TINY_VAE = ["--input_shape", "16,16", "--interp_fact", "0.5", "--latent_dim", "4", "--batch_size", "8",
+            "--model§pythae§n_features", "8", "--model§pythae§n_levels", "2", "--num_epochs", "1",
+            "--n_train_batches", "2", "--n_val_batches", "2", "--no-progress_bar", "--no-tbactive"]
+
+
+def _emb_tsv(run_dir):
+    return pd.read_csv(run_dir / "Output" / "emb.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
+
+
+def _same_rows(got: pd.DataFrame, want: pd.DataFrame) -> float:
+    """Max |difference| of the latents over want's rows (every one of which must be in got)."""
+    z = [c for c in want.columns if c.startswith("Z")]
+    both = want.merge(got, on=KEYS, how="left", suffixes=("", "_api"), validate="one_to_one")
+    assert both[[f"{c}_api" for c in z]].notna().all().all(), "a sample of emb.tsv is missing from the API's table"
+    return float(np.abs(both[z].values - both[[f"{c}_api" for c in z]].values).max())
+
+
+@pytest.fixture(scope="module")
+def diffae_run(tiny_demo, tmp_path_factory):
+    save = tmp_path_factory.mktemp("api_diffae")
+    task = registry.get("diffAE")
+    run(tiny_args(tiny_demo, save, "--fulltrainID", "d", "--run_mode", "1"), task)
+    run(tiny_args(tiny_demo, save, "--fulltrainID", "d", "--run_mode", "2", "--resume", "--load_best",
+                  "--test_emb_only"), task)
+    return save / "d"
+
+
+@pytest.fixture(scope="module")
+def vae_run(tiny_demo, tmp_path_factory):
+    save = tmp_path_factory.mktemp("api_vae")
+    task = registry.get("recon")
+    common = [*TINY_VAE, "--json§datadir", str(tiny_demo), "--json§save_path", str(save), "--fulltrainID", "v"]
+    run([*common, "--run_mode", "1"], task)
+    run([*common, "--run_mode", "2", "--resume", "--load_best", "--test_emb_only"], task)
+    return save / "v"
+
+
+def _one_dataset(tiny_demo, emb: pd.DataFrame):
+    """The first dataset of the test split that emb.tsv holds: (5D array, its emb.tsv rows)."""
+    first = emb.iloc[0]
+    path = "/".join(str(first[k]) for k in KEYS[:4])
+    with h5py.File(tiny_demo / "data.h5") as h5:
+        x = h5[path][()]
+    rows = emb[(emb[KEYS[:4]] == first[KEYS[:4]]).all(axis=1)]
+    return x, rows
+
+
+@pytest.mark.parametrize("which", ["diffae", "vae"])
+def test_embed_matches_run_mode_2(which, diffae_run, vae_run, tiny_demo, tmp_path):
+    run_dir = diffae_run if which == "diffae" else vae_run
+    emb = _emb_tsv(run_dir)
+    model = api.load(run_dir)
+    # the HDF5 file: the same key columns and values as emb.tsv
+    assert _same_rows(model.embed(tiny_demo / "data.h5"), emb) < 1e-5
+    # an array in the 5D contract, and the same sample as a NIfTI file: the emb.h5 grid of that dataset
+    x, rows = _one_dataset(tiny_demo, emb)
+    z_cols = [c for c in emb.columns if c.startswith("Z")]
+    grid = model.embed(x)
+    assert grid.shape == (1, x.shape[1], 1, len(z_cols))  # the demo is split by time (cine frames as samples)
+    want = rows.sort_values("t")[z_cols].values
+    assert np.abs(grid[0, :, 0] - want).max() < 1e-5
+    nii = tmp_path / "S1_20208_2_cine.nii.gz"  # C x T x S x X x Y -> (i, j, k, t)
+    nib.save(nib.Nifti1Image(np.transpose(x[0], (2, 3, 1, 0)), np.eye(4)), str(nii))
+    assert np.abs(model.embed(nii)[0, :, 0] - want).max() < 1e-5
+    # one sample in the model's own layout (C x X x Y): one latent vector
+    assert np.abs(model.embed(x[:, 0, 0]) - want[0]).max() < 1e-5
+    # embed_many: IDs of a NIfTI file from its name
+    table = model.embed_many([nii])
+    assert set(table["patientID"]) == {"S1"} and set(table["fieldID"]) == {"20208"} and len(table) == x.shape[1]
+    assert np.abs(table.sort_values("t")[z_cols].values - want).max() < 1e-5
+
+
+def test_export_folder_gives_the_same_latents(diffae_run, tiny_demo, tmp_path):
+    out = export_run(diffae_run, "best", tmp_path / "export", describe_saved)
+    got = api.load(out).embed(tiny_demo / "data.h5")
+    assert _same_rows(got, _emb_tsv(diffae_run)) < 1e-5
+
+
+def test_reconstruct_where_the_family_has_a_decoder(vae_run, tiny_demo):
+    emb = _emb_tsv(vae_run)
+    x, _ = _one_dataset(tiny_demo, emb)
+    rec = api.load(vae_run).reconstruct(x)
+    assert rec.shape == (x.shape[1], 1, 16, 16) and np.isfinite(rec).all()
+
+
+@pytest.mark.parametrize("bad,match", [
+    (np.zeros((32, 32), np.float32), "has 2 axes"),
+    (np.zeros((1, 2, 1, 8, 8), np.float32), "padding"),
+    (np.full((1, 2, 1, 32, 32), np.nan, np.float32), "NaN/Inf"),
+    (np.zeros((3, 32, 32), np.float32), "channel"),
+    (np.zeros((1, 1, 1, 32, 32), bool), "dtype bool"),
+])
+def test_misfit_inputs_are_one_clear_error(diffae_run, bad, match):
+    with pytest.raises(UserError, match=match):
+        api.load(diffae_run).embed(bad)
+
+
+def test_misfit_model_references(tmp_path, diffae_run):
+    with pytest.raises(UserError, match="not a run folder"):
+        api.load(tmp_path / "missing" / "x")
+    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+        api.load("nobody/no-such-model")
+    with pytest.raises(UserError, match="apply to exported or published"):
+        api.load(diffae_run, options=["--input_shape", "16,16"])
+
+
+def test_embed_executor_writes_the_api_table(diffae_run, tiny_demo, tmp_path):
+    x, _ = _one_dataset(tiny_demo, _emb_tsv(diffae_run))
+    folder = tmp_path / "niftis"
+    folder.mkdir()
+    for name in ("P1_1_0.nii.gz", "P2_1_0.nii.gz"):
+        nib.save(nib.Nifti1Image(np.transpose(x[0], (2, 3, 1, 0)), np.eye(4)), str(folder / name))
+    want = api.load(diffae_run).embed_many(sorted(folder.glob("*.nii.gz")))
+    for out in ("lat.tsv", "lat.parquet", "emb.h5"):
+        proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(folder), "--out",
+                            str(tmp_path / out))
+        assert proc.returncode == 0, proc.stderr
+    got = pd.read_csv(tmp_path / "lat.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
+    assert _same_rows(got, want) < 1e-6 and len(got) == len(want) == 2 * x.shape[1]
+    assert _same_rows(pd.read_parquet(tmp_path / "lat.parquet"), want) < 1e-6
+    with h5py.File(tmp_path / "emb.h5") as h5:
+        grid = h5["P2/1/0/primary"][()]
+    z = [c for c in want.columns if c.startswith("Z")]
+    assert np.abs(grid[0, :, 0] - want[want.patientID == "P2"].sort_values("t")[z].values).max() < 1e-6
+    proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(tmp_path / "none*.nii"), "--out",
+                        str(tmp_path / "x.tsv"))
+    assert proc.returncode == 2 and "matches no file" in proc.stderr
