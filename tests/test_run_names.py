@@ -74,6 +74,13 @@ def test_guard_refuses_another_configuration(tmp_path, capsys):
     # the same configuration: allowed, and a replaced Output is said
     assert run_folder.check(_raw("recon", "--pythae_model", "ae"), run_dir, out, 2, True) is True
     assert "this test's outputs replace it" in capsys.readouterr().out
+    # training the same configuration again from scratch is said; resuming it is not
+    (run_dir / "Checkpoints").mkdir()
+    (run_dir / "Checkpoints" / "last.ckpt").write_text("x")
+    run_folder.check(_raw("recon", "--pythae_model", "ae"), run_dir, out, 1, False)
+    assert "trains from scratch" in capsys.readouterr().out
+    run_folder.check(_raw("recon", "--pythae_model", "ae"), run_dir, out, 1, False, resuming=True)
+    assert capsys.readouterr().out == ""
     # an Output that records another configuration is never replaced
     (run_dir / "Output_b").mkdir()
     (run_dir / "Output_b" / "emb.h5").write_text("x")
