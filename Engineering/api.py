@@ -37,6 +37,7 @@ import torch
 
 from Engineering.data.dataset import H5Samples, SampleRef, SampleSpec, enumerate_samples
 from Engineering.data.datamodule import sample_spec
+from Engineering.data.demo import ensure_named_demo, split_demo_ref
 from Engineering.data.index import DatasetRecord
 from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo, SampleKey, check_id
 from Engineering.data.transforms import invert_affine, normalise_batch
@@ -49,7 +50,7 @@ from Engineering.io import hub as hub_io
 from Engineering.io.checkpoints import CHECKPOINT_DIR, fit_state
 from Engineering.io.outputs import emb_table
 
-__all__ = ["ImLatentModel", "load", "ids_from_name", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
+__all__ = ["ImLatentModel", "load", "ids_from_name", "read_nifti", "input_path", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
 
 H5_SUFFIXES = (".h5", ".hdf5")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -122,6 +123,15 @@ def _from_hub(ref: str, options: Sequence[str], in_channels: int | None) -> Save
         engine.load_state_dict(fit_state(engine, hub.state, f"load({ref!r})"))
     engine.eval()
     return SavedRun(engine, cfg, Path(hub.source), bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"))
+
+
+def input_path(ref: str | Path) -> Path:
+    """A path as given (``~`` expanded), or a file of a bundled demo cohort: ``@demo/data.h5`` (written on first
+    use, as the training commands' ``--json§datadir @demo`` does)."""
+    demo = split_demo_ref(str(ref))
+    if demo and demo[1]:
+        return ensure_named_demo(demo[0]) / demo[1]
+    return Path(ref).expanduser()
 
 
 def ids_from_name(path: str | Path, pattern: str | None = None, key: str = "primary") -> SampleKey:
@@ -222,7 +232,7 @@ class ImLatentModel:
         array in the 5D contract (-> ``n_c x n_t x n_s x latent_dim``, its emb.h5 entry), or an array in the
         model's input layout (-> one latent vector)."""
         if isinstance(x, (str, Path)):
-            path = Path(x).expanduser()
+            path = input_path(x)
             if path.name.lower().endswith(H5_SUFFIXES):
                 return self._table(self._h5_samples(path), batch_size, progress)
             if path.name.lower().endswith(NIFTI_SUFFIXES):
@@ -238,7 +248,7 @@ class ImLatentModel:
                    ids: str | None = None) -> pd.DataFrame:
         """One DataFrame keyed like emb.tsv for HDF5 and NIfTI files; a NIfTI file's IDs come from its name
         (:func:`ids_from_name` with ``ids``). Files are read one at a time."""
-        paths = [Path(p).expanduser() for p in paths]
+        paths = [input_path(p) for p in paths]
         if not paths:
             raise UserError("embed_many: no input files")
         tables = []
@@ -266,7 +276,7 @@ class ImLatentModel:
         if isinstance(x, (str, Path)):
             if not str(x).lower().endswith(NIFTI_SUFFIXES):
                 raise UserError(f"{x}: reconstruct reads NIfTI files and arrays")
-            ds, single = self._samples([read_nifti(Path(x).expanduser())], [ARRAY_KEY], str(x))
+            ds, single = self._samples([read_nifti(input_path(x))], [ARRAY_KEY], str(x))
         else:
             ds, single = self._samples([_as_array(x)], [ARRAY_KEY], "the array")
         out = []

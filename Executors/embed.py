@@ -5,7 +5,7 @@ python Executors/embed.py --model ID_OR_PATH --input FILES_OR_DIRS_OR_GLOBS... -
 --model: a training run folder, a checkpoint, an export folder (Executors/export_hf.py) or a Hugging Face id
 (offline: the local cache). --input: HDF5 files in the data contract (their own patient/field/instance/key
 IDs), NIfTI files (.nii, .nii.gz; IDs from the file name, see --ids), folders (searched recursively for both)
-and quoted globs. The preprocessing is the model's own (Engineering/api.py). The table has the columns of
+and quoted globs; @demo/data.h5 is the bundled demo cohort. The preprocessing is the model's own (Engineering/api.py). The table has the columns of
 emb.tsv (patientID, fieldID, instanceID, key, c, t, s, Z0..); emb.h5 has the layout of a run's emb.h5.
 
 Resume: finished input files are kept in OUT.partial/ (same model and inputs); a killed run, started again
@@ -42,7 +42,7 @@ def expand(inputs: list[str]) -> list[Path]:
     """Files as given, folders searched recursively, globs expanded; sorted, each once."""
     found: list[Path] = []
     for raw in inputs:
-        path = Path(raw).expanduser()
+        path = api.input_path(raw)
         if path.is_dir():
             hits = sorted(p for p in path.rglob("*") if _is_input(p))
             if not hits:

@@ -144,3 +144,28 @@ def test_embed_executor_writes_the_api_table(diffae_run, tiny_demo, tmp_path):
     proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(tmp_path / "none*.nii"), "--out",
                         str(tmp_path / "x.tsv"))
     assert proc.returncode == 2 and "matches no file" in proc.stderr
+
+
+def test_embed_executor_resumes_and_shards(diffae_run, tiny_demo, tmp_path):
+    """A run stopped after the first file (here: the second is unreadable) keeps it in OUT.partial/; started
+    again, it embeds only the rest and writes the same table as the API."""
+    x, _ = _one_dataset(tiny_demo, _emb_tsv(diffae_run))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    image = nib.Nifti1Image(np.transpose(x[0], (2, 3, 1, 0)), np.eye(4))
+    nib.save(image, str(folder / "P1_1_0.nii.gz"))
+    (folder / "P2_1_0.nii.gz").write_bytes(b"not a NIfTI file")
+    args = ["--model", str(diffae_run), "--input", str(folder / "*.nii.gz"), "--out", str(tmp_path / "z.tsv")]
+    proc = run_executor("embed.py", *args)
+    assert proc.returncode == 2 and "cannot read NIfTI" in proc.stderr and not (tmp_path / "z.tsv").exists()
+    assert len(list((tmp_path / "z.tsv.partial").glob("*.parquet"))) == 1
+    nib.save(image, str(folder / "P2_1_0.nii.gz"))
+    proc = run_executor("embed.py", *args)
+    assert proc.returncode == 0 and "resumed: 1 of 2 input files" in proc.stdout, proc.stderr
+    assert not (tmp_path / "z.tsv.partial").exists()
+    want = api.load(diffae_run).embed_many(sorted(folder.glob("*.nii.gz")))
+    got = pd.read_csv(tmp_path / "z.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
+    assert len(got) == len(want) and _same_rows(got, want) < 1e-6
+    proc = run_executor("embed.py", *args[:-1], str(tmp_path / "s1.tsv"), "--shard", "1/2")
+    assert proc.returncode == 0, proc.stderr
+    assert set(pd.read_csv(tmp_path / "s1.tsv", sep="\t", dtype=str)["patientID"]) == {"P2"}
