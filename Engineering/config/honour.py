@@ -46,7 +46,7 @@ GROUPS = frozenset({"batch_groups", "json§DS_covariates"})
 BN_EVAL = frozenset({"bn_eval_mode", "bn_controls"})
 PHENOTYPES = frozenset({"json§DS_phenotypes"})
 CHECKPOINTED = frozenset({"activation_checkpointing"})
-HUB = frozenset({"load_hf", "hf_weights"})
+HUB = frozenset({"load_hf"})  # (--hf_weights picks among a published layout's weights: the DiffAE's alone)
 
 # An image autoencoder run through MainEngine with Lightning's automatic optimisation (a plug-in's default).
 STANDARD = (LIFECYCLE | LOADERS | OPTIMISER | ACCUMULATION | CLIPPING | IMAGES | LATENT | OUTPUTS | RECON_OUTPUTS
@@ -187,7 +187,7 @@ def _generic_why(name: str) -> str:
                        (EMA, "it keeps no EMA of its weights"), (GROUPS | BN_EVAL, "it has no group-pure batches or "
                        "BatchNorm evaluation policy"), (OUTPUTS | RECON_OUTPUTS, "it writes other outputs"),
                        (CHECKPOINTED, "it has no checkpointed blocks (the DiffAE has)"),
-                       (HUB, "it loads no published weights"), (PHENOTYPES, "it reads no phenotype table")):
+                       (HUB | {"hf_weights"}, "it loads no published weights"), (PHENOTYPES, "it reads no phenotype table")):
         if name in group:
             return why
     return "it does not read it"
