@@ -169,3 +169,37 @@ def test_embed_executor_resumes_and_shards(diffae_run, tiny_demo, tmp_path):
     proc = run_executor("embed.py", *args[:-1], str(tmp_path / "s1.tsv"), "--shard", "1/2")
     assert proc.returncode == 0, proc.stderr
     assert set(pd.read_csv(tmp_path / "s1.tsv", sep="\t", dtype=str)["patientID"]) == {"P2"}
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """The published DiffAE layout (tests/fixtures/compat: a 3D DiffAE, input 8 x 32 x 32) and its reference
+    latents of two volumes."""
+    from safetensors import safe_open
+
+    from tests.test_hub import COMPAT
+
+    folder = tmp_path_factory.mktemp("published")
+    (folder / "model.safetensors").write_bytes((COMPAT / "diffae3d_ch8.safetensors").read_bytes())
+    with safe_open(str(COMPAT / "diffae3d_ch8_io.safetensors"), framework="pt") as fh:
+        io = {k: fh.get_tensor(k).numpy() for k in fh.keys()}
+    return folder, io
+
+
+@pytest.mark.parametrize("which", ["ema", "net"])
+def test_published_layout_through_the_api(published, which):
+    folder, io = published
+    model = api.load(folder, options=["--norm_type", "none", "--croppad", "false", "--hf_weights", which],
+                     in_channels=1)
+    x = io["x"]  # (2 volumes, C=1, S=8, 32, 32): one dataset C x T x S x X x Y with the volumes as time
+    z = model.embed(np.transpose(x, (1, 0, 2, 3, 4)))
+    assert z.shape == (1, 2, 1, 16)
+    assert np.abs(z[0, :, 0] - io[f"z_sem_{which}"]).max() < 1e-5
+    assert np.abs(model.embed(x[1]) - io[f"z_sem_{which}"][1]).max() < 1e-5  # one sample, C x S x X x Y
+    with pytest.raises(UserError, match="a 2D image"):
+        model.embed(x[:1, :, :1])  # C x T x S x X x Y with one slice, for a 3D model
+
+
+def test_published_layout_needs_in_channels(published):
+    with pytest.raises(UserError, match="in_channels=N"):
+        api.load(published[0], options=["--norm_type", "none"])
