@@ -411,7 +411,7 @@ def test_every_flag_is_honoured_or_refused(task, world, tmp_path):
                 refs[key] = None
         ref = refs[key]
         try:
-            if name in TRAINER_ONLY and ref is not None:  # read by the Trainer alone: the config with the start's engine and folder
+            if name in TRAINER_ONLY and ref is not None:  # read by the Trainer alone: observed with the start's engine
                 resolved = MainEngine.resolve([*base_args, *pre, *named, *args], spec)
                 a, b = _trainer(ref), _trainer({**ref, "resolved": resolved})
                 changed = "trainer" if a != b else None
@@ -428,7 +428,8 @@ def test_every_flag_is_honoured_or_refused(task, world, tmp_path):
                 continue
             fixed = name in spec.fixed and spec.fixed[name][1] in msg  # its value is fixed by the task
             assert fixed or name not in spec.honours, f"{task}: --{name} is declared honoured but refused: {msg}"
-            assert "\n" not in msg and repr(task) in msg and any(a in msg for a in [*args, *pre] if a.startswith("--")), msg
+            named_flags = [a for a in [*args, *pre] if a.startswith("--")]
+            assert "\n" not in msg and repr(task) in msg and any(a in msg for a in named_flags), msg
             refused.append(name)
             continue
         assert name in spec.honours, f"{task}: --{name} {args[1:]} is accepted but not declared honoured"
@@ -489,7 +490,8 @@ def test_stylegan_steps_the_optimiser_schedule_and_clipping_it_is_given(tiny_dem
 
 def test_a_flag_that_would_do_nothing_is_refused_before_anything_runs(capsys):
     code, _, err = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--print_config")
-    assert code == 2 and "--flip_prob 0.5 is not honoured by task 'diffAE': it flips nothing without data§flip_axes" in err
+    assert code == 2 and "--flip_prob 0.5 is not honoured by task 'diffAE': it flips nothing without data§flip_axes" \
+        in err
     code, out, _ = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--data§flip_axes", "[1]", "--print_config")
     assert code == 0 and yaml_load(out)["data"]["flip_axes"] == [1]
     code, _, err = _cli(capsys, "ssl", "--bn_eval_mode", "batch", "--print_config")

@@ -143,8 +143,9 @@ def translate_yaml(data: dict, where: str, sections: set[str]) -> tuple[dict, di
     mode = (data.get("data") or {}).get("complex_mode")
     if isinstance(mode, int) and not isinstance(mode, bool):
         if mode not in _COMPLEX:
+            choices = ", ".join(f"{k} ({v})" for k, v in _COMPLEX.items())
             raise UserError(f"{where}: data§complex_mode {mode} (the ancestor's complex-valued input or inverted "
-                            f"channels) is not implemented; choose one of {', '.join(f'{k} ({v})' for k, v in _COMPLEX.items())}")
+                            f"channels) is not implemented; choose one of {choices}")
         data["data"]["complex_mode"] = _COMPLEX[mode]
     latent = (data.get("model") or {}).get("latent_dim", 0)
     if latent is None or latent == -1:  # the ancestor's "use the default"

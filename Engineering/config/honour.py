@@ -187,14 +187,17 @@ def _generic_why(name: str) -> str:
                        (EMA, "it keeps no EMA of its weights"), (GROUPS | BN_EVAL, "it has no group-pure batches or "
                        "BatchNorm evaluation policy"), (OUTPUTS | RECON_OUTPUTS, "it writes other outputs"),
                        (CHECKPOINTED, "it has no checkpointed blocks (the DiffAE has)"),
-                       (HUB | {"hf_weights"}, "it loads no published weights"), (PHENOTYPES, "it reads no phenotype table")):
+                       (HUB | {"hf_weights"}, "it loads no published weights"),
+                       (PHENOTYPES, "it reads no phenotype table")):
         if name in group:
             return why
     return "it does not read it"
 
 
 def _needs_use_ema(cfg) -> str | None:
-    return None if getattr(cfg.training, "use_ema", False) else "acts on the EMA of the weights, kept only with --use_ema"
+    if getattr(cfg.training, "use_ema", False):
+        return None
+    return "acts on the EMA of the weights, kept only with --use_ema"
 
 
 # for tasks that keep an EMA only when asked (--use_ema)
