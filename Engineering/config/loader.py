@@ -27,6 +27,7 @@ from Engineering.config.schema import DataPaths, build_schema, key_defaults, val
 from Engineering.errors import ArgParser, UserError
 
 SECTIONS = ("run", "training", "model", "data", "eval")
+_LAST_NOTES: list[str] = []  # the warnings of the last resolve
 TYPO_CUTOFF = 0.8  # difflib ratio above which an unknown name is taken as a typo of a known one (an error)
 
 
@@ -278,7 +279,9 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
     validated = validate(cfg, task.extra_flags, task.sections)
     notes += refuse_unhonoured(task, validated, given, {f"json§{k}" for k in data_json})
     for note in notes:
-        print(f"warning: {note}", file=sys.stderr)
+        if not (layer and note in _LAST_NOTES):  # the second pass with --load_hf's layer says nothing twice
+            print(f"warning: {note}", file=sys.stderr)
+    _LAST_NOTES[:] = notes
     raw = validated.model_dump(mode="json", by_alias=True)
     for path, val in kept:  # the ancestor's rule: a new key is created (with a warning) and recorded
         _set(raw, path, val)
