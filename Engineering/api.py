@@ -244,6 +244,14 @@ class ImLatentModel:
         z = self._encode(ds, batch_size, progress)
         return z[0] if single else self._grid(ds, z)
 
+    def embed_array(self, x, ids: SampleKey | Sequence[str] = ARRAY_KEY, batch_size: int = 8,
+                    progress: bool = False) -> pd.DataFrame:
+        """An array's latents (either layout of :meth:`embed`) as emb.tsv rows under ``ids`` (a SampleKey or
+        (patientID, fieldID, instanceID, key)); e.g. a DICOM series read by the caller."""
+        key = ids if isinstance(ids, SampleKey) else SampleKey(*ids)
+        ds, _ = self._samples([_as_array(x)], [key], "/".join(key.ids))
+        return self._table(ds, batch_size, progress)
+
     def embed_many(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = False,
                    ids: str | None = None) -> pd.DataFrame:
         """One DataFrame keyed like emb.tsv for HDF5 and NIfTI files; a NIfTI file's IDs come from its name

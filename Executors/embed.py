@@ -4,8 +4,9 @@ python Executors/embed.py --model ID_OR_PATH --input FILES_OR_DIRS_OR_GLOBS... -
 
 --model: a training run folder, a checkpoint, an export folder (Executors/export_hf.py) or a Hugging Face id
 (offline: the local cache). --input: HDF5 files in the data contract (their own patient/field/instance/key
-IDs), NIfTI files (.nii, .nii.gz; IDs from the file name, see --ids), folders (searched recursively for both)
-and quoted globs; @demo/data.h5 is the bundled demo cohort. The preprocessing is the model's own (Engineering/api.py). The table has the columns of
+IDs), NIfTI files (.nii, .nii.gz; IDs from the file name, see --ids), folders (searched recursively for both;
+a folder with neither is one DICOM series, stacked as preprocess/dicom_to_h5.py does, patient ID from --ids on
+the folder name, else the DICOM PatientID, else the folder name) and quoted globs; @demo/data.h5 is the bundled demo cohort. The preprocessing is the model's own (Engineering/api.py). The table has the columns of
 emb.tsv (patientID, fieldID, instanceID, key, c, t, s, Z0..); emb.h5 has the layout of a run's emb.h5.
 
 Resume: finished input files are kept in OUT.partial/ (same model and inputs); a killed run, started again
@@ -21,10 +22,11 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from Engineering import api
-from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo
+from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo, SampleKey, check_id
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.atomic import atomic_path, write_text
 from Engineering.io.outputs import write_emb_h5
@@ -38,15 +40,44 @@ def _is_input(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(INPUT_SUFFIXES)
 
 
+def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
+    """The one DICOM series below ``folder`` as C x T x S x X x Y (preprocess/'s stacking rules) and its
+    PatientID; a folder of several series is refused (one folder per series)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from preprocess.dicom_series import SeriesError, assemble, file_info, group_series
+
+    infos = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue  # not DICOM (a README, a thumbnail): the folder's DICOM files are the series
+        if "Rows" in ds and "Columns" in ds:
+            infos.append(file_info(str(path), ds))
+    if not infos:
+        raise UserError(f"--input {folder}: no HDF5, NIfTI or DICOM image file in this folder")
+    series = group_series(infos)
+    if len(series) > 1:
+        names = ", ".join(f"{s.number} {s.description!r}" for s in series[:5])
+        raise UserError(f"--input {folder}: {len(series)} DICOM series ({names}); give one folder per series, or "
+                        "convert the study with preprocess/dicom_to_h5.py and embed the HDF5 file")
+    try:
+        array, _ = assemble(series[0], lambda member: pydicom.dcmread(member))
+    except SeriesError as exc:
+        raise UserError(f"--input {folder}: {exc}") from None
+    return array, infos[0].patient_id.strip()
+
+
 def expand(inputs: list[str]) -> list[Path]:
-    """Files as given, folders searched recursively, globs expanded; sorted, each once."""
+    """Files as given, folders searched recursively, globs expanded; sorted, each once. A folder without HDF5 or
+    NIfTI files is returned itself: a DICOM series."""
     found: list[Path] = []
     for raw in inputs:
         path = api.input_path(raw)
         if path.is_dir():
-            hits = sorted(p for p in path.rglob("*") if _is_input(p))
-            if not hits:
-                raise UserError(f"--input {raw}: the folder holds no HDF5 or NIfTI file ({', '.join(INPUT_SUFFIXES)})")
+            hits = sorted(p for p in path.rglob("*") if _is_input(p)) or [path]
         elif path.is_file():
             if not _is_input(path):
                 raise UserError(f"--input {raw}: not an HDF5 or NIfTI file ({', '.join(INPUT_SUFFIXES)})")
@@ -106,8 +137,9 @@ def main(argv) -> dict:
         files = files[shard[0]::shard[1]]
         if not files:
             raise UserError(f"--shard {a.shard}: no input file falls in this shard ({len(expand(a.input))} files)")
-    if a.ids is not None and not any(f.name.lower().endswith(api.NIFTI_SUFFIXES) for f in files):
-        raise UserError("--ids names NIfTI files; HDF5 inputs carry their own IDs (no NIfTI file among the inputs)")
+    if a.ids is not None and not any(f.is_dir() or f.name.lower().endswith(api.NIFTI_SUFFIXES) for f in files):
+        raise UserError("--ids names NIfTI files and DICOM folders; HDF5 inputs carry their own IDs (none of "
+                        "those among the inputs)")
     model = api.load(a.model, device=a.device)
 
     # finished files survive a kill in OUT.partial/, valid only for the same model, inputs and IDs
@@ -125,7 +157,13 @@ def main(argv) -> dict:
             tables.append(pd.read_parquet(chunk))
             done += 1
             continue
-        table = model.embed_many([f], batch_size=a.batch_size, progress=a.progress, ids=a.ids)
+        if f.is_dir():
+            array, patient = read_dicom_series(f)
+            ids = api.ids_from_name(f, a.ids) if a.ids or not patient else \
+                SampleKey(check_id("patientID", patient, f"{f} (its DICOM PatientID)"), "0", "0", "primary")
+            table = model.embed_array(array, ids, batch_size=a.batch_size, progress=a.progress)
+        else:
+            table = model.embed_many([f], batch_size=a.batch_size, progress=a.progress, ids=a.ids)
         with atomic_path(chunk) as tmp:
             table.to_parquet(tmp, index=False)
         tables.append(table)

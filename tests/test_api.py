@@ -203,3 +203,47 @@ def test_published_layout_through_the_api(published, which):
 def test_published_layout_needs_in_channels(published):
     with pytest.raises(UserError, match="in_channels=N"):
         api.load(published[0], options=["--norm_type", "none"])
+
+
+def _write_dicom_series(folder, frames, patient="DCM1"):
+    """A cine series: one file per frame (TriggerTime orders them), int16 pixels, one plane."""
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+    folder.mkdir()
+    series = generate_uid()
+    for t, image in enumerate(frames):
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+        ds.PatientID, ds.StudyInstanceUID, ds.SeriesInstanceUID = patient, generate_uid(), series
+        ds.SeriesNumber, ds.InstanceNumber, ds.TriggerTime = 1, t + 1, 10.0 * t
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0, 0, 0]
+        ds.Rows, ds.Columns = image.shape
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        ds.PixelData = np.ascontiguousarray(image, dtype="<i2").tobytes()
+        ds.save_as(folder / f"IM{t:04d}.dcm", enforce_file_format=True)
+
+
+def test_embed_executor_reads_a_dicom_series_folder(diffae_run, tiny_demo, tmp_path):
+    emb = _emb_tsv(diffae_run)
+    x, rows = _one_dataset(tiny_demo, emb)
+    assert x.dtype == np.int16
+    _write_dicom_series(tmp_path / "series", x[0, :, 0])  # (T, X, Y) frames of the 5D sample
+    (tmp_path / "series" / "notes.txt").write_text("not DICOM")
+    proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(tmp_path / "series"), "--out",
+                        str(tmp_path / "dcm.tsv"))
+    assert proc.returncode == 0, proc.stderr
+    got = pd.read_csv(tmp_path / "dcm.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
+    assert set(got["patientID"]) == {"DCM1"} and len(got) == x.shape[1]
+    z = [c for c in emb.columns if c.startswith("Z")]
+    assert np.abs(got.sort_values("t")[z].values - rows.sort_values("t")[z].values).max() < 1e-5
+    _write_dicom_series(tmp_path / "two", x[0, :2, 0])
+    _write_dicom_series(tmp_path / "two" / "other", x[0, :2, 0])
+    proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(tmp_path / "two"), "--out",
+                        str(tmp_path / "two.tsv"))
+    assert proc.returncode == 2 and "2 DICOM series" in proc.stderr
