@@ -89,7 +89,13 @@ def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | N
 
 def _hub_task(ref: str) -> tuple[registry.TaskSpec, dict]:
     """The task of Hub/export weights, from config.json alone (the weights are read once, by _with_hub)."""
-    folder, _, _ = hub_io.fetch(ref)
+    try:
+        folder, _, _ = hub_io.fetch(ref)
+    except UserError as exc:  # a mistyped local path looks like ORG/NAME too: say both
+        if Path(ref).expanduser().exists():
+            raise
+        raise UserError(f"load({ref!r}): no such file or folder, and as a Hugging Face id: "
+                        f"{str(exc).split(': ', 1)[-1]}") from None
     config = {}
     if (folder / "config.json").is_file():
         try:

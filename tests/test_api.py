@@ -54,6 +54,18 @@ def vae_run(tiny_demo, tmp_path_factory):
     return save / "v"
 
 
+@pytest.fixture(scope="module")
+def ssl_run(tiny_demo, tmp_path_factory):
+    save = tmp_path_factory.mktemp("api_ssl")
+    task = registry.get("ssl")
+    common = ["--batch_size", "8", "--num_epochs", "1", "--n_train_batches", "2", "--model§SSL§width", "4",
+              "--model§SSL§proj_hidden", "16", "--model§SSL§proj_dim", "8", "--no-progress_bar", "--no-tbactive",
+              "--json§datadir", str(tiny_demo), "--json§save_path", str(save), "--fulltrainID", "s"]
+    run([*common, "--run_mode", "1"], task)
+    run([*common, "--run_mode", "2", "--resume", "--load_best"], task)
+    return save / "s"
+
+
 def _one_dataset(tiny_demo, emb: pd.DataFrame):
     """The first dataset of the test split that emb.tsv holds: (5D array, its emb.tsv rows)."""
     first = emb.iloc[0]
@@ -64,9 +76,9 @@ def _one_dataset(tiny_demo, emb: pd.DataFrame):
     return x, rows
 
 
-@pytest.mark.parametrize("which", ["diffae", "vae"])
-def test_embed_matches_run_mode_2(which, diffae_run, vae_run, tiny_demo, tmp_path):
-    run_dir = diffae_run if which == "diffae" else vae_run
+@pytest.mark.parametrize("which", ["diffae", "vae", "ssl"])
+def test_embed_matches_run_mode_2(which, request, tiny_demo, tmp_path):
+    run_dir = request.getfixturevalue(f"{which}_run")
     emb = _emb_tsv(run_dir)
     model = api.load(run_dir)
     # the HDF5 file: the same key columns and values as emb.tsv
@@ -102,6 +114,12 @@ def test_reconstruct_where_the_family_has_a_decoder(vae_run, tiny_demo):
     assert rec.shape == (x.shape[1], 1, 16, 16) and np.isfinite(rec).all()
 
 
+def test_reconstruct_is_one_clear_error_without_a_decoder(ssl_run, tiny_demo):
+    x, _ = _one_dataset(tiny_demo, _emb_tsv(ssl_run))
+    with pytest.raises(UserError, match="no decoder"):
+        api.load(ssl_run).reconstruct(x)
+
+
 @pytest.mark.parametrize("bad,match", [
     (np.zeros((32, 32), np.float32), "has 2 axes"),
     (np.zeros((1, 2, 1, 8, 8), np.float32), "padding"),
@@ -117,7 +135,7 @@ def test_misfit_inputs_are_one_clear_error(diffae_run, bad, match):
 def test_misfit_model_references(tmp_path, diffae_run):
     with pytest.raises(UserError, match="not a run folder"):
         api.load(tmp_path / "missing" / "x")
-    with pytest.raises(UserError, match="not in the local Hugging Face cache"):
+    with pytest.raises(UserError, match="no such file or folder, and as a Hugging Face id: not in the local"):
         api.load("nobody/no-such-model")
     with pytest.raises(UserError, match="apply to exported or published"):
         api.load(diffae_run, options=["--input_shape", "16,16"])
