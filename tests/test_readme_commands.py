@@ -215,6 +215,9 @@ def test_the_demo_command_runs_one_batch(capsys, monkeypatch, tmp_path, demo_dir
 # --- slow: every demo command for real, at tiny scale, in README order (chains: later commands read earlier runs)
 
 TINY = {"main_latentcls": ["--num_epochs", "2"],
+        # latents only: reconstructing every test sample through DDIM takes minutes on a CPU
+        "main_diffAE": ["--num_epochs", "1", "--n_train_batches", "2", "--n_val_batches", "1", "--test_emb_only"],
+        "main_recon": ["--num_epochs", "1", "--n_train_batches", "2", "--test_emb_only"],
         "main_ssl": ["--num_epochs", "1", "--n_train_batches", "2", "--batch_size", "16", "--maximize_iter", "2"],
         "default": ["--num_epochs", "1", "--n_train_batches", "2"]}
 
@@ -222,7 +225,7 @@ TINY = {"main_latentcls": ["--num_epochs", "2"],
 def _tiny(argv: list[str]) -> list[str]:
     script = Path(argv[1]).stem
     if "--run_mode" in argv and argv[argv.index("--run_mode") + 1] == "2":  # a test: nothing to shorten
-        return [*argv, "--no-progress_bar"]
+        return [*argv, *(["--test_emb_only"] if script == "main_diffAE" else []), "--no-progress_bar"]
     extra = list(TINY.get(script, TINY["default"]))
     if "--num_epochs" in argv:  # the command's own recipe (e.g. 400 epochs) at tiny scale
         i = argv.index("--num_epochs")
@@ -243,4 +246,8 @@ def test_every_demo_command_runs_at_tiny_scale(tmp_path):
                               timeout=1800, env=_env(command))
         if proc.returncode != 0:
             failures.append(f"{command}\n  -> {proc.stderr.strip().splitlines()[-1:]}")
+        elif command == "make demo":  # the quick start's promise, at tiny scale
+            quick = README.read_text().split("## Layout")[0]
+            promised = re.search(r"`(outputs written to \S+/Output)", quick).group(1)
+            assert promised in proc.stdout, proc.stdout[-2000:]
     assert not failures, "\n".join(failures)
