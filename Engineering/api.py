@@ -61,7 +61,7 @@ ARRAY_KEY = SampleKey("array", "0", "0", "primary")  # the IDs of an array's row
 
 
 def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | None = None,
-         device: str | torch.device = "cpu") -> "ImLatentModel":
+         device: str | torch.device = "cpu", precision: str | None = None) -> "ImLatentModel":
     """Rebuild a model for inference.
 
     ``model`` is a training run folder (its best checkpoint, else its last), a checkpoint file, an export folder
@@ -69,7 +69,8 @@ def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | N
     DiffAE layout, or a Hugging Face id ``ORG/NAME[@revision]`` (read from the local cache when offline,
     ``HF_HUB_OFFLINE=1``). ``options`` are command-line flags applied as ``--load_hf`` applies them (e.g.
     ``["--input_shape", "50,128,128"]`` for a published model whose files do not say it); ``in_channels`` is needed
-    only for the published layout, whose files do not record it.
+    only for the published layout, whose files do not record it. ``precision`` ("32" or "bf16") replaces the
+    model's ``--embed_precision`` (the DiffAE's bfloat16 encoder copy; None keeps the saved one).
     """
     ref = str(model)
     path = Path(ref).expanduser()
@@ -84,6 +85,14 @@ def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | N
     else:
         raise UserError(f"load({ref!r}): not a run folder, checkpoint file, export folder or Hugging Face id "
                         "ORG/NAME[@revision]")
+    if precision is not None:
+        ev = run.cfg.eval
+        if not hasattr(ev, "embed_precision"):
+            raise UserError(f"load({ref!r}, precision={precision!r}): the {run.cfg.model.drive} model has no "
+                            "--embed_precision (the DiffAE has); it embeds in float32")
+        if precision not in ("32", "bf16"):
+            raise UserError(f"load({ref!r}, precision={precision!r}): give '32' or 'bf16'")
+        ev.embed_precision = precision  # the engine holds this config object and reads it at each embed
     return ImLatentModel(run, ref, torch.device(device))
 
 

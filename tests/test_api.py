@@ -101,6 +101,18 @@ def test_embed_matches_run_mode_2(which, request, tiny_demo, tmp_path):
     assert np.abs(table.sort_values("t")[z_cols].values - want).max() < 1e-5
 
 
+def test_bf16_embedding_is_the_test_phase_bf16(diffae_run, vae_run, tiny_demo):
+    """precision="bf16" is --embed_precision bf16 (the DiffAE's bfloat16 encoder copy); other families refuse it."""
+    run(tiny_args(tiny_demo, diffae_run.parent, "--fulltrainID", "d", "--run_mode", "2", "--resume", "--load_best",
+                  "--test_emb_only", "--embed_precision", "bf16", "--output_suffix", "bf16"), registry.get("diffAE"))
+    want = pd.read_csv(diffae_run / "Output_bf16" / "emb.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
+    got = api.load(diffae_run, precision="bf16").embed(tiny_demo / "data.h5", batch_size=4)
+    assert _same_rows(got, want) < 1e-5
+    assert _same_rows(got, _emb_tsv(diffae_run)) > 1e-4  # really another precision than the fp32 latents
+    with pytest.raises(UserError, match="has no --embed_precision"):
+        api.load(vae_run, precision="bf16")
+
+
 def test_export_folder_gives_the_same_latents(diffae_run, tiny_demo, tmp_path):
     out = export_run(diffae_run, "best", tmp_path / "export", describe_saved)
     got = api.load(out).embed(tiny_demo / "data.h5")
