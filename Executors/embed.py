@@ -18,6 +18,7 @@ import argparse
 import glob
 import hashlib
 import json
+import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -121,6 +122,13 @@ def main(argv) -> dict:
                    help="IDs of NIfTI files from their names: a regular expression with the named groups "
                         "(?P<patient>..) and optionally (?P<field>..), (?P<instance>..) (else \"0\"); default: "
                         "<patient>_<field>_<instance>[_...], else the whole name is the patient ID")
+    p.add_argument("--flags", default="", metavar='"--FLAG VALUE ..."',
+                   help="training-command flags for exported/published weights, applied as --load_hf applies them "
+                        "(e.g. \"--input_shape 50,128,128\" where the files do not say it); refused for run folders")
+    p.add_argument("--in_channels", type=int, default=None,
+                   help="input channels of published-layout weights (they do not record it; 1 for the cardiac models)")
+    p.add_argument("--precision", choices=("32", "bf16"), default=None,
+                   help="a DiffAE's --embed_precision (bf16: its bfloat16 encoder copy); default: the model's own")
     p.add_argument("--batch_size", type=int, default=8, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--shard", default="", metavar="i/n", help="embed every n-th input file from the i-th")
@@ -140,12 +148,17 @@ def main(argv) -> dict:
     if a.ids is not None and not any(f.is_dir() or f.name.lower().endswith(api.NIFTI_SUFFIXES) for f in files):
         raise UserError("--ids names NIfTI files and DICOM folders; HDF5 inputs carry their own IDs (none of "
                         "those among the inputs)")
-    model = api.load(a.model, device=a.device)
+    try:
+        options = shlex.split(a.flags)
+    except ValueError as exc:
+        raise UserError(f"--flags {a.flags!r}: {exc}") from None
+    model = api.load(a.model, options=options, in_channels=a.in_channels, device=a.device, precision=a.precision)
 
     # finished files survive a kill in OUT.partial/, valid only for the same model, inputs and IDs
     part = out.with_name(out.name + ".partial")
     fingerprint = {"model": str(Path(a.model).expanduser().resolve()) if Path(a.model).expanduser().exists()
-                   else a.model, "files": [str(f) for f in files], "ids": a.ids, "shard": a.shard}
+                   else a.model, "files": [str(f) for f in files], "ids": a.ids, "shard": a.shard,
+                   "flags": options, "in_channels": a.in_channels, "precision": a.precision}
     if part.exists() and not _same(part, fingerprint):
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)

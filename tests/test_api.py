@@ -230,6 +230,18 @@ def test_published_layout_through_the_api(published, which):
         model.embed(x[:1, :, :1])  # C x T x S x X x Y with one slice, for a 3D model
 
 
+def test_embed_executor_with_published_weights(published, tmp_path):
+    folder, io = published
+    with h5py.File(tmp_path / "subject.h5", "w") as h5:
+        h5.create_dataset("S1/F1/I1/primary_cine_0", data=np.transpose(io["x"], (1, 0, 2, 3, 4)))
+    proc = run_executor("embed.py", "--model", str(folder), "--in_channels", "1", "--flags",
+                        "--norm_type none --croppad false", "--input", str(tmp_path / "subject.h5"),
+                        "--out", str(tmp_path / "pub.tsv"))
+    assert proc.returncode == 0, proc.stderr
+    got = pd.read_csv(tmp_path / "pub.tsv", sep="\t").sort_values("t")
+    assert np.abs(got[[f"Z{j}" for j in range(16)]].values - io["z_sem_ema"]).max() < 1e-5
+
+
 def test_published_layout_needs_in_channels(published):
     with pytest.raises(UserError, match="in_channels=N"):
         api.load(published[0], options=["--norm_type", "none"])
