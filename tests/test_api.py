@@ -1,6 +1,11 @@
 """Engineering.api and Executors/embed.py: the latents of load(...).embed(...) are those of --run_mode 2."""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import io
+import subprocess
+
 import h5py
 import nibabel as nib
 import numpy as np
@@ -13,9 +18,22 @@ from Engineering.Engines.MainEngine import run
 from Engineering.Engines.saved_runs import describe_saved
 from Engineering.errors import UserError
 from Engineering.io.export import export_run
-from tests.conftest import run_executor, tiny_args
+from tests.conftest import REPO, run_executor, tiny_args
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _embed_cli(*args: str) -> subprocess.CompletedProcess:
+    """Executors/embed.py in-process (a subprocess costs seconds of imports); its exit code and output."""
+    from Engineering.errors import run_cli
+
+    spec = importlib.util.spec_from_file_location("embed_cli", REPO / "Executors" / "embed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_cli(module.main, list(args))
+    return subprocess.CompletedProcess(["embed.py", *args], code, out.getvalue(), err.getvalue())
 KEYS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
 TINY_VAE = ["--input_shape", "16,16", "--interp_fact", "0.5", "--latent_dim", "4", "--batch_size", "8",
             "--model§pythae§n_features", "8", "--model§pythae§n_levels", "2", "--num_epochs", "1",
@@ -161,8 +179,9 @@ def test_embed_executor_writes_the_api_table(diffae_run, tiny_demo, tmp_path):
         nib.save(nib.Nifti1Image(np.transpose(x[0], (2, 3, 1, 0)), np.eye(4)), str(folder / name))
     want = api.load(diffae_run).embed_many(sorted(folder.glob("*.nii.gz")))
     for out in ("lat.tsv", "lat.parquet", "emb.h5"):
-        proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(folder), "--out",
-                            str(tmp_path / out))
+        args = ["--model", str(diffae_run), "--input", str(folder), "--out", str(tmp_path / out)]
+        # the first as users run it (a subprocess), the others in-process
+        proc = run_executor("embed.py", *args) if out == "lat.tsv" else _embed_cli(*args)
         assert proc.returncode == 0, proc.stderr
     got = pd.read_csv(tmp_path / "lat.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
     assert _same_rows(got, want) < 1e-6 and len(got) == len(want) == 2 * x.shape[1]
@@ -171,7 +190,7 @@ def test_embed_executor_writes_the_api_table(diffae_run, tiny_demo, tmp_path):
         grid = h5["P2/1/0/primary"][()]
     z = [c for c in want.columns if c.startswith("Z")]
     assert np.abs(grid[0, :, 0] - want[want.patientID == "P2"].sort_values("t")[z].values).max() < 1e-6
-    proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(tmp_path / "none*.nii"), "--out",
+    proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "none*.nii"), "--out",
                         str(tmp_path / "x.tsv"))
     assert proc.returncode == 2 and "matches no file" in proc.stderr
 
@@ -186,17 +205,17 @@ def test_embed_executor_resumes_and_shards(diffae_run, tiny_demo, tmp_path):
     nib.save(image, str(folder / "P1_1_0.nii.gz"))
     (folder / "P2_1_0.nii.gz").write_bytes(b"not a NIfTI file")
     args = ["--model", str(diffae_run), "--input", str(folder / "*.nii.gz"), "--out", str(tmp_path / "z.tsv")]
-    proc = run_executor("embed.py", *args)
+    proc = _embed_cli(*args)
     assert proc.returncode == 2 and "cannot read NIfTI" in proc.stderr and not (tmp_path / "z.tsv").exists()
     assert len(list((tmp_path / "z.tsv.partial").glob("*.parquet"))) == 1
     nib.save(image, str(folder / "P2_1_0.nii.gz"))
-    proc = run_executor("embed.py", *args)
+    proc = _embed_cli(*args)
     assert proc.returncode == 0 and "resumed: 1 of 2 input files" in proc.stdout, proc.stderr
     assert not (tmp_path / "z.tsv.partial").exists()
     want = api.load(diffae_run).embed_many(sorted(folder.glob("*.nii.gz")))
     got = pd.read_csv(tmp_path / "z.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
     assert len(got) == len(want) and _same_rows(got, want) < 1e-6
-    proc = run_executor("embed.py", *args[:-1], str(tmp_path / "s1.tsv"), "--shard", "1/2")
+    proc = _embed_cli(*args[:-1], str(tmp_path / "s1.tsv"), "--shard", "1/2")
     assert proc.returncode == 0, proc.stderr
     assert set(pd.read_csv(tmp_path / "s1.tsv", sep="\t", dtype=str)["patientID"]) == {"P2"}
 
@@ -234,7 +253,7 @@ def test_embed_executor_with_published_weights(published, tmp_path):
     folder, io = published
     with h5py.File(tmp_path / "subject.h5", "w") as h5:
         h5.create_dataset("S1/F1/I1/primary_cine_0", data=np.transpose(io["x"], (1, 0, 2, 3, 4)))
-    proc = run_executor("embed.py", "--model", str(folder), "--in_channels", "1", "--flags",
+    proc = _embed_cli("--model", str(folder), "--in_channels", "1", "--flags",
                         "--norm_type none --croppad false", "--input", str(tmp_path / "subject.h5"),
                         "--out", str(tmp_path / "pub.tsv"))
     assert proc.returncode == 0, proc.stderr
@@ -277,7 +296,7 @@ def test_embed_executor_reads_a_dicom_series_folder(diffae_run, tiny_demo, tmp_p
     assert x.dtype == np.int16
     _write_dicom_series(tmp_path / "series", x[0, :, 0])  # (T, X, Y) frames of the 5D sample
     (tmp_path / "series" / "notes.txt").write_text("not DICOM")
-    proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(tmp_path / "series"), "--out",
+    proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "series"), "--out",
                         str(tmp_path / "dcm.tsv"))
     assert proc.returncode == 0, proc.stderr
     got = pd.read_csv(tmp_path / "dcm.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
@@ -286,6 +305,6 @@ def test_embed_executor_reads_a_dicom_series_folder(diffae_run, tiny_demo, tmp_p
     assert np.abs(got.sort_values("t")[z].values - rows.sort_values("t")[z].values).max() < 1e-5
     _write_dicom_series(tmp_path / "two", x[0, :2, 0])
     _write_dicom_series(tmp_path / "two" / "other", x[0, :2, 0])
-    proc = run_executor("embed.py", "--model", str(diffae_run), "--input", str(tmp_path / "two"), "--out",
+    proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "two"), "--out",
                         str(tmp_path / "two.tsv"))
     assert proc.returncode == 2 and "2 DICOM series" in proc.stderr
