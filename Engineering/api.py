@@ -225,6 +225,11 @@ class ImLatentModel:
     def __init__(self, run: SavedRun, source: str, device: torch.device):
         self.run, self.source, self.device = run, source, device
         self.cfg = run.cfg
+        mode = getattr(run.cfg.eval, "bn_eval_mode", "running")
+        if mode != "running":  # eval-mode BatchNorm would give other latents than the run's test, without a word
+            raise UserError(f"load({source!r}): the model normalises BatchNorm with each {mode}'s statistics at test "
+                            f"time (--bn_eval_mode {mode}), so a sample's latent depends on its batch; embed with the "
+                            "training command's --run_mode 2")
         run.engine.to(device)
         self.spec = sample_spec(run.cfg)
 
@@ -320,7 +325,9 @@ class ImLatentModel:
     def _h5_samples(self, path: Path) -> H5Samples:
         if not path.is_file():
             raise UserError(f"file not found: {path}")
-        return whole_file_data(self.cfg, path, self.run.datamodule_class).dataset("test")
+        cfg = self.cfg.model_copy(deep=True)
+        cfg.data.batch_groups = ""  # group-pure batches are a training matter; their covariate table is not needed
+        return whole_file_data(cfg, path, self.run.datamodule_class).dataset("test")
 
     def _samples(self, arrays: list[np.ndarray], keys: list[SampleKey], where: str) -> tuple[H5Samples, bool]:
         """The arrays as datasets of the run's pipeline; ``single``: one sample in the model's input layout."""

@@ -150,6 +150,17 @@ def test_reconstruct_is_one_clear_error_without_a_decoder(ssl_run, tiny_demo):
         api.load(ssl_run).reconstruct(x)
 
 
+def test_batch_statistics_models_are_refused(ssl_run):
+    """--bn_eval_mode batch/group: a latent depends on its batch, which the API does not reproduce."""
+    import dataclasses
+
+    run_ = api.load(ssl_run).run
+    cfg = run_.cfg.model_copy(deep=True)
+    cfg.eval.bn_eval_mode = "batch"
+    with pytest.raises(UserError, match="--bn_eval_mode batch"):
+        api.ImLatentModel(dataclasses.replace(run_, cfg=cfg), str(ssl_run), run_.engine.device)
+
+
 @pytest.mark.parametrize("bad,match", [
     (np.zeros((32, 32), np.float32), "has 2 axes"),
     (np.zeros((1, 2, 1, 8, 8), np.float32), "padding"),
