@@ -64,9 +64,9 @@ def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | N
          device: str | torch.device = "cpu", precision: str | None = None) -> "ImLatentModel":
     """Rebuild a model for inference.
 
-    ``model`` is a training run folder (its best checkpoint, else its last), a checkpoint file, an export folder
-    (``config.json`` + ``model.safetensors`` as ``Executors/export_hf.py`` writes it), a folder with the published
-    DiffAE layout, or a Hugging Face id ``ORG/NAME[@revision]`` (read from the local cache when offline,
+    ``model`` is a training run folder or its Checkpoints/ (the best checkpoint, else the last), a checkpoint file,
+    an export folder (``config.json`` + ``model.safetensors`` as ``Executors/export_hf.py`` writes it), a folder
+    with the published DiffAE layout, or a Hugging Face id ``ORG/NAME[@revision]`` (read from the local cache when offline,
     ``HF_HUB_OFFLINE=1``). ``options`` are command-line flags applied as ``--load_hf`` applies them (e.g.
     ``["--input_shape", "50,128,128"]`` for a published model whose files do not say it); ``in_channels`` is needed
     only for the published layout, whose files do not record it. ``precision`` ("32" or "bf16") replaces the
@@ -74,7 +74,7 @@ def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | N
     """
     ref = str(model)
     path = Path(ref).expanduser()
-    if path.is_file() or (path.is_dir() and (path / CHECKPOINT_DIR).is_dir()):
+    if path.is_file() or (path.is_dir() and ((path / CHECKPOINT_DIR).is_dir() or (path / "last.ckpt").is_file())):
         for name, given in (("options", bool(options)), ("in_channels", in_channels is not None)):
             if given:
                 raise UserError(f"load({ref!r}): {name} apply to exported or published weights; a training run "

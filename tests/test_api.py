@@ -135,6 +135,10 @@ def test_export_folder_gives_the_same_latents(diffae_run, tiny_demo, tmp_path):
     out = export_run(diffae_run, "best", tmp_path / "export", describe_saved)
     got = api.load(out).embed(tiny_demo / "data.h5")
     assert _same_rows(got, _emb_tsv(diffae_run)) < 1e-5
+    # the run's Checkpoints/ folder and its best checkpoint file (what --load_best tested) load as the run
+    best = next(p for p in (diffae_run / "Checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
+    for ref in (diffae_run / "Checkpoints", best):
+        assert _same_rows(api.load(ref).embed(tiny_demo / "data.h5"), _emb_tsv(diffae_run)) < 1e-5
 
 
 def test_reconstruct_where_the_family_has_a_decoder(vae_run, tiny_demo):
