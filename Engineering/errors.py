@@ -69,12 +69,13 @@ def _on_stop_signal(signum, frame) -> None:
 def graceful_stop() -> Iterator[None]:
     """Run a Lightning fit/test inside: a stop signal is recorded, Lightning ends the loop after the current batch
     (its own SIGTERM handling, composed with ours) and callbacks save their state; on the way out the run stops."""
+    before = len(_received)  # only a signal received inside this block stops it
     _deferred[0] += 1
     try:
         yield
     finally:
         _deferred[0] -= 1
-    if _received and not _deferred[0]:
+    if len(_received) > before and not _deferred[0]:
         raise Terminated(_received[-1])
 
 
@@ -147,8 +148,10 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-    if _received:  # the signal came after the last loop ended its work: still not a clean finish
-        print(f"error: terminated by {signal.Signals(_received[-1]).name} after the work had finished; outputs "
+        received = list(_received)
+        _received.clear()  # nothing of this call reaches the next one
+    if received:  # the signal came after the last loop ended its work: still not a clean finish
+        print(f"error: terminated by {signal.Signals(received[-1]).name} after the work had finished; outputs "
               "are complete", file=sys.stderr)
-        return 128 + _received[-1]
+        return 128 + received[-1]
     return 0

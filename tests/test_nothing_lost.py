@@ -135,14 +135,12 @@ class NaNLatents(DiffAEEngine):
         return rec
 
 
-NAN_TASK = registry.register(dataclasses.replace(TASK, name="diffae_nan_latents", engine=NaNLatents,
-                                                 module=__name__))
-
-
-def test_non_finite_latents_are_never_written(trained, tiny_demo):
+def test_non_finite_latents_are_never_written(trained, tiny_demo, monkeypatch):
+    nan_task = dataclasses.replace(TASK, name="diffae_nan_latents", engine=NaNLatents, module=__name__)
+    monkeypatch.setitem(registry._TASKS, nan_task.name, nan_task)  # registered for this test only
     with pytest.raises(UserError, match=r"non-finite latents for 1 of 4 samples .*\(first: \d+/"):
         run(tiny_args(tiny_demo, trained, "--fulltrainID", "t", "--run_mode", "2", "--resume", "--json§foldCSV", "0",
-                      "--output_suffix", "nan", "--test_emb_only"), NAN_TASK)
+                      "--output_suffix", "nan", "--test_emb_only"), nan_task)
     assert not (trained / "t" / "Output_nan").exists()
 
 

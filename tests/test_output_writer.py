@@ -23,8 +23,9 @@ def trained(tiny_demo, tmp_path_factory):
 
 def _test(trained, suffix, chunk, *extra):
     demo, save = trained
+    recon = [] if "--test_emb_only" in extra else ["--n_save_recon_subs", "3"]  # (refused with emb only)
     return run(tiny_args(demo, save, "--fulltrainID", "w", "--run_mode", "2", "--resume", "--output_suffix", suffix,
-                         "--eval§output_chunk", str(chunk), "--n_save_recon_subs", "3", *extra), TASK)
+                         "--eval§output_chunk", str(chunk), *recon, *extra), TASK)
 
 
 def _h5_arrays(path):

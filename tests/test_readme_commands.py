@@ -122,8 +122,13 @@ def _in_process(command: str, *extra: str, monkeypatch=None) -> int:
 
     argv = as_argv(command)
     env = _env(command)
-    if monkeypatch is not None and "PYTHONPATH" in env and env["PYTHONPATH"] != os.environ.get("PYTHONPATH"):
-        monkeypatch.syspath_prepend(env["PYTHONPATH"])
+    if monkeypatch is not None:
+        from Engineering.Engines import registry
+
+        # a plug-in a command loads (--plugins, IMLATENT_PLUGINS) stays registered for this test only
+        monkeypatch.setattr(registry, "_TASKS", dict(registry.tasks()))
+        if "PYTHONPATH" in env and env["PYTHONPATH"] != os.environ.get("PYTHONPATH"):
+            monkeypatch.syspath_prepend(env["PYTHONPATH"])
     return run_cli(_module(argv[1]).main, [*argv[2:], *extra])
 
 

@@ -202,7 +202,8 @@ def refuse_unusable(own: dict, state: dict, source: str) -> None:
         if mine.is_floating_point() and not (theirs.is_floating_point() or theirs.is_complex()):
             raise UserError(f"weights in {source}: {name} is {str(theirs.dtype).replace('torch.', '')} where the model "
                             f"holds {str(mine.dtype).replace('torch.', '')}: not trained weights of this model")
-        if theirs.is_floating_point() and theirs.numel() and not bool(torch.isfinite(theirs).all()):
+        if theirs.is_floating_point() and theirs.numel() and not theirs.is_meta \
+                and not bool(torch.isfinite(theirs).all()):
             raise UserError(f"weights in {source}: {name} holds NaN or inf values (a diverged or damaged "
                             "checkpoint); every latent would be NaN")
 
