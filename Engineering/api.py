@@ -290,13 +290,7 @@ class ImLatentModel:
                 raise UserError(f"{path}: not an HDF5 ({', '.join(H5_SUFFIXES)}) or NIfTI "
                                 f"({', '.join(NIFTI_SUFFIXES)}) file")
             tables.append(self._table(ds, batch_size, progress and len(paths) == 1))
-        table = pd.concat(tables, ignore_index=True)
-        dup = table.duplicated(list(SAMPLE_COLUMNS))
-        if dup.any():
-            row = table[dup].iloc[0]
-            raise UserError(f"two inputs give the same sample {'/'.join(str(row[c]) for c in SAMPLE_COLUMNS[:4])} "
-                            f"(c={row['c']}, t={row['t']}, s={row['s']}): name the files apart or give --ids")
-        return table
+        return join_tables(tables)
 
     def reconstruct(self, x, batch_size: int = 8) -> np.ndarray:
         """Reconstructions of the samples of ``x`` (NIfTI file or array, as :meth:`embed`), ``N x C x ...`` in
@@ -397,6 +391,17 @@ class ImLatentModel:
         for info, vec in zip(infos, z):
             grid[info.index] = vec
         return grid
+
+
+def join_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
+    """The latent tables of several inputs as one; two inputs giving the same sample is one clear error."""
+    table = pd.concat(tables, ignore_index=True)
+    dup = table.duplicated(list(SAMPLE_COLUMNS))
+    if dup.any():
+        row = table[dup].iloc[0]
+        raise UserError(f"two inputs give the same sample {'/'.join(str(row[c]) for c in SAMPLE_COLUMNS[:4])} "
+                        f"(c={row['c']}, t={row['t']}, s={row['s']}): name the files apart or give --ids")
+    return table
 
 
 def _as_array(x) -> np.ndarray:

@@ -182,12 +182,7 @@ def main(argv) -> dict:
         tables.append(table)
     if done:
         print(f"resumed: {done} of {len(files)} input files were embedded before the interruption")
-    table = pd.concat(tables, ignore_index=True)
-    dup = table.duplicated(list(SAMPLE_COLUMNS))
-    if dup.any():
-        row = table[dup].iloc[0]
-        raise UserError(f"two input files give the same sample {'/'.join(str(row[c]) for c in SAMPLE_COLUMNS[:4])}"
-                        f" (c={row['c']}, t={row['t']}, s={row['s']}): name them apart or give --ids")
+    table = api.join_tables(tables)
     write(out, table, {"model": model.cfg.model.drive, "source": a.model, "n_samples": len(table)})
     shutil.rmtree(part, ignore_errors=True)
     print(f"{len(table)} latents of {len(files)} file(s) written to {out}")
