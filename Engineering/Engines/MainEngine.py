@@ -79,9 +79,9 @@ def check_strategy(cfg, accelerator: str) -> None:
 
 def strategy(cfg, accelerator: str, automatic: bool = True):
     name = cfg.run.training_strategy
-    check_strategy(cfg, accelerator)
     if is_deepspeed(name):
-        return build_strategy(cfg, accelerator, automatic)
+        return build_strategy(cfg, accelerator, automatic)  # (it reads and checks --deepspeed_config itself)
+    check_strategy(cfg, accelerator)
     if cfg.run.deepspeed_config:
         raise UserError(f"--deepspeed_config needs --training_strategy deepspeed* (got {name})")
     if name == "ddp" and not automatic:

@@ -18,13 +18,18 @@ import torch
 from Engineering.errors import UserError, note_resume
 
 
-def _scalars(outputs) -> dict[str, float]:
-    """The loss tensors a training step returned (a tensor, or a dict whose tensors are losses)."""
-    if isinstance(outputs, torch.Tensor) and outputs.numel() == 1:
-        return {"loss": float(outputs.detach())}
-    if isinstance(outputs, dict):
-        return {k: float(v.detach()) for k, v in outputs.items() if isinstance(v, torch.Tensor) and v.numel() == 1}
-    return {}
+def _losses(outputs, logged: dict) -> dict[str, torch.Tensor]:
+    """The loss tensors a training step returned (a tensor, or a dict whose tensors are losses) and the training
+    loss terms it logged."""
+    found = {}
+    if isinstance(outputs, torch.Tensor):
+        found["loss"] = outputs
+    elif isinstance(outputs, dict):
+        found.update((k, v) for k, v in outputs.items() if isinstance(v, torch.Tensor))
+    for name, value in logged.items():
+        if name.startswith("train") and "loss" in name and isinstance(value, torch.Tensor):
+            found.setdefault(name, value)
+    return {k: v.detach() for k, v in found.items() if v.numel() == 1}
 
 
 class FiniteLoss(L.Callback):
@@ -32,17 +37,18 @@ class FiniteLoss(L.Callback):
     manual optimisation, such as the GANs, return nothing and log their terms)."""
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        values = _scalars(outputs)
-        for name, value in trainer.callback_metrics.items():
-            if name.startswith("train") and "loss" in name and isinstance(value, torch.Tensor) and value.numel() == 1:
-                values.setdefault(name, float(value))
-        bad = {k: v for k, v in values.items() if not math.isfinite(v)}
-        if bad:
-            terms = ", ".join(f"{k} = {v}" for k, v in sorted(bad.items()))
-            raise UserError(f"non-finite training loss ({terms}) at epoch {trainer.current_epoch}, step "
-                            f"{trainer.global_step} (batch {batch_idx}): training diverged or the inputs/weights hold "
-                            "NaN; lower --lr, clip gradients (--grad_clip_val) or check the data (validate_h5); "
-                            "last.ckpt keeps the last finite epoch")
+        losses = _losses(outputs, trainer.callback_metrics)
+        if not losses:
+            return
+        # one device synchronisation per step (a float() per term would be one each on a GPU)
+        finite = [torch.isfinite(v).reshape(()) for v in losses.values()]
+        if bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
+            return
+        terms = ", ".join(f"{k} = {float(v)}" for k, v in sorted(losses.items()) if not math.isfinite(float(v)))
+        raise UserError(f"non-finite training loss ({terms}) at epoch {trainer.current_epoch}, step "
+                        f"{trainer.global_step} (batch {batch_idx}): training diverged or the inputs/weights hold "
+                        "NaN; lower --lr, clip gradients (--grad_clip_val) or check the data (validate_h5); "
+                        "last.ckpt keeps the last finite epoch")
 
 
 class StopCheckpoint(L.Callback):
