@@ -4,7 +4,10 @@
 #   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
 #   make test-deepspeed -> DeepSpeed ZeRO-1/2/3 on two CPU processes (a few minutes)
 #   make test-gwas -> a planted locus found by plink2 through a VAE's latents (installs Debian's plink2; minutes)
-#   make ci     -> what CI runs: make test, then make test-deepspeed and make test-gwas
+#   make test-browser -> the web page (Executors/app.py) in Debian's headless Chromium (installs chromium + driver)
+#   make test-poetry -> a fresh Poetry environment from poetry.lock; `poetry run python Executors/main_diffAE.py --help`
+#   make docs   -> the documentation site, built strict into site/ (make test builds it too)
+#   make ci     -> what CI runs: make test, then test-deepspeed, test-gwas, test-browser and test-poetry
 #   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 embedding tolerance
 #   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (README "How good are the latents?")
 #   make bench-cells -> classical vs rotation-invariant image and point-cloud models on @cells, every metric family
@@ -12,7 +15,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test test-slow test-deepspeed test-gwas ci bench bench-quality bench-cells clean
+.PHONY: setup demo test docs test-slow test-deepspeed test-gwas test-browser test-poetry ci bench bench-quality bench-cells clean
 
 setup: $(VENV)/.installed
 
@@ -27,7 +30,7 @@ $(VENV)/.installed: pyproject.toml
 demo: setup
 	$(PY) Executors/main_diffAE.py
 
-test: setup
+test: setup docs
 	$(VENV)/bin/lint-imports
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
@@ -44,7 +47,16 @@ test-gwas: setup
 	command -v plink2 >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq plink2)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m gwas
 
-ci: test test-deepspeed test-gwas
+# headless Chromium and its driver from Debian (root, as on CI machines; otherwise install them yourself)
+test-browser: setup
+	command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || \
+		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m browser
+
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
+
+ci: test test-deepspeed test-gwas test-browser
 
 # Speed (README "Speed"): ANCESTOR=/path/to/ImLatent times the ancestor side by side (published row ~16 min)
 ANCESTOR ?=
