@@ -50,7 +50,7 @@ from Engineering.io import hub as hub_io
 from Engineering.io.checkpoints import CHECKPOINT_DIR, fit_state
 from Engineering.io.outputs import emb_table
 
-__all__ = ["ImLatentModel", "load", "ids_from_name", "read_nifti", "input_path", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
+__all__ = ["ImLatentModel", "load", "ids_from_name", "read_nifti", "read_dicom_series", "input_path", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
 
 H5_SUFFIXES = (".h5", ".hdf5")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -196,6 +196,38 @@ def read_nifti(path: str | Path) -> np.ndarray:
     return out.astype(out.dtype.newbyteorder("="), copy=False)
 
 
+def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, str]:
+    """The one DICOM series below ``folder`` as C x T x S x X x Y, stacked by ``Engineering.data.dicom_series``'s
+    rules (the ones ``preprocess/dicom_to_h5.py`` uses), and its PatientID. Files that are not DICOM images (a
+    README, a thumbnail) are skipped; a folder holding several series is refused (one folder per series)."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    from Engineering.data.dicom_series import SeriesError, assemble, file_info, group_series
+
+    folder = Path(folder)
+    infos = []
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+        except (InvalidDicomError, OSError, ValueError, EOFError):
+            continue
+        if "Rows" in ds and "Columns" in ds:
+            infos.append(file_info(str(path), ds))
+    if not infos:
+        raise UserError(f"{folder}: no HDF5, NIfTI or DICOM image file in this folder")
+    series = group_series(infos)
+    if len(series) > 1:
+        names = ", ".join(f"{s.number} {s.description!r}" for s in series[:5])
+        raise UserError(f"{folder}: {len(series)} DICOM series ({names}); give one folder per series, or "
+                        "convert the study with preprocess/dicom_to_h5.py and embed the HDF5 file")
+    try:
+        array, _ = assemble(series[0], lambda member: pydicom.dcmread(member))
+    except SeriesError as exc:
+        raise UserError(f"{folder}: {exc}") from None
+    return array, infos[0].patient_id.strip()
+
+
 class _ArraySamples(H5Samples):
     """In-memory datasets through the training dataset's own sample code: only the read differs."""
 
@@ -248,18 +280,19 @@ class ImLatentModel:
 
     # --- public
     def embed(self, x, batch_size: int = 8, progress: bool = False):
-        """Latents of ``x``: an HDF5 file in our contract (-> DataFrame keyed like emb.tsv), a NIfTI file or an
-        array in the 5D contract (-> ``n_c x n_t x n_s x latent_dim``, its emb.h5 entry), or an array in the
+        """Latents of ``x``: an HDF5 file in our contract (-> DataFrame keyed like emb.tsv), a NIfTI file, a
+        DICOM series folder (:func:`read_dicom_series`) or an array in the 5D contract (-> ``n_c x n_t x n_s x latent_dim``, its emb.h5 entry), or an array in the
         model's input layout (-> one latent vector)."""
         if isinstance(x, (str, Path)):
             path = input_path(x)
             if path.name.lower().endswith(H5_SUFFIXES):
                 return self._table(self._h5_samples(path), batch_size, progress)
-            if path.name.lower().endswith(NIFTI_SUFFIXES):
-                ds, single = self._samples([read_nifti(path)], [ARRAY_KEY], str(path))
+            if path.name.lower().endswith(NIFTI_SUFFIXES) or path.is_dir():
+                array = read_nifti(path) if path.is_file() or not path.is_dir() else read_dicom_series(path)[0]
+                ds, single = self._samples([array], [ARRAY_KEY], str(path))
                 return self._grid(ds, self._encode(ds, batch_size, progress))
             raise UserError(f"{x}: embed reads HDF5 ({', '.join(H5_SUFFIXES)}) and NIfTI "
-                            f"({', '.join(NIFTI_SUFFIXES)}) files, or arrays")
+                            f"({', '.join(NIFTI_SUFFIXES)}) files, DICOM series folders, or arrays")
         ds, single = self._samples([_as_array(x)], [ARRAY_KEY], "the array")
         z = self._encode(ds, batch_size, progress)
         return z[0] if single else self._grid(ds, z)
@@ -274,8 +307,9 @@ class ImLatentModel:
 
     def embed_many(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = False,
                    ids: str | None = None) -> pd.DataFrame:
-        """One DataFrame keyed like emb.tsv for HDF5 and NIfTI files; a NIfTI file's IDs come from its name
-        (:func:`ids_from_name` with ``ids``). Files are read one at a time."""
+        """One DataFrame keyed like emb.tsv for HDF5 and NIfTI files and DICOM series folders; a NIfTI file's IDs
+        come from its name (:func:`ids_from_name` with ``ids``), a DICOM series' patient ID from ``ids`` on the
+        folder name, else its PatientID (field and instance ``0``). Files are read one at a time."""
         paths = [input_path(p) for p in paths]
         if not paths:
             raise UserError("embed_many: no input files")
@@ -286,9 +320,14 @@ class ImLatentModel:
                 ds = self._h5_samples(path)
             elif low.endswith(NIFTI_SUFFIXES):
                 ds, _ = self._samples([read_nifti(path)], [ids_from_name(path, ids)], str(path))
+            elif path.is_dir():
+                array, patient = read_dicom_series(path)
+                key = ids_from_name(path, ids) if ids or not patient else \
+                    SampleKey(check_id("patientID", patient, f"{path} (its DICOM PatientID)"), "0", "0", "primary")
+                ds, _ = self._samples([array], [key], str(path))
             else:
                 raise UserError(f"{path}: not an HDF5 ({', '.join(H5_SUFFIXES)}) or NIfTI "
-                                f"({', '.join(NIFTI_SUFFIXES)}) file")
+                                f"({', '.join(NIFTI_SUFFIXES)}) file or a DICOM series folder")
             tables.append(self._table(ds, batch_size, progress and len(paths) == 1))
         return join_tables(tables)
 

@@ -23,11 +23,10 @@ import shutil
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from Engineering import api
-from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo, SampleKey, check_id
+from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.atomic import atomic_path, write_text
 from Engineering.io.outputs import write_emb_h5
@@ -39,36 +38,6 @@ INPUT_SUFFIXES = api.H5_SUFFIXES + api.NIFTI_SUFFIXES
 
 def _is_input(path: Path) -> bool:
     return path.is_file() and path.name.lower().endswith(INPUT_SUFFIXES)
-
-
-def read_dicom_series(folder: Path) -> tuple[np.ndarray, str]:
-    """The one DICOM series below ``folder`` as C x T x S x X x Y (preprocess/'s stacking rules) and its
-    PatientID; a folder of several series is refused (one folder per series)."""
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    from preprocess.dicom_series import SeriesError, assemble, file_info, group_series
-
-    infos = []
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
-        except (InvalidDicomError, OSError, ValueError, EOFError):
-            continue  # not DICOM (a README, a thumbnail): the folder's DICOM files are the series
-        if "Rows" in ds and "Columns" in ds:
-            infos.append(file_info(str(path), ds))
-    if not infos:
-        raise UserError(f"--input {folder}: no HDF5, NIfTI or DICOM image file in this folder")
-    series = group_series(infos)
-    if len(series) > 1:
-        names = ", ".join(f"{s.number} {s.description!r}" for s in series[:5])
-        raise UserError(f"--input {folder}: {len(series)} DICOM series ({names}); give one folder per series, or "
-                        "convert the study with preprocess/dicom_to_h5.py and embed the HDF5 file")
-    try:
-        array, _ = assemble(series[0], lambda member: pydicom.dcmread(member))
-    except SeriesError as exc:
-        raise UserError(f"--input {folder}: {exc}") from None
-    return array, infos[0].patient_id.strip()
 
 
 def expand(inputs: list[str]) -> list[Path]:
@@ -170,13 +139,7 @@ def main(argv) -> dict:
             tables.append(pd.read_parquet(chunk))
             done += 1
             continue
-        if f.is_dir():
-            array, patient = read_dicom_series(f)
-            ids = api.ids_from_name(f, a.ids) if a.ids or not patient else \
-                SampleKey(check_id("patientID", patient, f"{f} (its DICOM PatientID)"), "0", "0", "primary")
-            table = model.embed_array(array, ids, batch_size=a.batch_size, progress=a.progress)
-        else:
-            table = model.embed_many([f], batch_size=a.batch_size, progress=a.progress, ids=a.ids)
+        table = model.embed_many([f], batch_size=a.batch_size, progress=a.progress, ids=a.ids)
         with atomic_path(chunk) as tmp:
             table.to_parquet(tmp, index=False)
         tables.append(table)

@@ -1,7 +1,7 @@
 """Convert DICOM series (files, folders, UK Biobank zips) into the 5D HDF5 data contract.
 
 Each series becomes one dataset ``<patientID>/<fieldID>/<instanceID>/<key>`` of shape
-C x T x S x X x Y (see ``preprocess.dicom_series`` for the ordering rules), with the
+C x T x S x X x Y (see ``Engineering.data.dicom_series`` for the ordering rules), with the
 contract's group and dataset attributes. A study that fails is reported and its
 datasets removed; the batch goes on and ends with a summary.
 """
@@ -21,7 +21,7 @@ from Engineering.data.layout import PLANES
 from Engineering.errors import ArgParser, UserError, run_cli
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
-from preprocess.dicom_series import FileInfo, Series, SeriesError, assemble, file_info, group_series, header_json, phase_to_radians
+from Engineering.data.dicom_series import FileInfo, Series, SeriesError, assemble, file_info, group_series, header_json, phase_to_radians
 from preprocess.dicom_sources import Source, SourceReader, find_sources
 from preprocess.h5_writer import atomic_h5, prune_empty, remove_and_prune, write_image
 from preprocess.progress_bar import track

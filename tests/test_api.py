@@ -5,6 +5,7 @@ import contextlib
 import importlib.util
 import io
 import subprocess
+import sys
 
 import h5py
 import nibabel as nib
@@ -113,6 +114,11 @@ def test_embed_matches_run_mode_2(which, request, tiny_demo, tmp_path):
     assert np.abs(model.embed(nii)[0, :, 0] - want).max() < 1e-5
     # one sample in the model's own layout (C x X x Y): one latent vector
     assert np.abs(model.embed(x[:, 0, 0]) - want[0]).max() < 1e-5
+    # the same frames as a DICOM series folder (one file per frame, TriggerTime orders them)
+    _write_dicom_series(tmp_path / "series", x[0, :, 0])
+    assert np.abs(model.embed(tmp_path / "series")[0, :, 0] - want).max() < 1e-5
+    dcm = model.embed_many([tmp_path / "series"])
+    assert set(dcm["patientID"]) == {"DCM1"} and np.abs(dcm.sort_values("t")[z_cols].values - want).max() < 1e-5
     # embed_many: IDs of a NIfTI file from its name
     table = model.embed_many([nii])
     assert set(table["patientID"]) == {"S1"} and set(table["fieldID"]) == {"20208"} and len(table) == x.shape[1]
@@ -323,3 +329,41 @@ def test_embed_executor_reads_a_dicom_series_folder(diffae_run, tiny_demo, tmp_p
     proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "two"), "--out",
                         str(tmp_path / "two.tsv"))
     assert proc.returncode == 2 and "2 DICOM series" in proc.stderr
+
+
+def test_embed_executor_resumes_after_sigkill(diffae_run, tiny_demo, tmp_path):
+    """embed.py killed with SIGKILL (no cleanup runs) while writing its third file's chunk: the rerun keeps the
+    two finished files, ignores the torn chunk, embeds the rest and writes the API's table."""
+    x, _ = _one_dataset(tiny_demo, _emb_tsv(diffae_run))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i in range(4):  # four subjects: the frames shifted so that each file has its own latents
+        image = np.roll(x[0], i, axis=0)
+        nib.save(nib.Nifti1Image(np.transpose(image, (2, 3, 1, 0)), np.eye(4)), str(folder / f"P{i}_1_0.nii.gz"))
+    out = tmp_path / "z.tsv"
+    argv = ["--model", str(diffae_run), "--input", str(folder), "--out", str(out)]
+    # the third chunk's temporary file is written, then the process dies before it is renamed into place
+    killer = (
+        "import os, runpy, signal, sys\n"
+        "import pandas as pd\n"
+        "write, calls = pd.DataFrame.to_parquet, []\n"
+        "def dying(self, *a, **k):\n"
+        "    write(self, *a, **k)\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "pd.DataFrame.to_parquet = dying\n"
+        f"sys.argv = ['embed.py', *{argv!r}]\n"
+        f"runpy.run_path({str(REPO / 'Executors' / 'embed.py')!r}, run_name='__main__')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert proc.returncode == -9, proc.stderr
+    assert not out.exists()
+    kept = sorted((tmp_path / "z.tsv.partial").iterdir())
+    assert len([p for p in kept if p.suffix == ".parquet"]) == 2 and len(kept) > 3  # + fingerprint + torn file
+    proc = _embed_cli(*argv)
+    assert proc.returncode == 0 and "resumed: 2 of 4 input files" in proc.stdout, proc.stderr
+    assert not (tmp_path / "z.tsv.partial").exists()
+    want = api.load(diffae_run).embed_many(sorted(folder.glob("*.nii.gz")))
+    got = pd.read_csv(out, sep="\t", dtype={k: str for k in KEYS[:4]})
+    assert len(got) == len(want) == 4 * x.shape[1] and _same_rows(got, want) < 1e-6

@@ -15,7 +15,7 @@ from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from Engineering.data.layout import DATASET_ATTRS, GROUP_ATTRS, parse_key
-from preprocess.dicom_series import file_info, phase_to_radians, plane_of
+from Engineering.data.dicom_series import file_info, phase_to_radians, plane_of
 from preprocess.series_spec import assign_keys
 
 

@@ -223,7 +223,7 @@ def test_dicom_series_declaring_huge_frames_is_refused_unread():
 
     import pydicom
 
-    from preprocess.dicom_series import Series, SeriesError, assemble, file_info
+    from Engineering.data.dicom_series import Series, SeriesError, assemble, file_info
     from tests.test_preprocess_dicom import dicom_file
 
     info = file_info("a.dcm", pydicom.dcmread(dicom_file("emri_small.dcm"), stop_before_pixels=True))
