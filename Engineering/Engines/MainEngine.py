@@ -28,6 +28,7 @@ from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed,
 from Engineering.Engines.output_writer import OutputWriter, done_samples, test_fingerprint
 from Engineering.Engines.registry import TaskSpec, drive_errors
 from Engineering.Engines import run_folder
+from Engineering.Engines.progress_lines import ProgressLines
 from Engineering.Engines.run_guards import FiniteLoss, StopCheckpoint
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError, graceful_stop
@@ -175,8 +176,8 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         loggers.append(WandbLogger(project=r.wnbproject, name=run_dir.name, save_dir=str(run_dir)))
     if t.lr_decay_type:
         callbacks.append(LearningRateMonitor(logging_interval="epoch"))
-    if r.progress_bar:
-        callbacks.append(RichProgressBar(leave=True))
+    if r.progress_bar:  # a bar on a terminal; plain timed lines in a log file (SLURM, nohup), where a bar is noise
+        callbacks.append(RichProgressBar(leave=True) if sys.stderr.isatty() else ProgressLines())
     groups, bn_mode = bool(cfg.data.batch_groups), cfg.eval.bn_eval_mode
     if bn_mode != "running":
         callbacks.append(BNPolicy(bn_mode, controls=bool(cfg.eval.bn_controls)))
