@@ -431,6 +431,79 @@ class ImLatentModel:
             grid[info.index] = vec
         return grid
 
+    # --- manipulation (DiffAE: Preechakul et al., Diffusion Autoencoders, CVPR 2022)
+    def manipulate(self, x, direction, scale, batch_size: int = 8) -> np.ndarray:
+        """``x`` rendered with its semantic code moved along ``direction`` by ``scale``: the DiffAE's attribute
+        manipulation, as ``main_latentcls --manipulate`` renders it (``Engineering.Eval.manipulation``).
+
+        ``x``: what :meth:`embed` takes except an HDF5 file's table (a NIfTI file, a DICOM series folder, an HDF5
+        file, an array). ``direction``: a :class:`LatentDirection` (:func:`load_direction` reads one from a
+        ``main_latentcls`` run's linear head; ``scale`` is then in standard deviations of the standardised latents)
+        or a vector of ``latent_dim`` numbers (made unit length; ``scale`` in latent units). Each image keeps its own
+        stochastic code x_T (DDIM inversion with its own z_sem), so scale 0 is :meth:`reconstruct`. Returns the
+        renders in the input's intensity units, ``N x C x ...`` in the model's input layout for one ``scale`` and
+        ``N x n_scales x C x ...`` for a sequence of scales (without ``N`` for one sample in the model's layout).
+        """
+        from Engineering.Eval import manipulation
+
+        drive = self.cfg.model.drive
+        if drive != "DiffAE":  # the renderer keeps x's own x_T: a DiffAE's; main_latentcls refuses the same way
+            raise UserError(f"manipulate renders with a DiffAE (its own x_T, Preechakul et al. 2022); the "
+                            f"{drive} model ({type(self.run.engine).__name__}) has no such renderer (embed is "
+                            "available)")
+        d = direction if isinstance(direction, LatentDirection) else LatentDirection.from_vector(direction)
+        if d.vector.shape != (self.latent_dim,):
+            raise UserError(f"manipulate: the direction has {d.vector.size} dimensions, the model's latent_dim is "
+                            f"{self.latent_dim} (a direction from another model's latents?)")
+        many = np.ndim(scale) > 0
+        scales = [float(s) for s in np.ravel(scale)]
+        if not scales or not np.isfinite(scales).all():
+            raise UserError(f"manipulate: scale must be a finite number or a non-empty sequence of them, got {scale!r}")
+        ds, single = self._image_samples(x, "manipulate")
+        engine = self.run.engine
+        net = engine.ema_net if self.run.use_ema else engine.net
+        out = []
+        with torch.no_grad():
+            for batch, affine in self._batches(ds, batch_size, False):
+                z0 = net.encode(batch)  # float32 z_sem, as Engines/manipulate.py renders it
+                codes = manipulation.shifted_codes(z0, d.mean, d.std, d.vector, scales)
+                renders = manipulation.render(engine.diffusion, net, batch, z0, codes, engine.T_inv, engine.T_step,
+                                              engine.clip)
+                out.append(invert_affine(renders.float().cpu(), affine[:, None]).numpy())  # (n, S, C, ...)
+        rec = np.concatenate(out)
+        rec = rec if many else rec[:, 0]
+        return rec[0] if single else rec
+
+    def preprocessed(self, x, limit: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
+        """The model's inputs for ``x`` (as :meth:`manipulate` takes it), normalised as the network sees them:
+        ``N x C x ...`` float32 in the model's input layout (the first ``limit`` samples), and their sample keys
+        (the key columns of emb.tsv)."""
+        ds, _ = self._image_samples(x, "preprocessed")
+        n = len(ds) if limit is None else min(len(ds), max(int(limit), 0))
+        items = [ds[i] for i in range(n)]
+        keys = pd.DataFrame([ds.sample_info(i).row() for i in range(n)], columns=list(SAMPLE_COLUMNS))
+        if not items:
+            return np.zeros((0, self.in_channels, *self.cfg.model.input_shape), np.float32), keys
+        inp = torch.stack([it["inp"].to(torch.float32) for it in items])
+        affine = torch.stack([it["affine"] for it in items])
+        return normalise_batch(inp, affine).numpy(), keys
+
+    def _image_samples(self, x, what: str) -> tuple[H5Samples, bool]:
+        """The samples of a NIfTI file, DICOM series folder, HDF5 file or array; ``single``: one sample given in
+        the model's own layout."""
+        if not isinstance(x, (str, Path)):
+            return self._samples([_as_array(x)], [ARRAY_KEY], "the array")
+        path = input_path(x)
+        low = path.name.lower()
+        if low.endswith(H5_SUFFIXES):
+            return self._h5_samples(path), False
+        if low.endswith(NIFTI_SUFFIXES):
+            return self._samples([read_nifti(path)], [ARRAY_KEY], str(path))
+        if path.is_dir():
+            return self._samples([read_dicom_series(path)[0]], [ARRAY_KEY], str(path))
+        raise UserError(f"{x}: {what} reads HDF5 ({', '.join(H5_SUFFIXES)}) and NIfTI ({', '.join(NIFTI_SUFFIXES)}) "
+                        "files, DICOM series folders and arrays")
+
 
 def join_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
     """The latent tables of several inputs as one; two inputs giving the same sample is one clear error."""
@@ -457,3 +530,52 @@ def _progress(items, on: bool, unit: str):
     from tqdm.auto import tqdm
 
     return tqdm(items, unit=unit.split()[0], desc="embedding", mininterval=5.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class LatentDirection:
+    """A unit direction in standardised latent space and the latents' mean and std (what un-standardises it):
+    ``z' = mean + std * ((z - mean) / std + scale * vector)``, the DiffAE's manipulation rule."""
+
+    vector: np.ndarray  # (latent_dim,), unit length
+    mean: np.ndarray  # (latent_dim,)
+    std: np.ndarray  # (latent_dim,)
+    label: str = ""
+
+    @classmethod
+    def from_vector(cls, vector, label: str = "") -> "LatentDirection":
+        """A direction in the latents' own units (mean 0, std 1): ``scale`` moves z by that length."""
+        v = np.asarray(_as_array(vector) if isinstance(vector, torch.Tensor) else vector, dtype=np.float64).ravel()
+        norm = float(np.linalg.norm(v)) if v.size and np.isfinite(v).all() else 0.0
+        if norm == 0.0:
+            raise UserError("manipulate: the direction must be a non-zero vector of finite numbers")
+        return cls(v / norm, np.zeros_like(v), np.ones_like(v), label)
+
+
+def load_direction(run: str | Path, target: str) -> LatentDirection:
+    """The direction of ``target`` (``NAME`` or ``NAME:CLASS``, as ``--manipulate``) from a ``main_latentcls``
+    run folder or checkpoint: its linear head's weights made a unit vector (a class's logit against the mean of
+    the others for a categorical target) with the training split's latent mean and std."""
+    from Engineering.data.latent_tables import TargetSpec
+    from Engineering.Engines.saved_runs import saved_config
+    from Engineering.Eval import manipulation
+    from Engineering.io.checkpoints import checkpoint_in, read_checkpoint
+
+    path = checkpoint_in(Path(run).expanduser(), "best_or_last")
+    ckpt = read_checkpoint(path)
+    raw, scaler, saved = ckpt.get("imlatent_config"), ckpt.get("latentcls_scaler"), ckpt.get("latentcls_targets")
+    if not isinstance(raw, dict) or not isinstance(scaler, dict) or not isinstance(saved, list):
+        raise UserError(f"{path}: not a main_latentcls checkpoint (no latent predictor targets); give the run folder "
+                        "of a latent predictor trained with --heads linear")
+    cfg, task = saved_config(raw, f"checkpoint {path}")
+    targets = [TargetSpec.from_dict(t) for t in saved]
+    with drive_errors():
+        engine = task.engine_class()(cfg, int(ckpt["in_channels"]), targets, scaler["mean"], scaler["std"])
+    engine.load_state_dict(fit_state(engine, ckpt["state_dict"], str(path)))
+    name, _, wanted = target.partition(":")
+    spec = next((t for t in targets if t.name == name), None)
+    if spec is None:
+        raise UserError(f"direction {target!r}: not a target of {path} (targets: {', '.join(t.name for t in targets)})")
+    vector, label = manipulation.unit_direction(engine.linear_weights(name), spec.classes, wanted or None)
+    return LatentDirection(vector, np.asarray(scaler["mean"], np.float64), np.asarray(scaler["std"], np.float64),
+                           f"{name} ({label})")
