@@ -1,5 +1,6 @@
 # One command to set up and run the demo, one to set up and run the tests.
 #   make demo   -> venv + install + train/test a small DiffAE on the bundled demo data (CPU ok)
+#   make demo-model -> retrain and export the shipped demo model examples/demo_model/ (~2 MB; a few minutes on CPU)
 #   make test   -> venv + install + the default test suite
 #   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
 #   make test-deepspeed -> DeepSpeed ZeRO-1/2/3 on two CPU processes (a few minutes)
@@ -15,7 +16,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: setup demo test docs test-slow test-deepspeed test-gwas test-browser test-poetry ci bench bench-quality bench-cells clean
+.PHONY: setup demo demo-model test docs test-slow test-deepspeed test-gwas test-browser test-poetry ci bench bench-quality bench-cells clean
 
 setup: $(VENV)/.installed
 
@@ -29,6 +30,16 @@ $(VENV)/.installed: pyproject.toml
 
 demo: setup
 	$(PY) Executors/main_diffAE.py
+
+# The shipped demo model (examples/demo_model/, docs/how-to/demo-model.md): the demo's 2D DiffAE, trained briefly on
+# CPU on the bundled @demo cohort (seed 1701, train+val, no test phase) and exported with its EMA weights.
+DEMO_MODEL_RUN ?= Results/demo_model_run
+demo-model: setup
+	rm -rf $(DEMO_MODEL_RUN)
+	HF_HUB_OFFLINE=1 $(PY) Executors/main_diffAE.py --run_mode 1 --num_epochs 3 --n_train_batches 20 \
+		--n_val_batches 2 --accelerator cpu --no-progress_bar --no-tbactive \
+		--json§save_path $(DEMO_MODEL_RUN) --fulltrainID demo_model
+	$(PY) Executors/export_hf.py --run $(DEMO_MODEL_RUN)/demo_model --checkpoint last --out examples/demo_model
 
 test: setup docs
 	$(VENV)/bin/lint-imports
