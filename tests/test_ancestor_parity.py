@@ -249,15 +249,15 @@ def test_inversion_and_rendering_match_diffae_formulas(small_cohort, small_publi
 
 
 def _readme_recipe() -> list[str]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "how-to" / "hub.md").read_text()  # the published-weights recipe (moved from the README)
     block = text.split("<!-- PUBLISHED-RECIPE:BEGIN -->")[1].split("<!-- PUBLISHED-RECIPE:END -->")[0]
     command = re.search(r"```bash\n(.*?)```", block, re.S).group(1).replace("\\\n", " ")
     return command.split()
 
 
 def test_readme_recipe_verbatim_gives_the_same_latents(cohort, published, tmp_path):
-    """The README's published-weights command, run as written (the Hub repo from an offline cache, the data
-    folder substituted for its placeholder), on the ancestor's layout."""
+    """The docs' published-weights command (docs/how-to/hub.md), run as written (the Hub repo from an offline
+    cache, the data folder substituted for its placeholder), on the ancestor's layout."""
     folder, ema = published
     argv = _readme_recipe()
     assert argv[:2] == ["python", "Executors/main_diffAE.py"] and REPO_ID in argv and "/my/data" in argv

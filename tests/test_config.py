@@ -183,20 +183,20 @@ def test_executor_bad_override_exit_2_one_line():
     assert proc.returncode != 0 and "Traceback" in proc.stderr
 
 
-def test_readme_documents_every_flag():
-    from Engineering.config.docs import BEGIN, END
+def test_reference_page_documents_every_flag():
+    from Engineering.config.docs import BEGIN, END, FLAGS_PAGE
     from Engineering.Engines.docs import tables
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / FLAGS_PAGE).read_text()
     block = text.split(BEGIN)[1].split(END)[0]
     assert block.strip() == tables().strip(), "run: python -m Engineering.Engines.docs --write"
 
 
-def test_readme_documents_every_yaml_key():
-    from Engineering.config.docs import KEYS_BEGIN, KEYS_END, key_tables
+def test_reference_page_documents_every_yaml_key():
+    from Engineering.config.docs import KEYS_BEGIN, KEYS_END, KEYS_PAGE, key_tables
     from Engineering.Engines.docs import executor_tasks
 
-    text = (REPO / "README.md").read_text()
+    text = (REPO / KEYS_PAGE).read_text()
     block = text.split(KEYS_BEGIN)[1].split(KEYS_END)[0]
     assert block.strip() == key_tables(executor_tasks()).strip(), "run: python -m Engineering.Engines.docs --write"
     for key in ("model§DiffAE§T_eval", "model§DiffAE§net_ch", "training§LRDecay§type2§patience",

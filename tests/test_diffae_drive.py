@@ -406,7 +406,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(is3D):
         torch.testing.assert_close(ckpt.encode(x), plain.encode(x))
 
 
-# ---- fast paths (README, Speed): the same numbers as the plain operators ---------------------------------------
+# ---- fast paths (docs/results/speed.md): the same numbers as the plain operators -------------------------------------
 
 def _plain_down(x: torch.Tensor, factor) -> torch.Tensor:
     return (F.avg_pool3d if x.ndim == 5 else F.avg_pool2d)(x, factor)

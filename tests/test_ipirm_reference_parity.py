@@ -122,8 +122,8 @@ def test_search_defaults_are_the_references():
 
 
 def test_the_readmes_reference_recipe_resolves_to_the_reference_commands_values():
-    """README: ``main_ssl.py --configyml_path Configs/config_ipirm_stl_reference.yaml`` is the reference's STL-10
-    command (runsh/IPIRM_STL_400epoch.sh with main.py's defaults)."""
+    """docs/tasks/ipirm.md: ``main_ssl.py --configyml_path Configs/config_ipirm_stl_reference.yaml`` is the
+    reference's STL-10 command (runsh/IPIRM_STL_400epoch.sh with main.py's defaults)."""
     from Engineering.config.loader import resolve
     from Engineering.Engines import registry
 

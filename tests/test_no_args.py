@@ -1,6 +1,7 @@
 """Every training executor that needs no earlier run runs with no arguments on its bundled demo cohort (slow:
-minutes each; make test-slow). The README names the ones that need an earlier run's output (main_latentcls,
-main_restyle) and tests/test_readme_commands.py checks that each says which flag in one line."""
+minutes each; make test-slow). The README and docs/how-to/resume.md name the ones that need an earlier run's
+output (main_latentcls, main_restyle) and tests/test_readme_commands.py checks that each says which flag in one
+line."""
 from __future__ import annotations
 
 import h5py

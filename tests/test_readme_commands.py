@@ -1,9 +1,10 @@
-"""Every shell command in README.md that runs on the bundled demo data is run, so a documented command cannot rot
-(issue 33, item 6).
+"""Every shell command in README.md and in the documentation (docs/**/*.md) that runs on the bundled demo data is
+run, so a documented command cannot rot (issue 33, item 6; issue 37).
 
-The commands are extracted from the README's ```bash blocks and from inline `python ...` spans. Each is either run
-or skipped with a written reason (placeholders, data or weights that are not bundled, GPUs, benchmarks): a new
-command the README gains fails ``test_every_command_is_run_or_skipped_with_a_reason`` until it is classified.
+The commands are extracted from the ```bash blocks and from inline `python ...` spans of the README and of every
+page. Each is either run or skipped with a written reason (placeholders, data or weights that are not bundled,
+GPUs, benchmarks); the tutorials' blocks are run by tests/test_docs.py. A new command the README or a page gains
+fails ``test_every_command_is_run_or_skipped_with_a_reason`` until it is classified.
 The default suite resolves every demo command's configuration in-process (``--print_config``: its flags exist
 and the task honours them), runs the quick start's demo for one batch and checks what the quick start says about
 it; ``-m slow`` runs each demo command for real at tiny scale, chains in README order.
@@ -23,6 +24,13 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 README = REPO / "README.md"
+DOCS = REPO / "docs"
+RESUME_PAGE = DOCS / "how-to" / "resume.md"  # the recipes table and the run modes (moved from the README)
+
+
+def pages() -> list[Path]:
+    """The README, then every documentation page (sorted): where documented commands live."""
+    return [README, *sorted(DOCS.rglob("*.md"))]
 
 # command prefix -> why it is not run here
 SKIP = {
@@ -46,13 +54,22 @@ SKIP = {
     "make ci": "the test suites",
     "make bench": "benchmarks (minutes to hours, not tests)",
     "python -m Engineering.Engines.docs": "tested by the docs tests (the generated tables stay in sync)",
+    "pip install ": "the install itself (the tests run in the installed environment)",
+    "make docs": "the documentation build (make test runs it, strict)",
+    "python Executors/...": "a pattern in the text, not a command",
+    "python Executors/main_diffAE.py --help": "prints the flags (tests/test_ancestor_commands.py runs --help)",
+    "python preprocess/dicom_to_h5.py scans": "the tutorials' stand-in files (docs/tutorials/dicom-to-h5.md runs them)",
+    "python preprocess/validate_h5.py mydata/": "the tutorials' stand-in files (docs/tutorials/train-3d-diffae.md "
+                                                "runs them)",
+    "python Executors/main_benchmark.py --latents DiffAE=Results/cmp_diffae/": "the comparison tutorial's runs "
+                                                                               "(docs/tutorials/compare.md runs it)",
 }
 # make targets the README runs, as the Makefile's recipe does (without creating a venv)
 MAKE = {"make demo": "python Executors/main_diffAE.py"}
 
 
 def readme_commands(text: str | None = None) -> list[str]:
-    """Shell commands of the README in order: ```bash blocks (continuations joined, comments dropped) and inline
+    """Shell commands of the README (or of ``text``, a page) in order: ```bash blocks (continuations joined, comments dropped) and inline
     `python ...` / `make ...` spans."""
     text = README.read_text() if text is None else text
     found = []
@@ -78,17 +95,40 @@ def skip_reason(command: str) -> str | None:
     return None
 
 
+def documented_commands() -> list[tuple[Path, str]]:
+    """(page, command) of the README and every page, in order."""
+    return [(page, c) for page in pages() for c in readme_commands(page.read_text())]
+
+
+def _tutorial_run() -> set[tuple[str, str]]:
+    """(page name, command) of the tutorials' blocks that tests/test_docs.py runs."""
+    from tests.test_docs import tutorial_commands
+
+    return set(tutorial_commands())
+
+
+def _is_tutorial(page: Path) -> bool:
+    return page.parent == DOCS / "tutorials"
+
+
 def demo_commands() -> list[str]:
-    return list(dict.fromkeys(c for c in readme_commands() if skip_reason(c) is None))
+    """Commands outside the tutorials (those run in tests/test_docs.py) that run on the demo data, in order."""
+    return list(dict.fromkeys(c for page, c in documented_commands()
+                              if not _is_tutorial(page) and skip_reason(c) is None))
 
 
 def test_every_command_is_run_or_skipped_with_a_reason():
-    for command in readme_commands():
+    run_by_test_docs = _tutorial_run()
+    commands = documented_commands()
+    assert {page.name for page, _ in commands} >= {"README.md", "hub.md", "embed.md"}
+    for page, command in commands:
         if skip_reason(command):
             continue
+        if _is_tutorial(page) and (page.name, command) in run_by_test_docs:
+            continue  # a tutorial block: tests/test_docs.py runs it (and resolves it in the default suite)
         argv = as_argv(command)
         assert argv[0] == "python" and Path(REPO / argv[1]).is_file(), \
-            f"README command neither runnable here nor in SKIP (with a reason): {command}"
+            f"{page.relative_to(REPO)}: command neither runnable here nor in SKIP (with a reason): {command}"
 
 
 def as_argv(command: str) -> list[str]:
@@ -151,11 +191,18 @@ def _resolved(command: str, capsys, monkeypatch, *extra: str) -> dict:
     return yaml.safe_load(out.out)
 
 
-def test_the_quick_start_says_what_the_demo_does(capsys, monkeypatch):
+def _quick_start(path: Path = README) -> str:
+    text = path.read_text()
+    start = text.index("## Quick start") if "## Quick start" in text else text.index("## Two commands")
+    end = text.find("\n## ", start + 3)
+    return text[start:end if end > 0 else None]
+
+
+@pytest.mark.parametrize("path", [README, DOCS / "getting-started.md"], ids=["README", "getting-started"])
+def test_the_quick_start_says_what_the_demo_does(path, capsys, monkeypatch):
     """"make demo ... trains a small 2D DiffAE on CPU for N epochs ... prints outputs written to Results/<run>":
-    the number of epochs and the run folder are the demo's."""
-    text = README.read_text()
-    quick = text[text.index("## Quick start"):text.index("## Layout")]
+    the number of epochs and the run folder are the demo's (in the README and on the getting-started page)."""
+    quick = _quick_start(path)
     cfg = _resolved("make demo", capsys, monkeypatch)
     words = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6, "seven": 7, "eight": 8, "ten": 10}
     said = re.search(r"for (\w+) epochs", quick).group(1)
@@ -178,7 +225,7 @@ def test_the_recipes_table_resolves_on_the_demo_command(capsys, monkeypatch):
     from Engineering.Engines import registry
     from Engineering.Engines.MainEngine import run_name
 
-    text = README.read_text()
+    text = RESUME_PAGE.read_text()
     table = text[text.index("| what | add to the training command |"):].split("\n\n")[0]
     rows = [re.findall(r"`([^`]*)`", line) for line in table.splitlines()[2:]]
     assert len(rows) >= 5
@@ -193,10 +240,13 @@ def test_the_recipes_table_resolves_on_the_demo_command(capsys, monkeypatch):
 
 
 def test_executors_that_need_inputs_say_so_in_one_line(capsys, monkeypatch):
-    """The README's "with no arguments" sentence names the executors that need an earlier run's output; each of
-    them says which flag in one line."""
-    text = README.read_text()
-    sentence = text[text.index("With no arguments"):].split("\n\n")[0]
+    """The "with no arguments" sentence (README and docs/how-to/resume.md) names the executors that need an earlier
+    run's output; each of them says which flag in one line."""
+    sentences = [p.read_text() for p in (README, RESUME_PAGE)]
+    sentences = [t[t.index("With no arguments"):].split("\n\n")[0] for t in sentences]
+    sentence = " ".join(sentences)
+    for text in sentences:
+        assert "main_latentcls" in text and "main_restyle" in text, text
     for script, flag in (("main_latentcls", "--parent_trainID"), ("main_restyle", "--generator"),
                          ("main", "--task"), ("main_benchmark", "--latents"), ("export_hf", "--run"),
                          ("merge_shards", "RUN")):
@@ -217,7 +267,8 @@ def test_the_demo_command_runs_one_batch(capsys, monkeypatch, tmp_path, demo_dir
     assert "data: " in out.out and "dev run of 1 batch(es) finished" in out.out
 
 
-# --- slow: every demo command for real, at tiny scale, in README order (chains: later commands read earlier runs)
+# --- slow: every demo command for real, at tiny scale, in README-then-pages order (chains: later commands read
+# earlier runs)
 
 TINY = {"main_latentcls": ["--num_epochs", "2"],
         # latents only: reconstructing every test sample through DDIM takes minutes on a CPU
@@ -252,7 +303,7 @@ def test_every_demo_command_runs_at_tiny_scale(tmp_path):
         if proc.returncode != 0:
             failures.append(f"{command}\n  -> {proc.stderr.strip().splitlines()[-1:]}")
         elif command == "make demo":  # the quick start's promise, at tiny scale
-            quick = README.read_text().split("## Layout")[0]
+            quick = _quick_start()
             promised = re.search(r"`(outputs written to \S+/Output)", quick).group(1)
             assert promised in proc.stdout, proc.stdout[-2000:]
     assert not failures, "\n".join(failures)

@@ -171,8 +171,8 @@ def _cli(tmp_path, *extra):
 
 
 def test_the_batch_column_does_not_change_nsc(tmp_path):
-    """The README's example (--batch_col PLATE) gave one profile per (treatment, plate): another NSC than with the
-    batch (week). NSC is one profile per treatment (the reference); the batch column only acts on NSCB."""
+    """The example of docs/tasks/ssl-ben.md (--batch_col PLATE) gave one profile per (treatment, plate): another
+    NSC than with the batch (week). NSC is one profile per treatment (the reference); the batch column only acts on NSCB."""
     df = bbbc_like(2)
     _write(tmp_path, df)
     by_week = _cli(tmp_path, "--batch_col", "batch", "--nsc_controls", "DMSO")

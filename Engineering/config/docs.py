@@ -1,7 +1,8 @@
-"""Markdown tables of every flag and every typed YAML key, kept in README.md between FLAGS / KEYS markers.
+"""Markdown tables of every flag and every typed YAML key, kept in the documentation's reference pages
+(docs/reference/flags.md between the FLAGS markers, docs/reference/yaml-keys.md between the KEYS markers).
 
 python -m Engineering.Engines.docs            # print the tables (with each executor's own defaults)
-python -m Engineering.Engines.docs --write    # refresh README.md
+python -m Engineering.Engines.docs --write    # refresh the two reference pages
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from Engineering.config.schema import COMMON_KEYS
 
 BEGIN, END = "<!-- FLAGS:BEGIN -->", "<!-- FLAGS:END -->"
 KEYS_BEGIN, KEYS_END = "<!-- KEYS:BEGIN -->", "<!-- KEYS:END -->"
+# the pages that hold the tables, relative to the repository
+FLAGS_PAGE, KEYS_PAGE = "docs/reference/flags.md", "docs/reference/yaml-keys.md"
 _OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 
 
@@ -38,7 +41,7 @@ def flag_tables(tasks: Sequence[Task] = ()) -> str:
         for f in t.extra_flags:
             owners[f.name].append(f"main_{t.name}")
     for group, flags in groups.items():
-        out += [f"#### {group}", "", "| flag | config path | type | default | meaning |", "|---|---|---|---|---|"]
+        out += [f"## {group}", "", "| flag | config path | type | default | meaning |", "|---|---|---|---|---|"]
         for f in flags:
             path = "§".join(f.path) if f.path else "(control)"
             choices = f" One of {', '.join(map(str, f.choices))}." if f.choices else ""
@@ -76,13 +79,13 @@ def _key_rows(model: type[BaseModel], prefix: str, flagged: set) -> list[str]:
 def key_tables(tasks: Sequence[Task] = ()) -> str:
     """Every typed YAML key: the keys every task has, then each task's own (their defaults are the models')."""
     flagged = {"§".join(f.path) for f in FLAGS + CONTROL + tuple(f for t in tasks for f in t.extra_flags)}
-    out = ["#### Every task", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+    out = ["## Every task", "", "| key | type | default | meaning |", "|---|---|---|---|"]
     for section, model in COMMON_KEYS.items():
         out += _key_rows(model, section, flagged)
     for t in tasks:
         if not t.sections:
             continue
-        out += ["", f"#### main_{t.name}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
+        out += ["", f"## main_{t.name}", "", "| key | type | default | meaning |", "|---|---|---|---|"]
         for section, model in t.sections.items():
             out += _key_rows(model, section, flagged)
     return "\n".join(out) + "\n"
@@ -91,11 +94,16 @@ def key_tables(tasks: Sequence[Task] = ()) -> str:
 def _replace_block(text: str, begin: str, end: str, body: str) -> str:
     head, found, rest = text.partition(begin)
     if not found:
-        raise ValueError(f"README has no {begin} marker")
+        raise ValueError(f"the page has no {begin} marker")
     _, _, tail = rest.partition(end)
     return f"{head}{begin}\n{body}\n{end}{tail}"
 
 
-def refreshed_readme(text: str, tasks: Sequence[Task] = ()) -> str:
-    text = _replace_block(text, BEGIN, END, flag_tables(tasks))
+def refreshed_flags_page(text: str, tasks: Sequence[Task] = ()) -> str:
+    """The flags page with its generated block replaced."""
+    return _replace_block(text, BEGIN, END, flag_tables(tasks))
+
+
+def refreshed_keys_page(text: str, tasks: Sequence[Task] = ()) -> str:
+    """The YAML-keys page with its generated block replaced."""
     return _replace_block(text, KEYS_BEGIN, KEYS_END, key_tables(tasks))
