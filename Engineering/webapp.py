@@ -170,7 +170,7 @@ def images(x: np.ndarray, keys: pd.DataFrame) -> list[tuple[np.ndarray, str]]:
 
 
 def _caption(k) -> str:
-    return f"{k['patientID']} c={k['c']} t={k['t']} s={k['s']}".replace("=None", "=-").replace("=nan", "=-")
+    return f"c={k['c']} t={k['t']} s={k['s']}".replace("=None", "=-").replace("=nan", "=-")
 
 
 def _stem(name: str) -> str:
@@ -214,17 +214,18 @@ def build(model: api.ImLatentModel, direction: api.LatentDirection | None = None
                          file_types=list(UPLOAD_SUFFIXES), elem_id="upload")
         status = gr.Textbox(label="Status", interactive=False, elem_id="status")
         state = gr.State(None)
-        shown = gr.Gallery(label="Preprocessed input (as the model sees it)", columns=8, elem_id="inputs")
+        shown = gr.Gallery(label="Preprocessed input (as the model sees it)", columns=8, height="auto",
+                           elem_id="inputs")
         table = gr.Dataframe(label="Latents", interactive=False, elem_id="latents")
         tsv = gr.File(label="Latents as TSV (emb.tsv's columns)", interactive=False, elem_id="latents-tsv")
         with gr.Row():
             recon_button = gr.Button("Reconstruct", elem_id="reconstruct")
-        recon = gr.Gallery(label="Reconstruction", columns=8, elem_id="reconstruction")
+        recon = gr.Gallery(label="Reconstruction", columns=8, height="auto", elem_id="reconstruction")
         manip = gr.Gallery(visible=False)
         if direction is not None:
             slider = gr.Slider(-3, 3, value=0, step=0.5, label=f"Manipulation along {direction.label} "
                                "(standard deviations of the standardised latents)", elem_id="scale")
-            manip = gr.Gallery(label="Manipulated", columns=8, elem_id="manipulated")
+            manip = gr.Gallery(label="Manipulated", columns=8, height="auto", elem_id="manipulated")
             slider.release(lambda up, s: manipulate_upload(model, up, direction, s), [state, slider], [status, manip])
         upload.change(on_upload, upload, [status, shown, table, tsv, state, recon, manip])
         recon_button.click(lambda up: reconstruct_upload(model, up), state, [status, recon])
