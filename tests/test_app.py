@@ -171,3 +171,63 @@ def test_page_reconstruction_and_manipulation(diffae, cine, tmp_path):
     assert status == "ones: scale +2" and len(shown) == 2
     h5 = webapp.embed_upload(diffae, cine_h5 := tmp_path / "c.h5", tmp_path / "w2")  # not a file: one line
     assert h5.status == f"error: file not found: {cine_h5}"
+
+
+@pytest.fixture(scope="module")
+def latentcls_run(tmp_path_factory):
+    """A main_latentcls run (linear head) on planted 8-dimensional latents: 'up' grows along Z0, 'grp' splits
+    along Z1."""
+    from Engineering.Engines import registry
+    from Engineering.Engines.MainEngine import run
+
+    root = tmp_path_factory.mktemp("latentcls")
+    rng = np.random.default_rng(3)
+    pids = [str(5000 + i) for i in range(24)]
+    z = rng.normal(size=(24, 8))
+    table = pd.DataFrame(z, columns=[f"Z{j}" for j in range(8)])
+    table.insert(0, "patientID", pids)
+    for col, value in zip(KEYS[1:], ["20208", "2", "primary", 0, 0, 0]):
+        table.insert(KEYS.index(col), col, value)
+    table.to_parquet(root / "emb.parquet", index=False)
+    pd.DataFrame({"FID": pids, "up": 2 * z[:, 0], "grp": np.where(z[:, 1] > 0, "b", "a")}).to_csv(
+        root / "pheno.tsv", sep="\t", index=False)
+    pd.DataFrame([{"train": str(pids[:16]), "val": str(pids[16:20]), "test": str(pids[20:])}]).to_csv(
+        root / "folds.csv", index=False)
+    run(["--latents", str(root / "emb.parquet"), "--json§DS_phenotypes§path", str(root / "pheno.tsv"),
+         "--json§datadir", str(root), "--json§save_path", str(root), "--no-progress_bar", "--no-tbactive",
+         "--batch_size", "16", "--num_epochs", "30", "--lr", "5e-2", "--heads", "linear", "--fulltrainID", "lc",
+         "--run_mode", "0"], registry.get("latentcls"))
+    return root / "lc"
+
+
+def test_load_direction_from_a_latent_predictor(latentcls_run, diffae, cine):
+    up = api.load_direction(latentcls_run, "up")
+    assert up.vector.shape == (8,) and np.linalg.norm(up.vector) == pytest.approx(1.0)
+    assert np.argmax(np.abs(up.vector)) == 0 and up.vector[0] > 0 and up.label == "up (increasing)"
+    grp = api.load_direction(latentcls_run, "grp:b")
+    assert np.argmax(np.abs(grp.vector)) == 1 and grp.vector[1] > 0 and grp.label == "grp (towards class b)"
+    assert diffae.manipulate(cine[0][:, :1], up, 1.0).shape == (1, 1, 32, 32)
+    with pytest.raises(UserError, match="not a target of"):
+        api.load_direction(latentcls_run, "nope")
+    with pytest.raises(UserError, match="'c' is not one of a, b"):
+        api.load_direction(latentcls_run, "grp:c")
+
+
+def test_app_refuses_bad_flags_in_one_line(vae_run, latentcls_run, capsys):  # noqa: F811
+    import importlib.util
+
+    from Engineering.errors import run_cli
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("app_cli", REPO / "Executors" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for argv, message in (
+        (["--model", str(vae_run), "--direction", str(latentcls_run)], "--direction and --target go together"),
+        (["--model", str(vae_run), "--direction", str(latentcls_run), "--target", "up"],
+         "the manipulation slider renders with a DiffAE"),
+        (["--model", "no/such_model_here"], "no/such_model_here"),
+    ):
+        assert run_cli(module.main, argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
