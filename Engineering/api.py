@@ -50,7 +50,8 @@ from Engineering.io import hub as hub_io
 from Engineering.io.checkpoints import CHECKPOINT_DIR, fit_state
 from Engineering.io.outputs import emb_table
 
-__all__ = ["ImLatentModel", "load", "ids_from_name", "read_nifti", "read_dicom_series", "input_path", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
+__all__ = ["ImLatentModel", "load", "load_direction", "LatentDirection", "ids_from_name", "read_nifti",
+           "read_dicom_series", "input_path", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
 
 H5_SUFFIXES = (".h5", ".hdf5")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")

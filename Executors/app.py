@@ -48,6 +48,9 @@ def main(argv) -> dict:
             raise UserError(f"--direction: the manipulation slider renders with a DiffAE; {a.model} is a "
                             f"{model.cfg.model.drive} model")
         direction = api.load_direction(a.direction, a.target)
+        if direction.vector.size != model.latent_dim:  # found now, not at the first move of the slider
+            raise UserError(f"--direction {a.direction}: its predictor takes {direction.vector.size} latent "
+                            f"dimensions, the model has latent_dim {model.latent_dim} (not this model's latents?)")
     page = webapp.build(model, direction)
     url = f"http://{a.host}:{a.port}/"
     webapp.serve(page, a.host, a.port, on_ready=lambda: print(f"serving {model!r} at {url}", flush=True))
