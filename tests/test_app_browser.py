@@ -21,7 +21,7 @@ import pytest
 from Engineering import api
 from tests.conftest import REPO
 from tests.test_api import diffae_run  # noqa: F401  (module fixture: a tiny trained DiffAE)
-from tests.test_app import KEYS, write_nifti
+from tests.test_app import KEYS, latentcls_run, write_nifti  # noqa: F401  (latentcls_run: a module fixture)
 
 pytestmark = pytest.mark.browser
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -36,14 +36,15 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def page(diffae_run, tmp_path_factory):  # noqa: F811
-    """The app on a free localhost port (analytics off by the app itself, no network needed); its URL."""
+def page(diffae_run, latentcls_run, tmp_path_factory):  # noqa: F811
+    """The app on a free localhost port with a manipulation direction (analytics off by the app itself, no network
+    needed); its URL."""
     port = _free_port()
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(log.parent / "gradio")}
     with open(log, "w") as out:
         proc = subprocess.Popen([sys.executable, str(REPO / "Executors" / "app.py"), "--model", str(diffae_run),
-                                 "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+                                 "--direction", str(latentcls_run), "--target", "up", "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):
@@ -148,6 +149,18 @@ def test_upload_a_nifti_file_and_read_its_latents_from_the_page(page, browser, d
     assert int(grid_el.get_attribute("aria-rowcount")) == len(table) + 1  # the header and one row per latent
     assert f"{table.iloc[0]['Z0']:.6f}"[:8] in browser.find_element(By.CSS_SELECTOR, "#latents").text
     assert len(browser.find_elements(By.CSS_SELECTOR, "#inputs img")) == x.shape[1]  # the preprocessed frames
+
+    # the manipulation slider: a click a quarter of the way from its centre (-3..3 in steps of 0.5) is +1.5
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    track = browser.find_element(By.CSS_SELECTOR, "#scale input[type=range]")
+    ActionChains(browser).move_to_element_with_offset(track, track.size["width"] // 4, 0).click().perform()
+    status = WebDriverWait(browser, 120, poll_frequency=0.25).until(
+        lambda d: (v := d.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")).startswith(
+            ("up ", "error: ")) and v)
+    assert status == "up (increasing): scale +1.5", status
+    assert len(browser.find_elements(By.CSS_SELECTOR, "#manipulated img")) == x.shape[1]
 
     hosts = _requested_hosts(browser)
     assert hosts and hosts <= LOCAL, f"the page requested other hosts: {hosts - LOCAL}"
