@@ -184,3 +184,31 @@ def test_tutorial_runs(page, tmp_path):
         for command in bash_commands(b.code):
             proc = _run(["bash", "-ec", tiny_command(command, b.tiny)], cwd, 1800)
             assert proc.returncode == 0, f"{page.name}: {tiny_command(command, b.tiny)}\n{proc.stderr[-3000:]}"
+
+
+def _nav_pages(node) -> list[str]:
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [p for v in node.values() for p in _nav_pages(v)]
+    return [p for v in node for p in _nav_pages(v)]
+
+
+def test_every_page_is_in_the_navigation_and_every_entry_exists():
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    nav = _nav_pages(config["nav"])
+    on_disk = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+    assert sorted(nav) == on_disk, (set(nav) ^ set(on_disk))
+    assert len(nav) == len(set(nav))
+
+
+def test_the_readme_is_a_landing_page_whose_links_work_on_github():
+    """README.md stays short and links into docs/ with relative paths (they work on GitHub and in a checkout)."""
+    text = (REPO / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    links = re.findall(r"\]\((docs/[^)#\s]+)", text)
+    assert len(links) >= 20
+    for link in links:
+        assert (REPO / link).is_file(), link
+    for page in ("install.md", "how-to/web-app.md", "how-to/demo-model.md", "getting-started.md"):
+        assert f"](docs/{page})" in text, page
