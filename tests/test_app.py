@@ -63,6 +63,8 @@ def test_hdf5_upload_is_embeds_table(diffae, tiny_demo, tmp_path):
     z = [c for c in want.columns if c.startswith("Z")]
     assert len(both) == len(want) == len(res.table)
     assert np.abs(both[z].to_numpy() - both[[f"{c}_page" for c in z]].to_numpy()).max() < 1e-5
+    status, recon = webapp.reconstruct_upload(diffae, res.upload)  # the API reconstructs NIfTI files and arrays
+    assert status.startswith("error: ") and "reconstruct reads NIfTI files and arrays" in status and recon == []
 
 
 def _dicom_series(x: np.ndarray, folder) -> None:
@@ -107,6 +109,8 @@ def test_zipped_dicom_upload_gives_embeds_latents(diffae, cine, tmp_path):
     grid = diffae.embed(folder)
     want = np.stack([grid[r.c, r.t, r.s] for r in res.table.sort_values(["c", "t", "s"]).itertuples()])
     assert len(res.table) == x.shape[1] and np.abs(z_of(res.table) - want).max() < 1e-5
+    status, recon = webapp.reconstruct_upload(diffae, res.upload)
+    assert status == "reconstruction of 4 sample(s) of series.zip" and len(recon) == 4
 
 
 @pytest.mark.parametrize("name, content, message", [
