@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import tempfile
 
 from Engineering.errors import ArgParser, UserError, run_cli
 
@@ -51,9 +52,10 @@ def main(argv) -> dict:
         if direction.vector.size != model.latent_dim:  # found now, not at the first move of the slider
             raise UserError(f"--direction {a.direction}: its predictor takes {direction.vector.size} latent "
                             f"dimensions, the model has latent_dim {model.latent_dim} (not this model's latents?)")
-    page = webapp.build(model, direction)
     url = f"http://{a.host}:{a.port}/"
-    webapp.serve(page, a.host, a.port, on_ready=lambda: print(f"serving {model!r} at {url}", flush=True))
+    with tempfile.TemporaryDirectory(prefix="imlatent_app_") as workroot:  # uploads' unzipped series and TSVs
+        page = webapp.build(model, direction, workroot)
+        webapp.serve(page, a.host, a.port, on_ready=lambda: print(f"serving {model!r} at {url}", flush=True))
     return {"url": url}
 
 
