@@ -12,7 +12,6 @@ Nothing is fetched from outside: analytics off, system fonts only, no share link
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 import zipfile
@@ -83,10 +82,15 @@ def _unzip(path: Path, folder: Path) -> Path:
                 raise UserError(f"{path.name}: unpacks to more than {MAX_UNZIPPED // 1024**3} GB; convert the study "
                                 "with preprocess/dicom_to_h5.py and upload the HDF5 file")
             folder.mkdir(parents=True, exist_ok=True)
+            left = MAX_UNZIPPED  # the sizes a zip declares may lie: count what is written
             for i, m in enumerate(members):
                 # numbered flat names: a member's own path ('../x', '/etc/x') never decides where it is written
                 with zf.open(m) as src, open(folder / f"{i:06d}_{Path(m.filename).name}", "wb") as dst:
-                    shutil.copyfileobj(src, dst)
+                    while chunk := src.read(1 << 20):
+                        left -= len(chunk)
+                        if left < 0:
+                            raise UserError(f"{path.name}: unpacks to more than {MAX_UNZIPPED // 1024**3} GB")
+                        dst.write(chunk)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError) as exc:
         raise UserError(f"{path.name}: not a readable zip file ({exc})") from None
     if not members:

@@ -235,3 +235,22 @@ def test_app_refuses_bad_flags_in_one_line(vae_run, latentcls_run, capsys):  # n
         assert run_cli(module.main, argv) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+
+
+def test_zip_members_stay_in_the_upload_folder(tmp_path):
+    zipped = tmp_path / "evil.zip"
+    with zipfile.ZipFile(zipped, "w") as zf:
+        zf.writestr("../../outside.dcm", b"x")
+        zf.writestr("/etc/abs.dcm", b"y")
+    up = webapp.read_upload(zipped, tmp_path / "work")
+    assert up.kind == "dicom" and sorted(p.name for p in up.source.iterdir()) == ["000000_outside.dcm",
+                                                                                  "000001_abs.dcm"]
+    assert not (tmp_path / "outside.dcm").exists() and up.source.parent == tmp_path / "work"
+
+
+def test_images_of_a_3d_sample_are_its_slices():
+    x = np.arange(2 * 1 * 40 * 4 * 4, dtype=np.float32).reshape(2, 1, 40, 4, 4)  # N x C x S x X x Y
+    keys = pd.DataFrame([["p", "0", "0", "primary", None, 0, None]] * 2, columns=KEYS)
+    shown = webapp.images(x, keys)
+    assert len(shown) == 14 and shown[0][1] == "c=- t=0 s=- slice 0" and shown[1][1].endswith("slice 3")
+    assert shown[0][0].shape == (4, 4) and shown[0][0].min() == 0 and shown[-1][0].max() == 255
