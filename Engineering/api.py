@@ -475,10 +475,11 @@ class ImLatentModel:
         rec = rec if many else rec[:, 0]
         return rec[0] if single else rec
 
-    def preprocessed(self, x, limit: int | None = None) -> tuple[np.ndarray, pd.DataFrame]:
-        """The model's inputs for ``x`` (as :meth:`manipulate` takes it), normalised as the network sees them:
-        ``N x C x ...`` float32 in the model's input layout (the first ``limit`` samples), and their sample keys
-        (the key columns of emb.tsv)."""
+    def preprocessed(self, x, limit: int | None = None, normalised: bool = True) -> tuple[np.ndarray, pd.DataFrame]:
+        """The model's inputs for ``x`` (as :meth:`manipulate` takes it) after the run's crop or pad and resampling,
+        ``N x C x ...`` float32 in the model's input layout (the first ``limit`` samples), normalised as the network
+        sees them (``normalised=False``: in the input's intensity units, those of :meth:`reconstruct`), and their
+        sample keys (the key columns of emb.tsv)."""
         ds, _ = self._image_samples(x, "preprocessed")
         n = len(ds) if limit is None else min(len(ds), max(int(limit), 0))
         items = [ds[i] for i in range(n)]
@@ -486,8 +487,9 @@ class ImLatentModel:
         if not items:
             return np.zeros((0, self.in_channels, *self.cfg.model.input_shape), np.float32), keys
         inp = torch.stack([it["inp"].to(torch.float32) for it in items])
-        affine = torch.stack([it["affine"] for it in items])
-        return normalise_batch(inp, affine).numpy(), keys
+        if not normalised:
+            return inp.numpy(), keys
+        return normalise_batch(inp, torch.stack([it["affine"] for it in items])).numpy(), keys
 
     def _image_samples(self, x, what: str) -> tuple[H5Samples, bool]:
         """The samples of a NIfTI file, DICOM series folder, HDF5 file or array; ``single``: one sample given in

@@ -127,33 +127,41 @@ def reconstruct_upload(model: api.ImLatentModel, up: Upload | None) -> tuple[str
     try:
         x = api.read_dicom_series(up.source)[0] if up.kind == "dicom" else up.source
         rec = model.reconstruct(x)
-        shown, keys = model.preprocessed(up.source, limit=MAX_IMAGES)
+        shown, keys = model.preprocessed(up.source, limit=MAX_IMAGES, normalised=False)
     except tuple(USER_FACING) as exc:
         return error_line(exc), []
     rec = rec[None] if rec.ndim == shown.ndim - 1 else rec
-    return f"reconstruction of {len(rec)} sample(s) of {up.name}", images(rec[:MAX_IMAGES], keys)
+    return f"reconstruction of {len(rec)} sample(s) of {up.name}", images(rec[:MAX_IMAGES], keys, _window(shown))
 
 
 def manipulate_upload(model: api.ImLatentModel, up: Upload | None, direction: api.LatentDirection | None,
                       scale: float) -> tuple[str, list]:
     """The upload's samples rendered with z_sem moved by ``scale`` along ``direction`` (:meth:`api.ImLatentModel.
-    manipulate`: one DDIM inversion and one rendering per sample); the first MAX_IMAGES are shown."""
+    manipulate`: one DDIM inversion and one rendering per sample); the first MAX_IMAGES are shown, on the input's
+    grey scale (so brightness changes show)."""
     if up is None:
         return "Upload a file first.", []
     if direction is None:
         return "error: no direction: start the page with --direction RUN --target NAME[:CLASS]", []
     try:
         renders = model.manipulate(up.source, direction, float(scale))
-        shown, keys = model.preprocessed(up.source, limit=MAX_IMAGES)
+        shown, keys = model.preprocessed(up.source, limit=MAX_IMAGES, normalised=False)
     except tuple(USER_FACING) as exc:
         return error_line(exc), []
     renders = renders[None] if renders.ndim == shown.ndim - 1 else renders
-    return f"{direction.label}: scale {float(scale):+g}", images(renders[:MAX_IMAGES], keys)
+    return f"{direction.label}: scale {float(scale):+g}", images(renders[:MAX_IMAGES], keys, _window(shown))
 
 
-def images(x: np.ndarray, keys: pd.DataFrame) -> list[tuple[np.ndarray, str]]:
+def _window(x: np.ndarray) -> tuple[float, float]:
+    """The grey scale of what images() shows of x: renders are drawn on their input's, as main_latentcls's strips."""
+    shown = x[:, 0] if x.ndim == 4 else x[:1, 0]
+    return float(shown.min()), float(shown.max())
+
+
+def images(x: np.ndarray, keys: pd.DataFrame, window: tuple[float, float] | None = None
+           ) -> list[tuple[np.ndarray, str]]:
     """Grey uint8 images with captions: channel 0 of each 2D sample, or the slices of the first 3D sample; one grey
-    scale for all (so frames compare)."""
+    scale for all (so frames compare): ``window`` (low, high), else their own range; values outside are clipped."""
     if len(x) == 0:
         return []
     planes, captions = [], []
@@ -168,8 +176,8 @@ def images(x: np.ndarray, keys: pd.DataFrame) -> list[tuple[np.ndarray, str]]:
             planes.append(vol[s])
             captions.append(f"{_caption(keys.iloc[0])} slice {s}")
     stack = np.stack(planes[:MAX_IMAGES]).astype(np.float64)
-    lo, hi = float(stack.min()), float(stack.max())
-    grey = np.zeros_like(stack) if hi <= lo else (stack - lo) / (hi - lo)
+    lo, hi = window or (float(stack.min()), float(stack.max()))
+    grey = np.zeros_like(stack) if hi <= lo else np.clip((stack - lo) / (hi - lo), 0, 1)
     return [(np.round(g * 255).astype(np.uint8), c) for g, c in zip(grey, captions)]
 
 

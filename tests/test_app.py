@@ -254,3 +254,18 @@ def test_images_of_a_3d_sample_are_its_slices():
     shown = webapp.images(x, keys)
     assert len(shown) == 14 and shown[0][1] == "c=- t=0 s=- slice 0" and shown[1][1].endswith("slice 3")
     assert shown[0][0].shape == (4, 4) and shown[0][0].min() == 0 and shown[-1][0].max() == 255
+
+
+def test_renders_are_drawn_on_the_inputs_grey_scale(diffae, cine, tmp_path):
+    """The reconstruction gallery uses the input's window (in its intensity units), as main_latentcls's strips."""
+    x = cine[0][:, :2]
+    raw, keys = diffae.preprocessed(x, normalised=False)
+    norm, _ = diffae.preprocessed(x)
+    assert raw.shape == norm.shape == (2, 1, 32, 32) and raw.max() > 100 and norm.max() <= 1.0 + 1e-6
+    nii = tmp_path / "S7_20208_2_cine.nii.gz"
+    write_nifti(x, nii)
+    up = webapp.read_upload(nii, tmp_path)
+    _, shown = webapp.reconstruct_upload(diffae, up)
+    lo, hi = float(raw[:, 0].min()), float(raw[:, 0].max())
+    want = np.round(np.clip((diffae.reconstruct(x)[:, 0] - lo) / (hi - lo), 0, 1) * 255).astype(np.uint8)
+    np.testing.assert_allclose(np.stack([s[0] for s in shown]).astype(int), want.astype(int), atol=1)
