@@ -114,8 +114,10 @@ def embed_upload(model: api.ImLatentModel, path: str | Path | None, workdir: str
     workdir.mkdir(parents=True, exist_ok=True)
     tsv = workdir / (_stem(up.name) + "_latents.tsv")
     table.to_csv(tsv, sep="\t", index=False)
+    datasets = table[list(api.SAMPLE_COLUMNS[:4])].drop_duplicates()
+    more = f" and {len(datasets) - 1} more dataset(s)" if len(datasets) > 1 else ""
     status = (f"{len(table)} latent vector(s) of {model.latent_dim} from {up.name} ({up.kind}); IDs "
-              f"{'/'.join(map(str, table.iloc[0][list(api.SAMPLE_COLUMNS[:4])]))}")
+              f"{'/'.join(map(str, datasets.iloc[0]))}{more}")
     return Result(status, up, table, tsv, images(x, keys))
 
 

@@ -59,6 +59,8 @@ def test_nifti_upload_gives_embeds_latents_and_a_tsv(diffae, cine, tmp_path):
 def test_hdf5_upload_is_embeds_table(diffae, tiny_demo, tmp_path):
     res = webapp.embed_upload(diffae, tiny_demo / "data.h5", tmp_path)
     want = diffae.embed(tiny_demo / "data.h5")
+    n = len(want[KEYS[:4]].drop_duplicates())
+    assert res.status.endswith(f" and {n - 1} more dataset(s)") and n > 1, res.status
     both = want.merge(res.table, on=KEYS, suffixes=("", "_page"), validate="one_to_one")
     z = [c for c in want.columns if c.startswith("Z")]
     assert len(both) == len(want) == len(res.table)
