@@ -248,9 +248,13 @@ def build(model: api.ImLatentModel, direction: api.LatentDirection | None = None
 
 def serve(page, host: str = "127.0.0.1", port: int = 7860, on_ready=None) -> None:
     """Serve until stopped (Ctrl+C or a stop signal, which ``run_cli`` turns into its exit code)."""
-    page.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
-                ssr_mode=False, show_error=False, quiet=True, theme=theme(), footer_links=[], mcp_server=False,
-                pwa=False, enable_monitoring=False)
+    try:
+        page.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
+                    ssr_mode=False, show_error=False, quiet=True, theme=theme(), footer_links=[], mcp_server=False,
+                    pwa=False, enable_monitoring=False)
+    except OSError as exc:  # Gradio's "Cannot find empty port" names its own parameters, not our flags
+        raise UserError(f"cannot serve on {host}:{port} ({str(exc).split('.')[0]}): choose another --port or "
+                        "--host") from None
     if on_ready is not None:
         on_ready()
     try:
