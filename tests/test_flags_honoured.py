@@ -48,7 +48,7 @@ MACHINE = {"accelerator": "no CUDA GPU is visible", "croppad": "use --croppad tr
 # start's engine. Clipping and accumulation are not among them: manual optimisation does them in the engine.
 TRAINER_ONLY = {"non_deter", "dev_run", "ndevices", "nnodes", "training_strategy", "deepspeed_config",
                 "sync_batchnorm", "ampmode", "num_epochs", "n_train_batches", "early_stopping_patience", "tbactive",
-                "wnbactive", "wnbproject", "profiler", "check_anomalies", "progress_bar"}
+                "tb_image_every", "wnbactive", "wnbproject", "profiler", "check_anomalies", "progress_bar"}
 
 TINY_RECON = ["--input_shape", "32,32", "--latent_dim", "8", "--batch_size", "4", "--model§pythae§n_features", "4",
               "--n_train_batches", "2", "--n_val_batches", "2", "--no-progress_bar", "--no-tbactive"]
@@ -359,7 +359,7 @@ def _alternative(name: str, base_cfg, world: dict, task: str, save: Path) -> tup
         "grey2RGB": ([], ["--json§datadir", str(world["_demo"])]),  # (a one-channel cohort)
         "check_anomalies": ([], []), "non_deter": ([], []), "wnbactive": ([], []), "auto_bs": ([], []),
         "auto_lr": ([], []),
-        "tbactive": ([], []), "progress_bar": ([], []),
+        "tbactive": ([], []), "progress_bar": ([], []), "tb_image_every": (["0"], ["--tbactive"]),
     }
     if name in special:
         args, pre = special[name]

@@ -24,6 +24,8 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines.bn_policy import BNPolicy
+from Engineering.Engines.console import quiet
+from Engineering.Engines.image_grids import ImageGrids
 from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed, read_deepspeed_config
 from Engineering.Engines.output_writer import OutputWriter, done_samples, test_fingerprint
 from Engineering.Engines.registry import TaskSpec, drive_errors
@@ -143,6 +145,7 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     """The run's Trainer; ``testing``: the loggers of a DeepSpeed run's training Trainer, for the Trainer of its
     test phase (DDP over the same processes, logging to the same files)."""
     r, t = cfg.run, cfg.training
+    quiet()  # the third-party tips and warnings the project silences (Engines/console.py)
     acc = resolved_accelerator(cfg)
     devices = device_count(cfg, acc)
     world = devices * max(1, r.nnodes)
@@ -160,6 +163,8 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         loggers = list(testing)
     elif r.tbactive:
         loggers.append(TensorBoardLogger(save_dir=cfg.paths.tblog_path or str(run_dir), name="tensorboard", version=""))
+        if r.tb_image_every:  # inputs beside reconstructions or samples (the task honours it: config/honour.py)
+            callbacks.append(ImageGrids(r.tb_image_every))
     if testing is None:
         shard = parse_shard(r.shard)  # parallel shards of one test log apart
         # a test-only run logs apart too: Lightning's CSVLogger empties the folder it writes (the training's log)

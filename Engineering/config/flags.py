@@ -143,6 +143,9 @@ FLAGS: tuple[Flag, ...] = (
     _f("Test", "save_recon_subs", "eval", "str", "", "Comma-separated patient IDs whose reconstructions go to recon.h5."),
     # --- Logging and control
     _f("Logging", "tbactive", "run", "bool", True, "TensorBoard logging."),
+    _f("Logging", "tb_image_every", "run", "int", 1,
+       "TensorBoard image grids every N epochs (0 = off): validation inputs and their reconstructions, or a "
+       "generator's samples (3D: the middle slice).", **NON_NEGATIVE),
     _f("Logging", "wnbactive", "run", "bool", False, "Weights & Biases logging (needs wandb installed)."),
     _f("Logging", "wnbproject", "run", "str", "imlatent", "Weights & Biases project."),
     _f("Logging", "profiler", "run", "str", "", "Lightning profiler: simple, advanced, pytorch ('' = off)."),

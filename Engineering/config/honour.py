@@ -39,7 +39,10 @@ IMAGES = frozenset({"is3D", "input_shape", "norm_type", "norm_range", "prenorm",
 LATENT = frozenset({"latent_dim"})
 # the output contract's writer (emb.h5, tables, recon.h5)
 OUTPUTS = frozenset({"shard", "test_emb_only", "eval§n_preview", "eval§output_chunk"})
-RECON_OUTPUTS = frozenset({"n_save_recon_subs", "save_recon_subs"})
+# TensorBoard grids of inputs beside reconstructions or samples (Engines/image_grids.py): the families that
+# reconstruct (with RECON_OUTPUTS) and the generators
+IMAGE_GRIDS = frozenset({"tb_image_every"})
+RECON_OUTPUTS = frozenset({"n_save_recon_subs", "save_recon_subs"}) | IMAGE_GRIDS
 EMA = frozenset({"test_ema", "training§ema_decay", "training§ema_warmup"})
 # group-pure batches (data/group_batches.py) and BatchNorm statistics at evaluation (Engines/bn_policy.py)
 GROUPS = frozenset({"batch_groups", "json§DS_covariates"})
@@ -118,6 +121,9 @@ CONDITIONS: tuple[tuple[str, Condition], ...] = (
      "json§is_complexDS true for complex data"),
     ("allow_pad", lambda c: "acts only with --croppad" if not c.data.croppad else None),
     ("wnbproject", lambda c: "acts only with --wnbactive" if not c.run.wnbactive else None),
+    ("tb_image_every", lambda c: None if not c.run.tb_image_every else "logs image grids to TensorBoard: it acts "
+     "only with --tbactive" if not c.run.tbactive else "logs image grids while training; --run_mode 2 trains nothing"
+     if c.run.run_mode == 2 else None),
     ("prefetch_factor", lambda c: "acts only with --num_workers > 0" if not c.run.num_workers else None),
     ("hf_weights", lambda c: "acts only with --load_hf" if not c.run.load_hf else None),
     ("load_best", lambda c: "picks the checkpoint of a test run: it needs --run_mode 2 with --resume or "
@@ -182,7 +188,8 @@ def _value(cfg, name: str):
 
 
 def _generic_why(name: str) -> str:
-    for group, why in ((IMAGES, "it reads no H5 images"), (LOADERS, "its data loader does not take it"),
+    for group, why in ((IMAGE_GRIDS, "it has no decoder or generator: no reconstructions or samples to show"),
+                       (IMAGES, "it reads no H5 images"), (LOADERS, "its data loader does not take it"),
                        (OPTIMISER | ACCUMULATION | CLIPPING, "it builds and steps its own optimisers"),
                        (EMA, "it keeps no EMA of its weights"), (GROUPS | BN_EVAL, "it has no group-pure batches or "
                        "BatchNorm evaluation policy"), (OUTPUTS | RECON_OUTPUTS, "it writes other outputs"),

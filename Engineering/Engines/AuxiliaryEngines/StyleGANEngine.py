@@ -295,7 +295,7 @@ register(TaskSpec(
     # two optimisers stepped by hand: their optimiser, schedule and clipping are applied here, not accumulation;
     # the test writes samples of the EMA generator (no latents, no reconstructions)
     honours=(honour.LIFECYCLE | honour.LOADERS | honour.OPTIMISER | honour.CLIPPING | honour.IMAGES
-             | honour.GROUPS) - {"auto_lr", "auto_bs", "load_best", "is3D", "deepspeed_config"},
+             | honour.GROUPS | honour.IMAGE_GRIDS) - {"auto_lr", "auto_bs", "load_best", "is3D", "deepspeed_config"},
     why_not={"load_best": "its validation loss does not measure sample quality: the test, its samples and "
                           "main_restyle --generator use the last checkpoint",
              "effective_batch_size": "adversarial training steps the discriminator and the generator once per batch "
