@@ -40,6 +40,11 @@ demo-model: setup
 		--n_val_batches 2 --accelerator cpu --no-progress_bar --no-tbactive \
 		--json§save_path $(DEMO_MODEL_RUN) --fulltrainID demo_model
 	$(PY) Executors/export_hf.py --run $(DEMO_MODEL_RUN)/demo_model --checkpoint last --out examples/demo_model
+	printf '%s\n' '' '## How this model was made' '' \
+		'`make demo-model`: Executors/main_diffAE.py on the synthetic demo cohort @demo (seed 1701; 3 epochs of' \
+		'20 batches of 16 on CPU, train+val), then Executors/export_hf.py --checkpoint last. It shows the commands' \
+		'(Executors/embed.py, Engineering.api, Executors/app.py) in seconds; trained for minutes on synthetic' \
+		'phantoms, it is no model of real images (docs/how-to/demo-model.md).' >> examples/demo_model/README.md
 
 test: setup docs
 	$(VENV)/bin/lint-imports
@@ -67,7 +72,25 @@ test-browser: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
-ci: test test-deepspeed test-gwas test-browser
+# Poetry, as a user installs it: Poetry in its own venv (build/poetry-tool), the project's environment made afresh from
+# the committed poetry.lock in build/poetry-envs (never .venv), then the ancestor's command. torch is the locked
+# 2.13.0 from PyPI (on Linux its CUDA build, about 3 GB of wheels; it runs on the CPU too). CI never re-locks:
+# `poetry check --lock` fails if pyproject.toml changed without `poetry lock` (docs/install.md, "Poetry").
+POETRY_VERSION ?= 2.5.1
+POETRY_TOOL := $(CURDIR)/build/poetry-tool
+POETRY := $(POETRY_TOOL)/bin/poetry
+POETRY_ENV := POETRY_VIRTUALENVS_PATH=$(CURDIR)/build/poetry-envs POETRY_VIRTUALENVS_IN_PROJECT=false
+test-poetry:
+	test -x $(POETRY) || (python3 -m venv $(POETRY_TOOL) && $(POETRY_TOOL)/bin/pip install -q "poetry==$(POETRY_VERSION)")
+	rm -rf build/poetry-envs
+	$(POETRY_ENV) $(POETRY) check --lock
+	$(POETRY_ENV) $(POETRY) install --extras dev --no-interaction --quiet
+	$(POETRY_ENV) $(POETRY) run python -c "import torch; print('poetry env: torch', torch.__version__)"
+	$(POETRY_ENV) $(POETRY) run python Executors/main_diffAE.py --help >/dev/null
+	cd /tmp && $(POETRY_ENV) $(POETRY) -C $(CURDIR) run imlatent diffae --help >/dev/null
+	@echo "test-poetry: poetry install from poetry.lock and the commands' --help passed"
+
+ci: test test-deepspeed test-gwas test-browser test-poetry
 
 # Speed (README "Speed"): ANCESTOR=/path/to/ImLatent times the ancestor side by side (published row ~16 min)
 ANCESTOR ?=
