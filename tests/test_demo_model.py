@@ -96,3 +96,17 @@ def test_the_api_embeds_demo_data_as_embed_py_writes_it(tmp_path):
     np.testing.assert_allclose(table[z_cols].to_numpy(), df[z_cols].to_numpy(), rtol=0, atol=1e-5)
     z = df[z_cols].to_numpy()
     assert np.isfinite(z).all() and (z.std(axis=0) > 1e-3).all()  # trained latents that tell the frames apart
+
+
+def test_the_web_page_embeds_demo_data_with_it(tmp_path):
+    """What Executors/app.py --model examples/demo_model shows after an HDF5 upload: the API's latents."""
+    from Engineering import api, webapp
+
+    data = _demo_subset(tmp_path, n_patients=2)
+    model = api.load(str(DEMO_MODEL))
+    result = webapp.embed_upload(model, data, tmp_path / "work")
+    assert not result.status.startswith("error"), result.status
+    expected = model.embed(data)
+    pd.testing.assert_frame_equal(result.table.reset_index(drop=True), expected.reset_index(drop=True),
+                                  check_dtype=False, atol=1e-5, rtol=0)
+    assert result.images  # the preprocessed input is shown
