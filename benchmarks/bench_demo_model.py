@@ -49,7 +49,9 @@ def main(argv=None) -> int:
             rows = sum(1 for _ in out.open()) - 1
             print(f"run {i + 1}: {times[-1]:.1f} s ({rows} samples)", flush=True)
     median = statistics.median(times)
-    print(f"median of {a.repeats}: {median:.1f} s on {os.cpu_count()} cores (limit {a.limit:.0f} s)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other work on the machine slows every run
+    print(f"median of {a.repeats}: {median:.1f} s on {os.cpu_count()} cores (limit {a.limit:.0f} s; load average "
+          f"{load})")
     return 0 if median <= a.limit else 1
 
 
