@@ -15,7 +15,7 @@ from Engineering.Engines.image_grids import PAD, display_range, grid, middle_sli
 from Engineering.Engines.MainEngine import run
 from Engineering.errors import UserError
 from tests.conftest import TINY_DIFFAE
-from tests.test_flags_honoured import TINY_GAN
+from tests.test_flags_honoured import TINY_GAN, TINY_RECON
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -96,6 +96,16 @@ def test_diffae_logs_inputs_and_reconstructions_every_n_epochs(tiny_demo, tmp_pa
 
     run([*base, "--fulltrainID", "off", "--tb_image_every", "0"], registry.get("diffAE"))
     assert _images(tmp_path / "off") == {} and "val_loss" in _scalars(tmp_path / "off")  # TensorBoard still on
+
+
+@pytest.mark.parametrize("model", ["vae", "rhvae"])  # (rhvae: a model that needs gradients to evaluate)
+def test_pythae_vaes_log_inputs_and_reconstructions(model, tiny_demo, tmp_path):
+    run([*TINY_RECON, "--interp_fact", "1", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
+         "--fulltrainID", model, "--num_epochs", "1", "--run_mode", "1", "--tbactive", "--model§pythae§model", model],
+        registry.get("recon"))
+    images = _images(tmp_path / model)
+    assert sorted(images) == ["images/inputs", "images/reconstructions"]
+    assert [(e.width, e.height) for e in images["images/reconstructions"]] == [_size(4, 1, 32)]
 
 
 def test_3d_grids_show_the_middle_slice(tmp_path):
