@@ -15,7 +15,7 @@ from Engineering.Engines.image_grids import PAD, display_range, grid, middle_sli
 from Engineering.Engines.MainEngine import run
 from Engineering.errors import UserError
 from tests.conftest import TINY_DIFFAE
-from tests.test_flags_honoured import TINY_GAN, TINY_RECON
+from tests.test_flags_honoured import TINY_GAN, TINY_RECON, TINY_SSL
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -142,3 +142,11 @@ def test_the_flag_is_refused_where_it_would_do_nothing(tiny_demo, tmp_path, caps
         run(["--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path), "--tb_image_every", "1"],
             registry.get("ssl"))
     assert not (tmp_path / "x").exists()
+
+
+def test_a_task_without_decoder_or_generator_logs_no_grids(tiny_demo, tmp_path):
+    """SSL with TensorBoard on (the default --tb_image_every 1 is not honoured by it): scalars, no images."""
+    run([*TINY_SSL, "--interp_fact", "1", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
+         "--fulltrainID", "s", "--n_train_batches", "2", "--num_epochs", "1", "--run_mode", "1", "--tbactive",
+         "--knn_label", "ef_class"], registry.get("ssl"))
+    assert _images(tmp_path / "s") == {} and "val_loss" in _scalars(tmp_path / "s")

@@ -11,7 +11,7 @@ Every N epochs (after the epoch's validation) the callback logs to the run's Ten
 One grid per tag, greyscale: a row per channel, a column per sample; a 3D sample shows its middle slice. Inputs
 and reconstructions share one display range per channel (the inputs' minimum and maximum), so that they compare;
 a generator's samples use the inputs' range too when inputs were seen. A family that neither reconstructs nor
-generates logs nothing (its task does not honour the flag: config/honour.py). Plain numpy (torchvision is not a
+generates logs nothing (its task does not honour the flag, config/honour.py: its runs have no grids). Plain numpy (torchvision is not a
 dependency).
 The engine runs in evaluation mode without gradients (with them for the engines that need them to evaluate) and
 goes back to the mode of each of its modules afterwards.
@@ -23,8 +23,11 @@ import numpy as np
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from Engineering.Engines import registry
+
 N_IMAGES = 8  # samples per grid (at most the validation batch, which fits in memory)
 PAD = 2  # pixels between tiles (white)
+FLAG = "tb_image_every"
 TAGS = ("images/inputs", "images/reconstructions", "images/samples")
 
 
@@ -71,8 +74,16 @@ class ImageGrids(L.Callback):
         self.every, self.n_images = int(every), int(n_images)
         self._inputs: torch.Tensor | None = None
 
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        # on for the tasks that declare the flag honoured (they reconstruct or generate: config/honour.py); the
+        # others (ssl, erm, iid, ...) run with TensorBoard's default grids off, as if --tb_image_every 0
+        drive = getattr(getattr(getattr(pl_module, "cfg", None), "model", None), "drive", None)
+        spec = next((t for t in registry.tasks().values() if t.drive == drive), None)
+        self.active = spec is None or spec.honours is None or FLAG in spec.honours
+
     def _due(self, trainer) -> bool:
-        return (trainer.current_epoch + 1) % self.every == 0 and not trainer.sanity_checking
+        return getattr(self, "active", True) and (trainer.current_epoch + 1) % self.every == 0 \
+            and not trainer.sanity_checking
 
     def _keep(self, batch) -> None:
         x = batch.get("inp") if isinstance(batch, dict) else None
@@ -106,7 +117,10 @@ class ImageGrids(L.Callback):
     def images(self, trainer, pl_module) -> dict[str, np.ndarray]:
         """{tag: (1, H, W) grid} of this epoch: inputs and reconstructions and/or samples."""
         out, x = {}, self._inputs
-        use_ema = bool(getattr(pl_module.cfg.eval, "test_ema", False)) and hasattr(pl_module, "ema_net")
+        if x is None and not self._generates(pl_module):  # no images seen (point clouds, latent tables)
+            return out
+        evaluation = getattr(getattr(pl_module, "cfg", None), "eval", None)
+        use_ema = bool(getattr(evaluation, "test_ema", False)) and hasattr(pl_module, "ema_net")
         modes = {m: m.training for m in pl_module.modules()}
         grad = torch.enable_grad() if getattr(pl_module, "needs_grad_in_eval", False) else torch.no_grad()
         pl_module.eval()
