@@ -94,6 +94,12 @@ def test_diffae_logs_inputs_and_reconstructions_every_n_epochs(tiny_demo, tmp_pa
     assert {tag: len(e) for tag, e in _images(tmp_path / "every2").items()} == {
         "images/inputs": 1, "images/reconstructions": 1}
 
+    # no validation (train and val merged, --run_mode 0): the first training batch of the epoch
+    run([*base, "--fulltrainID", "merged", "--run_mode", "0", "--num_epochs", "1"], registry.get("diffAE"))
+    merged = _images(tmp_path / "merged")
+    assert sorted(merged) == ["images/inputs", "images/reconstructions"]
+    assert [(e.width, e.height) for e in merged["images/inputs"]] == [_size(4, 1, 32)]  # (--batch_size 4)
+
     run([*base, "--fulltrainID", "off", "--tb_image_every", "0"], registry.get("diffAE"))
     assert _images(tmp_path / "off") == {} and "val_loss" in _scalars(tmp_path / "off")  # TensorBoard still on
 
