@@ -24,8 +24,8 @@ COPY Configs ./Configs
 COPY Engineering ./Engineering
 COPY Executors ./Executors
 COPY preprocess ./preprocess
-# editable: the tools read their default configurations from /opt/imlatent/Configs
-RUN pip install -e . && imlatent --help >/dev/null
+# the wheel carries the packages, the default configurations (Configs/) and the console commands
+RUN pip install . && imlatent --help >/dev/null
 
 WORKDIR /work
 ENTRYPOINT ["imlatent"]
