@@ -277,3 +277,30 @@ def test_dockerfile_installs_cpu_torch_by_default_and_cuda_on_request():
     assert project_at and project_at.start() > torch_at
     entry = [rest for word, rest in steps if word == "ENTRYPOINT"]
     assert entry == ['["imlatent"]']
+
+
+def test_apptainer_definition_matches_the_dockerfile():
+    """apptainer.def (clusters without Docker) is parsed too: its header, known sections, %files sources that
+    exist, and the same torch default (CPU index, the release of the other routes) before the project."""
+    text = (REPO / "apptainer.def").read_text()
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    assert lines[:2] == ["Bootstrap: docker", "From: python:3.11-slim"]
+    sections: dict[str, list[str]] = {}
+    current = None
+    for ln in lines[2:]:
+        if ln.startswith("%"):
+            current = ln.split()[0]
+            assert current in {"%arguments", "%files", "%environment", "%post", "%runscript", "%labels",
+                               "%help", "%test", "%setup", "%startscript"}, current
+            sections[current] = []
+        else:
+            assert current, ln
+            sections[current].append(ln.strip())
+    for entry in sections["%files"]:
+        src, _dest = entry.split()
+        assert (REPO / src).exists(), src
+    args = dict(a.split("=", 1) for a in sections["%arguments"])
+    assert args == {"TORCH_VERSION": str(_torch_cpu_pin()), "TORCH_INDEX": "https://download.pytorch.org/whl/cpu"}
+    post = "\n".join(sections["%post"])
+    assert post.index('torch=={{ TORCH_VERSION }}" --index-url "{{ TORCH_INDEX }}"') < post.index("pip install /opt")
+    assert sections["%runscript"] == ['exec imlatent "$@"']
