@@ -156,3 +156,54 @@ def test_a_task_without_decoder_or_generator_logs_no_grids(tiny_demo, tmp_path):
          "--fulltrainID", "s", "--n_train_batches", "2", "--num_epochs", "1", "--run_mode", "1", "--tbactive",
          "--knn_label", "ef_class"], registry.get("ssl"))
     assert _images(tmp_path / "s") == {} and "val_loss" in _scalars(tmp_path / "s")
+
+
+
+NOISE = ("💡", "litlogger", "LeafSpec", "module(s) in eval mode", "smaller than the logging interval",
+         "does not have many workers")
+
+
+def _console_of_a_run(tiny_demo, tmp_path, name: str) -> tuple[list[str], list[str]]:
+    """(every warning that would be shown, every record of Lightning's loggers) of a tiny DiffAE training run."""
+    import logging
+    import warnings
+
+    records: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            records.append(record.getMessage())
+    keep = Keep()
+    logging.getLogger("lightning").addHandler(keep)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")  # (the run's own filters go in front of this one)
+            run([*TINY_DIFFAE, "--tbactive", "--run_mode", "1", "--json§datadir", str(tiny_demo), "--json§save_path",
+                 str(tmp_path), "--fulltrainID", name], registry.get("diffAE"))
+    finally:
+        logging.getLogger("lightning").removeHandler(keep)
+    return [str(w.message) for w in caught], records
+
+
+def test_the_console_is_quiet(tiny_demo, tmp_path, monkeypatch):
+    """A training run shows none of the third-party tips and warnings Engines/console.py silences, each of which a
+    run without its filters shows (the litlogger tip, LeafSpec's deprecation, the EMA copy in eval mode, the
+    logging interval longer than the epoch); Lightning's other lines still reach its logger."""
+    import logging
+    import warnings
+
+    from Engineering.Engines import MainEngine, console
+
+    shown, records = _console_of_a_run(tiny_demo, tmp_path, "quiet")
+    for noise in NOISE:
+        assert not any(noise in line for line in shown + records), noise
+    assert any("max_epochs=1" in r for r in records)  # ("`Trainer.fit` stopped: `max_epochs=1` reached.")
+
+    # without the filters (the same run in a fresh warnings state): each silenced message is there
+    with warnings.catch_warnings():
+        monkeypatch.setattr(MainEngine, "quiet", lambda: None)
+        for name in console.TIP_LOGGERS:
+            monkeypatch.setattr(logging.getLogger(name), "filters", [])
+        shown, records = _console_of_a_run(tiny_demo, tmp_path, "loud")
+    for noise in ("💡", "LeafSpec", "module(s) in eval mode", "smaller than the logging interval"):
+        assert any(noise in line for line in shown + records), noise
