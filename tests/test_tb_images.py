@@ -188,12 +188,16 @@ def _console_of_a_run(tiny_demo, tmp_path, name: str) -> tuple[list[str], list[s
 def test_the_console_is_quiet(tiny_demo, tmp_path, monkeypatch):
     """A training run shows none of the third-party tips and warnings Engines/console.py silences, each of which a
     run without its filters shows (the litlogger tip, LeafSpec's deprecation, the EMA copy in eval mode, the
-    logging interval longer than the epoch); Lightning's other lines still reach its logger."""
+    logging interval longer than the epoch, few loader workers on a machine with more cores); Lightning's other lines still reach its logger."""
     import logging
     import warnings
 
+    from lightning.pytorch.trainer.connectors import data_connector
+
     from Engineering.Engines import MainEngine, console
 
+    # as on a machine with more than two cores, where Lightning asks for more loader workers
+    monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda n: 4)
     shown, records = _console_of_a_run(tiny_demo, tmp_path, "quiet")
     for noise in NOISE:
         assert not any(noise in line for line in shown + records), noise
@@ -205,5 +209,6 @@ def test_the_console_is_quiet(tiny_demo, tmp_path, monkeypatch):
         for name in console.TIP_LOGGERS:
             monkeypatch.setattr(logging.getLogger(name), "filters", [])
         shown, records = _console_of_a_run(tiny_demo, tmp_path, "loud")
-    for noise in ("💡", "LeafSpec", "module(s) in eval mode", "smaller than the logging interval"):
+    for noise in ("💡", "LeafSpec", "module(s) in eval mode", "smaller than the logging interval",
+                  "does not have many workers"):
         assert any(noise in line for line in shown + records), noise
