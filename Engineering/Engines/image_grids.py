@@ -11,8 +11,9 @@ Every N epochs (after the epoch's validation) the callback logs to the run's Ten
 One grid per tag, greyscale: a row per channel, a column per sample; a 3D sample shows its middle slice. Inputs
 and reconstructions share one display range per channel (the inputs' minimum and maximum), so that they compare;
 a generator's samples use the inputs' range too when inputs were seen. A family that neither reconstructs nor
-generates logs nothing (its task does not honour the flag, config/honour.py: its runs have no grids). Plain numpy (torchvision is not a
-dependency).
+generates logs nothing (its task does not honour the flag, config/honour.py: its runs have no grids). Plain
+numpy: torchvision is not a dependency.
+
 The engine runs in evaluation mode without gradients (with them for the engines that need them to evaluate) and
 goes back to the mode of each of its modules afterwards.
 """
