@@ -63,7 +63,19 @@ SKIP = {
                                                 "runs them)",
     "python Executors/main_benchmark.py --latents DiffAE=Results/cmp_diffae/": "the comparison tutorial's runs "
                                                                                "(docs/tutorials/compare.md runs it)",
+    "python Executors/app.py": "starts the web page's server (make test-browser tests the page)",
+    # the install routes (docs/install.md): the tests run inside the installed environment
+    "python3 -m venv": "the install itself (make setup)",
+    ".venv/bin/pip install": "the install itself (make setup)",
+    "make setup": "the install itself (every make target runs it first)",
+    "pipx install poetry": "the Poetry route (make test-poetry builds a fresh Poetry environment)",
+    "poetry ": "the Poetry route (make test-poetry builds a fresh Poetry environment)",
+    "conda ": "the conda route (conda is not on the test machines)",
+    "docker ": "container builds and runs (docker is not on the test machines)",
+    "apptainer ": "container builds and runs (apptainer is not on the test machines)",
 }
+# commands the text names without arguments: a script's name, not a command to run
+EXACT = {"python Executors/export_hf.py": "the script's name (its commands are on the Hub and demo-model pages)"}
 # make targets the README runs, as the Makefile's recipe does (without creating a venv)
 MAKE = {"make demo": "python Executors/main_diffAE.py"}
 
@@ -89,6 +101,10 @@ def readme_commands(text: str | None = None) -> list[str]:
 
 
 def skip_reason(command: str) -> str | None:
+    if command in EXACT:
+        return EXACT[command]
+    if command.endswith("..."):
+        return "a synopsis ('...' stands for the flags)"
     for prefix, why in SKIP.items():
         if command.startswith(prefix):
             return why
