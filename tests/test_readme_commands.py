@@ -61,6 +61,9 @@ SKIP = {
     "python preprocess/dicom_to_h5.py scans": "the tutorials' stand-in files (docs/tutorials/dicom-to-h5.md runs them)",
     "python preprocess/validate_h5.py mydata/": "the tutorials' stand-in files (docs/tutorials/train-3d-diffae.md "
                                                 "runs them)",
+    "python preprocess/make_folds.py mydata/": "the tutorials' stand-in files (docs/tutorials/train-3d-diffae.md "
+                                               "runs them)",
+    "mkdir -p mydata": "the folder of the tutorials' stand-in files (docs/tutorials/train-3d-diffae.md)",
     "python Executors/main_benchmark.py --latents DiffAE=Results/cmp_diffae/": "the comparison tutorial's runs "
                                                                                "(docs/tutorials/compare.md runs it)",
     "python Executors/app.py": "starts the web page's server (make test-browser tests the page)",
