@@ -63,7 +63,7 @@ def _torch_cpu_pin() -> Version:
     """The torch release of the pip route: Makefile's TORCH_CPU (installed before the project on CPU machines)."""
     m = re.search(r"^TORCH_CPU \?= torch==(\S+)$", (REPO / "Makefile").read_text(), re.M)
     assert m, "Makefile: TORCH_CPU ?= torch==X.Y.Z"
-    return Version(m.group(1))
+    return Version(Version(m.group(1)).public)  # "2.13.0" whether the Makefile names 2.13.0 or 2.13.0+cpu
 
 
 def _lock_packages() -> dict[str, list[dict]]:
