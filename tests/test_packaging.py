@@ -111,6 +111,32 @@ def test_poetry_lock_covers_pyproject():
     assert lock["metadata"]["content-hash"]
 
 
+def _poetry_content_hash() -> str:
+    """Poetry 2's content-hash of pyproject.toml (poetry/packages/locker.py, Locker._get_content_hash): the sha256 of
+    the sorted JSON of the [project] and [tool.poetry] keys that decide the lock."""
+    import hashlib
+    import json
+
+    project = {k: PYPROJECT["project"][k] for k in ("requires-python", "dependencies", "optional-dependencies")
+               if k in PYPROJECT["project"]}
+    groups = PYPROJECT.get("dependency-groups", {})
+    poetry = PYPROJECT["tool"].get("poetry", {})
+    content: dict = {"project": project}
+    if groups:
+        content["dependency-groups"] = groups
+    content["tool"] = {"poetry": {k: poetry[k] for k in ("dependencies", "source", "extras", "dev-dependencies",
+                                                         "group") if k in poetry}}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+
+
+def test_poetry_lock_is_the_lock_of_this_pyproject():
+    """A dependency changed in pyproject.toml without `poetry lock` fails here (and `poetry check --lock` fails in
+    make test-poetry). Re-lock: pipx install poetry==2.5.1 && poetry lock (minutes), then commit poetry.lock."""
+    lock = tomllib.loads((REPO / "poetry.lock").read_text())
+    assert lock["metadata"]["content-hash"] == _poetry_content_hash(), \
+        "poetry.lock is stale: run `poetry lock` and commit poetry.lock (docs/install.md, Poetry)"
+
+
 LINUX = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
          "implementation_name": "cpython", "platform_python_implementation": "CPython"}
 
