@@ -52,7 +52,7 @@ def _environment_requirements() -> tuple[dict[str, Requirement], list[str]]:
         if name in ("python", "pip"):
             continue
         spec = item[len(name):].strip()
-        # conda's "pkg=1.2" is "pkg==1.2.*"; the file uses pip-style operators only (checked below)
+        # conda's "pkg=1.2" means "pkg==1.2.*": the file uses pip-style operators only, so the bounds compare
         assert not re.match(r"^=[^=]", spec), f"environment.yml: write {item!r} with a pip-style operator"
         r = Requirement(CONDA_TO_PYPI.get(name, name) + spec)
         out[canonicalize_name(r.name)] = r
