@@ -212,3 +212,10 @@ def test_the_readme_is_a_landing_page_whose_links_work_on_github():
         assert (REPO / link).is_file(), link
     for page in ("install.md", "how-to/web-app.md", "how-to/demo-model.md", "getting-started.md"):
         assert f"](docs/{page})" in text, page
+
+
+def test_the_results_figures_are_the_benchmarks_own():
+    """docs/assets holds copies of the benchmark figures (a page cannot link outside docs/): the same bytes."""
+    for name in ("gwas_manhattan.png", "cells_radar.png"):
+        assert (DOCS / "assets" / name).read_bytes() == (REPO / "benchmarks" / "results" / name).read_bytes(), \
+            f"cp benchmarks/results/{name} docs/assets/"
