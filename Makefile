@@ -14,7 +14,9 @@
 #   make bench-cells -> classical vs rotation-invariant image and point-cloud models on @cells, every metric family
 VENV ?= .venv
 PY := $(VENV)/bin/python
-TORCH_CPU ?= torch==2.13.0
+TORCH_CPU ?= torch==2.13.0+cpu
+# PyPI's Linux torch wheels are CUDA builds (GBs): the CPU build comes from PyTorch's CPU index
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 .PHONY: setup demo demo-model test docs test-slow test-deepspeed test-gwas test-browser test-poetry ci bench bench-quality bench-cells clean
 
@@ -24,7 +26,8 @@ $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# CPU-only machine: install the CPU torch build first so pip does not pull the CUDA one.
-	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q "$(TORCH_CPU)"; fi
+	if ! command -v nvidia-smi >/dev/null 2>&1; then \
+		$(PY) -m pip install -q --retries 1 "$(TORCH_CPU)" --extra-index-url "$(TORCH_CPU_INDEX)"; fi
 	$(PY) -m pip install -q -e ".[dev]"
 	touch $@
 
@@ -108,4 +111,4 @@ bench-cells: setup
 	$(PY) benchmarks/bench_cells.py --write benchmarks/results/cells.md --radar benchmarks/results/cells_radar.png
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .pytest_cache site build/poetry-tool build/poetry-envs
