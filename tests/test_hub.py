@@ -216,3 +216,36 @@ def test_checkpoint_config_cannot_name_code(tiny_demo, tmp_path):
     assert proc.returncode == 2 and not marker.exists(), proc.stderr[-2000:]
     line = proc.stderr.strip().splitlines()[-1]
     assert "evil.ckpt" in line and "custom_loss_class" in line and "subprocess.Popen" in line
+
+
+def test_export_config_carries_every_setting_of_the_sample_transform(tiny_demo):
+    """An export loaded with the task's defaults underneath rebuilds the run's sample transform exactly: every data
+    setting at a non-default value survives config.json (augmentation aside: it is training's)."""
+    import dataclasses
+
+    from Engineering.config.loader import resolve
+    from Engineering.data.datamodule import sample_spec
+    from Engineering.io.hub import export_config, layer_from_config
+
+    task = registry.get("diffAE")
+    base = ["--json§datadir", str(tiny_demo), "--json§is_complexDS", "true"]
+    trained = resolve([*base, "--norm_type", "zscore", "--prenorm", "255", "--zscore_mean", "0.2",
+                       "--zscore_std", "0.5", "--allow_pad", "true", "--interp_fact", "0.75",
+                       "--complex_mode", "phase", "--grey2RGB", "true"], task).cfg
+    config = json.loads(json.dumps(export_config(trained, 1, "ema")))  # as written to and read from the file
+    loaded = resolve(base, task, layer=layer_from_config(config)).cfg
+    skip = {"flip_prob", "flip_axes", "mask_mode"}
+    want, got = sample_spec(trained), sample_spec(loaded)
+    default = sample_spec(resolve(base, task).cfg)
+    differs = [f.name for f in dataclasses.fields(want) if getattr(want, f.name) != getattr(default, f.name)]
+    assert {"norm_type", "prenorm", "zscore_mean", "zscore_std", "allow_pad", "interp_fact", "complex_mode",
+            "grey2RGB"} <= set(differs)
+    for f in dataclasses.fields(want):
+        if f.name not in skip:
+            assert getattr(got, f.name) == getattr(want, f.name), f.name
+    # the min-max family's range too (the DiffAE's default is symmetric), and no crop-or-pad
+    unit = resolve([*base, "--norm_range", "unit", "--croppad", "false"], task).cfg
+    assert default.norm_range != "unit" and default.croppad
+    config = json.loads(json.dumps(export_config(unit, 1, "ema")))
+    got = sample_spec(resolve(base, task, layer=layer_from_config(config)).cfg)
+    assert got.norm_range == "unit" and not got.croppad

@@ -151,8 +151,12 @@ def export_config(cfg, in_channels: int, weights: str) -> dict:
         "input_shape": list(cfg.model.input_shape), "in_channels": in_channels, "latent_dim": cfg.model.latent_dim,
         "architecture": _section(getattr(cfg.model, drive, None)), "weights": weights,
         "axes": "C x S x X x Y" if cfg.model.is3D else "C x X x Y",
-        "normalisation": {"norm_type": d.norm_type, "prenorm": d.prenorm, "croppad": d.croppad,
-                          "interp_fact": d.interp_fact, "complex_mode": d.complex_mode, "grey2RGB": d.grey2RGB},
+        # every data setting of the sample transform (data.datamodule.sample_spec) but training's augmentation:
+        # a loader that fell back to the task's default for one of them would embed other inputs, silently
+        "normalisation": {"norm_type": d.norm_type, "norm_range": d.norm_range, "prenorm": d.prenorm,
+                          "zscore_mean": d.zscore_mean, "zscore_std": d.zscore_std, "croppad": d.croppad,
+                          "allow_pad": d.allow_pad, "interp_fact": d.interp_fact, "complex_mode": d.complex_mode,
+                          "grey2RGB": d.grey2RGB},
         "data_selection": {"DS_channel_dim": p.DS_channel_dim, "DS_slice_dim": p.DS_slice_dim,
                            "DS_multi_channel": p.DS_multi_channel, "DS_split_time": p.DS_split_time,
                            "DS_split_volume": p.DS_split_volume},
