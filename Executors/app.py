@@ -1,10 +1,11 @@
 """A local web page for a model: drop a NIfTI file, a zipped DICOM series or an HDF5 file, see the preprocessed
 input, the latents (table and TSV), the reconstruction and, for a DiffAE with a direction, a manipulation slider.
 
-python Executors/app.py --model ID_OR_PATH [--direction LATENTCLS_RUN --target NAME[:CLASS]] [--port 7860]
+python Executors/app.py [--model ID_OR_PATH] [--direction LATENTCLS_RUN --target NAME[:CLASS]] [--port 7860]
 
 --model: a training run folder, a checkpoint, an export folder or a Hugging Face id (offline: the local cache), as
-Executors/embed.py takes it. --direction: a main_latentcls run trained with the linear head on this DiffAE's latents;
+Executors/embed.py takes it; without it, the shipped demo model examples/demo_model (a small 2D DiffAE of the
+synthetic demo cohort, to try the page in seconds). --direction: a main_latentcls run trained with the linear head on this DiffAE's latents;
 --target: one of its targets (NAME:CLASS for a class of a categorical one). The page is served on 127.0.0.1 (this
 machine only) unless --host says otherwise; nothing is fetched from outside (no analytics, no web fonts, no share
 link). The page logic is Engineering/webapp.py.
@@ -20,7 +21,8 @@ from Engineering.errors import ArgParser, UserError, run_cli
 
 def main(argv) -> dict:
     p = ArgParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="run folder, checkpoint, export folder or Hugging Face ORG/NAME")
+    p.add_argument("--model", default=None,
+                   help="run folder, checkpoint, export folder or Hugging Face ORG/NAME (default: examples/demo_model)")
     p.add_argument("--direction", default=None, metavar="LATENTCLS_RUN",
                    help="a main_latentcls run (linear head) on this DiffAE's latents: adds the manipulation slider")
     p.add_argument("--target", default=None, metavar="NAME[:CLASS]", help="the --direction run's target to move along")
@@ -41,7 +43,13 @@ def main(argv) -> dict:
         raise UserError(f"--flags {a.flags!r}: {exc}") from None
 
     from Engineering import api, webapp
+    from Engineering.Engines.registry import REPO
 
+    if a.model is None:
+        a.model = str(REPO / "examples" / "demo_model")
+        if not (REPO / "examples" / "demo_model" / "config.json").is_file():
+            raise UserError("no --model given, and the shipped demo model (examples/demo_model) is only in a "
+                            "checkout of the repository: give --model ID_OR_PATH")
     model = api.load(a.model, options=options, in_channels=a.in_channels, device=a.device)
     direction = None
     if a.direction is not None:

@@ -239,6 +239,23 @@ def test_app_refuses_bad_flags_in_one_line(vae_run, latentcls_run, capsys):  # n
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
 
 
+def test_app_without_model_serves_the_shipped_demo_model(monkeypatch, capsys):
+    import importlib.util
+
+    from Engineering import webapp
+    from Engineering.errors import run_cli
+    from tests.conftest import REPO
+
+    served = {}
+    monkeypatch.setattr(webapp, "serve", lambda page, host, port, on_ready: (served.update(host=host), on_ready()))
+    spec = importlib.util.spec_from_file_location("app_cli", REPO / "Executors" / "app.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert run_cli(module.main, []) == 0
+    out = capsys.readouterr().out
+    assert "examples/demo_model" in out and "DiffAE" in out and served == {"host": "127.0.0.1"}, out
+
+
 def test_zip_members_stay_in_the_upload_folder(tmp_path):
     zipped = tmp_path / "evil.zip"
     with zipfile.ZipFile(zipped, "w") as zf:
