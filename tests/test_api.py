@@ -12,6 +12,7 @@ import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from Engineering import api
 from Engineering.Engines import registry
@@ -367,3 +368,20 @@ def test_embed_executor_resumes_after_sigkill(diffae_run, tiny_demo, tmp_path):
     want = api.load(diffae_run).embed_many(sorted(folder.glob("*.nii.gz")))
     got = pd.read_csv(out, sep="\t", dtype={k: str for k in KEYS[:4]})
     assert len(got) == len(want) == 4 * x.shape[1] and _same_rows(got, want) < 1e-6
+
+
+def test_bf16_encoder_copy_is_for_inference_only(diffae_run):
+    """--embed_precision bf16 is a test-phase setting: while a Trainer fits (validation, image grids) the weights move,
+    so embed() encodes with them in fp32 rather than with a bfloat16 copy made earlier."""
+    from types import SimpleNamespace
+
+    engine = api.load(diffae_run, precision="bf16").run.engine
+    x = torch.rand(2, 1, 32, 32) * 2 - 1
+    with torch.no_grad():
+        fp32 = engine.ema_net.encode(x)
+        engine._trainer = SimpleNamespace(state=SimpleNamespace(fn="test"))
+        copy = engine.embed(x, True)
+        engine._trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"))
+        fitting = engine.embed(x, True)
+        engine._trainer = None
+    assert not torch.equal(copy, fp32) and torch.equal(fitting, fp32)

@@ -172,7 +172,10 @@ class DiffAEEngine(LatentEngine):
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         net = self.ema_net if use_ema else self.net
-        if self.cfg.eval.embed_precision == "bf16":
+        # the bfloat16 copy is a test-phase setting: during fit (validation, image grids) the weights move under it
+        trainer = getattr(self, "_trainer", None)
+        fitting = trainer is not None and trainer.state.fn == "fit"
+        if self.cfg.eval.embed_precision == "bf16" and not fitting:
             fast = getattr(self, "_fast_encoders", None)
             if fast is None:
                 fast = self._fast_encoders = {}
