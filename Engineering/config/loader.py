@@ -85,7 +85,9 @@ def _bool_arg(s: str) -> bool:
 
 def build_parser(task: Task) -> argparse.ArgumentParser:
     """argparse with every flag, grouped for --help; defaults are suppressed so only explicit flags appear."""
-    parser = ArgParser(prog=f"main_{task.name}.py", description=task.description,
+    # the console command's name when one was typed (imlatent diffae ...), else the executor's file name
+    typed = sys.argv[0] if sys.argv and sys.argv[0].startswith("imlatent") else ""
+    parser = ArgParser(prog=typed or f"main_{task.name}.py", description=task.description,
                      argument_default=argparse.SUPPRESS,
                      epilog="Any config path can be set with --section§key§sub VALUE (or $ as separator); "
                             "dataNpath keys with --json§key VALUE. See README.md.")
