@@ -297,8 +297,14 @@ TINY = {"main_latentcls": ["--num_epochs", "2"],
         "default": ["--num_epochs", "1", "--n_train_batches", "2"]}
 
 
+# executors that train nothing: they run as written
+NOT_TRAINING = ("embed", "export_hf", "export_gwas", "merge_shards", "main_benchmark")
+
+
 def _tiny(argv: list[str]) -> list[str]:
     script = Path(argv[1]).stem
+    if script in NOT_TRAINING:
+        return argv
     if "--run_mode" in argv and argv[argv.index("--run_mode") + 1] == "2":  # a test: nothing to shorten
         return [*argv, *(["--test_emb_only"] if script == "main_diffAE" else []), "--no-progress_bar"]
     extra = list(TINY.get(script, TINY["default"]))
