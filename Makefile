@@ -10,7 +10,7 @@
 #   make docs   -> the documentation site, built strict into site/ (make test builds it too)
 #   make ci     -> what CI runs: make test, then test-deepspeed, test-gwas, test-browser and test-poetry
 #   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 embedding tolerance
-#   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (README "How good are the latents?")
+#   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (docs/results/quality.md)
 #   make bench-cells -> classical vs rotation-invariant image and point-cloud models on @cells, every metric family
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -95,7 +95,7 @@ test-poetry:
 
 ci: test test-deepspeed test-gwas test-browser test-poetry
 
-# Speed (README "Speed"): ANCESTOR=/path/to/ImLatent times the ancestor side by side (published row ~16 min)
+# Speed (docs/results/speed.md): ANCESTOR=/path/to/ImLatent times the ancestor side by side (published row ~16 min)
 ANCESTOR ?=
 bench: setup
 	$(PY) benchmarks/bench_diffae.py --compile $(if $(ANCESTOR),--ancestor $(ANCESTOR)) --write benchmarks/results/speed.md

@@ -8,7 +8,7 @@ python Executors/export_gwas.py --latents RUN_OR_FILE [RUN_OR_FILE ...] --out DI
 
 Writes DIR/pheno.tsv and DIR/covar.tsv (FID IID ..., tab-separated, NA for missing: plink2 --pheno/--covar,
 regenie --phenoFile/--covarFile) and DIR/report.json + report.md (n in/out, drops by reason, per-latent
-mean/SD/skewness before and after, the settings, the inputs' sha256). See README "From latents to genetics".
+mean/SD/skewness before and after, the settings, the inputs' sha256). See docs/tasks/gwas.md.
 """
 from __future__ import annotations
 

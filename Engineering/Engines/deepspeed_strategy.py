@@ -65,8 +65,8 @@ class CPUDeepSpeedStrategy(SafeDeepSpeedStrategy):
         return engine, ds_optimizer
 
     def _initialize_deepspeed_inference(self, model) -> None:
-        raise UserError("the test phase of a DeepSpeed run on CPU runs without DeepSpeed (see the README); this "
-                        "code path should not be reached")
+        raise UserError("the test phase of a DeepSpeed run on CPU runs without DeepSpeed (see "
+                        "docs/how-to/multi-gpu.md); this code path should not be reached")
 
 
 def is_deepspeed(name: str) -> bool:

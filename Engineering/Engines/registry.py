@@ -120,7 +120,7 @@ def tasks() -> dict[str, TaskSpec]:
 
 
 def builtin_tasks() -> list[TaskSpec]:
-    """The tasks of this repository (the README documents these), in registration order."""
+    """The tasks of this repository (docs/ documents these), in registration order."""
     return [t for t in tasks().values() if t.module.startswith("Engineering.")]
 
 

@@ -2,7 +2,8 @@
 line, or (where the ancestor's value is what runs here anyway) named in one warning as having no effect.
 
 Its flags: ``--taskID``, ``--modelID``, ``--lossID``, ``--pythae_wrapper_mode``, ``--n_optimisers`` at the value that
-is what this executor runs are documented no-ops (README "Flags that have no effect"); any other value, and
+is what this executor runs are documented no-ops (docs/reference/configuration.md, "Flags that have no effect");
+any other value, and
 ``--in_channels`` / ``--p_augment`` (the channel count comes from the data; the ancestor's augmentation pipeline is
 not implemented), are refused. Its YAML (Configs/config_v*.yaml) loads: see :func:`translate_yaml`.
 """

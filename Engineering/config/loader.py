@@ -90,7 +90,7 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
     parser = ArgParser(prog=typed or f"main_{task.name}.py", description=task.description,
                      argument_default=argparse.SUPPRESS,
                      epilog="Any config path can be set with --section§key§sub VALUE (or $ as separator); "
-                            "dataNpath keys with --json§key VALUE. See README.md.")
+                            "dataNpath keys with --json§key VALUE. See docs/reference/datanpath.md.")
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in CONTROL + FLAGS + task.extra_flags:
         grp = groups.setdefault(flag.group, parser.add_argument_group(flag.group))

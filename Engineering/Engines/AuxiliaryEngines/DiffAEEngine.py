@@ -65,7 +65,7 @@ class DiffAEEvalKeys(Keys):
     embed_precision: Literal["32", "bf16"] = Field(
         "32", description="Precision of test-time embedding: bf16 runs a bfloat16 (3D: channels-last) copy of the "
                           "encoder's trunk with its head in float32, about 3x faster on CPUs with AVX512-BF16/AMX "
-                          "(README, Speed, for the measured tolerance against fp32); with --compile_model that "
+                          "(docs/results/speed.md for the measured tolerance against fp32); with --compile_model that "
                           "copy is torch.compiled.")
 
 
@@ -201,7 +201,8 @@ class DiffAEEngine(LatentEngine):
 DIFFAE_FLAGS = (
     Flag("embed_precision", ("eval", "embed_precision"), "str", "32",
          "Test-time embedding precision: bf16 = a bfloat16 copy of the encoder's trunk, head in float32 (3x faster "
-         "on AVX512-BF16/AMX CPUs; latents within 0.3% of fp32, README Speed).", "Test", choices=("32", "bf16")),
+         "on AVX512-BF16/AMX CPUs; latents within 0.3% of fp32, docs/results/speed.md).", "Test",
+         choices=("32", "bf16")),
     Flag("test_with_TEval", ("eval", "test_with_TEval"), "bool", False,
          "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
 )

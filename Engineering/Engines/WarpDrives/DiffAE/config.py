@@ -63,8 +63,8 @@ class DiffAEConfig:
         the image centre is linearly available; ties the encoder to ``input_shape``).
     latent_norm: "none" (published model): z_sem is the encoder head's output. "batch": z_sem is
         standardised per dimension over the batch (BatchNorm without affine; running statistics at
-        evaluation), so it cannot collapse to a constant that the UNet learns to ignore (see README,
-        "How good are the latents?").
+        evaluation), so it cannot collapse to a constant that the UNet learns to ignore (see
+        docs/results/quality.md).
     """
 
     is3D: bool = False
