@@ -8,7 +8,8 @@
 #   make test-browser -> the web page (Executors/app.py) in Debian's headless Chromium (installs chromium + driver)
 #   make test-poetry -> a fresh Poetry environment from poetry.lock; `poetry run python Executors/main_diffAE.py --help`
 #   make docs   -> the documentation site, built strict into site/ (make test builds it too)
-#   make ci     -> what CI runs: make test, then test-deepspeed, test-gwas, test-browser and test-poetry
+#   make test-docs -> every tutorial's code blocks run for real, in page order, at tiny scale (about 6 minutes)
+#   make ci     -> what CI runs: make test, then test-deepspeed, test-gwas, test-browser, test-docs and test-poetry
 #   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 embedding tolerance
 #   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (docs/results/quality.md)
 #   make bench-cells -> classical vs rotation-invariant image and point-cloud models on @cells, every metric family
@@ -18,7 +19,7 @@ TORCH_CPU ?= torch==2.13.0+cpu
 # PyPI's Linux torch wheels are CUDA builds (GBs): the CPU build comes from PyTorch's CPU index
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
-.PHONY: setup demo demo-model test docs test-slow test-deepspeed test-gwas test-browser test-poetry ci bench bench-quality bench-cells clean
+.PHONY: setup demo demo-model test docs test-docs test-slow test-deepspeed test-gwas test-browser test-poetry ci bench bench-quality bench-cells clean
 
 setup: $(VENV)/.installed
 
@@ -72,6 +73,10 @@ test-browser: setup
 		(apt-get update -qq && apt-get install -y -qq chromium chromium-driver)
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m browser
 
+# the tutorials' blocks as a reader runs them (make test only checks them: classified, compiled, --print_config)
+test-docs: setup
+	HF_HUB_OFFLINE=1 $(PY) -m pytest -q -m slow tests/test_docs.py
+
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir site
 
@@ -93,7 +98,7 @@ test-poetry:
 	cd /tmp && $(POETRY_ENV) $(POETRY) -C $(CURDIR) run imlatent diffae --help >/dev/null
 	@echo "test-poetry: poetry install from poetry.lock and the commands' --help passed"
 
-ci: test test-deepspeed test-gwas test-browser test-poetry
+ci: test test-deepspeed test-gwas test-browser test-docs test-poetry
 
 # Speed (docs/results/speed.md): ANCESTOR=/path/to/ImLatent times the ancestor side by side (published row ~16 min)
 ANCESTOR ?=
