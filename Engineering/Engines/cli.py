@@ -5,6 +5,7 @@ and YAML defaults are known to the parser. ``main_<task>.py`` are aliases that f
 """
 from __future__ import annotations
 
+import sys
 from typing import Sequence
 
 from Engineering.Engines import registry
@@ -42,7 +43,8 @@ def main(argv: Sequence[str], task: str | None = None) -> dict:
     if name is None:
         listing = ", ".join(f"{t.name} ({t.description})" for t in registry.tasks().values())
         if any(a in ("-h", "--help") for a in argv):
-            print(f"usage: main.py --task NAME [--plugins MOD[,MOD]] [flags]; --task NAME --help lists its flags.\n"
+            prog = sys.argv[0] if sys.argv and sys.argv[0].startswith("imlatent") else "main.py"  # as typed
+            print(f"usage: {prog} --task NAME [--plugins MOD[,MOD]] [flags]; --task NAME --help lists its flags.\n"
                   f"registered tasks: {listing}")
             return {}
         raise UserError(f"--task NAME is required; registered tasks: {', '.join(sorted(registry.tasks()))}")
