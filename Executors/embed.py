@@ -28,7 +28,7 @@ import pandas as pd
 from Engineering import api
 from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo
 from Engineering.errors import ArgParser, UserError, run_cli
-from Engineering.io.atomic import atomic_path, write_text
+from Engineering.io.atomic import atomic_path, check_replaceable, write_text
 from Engineering.io.outputs import write_emb_h5
 from Engineering.io.shards import parse_shard
 
@@ -129,6 +129,8 @@ def main(argv) -> dict:
                    else a.model, "files": [str(f) for f in files], "ids": a.ids, "shard": a.shard,
                    "flags": options, "in_channels": a.in_channels, "precision": a.precision}
     if part.exists() and not _same(part, fingerprint):
+        # another run's finished files: dropped, but only if the folder is one this tool wrote
+        check_replaceable(part, PARTIAL_FILES, lambda d: (d / "fingerprint.json").is_file(), flag="--out's")
         shutil.rmtree(part)
     part.mkdir(parents=True, exist_ok=True)
     write_text(part / "fingerprint.json", json.dumps(fingerprint, sort_keys=True))
@@ -150,6 +152,10 @@ def main(argv) -> dict:
     shutil.rmtree(part, ignore_errors=True)
     print(f"{len(table)} latents of {len(files)} file(s) written to {out}")
     return {"out": str(out), "n": len(table)}
+
+
+# OUT.partial/: the run's fingerprint, a chunk per finished input file, atomic_path's temporary files
+PARTIAL_FILES = ("fingerprint.json", "[0-9][0-9][0-9][0-9][0-9][0-9]_*.parquet", ".*.tmp")
 
 
 def _same(part: Path, fingerprint: dict) -> bool:

@@ -385,3 +385,23 @@ def test_bf16_encoder_copy_is_for_inference_only(diffae_run):
         fitting = engine.embed(x, True)
         engine._trainer = None
     assert not torch.equal(copy, fp32) and torch.equal(fitting, fp32)
+
+
+def test_embed_executor_never_deletes_a_partial_folder_it_did_not_write(diffae_run, tiny_demo, tmp_path):
+    """OUT.partial/ of another run (other inputs) is replaced; a folder of that name holding anything else is
+    refused in one line and left as it was."""
+    x, _ = _one_dataset(tiny_demo, _emb_tsv(diffae_run))
+    nii = tmp_path / "P1_1_0.nii.gz"
+    nib.save(nib.Nifti1Image(np.transpose(x[0], (2, 3, 1, 0)), np.eye(4)), str(nii))
+    argv = ["--model", str(diffae_run), "--input", str(nii), "--out", str(tmp_path / "z.tsv")]
+    mine = tmp_path / "z.tsv.partial"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("a user's file")
+    proc = _embed_cli(*argv)
+    assert proc.returncode == 2 and "is not an earlier output of this tool" in proc.stderr, proc.stderr
+    assert (mine / "notes.txt").read_text() == "a user's file"
+    (mine / "notes.txt").unlink()
+    (mine / "fingerprint.json").write_text('{"files": ["another input"]}')  # a stopped run of other inputs
+    (mine / "000000_0123456789.parquet").write_bytes(b"stale")
+    proc = _embed_cli(*argv)
+    assert proc.returncode == 0 and "resumed" not in proc.stdout and not mine.exists(), proc.stderr

@@ -5,6 +5,7 @@ truncated one; readers never see a half-written emb.h5.
 """
 from __future__ import annotations
 
+import fnmatch
 import glob
 import os
 import shutil
@@ -134,7 +135,7 @@ def remove_stale(folder: str | Path, owner: str = "") -> list[Path]:
 def check_replaceable(out: str | Path, own: Sequence[str], is_ours: Callable[[Path], bool], flag: str = "--out",
                       protect: Sequence[Path] = ()) -> None:
     """The one rule for a tool that writes a whole folder and swaps it in (replace_dir): ``out`` must be new, empty,
-    or hold only files named in ``own`` and pass ``is_ours`` (an earlier output of the same tool, replaced
+    or hold only files named in ``own`` (names or glob patterns) and pass ``is_ours`` (an earlier output of the same tool, replaced
     atomically). Anything else (a folder of other files, a file, a dangling link, a folder that is or holds one of
     ``protect``) is refused before anything is written: a mistyped --out never deletes a thing."""
     out = Path(out)
@@ -151,7 +152,7 @@ def check_replaceable(out: str | Path, own: Sequence[str], is_ours: Callable[[Pa
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
         return
-    if not (set(entries) <= set(own) and is_ours(out)):
+    if not (all(any(fnmatch.fnmatchcase(e, pattern) for pattern in own) for e in entries) and is_ours(out)):
         shown = ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)" if len(entries) > 5 else "")
         raise UserError(f"{flag} {out} is not empty and is not an earlier output of this tool (it holds {shown}): "
                         "it would be replaced, so give a new or empty folder")
