@@ -281,20 +281,12 @@ class ImLatentModel:
 
     # --- public
     def embed(self, x, batch_size: int = 8, progress: bool = False):
-        """Latents of ``x``: an HDF5 file in our contract (-> DataFrame keyed like emb.tsv), a NIfTI file, a
-        DICOM series folder (:func:`read_dicom_series`) or an array in the 5D contract (-> ``n_c x n_t x n_s x latent_dim``, its emb.h5 entry), or an array in the
-        model's input layout (-> one latent vector)."""
-        if isinstance(x, (str, Path)):
-            path = input_path(x)
-            if path.name.lower().endswith(H5_SUFFIXES):
-                return self._table(self._h5_samples(path), batch_size, progress)
-            if path.name.lower().endswith(NIFTI_SUFFIXES) or path.is_dir():
-                array = read_nifti(path) if path.is_file() or not path.is_dir() else read_dicom_series(path)[0]
-                ds, single = self._samples([array], [ARRAY_KEY], str(path))
-                return self._grid(ds, self._encode(ds, batch_size, progress))
-            raise UserError(f"{x}: embed reads HDF5 ({', '.join(H5_SUFFIXES)}) and NIfTI "
-                            f"({', '.join(NIFTI_SUFFIXES)}) files, DICOM series folders, or arrays")
-        ds, single = self._samples([_as_array(x)], [ARRAY_KEY], "the array")
+        """Latents of ``x``: an HDF5 file in our contract (-> DataFrame keyed like emb.tsv); a NIfTI file, a DICOM
+        series folder (:func:`read_dicom_series`) or an array in the 5D contract (-> ``n_c x n_t x n_s x
+        latent_dim``, its emb.h5 entry); or an array in the model's input layout (-> one latent vector)."""
+        if isinstance(x, (str, Path)) and input_path(x).name.lower().endswith(H5_SUFFIXES):
+            return self._table(self._h5_samples(input_path(x)), batch_size, progress)
+        ds, single = self._image_samples(x, "embed")
         z = self._encode(ds, batch_size, progress)
         return z[0] if single else self._grid(ds, z)
 
