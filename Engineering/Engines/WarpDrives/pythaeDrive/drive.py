@@ -164,15 +164,10 @@ class PythaeDrive(nn.Module):
         self.config = config
         self.spec = config.spec
         mcfg = config.pythae_config()
-        geo = Geometry(config.in_channels, tuple(config.input_shape), config.n_levels)
-        encoder = Encoder(geo, config.nn, config.n_features, config.latent_dim,
-                          **_encoder_kwargs(self.spec, config, mcfg))
-        decoder = Decoder(geo, config.nn, config.n_features, config.latent_dim, config.decoder_activation)
-        extra: Dict[str, nn.Module] = {}
-        if "image_discriminator" in self.spec.extra_nets:
-            extra["discriminator"] = Discriminator(geo, config.nn, config.n_features)
-        if "metric" in self.spec.extra_nets:
-            extra["metric"] = Metric(geo, config.nn, config.n_features, config.latent_dim)
+        if self.spec.networks is not None:  # a model with networks of its own (complex-valued)
+            encoder, decoder, extra = self.spec.networks(config, mcfg)
+        else:
+            encoder, decoder, extra = self._networks(config, mcfg)
         with warnings.catch_warnings():
             for msg in _EXPECTED_WARNINGS:
                 warnings.filterwarnings("ignore", message=msg)
@@ -182,6 +177,18 @@ class PythaeDrive(nn.Module):
                 raise PythaeDriveConfigError(f"invalid {self.spec.name} parameters: {exc}") from None
         self.recon_loss = config.elementwise_loss()  # None: pythae's own mse/bce
         self._specs = self._build_specs()
+
+    def _networks(self, config: PythaeDriveConfig, mcfg):
+        geo = Geometry(config.in_channels, tuple(config.input_shape), config.n_levels)
+        encoder = Encoder(geo, config.nn, config.n_features, config.latent_dim,
+                          **_encoder_kwargs(self.spec, config, mcfg))
+        decoder = Decoder(geo, config.nn, config.n_features, config.latent_dim, config.decoder_activation)
+        extra: Dict[str, nn.Module] = {}
+        if "image_discriminator" in self.spec.extra_nets:
+            extra["discriminator"] = Discriminator(geo, config.nn, config.n_features)
+        if "metric" in self.spec.extra_nets:
+            extra["metric"] = Metric(geo, config.nn, config.n_features, config.latent_dim)
+        return encoder, decoder, extra
 
     # ------------------------------------------------------------------ training
     @property
@@ -204,6 +211,12 @@ class PythaeDrive(nn.Module):
         if key not in batch:
             raise KeyError(f"batch has no image under {key!r} (data_key); keys: {sorted(batch)}")
         return batch[key], batch.get(self.config.mask_key)
+
+    def _aux(self, batch: Union[Tensor, Mapping[str, Any]]) -> Dict[str, Any]:
+        """The batch entries besides the image that the model reads (``ModelSpec.aux_inputs``)."""
+        if isinstance(batch, Tensor):
+            return {}
+        return {k: batch[k] for k in self.spec.aux_inputs if k in batch}
 
     def forward(self, batch: Union[Tensor, Mapping[str, Any]], epoch: Optional[int] = None,
                 dataset_size: Optional[int] = None, **model_kwargs) -> DriveOutput:
@@ -230,7 +243,7 @@ class PythaeDrive(nn.Module):
         with grad_ctx, warnings.catch_warnings():
             for msg in _STEP_WARNINGS:
                 warnings.filterwarnings("ignore", message=msg)
-            raw = self.model({"data": data}, **model_kwargs)
+            raw = self.model({"data": data, **self._aux(batch)}, **model_kwargs)
         losses = {k: v for k, v in raw.items()
                   if k.endswith("loss") and isinstance(v, Tensor) and v.dim() == 0}
         updates = {p.name: bool(raw[p.update_flag]) if p.update_flag else True for p in self.spec.optimisers}

@@ -9,74 +9,13 @@ factor_vae, ``CoupledOptimizerAdversarialTrainer`` for vaegan, ``BaseTrainer`` o
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import pythae.models as pm
 
 from . import pythae_models as ours
-
-
-@dataclass(frozen=True)
-class OptimiserPlan:
-    """One optimiser of a model.
-
-    name: optimiser name ('model', 'autoencoder', 'encoder', 'decoder', 'discriminator').
-    modules: attributes of the pythae model whose parameters it owns; () = every parameter.
-    loss: key of the pythae output it minimises.
-    update_flag: key of a boolean pythae output that says whether to update it on this batch.
-    group_options: per-module optimiser options pythae prescribes, computed from the model
-        config (e.g. rae_l2's decoder weight decay); one param group per module then.
-    """
-
-    name: str
-    modules: Tuple[str, ...] = ()
-    loss: str = "loss"
-    update_flag: Optional[str] = None
-    group_options: Optional[Callable[[Any], Dict[str, Dict[str, Any]]]] = None
-
-
-SINGLE = (OptimiserPlan("model"),)
-ADVERSARIAL = (OptimiserPlan("autoencoder", ("encoder", "decoder"), "autoencoder_loss"),
-               OptimiserPlan("discriminator", ("discriminator",), "discriminator_loss"))
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """How to build and train one pythae model.
-
-    encoder_kind: what the encoder returns -- 'ae' (embedding), 'vae' (+ log_covariance),
-        'svae' (+ log_concentration), 'pvae' (embedding on the Poincaré ball + posterior
-        scale), 'vqvae' (embedding quantised by pythae).
-    extra_nets: networks besides encoder/decoder: 'image_discriminator' and 'metric' are
-        built by the drive; 'latent_discriminator' pythae builds itself (MLP on the latent).
-    optimisers: see :class:`OptimiserPlan`; more than one -> manual optimisation.
-    native_bce: pythae's own 'bce' branch applies (else BCE goes through ReconTarget).
-    custom_recon: the pixel reconstruction term can be replaced (False when the model's
-        reconstruction term is not a pixel loss: MS-SSIM, discriminator features).
-    needs_autograd: the forward pass itself calls ``torch.autograd.grad`` (also in eval).
-    monitor: the pythae output that should go down during training (used by tests and as
-        the engine's main training-loss log).
-    defaults: our defaults where pythae's do not train on images (below ``model_params``).
-    """
-
-    name: str
-    config_cls: type
-    model_cls: type
-    encoder_kind: str = "vae"
-    extra_nets: Tuple[str, ...] = ()
-    optimisers: Tuple[OptimiserPlan, ...] = SINGLE
-    native_bce: bool = True
-    custom_recon: bool = True
-    needs_autograd: bool = False
-    monitor: str = "loss"
-    pythae_trainer: str = "BaseTrainer"
-    notes: str = ""
-    defaults: Tuple[Tuple[str, Any], ...] = ()
-
-    @property
-    def multi_optimiser(self) -> bool:
-        return len(self.optimisers) > 1
+from .custom_models import CUSTOM_MODELS
+from .spec import ADVERSARIAL, ModelSpec, OptimiserPlan
 
 
 def _spec(name, config_cls, model_cls, **kw) -> ModelSpec:
@@ -158,6 +97,8 @@ MODELS: Dict[str, ModelSpec] = {s.name: s for s in [
                 "the codebook is updated by EMA (use_ema true, pythae's default is false)."),
 ]}
 
+MODELS.update({s.name: s for s in CUSTOM_MODELS})  # the ancestor's own models (custom_models/)
+
 ALIASES = {"wae_mmd": "wae", "info_vae_mmd": "info_vae", "infovae_mmd": "info_vae", "adversarial_ae": "aae",
            "vae_gan": "vaegan", "vq_vae": "vqvae", "poincare_vae": "pvae"}
 
@@ -169,6 +110,8 @@ def model_names() -> Tuple[str, ...]:
 def get_spec(name: str) -> ModelSpec:
     """The spec of a model by name (case-insensitive; pythae folder names accepted as aliases)."""
     key = str(name).strip().lower()
+    if key.startswith("custom_") and key[len("custom_"):] in MODELS:  # the ancestor's spelling of its own models
+        key = key[len("custom_"):]
     key = ALIASES.get(key, key)
     if key not in MODELS:
         raise ValueError(f"unknown pythae model {name!r}; valid names: {', '.join(MODELS)}")
