@@ -15,10 +15,10 @@ from pydantic import Field, create_model
 
 from Engineering.config import honour
 from Engineering.config.flags import Flag
-from Engineering.config.loader import read_mapping
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.errors import UserError
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine, use_ema_flag
+from Engineering.Engines.AuxiliaryEngines.pythae_json import merge_pythae_json
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
@@ -34,19 +34,6 @@ PythaeKeys = keys_from_dataclass(
                                                               "beta_vae: {beta: 4.0}.")),
 )
 PythaeModelKeys = create_model("PythaeModelKeys", __base__=Keys, pythae=(PythaeKeys, PythaeKeys()))
-
-
-def merge_pythae_json(cfg: dict) -> None:
-    """--pythae_config FILE ranks as the explicit flag it is: its parameters are merged into
-    model§pythae§models§<model> above the YAML's and below path overrides (called by the config loader)."""
-    pcfg = cfg.get("model", {}).get("pythae") or {}
-    if not pcfg.get("config_json"):
-        return
-    params = read_mapping(pcfg["config_json"], "--pythae_config file")
-    models = pcfg.setdefault("models", {}) or {}
-    pcfg["models"] = models
-    name = pcfg.get("model", "vae")
-    models[name] = {**(models.get(name) or {}), **params}
 
 
 def pythae_config(cfg, in_channels: int) -> PythaeDriveConfig:
