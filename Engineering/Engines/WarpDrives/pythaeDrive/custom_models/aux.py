@@ -29,3 +29,15 @@ AUX_U = "aux_u"
 ALL_KEYS = (PHENOTYPES, PHENOTYPE_CLASSES, CONF_CONT, CONF_BIN, CONF_MULTI, AUX_U)
 DATA_PARAMS = ("n_phenotypes", "phenotype_n_classes", "n_confounders_cont", "n_confounders_bincat",
                "confounder_n_classes", "n_aux")
+
+
+def tables_needed(spec, params: dict) -> tuple[bool, bool]:
+    """(phenotypes, confounders): which tables a model reads, from its resolved parameters (``params`` over
+    the config class's defaults)."""
+    if not spec.data_params:
+        return False, False
+    defaults = {name: f.default for name, f in getattr(spec.config_cls, "__dataclass_fields__", {}).items()}
+    merged = {**defaults, **params}
+    phenotypes = bool(merged.get("learn_phenotypes", False))
+    confounders = int(merged.get("anti_confounders_strategy", 0) or 0) != 0 or AUX_U in spec.aux_inputs
+    return phenotypes, confounders
