@@ -152,13 +152,19 @@ def test_the_ancestors_flags_act_or_are_refused(flag, value, task, outcome, caps
         assert code == 2 and outcome in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_the_ancestors_json_tables_no_task_reads_are_named(tmp_path, capsys):
+def test_the_ancestors_json_tables_act_only_with_a_model_that_reads_them(tmp_path, capsys):
     code, _, err = _main(capsys, ["Executors/main_recon.py", "--json§DS_confounders§path", "c.tsv", "--print_config"])
-    assert code == 2 and "json§DS_confounders§path: no task reads a confounder table yet" in err
+    assert code == 2 and "--json§DS_confounders§path is not honoured by task 'recon': it is read only by a model " \
+        "that uses confounders" in err
     code, _, err = _main(capsys, ["Executors/main_recon.py", "--json§DS_phenotypes§path", "p.tsv", "--print_config"])
-    assert code == 2 and "--json§DS_phenotypes§path is not honoured by task 'recon'" in err
-    # in a dataNpath JSON file (the ancestor's carry them) the confounder table is named, not refused
+    assert code == 2 and "--json§DS_phenotypes§path is not honoured by task 'recon': it is read only by a model " \
+        "that learns phenotypes" in err
+    code, out, err = _main(capsys, ["Executors/main_recon.py", "--pythae_model", "custom_ultra_vae",
+                                    "--model§pythae§models§ultra_vae§anti_confounders_strategy", "2",
+                                    "--json§DS_confounders§path", "c.tsv", "--print_config"])
+    assert code == 0, err
+    # in a dataNpath JSON file (the ancestor's carry them) the tables are read by the models that use them
     js = tmp_path / "d.json"
     js.write_text('{"datadir": "@demo", "DS_confounders": {"path": "c.tsv", "cols": "Age"}}')
     code, _, err = _main(capsys, ["Executors/main_recon.py", "--datajson_path", str(js), "--print_config"])
-    assert code == 0 and "json§DS_confounders (from the dataNpath JSON) has no effect" in err
+    assert code == 0 and "DS_confounders" not in err

@@ -49,6 +49,7 @@ EMA = frozenset({"test_ema", "training§ema_decay", "training§ema_warmup"})
 GROUPS = frozenset({"batch_groups", "json§DS_covariates"})
 BN_EVAL = frozenset({"bn_eval_mode", "bn_controls"})
 PHENOTYPES = frozenset({"json§DS_phenotypes"})
+CONFOUNDERS = frozenset({"json§DS_confounders"})  # the confounder-aware models (pythae drive's custom_models)
 CHECKPOINTED = frozenset({"activation_checkpointing"})
 HUB = frozenset({"load_hf"})  # (--hf_weights picks among a published layout's weights: the DiffAE's alone)
 
@@ -58,9 +59,9 @@ STANDARD = (LIFECYCLE | LOADERS | OPTIMISER | ACCUMULATION | CLIPPING | IMAGES |
 
 # common keys that are not flags, by the name tasks declare
 KEYS = ("training§LRDecay", "training§ema_decay", "training§ema_warmup", "data§flip_axes", "eval§n_preview",
-        "eval§output_chunk", "model§tag", "json§DS_covariates", "json§DS_phenotypes")
-# ancestor JSON keys that no task reads yet (issue 36 adds the confounders)
-UNREAD_JSON = {"json§DS_confounders": "no task reads a confounder table yet"}
+        "eval§output_chunk", "model§tag", "json§DS_covariates", "json§DS_phenotypes", "json§DS_confounders")
+# ancestor JSON keys that no task reads yet: refused by name on the command line, a note in a dataNpath JSON
+UNREAD_JSON: dict[str, str] = {}
 NOT_USER_KEYS = {"run§load_hf_revision": "is recorded by --load_hf, not set by users",
                  "model§drive": "is fixed by the task (use its executor)"}
 

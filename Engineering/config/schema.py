@@ -150,6 +150,7 @@ class DataPaths(_Section):
     DS_slice_dim: StrictInt = 2
     DS_phenotypes: Optional[dict[str, Any]] = None
     DS_covariates: Optional[dict[str, Any]] = None
+    DS_confounders: dict[str, Any] = {}  # the ancestor's {path, cols, bincat_cols, mulcat_cols}
 
 
 def key_defaults(sections: dict | None = None) -> dict:

@@ -8,7 +8,12 @@ under manual optimisation.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any, Optional
+
+import h5py
+import numpy as np
 
 import torch
 from pydantic import Field, create_model
@@ -20,7 +25,11 @@ from Engineering.errors import UserError
 from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine, use_ema_flag
 from Engineering.Engines.AuxiliaryEngines.pythae_json import merge_pythae_json
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
+from Engineering.data.covariates import Covariates
+from Engineering.data.layout import iter_datasets
+from Engineering.io.atomic import atomic_path
+from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig, get_spec
+from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.aux import tables_needed
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
 
 # model§pythae: the drive's own config dataclass (its defaults and types) + which model, its parameters
@@ -36,20 +45,54 @@ PythaeKeys = keys_from_dataclass(
 PythaeModelKeys = create_model("PythaeModelKeys", __base__=Keys, pythae=(PythaeKeys, PythaeKeys()))
 
 
-def pythae_config(cfg, in_channels: int) -> PythaeDriveConfig:
-    """Drive config from model§pythae§*; parameters = pythae defaults < YAML < --pythae_config < path overrides."""
+def model_params(keys) -> tuple[Any, dict]:
+    """(spec, parameters) of model§pythae§model: the section models§<name> under the model's registry name, merged
+    with one under the name as spelled (``custom_ultra_vae``, ``wae_mmd``), which wins."""
+    try:
+        spec = get_spec(keys.model)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    params = dict(keys.models.get(spec.name) or {})
+    if keys.model != spec.name:
+        params.update(keys.models.get(keys.model) or {})
+    return spec, params
+
+
+def pythae_config(cfg, in_channels: int, data_params: dict | None = None) -> PythaeDriveConfig:
+    """Drive config from model§pythae§*; parameters = pythae defaults < YAML < --pythae_config < path overrides;
+    ``data_params``: the model fields the data fix (phenotype/confounder column counts, custom_models/aux.py)."""
     keys = cfg.model.pythae
     drive = {f: getattr(keys, f) for f in ("nn", "n_features", "n_levels", "reconstruction_loss", "custom_loss_class",
                                            "custom_loss_params", "output_activation", "vq_code_dim")}
+    _, params = model_params(keys)
     return PythaeDriveConfig(model=keys.model, is3D=cfg.model.is3D, in_channels=in_channels,
                              input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim,
-                             model_params=dict(keys.models.get(keys.model) or {}), **drive)
+                             model_params={**params, **(data_params or {})}, **drive)
+
+
+def model_covariates(cfg) -> Covariates | None:
+    """The phenotype/confounder tables the chosen model reads, fitted on the training split (None: it reads none)."""
+    spec, params = model_params(cfg.model.pythae)
+    fixed = sorted(set(params) & set(spec.data_params))
+    if fixed:
+        raise UserError(f"model§pythae§models§{spec.name}§{fixed[0]} is set from the data (json§DS_phenotypes / "
+                        "json§DS_confounders), not by the configuration")
+    phenotypes, confounders = tables_needed(spec, params)
+    if not (phenotypes or confounders):
+        return None
+    return Covariates.fit(cfg, phenotypes, confounders, f"--pythae_model {spec.name}")
 
 
 class ReconEngine(LatentEngine):
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
-        self.drive_cfg = pythae_config(cfg, in_channels)
+        self.covariates = model_covariates(cfg)
+        data_params = {}
+        if self.covariates is not None:
+            spec = get_spec(cfg.model.pythae.model)
+            data_params = {k: v for k, v in self.covariates.data_params().items() if k in spec.data_params}
+        self.drive_cfg = pythae_config(cfg, in_channels, data_params)
+        self._aux: dict[str, dict[str, torch.Tensor]] = {}  # split -> batch entry -> per-sample rows
         self.net = PythaeDrive(self.drive_cfg)
         self.automatic_optimization = not self.net.is_multi_optimiser
         self.needs_grad_in_eval = self.net.needs_grad_in_eval
@@ -64,7 +107,28 @@ class ReconEngine(LatentEngine):
     def _train_size(self) -> int:
         return len(self.trainer.datamodule.dataset("train"))
 
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if self.covariates is None:
+            return
+        dm = self.trainer.datamodule
+        for split in ("train", "val"):
+            try:
+                ds = dm.dataset(split)
+            except UserError:  # a split the fold does not have
+                continue
+            rows = self.covariates.encode([ds.records[ref.record].patientID for ref in ds.samples])
+            self._aux[split] = {k: torch.from_numpy(v) for k, v in rows.items()}
+
+    def _with_aux(self, batch: dict, split: str) -> dict:
+        """The batch with the phenotype/confounder rows of its samples (``batch["index"]``: dataset positions)."""
+        if split not in self._aux:
+            return batch
+        index = batch["index"].cpu()
+        return {**batch, **{k: v[index].to(self.device) for k, v in self._aux[split].items()}}
+
     def training_step(self, batch, batch_idx):
+        batch = self._with_aux(batch, "train")
         out = self.net(batch, epoch=self.current_epoch, dataset_size=self._train_size())
         bs = batch["inp"].shape[0]
         self.log("train_loss", out.loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
@@ -134,9 +198,12 @@ class ReconEngine(LatentEngine):
         with torch.enable_grad() if self.needs_grad_in_eval else torch.no_grad():
             # the same warm-up state as training (disentangled_beta_vae's KL target, vamp's warm-up)
             net = self._net(bool(self.cfg.eval.test_ema))
-            out = net(batch, epoch=self.current_epoch, dataset_size=self._train_size())
-        self.log("val_loss", out.loss.detach(), on_epoch=True, prog_bar=True, batch_size=batch["inp"].shape[0],
-                 sync_dist=True)
+            out = net(self._with_aux(batch, "val"), epoch=self.current_epoch, dataset_size=self._train_size())
+        bs = batch["inp"].shape[0]
+        self.log("val_loss", out.loss.detach(), on_epoch=True, prog_bar=True, batch_size=bs, sync_dist=True)
+        for k, v in out.losses.items():  # every term, as in training: what a phenotype head learns shows here
+            if k != "loss":
+                self.log(f"val_{k}", v.detach(), on_epoch=True, batch_size=bs, sync_dist=True)
 
     def configure_optimizers(self):
         # From the drive's param groups: they carry group options such as rae_l2's decoder weight decay.
@@ -168,6 +235,72 @@ class ReconEngine(LatentEngine):
         return net.decode(z) if hasattr(net, "decode") else None
 
 
+class CovariatePredictions:
+    """The extra output step of models with phenotype or adversarial confounder heads: ``pheno_pred.h5`` and
+    ``conf_pred.h5`` beside emb.h5 (the ancestor's names), in emb.h5's layout (patient/field/instance/key, one
+    (n_channel, n_time, n_slice, n_columns) float32 array each; NaN where no latent was computed). The heads are
+    applied to the posterior means emb.h5 holds; continuous columns are in the table's units (the training
+    split's standardisation undone), categorical ones the index of the predicted class; the attributes name the
+    columns and each categorical column's classes."""
+
+    def check(self, cfg, data) -> None:
+        pass
+
+    def run(self, cfg, model, dm, out_dir: Path) -> dict:
+        cov = getattr(model, "covariates", None)
+        heads = getattr(model._net(bool(cfg.eval.test_ema)).model, "covariate_heads", None)
+        if cov is None or heads is None or not (Path(out_dir) / "emb.h5").is_file():
+            return {}
+        heads = heads.eval().cpu()
+        pheno_cols, conf_cols = cov.prediction_columns()
+        written = {}
+        if heads.phenotype_head is not None:
+            def pheno(z):
+                cont, logits = heads.predict_phenotypes(z)
+                return cov.decode_phenotypes(cont.numpy(), [x.numpy() for x in logits])
+            written["pheno_pred"] = _write_predictions(out_dir, "pheno_pred.h5", pheno, pheno_cols, cov.class_names())
+        if heads.confounder_head is not None:
+            def conf(z):
+                cont, binary, logits = heads.predict_confounders(z)
+                return cov.decode_confounders(cont.numpy(), binary.numpy(), [x.numpy() for x in logits])
+            written["conf_pred"] = _write_predictions(out_dir, "conf_pred.h5", conf, conf_cols, cov.class_names())
+        return written
+
+
+@torch.no_grad()
+def _write_predictions(out_dir: Path, name: str, predict, columns: list[str], classes: dict) -> str:
+    """``predict`` ((N, latent) tensor -> (N, len(columns)) array) over every latent array of emb.h5."""
+    out = Path(out_dir) / name
+    with h5py.File(Path(out_dir) / "emb.h5", "r") as emb, atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs["columns"] = json.dumps(columns)
+        h5.attrs["classes"] = json.dumps({c: v for c, v in classes.items() if c in columns})
+        h5.attrs["axes"] = "Channel x Time x Slice x Column"
+        for key, ds in iter_datasets(emb):
+            z = ds[()]
+            flat = z.reshape(-1, z.shape[-1])
+            done = np.isfinite(flat).all(1)
+            pred = np.full((len(flat), len(columns)), np.nan, np.float32)
+            if done.any():
+                pred[done] = predict(torch.from_numpy(flat[done].astype(np.float32)))
+            h5.require_group(f"{key.patientID}/{key.fieldID}/{key.instanceID}").create_dataset(
+                key.key, data=pred.reshape(*z.shape[:-1], len(columns)))
+    return str(out)
+
+
+def _tables_why(which: int):
+    """Condition of json§DS_phenotypes (0) / json§DS_confounders (1): acts only with a model that reads it."""
+    def why(cfg) -> str | None:
+        try:
+            spec, params = model_params(cfg.model.pythae)
+        except UserError:
+            return None  # the model name is refused on its own
+        if tables_needed(spec, params)[which]:
+            return None
+        return (f"is read only by a model that {'learns phenotypes (learn_phenotypes: true)' if which == 0 else 'uses confounders (anti_confounders_strategy 1 or 2, or ivaes)'}; "
+                f"--pythae_model {spec.name} with these settings does not")
+    return why
+
+
 RECON_FLAGS = (
     Flag("pythae_model", ("model", "pythae", "model"), "str", "vae",
          "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.", "Model"),
@@ -181,7 +314,9 @@ register(TaskSpec(
     configyml=str(CONFIGS / "config_recon.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
               "model§drive": "pythae", "model§tag": "recon"},
-    extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae", engine=ReconEngine, module=__name__,
-    honours=honour.STANDARD, conditions=honour.EMA_WITH_USE_EMA,  # (GroupNorm: no BatchNorm to set at evaluation)
+    extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae",
+    engine=ReconEngine, module=__name__, steps=(CovariatePredictions(),),
+    honours=honour.STANDARD | honour.PHENOTYPES | honour.CONFOUNDERS,
+    conditions=honour.EMA_WITH_USE_EMA + (("json§DS_phenotypes", _tables_why(0)), ("json§DS_confounders", _tables_why(1))),  # (GroupNorm: no BatchNorm to set at evaluation)
     run_name_parts=lambda cfg: [f"pythaemodel-{cfg.model.pythae.model}"],  # the ancestor's run-name part
 ))
