@@ -6,7 +6,8 @@ unless embeddings only, ``recon`` (the reconstruction in the model's units), ``i
 to original units) and optionally ``code`` (a per-sample code beyond z, such as DiffAE's x_T). The writer
 
 - describes each sample from the dataset (its key and the size of its emb.h5 array),
-- computes the reconstruction metrics (SSIM/PSNR/NRMSE per channel, in original units),
+- computes the reconstruction metrics (SSIM/PSNR/NRMSE per channel, in original units; of the magnitude for complex
+  data kept complex, whose reconstructions recon.h5 keeps complex),
 - holds at most ``chunk`` samples in memory: every full chunk becomes one file in the partial folder beside the
   outputs (``.Output.partial/``), written atomically (latents, indices, metric rows, the selected
   reconstructions): a kill leaves whole chunks only,
@@ -131,8 +132,7 @@ class OutputWriter(L.Callback):
         self._refuse_non_finite(z, index)
         recon = rec.get("recon")
         if recon is not None:
-            x = rec["inp"].detach().float()
-            recon = recon.detach().float()
+            x, recon = _model_units(rec["inp"]), _model_units(recon)
             orig_in = invert_affine(x, rec["affine"]).cpu().numpy()
             orig_rec = invert_affine(recon, rec["affine"]).cpu().numpy()
             code = rec.get("code")
@@ -141,11 +141,14 @@ class OutputWriter(L.Callback):
             item = {"index": i, "z": z[j]}
             if recon is not None:
                 info = self.ds.sample_info(i)
-                item["metrics"] = [{**info.row(), **row} for row in recon_metrics(x[j].cpu(), recon[j].cpu())]
+                item["metrics"] = [{**info.row(), **row}
+                                   for row in recon_metrics(x[j].abs().cpu() if x.is_complex() else x[j].cpu(),
+                                                            recon[j].abs().cpu() if recon.is_complex() else recon[j].cpu())]
                 if info.patientID in self.recon_subs:
                     item["recon"] = {"recon": orig_rec[j], "input": orig_in[j], "code": None if code is None else code[j]}
                 if self.n_previews < self.n_preview:
-                    item["preview"] = {"input": orig_in[j], "recon": orig_rec[j]}
+                    item["preview"] = {"input": np.abs(orig_in[j]), "recon": np.abs(orig_rec[j])} \
+                        if np.iscomplexobj(orig_rec) else {"input": orig_in[j], "recon": orig_rec[j]}
                     self.n_previews += 1
             self.buffer.append(item)
             self.peak_buffered = max(self.peak_buffered, len(self.buffer))
@@ -189,8 +192,9 @@ class OutputWriter(L.Callback):
                         continue
                     grp = h5.require_group(f"{kind}/{it['index']}")
                     for key, arr in it[kind].items():
-                        if arr is not None:
-                            grp.create_dataset(key, data=np.asarray(arr, np.float32))
+                        if arr is not None:  # complex reconstructions stay complex
+                            grp.create_dataset(key, data=np.asarray(arr, np.complex64 if np.iscomplexobj(arr)
+                                                                    else np.float32))
             rows = [row for it in items for row in it.get("metrics", ())]
             if rows:
                 h5.attrs["metrics_csv"] = pd.DataFrame(rows).to_csv(index=False)
@@ -272,6 +276,12 @@ class OutputWriter(L.Callback):
                 grp = h5[f"{kind}/{i}"]
                 out.append({n: grp[n][()] if n in grp else None for n in ("recon", "input", "code")})
         return out
+
+
+def _model_units(t: torch.Tensor) -> torch.Tensor:
+    """float32, or complex64 for complex data kept complex (a real cast would drop the imaginary part)."""
+    t = t.detach()
+    return t.to(torch.complex64) if t.is_complex() else t.float()
 
 
 def test_record(index: torch.Tensor, z: torch.Tensor, batch: dict | None = None, recon: torch.Tensor | None = None,

@@ -35,7 +35,7 @@ STRATEGIES = ("default", "ddp", "ddp_spawn", "fsdp", "deepspeed", "deepspeed_sta
               "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload")
 NORM_TYPES = ("none", "minmax", "divbymax", "minmaxvol", "divbymaxvol", "zscore")
 PRECISIONS = ("32", "32-true", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64", "64-true", "16", "bf16")
-COMPLEX_MODES = ("magnitude", "real", "imaginary", "phase", "magphase", "realimag")
+COMPLEX_MODES = ("magnitude", "real", "imaginary", "phase", "magphase", "realimag", "complex")
 
 FLAGS: tuple[Flag, ...] = (
     # --- Run identity and mode
@@ -120,7 +120,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("Data", "croppad", "data", "bool", True, "Centre crop or zero-pad every sample to input_shape."),
     _f("Data", "interp_fact", "data", "float", 1.0, "In-plane resampling factor applied before crop/pad (1 = none).", **POSITIVE),
     _f("Data", "grey2RGB", "data", "bool", False, "Repeat a single channel three times."),
-    _f("Data", "complex_mode", "data", "str", "magnitude", "How complex data becomes real channels.", choices=COMPLEX_MODES),
+    _f("Data", "complex_mode", "data", "str", "magnitude", "How complex data becomes real channels; complex keeps it complex (complex64, for the complex models).",
+       choices=COMPLEX_MODES),
     _f("Data", "data_mask_mode", "data", "int", 0, "meta_mask.h5: 0 ignore, 1 multiply, 2 pass to masked losses.",
        choices=(0, 1, 2)),
     _f("Data", "batch_groups", "data", "str", "",

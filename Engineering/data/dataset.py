@@ -67,11 +67,12 @@ class SampleSpec:
         return ((1 if self.split_s else S), X, Y) if self.is3D else (X, Y)
 
     def sample_bytes(self, rec: DatasetRecord) -> int:
-        """float32 bytes of one sample after resampling (before crop/pad): what reading it allocates."""
+        """float32 (complex64 when kept complex) bytes of one sample after resampling (before crop/pad): what
+        reading it allocates."""
         C, Tn = self.logical_shape(rec)[:2]
         channels = (1 if self.split_c else C) * (1 if self.split_t else Tn) * (2 if self.complex_mode in
                                                                                ("magphase", "realimag") else 1)
-        return 4 * channels * int(np.prod(self.sample_spatial(rec)))
+        return (8 if self.complex_mode == "complex" else 4) * channels * int(np.prod(self.sample_spatial(rec)))
 
     def fit_problem(self, have: tuple[int, ...], where: str) -> str | None:
         """Why a sample of spatial size ``have`` cannot become ``input_shape`` (None: it can).
@@ -204,6 +205,9 @@ class H5Samples(Dataset):
         block = self.read_raw(ref)
         if block.dtype.kind in "fc" and not np.isfinite(block).all():
             raise UserError(f"{self.h5file}:{rec.path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})")
+        if spec.complex_mode == "complex" and block.dtype.kind != "c":  # a real model input is not what was asked
+            raise UserError(f"{self.h5file}:{rec.path} is real ({block.dtype}) but --complex_mode complex keeps "
+                            "complex data complex: select complex datasets, or choose another --complex_mode")
         x = self._to_model_layout(T.complex_to_real(block, spec.complex_mode) if block.dtype.kind == "c" else block)
         mask = None
         if spec.mask_mode and self.mask_file:
@@ -228,7 +232,9 @@ class H5Samples(Dataset):
             # a pure function of (seed, epoch, sample): the same flips with any number of workers and after a resume
             rng = np.random.default_rng((self.seed, epoch, i))
             x = T.random_flip(x, spec.flip_axes, spec.flip_prob, rng)
-        if x.dtype not in T.BATCH_DTYPES:
+        if x.dtype.kind == "c":  # kept complex (complex_to_real made it complex64): never cast to a real dtype
+            x = x.astype(T.COMPLEX_DTYPE, copy=False)
+        elif x.dtype not in T.BATCH_DTYPES:
             x = x.astype(np.float32)
         out = {"inp": torch.from_numpy(np.ascontiguousarray(x)), "affine": torch.from_numpy(affine), "index": i}
         if mask is not None and spec.mask_mode == 2:
@@ -257,7 +263,7 @@ class H5Samples(Dataset):
 
     def _spatial(self, x: np.ndarray, rec: DatasetRecord) -> np.ndarray:
         if self.spec.interp_fact != 1.0:
-            x = T.resample(x.astype(np.float32), self.spec.interp_fact)
+            x = T.resample(x if x.dtype.kind == "c" else x.astype(np.float32), self.spec.interp_fact)
         have, want = tuple(x.shape[1:]), tuple(self.spec.input_shape)
         problem = self.spec.fit_problem(have, f"{self.h5file}:{rec.path}")
         if problem:

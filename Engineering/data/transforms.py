@@ -3,6 +3,9 @@
 Every intensity normalisation here is affine per channel, ``y = x * scale + offset``,
 so one (C, 2) array of (scale, offset) per sample inverts any of them; that is
 how reconstructions are written back in original units.
+
+Complex data kept complex (``--complex_mode complex``) is normalised on its magnitude with a real positive scale
+and no offset (``COMPLEX_NORMS``): a scale keeps every phase, an offset would move it.
 """
 from __future__ import annotations
 
@@ -17,6 +20,8 @@ UNIT_RANGE_NORMS = ("minmax", "minmaxvol", "divbymax", "divbymaxvol")  # [0, 1] 
 # dtypes a batch may carry to the device before normalisation (torch collates them all)
 BATCH_DTYPES = tuple(np.dtype(d) for d in ("float32", "float16", "int8", "uint8", "int16", "int32"))
 VOLUME_NORMS = ("minmaxvol", "divbymaxvol")
+COMPLEX_NORMS = ("none", "divbymax", "divbymaxvol")  # a scale of the magnitude: what keeps the phase
+COMPLEX_DTYPE = np.dtype("complex64")  # what a complex batch carries (complex128 halves to it, as float64 to float32)
 _EPS = 1e-8
 
 
@@ -31,9 +36,12 @@ def axis_perm(channel_dim: int, slice_dim: int) -> tuple[int, ...]:
 
 
 def complex_to_real(arr: np.ndarray, mode: str) -> np.ndarray:
-    """Complex (C, ...) -> real channels; magphase and realimag double the channels."""
+    """Complex (C, ...) -> real channels; magphase and realimag double the channels; "complex" keeps it complex
+    (complex64)."""
     if not np.iscomplexobj(arr):
         return arr.astype(np.float32, copy=False)
+    if mode == "complex":
+        return arr.astype(COMPLEX_DTYPE, copy=False)
     if mode == "magnitude":
         out = np.abs(arr)
     elif mode == "real":
@@ -47,7 +55,8 @@ def complex_to_real(arr: np.ndarray, mode: str) -> np.ndarray:
     elif mode == "realimag":
         out = np.concatenate([arr.real, arr.imag], axis=0)
     else:
-        raise UserError(f"data§complex_mode {mode!r} is not one of magnitude, real, imaginary, phase, magphase, realimag")
+        raise UserError(f"data§complex_mode {mode!r} is not one of magnitude, real, imaginary, phase, magphase, "
+                        "realimag, complex")
     return out.astype(np.float32, copy=False)
 
 
@@ -74,13 +83,43 @@ def norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | 
     prenorm gives [-1, 1], the published cardiac models' input range).
     norm_range: the min-max family gives [0, 1] ("unit") or, mapped by 2y - 1, [-1, 1] ("symmetric":
     the range DiffAE's noise schedule assumes).
+    Complex ``x``: only the scales of ``COMPLEX_NORMS``, computed on the magnitude (see module docstring).
     """
+    if np.iscomplexobj(x):
+        return complex_norm_affine(x, norm_type, vol, prenorm, norm_range)
     scale, offset = _norm_affine(x, norm_type, vol, prenorm, zscore_mean, zscore_std)
     if norm_range == "symmetric" and norm_type in UNIT_RANGE_NORMS:
         return 2.0 * scale, 2.0 * offset - 1.0
     if norm_range not in ("unit", "symmetric"):
         raise UserError(f"data§norm_range must be unit or symmetric, got {norm_range!r}")
     return scale, offset
+
+
+def complex_norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | None] = (None, None),
+                        prenorm: str = "none", norm_range: str = "unit") -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset = 0) per channel for complex ``x`` (C, ...): divbymax divides by the sample's largest magnitude,
+    divbymaxvol by the dataset's ``max_val`` (the magnitude's, as the data contract stores it), none by 1. A min-max,
+    a z-score or the symmetric range would add an offset, which rotates and shifts the phase: refused."""
+    if norm_type not in COMPLEX_NORMS:
+        raise UserError(f"--norm_type {norm_type} shifts the values, which would move the phase of complex data kept "
+                        f"complex (--complex_mode complex); use one of {', '.join(COMPLEX_NORMS)} (a scale of the "
+                        "magnitude)")
+    if norm_range != "unit" and norm_type != "none":
+        raise UserError(f"--norm_range {norm_range} maps to [-1, 1] with an offset, which would move the phase of "
+                        "complex data kept complex; use --norm_range unit")
+    if str(prenorm) not in ("", "none"):
+        raise UserError(f"--prenorm {prenorm} applies to zscore, which complex data kept complex cannot use")
+    n_ch = x.shape[0]
+    zeros = np.zeros(n_ch, np.float64)
+    if norm_type == "none":
+        return np.ones(n_ch, np.float64), zeros
+    if norm_type == "divbymax":
+        hi = float(np.abs(x).max()) if x.size else 0.0
+    else:
+        hi = vol[1]
+        if hi is None:
+            raise UserError(f"norm_type {norm_type} needs the max_val dataset attribute (of the magnitude)")
+    return np.full(n_ch, 1.0 / max(abs(float(hi)), _EPS)), zeros
 
 
 def normalised_range(norm_type: str, prenorm: str = "none", zscore_mean: float | None = None,
@@ -132,9 +171,13 @@ def invert_affine(y, affine):
 
 
 def resample(x: np.ndarray, fact: float) -> np.ndarray:
-    """In-plane (last two axes) resampling by ``fact`` (linear interpolation)."""
+    """In-plane (last two axes) resampling by ``fact`` (linear interpolation); complex data part by part (linear
+    interpolation commutes with taking the real and imaginary parts)."""
     if fact == 1.0:
         return x
+    if np.iscomplexobj(x):
+        re, im = resample(x.real.astype(np.float32), fact), resample(x.imag.astype(np.float32), fact)
+        return (re + 1j * im).astype(COMPLEX_DTYPE)
     t = torch.from_numpy(np.ascontiguousarray(x))
     lead = t.shape[:-2]
     t = t.reshape(1, -1, *t.shape[-2:])
@@ -143,8 +186,11 @@ def resample(x: np.ndarray, fact: float) -> np.ndarray:
 
 
 def normalise_batch(inp: torch.Tensor, affine: torch.Tensor) -> torch.Tensor:
-    """Apply the per-sample, per-channel affine (B, C, 2) to a batch (B, C, ...) as float32."""
+    """Apply the per-sample, per-channel affine (B, C, 2) to a batch (B, C, ...) as float32 (complex64 for a
+    complex batch: its real scale keeps the phase, and its offset is 0, see ``complex_norm_affine``)."""
     shape = affine.shape[:2] + (1,) * (inp.ndim - 2)
+    if inp.is_complex():
+        return inp.to(torch.complex64) * affine[..., 0].reshape(shape) + affine[..., 1].reshape(shape)
     return inp.to(torch.float32) * affine[..., 0].reshape(shape) + affine[..., 1].reshape(shape)
 
 

@@ -50,8 +50,9 @@ def write_emb_tables(out_dir: str | Path, infos: list[SampleInfo], z: np.ndarray
 
 def write_recon_h5(path: str | Path, infos: list[SampleInfo], recon: list[np.ndarray], inputs: list[np.ndarray],
                    attrs: dict | None = None, codes: list[np.ndarray | None] | None = None) -> None:
-    """Reconstructions (original intensity units) per sample: <group>/<key>/recon_c{c}_t{t}_s{s}, with the input
-    (``input_...``) and, for DiffAE, the stochastic code x_T in the model's normalised units (``xT_...``)."""
+    """Reconstructions (original intensity units; complex64 for complex data kept complex, float32 otherwise) per
+    sample: <group>/<key>/recon_c{c}_t{t}_s{s}, with the input (``input_...``) and, for DiffAE, the stochastic code
+    x_T in the model's normalised units (``xT_...``)."""
     codes = codes or [None] * len(infos)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         _attrs(h5, attrs)
@@ -59,10 +60,15 @@ def write_recon_h5(path: str | Path, infos: list[SampleInfo], recon: list[np.nda
             grp = h5.require_group(f"{info.group}/{info.key}")
             name = f"c{info.c if info.c is not None else 'all'}_t{info.t if info.t is not None else 'all'}" \
                    f"_s{info.s if info.s is not None else 'all'}"
-            grp.create_dataset(f"recon_{name}", data=rec.astype(np.float32))
-            grp.create_dataset(f"input_{name}", data=inp.astype(np.float32))
+            grp.create_dataset(f"recon_{name}", data=_stored(rec))
+            grp.create_dataset(f"input_{name}", data=_stored(inp))
             if code is not None:
                 grp.create_dataset(f"xT_{name}", data=code.astype(np.float32))
+
+
+def _stored(arr: np.ndarray) -> np.ndarray:
+    """float32, or complex64 for complex data kept complex (its reconstructions stay complex)."""
+    return arr.astype(np.complex64 if np.iscomplexobj(arr) else np.float32)
 
 
 def write_table(path: str | Path, df: pd.DataFrame, sep: str = ",") -> None:
