@@ -19,7 +19,9 @@ from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 from .registry import ModelSpec, get_spec
 
 NN_FAMILIES = ("conv", "resnet")
-RECON_LOSSES = ("mse", "l1", "bce", "custom")
+RECON_LOSSES = ("mse", "l1", "bce", "smooth_l1", "ssim", "ms_ssim", "masked", "perceptual", "custom")
+# losses built without parameters (custom_loss_params are not theirs, as before the named losses came)
+_PARAMLESS = ("l1", "bce")
 OUTPUT_ACTIVATIONS = ("auto", "identity", "sigmoid", "tanh")
 
 # set by the drive from this config, never by model_params
@@ -59,11 +61,15 @@ class PythaeDriveConfig:
     n_features: width of the first stage (doubles per level, capped at 8x).
     n_levels: downsampling stages (an axis stops halving at length 1).
     reconstruction_loss: 'mse' / 'bce' (pythae's own; bce needs data in [0, 1] and makes
-        the decoder end in a sigmoid), 'l1', or 'custom' (``custom_loss_class`` built with
-        ``custom_loss_params``; built-ins 'masked_mse', 'masked_l1' use the batch mask).
-        See recon_losses.py for how l1/custom replace the squared error inside pythae.
+        the decoder end in a sigmoid), 'l1', 'smooth_l1', 'ssim', 'ms_ssim', 'masked' (the
+        ancestor's MaskedReconLoss over the batch mask), 'perceptual' (a local network file), or
+        'custom' (``custom_loss_class`` built with ``custom_loss_params``; built-ins 'masked_mse',
+        'masked_l1', 'masked' use the batch mask). See recon_losses.py for how they replace the
+        squared error inside pythae, and for each loss's parameters.
     custom_loss_class: built-in name, 'package.module.Class', or a class/function.
-    custom_loss_params: keyword arguments for ``custom_loss_class``.
+    custom_loss_params: keyword arguments of the loss: of ``custom_loss_class``, or of the named
+        loss (smooth_l1: beta; ssim/ms_ssim: data_range, sigma, ...; masked: loss_fn, mode;
+        perceptual: network, n_level, feature_loss). Ignored by 'l1' and 'bce', which take none.
     model_params: pythae config fields of the model (see module docstring).
     output_activation: decoder output; 'auto' = sigmoid for bce, identity otherwise.
     vq_code_dim: vqvae only: size of each code vector; latent_dim / vq_code_dim codes.
@@ -122,10 +128,16 @@ class PythaeDriveConfig:
             raise PythaeDriveConfigError(f"vq_code_dim ({self.vq_code_dim}) must divide latent_dim ({self.latent_dim})")
         if self.model in ("svae", "pvae") and self.latent_dim < 2:
             raise PythaeDriveConfigError(f"{self.model} needs latent_dim >= 2")
-        if self.reconstruction_loss == "custom" or self.custom_loss_class is not None:
-            self.elementwise_loss()  # fail now, not at the first batch
         if not isinstance(self.model_params, Mapping) or not isinstance(self.custom_loss_params, Mapping):
             raise PythaeDriveConfigError("model_params and custom_loss_params must be mappings")
+        if self.wraps_reconstruction or self.custom_loss_class is not None:
+            loss = self.elementwise_loss()  # fail now, not at the first batch
+            check = getattr(getattr(loss, "loss", None), "check_shape", None)
+            if check is not None and self.reconstruction_loss != "custom":  # image size vs window / scales / levels
+                try:
+                    check(self.input_shape, self.in_channels, self.is3D)
+                except ValueError as exc:
+                    raise PythaeDriveConfigError(str(exc)) from None
         self.model_params = dict(self.model_params)
         self.pythae_config()  # validates model_params
 
@@ -164,7 +176,8 @@ class PythaeDriveConfig:
         if not self.wraps_reconstruction:
             return None
         try:
-            return build_elementwise_loss(self.reconstruction_loss, self.custom_loss_class, self.custom_loss_params)
+            params = None if self.reconstruction_loss in _PARAMLESS else self.custom_loss_params
+            return build_elementwise_loss(self.reconstruction_loss, self.custom_loss_class, params)
         except ValueError as exc:
             raise PythaeDriveConfigError(str(exc)) from None
 
