@@ -55,7 +55,7 @@ def _config_error(msg: str) -> Exception:
 
 @dataclass
 class UltraCEVAEConfig(VAEConfig, CovariateHeadsConfig):
-    """The ancestor's ``model§pythae§models§ultra_cevae`` keys (the heads' keys: :class:`.heads.CovariateHeadsConfig`).
+    """The ancestor's ``model§pythae§models§ultra_cevae`` keys (heads' keys: :class:`.heads.CovariateHeadsConfig`).
 
     ce_factor, recon_factor, vae_factor: weights (>= 0) of the context-encoding reconstruction, the reconstruction
         of x and the KL (module docstring). StRegA: 0.5, 1.0, 0.5.

@@ -39,7 +39,7 @@ needs no u.
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -79,6 +79,27 @@ def product_of_gaussians(mean1: Tensor, log_var1: Tensor, mean2: Tensor, log_var
 def log_normal(z: Tensor, mean: Tensor, log_var: Tensor, dim: int = 1) -> Tensor:
     """log N(z; mean, diag e^log_var), summed over ``dim``."""
     return -0.5 * (_LOG_2PI + log_var + (z - mean) ** 2 / log_var.exp()).sum(dim)
+
+
+def skew_kls(mu_x: Tensor, lv_x: Tensor, mu_p: Tensor, lv_p: Tensor, alphas: Tensor, eps_x: Tensor,
+             eps_p: Tensor) -> Tuple[Tensor, Tensor]:
+    """Monte-Carlo KL(q_x || q_a) and KL(q_p || q_a), each (B, K), for the mixtures q_a = a q_x + (1 - a) q_p.
+
+    q_x = N(mu_x, e^lv_x) and q_p = N(mu_p, e^lv_p) are (B, L) diagonal Gaussians; eps_x, eps_p (B, L, M) standard
+    normal draws give M samples of each; alphas (K,) in [0, 1]. Estimates are clamped at 0 (a KL is >= 0).
+    """
+    zx = mu_x[..., None] + (0.5 * lv_x).exp()[..., None] * eps_x
+    zp = mu_p[..., None] + (0.5 * lv_p).exp()[..., None] * eps_p
+    qx_zx, qp_zx = log_normal(zx, mu_x[..., None], lv_x[..., None]), log_normal(zx, mu_p[..., None], lv_p[..., None])
+    qx_zp, qp_zp = log_normal(zp, mu_x[..., None], lv_x[..., None]), log_normal(zp, mu_p[..., None], lv_p[..., None])
+    log_a, log_1ma = torch.log(alphas), torch.log1p(-alphas)  # -inf at the ends: that component drops out
+
+    def log_mix(qx, qp):  # log q_a at the samples, (B, M, K)
+        return torch.logaddexp(log_a + qx[..., None], log_1ma + qp[..., None])
+
+    kl_x = (qx_zx[..., None] - log_mix(qx_zx, qp_zx)).mean(1).clamp_min(0)
+    kl_p = (qp_zp[..., None] - log_mix(qx_zp, qp_zp)).mean(1).clamp_min(0)
+    return kl_x, kl_p
 
 
 # ----------------------------------------------------------------------------- config
@@ -259,19 +280,8 @@ class IVAEs(VAE):
         kl_enc = gaussian_kl(mu_x, lv_x, mu_u, lv_u)
         neg_elbo_enc = rec_enc + beta * kl_enc
 
-        # M samples from each component, (B, L, M); log densities of both components at both, (B, M)
-        zx = mu_x[..., None] + (0.5 * lv_x).exp()[..., None] * self._noise(mu_x, m)
-        zp = mu_p[..., None] + (0.5 * lv_p).exp()[..., None] * self._noise(mu_p, m)
-        qx_zx, qp_zx = log_normal(zx, mu_x[..., None], lv_x[..., None]), log_normal(zx, mu_p[..., None], lv_p[..., None])
-        qx_zp, qp_zp = log_normal(zp, mu_x[..., None], lv_x[..., None]), log_normal(zp, mu_p[..., None], lv_p[..., None])
-        a = self.alphas.to(mu_x.dtype)  # (K,)
-        log_a, log_1ma = torch.log(a), torch.log1p(-a)  # -inf at the ends: that component drops out
-
-        def log_mix(qx, qp):  # log q_a at the samples, (B, M, K)
-            return torch.logaddexp(log_a + qx[..., None], log_1ma + qp[..., None])
-
-        kl_x = (qx_zx[..., None] - log_mix(qx_zx, qp_zx)).mean(1).clamp_min(0)  # KL(q(z|x) || q_a), (B, K)
-        kl_p = (qp_zp[..., None] - log_mix(qx_zp, qp_zp)).mean(1).clamp_min(0)  # KL(q(z|x,u) || q_a)
+        a = self.alphas.to(mu_x.dtype)
+        kl_x, kl_p = skew_kls(mu_x, lv_x, mu_p, lv_p, a, self._noise(mu_x, m), self._noise(mu_p, m))
         skew = a * kl_x + (1 - a) * kl_p
         bounds = a * neg_elbo_enc[:, None] + (1 - a) * neg_elbo_ivae[:, None] - beta * skew
         per_sample, idx = bounds.min(dim=1)
