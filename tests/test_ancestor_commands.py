@@ -100,13 +100,15 @@ def test_the_ancestors_yaml_loads_each_key_mapped_or_named_once(capsys):
     assert cfg["json"]["DS_every_primary"] is False and cfg["json"]["DS_include_repeatAcq"] is True
     p = cfg["model"]["pythae"]
     assert p["n_features"] == 16 and p["nn"] == "conv" and p["reconstruction_loss"] == "l1"
-    assert p["models"] == {"beta_vae": {"beta": 2.0}}
+    # the ancestor's own models' sections reach them unchanged (custom_models/)
+    assert p["models"] == {"beta_vae": {"beta": 2.0}, "ultra_vae": {"p_do": 0.0, "learn_phenotypes": True}}
     lines = [line for line in err.splitlines() if "no effect here" in line]
     assert len(lines) == 1, err  # one warning names every key that changes nothing here
     for key in ("training§log_freq", "training§im_log_freq", "training§save_recon", "training§augmentations",
                 "eval§norm4diff", "eval§metrics2use", "data§dataset§combine_acquisitions", "model§pythae§wrappers",
-                "model§pythae§custom_loss_class", "model§pythae§models§ultra_vae", "model§DiffAE"):
+                "model§pythae§custom_loss_class", "model§DiffAE"):
         assert key in lines[0], key
+    assert "model§pythae§models" not in lines[0]
     # the same file for main_diffAE: its DiffAE keys act, main_recon's section is named
     code, out, err = _main(capsys, ["Executors/main_diffAE.py", "--configyml_path", str(FIXTURE), "--print_config"])
     assert code == 0, err
@@ -115,9 +117,11 @@ def test_the_ancestors_yaml_loads_each_key_mapped_or_named_once(capsys):
 
 
 @pytest.mark.parametrize("edit, match", [
-    ("data:\n  complex_mode: 0\n", "data§complex_mode 0 .*not implemented"),
+    ("data:\n  complex_mode: 7\n", "data§complex_mode 7 is not one of the ancestor's modes"),
     ("training:\n  augmentations:\n    p: 0.5\n", "augmentations p=0.5"),
-    ("model:\n  pythae:\n    nn: cvconvnet\n", "complex-valued networks are not implemented"),
+    ("model:\n  pythae:\n    reconstruction_loss: custom\n"
+     "    custom_loss_class: Engineering.Science.losses.channel_weighted.ChannelVarWeightedLoss\n",
+     "custom_loss_class .*ChannelVarWeightedLoss: the ancestor's loss is not implemented"),
 ])
 def test_what_the_ancestors_yaml_asks_and_we_lack_is_refused(edit, match, tmp_path, capsys):
     bad = tmp_path / "c.yaml"
@@ -130,9 +134,10 @@ def test_what_the_ancestors_yaml_asks_and_we_lack_is_refused(edit, match, tmp_pa
 
 
 @pytest.mark.parametrize("flag, value, task, outcome", [
-    ("lossID", "0", "recon", "--lossID 0 has no effect"),
-    ("lossID", "3", "recon", "--lossID 3 (MS-SSIM) is not honoured by task 'recon'"),
+    ("lossID", "0", "diffAE", "--lossID 0 has no effect"),
+    ("lossID", "-2", "recon", "--lossID -2 (LPIPS) is refused"),
     ("lossID", "-1", "diffAE", "--lossID -1 (the in-house perceptual loss) is not honoured"),
+    ("lossID", "9", "recon", "--lossID 9: not one of the ancestor's loss IDs"),
     ("taskID", "0", "recon", "--taskID 0 has no effect"),
     ("taskID", "1", "recon", "--taskID 1 selects the ancestor's task 'diffAE'"),
     ("modelID", "0", "recon", "--modelID 0 has no effect"),
