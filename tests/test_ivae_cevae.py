@@ -21,7 +21,8 @@ from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.ivae import skew_k
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 N_AUX = 3
-SMALL_IVAE = {"n_aux": N_AUX, "hidden_nodes_label_prior": 16, "hidden_nodes_label_decoder": 16, "M": 16}
+SMALL_IVAE = {"n_aux": N_AUX, "hidden_nodes_label_prior": 16}
+MODE_PARAMS = {"iVAE": {}, "IDVAE": {"hidden_nodes_label_decoder": 16}, "CI-iVAE": {"M": 16}}
 
 # the ancestor's config_v1.yaml sections (GlastonburyGroup/ImLatent), key for key; max_n_squares sits inside a
 # comment there, so it is absent
@@ -105,7 +106,7 @@ def test_ivae_elbo_equals_the_closed_form(orig_recon_loss):
 
 def test_idvae_adds_the_label_vae_elbo():
     beta = 0.3
-    drive = make("ivaes", ivae_mode="IDVAE", beta=beta, **SMALL_IVAE)
+    drive = make("ivaes", ivae_mode="IDVAE", beta=beta, **SMALL_IVAE, **MODE_PARAMS["IDVAE"])
     model = drive.model
     x, u = blobs((12, 12)), aux_u()
     drawn = fix_noise(model)
@@ -127,7 +128,7 @@ def test_idvae_adds_the_label_vae_elbo():
 def test_ci_ivae_bound_is_at_least_as_tight_as_both_ends():
     """The per-sample optimum over a in [0, 1] includes a=0 (iVAE) and a=1 (q(z|x) with the label prior)."""
     beta = 0.5
-    drive = make("ivaes", ivae_mode="CI-iVAE", beta=beta, alpha_step=0.25, **SMALL_IVAE)
+    drive = make("ivaes", ivae_mode="CI-iVAE", beta=beta, alpha_step=0.25, **SMALL_IVAE, **MODE_PARAMS["CI-iVAE"])
     fix_noise(drive.model)
     drive.eval()
     with torch.no_grad():
@@ -285,7 +286,7 @@ IVAE_FALLING = {"iVAE": ["recon_loss"], "IDVAE": ["recon_loss", "label_recon_los
 
 
 def _train_ivae(mode, shape, steps):
-    drive = make("ivaes", shape, ivae_mode=mode, **SMALL_IVAE)
+    drive = make("ivaes", shape, ivae_mode=mode, **SMALL_IVAE, **MODE_PARAMS[mode])
     batch = {"inp": blobs(shape), "aux_u": aux_u()}
     terms = train(drive, batch, steps)
     assert set(terms) >= {"loss", "recon_loss", "reg_loss"}
@@ -345,6 +346,9 @@ def test_the_ancestor_config_sections_drive_the_models_unchanged():
     ("ivaes", {"alpha_step": 1.5}, "alpha_step must be in"),
     ("ivaes", {"beta": -1.0}, "beta must be"),
     ("ivaes", {"M": 0}, "M must be a positive integer"),
+    ("ivaes", {"ivae_mode": "iVAE", "M": 10}, "M applies to ivae_mode CI-iVAE only, not iVAE"),
+    ("ivaes", {"ivae_mode": "IDVAE", "alpha_step": 0.1}, "alpha_step applies to ivae_mode CI-iVAE only"),
+    ("ivaes", {"hidden_nodes_label_decoder": 64}, "hidden_nodes_label_decoder applies to ivae_mode IDVAE only"),
     ("ivaes", {"hidden_nodes_label_prior": 0}, "hidden_nodes_label_prior must be"),
     ("ivaes", {"predict_reparameterised": True}, "predict_reparameterised=true is not supported"),
     ("ivaes", {"kl_annealing": True}, "kl_annealing=true is not implemented"),
@@ -376,3 +380,29 @@ def test_ivaes_without_u_is_one_clear_error():
     with pytest.raises(PythaeDriveConfigError, match="NaN") as exc:
         drive({"inp": blobs((12, 12)), "aux_u": torch.full((4, 3), float("nan"))})
     one_line(exc)
+
+
+class _SquaredError(torch.nn.Module):
+    def forward(self, recon, target):
+        return (recon - target) ** 2
+
+
+@pytest.mark.parametrize("model,params", [("ivaes", {"ivae_mode": "CI-iVAE", "orig_recon_loss": True}),
+                                          ("ivaes", {"ivae_mode": "IDVAE", "orig_recon_loss": False}),
+                                          ("ultra_cevae", {})])
+def test_the_drives_elementwise_loss_replaces_the_squared_error(model, params):
+    """reconstruction_loss='custom' with a squared error reproduces 'mse' exactly: the recon terms go through the
+    drive's element-wise loss (so l1 / masked losses act on these models too)."""
+    params = {**SMALL_IVAE, **MODE_PARAMS[params["ivae_mode"]], **params} if model == "ivaes" else params
+    x, results = blobs((7, 9), batch=5), []
+    for kind in ("mse", "custom"):
+        torch.manual_seed(0)
+        drive = PythaeDrive(PythaeDriveConfig(model=model, input_shape=(7, 9), latent_dim=4, n_features=4,
+                                              reconstruction_loss=kind, model_params=params,
+                                              custom_loss_class=_SquaredError if kind == "custom" else None))
+        torch.manual_seed(1)
+        out = drive({"inp": x, "aux_u": aux_u(5)})
+        results.append({k: float(v.detach()) for k, v in out.losses.items()})
+    assert results[0].keys() == results[1].keys()
+    for k in results[0]:
+        assert math.isclose(results[0][k], results[1][k], rel_tol=1e-6, abs_tol=1e-7), k

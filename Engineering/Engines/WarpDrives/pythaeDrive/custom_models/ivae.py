@@ -111,8 +111,10 @@ class IVAEsConfig(VAEConfig):
     beta: weight of the KL terms (and of CI-iVAE's skew KLs, which belong to the same entropy term).
     alpha_step: CI-iVAE's grid step for the mixture weight a in [0, 1]; 0 < alpha_step < 1.
     hidden_nodes_label_prior: width of the two hidden layers of the label prior MLP u -> (mean, log variance).
-    hidden_nodes_label_decoder: width of IDVAE's label decoder z -> u (unused by the other modes).
-    M: Monte-Carlo samples per component for CI-iVAE's skew KLs (unused by the other modes).
+    hidden_nodes_label_decoder: width of IDVAE's label decoder z -> u.
+    M: Monte-Carlo samples per component for CI-iVAE's skew KLs.
+    (alpha_step and M apply to CI-iVAE, hidden_nodes_label_decoder to IDVAE: another mode refuses a
+    non-default value.)
     predict_reparameterised: must be False: embed() is the posterior mean of q(z | x) (deterministic); a
         sampled embedding would make emb.h5 change from run to run.
     orig_recon_loss: per-sample mean of the element-wise loss (True) or pythae's VAE sum (False).
@@ -153,12 +155,21 @@ class IVAEsConfig(VAEConfig):
                 raise _config_error(f"ivaes: {name} must be a positive integer, got {getattr(self, name)}")
         if self.n_aux < 0:
             raise _config_error(f"ivaes: n_aux must be >= 0, got {self.n_aux}")
+        # a key the chosen mode does not read may keep its default (the ancestor's YAML lists them all); a value
+        # set to something else would silently do nothing
+        for name, modes_using in (("alpha_step", ("CI-iVAE",)), ("M", ("CI-iVAE",)),
+                                  ("hidden_nodes_label_decoder", ("IDVAE",))):
+            if mode not in modes_using and getattr(self, name) != _FIELD_DEFAULTS[name]:
+                raise _config_error(f"ivaes: {name} applies to ivae_mode {' / '.join(modes_using)} only, not {mode}")
         if self.predict_reparameterised:
             raise _config_error("ivaes: predict_reparameterised=true is not supported: embed() returns the "
                                 "posterior mean of q(z|x) (deterministic); set it to false")
         for name in ("aggressive_post", "kl_annealing"):
             if getattr(self, name):
                 raise _config_error(f"ivaes: {name}=true is not implemented (nor was it in the ancestor)")
+
+
+_FIELD_DEFAULTS = {"alpha_step": 0.025, "M": 100, "hidden_nodes_label_decoder": 256}
 
 
 # ----------------------------------------------------------------------------- networks
