@@ -229,22 +229,40 @@ def test_masked_input_keeps_x_outside_the_squares():
     assert masked[mask.expand_as(x)].min() >= x.min() and masked[mask.expand_as(x)].max() <= x.max()
 
 
-def test_anomaly_map_shape_and_planted_anomaly():
+@pytest.fixture(scope="module")
+def trained_cevae():
     drive = make("ultra_cevae", (16, 16), min_n_squares=0, max_n_squares=1)
-    x = blobs((16, 16), batch=8)
-    train(drive, {"inp": x}, steps=30)
-    drive.eval()
+    train(drive, {"inp": blobs((16, 16), batch=8)}, steps=30)
+    return drive.eval()
+
+
+@pytest.mark.parametrize("score,factor", [("combi", 5), ("grad", 2), ("rec", 5)])  # seen: >= 11, 5, 15
+def test_anomaly_map_shape_and_planted_anomaly(trained_cevae, score, factor):
     test = blobs((16, 16), batch=2, seed=5)
     planted = test.clone()
     planted[:, :, 3:7, 9:13] = 1.5  # a bright square that none of the training images has
     with torch.inference_mode():  # the map takes its own gradient, also under inference mode
-        amap = drive.model.anomaly_map(planted)
-    assert amap.shape == planted.shape and torch.isfinite(amap).all()
+        amap = trained_cevae.model.anomaly_map(planted, score=score)
+    assert amap.shape == planted.shape and torch.isfinite(amap).all() and (amap >= 0).all()
     inside = torch.zeros_like(planted, dtype=torch.bool)
     inside[:, :, 3:7, 9:13] = True
     for i in range(2):
         a, m = amap[i], inside[i]
-        assert a[m].mean() > 5 * a[~m].mean(), (a[m].mean(), a[~m].mean())
+        assert a[m].mean() > factor * a[~m].mean(), (a[m].mean(), a[~m].mean())
+
+
+def test_anomaly_map_is_the_product_of_squared_error_and_kl_gradient(trained_cevae):
+    """'combi' recomputed here: (x - decode(mu))^2 * |d KL(N(mu, var) || N(0, I)) / dx|."""
+    model = trained_cevae.model
+    x = blobs((16, 16), batch=2, seed=6).requires_grad_(True)
+    enc = model.encoder(x)
+    kl = kl_divergence(Normal(enc.embedding, (0.5 * enc.log_covariance).exp()), Normal(0.0, 1.0)).sum()
+    (grad,) = torch.autograd.grad(kl, x)
+    with torch.no_grad():
+        want = (x - model.decoder(enc.embedding)["reconstruction"]).pow(2) * grad.abs()
+    torch.testing.assert_close(model.anomaly_map(x.detach()), want, rtol=1e-4, atol=1e-8)
+    with pytest.raises(PythaeDriveConfigError, match="anomaly score must be one of combi, grad, rec"):
+        model.anomaly_map(x.detach(), score="kl")
 
 
 def test_anomaly_map_3d_shape():

@@ -23,9 +23,14 @@ multiplied recon_loss by vae_factor too (vae_factor * (KL + recon_factor * recon
 (all factors 1) both agree. Reconstruction terms follow pythae's VAE: 0.5 x the per-sample sum of the drive's
 element-wise loss (mse, or l1 / custom / masked through ReconTarget), or the sum of BCE.
 
-:meth:`UltraCEVAE.anomaly_map` is Zimmerer et al.'s pixel-wise score "combi": the reconstruction error times the
-magnitude of the gradient of the (negative) ELBO with respect to the input, |x - x_hat| * |d(-ELBO)/dx|, with
-x_hat the decoding of the posterior mean and the ELBO evaluated at the posterior mean (deterministic).
+:meth:`UltraCEVAE.anomaly_map` is Zimmerer et al.'s pixel-wise score "combi", which combines the reconstruction-
+based and the density-based score by element-wise multiplication: the squared reconstruction error (x - x_hat)^2
+times |d KL(q(z|x) || N(0, I)) / dx|, the magnitude of the gradient, with respect to the input, of the ELBO's
+density term (the paper's contribution: the posterior's deviation from the prior enters the pixel-wise score; the
+authors' released MOOD code computes "combi" this way). x_hat decodes the posterior mean, and the KL is evaluated
+there too (deterministic). ``score="grad"`` gives |d(-ELBO)/dx| (the whole ELBO, their "grad") and
+``score="rec"`` the squared error alone. Not done here: the authors' code also rescales the gradient map to
+[0, 1] and smooths it (an 8-pixel kernel) before the product; apply such post-processing downstream if wanted.
 """
 from __future__ import annotations
 
@@ -44,6 +49,7 @@ from .heads import CovariateHeads, CovariateHeadsConfig
 
 Tensor = torch.Tensor
 Box = Tuple[Tuple[int, ...], int]  # (start per spatial axis, side)
+ANOMALY_SCORES = ("combi", "grad", "rec")
 
 
 def _config_error(msg: str) -> Exception:
@@ -178,25 +184,35 @@ class UltraCEVAE(VAE):
             loss = loss + self.covariate_heads.weighted_total(head_terms)
         return ModelOutput(loss=loss, **terms, recon_x=recon_x, z=z)
 
-    def anomaly_map(self, x: Tensor) -> Tensor:
-        """Zimmerer et al.'s "combi" score, same shape as x: |x - x_hat| * |d(-ELBO(x))/dx| (module docstring).
+    def anomaly_map(self, x: Tensor, score: str = "combi") -> Tensor:
+        """Pixel-wise anomaly score, same shape as x (module docstring): 'combi' (x - x_hat)^2 * |grad_x KL|,
+        'grad' |grad_x (-ELBO)|, 'rec' (x - x_hat)^2.
 
-        Deterministic (posterior mean); works under no_grad and inference_mode (it computes its own gradient).
-        Call it in eval mode.
+        Deterministic (posterior mean); works under no_grad and inference_mode (it takes its own gradient). Call it
+        in eval mode.
         """
+        if score not in ANOMALY_SCORES:
+            raise _config_error(f"anomaly score must be one of {', '.join(ANOMALY_SCORES)}, got {score!r}")
         with torch.inference_mode(False), torch.enable_grad():
-            x = x.detach().clone().requires_grad_(True)  # a normal tensor even if x came from inference mode
+            x = x.detach().clone().requires_grad_(score != "rec")  # a normal tensor even from inference mode
             enc = self.encoder(x)
             mu, log_var = enc.embedding, enc.log_covariance
             x_hat = self.decoder(mu)["reconstruction"]
-            neg_elbo = (self.recon_term(x_hat, x) + self.kl_term(mu, log_var)).sum()  # samples are independent
-            (grad,) = torch.autograd.grad(neg_elbo, x)
-        return ((x - x_hat).abs() * grad.abs()).detach()
+            rec = (x - x_hat).detach().pow(2)
+            if score == "rec":
+                return rec
+            # the samples are independent (GroupNorm is per sample), so one gradient of the sum serves them all
+            target = self.kl_term(mu, log_var)
+            if score == "grad":
+                target = target + self.recon_term(x_hat, x)
+            (grad,) = torch.autograd.grad(target.sum(), x)
+        grad = grad.abs()
+        return rec * grad if score == "combi" else grad
 
 
 SPECS = (
     ModelSpec("ultra_cevae", UltraCEVAEConfig, UltraCEVAE, aux_inputs=aux.ALL_KEYS, data_params=aux.DATA_PARAMS,
               notes="context-encoding VAE (Zimmerer et al.; StRegA): VAE + inpainting of random squares/cubes with "
-                    "the same encoder/decoder; anomaly_map(x) = |x - x_hat| * |grad_x ELBO|; phenotype heads and "
-                    "anti-confounder strategies as ultra_vae."),
+                    "the same encoder/decoder; anomaly_map(x) = (x - x_hat)^2 * |grad_x KL| (their 'combi'); "
+                    "phenotype heads and anti-confounder strategies as ultra_vae."),
 )
