@@ -105,8 +105,8 @@ def test_the_ancestors_yaml_loads_each_key_mapped_or_named_once(capsys):
     lines = [line for line in err.splitlines() if "no effect here" in line]
     assert len(lines) == 1, err  # one warning names every key that changes nothing here
     for key in ("training§log_freq", "training§im_log_freq", "training§save_recon", "training§augmentations",
-                "eval§norm4diff", "eval§metrics2use", "data§dataset§combine_acquisitions", "model§pythae§wrappers",
-                "model§pythae§custom_loss_class", "model§DiffAE"):
+                "eval§norm4diff", "eval§metrics2use", "data§dataset§combine_acquisitions",
+                "model§pythae§wrappers", "model§pythae§custom_loss_class", "model§DiffAE"):
         assert key in lines[0], key
     assert "model§pythae§models" not in lines[0]
     # the same file for main_diffAE: its DiffAE keys act, main_recon's section is named

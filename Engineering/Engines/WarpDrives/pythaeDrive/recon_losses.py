@@ -228,7 +228,8 @@ class MSSSIM(_SSIMParams):
         return need
 
     def describe(self) -> str:
-        return f"{len(self.betas)} scales and a {self.kw['kernel_size']}-wide window (fewer betas or a smaller sigma lower it)"
+        return (f"{len(self.betas)} scales and a {self.kw['kernel_size']}-wide window "
+                "(fewer betas or a smaller sigma lower it)")
 
     def forward(self, recon: T, target: T) -> T:
         from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
@@ -334,7 +335,8 @@ def _read_feature_net(path: Path) -> Tuple[List[List[nn.Module]], Optional[T], O
             if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
                 state = state["state_dict"]
     except Exception as exc:  # noqa: BLE001 -- any unreadable file is the same user error
-        raise ValueError(f"perceptual loss: cannot read network file {path}: {' '.join(str(exc).split())[:200]}") from None
+        why = " ".join(str(exc).split())[:200]
+        raise ValueError(f"perceptual loss: cannot read network file {path}: {why}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"perceptual loss: {path} must hold a mapping of tensor names to tensors")
     convs: Dict[Tuple[int, int], Dict[str, T]] = {}
