@@ -319,3 +319,43 @@ def test_real_model_on_complex_data_is_refused_in_one_line(cdemo, tmp_path, caps
                                    "--num_epochs", "1", "--n_train_batches", "1"))
     assert code == 2
     assert "only the complex models read" in _one_line_error(err)
+
+
+# ------------------------------------------------------------------------------------- magnitude/phase pairs
+def _split_pairs(demo: Path, path: Path, lo: float = 0.0, hi: float = 4095.0) -> None:
+    """The complex demo stored as a magnitude series and a 12-bit phase series (as a scanner exports them)."""
+    with h5py.File(demo / "data.h5") as src, h5py.File(path, "w") as dst:
+        for pid in src:
+            grp = dst.create_group(f"{pid}/20208/2")
+            grp.attrs["aet"] = src[f"{pid}/20208/2"].attrs["aet"]
+            z = src[f"{pid}/20208/2/{COMPLEX_KEY}"][()]
+            grp.create_dataset("primary_flow_0", data=np.abs(z).astype(np.float32)).attrs["seriesID"] = f"{pid}.m"
+            grp.create_dataset("primary_flowP_0", data=np.round((np.angle(z) + np.pi) / (2 * np.pi) * (hi - lo) + lo)
+                               .astype(np.int16))
+            grp.create_dataset("primary_other_0", data=np.ones((1, 1, 1, 4, 4), np.float32))
+
+
+def test_magphase_pairs_become_the_complex_series(cdemo, tmp_path, capsys):
+    from conftest import run_main
+
+    pairs, out = tmp_path / "pairs.h5", tmp_path / "data.h5"
+    _split_pairs(cdemo, pairs)
+    code = run_main("magphase_to_complex", pairs, "--magnitude", "primary_flow_0", "--phase", "primary_flowP_0",
+                    "--phase-range", "0,4095", "--out", out)
+    assert code == 0, capsys.readouterr().err
+    with h5py.File(cdemo / "data.h5") as want, h5py.File(out) as got:
+        assert set(got) == set(want)
+        for pid in want:
+            z = want[f"{pid}/20208/2/{COMPLEX_KEY}"][()]
+            ds = got[f"{pid}/20208/2/primary_flow_0"]
+            assert ds.dtype == np.complex64 and set(got[f"{pid}/20208/2"]) == {"primary_flow_0", "primary_other_0"}
+            # 12-bit phase: a quantisation step of 2 pi / 4095 rad, so |error| <= |z| * pi / 4095 (plus rounding)
+            assert np.all(np.abs(ds[()] - z) <= np.abs(z) * (np.pi / 4095) + 1e-5)
+            assert math.isclose(ds.attrs["max_val"], float(np.abs(ds[()]).max()), rel_tol=1e-6)
+            assert ds.attrs["seriesID"] == f"{pid}.m" and got[f"{pid}/20208/2"].attrs["aet"]
+    # a phase that is not in the stated range is refused; nothing combined: one line, exit 2, no output
+    code = run_main("magphase_to_complex", pairs, "--magnitude", "primary_flow_0", "--phase", "primary_flowP_0",
+                    "--out", tmp_path / "bad.h5")
+    err = capsys.readouterr().err
+    assert code == 2 and not (tmp_path / "bad.h5").exists()
+    assert "outside its range (radians" in err and _one_line_error(err).startswith("error: no primary_flow_0/")
