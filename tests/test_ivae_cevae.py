@@ -125,8 +125,9 @@ def test_idvae_adds_the_label_vae_elbo():
     torch.testing.assert_close(out.loss, total, rtol=1e-5, atol=1e-6)
 
 
-def test_ci_ivae_bound_is_at_least_as_tight_as_both_ends():
-    """The per-sample optimum over a in [0, 1] includes a=0 (iVAE) and a=1 (q(z|x) with the label prior)."""
+def test_ci_ivae_bound_is_at_least_as_tight_as_the_mixture_of_elbos():
+    """Per sample, bound(a) = a ELBO_enc + (1-a) ELBO_iVAE + beta * skew KLs >= the convex combination; the loss
+    (mean over samples of the best a) is therefore at most the best convex combination of the mean terms."""
     beta = 0.5
     drive = make("ivaes", ivae_mode="CI-iVAE", beta=beta, alpha_step=0.25, **SMALL_IVAE, **MODE_PARAMS["CI-iVAE"])
     fix_noise(drive.model)
@@ -136,10 +137,11 @@ def test_ci_ivae_bound_is_at_least_as_tight_as_both_ends():
     L = out.losses
     ivae = L["recon_loss"] + beta * L["reg_loss"]
     enc = L["encoder_recon_loss"] + beta * L["encoder_reg_loss"]
-    assert out.loss <= ivae + 1e-6 and out.loss <= enc + 1e-6
+    alphas = drive.model.alphas
+    torch.testing.assert_close(alphas, torch.tensor([0.25, 0.5, 0.75]))  # inside (0, 1), as the authors' grid
+    assert out.loss <= min(a * enc + (1 - a) * ivae for a in alphas.tolist()) + 1e-6
     assert L["skew_kl_loss"] >= 0
-    assert 0.0 <= float(out.raw["alpha"]) <= 1.0
-    torch.testing.assert_close(drive.model.alphas, torch.tensor([0.0, 0.25, 0.5, 0.75, 1.0]))
+    assert 0.25 <= float(out.raw["alpha"]) <= 0.75
 
 
 def test_ci_ivae_skew_kls_match_quadrature():
@@ -348,7 +350,7 @@ def test_cevae_with_phenotype_head_and_correlation_penalty_trains():
 def test_the_ancestor_config_sections_drive_the_models_unchanged():
     drive = make("custom_ivaes", **ANCESTOR_IVAES, n_aux=N_AUX)  # n_aux: filled by the engine from the data
     out = drive({"inp": blobs((12, 12)), "aux_u": aux_u()})
-    assert drive.model.model_config.ivae_mode == "CI-iVAE" and drive.model.alphas.numel() == 41
+    assert drive.model.model_config.ivae_mode == "CI-iVAE" and drive.model.alphas.numel() == 39
     assert all(torch.isfinite(v) for v in out.losses.values())
     drive = make("custom_ultra_cevae", **ANCESTOR_CEVAE, n_phenotypes=2)  # n_phenotypes: from the data
     x = blobs((12, 12))
