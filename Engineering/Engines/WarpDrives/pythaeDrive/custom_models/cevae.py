@@ -26,9 +26,9 @@ element-wise loss (mse, or l1 / custom / masked through ReconTarget), or the sum
 :meth:`UltraCEVAE.anomaly_map` is Zimmerer et al.'s pixel-wise score "combi", which combines the reconstruction-
 based and the density-based score by element-wise multiplication: the squared reconstruction error (x - x_hat)^2
 times |d KL(q(z|x) || N(0, I)) / dx|, the magnitude of the gradient, with respect to the input, of the ELBO's
-density term (the paper's contribution: the posterior's deviation from the prior enters the pixel-wise score; the
-authors' released MOOD code computes "combi" this way). x_hat decodes the posterior mean, and the KL is evaluated
-there too (deterministic). ``score="grad"`` gives |d(-ELBO)/dx| (the whole ELBO, their "grad") and
+density term (the paper's stated contribution (ii) is to bring the posterior's deviation from the prior, the KL,
+into the pixel-wise score; the authors' released MOOD code computes "combi" this way). x_hat decodes the
+posterior mean, so the map is deterministic. ``score="grad"`` gives |d(-ELBO)/dx| (the whole ELBO, their "grad") and
 ``score="rec"`` the squared error alone. Not done here: the authors' code also rescales the gradient map to
 [0, 1] and smooths it (an 8-pixel kernel) before the product; apply such post-processing downstream if wanted.
 """
