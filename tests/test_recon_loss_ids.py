@@ -270,6 +270,32 @@ def test_refusals_are_one_line_and_exit_2(tiny_demo, tmp_path, capsys, extra, ma
     assert match in err and len(err.splitlines()) == 1, err
 
 
+def test_the_ancestors_masked_config_trains_on_the_batch_mask(tiny_demo, tmp_path):
+    """config_v1.yaml's MaskedReconLoss (loss_fn l1, mode 1) with data_mask_mode 2: meta_mask.h5 reaches the loss."""
+    import shutil
+
+    import h5py
+    import numpy as np
+
+    demo = tmp_path / "demo"
+    shutil.copytree(tiny_demo, demo)
+    with h5py.File(demo / "data.h5") as src, h5py.File(demo / "meta_mask.h5", "w") as masks:
+        def add(name, obj):
+            if isinstance(obj, h5py.Dataset):
+                m = np.zeros(obj.shape, np.uint8)
+                m[..., 8:24, 8:24] = 1
+                masks.create_dataset(name, data=m)
+        src.visititems(add)
+    yml = tmp_path / "ancestor.yaml"
+    yml.write_text("model:\n  pythae:\n    reconstruction_loss: custom\n"
+                   "    custom_loss_class: Engineering.Science.losses.masked_loss.MaskedReconLoss\n"
+                   "    custom_loss_params: {loss_fn: l1, mode: '1'}\n"
+                   "data:\n  dataset:\n    data_mask_mode: 2\n")
+    assert _train(demo, tmp_path / "out", "--configyml_path", str(yml)) == 0
+    curve = _logged_recon_loss(tmp_path / "out")
+    assert len(curve) and np.isfinite(curve).all()
+
+
 # --- the ancestor's YAML loss keys --------------------------------------------------------------------------------
 def _translate(pythae: dict, data: dict | None = None):
     doc = {"model": {"pythae": pythae}, **(data or {})}
