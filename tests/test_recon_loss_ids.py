@@ -270,6 +270,15 @@ def test_refusals_are_one_line_and_exit_2(tiny_demo, tmp_path, capsys, extra, ma
     assert match in err and len(err.splitlines()) == 1, err
 
 
+def test_main_recon_trains_with_a_local_perceptual_network(tiny_demo, tmp_path):
+    net = tmp_path / "features.safetensors"
+    _feature_net(net, 2)
+    assert _train(tiny_demo, tmp_path / "out", "--model§pythae§reconstruction_loss", "perceptual",
+                  "--model§pythae§custom_loss_params§network", str(net)) == 0
+    curve = _logged_recon_loss(tmp_path / "out")
+    assert len(curve) and all(map(lambda v: v == v and abs(v) < float("inf"), curve))
+
+
 def test_the_ancestors_masked_config_trains_on_the_batch_mask(tiny_demo, tmp_path):
     """config_v1.yaml's MaskedReconLoss (loss_fn l1, mode 1) with data_mask_mode 2: meta_mask.h5 reaches the loss."""
     import shutil
