@@ -98,10 +98,13 @@ def ancestor_flag(name: str, raw, task: str, cfg: dict | None = None) -> str | N
         raise UserError(f"--modelID {v} is not honoured by task {task!r}: the ancestor's model IDs are not used "
                         "here (main_recon: --pythae_model NAME; other tasks: their executor)")
     if name == "lossID":
-        v = loss_id(raw)
         if task == "recon":
-            return _recon_loss_flag(raw, v, cfg)
-        if v == 0 and task == "diffAE":
+            return _recon_loss_flag(raw, loss_id(raw), cfg)
+        if task != "diffAE":  # its other executors' IDs name other losses (main_latentcls: classification losses)
+            raise UserError(f"--lossID {_int(name, raw)} is not honoured by task {task!r}: the ancestor's loss IDs "
+                            "select main_recon's reconstruction loss only")
+        v = loss_id(raw)
+        if v == 0:
             return f"--lossID {raw} has no effect: task {task!r} trains with its model's own loss"
         raise UserError(f"--lossID {raw} ({_LOSSES.get(v, 'unknown')}) is not honoured by task {task!r}: the "
                         "ancestor's loss IDs select main_recon's reconstruction loss only")
