@@ -180,7 +180,10 @@ class SSIM(_SSIMParams):
 
     torchmetrics computes the local SSIM at every pixel/voxel (reflection-padded, so the map has the image's
     shape); its SSIM is the map's mean, so each sample's sum of this loss is n_elements * (1 - SSIM). The
-    ancestor's lossID 4. ``data_range`` (default 1, as the ancestor) is the span of the intensities.
+    ancestor's lossID 4. Parameters (``custom_loss_params``, torchmetrics' names and defaults): ``data_range``
+    (default 1, as the ancestor: the span of the intensities), ``sigma`` of the Gaussian window (its width follows
+    sigma, as in torchmetrics), ``gaussian_kernel`` (false: a uniform ``kernel_size`` window), ``k1``, ``k2``.
+    An ``input_shape`` narrower than the window's half-width + 1 is refused.
     """
 
     label = "ssim"
@@ -203,7 +206,9 @@ class MSSSIM(_SSIMParams):
     is the gradient of 1 - MS-SSIM). That sum lies in [0, 1], far smaller than a sum of squared errors over
     the pixels: weigh the model's other terms accordingly (e.g. beta). Each of the ``len(betas)`` scales halves
     the image, so MS-SSIM needs large enough inputs: a smaller ``input_shape`` is refused with the minimum;
-    fewer ``betas`` or a smaller ``sigma`` / ``kernel_size`` lower it.
+    fewer ``betas`` or a smaller ``sigma`` / ``kernel_size`` lower it. Parameters: SSIM's, plus ``betas`` (one
+    exponent per scale, default Wang et al.'s five) and ``normalize`` (torchmetrics': 'relu' keeps the per-scale
+    terms non-negative, so fractional powers stay real).
     """
 
     label = "ms_ssim"
