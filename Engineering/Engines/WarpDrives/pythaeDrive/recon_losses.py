@@ -36,7 +36,9 @@ ancestor's MaskedReconLoss: ``loss_fn``, ``mode``) and ``perceptual`` (a local n
 SSIM, MS-SSIM and the perceptual loss compare whole images while pythae hands over
 flattened, repeated or indexed views; the ReconTarget therefore carries the per-sample shape
 (C, [S,] X, Y) of the data and such losses (``needs_image = True``) get their inputs reshaped
-to (N, C, [S,] X, Y) and their element-wise result reshaped back.
+to (N, C, [S,] X, Y) and their element-wise result reshaped back. LPIPS (the ancestor's lossID -2) is not
+offered: its weights are downloaded when it is built, which this pipeline never does (``perceptual`` with a local
+file is the alternative; Engineering/config/ancestor.py refuses ``--lossID -2`` saying so).
 """
 from __future__ import annotations
 
