@@ -209,6 +209,13 @@ def test_loss_ids_that_cannot_act_are_refused(raw, task, match):
     assert "\n" not in str(exc.value)
 
 
+def test_without_a_config_to_change_loss_ids_are_refused_not_ignored():
+    with pytest.raises(UserError, match="--lossID 3 .* cannot be applied here: give --model§pythae§reconstruction_loss "
+                                        "ms_ssim"):
+        ancestor_flag("lossID", "3", "recon")
+    assert "has no effect" in ancestor_flag("lossID", "0", "recon")  # nothing changes: the documented no-op
+
+
 @pytest.fixture(scope="module")
 def loader_applies_loss_id():
     """--lossID acts only where the config loader hands its merged config to ancestor_flag."""

@@ -58,6 +58,9 @@ def _recon_loss_flag(raw, v: int, cfg: dict | None) -> str:
                         "never does; use --lossID -1, the perceptual loss over a local network file "
                         "(--model§pythae§custom_loss_params§network PATH)")
     if cfg is None:  # a caller that cannot change the config: refuse rather than run another loss
+        if v == 0:  # (the ancestor's default ID, documented as a no-op before --lossID acted)
+            return ("--lossID 0 has no effect: task 'recon' trains with model§pythae§reconstruction_loss "
+                    "(--model§pythae§reconstruction_loss l1 for L1)")
         raise UserError(f"--lossID {raw} ({_LOSSES[v]}) cannot be applied here: give "
                         f"--model§pythae§reconstruction_loss {name}")
     p = cfg.setdefault("model", {}).setdefault("pythae", {})
