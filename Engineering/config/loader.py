@@ -309,7 +309,7 @@ def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict, task:
         name = item.path[0]
         if name in cfg and isinstance(cfg[name], dict):
             raise UserError(f"--{name} names a config section; set a key inside it, e.g. --{name}§KEY VALUE")
-        note = ancestor_flag(name, item.raw, task.name)
+        note = ancestor_flag(name, item.raw, task.name, cfg)
         if note is not None:
             notes.append(note)
             return False

@@ -29,6 +29,9 @@ AUX_U = "aux_u"
 ALL_KEYS = (PHENOTYPES, PHENOTYPE_CLASSES, CONF_CONT, CONF_BIN, CONF_MULTI, AUX_U)
 DATA_PARAMS = ("n_phenotypes", "phenotype_n_classes", "n_confounders_cont", "n_confounders_bincat",
                "confounder_n_classes", "n_aux")
+# what the phenotype/confounder heads (heads.py) read: the tables column by column, not the iVAEs' u
+HEAD_KEYS = tuple(k for k in ALL_KEYS if k != AUX_U)
+HEAD_PARAMS = tuple(p for p in DATA_PARAMS if p != "n_aux")
 
 
 def tables_needed(spec, params: dict) -> tuple[bool, bool]:

@@ -179,7 +179,7 @@ class UltraCEVAE(VAE):
         loss = cfg.vae_factor * terms["reg_loss"] + cfg.recon_factor * terms["recon_loss"] \
             + cfg.ce_factor * terms["ce_recon_loss"]
         if self.covariate_heads.active:
-            head_terms = self.covariate_heads(z, inputs)
+            head_terms = self.covariate_heads(z, inputs, mu)
             terms.update(head_terms)
             loss = loss + self.covariate_heads.weighted_total(head_terms)
         return ModelOutput(loss=loss, **terms, recon_x=recon_x, z=z)
@@ -211,7 +211,7 @@ class UltraCEVAE(VAE):
 
 
 SPECS = (
-    ModelSpec("ultra_cevae", UltraCEVAEConfig, UltraCEVAE, aux_inputs=aux.ALL_KEYS, data_params=aux.DATA_PARAMS,
+    ModelSpec("ultra_cevae", UltraCEVAEConfig, UltraCEVAE, aux_inputs=aux.HEAD_KEYS, data_params=aux.HEAD_PARAMS,
               notes="context-encoding VAE (Zimmerer et al.; StRegA): VAE + inpainting of random squares/cubes with "
                     "the same encoder/decoder; anomaly_map(x) = (x - x_hat)^2 * |grad_x KL| (their 'combi'); "
                     "phenotype heads and anti-confounder strategies as ultra_vae."),

@@ -206,8 +206,15 @@ class CovariateHeads(nn.Module):
         return out[:, :cc], out[:, cc:cc + cb], list(torch.split(rest, self.conf_classes, 1)) if self.conf_classes else []
 
     # ------------------------------------------------------------------ losses
-    def forward(self, z: Tensor, inputs) -> Dict[str, Tensor]:
-        """Unweighted losses: pheno_loss, conf_adv_loss, conf_corr_loss (those that apply)."""
+    def forward(self, z: Tensor, inputs, mean: Optional[Tensor] = None) -> Dict[str, Tensor]:
+        """Unweighted losses: pheno_loss, conf_adv_loss, conf_corr_loss (those that apply).
+
+        z: the sampled latent (the phenotype head reads it, as the ancestor's). mean: the posterior mean, the
+        latent a run writes to emb.h5; the confounder strategies act on it (default z). On the sample they could be
+        met by inflating the posterior variance (noise hides the confounder from a batch correlation or an
+        adversary) while the written mean still carries it -- seen on a planted batch: the squared correlation
+        of the mean with the confounder doubled under the penalty on z."""
+        mean = z if mean is None else mean
         losses: Dict[str, Tensor] = {}
         if self.phenotype_head is not None:
             if aux.PHENOTYPES not in inputs and aux.PHENOTYPE_CLASSES not in inputs:
@@ -221,7 +228,7 @@ class CovariateHeads(nn.Module):
             if not any(k in inputs for k in (aux.CONF_CONT, aux.CONF_BIN, aux.CONF_MULTI)):
                 raise DriveError("anti_confounders_strategy: the batch has no confounders (json§DS_confounders)")
         if self.strategy == 1:
-            cont, binary, logits = self.predict_confounders(grad_reverse(z, float(self.config.lambda_conf_adv_loss)))
+            cont, binary, logits = self.predict_confounders(grad_reverse(mean, float(self.config.lambda_conf_adv_loss)))
             loss = _masked_mse(cont, inputs[aux.CONF_CONT]) if cont.shape[1] else z.sum() * 0.0
             if binary.shape[1]:
                 target = inputs[aux.CONF_BIN]
@@ -232,7 +239,7 @@ class CovariateHeads(nn.Module):
                 loss = loss + _class_losses(torch.cat(logits, 1), inputs[aux.CONF_MULTI], self.conf_classes)
             losses["conf_adv_loss"] = loss
         if self.strategy == 2:
-            losses["conf_corr_loss"] = squared_correlation(z, _confounder_matrix(inputs, self.conf_classes))
+            losses["conf_corr_loss"] = squared_correlation(mean, _confounder_matrix(inputs, self.conf_classes))
         return losses
 
     def weighted_total(self, losses: Dict[str, Tensor]) -> Tensor:

@@ -25,6 +25,17 @@ class UltraFactorVAEConfig(FactorVAEConfig, CovariateHeadsConfig):
     """pythae's FactorVAEConfig (``gamma``) with the keys of :class:`.heads.CovariateHeadsConfig`."""
 
 
+def forward_with_mean(encoder, forward):
+    """``forward()`` (pythae's), and the posterior mean of its first ``encoder`` call (the rows it reconstructs)."""
+    means = []
+    hook = encoder.register_forward_hook(lambda module, args, output: means.append(output["embedding"]))
+    try:
+        out = forward()
+    finally:
+        hook.remove()
+    return out, means[0]
+
+
 def _rows(inputs, index):
     """The batch entries the heads read, restricted to the rows a model encoded (FactorVAE: a random half)."""
     return {k: v[index] for k, v in inputs.items() if k in aux.ALL_KEYS}
@@ -38,9 +49,9 @@ class UltraVAE(VAE):
         self.covariate_heads = CovariateHeads(model_config)
 
     def forward(self, inputs, **kwargs):
-        out = super().forward(inputs, **kwargs)
+        out, mean = forward_with_mean(self.encoder, lambda: super(UltraVAE, self).forward(inputs, **kwargs))
         if self.covariate_heads.active:
-            terms = self.covariate_heads(out.z, inputs)
+            terms = self.covariate_heads(out.z, inputs, mean)
             for name, value in terms.items():
                 out[name] = value
             out["loss"] = out.loss + self.covariate_heads.weighted_total(terms)
@@ -56,9 +67,9 @@ class UltraFactorVAE(FactorVAE):
         self.covariate_heads = CovariateHeads(model_config)
 
     def forward(self, inputs, **kwargs):
-        out = super().forward(inputs, **kwargs)
+        out, mean = forward_with_mean(self.encoder, lambda: super(UltraFactorVAE, self).forward(inputs, **kwargs))
         if self.covariate_heads.active:
-            terms = self.covariate_heads(out.z, _rows(inputs, out.recon_x_indices))
+            terms = self.covariate_heads(out.z, _rows(inputs, out.recon_x_indices), mean)
             for name, value in terms.items():
                 out[name] = value
             extra = self.covariate_heads.weighted_total(terms)
@@ -67,7 +78,7 @@ class UltraFactorVAE(FactorVAE):
         return out
 
 
-_AUX = dict(aux_inputs=aux.ALL_KEYS, data_params=aux.DATA_PARAMS)
+_AUX = dict(aux_inputs=aux.HEAD_KEYS, data_params=aux.HEAD_PARAMS)
 SPECS = (
     ModelSpec("ultra_vae", UltraVAEConfig, UltraVAE, **_AUX,
               notes="VAE + phenotype heads (learn_phenotypes) and anti-confounder strategies "
