@@ -239,6 +239,20 @@ def test_vae_loss_is_the_gaussian_likelihood_plus_kl_computed_independently(cdem
     assert math.isclose(out.loss.item(), float(recon + kl), rel_tol=1e-5)
 
 
+def test_complex_models_run_under_bfloat16_autocast():
+    """--ampmode bf16-mixed: the convolutions in bfloat16, the complex values formed in float32 (torch has no
+    bfloat16 complex type); every term finite and the gradients reach every parameter."""
+    drive = PythaeDrive(PythaeDriveConfig(model="complex_factor_vae", is3D=True, input_shape=(4, 8, 8), latent_dim=4,
+                                          n_features=4, n_levels=2))
+    x = torch.randn(4, 1, 4, 8, 8, dtype=torch.complex64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = drive({"inp": x})
+        for step in drive.losses_for_step(out):
+            step.loss.backward(inputs=step.params, retain_graph=step.retain_graph)
+    assert out.recon.dtype == torch.complex64 and all(torch.isfinite(v) for v in out.losses.values())
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in drive.parameters())
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 def _check_outputs(out: Path, is3D: bool) -> None:
     with h5py.File(out / "emb.h5") as h5:

@@ -54,7 +54,11 @@ def stack_parts(x: torch.Tensor) -> torch.Tensor:
 
 
 def unstack_parts(y: torch.Tensor) -> torch.Tensor:
-    """Real (N, 2C, ...) -> complex (N, C, ...), the inverse of ``stack_parts``."""
+    """Real (N, 2C, ...) -> complex (N, C, ...), the inverse of ``stack_parts``. Under mixed precision the real
+    convolution gives bfloat16 / float16, which torch has no complex type for (bfloat16) or few complex kernels
+    for (float16): the complex values are formed in float32, the convolutions keep their reduced precision."""
+    if y.dtype not in (torch.float32, torch.float64):
+        y = y.float()
     half = y.shape[1] // 2
     return torch.complex(y[:, :half], y[:, half:])
 
