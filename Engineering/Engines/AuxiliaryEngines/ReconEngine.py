@@ -94,6 +94,10 @@ class ReconEngine(LatentEngine):
         self.drive_cfg = pythae_config(cfg, in_channels, data_params)
         self._aux: dict[str, dict[str, torch.Tensor]] = {}  # split -> batch entry -> per-sample rows
         self.net = PythaeDrive(self.drive_cfg)
+        loss = self.net.recon_loss
+        if loss is not None and loss.takes_mask and cfg.data.data_mask_mode != 2:
+            raise UserError(f"reconstruction loss {self.drive_cfg.reconstruction_loss} ({loss.name}) reads the mask: "
+                            "set --data_mask_mode 2 (meta_mask.h5 into the batch)")
         self.automatic_optimization = not self.net.is_multi_optimiser
         self.needs_grad_in_eval = self.net.needs_grad_in_eval
         self._touched: set[str] = set()
