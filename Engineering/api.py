@@ -343,7 +343,7 @@ class ImLatentModel:
                 if recon is None:
                     raise UserError(f"the {self.cfg.model.drive} model ({type(self.run.engine).__name__}) has no "
                                     "decoder: reconstruct is not available (embed is)")
-                out.append(invert_affine(recon.float().cpu(), affine).numpy())
+                out.append(invert_affine(recon.cpu() if recon.is_complex() else recon.float().cpu(), affine).numpy())
         rec = np.concatenate(out)
         return rec[0] if single else rec
 

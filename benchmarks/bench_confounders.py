@@ -54,7 +54,10 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--patients", type=int, default=120)
     p.add_argument("--latent_dim", type=int, default=8)
-    p.add_argument("--lambda_corr", type=float, default=10.0)
+    p.add_argument("--lambda_pheno", type=float, default=10.0, help="lambda_pheno_loss (the ancestor's default 1 is "
+                   "small beside a reconstruction term summed over 32x32 pixels)")
+    p.add_argument("--lambda_corr", type=float, default=1000.0, help="lambda_conf_corr_loss")
+    p.add_argument("--lambda_adv", type=float, default=100.0, help="lambda_conf_adv_loss (the reversed gradient)")
     p.add_argument("--write_results", action="store_true", help="also write benchmarks/results/confounders.md")
     args = p.parse_args()
     out = Path(args.out).resolve()
@@ -85,8 +88,13 @@ def main() -> None:
     for label, flags in MODELS.items():
         name = "cf_" + "".join(ch if ch.isalnum() else "_" for ch in label)
         extra = list(flags)
+        key = "--model§pythae§models§ultra_vae§"
+        if "learn_phenotypes" in " ".join(flags):
+            extra += [key + "lambda_pheno_loss", str(args.lambda_pheno)]
         if flags[-1] == "2":
-            extra += ["--model§pythae§models§ultra_vae§lambda_conf_corr_loss", str(args.lambda_corr)]
+            extra += [key + "lambda_conf_corr_loss", str(args.lambda_corr)]
+        if flags[-1] == "1":
+            extra += [key + "lambda_conf_adv_loss", str(args.lambda_adv)]
         run_common = common + [a for key, part in tables.items() if any(key in f for f in flags) for a in part]
         if not (out / name / "Output_all" / "emb.parquet").is_file():
             _run("Executors/main_recon.py", *run_common, *extra, "--fulltrainID", name, "--run_mode", "1")
@@ -113,8 +121,9 @@ def main() -> None:
     table += [f"| {r['model']} | {r['r2'][0]:.3f} [{r['r2'][1]:.3f}, {r['r2'][2]:.3f}] | {r['site_acc'][0]:.3f} "
               f"[{r['site_acc'][1]:.3f}, {r['site_acc'][2]:.3f}] | {r['chance']:.3f} |" for r in rows]
     text = (f"Planted cohort: {args.patients} demo patients (32×32, 4 frames), fold 0: test {rows[0]['n_test']} "
-            f"patients; latent_dim {args.latent_dim}, {args.epochs} epochs, lambda_conf_corr_loss "
-            f"{args.lambda_corr:g}; `python benchmarks/bench_confounders.py`\n\n" + "\n".join(table) + "\n")
+            f"patients; latent_dim {args.latent_dim}, {args.epochs} epochs, lambda_pheno_loss {args.lambda_pheno:g}, "
+            f"lambda_conf_corr_loss {args.lambda_corr:g}, lambda_conf_adv_loss {args.lambda_adv:g}; "
+            f"`python benchmarks/bench_confounders.py`\n\n" + "\n".join(table) + "\n")
     (out / "confounders.md").write_text(text)
     if args.write_results:
         (REPO / "benchmarks" / "results" / "confounders.md").write_text(text)

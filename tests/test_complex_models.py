@@ -327,8 +327,6 @@ def test_complex_model_on_real_data_is_refused_in_one_line(tiny_demo, tmp_path, 
     assert "complex_vae reads complex data kept complex" in _one_line_error(err)
 
 
-@pytest.mark.xfail(strict=True, reason="needs the engine's check (complex_data_problem in ReconEngine.__init__): "
-                                       "today a real model meets the complex batch in its first convolution")
 def test_real_model_on_complex_data_is_refused_in_one_line(cdemo, tmp_path, capsys):
     code, err = _cli(capsys, _args(cdemo, "--json§save_path", str(tmp_path), "--pythae_model", "vae",
                                    "--num_epochs", "1", "--n_train_batches", "1"))

@@ -207,3 +207,41 @@ def test_phenotypes_without_columns_and_data_fixed_fields_are_refused(tiny_demo,
     proc = run_executor(*base, "--json§DS_phenotypes§cols", '["cavity_radius"]',
                         "--model§pythae§models§ultra_vae§n_phenotypes", "3")
     assert proc.returncode == 2 and "n_phenotypes is set from the data" in proc.stderr
+
+
+TABLES = {  # what each model reads, from the tiny demo's tables
+    "ultra_vae": ["--model§pythae§models§ultra_vae§learn_phenotypes", "true",
+                  "--model§pythae§models§ultra_vae§anti_confounders_strategy", "1"],
+    "ultra_factor_vae": ["--model§pythae§models§ultra_factor_vae§learn_phenotypes", "true",
+                         "--model§pythae§models§ultra_factor_vae§anti_confounders_strategy", "2"],
+    "ultra_cevae": ["--model§pythae§models§ultra_cevae§learn_phenotypes", "true",
+                    "--model§pythae§models§ultra_cevae§anti_confounders_strategy", "1"],
+    "ivaes": ["--model§pythae§models§ivaes§M", "4"],
+}
+REDUCE_3D = ["--is3D", "--input_shape", "4,32,32", "--json§DS_slice_dim", "1", "--json§DS_split_time", "false"]
+
+
+@pytest.mark.parametrize("model,is3D", [(m, False) for m in ["ultra_factor_vae", "ultra_cevae", "ivaes"]]
+                         + [pytest.param(m, True, marks=pytest.mark.slow)
+                            for m in ["ultra_vae", "ultra_factor_vae", "ultra_cevae", "ivaes"]])
+def test_each_ancestor_model_trains_on_the_demo_through_main_recon(tiny_demo, tmp_path, model, is3D):
+    flags = TABLES[model]
+    reads_pheno = any("learn_phenotypes" in f for f in flags)
+    args = ["main_recon.py", "--pythae_model", f"custom_{model}", "--json§datadir", str(tiny_demo),
+            "--json§save_path", str(tmp_path), "--latent_dim", "4", "--batch_size", "8", "--num_epochs", "3",
+            "--n_train_batches", "4", "--n_val_batches", "1", "--no-progress_bar", "--no-tbactive",
+            "--json§DS_confounders§path", str(tiny_demo / "covariates.tsv"),
+            "--json§DS_confounders§cols", '["gain"]', "--json§DS_confounders§mulcat_cols", '["site"]',
+            *(["--json§DS_phenotypes§cols", '["cavity_radius"]'] if reads_pheno else []),
+            *(REDUCE_3D if is3D else ["--input_shape", "32,32"]), *flags, "--fulltrainID", "m"]
+    proc = run_executor(*args)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = pd.read_csv(next((tmp_path / "m").rglob("metrics.csv")))
+    terms = [c for c in metrics.columns if c.startswith("train_") and c.endswith("loss_epoch")]
+    assert "train_recon_loss_epoch" in terms and len(terms) >= 3, terms
+    per_epoch = metrics.dropna(subset=["train_recon_loss_epoch"])
+    for term in terms:  # every logged term finite at every epoch
+        assert np.isfinite(per_epoch[term]).all(), (term, per_epoch[term].tolist())
+    recon = per_epoch["train_recon_loss_epoch"].to_numpy()
+    assert recon[-1] < recon[0], recon  # the reconstruction learns
+    assert (tmp_path / "m" / "Output" / "emb.h5").is_file()

@@ -62,7 +62,8 @@ def display_range(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _numpy(x: torch.Tensor) -> np.ndarray:
-    return middle_slice(x.detach().float().cpu().numpy())
+    x = x.detach()
+    return middle_slice((x.abs() if x.is_complex() else x).float().cpu().numpy())  # complex: the magnitude
 
 
 class ImageGrids(L.Callback):

@@ -30,6 +30,7 @@ from Engineering.data.layout import iter_datasets
 from Engineering.io.atomic import atomic_path
 from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig, get_spec
 from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.aux import tables_needed
+from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.complex import complex_data_problem
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
 
 # model§pythae: the drive's own config dataclass (its defaults and types) + which model, its parameters
@@ -91,6 +92,9 @@ class ReconEngine(LatentEngine):
         if self.covariates is not None:
             spec = get_spec(cfg.model.pythae.model)
             data_params = {k: v for k, v in self.covariates.data_params().items() if k in spec.data_params}
+        problem = complex_data_problem(cfg.model.pythae.model, cfg.data.complex_mode)
+        if problem:  # complex models read complex batches, the others real channels: refused before anything runs
+            raise UserError(problem)
         self.drive_cfg = pythae_config(cfg, in_channels, data_params)
         self._aux: dict[str, dict[str, torch.Tensor]] = {}  # split -> batch entry -> per-sample rows
         self.net = PythaeDrive(self.drive_cfg)
