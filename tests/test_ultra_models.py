@@ -215,7 +215,7 @@ TABLES = {  # what each model reads, from the tiny demo's tables
     "ultra_factor_vae": ["--model§pythae§models§ultra_factor_vae§learn_phenotypes", "true",
                          "--model§pythae§models§ultra_factor_vae§anti_confounders_strategy", "2"],
     "ultra_cevae": ["--model§pythae§models§ultra_cevae§learn_phenotypes", "true",
-                    "--model§pythae§models§ultra_cevae§anti_confounders_strategy", "1"],
+                    "--model§pythae§models§ultra_cevae§anti_confounders_strategy", "1", "--anomaly_map", "combi"],
     "ivaes": ["--model§pythae§models§ivaes§M", "4"],
 }
 REDUCE_3D = ["--is3D", "--input_shape", "4,32,32", "--json§DS_slice_dim", "1", "--json§DS_split_time", "false"]
@@ -245,3 +245,21 @@ def test_each_ancestor_model_trains_on_the_demo_through_main_recon(tiny_demo, tm
     recon = per_epoch["train_recon_loss_epoch"].to_numpy()
     assert recon[-1] < recon[0], recon  # the reconstruction learns
     assert (tmp_path / "m" / "Output" / "emb.h5").is_file()
+    if model == "ultra_cevae":  # --anomaly_map: a map beside each reconstruction in recon.h5
+        with h5py.File(tmp_path / "m" / "Output" / "recon.h5") as h5:
+            names: list[str] = []
+            h5.visit(names.append)
+            maps = [n for n in names if n.rsplit("/", 1)[-1].startswith("anomaly_")]
+            assert maps and len(maps) == len([n for n in names if n.rsplit("/", 1)[-1].startswith("recon_")])
+            for name in maps:
+                a = h5[name][()]
+                assert a.shape == h5[name.replace("anomaly_", "recon_")].shape and np.isfinite(a).all() and (a >= 0).all()
+
+
+def test_anomaly_map_is_refused_for_a_model_without_one(capsys):
+    from Engineering.Engines import cli
+    from Engineering.errors import run_cli
+
+    code = run_cli(lambda a: cli.main(a, task="recon"), ["--anomaly_map", "combi", "--print_config"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--anomaly_map is not honoured by task 'recon': it needs a model with an anomaly map" in err

@@ -99,9 +99,11 @@ class OutputWriter(L.Callback):
 
     def on_test_epoch_start(self, trainer, pl_module) -> None:
         self.start(trainer.datamodule.dataset("test"), pl_module.cfg.eval, trainer)
+        self.code_name = getattr(pl_module, "recon_code_name", "xT")
 
     def start(self, ds, ev, trainer=None) -> None:
         self.ds = ds
+        self.code_name = "xT"  # what the engine's per-sample code is called in recon.h5 (DiffAE's x_T)
         patients = sorted({r.patientID for r in self.ds.records})
         if ev.save_recon_subs:
             self.recon_subs = {p.strip() for p in str(ev.save_recon_subs).split(",") if p.strip()}
@@ -261,7 +263,7 @@ class OutputWriter(L.Callback):
             items = self._read_items(recon_at, "recon", recon_keys)
             write_recon_h5(stage / "recon.h5", [self.ds.sample_info(i) for i in recon_keys],
                            [it["recon"] for it in items], [it["input"] for it in items], attrs,
-                           [it["code"] for it in items])
+                           [it["code"] for it in items], code_name=self.code_name)
         keys = sorted(preview_at)[:self.n_preview]
         if keys:
             items = self._read_items(preview_at, "preview", keys)

@@ -49,10 +49,12 @@ def write_emb_tables(out_dir: str | Path, infos: list[SampleInfo], z: np.ndarray
 
 
 def write_recon_h5(path: str | Path, infos: list[SampleInfo], recon: list[np.ndarray], inputs: list[np.ndarray],
-                   attrs: dict | None = None, codes: list[np.ndarray | None] | None = None) -> None:
+                   attrs: dict | None = None, codes: list[np.ndarray | None] | None = None,
+                   code_name: str = "xT") -> None:
     """Reconstructions (original intensity units; complex64 for complex data kept complex, float32 otherwise) per
-    sample: <group>/<key>/recon_c{c}_t{t}_s{s}, with the input (``input_...``) and, for DiffAE, the stochastic code
-    x_T in the model's normalised units (``xT_...``)."""
+    sample: <group>/<key>/recon_c{c}_t{t}_s{s}, with the input (``input_...``) and a per-sample map beside them
+    (``<code_name>_...``): for DiffAE the stochastic code x_T in the model's normalised units (``xT_...``), for the
+    context-encoding VAE its anomaly map (``anomaly_...``)."""
     codes = codes or [None] * len(infos)
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         _attrs(h5, attrs)
@@ -63,7 +65,7 @@ def write_recon_h5(path: str | Path, infos: list[SampleInfo], recon: list[np.nda
             grp.create_dataset(f"recon_{name}", data=_stored(rec))
             grp.create_dataset(f"input_{name}", data=_stored(inp))
             if code is not None:
-                grp.create_dataset(f"xT_{name}", data=code.astype(np.float32))
+                grp.create_dataset(f"{code_name}_{name}", data=code.astype(np.float32))
 
 
 def _stored(arr: np.ndarray) -> np.ndarray:

@@ -30,6 +30,7 @@ from Engineering.data.layout import iter_datasets
 from Engineering.io.atomic import atomic_path
 from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig, get_spec
 from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.aux import tables_needed
+from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.cevae import ANOMALY_SCORES
 from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.complex import complex_data_problem
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
 
@@ -42,6 +43,9 @@ PythaeKeys = keys_from_dataclass(
                                             "models§<model> when the config is resolved).")),
     models=(dict[str, dict[str, Any]], Field({}, description="pythae parameters per model name, e.g. "
                                                               "beta_vae: {beta: 4.0}.")),
+    anomaly_map=(str, Field("", description="--anomaly_map: write each reconstructed sample's anomaly map into "
+                                            "recon.h5 (anomaly_<c,t,s>), for models that have one (ultra_cevae): "
+                                            "combi, grad or rec; empty = none.")),
 )
 PythaeModelKeys = create_model("PythaeModelKeys", __base__=Keys, pythae=(PythaeKeys, PythaeKeys()))
 
@@ -238,6 +242,18 @@ class ReconEngine(LatentEngine):
         net = self._net(use_ema)
         return net.decode(z) if hasattr(net, "decode") else net.reconstruct(x)
 
+    @property
+    def recon_code_name(self) -> str:
+        return "anomaly" if self.cfg.model.pythae.anomaly_map else "xT"
+
+    def reconstruct_with_code(self, x, z, use_ema: bool):
+        """With --anomaly_map, the model's anomaly map is the per-sample map written beside the reconstruction."""
+        recon = self.reconstruct(x, z, use_ema)
+        score = self.cfg.model.pythae.anomaly_map
+        if not score:
+            return recon, None
+        return recon, self._net(use_ema).model.anomaly_map(x, score=score).detach()
+
     def decode(self, z, use_ema: bool):
         net = self._net(use_ema)
         return net.decode(z) if hasattr(net, "decode") else None
@@ -309,11 +325,29 @@ def _tables_why(which: int):
     return why
 
 
+def _anomaly_why(cfg) -> str | None:
+    """Condition of --anomaly_map: a model that computes one, a score it knows, reconstructions being written."""
+    try:
+        spec, _ = model_params(cfg.model.pythae)
+    except UserError:
+        return None
+    if not hasattr(spec.model_cls, "anomaly_map"):
+        return f"needs a model with an anomaly map (ultra_cevae); --pythae_model {spec.name} has none"
+    if cfg.model.pythae.anomaly_map not in ANOMALY_SCORES:
+        return f"takes one of {', '.join(ANOMALY_SCORES)}"
+    if cfg.eval.test_emb_only:
+        return "is written beside the reconstructions, which --test_emb_only turns off"
+    return None
+
+
 RECON_FLAGS = (
     Flag("pythae_model", ("model", "pythae", "model"), "str", "vae",
          "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.", "Model"),
     Flag("pythae_config", ("model", "pythae", "config_json"), "str", "",
          "JSON file of pythae model parameters (above the YAML's models§<name>, below path overrides).", "Model"),
+    Flag("anomaly_map", ("model", "pythae", "anomaly_map"), "str", "",
+         "Write the anomaly map of each reconstructed sample into recon.h5 (ultra_cevae: combi = error x |grad of the "
+         "KL|, grad, rec).", "Model"),
     use_ema_flag("Training"),
 )
 
@@ -325,6 +359,7 @@ register(TaskSpec(
     extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae",
     engine=ReconEngine, module=__name__, steps=(CovariatePredictions(),),
     honours=honour.STANDARD | honour.PHENOTYPES | honour.CONFOUNDERS,
-    conditions=honour.EMA_WITH_USE_EMA + (("json§DS_phenotypes", _tables_why(0)), ("json§DS_confounders", _tables_why(1))),  # (GroupNorm: no BatchNorm to set at evaluation)
+    conditions=honour.EMA_WITH_USE_EMA + (("json§DS_phenotypes", _tables_why(0)), ("json§DS_confounders", _tables_why(1)),
+                                          ("anomaly_map", _anomaly_why)),  # (GroupNorm: no BatchNorm to set at evaluation)
     run_name_parts=lambda cfg: [f"pythaemodel-{cfg.model.pythae.model}"],  # the ancestor's run-name part
 ))
