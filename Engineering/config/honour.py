@@ -5,10 +5,9 @@ keys below that change what it runs. A flag or path override that the user gives
 does not honour is one ``error:`` line naming it and the task, before anything is built or trained. Some flags
 act only together with another setting; :data:`CONDITIONS` refuses them where the configuration alone says they
 would do nothing. The only warnings are the documented no-ops of the ancestor (docs/reference/configuration.md,
-"Flags that have no effect"): its flags at the value that is what runs here (``--lossID 0``, ``--modelID 0``,
-...), its README's
-``training§LRDecay§type1§...`` set while no StepLR is chosen, the keys of its YAML that change nothing here, and
-its dataNpath JSON's ``DS_confounders`` in a JSON file (given on the command line it is refused).
+"Flags that have no effect"): its flags at the value that is what runs here (``--lossID 0`` on main_diffAE,
+``--modelID 0``, ...), its README's ``training§LRDecay§type1§...`` set while no StepLR is chosen, and the keys of
+its YAML that change nothing here.
 """
 from __future__ import annotations
 
