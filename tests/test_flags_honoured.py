@@ -531,7 +531,7 @@ def yaml_load(text: str):
 
 KEY_VALUES = {"training§LRDecay§type1§decay_every": "7", "training§ema_decay": "0.99", "training§ema_warmup": "false",
               "data§flip_axes": "[1]", "eval§n_preview": "2", "eval§output_chunk": "8", "model§tag": "x",
-              "json§DS_covariates§path": "c.tsv", "json§DS_phenotypes§path": "p.tsv"}
+              "json§DS_covariates§path": "c.tsv", "json§DS_phenotypes§path": "p.tsv", "json§DS_confounders§path": "f.tsv"}
 
 
 @pytest.mark.parametrize("task", sorted(t.name for t in registry.builtin_tasks()))
@@ -546,6 +546,11 @@ def test_every_common_key_is_declared_or_refused(task):
     # what each key needs to act (so that a declared key is not refused by a condition)
     needs = {"training§LRDecay§type1§decay_every": ["--lr_decay_type", "1"], "data§flip_axes": ["--flip_prob", "0.5"],
              "training§ema_decay": ["--use_ema"], "training§ema_warmup": ["--use_ema"]}
+    if task == "recon":  # main_recon reads the tables for the models that use them
+        needs["json§DS_phenotypes§path"] = ["--pythae_model", "ultra_vae",
+                                            "--model§pythae§models§ultra_vae§learn_phenotypes", "true"]
+        needs["json§DS_confounders§path"] = ["--pythae_model", "ultra_vae",
+                                             "--model§pythae§models§ultra_vae§anti_confounders_strategy", "2"]
     for key, value in KEY_VALUES.items():
         name = honour.name_of(tuple(key.split("§")))
         extra = [a for a in needs.get(key, []) if a != "--use_ema" or task in ("recon", "latentcls")]

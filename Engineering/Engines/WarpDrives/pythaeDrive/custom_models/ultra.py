@@ -2,8 +2,8 @@
 
 The ancestor's (GlastonburyGroup/ImLatent) models of the same names; VAE: Kingma & Welling, ICLR 2014; FactorVAE:
 Kim & Mnih, ICML 2018 (pythae's implementations, unchanged). What the heads add is described in :mod:`.heads`.
-The heads read the sampled latent z of the training pass; predictions (pheno_pred.h5, conf_pred.h5) are made from
-the posterior mean, the latent the run writes to emb.h5.
+The heads read the posterior mean, the latent the run writes to emb.h5 (see ``CovariateHeads.forward``), in
+training and for the predictions (pheno_pred.h5, conf_pred.h5).
 """
 from __future__ import annotations
 
