@@ -263,3 +263,63 @@ def test_anomaly_map_is_refused_for_a_model_without_one(capsys):
     code = run_cli(lambda a: cli.main(a, task="recon"), ["--anomaly_map", "combi", "--print_config"])
     err = capsys.readouterr().err
     assert code == 2 and "--anomaly_map is not honoured by task 'recon': it needs a model with an anomaly map" in err
+
+
+ANCESTOR_YAML = """\
+# the ancestor's config_v1.yaml layout: its keys and values for these models (written for the test)
+seed: 1701
+model:
+  latent_dim: 4
+  pythae:
+    n_features: 8
+    nn: "convnet"
+    reconstruction_loss: "l1"
+    models:
+      ultra_factor_vae:
+        anti_confounders_strategy: 1
+        n_anti_confounder_layers: 2
+        lambda_conf_corr_loss: 1.0
+        learn_phenotypes: true
+        n_phenotype_layers: 2
+        lambda_phenotype_loss: 1.0
+      ultra_vae:
+        p_do: 0.0
+        anti_confounders_strategy: 2
+        n_anti_confounder_layers: 2
+        lambda_conf_corr_loss: 1.0
+        learn_phenotypes: true
+        n_phenotype_layers: 2
+        lambda_phenotype_loss: 1.0
+data:
+  dataset:
+    data_mask_mode: 0
+    fetch_confounders: true
+    fetch_phenotypes: true
+  complex_mode: 1
+"""
+
+
+@pytest.mark.parametrize("model", ["ultra_vae", "ultra_factor_vae"])
+def test_the_ancestors_yaml_and_json_tables_drive_the_models_unchanged(tiny_demo, tmp_path, model):
+    (tmp_path / "config_v1.yaml").write_text(ANCESTOR_YAML)
+    cov = pd.read_csv(tiny_demo / "covariates.tsv", sep="\t", dtype={"FID": str})
+    cov["new_coil"] = (cov["FID"].astype(int) % 2).astype(int)  # a binary confounder
+    cov.to_csv(tmp_path / "confounders.tsv", sep="\t", index=False)
+    data = {"datadir": str(tiny_demo), "datafile": "data.h5", "foldCSV": "folds.csv", "save_path": str(tmp_path),
+            "DS_selected_primaries": ["primary_cine"], "DS_every_primary": False, "DS_include_repeatAcq": True,
+            "DS_phenotypes": {"path": str(tiny_demo / "phenotypes.tsv"), "cols": ["cavity_radius", "ef_class"]},
+            "DS_confounders": {"path": str(tmp_path / "confounders.tsv"), "cols": ["gain"],
+                               "bincat_cols": ["new_coil"], "mulcat_cols": ["site"]}}
+    (tmp_path / "dataNpath.json").write_text(json.dumps(data))
+    proc = run_executor("main_recon.py", "--configyml_path", str(tmp_path / "config_v1.yaml"), "--datajson_path",
+                        str(tmp_path / "dataNpath.json"), "--pythae_model", f"custom_{model}", "--input_shape",
+                        "32,32", "--batch_size", "8", "--num_epochs", "1", "--n_train_batches", "2",
+                        "--n_val_batches", "1", "--no-progress_bar", "--no-tbactive", "--fulltrainID", "a")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = pd.read_csv(next((tmp_path / "a").rglob("metrics.csv")))
+    adv = "conf_adv_loss" if model == "ultra_factor_vae" else "conf_corr_loss"
+    for term in ("train_pheno_loss_epoch", f"train_{adv}_epoch", "train_recon_loss_epoch"):
+        assert term in metrics and np.isfinite(metrics[term].dropna()).all() and metrics[term].notna().any(), term
+    with h5py.File(tmp_path / "a" / "Output" / "pheno_pred.h5") as h5:
+        assert json.loads(h5.attrs["columns"]) == ["cavity_radius", "ef_class"]
+    assert (tmp_path / "a" / "Output" / "conf_pred.h5").is_file() == (model == "ultra_factor_vae")
