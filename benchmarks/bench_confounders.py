@@ -14,9 +14,9 @@ then embed every patient (``--run_mode 2`` on the whole file), average each pati
 of cavity_radius and a logistic probe of the site on the training patients, and score them on the test patients:
 R² and accuracy with percentile-bootstrap 95% CIs over test patients; chance for the site is the test share of
 its most frequent site. The Markdown table goes to ``--out``/confounders.md (and benchmarks/results/ when asked).
-Not part of the tests (about 10 minutes on 2 CPU cores).
+Not part of the tests (about 20 minutes on 2 CPU cores).
 
-    python benchmarks/bench_confounders.py [--out bench_confounders] [--epochs 12] [--write_results]
+    python benchmarks/bench_confounders.py [--out bench_confounders] [--epochs 25] [--write_results]
 """
 from __future__ import annotations
 
@@ -51,7 +51,9 @@ def _accuracy(y, p):
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default="bench_confounders")
-    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--epochs", type=int, default=25)
+    p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--patients", type=int, default=120)
     p.add_argument("--latent_dim", type=int, default=8)
     p.add_argument("--lambda_pheno", type=float, default=10.0, help="lambda_pheno_loss (the ancestor's default 1 is "
@@ -77,7 +79,8 @@ def main() -> None:
     fold = read_fold(cohort / "folds.csv", 0)
     train, test = set(fold.train), set(fold.test)
     common = ["--json§datadir", str(cohort), "--json§save_path", str(out), "--input_shape", "32,32",
-              "--latent_dim", str(args.latent_dim), "--batch_size", "32", "--num_epochs", str(args.epochs),
+              "--latent_dim", str(args.latent_dim), "--batch_size", str(args.batch_size), "--num_epochs", str(args.epochs),
+              "--lr", str(args.lr),
               "--norm_type", "zscore", "--zscore_mean", "0", "--zscore_std", "1000", "--seed", "1701",
               "--no-progress_bar", "--no-tbactive"]
     # the tables are honoured only by the models that read them: each model gets what it reads
@@ -121,7 +124,8 @@ def main() -> None:
     table += [f"| {r['model']} | {r['r2'][0]:.3f} [{r['r2'][1]:.3f}, {r['r2'][2]:.3f}] | {r['site_acc'][0]:.3f} "
               f"[{r['site_acc'][1]:.3f}, {r['site_acc'][2]:.3f}] | {r['chance']:.3f} |" for r in rows]
     text = (f"Planted cohort: {args.patients} demo patients (32×32, 4 frames), fold 0: test {rows[0]['n_test']} "
-            f"patients; latent_dim {args.latent_dim}, {args.epochs} epochs, lambda_pheno_loss {args.lambda_pheno:g}, "
+            f"patients; latent_dim {args.latent_dim}, {args.epochs} epochs of batches of {args.batch_size} at lr {args.lr:g}, "
+            f"lambda_pheno_loss {args.lambda_pheno:g}, "
             f"lambda_conf_corr_loss {args.lambda_corr:g}, lambda_conf_adv_loss {args.lambda_adv:g}; "
             f"`python benchmarks/bench_confounders.py`\n\n" + "\n".join(table) + "\n")
     (out / "confounders.md").write_text(text)
