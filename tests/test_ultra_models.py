@@ -176,7 +176,16 @@ def test_main_recon_trains_ultra_vae_and_writes_pheno_and_conf_predictions(tiny_
     proc = run_executor(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = tmp_path / "u" / "Output"
-    metrics = pd.read_csv(next((tmp_path / "u").rglob("metrics.csv")))
+    # a test-only run on the whole file (another "fold") decodes with the training split's statistics, which the
+    # checkpoint carries: the same predictions for the same patients
+    proc = run_executor(*args, "--resume", "--run_mode", "2", "--json§foldCSV", "0", "--output_suffix", "all")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with h5py.File(out / "pheno_pred.h5") as a, h5py.File(tmp_path / "u" / "Output_all" / "pheno_pred.h5") as b:
+        names: list[str] = []
+        a.visit(names.append)
+        same = [n for n in names if isinstance(a[n], h5py.Dataset)]
+        assert same and all(np.allclose(a[n][()], b[n][()], atol=1e-5, equal_nan=True) for n in same)
+    metrics = pd.read_csv(tmp_path / "u" / "csv_logs" / "metrics.csv")
     for term in ("train_recon_loss_epoch", "train_reg_loss_epoch", "train_pheno_loss_epoch",
                  "train_conf_adv_loss_epoch", "val_pheno_loss", "val_conf_adv_loss"):
         cols = [c for c in metrics.columns if c == term or c == term.replace("_epoch", "")]
@@ -236,7 +245,7 @@ def test_each_ancestor_model_trains_on_the_demo_through_main_recon(tiny_demo, tm
             *(REDUCE_3D if is3D else ["--input_shape", "32,32"]), *flags, "--fulltrainID", "m"]
     proc = run_executor(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    metrics = pd.read_csv(next((tmp_path / "m").rglob("metrics.csv")))
+    metrics = pd.read_csv(tmp_path / "m" / "csv_logs" / "metrics.csv")
     terms = [c for c in metrics.columns if c.startswith("train_") and c.endswith("loss_epoch")]
     assert "train_recon_loss_epoch" in terms and len(terms) >= 3, terms
     per_epoch = metrics.dropna(subset=["train_recon_loss_epoch"])
@@ -316,7 +325,7 @@ def test_the_ancestors_yaml_and_json_tables_drive_the_models_unchanged(tiny_demo
                         "32,32", "--batch_size", "8", "--num_epochs", "1", "--n_train_batches", "2",
                         "--n_val_batches", "1", "--no-progress_bar", "--no-tbactive", "--fulltrainID", "a")
     assert proc.returncode == 0, proc.stderr[-2000:]
-    metrics = pd.read_csv(next((tmp_path / "a").rglob("metrics.csv")))
+    metrics = pd.read_csv(tmp_path / "a" / "csv_logs" / "metrics.csv")
     adv = "conf_adv_loss" if model == "ultra_factor_vae" else "conf_corr_loss"
     for term in ("train_pheno_loss_epoch", f"train_{adv}_epoch", "train_recon_loss_epoch"):
         assert term in metrics and np.isfinite(metrics[term].dropna()).all() and metrics[term].notna().any(), term

@@ -62,6 +62,7 @@ KEYS = ("training§LRDecay", "training§ema_decay", "training§ema_warmup", "dat
 # ancestor JSON keys that no task reads yet: refused by name on the command line, a note in a dataNpath JSON
 UNREAD_JSON: dict[str, str] = {}
 NOT_USER_KEYS = {"run§load_hf_revision": "is recorded by --load_hf, not set by users",
+                 "model§pythae§fitted_tables": "is recorded by training from its tables, not set by users",
                  "model§drive": "is fixed by the task (use its executor)"}
 
 _FLAG_NAMES = frozenset(f.name for f in FLAGS)

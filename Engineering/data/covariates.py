@@ -144,6 +144,39 @@ class Covariates:
             out.conf_multi = [_fit_classes(table, c, "json§DS_confounders§mulcat_cols", binary=False) for c in multi]
         return out
 
+    # ------------------------------------------------------------------ the fitted state, kept with the model
+    def to_dict(self) -> dict:
+        """What was fitted (names, means, standard deviations, classes): recorded in the run's config, so that a
+        checkpoint or an export decodes its predictions with its training split's statistics anywhere."""
+        return {"pheno_cont": [[c.name, c.mean, c.std] for c in self.pheno_cont],
+                "pheno_cat": [[c.name, c.classes] for c in self.pheno_cat],
+                "conf_cont": [[c.name, c.mean, c.std] for c in self.conf_cont],
+                "conf_bin": [[c.name, c.classes] for c in self.conf_bin],
+                "conf_multi": [[c.name, c.classes] for c in self.conf_multi]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Covariates":
+        try:
+            return cls(pheno_cont=[_Continuous(n, float(m), float(s)) for n, m, s in d.get("pheno_cont", [])],
+                       pheno_cat=[_Classes(n, list(c)) for n, c in d.get("pheno_cat", [])],
+                       conf_cont=[_Continuous(n, float(m), float(s)) for n, m, s in d.get("conf_cont", [])],
+                       conf_bin=[_Classes(n, list(c)) for n, c in d.get("conf_bin", [])],
+                       conf_multi=[_Classes(n, list(c)) for n, c in d.get("conf_multi", [])])
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"model§pythae§fitted_tables is damaged ({exc}); it is written by training") from None
+
+    def load_rows(self, cfg) -> None:
+        """Read the tables' rows (for the batches) without fitting anything again."""
+        from Engineering.data.datamodule import resolve_data_path
+
+        for key, cols in (("DS_phenotypes", [c.name for c in self.pheno_cont + self.pheno_cat]),
+                          ("DS_confounders", [c.name for c in self.conf_cont + self.conf_bin + self.conf_multi])):
+            if cols and key not in self._rows:
+                spec = _spec(cfg, key)
+                if spec is None:
+                    raise UserError(f"json§{key} is not set, but this model was trained with its columns {cols}")
+                self._table(key, resolve_data_path(cfg, spec["path"]), cols, None)
+
     def _table(self, key: str, path: Path, cols: list[str], train: set[str] | None) -> pd.DataFrame:
         """The rows of the training patients (for fitting); keeps the whole table for encoding."""
         table = read_label_table(path)

@@ -43,6 +43,9 @@ PythaeKeys = keys_from_dataclass(
                                             "models§<model> when the config is resolved).")),
     models=(dict[str, dict[str, Any]], Field({}, description="pythae parameters per model name, e.g. "
                                                               "beta_vae: {beta: 4.0}.")),
+    fitted_tables=(dict[str, Any], Field({}, description="What training fitted on its phenotype/confounder "
+                                                        "tables (columns, means, standard deviations, classes); "
+                                                        "written by the run, not set by users.")),
     anomaly_map=(str, Field("", description="--anomaly_map: write each reconstructed sample's anomaly map into "
                                             "recon.h5 (anomaly_<c,t,s>), for models that have one (ultra_cevae): "
                                             "combi, grad or rec; empty = none.")),
@@ -91,7 +94,10 @@ def model_covariates(cfg) -> Covariates | None:
 class ReconEngine(LatentEngine):
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
-        self.covariates = model_covariates(cfg)
+        fitted = cfg.model.pythae.fitted_tables
+        self.covariates = Covariates.from_dict(fitted) if fitted else model_covariates(cfg)
+        if self.covariates is not None and not fitted:  # kept in the config: checkpoints and exports carry it
+            cfg.model.pythae.fitted_tables = self.covariates.to_dict()
         data_params = {}
         if self.covariates is not None:
             spec = get_spec(cfg.model.pythae.model)
@@ -121,8 +127,12 @@ class ReconEngine(LatentEngine):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if self.covariates is None:
+        if self.covariates is None or stage != "fit":  # (the test phase writes latents: it reads no table rows)
             return
+        self._encode_splits()
+
+    def _encode_splits(self) -> None:
+        self.covariates.load_rows(self.cfg)  # (a model rebuilt from its fitted state has none yet)
         dm = self.trainer.datamodule
         for split in ("train", "val"):
             try:
@@ -181,6 +191,19 @@ class ReconEngine(LatentEngine):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
         self._ema_updates = int(checkpoint.get("ema_updates", 0))
+        self.load_run_state(checkpoint)
+
+    def load_run_state(self, checkpoint: dict) -> None:
+        """The tables' statistics the weights were trained with (a resumed or test-only run re-reads the tables,
+        possibly with another fold: --run_mode 2 --json§foldCSV 0 would refit them on every patient)."""
+        saved = (((checkpoint.get("imlatent_config") or {}).get("model") or {}).get("pythae") or {}).get(
+            "fitted_tables")
+        if not saved or self.covariates is None or saved == self.cfg.model.pythae.fitted_tables:
+            return
+        self.covariates = Covariates.from_dict(saved)
+        self.cfg.model.pythae.fitted_tables = saved
+        if self._aux:  # batches already encoded with the refitted statistics: again, with the trained ones
+            self._encode_splits()
 
     def on_before_optimizer_step(self, optimizer) -> None:
         # Under 16-mixed the gradients are still multiplied by the loss scale until Lightning's precision
