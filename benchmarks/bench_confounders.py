@@ -55,6 +55,8 @@ def main() -> None:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch_size", type=int, default=16)
     p.add_argument("--patients", type=int, default=120)
+    p.add_argument("--frames", type=int, default=4)
+    p.add_argument("--size", type=int, default=32)
     p.add_argument("--latent_dim", type=int, default=8)
     p.add_argument("--phenotype", default="wall_thickness", help="the phenotype column learned and probed (the plain "
                    "VAE's latents carry cavity_radius already: held-out R² 0.83; wall_thickness hardly: -0.08)")
@@ -73,25 +75,27 @@ def main() -> None:
     from Engineering.data.demo import DemoSpec, write_demo
     from Engineering.data.folds import read_fold
 
-    cohort = out / "cohort"
+    cohort = out / f"cohort_{args.patients}x{args.frames}x{args.size}"
     if not (cohort / "data.h5").is_file():
-        write_demo(cohort, DemoSpec(n_patients=args.patients, n_frames=4, size=32, n_folds=3))
+        write_demo(cohort, DemoSpec(n_patients=args.patients, n_frames=args.frames, size=args.size, n_folds=3))
     phen = pd.read_csv(cohort / "phenotypes.tsv", sep="\t", dtype={"FID": str}).set_index("FID")
     site = pd.read_csv(cohort / "covariates.tsv", sep="\t", dtype={"FID": str}).set_index("FID")["site"]
     fold = read_fold(cohort / "folds.csv", 0)
     train, test = set(fold.train), set(fold.test)
-    common = ["--json§datadir", str(cohort), "--json§save_path", str(out), "--input_shape", "32,32",
+    common = ["--json§datadir", str(cohort), "--json§save_path", str(out), "--input_shape", f"{args.size},{args.size}",
               "--latent_dim", str(args.latent_dim), "--batch_size", str(args.batch_size), "--num_epochs", str(args.epochs),
               "--lr", str(args.lr),
               "--norm_type", "zscore", "--zscore_mean", "0", "--zscore_std", "1000", "--seed", "1701",
               "--no-progress_bar", "--no-tbactive"]
     # the tables are honoured only by the models that read them: each model gets what it reads
-    tables = {"learn_phenotypes": ["--json§DS_phenotypes§cols", json.dumps([args.phenotype])],
+    # (the table paths explicitly: the demo dataNpath JSON's point at the bundled @demo cohort's tables)
+    tables = {"learn_phenotypes": ["--json§DS_phenotypes§path", str(cohort / "phenotypes.tsv"),
+                                   "--json§DS_phenotypes§cols", json.dumps([args.phenotype])],
               "anti_confounders_strategy": ["--json§DS_confounders§path", str(cohort / "covariates.tsv"),
                                             "--json§DS_confounders§mulcat_cols", '["site"]']}
     rows = []
     for label, flags in MODELS.items():
-        name = "cf_" + "".join(ch if ch.isalnum() else "_" for ch in label) + (
+        name = f"cf_{cohort.name}_" + "".join(ch if ch.isalnum() else "_" for ch in label) + (
             f"_{args.phenotype}" if "phenotypes" in label else "")
         extra = list(flags)
         key = "--model§pythae§models§ultra_vae§"
@@ -126,7 +130,8 @@ def main() -> None:
              "|---|---|---|---|"]
     table += [f"| {r['model']} | {r['r2'][0]:.3f} [{r['r2'][1]:.3f}, {r['r2'][2]:.3f}] | {r['site_acc'][0]:.3f} "
               f"[{r['site_acc'][1]:.3f}, {r['site_acc'][2]:.3f}] | {r['chance']:.3f} |" for r in rows]
-    text = (f"Planted cohort: {args.patients} demo patients (32×32, 4 frames), fold 0: test {rows[0]['n_test']} "
+    text = (f"Planted cohort: {args.patients} demo patients ({args.size}×{args.size}, {args.frames} frames), fold 0: "
+            f"test {rows[0]['n_test']} "
             f"patients; latent_dim {args.latent_dim}, {args.epochs} epochs of batches of {args.batch_size} at lr {args.lr:g}, "
             f"lambda_pheno_loss {args.lambda_pheno:g}, "
             f"lambda_conf_corr_loss {args.lambda_corr:g}, lambda_conf_adv_loss {args.lambda_adv:g}; "

@@ -169,6 +169,7 @@ def test_main_recon_trains_ultra_vae_and_writes_pheno_and_conf_predictions(tiny_
             "--num_epochs", "2", "--n_train_batches", "3", "--n_val_batches", "1", "--no-progress_bar",
             "--no-tbactive", "--model§pythae§models§ultra_vae§learn_phenotypes", "true",
             "--model§pythae§models§ultra_vae§anti_confounders_strategy", "1",
+            "--json§DS_phenotypes§path", str(tiny_demo / "phenotypes.tsv"),
             "--json§DS_phenotypes§cols", '["cavity_radius", "ef_class"]',
             "--json§DS_confounders§path", str(tiny_demo / "covariates.tsv"),
             "--json§DS_confounders§cols", '["gain"]', "--json§DS_confounders§mulcat_cols", '["site"]',
@@ -246,7 +247,8 @@ def test_each_ancestor_model_trains_on_the_demo_through_main_recon(tiny_demo, tm
             "--n_train_batches", "4", "--n_val_batches", "1", "--no-progress_bar", "--no-tbactive",
             "--json§DS_confounders§path", str(tiny_demo / "covariates.tsv"),
             "--json§DS_confounders§cols", '["gain"]', "--json§DS_confounders§mulcat_cols", '["site"]',
-            *(["--json§DS_phenotypes§cols", '["cavity_radius"]'] if reads_pheno else []),
+            *(["--json§DS_phenotypes§path", str(tiny_demo / "phenotypes.tsv"), "--json§DS_phenotypes§cols",
+               '["cavity_radius"]'] if reads_pheno else []),
             *(REDUCE_3D if is3D else ["--input_shape", "32,32"]), *flags, "--fulltrainID", "m"]
     proc = run_executor(*args)
     assert proc.returncode == 0, proc.stderr[-2000:]
