@@ -216,7 +216,10 @@ def test_phenotypes_without_columns_and_data_fixed_fields_are_refused(tiny_demo,
             "--model§pythae§models§ultra_vae§learn_phenotypes", "true"]
     for extra, message in (([], "learns phenotypes: set json§DS_phenotypes"),
                            (["--json§DS_phenotypes§cols", '["cavity_radius"]',
-                             "--model§pythae§models§ultra_vae§n_phenotypes", "3"], "n_phenotypes is set from the data")):
+                             "--model§pythae§models§ultra_vae§n_phenotypes", "3"], "n_phenotypes is set from the data"),
+                           # the demo JSON's table is the bundled cohort's: other data would get its values
+                           (["--json§DS_phenotypes§cols", '["cavity_radius"]'],
+                            "json§DS_phenotypes§path @demo/phenotypes.tsv is the bundled @demo cohort's table")):
         code = run_cli(lambda a: cli.main(a, task="recon"), base + extra)
         errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
         assert code == 2 and len(errors) == 1 and message in errors[0], errors

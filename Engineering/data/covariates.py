@@ -50,6 +50,17 @@ def _spec(cfg, key: str) -> dict | None:
     return spec
 
 
+def _same_cohort(cfg, key: str, ref) -> None:
+    """A bundled demo cohort's table (``@demo/phenotypes.tsv``, what the demo dataNpath JSONs name) read for other
+    data would give other patients' values to the IDs both share, without a word: refused."""
+    from Engineering.data.demo import split_demo_ref
+
+    table, data = split_demo_ref(str(ref)), split_demo_ref(str(cfg.paths.datadir))
+    if table and (data is None or data[0] != table[0]):
+        raise UserError(f"json§{key}§path {ref} is the bundled {table[0]} cohort's table, but json§datadir is "
+                        f"{cfg.paths.datadir}: give the table of that cohort (--json§{key}§path PATH)")
+
+
 def train_patients(cfg) -> set[str] | None:
     """The patients of the training split by the fold file (None: no fold file, every patient trains)."""
     from Engineering.data.datamodule import resolve_data_path
@@ -120,6 +131,7 @@ class Covariates:
             if not cols:
                 raise UserError(f"{why} learns phenotypes: set json§DS_phenotypes to {{\"path\": TABLE, \"cols\": "
                                 "[COLUMNS]}")
+            _same_cohort(cfg, "DS_phenotypes", spec["path"])
             table = out._table("DS_phenotypes", resolve_data_path(cfg, spec["path"]), cols, train)
             forced = set(_cols(spec, "cat_cols"))
             unknown = forced - set(cols)
@@ -138,6 +150,7 @@ class Covariates:
             if not (cont or binary or multi):
                 raise UserError(f"{why} needs confounders: set json§DS_confounders to {{\"path\": TABLE, \"cols\": "
                                 "[...], \"bincat_cols\": [...], \"mulcat_cols\": [...]}")
+            _same_cohort(cfg, "DS_confounders", spec["path"])
             table = out._table("DS_confounders", resolve_data_path(cfg, spec["path"]), cont + binary + multi, train)
             out.conf_cont = [_fit_continuous(table, c, "json§DS_confounders§cols") for c in cont]
             out.conf_bin = [_fit_classes(table, c, "json§DS_confounders§bincat_cols", binary=True) for c in binary]
@@ -175,6 +188,7 @@ class Covariates:
                 spec = _spec(cfg, key)
                 if spec is None:
                     raise UserError(f"json§{key} is not set, but this model was trained with its columns {cols}")
+                _same_cohort(cfg, key, spec["path"])
                 self._table(key, resolve_data_path(cfg, spec["path"]), cols, None)
 
     def _table(self, key: str, path: Path, cols: list[str], train: set[str] | None) -> pd.DataFrame:
