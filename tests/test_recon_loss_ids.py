@@ -374,3 +374,11 @@ def test_pythae_config_merges_into_the_resolved_config(tmp_path):
     assert cfg.model.latent_dim == 64 and cfg.model.pythae.reconstruction_loss == "l1"  # the file's mse is no choice
     assert cfg.model.pythae.models["beta_vae"] == {"name": "BetaVAEConfig", "beta": 2, "C": 1.0}  # file > YAML
     assert resolve(["--configyml_path", str(yml)], TASK).cfg.model.latent_dim == 16  # no file: the default
+
+
+@pytest.mark.parametrize("flag", ["ploss_model", "ploss_level", "ploss_type"])
+def test_the_ancestors_perceptual_network_flags_are_refused_naming_ours(flag, capsys):
+    code = run_cli(lambda a: cli.main(a, task="recon"), [f"--{flag}", "1", "--print_config"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and f"--{flag} is not honoured" in err[0]
+    assert "custom_loss_params§network PATH" in err[0]

@@ -125,6 +125,10 @@ def ancestor_flag(name: str, raw, task: str, cfg: dict | None = None) -> str | N
     if name == "in_channels":
         raise UserError(f"--in_channels is not honoured by task {task!r}: the channel count comes from the data "
                         "(json§DS_multi_channel, --complex_mode, --grey2RGB)")
+    if name in ("ploss_model", "ploss_level", "ploss_type"):  # the ancestor's perceptual-loss network settings
+        raise UserError(f"--{name} is not honoured by task {task!r}: the ancestor's bundled perceptual networks are not "
+                        "shipped; the perceptual loss (--lossID -1) reads your own network file: "
+                        "--model§pythae§custom_loss_params§network PATH (and n_level, feature_loss)")
     if name == "p_augment":
         raise UserError(f"--p_augment is not honoured by task {task!r}: the ancestor's augmentation pipeline is not "
                         "implemented; random flips: --flip_prob P --data§flip_axes [AXES]")
