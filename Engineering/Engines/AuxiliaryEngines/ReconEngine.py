@@ -8,6 +8,7 @@ under manual optimisation.
 """
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any, Optional
@@ -298,7 +299,7 @@ class CovariatePredictions:
         heads = getattr(model._net(bool(cfg.eval.test_ema)).model, "covariate_heads", None)
         if cov is None or heads is None or not (Path(out_dir) / "emb.h5").is_file():
             return {}
-        heads = heads.eval().cpu()
+        heads = copy.deepcopy(heads).eval().cpu()  # (the model itself stays where and as it is)
         pheno_cols, conf_cols = cov.prediction_columns()
         written = {}
         if heads.phenotype_head is not None:
