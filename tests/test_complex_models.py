@@ -372,3 +372,15 @@ def test_magphase_pairs_become_the_complex_series(cdemo, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "bad.h5").exists()
     assert "outside its range (radians" in err and _one_line_error(err).startswith("error: no primary_flow_0/")
+
+
+def test_complex_batches_are_refused_by_the_tasks_without_complex_models(capsys):
+    from Engineering.Engines import cli
+    from Engineering.errors import run_cli
+
+    for task in ("diffAE", "ssl"):
+        js = str(Path(__file__).resolve().parents[1] / "Configs" / "dataNpath_demo_complex.json")
+        code = run_cli(lambda a: cli.main(a, task=task), ["--datajson_path", js,
+                                                          "--complex_mode", "complex", "--print_config"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and f"--complex_mode complex is not honoured by task '{task}'" in err[0]

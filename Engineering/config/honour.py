@@ -121,6 +121,9 @@ CONDITIONS: tuple[tuple[str, Condition], ...] = (
      if c.data.norm_type in ("zscore", "none") else None),
     ("complex_mode", lambda c: None if c.paths.is_complexDS else "turns complex-valued data into channels: set "
      "json§is_complexDS true for complex data"),
+    ("complex_mode", lambda c: "keeps the batches complex, which only main_recon's complex models read "
+     "(complex_ae, complex_vae, complex_factor_vae); choose magnitude, realimag, magphase, ..."
+     if c.data.complex_mode == "complex" and c.model.drive != "pythae" else None),
     ("allow_pad", lambda c: "acts only with --croppad" if not c.data.croppad else None),
     ("wnbproject", lambda c: "acts only with --wnbactive" if not c.run.wnbactive else None),
     ("tb_image_every", lambda c: None if not c.run.tb_image_every else "logs image grids to TensorBoard: it acts "
