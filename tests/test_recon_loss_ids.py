@@ -250,6 +250,7 @@ def _logged_recon_loss(save):
     return m["train_recon_loss_epoch"].dropna().to_numpy()
 
 
+@pytest.mark.slow  # (--lossID 4, the same loss, trains in the default suite)
 def test_main_recon_trains_with_ssim(tiny_demo, tmp_path):
     assert _train(tiny_demo, tmp_path, "--model§pythae§reconstruction_loss", "ssim",
                   "--model§pythae§custom_loss_params§sigma", "0.5") == 0
