@@ -160,8 +160,8 @@ def explicit_attention_block(blk: AttentionBlock, x: torch.Tensor) -> torch.Tens
     return (flat + F.conv1d(a, blk.proj_out.weight, blk.proj_out.bias)).reshape(x.shape)
 
 
-@pytest.mark.parametrize("fused_lse", [True, False])
-def test_sdpa_attention_matches_explicit_softmax(monkeypatch, fused_lse):
+@pytest.mark.parametrize("fused", [True, False])
+def test_sdpa_attention_matches_explicit_softmax(monkeypatch, fused):
     torch.manual_seed(1)
     blk = AttentionBlock(8, groups=4, num_heads=2)
     for p in blk.parameters():
@@ -169,17 +169,21 @@ def test_sdpa_attention_matches_explicit_softmax(monkeypatch, fused_lse):
     x = torch.randn(2, 8, 3, 4, 5)
     with torch.no_grad():
         torch.testing.assert_close(blk(x), explicit_attention_block(blk, x), atol=1e-5, rtol=1e-5)
-    # training path: fused forward, query-chunked backward (forced into several chunks here)
-    # (with the fused kernel's log-sum-exp, and without it where that private kernel is missing)
+    # training path: SDPA's fused backward, and where torch lacks the fused CPU kernel the query-chunked
+    # backward (forced into several chunks here)
     monkeypatch.setattr(blocks, "_CHUNK_ELEMS", 4 * 60 * 7)
-    if not fused_lse:
+    if not fused:
         monkeypatch.setattr(blocks, "_FLASH_CPU", None)
+    used = []
+    real = blocks._SDPAChunkedBackward.apply
+    monkeypatch.setattr(blocks._SDPAChunkedBackward, "apply", lambda *a: used.append(1) or real(*a))
     params = [x.requires_grad_(), *blk.parameters()]
     g = torch.randn_like(x)
     grads = torch.autograd.grad(blk(x), params, g)
     ref = torch.autograd.grad(explicit_attention_block(blk, x), params, g)
     for got, want in zip(grads, ref):
         torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
+    assert bool(used) is not fused
 
 
 def test_zero_initialised_residual_branches_and_training_step():

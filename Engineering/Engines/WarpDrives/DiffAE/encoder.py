@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -80,4 +81,7 @@ class SemanticEncoder(nn.Module):
             raise DiffAEConfigError(f"enc_pool flatten: the encoder was built for input_shape "
                                     f"{tuple(self.cfg_input_shape)} (a {self.map_shape} feature map), got an input "
                                     f"of spatial shape {tuple(x.shape[2:])}")
-        return self.out(h).to(x.dtype)
+        # the head in the weights' dtype even under bf16 autocast (--ampmode bf16-mixed), as in fast_encoder: a
+        # code with a large mean and a small spread loses its signal when projected and normalised in bfloat16
+        with torch.autocast(h.device.type, enabled=False):
+            return self.out(h.to(self.out[3].weight.dtype)).to(x.dtype)

@@ -31,8 +31,11 @@ class TimeEmbed(nn.Module):
         self.time_embed = nn.Sequential(nn.Linear(feat_dim, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
 
     def forward(self, t: Tensor) -> Tensor:
-        # features in float32 (exact for t < 1000), then in the weights' dtype (half/double models)
-        return self.time_embed(timestep_embedding(t, self.feat_dim).to(self.time_embed[0].weight.dtype))
+        # features in float32 (exact for t < 1000), then in the weights' dtype (half/double models). Under bf16
+        # autocast the MLP stays in the weights' dtype too: in bfloat16 the low-frequency features of adjacent
+        # timesteps round to the same value, and this MLP is a few thousand multiply-adds per sample.
+        with torch.autocast(t.device.type, enabled=False):
+            return self.time_embed(timestep_embedding(t, self.feat_dim).to(self.time_embed[0].weight.dtype))
 
 
 class DiffAE(nn.Module):
