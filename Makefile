@@ -10,7 +10,7 @@
 #   make docs   -> the documentation site, built strict into site/ (make test builds it too)
 #   make test-docs -> every tutorial's code blocks run for real, in page order, at tiny scale (about 6 minutes)
 #   make ci     -> what CI runs: make test, then test-deepspeed, test-gwas, test-browser, test-docs and test-poetry
-#   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 embedding tolerance
+#   make bench  -> speed vs the ancestor (make bench ANCESTOR=path/to/ImLatent), bf16 training trajectory, bf16 embedding tolerance
 #   make bench-quality -> DiffAE and VAE latents vs PCA of the pixels on real images (docs/results/quality.md)
 #   make bench-cells -> classical vs rotation-invariant image and point-cloud models on @cells, every metric family
 VENV ?= .venv
@@ -104,6 +104,7 @@ ci: test test-deepspeed test-gwas test-browser test-docs test-poetry
 ANCESTOR ?=
 bench: setup
 	$(PY) benchmarks/bench_diffae.py --compile $(if $(ANCESTOR),--ancestor $(ANCESTOR)) --write benchmarks/results/speed.md
+	$(PY) benchmarks/bench_diffae.py --config published --trajectory 6
 	$(PY) benchmarks/bench_embed_bf16.py
 	$(PY) benchmarks/bench_recon.py
 

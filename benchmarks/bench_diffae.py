@@ -1,23 +1,39 @@
-"""DiffAE speed on this machine, side by side with the ancestor: training s/step, embedding subjects/s, FLOP/s.
+"""DiffAE speed on this machine, side by side with the ancestor: training s/step (fp32 and bf16), embedding
+subjects/s, FLOP/s against the measured peak of each figure's own precision and memory layout.
 
 python benchmarks/bench_diffae.py [--config published|small3d|2d|all] [--ancestor PATH] [--threads N]
-    [--steps N] [--compile] [--no-profile]
+    [--steps N] [--compile] [--no-profile] [--write FILE]
+python benchmarks/bench_diffae.py --config published --trajectory N
 
 One training step = eps-MSE at a random t through encoder + UNet, backward, Adam step (the ancestor's
-procedure). Our steps pull their batch from our DataLoader over an int16 HDF5 cohort of the configuration's
-shape (default workers), so the time the loop waits for data is measured, not assumed. Embedding = the
-semantic encoder alone, eval, no grad (``--test_emb_only``): fp32, and bf16 through the encoder copy that
-``--embed_precision bf16`` uses (channels-last for 3D; ``--compile`` torch.compiles it, as ``--compile_model``).
+procedure), timed for ours in fp32, ours under bfloat16 autocast (what ``--ampmode bf16-mixed`` runs: the
+network's matmuls and convolutions in bf16; weights, Adam state, schedule and loss float32) and the ancestor in
+fp32, the three alternating. Our steps pull their batch from our DataLoader over an int16 HDF5 cohort of the
+configuration's shape (default workers), so the time the loop waits for data is measured, not assumed.
+Embedding = the semantic encoder alone, eval, no grad (``--test_emb_only``): fp32, and bf16 through the encoder
+copy that ``--embed_precision bf16`` uses (channels-last for 3D; ``--compile`` torch.compiles it, as
+``--compile_model``; its first call, compilation included, is ``bf16_first_call_s``).
+
+Peaks (``peaks.py``): in the same run, a GEMM and every distinct convolution of the configuration's own network,
+in fp32 and bf16, contiguous and channels-last; a (precision, layout)'s peak is the best of them. Every
+throughput figure gets ``<figure>_frac_peak`` against the peak of its own precision and layout (training:
+contiguous; the bf16 embedding: channels-last in 3D); a figure above its peak is an error (exit 1), never a
+"509 %" row. ``embed_bf16_conv_GFLOPs`` is the rate of the encoder's convolutions inside the bf16 embedding
+(their FLOPs over their kernels' profiled time).
 
 ``--ancestor PATH`` is the root of a local checkout of the ancestor (GlastonburyGroup/ImLatent, MIT-licensed
 model code): its BeatGANs autoencoder is imported from that path at run time (never vendored) and timed with the
-same procedure in the same process. Without it, the last recorded ancestor figures (``ROWS``) are printed.
+same procedure in the same process. Without it, the last recorded ancestor figures (``ROWS``) are used.
 
-Output: one JSON line per configuration (``config``, ``ours_train_s_per_step``, ``ancestor_train_s_per_step``,
-``ratio_train`` = ancestor s/step / ours, ``ours_embed_subj_per_s``, ``ancestor_embed_subj_per_s``,
-``ratio_embed`` = ours / ancestor, bf16 figures, GFLOP/s and their fraction of this machine's measured matmul and
-convolution peaks, the data wait, the profile's top operators), then a markdown table. Every time is the median
-of ``--steps`` repetitions after a warm-up. On CUDA the same rows report samples/s and peak memory.
+``--trajectory N`` instead trains N steps in fp32 and N under bf16 autocast from the same initial weights, with
+the same batches and the same (t, noise) draws, and prints both loss sequences and their largest relative gap.
+
+Output: one JSON line per configuration (``ours_train_s_per_step``, ``ours_train_bf16_s_per_step``,
+``ancestor_train_s_per_step``, ``ratio_train`` and ``ratio_train_bf16`` = ancestor fp32 s/step / ours,
+``ours_embed_subj_per_s``, ``ours_embed_bf16_subj_per_s``, ``ancestor_embed_subj_per_s``, ``ratio_embed*``,
+GFLOP/s, the peaks, ``*_frac_peak``, the data wait, the profile's top operators), then markdown tables and the
+targets. Every time is the median of ``--steps`` repetitions after a warm-up. On CUDA the same rows report
+samples/s and peak memory (no peaks).
 """
 from __future__ import annotations
 
@@ -54,11 +70,11 @@ import peaks as peak_meter  # noqa: E402
 
 # name: (is3D, input_shape, net_ch, latent, train batch, embed batch,
 #        last recorded ancestor s/step, ancestor embedding subjects/s (fp32, 2 threads, this machine kind:
-#        benchmarks/results/speed.md, run 2; the VM drifts by +-30 % between runs, so compare with --ancestor)
+#        benchmarks/results/speed.md, 2026-12-06; the VM drifts by +-30 % between runs, so compare with --ancestor)
 ROWS = {
-    "2d": (False, (64, 64), 32, 64, 8, 32, 0.961, 198.3),
-    "small3d": (True, (16, 64, 64), 16, 32, 4, 4, 13.44, 4.92),
-    "published": (True, (50, 128, 128), 32, 128, 1, 2, 93.59, 0.217),
+    "2d": (False, (64, 64), 32, 64, 8, 32, 0.832, 297.6),
+    "small3d": (True, (16, 64, 64), 16, 32, 4, 4, 9.587, 6.643),
+    "published": (True, (50, 128, 128), 32, 128, 1, 2, 80.615, 0.295),
 }
 
 

@@ -101,8 +101,9 @@ def conv_rate(conv: ConvShape, precision: str, layout: str, calls: int = 2) -> f
         return conv.flops() / _best_seconds(lambda: module(x), calls)
 
 
-def matmul_rate(precision: str, n: int = 2048, calls: int = 5) -> float:
-    """FLOP/s of an n x n GEMM in the given precision."""
+def matmul_rate(precision: str, n: int = 2048, calls: int = 20) -> float:
+    """FLOP/s of an n x n GEMM in the given precision (the best of ``calls``: a few calls of ~50 ms each caught
+    the cores still ramping up and under-measured the bf16 rate by half)."""
     dtype = PRECISIONS[precision]
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
     return 2.0 * n ** 3 / _best_seconds(lambda: a @ b, calls)

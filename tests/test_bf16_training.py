@@ -32,7 +32,8 @@ def test_bf16_mixed_follows_the_fp32_loss_trajectory(tiny_demo, tmp_path, dims):
     logs = {amp: _train(tiny_demo, tmp_path, amp, amp, *extra) for amp in ("32", "bf16-mixed")}
     for term in LOSSES:
         fp32, bf16 = (logs[a][term].dropna().to_numpy() for a in ("32", "bf16-mixed"))
-        assert len(fp32) >= 3 and len(fp32) == len(bf16), term
+        # one value per epoch; the steps are logged every 5 (a 3D epoch of the tiny demo has 2 batches)
+        assert len(fp32) >= (1 if term == "train_loss_step" else 3) and len(fp32) == len(bf16), term
         assert np.isfinite(fp32).all() and np.isfinite(bf16).all(), term
         np.testing.assert_allclose(bf16, fp32, rtol=TOLERANCE, err_msg=term)
     assert not np.array_equal(logs["32"]["train_loss_step"].dropna(), logs["bf16-mixed"]["train_loss_step"].dropna())

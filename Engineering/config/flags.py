@@ -69,8 +69,8 @@ FLAGS: tuple[Flag, ...] = (
     _f("Hardware", "sync_batchnorm", "run", "bool", False, "Synchronise BatchNorm statistics across processes."),
     _f("Hardware", "ampmode", "run", "str", "32",
        "Precision (16-mixed becomes bf16-mixed on CPU). bf16-mixed = bfloat16 autocast: weights, optimiser state "
-       "and EMA stay float32; on CPUs with AVX512-BF16/AMX it trains the published 3D DiffAE ~1.8x faster than 32 "
-       "on the fp32 loss trajectory (docs/results/speed.md).", choices=PRECISIONS),
+       "and EMA stay float32; on an AVX512-BF16 CPU it trains the published 3D DiffAE 2.1x faster than 32 (smaller "
+       "shapes 1.2-1.4x) on the fp32 loss trajectory (docs/results/speed.md).", choices=PRECISIONS),
     _f("Hardware", "matmul_precision", "run", "str", "highest", "torch.set_float32_matmul_precision: highest, high, medium.",
        choices=("highest", "high", "medium")),
     _f("Hardware", "num_workers", "run", "int", 0, "DataLoader worker processes.", **NON_NEGATIVE),

@@ -64,9 +64,9 @@ class DiffAEEvalKeys(Keys):
     val_ssim_subjects: int = Field(2, gt=0, description="Validation subjects of that SSIM.")
     embed_precision: Literal["32", "bf16"] = Field(
         "32", description="Precision of test-time embedding: bf16 runs a bfloat16 (3D: channels-last) copy of the "
-                          "encoder's trunk with its head in float32, about 3x faster on CPUs with AVX512-BF16/AMX "
-                          "(docs/results/speed.md for the measured tolerance against fp32); with --compile_model that "
-                          "copy is torch.compiled.")
+                          "encoder's trunk with its head in float32, 1.3-1.8x faster than fp32 on an AVX512-BF16 CPU (attention-bound "
+                          "at the published 3D shape; docs/results/speed.md, with the measured tolerance against "
+                          "fp32); with --compile_model that copy is torch.compiled.")
 
 
 def clip_range(cfg) -> tuple[float, float] | None:
@@ -200,8 +200,8 @@ class DiffAEEngine(LatentEngine):
 
 DIFFAE_FLAGS = (
     Flag("embed_precision", ("eval", "embed_precision"), "str", "32",
-         "Test-time embedding precision: bf16 = a bfloat16 copy of the encoder's trunk, head in float32 (3x faster "
-         "on AVX512-BF16/AMX CPUs; latents within 0.3% of fp32, docs/results/speed.md).", "Test",
+         "Test-time embedding precision: bf16 = a bfloat16 copy of the encoder's trunk, head in float32 (1.3-1.8x "
+         "faster than fp32 on an AVX512-BF16 CPU; latents within 0.3% of fp32, docs/results/speed.md).", "Test",
          choices=("32", "bf16")),
     Flag("test_with_TEval", ("eval", "test_with_TEval"), "bool", False,
          "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
