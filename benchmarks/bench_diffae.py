@@ -360,8 +360,8 @@ def fractions(row: dict, peaks: peak_meter.Peaks, is3D: bool) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"threads {rows[0]['threads']}; ours in fp32 and under bf16 autocast (--ampmode bf16-mixed), the ancestor in "
-             "fp32; % = fraction of the measured peak of the figure's own precision and layout",
+    lines = [f"threads {rows[0]['threads']}; ours in fp32 and under bf16 autocast (--ampmode bf16-mixed), the "
+             "ancestor in fp32; % = fraction of the measured peak of the figure's own precision and layout",
              "",
              "| config | batch (train/embed) | s/step fp32 ours (ancestor) | s/step bf16 ours | train speed-up fp32 / "
              "bf16 | train GFLOP/s fp32 / bf16 (% peak) | data wait | embed subj/s fp32 ours (ancestor) | embed "
@@ -383,7 +383,8 @@ def table(rows: list[dict]) -> str:
             f"{r['ours_embed_bf16_subj_per_s']:.3g} ({r['ratio_embed_bf16']:.2f}x) | {r['ours_embed_GFLOPs']:.0f} "
             f"({pc(r, 'embed_frac_peak')}) / {r['ours_embed_bf16_GFLOPs']:.0f} ({pc(r, 'embed_bf16_frac_peak')}) | "
             f"{r.get('embed_bf16_conv_GFLOPs', 0):.0f} ({pc(r, 'embed_bf16_conv_frac_peak')}) |")
-    lines += ["", "Peaks measured in the same run (GFLOP/s; convolutions: the configuration's own layers, best of them):",
+    lines += ["", "Peaks measured in the same run (GFLOP/s; convolutions: the configuration's own layers, best of "
+              "them):",
               "", "| config | matmul fp32 / bf16 | conv fp32 contiguous / channels-last | conv bf16 contiguous / "
               "channels-last | layers timed |", "|---|---|---|---|---|"]
     for r in rows:

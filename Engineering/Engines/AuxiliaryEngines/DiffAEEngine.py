@@ -64,9 +64,9 @@ class DiffAEEvalKeys(Keys):
     val_ssim_subjects: int = Field(2, gt=0, description="Validation subjects of that SSIM.")
     embed_precision: Literal["32", "bf16"] = Field(
         "32", description="Precision of test-time embedding: bf16 runs a bfloat16 (3D: channels-last) copy of the "
-                          "encoder's trunk with its head in float32, 1.3-1.8x faster than fp32 on an AVX512-BF16 CPU (attention-bound "
-                          "at the published 3D shape; docs/results/speed.md, with the measured tolerance against "
-                          "fp32); with --compile_model that copy is torch.compiled.")
+                          "encoder's trunk with its head in float32, 1.3-1.8x faster than fp32 on an AVX512-BF16 CPU "
+                          "(attention-bound at the published 3D shape; docs/results/speed.md, with the measured "
+                          "tolerance against fp32); with --compile_model that copy is torch.compiled.")
 
 
 def clip_range(cfg) -> tuple[float, float] | None:
