@@ -193,21 +193,27 @@ def train_step(pair: Pair, batches, device: str, bf16: bool = False, generator: 
     return step, waits, losses
 
 
-def flops_of(fn) -> float:
+def flop_counts(fn) -> dict[str, float]:
+    """FLOPs per operator in one call of fn (torch.utils.flop_counter)."""
     with FlopCounterMode(display=False) as fc:
         fn()
-    return fc.get_total_flops()
+    return {str(op): float(n) for op, n in fc.get_flop_counts()["Global"].items()}
 
 
-def top_ops(fn, n: int = 6) -> list[dict]:
-    """The operators that take the time of one call of fn (torch.profiler, self CPU time)."""
+def op_seconds(fn) -> dict[str, float]:
+    """Self CPU seconds per operator in one call of fn (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    rows = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
-    total = sum(e.self_cpu_time_total for e in prof.key_averages()) or 1
-    return [{"op": e.key, "s": round(e.self_cpu_time_total / 1e6, 3), "share": round(e.self_cpu_time_total / total, 3)}
-            for e in rows]
+    return {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
+
+
+def top_ops(fn, n: int = 6) -> list[dict]:
+    """The operators that take the time of one call of fn."""
+    secs = op_seconds(fn)
+    total = sum(secs.values()) or 1
+    return [{"op": op, "s": round(s, 3), "share": round(s / total, 3)}
+            for op, s in sorted(secs.items(), key=lambda kv: kv[1], reverse=True)[:n]]
 
 
 def model_peaks(ours: DiffAE, x_train, x_emb, t0) -> peak_meter.Peaks:
@@ -216,20 +222,6 @@ def model_peaks(ours: DiffAE, x_train, x_emb, t0) -> peak_meter.Peaks:
     convs = peak_meter.conv_layers(ours, lambda: ours(x_train, t0, ours.encode(x_train)))
     convs += [c for c in peak_meter.conv_layers(ours, lambda: ours.encode(x_emb)) if c not in convs]
     return peak_meter.measure(convs)
-
-
-def conv_seconds(fn) -> float:
-    """Seconds that one call of fn spends in convolution kernels (torch.profiler, self CPU time)."""
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        fn()
-    return sum(e.self_cpu_time_total for e in prof.key_averages() if "convolution" in e.key) / 1e6
-
-
-def conv_flops(fn) -> float:
-    with FlopCounterMode(display=False) as fc:
-        fn()
-    return float(sum(n for op, n in fc.get_flop_counts()["Global"].items() if "convolution" in str(op)))
 
 
 def bench_config(name: str, args) -> dict:
@@ -252,9 +244,12 @@ def bench_config(name: str, args) -> dict:
     x_train = torch.randn(bs, 1, *shape, device=device)
     x_emb = torch.randn(ebs, 1, *shape, device=device)
     t0 = torch.zeros(bs, dtype=torch.long, device=device)
-    step_flops = 3 * flops_of(lambda: pairs[0].eps(x_train, t0, x_train))  # forward + backward (~2x forward)
+    # forward + backward (~2x forward)
+    step_flops = 3 * sum(flop_counts(lambda: pairs[0].eps(x_train, t0, x_train)).values())
     with torch.no_grad():
-        emb_flops = flops_of(lambda: ours.encode(x_emb)) / ebs
+        enc_flops = flop_counts(lambda: ours.encode(x_emb))
+    emb_flops = sum(enc_flops.values()) / ebs
+    emb_conv_flops = sum(n for op, n in enc_flops.items() if "convolution" in op)
     peaks = model_peaks(ours, x_train, x_emb, t0) if device == "cpu" else None
     if peaks is not None:
         out.update(peaks.summary())
@@ -299,8 +294,8 @@ def bench_config(name: str, args) -> dict:
         out["bf16_compiled"] = bool(args.compile)
         if device == "cpu":
             # the encoder's convolutions alone inside the bf16 embedding: their FLOPs over their kernels' time
-            enc_conv_flops = conv_flops(lambda: ours.encode(x_emb))
-            out["embed_bf16_conv_GFLOPs"] = round(enc_conv_flops / conv_seconds(lambda: fast(x_emb)) / 1e9, 1)
+            conv_s = sum(s for op, s in op_seconds(lambda: fast(x_emb)).items() if "convolution" in op)
+            out["embed_bf16_conv_GFLOPs"] = round(emb_conv_flops / conv_s / 1e9, 1)
         if args.profile and device == "cpu":
             out["top_ops_embed_fp32"] = top_ops(lambda: ours.encode(x_emb))
             out["top_ops_embed_bf16"] = top_ops(lambda: fast(x_emb))
