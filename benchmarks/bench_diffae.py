@@ -62,7 +62,7 @@ sys.path.insert(0, str(REPO))
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples  # noqa: E402
 from Engineering.data.index import Selection, scan  # noqa: E402
 from Engineering.data.transforms import axis_perm, normalise_batch  # noqa: E402
-from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig  # noqa: E402
+from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig  # noqa: E402
 from Engineering.Science.diffusion import GaussianDiffusion  # noqa: E402
 
 sys.path.insert(0, str(REPO / "benchmarks"))
@@ -114,7 +114,7 @@ def ancestor_model(root: Path, is3D: bool, shape, net_ch: int, latent: int):
     """The ancestor's BeatGANsAutoencModel for this configuration, built by its own ``ukbb_autoenc`` template."""
     pkg_dir = Path(root).expanduser() / "Engineering" / "Engines" / "WarpDrives" / "DiffAE"
     if not (pkg_dir / "templates.py").is_file():
-        sys.exit(f"--ancestor {root}: no Engineering/Engines/WarpDrives/DiffAE/templates.py there (give the root of "
+        sys.exit(f"--ancestor {root}: no Engineering/Engines/WarpDrives/DiffAE/network/templates.py there (give the root of "
                  "an ImLatent checkout)")
     name = "_ancestor_diffae"  # its own package name, so it cannot shadow ours (both are called Engineering)
     if name not in sys.modules:

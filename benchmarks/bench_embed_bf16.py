@@ -30,7 +30,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig  # noqa: E402
+from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig  # noqa: E402
 
 KEYS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
 RECIPE = ["--is3D", "1", "--input_shape", "16,32,32", "--json§DS_slice_dim", "1", "--num_epochs", "6",

@@ -13,7 +13,7 @@ import time
 
 import torch
 
-from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
+from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, PythaeDriveConfig
 
 
 def bench(name: str, shape: tuple[int, ...], batch: int, steps: int) -> dict:

@@ -24,8 +24,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from Engineering.Engines.WarpDrives.ReStyle import ReStyleConfig, ReStyleNet  # noqa: E402
-from Engineering.Engines.WarpDrives.StyleGAN2 import Discriminator, Generator, StyleGAN2Config  # noqa: E402
+from Engineering.Engines.WarpDrives.ReStyle.network import ReStyleConfig, ReStyleNet  # noqa: E402
+from Engineering.Engines.WarpDrives.StyleGAN2.network import Discriminator, Generator, StyleGAN2Config  # noqa: E402
 from Engineering.Science.gan_losses import (  # noqa: E402
     d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty)
 

@@ -23,7 +23,7 @@ from safetensors.torch import save_file
 
 from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
-from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
+from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig
 from tests.conftest import REPO, run_executor
 
 KEY = "primary_LAX_4Ch_transverse_0"

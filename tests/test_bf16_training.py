@@ -11,7 +11,7 @@ import torch
 
 from Engineering.Engines import registry
 from Engineering.Engines.MainEngine import run
-from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
+from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig
 from Engineering.io.checkpoints import read_checkpoint
 from tests.conftest import tiny_args
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from Engineering.Engines.WarpDrives.ComplexAE import (ComplexAEConfig, ComplexAEError, ComplexBatchNorm, ComplexConv,
+from Engineering.Engines.WarpDrives.pythaeDrive.network.complex_ae import (ComplexAEConfig, ComplexAEError, ComplexBatchNorm, ComplexConv,
                                                       ComplexConvTranspose, ComplexDecoder, ComplexEncoder, CReLU,
                                                       ModReLU, crecon)
 

@@ -23,8 +23,8 @@ from Engineering.data import transforms as T
 from Engineering.data.datamodule import H5DataModule
 from Engineering.data.demo import COMPLEX_KEY, SITE_PHASE, ComplexDemoSpec, write_complex_demo
 from Engineering.Engines import cli, registry
-from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
-from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.complex import complex_data_problem
+from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, PythaeDriveConfig
+from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.complex import complex_data_problem
 from Engineering.errors import UserError, run_cli
 
 from conftest import REPO, run_executor

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from Engineering.io.checkpoints import read_checkpoint
-from Engineering.Engines.AuxiliaryEngines.LatentEngine import ema_decay_at
+from Engineering.Engines.latent_engine import ema_decay_at
 from tests.conftest import REPO, TINY_DIFFAE, run_executor
 
 pytestmark = pytest.mark.deepspeed

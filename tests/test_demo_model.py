@@ -49,7 +49,7 @@ def test_the_shipped_files_are_an_export_of_a_small_diffae():
     floats = [w for w in weights.values() if w.is_floating_point()]  # (BatchNorm's counter is an integer)
     assert floats and all(w.dtype == torch.float32 and torch.isfinite(w).all() for w in floats)
     # ... and exactly the parameters and buffers of the DiffAE that config.json describes
-    from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
+    from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig
 
     arch = {k: v for k, v in config["architecture"].items() if k in DiffAEConfig.__dataclass_fields__}
     net = DiffAE(DiffAEConfig(**arch, is3D=False, in_channels=1, input_shape=tuple(config["input_shape"]),

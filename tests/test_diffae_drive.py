@@ -7,9 +7,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig, DiffAEConfigError
-from Engineering.Engines.WarpDrives.DiffAE import blocks
-from Engineering.Engines.WarpDrives.DiffAE.blocks import AttentionBlock, Resample
+from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig, DiffAEConfigError
+from Engineering.Engines.WarpDrives.DiffAE.network import blocks
+from Engineering.Engines.WarpDrives.DiffAE.network.blocks import AttentionBlock, Resample
 from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion, respace_timesteps
 

@@ -13,7 +13,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from Engineering.Engines.WarpDrives.DiffAE import (DiffAE, DiffAEConfig, WeightsMismatchError,
+from Engineering.Engines.WarpDrives.DiffAE.network import (DiffAE, DiffAEConfig, WeightsMismatchError,
                                                     load_published_state)
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import fit_state
@@ -124,7 +124,7 @@ def test_shipped_training_recipe_builds_the_published_architecture():
     """Configs/config_diffAE_ukbb.yaml resolves to the published model: every tensor name and shape of the
     published layout, [-1, 1] data, gradient clipping at 1, DiffAE's ddim20 test sampler."""
     from Engineering.config.loader import resolve
-    from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import clip_range, diffae_config
+    from Engineering.Engines.WarpDrives.DiffAE.engine import clip_range, diffae_config
     from Engineering.Engines import registry
 
     repo = FIXTURES.parents[2]

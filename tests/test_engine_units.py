@@ -156,7 +156,7 @@ def test_ndevices_all_counts_the_devices_for_accumulation(tmp_path, monkeypatch)
 
 
 def test_resume_state_carries_the_cuda_generators(monkeypatch):
-    from Engineering.Engines.AuxiliaryEngines.LatentEngine import LatentEngine
+    from Engineering.Engines.latent_engine import LatentEngine
 
     states = [torch.tensor([1, 2, 3], dtype=torch.uint8), torch.tensor([4, 5, 6], dtype=torch.uint8)]
     restored = []

@@ -134,7 +134,7 @@ def test_hub_folder_with_bad_config_or_weights(tiny_demo, tmp_path, capsys):
     _one_clear_line(code, err, "model.safetensors", "not a readable safetensors file")
     from safetensors.torch import save_file
 
-    from Engineering.Engines.WarpDrives.DiffAE import DiffAE, DiffAEConfig
+    from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig
 
     net = DiffAE(DiffAEConfig(is3D=True, input_shape=(4, 32, 32), latent_dim=8, net_ch=8))
     save_file({f"ema_net.{k}": v.contiguous() for k, v in net.state_dict().items()}, str(d / "model.safetensors"))

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.WarpDrives.IID import IIDConfig, IIDConfigError, IIDNet
+from Engineering.Engines.WarpDrives.IID.network import IIDConfig, IIDConfigError, IIDNet
 from Engineering.Science.cutmix import cutmix
 
 N_LAT, SD, SIZE = 8, 16, 32
@@ -242,7 +242,7 @@ def _report(tmp_path, classes, predicted, split):
     import numpy as np
     import pandas as pd
 
-    from Engineering.Engines.AuxiliaryEngines.IIDEngine import OODReport
+    from Engineering.Engines.WarpDrives.IID.engine import OODReport
 
     n = len(predicted)
     ids = [f"p{i}" for i in range(n)]

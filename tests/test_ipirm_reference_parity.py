@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.AuxiliaryEngines.IPIRMEngine import IPIRMEngine
+from Engineering.Engines.WarpDrives.SSL.ipirm import IPIRMEngine
 from Engineering.Science.ipirm import (FeatureBank, contrastive_logits, irm_penalty, maximise_partition,
                                        soft_subset_loss, subset_infonce)
 
@@ -114,7 +114,7 @@ def test_search_defaults_are_the_references():
     want = {"passes": 61, "lr": 0.5, "milestones": (5, 35), "gamma": 0.2, "patience": 5, "patience_after": 51,
             "chunk": 3096}
     assert {k: sig[k].default for k in want} == want
-    from Engineering.Engines.AuxiliaryEngines.SSLEngine import IPIRMKeys
+    from Engineering.Engines.WarpDrives.SSL.engine import IPIRMKeys
 
     keys = IPIRMKeys()
     assert (keys.max_epochs, keys.max_lr, keys.max_milestones, keys.max_gamma, keys.max_patience,
@@ -145,7 +145,7 @@ def test_resnet50_backbone_has_the_reference_models_size():
     """model.py of the reference: torchvision's ResNet-50 with a 3x3 stride-1 first convolution, no max-pool and
     no fc: 25,557,032 - 2,049,000 (fc) - 64 * 3 * (49 - 9) (the smaller stem) = 23,500,352 parameters, 2048
     features."""
-    from Engineering.Engines.WarpDrives.SSL import SSLConfig, SSLNet
+    from Engineering.Engines.WarpDrives.SSL.network import SSLConfig, SSLNet
 
     net = SSLNet(SSLConfig(in_channels=3, depth=50, width=64, stem="small", proj_hidden=512, proj_dim=128))
     assert sum(p.numel() for p in net.encoder.parameters()) == 25_557_032 - 2_049_000 - 64 * 3 * 40

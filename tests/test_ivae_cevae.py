@@ -12,11 +12,11 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
-from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig, PythaeDriveConfigError
-from Engineering.Engines.WarpDrives.pythaeDrive.custom_models import aux
-from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.cevae import (draw_squares, max_square_side,
+from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, PythaeDriveConfig, PythaeDriveConfigError
+from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models import aux
+from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.cevae import (draw_squares, max_square_side,
                                                                              square_mask)
-from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.ivae import skew_kls
+from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.ivae import skew_kls
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

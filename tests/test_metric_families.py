@@ -45,7 +45,7 @@ def test_rotate_follows_the_grid_groups_convention():
     """A quarter turn by the matrix [[0, -1], [1, 0]] is exactly the C4 element with that matrix."""
     import torch
 
-    from Engineering.Engines.WarpDrives.RotInv import c4
+    from Engineering.Engines.WarpDrives.RotInv.network import c4
 
     x = _images(2, n=2)
     rot = np.array([[0.0, -1.0], [1.0, 0.0]])

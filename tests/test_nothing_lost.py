@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from Engineering.Engines import registry
-from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import DiffAEEngine
+from Engineering.Engines.WarpDrives.DiffAE.engine import DiffAEEngine
 from Engineering.Engines.MainEngine import run
 from Engineering.errors import UserError
 from Engineering.io.runlock import RunLock

@@ -73,7 +73,7 @@ def test_every_run_prints_the_line_at_start(volumes, capsys, one_thread):
 
 def test_point_cloud_runs_state_their_data_too():
     from Engineering.data.point_datamodule import PointCloudDataModule
-    from Engineering.Engines.AuxiliaryEngines.PointCloudEngine import PointCloudRun
+    from Engineering.Engines.WarpDrives.PointCloud.engine import PointCloudRun
 
     spec = registry.get("pointcloud")
     cfg = resolve([], spec).cfg

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from Engineering.Engines.WarpDrives.PointCloud import PointCloudAE, PointCloudConfig, PointCloudConfigError
+from Engineering.Engines.WarpDrives.PointCloud.network import PointCloudAE, PointCloudConfig, PointCloudConfigError
 from Engineering.Science.chamfer import chamfer_distance
 from Engineering.Science.transport import earth_movers
 

@@ -12,12 +12,12 @@ import pythae.models as pm
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.WarpDrives.pythaeDrive import (
+from Engineering.Engines.WarpDrives.pythaeDrive.network import (
     MODELS, PythaeDrive, PythaeDriveConfig, PythaeDriveConfigError, editable_fields, get_spec, model_names,
     pythae_defaults)
 from Engineering.errors import UserError
 
-from Engineering.Engines.WarpDrives.pythaeDrive.custom_models import CUSTOM_MODELS
+from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models import CUSTOM_MODELS
 
 CUSTOM = {s.name for s in CUSTOM_MODELS}  # the ancestor's models: their inputs differ (complex data, tables); own tests
 ALL = tuple(n for n in model_names() if n not in CUSTOM)

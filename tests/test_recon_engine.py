@@ -11,10 +11,10 @@ import torch
 
 from Engineering.config.loader import resolve
 from Engineering.data.datamodule import H5DataModule
-from Engineering.Engines.AuxiliaryEngines.ReconEngine import ReconEngine
+from Engineering.Engines.WarpDrives.pythaeDrive.engine import ReconEngine
 from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
-from Engineering.Engines.WarpDrives.pythaeDrive import get_spec, model_names
+from Engineering.Engines.WarpDrives.pythaeDrive.network import get_spec, model_names
 from Engineering.errors import UserError
 
 TASK = registry.get("recon")
@@ -149,7 +149,7 @@ def test_vqvae_every_loss_term_falls(tiny_demo, tmp_path):
 def test_use_ema_averages_every_optimiser_step(tiny_demo, name):
     """--use_ema: after each optimiser step the EMA moves toward the trained weights by 1 - ema_decay_at(n),
     recomputed here from the weights the steps left; the latents are the EMA's."""
-    from Engineering.Engines.AuxiliaryEngines.LatentEngine import ema_decay_at
+    from Engineering.Engines.latent_engine import ema_decay_at
 
     cfg = resolve(_args(tiny_demo, "--pythae_model", name, "--use_ema", "--lr", "3e-3"), TASK).cfg
     L.seed_everything(0, verbose=False)

@@ -15,9 +15,9 @@ from torchmetrics.functional.image import structural_similarity_index_measure as
 from Engineering.config.ancestor import LOSS_IDS, ancestor_flag, translate_yaml
 from Engineering.config.loader import resolve
 from Engineering.Engines import cli, registry
-from Engineering.Engines.AuxiliaryEngines.pythae_json import SHIPPED, merge_pythae_json, resolve_pythae_json
-from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig
-from Engineering.Engines.WarpDrives.pythaeDrive.config import RECON_LOSSES, PythaeDriveConfigError
+from Engineering.Engines.WarpDrives.pythaeDrive.pythae_json import SHIPPED, merge_pythae_json, resolve_pythae_json
+from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, PythaeDriveConfig
+from Engineering.Engines.WarpDrives.pythaeDrive.network.config import RECON_LOSSES, PythaeDriveConfigError
 from Engineering.errors import UserError, run_cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

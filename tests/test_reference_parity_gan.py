@@ -24,7 +24,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.WarpDrives.StyleGAN2.layers import ModulatedConv2d
+from Engineering.Engines.WarpDrives.StyleGAN2.network.layers import ModulatedConv2d
 from Engineering.Science.gan_losses import path_length_penalty, r1_penalty
 
 
@@ -146,7 +146,7 @@ def test_path_length_penalty_with_a_linear_generator():
 def test_generator_ema_is_stylegan2_adas():
     """Five updates of a one-parameter generator, batch 4, half-life 0.01 kimg, ramp-up 0.5: beta of each step
     from StyleGAN2-ADA's training loop (its cur_nimg is the images before the batch), against the engine's."""
-    from Engineering.Engines.AuxiliaryEngines.StyleGANEngine import StyleGANEngine
+    from Engineering.Engines.WarpDrives.StyleGAN2.engine import StyleGANEngine
 
     net, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
     ema.weight.data.fill_(5.0)
@@ -168,8 +168,8 @@ def test_generator_ema_is_stylegan2_adas():
 
 
 def test_restyle_refinement_is_residual_from_the_average_latent():
-    from Engineering.Engines.WarpDrives.ReStyle import ReStyleConfig, ReStyleNet
-    from Engineering.Engines.WarpDrives.StyleGAN2 import Generator, StyleGAN2Config
+    from Engineering.Engines.WarpDrives.ReStyle.network import ReStyleConfig, ReStyleNet
+    from Engineering.Engines.WarpDrives.StyleGAN2.network import Generator, StyleGAN2Config
 
     torch.manual_seed(5)
     gen = Generator(StyleGAN2Config(size=32, channels=2, style_dim=8, n_mlp=2, channel_max=8))

@@ -14,14 +14,14 @@ from Engineering.errors import UserError
 from tests.conftest import REPO, run_executor
 
 
-def test_builtin_tasks_are_registered_next_to_their_engines():
+def test_builtin_tasks_are_registered_by_their_family_package():
     tasks = registry.tasks()
     assert {"diffAE", "recon", "latentcls", "ssl", "erm"} <= set(tasks)
-    for name, drive, module in (("diffAE", "DiffAE", "DiffAEEngine"), ("recon", "pythae", "ReconEngine"),
-                                ("latentcls", "LatentPredictor", "LatentPredictorEngine")):
+    for name, drive, family in (("diffAE", "DiffAE", "DiffAE"), ("recon", "pythae", "pythaeDrive"),
+                                ("latentcls", "LatentPredictor", "LatentPredictor")):
         spec = tasks[name]
-        assert spec.drive == drive and spec.module.endswith(f"AuxiliaryEngines.{module}")
-        assert spec.engine_class().__module__ == spec.module  # the engine the registration sits next to
+        assert spec.drive == drive and spec.module == f"Engineering.Engines.WarpDrives.{family}"
+        assert spec.engine_class().__module__.startswith(spec.module + ".")  # the engine lives in the family
         assert registry.for_drive(drive, "test") is spec
     assert registry.get("diffAE").published is not None and registry.get("recon").published is None
     with pytest.raises(UserError, match=r"unknown task 'difAE' \(did you mean 'diffAE'\?\); registered tasks: "):

@@ -3,8 +3,8 @@ generator, and a falling loss over a few steps."""
 import pytest
 import torch
 
-from Engineering.Engines.WarpDrives.ReStyle import ReStyleConfig, ReStyleConfigError, ReStyleNet
-from Engineering.Engines.WarpDrives.StyleGAN2 import Generator, StyleGAN2Config
+from Engineering.Engines.WarpDrives.ReStyle.network import ReStyleConfig, ReStyleConfigError, ReStyleNet
+from Engineering.Engines.WarpDrives.StyleGAN2.network import Generator, StyleGAN2Config
 
 
 def tiny_net(size=32, channels=1, **kw):

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from Engineering.Engines.WarpDrives.RotInv import RotInvAE, RotInvConfig, RotInvConfigError, c4, octahedral
-from Engineering.Engines.WarpDrives.RotInv.layers import GroupConv, LiftingConv
+from Engineering.Engines.WarpDrives.RotInv.network import RotInvAE, RotInvConfig, RotInvConfigError, c4, octahedral
+from Engineering.Engines.WarpDrives.RotInv.network.layers import GroupConv, LiftingConv
 
 
 @pytest.mark.parametrize("make,order,dim", [(c4, 4, 2), (octahedral, 24, 3)])

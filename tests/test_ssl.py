@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from Engineering.data.augment import AugmentSpec, augment, grid_views
-from Engineering.Engines.WarpDrives.SSL import SSLConfig, SSLConfigError, SSLNet
+from Engineering.Engines.WarpDrives.SSL.network import SSLConfig, SSLConfigError, SSLNet
 from Engineering.Science.contrastive import nt_xent
 from tests.conftest import run_executor
 
@@ -192,7 +192,7 @@ def test_control_sample_batchnorm_runs_and_names_a_group_without_controls(tiny_d
 
 
 def test_knn_monitor_on_planted_clusters():
-    from Engineering.Engines.AuxiliaryEngines.SSLEngine import knn_leave_one_out
+    from Engineering.Engines.WarpDrives.SSL.engine import knn_leave_one_out
 
     g = torch.Generator().manual_seed(0)
     centres = torch.eye(3) * 10

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.WarpDrives.StyleGAN2 import Discriminator, Generator, StyleGAN2Config, StyleGAN2ConfigError
-from Engineering.Engines.WarpDrives.StyleGAN2.resample import (
+from Engineering.Engines.WarpDrives.StyleGAN2.network import Discriminator, Generator, StyleGAN2Config, StyleGAN2ConfigError
+from Engineering.Engines.WarpDrives.StyleGAN2.network.resample import (
     blur2d, downsample2d, make_kernel, upfirdn2d, upsample2d)
 from Engineering.Science.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 

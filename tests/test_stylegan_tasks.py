@@ -68,7 +68,7 @@ def test_stylegan_trains_and_writes_samples(gan_run):
 def test_gan_checkpoint_rule_is_last():
     from pathlib import Path
 
-    from Engineering.Engines.AuxiliaryEngines.StyleGANEngine import GANRun
+    from Engineering.Engines.WarpDrives.StyleGAN2.engine import GANRun
 
     assert GANRun.generator_checkpoint(Path("r/Checkpoints/best-epoch=001-step=6.ckpt")) == \
         Path("r/Checkpoints/last.ckpt")
@@ -181,7 +181,7 @@ def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run,
 
 def test_ood_splits_hold_the_groups_out(tiny_demo_mc, tmp_path):
     from Engineering.config.loader import resolve
-    from Engineering.Engines.AuxiliaryEngines.IIDEngine import OODSplits
+    from Engineering.Engines.WarpDrives.IID.engine import OODSplits
 
     cfg = resolve([*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path)], registry.get("iid")).cfg
     dm = OODSplits(cfg)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from Engineering.data.covariates import Covariates
-from Engineering.Engines.WarpDrives.pythaeDrive import PythaeDrive, PythaeDriveConfig, get_spec
-from Engineering.Engines.WarpDrives.pythaeDrive.custom_models.heads import grad_reverse, squared_correlation
+from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, PythaeDriveConfig, get_spec
+from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.heads import grad_reverse, squared_correlation
 from tests.conftest import run_executor
 
 # the ancestor's config_v1.yaml model sections (GlastonburyGroup/ImLatent), key for key

@@ -3,8 +3,10 @@
 As timm's ``register_model``: a module that defines an engine calls :func:`register` with a :class:`TaskSpec`
 (its LightningModule, its WarpDrive name, flags, defaults, YAML defaults file, typed YAML sections and optional
 hooks). MainEngine, the docs generator, the saved-run loader and the hub loader look tasks up here and name no
-model. Built-in tasks are the modules of ``Engineering/Engines/AuxiliaryEngines/`` (imported on first use);
-tasks from outside the repository come from ``--plugins mod[,mod]`` or ``$IMLATENT_PLUGINS``.
+model. Built-in tasks are the family packages of ``Engineering/Engines/WarpDrives/`` (one folder per family: its
+pure-torch ``network``, its engine(s), keys, flags and extra steps, and the ``register`` call in its ``__init__``),
+imported on first use; tasks from outside the repository come from ``--plugins mod[,mod]`` or
+``$IMLATENT_PLUGINS`` and have the same shape.
 """
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import importlib
 from contextlib import contextmanager
 import os
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -39,9 +41,11 @@ class TaskSpec(Task):
     engine: Any = None
     lifecycle: Any = None
     published: Callable | None = None
-    steps: tuple = ()  # extra output steps after the test phase: objects (or "module:attr" classes) with
+    steps: tuple = ()  # extra output steps after the test phase: classes (or objects, or "module:attr") with
     #                    check(cfg, data) before training and run(cfg, model, data, out_dir) -> dict after it
     module: str = ""  # where it was registered (for messages)
+    # code key -> the built-in names a downloaded config or a checkpoint may use there (untrusted.refuse_code)
+    code_names: dict = field(default_factory=dict)
     # run_name_parts(cfg) -> ["pythaemodel-vae", ...]: what tells this task's runs apart on the same data (its model
     # variant), appended to the composed run name so that two variants never share a run folder
     run_name_parts: Callable | None = None
@@ -61,7 +65,8 @@ class TaskSpec(Task):
         return _resolve(self.engine, f"task {self.name!r} engine")
 
     def step_objects(self) -> list:
-        return [_resolve(s, f"task {self.name!r} step")() if isinstance(s, str) else s for s in self.steps]
+        made = [_resolve(s, f"task {self.name!r} step") if isinstance(s, str) else s for s in self.steps]
+        return [s() if isinstance(s, type) else s for s in made]  # a class: a fresh step per run
 
     def lifecycle_class(self):
         return _resolve(self.lifecycle, f"task {self.name!r} lifecycle") if self.lifecycle else None
@@ -97,10 +102,12 @@ def _load_builtins() -> None:
     if _BUILTINS_LOADED:
         return
     _BUILTINS_LOADED = True
-    from Engineering.Engines import AuxiliaryEngines
+    from Engineering.Engines import WarpDrives
 
-    for info in sorted(pkgutil.iter_modules(AuxiliaryEngines.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{AuxiliaryEngines.__name__}.{info.name}")
+    # every sub-package is a family (shared modules such as resnet.py are plain modules): a new family is a folder
+    for info in sorted(pkgutil.iter_modules(WarpDrives.__path__), key=lambda m: m.name.lower()):
+        if info.ispkg:
+            importlib.import_module(f"{WarpDrives.__name__}.{info.name}")
 
 
 def load_plugins(names: Sequence[str] = ()) -> list[str]:

@@ -75,14 +75,15 @@ def load_run(run_or_file: str | Path) -> SavedRun:
     return SavedRun(engine, cfg, path, bool(cfg.eval.test_ema) and hasattr(engine, "ema_net"))
 
 
-def upstream_engine(path: str, engine_cls: type, flag: str, task: str, purpose: str):
+def upstream_engine(path: str, flag: str, task: str, purpose: str):
     """The engine of an earlier stage's run (its last checkpoint, or the checkpoint file given), which must be
-    a ``task`` run: what ``flag`` of a chained task (main_restyle, main_iid) points at."""
+    a ``task`` run: what ``flag`` of a chained task (main_restyle, main_iid) points at. The task's engine class
+    comes from the registry, so a family never imports the family whose trained model it uses."""
     if not path:
         raise UserError(f"{purpose}: give {flag} RUN_DIR_OR_CKPT (a main_{task} run)")
     ckpt = checkpoint_in(Path(path).expanduser(), "last")
     engine = load_run(ckpt).engine
-    if not isinstance(engine, engine_cls):
+    if not isinstance(engine, registry.get(task).engine_class()):
         raise UserError(f"{flag} {path}: {ckpt} is a {type(engine).__name__} run, not a main_{task} run")
     return engine
 

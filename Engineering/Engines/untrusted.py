@@ -17,10 +17,14 @@ CODE_KEY_SUFFIXES = ("_class", "_target_")
 
 
 def builtin_names() -> dict[str, tuple[str, ...]]:
-    # imported when needed: the pythae package costs seconds to import and DiffAE runs do not need it
-    from Engineering.Engines.WarpDrives.pythaeDrive.recon_losses import BUILTIN_CUSTOM_LOSSES
+    """Per code key, the built-in names the registered tasks declare (``TaskSpec.code_names``)."""
+    from Engineering.Engines import registry
 
-    return {"custom_loss_class": tuple(BUILTIN_CUSTOM_LOSSES)}
+    names: dict[str, tuple[str, ...]] = {}
+    for spec in registry.tasks().values():
+        for key, allowed in spec.code_names.items():
+            names[key] = names.get(key, ()) + tuple(n for n in allowed if n not in names.get(key, ()))
+    return names
 
 
 def _walk(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], Any]]:

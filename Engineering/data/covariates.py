@@ -12,7 +12,7 @@ Everything is fitted on the training split only (its patients by the fold file; 
 mean and standard deviation of each continuous column, the two values of each binary column, the classes of each
 categorical one. Values of other splits are transformed with those; a class never seen in training is "missing".
 The batch entries and the model fields they give are specified in
-``Engineering.Engines.WarpDrives.pythaeDrive.custom_models.aux`` (mirrored here by name, the data layer does not
+``Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.aux`` (mirrored here by name, the data layer does not
 import the engines).
 """
 from __future__ import annotations

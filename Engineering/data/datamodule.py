@@ -61,6 +61,20 @@ def phenotype_labels(cfg, column: str, flag: str) -> tuple[dict, list[str]]:
     return labels.to_dict(), classes
 
 
+def split_targets(dm, labels: dict, classes: list[str]) -> dict[str, torch.Tensor]:
+    """Per split the datamodule has, the class index of every sample (-1: no label), in dataset order."""
+    code = {c: k for k, c in enumerate(classes)}
+    out = {}
+    for split in ("train", "val", "test"):
+        try:
+            ds = dm.dataset(split)
+        except UserError:
+            continue
+        pids = [ds.records[ref.record].patientID for ref in ds.samples]
+        out[split] = torch.tensor([code.get(labels.get(p), -1) for p in pids], dtype=torch.long)
+    return out
+
+
 def dataset_positions(ds, index) -> list[int]:
     """Positions in the split's dataset of a loader's indices (the validation loader may read a fixed Subset)."""
     return [ds.indices[i] for i in index] if isinstance(ds, Subset) else list(index)

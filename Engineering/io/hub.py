@@ -8,7 +8,7 @@ Two repository layouts are read, never executing code from them (no
    dict) + ``README.md``;
 2. the published ImLatent DiffAE repositories: tensors ``net.*``, ``ema_net.*`` and
    ``x_T`` in a safetensors file (else a torch pickle), returned as stored with the
-   repository's config.json; ``Engines/published_hub.py`` maps them onto our DiffAE.
+   repository's config.json; ``Engines/WarpDrives/DiffAE/published_hub.py`` maps them onto our DiffAE.
 """
 from __future__ import annotations
 

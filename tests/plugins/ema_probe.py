@@ -10,7 +10,7 @@ import os
 import torch
 
 from Engineering.Engines import registry
-from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import DiffAEEngine
+from Engineering.Engines.WarpDrives.DiffAE.engine import DiffAEEngine
 
 
 class EMAProbe(DiffAEEngine):

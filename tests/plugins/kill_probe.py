@@ -7,7 +7,7 @@ import os
 import signal
 
 from Engineering.Engines import registry
-from Engineering.Engines.AuxiliaryEngines.DiffAEEngine import DiffAEEngine
+from Engineering.Engines.WarpDrives.DiffAE.engine import DiffAEEngine
 
 
 class KillProbe(DiffAEEngine):

@@ -9,7 +9,7 @@ import dataclasses
 import os
 
 from Engineering.Engines import registry
-from Engineering.Engines.AuxiliaryEngines.SSLEngine import SSLEngine
+from Engineering.Engines.WarpDrives.SSL.engine import SSLEngine
 
 
 class PurityEngine(SSLEngine):

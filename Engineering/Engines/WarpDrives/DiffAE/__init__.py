@@ -1,11 +1,25 @@
 """DiffAE WarpDrive: Diffusion Autoencoders (Preechakul et al., CVPR 2022), 2D and 3D.
 
-``DiffAEConfig`` + ``DiffAE`` (pure torch); ``load_published_state`` maps the
-published ImLatent checkpoints (``net.*`` / ``ema_net.*``) onto ``DiffAE``.
+``network``: ``DiffAEConfig`` + ``DiffAE`` (pure torch) and ``load_published_state`` (the published ImLatent
+checkpoints); ``engine``: the LightningModule. This module registers the ``diffAE`` task.
 """
-from .config import DiffAEConfig, DiffAEConfigError
-from .model import DiffAE
-from .published import WeightsMismatchError, load_published_state
+from __future__ import annotations
 
-__all__ = ["DiffAEConfig", "DiffAEConfigError", "DiffAE", "load_published_state",
-           "WeightsMismatchError"]
+from Engineering.Engines.WarpDrives.DiffAE.published_hub import published_diffae
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
+from Engineering.config import honour
+
+from .engine import DIFFAE_FLAGS, DiffAEEngine, DiffAEEvalKeys, DiffAEModelKeys
+
+register(TaskSpec(
+    name="diffAE", description="Diffusion Autoencoder (Preechakul et al., CVPR 2022), 2D and 3D.",
+    configyml=str(CONFIGS / "config_diffAE.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    # demo-sized defaults: a first look on a laptop CPU in a few minutes; real runs set their own
+    defaults={"input_shape": [32, 32], "interp_fact": 0.5, "latent_dim": 32, "batch_size": 16, "num_epochs": 8,
+              "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "norm_range": "symmetric",
+              "model§drive": "DiffAE", "model§tag": "DiffAE"},
+    extra_flags=DIFFAE_FLAGS, sections={"model": DiffAEModelKeys, "eval": DiffAEEvalKeys}, drive="DiffAE", engine=DiffAEEngine, published=published_diffae, module=__name__,
+    honours=honour.STANDARD | honour.BN_EVAL | honour.CHECKPOINTED | {"hf_weights"},
+    conditions=(("bn_eval_mode", lambda c: None if c.model.DiffAE.latent_norm == "batch" else
+                 "sets BatchNorm statistics; the DiffAE has BatchNorm only with model§DiffAE§latent_norm batch"),),
+))

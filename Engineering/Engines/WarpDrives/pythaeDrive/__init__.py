@@ -1,18 +1,28 @@
-"""pythae WarpDrive: every autoencoder/VAE of pythae 0.1.2 on 2D and 3D images.
+"""pythae WarpDrive: every autoencoder/VAE of pythae 0.1.2 (Chadebec et al., NeurIPS 2022), the ancestor's custom
+models and the complex models, on 2D and 3D images.
 
-pythae: Chadebec, Vincent, Allassonnière, "Pythae: Unifying Generative Autoencoders in
-Python -- A Benchmarking Use Case", NeurIPS 2022. We use its models and losses as they are
-and add encoders/decoders for images and volumes of any size, l1/custom/masked
-reconstruction losses, and an optimiser contract for a Lightning engine (see drive.py).
-
-``PythaeDriveConfig`` + ``PythaeDrive`` (pure torch); ``MODELS`` / ``get_spec`` is the model table.
+``network``: the drive (pure torch); ``engine``: the LightningModule; ``pythae_json``: pythae's JSON configs
+(``configs/``). This module registers the ``recon`` task.
 """
-from .config import PythaeDriveConfig, PythaeDriveConfigError, editable_fields, pythae_defaults
-from .drive import DriveOutput, OptimiserSpec, PythaeDrive, StepLoss
-from .recon_losses import BUILTIN_CUSTOM_LOSSES, MaskedL1, MaskedMSE, ReconTarget
-from .registry import MODELS, ModelSpec, OptimiserPlan, get_spec, model_names
+from __future__ import annotations
 
-__all__ = ["PythaeDriveConfig", "PythaeDriveConfigError", "editable_fields", "pythae_defaults",
-           "PythaeDrive", "DriveOutput", "OptimiserSpec", "StepLoss",
-           "ReconTarget", "MaskedMSE", "MaskedL1", "BUILTIN_CUSTOM_LOSSES",
-           "MODELS", "ModelSpec", "OptimiserPlan", "get_spec", "model_names"]
+from Engineering.Engines.WarpDrives.pythaeDrive.pythae_json import merge_pythae_json
+from Engineering.Engines.registry import CONFIGS, TaskSpec, register
+from Engineering.config import honour
+
+from .network.recon_losses import BUILTIN_CUSTOM_LOSSES
+from .engine import CovariatePredictions, PythaeModelKeys, RECON_FLAGS, ReconEngine, _anomaly_why, _tables_why
+
+register(TaskSpec(
+    name="recon", description="pythae autoencoders and VAEs (Chadebec et al., NeurIPS 2022), 2D and 3D.",
+    configyml=str(CONFIGS / "config_recon.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
+    defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
+              "model§drive": "pythae", "model§tag": "recon"},
+    extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae",
+    engine=ReconEngine, module=__name__, steps=(CovariatePredictions(),),
+    code_names={"custom_loss_class": tuple(BUILTIN_CUSTOM_LOSSES)},  # what a downloaded config may name
+    honours=honour.STANDARD | honour.PHENOTYPES | honour.CONFOUNDERS,
+    conditions=honour.EMA_WITH_USE_EMA + (("json§DS_phenotypes", _tables_why(0)), ("json§DS_confounders", _tables_why(1)),
+                                          ("anomaly_map", _anomaly_why)),  # (GroupNorm: no BatchNorm to set at evaluation)
+    run_name_parts=lambda cfg: [f"pythaemodel-{cfg.model.pythae.model}"],  # the ancestor's run-name part
+))
