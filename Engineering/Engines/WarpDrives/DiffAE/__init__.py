@@ -5,7 +5,7 @@ checkpoints); ``engine``: the LightningModule. This module registers the ``diffA
 """
 from __future__ import annotations
 
-from Engineering.Engines.WarpDrives.DiffAE.published_hub import published_diffae
+from .published_hub import published_diffae
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.config import honour
 

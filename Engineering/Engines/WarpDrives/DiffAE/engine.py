@@ -19,10 +19,10 @@ from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
-from Engineering.Engines.WarpDrives.DiffAE.published_hub import published_diffae
+from .published_hub import published_diffae
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.data.transforms import normalised_range
-from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig
+from .network import DiffAE, DiffAEConfig
 from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion
 from Engineering.Science.metrics import recon_metrics

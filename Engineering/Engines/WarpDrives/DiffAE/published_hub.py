@@ -7,8 +7,8 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from Engineering.Engines.WarpDrives.DiffAE.network import DiffAEConfig
-from Engineering.Engines.WarpDrives.DiffAE.network.published import load_published_state
+from .network import DiffAEConfig
+from .network.published import load_published_state
 from Engineering.errors import UserError
 from Engineering.io.hub import HubModel, shape_list
 

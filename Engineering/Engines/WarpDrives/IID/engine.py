@@ -30,7 +30,7 @@ from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import ImageRun
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.saved_runs import upstream_engine
-from Engineering.Engines.WarpDrives.IID.network import IIDConfig, IIDNet
+from .network import IIDConfig, IIDNet
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 from Engineering.io.checkpoints import read_checkpoint

@@ -21,7 +21,7 @@ from threadpoolctl import threadpool_limits
 from Engineering.data.labels import CATEGORICAL
 from Engineering.data.latent_datamodule import LatentDataModule
 from Engineering.data.latent_tables import LatentSet, prepare
-from Engineering.Engines.WarpDrives.LatentPredictor.engine import LatentPredictorEngine
+from .engine import LatentPredictorEngine
 from Engineering.Engines.MainEngine import MERGED_MODES, ImageRun, run_name
 from Engineering.Eval import reference_models
 from Engineering.Eval.predictor_metrics import (ALL_METRICS, CLASSIFICATION_METRICS, REGRESSION_METRICS,

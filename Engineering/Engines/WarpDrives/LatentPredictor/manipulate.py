@@ -11,7 +11,7 @@ from pathlib import Path
 
 from Engineering.data.latent_tables import LatentSet
 from Engineering.data.layout import SAMPLE_COLUMNS
-from Engineering.Engines.WarpDrives.LatentPredictor.engine import head_names
+from .engine import head_names
 from Engineering.Engines.saved_runs import load_run, whole_file_data
 from Engineering.errors import UserError
 from Engineering.Eval import manipulation

@@ -14,7 +14,7 @@ from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import TRAIN_MODES, ImageRun, is_rank_zero
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.WarpDrives.PointCloud.network import PointCloudAE, PointCloudConfig
+from .network import PointCloudAE, PointCloudConfig
 from Engineering.errors import UserError
 from Engineering.Science.chamfer import chamfer_distance
 from Engineering.Science.transport import earth_movers

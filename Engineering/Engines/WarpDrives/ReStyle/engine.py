@@ -26,7 +26,7 @@ from Engineering.data.transforms import normalised_range
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.saved_runs import upstream_engine
-from Engineering.Engines.WarpDrives.ReStyle.network import ReStyleConfig, ReStyleNet
+from .network import ReStyleConfig, ReStyleNet
 from Engineering.errors import UserError
 
 ReStyleKeys = keys_from_dataclass(

@@ -16,7 +16,7 @@ from Engineering.config import honour
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.WarpDrives.RotInv.network import RotInvAE, RotInvConfig
+from .network import RotInvAE, RotInvConfig
 from Engineering.errors import UserError
 
 RotInvKeys = keys_from_dataclass("RotInvKeys", RotInvConfig, exclude=("dim", "in_channels", "size", "latent_dim"),

@@ -24,7 +24,7 @@ from Engineering.data.augment import AugmentSpec, augment, grid_views
 from Engineering.data.datamodule import dataset_positions, phenotype_labels
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.WarpDrives.SSL.network import SSLConfig, SSLNet
+from .network import SSLConfig, SSLNet
 from Engineering.errors import UserError
 from Engineering.Science.contrastive import nt_xent
 
@@ -217,7 +217,7 @@ SSL_FLAGS = (
 def ssl_engine(cfg, in_channels: int) -> SSLEngine:
     """The engine of the method: IP-IRM's extends SSLEngine (imported here: it imports this module)."""
     if cfg.model.SSL.method == "ipirm":
-        from Engineering.Engines.WarpDrives.SSL.ipirm import IPIRMEngine
+        from .ipirm import IPIRMEngine
         return IPIRMEngine(cfg, in_channels)
     return SSLEngine(cfg, in_channels)
 

@@ -25,7 +25,7 @@ from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.data.datamodule import phenotype_labels, split_targets
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.WarpDrives.SSL.network import ResNetEncoder, SSLConfig
+from .network import ResNetEncoder, SSLConfig
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 from Engineering.io.outputs import write_table

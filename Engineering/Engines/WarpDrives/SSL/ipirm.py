@@ -30,7 +30,7 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback
 
-from Engineering.Engines.WarpDrives.SSL.engine import SSLEngine
+from .engine import SSLEngine
 from Engineering.errors import UserError
 from Engineering.io.outputs import write_table
 from Engineering.Science.contrastive import nt_xent

@@ -30,7 +30,7 @@ from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import ImageRun
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.Engines.WarpDrives.StyleGAN2.network import Discriminator, Generator, StyleGAN2Config
+from .network import Discriminator, Generator, StyleGAN2Config
 from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path, write_text
 from Engineering.io.checkpoints import load_weights

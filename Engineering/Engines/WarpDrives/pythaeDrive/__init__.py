@@ -6,7 +6,7 @@ models and the complex models, on 2D and 3D images.
 """
 from __future__ import annotations
 
-from Engineering.Engines.WarpDrives.pythaeDrive.pythae_json import merge_pythae_json
+from .pythae_json import merge_pythae_json
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.config import honour
 

@@ -24,15 +24,15 @@ from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, keys_from_dataclass
 from Engineering.errors import UserError
 from Engineering.Engines.latent_engine import LatentEngine, use_ema_flag
-from Engineering.Engines.WarpDrives.pythaeDrive.pythae_json import merge_pythae_json
+from .pythae_json import merge_pythae_json
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.data.covariates import Covariates
 from Engineering.data.layout import iter_datasets
 from Engineering.io.atomic import atomic_path
-from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, PythaeDriveConfig, get_spec
-from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.aux import tables_needed
-from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.cevae import ANOMALY_SCORES
-from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.complex import complex_data_problem
+from .network import PythaeDrive, PythaeDriveConfig, get_spec
+from .network.custom_models.aux import tables_needed
+from .network.custom_models.cevae import ANOMALY_SCORES
+from .network.custom_models.complex import complex_data_problem
 from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
 
 # model§pythae: the drive's own config dataclass (its defaults and types) + which model, its parameters

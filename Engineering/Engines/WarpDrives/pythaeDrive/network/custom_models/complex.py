@@ -29,7 +29,7 @@ from pythae.models import AE, VAE, AEConfig, FactorVAE, FactorVAEConfig, VAEConf
 from pythae.models.base.base_utils import ModelOutput
 from pythae.models.nn import BaseDecoder, BaseEncoder
 
-from Engineering.Engines.WarpDrives.pythaeDrive.network.complex_ae import ComplexAEConfig, ComplexAEError, ComplexDecoder, \
+from ..complex_ae import ComplexAEConfig, ComplexAEError, ComplexDecoder, \
     ComplexEncoder, crecon
 
 from ..spec import ADVERSARIAL, ModelSpec
