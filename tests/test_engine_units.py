@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from Engineering.config.loader import Task, resolve
-from Engineering.Engines.MainEngine import precision, strategy
+from Engineering.Engines.trainer_factory import precision, strategy
 from Engineering.errors import UserError, one_line
 from Engineering.io.atomic import atomic_path
 from Engineering.io.outputs import SampleInfo, write_emb_h5
@@ -143,16 +143,16 @@ def test_worker_errors_become_one_line():
 
 
 def test_ndevices_all_counts_the_devices_for_accumulation(tmp_path, monkeypatch):
-    from Engineering.Engines import MainEngine as ME
+    from Engineering.Engines import trainer_factory as TF
 
     c = cfg("--ndevices", "-1", "--batch_size", "4", "--effective_batch_size", "16", "--no-progress_bar",
             "--no-tbactive")
-    trainer = ME.build_trainer(c, tmp_path, "val_loss", has_val=False)  # CPU: -1 is the one CPU device
+    trainer = TF.build_trainer(c, tmp_path, "val_loss", has_val=False)  # CPU: -1 is the one CPU device
     assert trainer.num_devices == 1 and trainer.accumulate_grad_batches == 4
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    assert ME.device_count(c, "gpu") == 2 and accumulation_steps(c.training, ME.device_count(c, "gpu")) == 2
+    assert TF.device_count(c, "gpu") == 2 and accumulation_steps(c.training, TF.device_count(c, "gpu")) == 2
     with pytest.raises(UserError, match="--ndevices must be"):
-        ME.device_count(cfg("--ndevices", "0"), "cpu")
+        TF.device_count(cfg("--ndevices", "0"), "cpu")
 
 
 def test_resume_state_carries_the_cuda_generators(monkeypatch):
@@ -190,7 +190,7 @@ def test_last_checkpoint_follows_every_epoch_when_the_monitor_gets_worse(tmp_pat
     import lightning as L
     from lightning.pytorch.callbacks import ModelCheckpoint
 
-    from Engineering.Engines.MainEngine import LastCheckpoint
+    from Engineering.Engines.trainer_factory import LastCheckpoint
     from Engineering.io.checkpoints import best_from_last, read_checkpoint
 
     class Worse(L.LightningModule):

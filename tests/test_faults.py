@@ -114,7 +114,7 @@ def test_full_disk_is_noticed_before_a_checkpoint_is_written(tmp_path, monkeypat
 
 
 def test_only_the_global_rank_zero_process_owns_the_run_folder(monkeypatch, tmp_path):
-    from Engineering.Engines.MainEngine import is_rank_zero
+    from Engineering.Engines.trainer_factory import is_rank_zero
 
     for var in ("LOCAL_RANK", "NODE_RANK", "RANK", "SLURM_PROCID", "OMPI_COMM_WORLD_RANK", "PMI_RANK"):
         monkeypatch.delenv(var, raising=False)

@@ -23,7 +23,7 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from Engineering.config import honour
 from Engineering.config.flags import FLAGS
 from Engineering.data.cells import CellSpec, write_cells
-from Engineering.Engines import MainEngine, registry
+from Engineering.Engines import MainEngine, registry, trainer_factory
 from Engineering.errors import UserError
 from tests.conftest import TINY_DIFFAE
 
@@ -44,7 +44,7 @@ ELSEWHERE = {
 MACHINE = {"accelerator": "no CUDA GPU is visible", "croppad": "use --croppad true", "data_mask_mode": "meta_mask.h5",
            "wnbactive": "needs the wandb package", "wnbproject": "needs the wandb package",
            "input_shape": "as the generator's run did"}  # (main_restyle: the size is its generator's)
-# Read by the Trainer alone (MainEngine.build_trainer, the same for every task): observed on the config with the
+# Read by the Trainer alone (trainer_factory.build_trainer, the same for every task): observed on the config with the
 # start's engine. Clipping and accumulation are not among them: manual optimisation does them in the engine.
 TRAINER_ONLY = {"non_deter", "dev_run", "ndevices", "nnodes", "training_strategy", "deepspeed_config",
                 "sync_batchnorm", "ampmode", "num_epochs", "n_train_batches", "early_stopping_patience", "tbactive",
@@ -210,7 +210,7 @@ def _clip_calls(model) -> str:
 
 def _trainer(cap) -> str:
     cfg, model = cap["resolved"].cfg, cap["model"]
-    trainer = MainEngine.build_trainer(cfg, cap["run_dir"], model.monitor(), model.has_val,
+    trainer = trainer_factory.build_trainer(cfg, cap["run_dir"], model.monitor(), model.has_val,
                                        model.automatic_optimization)
     cbs = sorted(f"{type(c).__name__}{getattr(c, 'patience', '')}{getattr(c, 'mode', '')}{getattr(c, 'controls', '')}"
                  for c in trainer.callbacks)
