@@ -42,6 +42,7 @@ from Engineering.data.index import DatasetRecord
 from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo, SampleKey, check_id
 from Engineering.data.transforms import invert_affine, normalise_batch
 from Engineering.Engines import registry
+from Engineering.Engines.capabilities import Reconstructs
 from Engineering.Engines.MainEngine import _with_hub
 from Engineering.Engines.registry import drive_errors
 from Engineering.Engines.saved_runs import SavedRun, load_run, whole_file_data
@@ -333,16 +334,13 @@ class ImLatentModel:
             ds, single = self._samples([read_nifti(input_path(x))], [ARRAY_KEY], str(x))
         else:
             ds, single = self._samples([_as_array(x)], [ARRAY_KEY], "the array")
+        if not isinstance(self.run.engine, Reconstructs):
+            raise UserError(f"the {self.cfg.model.drive} model ({type(self.run.engine).__name__}) has no "
+                            "decoder: reconstruct is not available (embed is)")
         out = []
         with torch.no_grad():
             for batch, affine in self._batches(ds, batch_size, False):
-                try:
-                    recon = self.run.reconstruct(batch)
-                except NotImplementedError:
-                    recon = None
-                if recon is None:
-                    raise UserError(f"the {self.cfg.model.drive} model ({type(self.run.engine).__name__}) has no "
-                                    "decoder: reconstruct is not available (embed is)")
+                recon = self.run.reconstruct(batch)
                 out.append(invert_affine(recon.cpu() if recon.is_complex() else recon.float().cpu(), affine).numpy())
         rec = np.concatenate(out)
         return rec[0] if single else rec

@@ -247,43 +247,40 @@ def test_outlier_detection_matches_the_reference_classifier(seed):
 
 # ---------------------------------------------------------------- main_benchmark's wiring and report
 def _fake_run(kind: str, images: np.ndarray):
-    """A SavedRun stand-in: a linear encoder / exact decoder (no pose)."""
+    """A SavedRun stand-in: a linear encoder / exact decoder; its engine reconstructs, decodes and renders (the
+    capabilities the benchmark asks it for) and has no pose."""
     n_in = int(np.prod(images.shape[1:]))
     rng = np.random.default_rng(0)
     W = torch.from_numpy(rng.normal(size=(n_in, n_in)) / np.sqrt(n_in)).float()
     Winv = torch.linalg.inv(W)
     shape = images.shape[1:]
 
-    def decode(z):
+    def encode(x, use_ema=False):
+        return x.reshape(len(x), -1) @ W
+
+    def decode(z, use_ema=False):
         x = (z @ Winv).reshape(len(z), *shape)
         return x[:, :3].transpose(1, 2) if kind == "points" else x
 
-    return SimpleNamespace(
+    engine = SimpleNamespace(input_kind=kind, embed=encode, decode=decode,
+                             reconstruct=lambda x, z, use_ema: decode(z),
+                             render=lambda x, codes, use_ema: [decode(c) for c in codes])
+    return SimpleNamespace(  # the run's methods call its engine's, as SavedRun's do
         cfg=SimpleNamespace(training=SimpleNamespace(batch_size=4), model=SimpleNamespace(is3D=False)),
-        engine=SimpleNamespace(input_kind=kind), use_ema=False, checkpoint="fake.ckpt",
-        encode=lambda x: x.reshape(len(x), -1) @ W, decode=decode, pose=lambda x: None,
-        render=lambda x, codes: [decode(c) for c in codes], reconstruct=lambda x: decode(x.reshape(len(x), -1) @ W))
-
-
-def _main_module():
-    import importlib.util
-
-    from tests.test_benchmark_cli import SCRIPT
-
-    spec = importlib.util.spec_from_file_location("main_benchmark_parity", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+        engine=engine, use_ema=False, checkpoint="fake.ckpt", encode=encode, decode=decode,
+        render=lambda x, codes: engine.render(x, codes, False),
+        reconstruct=lambda x: engine.reconstruct(x, encode(x), False))
 
 
 @pytest.mark.parametrize("kind", ["image", "points"])
 def test_main_benchmark_computes_the_reference_families_for_a_run(kind):
-    main_module = _main_module()
+    from Engineering.Engines.benchmark import MODEL_METRICS, NotApplicable, model_metrics
+
     rng = np.random.default_rng(0)
     images = (rng.normal(size=(8, 1, 6, 6)) if kind == "image" else rng.normal(size=(8, 3, 10))).astype(np.float32)
     args = SimpleNamespace(n_boot=20, seed=0, co2_country=None, debug=True)
-    compute = main_module._model_metrics(_fake_run(kind, images), images, args)
-    assert set(main_module.MODEL_METRICS) <= set(compute)
+    compute = model_metrics(_fake_run(kind, images), images, args)
+    assert set(MODEL_METRICS) <= set(compute)
     energy = compute["evolution_energy"]()
     if kind == "image":  # an exact linear decoder: pixel-wise blends
         assert energy.value == pytest.approx(0.6333, abs=1e-3)
@@ -292,18 +289,20 @@ def test_main_benchmark_computes_the_reference_families_for_a_run(kind):
     assert alone > 0
     Z = np.asarray(_fake_run(kind, images).encode(torch.from_numpy(images)))
     pool = Z[None] + np.linspace(0, 1, 5)[:, None, None] * (np.roll(Z, 1, 0) - Z)[None]  # segments between samples
-    with_pool = main_module._model_metrics(_fake_run(kind, images), images, args, pool.reshape(-1, Z.shape[1]))
+    with_pool = model_metrics(_fake_run(kind, images), images, args, pool.reshape(-1, Z.shape[1]))
     assert with_pool["embedding_distance"]().value < alone  # nearest among all the run's latents, as the reference
     assert compute["rotation_invariance_error"]().value > 0.05  # a pixel-linear code is not invariant
+    with pytest.raises(NotApplicable, match="no pose output"):  # its engine is not Poses: never asked for one
+        compute["pose_equivariance_error"]()
     assert compute["decoded_path_ratio"]().value == pytest.approx(1.0, abs=1e-4)
     if kind == "points":
         assert compute["reconstruction_chamfer"]().value == pytest.approx(0.0, abs=1e-3)
         assert abs(compute["reconstruction_sinkhorn"]().value) < 1e-3
-        with pytest.raises(main_module._NotApplicable, match="reconstruction_chamfer"):
+        with pytest.raises(NotApplicable, match="reconstruction_chamfer"):
             compute["reconstruction_mse"]()
     else:
         assert compute["reconstruction_mse"]().value == pytest.approx(0.0, abs=1e-6)
-        with pytest.raises(main_module._NotApplicable, match="reconstruction_mse"):
+        with pytest.raises(NotApplicable, match="reconstruction_mse"):
             compute["reconstruction_chamfer"]()
 
 
@@ -313,11 +312,12 @@ VARIANT_NAMES = ("rotation_invariance", "decoded_path_ratio", "interpolation_dis
 
 
 def test_the_report_says_which_definition_is_the_references(tmp_path):
+    from Engineering.Engines.benchmark import MODEL_METRICS
     from Engineering.Eval.report import render_report
     from Engineering.Eval.result import MetricResult
+    from Engineering.Eval.suite import METRICS
 
-    bench = _main_module()
-    described = {**bench.METRICS, **bench.MODEL_METRICS}
+    described = {**METRICS, **MODEL_METRICS}
     for name in REFERENCE_NAMES:
         assert described[name][1].startswith("Reference ("), name
     for name in VARIANT_NAMES:

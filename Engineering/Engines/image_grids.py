@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from Engineering.Engines import registry
+from Engineering.Engines.capabilities import Reconstructs
 
 N_IMAGES = 8  # samples per grid (at most the validation batch, which fits in memory)
 PAD = 2  # pixels between tiles (white)
@@ -153,10 +154,9 @@ class ImageGrids(L.Callback):
 
     @staticmethod
     def _reconstruct(pl_module, x: torch.Tensor, use_ema: bool) -> torch.Tensor | None:
-        try:
-            return pl_module.reconstruct(x, pl_module.embed(x, use_ema), use_ema)
-        except NotImplementedError:  # a family without a decoder (LatentEngine's default)
+        if not isinstance(pl_module, Reconstructs):  # a family without a decoder
             return None
+        return pl_module.reconstruct(x, pl_module.embed(x, use_ema), use_ema)
 
     @staticmethod
     def _generates(pl_module) -> bool:

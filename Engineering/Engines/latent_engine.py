@@ -1,10 +1,11 @@
-"""What every latent-model engine shares: optimiser/scheduler from the config, EMA,
-exact-resume RNG state, and the test phase that writes the output contract.
+"""What every latent-model engine shares: ``embed``, the test phase that writes the output contract, and three
+small mixins it composes: the EMA (EMAMixin), the exact-resume RNG state (ResumableRNGMixin) and the optimiser and
+scheduler from the config (ConfiguredOptimiserMixin).
 
-A subclass provides ``embed(x, use_ema)`` and, unless embeddings only are asked
-for, ``reconstruct(x, z, use_ema)``. ``test_step`` returns one record per batch;
-the OutputWriter callback (Engines/output_writer.py) writes the output contract,
-under DDP from every rank's share.
+A subclass provides ``embed(x, use_ema)``; what else it can do (reconstruct, decode, render, pose) it declares by
+defining the methods of Engines/capabilities.py, and the test phase writes reconstructions only for an engine that
+``Reconstructs``. ``test_step`` returns one record per batch; the OutputWriter callback (Engines/output_writer.py)
+writes the output contract, under DDP from every rank's share.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
 from Engineering.config.flags import Flag
+from Engineering.Engines.capabilities import Reconstructs, reconstruction_and_code
 from Engineering.Engines.output_writer import test_record
 from Engineering.errors import UserError
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
@@ -47,65 +49,20 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
     return min(decay, (1.0 + step) / (10.0 + step)) if warmup else decay
 
 
-
 def use_ema_flag(group: str):
     """--use_ema of an engine that keeps its EMA only when asked (``init_ema``); one text for every task."""
     return Flag("use_ema", ("training", "use_ema"), "bool", False,
                 "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, "
                 "the best checkpoint and the outputs use it with --test_ema.", group)
 
-class LatentEngine(L.LightningModule):
-    input_kind = "image"  # what a sample is: "image" (C, *S) or "points" (F, N); the benchmark rotates each its way
 
-    monitor_train = "train_loss_epoch"
+class EMAMixin:
+    """An EMA of the submodule ``net`` in ``ema_net`` (``init_ema``), updated once per optimiser step with the
+    decay ``ema_decay`` (warm-up ``ema_warmup``); under DeepSpeed it stays fp32 outside the engine's module."""
 
-    def __init__(self, cfg, in_channels: int):
-        super().__init__()
-        self.cfg = cfg
-        self.in_channels = in_channels
-        self.has_val = True
-        self.lr = cfg.training.lr  # the Lightning Tuner's lr_find sets this
-        self.ema_decay = float(cfg.training.ema_decay)  # in [0, 1): checked by the config schema
-        self.ema_warmup = bool(cfg.training.ema_warmup)
+    ema_decay: float
+    ema_warmup: bool
 
-    # --- subclasses
-    def embed(self, x: torch.Tensor, use_ema: bool) -> torch.Tensor:
-        raise NotImplementedError
-
-    def reconstruct(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool) -> torch.Tensor:
-        raise NotImplementedError
-
-    def decode(self, z: torch.Tensor, use_ema: bool) -> torch.Tensor | None:
-        """The decoder's image of a latent alone (for latent interpolations), or None when the model has no
-        decoder that needs only z (DiffAE also needs x_T; an encoder-only model has none)."""
-        return None
-
-    def render(self, x: torch.Tensor, codes: list[torch.Tensor], use_ema: bool) -> list[torch.Tensor] | None:
-        """x's reconstruction with its latent replaced by each of ``codes`` (latent usage, Eval/latent_usage.py):
-        whatever else the decoder takes (DiffAE's x_T, a pose) stays x's own. None without such a decoder."""
-        decoded = [self.decode(z, use_ema) for z in codes]
-        return None if any(d is None for d in decoded) else decoded
-
-    def pose(self, x: torch.Tensor, use_ema: bool) -> torch.Tensor | None:
-        """(B, dim, dim) rotation matrices with pose(R x) = R pose(x) for a model with a pose output, else None."""
-        return None
-
-    def reconstruct_with_code(self, x: torch.Tensor, z: torch.Tensor, use_ema: bool):
-        """(reconstruction, a per-sample code beyond z written to recon.h5 such as DiffAE's x_T, or None)."""
-        return self.reconstruct(x, z, use_ema), None
-
-    def checkpointable(self) -> list:
-        """Modules with an ``activation_checkpointing`` switch (--activation_checkpointing)."""
-        return []
-
-    def use_activation_checkpointing(self, on: bool) -> None:
-        if on and not self.checkpointable():
-            raise UserError(f"--activation_checkpointing: the {type(self).__name__} has no checkpointed blocks "
-                            "(the DiffAE has)")
-        for module in self.checkpointable():
-            module.activation_checkpointing = on
-
-    # --- EMA of a submodule called ``net`` into ``ema_net`` (if the subclass has them)
     def init_ema(self) -> None:
         self.ema_net = copy.deepcopy(self.net)
         self.ema_net.requires_grad_(False)
@@ -130,7 +87,6 @@ class LatentEngine(L.LightningModule):
     def ema_outside(self) -> bool:
         return "ema_net" in self.__dict__
 
-    # --- optimisation
     def optimizer_step(self, *args, **kwargs):
         engine = _deepspeed_engine_of(self)
         before = engine.global_steps if engine else None
@@ -143,6 +99,48 @@ class LatentEngine(L.LightningModule):
                 # only at the accumulation boundary; the decay takes the steps before this one, as above
                 self.update_ema(engine.global_steps - 1)
 
+    def save_ema_state(self, checkpoint: dict) -> None:
+        if self.ema_outside():  # DeepSpeed saves the module's weights itself; the EMA travels as client state
+            checkpoint["ema_state_dict"] = {f"ema_net.{k}": v.detach().cpu() for k, v in
+                                            self.ema_net.state_dict().items()}
+
+    def load_ema_state(self, checkpoint: dict) -> None:
+        if self.ema_outside() and "ema_state_dict" in checkpoint:
+            prefix = len("ema_net.")
+            self.ema_net.load_state_dict({k[prefix:]: v for k, v in checkpoint["ema_state_dict"].items()})
+
+
+class ResumableRNGMixin:
+    """Exact resume: the global RNGs (dropout etc.) travel with the checkpoint (``rng_states``)."""
+
+    @staticmethod
+    def save_rng_state(checkpoint: dict) -> None:
+        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
+                                    # every CUDA generator too: a GPU resume with --non_deter false is exact
+                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                                    "python": list(random.getstate()[1]),
+                                    "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
+                                    "numpy": np.random.get_state()[1].tolist(),
+                                    "numpy_pos": int(np.random.get_state()[2])}
+
+    @staticmethod
+    def restore_rng_state(checkpoint: dict) -> None:
+        rng = checkpoint.get("rng_states")
+        if rng:
+            torch.set_rng_state(rng["torch"])
+            cuda = rng.get("cuda") or []
+            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(cuda)
+            random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
+            np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+
+
+class ConfiguredOptimiserMixin:
+    """The optimiser (training§optimiserID at ``lr``) and scheduler of the config, over the trained parameters
+    (not the EMA's); the scheduler monitors ``val_loss``, or ``monitor_train`` without validation."""
+
+    monitor_train = "train_loss_epoch"
+
     def monitor(self) -> str:
         return "val_loss" if self.has_val else self.monitor_train
 
@@ -153,32 +151,45 @@ class LatentEngine(L.LightningModule):
         sched = make_scheduler(opt, t, self.monitor())
         return opt if sched is None else {"optimizer": opt, "lr_scheduler": sched}
 
-    # --- exact resume: the global RNGs (dropout etc.) travel with the checkpoint
+
+class LatentEngine(EMAMixin, ResumableRNGMixin, ConfiguredOptimiserMixin, L.LightningModule):
+    input_kind = "image"  # what a sample is: "image" (C, *S) or "points" (F, N); the benchmark rotates each its way
+
+    def __init__(self, cfg, in_channels: int):
+        super().__init__()
+        self.cfg = cfg
+        self.in_channels = in_channels
+        self.has_val = True
+        self.lr = cfg.training.lr  # the Lightning Tuner's lr_find sets this
+        self.ema_decay = float(cfg.training.ema_decay)  # in [0, 1): checked by the config schema
+        self.ema_warmup = bool(cfg.training.ema_warmup)
+
+    # --- subclasses: embed, and the methods of the capabilities they have (Engines/capabilities.py)
+    def embed(self, x: torch.Tensor, use_ema: bool) -> torch.Tensor:
+        """(B, latent_dim) latents of x."""
+        raise NotImplementedError(f"{type(self).__name__} does not define embed(x, use_ema): every engine must")
+
+    def checkpointable(self) -> list:
+        """Modules with an ``activation_checkpointing`` switch (--activation_checkpointing)."""
+        return []
+
+    def use_activation_checkpointing(self, on: bool) -> None:
+        if on and not self.checkpointable():
+            raise UserError(f"--activation_checkpointing: the {type(self).__name__} has no checkpointed blocks "
+                            "(the DiffAE has)")
+        for module in self.checkpointable():
+            module.activation_checkpointing = on
+
+    # --- checkpoints: the RNGs, the resolved config and channels (a saved run is rebuilt from them), the EMA
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
-                                    # every CUDA generator too: a GPU resume with --non_deter false is exact
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                                    "python": list(random.getstate()[1]),
-                                    "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
-                                    "numpy": np.random.get_state()[1].tolist(), "numpy_pos": int(np.random.get_state()[2])}
+        self.save_rng_state(checkpoint)
         checkpoint["imlatent_config"] = self.cfg.model_dump(mode="json", by_alias=True)
         checkpoint["in_channels"] = self.in_channels
-        if self.ema_outside():  # DeepSpeed saves the module's weights itself; the EMA travels as client state
-            checkpoint["ema_state_dict"] = {f"ema_net.{k}": v.detach().cpu() for k, v in
-                                            self.ema_net.state_dict().items()}
+        self.save_ema_state(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if self.ema_outside() and "ema_state_dict" in checkpoint:
-            prefix = len("ema_net.")
-            self.ema_net.load_state_dict({k[prefix:]: v for k, v in checkpoint["ema_state_dict"].items()})
-        rng = checkpoint.get("rng_states")
-        if rng:
-            torch.set_rng_state(rng["torch"])
-            cuda = rng.get("cuda") or []
-            if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
-                torch.cuda.set_rng_state_all(cuda)
-            random.setstate((rng["python_version"], tuple(rng["python"]), rng["python_gauss"]))
-            np.random.set_state(("MT19937", np.array(rng["numpy"], dtype=np.uint32), rng["numpy_pos"], 0, 0.0))
+        self.load_ema_state(checkpoint)
+        self.restore_rng_state(checkpoint)
 
     def load_run_state(self, checkpoint: dict) -> None:
         """State beyond the weights that a test needs from the checkpoint it loads (IP-IRM: its partitions)."""
@@ -191,5 +202,8 @@ class LatentEngine(L.LightningModule):
         z = self.embed(x, use_ema)
         if self.cfg.eval.test_emb_only:
             return test_record(batch["index"], z)
-        recon, code = self.reconstruct_with_code(x, z, use_ema)
+        if not isinstance(self, Reconstructs):  # the tasks of such engines fix --test_emb_only: a plug-in's guard
+            raise UserError(f"the {type(self).__name__} does not reconstruct: it writes embeddings only "
+                            "(--test_emb_only)")
+        recon, code = reconstruction_and_code(self, x, z, use_ema)
         return test_record(batch["index"], z, batch, recon, code)

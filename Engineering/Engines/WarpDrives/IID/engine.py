@@ -214,9 +214,6 @@ class IIDEngine(LatentEngine):
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return self.net(x, *self.latents(x))["emb"]
 
-    def reconstruct(self, x, z, use_ema: bool):
-        raise UserError("the IID predictor is a classifier: it writes embeddings only (--test_emb_only)")
-
     @torch.no_grad()
     def predict_from_embeddings(self, emb: np.ndarray) -> np.ndarray:
         return torch.softmax(self.net.head.cpu()(torch.from_numpy(emb.astype(np.float32))), 1).numpy()

@@ -15,7 +15,6 @@ from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import TRAIN_MODES, ImageRun, is_rank_zero
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from .network import PointCloudAE, PointCloudConfig
-from Engineering.errors import UserError
 from Engineering.Science.chamfer import chamfer_distance
 from Engineering.Science.transport import earth_movers
 
@@ -76,10 +75,6 @@ class PointCloudEngine(LatentEngine):
         """The VN encoder's frame as a rotation (its rows are the frame's axes: pose = frame^T); DGCNN has none."""
         enc = self.net.encoder(x.transpose(1, 2).float())
         return enc["frame"].transpose(1, 2) if "frame" in enc else None
-
-    def reconstruct(self, x, z, use_ema: bool) -> torch.Tensor:
-        raise UserError("main_pointcloud writes embeddings only (--test_emb_only): a reconstructed cloud is no image "
-                        "for recon.h5's metrics")
 
 
 class PointCloudRun(ImageRun):

@@ -192,9 +192,6 @@ class SSLEngine(LatentEngine):
             feats.append(net.encode(v))
         return torch.stack(feats).mean(0)
 
-    def reconstruct(self, x, z, use_ema: bool):
-        raise UserError("the SSL task learns no decoder: it writes embeddings only (--test_emb_only)")
-
 
 SSL_FLAGS = (
     Flag("method", ("model", "SSL", "method"), "str", "simclr",

@@ -26,7 +26,6 @@ from Engineering.data.datamodule import phenotype_labels, split_targets
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from .network import ResNetEncoder, SSLConfig
-from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 from Engineering.io.outputs import write_table
 
@@ -83,9 +82,6 @@ class ERMEngine(LatentEngine):
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return self._net(use_ema)["encoder"](x)
-
-    def reconstruct(self, x, z, use_ema: bool):
-        raise UserError("the ERM task learns no decoder: it writes embeddings only (--test_emb_only)")
 
     @torch.no_grad()
     def predict_from_latents(self, Z: np.ndarray, use_ema: bool) -> np.ndarray:

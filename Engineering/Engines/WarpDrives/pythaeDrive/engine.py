@@ -282,6 +282,11 @@ class ReconEngine(LatentEngine):
         net = self._net(use_ema)
         return net.decode(z) if hasattr(net, "decode") else None
 
+    def render(self, x, codes, use_ema: bool):
+        """Each code decoded (the decoder takes nothing else of x), or None without a decoder of z alone."""
+        decoded = [self.decode(z, use_ema) for z in codes]
+        return None if any(d is None for d in decoded) else decoded
+
 
 class CovariatePredictions:
     """The extra output step of models with phenotype or adversarial confounder heads: ``pheno_pred.h5`` and
