@@ -49,6 +49,12 @@ class TaskSpec(Task):
     # run_name_parts(cfg) -> ["pythaemodel-vae", ...]: what tells this task's runs apart on the same data (its model
     # variant), appended to the composed run name so that two variants never share a run folder
     run_name_parts: Callable | None = None
+    # its one-batch dev run (tests/test_every_task.py runs every registered task so; a new family is tested by
+    # registering it): the spatial dims it supports (a points task: its points' dims), the flags of a tiny fast
+    # run, and flag -> the task whose run folder it reads (its dev run is made first)
+    dims: tuple[int, ...] = (2,)
+    dev_args: tuple[str, ...] = ()
+    upstream: dict[str, str] = field(default_factory=dict)
 
     def owner_of(self, path: tuple[str, ...]) -> str | None:
         for spec in tasks().values():

@@ -22,4 +22,10 @@ register(TaskSpec(
     honours=honour.STANDARD | honour.BN_EVAL | honour.CHECKPOINTED | {"hf_weights"},
     conditions=(("bn_eval_mode", lambda c: None if c.model.DiffAE.latent_norm == "batch" else
                  "sets BatchNorm statistics; the DiffAE has BatchNorm only with model§DiffAE§latent_norm batch"),),
+    # its one-batch dev run (tests/test_every_task.py): a tiny UNet, 3 diffusion steps
+    dims=(2, 3), dev_args=("--latent_dim", "8", "--batch_size", "4", "--interp_fact", "1", "--model§DiffAE§net_ch", "8",
+                           "--model§DiffAE§ch_mult", "[1,2]", "--model§DiffAE§enc_ch_mult", "[1,2]",
+                           "--model§DiffAE§num_res_blocks", "1", "--model§DiffAE§enc_num_res_blocks", "1",
+                           "--model§DiffAE§attn_res", "[8]", "--model§DiffAE§T_eval", "3", "--model§DiffAE§T_inv",
+                           "3", "--model§DiffAE§T_step", "3"),
 ))

@@ -22,4 +22,6 @@ register(TaskSpec(
     | honour.PHENOTYPES,
     fixed={"test_emb_only": (True, "the IID predictor is a classifier: it writes embeddings only")},
     steps=(OODReport(),), module=__name__,
+    dev_args=("--batch_size", "8", "--interp_fact", "1", "--noise", "--style"),
+    upstream={"--encoder": "restyle"},  # its noise maps and style codes
 ))

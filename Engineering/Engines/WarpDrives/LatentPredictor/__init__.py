@@ -23,4 +23,6 @@ register(TaskSpec(
     conditions=honour.EMA_WITH_USE_EMA,
     lifecycle=PredictorRun, steps=(ManipulationStep,),
     module=__name__,
+    # a dev run's latents (its test patients alone: split anew with foldCSV 0)
+    dev_args=("--batch_size", "8", "--json§foldCSV", "0"), upstream={"--latents": "diffAE"},
 ))

@@ -19,4 +19,6 @@ register(TaskSpec(
              | honour.LATENT | honour.OUTPUTS | {"load_hf"}),
     fixed={"test_emb_only": (True, "a reconstructed cloud is no image for recon.h5's metrics")},
     module=__name__, run_name_parts=lambda cfg: [f"encoder-{cfg.model.PointCloud.encoder}"],
+    dims=(3,), dev_args=("--latent_dim", "8", "--batch_size", "4", "--model§PointCloud§width", "4",
+                         "--model§PointCloud§k", "8", "--model§PointCloud§grid", "6"),
 ))

@@ -22,4 +22,6 @@ register(TaskSpec(
     why_not={"latent_dim": "its codes have the generator's sizes (W+ and noise maps)",
              "is3D": "it inverts a 2D main_stylegan generator"},
     steps=(StyleMeanView(), NoiseMapsView()), module=__name__,
+    dev_args=("--batch_size", "4", "--interp_fact", "1", "--model§ReStyle§width", "4"),
+    upstream={"--generator": "stylegan"},
 ))

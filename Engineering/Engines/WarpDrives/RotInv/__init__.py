@@ -16,4 +16,6 @@ register(TaskSpec(
               "lr": 2e-3, "model§drive": "RotInv", "model§tag": "RotInv"},
     sections={"model": RotInvModelKeys}, drive="RotInv", engine=RotInvEngine, module=__name__,
     honours=(honour.STANDARD - honour.EMA) | honour.BN_EVAL,
+    dims=(2, 3), dev_args=("--latent_dim", "8", "--batch_size", "4", "--model§RotInv§width", "2",
+                           "--model§RotInv§depth", "2"),
 ))

@@ -23,6 +23,8 @@ register(TaskSpec(
     fixed={"test_emb_only": (True, "the SSL task learns no decoder: it writes embeddings only")},
     run_name_parts=lambda cfg: [f"method-{cfg.model.SSL.method}"],  # SimCLR after IP-IRM gets its own run folder
     steps=(PartitionTable,),
+    dev_args=("--batch_size", "8", "--interp_fact", "1", "--model§SSL§width", "4", "--model§SSL§proj_hidden", "16",
+              "--model§SSL§proj_dim", "8"),
 ))
 
 register(TaskSpec(
@@ -36,4 +38,5 @@ register(TaskSpec(
     honours=(honour.STANDARD - honour.LATENT - honour.RECON_OUTPUTS) | honour.BN_EVAL | honour.PHENOTYPES,
     fixed={"test_emb_only": (True, "the ERM classifier learns no decoder: it writes embeddings only")},
     steps=(ERMReport(),), module=__name__,
+    dev_args=("--batch_size", "8", "--interp_fact", "1", "--model§ERM§width", "4"),
 ))

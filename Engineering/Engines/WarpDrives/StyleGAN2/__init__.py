@@ -32,4 +32,6 @@ register(TaskSpec(
              "deepspeed_config": "DeepSpeed does not step two optimisers by hand (use --training_strategy ddp)",
              "load_hf": "an export holds the generator alone; training and its test need the discriminator too"},
     module=__name__,
+    dev_args=("--batch_size", "4", "--interp_fact", "1", "--model§StyleGAN2§style_dim", "16",
+              "--model§StyleGAN2§n_mlp", "2", "--model§StyleGAN2§channel_max", "8", "--model§StyleGAN2§n_samples", "4"),
 ))

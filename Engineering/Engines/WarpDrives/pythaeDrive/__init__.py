@@ -25,4 +25,5 @@ register(TaskSpec(
     conditions=honour.EMA_WITH_USE_EMA + (("json§DS_phenotypes", _tables_why(0)), ("json§DS_confounders", _tables_why(1)),
                                           ("anomaly_map", _anomaly_why)),  # (GroupNorm: no BatchNorm to set at evaluation)
     run_name_parts=lambda cfg: [f"pythaemodel-{cfg.model.pythae.model}"],  # the ancestor's run-name part
+    dims=(2, 3), dev_args=("--latent_dim", "8", "--batch_size", "4", "--model§pythae§n_features", "4"),
 ))
