@@ -84,7 +84,7 @@ def test_partitions_survive_resume_bit_for_bit(tiny_demo, tmp_path):
 
 def test_ipirm_user_errors(tiny_demo, tmp_path):
     from Engineering.config.loader import resolve
-    from Engineering.Engines.WarpDrives.SSL.engine import ssl_engine
+    from Engineering.Engines.WarpDrives.SSL.methods import ssl_engine
     from Engineering.Engines.registry import get
     from Engineering.errors import UserError
 

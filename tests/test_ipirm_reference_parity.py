@@ -114,7 +114,7 @@ def test_search_defaults_are_the_references():
     want = {"passes": 61, "lr": 0.5, "milestones": (5, 35), "gamma": 0.2, "patience": 5, "patience_after": 51,
             "chunk": 3096}
     assert {k: sig[k].default for k in want} == want
-    from Engineering.Engines.WarpDrives.SSL.engine import IPIRMKeys
+    from Engineering.Engines.WarpDrives.SSL.ipirm import IPIRMKeys
 
     keys = IPIRMKeys()
     assert (keys.max_epochs, keys.max_lr, keys.max_milestones, keys.max_gamma, keys.max_patience,

@@ -7,7 +7,7 @@ from __future__ import annotations
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.config import honour
 
-from .engine import SSLModelKeys, SSL_FLAGS, ssl_engine
+from .methods import TASK_FLAGS, SSLModelKeys, ssl_engine
 from .erm import ERMEngine, ERMModelKeys, ERMReport, ERM_FLAGS
 from .ipirm import PartitionTable
 
@@ -17,8 +17,8 @@ register(TaskSpec(
     configyml=str(CONFIGS / "config_ssl.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     # demo-sized: a first look on a laptop CPU in a few minutes
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
-              "n_train_batches": 20, "test_emb_only": True, "model§drive": "SSL", "model§tag": "SSL"},
-    extra_flags=SSL_FLAGS, sections={"model": SSLModelKeys}, drive="SSL", engine=ssl_engine, module=__name__,
+              "n_train_batches": 20, "test_emb_only": True},
+    extra_flags=TASK_FLAGS, sections={"model": SSLModelKeys}, drive="SSL", engine=ssl_engine, module=__name__,
     honours=(honour.STANDARD - honour.LATENT - honour.RECON_OUTPUTS) | honour.BN_EVAL | honour.PHENOTYPES,  # kNN
     fixed={"test_emb_only": (True, "the SSL task learns no decoder: it writes embeddings only")},
     run_name_parts=lambda cfg: [f"method-{cfg.model.SSL.method}"],  # SimCLR after IP-IRM gets its own run folder
@@ -32,8 +32,7 @@ register(TaskSpec(
                             "(--batch_groups, --bn_eval_mode) and an in/out-of-distribution report.",
     configyml=str(CONFIGS / "config_erm.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
-              "n_train_batches": 20, "test_emb_only": True, "lr_decay_type": 3, "erm_label": "ef_class",
-              "model§drive": "ERM", "model§tag": "ERM"},
+              "n_train_batches": 20, "test_emb_only": True, "lr_decay_type": 3, "erm_label": "ef_class"},
     extra_flags=ERM_FLAGS, sections={"model": ERMModelKeys}, drive="ERM", engine=ERMEngine,
     honours=(honour.STANDARD - honour.LATENT - honour.RECON_OUTPUTS) | honour.BN_EVAL | honour.PHENOTYPES,
     fixed={"test_emb_only": (True, "the ERM classifier learns no decoder: it writes embeddings only")},

@@ -30,12 +30,79 @@ import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from typing import Literal
+
+from pydantic import Field
+
+from Engineering.config.flags import Flag
+from Engineering.config.schema import Keys
+
 from .engine import SSLEngine
 from Engineering.errors import UserError
 from Engineering.io.outputs import write_table
 from Engineering.Science.contrastive import nt_xent
 from Engineering.Science.ipirm import FeatureBank, imix_loss, irm_penalty, maximise_partition, subset_infonce
 
+
+class IPIRMKeys(Keys):
+    """model§IPIRM: IP-IRM (--method ipirm). Names follow the reference code's flags."""
+    env_num: int = Field(2, ge=2, description="K: subsets (orbits) per partition.")
+    penalty_weight: float = Field(0.2, ge=0, description="lambda_1: weight of the IRM penalty in the minimisation "
+                                                         "step (> 1: the whole loss is divided by it, as in the "
+                                                         "reference).")
+    penalty_warmup: int = Field(0, ge=0, description="Epochs over which lambda_1 ramps linearly from 0 (0: off).")
+    irm_weight_maxim: float = Field(0.5, ge=0, description="lambda_2: weight of the penalty in the maximisation "
+                                                           "step's objective.")
+    irm_temperature: float = Field(0.1, gt=0, description="tau_irm: temperature of the losses inside the penalty.")
+    irm_scale: Literal["column", "scalar"] = Field(
+        "column", description="The IRMv1 penalty's dummy classifier: column, one scale per logit column (the "
+                              "reference code's); scalar, one scale (IRMv1's own form: a variant, not the "
+                              "reference's).")
+    maximize_iter: int = Field(50, ge=1, description="A maximisation step at the start and every this many epochs.")
+    keep_cont: bool = Field(True, description="Keep the whole-batch contrastive loss next to the subsets' losses.")
+    retain_group: bool = Field(True, description="Keep the earlier partitions in the minimisation step (else only "
+                                                 "the newest).")
+    retain_group_set: int = Field(10, ge=1, description="At most this many retained partitions (oldest dropped).")
+    offline: bool = Field(True, description="Feature bank of two fresh views of every training sample at each "
+                                            "maximisation step; false: the projections training computed during "
+                                            "the previous epochs (samples not yet visited are left out).")
+    random_init: bool = Field(True, description="Start each partition search from random logits; false: from the "
+                                                "previous search's.")
+    constrain: bool = Field(True, description="Balance term in the partition search (the reference's --constrain): "
+                                              "minus the entropy of a chunk's mean assignment (pushes towards equal "
+                                              "subsets); with constrain_relax its hinge form.")
+    constrain_relax: bool = Field(True, description="With constrain: the term is relu(floor - entropy), inactive "
+                                                    "while no subset is more than balance_ratio times another (the "
+                                                    "reference's --constrain_relax).")
+    balance_ratio: float = Field(2.0, ge=1, description="constrain_relax's floor: the entropy of a split with one "
+                                                        "subset this many times the others (K = 2, 2:1: 0.6365, the "
+                                                        "reference's).")
+    max_epochs: int = Field(61, ge=1, description="The partition search stops after this many passes over the "
+                                                  "feature bank (the reference's 61).")
+    max_lr: float = Field(0.5, gt=0, description="Adam learning rate of the partition logits (the reference's).")
+    max_milestones: list[int] = Field([5, 35], description="Passes after which the search's learning rate is "
+                                                           "multiplied by max_gamma (the reference's 5 and 35).")
+    max_gamma: float = Field(0.2, gt=0, description="The search's learning-rate factor at each milestone.")
+    max_patience: int = Field(5, ge=1, description="Stop the search after this many passes without a lower mean "
+                                                   "risk, once max_patience_after passes are done (the reference's "
+                                                   "5 after 51).")
+    max_patience_after: int = Field(51, ge=0, description="Passes before max_patience can stop the search.")
+    max_chunk: int = Field(3096, ge=2, description="Rows of the feature bank per step of the partition search "
+                                                   "(the reference's 3,096).")
+    mixup: bool = Field(False, description="i-Mix in the minimisation step: the first view is an input mix, the "
+                                           "loss weighs each sample's two targets by its own mixing weight.")
+    mixup_alpha: float = Field(1.0, gt=0, description="Mixing weights ~ Beta(alpha, alpha).")
+    mixup_max: bool = Field(False, description="i-Mix in the maximisation step's feature bank too (offline only).")
+
+
+# its command-line flags (--env_num ...), each the key of the same name
+IPIRM_FLAGS = tuple(
+    Flag(name, ("model", "IPIRM", name), typ, IPIRMKeys.model_fields[name].default,
+         "IP-IRM: " + IPIRMKeys.model_fields[name].description, "Model")
+    for name, typ in (("env_num", "int"), ("penalty_weight", "float"), ("irm_weight_maxim", "float"),
+                      ("maximize_iter", "int"), ("keep_cont", "bool"), ("retain_group", "bool"), ("offline", "bool"),
+                      ("random_init", "bool"), ("constrain", "bool"), ("constrain_relax", "bool"), ("mixup", "bool"),
+                      ("mixup_max", "bool")))
 
 KEY_FIELDS = ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")
 
