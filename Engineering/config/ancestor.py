@@ -21,6 +21,7 @@ value is refused.
 from __future__ import annotations
 
 import ast
+from typing import Any
 
 from Engineering.errors import UserError
 
@@ -145,8 +146,8 @@ _NO_EFFECT = {  # key paths of the ancestor's config_v*.yaml that change nothing
 }
 
 
-def _pop(data: dict, path: tuple[str, ...]):
-    node = data
+def _pop(data: dict, path: tuple[str, ...]) -> tuple[Any, bool]:
+    node: Any = data
     for part in path[:-1]:
         node = node.get(part) if isinstance(node, dict) else None
         if not isinstance(node, dict):

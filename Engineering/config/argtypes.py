@@ -21,7 +21,7 @@ def bounded(kind: type = int, **bounds: float) -> Callable[[str], float]:
     if unknown or kind not in (int, float):
         raise TypeError(f"bounded({kind.__name__}, {bounds}): kind is int or float, bounds are ge/gt/le/lt")
 
-    def parse(text: str):
+    def parse(text: str) -> float:
         try:
             value = kind(text)
         except ValueError:
@@ -34,6 +34,7 @@ def bounded(kind: type = int, **bounds: float) -> Callable[[str], float]:
                 raise argparse.ArgumentTypeError(f"must be {sign} {limit:g}, got {text}")
         return value
 
-    parse.bounds = dict(bounds)  # read by the test that every numeric option is bounded
+    # read by the test that every numeric option is bounded (a function attribute, which mypy does not model)
+    parse.bounds = dict(bounds)  # type: ignore[attr-defined]
     parse.__name__ = kind.__name__  # argparse names the type in its messages
     return parse

@@ -11,7 +11,7 @@ from typing import Sequence
 
 from pydantic import BaseModel
 
-from Engineering.config.flags import CONTROL, FLAGS
+from Engineering.config.flags import CONTROL, FLAGS, Flag
 from Engineering.config.loader import Task, task_default
 from Engineering.config.schema import COMMON_KEYS
 
@@ -32,7 +32,9 @@ def _defaults(flag, tasks: Sequence[Task]) -> str:
 
 def flag_tables(tasks: Sequence[Task] = ()) -> str:
     """Common flags, then each task's own flags (marked with the executors that have them)."""
-    out, groups, owners = [], {}, {}
+    out: list[str] = []
+    groups: dict[str, list[Flag]] = {}  # flag group -> its flags, in table order
+    owners: dict[str, list[str]] = {}  # flag name -> the executors that own it (none: a common flag)
     for f in CONTROL + FLAGS + tuple(f for t in tasks for f in t.extra_flags):
         if f.name not in owners:
             groups.setdefault(f.group, []).append(f)

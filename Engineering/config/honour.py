@@ -11,9 +11,11 @@ its YAML that change nothing here.
 """
 from __future__ import annotations
 
+from collections.abc import Set
 from typing import Any, Callable
 
 from Engineering.config.flags import FLAGS
+from Engineering.config.validated import Config
 from Engineering.errors import UserError
 
 # --- groups of common flags (names) and keys ('section§key') that tasks declare ------------------------------
@@ -84,12 +86,12 @@ def name_of(path: tuple[str, ...]) -> str | None:
 
 
 # --- flags that act only with another setting: (name, why it would do nothing or None) ----------------------
-def _world(cfg) -> int | None:
+def _world(cfg: Config) -> int | None:
     n = cfg.run.ndevices
     return None if n < 0 else n * max(1, cfg.run.nnodes)
 
 
-def _prenorm_why(cfg) -> str | None:
+def _prenorm_why(cfg: Config) -> str | None:
     d = cfg.data
     if d.norm_type != "zscore":
         return "acts only with --norm_type zscore"
@@ -99,7 +101,7 @@ def _prenorm_why(cfg) -> str | None:
     return None
 
 
-Condition = Callable[[Any], "str | None"]
+Condition = Callable[[Config], "str | None"]
 CONDITIONS: tuple[tuple[str, Condition], ...] = (
     ("flip_prob", lambda c: "flips nothing without data§flip_axes: name the spatial axes to flip, e.g. "
      "--data§flip_axes [1] (no default: a left-right flip mirrors anatomy)"
@@ -144,7 +146,7 @@ CONDITIONS: tuple[tuple[str, Condition], ...] = (
 )
 
 
-def refuse_unhonoured(task, cfg, explicit: set[str], from_json: set[str] = frozenset()) -> list[str]:
+def refuse_unhonoured(task, cfg: Config, explicit: Set[str], from_json: Set[str] = frozenset()) -> list[str]:
     """One UserError for the first explicit setting the task does not honour; returns the warnings of the
     documented no-ops (``from_json``: dataNpath JSON keys given in a JSON file)."""
     honours = getattr(task, "honours", None)
@@ -187,7 +189,7 @@ def refuse_unhonoured(task, cfg, explicit: set[str], from_json: set[str] = froze
     return notes
 
 
-def _value(cfg, name: str):
+def _value(cfg: Config, name: str) -> Any:
     flag = next(f for f in FLAGS if f.name == name)
     return getattr(getattr(cfg, flag.path[0]), flag.path[1])
 
@@ -206,7 +208,7 @@ def _generic_why(name: str) -> str:
     return "it does not read it"
 
 
-def _needs_use_ema(cfg) -> str | None:
+def _needs_use_ema(cfg: Config) -> str | None:
     if getattr(cfg.training, "use_ema", False):
         return None
     return "acts on the EMA of the weights, kept only with --use_ema"

@@ -24,6 +24,7 @@ from Engineering.config.ancestor import ancestor_flag, translate_yaml
 from Engineering.config.flags import CONTROL, FLAGS, Flag
 from Engineering.config.honour import UNREAD_JSON, refuse_unhonoured
 from Engineering.config.schema import DataPaths, build_schema, key_defaults, validate
+from Engineering.config.validated import Config
 from Engineering.errors import ArgParser, UserError
 
 SECTIONS = ("run", "training", "model", "data", "eval")
@@ -212,7 +213,7 @@ def _set(cfg: dict, path: tuple[str, ...], value) -> None:
 
 @dataclass
 class Resolved:
-    cfg: Any  # the validated pydantic Config
+    cfg: Config  # the validated pydantic model
     raw: dict  # the same as plain data (what resolved_config.yaml holds)
     control: dict  # print_config, debug, strict_overrides, file paths
     explicit: set  # flag names given on the command line, and override paths ('a§b')

@@ -119,7 +119,7 @@ def remove_stale(folder: str | Path, owner: str = "") -> list[Path]:
     whose writer process is gone; returns what was removed. ``owner``: only the leftovers of writes to
     ``folder/owner`` (a writer that shares the folder with others running now, such as one shard of a test)."""
     folder = Path(folder)
-    removed = []
+    removed: list[Path] = []
     if not folder.is_dir():
         return removed
     name = glob.escape(owner) if owner else "*"

@@ -76,6 +76,8 @@ def read_deepspeed_checkpoint(path: Path) -> dict:
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
 
     states = _model_states(path)
+    if states is None:
+        raise UserError(f"{path} is not a DeepSpeed checkpoint (no rank-0 model states file)")
     try:
         client = torch.load(states, map_location="cpu", weights_only=True)
         quiet = io.StringIO()  # the converter prints its progress

@@ -9,6 +9,7 @@ from typing import Callable
 import pandas as pd
 from safetensors.torch import save_file
 
+from Engineering.config import Config
 from Engineering.errors import UserError
 from Engineering.io.atomic import check_replaceable, replace_dir, staging_dir
 from Engineering.io.checkpoints import checkpoint_in, read_checkpoint
@@ -90,7 +91,7 @@ def _metrics(ckpt: dict, run: Path) -> list[str]:
     return lines or ["- (no validation/test metrics recorded)"]
 
 
-def model_card(cfg, config: dict, ckpt: dict, run: Path, task: str) -> str:
+def model_card(cfg: Config, config: dict, ckpt: dict, run: Path, task: str) -> str:
     p, drive = cfg.paths, cfg.model.drive
     shape = "×".join(map(str, config["input_shape"]))
     norm = config["normalisation"]

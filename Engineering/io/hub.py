@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from Engineering.config import Config
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import read_checkpoint
 
@@ -74,10 +75,10 @@ def _read_tensors(path: Path) -> tuple[dict[str, torch.Tensor], dict]:
         except Exception as exc:  # safetensors raises its own error types for truncated or damaged files
             raise UserError(f"{path} is not a readable safetensors file ({str(exc).splitlines()[0]})") from None
     obj = read_checkpoint(path)  # weights_only=True, one-line errors; never falls back to full pickle
-    obj = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    if not isinstance(obj, dict):
+    weights = obj.get("state_dict", obj)  # (read_checkpoint returns a dict; its state_dict is checked here)
+    if not isinstance(weights, dict):
         raise UserError(f"{path} does not hold a dictionary of tensors")
-    return {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}, {}
+    return {k: v for k, v in weights.items() if isinstance(v, torch.Tensor)}, {}
 
 
 def read(ref: str) -> HubModel:
@@ -142,7 +143,7 @@ def _section(keys) -> dict:
     return keys.model_dump(mode="json") if hasattr(keys, "model_dump") else dict(keys or {})
 
 
-def export_config(cfg, in_channels: int, weights: str) -> dict:
+def export_config(cfg: Config, in_channels: int, weights: str) -> dict:
     """What config.json holds for a trained run (the inverse of layer_from_config)."""
     drive = cfg.model.drive
     d, p = cfg.data, cfg.paths

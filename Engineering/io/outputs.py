@@ -15,7 +15,7 @@ import pandas as pd
 from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo
 from Engineering.io.atomic import atomic_path
 
-def _attrs(obj, attrs: dict) -> None:
+def _attrs(obj, attrs: dict | None) -> None:
     for k, v in (attrs or {}).items():
         obj.attrs[k] = "" if v is None else v
 

@@ -37,7 +37,7 @@ def shard_folder(out_dir: Path, shard: tuple[int, int]) -> Path:
 
 def merge_shards(out_dir: Path) -> dict:
     """Merge ``<out_dir>_shard{i}of{n}`` (every i) into ``out_dir``; returns a summary."""
-    found = {}
+    found: dict[int, dict[int, Path]] = {}  # shard count -> shard index -> folder
     for p in out_dir.parent.glob(f"{out_dir.name}_shard*of*"):
         m = re.fullmatch(re.escape(out_dir.name) + r"_shard(\d+)of(\d+)", p.name)
         if m and p.is_dir():
