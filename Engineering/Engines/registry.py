@@ -16,13 +16,17 @@ import os
 import pkgutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from Engineering.config.honour import STANDARD
 from Engineering.config.loader import Task
 from Engineering.config.overrides import closest_key
 from Engineering.Engines.WarpDrives.errors import DriveError
 from Engineering.errors import UserError, user_facing
+
+if TYPE_CHECKING:
+    from Engineering.config import Config
+    from Engineering.io.hub import HubModel
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "Configs"
@@ -40,7 +44,7 @@ class TaskSpec(Task):
     drive: str = ""  # the model§drive value its runs carry (checkpoints, Hub config.json)
     engine: Any = None
     lifecycle: Any = None
-    published: Callable | None = None
+    published: Callable[[HubModel, Config], HubModel] | None = None
     steps: tuple = ()  # extra output steps after the test phase: classes (or objects, or "module:attr") with
     #                    check(cfg, data) before training and run(cfg, model, data, out_dir) -> dict after it
     module: str = ""  # where it was registered (for messages)
@@ -48,7 +52,7 @@ class TaskSpec(Task):
     code_names: dict = field(default_factory=dict)
     # run_name_parts(cfg) -> ["pythaemodel-vae", ...]: what tells this task's runs apart on the same data (its model
     # variant), appended to the composed run name so that two variants never share a run folder
-    run_name_parts: Callable | None = None
+    run_name_parts: Callable[[Config], Sequence[str]] | None = None
     # its one-batch dev run (tests/test_every_task.py runs every registered task so; a new family is tested by
     # registering it): the spatial dims it supports (a points task: its points' dims), the flags of a tiny fast
     # run, and flag -> the task whose run folder it reads (its dev run is made first)

@@ -8,13 +8,14 @@ the key, the expected type and the value.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional, Union
+from typing import Annotated, Any, Optional, Union, cast
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
 from Engineering.config.flags import FLAGS, Flag
 from Engineering.config.overrides import closest_key
+from Engineering.config.validated import Config
 from Engineering.errors import UserError
 
 _TYPES: dict[str, Any] = {
@@ -107,7 +108,7 @@ COMMON_KEYS: dict[str, type[Keys]] = {"run": RunKeys, "training": TrainingKeys, 
 
 def _annotated(flag: Flag):
     """The flag's type with its bounds; floats are finite (--lr nan is an error, not a NaN loss)."""
-    kw = dict(flag.bounds)
+    kw: dict[str, Any] = dict(flag.bounds)
     if flag.type in ("float", "num", "optfloat"):
         kw["allow_inf_nan"] = False
     if flag.type == "ints" and kw:  # a list's bounds hold for each element (--input_shape -3,0)
@@ -183,16 +184,17 @@ def _build_schema(extra_flags: tuple[Flag, ...], sections: dict) -> type[BaseMod
     if unknown:
         raise UserError(f"task key models for unknown section(s) {', '.join(unknown)}; sections: "
                         f"{', '.join(COMMON_KEYS)}")
-    models = {s: (_section_model(s, extra_flags, sections.get(s)), ...) for s in COMMON_KEYS}
+    models: dict[str, Any] = {s: (_section_model(s, extra_flags, sections.get(s)), ...) for s in COMMON_KEYS}
     # 'json' would shadow BaseModel.json: the attribute is cfg.paths, the key stays 'json'.
     return pydantic.create_model("Config", __base__=_Section, paths=(DataPaths, Field(alias="json")), **models)
 
 
-def validate(cfg: dict, extra_flags: tuple[Flag, ...] = (), sections: dict | None = None):
+def validate(cfg: dict, extra_flags: tuple[Flag, ...] = (), sections: dict | None = None) -> Config:
     """Validate the merged dict; one UserError line naming the first bad keys."""
     schema = build_schema(extra_flags, sections)
     try:
-        return schema.model_validate(cfg)
+        # the model built above has the sections that Config states (their keys are known only at run time)
+        return cast(Config, schema.model_validate(cfg))
     except pydantic.ValidationError as exc:
         problems = []
         for err in exc.errors()[:3]:
@@ -232,7 +234,8 @@ def keys_from_dataclass(name: str, dc: type, exclude: tuple[str, ...] = (), doc:
     import typing
 
     hints = typing.get_type_hints(dc)
-    meaning, current = {}, ()
+    meaning: dict[str, str] = {}
+    current: tuple[str, ...] = ()
     for line in (dc.__doc__ or "").splitlines():
         m = re.match(r"    (\w+)(?: / (\w+))?: (.+)", line)
         if m:
@@ -244,11 +247,16 @@ def keys_from_dataclass(name: str, dc: type, exclude: tuple[str, ...] = (), doc:
                 meaning[key] += " " + line.strip()
         else:
             current = ()
-    fields = {}
+    fields: dict[str, Any] = {}
     for f in dataclasses.fields(dc):
         if f.name in exclude:
             continue
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:  # (a key's default is its field's: a field without one cannot be a key)
+            raise TypeError(f"{dc.__name__}.{f.name} has no default")
         typ, default = (overrides or {}).get(f.name, (hints[f.name], default))
         fields[f.name] = (typ, Field(default, description=meaning.get(f.name, "")))
     fields.update(extra)
