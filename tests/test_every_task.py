@@ -4,7 +4,8 @@
 Each case runs the task as its executor does, in-process (a subprocess would add ~5 s of imports per case), on a
 tiny bundled-style cohort: the 2D demo (or its 3-channel variant, for tasks whose bundled data it is), a 16^3 cell
 cohort for 3D images and the cells' point clouds. A task that reads another's run (``upstream``) gets the dev run
-of that task, made once per session.
+of that task, made once per session. A plug-in from outside the repository is tested the same way:
+``IMLATENT_PLUGINS=toy_drive PYTHONPATH=examples/plugin_drive pytest tests/test_every_task.py``.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ RECON = honour.RECON_OUTPUTS - honour.IMAGE_GRIDS  # a task that honours these w
 
 
 def _cases():
+    registry.load_plugins()  # and the plug-ins of $IMLATENT_PLUGINS: an outside family is tested by naming it there
     for name, spec in sorted(registry.tasks().items(), key=lambda kv: kv[0].lower()):
         for dim in spec.dims:
             yield pytest.param(name, dim, id=f"{name}-{dim}d")
