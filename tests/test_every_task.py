@@ -47,9 +47,9 @@ def _dim_args(spec, dim: int) -> tuple[list[str], str]:
     if spec.honours is None or "is3D" not in spec.honours:  # its data's kind is fixed (points, latents, 2D GAN)
         return [], DATA.get(datajson, "tiny_demo")
     if dim == 3:
-        return ["--is3D", *SHAPE[3], "--datajson_path", "Configs/dataNpath_cells.json"], "tiny_cells"
+        return ["--is3D", *SHAPE[3], "--datajson_path", str(registry.CONFIGS / "dataNpath_cells.json")], "tiny_cells"
     if spec.defaults.get("is3D"):  # a 3D-first task in 2D: on the demo frames
-        return ["--no-is3D", *SHAPE[2], "--datajson_path", "Configs/dataNpath_demo.json"], "tiny_demo"
+        return ["--no-is3D", *SHAPE[2], "--datajson_path", str(registry.CONFIGS / "dataNpath_demo.json")], "tiny_demo"
     return [*SHAPE[2]], DATA.get(datajson, "tiny_demo")
 
 
