@@ -106,7 +106,8 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def tiny_cells(_isolated_cache):
-    """A tiny cell cohort (12 cells of 16^3 voxels, 32 points each): 3D images and point clouds in seconds."""
+    """A tiny cell cohort (18 cells of 16^3 voxels, 32 points each): 3D images and point clouds in seconds (2
+    validation cells: a contrastive loss needs two)."""
     from Engineering.data.cells import CellSpec, write_cells
 
-    return write_cells(Path(_isolated_cache) / "tiny_cells", CellSpec(n_cells=12, size=16, n_puncta=6, n_points=32))
+    return write_cells(Path(_isolated_cache) / "tiny_cells", CellSpec(n_cells=18, size=16, n_puncta=6, n_points=32))

@@ -23,6 +23,7 @@ register(TaskSpec(
     fixed={"test_emb_only": (True, "the SSL task learns no decoder: it writes embeddings only")},
     run_name_parts=lambda cfg: [f"method-{cfg.model.SSL.method}"],  # SimCLR after IP-IRM gets its own run folder
     steps=(PartitionTable,),
+    dims=(2, 3),  # (ERM in 3D needs a label column of the cells: its dev run is 2D)
     dev_args=("--batch_size", "8", "--interp_fact", "1", "--model§SSL§width", "4", "--model§SSL§proj_hidden", "16",
               "--model§SSL§proj_dim", "8"),
 ))
