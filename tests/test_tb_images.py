@@ -194,7 +194,7 @@ def test_the_console_is_quiet(tiny_demo, tmp_path, monkeypatch):
 
     from lightning.pytorch.trainer.connectors import data_connector
 
-    from Engineering.Engines import MainEngine, console
+    from Engineering.Engines import console, trainer_factory
 
     # as on a machine with more than two cores, where Lightning asks for more loader workers
     monkeypatch.setattr(data_connector, "suggested_max_num_workers", lambda n: 4)
@@ -205,7 +205,7 @@ def test_the_console_is_quiet(tiny_demo, tmp_path, monkeypatch):
 
     # without the filters (the same run in a fresh warnings state): each silenced message is there
     with warnings.catch_warnings():
-        monkeypatch.setattr(MainEngine, "quiet", lambda: None)
+        monkeypatch.setattr(trainer_factory, "quiet", lambda: None)
         for name in console.TIP_LOGGERS:
             monkeypatch.setattr(logging.getLogger(name), "filters", [])
         shown, records = _console_of_a_run(tiny_demo, tmp_path, "loud")
