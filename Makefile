@@ -1,7 +1,7 @@
 # One command to set up and run the demo, one to set up and run the tests.
 #   make demo   -> venv + install + train/test a small DiffAE on the bundled demo data (CPU ok)
 #   make demo-model -> retrain and export the shipped demo model examples/demo_model/ (~2 MB; a few minutes on CPU)
-#   make test   -> venv + install + the default test suite
+#   make test   -> venv + install + lint-imports, ruff check, ruff format --check, mypy + the default test suite
 #   make test-slow -> the slow checks (kill -9 fault injection with exact resume)
 #   make test-deepspeed -> DeepSpeed ZeRO-1/2/3 on two CPU processes (a few minutes)
 #   make test-gwas -> a planted locus found by plink2 through a VAE's latents (installs Debian's plink2; minutes)
@@ -50,8 +50,13 @@ demo-model: setup
 		'(Executors/embed.py, Engineering.api, Executors/app.py) in seconds; trained for minutes on synthetic' \
 		'phantoms, it is no model of real images (docs/how-to/demo-model.md).' >> examples/demo_model/README.md
 
+# the project's habits first (pyproject.toml: [tool.importlinter], [tool.ruff], [tool.mypy]; the same checks as
+# .pre-commit-config.yaml): the import contracts, lint, format, the type check of the typed core; then the tests
 test: setup docs
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -q
 
 test-slow: setup

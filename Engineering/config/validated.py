@@ -5,6 +5,7 @@ models, so which keys a section holds is known only then, and pydantic checks th
 shape: six sections, read and set as attributes, and the dump that ``resolved_config.yaml`` holds. These
 protocols state that shape without restating any key (a key has one home: its flag or its key model).
 """
+
 from __future__ import annotations
 
 from typing import Any, Protocol
