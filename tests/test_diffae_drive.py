@@ -205,23 +205,23 @@ def test_zero_initialised_residual_branches_and_training_step():
 
 def test_config_errors_are_clear():
     with pytest.raises(DiffAEConfigError, match="input_shape must have 3 entries"):
-        DiffAEConfig(is3D=True, input_shape=(16, 16))
+        DiffAEConfig(latent_dim=16, is3D=True, input_shape=(16, 16))
     with pytest.raises(DiffAEConfigError, match=r"input_shape \(30, 32\).*multiples of 2\*\*\(len\(ch_mult\)-1\) = 16"):
-        DiffAEConfig(input_shape=(30, 32))
+        DiffAEConfig(latent_dim=16, input_shape=(30, 32))
     with pytest.raises(DiffAEConfigError, match="net_ch=48"):
-        DiffAEConfig(net_ch=48)
+        DiffAEConfig(latent_dim=16, net_ch=48)
     with pytest.raises(DiffAEConfigError, match="dropout"):
-        DiffAEConfig(dropout=1.5)
+        DiffAEConfig(latent_dim=16, dropout=1.5)
     with pytest.raises(DiffAEConfigError, match="ch_mult"):
-        DiffAEConfig(ch_mult=(1, 0))
+        DiffAEConfig(latent_dim=16, ch_mult=(1, 0))
     with pytest.raises(DiffAEConfigError, match="enc_ch_mult"):
-        DiffAEConfig(input_shape=(16, 16), ch_mult=(1, 2), enc_ch_mult=(1, 1, 1, 1, 1, 1))
+        DiffAEConfig(latent_dim=16, input_shape=(16, 16), ch_mult=(1, 2), enc_ch_mult=(1, 1, 1, 1, 1, 1))
     from Engineering.Engines import registry  # noqa: F401  (registers the drives' error type with run_cli)
     from Engineering.errors import USER_FACING
     assert issubclass(DiffAEConfigError, ValueError) and not issubclass(DiffAEConfigError, UserError)
     assert any(issubclass(DiffAEConfigError, t) for t in USER_FACING)
     # lists (YAML/JSON) and 0/1 flags (CLI) are accepted
-    cfg = DiffAEConfig(is3D=1, input_shape=[4, 32, 32], ch_mult=[1, 2])
+    cfg = DiffAEConfig(latent_dim=16, is3D=1, input_shape=[4, 32, 32], ch_mult=[1, 2])
     assert cfg.is3D is True and cfg.input_shape == (4, 32, 32) and cfg.ch_mult == (1, 2)
     assert DiffAEConfig(**cfg.to_dict()) == cfg
 

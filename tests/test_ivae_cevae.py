@@ -380,7 +380,7 @@ def test_the_ancestor_config_sections_drive_the_models_unchanged():
 ])
 def test_invalid_keys_are_refused_in_one_line(model, params, match):
     with pytest.raises(PythaeDriveConfigError, match=match) as exc:
-        PythaeDriveConfig(model=model, input_shape=(12, 12), model_params={"n_aux": N_AUX, **params}
+        PythaeDriveConfig(latent_dim=16, model=model, input_shape=(12, 12), model_params={"n_aux": N_AUX, **params}
                           if model == "ivaes" else params)
     one_line(exc)
 

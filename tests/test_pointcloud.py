@@ -104,7 +104,7 @@ def test_bad_configs_are_named():
                       ({"loss": "l2"}, "loss must be one of chamfer, emd"),
                       ({"in_features": 5}, "in_features must be 3"), ({"k": 0}, "k")):
         with pytest.raises(PointCloudConfigError, match=match):
-            PointCloudConfig(**kw)
+            PointCloudConfig(latent_dim=16, **kw)
 
 
 def test_earth_movers_matches_the_exact_optimal_matching():

@@ -123,7 +123,7 @@ def test_registry_holds_every_model_pythae_exports():
 
 def test_unknown_model_name_lists_valid_names():
     with pytest.raises(ValueError, match="valid names: ae, vae, beta_vae") as err:
-        PythaeDriveConfig(model="bvae")
+        PythaeDriveConfig(latent_dim=16, model="bvae")
     from Engineering.Engines import registry  # noqa: F401  (registers the drives' error type with run_cli)
     from Engineering.errors import USER_FACING
     assert not isinstance(err.value, UserError) and isinstance(err.value, tuple(USER_FACING))
@@ -134,13 +134,14 @@ def test_unknown_model_name_lists_valid_names():
 
 def test_unknown_model_param_names_the_valid_fields():
     with pytest.raises(ValueError, match=r"unknown beta_tc_vae parameter 'betta'.*alpha, beta, gamma, use_mss"):
-        PythaeDriveConfig(model="beta_tc_vae", model_params={"betta": 2.0})
+        PythaeDriveConfig(latent_dim=16, model="beta_tc_vae", model_params={"betta": 2.0})
     with pytest.raises(ValueError, match="latent_dim"):
         PythaeDriveConfig(model="vae", latent_dim=8, model_params={"latent_dim": 3})
     with pytest.raises(ValueError, match="adversarial_loss_scale"):
-        PythaeDriveConfig(model="aae", model_params={"adversarial_loss_scale": "lots"})
+        PythaeDriveConfig(latent_dim=16, model="aae", model_params={"adversarial_loss_scale": "lots"})
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        PythaeDrive(PythaeDriveConfig(model="aae", input_shape=(8, 8), model_params={"adversarial_loss_scale": 2.0}))
+        PythaeDrive(PythaeDriveConfig(latent_dim=16, model="aae", input_shape=(8, 8),
+                                      model_params={"adversarial_loss_scale": 2.0}))
 
 
 def test_model_params_override_pythae_defaults():
@@ -154,21 +155,21 @@ def test_model_params_override_pythae_defaults():
     assert drive.model.beta == 4.0 and drive.model_config.latent_dim == 4
     assert make("rae_l2", model_params={"reg_weight": 0.5}).model_config.reg_weight == 0.5
     with pytest.raises(ValueError, match="not VAEConfig"):
-        PythaeDriveConfig(model="beta_vae", model_params={"name": "VAEConfig"})
+        PythaeDriveConfig(latent_dim=16, model="beta_vae", model_params={"name": "VAEConfig"})
 
 
 def test_config_errors():
     with pytest.raises(PythaeDriveConfigError, match="3 positive sizes"):
-        PythaeDriveConfig(is3D=True, input_shape=(12, 12))
+        PythaeDriveConfig(latent_dim=16, is3D=True, input_shape=(12, 12))
     with pytest.raises(PythaeDriveConfigError, match="nn must be one of conv, resnet"):
-        PythaeDriveConfig(nn="unet")
+        PythaeDriveConfig(latent_dim=16, nn="unet")
     for model in ("msssim_vae", "vaegan"):  # their reconstruction term is not a pixel loss
         with pytest.raises(PythaeDriveConfigError, match="must be 'mse'"):
-            PythaeDriveConfig(model=model, reconstruction_loss="l1")
+            PythaeDriveConfig(latent_dim=16, model=model, reconstruction_loss="l1")
     with pytest.raises(PythaeDriveConfigError, match="needs custom_loss_class"):
-        PythaeDriveConfig(reconstruction_loss="custom")
+        PythaeDriveConfig(latent_dim=16, reconstruction_loss="custom")
     with pytest.raises(PythaeDriveConfigError, match="cannot import"):
-        PythaeDriveConfig(reconstruction_loss="custom", custom_loss_class="no_such_module.Loss")
+        PythaeDriveConfig(latent_dim=16, reconstruction_loss="custom", custom_loss_class="no_such_module.Loss")
 
 
 # ----------------------------------------------------------------------------- training, every model

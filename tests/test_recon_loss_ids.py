@@ -157,26 +157,28 @@ def test_perceptual_refusals_are_one_line(tmp_path):
     for params, match in [({}, "needs a local network file"),
                           ({"network": str(tmp_path / "none.safetensors")}, "network file not found")]:
         with pytest.raises(PythaeDriveConfigError, match=match) as exc:
-            PythaeDriveConfig(reconstruction_loss="perceptual", custom_loss_params=params)
+            PythaeDriveConfig(latent_dim=16, reconstruction_loss="perceptual", custom_loss_params=params)
         assert "\n" not in str(exc.value)
     _feature_net(tmp_path / "net3d.safetensors", 3)
     with pytest.raises(PythaeDriveConfigError, match="holds 3D convolutions, the data is 2D"):
-        PythaeDriveConfig(reconstruction_loss="perceptual",
+        PythaeDriveConfig(latent_dim=16, reconstruction_loss="perceptual",
                           custom_loss_params={"network": str(tmp_path / "net3d.safetensors")})
     # a pickled object is never loaded (torch.load(weights_only=True))
     torch.save({"0.0.weight": torch.zeros(1, 1, 3, 3), "x": NotATensor()}, tmp_path / "evil.pt")
     with pytest.raises(PythaeDriveConfigError, match="cannot read network file"):
-        PythaeDriveConfig(reconstruction_loss="perceptual", custom_loss_params={"network": str(tmp_path / "evil.pt")})
+        PythaeDriveConfig(latent_dim=16, reconstruction_loss="perceptual",
+                          custom_loss_params={"network": str(tmp_path / "evil.pt")})
 
 
 def test_ms_ssim_refuses_a_too_small_input_with_its_minimum():
     with pytest.raises(PythaeDriveConfigError, match=r"ms_ssim needs input_shape of at least \[176, 176\]") as exc:
-        PythaeDriveConfig(reconstruction_loss="ms_ssim", input_shape=(64, 64))
+        PythaeDriveConfig(latent_dim=16, reconstruction_loss="ms_ssim", input_shape=(64, 64))
     assert "\n" not in str(exc.value)
     with pytest.raises(PythaeDriveConfigError, match=r"at least \[8, 12, 12\]"):
-        PythaeDriveConfig(reconstruction_loss="ms_ssim", is3D=True, input_shape=(6, 12, 12),
+        PythaeDriveConfig(latent_dim=16, reconstruction_loss="ms_ssim", is3D=True, input_shape=(6, 12, 12),
                           custom_loss_params=MSSSIM_SMALL)
-    PythaeDriveConfig(reconstruction_loss="ms_ssim", input_shape=(176, 176))  # the minimum itself is accepted
+    # the minimum itself is accepted
+    PythaeDriveConfig(latent_dim=16, reconstruction_loss="ms_ssim", input_shape=(176, 176))
 
 
 # --- --lossID ---------------------------------------------------------------------------------------------------
@@ -327,7 +329,7 @@ def test_the_ancestors_masked_recon_loss_maps_to_masked():
                              "custom_loss_params": {"loss_fn": "l1", "mode": "1"}})
         assert out["model"]["pythae"] == {"reconstruction_loss": "masked",
                                           "custom_loss_params": {"loss_fn": "l1", "mode": "1"}}
-        PythaeDriveConfig(**out["model"]["pythae"])  # and the drive builds it
+        PythaeDriveConfig(latent_dim=16, **out["model"]["pythae"])  # and the drive builds it
     # named but unused by the ancestor (its config_v1.yaml: reconstruction_loss l1): no effect, said once
     out, no_effect = _translate({"reconstruction_loss": "l1", "custom_loss_params": {"mode": "1"},
                                  "custom_loss_class": "Engineering.Science.losses.masked_loss.MaskedReconLoss"})

@@ -125,6 +125,6 @@ def test_it_trains_and_rejects_bad_sizes():
         losses.append(float(loss.detach()))
     assert np.isfinite(losses).all() and losses[-1] < 0.5 * losses[0]
     with pytest.raises(RotInvConfigError, match="divisible by 2\\*\\*depth"):
-        RotInvConfig(size=20, depth=3)
+        RotInvConfig(latent_dim=16, size=20, depth=3)
     with pytest.raises(RotInvConfigError, match="dim must be 2 or 3"):
-        RotInvConfig(dim=4)
+        RotInvConfig(latent_dim=16, dim=4)

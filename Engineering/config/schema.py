@@ -8,7 +8,9 @@ the key, the expected type and the value.
 """
 from __future__ import annotations
 
-from typing import Annotated, Any, Optional, Union, cast
+import dataclasses
+import typing
+from typing import Annotated, Any, Optional, TypeVar, Union, cast
 
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
@@ -101,6 +103,8 @@ class RunKeys(Keys):
     """run (recorded, not set by users)"""
     load_hf_revision: StrictStr = Field("", description="The Hub commit actually loaded by --load_hf.")
 
+
+_DC = TypeVar("_DC")
 
 COMMON_KEYS: dict[str, type[Keys]] = {"run": RunKeys, "training": TrainingKeys, "model": ModelKeys,
                                       "data": DataKeys, "eval": EvalKeys}
@@ -225,28 +229,13 @@ def _is_union_branch(part) -> bool:
 
 
 def keys_from_dataclass(name: str, dc: type, exclude: tuple[str, ...] = (), doc: str = "",
-                        overrides: dict | None = None, **extra) -> type[Keys]:
+                        overrides: dict[str, Any] | None = None, **extra: Any) -> type[Keys]:
     """A key model whose fields and defaults ARE a drive's config dataclass (one home per default): the
-    dataclass's own defaults and types, its docstring's ``name: meaning`` lines as descriptions; ``overrides``
-    replaces a field's type (name -> (type, default)), ``extra`` adds keys the engine reads (name -> (type, Field))."""
-    import dataclasses
-    import re
-    import typing
-
+    dataclass's own defaults and types, each field's ``metadata["help"]`` as its description; ``exclude``: the
+    fields the run sets (channels, shape, latent_dim); ``overrides`` gives a field another YAML type (name -> type;
+    a tuple default becomes a list for a list type), ``extra`` adds keys the engine reads (name -> (type, Field)).
+    The model records its dataclass and exclusions (``__drive_config__``) for the tests that hold them equal."""
     hints = typing.get_type_hints(dc)
-    meaning: dict[str, str] = {}
-    current: tuple[str, ...] = ()
-    for line in (dc.__doc__ or "").splitlines():
-        m = re.match(r"    (\w+)(?: / (\w+))?: (.+)", line)
-        if m:
-            current = tuple(filter(None, m.group(1, 2)))
-            for key in current:
-                meaning[key] = m.group(3).strip()
-        elif line.startswith("        ") and current:  # a continuation line of the same entry
-            for key in current:
-                meaning[key] += " " + line.strip()
-        else:
-            current = ()
     fields: dict[str, Any] = {}
     for f in dataclasses.fields(dc):
         if f.name in exclude:
@@ -255,11 +244,29 @@ def keys_from_dataclass(name: str, dc: type, exclude: tuple[str, ...] = (), doc:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
-        else:  # (a key's default is its field's: a field without one cannot be a key)
-            raise TypeError(f"{dc.__name__}.{f.name} has no default")
-        typ, default = (overrides or {}).get(f.name, (hints[f.name], default))
-        fields[f.name] = (typ, Field(default, description=meaning.get(f.name, "")))
+        else:
+            raise TypeError(f"{dc.__name__}.{f.name} has no default: a key needs one (exclude it: the run sets it)")
+        typ = (overrides or {}).get(f.name, hints[f.name])
+        if isinstance(default, tuple) and typing.get_origin(typ) is list:
+            default = list(default)
+        fields[f.name] = (typ, Field(default, description=f.metadata.get("help", "")))
     fields.update(extra)
     model = pydantic.create_model(name, __base__=Keys, **fields)
     model.__doc__ = doc
+    model.__drive_config__ = (dc, tuple(exclude))  # type: ignore[attr-defined]
     return model
+
+
+def drive_config(dc: type[_DC], keys: BaseModel, **given: Any) -> _DC:
+    """The drive config ``dc`` from its key section: every key that is a field of ``dc`` (a list where the field
+    is a tuple becomes one), plus ``given``, what the run decides (channels, shape, latent_dim); the dataclass
+    validates. The one place where keys become a drive: no engine restates the fields."""
+    hints = typing.get_type_hints(dc)
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(dc):  # type: ignore[arg-type]
+        if f.init and f.name in type(keys).model_fields:  # (a key the run also gives: a TypeError)
+            value = getattr(keys, f.name)
+            if isinstance(value, list) and (hints[f.name] is tuple or typing.get_origin(hints[f.name]) is tuple):
+                value = tuple(value)
+            values[f.name] = value
+    return dc(**values, **given)

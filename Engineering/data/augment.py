@@ -10,21 +10,32 @@ in-plane cells and gives each view a different cell, drawn without replacement.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 
+def _described(default, meaning: str):
+    # the YAML key's description (model§augment§*: Engineering.config.schema.keys_from_dataclass reads it)
+    return field(default=default, metadata={"help": meaning})
+
+
 @dataclass(frozen=True)
 class AugmentSpec:
-    crop_scale: tuple[float, float] = (0.5, 1.0)  # fraction of the in-plane area kept by the crop
-    crop_ratio: tuple[float, float] = (0.75, 1.333)
-    rot90: bool = True
-    flip: bool = True
-    blur_prob: float = 0.5
-    blur_sigma: tuple[float, float] = (0.1, 1.5)
-    standardise: bool = True
+    """The random views' parameters (model§augment)."""
+
+    crop_scale: tuple[float, float] = _described((0.5, 1.0), "Fraction of the in-plane area kept by the "
+                                                             "random-resized crop: [low, high].")
+    crop_ratio: tuple[float, float] = _described((0.75, 1.333), "Aspect ratio of the crop, log-uniform in "
+                                                                "[low, high].")
+    rot90: bool = _described(True, "Rotate each view by a random multiple of 90 degrees in-plane (square planes "
+                                   "only).")
+    flip: bool = _described(True, "Flip each view's last axis with probability 0.5 (a flip mirrors anatomy: keep it "
+                                  "off for a lateralised organ).")
+    blur_prob: float = _described(0.5, "Probability of a Gaussian blur of a view.")
+    blur_sigma: tuple[float, float] = _described((0.1, 1.5), "The blur's sigma in pixels, uniform in [low, high].")
+    standardise: bool = _described(True, "Standardise each view per channel (zero mean, unit standard deviation).")
 
 
 def _uniform(g, lo, hi) -> float:

@@ -9,7 +9,6 @@ deterministic DDIM inversion to x_T and rendering back.
 """
 from __future__ import annotations
 
-import dataclasses
 from typing import Literal, Optional, Union
 
 import torch
@@ -17,7 +16,7 @@ from pydantic import Field, create_model
 
 from Engineering.config import honour
 from Engineering.config.flags import Flag
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from .published_hub import published_diffae
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
@@ -85,10 +84,8 @@ def clip_range(cfg) -> tuple[float, float] | None:
 
 def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
     """The WarpDrive config from model§latent_dim, model§input_shape, model§is3D and model§DiffAE§*."""
-    keys = cfg.model.DiffAE
-    arch = {f.name: getattr(keys, f.name) for f in dataclasses.fields(DiffAEConfig) if f.name in type(keys).model_fields}
-    return DiffAEConfig(**{**arch, "is3D": cfg.model.is3D, "in_channels": in_channels,
-                           "input_shape": tuple(cfg.model.input_shape), "latent_dim": cfg.model.latent_dim})
+    return drive_config(DiffAEConfig, cfg.model.DiffAE, is3D=cfg.model.is3D, in_channels=in_channels,
+                        input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim)
 
 
 class DiffAEEngine(LatentEngine):

@@ -31,8 +31,8 @@ def published_diffae(raw: HubModel, cfg) -> HubModel:
     for key in ("is3D", "in_channels", "latent_dim", "net_ch"):
         if key in config and key in inferred and (bool(config[key]) if key == "is3D" else config[key]) != inferred[key]:
             raise UserError(f"{where} says {key}={config[key]!r} but the weights have {key}={inferred[key]!r}")
-    arch = {k: v for k, v in dataclasses.asdict(DiffAEConfig()).items()
-            if k not in ("is3D", "in_channels", "input_shape", "latent_dim")}
+    arch = {f.name: f.default for f in dataclasses.fields(DiffAEConfig)
+            if f.name not in ("is3D", "in_channels", "input_shape", "latent_dim")}
     arch.update({k: list(v) if isinstance(v, tuple) else v for k, v in inferred.items()
                  if k not in ("is3D", "in_channels", "latent_dim")})
     model = {"drive": "DiffAE", "is3D": bool(inferred["is3D"]), "latent_dim": int(inferred["latent_dim"]),

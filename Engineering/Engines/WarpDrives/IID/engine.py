@@ -23,7 +23,7 @@ from pydantic import Field, create_model
 
 from Engineering.config import honour
 from Engineering.config.flags import Flag
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.datamodule import H5DataModule, phenotype_labels, resolve_data_path, split_targets
 from Engineering.data.labels import read_label_table
 from Engineering.Engines.latent_engine import LatentEngine
@@ -132,10 +132,8 @@ class IIDEngine(LatentEngine):
             if k.use_noise and not self.encoder.cfg.noise_head:
                 raise UserError(f"--noise: the encoder {k.encoder} was trained without its noise head")
         g = self.encoder.generator.cfg if self.encoder is not None else None
-        self.iid_cfg = IIDConfig(in_channels=in_channels, n_classes=len(self.classes), depth=k.depth, width=k.width,
-                                 stem=k.stem, use_noise=k.use_noise, use_style=k.use_style, n_latent=g.n_latent if g else 0,
-                                 style_dim=g.style_dim if g else 0, style_mix=k.style_mix, dropout=k.dropout,
-                                 emb_dim=k.emb_dim, arcface_s=k.arcface_s, arcface_m=k.arcface_m)
+        self.iid_cfg = drive_config(IIDConfig, k, in_channels=in_channels, n_classes=len(self.classes),
+                                    n_latent=g.n_latent if g else 0, style_dim=g.style_dim if g else 0)
         self.net = IIDNet(self.iid_cfg)
         if k.weights:
             self._load_weights(k.weights)

@@ -9,7 +9,7 @@ import torch
 from pydantic import create_model
 
 from Engineering.config import honour
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import TRAIN_MODES, ImageRun, is_rank_zero
@@ -29,9 +29,7 @@ class PointCloudEngine(LatentEngine):
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
         k = cfg.model.PointCloud
-        self.pc_cfg = PointCloudConfig(encoder=k.encoder, in_features=in_channels, k=k.k, width=k.width,
-                                       n_layers=k.n_layers, latent_dim=cfg.model.latent_dim, grid=k.grid,
-                                       loss=k.loss)
+        self.pc_cfg = drive_config(PointCloudConfig, k, in_features=in_channels, latent_dim=cfg.model.latent_dim)
         self.net = PointCloudAE(self.pc_cfg)
 
     @staticmethod

@@ -21,7 +21,7 @@ from torchmetrics.functional.image import structural_similarity_index_measure
 
 from Engineering.config import honour
 from Engineering.config.flags import Flag
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.transforms import normalised_range
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
@@ -31,7 +31,7 @@ from Engineering.errors import UserError
 
 ReStyleKeys = keys_from_dataclass(
     "ReStyleKeys", ReStyleConfig, doc="model§ReStyle",
-    overrides={"blocks": (list[int], [3, 4, 14, 3])},
+    overrides={"blocks": list[int]},
     generator=(str, Field("", description="--generator: the main_stylegan run folder (its last checkpoint) or a "
                                           "checkpoint file whose EMA generator is inverted.")),
     l2_weight=(float, Field(1.0, ge=0, description="Weight of the pixel L2 loss.")),
@@ -61,8 +61,7 @@ class ReStyleEngine(LatentEngine):
         super().__init__(cfg, in_channels)
         k = cfg.model.ReStyle
         generator = frozen_generator(k.generator, in_channels, cfg.model.input_shape)
-        self.re_cfg = ReStyleConfig(backbone=k.backbone, blocks=tuple(k.blocks), width=k.width, n_iters=k.n_iters,
-                                    noise_head=k.noise_head)
+        self.re_cfg = drive_config(ReStyleConfig, k)
         self.net = ReStyleNet(self.re_cfg, generator)
         self.k = k
         d = cfg.data

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from pydantic import create_model
 
 from Engineering.config import honour
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from .network import RotInvAE, RotInvConfig
@@ -32,8 +32,7 @@ def rotinv_config(cfg, in_channels: int) -> RotInvConfig:
                         f"{'' if m.is3D else ', or S S S with --is3D'}): the grid's rotations must map it onto itself; "
                         f"got {shape}")
     k = m.RotInv
-    return RotInvConfig(dim=dim, in_channels=in_channels, size=shape[0], width=k.width, depth=k.depth,
-                        latent_dim=m.latent_dim, mask=k.mask)
+    return drive_config(RotInvConfig, k, dim=dim, in_channels=in_channels, size=shape[0], latent_dim=m.latent_dim)
 
 
 class RotInvEngine(LatentEngine):

@@ -21,7 +21,7 @@ from torch import nn
 
 from Engineering.config import honour
 from Engineering.config.flags import Flag
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.datamodule import phenotype_labels, split_targets
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
@@ -41,8 +41,7 @@ class ERMEngine(LatentEngine):
         super().__init__(cfg, in_channels)
         self.labels, self.classes = phenotype_labels(cfg, cfg.model.erm_label, "--erm_label")
         keys = cfg.model.ERM
-        arch = SSLConfig(is3D=cfg.model.is3D, in_channels=in_channels, depth=keys.depth, width=keys.width,
-                         stem=keys.stem)
+        arch = drive_config(SSLConfig, keys, is3D=cfg.model.is3D, in_channels=in_channels)
         self.net = nn.ModuleDict({"encoder": ResNetEncoder(arch), "head": nn.Linear(arch.feature_dim,
                                                                                    len(self.classes))})
         self.init_ema()

@@ -26,7 +26,7 @@ import torch
 from pydantic import Field, create_model
 
 from Engineering.config import honour
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import ImageRun
 from Engineering.Engines.registry import CONFIGS, TaskSpec, register
@@ -40,7 +40,7 @@ from Engineering.Science.optimisers import make_optimiser, make_scheduler
 
 StyleGAN2Keys = keys_from_dataclass(
     "StyleGAN2Keys", StyleGAN2Config, exclude=("size", "channels"), doc="model§StyleGAN2",
-    overrides={"blur_kernel": (list[int], [1, 3, 3, 1])},
+    overrides={"blur_kernel": list[int]},
     r1_gamma=(float, Field(10.0, ge=0, description="R1 weight gamma (the loss adds gamma/2 * E||grad D(x)||^2; "
                                                    "0 = off).")),
     r1_every=(int, Field(16, ge=1, description="Lazy R1: every N steps, scaled by N.")),
@@ -65,9 +65,7 @@ def generator_config(cfg, in_channels: int) -> StyleGAN2Config:
         raise UserError(f"main_stylegan trains on square 2D images: --input_shape S S (S a power of two from 32 to "
                         f"256), got {shape}{' with is3D' if m.is3D else ''}")
     k = m.StyleGAN2
-    return StyleGAN2Config(size=shape[0], channels=in_channels, style_dim=k.style_dim, n_mlp=k.n_mlp,
-                           lr_mlp=k.lr_mlp, channel_multiplier=k.channel_multiplier, channel_max=k.channel_max,
-                           blur_kernel=tuple(k.blur_kernel), mixing_prob=k.mixing_prob)
+    return drive_config(StyleGAN2Config, k, size=shape[0], channels=in_channels)
 
 
 class StyleGANEngine(LatentEngine):

@@ -21,7 +21,7 @@ from pydantic import Field, create_model
 
 from Engineering.config import honour
 from Engineering.config.flags import Flag
-from Engineering.config.schema import Keys, keys_from_dataclass
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.errors import UserError
 from Engineering.Engines.latent_engine import LatentEngine, use_ema_flag
 from .pythae_json import merge_pythae_json
@@ -39,7 +39,7 @@ from Engineering.Science.optimisers import accumulation_steps, make_optimiser, m
 PythaeKeys = keys_from_dataclass(
     "PythaeKeys", PythaeDriveConfig, doc="model§pythae",
     exclude=("is3D", "in_channels", "input_shape", "latent_dim", "model_params", "data_key", "mask_key"),
-    overrides={"custom_loss_class": (Optional[str], None)},
+    overrides={"custom_loss_class": Optional[str]},
     config_json=(str, Field("", description="--pythae_config: a JSON file of pythae model parameters (merged into "
                                             "models§<model> when the config is resolved).")),
     models=(dict[str, dict[str, Any]], Field({}, description="pythae parameters per model name, e.g. "
@@ -70,13 +70,10 @@ def model_params(keys) -> tuple[Any, dict]:
 def pythae_config(cfg, in_channels: int, data_params: dict | None = None) -> PythaeDriveConfig:
     """Drive config from model§pythae§*; parameters = pythae defaults < YAML < --pythae_config < path overrides;
     ``data_params``: the model fields the data fix (phenotype/confounder column counts, custom_models/aux.py)."""
-    keys = cfg.model.pythae
-    drive = {f: getattr(keys, f) for f in ("nn", "n_features", "n_levels", "reconstruction_loss", "custom_loss_class",
-                                           "custom_loss_params", "output_activation", "vq_code_dim")}
-    _, params = model_params(keys)
-    return PythaeDriveConfig(model=keys.model, is3D=cfg.model.is3D, in_channels=in_channels,
-                             input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim,
-                             model_params={**params, **(data_params or {})}, **drive)
+    _, params = model_params(cfg.model.pythae)
+    return drive_config(PythaeDriveConfig, cfg.model.pythae, is3D=cfg.model.is3D, in_channels=in_channels,
+                        input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim,
+                        model_params={**params, **(data_params or {})})
 
 
 def model_covariates(cfg) -> Covariates | None:

@@ -2,13 +2,15 @@
 
 The defaults are the published cardiac configuration's architecture (BeatGANs
 "autoencoder" UNet); only ``input_shape``, ``latent_dim``, ``net_ch`` and
-``is3D`` usually change.
+``is3D`` usually change. ``latent_dim`` has no default here: the task sets it (the
+published 128 is Configs/config_diffAE_ukbb.yaml's).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from typing import Sequence
 
+from Engineering.Engines.WarpDrives.described import described, required
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
@@ -38,50 +40,38 @@ def _int_tuple(name: str, value: Sequence[int] | int, allow_empty: bool = False)
 
 @dataclass
 class DiffAEConfig:
-    """Architecture of a DiffAE: a conditional UNet plus its semantic encoder.
+    """Architecture of a DiffAE: a conditional UNet plus its semantic encoder (each field says what it is)."""
 
-    is3D: 3D convolutions on (S, X, Y) volumes instead of 2D on (X, Y) images.
-    in_channels: image channels (the UNet predicts noise with as many channels).
-    input_shape: spatial size, (X, Y) for 2D or (S, X, Y) for 3D. It decides where
-        attention sits (see ``attn_res``) and which sizes are valid; the weights do not
-        depend on it otherwise.
-    latent_dim: size of the semantic code z_sem; also the width of the time and
-        condition embeddings, as in the published model.
-    net_ch: base channel count of UNet and encoder.
-    ch_mult / enc_ch_mult: channel multiplier per resolution level of UNet / encoder.
-    num_res_blocks / enc_num_res_blocks: residual blocks per level.
-    attn_res: running resolutions with self-attention; the running resolution starts at
-        max(input_shape) and halves at each downsampling level.
-    num_heads: attention heads.
-    dropout: dropout inside the UNet's residual blocks.
-    isotropic: 3D only. False (published model): down/upsample in-plane only, the first
-        spatial axis (frames or slices) keeps its length. True: all three axes.
-    enc_pool: how the encoder's last feature map becomes z_sem. "avg" (published model): global
-        average pooling, then a 1x1 convolution (nearly translation invariant: what sits where is
-        lost unless the convolutions encode it in channels). "flatten": every position of the map
-        into one linear layer (keeps the layout, so position-dependent content such as the tissue at
-        the image centre is linearly available; ties the encoder to ``input_shape``).
-    latent_norm: "none" (published model): z_sem is the encoder head's output. "batch": z_sem is
-        standardised per dimension over the batch (BatchNorm without affine; running statistics at
-        evaluation), so it cannot collapse to a constant that the UNet learns to ignore (see
-        docs/results/quality.md).
-    """
-
-    is3D: bool = False
-    in_channels: int = 1
-    input_shape: tuple[int, ...] = (64, 64)
-    latent_dim: int = 128
-    net_ch: int = 32
-    ch_mult: tuple[int, ...] = (1, 1, 2, 3, 4)
-    enc_ch_mult: tuple[int, ...] = (1, 1, 2, 3, 4, 4)
-    num_res_blocks: int = 2
-    enc_num_res_blocks: int = 2
-    attn_res: tuple[int, ...] = (16,)
-    num_heads: int = 1
-    dropout: float = 0.1
-    isotropic: bool = False
-    enc_pool: str = "avg"
-    latent_norm: str = "none"
+    is3D: bool = described(False, "3D convolutions on (S, X, Y) volumes instead of 2D on (X, Y) images.")
+    in_channels: int = described(1, "image channels (the UNet predicts noise with as many channels).")
+    input_shape: tuple[int, ...] = described(
+        (64, 64), "spatial size, (X, Y) for 2D or (S, X, Y) for 3D. It decides where attention sits (see "
+                  "``attn_res``) and which sizes are valid; the weights do not depend on it otherwise.")
+    latent_dim: int = required("size of the semantic code z_sem; also the width of the time and condition "
+                               "embeddings, as in the published model.")
+    net_ch: int = described(32, "base channel count of UNet and encoder.")
+    ch_mult: tuple[int, ...] = described((1, 1, 2, 3, 4), "channel multiplier per resolution level of UNet / "
+                                                          "encoder.")
+    enc_ch_mult: tuple[int, ...] = described((1, 1, 2, 3, 4, 4), "channel multiplier per resolution level of UNet "
+                                                                 "/ encoder.")
+    num_res_blocks: int = described(2, "residual blocks per level.")
+    enc_num_res_blocks: int = described(2, "residual blocks per level.")
+    attn_res: tuple[int, ...] = described((16,), "running resolutions with self-attention; the running resolution "
+                                                 "starts at max(input_shape) and halves at each downsampling level.")
+    num_heads: int = described(1, "attention heads.")
+    dropout: float = described(0.1, "dropout inside the UNet's residual blocks.")
+    isotropic: bool = described(False, "3D only. False (published model): down/upsample in-plane only, the first "
+                                       "spatial axis (frames or slices) keeps its length. True: all three axes.")
+    enc_pool: str = described(
+        "avg", "how the encoder's last feature map becomes z_sem. \"avg\" (published model): global average "
+               "pooling, then a 1x1 convolution (nearly translation invariant: what sits where is lost unless the "
+               "convolutions encode it in channels). \"flatten\": every position of the map into one linear layer "
+               "(keeps the layout, so position-dependent content such as the tissue at the image centre is linearly "
+               "available; ties the encoder to ``input_shape``).")
+    latent_norm: str = described(
+        "none", "\"none\" (published model): z_sem is the encoder head's output. \"batch\": z_sem is standardised "
+                "per dimension over the batch (BatchNorm without affine; running statistics at evaluation), so it "
+                "cannot collapse to a constant that the UNet learns to ignore (see docs/results/quality.md).")
 
     def __post_init__(self) -> None:
         for name in ("is3D", "isotropic"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from Engineering.Engines.WarpDrives.described import described
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
@@ -16,36 +17,30 @@ STEMS = ("small", "imagenet")
 
 @dataclass
 class IIDConfig:
-    """in_channels, n_classes: image channels and classes.
-    depth, width: the ResNet (BasicBlock, BatchNorm; 18 or 34 layers; first-stage width, doubling per stage).
-    stem: small = a 3x3 stride-1 stem for small images (32-64 px); imagenet = the 7x7 stride-2 stem and max
-        pooling of the ImageNet ResNets, the layout of torchvision's resnet18 / resnet34 (with width 64 it can
-        start from a local file of their weights: ``load_torchvision_weights``).
-    use_noise: inject the encoder's noise maps into the stages (``h + Dropout(alpha * n)``, alpha learnt from 0).
-    use_style: concatenate features of the style codes (n_latent x style_dim) with the pooled image features.
-    n_latent, style_dim: the style codes' shape (from the encoder's generator); needed with use_style.
-    style_mix: learnt combinations of the n_latent layer codes (a 1x1 Conv1d over the layer axis).
-    dropout: of the injected noise and of the style features.
-    emb_dim: the embedding after the neck (what the heads read).
-    arcface_s, arcface_m: ArcFace's scale and additive angular margin (Deng et al., CVPR 2019), used when the
-        loss coefficient is > 0.
-    Neither use_noise nor use_style: the ERM baseline (a plain ResNet classifier).
-    """
+    """The IID predictor's ResNet. Neither use_noise nor use_style: the ERM baseline (a plain ResNet classifier)."""
 
-    in_channels: int = 3
-    n_classes: int = 2
-    depth: int = 18
-    width: int = 64
-    stem: str = "small"
-    use_noise: bool = False
-    use_style: bool = False
-    n_latent: int = 0
-    style_dim: int = 0
-    style_mix: int = 4
-    dropout: float = 0.1
-    emb_dim: int = 256
-    arcface_s: float = 30.0
-    arcface_m: float = 0.5
+    in_channels: int = described(3, "image channels.")
+    n_classes: int = described(2, "classes.")
+    depth: int = described(18, "layers of the ResNet (BasicBlock, BatchNorm): 18 or 34.")
+    width: int = described(64, "channels of the ResNet's first stage, doubling per stage.")
+    stem: str = described("small", "small = a 3x3 stride-1 stem for small images (32-64 px); imagenet = the 7x7 "
+                                   "stride-2 stem and max pooling of the ImageNet ResNets, the layout of "
+                                   "torchvision's resnet18 / resnet34 (with width 64 it can start from a local file of "
+                                   "their weights: ``load_torchvision_weights``).")
+    use_noise: bool = described(False, "inject the encoder's noise maps into the stages (``h + Dropout(alpha * n)``, "
+                                       "alpha learnt from 0).")
+    use_style: bool = described(False, "concatenate features of the style codes (n_latent x style_dim) with the "
+                                       "pooled image features.")
+    n_latent: int = described(0, "style codes per image (the encoder's generator's); needed with use_style.")
+    style_dim: int = described(0, "size of each style code (the encoder's generator's); needed with use_style.")
+    style_mix: int = described(4, "learnt combinations of the n_latent layer codes (a 1x1 Conv1d over the layer "
+                                  "axis).")
+    dropout: float = described(0.1, "of the injected noise and of the style features.")
+    emb_dim: int = described(256, "the embedding after the neck (what the heads read).")
+    arcface_s: float = described(30.0, "ArcFace's scale (Deng et al., CVPR 2019), used when the loss coefficient "
+                                       "is > 0.")
+    arcface_m: float = described(0.5, "ArcFace's additive angular margin (Deng et al., CVPR 2019), used when the "
+                                      "loss coefficient is > 0.")
 
     def __post_init__(self) -> None:
         for name in ("in_channels", "width", "style_mix", "emb_dim"):

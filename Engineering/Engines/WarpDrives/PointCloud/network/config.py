@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from Engineering.Engines.WarpDrives.described import described, required
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
@@ -16,26 +17,23 @@ LOSSES = ("chamfer", "emd")
 
 @dataclass
 class PointCloudConfig:
-    """encoder: dgcnn = EdgeConv layers on a k-NN graph (Wang et al., "Dynamic Graph CNN", TOG 2019), not
-        rotation invariant; vn = Vector Neurons (Deng et al., ICCV 2021): SO(3)-equivariant features whose code
-        is invariant (features in a predicted canonical frame), the frame being the pose.
-    in_features: 3 (xyz) or 4 (xyz + intensity; the intensity weights each point's vectors in vn and is one more
-        feature in dgcnn).
-    k: neighbours of the k-NN graph. width: features of the first layer (doubling once). n_layers: edge convs.
-    latent_dim: the code. grid: the FoldingNet decoder folds a grid x grid square into grid**2 points
-        (Yang et al., CVPR 2018).
-    loss: chamfer (Science/chamfer) or emd, the Earth Mover's distance (Science/transport, geomloss's Sinkhorn
-        divergence; slower, but every point must be matched). Validation logs both.
-    """
+    """A point-cloud autoencoder: an encoder of the cloud and a FoldingNet decoder."""
 
-    encoder: str = "dgcnn"
-    in_features: int = 3
-    k: int = 16
-    width: int = 32
-    n_layers: int = 3
-    latent_dim: int = 16
-    grid: int = 16
-    loss: str = "chamfer"
+    encoder: str = described("dgcnn", "dgcnn = EdgeConv layers on a k-NN graph (Wang et al., \"Dynamic Graph CNN\", "
+                                      "TOG 2019), not rotation invariant; vn = Vector Neurons (Deng et al., ICCV "
+                                      "2021): SO(3)-equivariant features whose code is invariant (features in a "
+                                      "predicted canonical frame), the frame being the pose.")
+    in_features: int = described(3, "3 (xyz) or 4 (xyz + intensity; the intensity weights each point's vectors in vn "
+                                    "and is one more feature in dgcnn).")
+    k: int = described(16, "neighbours of the k-NN graph.")
+    width: int = described(32, "features of the first layer (doubling once).")
+    n_layers: int = described(3, "edge convolutions.")
+    latent_dim: int = required("size of the code.")
+    grid: int = described(16, "the FoldingNet decoder folds a grid x grid square into grid**2 points (Yang et al., "
+                              "CVPR 2018).")
+    loss: str = described("chamfer", "chamfer (Science/chamfer) or emd, the Earth Mover's distance "
+                                     "(Science/transport, geomloss's Sinkhorn divergence; slower, but every point "
+                                     "must be matched). Validation logs both.")
 
     def __post_init__(self) -> None:
         if self.encoder not in ENCODERS:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from Engineering.Engines.WarpDrives.described import described
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
@@ -16,21 +17,17 @@ BACKBONES = ("irse", "resnet")
 
 @dataclass
 class ReStyleConfig:
-    """backbone: irse = pSp's IR-SE units (ArcFace's improved residual + squeeze-excitation; IR-SE-50 is blocks
-        (3, 4, 14, 3)); resnet = ResNet-34 BasicBlocks (blocks (3, 4, 6, 3)). InstanceNorm in both: the encoder
-        sees one image and its current reconstruction, independent of the batch.
-    blocks: units per stage (4 stages, each halving the resolution).
-    width: channels of the first stage (64 in pSp); each stage doubles it, capped at 8x.
-    n_iters: ReStyle refinement steps per image (the seed's RxRx1 run used 1).
-    noise_head: also predict one 1-channel map per generator noise input from the image (the seed's "morph"
-        code); off, the generator's noise inputs are a fixed draw.
-    """
+    """A ReStyle encoder (pSp's layout) and its noise head."""
 
-    backbone: str = "irse"
-    blocks: tuple = (3, 4, 14, 3)
-    width: int = 64
-    n_iters: int = 1
-    noise_head: bool = True
+    backbone: str = described("irse", "irse = pSp's IR-SE units (ArcFace's improved residual + squeeze-excitation; "
+                                      "IR-SE-50 is blocks (3, 4, 14, 3)); resnet = ResNet-34 BasicBlocks (blocks (3, "
+                                      "4, 6, 3)). InstanceNorm in both: the encoder sees one image and its current "
+                                      "reconstruction, independent of the batch.")
+    blocks: tuple = described((3, 4, 14, 3), "units per stage (4 stages, each halving the resolution).")
+    width: int = described(64, "channels of the first stage (64 in pSp); each stage doubles it, capped at 8x.")
+    n_iters: int = described(1, "ReStyle refinement steps per image (the seed's RxRx1 run used 1).")
+    noise_head: bool = described(True, "also predict one 1-channel map per generator noise input from the image (the "
+                                       "seed's \"morph\" code); off, the generator's noise inputs are a fixed draw.")
 
     def __post_init__(self) -> None:
         if self.backbone not in BACKBONES:

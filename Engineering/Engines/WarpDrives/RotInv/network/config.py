@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from Engineering.Engines.WarpDrives.described import described, required
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
@@ -12,23 +13,18 @@ class RotInvConfigError(DriveError):
 
 @dataclass
 class RotInvConfig:
-    """dim: 2 (group C4, in-plane rotations by 90 degrees) or 3 (group O, the cube's 24 rotations); both act on
-        the grid exactly, so invariance to them is exact up to float rounding.
-    in_channels, size: image channels and side (square / cubic; divisible by 2**depth).
-    width: feature maps of the first group convolution (each of |G| rotations), doubling per stage.
-    depth: group-convolution stages, each halving the resolution.
-    latent_dim: the invariant code.
-    mask: multiply the input by the inscribed disk / ball, so corners (which rotations move off the grid in
-        arbitrary-angle rotations) do not reach the code.
-    """
+    """A rotation-invariant autoencoder: group convolutions give an invariant code and an equivariant pose."""
 
-    dim: int = 2
-    in_channels: int = 1
-    size: int = 32
-    width: int = 8
-    depth: int = 3
-    latent_dim: int = 16
-    mask: bool = True
+    dim: int = described(2, "2 (group C4, in-plane rotations by 90 degrees) or 3 (group O, the cube's 24 rotations); "
+                            "both act on the grid exactly, so invariance to them is exact up to float rounding.")
+    in_channels: int = described(1, "image channels.")
+    size: int = described(32, "image side (square / cubic; divisible by 2**depth).")
+    width: int = described(8, "feature maps of the first group convolution (each of |G| rotations), doubling per "
+                              "stage.")
+    depth: int = described(3, "group-convolution stages, each halving the resolution.")
+    latent_dim: int = required("size of the invariant code.")
+    mask: bool = described(True, "multiply the input by the inscribed disk / ball, so corners (which rotations move "
+                                 "off the grid in arbitrary-angle rotations) do not reach the code.")
 
     def __post_init__(self) -> None:
         if self.dim not in (2, 3):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from Engineering.Engines.WarpDrives.described import described
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 
@@ -13,25 +14,22 @@ class StyleGAN2ConfigError(DriveError):
 
 @dataclass
 class StyleGAN2Config:
-    """size: image side, a power of two from 32 to 256.
-    channels: image channels (1 for MRI, 3 to 6 for stains): ToRGB and FromRGB generalised to any count.
-    style_dim: width of z, w and the mapping network (512 in the paper).
-    n_mlp: mapping network depth (8 in the paper); lr_mlp: its learning-rate multiplier (0.01).
-    channel_multiplier, channel_max: feature maps per resolution r are min(channel_max, channel_multiplier *
-        16384 / r): the paper's config F is 2 and 512 (512 up to 64x64, 256 at 128, 128 at 256).
-    blur_kernel: the FIR filter's 1D taps for every up- and downsampling.
-    mixing_prob: probability of style mixing regularisation while training (0.9 in the paper).
-    """
+    """A StyleGAN2 generator (mapping network, styled convolutions) and its discriminator."""
 
-    size: int = 64
-    channels: int = 1
-    style_dim: int = 512
-    n_mlp: int = 8
-    lr_mlp: float = 0.01
-    channel_multiplier: float = 2.0
-    channel_max: int = 512
-    blur_kernel: tuple = (1, 3, 3, 1)
-    mixing_prob: float = 0.9
+    size: int = described(64, "image side, a power of two from 32 to 256.")
+    channels: int = described(1, "image channels (1 for MRI, 3 to 6 for stains): ToRGB and FromRGB generalised to "
+                                 "any count.")
+    style_dim: int = described(512, "width of z, w and the mapping network (512 in the paper).")
+    n_mlp: int = described(8, "mapping network depth (8 in the paper).")
+    lr_mlp: float = described(0.01, "the mapping network's learning-rate multiplier (0.01 in the paper).")
+    channel_multiplier: float = described(2.0, "feature maps per resolution r are min(channel_max, "
+                                               "channel_multiplier * 16384 / r): the paper's config F is 2 and 512 "
+                                               "(512 up to 64x64, 256 at 128, 128 at 256).")
+    channel_max: int = described(512, "the cap of the feature maps per resolution (see channel_multiplier; 512 in "
+                                      "the paper's config F).")
+    blur_kernel: tuple = described((1, 3, 3, 1), "the FIR filter's 1D taps for every up- and downsampling.")
+    mixing_prob: float = described(0.9, "probability of style mixing regularisation while training (0.9 in the "
+                                        "paper).")
 
     def __post_init__(self) -> None:
         for name in ("size", "channels", "style_dim", "n_mlp", "channel_max"):

@@ -11,9 +11,10 @@ only with the same value.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any, Dict, Mapping, Tuple, Union
 
+from Engineering.Engines.WarpDrives.described import described, required
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
 
 from .registry import ModelSpec, get_spec
@@ -50,49 +51,36 @@ def pythae_defaults(model: str) -> Dict[str, Any]:
 
 @dataclass
 class PythaeDriveConfig:
-    """What to build: a pythae model with our 2D/3D encoder and decoder.
+    """What to build: a pythae model with our 2D/3D encoder and decoder."""
 
-    model: registry name (see ``registry.MODELS``), e.g. 'vae', 'beta_vae', 'vqvae'.
-    is3D: volumes B x C x S x X x Y (3D convs) instead of images B x C x X x Y.
-    in_channels: image channels C.
-    input_shape: spatial size, (X, Y) or (S, X, Y); any size (padded inside, cropped back).
-    latent_dim: size of the latent code; embed() returns (B, latent_dim).
-    nn: network family, 'conv' or 'resnet'.
-    n_features: width of the first stage (doubles per level, capped at 8x).
-    n_levels: downsampling stages (an axis stops halving at length 1).
-    reconstruction_loss: 'mse' / 'bce' (pythae's own; bce needs data in [0, 1] and makes
-        the decoder end in a sigmoid), 'l1', 'smooth_l1', 'ssim', 'ms_ssim', 'masked' (the
-        ancestor's MaskedReconLoss over the batch mask), 'perceptual' (a local network file), or
-        'custom' (``custom_loss_class`` built with ``custom_loss_params``; built-ins 'masked_mse',
-        'masked_l1', 'masked' use the batch mask). See recon_losses.py for how they replace the
-        squared error inside pythae, and for each loss's parameters.
-    custom_loss_class: built-in name, 'package.module.Class', or a class/function.
-    custom_loss_params: keyword arguments of the loss: of ``custom_loss_class``, or of the named
-        loss (smooth_l1: beta; ssim/ms_ssim: data_range, sigma, ...; masked: loss_fn, mode;
-        perceptual: network, n_level, feature_loss). Ignored by 'l1' and 'bce', which take none.
-    model_params: pythae config fields of the model (see module docstring).
-    output_activation: decoder output; 'auto' = sigmoid for bce, identity otherwise.
-    vq_code_dim: vqvae only: size of each code vector; latent_dim / vq_code_dim codes.
-        1 quantises each latent scalar separately, as pythae does for a flat embedding.
-    data_key / mask_key: batch-dict keys of the image and of the optional mask.
-    """
-
-    model: str = "vae"
-    is3D: bool = False
-    in_channels: int = 1
-    input_shape: Tuple[int, ...] = (64, 64)
-    latent_dim: int = 16
-    nn: str = "conv"
-    n_features: int = 32
-    n_levels: int = 3
-    reconstruction_loss: str = "mse"
-    custom_loss_class: Union[str, type, None] = None
-    custom_loss_params: Dict[str, Any] = field(default_factory=dict)
-    model_params: Dict[str, Any] = field(default_factory=dict)
-    output_activation: str = "auto"
-    vq_code_dim: int = 1
-    data_key: str = "inp"
-    mask_key: str = "mask"
+    model: str = described("vae", "registry name (see ``registry.MODELS``), e.g. 'vae', 'beta_vae', 'vqvae'.")
+    is3D: bool = described(False, "volumes B x C x S x X x Y (3D convs) instead of images B x C x X x Y.")
+    in_channels: int = described(1, "image channels C.")
+    input_shape: Tuple[int, ...] = described((64, 64), "spatial size, (X, Y) or (S, X, Y); any size (padded inside, "
+                                                       "cropped back).")
+    latent_dim: int = required("size of the latent code; embed() returns (B, latent_dim).")
+    nn: str = described("conv", "network family, 'conv' or 'resnet'.")
+    n_features: int = described(32, "width of the first stage (doubles per level, capped at 8x).")
+    n_levels: int = described(3, "downsampling stages (an axis stops halving at length 1).")
+    reconstruction_loss: str = described(
+        "mse", "'mse' / 'bce' (pythae's own; bce needs data in [0, 1] and makes the decoder end in a sigmoid), 'l1', "
+               "'smooth_l1', 'ssim', 'ms_ssim', 'masked' (the ancestor's MaskedReconLoss over the batch mask), "
+               "'perceptual' (a local network file), or 'custom' (``custom_loss_class`` built with "
+               "``custom_loss_params``; built-ins 'masked_mse', 'masked_l1', 'masked' use the batch mask). See "
+               "recon_losses.py for how they replace the squared error inside pythae, and for each loss's "
+               "parameters.")
+    custom_loss_class: Union[str, type, None] = described(None, "built-in name, 'package.module.Class', or a "
+                                                                "class/function.")
+    custom_loss_params: Dict[str, Any] = described(
+        {}, "keyword arguments of the loss: of ``custom_loss_class``, or of the named loss (smooth_l1: beta; "
+            "ssim/ms_ssim: data_range, sigma, ...; masked: loss_fn, mode; perceptual: network, n_level, "
+            "feature_loss). Ignored by 'l1' and 'bce', which take none.")
+    model_params: Dict[str, Any] = described({}, "pythae config fields of the model (see module docstring).")
+    output_activation: str = described("auto", "decoder output; 'auto' = sigmoid for bce, identity otherwise.")
+    vq_code_dim: int = described(1, "vqvae only: size of each code vector; latent_dim / vq_code_dim codes. 1 "
+                                    "quantises each latent scalar separately, as pythae does for a flat embedding.")
+    data_key: str = described("inp", "batch-dict key of the image.")
+    mask_key: str = described("mask", "batch-dict key of the optional mask.")
 
     def __post_init__(self):
         try:
