@@ -93,6 +93,11 @@ def register(spec: TaskSpec) -> TaskSpec:
         raise UserError(f"task {spec.name!r} is registered twice ({other.module} and {spec.module})")
     if not spec.drive:
         raise UserError(f"task {spec.name!r} ({spec.module}) names no drive")
+    if spec.defaults.get("model§drive", spec.drive) != spec.drive:
+        raise UserError(f"task {spec.name!r} ({spec.module}): defaults name model§drive "
+                        f"{spec.defaults['model§drive']!r}, its drive is {spec.drive!r} (drive= is its one home)")
+    # model§drive written once (drive=); the run-name tag is the drive unless the task names another
+    spec.defaults = {"model§drive": spec.drive, "model§tag": spec.drive, **spec.defaults}
     _TASKS[spec.name] = spec
     return spec
 

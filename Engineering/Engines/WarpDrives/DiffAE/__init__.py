@@ -16,8 +16,7 @@ register(TaskSpec(
     configyml=str(CONFIGS / "config_diffAE.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     # demo-sized defaults: a first look on a laptop CPU in a few minutes; real runs set their own
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "latent_dim": 32, "batch_size": 16, "num_epochs": 8,
-              "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "norm_range": "symmetric",
-              "model§drive": "DiffAE", "model§tag": "DiffAE"},
+              "lr": 1e-3, "n_train_batches": 50, "n_val_batches": 4, "norm_range": "symmetric"},
     extra_flags=DIFFAE_FLAGS, sections={"model": DiffAEModelKeys, "eval": DiffAEEvalKeys}, drive="DiffAE", engine=DiffAEEngine, published=published_diffae, module=__name__,
     honours=honour.STANDARD | honour.BN_EVAL | honour.CHECKPOINTED | {"hf_weights"},
     conditions=(("bn_eval_mode", lambda c: None if c.model.DiffAE.latent_norm == "batch" else

@@ -14,7 +14,7 @@ register(TaskSpec(
     configyml=str(CONFIGS / "config_iid.yaml"), datajson=str(CONFIGS / "dataNpath_demo_mc.json"),
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 16, "num_epochs": 4, "lr": 1e-3,
               "n_train_batches": 20, "n_val_batches": 4, "test_emb_only": True, "lr_decay_type": 3,
-              "norm_range": "symmetric", "model§drive": "IID", "model§tag": "IID",
+              "norm_range": "symmetric",
               # the demo cohort's label and sites (the bundled phantom): real runs name their own
               "targets": "wall_class", "ood_column": "site", "ood_test_groups": "siteC", "ood_val_groups": "siteB"},
     extra_flags=IID_FLAGS, sections={"model": IIDModelKeys}, drive="IID", engine=IIDEngine, lifecycle=IIDRun,

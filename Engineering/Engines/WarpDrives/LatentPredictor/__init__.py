@@ -15,7 +15,7 @@ register(TaskSpec(
                                   "(regression and classification, several targets at once).",
     configyml=str(CONFIGS / "config_latentcls.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     defaults={"batch_size": 64, "num_epochs": 100, "lr": 1e-2, "early_stopping_patience": 20,
-              "model§drive": "LatentPredictor", "model§tag": "LtCls"},
+              "model§tag": "LtCls"},
     extra_flags=LATENTCLS_FLAGS, sections={"eval": PredictorEvalKeys}, drive="LatentPredictor", engine=LatentPredictorEngine,
     # latents and phenotypes in memory: none of the image pipeline's or the output writer's flags
     honours=((honour.LIFECYCLE - {"compile_model"}) | honour.OPTIMISER | honour.ACCUMULATION | honour.CLIPPING

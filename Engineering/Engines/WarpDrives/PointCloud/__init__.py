@@ -11,8 +11,7 @@ register(TaskSpec(
     name="pointcloud", description="Point-cloud autoencoders (seed 003): DGCNN or SO(3)-invariant Vector Neuron "
                                    "encoder, FoldingNet decoder, Chamfer or Earth Mover's loss.",
     configyml=str(CONFIGS / "config_pointcloud.yaml"), datajson=str(CONFIGS / "dataNpath_cells_points.json"),
-    defaults={"latent_dim": 16, "batch_size": 8, "num_epochs": 5, "lr": 2e-3, "test_emb_only": True,
-              "model§drive": "PointCloud", "model§tag": "PointCloud"},
+    defaults={"latent_dim": 16, "batch_size": 8, "num_epochs": 5, "lr": 2e-3, "test_emb_only": True},
     sections={"model": PointCloudModelKeys}, drive="PointCloud", engine=PointCloudEngine, lifecycle=PointCloudRun,
     # point clouds: none of the image pipeline's flags, no group-pure batches, no EMA, embeddings only
     honours=(honour.LIFECYCLE | honour.LOADERS | honour.OPTIMISER | honour.ACCUMULATION | honour.CLIPPING

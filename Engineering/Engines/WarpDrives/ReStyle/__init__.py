@@ -14,8 +14,7 @@ register(TaskSpec(
                                 "2022): W+ style codes and noise maps of a frozen main_stylegan generator.",
     configyml=str(CONFIGS / "config_restyle.yaml"), datajson=str(CONFIGS / "dataNpath_demo_mc.json"),
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 16, "num_epochs": 4, "lr": 1e-3,
-              "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric",
-              "model§drive": "ReStyle", "model§tag": "ReStyle"},
+              "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric"},
     extra_flags=RESTYLE_FLAGS, sections={"model": ReStyleModelKeys}, drive="ReStyle", engine=ReStyleEngine,
     # --input_shape must be the generator's image size (the engine refuses another at the start)
     honours=honour.STANDARD - honour.LATENT - honour.EMA - {"is3D"},

@@ -13,8 +13,7 @@ register(TaskSpec(
     configyml=str(CONFIGS / "config_stylegan.yaml"), datajson=str(CONFIGS / "dataNpath_demo_mc.json"),
     # demo-sized: a first look on a laptop CPU in a few minutes (the paper's lr 0.002, batch 32 at 1024 px)
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "batch_size": 16, "num_epochs": 4, "lr": 2e-3,
-              "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric",
-              "model§drive": "StyleGAN2", "model§tag": "StyleGAN2"},
+              "n_train_batches": 25, "n_val_batches": 2, "norm_range": "symmetric"},
     sections={"model": StyleGANModelKeys}, drive="StyleGAN2", engine=StyleGANEngine, lifecycle=GANRun,
     # two optimisers stepped by hand: their optimiser, schedule and clipping are applied here, not accumulation;
     # the test writes samples of the EMA generator (no latents, no reconstructions)

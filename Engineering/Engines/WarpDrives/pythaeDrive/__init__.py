@@ -17,7 +17,7 @@ register(TaskSpec(
     name="recon", description="pythae autoencoders and VAEs (Chadebec et al., NeurIPS 2022), 2D and 3D.",
     configyml=str(CONFIGS / "config_recon.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     defaults={"input_shape": [64, 64], "latent_dim": 16, "batch_size": 32, "num_epochs": 3, "lr": 1e-3,
-              "model§drive": "pythae", "model§tag": "recon"},
+              "model§tag": "recon"},
     extra_flags=RECON_FLAGS, sections={"model": PythaeModelKeys}, flag_layer=merge_pythae_json, drive="pythae",
     engine=ReconEngine, module=__name__, steps=(CovariatePredictions(),),
     code_names={"custom_loss_class": tuple(BUILTIN_CUSTOM_LOSSES)},  # what a downloaded config may name
