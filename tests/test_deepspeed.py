@@ -64,7 +64,7 @@ def test_diffae_3d_trains_and_tests_under_zero(tiny_demo, tmp_path, stage):
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_pythae_vae_trains_and_tests_under_zero(tiny_demo, tmp_path, stage):
-    from tests.test_recon_engine import _args
+    from tests.pythae.test_recon_engine import _args
 
     name = f"vae{stage}"
     proc = run_executor("main_recon.py", *_args(tiny_demo, "--json§save_path", str(tmp_path), "--pythae_model", "vae",
@@ -78,7 +78,7 @@ def test_pythae_vae_trains_and_tests_under_zero(tiny_demo, tmp_path, stage):
 
 def test_ipirm_under_zero_3(tiny_demo, tmp_path):
     """The SSL task with IP-IRM's callbacks (bank gathered across ranks, partition broadcast) under ZeRO-3."""
-    from tests.test_ipirm import _args
+    from tests.ssl.test_ipirm import _args
 
     # four epochs, a new partition every second one (as the default suite's IP-IRM test): over two epochs of three
     # batches with a new partition each, the contrastive loss's direction is noise (it rose on one rank layout and

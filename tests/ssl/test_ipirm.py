@@ -9,7 +9,7 @@ import torch
 
 from Engineering.io.checkpoints import read_checkpoint
 from tests.conftest import run_executor
-from tests.test_ssl import TINY_SSL
+from tests.ssl.test_ssl import TINY_SSL
 
 
 def _args(demo, save, *extra):

@@ -263,7 +263,7 @@ def test_stylegan_trains_under_two_process_ddp(tiny_demo_mc, tmp_path):
 
 
 def test_iid_starts_an_imagenet_resnet_from_local_torchvision_weights(tiny_demo_mc, tmp_path, capsys):
-    from tests.test_iid_predictor import torchvision_resnet_state
+    from tests.iid.test_iid_predictor import torchvision_resnet_state
 
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision_resnet_state(18), weights)
