@@ -101,3 +101,18 @@ def test_drive_config_takes_every_shared_key_and_the_runs_values():
         drive_config(_Probe, Keys(), width=2)
     with pytest.raises(TypeError, match="has no default"):  # a required field is the run's: it is no key
         keys_from_dataclass("Bad", dataclasses.make_dataclass("D", [("n", int, dataclasses.field(kw_only=True))]))
+
+
+def test_a_yaml_or_override_naming_another_drive_is_refused_and_the_tasks_own_is_accepted(tmp_path):
+    from Engineering.config.loader import resolve
+    from Engineering.errors import UserError
+
+    diffae = registry.get("diffAE")
+    with pytest.raises(UserError, match=r"model§drive 'pythae' \(from the YAML or an override\) is not task 'diffAE'"):
+        resolve(["--model§drive", "pythae"], diffae)
+    yml = tmp_path / "other.yaml"  # a recipe written for another task
+    yml.write_text("model:\n  drive: pythae\n")
+    with pytest.raises(UserError, match="model§drive 'pythae' .* is not task 'diffAE'\'s drive 'DiffAE'"):
+        resolve(["--configyml_path", str(yml)], diffae)
+    yml.write_text("model:\n  drive: DiffAE\n")  # the ancestor's YAMLs restate it: the task's own drive is fine
+    assert resolve(["--configyml_path", str(yml)], diffae).cfg.model.drive == "DiffAE"

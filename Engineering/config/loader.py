@@ -280,6 +280,11 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
 
     kept = [(path, _pop_path(cfg, path)) for path in created]
     validated = validate(cfg, task.extra_flags, task.sections)
+    drive = task.defaults.get("model§drive")  # the task's drive (the registry writes it there): not a choice
+    if drive and validated.model.drive != drive:
+        raise UserError(f"model§drive {validated.model.drive!r} (from the YAML or an override) is not task "
+                        f"{task.name!r}'s drive {drive!r}: a {task.name} run builds and records {drive}; remove the "
+                        "key or choose the task whose drive it is")
     notes += refuse_unhonoured(task, validated, given, {f"json§{k}" for k in data_json})
     for note in notes:
         if not (layer and note in _LAST_NOTES):  # the second pass with --load_hf's layer says nothing twice

@@ -20,6 +20,6 @@ register(TaskSpec(
     name="toy", description="A tiny convolutional autoencoder (the plug-in example).",
     configyml=str(HERE / "toy.yaml"), datajson=str(CONFIGS / "dataNpath_demo.json"),
     defaults={"input_shape": [32, 32], "interp_fact": 0.5, "latent_dim": 8, "batch_size": 16, "num_epochs": 2,
-              "lr": 1e-3, "model§drive": "toy", "model§tag": "toy"},
+              "lr": 1e-3},
     extra_flags=TOY_FLAGS, sections={"model": ToyModelKeys}, drive="toy", engine=ToyEngine, module=__name__,
 ))

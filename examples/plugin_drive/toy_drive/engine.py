@@ -4,25 +4,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import create_model
 
 from Engineering.config.flags import Flag
+from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 
 from .network import ToyAE, ToyConfig
 
-
-class ToySection(BaseModel):
-    """model§toy"""
-    model_config = ConfigDict(extra="forbid")
-    width: int = Field(8, gt=0, description="Channels of the two convolution stages.")
-
-
-class ToyModelKeys(BaseModel):
-    toy: ToySection = ToySection()
-
-
-TOY_FLAGS = (Flag("toy_width", ("model", "toy", "width"), "int", 8, "Channels of the toy autoencoder.", "Model"),)
+# model§toy: the keys ARE the network config's fields (minus what the run gives)
+ToyKeys = keys_from_dataclass("ToyKeys", ToyConfig, exclude=("in_channels", "size", "latent_dim"), doc="model§toy")
+ToyModelKeys = create_model("ToyModelKeys", __base__=Keys, toy=(ToyKeys, ToyKeys()))
+TOY_FLAGS = (Flag("toy_width", ("model", "toy", "width"), "int", ToyKeys.model_fields["width"].default,
+                  "Channels of the toy autoencoder.", "Model"),)
 
 
 class ToyEngine(LatentEngine):
@@ -31,7 +25,8 @@ class ToyEngine(LatentEngine):
         shape = list(cfg.model.input_shape)
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(f"the toy task takes square 2D inputs, got --input_shape {shape}")
-        self.net = ToyAE(ToyConfig(in_channels, shape[0], cfg.model.latent_dim, cfg.model.toy.width))
+        self.net = ToyAE(drive_config(ToyConfig, cfg.model.toy, in_channels=in_channels, size=shape[0],
+                                       latent_dim=cfg.model.latent_dim))
 
     def _loss(self, x):
         return F.mse_loss(self.net.decode(self.net.encode(x)), x)

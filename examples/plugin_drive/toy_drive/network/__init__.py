@@ -5,13 +5,18 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from Engineering.Engines.WarpDrives.described import described, required
+
 
 @dataclass
 class ToyConfig:
-    in_channels: int = 1
-    size: int = 32  # square 2D inputs of size x size
-    latent_dim: int = 8
-    width: int = 8
+    """A tiny convolutional autoencoder. Its keys (model§toy) are these fields: each default and description has
+    its one home here; what the run gives (channels, size, latent_dim) is required."""
+
+    in_channels: int = required("image channels.")
+    size: int = required("side of the square 2D inputs (divisible by 4).")
+    latent_dim: int = required("size of the code.")
+    width: int = described(8, "channels of the two convolution stages.")
 
 
 class ToyAE(nn.Module):
