@@ -46,7 +46,7 @@ def _probe_loss(engine, batch) -> float:
 
 
 # complex models need a complex cohort (tests/test_complex_models.py), ivaes the confounder table
-# (tests/test_ultra_models.py runs it through main_recon)
+# (tests/pythae/test_ultra_models.py runs it through main_recon)
 ENGINE_MODELS = [n for n in model_names() if get_spec(n).networks is None and "aux_u" not in get_spec(n).aux_inputs]
 
 
