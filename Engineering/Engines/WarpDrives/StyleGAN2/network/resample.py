@@ -3,7 +3,7 @@
 The paper's ``upfirdn2d`` zero-inserts (``up``), pads, convolves with a 2D FIR filter and decimates (``down``).
 Here the same result comes from polyphase forms: a depthwise strided ``conv_transpose2d`` for ``up = 2`` (it never
 multiplies the inserted zeros) and a depthwise strided ``conv2d`` for ``down = 2`` (it never computes the dropped
-outputs). ``tests/test_stylegan2.py`` checks both against the naive formula.
+outputs). ``tests/stylegan/test_stylegan2.py`` checks both against the naive formula.
 """
 from __future__ import annotations
 
