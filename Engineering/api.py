@@ -23,20 +23,21 @@ Input layouts:
 A misfit input (wrong number of axes, too small for the model's input shape, NaN/Inf values, a 2D image for a
 3D model, another number of channels) is one :class:`~Engineering.errors.UserError` naming the fix.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 import re
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from Engineering.data.dataset import H5Samples, SampleRef, SampleSpec, enumerate_samples
 from Engineering.data.datamodule import sample_spec
+from Engineering.data.dataset import H5Samples, SampleRef, SampleSpec, enumerate_samples
 from Engineering.data.demo import ensure_named_demo, split_demo_ref
 from Engineering.data.index import DatasetRecord
 from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo, SampleKey, check_id
@@ -51,8 +52,18 @@ from Engineering.io import hub as hub_io
 from Engineering.io.checkpoints import CHECKPOINT_DIR, fit_state
 from Engineering.io.outputs import emb_table
 
-__all__ = ["ImLatentModel", "load", "load_direction", "LatentDirection", "ids_from_name", "read_nifti",
-           "read_dicom_series", "input_path", "H5_SUFFIXES", "NIFTI_SUFFIXES"]
+__all__ = [
+    "ImLatentModel",
+    "load",
+    "load_direction",
+    "LatentDirection",
+    "ids_from_name",
+    "read_nifti",
+    "read_dicom_series",
+    "input_path",
+    "H5_SUFFIXES",
+    "NIFTI_SUFFIXES",
+]
 
 H5_SUFFIXES = (".h5", ".hdf5")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -62,13 +73,20 @@ DEFAULT_IDS = r"^(?P<patient>[^_]+)_(?P<field>\d+)_(?P<instance>\d+)(?:_.*)?$"
 ARRAY_KEY = SampleKey("array", "0", "0", "primary")  # the IDs of an array's rows
 
 
-def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | None = None,
-         device: str | torch.device = "cpu", precision: str | None = None) -> "ImLatentModel":
+def load(
+    model: str | Path,
+    *,
+    options: Sequence[str] = (),
+    in_channels: int | None = None,
+    device: str | torch.device = "cpu",
+    precision: str | None = None,
+) -> ImLatentModel:
     """Rebuild a model for inference.
 
     ``model`` is a training run folder or its Checkpoints/ (the best checkpoint, else the last), a checkpoint file,
     an export folder (``config.json`` + ``model.safetensors`` as ``Executors/export_hf.py`` writes it), a folder
-    with the published DiffAE layout, or a Hugging Face id ``ORG/NAME[@revision]`` (read from the local cache when offline,
+    with the published DiffAE layout, or a Hugging Face id ``ORG/NAME[@revision]`` (read from the local cache when
+    offline,
     ``HF_HUB_OFFLINE=1``). ``options`` are command-line flags applied as ``--load_hf`` applies them (e.g.
     ``["--input_shape", "50,128,128"]`` for a published model whose files do not say it); ``in_channels`` is needed
     only for the published layout, whose files do not record it. ``precision`` ("32" or "bf16") replaces the
@@ -79,19 +97,24 @@ def load(model: str | Path, *, options: Sequence[str] = (), in_channels: int | N
     if path.is_file() or (path.is_dir() and ((path / CHECKPOINT_DIR).is_dir() or (path / "last.ckpt").is_file())):
         for name, given in (("options", bool(options)), ("in_channels", in_channels is not None)):
             if given:
-                raise UserError(f"load({ref!r}): {name} apply to exported or published weights; a training run "
-                                "is rebuilt from the config its checkpoint saved")
+                raise UserError(
+                    f"load({ref!r}): {name} apply to exported or published weights; a training run "
+                    "is rebuilt from the config its checkpoint saved"
+                )
         run = load_run(path)
     elif path.is_dir() or (not path.exists() and hub_io._REPO_ID.match(ref.partition("@")[0])):
         run = _from_hub(ref, options, in_channels)
     else:
-        raise UserError(f"load({ref!r}): not a run folder, checkpoint file, export folder or Hugging Face id "
-                        "ORG/NAME[@revision]")
+        raise UserError(
+            f"load({ref!r}): not a run folder, checkpoint file, export folder or Hugging Face id ORG/NAME[@revision]"
+        )
     if precision is not None:
         ev = run.cfg.eval
         if not hasattr(ev, "embed_precision"):
-            raise UserError(f"load({ref!r}, precision={precision!r}): the {run.cfg.model.drive} model has no "
-                            "--embed_precision (the DiffAE has); it embeds in float32")
+            raise UserError(
+                f"load({ref!r}, precision={precision!r}): the {run.cfg.model.drive} model has no "
+                "--embed_precision (the DiffAE has); it embeds in float32"
+            )
         if precision not in ("32", "bf16"):
             raise UserError(f"load({ref!r}, precision={precision!r}): give '32' or 'bf16'")
         ev.embed_precision = precision  # the engine holds this config object and reads it at each embed
@@ -105,8 +128,9 @@ def _hub_task(ref: str) -> tuple[registry.TaskSpec, dict]:
     except UserError as exc:  # a mistyped local path looks like ORG/NAME too: say both
         if Path(ref).expanduser().exists():
             raise
-        raise UserError(f"load({ref!r}): no such file or folder, and as a Hugging Face id: "
-                        f"{str(exc).split(': ', 1)[-1]}") from None
+        raise UserError(
+            f"load({ref!r}): no such file or folder, and as a Hugging Face id: {str(exc).split(': ', 1)[-1]}"
+        ) from None
     config = {}
     if (folder / "config.json").is_file():
         try:
@@ -118,8 +142,10 @@ def _hub_task(ref: str) -> tuple[registry.TaskSpec, dict]:
         return registry.for_drive(str(config.get("drive")), f"{folder / 'config.json'}"), config
     readers = [t for t in registry.tasks().values() if t.published is not None]
     if len(readers) != 1:
-        raise UserError(f"{ref}: not our export format, and {len(readers)} tasks read published layouts "
-                        f"({', '.join(t.name for t in readers)}): run the task's executor with --load_hf")
+        raise UserError(
+            f"{ref}: not our export format, and {len(readers)} tasks read published layouts "
+            f"({', '.join(t.name for t in readers)}): run the task's executor with --load_hf"
+        )
     return readers[0], config
 
 
@@ -133,8 +159,10 @@ def _from_hub(ref: str, options: Sequence[str], in_channels: int | None) -> Save
             raise UserError(f"load({ref!r}, in_channels={in_channels}): its config.json says in_channels={saved}")
         in_channels = saved
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
-        raise UserError(f"load({ref!r}): the weights do not record the number of input channels; pass "
-                        "in_channels=N (1 for the published cardiac models)")
+        raise UserError(
+            f"load({ref!r}): the weights do not record the number of input channels; pass "
+            "in_channels=N (1 for the published cardiac models)"
+        )
     with drive_errors():
         engine = task.engine_class()(cfg, in_channels)
         engine.load_state_dict(fit_state(engine, hub.state, f"load({ref!r})"))
@@ -160,7 +188,7 @@ def ids_from_name(path: str | Path, pattern: str | None = None, key: str = "prim
     """
     name = Path(path).name
     low = name.lower()
-    stem = next((name[:-len(s)] for s in (*NIFTI_SUFFIXES[::-1], *H5_SUFFIXES) if low.endswith(s)), name)
+    stem = next((name[: -len(s)] for s in (*NIFTI_SUFFIXES[::-1], *H5_SUFFIXES) if low.endswith(s)), name)
     if pattern:
         try:
             rx = re.compile(pattern)
@@ -221,8 +249,10 @@ def read_dicom_series(folder: str | Path) -> tuple[np.ndarray, str]:
     series = group_series(infos)
     if len(series) > 1:
         names = ", ".join(f"{s.number} {s.description!r}" for s in series[:5])
-        raise UserError(f"{folder}: {len(series)} DICOM series ({names}); give one folder per series, or "
-                        "convert the study with preprocess/dicom_to_h5.py and embed the HDF5 file")
+        raise UserError(
+            f"{folder}: {len(series)} DICOM series ({names}); give one folder per series, or "
+            "convert the study with preprocess/dicom_to_h5.py and embed the HDF5 file"
+        )
     try:
         array, _ = assemble(series[0], lambda member: pydicom.dcmread(member))
     except SeriesError as exc:
@@ -238,8 +268,15 @@ class _ArraySamples(H5Samples):
         for a, k in zip(arrays, keys):
             mag = np.abs(a) if np.iscomplexobj(a) else a
             # an array has no min_val/max_val attributes: its own range (what preprocess/ records for a dataset)
-            records.append(DatasetRecord(*k.ids, shape=tuple(a.shape), is_complex=bool(np.iscomplexobj(a)),
-                                         min_val=float(mag.min()), max_val=float(mag.max())))
+            records.append(
+                DatasetRecord(
+                    *k.ids,
+                    shape=tuple(a.shape),
+                    is_complex=bool(np.iscomplexobj(a)),
+                    min_val=float(mag.min()),
+                    max_val=float(mag.max()),
+                )
+            )
         super().__init__(where, records, enumerate_samples(records, spec), spec)
         self.arrays = arrays
 
@@ -261,16 +298,20 @@ class ImLatentModel:
         self.cfg = run.cfg
         mode = getattr(run.cfg.eval, "bn_eval_mode", "running")
         if mode != "running":  # eval-mode BatchNorm would give other latents than the run's test, without a word
-            raise UserError(f"load({source!r}): the model normalises BatchNorm with each {mode}'s statistics at test "
-                            f"time (--bn_eval_mode {mode}), so a sample's latent depends on its batch; embed with the "
-                            "training command's --run_mode 2")
+            raise UserError(
+                f"load({source!r}): the model normalises BatchNorm with each {mode}'s statistics at test "
+                f"time (--bn_eval_mode {mode}), so a sample's latent depends on its batch; embed with the "
+                "training command's --run_mode 2"
+            )
         run.engine.to(device)
         self.spec = sample_spec(run.cfg)
 
     def __repr__(self) -> str:
         m = self.cfg.model
-        return (f"ImLatentModel({self.source!r}: {m.drive}, {'3D' if m.is3D else '2D'}, input_shape "
-                f"{list(m.input_shape)}, latent_dim {m.latent_dim}, in_channels {self.in_channels})")
+        return (
+            f"ImLatentModel({self.source!r}: {m.drive}, {'3D' if m.is3D else '2D'}, input_shape "
+            f"{list(m.input_shape)}, latent_dim {m.latent_dim}, in_channels {self.in_channels})"
+        )
 
     @property
     def in_channels(self) -> int:
@@ -291,16 +332,18 @@ class ImLatentModel:
         z = self._encode(ds, batch_size, progress)
         return z[0] if single else self._grid(ds, z)
 
-    def embed_array(self, x, ids: SampleKey | Sequence[str] = ARRAY_KEY, batch_size: int = 8,
-                    progress: bool = False) -> pd.DataFrame:
+    def embed_array(
+        self, x, ids: SampleKey | Sequence[str] = ARRAY_KEY, batch_size: int = 8, progress: bool = False
+    ) -> pd.DataFrame:
         """An array's latents (either layout of :meth:`embed`) as emb.tsv rows under ``ids`` (a SampleKey or
         (patientID, fieldID, instanceID, key)); e.g. a DICOM series read by the caller."""
         key = ids if isinstance(ids, SampleKey) else SampleKey(*ids)
         ds, _ = self._samples([_as_array(x)], [key], "/".join(key.ids))
         return self._table(ds, batch_size, progress)
 
-    def embed_many(self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = False,
-                   ids: str | None = None) -> pd.DataFrame:
+    def embed_many(
+        self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = False, ids: str | None = None
+    ) -> pd.DataFrame:
         """One DataFrame keyed like emb.tsv for HDF5 and NIfTI files and DICOM series folders; a NIfTI file's IDs
         come from its name (:func:`ids_from_name` with ``ids``), a DICOM series' patient ID from ``ids`` on the
         folder name, else its PatientID (field and instance ``0``). Files are read one at a time."""
@@ -316,12 +359,17 @@ class ImLatentModel:
                 ds, _ = self._samples([read_nifti(path)], [ids_from_name(path, ids)], str(path))
             elif path.is_dir():
                 array, patient = read_dicom_series(path)
-                key = ids_from_name(path, ids) if ids or not patient else \
-                    SampleKey(check_id("patientID", patient, f"{path} (its DICOM PatientID)"), "0", "0", "primary")
+                key = (
+                    ids_from_name(path, ids)
+                    if ids or not patient
+                    else SampleKey(check_id("patientID", patient, f"{path} (its DICOM PatientID)"), "0", "0", "primary")
+                )
                 ds, _ = self._samples([array], [key], str(path))
             else:
-                raise UserError(f"{path}: not an HDF5 ({', '.join(H5_SUFFIXES)}) or NIfTI "
-                                f"({', '.join(NIFTI_SUFFIXES)}) file or a DICOM series folder")
+                raise UserError(
+                    f"{path}: not an HDF5 ({', '.join(H5_SUFFIXES)}) or NIfTI "
+                    f"({', '.join(NIFTI_SUFFIXES)}) file or a DICOM series folder"
+                )
             tables.append(self._table(ds, batch_size, progress and len(paths) == 1))
         return join_tables(tables)
 
@@ -335,8 +383,10 @@ class ImLatentModel:
         else:
             ds, single = self._samples([_as_array(x)], [ARRAY_KEY], "the array")
         if not isinstance(self.run.engine, Reconstructs):
-            raise UserError(f"the {self.cfg.model.drive} model ({type(self.run.engine).__name__}) has no "
-                            "decoder: reconstruct is not available (embed is)")
+            raise UserError(
+                f"the {self.cfg.model.drive} model ({type(self.run.engine).__name__}) has no "
+                "decoder: reconstruct is not available (embed is)"
+            )
         out = []
         with torch.no_grad():
             for batch, affine in self._batches(ds, batch_size, False):
@@ -363,12 +413,13 @@ class ImLatentModel:
             if a.ndim == model_ndim:  # one sample as the model takes it: nothing to split or fold into channels
                 single = True
                 arrays[i] = a.reshape(a.shape[:1] + (1,) * (5 - model_ndim) + a.shape[1:])
-                spec = dataclasses.replace(spec, perm=(0, 1, 2, 3, 4), split_c=False, split_t=True,
-                                           split_s=not m.is3D)
+                spec = dataclasses.replace(spec, perm=(0, 1, 2, 3, 4), split_c=False, split_t=True, split_s=not m.is3D)
             elif a.ndim != 5:
-                raise UserError(f"{where} has {a.ndim} axes {list(a.shape)}: give one dataset in the 5D contract "
-                                f"C x T x S x X x Y or one sample in this {'3D' if m.is3D else '2D'} model's layout "
-                                f"{layout} (e.g. x[None] for one channel)")
+                raise UserError(
+                    f"{where} has {a.ndim} axes {list(a.shape)}: give one dataset in the 5D contract "
+                    f"C x T x S x X x Y or one sample in this {'3D' if m.is3D else '2D'} model's layout "
+                    f"{layout} (e.g. x[None] for one channel)"
+                )
         for a in arrays:
             if a.dtype.kind not in "uifc":
                 raise UserError(f"{where} has dtype {a.dtype}: give numbers")
@@ -378,8 +429,10 @@ class ImLatentModel:
         for rec in ds.records:
             have = spec.sample_spatial(rec)
             if m.is3D and have[0] == 1 and m.input_shape[0] > 1:
-                raise UserError(f"{where}: a 2D image (one slice, shape {list(rec.shape)}) for a 3D model of input "
-                                f"shape {list(m.input_shape)}: give a volume (S > 1) or use a 2D model")
+                raise UserError(
+                    f"{where}: a 2D image (one slice, shape {list(rec.shape)}) for a 3D model of input "
+                    f"shape {list(m.input_shape)}: give a volume (S > 1) or use a 2D model"
+                )
             problem = spec.fit_problem(have, where)
             if problem:
                 raise UserError(problem)
@@ -396,8 +449,10 @@ class ImLatentModel:
             inp = torch.stack([it["inp"].to(torch.float32) for it in items])
             affine = torch.stack([it["affine"] for it in items])
             if inp.shape[1] != self.in_channels:
-                raise UserError(f"{ds.h5file}: its samples have {inp.shape[1]} channel(s), the model takes "
-                                f"{self.in_channels} (check the channel axis of the 5D layout C x T x S x X x Y)")
+                raise UserError(
+                    f"{ds.h5file}: its samples have {inp.shape[1]} channel(s), the model takes "
+                    f"{self.in_channels} (check the channel axis of the 5D layout C x T x S x X x Y)"
+                )
             yield normalise_batch(inp.to(self.device), affine.to(self.device)), affine
 
     @torch.no_grad()
@@ -439,13 +494,17 @@ class ImLatentModel:
 
         drive = self.cfg.model.drive
         if drive != "DiffAE":  # the renderer keeps x's own x_T: a DiffAE's; main_latentcls refuses the same way
-            raise UserError(f"manipulate renders with a DiffAE (its own x_T, Preechakul et al. 2022); the "
-                            f"{drive} model ({type(self.run.engine).__name__}) has no such renderer (embed is "
-                            "available)")
+            raise UserError(
+                f"manipulate renders with a DiffAE (its own x_T, Preechakul et al. 2022); the "
+                f"{drive} model ({type(self.run.engine).__name__}) has no such renderer (embed is "
+                "available)"
+            )
         d = direction if isinstance(direction, LatentDirection) else LatentDirection.from_vector(direction)
         if d.vector.shape != (self.latent_dim,):
-            raise UserError(f"manipulate: the direction has {d.vector.size} dimensions, the model's latent_dim is "
-                            f"{self.latent_dim} (a direction from another model's latents?)")
+            raise UserError(
+                f"manipulate: the direction has {d.vector.size} dimensions, the model's latent_dim is "
+                f"{self.latent_dim} (a direction from another model's latents?)"
+            )
         many = np.ndim(scale) > 0
         scales = [float(s) for s in np.ravel(scale)]
         if not scales or not np.isfinite(scales).all():
@@ -458,8 +517,9 @@ class ImLatentModel:
             for batch, affine in self._batches(ds, batch_size, False):
                 z0 = net.encode(batch)  # float32 z_sem, as Engines/manipulate.py renders it
                 codes = manipulation.shifted_codes(z0, d.mean, d.std, d.vector, scales)
-                renders = manipulation.render(engine.diffusion, net, batch, z0, codes, engine.T_inv, engine.T_step,
-                                              engine.clip)
+                renders = manipulation.render(
+                    engine.diffusion, net, batch, z0, codes, engine.T_inv, engine.T_step, engine.clip
+                )
                 out.append(invert_affine(renders.float().cpu(), affine[:, None]).numpy())  # (n, S, C, ...)
         rec = np.concatenate(out)
         rec = rec if many else rec[:, 0]
@@ -494,8 +554,10 @@ class ImLatentModel:
             return self._samples([read_nifti(path)], [ARRAY_KEY], str(path))
         if path.is_dir():
             return self._samples([read_dicom_series(path)[0]], [ARRAY_KEY], str(path))
-        raise UserError(f"{x}: {what} reads HDF5 ({', '.join(H5_SUFFIXES)}) and NIfTI ({', '.join(NIFTI_SUFFIXES)}) "
-                        "files, DICOM series folders and arrays")
+        raise UserError(
+            f"{x}: {what} reads HDF5 ({', '.join(H5_SUFFIXES)}) and NIfTI ({', '.join(NIFTI_SUFFIXES)}) "
+            "files, DICOM series folders and arrays"
+        )
 
 
 def join_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
@@ -504,8 +566,10 @@ def join_tables(tables: list[pd.DataFrame]) -> pd.DataFrame:
     dup = table.duplicated(list(SAMPLE_COLUMNS))
     if dup.any():
         row = table[dup].iloc[0]
-        raise UserError(f"two inputs give the same sample {'/'.join(str(row[c]) for c in SAMPLE_COLUMNS[:4])} "
-                        f"(c={row['c']}, t={row['t']}, s={row['s']}): name the files apart or give --ids")
+        raise UserError(
+            f"two inputs give the same sample {'/'.join(str(row[c]) for c in SAMPLE_COLUMNS[:4])} "
+            f"(c={row['c']}, t={row['t']}, s={row['s']}): name the files apart or give --ids"
+        )
     return table
 
 
@@ -536,7 +600,7 @@ class LatentDirection:
     label: str = ""
 
     @classmethod
-    def from_vector(cls, vector, label: str = "") -> "LatentDirection":
+    def from_vector(cls, vector, label: str = "") -> LatentDirection:
         """A direction in the latents' own units (mean 0, std 1): ``scale`` moves z by that length."""
         v = np.asarray(_as_array(vector) if isinstance(vector, torch.Tensor) else vector, dtype=np.float64).ravel()
         norm = float(np.linalg.norm(v)) if v.size and np.isfinite(v).all() else 0.0
@@ -558,8 +622,10 @@ def load_direction(run: str | Path, target: str) -> LatentDirection:
     ckpt = read_checkpoint(path)
     raw, scaler, saved = ckpt.get("imlatent_config"), ckpt.get("latentcls_scaler"), ckpt.get("latentcls_targets")
     if not isinstance(raw, dict) or not isinstance(scaler, dict) or not isinstance(saved, list):
-        raise UserError(f"{path}: not a main_latentcls checkpoint (no latent predictor targets); give the run folder "
-                        "of a latent predictor trained with --heads linear")
+        raise UserError(
+            f"{path}: not a main_latentcls checkpoint (no latent predictor targets); give the run folder "
+            "of a latent predictor trained with --heads linear"
+        )
     cfg, task = saved_config(raw, f"checkpoint {path}")
     targets = [TargetSpec.from_dict(t) for t in saved]
     with drive_errors():
@@ -570,5 +636,6 @@ def load_direction(run: str | Path, target: str) -> LatentDirection:
     if spec is None:
         raise UserError(f"direction {target!r}: not a target of {path} (targets: {', '.join(t.name for t in targets)})")
     vector, label = manipulation.unit_direction(engine.linear_weights(name), spec.classes, wanted or None)
-    return LatentDirection(vector, np.asarray(scaler["mean"], np.float64), np.asarray(scaler["std"], np.float64),
-                           f"{name} ({label})")
+    return LatentDirection(
+        vector, np.asarray(scaler["mean"], np.float64), np.asarray(scaler["std"], np.float64), f"{name} ({label})"
+    )

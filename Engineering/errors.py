@@ -4,15 +4,16 @@ Anything the user can fix (bad file, bad key, bad value, bad shape) raises
 ``UserError``; executors wrap their ``main`` with :func:`run_cli`, which prints
 ``error: <message>`` and exits 2, or re-raises with ``--debug``.
 """
+
 from __future__ import annotations
 
 import argparse
-from contextlib import contextmanager
 import errno
 import signal
 import sys
 import threading
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 
 class UserError(Exception):
@@ -109,8 +110,15 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
     except (Terminated, KeyboardInterrupt, SystemExit) as exc:
         # Lightning ends a stopped loop with SIGTERMException, a SystemExit without a code (exit status 0), and
         # a Ctrl+C during fit with sys.exit(1): a received signal decides the exit status, never those
-        signum = exc.signum if isinstance(exc, Terminated) else _received[-1] if _received else \
-            signal.SIGINT if isinstance(exc, KeyboardInterrupt) else None
+        signum = (
+            exc.signum
+            if isinstance(exc, Terminated)
+            else _received[-1]
+            if _received
+            else signal.SIGINT
+            if isinstance(exc, KeyboardInterrupt)
+            else None
+        )
         if signum is None:
             raise
         if debug:
@@ -136,14 +144,20 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
             from pathlib import Path
 
             folder = str(Path(exc.filename).parent) if exc.filename else "the output folder"
-            print(f"error: read-only file system: cannot write in {folder}; choose an output folder on a writable "
-                  "file system", file=sys.stderr)
+            print(
+                f"error: read-only file system: cannot write in {folder}; choose an output folder on a writable "
+                "file system",
+                file=sys.stderr,
+            )
             return 2
         if exc.errno != errno.ENOSPC or debug:
             raise
         where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"error: no space left on the device{where}; earlier outputs and checkpoints are intact (every "
-              "write goes to a temporary file first); free some space and run again", file=sys.stderr)
+        print(
+            f"error: no space left on the device{where}; earlier outputs and checkpoints are intact (every "
+            "write goes to a temporary file first); free some space and run again",
+            file=sys.stderr,
+        )
         return 2
     finally:
         for s, handler in previous.items():
@@ -151,7 +165,10 @@ def run_cli(main: Callable[[Sequence[str]], object], argv: Sequence[str] | None 
         received = list(_received)
         _received.clear()  # nothing of this call reaches the next one
     if received:  # the signal came after the last loop ended its work: still not a clean finish
-        print(f"error: terminated by {signal.Signals(received[-1]).name} after the work had finished; outputs "
-              "are complete", file=sys.stderr)
+        print(
+            f"error: terminated by {signal.Signals(received[-1]).name} after the work had finished; outputs "
+            "are complete",
+            file=sys.stderr,
+        )
         return 128 + received[-1]
     return 0

@@ -9,6 +9,7 @@ without a browser, and Gradio only wires them to components.
 
 Nothing is fetched from outside: analytics off, system fonts only, no share link, bound to 127.0.0.1 by default.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,10 @@ def read_upload(path: str | Path, workdir: str | Path) -> Upload:
         return Upload(path.name, "hdf5", path, workdir)
     if low.endswith(".zip"):
         return Upload(path.name, "dicom", _unzip(path, workdir / "dicom"), workdir)
-    raise UserError(f"{path.name}: the page reads NIfTI ({', '.join(api.NIFTI_SUFFIXES)}), HDF5 "
-                    f"({', '.join(api.H5_SUFFIXES)}) and zipped DICOM series (.zip)")
+    raise UserError(
+        f"{path.name}: the page reads NIfTI ({', '.join(api.NIFTI_SUFFIXES)}), HDF5 "
+        f"({', '.join(api.H5_SUFFIXES)}) and zipped DICOM series (.zip)"
+    )
 
 
 def _unzip(path: Path, folder: Path) -> Path:
@@ -79,8 +82,10 @@ def _unzip(path: Path, folder: Path) -> Path:
         with zipfile.ZipFile(path) as zf:
             members = [m for m in zf.infolist() if not m.is_dir()]
             if sum(m.file_size for m in members) > MAX_UNZIPPED:
-                raise UserError(f"{path.name}: unpacks to more than {MAX_UNZIPPED // 1024**3} GB; convert the study "
-                                "with preprocess/dicom_to_h5.py and upload the HDF5 file")
+                raise UserError(
+                    f"{path.name}: unpacks to more than {MAX_UNZIPPED // 1024**3} GB; convert the study "
+                    "with preprocess/dicom_to_h5.py and upload the HDF5 file"
+                )
             folder.mkdir(parents=True, exist_ok=True)
             left = MAX_UNZIPPED  # the sizes a zip declares may lie: count what is written
             for i, m in enumerate(members):
@@ -116,8 +121,10 @@ def embed_upload(model: api.ImLatentModel, path: str | Path | None, workdir: str
     table.to_csv(tsv, sep="\t", index=False)
     datasets = table[list(api.SAMPLE_COLUMNS[:4])].drop_duplicates()
     more = f" and {len(datasets) - 1} more dataset(s)" if len(datasets) > 1 else ""
-    status = (f"{len(table)} latent vector(s) of {model.latent_dim} from {up.name} ({up.kind}); IDs "
-              f"{'/'.join(map(str, datasets.iloc[0]))}{more}")
+    status = (
+        f"{len(table)} latent vector(s) of {model.latent_dim} from {up.name} ({up.kind}); IDs "
+        f"{'/'.join(map(str, datasets.iloc[0]))}{more}"
+    )
     return Result(status, up, table, tsv, images(x, keys))
 
 
@@ -136,8 +143,9 @@ def reconstruct_upload(model: api.ImLatentModel, up: Upload | None) -> tuple[str
     return f"reconstruction of {len(rec)} sample(s) of {up.name}", images(rec[:MAX_IMAGES], keys, _window(shown))
 
 
-def manipulate_upload(model: api.ImLatentModel, up: Upload | None, direction: api.LatentDirection | None,
-                      scale: float) -> tuple[str, list]:
+def manipulate_upload(
+    model: api.ImLatentModel, up: Upload | None, direction: api.LatentDirection | None, scale: float
+) -> tuple[str, list]:
     """The upload's samples rendered with z_sem moved by ``scale`` along ``direction`` (:meth:`api.ImLatentModel.
     manipulate`: one DDIM inversion and one rendering per sample); the first MAX_IMAGES are shown, on the input's
     grey scale (so brightness changes show)."""
@@ -160,8 +168,9 @@ def _window(x: np.ndarray) -> tuple[float, float]:
     return float(shown.min()), float(shown.max())
 
 
-def images(x: np.ndarray, keys: pd.DataFrame, window: tuple[float, float] | None = None
-           ) -> list[tuple[np.ndarray, str]]:
+def images(
+    x: np.ndarray, keys: pd.DataFrame, window: tuple[float, float] | None = None
+) -> list[tuple[np.ndarray, str]]:
     """Grey uint8 images with captions: channel 0 of each 2D sample, or the slices of the first 3D sample; one grey
     scale for all (so frames compare): ``window`` (low, high), else their own range; values outside are clipped."""
     if len(x) == 0:
@@ -189,10 +198,11 @@ def _caption(k) -> str:
 
 def _stem(name: str) -> str:
     low = name.lower()
-    return next((name[:-len(s)] for s in sorted(UPLOAD_SUFFIXES, key=len, reverse=True) if low.endswith(s)), name)
+    return next((name[: -len(s)] for s in sorted(UPLOAD_SUFFIXES, key=len, reverse=True) if low.endswith(s)), name)
 
 
 # --- Gradio wiring ------------------------------------------------------------------------------------------------
+
 
 def offline_env() -> None:
     """Before gradio is imported: no usage analytics, no telemetry, no update check."""
@@ -205,8 +215,9 @@ def theme():
     """Gradio's default look with the system's fonts: nothing is loaded from a font service."""
     import gradio as gr
 
-    return gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"],
-                             font_mono=["ui-monospace", "Consolas", "monospace"])
+    return gr.themes.Default(
+        font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "Consolas", "monospace"]
+    )
 
 
 def build(model: api.ImLatentModel, direction: api.LatentDirection | None = None, workroot: str | Path | None = None):
@@ -224,12 +235,16 @@ def build(model: api.ImLatentModel, direction: api.LatentDirection | None = None
 
     with gr.Blocks(title="imlatent", analytics_enabled=False) as page:
         gr.Markdown(f"## Latents of your images\n`{model!r}`")
-        upload = gr.File(label="NIfTI (.nii, .nii.gz), zipped DICOM series (.zip) or HDF5 (.h5)",
-                         file_types=list(UPLOAD_SUFFIXES), elem_id="upload")
+        upload = gr.File(
+            label="NIfTI (.nii, .nii.gz), zipped DICOM series (.zip) or HDF5 (.h5)",
+            file_types=list(UPLOAD_SUFFIXES),
+            elem_id="upload",
+        )
         status = gr.Textbox(label="Status", interactive=False, elem_id="status")
         state = gr.State(None)
-        shown = gr.Gallery(label="Preprocessed input (as the model sees it)", columns=8, height="auto",
-                           elem_id="inputs")
+        shown = gr.Gallery(
+            label="Preprocessed input (as the model sees it)", columns=8, height="auto", elem_id="inputs"
+        )
         table = gr.Dataframe(label="Latents", interactive=False, elem_id="latents")
         tsv = gr.File(label="Latents as TSV (emb.tsv's columns)", interactive=False, elem_id="latents-tsv")
         with gr.Row():
@@ -237,8 +252,14 @@ def build(model: api.ImLatentModel, direction: api.LatentDirection | None = None
         recon = gr.Gallery(label="Reconstruction", columns=8, height="auto", elem_id="reconstruction")
         manip = gr.Gallery(visible=False)
         if direction is not None:
-            slider = gr.Slider(-3, 3, value=0, step=0.5, label=f"Manipulation along {direction.label} "
-                               "(standard deviations of the standardised latents)", elem_id="scale")
+            slider = gr.Slider(
+                -3,
+                3,
+                value=0,
+                step=0.5,
+                label=f"Manipulation along {direction.label} (standard deviations of the standardised latents)",
+                elem_id="scale",
+            )
             manip = gr.Gallery(label="Manipulated", columns=8, height="auto", elem_id="manipulated")
             slider.release(lambda up, s: manipulate_upload(model, up, direction, s), [state, slider], [status, manip])
         upload.change(on_upload, upload, [status, shown, table, tsv, state, recon, manip])
@@ -249,12 +270,25 @@ def build(model: api.ImLatentModel, direction: api.LatentDirection | None = None
 def serve(page, host: str = "127.0.0.1", port: int = 7860, on_ready=None) -> None:
     """Serve until stopped (Ctrl+C or a stop signal, which ``run_cli`` turns into its exit code)."""
     try:
-        page.launch(server_name=host, server_port=port, share=False, inbrowser=False, prevent_thread_lock=True,
-                    ssr_mode=False, show_error=False, quiet=True, theme=theme(), footer_links=[], mcp_server=False,
-                    pwa=False, enable_monitoring=False)
+        page.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=True,
+            ssr_mode=False,
+            show_error=False,
+            quiet=True,
+            theme=theme(),
+            footer_links=[],
+            mcp_server=False,
+            pwa=False,
+            enable_monitoring=False,
+        )
     except OSError as exc:  # Gradio's "Cannot find empty port" names its own parameters, not our flags
-        raise UserError(f"cannot serve on {host}:{port} ({str(exc).split('.')[0]}): choose another --port or "
-                        "--host") from None
+        raise UserError(
+            f"cannot serve on {host}:{port} ({str(exc).split('.')[0]}): choose another --port or --host"
+        ) from None
     if on_ready is not None:
         on_ready()
     try:

@@ -10,11 +10,12 @@ container), the same tools answer from any folder as
 ``imlatent`` alone (or ``imlatent --help``) lists the commands. This module imports nothing heavy: a command's own
 module is imported only when it runs.
 """
+
 from __future__ import annotations
 
 import importlib
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 # command -> module of Executors/ (each has main(argv) and ends in ``raise SystemExit(run_cli(main))``)
 COMMANDS: dict[str, tuple[str, str]] = {

@@ -6,12 +6,14 @@ python Executors/embed.py --model ID_OR_PATH --input FILES_OR_DIRS_OR_GLOBS... -
 (offline: the local cache). --input: HDF5 files in the data contract (their own patient/field/instance/key
 IDs), NIfTI files (.nii, .nii.gz; IDs from the file name, see --ids), folders (searched recursively for both;
 a folder with neither is one DICOM series, stacked as preprocess/dicom_to_h5.py does, patient ID from --ids on
-the folder name, else the DICOM PatientID, else the folder name) and quoted globs; @demo/data.h5 is the bundled demo cohort. The preprocessing is the model's own (Engineering/api.py). The table has the columns of
+the folder name, else the DICOM PatientID, else the folder name) and quoted globs; @demo/data.h5 is the bundled demo
+cohort. The preprocessing is the model's own (Engineering/api.py). The table has the columns of
 emb.tsv (patientID, fieldID, instanceID, key, c, t, s, Z0..); emb.h5 has the layout of a run's emb.h5.
 
 Resume: finished input files are kept in OUT.partial/ (same model and inputs); a killed run, started again
 with the same arguments, embeds only the rest. --shard i/n embeds every n-th input file from the i-th.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -87,22 +89,42 @@ def main(argv) -> dict:
     p.add_argument("--model", required=True, help="run folder, checkpoint, export folder or Hugging Face ORG/NAME")
     p.add_argument("--input", required=True, nargs="+", help="HDF5/NIfTI files, folders or quoted globs")
     p.add_argument("--out", required=True, help="latents.tsv, latents.parquet or emb.h5 (written atomically)")
-    p.add_argument("--ids", default=None, metavar="REGEX",
-                   help="IDs of NIfTI files from their names: a regular expression with the named groups "
-                        "(?P<patient>..) and optionally (?P<field>..), (?P<instance>..) (else \"0\"); default: "
-                        "<patient>_<field>_<instance>[_...], else the whole name is the patient ID")
-    p.add_argument("--flags", default="", metavar='"--FLAG VALUE ..."',
-                   help="training-command flags for exported/published weights, applied as --load_hf applies them "
-                        "(e.g. \"--input_shape 50,128,128\" where the files do not say it); refused for run folders")
-    p.add_argument("--in_channels", type=int, default=None,
-                   help="input channels of published-layout weights (they do not record it; 1 for the cardiac models)")
-    p.add_argument("--precision", choices=("32", "bf16"), default=None,
-                   help="a DiffAE's --embed_precision (bf16: its bfloat16 encoder copy); default: the model's own")
+    p.add_argument(
+        "--ids",
+        default=None,
+        metavar="REGEX",
+        help="IDs of NIfTI files from their names: a regular expression with the named groups "
+        '(?P<patient>..) and optionally (?P<field>..), (?P<instance>..) (else "0"); default: '
+        "<patient>_<field>_<instance>[_...], else the whole name is the patient ID",
+    )
+    p.add_argument(
+        "--flags",
+        default="",
+        metavar='"--FLAG VALUE ..."',
+        help="training-command flags for exported/published weights, applied as --load_hf applies them "
+        '(e.g. "--input_shape 50,128,128" where the files do not say it); refused for run folders',
+    )
+    p.add_argument(
+        "--in_channels",
+        type=int,
+        default=None,
+        help="input channels of published-layout weights (they do not record it; 1 for the cardiac models)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=("32", "bf16"),
+        default=None,
+        help="a DiffAE's --embed_precision (bf16: its bfloat16 encoder copy); default: the model's own",
+    )
     p.add_argument("--batch_size", type=int, default=8, help="samples per forward pass")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--shard", default="", metavar="i/n", help="embed every n-th input file from the i-th")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                   help="a progress bar (default: on a terminal)")
+    p.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=sys.stderr.isatty(),
+        help="a progress bar (default: on a terminal)",
+    )
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)
     out = Path(a.out).expanduser()
@@ -111,12 +133,14 @@ def main(argv) -> dict:
     files = expand(a.input)
     shard = parse_shard(a.shard)
     if shard is not None:
-        files = files[shard[0]::shard[1]]
+        files = files[shard[0] :: shard[1]]
         if not files:
             raise UserError(f"--shard {a.shard}: no input file falls in this shard ({len(expand(a.input))} files)")
     if a.ids is not None and not any(f.is_dir() or f.name.lower().endswith(api.NIFTI_SUFFIXES) for f in files):
-        raise UserError("--ids names NIfTI files and DICOM folders; HDF5 inputs carry their own IDs (none of "
-                        "those among the inputs)")
+        raise UserError(
+            "--ids names NIfTI files and DICOM folders; HDF5 inputs carry their own IDs (none of "
+            "those among the inputs)"
+        )
     try:
         options = shlex.split(a.flags)
     except ValueError as exc:
@@ -125,9 +149,15 @@ def main(argv) -> dict:
 
     # finished files survive a kill in OUT.partial/, valid only for the same model, inputs and IDs
     part = out.with_name(out.name + ".partial")
-    fingerprint = {"model": str(Path(a.model).expanduser().resolve()) if Path(a.model).expanduser().exists()
-                   else a.model, "files": [str(f) for f in files], "ids": a.ids, "shard": a.shard,
-                   "flags": options, "in_channels": a.in_channels, "precision": a.precision}
+    fingerprint = {
+        "model": str(Path(a.model).expanduser().resolve()) if Path(a.model).expanduser().exists() else a.model,
+        "files": [str(f) for f in files],
+        "ids": a.ids,
+        "shard": a.shard,
+        "flags": options,
+        "in_channels": a.in_channels,
+        "precision": a.precision,
+    }
     if part.exists() and not _same(part, fingerprint):
         # another run's finished files: dropped, but only if the folder is one this tool wrote
         check_replaceable(part, PARTIAL_FILES, lambda d: (d / "fingerprint.json").is_file(), flag="--out's")

@@ -10,6 +10,7 @@ Writes DIR/pheno.tsv and DIR/covar.tsv (FID IID ..., tab-separated, NA for missi
 regenie --phenoFile/--covarFile) and DIR/report.json + report.md (n in/out, drops by reason, per-latent
 mean/SD/skewness before and after, the settings, the inputs' sha256). See docs/tasks/gwas.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,17 @@ def _non_negative(text: str) -> float:
 
 
 def main(argv) -> dict:
-    p = ArgParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                  epilog=__doc__.split("\n", 2)[2])
-    p.add_argument("--latents", nargs="+", required=True,
-                   help="run folders or latent files (emb.h5/emb.tsv/emb.parquet); several: views or models to merge")
+    p = ArgParser(
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n", 2)[2],
+    )
+    p.add_argument(
+        "--latents",
+        nargs="+",
+        required=True,
+        help="run folders or latent files (emb.h5/emb.tsv/emb.parquet); several: views or models to merge",
+    )
     p.add_argument("--out", required=True, help="output folder (new, empty, or an earlier export_gwas output)")
     p.add_argument("--key", default="", help="the data key to use when the latents hold several")
     p.add_argument("--field", default="first", help="per participant: first, last (IDs in numeric order) or a fieldID")
@@ -46,11 +54,19 @@ def main(argv) -> dict:
     p.add_argument("--covar_id_col", default="IID", help="the covariate table's ID column")
     p.add_argument("--covar_cols", type=_list, default=[], help="covariate columns (default: all but ID columns)")
     p.add_argument("--categorical", type=_list, default=[], help="covariates to one-hot (non-numeric ones always are)")
-    p.add_argument("--outlier_z", type=_non_negative, default=0.0,
-                   help="drop participants with a robust |z| above this in any latent (0 = off)")
+    p.add_argument(
+        "--outlier_z",
+        type=_non_negative,
+        default=0.0,
+        help="drop participants with a robust |z| above this in any latent (0 = off)",
+    )
     p.add_argument("--residualise", action="store_true", help="regress every latent on the covariates first")
-    p.add_argument("--inverse_normal", action=argparse.BooleanOptionalAction, default=True,
-                   help="rank-based inverse normal transform (Blom) of every phenotype")
+    p.add_argument(
+        "--inverse_normal",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="rank-based inverse normal transform (Blom) of every phenotype",
+    )
     p.add_argument("--merge", default="concat", choices=("concat", "pca", "cca"), help="how several runs combine")
     p.add_argument("--n_components", type=int, default=0, help="components of --merge pca/cca")
     p.add_argument("--seed", type=int, default=0)
@@ -59,8 +75,10 @@ def main(argv) -> dict:
     a.pop("debug")
     built = export(GwasSettings(**a))
     r = built["report"]
-    print(f"{r['n_out']} of {r['n_in']} participants, {built['pheno'].shape[1] - 1} phenotypes written to {a['out']}"
-          + (f" (dropped: {', '.join(f'{k} {v}' for k, v in r['drops'].items())})" if r["drops"] else ""))
+    print(
+        f"{r['n_out']} of {r['n_in']} participants, {built['pheno'].shape[1] - 1} phenotypes written to {a['out']}"
+        + (f" (dropped: {', '.join(f'{k} {v}' for k, v in r['drops'].items())})" if r["drops"] else "")
+    )
     return built
 
 

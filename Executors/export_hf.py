@@ -6,6 +6,7 @@ Writes DIR/config.json (rebuilds the model and its input contract),
 DIR/model.safetensors (EMA weights for DiffAE) and DIR/README.md (model card).
 Load it back with ``--load_hf DIR`` (or ``--load_hf ORG/NAME`` once pushed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,8 +21,12 @@ def main(argv) -> None:
     p.add_argument("--run", required=True, help="training run folder (with Checkpoints/ and resolved_config.yaml)")
     p.add_argument("--checkpoint", default="best", help="best (by the monitored metric), last, or a checkpoint path")
     p.add_argument("--out", required=True, help="output folder for the repository files")
-    p.add_argument("--push", default=None, metavar="ORG/NAME", help="upload to this Hugging Face repo (token from HF_TOKEN "
-                                                                    "or `huggingface-cli login`)")
+    p.add_argument(
+        "--push",
+        default=None,
+        metavar="ORG/NAME",
+        help="upload to this Hugging Face repo (token from HF_TOKEN or `huggingface-cli login`)",
+    )
     p.add_argument("--private", action="store_true", help="create the pushed repo as private")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     a = p.parse_args(argv)

@@ -4,6 +4,7 @@ python Executors/main.py --task NAME [--plugins MOD[,MOD]] [flags] [--section§k
 Built-in tasks: diffAE, recon, latentcls (main_<task>.py are aliases). Plug-in modules register their own
 tasks (see docs/how-to/plugins.md); $IMLATENT_PLUGINS lists modules to import as well.
 """
+
 from Engineering.Engines.cli import main
 from Engineering.errors import run_cli
 

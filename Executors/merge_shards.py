@@ -3,6 +3,7 @@
 python Executors/merge_shards.py RUN_FOLDER [--output_suffix SUFFIX]
 Reads RUN_FOLDER/Output[_SUFFIX]_shard<i>of<n> (every i), writes RUN_FOLDER/Output[_SUFFIX].
 """
+
 from pathlib import Path
 
 from Engineering.errors import ArgParser, run_cli

@@ -14,6 +14,7 @@ comparison on RxRx1-WILDS). Seeds and budgets are fixed; the table is printed as
 
     python benchmarks/bench_ben.py [--out bench_ben] [--epochs 6]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -84,17 +85,44 @@ def main() -> None:
         n_val = max(2, len(rest) // 10)
         folds = out / f"folds_{site}.csv"
         pd.DataFrame({"train": [str(rest[n_val:])], "val": [str(rest[:n_val])], "test": [str(held)]}).to_csv(
-            folds, index=False)
-        common = ["--json§save_path", str(out), "--json§foldCSV", str(folds), "--json§DS_phenotypes§path", str(labels),
-                  "--no-progress_bar", "--no-tbactive", "--num_epochs", str(args.epochs), "--seed", "1701"]
+            folds, index=False
+        )
+        common = [
+            "--json§save_path",
+            str(out),
+            "--json§foldCSV",
+            str(folds),
+            "--json§DS_phenotypes§path",
+            str(labels),
+            "--no-progress_bar",
+            "--no-tbactive",
+            "--num_epochs",
+            str(args.epochs),
+            "--seed",
+            "1701",
+        ]
         for method, ben in (("ssl", False), ("ssl", True), ("erm", False), ("erm", True)):
             name = f"{method}{'_ben' if ben else ''}_{site}"
             groups = ["--batch_groups", "site", "--bn_eval_mode", "batch"] if ben else []
             task = ["--erm_label", "radius_class"] if method == "erm" else []
             _run(f"Executors/main_{method}.py", *common, *groups, *task, "--fulltrainID", name, "--run_mode", "1")
             # latents of every sample (train sites and held-out site), with the run's BN policy
-            _run(f"Executors/main_{method}.py", *common, *groups, *task, "--fulltrainID", name, "--resume",
-                 "--load_best", "--run_mode", "2", "--output_suffix", "all", "--json§foldCSV", "0")
+            _run(
+                f"Executors/main_{method}.py",
+                *common,
+                *groups,
+                *task,
+                "--fulltrainID",
+                name,
+                "--resume",
+                "--load_best",
+                "--run_mode",
+                "2",
+                "--output_suffix",
+                "all",
+                "--json§foldCSV",
+                "0",
+            )
             emb = pd.read_parquet(out / name / "Output_all" / "emb.parquet")
             zc = [c for c in emb.columns if c.startswith("Z")]
             test = emb["patientID"].isin(held).to_numpy()
@@ -112,12 +140,22 @@ def main() -> None:
                 yt, pt = part["true"].to_numpy(), part["prediction"].to_numpy()
                 value = _ci(yt, part["patientID"].to_numpy(), lambda i: _balanced_accuracy(yt[i], pt[i]))
                 metric = "balanced accuracy radius tertile"
-            rows.append({"held-out site": site, "model": f"{method.upper()}{' + BEN' if ben else ''}",
-                         "metric": metric, "value": value[0], "ci": (value[1], value[2])})
+            rows.append(
+                {
+                    "held-out site": site,
+                    "model": f"{method.upper()}{' + BEN' if ben else ''}",
+                    "metric": metric,
+                    "value": value[0],
+                    "ci": (value[1], value[2]),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
     table = ["| held-out site | model | metric | value [95% CI] |", "|---|---|---|---|"]
-    table += [f"| {r['held-out site']} | {r['model']} | {r['metric']} | {r['value']:.3f} "
-              f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |" for r in rows]
+    table += [
+        f"| {r['held-out site']} | {r['model']} | {r['metric']} | {r['value']:.3f} "
+        f"[{r['ci'][0]:.3f}, {r['ci'][1]:.3f}] |"
+        for r in rows
+    ]
     (out / "ben.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

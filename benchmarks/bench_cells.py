@@ -16,6 +16,7 @@ cores); run it alone.
 
     python benchmarks/bench_cells.py [--out bench_cells] [--write benchmarks/results/cells.md] [--radar PNG]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,20 +34,42 @@ LATENT = "16"
 IMAGE_3D = ["--datajson_path", "Configs/dataNpath_cells.json", "--is3D", "--input_shape", "32,32,32"]
 MODELS = {  # name -> (executor, flags); every run: same data (@cells), folds and latent size; a few CPU minutes each
     "RotInv": ("Executors/main_rotinv.py", ["--num_epochs", "8"]),
-    "AE_3D": ("Executors/main_recon.py", ["--pythae_model", "ae", *IMAGE_3D, "--batch_size", "8", "--num_epochs", "20",
-                                          "--lr", "2e-3"]),
-    "VAE_3D": ("Executors/main_recon.py", ["--pythae_model", "vae", *IMAGE_3D, "--batch_size", "8",
-                                           "--num_epochs", "20", "--lr", "2e-3"]),
-    "DiffAE_3D": ("Executors/main_diffAE.py", [*IMAGE_3D, "--batch_size", "8", "--num_epochs", "8",
-                                               "--model§DiffAE§attn_res", "[]", "--test_emb_only"]),
+    "AE_3D": (
+        "Executors/main_recon.py",
+        ["--pythae_model", "ae", *IMAGE_3D, "--batch_size", "8", "--num_epochs", "20", "--lr", "2e-3"],
+    ),
+    "VAE_3D": (
+        "Executors/main_recon.py",
+        ["--pythae_model", "vae", *IMAGE_3D, "--batch_size", "8", "--num_epochs", "20", "--lr", "2e-3"],
+    ),
+    "DiffAE_3D": (
+        "Executors/main_diffAE.py",
+        [*IMAGE_3D, "--batch_size", "8", "--num_epochs", "8", "--model§DiffAE§attn_res", "[]", "--test_emb_only"],
+    ),
     "VN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "vn", "--num_epochs", "20"]),
     "DGCNN_points": ("Executors/main_pointcloud.py", ["--model§PointCloud§encoder", "dgcnn", "--num_epochs", "20"]),
 }
-ROWS = ("probe_balanced_accuracy/rule", "knn_accuracy/rule", "outlier_detection/outlier", "outlier_auroc/outlier",
-        "rotation_invariance_error", "rotation_invariance", "pose_equivariance_error", "rotation_sensitivity",
-        "reconstruction_mse", "reconstruction_chamfer", "reconstruction_sinkhorn", "latent_usage_swap",
-        "evolution_energy", "embedding_distance", "decoded_path_ratio", "interpolation_distance", "archetype_r2",
-        "parameters_M", "inference_ms_per_sample")
+ROWS = (
+    "probe_balanced_accuracy/rule",
+    "knn_accuracy/rule",
+    "outlier_detection/outlier",
+    "outlier_auroc/outlier",
+    "rotation_invariance_error",
+    "rotation_invariance",
+    "pose_equivariance_error",
+    "rotation_sensitivity",
+    "reconstruction_mse",
+    "reconstruction_chamfer",
+    "reconstruction_sinkhorn",
+    "latent_usage_swap",
+    "evolution_energy",
+    "embedding_distance",
+    "decoded_path_ratio",
+    "interpolation_distance",
+    "archetype_r2",
+    "parameters_M",
+    "inference_ms_per_sample",
+)
 
 
 def _run(args: list[str], env: dict) -> float:
@@ -67,15 +90,48 @@ def main() -> None:
     env = {**os.environ, "IMLATENT_CACHE": str(out / "cache"), "HF_HUB_OFFLINE": "1"}
     seconds = {}
     for name, (script, flags) in MODELS.items():
-        seconds[name] = _run([script, "--fulltrainID", name, "--json§save_path", str(out / "runs"), "--latent_dim",
-                              LATENT, "--no-progress_bar", "--no-tbactive", *flags], env)
+        seconds[name] = _run(
+            [
+                script,
+                "--fulltrainID",
+                name,
+                "--json§save_path",
+                str(out / "runs"),
+                "--latent_dim",
+                LATENT,
+                "--no-progress_bar",
+                "--no-tbactive",
+                *flags,
+            ],
+            env,
+        )
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
     runs = out / "runs"
     report = out / "report"
-    _run(["Executors/main_benchmark.py", "--latents", *[f"{n}={runs / n}" for n in MODELS],
-          "--labels", str(out / "cache" / "cells_v2" / "phenotypes.tsv"), "--label_cols", "rule",
-          "--outlier_col", "outlier", "--run", *[f"{n}={runs / n}" for n in MODELS], "--run_max_samples", "32",
-          "--archetypes", "4", "--pixels", str(out / "cache" / "cells_v2" / "data.h5"), "--out", str(report)], env)
+    _run(
+        [
+            "Executors/main_benchmark.py",
+            "--latents",
+            *[f"{n}={runs / n}" for n in MODELS],
+            "--labels",
+            str(out / "cache" / "cells_v2" / "phenotypes.tsv"),
+            "--label_cols",
+            "rule",
+            "--outlier_col",
+            "outlier",
+            "--run",
+            *[f"{n}={runs / n}" for n in MODELS],
+            "--run_max_samples",
+            "32",
+            "--archetypes",
+            "4",
+            "--pixels",
+            str(out / "cache" / "cells_v2" / "data.h5"),
+            "--out",
+            str(report),
+        ],
+        env,
+    )
     metrics = json.loads((report / "metrics.json").read_text())
     lines = ["| model | train s | " + " | ".join(ROWS) + " |", "|---|---|" + "---|" * len(ROWS)]
     for name in [*MODELS, "baseline_pca_pixels", "baseline_random"]:
@@ -89,24 +145,26 @@ def main() -> None:
             else:
                 cells.append(f"{rec['value']:.3g}")
         lines.append(f"| {name} | {seconds.get(name, 0):.0f} | " + " | ".join(cells) + " |")
-    lines.append("\nDirections: probes, kNN, outlier detection and AUROC (0.5 = chance), latent usage, archetype "
-                 "R² higher is better; rotation metrics, pose error (degrees), reconstruction errors, evolution "
-                 "energy, embedding distance, decoded path ratio (>= 1), interpolation distance, parameters (M) and "
-                 "ms per sample lower is better. The reference's definitions (AllenCell benchmarking_representations)"
-                 ": outlier_detection, rotation_invariance_error, reconstruction_chamfer, reconstruction_sinkhorn, "
-                 "evolution_energy, "
-                 "embedding_distance; ours: outlier_auroc, rotation_invariance (latent change under 4 random SO(3) "
-                 "rotations over the between-sample spread), rotation_sensitivity (90° in-plane steps and flips), "
-                 "decoded_path_ratio, interpolation_distance. — : not "
-                 "applicable to the model (see report.html for the reason). "
-                 "Regenerate: `python benchmarks/bench_cells.py --write benchmarks/results/cells.md`.")
+    lines.append(
+        "\nDirections: probes, kNN, outlier detection and AUROC (0.5 = chance), latent usage, archetype "
+        "R² higher is better; rotation metrics, pose error (degrees), reconstruction errors, evolution "
+        "energy, embedding distance, decoded path ratio (>= 1), interpolation distance, parameters (M) and "
+        "ms per sample lower is better. The reference's definitions (AllenCell benchmarking_representations)"
+        ": outlier_detection, rotation_invariance_error, reconstruction_chamfer, reconstruction_sinkhorn, "
+        "evolution_energy, "
+        "embedding_distance; ours: outlier_auroc, rotation_invariance (latent change under 4 random SO(3) "
+        "rotations over the between-sample spread), rotation_sensitivity (90° in-plane steps and flips), "
+        "decoded_path_ratio, interpolation_distance. — : not "
+        "applicable to the model (see report.html for the reason). "
+        "Regenerate: `python benchmarks/bench_cells.py --write benchmarks/results/cells.md`."
+    )
     table = "\n".join(lines)
     print(table)
     if args.write:
         Path(args.write).write_text(table + "\n")
     if args.radar:
         html = (report / "report.html").read_text()
-        found = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html[html.find("Radar"):])
+        found = re.search(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html[html.find("Radar") :])
         if found:
             Path(args.radar).write_bytes(base64.b64decode(found.group(1)))
 

@@ -19,6 +19,7 @@ Not part of the tests (about 8 minutes on 2 CPU cores, nothing else running).
 
     python benchmarks/bench_confounders.py [--out bench_confounders] [--epochs 25] [--write_results]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,14 +35,28 @@ from bench_ben import REPO, _ci, _r2, _run  # noqa: E402  (the same runner and b
 
 MODELS = {
     "vae": ["--pythae_model", "vae"],
-    "ultra_vae + phenotypes": ["--pythae_model", "custom_ultra_vae",
-                               "--model§pythae§models§ultra_vae§learn_phenotypes", "true"],
+    "ultra_vae + phenotypes": [
+        "--pythae_model",
+        "custom_ultra_vae",
+        "--model§pythae§models§ultra_vae§learn_phenotypes",
+        "true",
+    ],
     "ultra_vae + phenotypes + correlation penalty": [
-        "--pythae_model", "custom_ultra_vae", "--model§pythae§models§ultra_vae§learn_phenotypes", "true",
-        "--model§pythae§models§ultra_vae§anti_confounders_strategy", "2"],
+        "--pythae_model",
+        "custom_ultra_vae",
+        "--model§pythae§models§ultra_vae§learn_phenotypes",
+        "true",
+        "--model§pythae§models§ultra_vae§anti_confounders_strategy",
+        "2",
+    ],
     "ultra_vae + phenotypes + adversary": [
-        "--pythae_model", "custom_ultra_vae", "--model§pythae§models§ultra_vae§learn_phenotypes", "true",
-        "--model§pythae§models§ultra_vae§anti_confounders_strategy", "1"],
+        "--pythae_model",
+        "custom_ultra_vae",
+        "--model§pythae§models§ultra_vae§learn_phenotypes",
+        "true",
+        "--model§pythae§models§ultra_vae§anti_confounders_strategy",
+        "1",
+    ],
 }
 
 
@@ -58,11 +73,21 @@ def main() -> None:
     p.add_argument("--patients", type=int, default=120)
     p.add_argument("--frames", type=int, default=4)
     p.add_argument("--size", type=int, default=32)
-    p.add_argument("--latent_dim", type=int, default=3, help="small, so that what the latent keeps is a choice: with "
-                   "8 the plain VAE's latents already give cavity_radius a held-out R² of 0.83")
+    p.add_argument(
+        "--latent_dim",
+        type=int,
+        default=3,
+        help="small, so that what the latent keeps is a choice: with "
+        "8 the plain VAE's latents already give cavity_radius a held-out R² of 0.83",
+    )
     p.add_argument("--phenotype", default="cavity_radius", help="the phenotype column learned and probed")
-    p.add_argument("--lambda_pheno", type=float, default=10.0, help="lambda_pheno_loss (the ancestor's default 1 is "
-                   "small beside a reconstruction term summed over 32x32 pixels)")
+    p.add_argument(
+        "--lambda_pheno",
+        type=float,
+        default=10.0,
+        help="lambda_pheno_loss (the ancestor's default 1 is "
+        "small beside a reconstruction term summed over 32x32 pixels)",
+    )
     p.add_argument("--lambda_corr", type=float, default=1000.0, help="lambda_conf_corr_loss")
     p.add_argument("--lambda_adv", type=float, default=100.0, help="lambda_conf_adv_loss (the reversed gradient)")
     p.add_argument("--write_results", action="store_true", help="also write benchmarks/results/confounders.md")
@@ -83,21 +108,55 @@ def main() -> None:
     site = pd.read_csv(cohort / "covariates.tsv", sep="\t", dtype={"FID": str}).set_index("FID")["site"]
     fold = read_fold(cohort / "folds.csv", 0)
     train, test = set(fold.train), set(fold.test)
-    common = ["--json§datadir", str(cohort), "--json§save_path", str(out), "--input_shape", f"{args.size},{args.size}",
-              "--latent_dim", str(args.latent_dim), "--batch_size", str(args.batch_size), "--num_epochs", str(args.epochs),
-              "--lr", str(args.lr),
-              "--norm_type", "zscore", "--zscore_mean", "0", "--zscore_std", "1000", "--seed", "1701",
-              "--no-progress_bar", "--no-tbactive"]
+    common = [
+        "--json§datadir",
+        str(cohort),
+        "--json§save_path",
+        str(out),
+        "--input_shape",
+        f"{args.size},{args.size}",
+        "--latent_dim",
+        str(args.latent_dim),
+        "--batch_size",
+        str(args.batch_size),
+        "--num_epochs",
+        str(args.epochs),
+        "--lr",
+        str(args.lr),
+        "--norm_type",
+        "zscore",
+        "--zscore_mean",
+        "0",
+        "--zscore_std",
+        "1000",
+        "--seed",
+        "1701",
+        "--no-progress_bar",
+        "--no-tbactive",
+    ]
     # the tables are honoured only by the models that read them: each model gets what it reads
     # (the table paths explicitly: the demo dataNpath JSON's point at the bundled @demo cohort's tables)
-    tables = {"learn_phenotypes": ["--json§DS_phenotypes§path", str(cohort / "phenotypes.tsv"),
-                                   "--json§DS_phenotypes§cols", json.dumps([args.phenotype])],
-              "anti_confounders_strategy": ["--json§DS_confounders§path", str(cohort / "covariates.tsv"),
-                                            "--json§DS_confounders§mulcat_cols", '["site"]']}
+    tables = {
+        "learn_phenotypes": [
+            "--json§DS_phenotypes§path",
+            str(cohort / "phenotypes.tsv"),
+            "--json§DS_phenotypes§cols",
+            json.dumps([args.phenotype]),
+        ],
+        "anti_confounders_strategy": [
+            "--json§DS_confounders§path",
+            str(cohort / "covariates.tsv"),
+            "--json§DS_confounders§mulcat_cols",
+            '["site"]',
+        ],
+    }
     rows = []
     for label, flags in MODELS.items():
-        name = f"cf_{cohort.name}_" + "".join(ch if ch.isalnum() else "_" for ch in label) + (
-            f"_{args.phenotype}" if "phenotypes" in label else "")
+        name = (
+            f"cf_{cohort.name}_"
+            + "".join(ch if ch.isalnum() else "_" for ch in label)
+            + (f"_{args.phenotype}" if "phenotypes" in label else "")
+        )
         extra = list(flags)
         key = "--model§pythae§models§ultra_vae§"
         if "learn_phenotypes" in " ".join(flags):
@@ -109,8 +168,21 @@ def main() -> None:
         run_common = common + [a for key, part in tables.items() if any(key in f for f in flags) for a in part]
         if not (out / name / "Output_all" / "emb.parquet").is_file():
             _run("Executors/main_recon.py", *run_common, *extra, "--fulltrainID", name, "--run_mode", "1")
-            _run("Executors/main_recon.py", *run_common, *extra, "--fulltrainID", name, "--resume", "--load_best",
-                 "--run_mode", "2", "--output_suffix", "all", "--json§foldCSV", "0")
+            _run(
+                "Executors/main_recon.py",
+                *run_common,
+                *extra,
+                "--fulltrainID",
+                name,
+                "--resume",
+                "--load_best",
+                "--run_mode",
+                "2",
+                "--output_suffix",
+                "all",
+                "--json§foldCSV",
+                "0",
+            )
         emb = pd.read_parquet(out / name / "Output_all" / "emb.parquet")
         zc = [c for c in emb.columns if c.startswith("Z")]
         per = emb.groupby("patientID")[zc].mean()
@@ -127,16 +199,24 @@ def main() -> None:
         chance = float(pd.Series(st).value_counts(normalize=True).max())
         rows.append({"model": label, "r2": r2, "site_acc": acc, "chance": chance, "n_test": int(is_test.sum())})
         print(json.dumps(rows[-1]), flush=True)
-    table = [f"| model | R² {args.phenotype} (held-out) [95% CI] | site accuracy (held-out) [95% CI] | chance |",
-             "|---|---|---|---|"]
-    table += [f"| {r['model']} | {r['r2'][0]:.3f} [{r['r2'][1]:.3f}, {r['r2'][2]:.3f}] | {r['site_acc'][0]:.3f} "
-              f"[{r['site_acc'][1]:.3f}, {r['site_acc'][2]:.3f}] | {r['chance']:.3f} |" for r in rows]
-    text = (f"Planted cohort: {args.patients} demo patients ({args.size}×{args.size}, {args.frames} frames), fold 0: "
-            f"test {rows[0]['n_test']} "
-            f"patients; latent_dim {args.latent_dim}, {args.epochs} epochs of batches of {args.batch_size} at lr {args.lr:g}, "
-            f"lambda_pheno_loss {args.lambda_pheno:g}, "
-            f"lambda_conf_corr_loss {args.lambda_corr:g}, lambda_conf_adv_loss {args.lambda_adv:g}; "
-            f"`python benchmarks/bench_confounders.py`\n\n" + "\n".join(table) + "\n")
+    table = [
+        f"| model | R² {args.phenotype} (held-out) [95% CI] | site accuracy (held-out) [95% CI] | chance |",
+        "|---|---|---|---|",
+    ]
+    table += [
+        f"| {r['model']} | {r['r2'][0]:.3f} [{r['r2'][1]:.3f}, {r['r2'][2]:.3f}] | {r['site_acc'][0]:.3f} "
+        f"[{r['site_acc'][1]:.3f}, {r['site_acc'][2]:.3f}] | {r['chance']:.3f} |"
+        for r in rows
+    ]
+    text = (
+        f"Planted cohort: {args.patients} demo patients ({args.size}×{args.size}, {args.frames} frames), fold 0: "
+        f"test {rows[0]['n_test']} "
+        f"patients; latent_dim {args.latent_dim}, {args.epochs} epochs of batches of {args.batch_size} "
+        f"at lr {args.lr:g}, "
+        f"lambda_pheno_loss {args.lambda_pheno:g}, "
+        f"lambda_conf_corr_loss {args.lambda_corr:g}, lambda_conf_adv_loss {args.lambda_adv:g}; "
+        f"`python benchmarks/bench_confounders.py`\n\n" + "\n".join(table) + "\n"
+    )
     (out / "confounders.md").write_text(text)
     if args.write_results:
         (REPO / "benchmarks" / "results" / "confounders.md").write_text(text)

@@ -10,6 +10,7 @@ machine, into ~/.cache/imlatent/demo) so that its generation is not timed. Exit 
 
 python benchmarks/bench_demo_model.py [--repeats 3] [--limit 60] [--threads N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,22 @@ def main(argv=None) -> int:
             out = Path(tmp) / f"x{i}.tsv"
             cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             start = time.perf_counter()
-            subprocess.run([sys.executable, "Executors/embed.py", "--model", str(MODEL), "--input", "@demo/data.h5",
-                            "--out", str(out)], cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+            subprocess.run(
+                [
+                    sys.executable,
+                    "Executors/embed.py",
+                    "--model",
+                    str(MODEL),
+                    "--input",
+                    "@demo/data.h5",
+                    "--out",
+                    str(out),
+                ],
+                cwd=REPO,
+                env=env,
+                check=True,
+                stdout=subprocess.DEVNULL,
+            )
             times.append(time.perf_counter() - start)
             cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
             cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
@@ -55,8 +70,9 @@ def main(argv=None) -> int:
             print(f"run {i + 1}: {times[-1]:.1f} s wall, {cpu:.1f} s CPU ({rows} samples)", flush=True)
     median = statistics.median(times)
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())  # other work on the machine slows every run
-    print(f"median of {a.repeats}: {median:.1f} s on {os.cpu_count()} cores (limit {a.limit:.0f} s; load average "
-          f"{load})")
+    print(
+        f"median of {a.repeats}: {median:.1f} s on {os.cpu_count()} cores (limit {a.limit:.0f} s; load average {load})"
+    )
     return 0 if median <= a.limit else 1
 
 

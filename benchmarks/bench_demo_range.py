@@ -10,6 +10,7 @@ with the best checkpoint, and probes the latents for the demo's known factors wi
 
 Prints one JSON line per range. Not part of the tests (it trains for minutes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,16 +38,47 @@ def main() -> None:
 
     demo = ensure_demo()
     for rng in ("unit", "symmetric"):
-        common = ["--json§save_path", str(out), "--fulltrainID", f"range_{rng}", "--norm_range", rng,
-                  "--no-progress_bar"]
+        common = [
+            "--json§save_path",
+            str(out),
+            "--fulltrainID",
+            f"range_{rng}",
+            "--norm_range",
+            rng,
+            "--no-progress_bar",
+        ]
         extra = ["--num_epochs", str(args.epochs)] if args.epochs else []
         _run("Executors/main_diffAE.py", *common, *extra, "--run_mode", "1")
-        _run("Executors/main_diffAE.py", *common, "--resume", "--load_best", "--run_mode", "2", "--test_emb_only",
-             "--output_suffix", "fullDS", "--json§foldCSV", "0")
+        _run(
+            "Executors/main_diffAE.py",
+            *common,
+            "--resume",
+            "--load_best",
+            "--run_mode",
+            "2",
+            "--test_emb_only",
+            "--output_suffix",
+            "fullDS",
+            "--json§foldCSV",
+            "0",
+        )
         bench = out / f"bench_{rng}"
-        _run("Executors/main_benchmark.py", "--latents", f"{rng}={out / f'range_{rng}' / 'Output_fullDS' / 'emb.h5'}",
-             "--labels", str(demo / "phenotypes.tsv"), "--label_cols", "cavity_radius", "ef_class",
-             "--aggregate", "patient", "--pixels", str(demo / "data.h5"), "--out", str(bench))
+        _run(
+            "Executors/main_benchmark.py",
+            "--latents",
+            f"{rng}={out / f'range_{rng}' / 'Output_fullDS' / 'emb.h5'}",
+            "--labels",
+            str(demo / "phenotypes.tsv"),
+            "--label_cols",
+            "cavity_radius",
+            "ef_class",
+            "--aggregate",
+            "patient",
+            "--pixels",
+            str(demo / "data.h5"),
+            "--out",
+            str(bench),
+        )
         metrics = json.loads((bench / "metrics.json").read_text())
         row = {"norm_range": rng}
         for run_name, values in metrics.items():

@@ -35,6 +35,7 @@ GFLOP/s, the peaks, ``*_frac_peak``, the data wait, the profile's top operators)
 targets. Every time is the median of ``--steps`` repetitions after a warm-up. On CUDA the same rows report
 samples/s and peak memory (no peaks).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -114,12 +115,15 @@ def ancestor_model(root: Path, is3D: bool, shape, net_ch: int, latent: int):
     """The ancestor's BeatGANsAutoencModel for this configuration, built by its own ``ukbb_autoenc`` template."""
     pkg_dir = Path(root).expanduser() / "Engineering" / "Engines" / "WarpDrives" / "DiffAE"
     if not (pkg_dir / "templates.py").is_file():
-        sys.exit(f"--ancestor {root}: no Engineering/Engines/WarpDrives/DiffAE/network/templates.py there (give the root of "
-                 "an ImLatent checkout)")
+        sys.exit(
+            f"--ancestor {root}: no Engineering/Engines/WarpDrives/DiffAE/network/templates.py there (give the root of "
+            "an ImLatent checkout)"
+        )
     name = "_ancestor_diffae"  # its own package name, so it cannot shadow ours (both are called Engineering)
     if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, pkg_dir / "__init__.py",
-                                                      submodule_search_locations=[str(pkg_dir)])
+        spec = importlib.util.spec_from_file_location(
+            name, pkg_dir / "__init__.py", submodule_search_locations=[str(pkg_dir)]
+        )
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)
@@ -157,8 +161,15 @@ def _cohort(path: Path, n: int, shape, is3D: bool) -> None:
 
 def loader(path: Path, is3D: bool, shape, batch: int, workers: int) -> DataLoader:
     records = scan(path, Selection())
-    spec = SampleSpec(is3D=is3D, input_shape=tuple(shape), perm=axis_perm(0, 1 if is3D else 2), split_t=not is3D,
-                      split_s=not is3D, norm_type="minmaxvol", norm_range="symmetric")
+    spec = SampleSpec(
+        is3D=is3D,
+        input_shape=tuple(shape),
+        perm=axis_perm(0, 1 if is3D else 2),
+        split_t=not is3D,
+        split_s=not is3D,
+        norm_type="minmaxvol",
+        norm_range="symmetric",
+    )
     ds = H5Samples(path, records, enumerate_samples(records, spec), spec)
     return DataLoader(ds, batch_size=batch, shuffle=True, num_workers=workers, drop_last=True)
 
@@ -190,6 +201,7 @@ def train_step(pair: Pair, batches, device: str, bf16: bool = False, generator: 
         loss.backward()
         opt.step()
         losses.append(loss.item())
+
     return step, waits, losses
 
 
@@ -203,6 +215,7 @@ def flop_counts(fn) -> dict[str, float]:
 def op_seconds(fn) -> dict[str, float]:
     """Self CPU seconds per operator in one call of fn (torch.profiler)."""
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
     return {e.key: e.self_cpu_time_total / 1e6 for e in prof.key_averages()}
@@ -212,8 +225,10 @@ def top_ops(fn, n: int = 6) -> list[dict]:
     """The operators that take the time of one call of fn."""
     secs = op_seconds(fn)
     total = sum(secs.values()) or 1
-    return [{"op": op, "s": round(s, 3), "share": round(s / total, 3)}
-            for op, s in sorted(secs.items(), key=lambda kv: kv[1], reverse=True)[:n]]
+    return [
+        {"op": op, "s": round(s, 3), "share": round(s / total, 3)}
+        for op, s in sorted(secs.items(), key=lambda kv: kv[1], reverse=True)[:n]
+    ]
 
 
 def model_peaks(ours: DiffAE, x_train, x_emb, t0) -> peak_meter.Peaks:
@@ -236,9 +251,18 @@ def bench_config(name: str, args) -> dict:
     if args.ancestor:
         torch.manual_seed(0)
         pairs.append(Pair(ancestor_model(Path(args.ancestor), is3D, shape, ch, latent).to(device), ancestor=True))
-    out: dict = {"config": name, "shape": list(shape), "net_ch": ch, "latent": latent, "train_batch": bs,
-                 "embed_batch": ebs, "steps": steps, "threads": torch.get_num_threads(), "device": device,
-                 "params_M": round(sum(p.numel() for p in ours.parameters()) / 1e6, 2)}
+    out: dict = {
+        "config": name,
+        "shape": list(shape),
+        "net_ch": ch,
+        "latent": latent,
+        "train_batch": bs,
+        "embed_batch": ebs,
+        "steps": steps,
+        "threads": torch.get_num_threads(),
+        "device": device,
+        "params_M": round(sum(p.numel() for p in ours.parameters()) / 1e6, 2),
+    }
     if args.ancestor:
         out["ancestor_params_M"] = round(sum(p.numel() for p in pairs[2].net.parameters()) / 1e6, 2)
     x_train = torch.randn(bs, 1, *shape, device=device)
@@ -259,13 +283,15 @@ def bench_config(name: str, args) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "data.h5"
         _cohort(path, bs * (steps + 1), shape, is3D)
-        made = [train_step(pair, loader(path, is3D, shape, bs, workers=0), device, bf16=i == 1)
-                for i, pair in enumerate(pairs)]
+        made = [
+            train_step(pair, loader(path, is3D, shape, bs, workers=0), device, bf16=i == 1)
+            for i, pair in enumerate(pairs)
+        ]
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         secs = interleaved([m[0] for m in made], steps, sync)
         if device == "cuda":
-            out["train_peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2 ** 30, 2)
+            out["train_peak_mem_GiB"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             out["train_samples_per_s"] = round(bs / secs[0], 2)
     out["ours_train_s_per_step"] = round(secs[0], 3)
     out["ours_train_bf16_s_per_step"] = round(secs[1], 3)
@@ -307,6 +333,7 @@ def bench_config(name: str, args) -> dict:
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                     loss = net(x_train, t0 + 500, net.encode(x_train)).float().square().mean()
                 loss.backward()
+
             out[key] = top_ops(one_step)
 
     if args.ancestor:
@@ -328,11 +355,13 @@ def bench_config(name: str, args) -> dict:
 # every throughput figure, the precision and memory layout it runs in (training under autocast keeps the
 # contiguous layout: channels-last measured slower end to end, docs/results/speed.md)
 def _layouts(is3D: bool) -> dict:
-    return {"train": ("ours_train_GFLOPs", "fp32", "contiguous"),
-            "train_bf16": ("ours_train_bf16_GFLOPs", "bf16", "contiguous"),
-            "embed": ("ours_embed_GFLOPs", "fp32", "contiguous"),
-            "embed_bf16": ("ours_embed_bf16_GFLOPs", "bf16", "channels_last" if is3D else "contiguous"),
-            "embed_bf16_conv": ("embed_bf16_conv_GFLOPs", "bf16", "channels_last" if is3D else "contiguous")}
+    return {
+        "train": ("ours_train_GFLOPs", "fp32", "contiguous"),
+        "train_bf16": ("ours_train_bf16_GFLOPs", "bf16", "contiguous"),
+        "embed": ("ours_embed_GFLOPs", "fp32", "contiguous"),
+        "embed_bf16": ("ours_embed_bf16_GFLOPs", "bf16", "channels_last" if is3D else "contiguous"),
+        "embed_bf16_conv": ("embed_bf16_conv_GFLOPs", "bf16", "channels_last" if is3D else "contiguous"),
+    }
 
 
 def fractions(row: dict, peaks: peak_meter.Peaks, is3D: bool) -> dict:
@@ -355,18 +384,21 @@ def fractions(row: dict, peaks: peak_meter.Peaks, is3D: bool) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = [f"threads {rows[0]['threads']}; ours in fp32 and under bf16 autocast (--ampmode bf16-mixed), the "
-             "ancestor in fp32; % = fraction of the measured peak of the figure's own precision and layout",
-             "",
-             "| config | batch (train/embed) | s/step fp32 ours (ancestor) | s/step bf16 ours | train speed-up fp32 / "
-             "bf16 | train GFLOP/s fp32 / bf16 (% peak) | data wait | embed subj/s fp32 ours (ancestor) | embed "
-             "subj/s bf16 (÷ ancestor fp32) | embed GFLOP/s fp32 / bf16 (% peak) | bf16 embed convolutions "
-             "GFLOP/s (% peak) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"threads {rows[0]['threads']}; ours in fp32 and under bf16 autocast (--ampmode bf16-mixed), the "
+        "ancestor in fp32; % = fraction of the measured peak of the figure's own precision and layout",
+        "",
+        "| config | batch (train/embed) | s/step fp32 ours (ancestor) | s/step bf16 ours | train speed-up fp32 / "
+        "bf16 | train GFLOP/s fp32 / bf16 (% peak) | data wait | embed subj/s fp32 ours (ancestor) | embed "
+        "subj/s bf16 (÷ ancestor fp32) | embed GFLOP/s fp32 / bf16 (% peak) | bf16 embed convolutions "
+        "GFLOP/s (% peak) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
 
     def pc(r, key):
         v = r.get(key)
         return "peak error" if v is None else f"{100 * v:.0f}%"
+
     for r in rows:
         lines.append(
             f"| {r['config']} {'x'.join(map(str, r['shape']))} ch{r['net_ch']} L{r['latent']} | {r['train_batch']}/"
@@ -377,17 +409,24 @@ def table(rows: list[dict]) -> str:
             f"{r['ours_embed_subj_per_s']:.3g} ({r['ancestor_embed_subj_per_s']:.3g}) | "
             f"{r['ours_embed_bf16_subj_per_s']:.3g} ({r['ratio_embed_bf16']:.2f}x) | {r['ours_embed_GFLOPs']:.0f} "
             f"({pc(r, 'embed_frac_peak')}) / {r['ours_embed_bf16_GFLOPs']:.0f} ({pc(r, 'embed_bf16_frac_peak')}) | "
-            f"{r.get('embed_bf16_conv_GFLOPs', 0):.0f} ({pc(r, 'embed_bf16_conv_frac_peak')}) |")
-    lines += ["", "Peaks measured in the same run (GFLOP/s; convolutions: the configuration's own layers, best of "
-              "them):",
-              "", "| config | matmul fp32 / bf16 | conv fp32 contiguous / channels-last | conv bf16 contiguous / "
-              "channels-last | layers timed |", "|---|---|---|---|---|"]
+            f"{r.get('embed_bf16_conv_GFLOPs', 0):.0f} ({pc(r, 'embed_bf16_conv_frac_peak')}) |"
+        )
+    lines += [
+        "",
+        "Peaks measured in the same run (GFLOP/s; convolutions: the configuration's own layers, best of them):",
+        "",
+        "| config | matmul fp32 / bf16 | conv fp32 contiguous / channels-last | conv bf16 contiguous / "
+        "channels-last | layers timed |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
         if "matmul_peak_fp32_GFLOPs" in r:
-            lines.append(f"| {r['config']} | {r['matmul_peak_fp32_GFLOPs']:.0f} / {r['matmul_peak_bf16_GFLOPs']:.0f} | "
-                         f"{r['conv_peak_fp32_contiguous_GFLOPs']:.0f} / {r['conv_peak_fp32_channels_last_GFLOPs']:.0f}"
-                         f" | {r['conv_peak_bf16_contiguous_GFLOPs']:.0f} / "
-                         f"{r['conv_peak_bf16_channels_last_GFLOPs']:.0f} | {r['conv_layers_measured']} |")
+            lines.append(
+                f"| {r['config']} | {r['matmul_peak_fp32_GFLOPs']:.0f} / {r['matmul_peak_bf16_GFLOPs']:.0f} | "
+                f"{r['conv_peak_fp32_contiguous_GFLOPs']:.0f} / {r['conv_peak_fp32_channels_last_GFLOPs']:.0f}"
+                f" | {r['conv_peak_bf16_contiguous_GFLOPs']:.0f} / "
+                f"{r['conv_peak_bf16_channels_last_GFLOPs']:.0f} | {r['conv_layers_measured']} |"
+            )
     return "\n".join(lines)
 
 
@@ -396,20 +435,29 @@ def targets(rows: list[dict]) -> str:
     pub = next((r for r in rows if r["config"] == "published"), None)
     if pub is None:
         return "targets: run --config published to check them"
-    checks = [("bf16 training vs the ancestor's fp32 step", pub["ratio_train_bf16"], 3.0, "x"),
-              ("bf16 embedding, subjects/s", pub["ours_embed_bf16_subj_per_s"], 4.0, ""),
-              ("bf16 embedding convolutions, % of the bf16 channels-last conv peak",
-               100 * (pub.get("embed_bf16_conv_frac_peak") or 0), 50.0, "%"),
-              ("fp32 training vs the ancestor", pub["ratio_train"], 1.0, "x"),
-              ("fp32 embedding vs the ancestor", pub["ratio_embed"], 1.0, "x"),
-              ("data wait, % of the step (at most)", 100 * pub["data_wait_fraction"], 5.0, "%")]
+    checks = [
+        ("bf16 training vs the ancestor's fp32 step", pub["ratio_train_bf16"], 3.0, "x"),
+        ("bf16 embedding, subjects/s", pub["ours_embed_bf16_subj_per_s"], 4.0, ""),
+        (
+            "bf16 embedding convolutions, % of the bf16 channels-last conv peak",
+            100 * (pub.get("embed_bf16_conv_frac_peak") or 0),
+            50.0,
+            "%",
+        ),
+        ("fp32 training vs the ancestor", pub["ratio_train"], 1.0, "x"),
+        ("fp32 embedding vs the ancestor", pub["ratio_embed"], 1.0, "x"),
+        ("data wait, % of the step (at most)", 100 * pub["data_wait_fraction"], 5.0, "%"),
+    ]
     lines = [f"targets (published shape, ancestor {pub['ancestor_source']}):"]
     for what, got, want, unit in checks:
         ok = got <= want if "at most" in what else got >= want
         miss = "" if ok else f" by {100 * abs(1 - got / want):.0f} %"
         lines.append(f"  {what}: {got:.3g}{unit} (target {want:g}{unit}) {'met' if ok else 'MISSED'}{miss}")
-    for key, what in (("top_ops_train", "fp32 training"), ("top_ops_train_bf16", "bf16 training"),
-                      ("top_ops_embed_bf16", "bf16 embedding")):
+    for key, what in (
+        ("top_ops_train", "fp32 training"),
+        ("top_ops_train_bf16", "bf16 training"),
+        ("top_ops_embed_bf16", "bf16 embedding"),
+    ):
         top = ", ".join(f"{o['op'].replace('aten::', '')[:40]} {100 * o['share']:.0f}%" for o in pub.get(key, [])[:4])
         if top:
             lines.append(f"  {what} profile: {top}")
@@ -428,16 +476,25 @@ def trajectory(name: str, n_steps: int) -> dict:
         _cohort(path, bs * n_steps, shape, is3D)
         for bf16 in (False, True):
             torch.manual_seed(1)  # the DataLoader's shuffle
-            step, _, got = train_step(Pair(copy.deepcopy(net), ancestor=False),
-                                      loader(path, is3D, shape, bs, workers=0), "cpu", bf16=bf16,
-                                      generator=torch.Generator().manual_seed(2))
+            step, _, got = train_step(
+                Pair(copy.deepcopy(net), ancestor=False),
+                loader(path, is3D, shape, bs, workers=0),
+                "cpu",
+                bf16=bf16,
+                generator=torch.Generator().manual_seed(2),
+            )
             for _ in range(n_steps):
                 step()
             losses["bf16" if bf16 else "fp32"] = got
     rel = [abs(b - a) / a for a, b in zip(losses["fp32"], losses["bf16"])]
-    return {"config": name, "trajectory_steps": n_steps, "loss_fp32": [round(v, 6) for v in losses["fp32"]],
-            "loss_bf16": [round(v, 6) for v in losses["bf16"]], "max_rel_diff": round(max(rel), 5),
-            "median_rel_diff": round(statistics.median(rel), 5)}
+    return {
+        "config": name,
+        "trajectory_steps": n_steps,
+        "loss_fp32": [round(v, 6) for v in losses["fp32"]],
+        "loss_bf16": [round(v, 6) for v in losses["bf16"]],
+        "max_rel_diff": round(max(rel), 5),
+        "median_rel_diff": round(statistics.median(rel), 5),
+    }
 
 
 def main() -> None:
@@ -445,12 +502,21 @@ def main() -> None:
     p.add_argument("--config", default="all", choices=[*ROWS, "all"])
     p.add_argument("--ancestor", default="", help="root of a local ImLatent checkout: time its model side by side")
     p.add_argument("--threads", type=int, default=usable_cores(), help="default: the cores this process may use")
-    p.add_argument("--steps", type=int, default=0,
-                   help="timed repetitions after the warm-up (median); default 3 published, 5 small3d, 9 2d")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=0,
+        help="timed repetitions after the warm-up (median); default 3 published, 5 small3d, 9 2d",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the bf16 encoder (as --compile_model)")
     p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the operator profile")
-    p.add_argument("--trajectory", type=int, default=0, metavar="N",
-                   help="instead of timing: the loss of N steps in fp32 and in bf16 from the same start and draws")
+    p.add_argument(
+        "--trajectory",
+        type=int,
+        default=0,
+        metavar="N",
+        help="instead of timing: the loss of N steps in fp32 and in bf16 from the same start and draws",
+    )
     p.add_argument("--write", default="", help="also write the JSON lines and the table to this file")
     a = p.parse_args()
     torch.set_num_threads(a.threads)

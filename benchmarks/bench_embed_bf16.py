@@ -14,6 +14,7 @@ python benchmarks/bench_embed_bf16.py [--out bench_bf16] [--reuse] [--published_
 
 Prints JSON lines and a markdown summary. Not part of the tests (it trains for minutes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,8 +34,21 @@ sys.path.insert(0, str(REPO))
 from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig  # noqa: E402
 
 KEYS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
-RECIPE = ["--is3D", "1", "--input_shape", "16,32,32", "--json§DS_slice_dim", "1", "--num_epochs", "6",
-          "--batch_size", "8", "--n_train_batches", "20", "--no-progress_bar"]
+RECIPE = [
+    "--is3D",
+    "1",
+    "--input_shape",
+    "16,32,32",
+    "--json§DS_slice_dim",
+    "1",
+    "--num_epochs",
+    "6",
+    "--batch_size",
+    "8",
+    "--n_train_batches",
+    "20",
+    "--no-progress_bar",
+]
 
 
 def _run(args: list[str]) -> None:
@@ -48,9 +62,14 @@ def agreement(z32: np.ndarray, z16: np.ndarray) -> dict:
     cos = (z32 * z16).sum(1) / (np.linalg.norm(z32, axis=1) * np.linalg.norm(z16, axis=1))
     max_rel = np.abs(z16 - z32).max(1) / np.abs(z32).max(1)
     l2_rel = np.linalg.norm(z16 - z32, axis=1) / np.linalg.norm(z32, axis=1)
-    return {"n": len(z32), "cos_min": float(cos.min()), "cos_median": float(np.median(cos)),
-            "max_rel_err_max": float(max_rel.max()), "max_rel_err_median": float(np.median(max_rel)),
-            "l2_rel_err_max": float(l2_rel.max())}
+    return {
+        "n": len(z32),
+        "cos_min": float(cos.min()),
+        "cos_median": float(np.median(cos)),
+        "max_rel_err_max": float(max_rel.max()),
+        "max_rel_err_median": float(np.median(max_rel)),
+        "l2_rel_err_max": float(l2_rel.max()),
+    }
 
 
 def _latents(out_dir: Path) -> pd.DataFrame:
@@ -71,8 +90,21 @@ def trained_model(out: Path, reuse: bool) -> dict:
         suffix = f"all_{prec}"
         if not (reuse and (run_dir / f"Output_{suffix}" / "emb.tsv").exists()):
             # the whole cohort (foldCSV 0), every subject, through the executor as a user runs it
-            _run([*common, "--run_mode", "2", "--resume", "--test_emb_only", "--json§foldCSV", "0",
-                  "--output_suffix", suffix, "--embed_precision", prec])
+            _run(
+                [
+                    *common,
+                    "--run_mode",
+                    "2",
+                    "--resume",
+                    "--test_emb_only",
+                    "--json§foldCSV",
+                    "0",
+                    "--output_suffix",
+                    suffix,
+                    "--embed_precision",
+                    prec,
+                ]
+            )
         outs[prec] = run_dir / f"Output_{suffix}"
     a, b = _latents(outs["32"]), _latents(outs["bf16"])
     if not a[KEYS].equals(b[KEYS]):
@@ -81,14 +113,27 @@ def trained_model(out: Path, reuse: bool) -> dict:
     res = {"model": "demo 3D DiffAE 16x32x32 (trained)", "samples": agreement(a[cols].to_numpy(), b[cols].to_numpy())}
     demo = Path.home() / ".cache" / "imlatent" / "demo"
     bench = out / "probe"
-    _run(["Executors/main_benchmark.py", "--latents", f"fp32={outs['32']}", f"bf16={outs['bf16']}",
-          "--labels", str(demo / "phenotypes.tsv"), "--out", str(bench)])
+    _run(
+        [
+            "Executors/main_benchmark.py",
+            "--latents",
+            f"fp32={outs['32']}",
+            f"bf16={outs['bf16']}",
+            "--labels",
+            str(demo / "phenotypes.tsv"),
+            "--out",
+            str(bench),
+        ]
+    )
     metrics = json.loads((bench / "metrics.json").read_text())
     r2 = {}
     for name in ("fp32", "bf16"):
         # ridge R² of the continuous phenotypes, balanced accuracy of the categorical one (ef_class)
-        r2[name] = {k: v["value"] for k, v in metrics[name].items()
-                    if k.startswith(("r2/", "probe_balanced_accuracy/")) and isinstance(v, dict)}
+        r2[name] = {
+            k: v["value"]
+            for k, v in metrics[name].items()
+            if k.startswith(("r2/", "probe_balanced_accuracy/")) and isinstance(v, dict)
+        }
     res["probe_r2"] = r2
     res["probe_r2_max_abs_change"] = max(abs(r2["bf16"][k] - r2["fp32"][k]) for k in r2["fp32"])
     return res
@@ -102,16 +147,20 @@ def published_shape(n: int) -> dict:
     yy, xx = torch.meshgrid(torch.arange(128.0), torch.arange(128.0), indexing="ij")
     z32, z16 = [], []
     with torch.inference_mode():
-        for i in range(n):  # a beating blob at a random place and size on noise, in [-1, 1]
-            cy, cx, r = (torch.rand(3, generator=g) * torch.tensor([40.0, 40.0, 12.0]) + torch.tensor([44, 44, 12]))
-            frames = [torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (r * (1 + 0.2 * np.sin(f / 8))) ** 2))
-                      for f in range(50)]
+        for _ in range(n):  # a beating blob at a random place and size on noise, in [-1, 1]
+            cy, cx, r = torch.rand(3, generator=g) * torch.tensor([40.0, 40.0, 12.0]) + torch.tensor([44, 44, 12])
+            frames = [
+                torch.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * (r * (1 + 0.2 * np.sin(f / 8))) ** 2))
+                for f in range(50)
+            ]
             x = torch.stack(frames)[None, None] + 0.05 * torch.randn(1, 1, 50, 128, 128, generator=g)
             x = 2 * (x - x.min()) / (x.max() - x.min()) - 1
             z32.append(net.encode(x)[0].numpy())
             z16.append(fast(x)[0].numpy())
-    return {"model": "published architecture 50x128x128 (random weights)",
-            "samples": agreement(np.stack(z32), np.stack(z16))}
+    return {
+        "model": "published architecture 50x128x128 (random weights)",
+        "samples": agreement(np.stack(z32), np.stack(z16)),
+    }
 
 
 def main() -> None:
@@ -129,8 +178,10 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for r in rows:
         s = r["samples"]
-        print(f"| {r['model']} | {s['n']} | {s['cos_min']:.6f} ({s['cos_median']:.6f}) | {s['max_rel_err_max']:.4f} "
-              f"({s['max_rel_err_median']:.4f}) | {s['l2_rel_err_max']:.4f} |")
+        print(
+            f"| {r['model']} | {s['n']} | {s['cos_min']:.6f} ({s['cos_median']:.6f}) | {s['max_rel_err_max']:.4f} "
+            f"({s['max_rel_err_median']:.4f}) | {s['l2_rel_err_max']:.4f} |"
+        )
     r2 = rows[0]["probe_r2"]
     print("\n| probe (metric/phenotype) | fp32 latents | bf16 latents | change |\n|---|---|---|---|")
     for k in r2["fp32"]:

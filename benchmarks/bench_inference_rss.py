@@ -9,6 +9,7 @@ Medians of ``--repeats`` runs. Not part of the tests (a few minutes on 2 CPU cor
 
     python benchmarks/bench_inference_rss.py [--out bench_rss] [--repeats 3]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,21 +21,41 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--latent_dim", "8", "--model§DiffAE§net_ch", "8", "--model§DiffAE§ch_mult", "[1,2]",
-        "--model§DiffAE§enc_ch_mult", "[1,2]", "--model§DiffAE§num_res_blocks", "1",
-        "--model§DiffAE§enc_num_res_blocks", "1", "--model§DiffAE§attn_res", "[8]", "--input_shape", "16,16",
-        "--interp_fact", "1", "--no-progress_bar", "--no-tbactive"]
+TINY = [
+    "--latent_dim",
+    "8",
+    "--model§DiffAE§net_ch",
+    "8",
+    "--model§DiffAE§ch_mult",
+    "[1,2]",
+    "--model§DiffAE§enc_ch_mult",
+    "[1,2]",
+    "--model§DiffAE§num_res_blocks",
+    "1",
+    "--model§DiffAE§enc_num_res_blocks",
+    "1",
+    "--model§DiffAE§attn_res",
+    "[8]",
+    "--input_shape",
+    "16,16",
+    "--interp_fact",
+    "1",
+    "--no-progress_bar",
+    "--no-tbactive",
+]
 
 
 def _measured(args: list[str]) -> tuple[float, float]:
     """(peak RSS in MiB, seconds) of one child running main_diffAE.py with ``args``."""
-    code = ("import resource, subprocess, sys, json, time;"
-            "t = time.perf_counter();"
-            f"p = subprocess.run([sys.executable, 'Executors/main_diffAE.py'] + {args!r}, capture_output=True, "
-            "text=True);"
-            "dt = time.perf_counter() - t;"
-            "sys.stderr.write(p.stderr[-3000:] if p.returncode else '');"
-            "print(json.dumps([p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, dt]))")
+    code = (
+        "import resource, subprocess, sys, json, time;"
+        "t = time.perf_counter();"
+        f"p = subprocess.run([sys.executable, 'Executors/main_diffAE.py'] + {args!r}, capture_output=True, "
+        "text=True);"
+        "dt = time.perf_counter() - t;"
+        "sys.stderr.write(p.stderr[-3000:] if p.returncode else '');"
+        "print(json.dumps([p.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, dt]))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     rc, kib, seconds = json.loads(out.stdout.strip().splitlines()[-1])
     if rc:
@@ -55,28 +76,71 @@ def main() -> None:
     cohorts = {}
     for n_patients in (125, 1250):
         t = time.perf_counter()
-        cohorts[n_patients * 16] = write_demo(out / f"cohort{n_patients}", DemoSpec(n_patients=n_patients, n_frames=16,
-                                                                                    size=16, n_folds=3))
+        cohorts[n_patients * 16] = write_demo(
+            out / f"cohort{n_patients}", DemoSpec(n_patients=n_patients, n_frames=16, size=16, n_folds=3)
+        )
         print(f"cohort of {n_patients * 16} samples written in {time.perf_counter() - t:.0f} s", flush=True)
     small = cohorts[2000]
-    train = subprocess.run([sys.executable, "Executors/main_diffAE.py", *TINY, "--json§datadir", str(small),
-                            "--json§save_path", str(out), "--fulltrainID", "model", "--run_mode", "1",
-                            "--num_epochs", "1", "--n_train_batches", "2", "--n_val_batches", "1"],
-                           cwd=REPO, capture_output=True, text=True)
+    train = subprocess.run(
+        [
+            sys.executable,
+            "Executors/main_diffAE.py",
+            *TINY,
+            "--json§datadir",
+            str(small),
+            "--json§save_path",
+            str(out),
+            "--fulltrainID",
+            "model",
+            "--run_mode",
+            "1",
+            "--num_epochs",
+            "1",
+            "--n_train_batches",
+            "2",
+            "--n_val_batches",
+            "1",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if train.returncode:
         sys.exit(train.stderr[-3000:])
     rows = {}
     for n, cohort in cohorts.items():
         peaks, times = [], []
         for r in range(args.repeats):
-            peak, seconds = _measured([*TINY, "--json§datadir", str(cohort), "--json§save_path", str(out),
-                                       "--fulltrainID", f"test{n}_{r}", "--run_mode", "2", "--json§foldCSV", "0",
-                                       "--test_emb_only", "--batch_size", "64", "--output_chunk", str(args.chunk),
-                                       "--load_model_4test", str(out / "model")])
+            peak, seconds = _measured(
+                [
+                    *TINY,
+                    "--json§datadir",
+                    str(cohort),
+                    "--json§save_path",
+                    str(out),
+                    "--fulltrainID",
+                    f"test{n}_{r}",
+                    "--run_mode",
+                    "2",
+                    "--json§foldCSV",
+                    "0",
+                    "--test_emb_only",
+                    "--batch_size",
+                    "64",
+                    "--output_chunk",
+                    str(args.chunk),
+                    "--load_model_4test",
+                    str(out / "model"),
+                ]
+            )
             peaks.append(peak)
             times.append(seconds)
-        rows[n] = {"samples": n, "peak RSS MiB (median)": round(statistics.median(peaks), 1),
-                   "peaks": [round(v, 1) for v in peaks], "seconds (median)": round(statistics.median(times), 1)}
+        rows[n] = {
+            "samples": n,
+            "peak RSS MiB (median)": round(statistics.median(peaks), 1),
+            "peaks": [round(v, 1) for v in peaks],
+            "seconds (median)": round(statistics.median(times), 1),
+        }
         print(json.dumps(rows[n]), flush=True)
     ratio = rows[20000]["peak RSS MiB (median)"] / rows[2000]["peak RSS MiB (median)"]
     print(f"peak RSS 20,000 / 2,000 samples: {ratio:.3f} (target <= 1.10)")

@@ -17,6 +17,7 @@ the tests (about 15 minutes on 2 CPU cores).
 
     python benchmarks/bench_ipirm.py [--out bench_ipirm] [--epochs 6] [--maximize_iter 2] [--reuse]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -71,16 +72,40 @@ def main() -> None:
         n_val = max(2, len(rest) // 10)
         folds = out / f"folds_{site}.csv"
         pd.DataFrame({"train": [str(rest[n_val:])], "val": [str(rest[:n_val])], "test": [str(held)]}).to_csv(
-            folds, index=False)
-        common = ["--json§save_path", str(out), "--json§foldCSV", str(folds), "--no-progress_bar", "--no-tbactive",
-                  "--num_epochs", str(args.epochs), "--seed", "1701"]
+            folds, index=False
+        )
+        common = [
+            "--json§save_path",
+            str(out),
+            "--json§foldCSV",
+            str(folds),
+            "--no-progress_bar",
+            "--no-tbactive",
+            "--num_epochs",
+            str(args.epochs),
+            "--seed",
+            "1701",
+        ]
         for method in ("simclr", "ipirm"):
             name = f"{method}_{site}"
             extra = ["--method", method] + (["--maximize_iter", str(args.maximize_iter)] if method == "ipirm" else [])
             if not (args.reuse and (out / name / "Output_all" / "emb.parquet").is_file()):
                 _run("Executors/main_ssl.py", *common, *extra, "--fulltrainID", name, "--run_mode", "1")
-                _run("Executors/main_ssl.py", *common, *extra, "--fulltrainID", name, "--resume", "--load_best",
-                     "--run_mode", "2", "--output_suffix", "all", "--json§foldCSV", "0")
+                _run(
+                    "Executors/main_ssl.py",
+                    *common,
+                    *extra,
+                    "--fulltrainID",
+                    name,
+                    "--resume",
+                    "--load_best",
+                    "--run_mode",
+                    "2",
+                    "--output_suffix",
+                    "all",
+                    "--json§foldCSV",
+                    "0",
+                )
             emb = pd.read_parquet(out / name / "Output_all" / "emb.parquet")
             zc = [c for c in emb.columns if c.startswith("Z")]
             test = emb["patientID"].isin(held).to_numpy()
@@ -91,8 +116,15 @@ def main() -> None:
                 pred = model.predict(scaler.transform(emb.loc[test, zc]))
                 yt = y[test]
                 value = _ci(yt, emb.loc[test, "patientID"].to_numpy(), lambda i: _r2(yt[i], pred[i]))
-                probes.append({"held-out site": site, "model": "SimCLR" if method == "simclr" else "IP-IRM",
-                               "factor": factor, "r2": value[0], "ci": (value[1], value[2])})
+                probes.append(
+                    {
+                        "held-out site": site,
+                        "model": "SimCLR" if method == "simclr" else "IP-IRM",
+                        "factor": factor,
+                        "r2": value[0],
+                        "ci": (value[1], value[2]),
+                    }
+                )
                 print(json.dumps(probes[-1]), flush=True)
             if method == "ipirm":
                 parts = pd.read_csv(out / name / "Output_all" / "partitions.tsv", sep="\t", dtype={"patientID": str})
@@ -104,23 +136,41 @@ def main() -> None:
                     # what else the orbits could be: the share of each factor's variance between the subsets
                     eta2 = {f: _eta2(part["patientID"].map(phen[f]).to_numpy(float), found) for f in ALIGN}
                     eta2["frame"] = _eta2(part["t"].fillna(0).to_numpy(float), found)
-                    aris.append({"held-out site": site, "partition": int(number),
-                                 "epoch": int(part["found_at_epoch"].iloc[0]), "sizes": sizes,
-                                 "ari_site": float(adjusted_rand_score(truth, found)), "ari_chance": float(chance),
-                                 "eta2": eta2})
+                    aris.append(
+                        {
+                            "held-out site": site,
+                            "partition": int(number),
+                            "epoch": int(part["found_at_epoch"].iloc[0]),
+                            "sizes": sizes,
+                            "ari_site": float(adjusted_rand_score(truth, found)),
+                            "ari_chance": float(chance),
+                            "eta2": eta2,
+                        }
+                    )
                     print(json.dumps(aris[-1]), flush=True)
     table = ["| held-out site | factor | SimCLR R² [95% CI] | IP-IRM R² [95% CI] |", "|---|---|---|---|"]
     by = {(r["held-out site"], r["factor"], r["model"]): r for r in probes}
     for site in sorted(cov["site"].unique()):
         for factor in FACTORS:
-            cells = [f"{by[site, factor, m]['r2']:.3f} [{by[site, factor, m]['ci'][0]:.3f}, "
-                     f"{by[site, factor, m]['ci'][1]:.3f}]" for m in ("SimCLR", "IP-IRM")]
+            cells = [
+                f"{by[site, factor, m]['r2']:.3f} [{by[site, factor, m]['ci'][0]:.3f}, "
+                f"{by[site, factor, m]['ci'][1]:.3f}]"
+                for m in ("SimCLR", "IP-IRM")
+            ]
             table.append(f"| {site} | {factor} | {cells[0]} | {cells[1]} |")
     names = [*ALIGN, "frame"]
-    table += ["", "| held-out site | partition (epoch) | subset sizes | ARI vs site | ARI of a shuffled partition | "
-              + " | ".join(f"η² {n}" for n in names) + " |", "|---|---|---|---|---|" + "---|" * len(names)]
-    table += [f"| {a['held-out site']} | {a['partition']} ({a['epoch']}) | {a['sizes']} | {a['ari_site']:.3f} | "
-              f"{a['ari_chance']:.3f} | " + " | ".join(f"{a['eta2'][n]:.3f}" for n in names) + " |" for a in aris]
+    table += [
+        "",
+        "| held-out site | partition (epoch) | subset sizes | ARI vs site | ARI of a shuffled partition | "
+        + " | ".join(f"η² {n}" for n in names)
+        + " |",
+        "|---|---|---|---|---|" + "---|" * len(names),
+    ]
+    table += [
+        f"| {a['held-out site']} | {a['partition']} ({a['epoch']}) | {a['sizes']} | {a['ari_site']:.3f} | "
+        f"{a['ari_chance']:.3f} | " + " | ".join(f"{a['eta2'][n]:.3f}" for n in names) + " |"
+        for a in aris
+    ]
     (out / "ipirm.md").write_text("\n".join(table) + "\n")
     print("\n".join(table))
 

@@ -22,6 +22,7 @@ rendering, the UNet ignores the code.
 Prints one JSON line per (dataset, representation) and a markdown table. Not part of the tests (it trains for
 minutes); ``--reuse`` keeps finished runs. Needs nilearn for mri_tissue (``pip install -e .[bench]``).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,22 @@ LATENT = 16
 # trained for 100 epochs of 50 batches instead of 8 with cosine learning-rate decay and no dropout (about 12
 # minutes alone on 2 CPU cores; below ~100 epochs it does not reach PCA on the MRI patches); VAE: the "small data"
 # VAE recipe, a beta-VAE (beta 0.125) at 32x32 with an EMA of the weights for 20 epochs (under a minute)
-BUDGET = {"DiffAE": ["--num_epochs", "100", "--lr_decay_type", "3", "--model§DiffAE§dropout", "0"],
-          "VAE": ["--pythae_model", "beta_vae", "--model§pythae§models§beta_vae§beta", "0.125", "--input_shape",
-                  "32,32", "--interp_fact", "0.5", "--use_ema", "--num_epochs", "20"]}
+BUDGET = {
+    "DiffAE": ["--num_epochs", "100", "--lr_decay_type", "3", "--model§DiffAE§dropout", "0"],
+    "VAE": [
+        "--pythae_model",
+        "beta_vae",
+        "--model§pythae§models§beta_vae§beta",
+        "0.125",
+        "--input_shape",
+        "32,32",
+        "--interp_fact",
+        "0.5",
+        "--use_ema",
+        "--num_epochs",
+        "20",
+    ],
+}
 # training seeds: the executors' default seed, then SEED + 1, ...; the mean over seeds is the point estimate. The
 # gaps to PCA are a few thousandths, the size of the seed-to-seed spread (README), so the cheap VAE is trained
 # five times and the DiffAE (~12 minutes a run) three times
@@ -73,8 +87,20 @@ def train_and_embed(script: str, flags: list[str], data: Path, run_id: str, reus
     emb, timing = run / "Output" / "emb.h5", run / "bench_seconds.json"
     if reuse and emb.exists():  # a finished run: its recorded wall time (None if it was not timed here)
         return emb, json.loads(timing.read_text())["seconds"] if timing.exists() else None
-    secs = _run([script, "--datajson_path", str(data / "dataNpath.json"), "--fulltrainID", run_id,
-                 "--latent_dim", str(LATENT), "--no-progress_bar", "--test_emb_only", *flags])
+    secs = _run(
+        [
+            script,
+            "--datajson_path",
+            str(data / "dataNpath.json"),
+            "--fulltrainID",
+            run_id,
+            "--latent_dim",
+            str(LATENT),
+            "--no-progress_bar",
+            "--test_emb_only",
+            *flags,
+        ]
+    )
     timing.write_text(json.dumps({"seconds": secs, "flags": flags}))
     return emb, secs
 
@@ -83,9 +109,27 @@ def embed_raw(data: Path, run_id: str, flags: list[str], reuse: bool) -> Path:
     """The same best checkpoint embedded with the raw (not EMA) weights: Output_raw/emb.h5."""
     emb = data / "runs" / run_id / "Output_raw" / "emb.h5"
     if not (reuse and emb.exists()):
-        _run(["Executors/main_diffAE.py", "--datajson_path", str(data / "dataNpath.json"), "--fulltrainID", run_id,
-              "--latent_dim", str(LATENT), "--resume", "--load_best", "--run_mode", "2", "--no-test_ema",
-              "--test_emb_only", "--output_suffix", "raw", "--no-progress_bar", *flags])
+        _run(
+            [
+                "Executors/main_diffAE.py",
+                "--datajson_path",
+                str(data / "dataNpath.json"),
+                "--fulltrainID",
+                run_id,
+                "--latent_dim",
+                str(LATENT),
+                "--resume",
+                "--load_best",
+                "--run_mode",
+                "2",
+                "--no-test_ema",
+                "--test_emb_only",
+                "--output_suffix",
+                "raw",
+                "--no-progress_bar",
+                *flags,
+            ]
+        )
     return emb
 
 
@@ -114,16 +158,30 @@ def latent_usage(run_dir: Path, data: Path, n: int = 64, seed: int = 0) -> dict:
     with torch.no_grad():
         z = run.encode(x).numpy()
     e = pointwise_latent_usage(render, x.numpy(), z, x.numpy())
-    return {"n": len(x), "mse_own_z": float(e["own"].mean()), "mse_swapped_z": float(e["swap"].mean()),
-            "mse_between_subjects": float(e["between"].mean()),
-            "swap_over_own": float(e["swap"].mean() / e["own"].mean()),
-            "latent_usage_swap": float(((e["swap"] - e["own"]) / e["between"]).mean())}
+    return {
+        "n": len(x),
+        "mse_own_z": float(e["own"].mean()),
+        "mse_swapped_z": float(e["swap"].mean()),
+        "mse_between_subjects": float(e["between"].mean()),
+        "swap_over_own": float(e["swap"].mean() / e["own"].mean()),
+        "latent_usage_swap": float(((e["swap"] - e["own"]) / e["between"]).mean()),
+    }
 
 
 def score(data: Path, embs: dict[str, Path], out: Path) -> dict:
-    args = ["Executors/main_benchmark.py", "--latents", *[f"{k}={v}" for k, v in embs.items()],
-            "--labels", str(data / "labels.tsv"), "--label_cols", "label", "--pixels", str(data / "data.h5"),
-            "--out", str(out)]
+    args = [
+        "Executors/main_benchmark.py",
+        "--latents",
+        *[f"{k}={v}" for k, v in embs.items()],
+        "--labels",
+        str(data / "labels.tsv"),
+        "--label_cols",
+        "label",
+        "--pixels",
+        str(data / "data.h5"),
+        "--out",
+        str(out),
+    ]
     _run(args)
     return json.loads((out / "metrics.json").read_text())
 
@@ -136,11 +194,19 @@ def main() -> None:
     p.add_argument("--diffae_args", default="", help="extra main_diffAE flags (a variant of the recipe)")
     p.add_argument("--vae_args", default="", help="extra main_recon flags")
     p.add_argument("--tag", default="default", help="run-name suffix of this variant")
-    p.add_argument("--vae_seeds", type=int, default=SEEDS["VAE"], help="training seeds of the VAE (their mean "
-                                                                        "is its point estimate)")
+    p.add_argument(
+        "--vae_seeds",
+        type=int,
+        default=SEEDS["VAE"],
+        help="training seeds of the VAE (their mean is its point estimate)",
+    )
     p.add_argument("--diffae_seeds", type=int, default=SEEDS["DiffAE"], help="training seeds of the DiffAE")
-    p.add_argument("--seed_offset", type=int, default=0,
-                   help="start at seed SEED + this (e.g. 1: more seeds beside runs already made)")
+    p.add_argument(
+        "--seed_offset",
+        type=int,
+        default=0,
+        help="start at seed SEED + this (e.g. 1: more seeds beside runs already made)",
+    )
     p.add_argument("--reuse", action="store_true", help="keep finished runs")
     p.add_argument("--no-usage", dest="usage", action="store_false", help="skip the latent-usage diagnostic")
     p.add_argument("--raw_too", action="store_true", help="also score the DiffAE's raw (not EMA) encoder")
@@ -149,8 +215,10 @@ def main() -> None:
     out = Path(args.out).resolve()
     extra = {"DiffAE": shlex.split(args.diffae_args), "VAE": shlex.split(args.vae_args)}
     seeds = {"DiffAE": args.diffae_seeds, "VAE": args.vae_seeds}
-    lines = ["| data | representation | probe balanced accuracy [95% CI] | vs PCA | kNN accuracy | train+embed s |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| data | representation | probe balanced accuracy [95% CI] | vs PCA | kNN accuracy | train+embed s |",
+        "|---|---|---|---|---|---|",
+    ]
     usage_lines = []
     for name in args.datasets:
         data = out / name
@@ -163,48 +231,73 @@ def main() -> None:
                 run_id = f"{model}_{args.tag}" + (f"_seed{SEED + i}" if i else "")
                 seed_flag = ["--seed", str(SEED + i)] if i else []
                 embs[run_id], secs[run_id] = train_and_embed(
-                    script, [*flags, *DATA_FLAGS[name], *extra[model], *seed_flag], data, run_id, args.reuse)
+                    script, [*flags, *DATA_FLAGS[name], *extra[model], *seed_flag], data, run_id, args.reuse
+                )
                 seed_runs.setdefault(f"{model}_{args.tag}", []).append(run_id)
         if args.raw_too and "DiffAE" in args.models:
-            embs[f"DiffAE_{args.tag}_raw"] = embed_raw(data, f"DiffAE_{args.tag}",
-                                                       [*DATA_FLAGS[name], *extra["DiffAE"]], args.reuse)
+            embs[f"DiffAE_{args.tag}_raw"] = embed_raw(
+                data, f"DiffAE_{args.tag}", [*DATA_FLAGS[name], *extra["DiffAE"]], args.reuse
+            )
         metrics = score(data, embs, data / f"bench_{args.tag}")
         pca = metrics["baseline_pca_pixels"]["probe_balanced_accuracy/label"]["value"]
         for rep, values in metrics.items():
             if not isinstance(values, dict) or "probe_balanced_accuracy/label" not in values:
                 continue
             m, k = values["probe_balanced_accuracy/label"], values.get("knn_accuracy/label", {})
-            row = {"dataset": name, "representation": rep, "probe_bal_acc": round(m["value"], 3),
-                   "ci": [round(m["ci_low"], 3), round(m["ci_high"], 3)], "vs_pca": round(m["value"] / pca, 3),
-                   "knn_acc": round(k.get("value", float("nan")), 3), "n": m.get("n"),
-                   "seconds": None if secs.get(rep) is None else round(secs[rep])}
+            row = {
+                "dataset": name,
+                "representation": rep,
+                "probe_bal_acc": round(m["value"], 3),
+                "ci": [round(m["ci_low"], 3), round(m["ci_high"], 3)],
+                "vs_pca": round(m["value"] / pca, 3),
+                "knn_acc": round(k.get("value", float("nan")), 3),
+                "n": m.get("n"),
+                "seconds": None if secs.get(rep) is None else round(secs[rep]),
+            }
             if rep.startswith("DiffAE") and not rep.endswith("_raw") and args.usage:
                 row["latent_usage"] = latent_usage(data / "runs" / rep, data)
                 u = row["latent_usage"]
-                usage_lines.append(f"| {name} | {rep} | {u['mse_own_z']:.4f} | {u['mse_swapped_z']:.4f} | "
-                                   f"{u['swap_over_own']:.1f}× | {u['mse_between_subjects']:.4f} | "
-                                   f"{u['latent_usage_swap']:.3f} |")
+                usage_lines.append(
+                    f"| {name} | {rep} | {u['mse_own_z']:.4f} | {u['mse_swapped_z']:.4f} | "
+                    f"{u['swap_over_own']:.1f}× | {u['mse_between_subjects']:.4f} | "
+                    f"{u['latent_usage_swap']:.3f} |"
+                )
             print(json.dumps(row), flush=True)
-            lines.append(f"| {name} | {rep} | {row['probe_bal_acc']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] | "
-                         f"{row['vs_pca']:.3f}× | {row['knn_acc']:.3f} | {row['seconds'] or ''} |")
+            lines.append(
+                f"| {name} | {rep} | {row['probe_bal_acc']:.3f} [{row['ci'][0]:.3f}, {row['ci'][1]:.3f}] | "
+                f"{row['vs_pca']:.3f}× | {row['knn_acc']:.3f} | {row['seconds'] or ''} |"
+            )
         for base, runs in seed_runs.items():  # several training seeds: their mean is the point estimate
             if len(runs) < 2:
                 continue
             vals = [metrics[r]["probe_balanced_accuracy/label"]["value"] for r in runs]
             knn = [metrics[r].get("knn_accuracy/label", {}).get("value", float("nan")) for r in runs]
             mean = sum(vals) / len(vals)
-            print(json.dumps({"dataset": name, "representation": f"{base} mean of {len(runs)} seeds",
-                              "probe_bal_acc": round(mean, 3), "seeds": [round(v, 3) for v in vals],
-                              "vs_pca": round(mean / pca, 3)}), flush=True)
-            lines.append(f"| {name} | **{base}, mean of {len(runs)} training seeds** | **{mean:.3f}** (seeds "
-                         f"{', '.join(f'{v:.3f}' for v in vals)}) | {mean / pca:.3f}× | "
-                         f"{sum(knn) / len(knn):.3f} | |")
+            print(
+                json.dumps(
+                    {
+                        "dataset": name,
+                        "representation": f"{base} mean of {len(runs)} seeds",
+                        "probe_bal_acc": round(mean, 3),
+                        "seeds": [round(v, 3) for v in vals],
+                        "vs_pca": round(mean / pca, 3),
+                    }
+                ),
+                flush=True,
+            )
+            lines.append(
+                f"| {name} | **{base}, mean of {len(runs)} training seeds** | **{mean:.3f}** (seeds "
+                f"{', '.join(f'{v:.3f}' for v in vals)}) | {mean / pca:.3f}× | "
+                f"{sum(knn) / len(knn):.3f} | |"
+            )
     table = "\n".join(lines)
     if usage_lines:
-        table += ("\n\nLatent usage (DiffAE, test subjects, rendering from each subject's own x_T; MSE in the model's "
-                  "input units; latent_usage_swap as main_benchmark --run reports it: (swapped - own) / two "
-                  "subjects' distance):\n\n| data | run | own z | another subject's z | ratio | two subjects' images "
-                  "| latent_usage_swap |\n|---|---|---|---|---|---|---|\n" + "\n".join(usage_lines))
+        table += (
+            "\n\nLatent usage (DiffAE, test subjects, rendering from each subject's own x_T; MSE in the model's "
+            "input units; latent_usage_swap as main_benchmark --run reports it: (swapped - own) / two "
+            "subjects' distance):\n\n| data | run | own z | another subject's z | ratio | two subjects' images "
+            "| latent_usage_swap |\n|---|---|---|---|---|---|---|\n" + "\n".join(usage_lines)
+        )
     print(table)
     if args.write:
         Path(args.write).write_text(table + "\n")

@@ -6,6 +6,7 @@ One step = the drive's forward on a batch, backward of every optimiser's loss
 and each optimiser's step (the engine's manual-optimisation path for
 multi-optimiser models).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,11 @@ from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, Pyth
 
 def bench(name: str, shape: tuple[int, ...], batch: int, steps: int) -> dict:
     torch.manual_seed(0)
-    drive = PythaeDrive(PythaeDriveConfig(model=name, is3D=len(shape) == 3, in_channels=1, input_shape=shape,
-                                          latent_dim=32, n_features=16))
+    drive = PythaeDrive(
+        PythaeDriveConfig(
+            model=name, is3D=len(shape) == 3, in_channels=1, input_shape=shape, latent_dim=32, n_features=16
+        )
+    )
     opts = [torch.optim.Adam(s.param_groups, lr=1e-4) for s in drive.optimiser_specs()]
     x = torch.rand(batch, 1, *shape)
 
@@ -59,8 +63,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5)
     a = p.parse_args()
     shape = tuple(int(v) for v in a.shape.split(","))
-    print(f"threads {torch.get_num_threads()}; input 1x{'x'.join(map(str, shape))}, batch {a.batch}, latent 32, "
-          "n_features 16, conv family\n")
+    print(
+        f"threads {torch.get_num_threads()}; input 1x{'x'.join(map(str, shape))}, batch {a.batch}, latent 32, "
+        "n_features 16, conv family\n"
+    )
     print("| model | params (M) | s/step | steps/s | embed samples/s |")
     print("|---|---|---|---|---|")
     for name in a.models.split(","):

@@ -11,6 +11,7 @@ style_dim 512, 8 mapping layers, up to 512 feature maps; ReStyle's IR-SE-50 enco
 (style_dim 64, 4 mapping layers, at most 32 feature maps; one IR-SE unit per stage, width 16). Median of
 ``--repeats`` timings. Run it alone: two cores shared with anything else make every number worse.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from Engineering.Engines.WarpDrives.ReStyle.network import ReStyleConfig, ReStyleNet  # noqa: E402
 from Engineering.Engines.WarpDrives.StyleGAN2.network import Discriminator, Generator, StyleGAN2Config  # noqa: E402
-from Engineering.Science.gan_losses import (  # noqa: E402
-    d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty)
+from Engineering.Science.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty  # noqa: E402
 
 
 def _timed(fn, steps: int, repeats: int) -> float:
@@ -76,10 +76,14 @@ def train_costs(cfg: StyleGAN2Config, batch: int, steps: int, repeats: int) -> d
 
     t_step, t_r1, t_pl = (_timed(f, steps, repeats) for f in (step, r1, pl))
     per_step = t_step + t_r1 / 16 + t_pl / 4
-    return {"g_params_M": round(sum(p.numel() for p in g.parameters()) / 1e6, 2),
-            "d_params_M": round(sum(p.numel() for p in d.parameters()) / 1e6, 2),
-            "train_step_s": round(t_step, 4), "r1_s": round(t_r1, 4), "pl_s": round(t_pl, 4),
-            "train_img_per_s": round(batch / per_step, 2)}
+    return {
+        "g_params_M": round(sum(p.numel() for p in g.parameters()) / 1e6, 2),
+        "d_params_M": round(sum(p.numel() for p in d.parameters()) / 1e6, 2),
+        "train_step_s": round(t_step, 4),
+        "r1_s": round(t_r1, 4),
+        "pl_s": round(t_pl, 4),
+        "train_img_per_s": round(batch / per_step, 2),
+    }
 
 
 def inversion_cost(cfg: StyleGAN2Config, enc: ReStyleConfig, batch: int, steps: int, repeats: int) -> dict:
@@ -91,28 +95,38 @@ def inversion_cost(cfg: StyleGAN2Config, enc: ReStyleConfig, batch: int, steps: 
             net.invert(x)
 
     t = _timed(invert, steps, repeats)
-    return {"encoder_params_M": round(sum(p.numel() for p in net.encoder.parameters()) / 1e6, 2),
-            "invert_img_per_s": round(batch / t, 2)}
+    return {
+        "encoder_params_M": round(sum(p.numel() for p in net.encoder.parameters()) / 1e6, 2),
+        "invert_img_per_s": round(batch / t, 2),
+    }
 
 
 # (generator, encoder) keyword sets: the papers' sizes (StyleGAN2Config's and ReStyleConfig's defaults) and
 # the demo tasks' (Configs/config_stylegan.yaml, Configs/config_restyle.yaml)
-CONFIGS = {"F": ({}, {}),
-           "demo": ({"style_dim": 64, "n_mlp": 4, "channel_max": 32}, {"blocks": (1, 1, 1, 1), "width": 16})}
+CONFIGS = {
+    "F": ({}, {}),
+    "demo": ({"style_dim": 64, "n_mlp": 4, "channel_max": 32}, {"blocks": (1, 1, 1, 1), "width": 16}),
+}
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| config | size | G / D / encoder params (M) | train step (s, batch {b}) | R1 / PL step (s) "
-            "| **train img/s** | **inversion img/s** |").format(b=rows[0]["batch"])
+    head = (
+        "| config | size | G / D / encoder params (M) | train step (s, batch {b}) | R1 / PL step (s) "
+        "| **train img/s** | **inversion img/s** |"
+    ).format(b=rows[0]["batch"])
     lines = [head, "|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['config']} | {r['size']} | {r['g_params_M']} / {r['d_params_M']} / "
-                     f"{r['encoder_params_M']} | {r['train_step_s']} | {r['r1_s']} / {r['pl_s']} "
-                     f"| {r['train_img_per_s']} | {r['invert_img_per_s']} |")
+        lines.append(
+            f"| {r['config']} | {r['size']} | {r['g_params_M']} / {r['d_params_M']} / "
+            f"{r['encoder_params_M']} | {r['train_step_s']} | {r['r1_s']} / {r['pl_s']} "
+            f"| {r['train_img_per_s']} | {r['invert_img_per_s']} |"
+        )
     r = rows[0]
-    lines.append(f"\n{r['channels']} image channel(s), {r['threads']} CPU threads, median of {r['repeats']} timings; "
-                 "train img/s counts R1 every 16 and path length every 4 steps. "
-                 "Regenerate: `python benchmarks/bench_stylegan.py --write benchmarks/results/stylegan.md`.")
+    lines.append(
+        f"\n{r['channels']} image channel(s), {r['threads']} CPU threads, median of {r['repeats']} timings; "
+        "train img/s counts R1 every 16 and path length every 4 steps. "
+        "Regenerate: `python benchmarks/bench_stylegan.py --write benchmarks/results/stylegan.md`."
+    )
     return "\n".join(lines)
 
 
@@ -135,10 +149,16 @@ def main() -> None:
         for size in args.sizes:
             g_kw, enc_kw = CONFIGS[name]
             cfg = StyleGAN2Config(size=size, channels=args.channels, **g_kw)
-            row = {"config": name, "size": size, "channels": args.channels, "batch": args.batch,
-                   "threads": torch.get_num_threads(), "repeats": args.repeats,
-                   **train_costs(cfg, args.batch, args.steps, args.repeats),
-                   **inversion_cost(cfg, ReStyleConfig(**enc_kw), args.batch, args.steps, args.repeats)}
+            row = {
+                "config": name,
+                "size": size,
+                "channels": args.channels,
+                "batch": args.batch,
+                "threads": torch.get_num_threads(),
+                "repeats": args.repeats,
+                **train_costs(cfg, args.batch, args.steps, args.repeats),
+                **inversion_cost(cfg, ReStyleConfig(**enc_kw), args.batch, args.steps, args.repeats),
+            }
             print(json.dumps(row), flush=True)
             rows.append(row)
     table = markdown(rows)

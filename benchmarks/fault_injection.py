@@ -6,6 +6,7 @@ the runs whose final weights equal an uninterrupted run's (bit for bit), with --
 Prints one JSON line: random kills k/N bit-exact, kills that landed inside a checkpoint write, and how many of
 those left a resumable run. Not part of the tests (minutes); `make test-slow` runs a shorter version.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,8 +35,11 @@ def _kill_when(proc, ckpt_dir: Path, rng: random.Random, in_write: bool) -> bool
     last.ckpt exists (the write that must not destroy it); True if it was inside a write."""
     deadline = time.time() + (120 if in_write else rng.uniform(4, 20))
     while time.time() < deadline and proc.poll() is None:
-        if in_write and (ckpt_dir / "last.ckpt").is_file() and \
-                any(p.name.endswith(".tmp") for p in os.scandir(ckpt_dir)):
+        if (
+            in_write
+            and (ckpt_dir / "last.ckpt").is_file()
+            and any(p.name.endswith(".tmp") for p in os.scandir(ckpt_dir))
+        ):
             os.kill(proc.pid, signal.SIGKILL)
             return True
         time.sleep(0.0005 if in_write else 0.05)
@@ -57,8 +61,9 @@ def main() -> None:
     exact, in_write, in_write_ok = 0, 0, 0
     for run in range(args.runs):
         rng, name = random.Random(run), f"killed{run}"
-        proc = subprocess.Popen(train_cmd(demo, out, name, epochs=EPOCHS), stdout=subprocess.DEVNULL,
-                                stderr=subprocess.DEVNULL, env=env)
+        proc = subprocess.Popen(
+            train_cmd(demo, out, name, epochs=EPOCHS), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+        )
         hit = _kill_when(proc, out / name / "Checkpoints", rng, in_write=run % 2 == 1)
         proc.wait()
         last = out / name / "Checkpoints" / "last.ckpt"
@@ -70,12 +75,21 @@ def main() -> None:
             except Exception:
                 pass
         resume = ["--resume"] if last.is_file() else []
-        done = subprocess.run(train_cmd(demo, out, name, *resume, epochs=EPOCHS), capture_output=True, text=True,
-                              env=env)
+        done = subprocess.run(
+            train_cmd(demo, out, name, *resume, epochs=EPOCHS), capture_output=True, text=True, env=env
+        )
         got = last_weights(out, name) if done.returncode == 0 else {}
         exact += int(bool(got) and all(torch.equal(v, got[k]) for k, v in want.items()))
-    print(json.dumps({"runs": args.runs, "bit_exact_after_resume": exact, "kills_inside_checkpoint_writes": in_write,
-                      "of_which_resumable": in_write_ok}))
+    print(
+        json.dumps(
+            {
+                "runs": args.runs,
+                "bit_exact_after_resume": exact,
+                "kills_inside_checkpoint_writes": in_write,
+                "of_which_resumable": in_write_ok,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

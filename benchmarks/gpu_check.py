@@ -8,6 +8,7 @@ strategy's checkpoints), then writes the test latents; the script checks that ev
 once. Peak memory is the largest ``memory.used`` nvidia-smi reports for any GPU while the run is going (the
 whole process: CUDA context included). Not a test: CI machines have no GPU. Needs ``nvidia-smi``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,11 @@ class PeakMemory(threading.Thread):
 
     def run(self):
         while not self._stop.is_set():
-            out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-                                 capture_output=True, text=True).stdout
+            out = subprocess.run(
+                ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                capture_output=True,
+                text=True,
+            ).stdout
             self.peak = max([self.peak, *(int(v) for v in out.split() if v.strip().isdigit())])
             time.sleep(0.2)
 
@@ -45,8 +49,7 @@ def _run(args: list[str]) -> tuple[float, int]:
     mem = PeakMemory()
     mem.start()
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "Executors/main_diffAE.py", *args], cwd=REPO, capture_output=True,
-                          text=True)
+    proc = subprocess.run([sys.executable, "Executors/main_diffAE.py", *args], cwd=REPO, capture_output=True, text=True)
     seconds = time.perf_counter() - start
     mem.stop()
     if proc.returncode:
@@ -63,10 +66,31 @@ def main() -> None:
     p.add_argument("--out", default="gpu_check")
     args = p.parse_args()
     out = Path(args.out).resolve()
-    common = ["--is3D", "--input_shape", args.shape, "--batch_size", str(args.batch_size), "--n_train_batches",
-              str(args.steps), "--n_val_batches", "2", "--accelerator", "gpu", "--ndevices", str(args.gpus),
-              "--ampmode", "bf16-mixed", "--activation_checkpointing", "--json§save_path", str(out),
-              "--no-progress_bar", "--no-tbactive", "--test_emb_only", "--json§DS_slice_dim", "1"]
+    common = [
+        "--is3D",
+        "--input_shape",
+        args.shape,
+        "--batch_size",
+        str(args.batch_size),
+        "--n_train_batches",
+        str(args.steps),
+        "--n_val_batches",
+        "2",
+        "--accelerator",
+        "gpu",
+        "--ndevices",
+        str(args.gpus),
+        "--ampmode",
+        "bf16-mixed",
+        "--activation_checkpointing",
+        "--json§save_path",
+        str(out),
+        "--no-progress_bar",
+        "--no-tbactive",
+        "--test_emb_only",
+        "--json§DS_slice_dim",
+        "1",
+    ]
     rows = []
     for strategy in ("ddp", "deepspeed_stage_2", "deepspeed_stage_3"):
         run = ["--training_strategy", strategy, "--fulltrainID", strategy]
@@ -74,9 +98,17 @@ def main() -> None:
         t2, m2 = _run([*common, *run, "--num_epochs", "2", "--resume", "--run_mode", "3"])
         table = pd.read_csv(out / strategy / "Output" / "emb.tsv", sep="\t")
         once = not table.duplicated(["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]).any()
-        rows.append({"strategy": strategy, "first epoch s": round(t1, 1),
-                     "steps/s (incl. start-up)": round(args.steps / t1, 3), "resume+test s": round(t2, 1),
-                     "peak GPU MiB": max(m1, m2), "test subjects": len(table), "each once": once})
+        rows.append(
+            {
+                "strategy": strategy,
+                "first epoch s": round(t1, 1),
+                "steps/s (incl. start-up)": round(args.steps / t1, 3),
+                "resume+test s": round(t2, 1),
+                "peak GPU MiB": max(m1, m2),
+                "test subjects": len(table),
+                "each once": once,
+            }
+        )
         print(rows[-1], flush=True)
     print(pd.DataFrame(rows).to_string(index=False))
 

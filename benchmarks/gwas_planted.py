@@ -16,6 +16,7 @@ plink2 --glm. The end-to-end check that our latents carry a genetic signal throu
 
 Needs plink2 on PATH (Debian: apt-get install plink2; ``make test-gwas`` installs it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -55,9 +56,11 @@ def write_genotypes(prefix: Path, n: int, m: int, seed: int) -> np.ndarray:
         fh.write(bytes([0x6C, 0x1B, 0x01]) + packed.astype(np.uint8).tobytes())
     ids = [f"S{i:05d}" for i in range(n)]
     pd.DataFrame({"FID": ids, "IID": ids, "pat": 0, "mat": 0, "sex": 0, "pheno": -9}).to_csv(
-        f"{prefix}.fam", sep="\t", header=False, index=False)
-    pd.DataFrame({"chr": 1, "id": [f"rs{j}" for j in range(m)], "cm": 0, "pos": 1000 * (np.arange(m) + 1),
-                  "a1": "A", "a2": "G"}).to_csv(f"{prefix}.bim", sep="\t", header=False, index=False)
+        f"{prefix}.fam", sep="\t", header=False, index=False
+    )
+    pd.DataFrame(
+        {"chr": 1, "id": [f"rs{j}" for j in range(m)], "cm": 0, "pos": 1000 * (np.arange(m) + 1), "a1": "A", "a2": "G"}
+    ).to_csv(f"{prefix}.bim", sep="\t", header=False, index=False)
     return dosage
 
 
@@ -72,27 +75,68 @@ def write_cohort(folder: Path, dosage: np.ndarray, effect: float, seed: int) -> 
     site = np.array([rng.choice(3, p=p) for p in p_site])
     with h5py.File(folder / "data.h5", "w") as h5:
         for i in range(n):
-            factors = {"cavity_radius": float(np.clip(8.0 + effect * d_causal[i] + rng.normal(0, 0.8), 5, 11)),
-                       "wall_thickness": rng.uniform(2.0, 3.5), "ejection_fraction": 0.5, "phase": 0.0,
-                       "centre_dx": rng.uniform(-2, 2), "centre_dy": rng.uniform(-2, 2),
-                       "intensity": rng.uniform(0.8, 1.1)}
+            factors = {
+                "cavity_radius": float(np.clip(8.0 + effect * d_causal[i] + rng.normal(0, 0.8), 5, 11)),
+                "wall_thickness": rng.uniform(2.0, 3.5),
+                "ejection_fraction": 0.5,
+                "phase": 0.0,
+                "centre_dx": rng.uniform(-2, 2),
+                "centre_dy": rng.uniform(-2, 2),
+                "intensity": rng.uniform(0.8, 1.1),
+            }
             img = render_phantom(factors, SITES[site[i]], rng, size=SIZE)  # (C, T, X, Y)
             h5.create_dataset(f"S{i:05d}/20208/2/primary_img", data=img[:, :, None])
     pd.DataFrame({"IID": [f"S{i:05d}" for i in range(n)], "site": [SITES[s][0] for s in site]}).to_csv(
-        folder / "covariates.tsv", sep="\t", index=False)
-    (folder / "dataNpath.json").write_text(json.dumps({
-        "run_prefix": "gwas", "datadir": str(folder.resolve()), "datafile": "data.h5", "foldCSV": "",
-        "save_path": str((folder / "runs").resolve()), "DS_selected_primaries": ["primary_img"],
-        "DS_multi_channel": True, "DS_channel_dim": 0, "DS_slice_dim": 2}, indent=1))
+        folder / "covariates.tsv", sep="\t", index=False
+    )
+    (folder / "dataNpath.json").write_text(
+        json.dumps(
+            {
+                "run_prefix": "gwas",
+                "datadir": str(folder.resolve()),
+                "datafile": "data.h5",
+                "foldCSV": "",
+                "save_path": str((folder / "runs").resolve()),
+                "DS_selected_primaries": ["primary_img"],
+                "DS_multi_channel": True,
+                "DS_channel_dim": 0,
+                "DS_slice_dim": 2,
+            },
+            indent=1,
+        )
+    )
     return folder
 
 
 def train_and_embed(cohort: Path, latent_dim: int, epochs: int, seed: int) -> Path:
     """A VAE on every image (main_recon, as a user runs it); its latents of every participant."""
-    cmd = [sys.executable, str(REPO / "Executors" / "main_recon.py"), "--datajson_path", str(cohort / "dataNpath.json"),
-           "--fulltrainID", "vae", "--latent_dim", str(latent_dim), "--num_epochs", str(epochs),
-           "--input_shape", f"{SIZE},{SIZE}", "--batch_size", "32", "--seed", str(seed), "--run_mode", "3",
-           "--test_emb_only", "--no-progress_bar", "--no-tbactive", "--norm_type", "minmax", "--interp_fact", "1"]
+    cmd = [
+        sys.executable,
+        str(REPO / "Executors" / "main_recon.py"),
+        "--datajson_path",
+        str(cohort / "dataNpath.json"),
+        "--fulltrainID",
+        "vae",
+        "--latent_dim",
+        str(latent_dim),
+        "--num_epochs",
+        str(epochs),
+        "--input_shape",
+        f"{SIZE},{SIZE}",
+        "--batch_size",
+        "32",
+        "--seed",
+        str(seed),
+        "--run_mode",
+        "3",
+        "--test_emb_only",
+        "--no-progress_bar",
+        "--no-tbactive",
+        "--norm_type",
+        "minmax",
+        "--interp_fact",
+        "1",
+    ]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"main_recon failed ({proc.returncode}): {proc.stderr[-3000:]}")
@@ -101,25 +145,60 @@ def train_and_embed(cohort: Path, latent_dim: int, epochs: int, seed: int) -> Pa
 
 def run_gwas(run_dir: Path, cohort: Path, geno: Path, out: Path) -> pd.DataFrame:
     """export_gwas (site as covariate, inverse normal) then plink2 --glm; one row per latent x SNP."""
-    proc = subprocess.run([sys.executable, str(REPO / "Executors" / "export_gwas.py"), "--latents", str(run_dir),
-                           "--out", str(out / "pheno"), "--covariates", str(cohort / "covariates.tsv")],
-                          cwd=REPO, capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(REPO / "Executors" / "export_gwas.py"),
+            "--latents",
+            str(run_dir),
+            "--out",
+            str(out / "pheno"),
+            "--covariates",
+            str(cohort / "covariates.tsv"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise SystemExit(f"export_gwas failed: {proc.stderr[-2000:]}")
     plink = shutil.which("plink2")
     if plink is None:
         raise SystemExit("plink2 is not on PATH (Debian: apt-get install plink2; make test-gwas installs it)")
-    proc = subprocess.run([plink, "--bfile", str(geno), "--pheno", str(out / "pheno" / "pheno.tsv"),
-                           "--covar", str(out / "pheno" / "covar.tsv"), "--covar-variance-standardize",
-                           "--glm", "hide-covar", "--threads", "2", "--out", str(out / "glm")],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [
+            plink,
+            "--bfile",
+            str(geno),
+            "--pheno",
+            str(out / "pheno" / "pheno.tsv"),
+            "--covar",
+            str(out / "pheno" / "covar.tsv"),
+            "--covar-variance-standardize",
+            "--glm",
+            "hide-covar",
+            "--threads",
+            "2",
+            "--out",
+            str(out / "glm"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if proc.returncode:
         raise SystemExit(f"plink2 failed: {proc.stdout[-2000:]}")
     tables = []
     for f in sorted(out.glob("glm.*.glm.linear")):
         t = pd.read_csv(f, sep="\t")
-        tables.append(pd.DataFrame({"latent": f.name.split(".")[1], "snp": t["ID"].str[2:].astype(int),
-                                    "p": pd.to_numeric(t["P"], errors="coerce")}))
+        tables.append(
+            pd.DataFrame(
+                {
+                    "latent": f.name.split(".")[1],
+                    "snp": t["ID"].str[2:].astype(int),
+                    "p": pd.to_numeric(t["P"], errors="coerce"),
+                }
+            )
+        )
     return pd.concat(tables, ignore_index=True)
 
 
@@ -133,11 +212,18 @@ def evaluate(res: pd.DataFrame, m: int) -> dict:
     lam = float(np.median(stats.chi2.isf(null, 1)) / MEDIAN_CHI2_1DF)
     top = own.loc[own["p"].idxmin(), "snp"]
     strat = res[res.snp == STRAT]["p"].min()
-    return {"n_latents": int(n_latents), "bonferroni": threshold, "best_latent": best, "p_causal": float(causal[best]),
-            "causal_is_top_hit": bool(top == CAUSAL), "lambda_gc": lam,
-            "min_p_null_snps": float(res[res.snp != CAUSAL]["p"].min()), "min_p_strat_snp": float(strat),
-            "min_p_any": float(res["p"].min()),
-            "passes": bool(top == CAUSAL and causal[best] < threshold and 0.9 <= lam <= 1.15)}
+    return {
+        "n_latents": int(n_latents),
+        "bonferroni": threshold,
+        "best_latent": best,
+        "p_causal": float(causal[best]),
+        "causal_is_top_hit": bool(top == CAUSAL),
+        "lambda_gc": lam,
+        "min_p_null_snps": float(res[res.snp != CAUSAL]["p"].min()),
+        "min_p_strat_snp": float(strat),
+        "min_p_any": float(res["p"].min()),
+        "passes": bool(top == CAUSAL and causal[best] < threshold and 0.9 <= lam <= 1.15),
+    }
 
 
 def manhattan(res: pd.DataFrame, latent: str, threshold: float, path: Path) -> None:
@@ -191,13 +277,17 @@ def main() -> None:
         res = pd.read_csv(out / "planted" / "glm_all.tsv", sep="\t")
         manhattan(res, runs["planted"]["best_latent"], runs["planted"]["bonferroni"], Path(a.plot))
     if a.write:
-        lines = ["| run | effect (px/allele) | p of the causal SNP (best latent) | causal SNP top hit | λ_GC (best latent)"
-                 " | smallest p of any other SNP | smallest p, stratification SNP | Bonferroni | seconds |",
-                 "|---|---|---|---|---|---|---|---|---|"]
+        lines = [
+            "| run | effect (px/allele) | p of the causal SNP (best latent) | causal SNP top hit | λ_GC (best latent)"
+            " | smallest p of any other SNP | smallest p, stratification SNP | Bonferroni | seconds |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
         for name, r in runs.items():
-            lines.append(f"| {name} | {r['effect']} | {r['p_causal']:.3g} ({r['best_latent']}) | {r['causal_is_top_hit']}"
-                         f" | {r['lambda_gc']:.3f} | {r['min_p_null_snps']:.3g} | {r['min_p_strat_snp']:.3g} | "
-                         f"{r['bonferroni']:.3g} | {r['seconds']} |")
+            lines.append(
+                f"| {name} | {r['effect']} | {r['p_causal']:.3g} ({r['best_latent']}) | {r['causal_is_top_hit']}"
+                f" | {r['lambda_gc']:.3f} | {r['min_p_null_snps']:.3g} | {r['min_p_strat_snp']:.3g} | "
+                f"{r['bonferroni']:.3g} | {r['seconds']} |"
+            )
         head = f"N = {a.n} participants, M = {a.m} SNPs, an 8-latent VAE ({a.epochs} epochs), site as covariate.\n\n"
         Path(a.write).write_text(head + "\n".join(lines) + "\n")
 

@@ -13,6 +13,7 @@ shapes reach on this machine. ``fraction`` divides a workload's achieved rate by
 above 1: a workload cannot outrun the best of its own parts, so a fraction above 100 % means the peak was
 measured wrong (the old benchmark's single fixed-shape convolution gave "509 % of peak"), not a fast workload.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,6 +31,7 @@ _CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 @dataclass(frozen=True)
 class ConvShape:
     """One convolution as the model runs it: its module's hyper-parameters and its input's shape."""
+
     c_in: int
     c_out: int
     kernel: tuple
@@ -43,14 +45,21 @@ class ConvShape:
         return len(self.kernel)
 
     def output_spatial(self) -> tuple:
-        return tuple((n + 2 * p - k) // s + 1
-                     for n, k, s, p in zip(self.input_shape[2:], self.kernel, self.stride, self.padding))
+        return tuple(
+            (n + 2 * p - k) // s + 1 for n, k, s, p in zip(self.input_shape[2:], self.kernel, self.stride, self.padding)
+        )
 
     def flops(self) -> float:
         """2 x multiply-adds: every output element sums c_in/groups x prod(kernel) products."""
         b = self.input_shape[0]
-        return 2.0 * b * self.c_out * math.prod(self.output_spatial()) * (self.c_in // self.groups) * math.prod(
-            self.kernel)
+        return (
+            2.0
+            * b
+            * self.c_out
+            * math.prod(self.output_spatial())
+            * (self.c_in // self.groups)
+            * math.prod(self.kernel)
+        )
 
     def build(self) -> nn.Module:
         cls = _CONVS[self.dims - 1]
@@ -62,8 +71,18 @@ def conv_layers(model: nn.Module, run) -> list[ConvShape]:
     seen: dict[ConvShape, None] = {}
 
     def hook(mod, inputs, _out):
-        seen.setdefault(ConvShape(mod.in_channels, mod.out_channels, tuple(mod.kernel_size), tuple(mod.stride),
-                                  tuple(mod.padding), mod.groups, tuple(inputs[0].shape)))
+        seen.setdefault(
+            ConvShape(
+                mod.in_channels,
+                mod.out_channels,
+                tuple(mod.kernel_size),
+                tuple(mod.stride),
+                tuple(mod.padding),
+                mod.groups,
+                tuple(inputs[0].shape),
+            )
+        )
+
     handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _CONVS)]
     try:
         with torch.no_grad():
@@ -106,12 +125,13 @@ def matmul_rate(precision: str, n: int = 2048, calls: int = 20) -> float:
     the cores still ramping up and under-measured the bf16 rate by half)."""
     dtype = PRECISIONS[precision]
     a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    return 2.0 * n ** 3 / _best_seconds(lambda: a @ b, calls)
+    return 2.0 * n**3 / _best_seconds(lambda: a @ b, calls)
 
 
 @dataclass
 class Peaks:
     """Measured rates (FLOP/s): ``matmul[precision]``, ``layers[(precision, layout)] = [rate per layer]``."""
+
     matmul: dict
     layers: dict
     convs: list
@@ -126,14 +146,15 @@ class Peaks:
 
     def summary(self) -> dict:
         out = {f"matmul_peak_{p}_GFLOPs": round(self.matmul[p] / 1e9, 1) for p in self.matmul}
-        for (p, lay) in self.layers:
+        for p, lay in self.layers:
             out[f"conv_peak_{p}_{lay}_GFLOPs"] = round(self.conv(p, lay) / 1e9, 1)
         out["conv_layers_measured"] = len(self.convs)
         return out
 
 
-def measure(convs: list[ConvShape], precisions=tuple(PRECISIONS), layouts=LAYOUTS, matmul_n: int = 2048,
-            calls: int = 2) -> Peaks:
+def measure(
+    convs: list[ConvShape], precisions=tuple(PRECISIONS), layouts=LAYOUTS, matmul_n: int = 2048, calls: int = 2
+) -> Peaks:
     """Time the GEMM and every listed convolution in every precision and layout, in this process, now."""
     matmul = {p: matmul_rate(p, matmul_n) for p in precisions}
     layers = {(p, lay): [conv_rate(c, p, lay, calls) for c in convs] for p in precisions for lay in layouts}
@@ -149,6 +170,8 @@ def fraction(achieved: float, peaks: Peaks, precision: str, layout: str, what: s
     peak = peaks.peak(precision, layout)
     frac = achieved / peak
     if frac > 1.0:
-        raise PeakExceeded(f"{what}: {achieved / 1e9:.1f} GFLOP/s is above the measured {precision} {layout} peak "
-                           f"{peak / 1e9:.1f} GFLOP/s: the peak misses a faster layer of this workload")
+        raise PeakExceeded(
+            f"{what}: {achieved / 1e9:.1f} GFLOP/s is above the measured {precision} {layout} peak "
+            f"{peak / 1e9:.1f} GFLOP/s: the peak misses a faster layer of this workload"
+        )
     return frac

@@ -13,6 +13,7 @@
 Each image is one subject ``<id>/F0/2/primary_img_0`` of shape (1, 1, 1, 64, 64); ``labels.tsv`` holds the class,
 ``folds.csv`` one stratified train/val/test split, ``dataNpath.json`` the selection. Deterministic from the seed.
 """
+
 from __future__ import annotations
 
 import json
@@ -44,6 +45,7 @@ def _digits(rng: np.random.Generator, n_per_class: int | None):
 def _mri_tissue(rng: np.random.Generator, n_per_class: int | None):
     import nibabel as nib
     from scipy.ndimage import binary_fill_holes
+
     try:
         from nilearn.datasets import data as nilearn_data
     except ImportError:
@@ -51,8 +53,9 @@ def _mri_tissue(rng: np.random.Generator, n_per_class: int | None):
     root = Path(nilearn_data.__file__).parent
 
     def vol(kind: str) -> np.ndarray:
-        return np.asarray(nib.load(root / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz").dataobj,
-                          dtype=np.float32)
+        return np.asarray(
+            nib.load(root / f"mni_icbm152_{kind}_tal_nlin_sym_09a_converted.nii.gz").dataobj, dtype=np.float32
+        )
 
     t1, gm, wm = vol("t1"), vol("gm") / 255.0, vol("wm") / 255.0
     brain = binary_fill_holes(gm + wm > 0.3)
@@ -70,16 +73,25 @@ def _mri_tissue(rng: np.random.Generator, n_per_class: int | None):
             centres = np.argwhere(mask & inner & in_slab[None, None, :])
             pick = centres[rng.choice(len(centres), size=min(n_split, len(centres)), replace=False)]
             for x, y, z in pick:
-                imgs.append(t1[x - h:x + h, y - h:y + h, z])
+                imgs.append(t1[x - h : x + h, y - h : y + h, z])
                 labels.append(name)
                 splits.append(split)
     order = rng.permutation(len(imgs))
-    return (np.stack(imgs)[order].astype(np.int16), np.asarray(labels)[order], float(t1.max()),
-            np.asarray(splits)[order])
+    return (
+        np.stack(imgs)[order].astype(np.int16),
+        np.asarray(labels)[order],
+        float(t1.max()),
+        np.asarray(splits)[order],
+    )
 
 
-def write_dataset(name: str, out_dir: str | Path, seed: int = 0, n_per_class: int | None = None,
-                  split: tuple[float, float] = (0.6, 0.1)) -> Path:
+def write_dataset(
+    name: str,
+    out_dir: str | Path,
+    seed: int = 0,
+    n_per_class: int | None = None,
+    split: tuple[float, float] = (0.6, 0.1),
+) -> Path:
     """Write ``data.h5``, ``labels.tsv``, ``folds.csv`` and ``dataNpath.json`` for dataset ``name`` into out_dir."""
     if name not in DATASETS:
         raise SystemExit(f"unknown dataset {name!r}: choose from {', '.join(DATASETS)}")
@@ -111,14 +123,26 @@ def write_dataset(name: str, out_dir: str | Path, seed: int = 0, n_per_class: in
             continue
         n_tr, n_va = int(round(split[0] * len(members))), int(round(split[1] * len(members)))
         train += members[:n_tr]
-        val += members[n_tr:n_tr + n_va]
-        test += members[n_tr + n_va:]
+        val += members[n_tr : n_tr + n_va]
+        test += members[n_tr + n_va :]
     pd.DataFrame([{"train": str(train), "val": str(val), "test": str(test)}]).to_csv(out / "folds.csv", index=False)
-    (out / "dataNpath.json").write_text(json.dumps({
-        "run_prefix": name, "datadir": str(out.resolve()), "datafile": "data.h5", "foldCSV": "folds.csv",
-        "save_path": str((out / "runs").resolve()), "is_complexDS": False,
-        "DS_selected_primaries": ["primary_img"], "DS_selected_auxiliaries": [], "DS_multi_channel": True,
-        "DS_channel_dim": 0, "DS_slice_dim": 2,
-        "DS_phenotypes": {"path": str((out / "labels.tsv").resolve()), "columns": []},
-    }, indent=1))
+    (out / "dataNpath.json").write_text(
+        json.dumps(
+            {
+                "run_prefix": name,
+                "datadir": str(out.resolve()),
+                "datafile": "data.h5",
+                "foldCSV": "folds.csv",
+                "save_path": str((out / "runs").resolve()),
+                "is_complexDS": False,
+                "DS_selected_primaries": ["primary_img"],
+                "DS_selected_auxiliaries": [],
+                "DS_multi_channel": True,
+                "DS_channel_dim": 0,
+                "DS_slice_dim": 2,
+                "DS_phenotypes": {"path": str((out / "labels.tsv").resolve()), "columns": []},
+            },
+            indent=1,
+        )
+    )
     return out

@@ -1,4 +1,5 @@
 """Collects which inputs of a batch were converted or skipped, and why."""
+
 from __future__ import annotations
 
 import logging
@@ -45,7 +46,7 @@ class BatchReport:
             lines.append(f"  {what}: {n}")
         return "\n".join(lines)
 
-    def __enter__(self) -> "BatchReport":
+    def __enter__(self) -> BatchReport:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

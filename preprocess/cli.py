@@ -4,13 +4,14 @@ A tool builds its parser with :func:`tool_parser`, decorates its body with :func
 with ``raise SystemExit(run_cli(main))``; a batch that writes HDF5 reports through
 ``preprocess.batch_report.BatchReport``.
 """
+
 from __future__ import annotations
 
 import argparse
 import logging
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Callable, Sequence
 
 from Engineering.errors import ArgParser, UserError
 from preprocess.h5_writer import COMPRESSIONS
@@ -18,18 +19,33 @@ from preprocess.h5_writer import COMPRESSIONS
 log = logging.getLogger("preprocess")
 
 
-def tool_parser(prog: str, doc: str, *, epilog: str | None = None, out: str | None = None, out_required: bool = True,
-                out_default: str | None = None, compression: bool = False, debug: str = "show tracebacks") -> ArgParser:
+def tool_parser(
+    prog: str,
+    doc: str,
+    *,
+    epilog: str | None = None,
+    out: str | None = None,
+    out_required: bool = True,
+    out_default: str | None = None,
+    compression: bool = False,
+    debug: str = "show tracebacks",
+) -> ArgParser:
     """The tool's parser: the first paragraph of ``doc`` as description, the rest (or ``epilog``) kept as
     written below the flags, and the flags every tool spells the same way: ``--out`` (when ``out``, its help,
     is given), ``--compression`` (tools that write images), ``--debug``."""
     summary, _, details = doc.partition("\n\n")
-    p = ArgParser(prog=prog, description=summary, epilog=epilog if epilog is not None else details or None,
-                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgParser(
+        prog=prog,
+        description=summary,
+        epilog=epilog if epilog is not None else details or None,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     if out is not None:
         p.add_argument("--out", required=out_required, default=out_default, help=out)
     if compression:
-        p.add_argument("--compression", choices=COMPRESSIONS, default="gzip", help="HDF5 compression filter (default: gzip)")
+        p.add_argument(
+            "--compression", choices=COMPRESSIONS, default="gzip", help="HDF5 compression filter (default: gzip)"
+        )
     p.add_argument("--debug", action="store_true", help=debug)
     return p
 
@@ -45,12 +61,15 @@ def tool_main(build_parser: Callable[[], ArgParser]) -> Callable[[Run], Main]:
     ``main`` raises (UserError for anything the user can fix); ``run_cli`` around it, in ``__main__`` or a
     test, turns that into one line and exit code 2.
     """
+
     def wrap(run: Run) -> Main:
         def main(argv: Sequence[str]) -> None:
             args = build_parser().parse_args(argv)
             setup_logging(args.debug)
             run(args)
+
         return main
+
     return wrap
 
 

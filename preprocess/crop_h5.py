@@ -9,6 +9,7 @@ recomputed; ``crop_origin`` (x0, y0 in the original image, negative when padded)
 and ``uncropped_shape`` are stored so the crop can be undone, and a NIfTI
 ``affine`` attribute is shifted to match. Masks are cropped the same way.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,11 @@ import h5py
 import numpy as np
 
 from Engineering.config.argtypes import bounded
+from Engineering.data.layout import iter_datasets
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.read_budget import check_bytes, check_read, nbytes
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
-from Engineering.data.layout import iter_datasets
 from preprocess.h5_walk import copy_group_attrs
 from preprocess.h5_writer import atomic_h5, check_h5, write_image
 from preprocess.progress_bar import track
@@ -69,9 +70,13 @@ def shifted_affine(affine: np.ndarray, x0: int, y0: int) -> np.ndarray:
 
 
 def build_parser() -> ArgParser:
-    p = tool_parser("crop_h5.py", __doc__, out="cropped data file, written atomically (may be INPUT itself)", compression=True)
+    p = tool_parser(
+        "crop_h5.py", __doc__, out="cropped data file, written atomically (may be INPUT itself)", compression=True
+    )
     p.add_argument("input", metavar="INPUT", help="the data.h5 file to crop")
-    p.add_argument("--size", type=bounded(int, ge=1), nargs=2, required=True, metavar=("X", "Y"), help="in-plane output size")
+    p.add_argument(
+        "--size", type=bounded(int, ge=1), nargs=2, required=True, metavar=("X", "Y"), help="in-plane output size"
+    )
     p.add_argument("--mask", help="mask file (default: meta_mask.h5 beside INPUT, if it exists)")
     p.add_argument("--no-mask", action="store_true", help="ignore masks: centre every window on its image")
     p.add_argument("--mask-out", help="where the cropped masks go (default: meta_mask.h5 beside --out)")
@@ -96,12 +101,18 @@ def main(args: argparse.Namespace) -> None:
     if mask_path is not None:
         mask_out = Path(args.mask_out) if args.mask_out else out.parent / "meta_mask.h5"
         if mask_out.resolve() == mask_path.resolve() and out.resolve() != data_path.resolve():
-            raise UserError(f"cropped masks would overwrite the input masks {mask_path}; give --mask-out or another --out folder")
+            raise UserError(
+                f"cropped masks would overwrite the input masks {mask_path}; give --mask-out or another --out folder"
+            )
     size = tuple(args.size)
     # The report closes innermost: when nothing could be cropped, neither output is replaced.
-    with h5py.File(data_path, "r") as src, h5py.File(mask_path, "r") if mask_path else nullcontext() as masks, \
-            atomic_h5(out) as dst, atomic_h5(mask_out) if mask_out else nullcontext() as mdst, \
-            BatchReport(f"no dataset could be cropped in {data_path}", done="cropped") as report:
+    with (
+        h5py.File(data_path, "r") as src,
+        h5py.File(mask_path, "r") if mask_path else nullcontext() as masks,
+        atomic_h5(out) as dst,
+        atomic_h5(mask_out) if mask_out else nullcontext() as mdst,
+        BatchReport(f"no dataset could be cropped in {data_path}", done="cropped") as report,
+    ):
         entries = list(iter_datasets(src))
         for entry, ds in track(entries, "crop", total=len(entries)):
             if ds.ndim != 5:
@@ -110,9 +121,16 @@ def main(args: argparse.Namespace) -> None:
             has_mask = masks is not None and entry.path in masks
             out_shape = ds.shape[:3] + size
             # the image, its crop, and the mask and its crop, all held at once (checked before reading any)
-            need = nbytes(ds.shape, ds.dtype) + nbytes(out_shape, ds.dtype) + (
-                nbytes(masks[entry.path].shape, masks[entry.path].dtype) + nbytes(out_shape, masks[entry.path].dtype)
-                if has_mask else 0)
+            need = (
+                nbytes(ds.shape, ds.dtype)
+                + nbytes(out_shape, ds.dtype)
+                + (
+                    nbytes(masks[entry.path].shape, masks[entry.path].dtype)
+                    + nbytes(out_shape, masks[entry.path].dtype)
+                    if has_mask
+                    else 0
+                )
+            )
             check_bytes(need, f"cropping {data_path}:{entry.path} (shape {ds.shape}) to {size[0]}x{size[1]}")
             mask = masks[entry.path][()] if has_mask else None
             centre = mask_centre(mask) if mask is not None else None
@@ -130,7 +148,9 @@ def main(args: argparse.Namespace) -> None:
             group = copy_group_attrs(src, dst, entry.group)
             write_image(group, entry.key, crop_xy(ds[()], x0, y0, size, args.pad_value), attrs, args.compression)
             if mask is not None and mdst is not None:
-                made = mdst.require_group(entry.group).create_dataset(entry.key, data=crop_xy(mask, x0, y0, size, 0), compression="gzip")
+                made = mdst.require_group(entry.group).create_dataset(
+                    entry.key, data=crop_xy(mask, x0, y0, size, 0), compression="gzip"
+                )
                 made.attrs.update(dict(masks[entry.path].attrs))
             report.ok(entry.path)
     log.info("wrote %s%s", out, f" and {mask_out}" if mask_out else "")

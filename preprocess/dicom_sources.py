@@ -5,6 +5,7 @@ bulk zips are named ``<eid>_<field>_<instance>_<array>.zip``; their name gives t
 patient/field/instance IDs. Files are read one at a time (headers first, pixels
 later), so memory holds at most one series.
 """
+
 from __future__ import annotations
 
 import io
@@ -52,7 +53,7 @@ class SourceReader:
         self.source = source
         self._zip = zipfile.ZipFile(source.path) if source.kind == "zip" else None
 
-    def __enter__(self) -> "SourceReader":
+    def __enter__(self) -> SourceReader:
         return self
 
     def __exit__(self, *exc) -> None:

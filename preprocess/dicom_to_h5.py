@@ -5,6 +5,7 @@ C x T x S x X x Y (see ``Engineering.data.dicom_series`` for the ordering rules)
 contract's group and dataset attributes. A study that fails is reported and its
 datasets removed; the batch goes on and ends with a summary.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,15 +18,24 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from Engineering.data.dicom_series import (
+    FileInfo,
+    Series,
+    SeriesError,
+    assemble,
+    file_info,
+    group_series,
+    header_json,
+    phase_to_radians,
+)
 from Engineering.data.layout import PLANES
 from Engineering.errors import ArgParser, UserError, run_cli
+from preprocess import series_spec
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
-from Engineering.data.dicom_series import FileInfo, Series, SeriesError, assemble, file_info, group_series, header_json, phase_to_radians
 from preprocess.dicom_sources import Source, SourceReader, find_sources
 from preprocess.h5_writer import atomic_h5, prune_empty, remove_and_prune, write_image
 from preprocess.progress_bar import track
-from preprocess import series_spec
 from preprocess.series_spec import FieldSpec, assign_keys, load_spec, matches_description
 
 log = logging.getLogger("preprocess")
@@ -46,16 +56,46 @@ numbered _0, _1, ... when several share a key. Exit code 2 when nothing converte
 
 
 def build_parser() -> ArgParser:
-    p = tool_parser("dicom_to_h5.py", __doc__, epilog=ID_RULES + "\n\nSpec: " + series_spec.__doc__.split("\n", 1)[1],
-                    out="output HDF5 file, written atomically", compression=True,
-                    debug="show tracebacks and stop at the first failing study")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="a DICOM file, a folder (searched recursively; zips inside are separate inputs) or a zip")
-    p.add_argument("--spec", help="YAML/JSON spec per field mapping series descriptions to keys (see preprocess/series_spec.py)")
-    p.add_argument("--default-plane", choices=PLANES, help="plane whose _<plane> suffix is left out, for fields whose spec sets none (default: none, always suffix)")
-    p.add_argument("--repeat-acq", action="store_true", help="number repeats of a key _0, _1, ... (default: keep the first, report the rest), for fields whose spec sets none")
-    p.add_argument("--field", help="field ID for inputs not named like UK Biobank zips (default: StudyDescription, else 0)")
-    p.add_argument("--instance", help="instance ID for inputs not named like UK Biobank zips (default: 0, 1, ... per study)")
-    p.add_argument("--frames-as", choices=("time", "slice"), default="time", help="what the frames of a multi-frame file without per-frame positions are (default: time)")
+    p = tool_parser(
+        "dicom_to_h5.py",
+        __doc__,
+        epilog=ID_RULES + "\n\nSpec: " + series_spec.__doc__.split("\n", 1)[1],
+        out="output HDF5 file, written atomically",
+        compression=True,
+        debug="show tracebacks and stop at the first failing study",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a DICOM file, a folder (searched recursively; zips inside are separate inputs) or a zip",
+    )
+    p.add_argument(
+        "--spec", help="YAML/JSON spec per field mapping series descriptions to keys (see preprocess/series_spec.py)"
+    )
+    p.add_argument(
+        "--default-plane",
+        choices=PLANES,
+        help="plane whose _<plane> suffix is left out, for fields whose spec sets none (default: none, always suffix)",
+    )
+    p.add_argument(
+        "--repeat-acq",
+        action="store_true",
+        help="number repeats of a key _0, _1, ... (default: keep the first, report the rest), for fields whose spec "
+        "sets none",
+    )
+    p.add_argument(
+        "--field", help="field ID for inputs not named like UK Biobank zips (default: StudyDescription, else 0)"
+    )
+    p.add_argument(
+        "--instance", help="instance ID for inputs not named like UK Biobank zips (default: 0, 1, ... per study)"
+    )
+    p.add_argument(
+        "--frames-as",
+        choices=("time", "slice"),
+        default="time",
+        help="what the frames of a multi-frame file without per-frame positions are (default: time)",
+    )
     p.add_argument("--append", action="store_true", help="add to an existing --out file instead of replacing it")
     return p
 
@@ -114,7 +154,10 @@ class Converter:
         if self.args.instance:
             return patient, fid, clean_id(self.args.instance)
         n = 0
-        while f"{patient}/{fid}/{n}" in self.h5 and self.h5[f"{patient}/{fid}/{n}"].attrs.get("studyDICOMID") != info.study_uid:
+        while (
+            f"{patient}/{fid}/{n}" in self.h5
+            and self.h5[f"{patient}/{fid}/{n}"].attrs.get("studyDICOMID") != info.study_uid
+        ):
             n += 1
         return patient, fid, str(n)
 
@@ -179,14 +222,18 @@ class Converter:
             array, header = assemble(s, read, self.args.frames_as)
             attrs = {"seriesID": s.uid, "seriesDesc": s.description, "DICOMHeader": header_json(header)}
             if rule.phase is not None:
-                array, attrs["phaseSeriesID"] = self._complex(s, rule.phase, array, phases, used_phases, read, self.args.frames_as)
+                array, attrs["phaseSeriesID"] = self._complex(
+                    s, rule.phase, array, phases, used_phases, read, self.args.frames_as
+                )
             write_image(group, key, array, attrs, self.args.compression)
             written.append(f"{path}/{key}")
         if len(written) == 1:
             raise SeriesError(f"every series repeats a key already in {path}")
 
     @staticmethod
-    def _complex(mag: Series, pattern: str, magnitude: np.ndarray, phases: list[Series], used: set[int], read, frames_as: str):
+    def _complex(
+        mag: Series, pattern: str, magnitude: np.ndarray, phases: list[Series], used: set[int], read, frames_as: str
+    ):
         """magnitude * exp(i * phase) with the first unused phase series of the same plane."""
         for i, ph in enumerate(phases):
             if i in used or ph.plane != mag.plane or not matches_description(pattern, ph.description):
@@ -194,7 +241,10 @@ class Converter:
             used.add(i)
             phase, header = assemble(ph, read, frames_as)
             if phase.shape != magnitude.shape:
-                raise SeriesError(f"phase series {ph.description!r} has shape {phase.shape}, magnitude {mag.description!r} {magnitude.shape}")
+                raise SeriesError(
+                    f"phase series {ph.description!r} has shape {phase.shape}, "
+                    f"magnitude {mag.description!r} {magnitude.shape}"
+                )
             radians = phase_to_radians(phase, header)
             return (magnitude.astype(np.float32) * np.exp(1j * radians)).astype(np.complex64), ph.uid
         raise SeriesError(f"no phase series matching {pattern!r} for {mag.description!r}")
@@ -207,7 +257,10 @@ def main(args: argparse.Namespace) -> None:
     if not sources:
         raise UserError(f"no files found in: {' '.join(args.inputs)}")
     out = Path(args.out)
-    with atomic_h5(out, append=args.append) as h5, BatchReport(f"no input could be converted; {out} left unchanged") as report:
+    with (
+        atomic_h5(out, append=args.append) as h5,
+        BatchReport(f"no input could be converted; {out} left unchanged") as report,
+    ):
         converter = Converter(h5, spec, args, report)
         for source in track(sources, "DICOM -> HDF5", total=len(sources)):
             converter.convert_source(source)

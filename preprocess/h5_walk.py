@@ -1,4 +1,5 @@
 """Copying the group levels of a contract file (walking it: ``Engineering.data.layout.iter_datasets``)."""
+
 from __future__ import annotations
 
 import h5py

@@ -3,12 +3,13 @@
 Every output goes through ``Engineering.io.atomic.atomic_path`` (a temporary file in the
 destination folder, then ``os.replace``), so a crash leaves the previous file or none.
 """
+
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping
 
 import h5py
 import numpy as np

@@ -12,6 +12,7 @@ Phase units (--phase-range): "radians" (stored in [-pi, pi]) or LO,HI, the store
 or two shapes that differ are refused for that instance (the batch goes on; nothing converted: the output is not
 written).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,14 +71,25 @@ def combine(magnitude: np.ndarray, phase: np.ndarray, rng: tuple[float, float] |
 
 
 def build_parser() -> ArgParser:
-    p = tool_parser("magphase_to_complex.py", __doc__, out="the data file with complex series, written atomically "
-                    "(may be INPUT itself)", compression=True)
+    p = tool_parser(
+        "magphase_to_complex.py",
+        __doc__,
+        out="the data file with complex series, written atomically (may be INPUT itself)",
+        compression=True,
+    )
     p.add_argument("input", metavar="INPUT", help="the data.h5 file holding the magnitude/phase pairs")
-    p.add_argument("--magnitude", required=True, metavar="KEY", help="key of the magnitude datasets, e.g. primary_flow_0")
+    p.add_argument(
+        "--magnitude", required=True, metavar="KEY", help="key of the magnitude datasets, e.g. primary_flow_0"
+    )
     p.add_argument("--phase", required=True, metavar="KEY", help="key of the phase datasets, e.g. primary_flowP_0")
     p.add_argument("--as", dest="as_key", metavar="KEY", help="key of the complex datasets (default: --magnitude)")
-    p.add_argument("--phase-range", type=phase_range, default=None, metavar="radians|LO,HI",
-                   help="the stored phase's range, mapped onto [-pi, pi] (default: radians)")
+    p.add_argument(
+        "--phase-range",
+        type=phase_range,
+        default=None,
+        metavar="radians|LO,HI",
+        help="the stored phase's range, mapped onto [-pi, pi] (default: radians)",
+    )
     return p
 
 
@@ -88,9 +100,13 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"--magnitude and --phase name the same key {args.magnitude!r}")
     out_key = args.as_key or args.magnitude
     out = Path(args.out)
-    with h5py.File(data_path, "r") as src, atomic_h5(out) as dst, \
-            BatchReport(f"no {args.magnitude}/{args.phase} pair could be combined in {data_path}", done="combined") \
-            as report:
+    with (
+        h5py.File(data_path, "r") as src,
+        atomic_h5(out) as dst,
+        BatchReport(
+            f"no {args.magnitude}/{args.phase} pair could be combined in {data_path}", done="combined"
+        ) as report,
+    ):
         groups: dict[str, dict[str, h5py.Dataset]] = {}
         for entry, ds in iter_datasets(src):
             groups.setdefault(entry.group, {})[entry.key] = ds
@@ -115,8 +131,11 @@ def main(args: argparse.Namespace) -> None:
                     write_image(made, out_key, array, attrs, args.compression)
                     report.ok(where)
             elif mag is not None or ph is not None:
-                report.fail(f"{group}", f"has {args.magnitude if mag is not None else args.phase} without "
-                                        f"{args.phase if mag is not None else args.magnitude}: copied unchanged")
+                report.fail(
+                    f"{group}",
+                    f"has {args.magnitude if mag is not None else args.phase} without "
+                    f"{args.phase if mag is not None else args.magnitude}: copied unchanged",
+                )
             for key, ds in members.items():
                 if pair and key in (args.magnitude, args.phase, out_key):
                     continue

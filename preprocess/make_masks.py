@@ -11,6 +11,7 @@ Masks are uint8 (labels: uint8/uint16) with exactly the shape of their dataset,
 repeated over channels and frames, because the data layer reads a sample's mask
 with the same (c, t, s) indices as its image; gzip keeps the repeats cheap.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,11 +24,11 @@ from scipy import ndimage
 from skimage.filters import threshold_otsu
 
 from Engineering.config.argtypes import bounded
+from Engineering.data.layout import iter_datasets
 from Engineering.errors import ArgParser, UserError, run_cli
 from Engineering.io.read_budget import check_bytes, nbytes
 from preprocess.batch_report import BatchReport
 from preprocess.cli import tool_main, tool_parser
-from Engineering.data.layout import iter_datasets
 from preprocess.h5_writer import atomic_h5, check_h5
 from preprocess.nifti_sources import find_nifti, load_5d
 from preprocess.progress_bar import track
@@ -65,15 +66,24 @@ def clean_slice(binary: np.ndarray, opening: int, closing: int, dilate: int) -> 
         binary = labels == (int(np.argmax(sizes)) + 1)
     if closing:
         # Pad so that closing near the border does not erode the mask.
-        binary = ndimage.binary_closing(np.pad(binary, closing), structure=disk(closing))[closing:-closing, closing:-closing]
+        binary = ndimage.binary_closing(np.pad(binary, closing), structure=disk(closing))[
+            closing:-closing, closing:-closing
+        ]
         binary = ndimage.binary_fill_holes(binary)
     if dilate:
         binary = ndimage.binary_dilation(binary, structure=disk(dilate))
     return binary
 
 
-def auto_mask(array: np.ndarray, method: str = "auto", threshold: float | None = None, sigma: float = 1.0,
-              opening: int = 1, closing: int = 2, dilate: int = 0) -> np.ndarray:
+def auto_mask(
+    array: np.ndarray,
+    method: str = "auto",
+    threshold: float | None = None,
+    sigma: float = 1.0,
+    opening: int = 1,
+    closing: int = 2,
+    dilate: int = 0,
+) -> np.ndarray:
     """A 1 x 1 x S x X x Y uint8 mask of a C x T x S x X x Y array (see module docstring)."""
     feat = feature_map(array, method)
     if sigma:
@@ -99,17 +109,54 @@ def label_mask(path: Path, shape: tuple[int, ...]) -> np.ndarray:
 
 
 def build_parser() -> ArgParser:
-    p = tool_parser("make_masks.py", __doc__, out="mask file, written atomically (default: meta_mask.h5 beside INPUT)", out_required=False)
+    p = tool_parser(
+        "make_masks.py",
+        __doc__,
+        out="mask file, written atomically (default: meta_mask.h5 beside INPUT)",
+        out_required=False,
+    )
     p.add_argument("input", metavar="INPUT", help="the data.h5 file to mask")
-    p.add_argument("--method", choices=METHODS, default="auto", help="feature to threshold: auto (variance if T > 1, else intensity), variance, intensity (default: auto)")
-    p.add_argument("--labels", nargs="+", metavar="LABELS", help="use NIfTI label files instead (files, folders or a mapping CSV, named as for nifti_to_h5.py)")
-    p.add_argument("--label-key", default="primary", help="dataset key the label files belong to when not given by a mapping CSV (default: primary)")
+    p.add_argument(
+        "--method",
+        choices=METHODS,
+        default="auto",
+        help="feature to threshold: auto (variance if T > 1, else intensity), variance, intensity (default: auto)",
+    )
+    p.add_argument(
+        "--labels",
+        nargs="+",
+        metavar="LABELS",
+        help="use NIfTI label files instead (files, folders or a mapping CSV, named as for nifti_to_h5.py)",
+    )
+    p.add_argument(
+        "--label-key",
+        default="primary",
+        help="dataset key the label files belong to when not given by a mapping CSV (default: primary)",
+    )
     p.add_argument("--keys", nargs="+", metavar="KEY", help="only mask these dataset keys (default: all)")
-    p.add_argument("--threshold", type=bounded(float, gt=0, lt=1), help="quantile in (0, 1) of the feature map to threshold at (default: Otsu's threshold)")
-    p.add_argument("--sigma", type=bounded(float, ge=0), default=1.0, help="Gaussian smoothing of the feature map in pixels, 0 for none (default: 1)")
-    p.add_argument("--opening", type=bounded(int, ge=0), default=1, help="opening radius in pixels, removes specks (default: 1)")
-    p.add_argument("--closing", type=bounded(int, ge=0), default=2, help="closing radius in pixels, bridges gaps (default: 2)")
-    p.add_argument("--dilate", type=bounded(int, ge=0), default=0, help="final dilation radius in pixels, a safety margin (default: 0)")
+    p.add_argument(
+        "--threshold",
+        type=bounded(float, gt=0, lt=1),
+        help="quantile in (0, 1) of the feature map to threshold at (default: Otsu's threshold)",
+    )
+    p.add_argument(
+        "--sigma",
+        type=bounded(float, ge=0),
+        default=1.0,
+        help="Gaussian smoothing of the feature map in pixels, 0 for none (default: 1)",
+    )
+    p.add_argument(
+        "--opening", type=bounded(int, ge=0), default=1, help="opening radius in pixels, removes specks (default: 1)"
+    )
+    p.add_argument(
+        "--closing", type=bounded(int, ge=0), default=2, help="closing radius in pixels, bridges gaps (default: 2)"
+    )
+    p.add_argument(
+        "--dilate",
+        type=bounded(int, ge=0),
+        default=0,
+        help="final dilation radius in pixels, a safety margin (default: 0)",
+    )
     return p
 
 
@@ -127,8 +174,11 @@ def main(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else data_path.parent / "meta_mask.h5"
     if out.resolve() == data_path.resolve():
         raise UserError(f"--out would overwrite the input data file: {out}")
-    with h5py.File(data_path, "r") as src, atomic_h5(out) as dst, \
-            BatchReport(f"no mask could be made for {data_path}", done="masked") as report:
+    with (
+        h5py.File(data_path, "r") as src,
+        atomic_h5(out) as dst,
+        BatchReport(f"no mask could be made for {data_path}", done="masked") as report,
+    ):
         entries = [(e, ds) for e, ds in iter_datasets(src) if not args.keys or e.key in args.keys]
         for entry, ds in track(entries, "masks", total=len(entries)):
             try:
@@ -138,12 +188,19 @@ def main(args: argparse.Namespace) -> None:
                     if entry.path not in labels:
                         report.note("datasets without a label file")
                         continue
-                    mask, attrs = label_mask(labels[entry.path], ds.shape), {"method": "labels", "sourceFile": labels[entry.path].name}
+                    mask, attrs = (
+                        label_mask(labels[entry.path], ds.shape),
+                        {"method": "labels", "sourceFile": labels[entry.path].name},
+                    )
                 else:
                     # the image, its float64 feature map with its filtered and thresholded copies, the written mask
-                    check_bytes(nbytes(ds.shape, ds.dtype) + 4 * nbytes(ds.shape[2:], np.float64)
-                                + nbytes(ds.shape, np.uint8), f"masking {data_path}:{entry.path} (shape {ds.shape})")
-                    mask = auto_mask(ds[()], args.method, args.threshold, args.sigma, args.opening, args.closing, args.dilate)
+                    check_bytes(
+                        nbytes(ds.shape, ds.dtype) + 4 * nbytes(ds.shape[2:], np.float64) + nbytes(ds.shape, np.uint8),
+                        f"masking {data_path}:{entry.path} (shape {ds.shape})",
+                    )
+                    mask = auto_mask(
+                        ds[()], args.method, args.threshold, args.sigma, args.opening, args.closing, args.dilate
+                    )
                     attrs = {"method": args.method, "threshold": "otsu" if args.threshold is None else args.threshold}
             except ValueError as exc:
                 if args.debug:
@@ -153,7 +210,9 @@ def main(args: argparse.Namespace) -> None:
             if not mask.any():
                 report.note("empty masks")
             full = np.broadcast_to(mask, ds.shape)
-            made = dst.require_group(entry.group).create_dataset(entry.key, data=full, chunks=(1, 1, 1) + ds.shape[3:], compression="gzip")
+            made = dst.require_group(entry.group).create_dataset(
+                entry.key, data=full, chunks=(1, 1, 1) + ds.shape[3:], compression="gzip"
+            )
             made.attrs.update(attrs)
             report.ok(entry.path)
         unused = set(labels) - {e.path for e, _ in entries}

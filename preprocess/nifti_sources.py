@@ -3,6 +3,7 @@
 Layout: a NIfTI array indexed (i, j, k[, t[, c]]) becomes C x T x S x X x Y with
 S = k, X = i, Y = j, T = t (4D time series) and C = the 5th (vector) dimension.
 """
+
 from __future__ import annotations
 
 import csv
@@ -66,23 +67,32 @@ def read_mapping(csv_path: Path, field: str | None, instance: str | None, key: s
         reader = csv.DictReader(fh)
         missing = {"path", "patientID"} - set(reader.fieldnames or [])
         if missing:
-            raise UserError(f"mapping {csv_path}: missing column(s) {sorted(missing)} (columns: {', '.join(MAPPING_COLUMNS)})")
+            raise UserError(
+                f"mapping {csv_path}: missing column(s) {sorted(missing)} (columns: {', '.join(MAPPING_COLUMNS)})"
+            )
         items = []
         for line, row in enumerate(reader, start=2):
             path = Path(row["path"])
             path = path if path.is_absolute() else csv_path.parent / path
             where = f"mapping {csv_path} line {line}"
-            items.append(_checked(NiftiItem(
-                (row["patientID"] or "").strip(),
-                (row.get("fieldID") or field or "0").strip(),
-                (row.get("instanceID") or instance or "0").strip(),
-                check_key((row.get("key") or key).strip(), where),
-                path,
-            ), where))
+            items.append(
+                _checked(
+                    NiftiItem(
+                        (row["patientID"] or "").strip(),
+                        (row.get("fieldID") or field or "0").strip(),
+                        (row.get("instanceID") or instance or "0").strip(),
+                        check_key((row.get("key") or key).strip(), where),
+                        path,
+                    ),
+                    where,
+                )
+            )
     return items
 
 
-def find_nifti(inputs: list[str], field: str | None = None, instance: str | None = None, key: str = "primary") -> list[NiftiItem]:
+def find_nifti(
+    inputs: list[str], field: str | None = None, instance: str | None = None, key: str = "primary"
+) -> list[NiftiItem]:
     """Expand INPUTs (NIfTI files, folders searched recursively, mapping CSVs) into named items."""
     check_key(key, "--key")
     for flag, value in (("--field", field), ("--instance", instance)):
@@ -92,7 +102,9 @@ def find_nifti(inputs: list[str], field: str | None = None, instance: str | None
     for raw in inputs:
         path = input_path(raw)
         if path.is_dir():
-            items.extend(item_from_name(p, field, instance, key) for p in sorted(path.rglob("*")) if p.is_file() and is_nifti(p))
+            items.extend(
+                item_from_name(p, field, instance, key) for p in sorted(path.rglob("*")) if p.is_file() and is_nifti(p)
+            )
         elif path.suffix.lower() == ".csv":
             items.extend(read_mapping(path, field, instance, key))
         elif is_nifti(path):

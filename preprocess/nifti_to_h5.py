@@ -4,6 +4,7 @@ A 3D volume becomes 1 x 1 x S x X x Y, a 4D series 1 x T x S x X x Y (see
 ``preprocess.nifti_sources``). Each dataset keeps the affine, voxel size and
 min_val/max_val as attributes. A file that fails is reported and skipped.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,16 +24,29 @@ ID_RULES = f"""\
 IDs: a file named <patient>_<field>_<instance>[_anything].nii[.gz] (UK Biobank style)
 gives all three; any other name gives the patient (the whole name) and takes
 field/instance from --field/--instance (default 0). A mapping CSV INPUT names them
-explicitly, columns {', '.join(MAPPING_COLUMNS)} (path relative to the CSV; the
+explicitly, columns {", ".join(MAPPING_COLUMNS)} (path relative to the CSV; the
 last three optional, defaulting to the options). --field/--instance override names.
 Exit code 2 when nothing converted."""
 
 
 def build_parser() -> ArgParser:
-    p = tool_parser("nifti_to_h5.py", __doc__, epilog=ID_RULES, out="output HDF5 file, written atomically", compression=True,
-                    debug="show tracebacks and stop at the first failing file")
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="a .nii/.nii.gz file, a folder (searched recursively) or a mapping CSV")
-    p.add_argument("--key", default="primary", help="dataset key for every image not given one by a mapping CSV (default: primary)")
+    p = tool_parser(
+        "nifti_to_h5.py",
+        __doc__,
+        epilog=ID_RULES,
+        out="output HDF5 file, written atomically",
+        compression=True,
+        debug="show tracebacks and stop at the first failing file",
+    )
+    p.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="a .nii/.nii.gz file, a folder (searched recursively) or a mapping CSV",
+    )
+    p.add_argument(
+        "--key", default="primary", help="dataset key for every image not given one by a mapping CSV (default: primary)"
+    )
     p.add_argument("--field", help="field ID (default: from the file name, else 0)")
     p.add_argument("--instance", help="instance ID (default: from the file name, else 0)")
     p.add_argument("--append", action="store_true", help="add to an existing --out file instead of replacing it")
@@ -46,7 +60,10 @@ def main(args: argparse.Namespace) -> None:
         raise UserError(f"no NIfTI files found in: {' '.join(args.inputs)}")
     out = Path(args.out)
     written: dict[str, Path] = {}  # dataset path -> the file it came from
-    with atomic_h5(out, append=args.append) as h5, BatchReport(f"no input could be converted; {out} left unchanged") as report:
+    with (
+        atomic_h5(out, append=args.append) as h5,
+        BatchReport(f"no input could be converted; {out} left unchanged") as report,
+    ):
         for item in track(items, "NIfTI -> HDF5", total=len(items)):
             if item.path in written:
                 report.fail(str(item.file), f"{item.path} already written from {written[item.path]}")

@@ -14,6 +14,7 @@ entry names follow the attributes users of the ancestor pipeline know::
 
 A description is matched exactly, else as a shell-style pattern (``*``, ``?``).
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,15 @@ import yaml
 from Engineering.data.layout import PLANES, parse_key
 from Engineering.errors import UserError
 
-ENTRY_KEYS = {"primary_data", "multi_primary", "primary_data_tags", "auxiliary_data",
-              "auxiliary_data_tags", "default_plane", "repeat_acq"}
+ENTRY_KEYS = {
+    "primary_data",
+    "multi_primary",
+    "primary_data_tags",
+    "auxiliary_data",
+    "auxiliary_data_tags",
+    "default_plane",
+    "repeat_acq",
+}
 
 
 @dataclass(frozen=True)
@@ -86,7 +94,9 @@ def _rules(entry: dict, kind: str, where: str) -> list[Rule]:
     for i, item in enumerate(data):
         if isinstance(item, dict):
             if set(item) != {"magnitude", "phase"}:
-                raise UserError(f"{where}: a {kind}_data pair needs exactly the keys magnitude and phase, got {sorted(item)}")
+                raise UserError(
+                    f"{where}: a {kind}_data pair needs exactly the keys magnitude and phase, got {sorted(item)}"
+                )
             mag, phase = str(item["magnitude"]), str(item["phase"])
         else:
             mag, phase = str(item), None

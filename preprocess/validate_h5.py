@@ -8,6 +8,7 @@ keys have no dataset or whose shape differs from it.
 Warnings (exit 0 unless --strict): missing min_val/max_val (needed for the
 volumetric normalisations), empty groups, datasets without a mask.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,9 @@ class Findings:
 def _bad_structure(path: str, obj, depth: int, out: Findings) -> bool:
     """Report objects at the wrong depth; True when ``obj`` must not be descended."""
     if depth < 3 and isinstance(obj, h5py.Dataset):
-        out.problems.append(f"{path}: dataset at {LEVELS[depth]} level (datasets belong at <patient>/<field>/<instance>/<key>)")
+        out.problems.append(
+            f"{path}: dataset at {LEVELS[depth]} level (datasets belong at <patient>/<field>/<instance>/<key>)"
+        )
         return True
     if depth == 3 and isinstance(obj, h5py.Group):
         out.problems.append(f"{path}: group where a dataset key is expected")
@@ -186,12 +189,28 @@ def summary_table(out: Findings) -> Table:
 def build_parser() -> ArgParser:
     p = tool_parser("validate_h5.py", __doc__)
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="data.h5 file(s) to check")
-    p.add_argument("--mask", help="mask file to check against the (single) INPUT (default: meta_mask.h5 beside it, if present)")
+    p.add_argument(
+        "--mask", help="mask file to check against the (single) INPUT (default: meta_mask.h5 beside it, if present)"
+    )
     p.add_argument("--no-mask", action="store_true", help="do not check masks")
-    p.add_argument("--quick", action="store_true", help="check names, shapes and attributes only; skip reading the values (NaN/Inf, min/max)")
-    p.add_argument("--tol", type=bounded(float, ge=0), default=1e-4, help="relative tolerance for min_val/max_val against the data (default: 1e-4)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="check names, shapes and attributes only; skip reading the values (NaN/Inf, min/max)",
+    )
+    p.add_argument(
+        "--tol",
+        type=bounded(float, ge=0),
+        default=1e-4,
+        help="relative tolerance for min_val/max_val against the data (default: 1e-4)",
+    )
     p.add_argument("--strict", action="store_true", help="treat warnings as problems")
-    p.add_argument("--max-listed", type=bounded(int, ge=0), default=50, help="list at most this many problems and warnings each (default: 50)")
+    p.add_argument(
+        "--max-listed",
+        type=bounded(int, ge=0),
+        default=50,
+        help="list at most this many problems and warnings each (default: 50)",
+    )
     return p
 
 

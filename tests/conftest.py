@@ -1,4 +1,5 @@
 """Shared fixtures: an isolated cache (demo data, sample index) and offline Hugging Face."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,14 @@ def demo_dir(_isolated_cache):
 def run_executor(script: str, *args: str, cwd: Path | None = None, timeout: int = 600, env: dict | None = None):
     """Run an executor as users do; returns the CompletedProcess (text mode)."""
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, str(REPO / "Executors" / script), *args], cwd=cwd or REPO,
-                          capture_output=True, text=True, timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, str(REPO / "Executors" / script), *args],
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 @pytest.fixture(scope="session")
@@ -59,17 +66,46 @@ def tiny_demo_mc(_isolated_cache):
     """The tiny demo's 3-channel variant (phantom, membrane and nucleus stains, per-site stain gains)."""
     from Engineering.data.demo import DemoSpec, write_demo
 
-    return write_demo(Path(_isolated_cache) / "tiny_demo_mc",
-                      DemoSpec(n_patients=12, n_frames=4, size=32, n_folds=3, channels=3))
+    return write_demo(
+        Path(_isolated_cache) / "tiny_demo_mc", DemoSpec(n_patients=12, n_frames=4, size=32, n_folds=3, channels=3)
+    )
 
 
 # A DiffAE small enough for CPU tests in seconds.
-TINY_DIFFAE = ["--latent_dim", "8", "--batch_size", "4", "--num_epochs", "1", "--n_train_batches", "2",
-               "--n_val_batches", "2", "--model§DiffAE§net_ch", "8", "--model§DiffAE§ch_mult", "[1,2]",
-               "--model§DiffAE§enc_ch_mult", "[1,2]", "--model§DiffAE§num_res_blocks", "1",
-               "--model§DiffAE§enc_num_res_blocks", "1", "--model§DiffAE§attn_res", "[8]",
-               "--model§DiffAE§T_eval", "3", "--model§DiffAE§T_inv", "3", "--model§DiffAE§T_step", "3",
-               "--no-progress_bar", "--no-tbactive", "--input_shape", "32,32"]
+TINY_DIFFAE = [
+    "--latent_dim",
+    "8",
+    "--batch_size",
+    "4",
+    "--num_epochs",
+    "1",
+    "--n_train_batches",
+    "2",
+    "--n_val_batches",
+    "2",
+    "--model§DiffAE§net_ch",
+    "8",
+    "--model§DiffAE§ch_mult",
+    "[1,2]",
+    "--model§DiffAE§enc_ch_mult",
+    "[1,2]",
+    "--model§DiffAE§num_res_blocks",
+    "1",
+    "--model§DiffAE§enc_num_res_blocks",
+    "1",
+    "--model§DiffAE§attn_res",
+    "[8]",
+    "--model§DiffAE§T_eval",
+    "3",
+    "--model§DiffAE§T_inv",
+    "3",
+    "--model§DiffAE§T_step",
+    "3",
+    "--no-progress_bar",
+    "--no-tbactive",
+    "--input_shape",
+    "32,32",
+]
 
 
 def tiny_args(demo: Path, save: Path, *extra: str) -> list[str]:
@@ -78,8 +114,12 @@ def tiny_args(demo: Path, save: Path, *extra: str) -> list[str]:
 
 def run_tool(tool: str, *args) -> subprocess.CompletedProcess:
     """Run a preprocess/ tool as users do (a subprocess); text output."""
-    return subprocess.run([sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, str(REPO / "preprocess" / f"{tool}.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def run_main(tool: str, *args) -> int:

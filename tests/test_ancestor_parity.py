@@ -8,6 +8,7 @@ d//2) -> per-sample min-max -> (x - 0.5) / 0.5 -> the EMA encoder. The network i
 equality with the reference architecture is tested against published reference outputs in
 test_diffae_published.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,8 @@ import torch
 import yaml
 from safetensors.torch import save_file
 
-from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
+from Engineering.Engines.MainEngine import run
 from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig
 from tests.conftest import REPO, run_executor
 
@@ -36,13 +37,29 @@ REPO_ID = "GlastonburyGroup/UKBBLatent_Cardiac_20208_DiffAE3D_L128_S1701"
 ANCESTOR_JSON = {  # Configs/UKBB208/dataNpath_F20208_time2slc_4ChTransverse_Crop128.json of the ancestor
     "run_prefix": "F20208_heart_1Ses_time2slc_MskCrop128",
     "datadir": "../datasets/ukbbH5s/F20208_Long_axis_heart_images_DICOM_H5v1_LAX_4Ch_transverse_cropped_128_128",
-    "foldCSV": "5folds_1Ses_100DS_60Trn_10Val_30Tst_1701seed.csv", "tblog_path": "../Out/TBLogs",
-    "save_path": "../Results", "is_complexDS": False, "DS_selected_primaries": ["LAX_4Ch_transverse"],
-    "DS_sanity_filters": {"dim1": 50}, "DS_multi_channel": False, "DS_split_volume": False, "DS_split_time": False,
-    "DS_channel_dim": 0, "DS_slice_dim": 1,
+    "foldCSV": "5folds_1Ses_100DS_60Trn_10Val_30Tst_1701seed.csv",
+    "tblog_path": "../Out/TBLogs",
+    "save_path": "../Results",
+    "is_complexDS": False,
+    "DS_selected_primaries": ["LAX_4Ch_transverse"],
+    "DS_sanity_filters": {"dim1": 50},
+    "DS_multi_channel": False,
+    "DS_split_volume": False,
+    "DS_split_time": False,
+    "DS_channel_dim": 0,
+    "DS_slice_dim": 1,
 }
-ARCH = dict(is3D=True, in_channels=1, latent_dim=16, net_ch=4, ch_mult=(1, 1, 2, 3, 4),
-            enc_ch_mult=(1, 1, 2, 3, 4, 4), num_res_blocks=2, enc_num_res_blocks=2, attn_res=(16,))
+ARCH = dict(
+    is3D=True,
+    in_channels=1,
+    latent_dim=16,
+    net_ch=4,
+    ch_mult=(1, 1, 2, 3, 4),
+    enc_ch_mult=(1, 1, 2, 3, 4, 4),
+    num_res_blocks=2,
+    enc_num_res_blocks=2,
+    attn_res=(16,),
+)
 
 
 def _cine(rng, frames=FRAMES, size=(X, Y)):
@@ -51,7 +68,7 @@ def _cine(rng, frames=FRAMES, size=(X, Y)):
     out = np.empty((1, frames, 1, *size), np.int16)
     for f in range(frames):
         r = size[0] / 4 + size[0] / 12 * np.sin(2 * np.pi * f / frames)
-        blob = 900.0 * np.exp(-((xx - size[0] / 2) ** 2 + (yy - size[1] / 2) ** 2) / (2 * r ** 2))
+        blob = 900.0 * np.exp(-((xx - size[0] / 2) ** 2 + (yy - size[1] / 2) ** 2) / (2 * r**2))
         out[0, f, 0] = np.clip(blob + rng.normal(60, 25, size), 0, None).astype(np.int16)
     return out
 
@@ -63,16 +80,34 @@ def _write_cohort(d, patients, size, extras: bool, frames=FRAMES):
     with h5py.File(d / "data.h5", "w") as h5:
         for n, pid in enumerate(patients + (("1000004",) if extras else ())):
             g = h5.create_group(f"{pid}/20208/2")
-            g.attrs.update({"patientDICOMID": pid, "studyDICOMID": "1.2.840.1", "studyDesc": "CARDIAC_MRI",
-                            "aet": "AET1", "host": "scanner", "date": "20190101", "n_series": 1})
+            g.attrs.update(
+                {
+                    "patientDICOMID": pid,
+                    "studyDICOMID": "1.2.840.1",
+                    "studyDesc": "CARDIAC_MRI",
+                    "aet": "AET1",
+                    "host": "scanner",
+                    "date": "20190101",
+                    "n_series": 1,
+                }
+            )
             cine = _cine(rng, frames if pid != "1000004" else 30, size)
-            extra = {"auxiliary_seg_0": cine // 2, "primary_LAX_4Ch_transverse_1": cine[:, ::-1]} \
-                if n == 0 and extras else {}
+            extra = (
+                {"auxiliary_seg_0": cine // 2, "primary_LAX_4Ch_transverse_1": cine[:, ::-1]}
+                if n == 0 and extras
+                else {}
+            )
             for key, data in {KEY: cine, **extra}.items():
                 ds = g.create_dataset(key, data=data)
-                ds.attrs.update({"seriesID": "1.2.3", "DICOMHeader": json.dumps({"Modality": "MR"}),
-                                 "seriesDesc": "CINE_segmented_LAX_4Ch", "min_val": int(data.min()),
-                                 "max_val": int(data.max())})
+                ds.attrs.update(
+                    {
+                        "seriesID": "1.2.3",
+                        "DICOMHeader": json.dumps({"Modality": "MR"}),
+                        "seriesDesc": "CINE_segmented_LAX_4Ch",
+                        "min_val": int(data.min()),
+                        "max_val": int(data.max()),
+                    }
+                )
     return d
 
 
@@ -95,15 +130,30 @@ def _write_published(d, shape):
     with torch.no_grad():
         for pe, pn in zip(ema.parameters(), net.parameters()):
             pe.copy_(pn + 0.02 * torch.randn_like(pn))  # the EMA differs from the raw weights
-    tensors = {**{f"net.{k}": v.contiguous() for k, v in net.state_dict().items()},
-               **{f"ema_net.{k}": v.contiguous() for k, v in ema.state_dict().items()},
-               "x_T": torch.randn(2, 1, *shape)}
+    tensors = {
+        **{f"net.{k}": v.contiguous() for k, v in net.state_dict().items()},
+        **{f"ema_net.{k}": v.contiguous() for k, v in ema.state_dict().items()},
+        "x_T": torch.randn(2, 1, *shape),
+    }
     save_file(tensors, str(d / "model.safetensors"), metadata={"format": "pt"})
-    (d / "config.json").write_text(json.dumps({
-        "architectures": ["DiffAEModel"], "auto_map": {"AutoConfig": "configuration_diffae.DiffAEConfig",
-                                                       "AutoModel": "modeling_diffae.DiffAEModel"},
-        "input_shape": list(shape), "is3D": True, "in_channels": 1, "latent_dim": 16, "net_ch": 4,
-        "sample_size": 2, "ampmode": "16-mixed"}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["DiffAEModel"],
+                "auto_map": {
+                    "AutoConfig": "configuration_diffae.DiffAEConfig",
+                    "AutoModel": "modeling_diffae.DiffAEModel",
+                },
+                "input_shape": list(shape),
+                "is3D": True,
+                "in_channels": 1,
+                "latent_dim": 16,
+                "net_ch": 4,
+                "sample_size": 2,
+                "ampmode": "16-mixed",
+            }
+        )
+    )
     marker = d / "REMOTE_CODE_RAN"
     for name in ("modeling_diffae.py", "configuration_diffae.py"):
         (d / name).write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
@@ -128,16 +178,17 @@ def _ancestor_json(path, datadir, frames=FRAMES):
 
 # --- the reference chain -----------------------------------------------------------------------------------
 
+
 def _crop_or_pad(x, size):
     """The ancestor's CropOrPad: pad each short axis with zeros (d//2 before, the rest after), then crop
     each long axis from d//2."""
     pads = [(0, 0)] * (x.ndim - len(size))
-    for have, want in zip(x.shape[-len(size):], size):
+    for have, want in zip(x.shape[-len(size) :], size):
         d = max(want - have, 0)
         pads.append((d // 2, d - d // 2))
     x = np.pad(x, pads)
     index = [slice(None)] * (x.ndim - len(size))
-    for have, want in zip(x.shape[-len(size):], size):
+    for have, want in zip(x.shape[-len(size) :], size):
         start = (have - want) // 2
         index.append(slice(start, start + want))
     return x[tuple(index)]
@@ -159,8 +210,9 @@ def reference_input(h5file, pid, shape=MODEL_SHAPE):
 
 def reference_latents(h5file, ema):
     with torch.no_grad():
-        return {pid: ema.encode(torch.from_numpy(reference_input(h5file, pid))[None].float())[0].numpy()
-                for pid in PATIENTS}
+        return {
+            pid: ema.encode(torch.from_numpy(reference_input(h5file, pid))[None].float())[0].numpy() for pid in PATIENTS
+        }
 
 
 def reference_ddim(model, z, x, invert: bool, steps=20, T=1000):
@@ -171,7 +223,7 @@ def reference_ddim(model, z, x, invert: bool, steps=20, T=1000):
     ab = abar[use]
     ab_prev, ab_next = np.append(1.0, ab[:-1]), np.append(ab[1:], 0.0)
     x = x.double()
-    for i in (range(steps) if invert else reversed(range(steps))):
+    for i in range(steps) if invert else reversed(range(steps)):
         t = torch.full((x.shape[0],), use[i], dtype=torch.long)
         with torch.no_grad():
             eps_model = model(x.float(), t, z).double()
@@ -202,23 +254,42 @@ def _check_latents(emb_path, expected):
 
 # --- the tests ---------------------------------------------------------------------------------------------
 
+
 def test_ancestor_files_and_published_weights_give_the_ancestors_latents(cohort, published, tmp_path):
     folder, ema = published
     js = _ancestor_json(tmp_path / "dataNpath_F20208_time2slc_4ChTransverse_Crop128.json", cohort)
-    proc = run_executor("main_diffAE.py", "--load_hf", str(folder), "--datajson_path", str(js), "--run_mode", "2",
-                        "--test_emb_only", "--output_suffix", "fullDS", "--json§foldCSV", "0", cwd=tmp_path)
+    proc = run_executor(
+        "main_diffAE.py",
+        "--load_hf",
+        str(folder),
+        "--datajson_path",
+        str(js),
+        "--run_mode",
+        "2",
+        "--test_emb_only",
+        "--output_suffix",
+        "fullDS",
+        "--json§foldCSV",
+        "0",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # an inference with --load_hf gets its own run folder, named after the weights (and 3D: not the task's default)
-    run_dir = tmp_path.parent / "Results" / (f"{ANCESTOR_JSON['run_prefix']}_demofold0_prec32_DiffAE_3D"
-                                             f"_hf-{folder.name}")
+    run_dir = (
+        tmp_path.parent / "Results" / (f"{ANCESTOR_JSON['run_prefix']}_demofold0_prec32_DiffAE_3D_hf-{folder.name}")
+    )
     _check_latents(run_dir / "Output_fullDS" / "emb.h5", reference_latents(cohort / "data.h5", ema))
     assert not (folder / "REMOTE_CODE_RAN").exists()
     # what the published model needs is recorded with the run
     cfg = yaml.safe_load((run_dir / "resolved_config.yaml").read_text())
     assert cfg["model"]["input_shape"] == list(MODEL_SHAPE) and cfg["data"]["interp_fact"] == 1.0
     assert (cfg["data"]["norm_type"], cfg["data"]["norm_range"]) == ("minmax", "symmetric")
-    assert {k: cfg["model"]["DiffAE"][k] for k in ("T_eval", "T_inv", "T_step", "spacing")} == \
-        {"T_eval": 20, "T_inv": 20, "T_step": 20, "spacing": "ddim"}
+    assert {k: cfg["model"]["DiffAE"][k] for k in ("T_eval", "T_inv", "T_step", "spacing")} == {
+        "T_eval": 20,
+        "T_inv": 20,
+        "T_step": 20,
+        "spacing": "ddim",
+    }
     with h5py.File(run_dir / "Output_fullDS" / "emb.h5") as h5:
         assert bool(h5.attrs["ema"]) is True
 
@@ -226,9 +297,27 @@ def test_ancestor_files_and_published_weights_give_the_ancestors_latents(cohort,
 def test_inversion_and_rendering_match_diffae_formulas(small_cohort, small_published, tmp_path):
     folder, ema = small_published
     js = _ancestor_json(tmp_path / "dn.json", small_cohort, SMALL_FRAMES)
-    run(["--load_hf", str(folder), "--datajson_path", str(js), "--run_mode", "2", "--json§foldCSV", "0",
-         "--json§save_path", str(tmp_path), "--fulltrainID", "inv", "--save_recon_subs", PATIENTS[1],
-         "--no-progress_bar", "--no-tbactive"], registry.get("diffAE"))
+    run(
+        [
+            "--load_hf",
+            str(folder),
+            "--datajson_path",
+            str(js),
+            "--run_mode",
+            "2",
+            "--json§foldCSV",
+            "0",
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "inv",
+            "--save_recon_subs",
+            PATIENTS[1],
+            "--no-progress_bar",
+            "--no-tbactive",
+        ],
+        registry.get("diffAE"),
+    )
     x = torch.from_numpy(reference_input(small_cohort / "data.h5", PATIENTS[1], SMALL_SHAPE))[None].float()
     with torch.no_grad():
         z = ema.encode(x)
@@ -268,8 +357,14 @@ def test_readme_recipe_verbatim_gives_the_same_latents(cohort, published, tmp_pa
     (snap.parent.parent / "refs").mkdir()
     (snap.parent.parent / "refs" / "main").write_text("a" * 40)
     args = [str(cohort) if a == "/my/data" else a for a in argv[2:]]
-    proc = run_executor("main_diffAE.py", *args, "--json§save_path", str(tmp_path / "Results"), cwd=REPO,
-                        env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"})
+    proc = run_executor(
+        "main_diffAE.py",
+        *args,
+        "--json§save_path",
+        str(tmp_path / "Results"),
+        cwd=REPO,
+        env={"HF_HOME": str(home), "HF_HUB_OFFLINE": "1"},
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     emb = next((tmp_path / "Results").glob("*/Output_fullDS/emb.h5"))
     _check_latents(emb, reference_latents(cohort / "data.h5", ema))
@@ -279,10 +374,32 @@ def test_readme_recipe_verbatim_gives_the_same_latents(cohort, published, tmp_pa
 def _padding_args(small_cohort, small_published, tmp_path):
     folder, _ = small_published
     js = tmp_path / "frames.json"
-    js.write_text(json.dumps({**ANCESTOR_JSON, "datadir": str(small_cohort), "DS_slice_dim": 2, "DS_split_time": True,
-                              "DS_sanity_filters": {"dim1": SMALL_FRAMES}}))
-    args = ["--load_hf", str(folder), "--datajson_path", str(js), "--run_mode", "2", "--test_emb_only",
-            "--json§foldCSV", "0", "--json§save_path", str(tmp_path / "R"), "--fulltrainID", "pad"]
+    js.write_text(
+        json.dumps(
+            {
+                **ANCESTOR_JSON,
+                "datadir": str(small_cohort),
+                "DS_slice_dim": 2,
+                "DS_split_time": True,
+                "DS_sanity_filters": {"dim1": SMALL_FRAMES},
+            }
+        )
+    )
+    args = [
+        "--load_hf",
+        str(folder),
+        "--datajson_path",
+        str(js),
+        "--run_mode",
+        "2",
+        "--test_emb_only",
+        "--json§foldCSV",
+        "0",
+        "--json§save_path",
+        str(tmp_path / "R"),
+        "--fulltrainID",
+        "pad",
+    ]
     return args
 
 

@@ -1,4 +1,5 @@
 """Engineering.api and Executors/embed.py: the latents of load(...).embed(...) are those of --run_mode 2."""
+
 from __future__ import annotations
 
 import contextlib
@@ -36,10 +37,31 @@ def _embed_cli(*args: str) -> subprocess.CompletedProcess:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = run_cli(module.main, list(args))
     return subprocess.CompletedProcess(["embed.py", *args], code, out.getvalue(), err.getvalue())
+
+
 KEYS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
-TINY_VAE = ["--input_shape", "16,16", "--interp_fact", "0.5", "--latent_dim", "4", "--batch_size", "8",
-            "--model§pythae§n_features", "8", "--model§pythae§n_levels", "2", "--num_epochs", "1",
-            "--n_train_batches", "2", "--n_val_batches", "2", "--no-progress_bar", "--no-tbactive"]
+TINY_VAE = [
+    "--input_shape",
+    "16,16",
+    "--interp_fact",
+    "0.5",
+    "--latent_dim",
+    "4",
+    "--batch_size",
+    "8",
+    "--model§pythae§n_features",
+    "8",
+    "--model§pythae§n_levels",
+    "2",
+    "--num_epochs",
+    "1",
+    "--n_train_batches",
+    "2",
+    "--n_val_batches",
+    "2",
+    "--no-progress_bar",
+    "--no-tbactive",
+]
 
 
 def _emb_tsv(run_dir):
@@ -59,8 +81,12 @@ def diffae_run(tiny_demo, tmp_path_factory):
     save = tmp_path_factory.mktemp("api_diffae")
     task = registry.get("diffAE")
     run(tiny_args(tiny_demo, save, "--fulltrainID", "d", "--run_mode", "1"), task)
-    run(tiny_args(tiny_demo, save, "--fulltrainID", "d", "--run_mode", "2", "--resume", "--load_best",
-                  "--test_emb_only"), task)
+    run(
+        tiny_args(
+            tiny_demo, save, "--fulltrainID", "d", "--run_mode", "2", "--resume", "--load_best", "--test_emb_only"
+        ),
+        task,
+    )
     return save / "d"
 
 
@@ -78,9 +104,28 @@ def vae_run(tiny_demo, tmp_path_factory):
 def ssl_run(tiny_demo, tmp_path_factory):
     save = tmp_path_factory.mktemp("api_ssl")
     task = registry.get("ssl")
-    common = ["--batch_size", "8", "--num_epochs", "1", "--n_train_batches", "2", "--model§SSL§width", "4",
-              "--model§SSL§proj_hidden", "16", "--model§SSL§proj_dim", "8", "--no-progress_bar", "--no-tbactive",
-              "--json§datadir", str(tiny_demo), "--json§save_path", str(save), "--fulltrainID", "s"]
+    common = [
+        "--batch_size",
+        "8",
+        "--num_epochs",
+        "1",
+        "--n_train_batches",
+        "2",
+        "--model§SSL§width",
+        "4",
+        "--model§SSL§proj_hidden",
+        "16",
+        "--model§SSL§proj_dim",
+        "8",
+        "--no-progress_bar",
+        "--no-tbactive",
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(save),
+        "--fulltrainID",
+        "s",
+    ]
     run([*common, "--run_mode", "1"], task)
     run([*common, "--run_mode", "2", "--resume", "--load_best"], task)
     return save / "s"
@@ -128,8 +173,24 @@ def test_embed_matches_run_mode_2(which, request, tiny_demo, tmp_path):
 
 def test_bf16_embedding_is_the_test_phase_bf16(diffae_run, vae_run, tiny_demo):
     """precision="bf16" is --embed_precision bf16 (the DiffAE's bfloat16 encoder copy); other families refuse it."""
-    run(tiny_args(tiny_demo, diffae_run.parent, "--fulltrainID", "d", "--run_mode", "2", "--resume", "--load_best",
-                  "--test_emb_only", "--embed_precision", "bf16", "--output_suffix", "bf16"), registry.get("diffAE"))
+    run(
+        tiny_args(
+            tiny_demo,
+            diffae_run.parent,
+            "--fulltrainID",
+            "d",
+            "--run_mode",
+            "2",
+            "--resume",
+            "--load_best",
+            "--test_emb_only",
+            "--embed_precision",
+            "bf16",
+            "--output_suffix",
+            "bf16",
+        ),
+        registry.get("diffAE"),
+    )
     want = pd.read_csv(diffae_run / "Output_bf16" / "emb.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
     got = api.load(diffae_run, precision="bf16").embed(tiny_demo / "data.h5", batch_size=4)
     assert _same_rows(got, want) < 1e-5
@@ -172,13 +233,16 @@ def test_batch_statistics_models_are_refused(ssl_run):
         api.ImLatentModel(dataclasses.replace(run_, cfg=cfg), str(ssl_run), run_.engine.device)
 
 
-@pytest.mark.parametrize("bad,match", [
-    (np.zeros((32, 32), np.float32), "has 2 axes"),
-    (np.zeros((1, 2, 1, 8, 8), np.float32), "padding"),
-    (np.full((1, 2, 1, 32, 32), np.nan, np.float32), "NaN/Inf"),
-    (np.zeros((3, 32, 32), np.float32), "channel"),
-    (np.zeros((1, 1, 1, 32, 32), bool), "dtype bool"),
-])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        (np.zeros((32, 32), np.float32), "has 2 axes"),
+        (np.zeros((1, 2, 1, 8, 8), np.float32), "padding"),
+        (np.full((1, 2, 1, 32, 32), np.nan, np.float32), "NaN/Inf"),
+        (np.zeros((3, 32, 32), np.float32), "channel"),
+        (np.zeros((1, 1, 1, 32, 32), bool), "dtype bool"),
+    ],
+)
 def test_misfit_inputs_are_one_clear_error(diffae_run, bad, match):
     with pytest.raises(UserError, match=match):
         api.load(diffae_run).embed(bad)
@@ -212,8 +276,9 @@ def test_embed_executor_writes_the_api_table(diffae_run, tiny_demo, tmp_path):
         grid = h5["P2/1/0/primary"][()]
     z = [c for c in want.columns if c.startswith("Z")]
     assert np.abs(grid[0, :, 0] - want[want.patientID == "P2"].sort_values("t")[z].values).max() < 1e-6
-    proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "none*.nii"), "--out",
-                        str(tmp_path / "x.tsv"))
+    proc = _embed_cli(
+        "--model", str(diffae_run), "--input", str(tmp_path / "none*.nii"), "--out", str(tmp_path / "x.tsv")
+    )
     assert proc.returncode == 2 and "matches no file" in proc.stderr
 
 
@@ -260,8 +325,9 @@ def published(tmp_path_factory):
 @pytest.mark.parametrize("which", ["ema", "net"])
 def test_published_layout_through_the_api(published, which):
     folder, io = published
-    model = api.load(folder, options=["--norm_type", "none", "--croppad", "false", "--hf_weights", which],
-                     in_channels=1)
+    model = api.load(
+        folder, options=["--norm_type", "none", "--croppad", "false", "--hf_weights", which], in_channels=1
+    )
     x = io["x"]  # (2 volumes, C=1, S=8, 32, 32): one dataset C x T x S x X x Y with the volumes as time
     z = model.embed(np.transpose(x, (1, 0, 2, 3, 4)))
     assert z.shape == (1, 2, 1, 16)
@@ -275,9 +341,18 @@ def test_embed_executor_with_published_weights(published, tmp_path):
     folder, io = published
     with h5py.File(tmp_path / "subject.h5", "w") as h5:
         h5.create_dataset("S1/F1/I1/primary_cine_0", data=np.transpose(io["x"], (1, 0, 2, 3, 4)))
-    proc = _embed_cli("--model", str(folder), "--in_channels", "1", "--flags",
-                        "--norm_type none --croppad false", "--input", str(tmp_path / "subject.h5"),
-                        "--out", str(tmp_path / "pub.tsv"))
+    proc = _embed_cli(
+        "--model",
+        str(folder),
+        "--in_channels",
+        "1",
+        "--flags",
+        "--norm_type none --croppad false",
+        "--input",
+        str(tmp_path / "subject.h5"),
+        "--out",
+        str(tmp_path / "pub.tsv"),
+    )
     assert proc.returncode == 0, proc.stderr
     got = pd.read_csv(tmp_path / "pub.tsv", sep="\t").sort_values("t")
     assert np.abs(got[[f"Z{j}" for j in range(16)]].values - io["z_sem_ema"]).max() < 1e-5
@@ -318,8 +393,9 @@ def test_embed_executor_reads_a_dicom_series_folder(diffae_run, tiny_demo, tmp_p
     assert x.dtype == np.int16
     _write_dicom_series(tmp_path / "series", x[0, :, 0])  # (T, X, Y) frames of the 5D sample
     (tmp_path / "series" / "notes.txt").write_text("not DICOM")
-    proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "series"), "--out",
-                        str(tmp_path / "dcm.tsv"))
+    proc = _embed_cli(
+        "--model", str(diffae_run), "--input", str(tmp_path / "series"), "--out", str(tmp_path / "dcm.tsv")
+    )
     assert proc.returncode == 0, proc.stderr
     got = pd.read_csv(tmp_path / "dcm.tsv", sep="\t", dtype={k: str for k in KEYS[:4]})
     assert set(got["patientID"]) == {"DCM1"} and len(got) == x.shape[1]
@@ -327,8 +403,7 @@ def test_embed_executor_reads_a_dicom_series_folder(diffae_run, tiny_demo, tmp_p
     assert np.abs(got.sort_values("t")[z].values - rows.sort_values("t")[z].values).max() < 1e-5
     _write_dicom_series(tmp_path / "two", x[0, :2, 0])
     _write_dicom_series(tmp_path / "two" / "other", x[0, :2, 0])
-    proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "two"), "--out",
-                        str(tmp_path / "two.tsv"))
+    proc = _embed_cli("--model", str(diffae_run), "--input", str(tmp_path / "two"), "--out", str(tmp_path / "two.tsv"))
     assert proc.returncode == 2 and "2 DICOM series" in proc.stderr
 
 

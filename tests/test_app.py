@@ -1,5 +1,6 @@
 """The web page's functions (Engineering/webapp.py) without a browser, and ImLatentModel.manipulate: an upload's
 latents are embed()'s, a bad upload is the CLI's one line, manipulate is deterministic and DiffAE-only."""
+
 from __future__ import annotations
 
 import zipfile
@@ -115,11 +116,14 @@ def test_zipped_dicom_upload_gives_embeds_latents(diffae, cine, tmp_path):
     assert status == "reconstruction of 4 sample(s) of series.zip" and len(recon) == 4
 
 
-@pytest.mark.parametrize("name, content, message", [
-    ("broken.nii.gz", b"not a nifti image", "broken.nii.gz: cannot read NIfTI"),
-    ("notes.txt", b"hello", "notes.txt: the page reads NIfTI (.nii, .nii.gz), HDF5 (.h5, .hdf5) and zipped DICOM"),
-    ("series.zip", b"PK not a zip", "series.zip: not a readable zip file"),
-])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("broken.nii.gz", b"not a nifti image", "broken.nii.gz: cannot read NIfTI"),
+        ("notes.txt", b"hello", "notes.txt: the page reads NIfTI (.nii, .nii.gz), HDF5 (.h5, .hdf5) and zipped DICOM"),
+        ("series.zip", b"PK not a zip", "series.zip: not a readable zip file"),
+    ],
+)
 def test_a_bad_upload_is_the_clis_one_line(diffae, tmp_path, name, content, message):
     bad = tmp_path / name
     bad.write_bytes(content)
@@ -152,8 +156,9 @@ def test_manipulate_shape_determinism_and_scale_zero_is_the_reconstruction(diffa
     # a direction of a mean/std (a latent predictor's) is scaled by the std: z' = z + scale * std * unit
     lat = api.LatentDirection.from_vector(d)
     scaled = api.LatentDirection(lat.vector, lat.mean, np.full_like(lat.std, 3.0), "x")
-    np.testing.assert_allclose(diffae.manipulate(x, scaled, 0.5), diffae.manipulate(x, d, 1.5), rtol=1e-4,
-                               atol=1e-4 * np.abs(one).max())
+    np.testing.assert_allclose(
+        diffae.manipulate(x, scaled, 0.5), diffae.manipulate(x, d, 1.5), rtol=1e-4, atol=1e-4 * np.abs(one).max()
+    )
     with pytest.raises(UserError, match="the direction has 3 dimensions, the model's latent_dim is 8"):
         diffae.manipulate(x, [1.0, 0.0, 0.0], 1.0)
     with pytest.raises(UserError, match="non-zero vector"):
@@ -196,13 +201,38 @@ def latentcls_run(tmp_path_factory):
         table.insert(KEYS.index(col), col, value)
     table.to_parquet(root / "emb.parquet", index=False)
     pd.DataFrame({"FID": pids, "up": 2 * z[:, 0], "grp": np.where(z[:, 1] > 0, "b", "a")}).to_csv(
-        root / "pheno.tsv", sep="\t", index=False)
+        root / "pheno.tsv", sep="\t", index=False
+    )
     pd.DataFrame([{"train": str(pids[:16]), "val": str(pids[16:20]), "test": str(pids[20:])}]).to_csv(
-        root / "folds.csv", index=False)
-    run(["--latents", str(root / "emb.parquet"), "--json§DS_phenotypes§path", str(root / "pheno.tsv"),
-         "--json§datadir", str(root), "--json§save_path", str(root), "--no-progress_bar", "--no-tbactive",
-         "--batch_size", "16", "--num_epochs", "30", "--lr", "5e-2", "--heads", "linear", "--fulltrainID", "lc",
-         "--run_mode", "0"], registry.get("latentcls"))
+        root / "folds.csv", index=False
+    )
+    run(
+        [
+            "--latents",
+            str(root / "emb.parquet"),
+            "--json§DS_phenotypes§path",
+            str(root / "pheno.tsv"),
+            "--json§datadir",
+            str(root),
+            "--json§save_path",
+            str(root),
+            "--no-progress_bar",
+            "--no-tbactive",
+            "--batch_size",
+            "16",
+            "--num_epochs",
+            "30",
+            "--lr",
+            "5e-2",
+            "--heads",
+            "linear",
+            "--fulltrainID",
+            "lc",
+            "--run_mode",
+            "0",
+        ],
+        registry.get("latentcls"),
+    )
     return root / "lc"
 
 
@@ -230,8 +260,10 @@ def test_app_refuses_bad_flags_in_one_line(vae_run, latentcls_run, capsys):  # n
     spec.loader.exec_module(module)
     for argv, message in (
         (["--model", str(vae_run), "--direction", str(latentcls_run)], "--direction and --target go together"),
-        (["--model", str(vae_run), "--direction", str(latentcls_run), "--target", "up"],
-         "the manipulation slider renders with a DiffAE"),
+        (
+            ["--model", str(vae_run), "--direction", str(latentcls_run), "--target", "up"],
+            "the manipulation slider renders with a DiffAE",
+        ),
         (["--model", "no/such_model_here"], "no/such_model_here"),
     ):
         assert run_cli(module.main, argv) == 2
@@ -262,8 +294,10 @@ def test_zip_members_stay_in_the_upload_folder(tmp_path):
         zf.writestr("../../outside.dcm", b"x")
         zf.writestr("/etc/abs.dcm", b"y")
     up = webapp.read_upload(zipped, tmp_path / "work")
-    assert up.kind == "dicom" and sorted(p.name for p in up.source.iterdir()) == ["000000_outside.dcm",
-                                                                                  "000001_abs.dcm"]
+    assert up.kind == "dicom" and sorted(p.name for p in up.source.iterdir()) == [
+        "000000_outside.dcm",
+        "000001_abs.dcm",
+    ]
     assert not (tmp_path / "outside.dcm").exists() and up.source.parent == tmp_path / "work"
 
 

@@ -2,6 +2,7 @@
 subprocess, a NIfTI file uploaded through the page, its latents read back from the page's TSV link and compared
 with ``embed()`` on the same file; a bad file shows the CLI's one-line error; the page requests nothing from a host
 other than this machine."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,24 @@ def page(diffae_run, latentcls_run, tmp_path_factory):  # noqa: F811
     log = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "GRADIO_TEMP_DIR": str(log.parent / "gradio")}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, str(REPO / "Executors" / "app.py"), "--model", str(diffae_run),
-                                 "--direction", str(latentcls_run), "--target", "up", "--port", str(port)], cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                str(REPO / "Executors" / "app.py"),
+                "--model",
+                str(diffae_run),
+                "--direction",
+                str(latentcls_run),
+                "--target",
+                "up",
+                "--port",
+                str(port),
+            ],
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     url = f"http://127.0.0.1:{port}/"
     try:
         for _ in range(240):
@@ -72,16 +89,27 @@ def page(diffae_run, latentcls_run, tmp_path_factory):  # noqa: F811
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
     if not (os.path.exists(CHROMIUM) and os.path.exists(DRIVER)):
-        pytest.fail("chromium and chromedriver are needed: make test-browser installs them (apt-get install -y "
-                    "chromium chromium-driver)")
+        pytest.fail(
+            "chromium and chromedriver are needed: make test-browser installs them (apt-get install -y "
+            "chromium chromium-driver)"
+        )
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--disable-dev-shm-usage", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):
+    for flag in (
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path_factory.mktemp('chromium')}",
+    ):
         opts.add_argument(flag)
     opts.set_capability("goog:loggingPrefs", {"performance": "ALL"})  # every request the page makes
     driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
@@ -118,8 +146,13 @@ def _requested_hosts(driver) -> set[str]:
     return hosts
 
 
-def test_upload_a_nifti_file_and_read_its_latents_from_the_page(page, browser, diffae_run, tiny_demo,  # noqa: F811
-                                                                tmp_path):
+def test_upload_a_nifti_file_and_read_its_latents_from_the_page(
+    page,
+    browser,
+    diffae_run,  # noqa: F811  (the imported module fixture)
+    tiny_demo,
+    tmp_path,
+):
     import h5py
     from selenium.webdriver.common.by import By
 
@@ -157,8 +190,13 @@ def test_upload_a_nifti_file_and_read_its_latents_from_the_page(page, browser, d
     track = browser.find_element(By.CSS_SELECTOR, "#scale input[type=range]")
     ActionChains(browser).move_to_element_with_offset(track, track.size["width"] // 4, 0).click().perform()
     status = WebDriverWait(browser, 120, poll_frequency=0.25).until(
-        lambda d: (v := d.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")).startswith(
-            ("up ", "error: ")) and v)
+        lambda d: (
+            (v := d.find_element(By.CSS_SELECTOR, "#status textarea").get_attribute("value")).startswith(
+                ("up ", "error: ")
+            )
+            and v
+        )
+    )
     assert status == "up (increasing): scale +1.5", status
     assert len(browser.find_elements(By.CSS_SELECTOR, "#manipulated img")) == x.shape[1]
 

@@ -1,6 +1,7 @@
 """The peak code of the speed benchmark (benchmarks/peaks.py) on a tiny case: the layer list is the model's own
 convolutions, their FLOPs agree with torch's FLOP counter, the peak of a (precision, layout) is the best of its
 measured rates, and a workload reported above its peak is an error rather than a "509 %" row."""
+
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,8 +30,11 @@ def test_layer_list_is_the_models_distinct_convolutions_with_counted_flops(dims)
     model = _model(dims)
     x = torch.randn(2, 1, *([6] * dims))
     convs = peaks.conv_layers(model, lambda: model(x))
-    assert [(c.c_in, c.c_out, c.stride) for c in convs] == [(1, 4, (1,) * dims), (4, 4, (1,) * dims),
-                                                          (4, 8, (2,) * dims)]
+    assert [(c.c_in, c.c_out, c.stride) for c in convs] == [
+        (1, 4, (1,) * dims),
+        (4, 4, (1,) * dims),
+        (4, 8, (2,) * dims),
+    ]
     assert [c.input_shape for c in convs] == [(2, 1, *[6] * dims), (2, 4, *[6] * dims), (2, 4, *[6] * dims)]
     # each layer's FLOPs as torch's own counter sees that convolution run on that input
     for c in convs:
@@ -69,6 +73,7 @@ def test_a_layer_is_timed_in_its_precision_and_layout(monkeypatch):
     def spy(self, x):
         seen.append((self.weight.dtype, x.dtype, x.is_contiguous(memory_format=torch.channels_last_3d)))
         return real(self, x)
+
     monkeypatch.setattr(nn.Conv3d, "forward", spy)
     conv = peaks.ConvShape(4, 4, (3, 3, 3), (1, 1, 1), (1, 1, 1), 1, (1, 4, 4, 6, 6))
     peaks.conv_rate(conv, "bf16", "channels_last", calls=1)

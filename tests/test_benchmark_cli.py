@@ -1,4 +1,5 @@
 """main_benchmark end to end: emb.parquet / emb.tsv / emb.h5 in, metrics.json/csv + report.html out."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -41,8 +42,9 @@ def latents(cls: np.ndarray, site: np.ndarray, class_sep: float, site_shift: flo
             z[0] += class_sep * cls[p]
             z[1] += site_shift * (np.flatnonzero(SITES == site[p])[0] - 1)  # sites at -1, 0, +1
             rows.append([str(1000 + p), "20208", "2", "primary_cine_0", 0, t, 0, *z])
-    return pd.DataFrame(rows, columns=["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
-                        + [f"Z{j}" for j in range(DIM)])
+    return pd.DataFrame(
+        rows, columns=["patientID", "fieldID", "instanceID", "key", "c", "t", "s"] + [f"Z{j}" for j in range(DIM)]
+    )
 
 
 def write_h5(path: Path, table: pd.DataFrame) -> None:
@@ -65,28 +67,63 @@ def data(tmp_path_factory):
     latents(cls, site, 8.0, 0.0, 1).to_parquet(root / "runA" / "Output" / "emb.parquet", index=False)
     latents(cls, site, 0.0, 8.0, 2).to_csv(root / "embB.tsv", sep="\t", index=False)
     write_h5(root / "embC.h5", latents(cls, site, 2.0, 0.0, 3))
-    pd.DataFrame({"FID": [str(1000 + p) for p in range(N_PATIENTS)], "cls": np.array(["a", "b", "c"])[cls],
-                  "ef": rng.uniform(0.3, 0.7, N_PATIENTS), "constant": "x"}).to_csv(root / "pheno.tsv", sep="\t",
-                                                                                       index=False)
-    pd.DataFrame({"FID": [str(1000 + p) for p in range(N_PATIENTS)], "site": site}).to_csv(root / "cov.tsv",
-                                                                                          sep="\t", index=False)
+    pd.DataFrame(
+        {
+            "FID": [str(1000 + p) for p in range(N_PATIENTS)],
+            "cls": np.array(["a", "b", "c"])[cls],
+            "ef": rng.uniform(0.3, 0.7, N_PATIENTS),
+            "constant": "x",
+        }
+    ).to_csv(root / "pheno.tsv", sep="\t", index=False)
+    pd.DataFrame({"FID": [str(1000 + p) for p in range(N_PATIENTS)], "site": site}).to_csv(
+        root / "cov.tsv", sep="\t", index=False
+    )
     with h5py.File(root / "data.h5", "w") as h5:
         for p in range(N_PATIENTS):
-            h5.create_dataset(f"{1000 + p}/20208/2/primary_cine_0",
-                              data=rng.normal(size=(1, N_T, 1, 6, 6)).astype(np.float32) + cls[p])
+            h5.create_dataset(
+                f"{1000 + p}/20208/2/primary_cine_0",
+                data=rng.normal(size=(1, N_T, 1, 6, 6)).astype(np.float32) + cls[p],
+            )
     return root
 
 
 def common_args(data: Path, out: Path, runs=("runA", "B=embB.tsv", "C=embC.h5")) -> list[str]:
     latents = [f"{r.partition('=')[0]}={data / r.partition('=')[2]}" if "=" in r else str(data / r) for r in runs]
-    return ["--latents", *latents, "--labels", str(data / "pheno.tsv"), str(data / "cov.tsv"), "--out", str(out),
-            "--n_boot", "100", "--n_perm", "20", "--n_repeats", "1"]
+    return [
+        "--latents",
+        *latents,
+        "--labels",
+        str(data / "pheno.tsv"),
+        str(data / "cov.tsv"),
+        "--out",
+        str(out),
+        "--n_boot",
+        "100",
+        "--n_perm",
+        "20",
+        "--n_repeats",
+        "1",
+    ]
 
 
 def test_cli_end_to_end(data, tmp_path, capsys):
     out = tmp_path / "report"
-    main(common_args(data, out) + ["--label_cols", "cls", "ef", "--batch_col", "site", "--group_col", "patientID",
-                                   "--pixels", str(data / "data.h5"), "--archetypes", "3"])
+    main(
+        common_args(data, out)
+        + [
+            "--label_cols",
+            "cls",
+            "ef",
+            "--batch_col",
+            "site",
+            "--group_col",
+            "patientID",
+            "--pixels",
+            str(data / "data.h5"),
+            "--archetypes",
+            "3",
+        ]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics) == ["runA", "B", "C", "baseline_random", "baseline_pca_pixels"]
     for per in metrics.values():  # --archetypes K: the variance K archetypes explain, a fraction
@@ -96,8 +133,16 @@ def test_cli_end_to_end(data, tmp_path, capsys):
         for name, rec in per.items():
             assert {"value", "ci_low", "ci_high", "direction"} <= set(rec), (run, name)
             assert rec["direction"] in ("higher", "lower")
-    assert {"probe_balanced_accuracy/cls", "r2/ef", "knn_accuracy/cls", "retrieval_map/cls", "intrinsic_dimension",
-            "pca_components_90", "batch_knn_balanced_accuracy/site", "batch_ilisi/site"} <= set(metrics["runA"])
+    assert {
+        "probe_balanced_accuracy/cls",
+        "r2/ef",
+        "knn_accuracy/cls",
+        "retrieval_map/cls",
+        "intrinsic_dimension",
+        "pca_components_90",
+        "batch_knn_balanced_accuracy/site",
+        "batch_ilisi/site",
+    } <= set(metrics["runA"])
     # The planted structure comes through the whole pipeline.
     assert metrics["runA"]["probe_balanced_accuracy/cls"]["value"] > 0.95
     assert metrics["baseline_random"]["probe_balanced_accuracy/cls"]["ci_low"] < 1 / 3 + 0.1
@@ -143,17 +188,20 @@ def nan_latents(data):
     return data / "embNaN.tsv"
 
 
-@pytest.mark.parametrize("case, message", [
-    ("no_overlap", "no overlap between latents and labels"),
-    ("missing_column", "label column(s) nope not found"),
-    ("single_class", "label 'constant': a single class"),
-    ("nan_latents", "contain NaN"),
-    ("bad_flag", "unrecognized arguments: --lat"),
-    ("missing_file", "latents not found"),
-    ("one_archetype", "--archetypes K needs K >= 2"),
-    ("outlier_values", "outlier column 'cls' must hold 1/0 or true/false"),
-    ("outlier_missing", "outlier column 'nope' not found"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("no_overlap", "no overlap between latents and labels"),
+        ("missing_column", "label column(s) nope not found"),
+        ("single_class", "label 'constant': a single class"),
+        ("nan_latents", "contain NaN"),
+        ("bad_flag", "unrecognized arguments: --lat"),
+        ("missing_file", "latents not found"),
+        ("one_archetype", "--archetypes K needs K >= 2"),
+        ("outlier_values", "outlier column 'cls' must hold 1/0 or true/false"),
+        ("outlier_missing", "outlier column 'nope' not found"),
+    ],
+)
 def test_bad_input_exits_2_with_one_line(data, nan_latents, tmp_path, capsys, case, message):
     out = tmp_path / "bad"
     base = ["--latents", str(data / "runA"), "--labels", str(data / "pheno.tsv"), "--out", str(out)]
@@ -176,8 +224,23 @@ def test_bad_input_exits_2_with_one_line(data, nan_latents, tmp_path, capsys, ca
 
 def test_script_entry_point_exit_code(data, tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--latents", str(data / "runA"), "--labels",
-                           str(data / "pheno.tsv"), "--label_cols", "nope", "--out", str(tmp_path / "x")],
-                          capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            "--latents",
+            str(data / "runA"),
+            "--labels",
+            str(data / "pheno.tsv"),
+            "--label_cols",
+            "nope",
+            "--out",
+            str(tmp_path / "x"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "nope" in proc.stderr

@@ -1,4 +1,5 @@
 """Reading latents (emb.h5 / emb.tsv / emb.parquet / run folder), labels and pixels for the benchmark."""
+
 from __future__ import annotations
 
 import h5py
@@ -6,19 +7,28 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from Engineering.data.labels import (
+    CATEGORICAL,
+    CONTINUOUS,
+    attach_labels,
+    infer_kind,
+    read_label_table,
+    resolve_targets,
+)
+from Engineering.data.layout import SAMPLE_COLUMNS
 from Engineering.errors import UserError
-from Engineering.data.labels import (CATEGORICAL, CONTINUOUS, attach_labels, infer_kind, read_label_table,
-                                     resolve_targets)
 from Engineering.Eval.pixels import read_pixels
 from Engineering.Eval.samples import align_runs
-from Engineering.data.layout import SAMPLE_COLUMNS
 from Engineering.io.latents import latent_arrays, read_latents
 
 
 def flat_table(n_patients=4, n_t=3, dim=5, seed=0) -> pd.DataFrame:
     rng = np.random.default_rng(seed)
-    rows = [[str(100 + p), "20208", "2", "primary_cine_0", 0, t, 0, *rng.normal(size=dim)]
-            for p in range(n_patients) for t in range(n_t)]
+    rows = [
+        [str(100 + p), "20208", "2", "primary_cine_0", 0, t, 0, *rng.normal(size=dim)]
+        for p in range(n_patients)
+        for t in range(n_t)
+    ]
     return pd.DataFrame(rows, columns=list(SAMPLE_COLUMNS) + [f"Z{j}" for j in range(dim)])
 
 
@@ -105,9 +115,14 @@ def test_nan_latents_are_a_user_error():
 
 
 def test_labels_id_column_join_and_kinds(tmp_path):
-    pd.DataFrame({"FID": ["100", "101", "102", "103"], "site": ["A", "B", "A", "B"],
-                  "ef": [0.5, 0.6, 0.55, 0.7], "grade": [1, 2, 1, 2]}).to_csv(tmp_path / "l.tsv", sep="\t",
-                                                                              index=False)
+    pd.DataFrame(
+        {
+            "FID": ["100", "101", "102", "103"],
+            "site": ["A", "B", "A", "B"],
+            "ef": [0.5, 0.6, 0.55, 0.7],
+            "grade": [1, 2, 1, 2],
+        }
+    ).to_csv(tmp_path / "l.tsv", sep="\t", index=False)
     labels = read_label_table(tmp_path / "l.tsv")
     ids = align_runs({"a": flat_table()}).ids
     table, notes = attach_labels(ids, {"l.tsv": labels})
@@ -131,8 +146,17 @@ def test_read_pixels_indexes_or_takes_whole_axes(tmp_path):
     data = np.arange(2 * 3 * 1 * 2 * 2, dtype=np.float32).reshape(2, 3, 1, 2, 2)
     with h5py.File(tmp_path / "data.h5", "w") as h5:
         h5.create_dataset("100/20208/2/primary", data=data)
-    rows = pd.DataFrame({"patientID": ["100"] * 2, "fieldID": "20208", "instanceID": "2", "key": "primary",
-                         "c": [0, 1], "t": [0, 0], "s": [0, 0]})
+    rows = pd.DataFrame(
+        {
+            "patientID": ["100"] * 2,
+            "fieldID": "20208",
+            "instanceID": "2",
+            "key": "primary",
+            "c": [0, 1],
+            "t": [0, 0],
+            "s": [0, 0],
+        }
+    )
     # c is indexed (rows use c=1); t is never beyond 0 while the data has 3 frames: taken whole.
     px = read_pixels(tmp_path / "data.h5", rows)
     np.testing.assert_array_equal(px, data[:, :, 0].reshape(2, -1))
@@ -146,8 +170,17 @@ def test_read_pixels_follows_the_axis_swap(tmp_path):
     data = np.random.default_rng(0).random((1, 5, 3, 2, 2)).astype(np.float32)  # C, T=5 frames, S=3 slices
     with h5py.File(tmp_path / "data.h5", "w") as h5:
         h5.create_dataset("100/20208/2/primary", data=data)
-    rows = pd.DataFrame({"patientID": ["100"] * 3, "fieldID": "20208", "instanceID": "2", "key": "primary",
-                         "c": 0, "t": [0, 1, 2], "s": 0})
+    rows = pd.DataFrame(
+        {
+            "patientID": ["100"] * 3,
+            "fieldID": "20208",
+            "instanceID": "2",
+            "key": "primary",
+            "c": 0,
+            "t": [0, 1, 2],
+            "s": 0,
+        }
+    )
     px = read_pixels(tmp_path / "data.h5", rows, channel_dim=0, slice_dim=1)
     np.testing.assert_array_equal(px, np.stack([data[0, :, t].ravel() for t in range(3)]))
     assert not np.array_equal(read_pixels(tmp_path / "data.h5", rows), px)  # the contract's order reads other frames

@@ -1,4 +1,5 @@
 """The benchmark recovers planted structure (not just that it runs), on small synthetic latents."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,10 +8,10 @@ from sklearn.decomposition import PCA
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, r2_score
 from threadpoolctl import threadpool_limits
 
+from Engineering.data.labels import CATEGORICAL, CONTINUOUS, Target
 from Engineering.Eval import batch_effects, compactness, knn, probes, regression, retrieval, scores
 from Engineering.Eval.bootstrap import bootstrap_ci, resample_weights, weighted_mean
 from Engineering.Eval.folds import classification_folds, regression_folds
-from Engineering.data.labels import CATEGORICAL, CONTINUOUS, Target
 from Engineering.Eval.suite import Settings, evaluate_representation, run_benchmark
 
 N_BOOT = 200
@@ -224,9 +225,10 @@ def test_weighted_scores_match_sklearn():
     w = resample_weights(80, 5, rng)
     for i in range(5):
         idx = np.repeat(np.arange(80), w[i])
-        assert scores.accuracy(y, pred)(w[i:i + 1])[0] == pytest.approx(accuracy_score(y[idx], pred[idx]))
-        assert scores.balanced_accuracy(y, pred)(w[i:i + 1])[0] == pytest.approx(
-            balanced_accuracy_score(y[idx], pred[idx]))
+        assert scores.accuracy(y, pred)(w[i : i + 1])[0] == pytest.approx(accuracy_score(y[idx], pred[idx]))
+        assert scores.balanced_accuracy(y, pred)(w[i : i + 1])[0] == pytest.approx(
+            balanced_accuracy_score(y[idx], pred[idx])
+        )
     t, p = rng.normal(size=80), rng.normal(size=80)
     idx = np.repeat(np.arange(80), w[0])
     assert scores.r2(t, p)(w[:1])[0] == pytest.approx(r2_score(t[idx], p[idx]))
@@ -244,8 +246,9 @@ def test_bootstrap_ci_contains_point_estimate():
     value, low, high = bootstrap_ci(weighted_mean(values), 300, 500, 0)
     assert value == pytest.approx(values.mean()) and low < value < high
     Z, y = clustered(separation=2.0)
-    results = evaluate_representation(Z, [Target("y", CATEGORICAL, y, np.ones(len(y), bool))], None, None,
-                                      Settings(n_boot=N_BOOT, n_perm=20))
+    results = evaluate_representation(
+        Z, [Target("y", CATEGORICAL, y, np.ones(len(y), bool))], None, None, Settings(n_boot=N_BOOT, n_perm=20)
+    )
     for name, res in results.items():
         assert res.skipped is None, name
         assert res.ci_low <= res.value <= res.ci_high, name
@@ -255,8 +258,9 @@ def test_suite_adds_baselines_and_records_failures_as_skips():
     rng = np.random.default_rng(11)
     Z = rng.normal(size=(40, 6))
     targets = [Target("cont", CONTINUOUS, rng.normal(size=40), np.ones(40, bool))]
-    results = run_benchmark({"run": Z}, targets, settings=Settings(n_boot=50, id_ks=(10, 60)),
-                            pixels=rng.normal(size=(40, 4, 4)))
+    results = run_benchmark(
+        {"run": Z}, targets, settings=Settings(n_boot=50, id_ks=(10, 60)), pixels=rng.normal(size=(40, 4, 4))
+    )
     assert set(results) == {"run", "baseline_random", "baseline_pca_pixels"}
     assert results["baseline_pca_pixels"]["r2/cont"].value is not None
     skipped = results["run"]["intrinsic_dimension"]  # k=60 needs more than 40 samples

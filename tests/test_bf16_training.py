@@ -2,6 +2,7 @@
 gives every logged loss (training steps, epoch means, validation) within 1 % of the fp32 run, the weights, the EMA
 and the timestep embedding stay float32, and the head that writes the latent runs in float32 under autocast.
 The published shape's trajectory is measured by ``benchmarks/bench_diffae.py --trajectory`` (speed.md)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,24 @@ TOLERANCE = 1e-2
 
 
 def _train(demo, save, name, amp, *extra):
-    run(tiny_args(demo, save, "--num_epochs", "3", "--n_train_batches", "5", "--run_mode", "1",
-                  "--ampmode", amp, "--fulltrainID", name, *extra), registry.get("diffAE"))
+    run(
+        tiny_args(
+            demo,
+            save,
+            "--num_epochs",
+            "3",
+            "--n_train_batches",
+            "5",
+            "--run_mode",
+            "1",
+            "--ampmode",
+            amp,
+            "--fulltrainID",
+            name,
+            *extra,
+        ),
+        registry.get("diffAE"),
+    )
     return pd.read_csv(save / name / "csv_logs" / "metrics.csv")
 
 
@@ -49,15 +66,28 @@ def test_bf16_mixed_follows_the_fp32_loss_trajectory(tiny_demo, tmp_path, dims):
 def test_timestep_embedding_and_latent_head_run_in_float32_under_autocast():
     """The layers kept out of bf16: the timestep MLP (adjacent timesteps round together in bf16) and the encoder's
     head (a code of large mean and small spread loses its signal), while the convolutions run in bf16."""
-    net = DiffAE(DiffAEConfig(is3D=False, in_channels=1, input_shape=(16, 16), latent_dim=8, net_ch=8,
-                              ch_mult=(1, 2), enc_ch_mult=(1, 2), num_res_blocks=1, enc_num_res_blocks=1,
-                              attn_res=(8,)))
+    net = DiffAE(
+        DiffAEConfig(
+            is3D=False,
+            in_channels=1,
+            input_shape=(16, 16),
+            latent_dim=8,
+            net_ch=8,
+            ch_mult=(1, 2),
+            enc_ch_mult=(1, 2),
+            num_res_blocks=1,
+            enc_num_res_blocks=1,
+            attn_res=(8,),
+        )
+    )
     seen = {}
 
     def record(name):
         def hook(mod, inp, out):
             seen.setdefault(name, out.dtype)  # (a hook's return value would replace the output)
+
         return hook
+
     net.time_embed.time_embed[-1].register_forward_hook(record("time_mlp"))
     net.encoder.out[3].register_forward_hook(record("latent_projection"))
     net.encoder.input_blocks[0][0].register_forward_hook(record("first_conv"))

@@ -1,6 +1,7 @@
 """Every registered task's engine says what it can do by the methods it defines (Engines/capabilities.py): the
 engine core defines none of them, no engine defines one only to refuse it, and a built engine's capability methods
 return what their protocols document. Parametrised over the registry: a new family is checked by registering it."""
+
 from __future__ import annotations
 
 import ast
@@ -32,8 +33,9 @@ def _engine_classes(spec) -> list[type]:
     made = spec.engine_class()
     if isinstance(made, type):
         return [made]
-    return sorted((c for c in _subclasses(LatentEngine) if c.__module__.startswith(spec.module + ".")),
-                  key=lambda c: c.__name__)
+    return sorted(
+        (c for c in _subclasses(LatentEngine) if c.__module__.startswith(spec.module + ".")), key=lambda c: c.__name__
+    )
 
 
 def _refuses(method) -> bool:

@@ -1,5 +1,6 @@
 """The synthetic 3D cell cohort (@cells) and point-cloud sampling: intensity-weighted and masked sampling, the
 cells' orientation and puncta rules as documented, and make_point_clouds.py over a contract file."""
+
 from __future__ import annotations
 
 import h5py
@@ -26,8 +27,11 @@ def test_sampling_follows_intensity_or_the_mask():
     mask[:5] = 1
     masked = sample_point_cloud(vol, 2000, np.random.default_rng(1), mask=mask)
     assert (masked[:, 0] + 4.5 < 5).all() and abs(masked[:, 0].mean() + 4.5 - 2.0) < 0.2  # uniform in x < 5
-    for bad, match in ((np.zeros((4, 4, 4)), "no voxel is above"), (np.zeros((4, 4)), "3D volumes"),
-                       (np.full((4, 4, 4), np.nan), "NaN")):
+    for bad, match in (
+        (np.zeros((4, 4, 4)), "no voxel is above"),
+        (np.zeros((4, 4)), "3D volumes"),
+        (np.full((4, 4, 4), np.nan), "NaN"),
+    ):
         with pytest.raises(ValueError, match=match):
             sample_point_cloud(bad, 10, np.random.default_rng(0))
 
@@ -65,13 +69,18 @@ def test_puncta_follow_their_rule_and_point_clouds_match_the_images(cells):
             assert cloud.shape == (200, 4)
             rot = Rotation.from_quat(covs.loc[pid, ["qx", "qy", "qz", "qw"]].to_numpy(float)).as_matrix()
             own = cloud[:, :3] @ rot  # back into the cell's frame
-            rho[phen[pid]].append((np.median(np.sqrt(((own / CELL_AXES) ** 2).sum(1))),
-                                   np.median(np.sqrt((((own - NUCLEUS_CENTRE) / NUCLEUS_AXES) ** 2).sum(1)))))
+            rho[phen[pid]].append(
+                (
+                    np.median(np.sqrt(((own / CELL_AXES) ** 2).sum(1))),
+                    np.median(np.sqrt((((own - NUCLEUS_CENTRE) / NUCLEUS_AXES) ** 2).sum(1))),
+                )
+            )
     med = {r: np.mean(v, axis=0) for r, v in rho.items()}
     assert med["membrane"][0] > med["random"][0] + 0.1  # nearer the membrane
     assert med["nucleus"][1] < med["random"][1] - 0.3  # nearer the nucleus
     folds = pd.read_csv(cells / "folds.csv")
     from ast import literal_eval
+
     tests = [set(literal_eval(t)) for t in folds["test"]]
     assert set().union(*tests) == set(phen.index) and sum(map(len, tests)) == 16  # disjoint, covering
 

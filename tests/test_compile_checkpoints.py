@@ -1,6 +1,7 @@
 """--compile_model and the files a run writes: torch.compile's ``_orig_mod.`` prefix (Lightning issues #17415,
 #20233) never reaches a checkpoint or an export, and a compiled run's checkpoints resume, load with --load_best,
 export, and load back with --load_hf, compiled or not, to the same latents."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -35,13 +36,32 @@ def test_compiled_run_checkpoints_resume_export_and_load_hf(tiny_demo, tmp_path)
         assert {k: (v.shape, v.dtype) for k, v in state.items()} == {k: (v.shape, v.dtype) for k, v in plain.items()}
 
     # resume for a second epoch, compiled; then the best checkpoint's test phase, compiled and not
-    run(tiny_args(tiny_demo, tmp_path, "--fulltrainID", "c", "--run_mode", "1", "--resume", "--num_epochs", "2",
-                  *COMPILE), TASK)
+    run(
+        tiny_args(
+            tiny_demo, tmp_path, "--fulltrainID", "c", "--run_mode", "1", "--resume", "--num_epochs", "2", *COMPILE
+        ),
+        TASK,
+    )
     state = read_checkpoint(tmp_path / "c" / "Checkpoints" / "last.ckpt")
     assert state["epoch"] == 1 and not [k for k in state["state_dict"] if "_orig_mod" in k]
     for suffix, extra in (("compiled", COMPILE), ("eager", [])):
-        run(tiny_args(tiny_demo, tmp_path, "--fulltrainID", "c", "--run_mode", "2", "--resume", "--load_best",
-                      "--test_emb_only", "--output_suffix", suffix, *extra), TASK)
+        run(
+            tiny_args(
+                tiny_demo,
+                tmp_path,
+                "--fulltrainID",
+                "c",
+                "--run_mode",
+                "2",
+                "--resume",
+                "--load_best",
+                "--test_emb_only",
+                "--output_suffix",
+                suffix,
+                *extra,
+            ),
+            TASK,
+        )
     compiled, eager = _latents(tmp_path / "c" / "Output_compiled"), _latents(tmp_path / "c" / "Output_eager")
     assert len(compiled) > 0
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
@@ -53,7 +73,23 @@ def test_compiled_run_checkpoints_resume_export_and_load_hf(tiny_demo, tmp_path)
     with safe_open(out / "model.safetensors", "pt") as f:
         keys = list(f.keys())
     assert keys and not [k for k in keys if "_orig_mod" in k]
-    run(["--load_hf", str(out), "--run_mode", "2", "--test_emb_only", "--json§datadir", str(tiny_demo),
-         "--json§save_path", str(tmp_path), "--fulltrainID", "hub", "--no-progress_bar", "--no-tbactive",
-         *COMPILE], TASK)
+    run(
+        [
+            "--load_hf",
+            str(out),
+            "--run_mode",
+            "2",
+            "--test_emb_only",
+            "--json§datadir",
+            str(tiny_demo),
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "hub",
+            "--no-progress_bar",
+            "--no-tbactive",
+            *COMPILE,
+        ],
+        TASK,
+    )
     np.testing.assert_allclose(_latents(tmp_path / "hub" / "Output"), eager, atol=1e-5)

@@ -2,6 +2,7 @@
 complex (transposed) convolution = its real decomposition; complex BN whitens to the identity covariance and uses
 its running statistics in eval; modReLU and CReLU equal their formulas; the encoder gives a real latent and the
 decoder a complex image, with gradients to every parameter, in 2D and 3D; crecon equals its definitions."""
+
 from __future__ import annotations
 
 import math
@@ -10,17 +11,27 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from Engineering.Engines.WarpDrives.pythaeDrive.network.complex_ae import (ComplexAEConfig, ComplexAEError, ComplexBatchNorm, ComplexConv,
-                                                      ComplexConvTranspose, ComplexDecoder, ComplexEncoder, CReLU,
-                                                      ModReLU, crecon)
+from Engineering.Engines.WarpDrives.pythaeDrive.network.complex_ae import (
+    ComplexAEConfig,
+    ComplexAEError,
+    ComplexBatchNorm,
+    ComplexConv,
+    ComplexConvTranspose,
+    ComplexDecoder,
+    ComplexEncoder,
+    CReLU,
+    ModReLU,
+    crecon,
+)
 
 CONV = {2: F.conv2d, 3: F.conv3d}
 CONV_T = {2: F.conv_transpose2d, 3: F.conv_transpose3d}
 
 
 def _complex(*shape, generator: torch.Generator, dtype=torch.float64) -> torch.Tensor:
-    return torch.complex(torch.randn(*shape, generator=generator, dtype=dtype),
-                         torch.randn(*shape, generator=generator, dtype=dtype))
+    return torch.complex(
+        torch.randn(*shape, generator=generator, dtype=dtype), torch.randn(*shape, generator=generator, dtype=dtype)
+    )
 
 
 def _with_bias(y: torch.Tensor, bias: torch.Tensor, dims: int) -> torch.Tensor:
@@ -53,8 +64,9 @@ def test_complex_conv_equals_real_decomposition(dims, stride, padding, dilation)
 @pytest.mark.parametrize("stride,padding,output_padding", [(1, 0, 0), (2, 1, 0), (2, 1, 1)])
 def test_complex_conv_transpose_equals_real_decomposition(dims, stride, padding, output_padding):
     g = torch.Generator().manual_seed(dims * 100 + stride + output_padding)
-    layer = ComplexConvTranspose(3, 2, 4, stride=stride, padding=padding, output_padding=output_padding,
-                                 spatial_dims=dims).double()
+    layer = ComplexConvTranspose(
+        3, 2, 4, stride=stride, padding=padding, output_padding=output_padding, spatial_dims=dims
+    ).double()
     with torch.no_grad():
         layer.bias_real.normal_(generator=g)
         layer.bias_imag.normal_(generator=g)
@@ -128,8 +140,9 @@ def test_complex_bn_running_stats_in_eval(dims):
     cov_unbiased = cov_biased * n / (n - 1)
     torch.testing.assert_close(bn.running_mean, 0.1 * mean.T)
     expected_cov = 0.9 * torch.eye(2, dtype=torch.float64) + 0.1 * cov_unbiased
-    torch.testing.assert_close(bn.running_covar, torch.stack([expected_cov[:, 0, 0], expected_cov[:, 0, 1],
-                                                              expected_cov[:, 1, 1]]))
+    torch.testing.assert_close(
+        bn.running_covar, torch.stack([expected_cov[:, 0, 0], expected_cov[:, 0, 1], expected_cov[:, 1, 1]])
+    )
     # eval: gamma V_run^(-1/2) (x - mean_run) + beta, the inverse square root by eigendecomposition
     running_mean, running_covar = bn.running_mean.clone(), bn.running_covar.clone()
     x2 = _correlated_batch(dims, torch.Generator().manual_seed(0))
@@ -138,8 +151,9 @@ def test_complex_bn_running_stats_in_eval(dims):
     torch.testing.assert_close(bn.running_covar, running_covar)
     eigval, eigvec = torch.linalg.eigh(expected_cov + bn.eps * torch.eye(2, dtype=torch.float64))
     inv_sqrt = eigvec @ torch.diag_embed(eigval.rsqrt()) @ eigvec.transpose(1, 2)
-    gamma = torch.stack([torch.stack([bn.gamma_rr, bn.gamma_ri], -1), torch.stack([bn.gamma_ri, bn.gamma_ii], -1)],
-                        -2).detach()
+    gamma = torch.stack(
+        [torch.stack([bn.gamma_rr, bn.gamma_ri], -1), torch.stack([bn.gamma_ri, bn.gamma_ii], -1)], -2
+    ).detach()
     beta = torch.stack([bn.beta_real, bn.beta_imag], -1).detach()
     pairs = torch.stack([x2.real, x2.imag], dim=2)  # (N, C, 2, ...)
     centred = pairs - (0.1 * mean).view(1, 3, 2, *([1] * dims))
@@ -154,7 +168,7 @@ def test_modrelu_equals_its_formula_and_is_finite_at_zero():
     act = ModReLU(3)
     with torch.no_grad():
         act.bias.copy_(torch.tensor([-0.5, 0.0, 0.7]))
-    magnitude = torch.sqrt(z.real ** 2 + z.imag ** 2)
+    magnitude = torch.sqrt(z.real**2 + z.imag**2)
     gain = torch.clamp(magnitude + act.bias.detach().view(1, 3, 1, 1), min=0)
     phase = torch.where(magnitude > 0, z / torch.where(magnitude > 0, magnitude, 1.0), 0)
     torch.testing.assert_close(act(z), gain * phase)
@@ -174,13 +188,22 @@ def test_crelu_equals_split_relu():
     torch.testing.assert_close(out.imag, torch.clamp(z.imag, min=0))
 
 
-@pytest.mark.parametrize("dims,activation,variational", [(2, "modrelu", False), (2, "crelu", True),
-                                                          (3, "modrelu", True), (3, "crelu", False)])
+@pytest.mark.parametrize(
+    "dims,activation,variational",
+    [(2, "modrelu", False), (2, "crelu", True), (3, "modrelu", True), (3, "crelu", False)],
+)
 def test_encoder_decoder_shapes_dtypes_and_gradients(dims, activation, variational):
     torch.manual_seed(dims)
     size = (16, 16) if dims == 2 else (8, 8, 8)
-    config = ComplexAEConfig(spatial_dims=dims, in_channels=2, input_size=size, widths=(4, 8), latent_dim=6,
-                             activation=activation, variational=variational)
+    config = ComplexAEConfig(
+        spatial_dims=dims,
+        in_channels=2,
+        input_size=size,
+        widths=(4, 8),
+        latent_dim=6,
+        activation=activation,
+        variational=variational,
+    )
     encoder, decoder = ComplexEncoder(config), ComplexDecoder(config)
     x = torch.randn(3, 2, *size, dtype=torch.complex64)
     encoding = encoder(x)
@@ -214,9 +237,9 @@ def test_crecon_equals_its_definitions():
     g = torch.Generator().manual_seed(5)
     x, y = _complex(2, 1, 4, 4, generator=g), _complex(2, 1, 4, 4, generator=g)
     d_re, d_im = x.real - y.real, x.imag - y.imag
-    torch.testing.assert_close(crecon(x, y), (d_re ** 2 + d_im ** 2).mean())
-    torch.testing.assert_close(crecon(x, y, kind="l1", reduction="sum"), torch.sqrt(d_re ** 2 + d_im ** 2).sum())
-    modulus_x, modulus_y = torch.sqrt(x.real ** 2 + x.imag ** 2), torch.sqrt(y.real ** 2 + y.imag ** 2)
+    torch.testing.assert_close(crecon(x, y), (d_re**2 + d_im**2).mean())
+    torch.testing.assert_close(crecon(x, y, kind="l1", reduction="sum"), torch.sqrt(d_re**2 + d_im**2).sum())
+    modulus_x, modulus_y = torch.sqrt(x.real**2 + x.imag**2), torch.sqrt(y.real**2 + y.imag**2)
     xie = d_re.abs() + d_im.abs() + (modulus_x - modulus_y).abs()
     torch.testing.assert_close(crecon(x, y, kind="xie", reduction="none"), xie)
     assert crecon(x, x) == 0

@@ -6,6 +6,7 @@ arrays), the complex demo cohort, training of each model in 2D and 3D with every
 The default run keeps to the fast checks (~30 s); the end-to-end runs of every model through
 Executors/main_recon.py in 2D and 3D are marked slow.
 """
+
 from __future__ import annotations
 
 import math
@@ -17,6 +18,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import REPO, run_executor
 
 from Engineering.config.loader import resolve
 from Engineering.data import transforms as T
@@ -27,8 +29,6 @@ from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, Pyth
 from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.complex import complex_data_problem
 from Engineering.errors import UserError, run_cli
 
-from conftest import REPO, run_executor
-
 TASK = registry.get("recon")
 DATAJSON = str(REPO / "Configs" / "dataNpath_demo_complex.json")
 MODELS = ("complex_ae", "complex_vae", "complex_factor_vae")
@@ -38,16 +38,36 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 @pytest.fixture(scope="module")
 def cdemo(tmp_path_factory) -> Path:
     """A tiny complex cohort: 9 patients, 2 frames of 4 slices of 16 x 16."""
-    return write_complex_demo(tmp_path_factory.mktemp("cdemo") / "demo_complex",
-                              ComplexDemoSpec(n_patients=9, n_frames=2, n_slices=4, size=16))
+    return write_complex_demo(
+        tmp_path_factory.mktemp("cdemo") / "demo_complex",
+        ComplexDemoSpec(n_patients=9, n_frames=2, n_slices=4, size=16),
+    )
 
 
 def _args(demo, *extra, is3D=False):
     shape = ["--is3D", "--input_shape", "4,16,16"] if is3D else ["--input_shape", "16,16"]
-    return ["--datajson_path", DATAJSON, "--json§datadir", str(demo), "--complex_mode", "complex",
-            "--norm_type", "divbymax", *shape, "--latent_dim", "4", "--batch_size", "6",
-            "--model§pythae§n_features", "4", "--model§pythae§n_levels", "2", "--no-progress_bar", "--no-tbactive",
-            *extra]
+    return [
+        "--datajson_path",
+        DATAJSON,
+        "--json§datadir",
+        str(demo),
+        "--complex_mode",
+        "complex",
+        "--norm_type",
+        "divbymax",
+        *shape,
+        "--latent_dim",
+        "4",
+        "--batch_size",
+        "6",
+        "--model§pythae§n_features",
+        "4",
+        "--model§pythae§n_levels",
+        "2",
+        "--no-progress_bar",
+        "--no-tbactive",
+        *extra,
+    ]
 
 
 def _cli(capsys, argv) -> tuple[int, str]:
@@ -91,11 +111,14 @@ def test_complex_normalisation_matches_an_independent_computation(cdemo):
                 np.testing.assert_allclose(back, raw, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("extra, match", [
-    (("--norm_type", "minmax"), "would move the phase"),
-    (("--norm_type", "zscore"), "would move the phase"),
-    (("--norm_range", "symmetric"), "norm_range symmetric"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (("--norm_type", "minmax"), "would move the phase"),
+        (("--norm_type", "zscore"), "would move the phase"),
+        (("--norm_range", "symmetric"), "norm_range symmetric"),
+    ],
+)
 def test_normalisations_that_move_the_phase_are_refused(cdemo, extra, match):
     cfg = resolve(_args(cdemo, *extra), TASK).cfg
     with pytest.raises(UserError, match=match):
@@ -121,8 +144,21 @@ def test_complex_crop_pad_flip_and_resample_keep_complex_values():
 
 
 def test_a_real_dataset_under_complex_mode_complex_is_refused(tmp_path, tiny_demo):
-    cfg = resolve(["--json§datadir", str(tiny_demo), "--json§is_complexDS", "true", "--complex_mode", "complex",
-                   "--norm_type", "divbymax", "--input_shape", "32,32"], TASK).cfg
+    cfg = resolve(
+        [
+            "--json§datadir",
+            str(tiny_demo),
+            "--json§is_complexDS",
+            "true",
+            "--complex_mode",
+            "complex",
+            "--norm_type",
+            "divbymax",
+            "--input_shape",
+            "32,32",
+        ],
+        TASK,
+    ).cfg
     with pytest.raises(UserError, match="is real .* --complex_mode complex keeps complex data complex"):
         H5DataModule(cfg, merge_train_val=True).dataset("train")[0]
 
@@ -172,11 +208,16 @@ def _demo_batch(demo, is3D: bool, n: int = 8) -> dict:
 
 # the terms expected to fall over a few steps on a fixed batch; the others are checked finite (the KL grows from
 # ~0 as the encoder starts to carry information; tc_loss and discriminator_loss are the two sides of a game)
-FALLING = {"complex_ae": ("recon_loss", "loss"), "complex_vae": ("recon_loss", "loss"),
-           "complex_factor_vae": ("recon_loss", "autoencoder_loss")}
-LOGGED = {"complex_ae": {"loss", "recon_loss"}, "complex_vae": {"loss", "recon_loss", "reg_loss"},
-          "complex_factor_vae": {"loss", "recon_loss", "reg_loss", "tc_loss", "autoencoder_loss",
-                                 "discriminator_loss"}}
+FALLING = {
+    "complex_ae": ("recon_loss", "loss"),
+    "complex_vae": ("recon_loss", "loss"),
+    "complex_factor_vae": ("recon_loss", "autoencoder_loss"),
+}
+LOGGED = {
+    "complex_ae": {"loss", "recon_loss"},
+    "complex_vae": {"loss", "recon_loss", "reg_loss"},
+    "complex_factor_vae": {"loss", "recon_loss", "reg_loss", "tc_loss", "autoencoder_loss", "discriminator_loss"},
+}
 CRECON = {"complex_ae": "xie", "complex_vae": "mse", "complex_factor_vae": "l1"}  # each kind once
 
 
@@ -186,9 +227,17 @@ def test_each_model_trains_on_the_complex_demo(cdemo, name, is3D):
     torch.manual_seed(0)
     batch = _demo_batch(cdemo, is3D)
     shape = tuple(batch["inp"].shape[2:])
-    drive = PythaeDrive(PythaeDriveConfig(model=f"custom_{name}" if is3D else name, is3D=is3D, input_shape=shape,
-                                          latent_dim=4, n_features=4, n_levels=2,
-                                          model_params={"crecon": CRECON[name]}))
+    drive = PythaeDrive(
+        PythaeDriveConfig(
+            model=f"custom_{name}" if is3D else name,
+            is3D=is3D,
+            input_shape=shape,
+            latent_dim=4,
+            n_features=4,
+            n_levels=2,
+            model_params={"crecon": CRECON[name]},
+        )
+    )
     opts = [torch.optim.Adam(s.param_groups, lr=3e-3) for s in drive.optimiser_specs()]
     history: dict[str, list[float]] = {}
     for _ in range(16):
@@ -226,15 +275,23 @@ def test_each_model_trains_on_the_complex_demo(cdemo, name, is3D):
 
 def test_vae_loss_is_the_gaussian_likelihood_plus_kl_computed_independently(cdemo):
     batch = _demo_batch(cdemo, False, n=4)
-    drive = PythaeDrive(PythaeDriveConfig(model="complex_vae", input_shape=(16, 16), latent_dim=4, n_features=4,
-                                          n_levels=2, model_params={"crecon": "mse"}))
+    drive = PythaeDrive(
+        PythaeDriveConfig(
+            model="complex_vae",
+            input_shape=(16, 16),
+            latent_dim=4,
+            n_features=4,
+            n_levels=2,
+            model_params={"crecon": "mse"},
+        )
+    )
     torch.manual_seed(3)
     out = drive(batch)
     x, r = batch["inp"].to(torch.complex128), out.recon.detach().to(torch.complex128)
     recon = 0.5 * ((x - r).abs() ** 2).reshape(4, -1).sum(1).mean()
     enc = drive.model.encoder(batch["inp"])
     mu, lv = enc.embedding.detach().double(), enc.log_covariance.detach().double()
-    kl = (0.5 * (mu ** 2 + lv.exp() - 1 - lv).sum(1)).mean()
+    kl = (0.5 * (mu**2 + lv.exp() - 1 - lv).sum(1)).mean()
     assert math.isclose(out.losses["recon_loss"].item(), float(recon), rel_tol=1e-5)
     assert math.isclose(out.losses["reg_loss"].item(), float(kl), rel_tol=1e-4, abs_tol=1e-6)
     assert math.isclose(out.loss.item(), float(recon + kl), rel_tol=1e-5)
@@ -243,8 +300,11 @@ def test_vae_loss_is_the_gaussian_likelihood_plus_kl_computed_independently(cdem
 def test_complex_models_run_under_bfloat16_autocast():
     """--ampmode bf16-mixed: the convolutions in bfloat16, the complex values formed in float32 (torch has no
     bfloat16 complex type); every term finite and the gradients reach every parameter."""
-    drive = PythaeDrive(PythaeDriveConfig(model="complex_factor_vae", is3D=True, input_shape=(4, 8, 8), latent_dim=4,
-                                          n_features=4, n_levels=2))
+    drive = PythaeDrive(
+        PythaeDriveConfig(
+            model="complex_factor_vae", is3D=True, input_shape=(4, 8, 8), latent_dim=4, n_features=4, n_levels=2
+        )
+    )
     x = torch.randn(4, 1, 4, 8, 8, dtype=torch.complex64)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = drive({"inp": x})
@@ -275,9 +335,24 @@ def _check_outputs(out: Path, is3D: bool) -> None:
 
 def test_main_recon_trains_complex_vae_2d_end_to_end(cdemo, tmp_path):
     """Executors/main_recon.py as users run it, on the complex cohort: real latents, complex recon.h5."""
-    proc = run_executor("main_recon.py", *_args(cdemo, "--pythae_model", "custom_complex_vae", "--json§save_path",
-                                               str(tmp_path), "--fulltrainID", "cvae", "--num_epochs", "1",
-                                               "--n_train_batches", "3", "--n_val_batches", "1"))
+    proc = run_executor(
+        "main_recon.py",
+        *_args(
+            cdemo,
+            "--pythae_model",
+            "custom_complex_vae",
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "cvae",
+            "--num_epochs",
+            "1",
+            "--n_train_batches",
+            "3",
+            "--n_val_batches",
+            "1",
+        ),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     _check_outputs(tmp_path / "cvae" / "Output", is3D=False)
 
@@ -288,10 +363,27 @@ def test_main_recon_trains_complex_vae_2d_end_to_end(cdemo, tmp_path):
 def test_main_recon_every_complex_model_end_to_end(cdemo, tmp_path, name, is3D):
     """Each model through Executors/main_recon.py for 4 epochs: every logged training term finite in every epoch,
     the terms that should fall lower in the last epoch than in the first, and the outputs of the contract."""
-    proc = run_executor("main_recon.py", *_args(cdemo, "--pythae_model", name, "--json§save_path", str(tmp_path),
-                                               "--fulltrainID", "run", "--num_epochs", "4", "--lr", "3e-3",
-                                               "--n_val_batches", "1", "--model§pythae§models§" + name + "§crecon",
-                                               CRECON[name], is3D=is3D))
+    proc = run_executor(
+        "main_recon.py",
+        *_args(
+            cdemo,
+            "--pythae_model",
+            name,
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "run",
+            "--num_epochs",
+            "4",
+            "--lr",
+            "3e-3",
+            "--n_val_batches",
+            "1",
+            "--model§pythae§models§" + name + "§crecon",
+            CRECON[name],
+            is3D=is3D,
+        ),
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     logs = pd.read_csv(tmp_path / "run" / "csv_logs" / "metrics.csv")
     epochs = logs.dropna(subset=["train_loss_epoch"]).sort_values("epoch")
@@ -305,12 +397,15 @@ def test_main_recon_every_complex_model_end_to_end(cdemo, tmp_path, name, is3D):
 
 
 # ----------------------------------------------------------------------------------------------- refusals
-@pytest.mark.parametrize("extra, match", [
-    (("--pythae_model", "complex_vae", "--model§pythae§nn", "resnet"), "complex convolutions"),
-    (("--pythae_model", "complex_ae", "--input_shape", "18,18"), "divisible by 2\\*\\*n_levels"),
-    (("--pythae_model", "complex_vae", "--model§pythae§models§complex_vae§crecon", "l2"), "invalid complex_vae"),
-    (("--pythae_model", "complex_factor_vae", "--model§pythae§reconstruction_loss", "l1"), "crecon"),
-])
+@pytest.mark.parametrize(
+    "extra, match",
+    [
+        (("--pythae_model", "complex_vae", "--model§pythae§nn", "resnet"), "complex convolutions"),
+        (("--pythae_model", "complex_ae", "--input_shape", "18,18"), "divisible by 2\\*\\*n_levels"),
+        (("--pythae_model", "complex_vae", "--model§pythae§models§complex_vae§crecon", "l2"), "invalid complex_vae"),
+        (("--pythae_model", "complex_factor_vae", "--model§pythae§reconstruction_loss", "l1"), "crecon"),
+    ],
+)
 def test_bad_complex_settings_are_one_line(cdemo, tmp_path, capsys, extra, match):
     code, err = _cli(capsys, _args(cdemo, "--json§save_path", str(tmp_path), *extra))
     assert code == 2
@@ -318,18 +413,52 @@ def test_bad_complex_settings_are_one_line(cdemo, tmp_path, capsys, extra, match
 
 
 def test_complex_model_on_real_data_is_refused_in_one_line(tiny_demo, tmp_path, capsys):
-    code, err = _cli(capsys, ["--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-                              "--pythae_model", "complex_vae", "--input_shape", "32,32", "--latent_dim", "4",
-                              "--batch_size", "4", "--num_epochs", "1", "--n_train_batches", "1",
-                              "--model§pythae§n_features", "4", "--model§pythae§n_levels", "2",
-                              "--no-progress_bar", "--no-tbactive"])
+    code, err = _cli(
+        capsys,
+        [
+            "--json§datadir",
+            str(tiny_demo),
+            "--json§save_path",
+            str(tmp_path),
+            "--pythae_model",
+            "complex_vae",
+            "--input_shape",
+            "32,32",
+            "--latent_dim",
+            "4",
+            "--batch_size",
+            "4",
+            "--num_epochs",
+            "1",
+            "--n_train_batches",
+            "1",
+            "--model§pythae§n_features",
+            "4",
+            "--model§pythae§n_levels",
+            "2",
+            "--no-progress_bar",
+            "--no-tbactive",
+        ],
+    )
     assert code == 2
     assert "complex_vae reads complex data kept complex" in _one_line_error(err)
 
 
 def test_real_model_on_complex_data_is_refused_in_one_line(cdemo, tmp_path, capsys):
-    code, err = _cli(capsys, _args(cdemo, "--json§save_path", str(tmp_path), "--pythae_model", "vae",
-                                   "--num_epochs", "1", "--n_train_batches", "1"))
+    code, err = _cli(
+        capsys,
+        _args(
+            cdemo,
+            "--json§save_path",
+            str(tmp_path),
+            "--pythae_model",
+            "vae",
+            "--num_epochs",
+            "1",
+            "--n_train_batches",
+            "1",
+        ),
+    )
     assert code == 2
     assert "only the complex models read" in _one_line_error(err)
 
@@ -343,8 +472,9 @@ def _split_pairs(demo: Path, path: Path, lo: float = 0.0, hi: float = 4095.0) ->
             grp.attrs["aet"] = src[f"{pid}/20208/2"].attrs["aet"]
             z = src[f"{pid}/20208/2/{COMPLEX_KEY}"][()]
             grp.create_dataset("primary_flow_0", data=np.abs(z).astype(np.float32)).attrs["seriesID"] = f"{pid}.m"
-            grp.create_dataset("primary_flowP_0", data=np.round((np.angle(z) + np.pi) / (2 * np.pi) * (hi - lo) + lo)
-                               .astype(np.int16))
+            grp.create_dataset(
+                "primary_flowP_0", data=np.round((np.angle(z) + np.pi) / (2 * np.pi) * (hi - lo) + lo).astype(np.int16)
+            )
             grp.create_dataset("primary_other_0", data=np.ones((1, 1, 1, 4, 4), np.float32))
 
 
@@ -353,8 +483,18 @@ def test_magphase_pairs_become_the_complex_series(cdemo, tmp_path, capsys):
 
     pairs, out = tmp_path / "pairs.h5", tmp_path / "data.h5"
     _split_pairs(cdemo, pairs)
-    code = run_main("magphase_to_complex", pairs, "--magnitude", "primary_flow_0", "--phase", "primary_flowP_0",
-                    "--phase-range", "0,4095", "--out", out)
+    code = run_main(
+        "magphase_to_complex",
+        pairs,
+        "--magnitude",
+        "primary_flow_0",
+        "--phase",
+        "primary_flowP_0",
+        "--phase-range",
+        "0,4095",
+        "--out",
+        out,
+    )
     assert code == 0, capsys.readouterr().err
     with h5py.File(cdemo / "data.h5") as want, h5py.File(out) as got:
         assert set(got) == set(want)
@@ -367,8 +507,16 @@ def test_magphase_pairs_become_the_complex_series(cdemo, tmp_path, capsys):
             assert math.isclose(ds.attrs["max_val"], float(np.abs(ds[()]).max()), rel_tol=1e-6)
             assert ds.attrs["seriesID"] == f"{pid}.m" and got[f"{pid}/20208/2"].attrs["aet"]
     # a phase that is not in the stated range is refused; nothing combined: one line, exit 2, no output
-    code = run_main("magphase_to_complex", pairs, "--magnitude", "primary_flow_0", "--phase", "primary_flowP_0",
-                    "--out", tmp_path / "bad.h5")
+    code = run_main(
+        "magphase_to_complex",
+        pairs,
+        "--magnitude",
+        "primary_flow_0",
+        "--phase",
+        "primary_flowP_0",
+        "--out",
+        tmp_path / "bad.h5",
+    )
     err = capsys.readouterr().err
     assert code == 2 and not (tmp_path / "bad.h5").exists()
     assert "outside its range (radians" in err and _one_line_error(err).startswith("error: no primary_flow_0/")
@@ -380,7 +528,8 @@ def test_complex_batches_are_refused_by_the_tasks_without_complex_models(capsys)
 
     for task in ("diffAE", "ssl"):
         js = str(Path(__file__).resolve().parents[1] / "Configs" / "dataNpath_demo_complex.json")
-        code = run_cli(lambda a: cli.main(a, task=task), ["--datajson_path", js,
-                                                          "--complex_mode", "complex", "--print_config"])
+        code = run_cli(
+            lambda a: cli.main(a, task=task), ["--datajson_path", js, "--complex_mode", "complex", "--print_config"]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and f"--complex_mode complex is not honoured by task '{task}'" in err[0]

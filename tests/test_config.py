@@ -1,12 +1,12 @@
 """The override grammar, precedence, typing and errors of the configuration."""
+
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 import yaml
-
-from typing import Any
 
 from Engineering.config.loader import Task, resolve, split_argv
 from Engineering.config.schema import Keys
@@ -34,15 +34,30 @@ class _ModelKeys(Keys):
 @pytest.fixture
 def task(tmp_path):
     yml = tmp_path / "cfg.yaml"
-    yml.write_text(yaml.safe_dump({
-        "training": {"batch_size": 16, "LRDecay": {"type1": {"decay_rate": 0.1, "decay_every": 5}}, "flag": True},
-        "model": {"DiffAE": {"ch_mult": [1, 2], "opts": {"loss_fn": "l2"}}, "latent_dim": 12},
-    }))
+    yml.write_text(
+        yaml.safe_dump(
+            {
+                "training": {
+                    "batch_size": 16,
+                    "LRDecay": {"type1": {"decay_rate": 0.1, "decay_every": 5}},
+                    "flag": True,
+                },
+                "model": {"DiffAE": {"ch_mult": [1, 2], "opts": {"loss_fn": "l2"}}, "latent_dim": 12},
+            }
+        )
+    )
     js = tmp_path / "data.json"
-    js.write_text(json.dumps({"datadir": "/data", "foldCSV": "folds.csv", "latent_dim": 20,
-                              "DS_sanity_filters": {"dim1": 50}}))
-    return Task("t", "test", configyml=str(yml), datajson=str(js), defaults={"lr": 0.5},
-                sections={"training": _TrainingKeys, "model": _ModelKeys})
+    js.write_text(
+        json.dumps({"datadir": "/data", "foldCSV": "folds.csv", "latent_dim": 20, "DS_sanity_filters": {"dim1": 50}})
+    )
+    return Task(
+        "t",
+        "test",
+        configyml=str(yml),
+        datajson=str(js),
+        defaults={"lr": 0.5},
+        sections={"training": _TrainingKeys, "model": _ModelKeys},
+    )
 
 
 def test_precedence_defaults_yaml_json_flags_overrides(task):
@@ -57,10 +72,27 @@ def test_precedence_defaults_yaml_json_flags_overrides(task):
 
 
 def test_override_forms_and_types(task):
-    r = resolve(["--training§LRDecay§type1§decay_rate", "0.2", "--training$LRDecay$type1$decay_every=7",
-                 "--x", "-5", "--k=a=b", "--training§flag", "no", "--model§DiffAE§ch_mult", "[1,2,4]",
-                 "--model§DiffAE§opts", "{loss_fn: l1}", "--json§DS_sanity_filters§dim1", "30",
-                 "--json§datadir", "/other"], task)
+    r = resolve(
+        [
+            "--training§LRDecay§type1§decay_rate",
+            "0.2",
+            "--training$LRDecay$type1$decay_every=7",
+            "--x",
+            "-5",
+            "--k=a=b",
+            "--training§flag",
+            "no",
+            "--model§DiffAE§ch_mult",
+            "[1,2,4]",
+            "--model§DiffAE§opts",
+            "{loss_fn: l1}",
+            "--json§DS_sanity_filters§dim1",
+            "30",
+            "--json§datadir",
+            "/other",
+        ],
+        task,
+    )
     raw = r.raw
     assert raw["training"]["LRDecay"]["type1"] == {"decay_rate": 0.2, "decay_every": 7}
     assert raw["x"] == -5 and raw["k"] == "a=b"
@@ -71,8 +103,19 @@ def test_override_forms_and_types(task):
 
 
 def test_new_keys_parse_as_yaml(task):
-    r = resolve(["--training§newlist", "[1,2]", "--training§newdict", "{a: 1}", "--training§newfloat", "1e-3",
-                 "--training§newstr", "hello"], task)
+    r = resolve(
+        [
+            "--training§newlist",
+            "[1,2]",
+            "--training§newdict",
+            "{a: 1}",
+            "--training§newfloat",
+            "1e-3",
+            "--training§newstr",
+            "hello",
+        ],
+        task,
+    )
     t = r.raw["training"]
     assert t["newlist"] == [1, 2] and t["newdict"] == {"a": 1} and t["newfloat"] == pytest.approx(1e-3)
     assert t["newstr"] == "hello"
@@ -85,8 +128,11 @@ def test_negative_and_exponent_values_for_flags(task):
 
 def test_typo_is_an_error_other_new_keys_are_created_and_recorded(task, capsys):
     # a key or flag close to a known one is a likely typo: an error with the suggestion (and the valid keys)
-    with pytest.raises(UserError, match=r"unknown key training§LRdecay \(did you mean training§LRDecay\?\); "
-                                        r"valid keys: .*LRDecay"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown key training§LRdecay \(did you mean training§LRDecay\?\); "
+        r"valid keys: .*LRDecay",
+    ):
         resolve(["--training§LRdecay§x", "1"], task)
     with pytest.raises(UserError, match=r"unknown key training§ema_decya \(did you mean training§ema_decay\?\)"):
         resolve(["--training§ema_decya", "0.9"], task)
@@ -111,8 +157,9 @@ def test_typo_is_an_error_other_new_keys_are_created_and_recorded(task, capsys):
 
 def test_values_never_start_with_two_dashes_and_bare_unknown_flags_are_true(task):
     # the repro: an unknown flag followed by a flag took that flag as its value
-    flags, overrides = split_argv(["--print_config", "--brandnew", "--no-keep_cont"],
-                                  {"print_config": "bool", "no-keep_cont": "none"})
+    flags, overrides = split_argv(
+        ["--print_config", "--brandnew", "--no-keep_cont"], {"print_config": "bool", "no-keep_cont": "none"}
+    )
     assert flags == ["--print_config", "--no-keep_cont"] and overrides[0].raw == "true"
     r = resolve(["--brandnew", "--no-tbactive", "--other_new"], task)
     assert r.raw["brandnew"] is True and r.raw["other_new"] is True and r.cfg.run.tbactive is False
@@ -199,8 +246,14 @@ def test_reference_page_documents_every_yaml_key():
     text = (REPO / KEYS_PAGE).read_text()
     block = text.split(KEYS_BEGIN)[1].split(KEYS_END)[0]
     assert block.strip() == key_tables(executor_tasks()).strip(), "run: python -m Engineering.Engines.docs --write"
-    for key in ("model§DiffAE§T_eval", "model§DiffAE§net_ch", "training§LRDecay§type2§patience",
-                "model§pythae§models", "eval§reference_Cs", "eval§val_ssim_every"):
+    for key in (
+        "model§DiffAE§T_eval",
+        "model§DiffAE§net_ch",
+        "training§LRDecay§type2§patience",
+        "model§pythae§models",
+        "eval§reference_Cs",
+        "eval§val_ssim_every",
+    ):
         assert f"`{key}`" in block
 
 
@@ -211,8 +264,11 @@ def test_typed_sections_one_default_and_unknown_keys_listed(tmp_path):
     cfg = resolve([], diffae).cfg
     # one home per default: the engine reads the key model's value (the YAML no longer repeats it)
     assert cfg.model.DiffAE.T_eval == 10 and cfg.model.DiffAE.T_inv is None and cfg.training.ema_decay == 0.9999
-    with pytest.raises(UserError, match=r"unknown key model§DiffAE§net_chh \(did you mean model§DiffAE§net_ch\?\); "
-                                        r"valid keys: .*attn_res.*net_ch"):
+    with pytest.raises(
+        UserError,
+        match=r"unknown key model§DiffAE§net_chh \(did you mean model§DiffAE§net_ch\?\); "
+        r"valid keys: .*attn_res.*net_ch",
+    ):
         resolve(["--model§DiffAE§net_chh", "8"], diffae)
     bad = tmp_path / "bad.yaml"
     bad.write_text("eval:\n  val_ssim_evry: 2\n")
@@ -239,8 +295,9 @@ def test_pythae_config_file_ranks_as_an_explicit_flag(tmp_path):
     got = resolve(base + ["--pythae_config", str(js)], recon).cfg.model.pythae.models["beta_vae"]
     assert got == {"beta": 5.0, "warmup_epoch": 3}
     # ... and a path override beats the file
-    got = resolve(base + ["--pythae_config", str(js), "--model§pythae§models§beta_vae§beta", "7.0"],
-                  recon).cfg.model.pythae.models["beta_vae"]
+    got = resolve(
+        base + ["--pythae_config", str(js), "--model§pythae§models§beta_vae§beta", "7.0"], recon
+    ).cfg.model.pythae.models["beta_vae"]
     assert got["beta"] == 7.0
     with pytest.raises(UserError, match="--pythae_config file not found"):
         resolve(base + ["--pythae_config", str(tmp_path / "nope.json")], recon)

@@ -1,5 +1,6 @@
 """--lr_decay_type 3: the cosine schedule reaches training§LRDecay§type3§min_lr at the last epoch, as its help says
 (issue 33: it used to stop one cosine step short, at lr_min + (lr - lr_min) (1 + cos(pi (E-1-w)/(E-w))) / 2)."""
+
 from __future__ import annotations
 
 import math
@@ -22,8 +23,9 @@ def _epoch_lrs(epochs: int, warmup: int, lr: float, min_lr: float) -> list[float
     return out
 
 
-@pytest.mark.parametrize("epochs,warmup,min_lr", [(10, 0, 0.0), (10, 1, 1e-5), (8, 3, 1e-4), (2, 0, 1e-4),
-                                                  (400, 10, 1e-6)])
+@pytest.mark.parametrize(
+    "epochs,warmup,min_lr", [(10, 0, 0.0), (10, 1, 1e-5), (8, 3, 1e-4), (2, 0, 1e-4), (400, 10, 1e-6)]
+)
 def test_last_epoch_runs_at_min_lr_and_first_cosine_epoch_at_lr(epochs, warmup, min_lr):
     lr = 1e-3
     lrs = _epoch_lrs(epochs, warmup, lr, min_lr)
@@ -32,8 +34,11 @@ def test_last_epoch_runs_at_min_lr_and_first_cosine_epoch_at_lr(epochs, warmup, 
     # the formula, written out: warm-up from lr/10, then half a cosine over the epochs - 1 - warmup steps
     span = epochs - 1 - warmup
     for e, got in enumerate(lrs):
-        want = lr * (0.1 + 0.9 * e / warmup) if e < warmup else \
-            min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (e - warmup) / span))
+        want = (
+            lr * (0.1 + 0.9 * e / warmup)
+            if e < warmup
+            else min_lr + (lr - min_lr) * 0.5 * (1 + math.cos(math.pi * (e - warmup) / span))
+        )
         assert got == pytest.approx(want, rel=1e-9, abs=1e-15)
     post = lrs[warmup:]
     assert all(a >= b for a, b in zip(post, post[1:]))  # never rises after the warm-up

@@ -1,4 +1,5 @@
 """The 5D HDF5 data layer: selection, axis swaps, splits, transforms, folds, cache, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -25,8 +26,17 @@ def write_ancestor_file(path, n_pat=3, shape=(2, 5, 3, 12, 10), nan=False, minma
     with h5py.File(path, "w") as h5:
         for p in range(n_pat):
             g = h5.create_group(f"{5000 + p}/20208/2")
-            g.attrs.update({"patientDICOMID": f"P{p}", "studyDICOMID": "1.2.3", "studyDesc": "CARDIAC", "aet": "AET",
-                            "host": "h", "date": "20200101", "n_series": 2})
+            g.attrs.update(
+                {
+                    "patientDICOMID": f"P{p}",
+                    "studyDICOMID": "1.2.3",
+                    "studyDesc": "CARDIAC",
+                    "aet": "AET",
+                    "host": "h",
+                    "date": "20200101",
+                    "n_series": 2,
+                }
+            )
             data = rng.integers(0, 1000, size=shape).astype(dtype)
             if nan:
                 data = data.astype(np.float32)
@@ -52,7 +62,13 @@ def make_cfg(tmp_path, *args, folds=None, **json_over):
 def test_key_grammar():
     k = parse_key("primary_LAX_4Ch_transverse_0")
     assert (k.kind, k.tag, k.plane, k.repeat, k.base, k.stem) == (
-        "primary", "LAX_4Ch", "transverse", 0, "primary_LAX_4Ch", "primary_LAX_4Ch_transverse")
+        "primary",
+        "LAX_4Ch",
+        "transverse",
+        0,
+        "primary_LAX_4Ch",
+        "primary_LAX_4Ch_transverse",
+    )
     assert parse_key("primary_2").repeat == 2 and parse_key("primary_2").tag is None
     assert parse_key("auxiliary") is None and parse_key("other") is None
     assert parse_key("auxiliary_T1map_sagittal").plane == "sagittal"
@@ -65,19 +81,36 @@ def test_selection_repeats_and_auxiliaries(tmp_path):
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0"}
     dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_include_repeatAcq=True))
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0", "primary_LAX_4Ch_transverse_1"}
-    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_include_repeatAcq=False,
-                               DS_selected_auxiliaries=["auxiliary_seg"]))
+    dm = H5DataModule(
+        make_cfg(
+            tmp_path, "--input_shape", "12,10", DS_include_repeatAcq=False, DS_selected_auxiliaries=["auxiliary_seg"]
+        )
+    )
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0", "auxiliary_seg"}
-    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries="primary_LAX_4Ch_transverse_1",
-                               DS_include_repeatAcq=True))
+    dm = H5DataModule(
+        make_cfg(
+            tmp_path,
+            "--input_shape",
+            "12,10",
+            DS_selected_primaries="primary_LAX_4Ch_transverse_1",
+            DS_include_repeatAcq=True,
+        )
+    )
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_1"}
     assert dm.records[0].min_val is not None
     # the ancestor's spelling: no kind prefix, plane included, _0 implied; auxiliaries likewise
     for entry in ("LAX_4Ch_transverse", "LAX_4Ch", "primary_LAX_4Ch_transverse"):
         dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries=[entry]))
         assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0"}, entry
-    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", DS_selected_primaries=["LAX_4Ch_transverse"],
-                               DS_selected_auxiliaries=["seg"]))
+    dm = H5DataModule(
+        make_cfg(
+            tmp_path,
+            "--input_shape",
+            "12,10",
+            DS_selected_primaries=["LAX_4Ch_transverse"],
+            DS_selected_auxiliaries=["seg"],
+        )
+    )
     assert {r.key for r in dm.records} == {"primary_LAX_4Ch_transverse_0", "auxiliary_seg"}
     # an entry that names nothing: one error naming the closest keys of the file
     with pytest.raises(UserError, match=r"'LAX_4Ch_transvers' \(closest keys in the file: primary_LAX_4Ch_transverse"):
@@ -104,14 +137,14 @@ def test_3d_and_axis_swaps(tmp_path):
     assert len(ds) == 2 * 5 and ds.sample(0)["inp"].shape == (2, 3, 12, 10)
     np.testing.assert_array_equal(ds.sample(1)["inp"].numpy(), raw[:, 1].astype(np.float32))  # t=1, all slices
     # DS_slice_dim 1: cine time becomes the volume axis, 5 frames -> a 5 x X x Y volume per slice
-    ds = H5DataModule(make("--is3D", "--input_shape", "5,12,10", "--norm_type", "none",
-                               DS_slice_dim=1)).dataset("test")
+    ds = H5DataModule(make("--is3D", "--input_shape", "5,12,10", "--norm_type", "none", DS_slice_dim=1)).dataset("test")
     assert len(ds) == 2 * 3 and ds.sample(0)["inp"].shape == (2, 5, 12, 10)
     np.testing.assert_array_equal(ds.sample(2)["inp"].numpy(), raw[:, :, 2].astype(np.float32))
     assert ds.describe(2)["t"] == 2  # logical axis 1 is now the raw slice axis
     # DS_channel_dim 2: raw slices become channels
-    ds = H5DataModule(make("--input_shape", "12,10", "--norm_type", "none", DS_channel_dim=2,
-                               DS_multi_channel=True)).dataset("test")
+    ds = H5DataModule(
+        make("--input_shape", "12,10", "--norm_type", "none", DS_channel_dim=2, DS_multi_channel=True)
+    ).dataset("test")
     assert ds.sample(0)["inp"].shape == (3, 12, 10)
     np.testing.assert_array_equal(ds.sample(0)["inp"].numpy(), raw[0, 0].astype(np.float32))
 
@@ -121,9 +154,20 @@ def _apply(x: np.ndarray, affine: np.ndarray) -> np.ndarray:
     return T.normalise_batch(torch.from_numpy(x)[None], torch.from_numpy(affine.astype(np.float32))[None])[0].numpy()
 
 
-@pytest.mark.parametrize("norm,prenorm", [("minmax", "none"), ("divbymax", "none"), ("minmaxvol", "none"),
-                                          ("divbymaxvol", "none"), ("zscore", "none"), ("zscore", "255"),
-                                          ("zscore", "minmax"), ("zscore", "divbymaxvol"), ("none", "none")])
+@pytest.mark.parametrize(
+    "norm,prenorm",
+    [
+        ("minmax", "none"),
+        ("divbymax", "none"),
+        ("minmaxvol", "none"),
+        ("divbymaxvol", "none"),
+        ("zscore", "none"),
+        ("zscore", "255"),
+        ("zscore", "minmax"),
+        ("zscore", "divbymaxvol"),
+        ("none", "none"),
+    ],
+)
 def test_normalisations_and_inverses(norm, prenorm):
     rng = np.random.default_rng(1)
     x = rng.uniform(10, 500, size=(2, 4, 6)).astype(np.float32)
@@ -205,8 +249,7 @@ def test_lazy_slicing_reads_only_the_sample(tmp_path, monkeypatch):
             return getattr(self.fh, name)
 
     real_file = h5py.File
-    monkeypatch.setattr("Engineering.data.dataset.h5py.File",
-                        lambda path, mode="r": real_file(Counting(path), mode))
+    monkeypatch.setattr("Engineering.data.dataset.h5py.File", lambda path, mode="r": real_file(Counting(path), mode))
     ds = H5DataModule(make_cfg(tmp_path, "--input_shape", "64,64")).dataset("test")
     ds.sample(37)
     total = int(np.prod(shape)) * 2
@@ -234,19 +277,25 @@ def test_fold_parsing_csv_json_and_errors(tmp_path):
 
 def test_fold_selects_patients_exactly(tmp_path):
     write_ancestor_file(tmp_path / "data.h5", n_pat=3)
-    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10",
-                               folds='train,val,test\n"[\'5000\']","[\'5001\']","[\'5002\']"\n'))
+    dm = H5DataModule(
+        make_cfg(tmp_path, "--input_shape", "12,10", folds="train,val,test\n\"['5000']\",\"['5001']\",\"['5002']\"\n")
+    )
     assert {r.patientID for r in dm.dataset("train").records} == {"5000"}
     assert {r.patientID for r in dm.dataset("test").records} == {"5002"}
-    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10",
-                               folds='train,val,test\n"[\'5000\']","[\'5001\']","[\'5002\']"\n'), merge_train_val=True)
+    dm = H5DataModule(
+        make_cfg(tmp_path, "--input_shape", "12,10", folds="train,val,test\n\"['5000']\",\"['5001']\",\"['5002']\"\n"),
+        merge_train_val=True,
+    )
     assert {r.patientID for r in dm.dataset("train").records} == {"5000", "5001"}
     # exact matching: '500' is not '5000'
     with pytest.raises(UserError, match="not in"):
         H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", folds='train,val,test\n"[\'500\']","[]","[]"\n'))
     # whole file when foldCSV is 0
-    dm = H5DataModule(make_cfg(tmp_path, "--input_shape", "12,10", "--json§foldCSV", "0",
-                               folds='train,val,test\n"[\'5000\']","[]","[]"\n'))
+    dm = H5DataModule(
+        make_cfg(
+            tmp_path, "--input_shape", "12,10", "--json§foldCSV", "0", folds='train,val,test\n"[\'5000\']","[]","[]"\n'
+        )
+    )
     assert len({r.patientID for r in dm.dataset("test").records}) == 3
 
 

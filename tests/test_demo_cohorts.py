@@ -1,11 +1,13 @@
 """The bundled demo cohorts: @demo (the 1-channel cardiac phantom) and @demo_mc (its 3-channel, stain-like
 variant with per-site stain gains, the IID pipeline's default data)."""
+
 from __future__ import annotations
+
+from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import pandas as pd
-from types import SimpleNamespace
 
 from Engineering.data.datamodule import data_dir, resolve_data_path
 from Engineering.data.demo import CHANNEL_NAMES, KEY, SITES, STAIN_GAINS

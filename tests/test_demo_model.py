@@ -3,6 +3,7 @@ Executors/export_hf.py writes it (its files, its config keys, plain safetensors 
 config describes, a size bound), loaded by the API, whose latents of demo data are the table Executors/embed.py
 writes. Fast (a few seconds): a few patients of the bundled demo cohort; the whole cohort through the command, timed,
 is benchmarks/bench_demo_model.py."""
+
 from __future__ import annotations
 
 import contextlib
@@ -28,7 +29,7 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 DEMO_MODEL = REPO / "examples" / "demo_model"
-MAX_BYTES = 5 * 2 ** 20  # "a few MB": the repository ships it
+MAX_BYTES = 5 * 2**20  # "a few MB": the repository ships it
 KEYS = ["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]
 
 
@@ -41,7 +42,7 @@ def test_the_shipped_files_are_an_export_of_a_small_diffae():
     assert config["format"] == FORMAT and config["drive"] == "DiffAE" and config["weights"] == "ema"
     assert config["is3D"] is False and config["in_channels"] == 1 and config["axes"] == "C x X x Y"
     size = (DEMO_MODEL / "model.safetensors").stat().st_size
-    assert size <= MAX_BYTES, f"the demo model is {size / 2 ** 20:.1f} MB"
+    assert size <= MAX_BYTES, f"the demo model is {size / 2**20:.1f} MB"
     # plain tensors (safetensors: nothing is unpickled), the exporter's metadata, finite float32 weights
     with safe_open(str(DEMO_MODEL / "model.safetensors"), "pt") as f:
         assert f.metadata() == {"format": "imlatent", "drive": "DiffAE"}
@@ -52,8 +53,11 @@ def test_the_shipped_files_are_an_export_of_a_small_diffae():
     from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig
 
     arch = {k: v for k, v in config["architecture"].items() if k in DiffAEConfig.__dataclass_fields__}
-    net = DiffAE(DiffAEConfig(**arch, is3D=False, in_channels=1, input_shape=tuple(config["input_shape"]),
-                              latent_dim=config["latent_dim"]))
+    net = DiffAE(
+        DiffAEConfig(
+            **arch, is3D=False, in_channels=1, input_shape=tuple(config["input_shape"]), latent_dim=config["latent_dim"]
+        )
+    )
     assert {k: tuple(v.shape) for k, v in net.state_dict().items()} == {k: tuple(v.shape) for k, v in weights.items()}
     card = (DEMO_MODEL / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: imlatent") and "make demo-model" in card
@@ -107,6 +111,7 @@ def test_the_web_page_embeds_demo_data_with_it(tmp_path):
     result = webapp.embed_upload(model, data, tmp_path / "work")
     assert not result.status.startswith("error"), result.status
     expected = model.embed(data)
-    pd.testing.assert_frame_equal(result.table.reset_index(drop=True), expected.reset_index(drop=True),
-                                  check_dtype=False, atol=1e-5, rtol=0)
+    pd.testing.assert_frame_equal(
+        result.table.reset_index(drop=True), expected.reset_index(drop=True), check_dtype=False, atol=1e-5, rtol=0
+    )
     assert result.images  # the preprocessed input is shown

@@ -3,6 +3,7 @@
 The reference files of ../shared/compat are copied into tests/fixtures/compat so
 the repository is self-contained.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from Engineering.Engines.WarpDrives.DiffAE.network import (DiffAE, DiffAEConfig, WeightsMismatchError,
-                                                    load_published_state)
+from Engineering.Engines.WarpDrives.DiffAE.network import (
+    DiffAE,
+    DiffAEConfig,
+    WeightsMismatchError,
+    load_published_state,
+)
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import fit_state
 
@@ -52,9 +57,16 @@ def test_inferred_config_matches_metadata(ch8):
     tensors, meta = ch8
     state, inferred = load_published_state(tensors, "ema")
     assert "x_T" not in state and not any(k.startswith(("net.", "ema_net.")) for k in state)
-    assert inferred == {"is3D": True, "in_channels": 1, "net_ch": int(meta["net_ch"]),
-                        "latent_dim": int(meta["latent_dim"]), "ch_mult": (1, 1, 2, 3, 4), "num_res_blocks": 2,
-                        "enc_ch_mult": (1, 1, 2, 3, 4, 4), "enc_num_res_blocks": 2}
+    assert inferred == {
+        "is3D": True,
+        "in_channels": 1,
+        "net_ch": int(meta["net_ch"]),
+        "latent_dim": int(meta["latent_dim"]),
+        "ch_mult": (1, 1, 2, 3, 4),
+        "num_res_blocks": 2,
+        "enc_ch_mult": (1, 1, 2, 3, 4, 4),
+        "enc_num_res_blocks": 2,
+    }
     assert meta["is3D"] == "True"
     net_state, _ = load_published_state(tensors, "net")
     assert not torch.equal(net_state["out.2.weight"], state["out.2.weight"])  # the two weight sets differ
@@ -80,12 +92,22 @@ def _meta_state(shapes: dict) -> dict:
 def test_published_L128_layout_maps_exactly():
     shapes = json.loads(L128_KEYS.read_text())
     assert len(shapes) == 608
-    published = {**{f"ema_net.{k}": v for k, v in _meta_state(shapes).items()},
-                 **{f"net.{k}": v for k, v in _meta_state(shapes).items()},
-                 "x_T": torch.empty(4, 1, 50, 128, 128, device="meta")}
+    published = {
+        **{f"ema_net.{k}": v for k, v in _meta_state(shapes).items()},
+        **{f"net.{k}": v for k, v in _meta_state(shapes).items()},
+        "x_T": torch.empty(4, 1, 50, 128, 128, device="meta"),
+    }
     state, inferred = load_published_state(published)
-    assert inferred == {"is3D": True, "in_channels": 1, "net_ch": 32, "latent_dim": 128, "ch_mult": (1, 1, 2, 3, 4),
-                        "num_res_blocks": 2, "enc_ch_mult": (1, 1, 2, 3, 4, 4), "enc_num_res_blocks": 2}
+    assert inferred == {
+        "is3D": True,
+        "in_channels": 1,
+        "net_ch": 32,
+        "latent_dim": 128,
+        "ch_mult": (1, 1, 2, 3, 4),
+        "num_res_blocks": 2,
+        "enc_ch_mult": (1, 1, 2, 3, 4, 4),
+        "enc_num_res_blocks": 2,
+    }
     cfg = DiffAEConfig(is3D=True, in_channels=1, input_shape=(50, 128, 128), latent_dim=128, net_ch=32)
     with torch.device("meta"):  # structure only: no memory, no init cost
         model = DiffAE(cfg)
@@ -124,12 +146,11 @@ def test_shipped_training_recipe_builds_the_published_architecture():
     """Configs/config_diffAE_ukbb.yaml resolves to the published model: every tensor name and shape of the
     published layout, [-1, 1] data, gradient clipping at 1, DiffAE's ddim20 test sampler."""
     from Engineering.config.loader import resolve
-    from Engineering.Engines.WarpDrives.DiffAE.engine import clip_range, diffae_config
     from Engineering.Engines import registry
+    from Engineering.Engines.WarpDrives.DiffAE.engine import clip_range, diffae_config
 
     repo = FIXTURES.parents[2]
-    cfg = resolve(["--configyml_path", str(repo / "Configs" / "config_diffAE_ukbb.yaml")],
-                  registry.get("diffAE")).cfg
+    cfg = resolve(["--configyml_path", str(repo / "Configs" / "config_diffAE_ukbb.yaml")], registry.get("diffAE")).cfg
     model = DiffAE(diffae_config(cfg, 1))
     shapes = json.loads(L128_KEYS.read_text())  # {name: shape} of one published model
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}

@@ -1,7 +1,8 @@
 """Every code block of the tutorials (docs/tutorials/*.md) runs as the reader sees it, on the bundled demo data.
 
 A page's ```bash and ```python blocks run in page order in one fresh folder (``Configs``, ``Executors``,
-``examples`` and ``preprocess`` linked in), so a later block reads what an earlier one wrote. An HTML comment on the line before a
+``examples`` and ``preprocess`` linked in), so a later block reads what an earlier one wrote. An HTML comment on the
+line before a
 block, invisible on the site, may make the test's run of it smaller, never different:
 
 * ``<!-- tiny: FLAGS -->`` appends FLAGS to each ``python Executors/...`` command of the block (fewer epochs and
@@ -14,6 +15,7 @@ flags exist and the task honours them) instead of trained; the other commands (p
 the Python blocks before the page's first executor command run for real. ``-m slow``
 (``test_tutorial_runs``): every block of every page runs for real, at tiny scale.
 """
+
 from __future__ import annotations
 
 import os
@@ -50,8 +52,11 @@ def blocks(page: Path) -> list[Block]:
     """The page's bash and python blocks in order, with their tiny flags or skip reason."""
     found = []
     for kind, value, lang, code in BLOCK.findall(page.read_text()):
-        found.append(Block(page.name, lang, code, shlex.split(value) if kind == "tiny" else [],
-                           value if kind == "skip" else None))
+        found.append(
+            Block(
+                page.name, lang, code, shlex.split(value) if kind == "tiny" else [], value if kind == "skip" else None
+            )
+        )
     return found
 
 
@@ -67,8 +72,13 @@ def bash_commands(code: str) -> list[str]:
 
 def tutorial_commands() -> list[tuple[str, str]]:
     """(page, command) of every bash command that the tutorial test runs (blocks not skipped)."""
-    return [(b.page, c) for page in TUTORIALS for b in blocks(page) if b.lang == "bash" and not b.skip
-            for c in bash_commands(b.code)]
+    return [
+        (b.page, c)
+        for page in TUTORIALS
+        for b in blocks(page)
+        if b.lang == "bash" and not b.skip
+        for c in bash_commands(b.code)
+    ]
 
 
 def _executor(command: str) -> str | None:
@@ -198,7 +208,7 @@ def test_every_page_is_in_the_navigation_and_every_entry_exists():
     config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
     nav = _nav_pages(config["nav"])
     on_disk = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
-    assert sorted(nav) == on_disk, (set(nav) ^ set(on_disk))
+    assert sorted(nav) == on_disk, set(nav) ^ set(on_disk)
     assert len(nav) == len(set(nav))
 
 
@@ -217,5 +227,6 @@ def test_the_readme_is_a_landing_page_whose_links_work_on_github():
 def test_the_results_figures_are_the_benchmarks_own():
     """docs/assets holds copies of the benchmark figures (a page cannot link outside docs/): the same bytes."""
     for name in ("gwas_manhattan.png", "cells_radar.png"):
-        assert (DOCS / "assets" / name).read_bytes() == (REPO / "benchmarks" / "results" / name).read_bytes(), \
+        assert (DOCS / "assets" / name).read_bytes() == (REPO / "benchmarks" / "results" / name).read_bytes(), (
             f"cp benchmarks/results/{name} docs/assets/"
+        )

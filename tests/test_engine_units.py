@@ -1,4 +1,5 @@
 """Small engine pieces: precision/strategy mapping, optimisers, LR decay, accumulation, atomic writes."""
+
 from __future__ import annotations
 
 import h5py
@@ -37,8 +38,9 @@ def test_strategy_mapping(tmp_path):
     zero = ds.config["zero_optimization"]
     assert zero["stage"] == 3 and zero["offload_optimizer"]["device"] == "cpu" and "offload_param" in zero
     assert strategy(cfg("--training_strategy", "deepspeed_stage_1"), "cpu").config["zero_optimization"]["stage"] == 1
-    with pytest.raises(UserError, match="several optimisers; DeepSpeed supports one optimiser; use "
-                                        "--training_strategy ddp"):
+    with pytest.raises(
+        UserError, match="several optimisers; DeepSpeed supports one optimiser; use --training_strategy ddp"
+    ):
         strategy(cfg("--training_strategy", "deepspeed_stage_2"), "cpu", automatic=False)
     with pytest.raises(UserError, match="--deepspeed_config: no such file"):
         strategy(cfg("--training_strategy", "deepspeed", "--deepspeed_config", str(tmp_path / "no.json")), "cpu")
@@ -89,8 +91,14 @@ def test_cosine_schedule_is_warmup_then_cosine_and_resumes_at_another_length(epo
         return out
 
     p = [torch.nn.Parameter(torch.zeros(2))]
-    c = cfg("--lr_decay_type", "3", "--num_epochs", str(epochs),
-            "--training§LRDecay", f"{{type3: {{warmup_epochs: {warmup}, min_lr: {min_lr}}}}}")
+    c = cfg(
+        "--lr_decay_type",
+        "3",
+        "--num_epochs",
+        str(epochs),
+        "--training§LRDecay",
+        f"{{type3: {{warmup_epochs: {warmup}, min_lr: {min_lr}}}}}",
+    )
     opt = make_optimiser(p, "SGD", 1e-3)
     ours = lrs(opt, make_scheduler(opt, c.training, "val_loss")["scheduler"], epochs)
     # the reference: torch's own linear warm-up chained with cosine annealing
@@ -98,13 +106,24 @@ def test_cosine_schedule_is_warmup_then_cosine_and_resumes_at_another_length(epo
     w = min(warmup, max(epochs - 1, 0))
     # T_max: the epoch steps after the warm-up, so that eta_min is the last trained epoch's rate (issue 33)
     cos = torch.optim.lr_scheduler.CosineAnnealingLR(ref_opt, T_max=max(1, epochs - 1 - w), eta_min=min_lr)
-    ref = cos if w == 0 else torch.optim.lr_scheduler.SequentialLR(
-        ref_opt, [torch.optim.lr_scheduler.LinearLR(ref_opt, 0.1, 1.0, w), cos], milestones=[w])
+    ref = (
+        cos
+        if w == 0
+        else torch.optim.lr_scheduler.SequentialLR(
+            ref_opt, [torch.optim.lr_scheduler.LinearLR(ref_opt, 0.1, 1.0, w), cos], milestones=[w]
+        )
+    )
     assert ours == pytest.approx(lrs(ref_opt, ref, epochs), rel=1e-9, abs=1e-15)
     # a run resumed with twice the epochs loads the saved state and continues on the longer schedule
     opt2 = make_optimiser(p, "SGD", 1e-3)
-    longer = cfg("--lr_decay_type", "3", "--num_epochs", str(2 * epochs),
-                 "--training§LRDecay", f"{{type3: {{warmup_epochs: {warmup}, min_lr: {min_lr}}}}}")
+    longer = cfg(
+        "--lr_decay_type",
+        "3",
+        "--num_epochs",
+        str(2 * epochs),
+        "--training§LRDecay",
+        f"{{type3: {{warmup_epochs: {warmup}, min_lr: {min_lr}}}}}",
+    )
     sched2 = make_scheduler(opt2, longer.training, "val_loss")["scheduler"]
     opt3 = make_optimiser(p, "SGD", 1e-3)
     sched3 = make_scheduler(opt3, c.training, "val_loss")["scheduler"]
@@ -124,8 +143,9 @@ def test_atomic_write_keeps_previous_file_on_crash(tmp_path):
     infos = [SampleInfo("p", "f", "i", "primary", None, 0, None, 1, 2, 1)]
     write_emb_h5(target, infos, np.ones((1, 4), np.float32))
     with pytest.raises(IndexError):  # t=5 does not exist in a 2-frame array: fails mid-write
-        write_emb_h5(target, infos + [SampleInfo("p", "f", "i", "primary", None, 5, None, 1, 2, 1)],
-                     np.zeros((2, 4), np.float32))
+        write_emb_h5(
+            target, infos + [SampleInfo("p", "f", "i", "primary", None, 5, None, 1, 2, 1)], np.zeros((2, 4), np.float32)
+        )
     with h5py.File(target) as h5:
         np.testing.assert_array_equal(h5["p/f/i/primary"][0, 0, 0], np.ones(4))
     assert [p.name for p in tmp_path.iterdir()] == ["emb.h5"]  # no temporary left behind
@@ -137,16 +157,19 @@ def test_atomic_write_keeps_previous_file_on_crash(tmp_path):
 
 
 def test_worker_errors_become_one_line():
-    wrapped = UserError("Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
-                        "  File \"x.py\", line 1\nEngineering.errors.UserError: data.h5:1/2/3/primary contains NaN/Inf")
+    wrapped = UserError(
+        "Caught UserError in DataLoader worker process 0.\nOriginal Traceback (most recent call last):\n"
+        '  File "x.py", line 1\nEngineering.errors.UserError: data.h5:1/2/3/primary contains NaN/Inf'
+    )
     assert one_line(wrapped) == "data.h5:1/2/3/primary contains NaN/Inf"
 
 
 def test_ndevices_all_counts_the_devices_for_accumulation(tmp_path, monkeypatch):
     from Engineering.Engines import trainer_factory as TF
 
-    c = cfg("--ndevices", "-1", "--batch_size", "4", "--effective_batch_size", "16", "--no-progress_bar",
-            "--no-tbactive")
+    c = cfg(
+        "--ndevices", "-1", "--batch_size", "4", "--effective_batch_size", "16", "--no-progress_bar", "--no-tbactive"
+    )
     trainer = TF.build_trainer(c, tmp_path, "val_loss", has_val=False)  # CPU: -1 is the one CPU device
     assert trainer.num_devices == 1 and trainer.accumulate_grad_batches == 4
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
@@ -209,9 +232,16 @@ def test_last_checkpoint_follows_every_epoch_when_the_monitor_gets_worse(tmp_pat
 
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(4, 1)), batch_size=2)
     ckpts = tmp_path / "Checkpoints"
-    trainer = L.Trainer(max_epochs=3, logger=False, enable_progress_bar=False, enable_model_summary=False,
-                        callbacks=[ModelCheckpoint(dirpath=ckpts, filename="best-{epoch:03d}", monitor="val_loss",
-                                                   save_top_k=1), LastCheckpoint(ckpts)])
+    trainer = L.Trainer(
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[
+            ModelCheckpoint(dirpath=ckpts, filename="best-{epoch:03d}", monitor="val_loss", save_top_k=1),
+            LastCheckpoint(ckpts),
+        ],
+    )
     trainer.fit(Worse(), loader, loader)
     last = read_checkpoint(ckpts / "last.ckpt")
     assert last["epoch"] == 2 and last["global_step"] == 6

@@ -7,6 +7,7 @@ cohort for 3D images and the cells' point clouds. A task that reads another's ru
 of that task, made once per session. A plug-in from outside the repository is tested the same way:
 ``IMLATENT_PLUGINS=toy_drive PYTHONPATH=examples/plugin_drive pytest tests/test_every_task.py``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,8 +27,12 @@ from Engineering.Engines import registry
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # each bundled cohort's tiny stand-in (a conftest fixture; 3D images are the cells' 16^3 volumes)
-DATA = {"dataNpath_demo.json": "tiny_demo", "dataNpath_demo_mc.json": "tiny_demo_mc",
-        "dataNpath_cells.json": "tiny_cells", "dataNpath_cells_points.json": "tiny_cells"}
+DATA = {
+    "dataNpath_demo.json": "tiny_demo",
+    "dataNpath_demo_mc.json": "tiny_demo_mc",
+    "dataNpath_cells.json": "tiny_cells",
+    "dataNpath_cells_points.json": "tiny_cells",
+}
 SHAPE = {2: ("--input_shape", "32,32"), 3: ("--input_shape", "16,16,16")}
 ONE_BATCH = {"num_epochs": "1", "n_train_batches": "1", "n_val_batches": "1"}  # per phase, where it honours them
 RECON = honour.RECON_OUTPUTS - honour.IMAGE_GRIDS  # a task that honours these writes recon.h5
@@ -74,8 +79,19 @@ def dev_run(request, tmp_path_factory):
             args += [flag, str(folder)]
         save, run_id = root / f"{name}-{dim}d", "dev"
         one = [a for k, v in ONE_BATCH.items() if spec.honours is None or k in spec.honours for a in (f"--{k}", v)]
-        argv = [*spec.dev_args, *one, *args, "--json§datadir", str(request.getfixturevalue(data)), "--json§save_path",
-                str(save), "--fulltrainID", run_id, "--no-progress_bar", "--no-tbactive"]
+        argv = [
+            *spec.dev_args,
+            *one,
+            *args,
+            "--json§datadir",
+            str(request.getfixturevalue(data)),
+            "--json§save_path",
+            str(save),
+            "--fulltrainID",
+            run_id,
+            "--no-progress_bar",
+            "--no-tbactive",
+        ]
         printed = io.StringIO()
         with contextlib.redirect_stdout(_Both(sys.stdout, printed)):  # still shown by pytest on a failure
             code = run_cli(lambda a: cli.main(a, task=name), argv)

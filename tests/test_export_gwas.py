@@ -1,5 +1,6 @@
 """export_gwas on small tables: each option's effect, the inverse normal transform against its formula, PCA/CCA
 against scikit-learn fitted on the kept rows, the files plink2/regenie read, and bad input as one line."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -34,8 +35,18 @@ def _table(n=40, seed=0, fields=("2", "3"), frames=2, nan_patient=None, latent_d
                 if nan_patient == i and t == 1:
                     z = z.copy()
                     z[0] = np.nan
-                rows.append({"patientID": str(1000 + i), "fieldID": f, "instanceID": "0", "key": "primary",
-                             "c": 0, "t": t, "s": 0, **{f"Z{j}": z[j] for j in range(latent_dim)}})
+                rows.append(
+                    {
+                        "patientID": str(1000 + i),
+                        "fieldID": f,
+                        "instanceID": "0",
+                        "key": "primary",
+                        "c": 0,
+                        "t": t,
+                        "s": 0,
+                        **{f"Z{j}": z[j] for j in range(latent_dim)},
+                    }
+                )
     return pd.DataFrame(rows), base
 
 
@@ -45,8 +56,11 @@ def _write(df, path):
 
 
 def _settings(tmp_path, latents, **kw):
-    return GwasSettings(latents=latents if isinstance(latents, list) else [latents], out=str(tmp_path / "gwas"),
-                        **{"inverse_normal": False, **kw})
+    return GwasSettings(
+        latents=latents if isinstance(latents, list) else [latents],
+        out=str(tmp_path / "gwas"),
+        **{"inverse_normal": False, **kw},
+    )
 
 
 def test_one_row_per_participant_by_field_instance_and_frame(tmp_path):
@@ -87,8 +101,9 @@ def test_qc_drops_nan_and_outliers_and_counts_each_reason(tmp_path):
 def test_id_map_maps_counts_and_refuses_two_rows(tmp_path):
     df, _ = _table(n=6)
     f = _write(df, tmp_path / "emb.tsv")
-    pd.DataFrame({"eid_img": [str(1000 + i) for i in range(5)], "gen": [f"G{i}" for i in range(5)],
-                  "fam": ["F"] * 5}).to_csv(tmp_path / "map.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {"eid_img": [str(1000 + i) for i in range(5)], "gen": [f"G{i}" for i in range(5)], "fam": ["F"] * 5}
+    ).to_csv(tmp_path / "map.tsv", sep="\t", index=False)
     built = build(_settings(tmp_path, f, id_map=str(tmp_path / "map.tsv"), id_map_cols=["eid_img", "gen", "fam"]))
     assert list(built["pheno"].index) == [f"G{i}" for i in range(5)] and set(built["pheno"]["FID"]) == {"F"}
     assert built["report"]["drops"] == {"not in the ID map": 1}
@@ -101,8 +116,14 @@ def test_id_map_maps_counts_and_refuses_two_rows(tmp_path):
 
 def _covariates(tmp_path, n=40, seed=1):
     rng = np.random.default_rng(seed)
-    cov = pd.DataFrame({"IID": [str(1000 + i) for i in range(n)], "age": rng.uniform(40, 70, n),
-                        "site": rng.choice(["A", "B", "C"], n), "sex": rng.integers(0, 2, n)})
+    cov = pd.DataFrame(
+        {
+            "IID": [str(1000 + i) for i in range(n)],
+            "age": rng.uniform(40, 70, n),
+            "site": rng.choice(["A", "B", "C"], n),
+            "sex": rng.integers(0, 2, n),
+        }
+    )
     cov.to_csv(tmp_path / "cov.tsv", sep="\t", index=False)
     return cov
 
@@ -110,8 +131,15 @@ def _covariates(tmp_path, n=40, seed=1):
 def test_covariates_one_hot_and_residualisation_match_least_squares(tmp_path):
     df, _ = _table()
     cov = _covariates(tmp_path)
-    built = build(_settings(tmp_path, _write(df, tmp_path / "emb.tsv"), covariates=str(tmp_path / "cov.tsv"),
-                            categorical=["sex"], residualise=True))
+    built = build(
+        _settings(
+            tmp_path,
+            _write(df, tmp_path / "emb.tsv"),
+            covariates=str(tmp_path / "cov.tsv"),
+            categorical=["sex"],
+            residualise=True,
+        )
+    )
     covar = built["covar"]
     assert list(covar.columns) == ["FID", "age", "site_B", "site_C", "sex_1"]
     np.testing.assert_array_equal(covar["site_B"], (cov["site"] == "B").astype(float))
@@ -125,9 +153,11 @@ def test_bad_covariates_are_one_line(tmp_path):
     df, _ = _table()
     f = _write(df, tmp_path / "emb.tsv")
     cov = _covariates(tmp_path)
-    for change, message in ((lambda c: c.assign(age=c.age.where(c.index != 3)), "covariate age is missing"),
-                            (lambda c: c.assign(site="A"), "covariate site has a single level"),
-                            (lambda c: pd.concat([c, c.iloc[:1]]), "participant '1000' has two rows")):
+    for change, message in (
+        (lambda c: c.assign(age=c.age.where(c.index != 3)), "covariate age is missing"),
+        (lambda c: c.assign(site="A"), "covariate site has a single level"),
+        (lambda c: pd.concat([c, c.iloc[:1]]), "participant '1000' has two rows"),
+    ):
         change(cov).to_csv(tmp_path / "bad.tsv", sep="\t", index=False)
         with pytest.raises(UserError, match=message):
             build(_settings(tmp_path, f, covariates=str(tmp_path / "bad.tsv")))
@@ -193,8 +223,10 @@ def test_files_report_and_cli(tmp_path, capsys):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     out = tmp_path / "gwas"
-    code = run_cli(module.main, ["--latents", f, "--out", str(out), "--covariates", str(tmp_path / "cov.tsv"),
-                                 "--covar_cols", "age,site"])
+    code = run_cli(
+        module.main,
+        ["--latents", f, "--out", str(out), "--covariates", str(tmp_path / "cov.tsv"), "--covar_cols", "age,site"],
+    )
     assert code == 0, capsys.readouterr().err
     assert sorted(p.name for p in out.iterdir()) == ["covar.tsv", "pheno.tsv", "report.json", "report.md"]
     pheno = pd.read_csv(out / "pheno.tsv", sep="\t", dtype={"FID": str, "IID": str})

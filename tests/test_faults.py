@@ -1,4 +1,5 @@
 """Faults: a kill or a full disk while writing, two runs into one folder, damaged and moved checkpoints."""
+
 from __future__ import annotations
 
 import errno
@@ -11,8 +12,8 @@ import h5py
 import pytest
 import torch
 
-from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
+from Engineering.Engines.MainEngine import run
 from Engineering.errors import UserError, run_cli
 from Engineering.io.checkpoints import AtomicCheckpointIO
 from Engineering.io.runlock import LOCK_NAME, RunLock
@@ -50,7 +51,7 @@ def test_second_run_into_a_locked_folder_refuses_and_stale_locks_are_taken_over(
         _run(tiny_demo, tmp_path, "--fulltrainID", "locked", "--run_mode", "1")
     holder.release()
     # a lock whose process is gone (a kill -9) is taken over with a warning
-    (run_dir / LOCK_NAME).write_text(json.dumps({"pid": 2 ** 22 + 12345, "host": socket.gethostname()}))
+    (run_dir / LOCK_NAME).write_text(json.dumps({"pid": 2**22 + 12345, "host": socket.gethostname()}))
     _run(tiny_demo, tmp_path, "--fulltrainID", "locked", "--run_mode", "1")
     assert "taking over the stale lock" in capsys.readouterr().out
     assert not (run_dir / LOCK_NAME).exists()  # released at the end

@@ -8,6 +8,7 @@ and the output writer's choices. A flag the task declares honoured must change t
 start without it (given its prerequisites to both); a flag it does not declare must be refused with one line naming
 the flag and the task. A declared flag that is refused, or an undeclared one that is accepted, fails.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -41,37 +42,98 @@ ELSEWHERE = {
 # GPU (the check that refuses it shows the flag is read); --no-croppad refuses samples of another shape.
 # --data_mask_mode reads the masks file, which the demo cohort does not have.
 # Weights & Biases is not installed here: the W&B flags ask for it.
-MACHINE = {"accelerator": "no CUDA GPU is visible", "croppad": "use --croppad true", "data_mask_mode": "meta_mask.h5",
-           "wnbactive": "needs the wandb package", "wnbproject": "needs the wandb package",
-           "input_shape": "as the generator's run did"}  # (main_restyle: the size is its generator's)
+MACHINE = {
+    "accelerator": "no CUDA GPU is visible",
+    "croppad": "use --croppad true",
+    "data_mask_mode": "meta_mask.h5",
+    "wnbactive": "needs the wandb package",
+    "wnbproject": "needs the wandb package",
+    "input_shape": "as the generator's run did",
+}  # (main_restyle: the size is its generator's)
 # Read by the Trainer alone (trainer_factory.build_trainer, the same for every task): observed on the config with the
 # start's engine. Clipping and accumulation are not among them: manual optimisation does them in the engine.
-TRAINER_ONLY = {"non_deter", "dev_run", "ndevices", "nnodes", "training_strategy", "deepspeed_config",
-                "sync_batchnorm", "ampmode", "num_epochs", "n_train_batches", "early_stopping_patience", "tbactive",
-                "tb_image_every", "wnbactive", "wnbproject", "profiler", "check_anomalies", "progress_bar"}
+TRAINER_ONLY = {
+    "non_deter",
+    "dev_run",
+    "ndevices",
+    "nnodes",
+    "training_strategy",
+    "deepspeed_config",
+    "sync_batchnorm",
+    "ampmode",
+    "num_epochs",
+    "n_train_batches",
+    "early_stopping_patience",
+    "tbactive",
+    "tb_image_every",
+    "wnbactive",
+    "wnbproject",
+    "profiler",
+    "check_anomalies",
+    "progress_bar",
+}
 
-TINY_RECON = ["--input_shape", "32,32", "--latent_dim", "8", "--batch_size", "4", "--model§pythae§n_features", "4",
-              "--n_train_batches", "2", "--n_val_batches", "2", "--no-progress_bar", "--no-tbactive"]
-TINY_SSL = ["--batch_size", "8", "--model§SSL§width", "4", "--model§SSL§proj_hidden", "16", "--model§SSL§proj_dim",
-            "8", "--no-progress_bar", "--no-tbactive"]
-TINY_GAN = ["--batch_size", "4", "--no-progress_bar", "--no-tbactive", "--input_shape", "32,32",
-            "--model§StyleGAN2§style_dim", "16", "--model§StyleGAN2§n_mlp", "2", "--model§StyleGAN2§channel_max", "8",
-            "--model§StyleGAN2§n_samples", "4"]
+TINY_RECON = [
+    "--input_shape",
+    "32,32",
+    "--latent_dim",
+    "8",
+    "--batch_size",
+    "4",
+    "--model§pythae§n_features",
+    "4",
+    "--n_train_batches",
+    "2",
+    "--n_val_batches",
+    "2",
+    "--no-progress_bar",
+    "--no-tbactive",
+]
+TINY_SSL = [
+    "--batch_size",
+    "8",
+    "--model§SSL§width",
+    "4",
+    "--model§SSL§proj_hidden",
+    "16",
+    "--model§SSL§proj_dim",
+    "8",
+    "--no-progress_bar",
+    "--no-tbactive",
+]
+TINY_GAN = [
+    "--batch_size",
+    "4",
+    "--no-progress_bar",
+    "--no-tbactive",
+    "--input_shape",
+    "32,32",
+    "--model§StyleGAN2§style_dim",
+    "16",
+    "--model§StyleGAN2§n_mlp",
+    "2",
+    "--model§StyleGAN2§channel_max",
+    "8",
+    "--model§StyleGAN2§n_samples",
+    "4",
+]
 
 
 def _digest(x) -> str:
     if isinstance(x, torch.Tensor):
         x = x.detach().float().cpu().numpy()
     if isinstance(x, np.ndarray):
-        return hashlib.sha1(np.ascontiguousarray(x.astype(np.float64)).round(6).tobytes()).hexdigest()[:12] \
-            + str(x.shape)
+        return hashlib.sha1(np.ascontiguousarray(x.astype(np.float64)).round(6).tobytes()).hexdigest()[:12] + str(
+            x.shape
+        )
     return repr(x)
 
 
 def _complex_copy(demo: Path) -> Path:
     """The demo cohort with complex-valued images (the real part as written, an imaginary part beside it)."""
-    import h5py
     import shutil
+
+    import h5py
 
     out = demo.parent / f"{demo.name}_complex"
     if not out.exists():
@@ -108,42 +170,117 @@ def world(tiny_demo, tiny_demo_mc, tmp_path_factory):
     latents.mkdir()
     rng = np.random.default_rng(0)
     pids = [str(5000 + i) for i in range(40)]
-    table = pd.DataFrame({"patientID": pids, "fieldID": "f", "instanceID": "0", "key": "primary", "c": 0, "t": 0,
-                          "s": 0, **{f"Z{j}": rng.normal(size=40) for j in range(4)}})
+    table = pd.DataFrame(
+        {
+            "patientID": pids,
+            "fieldID": "f",
+            "instanceID": "0",
+            "key": "primary",
+            "c": 0,
+            "t": 0,
+            "s": 0,
+            **{f"Z{j}": rng.normal(size=40) for j in range(4)},
+        }
+    )
     table.to_parquet(latents / "emb.parquet", index=False)
     pd.DataFrame({"FID": pids, "y": rng.normal(size=40), "cls": np.where(rng.normal(size=40) > 0, "a", "b")}).to_csv(
-        latents / "pheno.tsv", sep="\t", index=False)
-    pd.DataFrame([{"train": str(pids[:28]), "val": str(pids[28:34]), "test": str(pids[34:])},
-                  {"train": str(pids[12:]), "val": str(pids[6:12]), "test": str(pids[:6])}]).to_csv(
-        latents / "folds.csv", index=False)
+        latents / "pheno.tsv", sep="\t", index=False
+    )
+    pd.DataFrame(
+        [
+            {"train": str(pids[:28]), "val": str(pids[28:34]), "test": str(pids[34:])},
+            {"train": str(pids[12:]), "val": str(pids[6:12]), "test": str(pids[:6])},
+        ]
+    ).to_csv(latents / "folds.csv", index=False)
     # a main_stylegan generator for main_restyle, written as training writes its checkpoint
     gan = root / "gan"
-    cap = _start(registry.get("stylegan"), [*TINY_GAN, "--json§datadir", str(tiny_demo_mc), "--json§save_path",
-                                            str(gan), "--fulltrainID", "g"])
+    cap = _start(
+        registry.get("stylegan"),
+        [*TINY_GAN, "--json§datadir", str(tiny_demo_mc), "--json§save_path", str(gan), "--fulltrainID", "g"],
+    )
     _write_checkpoint(cap, cap["ckpt_dir"] / "last.ckpt")
 
     def data(demo):
         return ["--json§datadir", str(demo)]
+
     return {
         "diffAE": [*TINY_DIFFAE, "--interp_fact", "1", *data(tiny_demo)],
         "recon": [*TINY_RECON, *data(tiny_demo)],
-        "rotinv": ["--no-is3D", "--input_shape", "32,32", "--latent_dim", "8", "--batch_size", "4",
-                   "--model§RotInv§width", "2", "--model§RotInv§depth", "2", "--datajson_path",
-                   "Configs/dataNpath_demo.json", "--no-progress_bar", "--no-tbactive", *data(tiny_demo)],
+        "rotinv": [
+            "--no-is3D",
+            "--input_shape",
+            "32,32",
+            "--latent_dim",
+            "8",
+            "--batch_size",
+            "4",
+            "--model§RotInv§width",
+            "2",
+            "--model§RotInv§depth",
+            "2",
+            "--datajson_path",
+            "Configs/dataNpath_demo.json",
+            "--no-progress_bar",
+            "--no-tbactive",
+            *data(tiny_demo),
+        ],
         "ssl": [*TINY_SSL, "--interp_fact", "1", *data(tiny_demo)],
-        "erm": ["--batch_size", "8", "--model§ERM§width", "4", "--interp_fact", "1", "--no-progress_bar",
-                "--no-tbactive", *data(tiny_demo)],
+        "erm": [
+            "--batch_size",
+            "8",
+            "--model§ERM§width",
+            "4",
+            "--interp_fact",
+            "1",
+            "--no-progress_bar",
+            "--no-tbactive",
+            *data(tiny_demo),
+        ],
         "iid": ["--batch_size", "8", "--interp_fact", "1", "--no-progress_bar", "--no-tbactive", *data(tiny_demo_mc)],
         "stylegan": [*TINY_GAN, "--interp_fact", "1", *data(tiny_demo_mc)],
-        "restyle": ["--batch_size", "4", "--model§ReStyle§width", "4", "--no-progress_bar",
-                    "--no-tbactive", "--generator", str(gan / "g"), *data(tiny_demo_mc)],
-        "pointcloud": ["--batch_size", "4", "--latent_dim", "8", "--model§PointCloud§width", "4",
-                       "--model§PointCloud§k", "8", "--model§PointCloud§grid", "6", "--no-progress_bar",
-                       "--no-tbactive", *data(cells)],
-        "latentcls": ["--latents", str(latents / "emb.parquet"), "--json§DS_phenotypes§path",
-                      str(latents / "pheno.tsv"), "--json§foldCSV", str(latents / "folds.csv"), "--batch_size", "8",
-                      "--no-progress_bar", "--no-tbactive", *data(latents)],
-        "_root": root, "_demo": tiny_demo, "_demo_mc": tiny_demo_mc, "_latents": latents,
+        "restyle": [
+            "--batch_size",
+            "4",
+            "--model§ReStyle§width",
+            "4",
+            "--no-progress_bar",
+            "--no-tbactive",
+            "--generator",
+            str(gan / "g"),
+            *data(tiny_demo_mc),
+        ],
+        "pointcloud": [
+            "--batch_size",
+            "4",
+            "--latent_dim",
+            "8",
+            "--model§PointCloud§width",
+            "4",
+            "--model§PointCloud§k",
+            "8",
+            "--model§PointCloud§grid",
+            "6",
+            "--no-progress_bar",
+            "--no-tbactive",
+            *data(cells),
+        ],
+        "latentcls": [
+            "--latents",
+            str(latents / "emb.parquet"),
+            "--json§DS_phenotypes§path",
+            str(latents / "pheno.tsv"),
+            "--json§foldCSV",
+            str(latents / "folds.csv"),
+            "--batch_size",
+            "8",
+            "--no-progress_bar",
+            "--no-tbactive",
+            *data(latents),
+        ],
+        "_root": root,
+        "_demo": tiny_demo,
+        "_demo_mc": tiny_demo_mc,
+        "_latents": latents,
     }
 
 
@@ -152,10 +289,20 @@ def _start(spec, argv) -> dict:
     captured = {}
 
     def stop(life, resolved, dm, model, run_dir, ckpt_dir, out_dir, test_ckpt, resume_from):
-        captured.update(life=life, resolved=resolved, dm=dm, model=model, run_dir=run_dir, ckpt_dir=ckpt_dir,
-                        out_dir=out_dir, test_ckpt=test_ckpt, resume_from=resume_from,
-                        session=torch.get_float32_matmul_precision())  # global state: read when the start set it
+        captured.update(
+            life=life,
+            resolved=resolved,
+            dm=dm,
+            model=model,
+            run_dir=run_dir,
+            ckpt_dir=ckpt_dir,
+            out_dir=out_dir,
+            test_ckpt=test_ckpt,
+            resume_from=resume_from,
+            session=torch.get_float32_matmul_precision(),
+        )  # global state: read when the start set it
         return {}
+
     real = MainEngine._run_locked
     MainEngine._run_locked = stop
     try:
@@ -171,11 +318,22 @@ def _write_checkpoint(cap, path: Path, shift: float = 0.0) -> Path:
     model = cap["model"]
     path.parent.mkdir(parents=True, exist_ok=True)
     best = path.parent / "best-epoch=000-step=0.ckpt"
-    for where, move, extra in ((best, 2 * shift, {}), (path, shift, {"callbacks": {
-            "ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_path": str(best)}}})):
+    for where, move, extra in (
+        (best, 2 * shift, {}),
+        (path, shift, {"callbacks": {"ModelCheckpoint{'monitor': 'val_loss'}": {"best_model_path": str(best)}}}),
+    ):
         state = {k: (v + move if v.is_floating_point() else v) for k, v in model.state_dict().items()}
-        torch.save({"state_dict": state, "imlatent_config": cap["resolved"].raw, "in_channels": model.in_channels,
-                    "epoch": 0, "global_step": 0, **extra}, where)
+        torch.save(
+            {
+                "state_dict": state,
+                "imlatent_config": cap["resolved"].raw,
+                "in_channels": model.in_channels,
+                "epoch": 0,
+                "global_step": 0,
+                **extra,
+            },
+            where,
+        )
     return path
 
 
@@ -201,7 +359,8 @@ def _clip_calls(model) -> str:
     """What the engine's own clipping hook does (manual optimisation clips in the engine, not in the Trainer)."""
     calls = []
     model.clip_gradients = lambda opt, gradient_clip_val=None, gradient_clip_algorithm=None: calls.append(
-        (gradient_clip_val, gradient_clip_algorithm))
+        (gradient_clip_val, gradient_clip_algorithm)
+    )
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     model.on_before_optimizer_step(opt)
     del model.clip_gradients
@@ -210,28 +369,49 @@ def _clip_calls(model) -> str:
 
 def _trainer(cap) -> str:
     cfg, model = cap["resolved"].cfg, cap["model"]
-    trainer = trainer_factory.build_trainer(cfg, cap["run_dir"], model.monitor(), model.has_val,
-                                       model.automatic_optimization)
-    cbs = sorted(f"{type(c).__name__}{getattr(c, 'patience', '')}{getattr(c, 'mode', '')}{getattr(c, 'controls', '')}"
-                 for c in trainer.callbacks)
+    trainer = trainer_factory.build_trainer(
+        cfg, cap["run_dir"], model.monitor(), model.has_val, model.automatic_optimization
+    )
+    cbs = sorted(
+        f"{type(c).__name__}{getattr(c, 'patience', '')}{getattr(c, 'mode', '')}{getattr(c, 'controls', '')}"
+        for c in trainer.callbacks
+    )
     loggers = sorted(f"{type(lg).__name__}{getattr(lg, '_project', '')}" for lg in trainer.loggers)
-    return repr(dict(
-        accumulate=trainer.accumulate_grad_batches, clip=trainer.gradient_clip_val,
-        clip_algo=str(trainer.gradient_clip_algorithm), precision=trainer.precision, epochs=trainer.max_epochs,
-        limit_train=trainer.limit_train_batches, limit_val=trainer.limit_val_batches, callbacks=cbs, loggers=loggers,
-        profiler=type(trainer.profiler).__name__, dev_run=trainer.fast_dev_run, anomaly=trainer._detect_anomaly,
-        strategy=type(trainer.strategy).__name__, devices=trainer.num_devices, nodes=trainer.num_nodes,
-        sync_bn=type(getattr(trainer.strategy, "_layer_sync", None)).__name__,
-        deterministic=torch.are_deterministic_algorithms_enabled(),
-        bar=trainer.progress_bar_callback is not None,
-        deepspeed=json.dumps(getattr(trainer.strategy, "config", None), sort_keys=True, default=str)))
+    return repr(
+        dict(
+            accumulate=trainer.accumulate_grad_batches,
+            clip=trainer.gradient_clip_val,
+            clip_algo=str(trainer.gradient_clip_algorithm),
+            precision=trainer.precision,
+            epochs=trainer.max_epochs,
+            limit_train=trainer.limit_train_batches,
+            limit_val=trainer.limit_val_batches,
+            callbacks=cbs,
+            loggers=loggers,
+            profiler=type(trainer.profiler).__name__,
+            dev_run=trainer.fast_dev_run,
+            anomaly=trainer._detect_anomaly,
+            strategy=type(trainer.strategy).__name__,
+            devices=trainer.num_devices,
+            nodes=trainer.num_nodes,
+            sync_bn=type(getattr(trainer.strategy, "_layer_sync", None)).__name__,
+            deterministic=torch.are_deterministic_algorithms_enabled(),
+            bar=trainer.progress_bar_callback is not None,
+            deepspeed=json.dumps(getattr(trainer.strategy, "config", None), sort_keys=True, default=str),
+        )
+    )
 
 
 def _batch(dm, loader) -> str:
     if loader is None:
         return "none"
-    attrs = (loader.batch_size, loader.num_workers, loader.pin_memory, loader.prefetch_factor,
-             type(loader.batch_sampler).__name__)
+    attrs = (
+        loader.batch_size,
+        loader.num_workers,
+        loader.pin_memory,
+        loader.prefetch_factor,
+        type(loader.batch_sampler).__name__,
+    )
     if loader.num_workers:
         return repr(attrs)
     batch = next(iter(loader))
@@ -271,14 +451,36 @@ def _with_moved_ema(model, fn):
 def observe(cap) -> dict:
     """What a start built, as comparable strings (cheapest first: the comparison stops at the first change)."""
     cfg, model, dm, life = cap["resolved"].cfg, cap["model"], cap["dm"], cap["life"]
-    yield "folders", repr((cap["run_dir"].name, str(cap["out_dir"].relative_to(cap["run_dir"])),
-                           str(cap["test_ckpt"]), str(cap["resume_from"])))
+    yield (
+        "folders",
+        repr(
+            (
+                cap["run_dir"].name,
+                str(cap["out_dir"].relative_to(cap["run_dir"])),
+                str(cap["test_ckpt"]),
+                str(cap["resume_from"]),
+            )
+        ),
+    )
     yield "session", cap["session"]
-    yield "weights", _digest(torch.cat([p.detach().float().flatten() for p in model.state_dict().values()
-                                        if isinstance(p, torch.Tensor)]))
-    yield "engine", repr((_engine_state(model), [getattr(m, "activation_checkpointing", None)
-                                                 for m in model.checkpointable()],
-                          getattr(getattr(model, "net", None), "_compiled_call_impl", None) is not None))
+    yield (
+        "weights",
+        _digest(
+            torch.cat(
+                [p.detach().float().flatten() for p in model.state_dict().values() if isinstance(p, torch.Tensor)]
+            )
+        ),
+    )
+    yield (
+        "engine",
+        repr(
+            (
+                _engine_state(model),
+                [getattr(m, "activation_checkpointing", None) for m in model.checkpointable()],
+                getattr(getattr(model, "net", None), "_compiled_call_impl", None) is not None,
+            )
+        ),
+    )
     yield "optimisers", _optimisers(model)
     yield "clip_hook", _clip_calls(model)
     yield "trainer", _trainer(cap)
@@ -306,60 +508,109 @@ def observe(cap) -> dict:
 
 def _alternative(name: str, base_cfg, world: dict, task: str, save: Path) -> tuple[list[str], list[str]]:
     """(the flag's arguments, prerequisites given to both starts) for a value that differs from the base."""
+
     def cur(n):
         f = next(f for f in FLAGS if f.name == n)
         return getattr(getattr(base_cfg, f.path[0]), f.path[1])
+
     flag = next(f for f in FLAGS if f.name == name)
     current = cur(name)
     root = world["_root"]
     demo = world["_demo_mc"] if task in ("iid", "stylegan", "restyle") else world["_demo"]
     special = {
-        "fulltrainID": (["myrun"], []), "shard": (["1/2"], ["--run_mode", "2", "--resume"]),
-        "resume": ([], []), "load_best": ([], ["--run_mode", "2", "--resume"]),
+        "fulltrainID": (["myrun"], []),
+        "shard": (["1/2"], ["--run_mode", "2", "--resume"]),
+        "resume": ([], []),
+        "load_best": ([], ["--run_mode", "2", "--resume"]),
         "load_model_4test": ([str(root / f"other_{task}")], ["--run_mode", "2", "--resume"]),
         "preweights_path": ([str(root / f"other_{task}" / "Checkpoints" / "last.ckpt")], []),
         "load_hf": ([str(root / f"hub_{task}")], []),
-        "accelerator": (["gpu"], []), "ndevices": (["2"], []), "nnodes": (["2"], []),
+        "accelerator": (["gpu"], []),
+        "ndevices": (["2"], []),
+        "nnodes": (["2"], []),
         "training_strategy": (["ddp"], []),
         "deepspeed_config": ([str(root / "ds.json")], ["--training_strategy", "deepspeed"]),
-        "sync_batchnorm": ([], ["--ndevices", "2"]), "ampmode": (["bf16-mixed"], []),
-        "matmul_precision": (["medium"], []), "num_workers": (["1"], []),
-        "prefetch_factor": (["4"], ["--num_workers", "1"]), "pin_memory": ([], []),
-        "effective_batch_size": (["32"], ["--batch_size", "4"]), "lr": (["0.0123"], []),
-        "optimiserID": (["SGD"], []), "lr_decay_type": (["1"], []),
-        "grad_clip_algo": (["value"], ["--grad_clip_val", "1.0"]), "grad_clip_val": (["0.5"], []),
-        "batch_size": ([str(cur("batch_size") // 2)], []), "num_epochs": ([str(cur("num_epochs") + 1)], []),
+        "sync_batchnorm": ([], ["--ndevices", "2"]),
+        "ampmode": (["bf16-mixed"], []),
+        "matmul_precision": (["medium"], []),
+        "num_workers": (["1"], []),
+        "prefetch_factor": (["4"], ["--num_workers", "1"]),
+        "pin_memory": ([], []),
+        "effective_batch_size": (["32"], ["--batch_size", "4"]),
+        "lr": (["0.0123"], []),
+        "optimiserID": (["SGD"], []),
+        "lr_decay_type": (["1"], []),
+        "grad_clip_algo": (["value"], ["--grad_clip_val", "1.0"]),
+        "grad_clip_val": (["0.5"], []),
+        "batch_size": ([str(cur("batch_size") // 2)], []),
+        "num_epochs": ([str(cur("num_epochs") + 1)], []),
         "n_train_batches": ([str(cur("n_train_batches") + 1) if isinstance(cur("n_train_batches"), int) else "3"], []),
-        "n_val_batches": (["1"], ["--run_mode", "1"]), "early_stopping_patience": (["3"], []),
+        "n_val_batches": (["1"], ["--run_mode", "1"]),
+        "early_stopping_patience": (["3"], []),
         "input_shape": (["16,16"] if task != "stylegan" else ["64,64"], []),
-        "is3D": (["false"] if cur("is3D") else ["true", "--input_shape", "1,32,32", "--allow_pad"] if task != "rotinv"
-                 else ["true", "--input_shape", "8,8,8", "--interp_fact", "0.25", "--allow_pad"], []),
+        "is3D": (
+            ["false"]
+            if cur("is3D")
+            else ["true", "--input_shape", "1,32,32", "--allow_pad"]
+            if task != "rotinv"
+            else ["true", "--input_shape", "8,8,8", "--interp_fact", "0.25", "--allow_pad"],
+            [],
+        ),
         "latent_dim": (["5"], []),
-        "norm_type": (["zscore"], []), "norm_range": (["symmetric" if cur("norm_range") == "unit" else "unit"], []),
+        "norm_type": (["zscore"], []),
+        "norm_range": (["symmetric" if cur("norm_range") == "unit" else "unit"], []),
         "prenorm": (["255"], ["--norm_type", "zscore", "--zscore_mean", "0.1"]),
         "zscore_prenorm": (["255"], ["--norm_type", "zscore", "--zscore_mean", "0.1"]),
-        "zscore_mean": (["0.5"], ["--norm_type", "zscore"]), "zscore_std": (["2.0"], ["--norm_type", "zscore"]),
-        "allow_pad": ([], ["--interp_fact", "0.25"]), "croppad": (["false"], ["--interp_fact", "0.5"]),
+        "zscore_mean": (["0.5"], ["--norm_type", "zscore"]),
+        "zscore_std": (["2.0"], ["--norm_type", "zscore"]),
+        "allow_pad": ([], ["--interp_fact", "0.25"]),
+        "croppad": (["false"], ["--interp_fact", "0.5"]),
         "interp_fact": (["0.5"] if cur("interp_fact") == 1 else ["1.0"], []),
         "complex_mode": (["phase"], ["--json§is_complexDS", "true", "--json§datadir", str(_complex_copy(demo))]),
-        "data_mask_mode": (["1"], []), "flip_prob": (["1.0"], ["--data§flip_axes", "[1]", "--flip_prob", "0.5"]),
+        "data_mask_mode": (["1"], []),
+        "flip_prob": (["1.0"], ["--data§flip_axes", "[1]", "--flip_prob", "0.5"]),
         "batch_groups": (["site"], ["--json§DS_covariates§path", str(demo / "covariates.tsv")]),
-        "bn_eval_mode": (["batch"], ["--batch_groups", "site", "--json§DS_covariates§path",
-                                     str(demo / "covariates.tsv")]),
-        "bn_controls": (["site=siteA"], ["--batch_groups", "site", "--bn_eval_mode", "batch",
-                                         "--json§DS_covariates§path", str(demo / "covariates.tsv")]),
+        "bn_eval_mode": (
+            ["batch"],
+            ["--batch_groups", "site", "--json§DS_covariates§path", str(demo / "covariates.tsv")],
+        ),
+        "bn_controls": (
+            ["site=siteA"],
+            [
+                "--batch_groups",
+                "site",
+                "--bn_eval_mode",
+                "batch",
+                "--json§DS_covariates§path",
+                str(demo / "covariates.tsv"),
+            ],
+        ),
         "test_ema": (["false"], ["--use_ema"] if task in ("recon", "latentcls") else []),
         "test_emb_only": (["false" if cur("test_emb_only") else "true"], []),
-        "n_save_recon_subs": (["5"], ["--no-test_emb_only"] if task in ("recon", "diffAE", "rotinv", "restyle")
-                              else []),
-        "save_recon_subs": (["x1,x2"], []), "wnbproject": (["other"], ["--wnbactive"]),
-        "profiler": (["simple"], []), "dev_run": (["1"], []), "seed": (["7"], []), "trainID": (["other"], []),
-        "foldID": (["1"], []), "run_mode": (["0"], []), "output_suffix": (["sfx"], []),
-        "activation_checkpointing": ([], []), "compile_model": ([], []),
+        "n_save_recon_subs": (
+            ["5"],
+            ["--no-test_emb_only"] if task in ("recon", "diffAE", "rotinv", "restyle") else [],
+        ),
+        "save_recon_subs": (["x1,x2"], []),
+        "wnbproject": (["other"], ["--wnbactive"]),
+        "profiler": (["simple"], []),
+        "dev_run": (["1"], []),
+        "seed": (["7"], []),
+        "trainID": (["other"], []),
+        "foldID": (["1"], []),
+        "run_mode": (["0"], []),
+        "output_suffix": (["sfx"], []),
+        "activation_checkpointing": ([], []),
+        "compile_model": ([], []),
         "grey2RGB": ([], ["--json§datadir", str(world["_demo"])]),  # (a one-channel cohort)
-        "check_anomalies": ([], []), "non_deter": ([], []), "wnbactive": ([], []), "auto_bs": ([], []),
+        "check_anomalies": ([], []),
+        "non_deter": ([], []),
+        "wnbactive": ([], []),
+        "auto_bs": ([], []),
         "auto_lr": ([], []),
-        "tbactive": ([], []), "progress_bar": ([], []), "tb_image_every": (["0"], ["--tbactive"]),
+        "tbactive": ([], []),
+        "progress_bar": ([], []),
+        "tb_image_every": (["0"], ["--tbactive"]),
     }
     if name in special:
         args, pre = special[name]
@@ -418,8 +669,13 @@ def test_every_flag_is_honoured_or_refused(task, world, tmp_path):
             else:
                 got = _start(spec, [*base_args, *pre, *named, *args])
                 # the Trainer is built at the start of the locked run (before training): its refusals count too
-                changed = "start" if ref is None else next(  # refused without it, started with it; or observed
-                    (what for (what, a), (_, b) in zip(observe(ref), observe(got)) if a != b), None)
+                changed = (
+                    "start"
+                    if ref is None
+                    else next(  # refused without it, started with it; or observed
+                        (what for (what, a), (_, b) in zip(observe(ref), observe(got)) if a != b), None
+                    )
+                )
         except UserError as exc:
             msg = str(exc)
             if name in MACHINE and MACHINE[name] in msg:  # it acted: it asked this machine for what it lacks
@@ -445,6 +701,7 @@ def test_every_flag_is_honoured_or_refused(task, world, tmp_path):
 
 # --- the reproduced bugs of issue 33 item 1 and issue 34 item 7, each as a user typed it ------------------------
 
+
 def _cli(capsys, script: str, *argv: str):
     from Engineering.Engines import cli
     from Engineering.errors import run_cli
@@ -455,9 +712,30 @@ def _cli(capsys, script: str, *argv: str):
 
 
 def _gan_args(demo, save, name, *extra):
-    return [*TINY_GAN, "--interp_fact", "1", "--json§datadir", str(demo), "--json§save_path", str(save), "--fulltrainID",
-            name, "--n_train_batches", "2", "--run_mode", "0", "--num_epochs", "2", "--optimiserID", "SGD",
-            "--model§StyleGAN2§r1_gamma", "0", "--model§StyleGAN2§pl_weight", "0", *extra]
+    return [
+        *TINY_GAN,
+        "--interp_fact",
+        "1",
+        "--json§datadir",
+        str(demo),
+        "--json§save_path",
+        str(save),
+        "--fulltrainID",
+        name,
+        "--n_train_batches",
+        "2",
+        "--run_mode",
+        "0",
+        "--num_epochs",
+        "2",
+        "--optimiserID",
+        "SGD",
+        "--model§StyleGAN2§r1_gamma",
+        "0",
+        "--model§StyleGAN2§pl_weight",
+        "0",
+        *extra,
+    ]
 
 
 def _gan_run(demo, save, name, *extra):
@@ -468,14 +746,25 @@ def _gan_run(demo, save, name, *extra):
 def test_stylegan_steps_the_optimiser_schedule_and_clipping_it_is_given(tiny_demo_mc, tmp_path, capsys):
     """main_stylegan --effective_batch_size 16 --grad_clip_val 1e-6 --optimiserID SGD --lr_decay_type 1 trained
     with Adam, no clipping, no schedule and one update per batch; now each acts or is refused."""
-    code, _, err = _cli(capsys, "stylegan", "--effective_batch_size", "16", "--grad_clip_val", "1e-6",
-                        "--optimiserID", "SGD", "--lr_decay_type", "1", "--print_config")
+    code, _, err = _cli(
+        capsys,
+        "stylegan",
+        "--effective_batch_size",
+        "16",
+        "--grad_clip_val",
+        "1e-6",
+        "--optimiserID",
+        "SGD",
+        "--lr_decay_type",
+        "1",
+        "--print_config",
+    )
     assert code == 2 and err.startswith("error: --effective_batch_size is not honoured by task 'stylegan'")
     start = _start(registry.get("stylegan"), _gan_args(tiny_demo_mc, tmp_path, "s"))  # the same seed: the same init
-    initial = {k: v.detach().clone() for k, v in start["model"].named_parameters()
-               if k.startswith(("net.", "disc."))}  # the trained weights (not w_avg, the EMA or noise buffers)
-    free = _gan_run(tiny_demo_mc, tmp_path, "free", "--lr_decay_type", "1", "--training§LRDecay§type1§decay_every",
-                    "1")
+    initial = {
+        k: v.detach().clone() for k, v in start["model"].named_parameters() if k.startswith(("net.", "disc."))
+    }  # the trained weights (not w_avg, the EMA or noise buffers)
+    free = _gan_run(tiny_demo_mc, tmp_path, "free", "--lr_decay_type", "1", "--training§LRDecay§type1§decay_every", "1")
     clipped = _gan_run(tiny_demo_mc, tmp_path, "clipped", "--grad_clip_val", "1e-9")
     for ckpt in (free, clipped):
         assert [o["param_groups"][0].get("momentum") for o in ckpt["optimizer_states"]] == [0, 0]  # SGD, not Adam
@@ -484,30 +773,42 @@ def test_stylegan_steps_the_optimiser_schedule_and_clipping_it_is_given(tiny_dem
 
     def moved(ckpt):
         return max(float((ckpt["state_dict"][k] - v).abs().max()) for k, v in initial.items())
+
     # clipped to a norm of 1e-9, four SGD steps of lr 2e-3 move no weight by more than 1e-11; unclipped they move
     assert moved(clipped) < 1e-10 < 1e-6 < moved(free)
 
 
 def test_a_flag_that_would_do_nothing_is_refused_before_anything_runs(capsys):
     code, _, err = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--print_config")
-    assert code == 2 and "--flip_prob 0.5 is not honoured by task 'diffAE': it flips nothing without data§flip_axes" \
-        in err
+    assert (
+        code == 2 and "--flip_prob 0.5 is not honoured by task 'diffAE': it flips nothing without data§flip_axes" in err
+    )
     code, out, _ = _cli(capsys, "diffAE", "--flip_prob", "0.5", "--data§flip_axes", "[1]", "--print_config")
     assert code == 0 and yaml_load(out)["data"]["flip_axes"] == [1]
     code, _, err = _cli(capsys, "ssl", "--bn_eval_mode", "batch", "--print_config")
     assert code == 2 and "--bn_eval_mode batch is not honoured by task 'ssl'" in err and "--batch_groups" in err
-    for args, flag in ((["--grad_clip_algo", "value"], "--grad_clip_algo"),
-                       (["--zscore_mean", "0.5"], "--zscore_mean"),
-                       (["--json§DS_confounders§path", "c.tsv"], "--json§DS_confounders§path"),
-                       (["--test_ema", "false"], "--test_ema")):  # (recon keeps no EMA without --use_ema)
+    for args, flag in (
+        (["--grad_clip_algo", "value"], "--grad_clip_algo"),
+        (["--zscore_mean", "0.5"], "--zscore_mean"),
+        (["--json§DS_confounders§path", "c.tsv"], "--json§DS_confounders§path"),
+        (["--test_ema", "false"], "--test_ema"),
+    ):  # (recon keeps no EMA without --use_ema)
         code, _, err = _cli(capsys, "recon", *args, "--print_config")
         assert code == 2 and err.startswith(f"error: {flag}") and len(err.strip().splitlines()) == 1, err
 
 
 def test_a_refusal_the_config_decides_comes_before_training(tiny_demo, tmp_path, capsys):
     """main_ssl --no-test_emb_only trained the whole budget, then refused at the test."""
-    code, _, err = _cli(capsys, "ssl", *TINY_SSL, "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-                        "--no-test_emb_only")
+    code, _, err = _cli(
+        capsys,
+        "ssl",
+        *TINY_SSL,
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--no-test_emb_only",
+    )
     assert code == 2 and "--test_emb_only False is not honoured by task 'ssl': the SSL task learns no decoder" in err
     assert not tmp_path.exists() or not any(tmp_path.iterdir())  # nothing was built, trained or written
 
@@ -529,9 +830,18 @@ def yaml_load(text: str):
     return yaml.safe_load(text)
 
 
-KEY_VALUES = {"training§LRDecay§type1§decay_every": "7", "training§ema_decay": "0.99", "training§ema_warmup": "false",
-              "data§flip_axes": "[1]", "eval§n_preview": "2", "eval§output_chunk": "8", "model§tag": "x",
-              "json§DS_covariates§path": "c.tsv", "json§DS_phenotypes§path": "p.tsv", "json§DS_confounders§path": "f.tsv"}
+KEY_VALUES = {
+    "training§LRDecay§type1§decay_every": "7",
+    "training§ema_decay": "0.99",
+    "training§ema_warmup": "false",
+    "data§flip_axes": "[1]",
+    "eval§n_preview": "2",
+    "eval§output_chunk": "8",
+    "model§tag": "x",
+    "json§DS_covariates§path": "c.tsv",
+    "json§DS_phenotypes§path": "p.tsv",
+    "json§DS_confounders§path": "f.tsv",
+}
 
 
 @pytest.mark.parametrize("task", sorted(t.name for t in registry.builtin_tasks()))
@@ -544,13 +854,25 @@ def test_every_common_key_is_declared_or_refused(task):
     keys = {k for k in honour.KEYS if k.startswith(("training", "data", "eval", "model")) and k != "training§LRDecay"}
     assert set(KEY_VALUES) >= keys | {"json§DS_covariates§path", "json§DS_phenotypes§path"}
     # what each key needs to act (so that a declared key is not refused by a condition)
-    needs = {"training§LRDecay§type1§decay_every": ["--lr_decay_type", "1"], "data§flip_axes": ["--flip_prob", "0.5"],
-             "training§ema_decay": ["--use_ema"], "training§ema_warmup": ["--use_ema"]}
+    needs = {
+        "training§LRDecay§type1§decay_every": ["--lr_decay_type", "1"],
+        "data§flip_axes": ["--flip_prob", "0.5"],
+        "training§ema_decay": ["--use_ema"],
+        "training§ema_warmup": ["--use_ema"],
+    }
     if task == "recon":  # main_recon reads the tables for the models that use them
-        needs["json§DS_phenotypes§path"] = ["--pythae_model", "ultra_vae",
-                                            "--model§pythae§models§ultra_vae§learn_phenotypes", "true"]
-        needs["json§DS_confounders§path"] = ["--pythae_model", "ultra_vae",
-                                             "--model§pythae§models§ultra_vae§anti_confounders_strategy", "2"]
+        needs["json§DS_phenotypes§path"] = [
+            "--pythae_model",
+            "ultra_vae",
+            "--model§pythae§models§ultra_vae§learn_phenotypes",
+            "true",
+        ]
+        needs["json§DS_confounders§path"] = [
+            "--pythae_model",
+            "ultra_vae",
+            "--model§pythae§models§ultra_vae§anti_confounders_strategy",
+            "2",
+        ]
     for key, value in KEY_VALUES.items():
         name = honour.name_of(tuple(key.split("§")))
         extra = [a for a in needs.get(key, []) if a != "--use_ema" or task in ("recon", "latentcls")]

@@ -1,4 +1,5 @@
 """Group-pure batches and the BatchNorm evaluation policy (Batch Effects Normalization, Lin & Lu, MLCB 2022)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -46,8 +47,9 @@ def test_batches_are_a_function_of_seed_and_epoch_and_resume_exactly():
     a.set_epoch(4)
     assert [[i for i, _ in batch] for batch in c] == list(a)
     assert all(e == 4 for batch in c for _, e in batch)  # (index, epoch) pairs seed the augmentation
-    assert list(GroupBatchSampler(CODES, 8, seed=4, n_batches=20)) != list(GroupBatchSampler(CODES, 8, seed=3,
-                                                                                             n_batches=20))
+    assert list(GroupBatchSampler(CODES, 8, seed=4, n_batches=20)) != list(
+        GroupBatchSampler(CODES, 8, seed=3, n_batches=20)
+    )
 
 
 def test_ranks_get_group_pure_batches_of_one_stream():
@@ -88,9 +90,17 @@ def test_group_codes_from_covariate_columns():
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(),
-                                  nn.Conv2d(4, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
-                                  nn.Linear(4 * 6 * 6, 5), nn.BatchNorm1d(5))
+        self.body = nn.Sequential(
+            nn.Conv2d(2, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Conv2d(4, 4, 3, padding=1),
+            nn.BatchNorm2d(4),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(4 * 6 * 6, 5),
+            nn.BatchNorm1d(5),
+        )
 
     def forward(self, x):
         return self.body(x)
@@ -152,8 +162,16 @@ def test_a_layer_the_measured_path_does_not_reach_uses_batch_statistics(net):
 
 def _group_args(tiny_demo, tmp_path, *extra):
     from tests.conftest import tiny_args
-    return tiny_args(tiny_demo, tmp_path, "--batch_groups", "site", "--json§DS_covariates§path",
-                     str(tiny_demo / "covariates.tsv"), *extra)
+
+    return tiny_args(
+        tiny_demo,
+        tmp_path,
+        "--batch_groups",
+        "site",
+        "--json§DS_covariates§path",
+        str(tiny_demo / "covariates.tsv"),
+        *extra,
+    )
 
 
 def test_datamodule_loaders_are_group_pure_and_cover_the_test_split(tiny_demo, tmp_path):
@@ -176,25 +194,44 @@ def test_datamodule_loaders_are_group_pure_and_cover_the_test_split(tiny_demo, t
         seen += batch["index"].tolist()
     assert sorted(seen) == list(range(len(test)))
     with pytest.raises(UserError, match="column\\(s\\) sight not in"):
-        H5DataModule(resolve(_group_args(tiny_demo, tmp_path, "--batch_groups", "sight"),
-                             registry.get("diffAE")).cfg).train_dataloader()
+        H5DataModule(
+            resolve(_group_args(tiny_demo, tmp_path, "--batch_groups", "sight"), registry.get("diffAE")).cfg
+        ).train_dataloader()
 
 
 @pytest.mark.slow  # default suite < 10 min: runs in make test-slow
 def test_group_batches_train_and_test_under_two_process_ddp(tiny_demo, tmp_path):
     import h5py
+
     from tests.conftest import run_executor
 
-    proc = run_executor("main_diffAE.py", *_group_args(tiny_demo, tmp_path, "--fulltrainID", "g", "--accelerator",
-                                                       "cpu", "--ndevices", "2", "--training_strategy", "ddp",
-                                                       "--bn_eval_mode", "batch", "--test_emb_only"))
+    proc = run_executor(
+        "main_diffAE.py",
+        *_group_args(
+            tiny_demo,
+            tmp_path,
+            "--fulltrainID",
+            "g",
+            "--accelerator",
+            "cpu",
+            "--ndevices",
+            "2",
+            "--training_strategy",
+            "ddp",
+            "--bn_eval_mode",
+            "batch",
+            "--test_emb_only",
+        ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     table = pd.read_csv(tmp_path / "g" / "Output" / "emb.tsv", sep="\t", dtype={"patientID": str})
     assert not table.duplicated(["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]).any()
     with h5py.File(tmp_path / "g" / "Output" / "emb.h5") as h5:
         assert h5.attrs["n_samples"] == len(table) > 0
-    proc = run_executor("main_diffAE.py", *_group_args(tiny_demo, tmp_path, "--bn_eval_mode", "group",
-                                                       "--batch_groups", "", "--fulltrainID", "nogroups"))
+    proc = run_executor(
+        "main_diffAE.py",
+        *_group_args(tiny_demo, tmp_path, "--bn_eval_mode", "group", "--batch_groups", "", "--fulltrainID", "nogroups"),
+    )
     assert proc.returncode == 2 and "--bn_eval_mode group" in proc.stderr
     assert not (tmp_path / "nogroups").exists()  # refused before anything was written
 
@@ -203,13 +240,43 @@ def test_every_rank_trains_on_group_pure_batches_under_ddp(tiny_demo, tmp_path):
     from tests.conftest import REPO, run_executor
 
     log = tmp_path / "purity.log"
-    args = ["--plugins", "purity_probe", "--task", "purity", "--batch_size", "4", "--num_epochs", "2",
-            "--n_train_batches", "3", "--model§SSL§width", "4", "--model§SSL§proj_hidden", "8", "--no-progress_bar",
-            "--no-tbactive", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-            "--json§DS_covariates§path", str(tiny_demo / "covariates.tsv"), "--batch_groups", "site",
-            "--accelerator", "cpu", "--ndevices", "2", "--training_strategy", "ddp", "--run_mode", "1"]
-    proc = run_executor("main.py", *args, env={"PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'plugins'}",
-                                               "PURITY_LOG": str(log)})
+    args = [
+        "--plugins",
+        "purity_probe",
+        "--task",
+        "purity",
+        "--batch_size",
+        "4",
+        "--num_epochs",
+        "2",
+        "--n_train_batches",
+        "3",
+        "--model§SSL§width",
+        "4",
+        "--model§SSL§proj_hidden",
+        "8",
+        "--no-progress_bar",
+        "--no-tbactive",
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--json§DS_covariates§path",
+        str(tiny_demo / "covariates.tsv"),
+        "--batch_groups",
+        "site",
+        "--accelerator",
+        "cpu",
+        "--ndevices",
+        "2",
+        "--training_strategy",
+        "ddp",
+        "--run_mode",
+        "1",
+    ]
+    proc = run_executor(
+        "main.py", *args, env={"PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'plugins'}", "PURITY_LOG": str(log)}
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [tuple(map(int, line.split())) for line in log.read_text().splitlines()]
     assert {r for r, _, _ in rows} == {0, 1} and len(rows) == 2 * 2 * 3  # 2 ranks x 2 epochs x 3 batches

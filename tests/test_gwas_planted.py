@@ -1,6 +1,7 @@
 """A real association tool finds a planted locus through our latents (issue 38): genotypes -> phantom images whose
 cavity radius follows the causal SNP -> a VAE's latents -> export_gwas (site as covariate) -> plink2 --glm.
 Runs in ``make test-gwas`` (part of ``make ci``), which installs Debian's plink2 first; a few minutes on 2 cores."""
+
 from __future__ import annotations
 
 import importlib.util

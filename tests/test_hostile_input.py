@@ -1,5 +1,6 @@
 """Hostile-but-honest input: every bad value, file or checkpoint is one line naming the culprit and exit code 2
 (run in-process through the executors' own ``run_cli``), nothing is written, nothing is executed."""
+
 from __future__ import annotations
 
 import json
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
+from Engineering.Engines.MainEngine import run
 from Engineering.errors import run_cli
 from tests.conftest import tiny_args
 
@@ -31,20 +32,23 @@ def _one_clear_line(code, err, *words):
         assert w in lines[0], (w, lines[0])
 
 
-@pytest.mark.parametrize("args,words", [
-    (["--lr", "-1"], ["training§lr", "greater than 0"]),
-    (["--lr", "nan"], ["training§lr"]),
-    (["--batch_size", "0"], ["training§batch_size", "greater than 0"]),
-    (["--num_workers", "-1"], ["run§num_workers"]),
-    (["--ampmode", "foo"], ["--ampmode", "foo"]),
-    (["--n_val_batches", "-3"], ["training§n_val_batches"]),
-    (["--num_epochs", "-1"], ["training§num_epochs"]),
-    (["--n_train_batches", "0"], ["training§n_train_batches"]),
-    (["--model§DiffAE§T_eval", "5000"], ["T_eval=5000", "[1, 1000]"]),
-    (["--model§DiffAE§T_inv", "0"], ["T_inv=0", "[1, 1000]"]),
-    (["--training§ema_decay", "2"], ["training§ema_decay", "less than 1"]),
-    (["--training§ema_decay", "-1"], ["training§ema_decay"]),
-])
+@pytest.mark.parametrize(
+    "args,words",
+    [
+        (["--lr", "-1"], ["training§lr", "greater than 0"]),
+        (["--lr", "nan"], ["training§lr"]),
+        (["--batch_size", "0"], ["training§batch_size", "greater than 0"]),
+        (["--num_workers", "-1"], ["run§num_workers"]),
+        (["--ampmode", "foo"], ["--ampmode", "foo"]),
+        (["--n_val_batches", "-3"], ["training§n_val_batches"]),
+        (["--num_epochs", "-1"], ["training§num_epochs"]),
+        (["--n_train_batches", "0"], ["training§n_train_batches"]),
+        (["--model§DiffAE§T_eval", "5000"], ["T_eval=5000", "[1, 1000]"]),
+        (["--model§DiffAE§T_inv", "0"], ["T_inv=0", "[1, 1000]"]),
+        (["--training§ema_decay", "2"], ["training§ema_decay", "less than 1"]),
+        (["--training§ema_decay", "-1"], ["training§ema_decay"]),
+    ],
+)
 def test_bad_values_are_one_line(tiny_demo, tmp_path, capsys, args, words):
     code, err = _exit(capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "bad", *args))
     _one_clear_line(code, err, *words)
@@ -74,11 +78,14 @@ def _data(tmp_path, shape=(1, 2, 1, 16, 16), **attrs):
     return d
 
 
-@pytest.mark.parametrize("shape,attrs,extra,words", [
-    ((1, 0, 1, 16, 16), {}, [], ["is empty", "zero-length axis"]),
-    ((1, 2, 1, 16, 16), {"min_val": "low", "max_val": 10}, ["--norm_type", "minmaxvol"], ["min_val='low'"]),
-    ((1, 1, 1, 150_000, 150_000), {}, ["--interp_fact", "1"], ["one sample of", "GiB, more than"]),
-])
+@pytest.mark.parametrize(
+    "shape,attrs,extra,words",
+    [
+        ((1, 0, 1, 16, 16), {}, [], ["is empty", "zero-length axis"]),
+        ((1, 2, 1, 16, 16), {"min_val": "low", "max_val": 10}, ["--norm_type", "minmaxvol"], ["min_val='low'"]),
+        ((1, 1, 1, 150_000, 150_000), {}, ["--interp_fact", "1"], ["one sample of", "GiB, more than"]),
+    ],
+)
 def test_bad_data_files(tmp_path, capsys, monkeypatch, shape, attrs, extra, words):
     if shape[-1] == 150_000:  # 84 GiB as float32: declared, never allocated (chunked, empty)
         monkeypatch.setenv("IMLATENT_MAX_READ_GB", "16")  # refused on any machine, however large
@@ -96,8 +103,9 @@ def test_bad_data_files(tmp_path, capsys, monkeypatch, shape, attrs, extra, word
 def test_json_fold_files_that_are_not_folds(tmp_path, capsys, content):
     d = _data(tmp_path)
     (d / "folds.json").write_text(content)
-    code, err = _exit(capsys, tiny_args(d, tmp_path, "--json§foldCSV", "folds.json", "--input_shape", "16,16",
-                                        "--interp_fact", "1"))
+    code, err = _exit(
+        capsys, tiny_args(d, tmp_path, "--json§foldCSV", "folds.json", "--input_shape", "16,16", "--interp_fact", "1")
+    )
     _one_clear_line(code, err, "folds.json", "not an object with train, val and test")
 
 
@@ -106,11 +114,14 @@ class _Evil:
         return (print, ("pwned",))
 
 
-@pytest.mark.parametrize("content,words", [
-    (b"", ["0 bytes", "not a checkpoint"]),
-    (bytes(range(256)) * 4, ["not a checkpoint"]),
-    ("evil", ["Python objects other than tensors", "never unpickled"]),
-])
+@pytest.mark.parametrize(
+    "content,words",
+    [
+        (b"", ["0 bytes", "not a checkpoint"]),
+        (bytes(range(256)) * 4, ["not a checkpoint"]),
+        ("evil", ["Python objects other than tensors", "never unpickled"]),
+    ],
+)
 def test_bad_checkpoints_for_test_and_resume(tiny_demo, tmp_path, capsys, content, words):
     ckpt = tmp_path / "model.ckpt"
     if content == "evil":
@@ -149,8 +160,9 @@ def test_our_format_config_with_wrong_types(tiny_demo, tmp_path, capsys):
     d = tmp_path / "ours"
     d.mkdir()
     save_file({"w": torch.zeros(1)}, str(d / "model.safetensors"))
-    (d / "config.json").write_text(json.dumps({"format": "imlatent", "drive": "DiffAE", "is3D": False,
-                                               "input_shape": 50, "latent_dim": 8}))
+    (d / "config.json").write_text(
+        json.dumps({"format": "imlatent", "drive": "DiffAE", "is3D": False, "input_shape": 50, "latent_dim": 8})
+    )
     code, err = _exit(capsys, tiny_args(tiny_demo, tmp_path, "--load_hf", str(d), "--run_mode", "2"))
     _one_clear_line(code, err, "config.json", "input_shape must be a list of positive integers")
 
@@ -167,7 +179,8 @@ def test_empty_test_split_is_an_error_before_training(tiny_demo, tmp_path, capsy
 
     ids = sorted(pd.read_csv(tiny_demo / "phenotypes.tsv", sep="\t", dtype=str)["FID"])
     (tmp_path / "folds.csv").write_text(f'train,val,test\n"{ids[:8]}","{ids[8:]}","[]"\n')
-    code, err = _exit(capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "e", "--json§foldCSV",
-                                        str(tmp_path / "folds.csv")))  # run mode 4: train, then test
+    code, err = _exit(
+        capsys, tiny_args(tiny_demo, tmp_path, "--fulltrainID", "e", "--json§foldCSV", str(tmp_path / "folds.csv"))
+    )  # run mode 4: train, then test
     _one_clear_line(code, err, "'test' split of fold 0 has no selected datasets")
     assert not (tmp_path / "e").exists()  # nothing trained, nothing written

@@ -1,5 +1,6 @@
 """Cohort-scale inference: a killed test resumes from its written chunks and writes each subject once, with the
 latents of an uninterrupted test; a sharded test (--shard i/n) merges into the unsharded outputs."""
+
 from __future__ import annotations
 
 import h5py
@@ -31,8 +32,25 @@ def trained(tiny_demo, tmp_path_factory):
 
 
 def test_killed_inference_resumes_and_writes_each_subject_once(tiny_demo, trained):
-    args = [*tiny_args(tiny_demo, trained, "--fulltrainID", "m", "--resume", "--run_mode", "2", "--json§foldCSV", "0",
-                       "--batch_size", "2", "--eval§output_chunk", "2", "--n_save_recon_subs", "2")]
+    args = [
+        *tiny_args(
+            tiny_demo,
+            trained,
+            "--fulltrainID",
+            "m",
+            "--resume",
+            "--run_mode",
+            "2",
+            "--json§foldCSV",
+            "0",
+            "--batch_size",
+            "2",
+            "--eval§output_chunk",
+            "2",
+            "--n_save_recon_subs",
+            "2",
+        )
+    ]
     run(args + ["--output_suffix", "clean"], registry.get("diffAE"))
     env = {"PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'plugins'}"}
     probe = ["--plugins", "kill_probe", "--task", "diffae_kill", *args, "--output_suffix", "cohort"]
@@ -51,14 +69,26 @@ def test_killed_inference_resumes_and_writes_each_subject_once(tiny_demo, traine
     assert not part.exists()  # merged and cleaned up
     metrics = pd.read_csv(trained / "m" / "Output_cohort" / "metrics.csv", dtype={"patientID": str})
     assert len(metrics) == len(pd.read_csv(trained / "m" / "Output_clean" / "metrics.csv"))
-    with h5py.File(trained / "m" / "Output_cohort" / "recon.h5") as a, \
-            h5py.File(trained / "m" / "Output_clean" / "recon.h5") as b:
+    with (
+        h5py.File(trained / "m" / "Output_cohort" / "recon.h5") as a,
+        h5py.File(trained / "m" / "Output_clean" / "recon.h5") as b,
+    ):
         assert sorted(a) == sorted(b)  # the selected subjects' reconstructions, across the interruption
 
 
 def test_sharded_inference_merges_into_the_unsharded_outputs(tiny_demo, trained):
-    base = tiny_args(tiny_demo, trained, "--fulltrainID", "m", "--resume", "--run_mode", "2", "--json§foldCSV", "0",
-                     "--test_emb_only")
+    base = tiny_args(
+        tiny_demo,
+        trained,
+        "--fulltrainID",
+        "m",
+        "--resume",
+        "--run_mode",
+        "2",
+        "--json§foldCSV",
+        "0",
+        "--test_emb_only",
+    )
     task = registry.get("diffAE")
     run(base + ["--output_suffix", "whole"], task)
     for i in range(3):
@@ -71,7 +101,10 @@ def test_sharded_inference_merges_into_the_unsharded_outputs(tiny_demo, trained)
     assert merged[KEYS].equals(whole[KEYS])
     z = [c for c in whole.columns if c.startswith("Z")]
     np.testing.assert_allclose(merged[z].to_numpy(), whole[z].to_numpy(), rtol=0, atol=1e-6)
-    with h5py.File(trained / "m" / "Output_sh" / "emb.h5") as a, h5py.File(trained / "m" / "Output_whole" / "emb.h5") as b:
+    with (
+        h5py.File(trained / "m" / "Output_sh" / "emb.h5") as a,
+        h5py.File(trained / "m" / "Output_whole" / "emb.h5") as b,
+    ):
         assert sorted(a) == sorted(b) and a.attrs["shards"] == 3
     # errors: one line each
     with pytest.raises(UserError, match="--shard '3/3': give i/n"):

@@ -9,6 +9,7 @@ reference gives 0.633 on the minimisation input below; 0.645 vs 2.289 on the sof
 the IRM part (3.416 vs 2.136 at lambda_1 = 2.5), and the partition search used another schedule and chunk
 (26 passes, a kept theta up to 6.46 away from the reference's, 80% of the hard assignment equal).
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,14 @@ import torch
 import torch.nn.functional as F
 
 from Engineering.Engines.WarpDrives.SSL.ipirm import IPIRMEngine
-from Engineering.Science.ipirm import (FeatureBank, contrastive_logits, irm_penalty, maximise_partition,
-                                       soft_subset_loss, subset_infonce)
+from Engineering.Science.ipirm import (
+    FeatureBank,
+    contrastive_logits,
+    irm_penalty,
+    maximise_partition,
+    soft_subset_loss,
+    subset_infonce,
+)
 
 REF = json.loads((Path(__file__).parent / "fixtures" / "ipirm_reference.json").read_text())
 
@@ -41,7 +48,7 @@ def _per_column_penalty_closed_form(logits: torch.Tensor) -> float:
     y = torch.zeros_like(p)
     y[:, 0] = 1
     grad = ((p - y) * logits.double()).mean(0)
-    return float((grad ** 2).sum())
+    return float((grad**2).sum())
 
 
 def test_column_layout_is_the_references():
@@ -85,15 +92,20 @@ def test_minimisation_loss_matches_train_env_and_divides_everything_above_one(la
     n = 12
     za, zb = _bank(n, 16, 2)
     parts = [torch.randn(n, 2, generator=torch.Generator().manual_seed(s)) for s in (3, 4)]
-    engine = types.SimpleNamespace(ip=types.SimpleNamespace(env_num=2, irm_temperature=0.5, keep_cont=True,
-                                                            irm_scale="column"),
-                                   _hard=[p.argmax(1) for p in parts], tau=0.5, lambda1=lambda: lam)
+    engine = types.SimpleNamespace(
+        ip=types.SimpleNamespace(env_num=2, irm_temperature=0.5, keep_cont=True, irm_scale="column"),
+        _hard=[p.argmax(1) for p in parts],
+        tau=0.5,
+        lambda1=lambda: lam,
+    )
     terms = IPIRMEngine.min_terms(engine, za, zb, torch.arange(n), None)
     assert float(terms["train_loss"].detach()) == pytest.approx(REF[f"train_env_loss_lambda{lam}"], rel=1e-5)
 
 
-@pytest.mark.parametrize("case,constrain,chunk", [("relax", "relax", 3096), ("relax", "relax", 16),
-                                                  ("entropy", "entropy", 16), ("none", None, 16)])
+@pytest.mark.parametrize(
+    "case,constrain,chunk",
+    [("relax", "relax", 3096), ("relax", "relax", 16), ("entropy", "entropy", 16), ("none", None, 16)],
+)
 def test_partition_search_follows_the_reference_trajectory(case, constrain, chunk):
     """auto_split_offline with the reference's defaults (Adam 0.5, x0.2 after passes 5 and 35, chunks of 3,096,
     stop after pass 61 or on 5 stale passes past 51, keep the theta of the lowest mean risk) on the same bank,
@@ -111,14 +123,28 @@ def test_search_defaults_are_the_references():
     import inspect
 
     sig = inspect.signature(maximise_partition).parameters
-    want = {"passes": 61, "lr": 0.5, "milestones": (5, 35), "gamma": 0.2, "patience": 5, "patience_after": 51,
-            "chunk": 3096}
+    want = {
+        "passes": 61,
+        "lr": 0.5,
+        "milestones": (5, 35),
+        "gamma": 0.2,
+        "patience": 5,
+        "patience_after": 51,
+        "chunk": 3096,
+    }
     assert {k: sig[k].default for k in want} == want
     from Engineering.Engines.WarpDrives.SSL.ipirm import IPIRMKeys
 
     keys = IPIRMKeys()
-    assert (keys.max_epochs, keys.max_lr, keys.max_milestones, keys.max_gamma, keys.max_patience,
-            keys.max_patience_after, keys.max_chunk) == (61, 0.5, [5, 35], 0.2, 5, 51, 3096)
+    assert (
+        keys.max_epochs,
+        keys.max_lr,
+        keys.max_milestones,
+        keys.max_gamma,
+        keys.max_patience,
+        keys.max_patience_after,
+        keys.max_chunk,
+    ) == (61, 0.5, [5, 35], 0.2, 5, 51, 3096)
 
 
 def test_the_readmes_reference_recipe_resolves_to_the_reference_commands_values():
@@ -127,8 +153,9 @@ def test_the_readmes_reference_recipe_resolves_to_the_reference_commands_values(
     from Engineering.config.loader import resolve
     from Engineering.Engines import registry
 
-    c = resolve(["--configyml_path", str(registry.CONFIGS / "config_ipirm_stl_reference.yaml")],
-                registry.get("ssl")).cfg
+    c = resolve(
+        ["--configyml_path", str(registry.CONFIGS / "config_ipirm_stl_reference.yaml")], registry.get("ssl")
+    ).cfg
     ssl, ip = c.model.SSL, c.model.IPIRM
     assert (ssl.method, ssl.temperature, ip.irm_temperature) == ("ipirm", 0.5, 0.5)
     assert (ssl.depth, ssl.width, ssl.stem, ssl.proj_hidden, ssl.proj_dim) == (50, 64, "small", 512, 128)
@@ -136,8 +163,12 @@ def test_the_readmes_reference_recipe_resolves_to_the_reference_commands_values(
     assert (ip.penalty_weight, ip.irm_weight_maxim, ip.maximize_iter, ip.env_num) == (0.2, 0.5, 50, 2)
     assert ip.random_init and ip.constrain and ip.constrain_relax and ip.offline and ip.keep_cont and ip.retain_group
     assert ip.irm_scale == "column" and not ip.mixup and ip.penalty_warmup == 0
-    assert (c.training.num_epochs, c.training.batch_size, c.training.lr, c.training.optimiserID) == \
-        (400, 256, 1e-3, "Adam")
+    assert (c.training.num_epochs, c.training.batch_size, c.training.lr, c.training.optimiserID) == (
+        400,
+        256,
+        1e-3,
+        "Adam",
+    )
     assert c.training.lr_decay_type == 0 and float(c.training.n_train_batches) == 1.0
 
 

@@ -3,6 +3,7 @@
 the decoded path ratio and interpolation distance (a linear vs a curved decoder), latent usage (a decoder that uses the
 code vs one that ignores it), rotations of point clouds, outliers by intrinsic dimension, and archetypes of data
 built from known vertices."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,14 @@ from Engineering.Eval.archetypes import archetype_r2, fit_archetypes
 from Engineering.Eval.interpolation import interpolation_metrics
 from Engineering.Eval.latent_usage import IGNORED, latent_usage
 from Engineering.Eval.outliers import outlier_auroc
-from Engineering.Eval.rotation import (ball_mask, pose_equivariance_error, random_rotations, rotate, rotate_points,
-                                       rotation_invariance)
+from Engineering.Eval.rotation import (
+    ball_mask,
+    pose_equivariance_error,
+    random_rotations,
+    rotate,
+    rotate_points,
+    rotation_invariance,
+)
 
 
 def _images(dim: int, n: int = 12, size: int = 16, seed: int = 0) -> np.ndarray:
@@ -26,7 +33,7 @@ def _images(dim: int, n: int = 12, size: int = 16, seed: int = 0) -> np.ndarray:
 def _radial_profile(x: np.ndarray, dim: int) -> np.ndarray:
     """Mean intensity in rings / shells around the centre: invariant to any rotation (up to interpolation)."""
     size = x.shape[-1]
-    r = np.sqrt(sum(g ** 2 for g in np.meshgrid(*[np.arange(size) - (size - 1) / 2] * dim, indexing="ij")))
+    r = np.sqrt(sum(g**2 for g in np.meshgrid(*[np.arange(size) - (size - 1) / 2] * dim, indexing="ij")))
     bins = np.minimum((r / (size / 2) * 4).astype(int), 3)
     flat = x.reshape(len(x), -1)
     return np.stack([flat[:, bins.ravel() == b].mean(1) for b in range(4)], 1)
@@ -196,6 +203,7 @@ def test_point_clouds_are_rotated_exactly_and_scored_by_their_own_metric():
     def radii(c):  # sorted distances to the centroid: invariant
         xyz = c[:, :3] - c[:, :3].mean(2, keepdims=True)
         return np.sort(np.linalg.norm(xyz, axis=1), 1)
+
     inv = rotation_invariance(radii, clouds, 3, 50, 0, kind="points")
     raw = rotation_invariance(lambda c: c[:, :3].reshape(len(c), -1), clouds, 3, 50, 0, kind="points")
     assert inv.value < 1e-5 and raw.value > 0.3, (inv.value, raw.value)
@@ -208,6 +216,7 @@ def test_point_clouds_are_rotated_exactly_and_scored_by_their_own_metric():
             vecs = vecs * np.sign(((vecs.T @ p) ** 3).sum(1))[None]
             out.append(vecs * np.array([1, 1, np.linalg.det(vecs)]))
         return np.stack(out)
+
     assert pose_equivariance_error(frame, clouds, 3, 50, 0, kind="points").value < 1e-3  # degrees
 
 
@@ -219,9 +228,12 @@ def test_radar_z_scores_each_metric_over_the_runs_that_have_it():
 
     def r(v, d=HIGHER):
         return MetricResult(v, v, v, d)
-    results = {"a": {"acc": r(0.9), "err": r(1.0, LOWER), "dec": r(2.0, LOWER)},
-               "b": {"acc": r(0.7), "err": r(3.0, LOWER), "dec": r(4.0, LOWER)},
-               "c": {"acc": r(0.8), "err": r(2.0, LOWER), "dec": MetricResult.skip(LOWER, "no decoder")}}
+
+    results = {
+        "a": {"acc": r(0.9), "err": r(1.0, LOWER), "dec": r(2.0, LOWER)},
+        "b": {"acc": r(0.7), "err": r(3.0, LOWER), "dec": r(4.0, LOWER)},
+        "c": {"acc": r(0.8), "err": r(2.0, LOWER), "dec": MetricResult.skip(LOWER, "no decoder")},
+    }
     metrics, z = radar_axes(results)
     assert metrics == ["acc", "err", "dec"]
     np.testing.assert_allclose(z[:, 0], [np.sqrt(1.5), -np.sqrt(1.5), 0], atol=1e-12)

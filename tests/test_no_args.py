@@ -2,6 +2,7 @@
 test-slow), through its executor (``Executors/main_<task>.py``, else ``main.py --task``). A task that reads another
 run (``TaskSpec.upstream``) either runs without it or says in one line which flag it needs (the README and
 docs/how-to/resume.md name them; tests/test_readme_commands.py checks the one line)."""
+
 from __future__ import annotations
 
 import h5py

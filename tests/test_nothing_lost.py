@@ -1,6 +1,7 @@
 """Issue 34's mechanisms other than signals: one export target rule (an export never deletes what is not its own),
 one finite check (losses, latents, weights), shard-aware run locks (the shards of one test in parallel, nothing
 else beside them) and a merge that refuses shards of different tests."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,8 +18,8 @@ import pytest
 import torch
 
 from Engineering.Engines import registry
-from Engineering.Engines.WarpDrives.DiffAE.engine import DiffAEEngine
 from Engineering.Engines.MainEngine import run
+from Engineering.Engines.WarpDrives.DiffAE.engine import DiffAEEngine
 from Engineering.errors import UserError
 from Engineering.io.runlock import RunLock
 from tests.conftest import REPO, run_executor, tiny_args
@@ -73,7 +74,10 @@ def test_export_targets_new_empty_or_an_earlier_export_only(trained, tmp_path, c
     other.mkdir()
     (other / "thesis.tex").write_text("years of work")
     proc = _export(capsys, "--run", str(run_dir), "--out", str(other))
-    assert proc.returncode == 2 and "not empty and is not an earlier output of this tool (it holds thesis.tex)" in proc.stderr
+    assert (
+        proc.returncode == 2
+        and "not empty and is not an earlier output of this tool (it holds thesis.tex)" in proc.stderr
+    )
     assert (other / "thesis.tex").read_text() == "years of work"
     a_file = tmp_path / "file.txt"
     a_file.write_text("x")
@@ -93,16 +97,21 @@ def test_export_targets_new_empty_or_an_earlier_export_only(trained, tmp_path, c
 
 def test_export_of_a_checkpoint_without_weights_or_channels_is_refused(trained, tmp_path, capsys):
     ckpt = torch.load(trained / "t" / "Checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
-    cases = {"no_weights": {**ckpt, "state_dict": {}},
-             "no_channels": {k: v for k, v in ckpt.items() if k != "in_channels"},
-             "list_state": {**ckpt, "state_dict": [1, 2]}}
+    cases = {
+        "no_weights": {**ckpt, "state_dict": {}},
+        "no_channels": {k: v for k, v in ckpt.items() if k != "in_channels"},
+        "list_state": {**ckpt, "state_dict": [1, 2]},
+    }
     for name, bad in cases.items():
         path = tmp_path / f"{name}.ckpt"
         torch.save(bad, path)
-        proc = _export(capsys, "--run", str(trained / "t"), "--checkpoint", str(path),
-                            "--out", str(tmp_path / f"out_{name}"))
-        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, \
-            (name, proc.stderr)
+        proc = _export(
+            capsys, "--run", str(trained / "t"), "--checkpoint", str(path), "--out", str(tmp_path / f"out_{name}")
+        )
+        assert proc.returncode == 2 and proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1, (
+            name,
+            proc.stderr,
+        )
         assert not (tmp_path / f"out_{name}").exists()
 
 
@@ -116,14 +125,29 @@ def test_a_diverging_run_stops_at_the_step_with_one_line(tiny_demo, tmp_path):
 def test_nan_or_integer_weights_are_refused_at_load(trained, tiny_demo, tmp_path):
     ckpt = torch.load(trained / "t" / "Checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     name = next(k for k, v in ckpt["state_dict"].items() if k.startswith("ema_net.") and v.is_floating_point())
-    for kind, tensor, message in (("nan", torch.full_like(ckpt["state_dict"][name], float("nan")), "NaN or inf"),
-                                  ("int", ckpt["state_dict"][name].to(torch.int64), "is int64 where the model holds")):
+    for kind, tensor, message in (
+        ("nan", torch.full_like(ckpt["state_dict"][name], float("nan")), "NaN or inf"),
+        ("int", ckpt["state_dict"][name].to(torch.int64), "is int64 where the model holds"),
+    ):
         bad = {**ckpt, "state_dict": {**ckpt["state_dict"], name: tensor}}
         path = tmp_path / f"{kind}.ckpt"
         torch.save(bad, path)
         with pytest.raises(UserError, match=message):
-            run(tiny_args(tiny_demo, tmp_path, "--fulltrainID", kind, "--run_mode", "2", "--json§foldCSV", "0",
-                          "--preweights_path", str(path)), TASK)
+            run(
+                tiny_args(
+                    tiny_demo,
+                    tmp_path,
+                    "--fulltrainID",
+                    kind,
+                    "--run_mode",
+                    "2",
+                    "--json§foldCSV",
+                    "0",
+                    "--preweights_path",
+                    str(path),
+                ),
+                TASK,
+            )
         assert not (tmp_path / kind / "Output").exists()
 
 
@@ -139,22 +163,59 @@ def test_non_finite_latents_are_never_written(trained, tiny_demo, monkeypatch):
     nan_task = dataclasses.replace(TASK, name="diffae_nan_latents", engine=NaNLatents, module=__name__)
     monkeypatch.setitem(registry._TASKS, nan_task.name, nan_task)  # registered for this test only
     with pytest.raises(UserError, match=r"non-finite latents for 1 of 4 samples .*\(first: \d+/"):
-        run(tiny_args(tiny_demo, trained, "--fulltrainID", "t", "--run_mode", "2", "--resume", "--json§foldCSV", "0",
-                      "--output_suffix", "nan", "--test_emb_only"), nan_task)
+        run(
+            tiny_args(
+                tiny_demo,
+                trained,
+                "--fulltrainID",
+                "t",
+                "--run_mode",
+                "2",
+                "--resume",
+                "--json§foldCSV",
+                "0",
+                "--output_suffix",
+                "nan",
+                "--test_emb_only",
+            ),
+            nan_task,
+        )
     assert not (trained / "t" / "Output_nan").exists()
 
 
 # --- shards in parallel, and nothing beside them --------------------------------------------------------------------
 def _shard_cmd(tiny_demo, trained, shard):
-    args = tiny_args(tiny_demo, trained, "--fulltrainID", "t", "--resume", "--run_mode", "2", "--json§foldCSV", "0",
-                     "--output_suffix", "par", "--test_emb_only", "--shard", shard)
+    args = tiny_args(
+        tiny_demo,
+        trained,
+        "--fulltrainID",
+        "t",
+        "--resume",
+        "--run_mode",
+        "2",
+        "--json§foldCSV",
+        "0",
+        "--output_suffix",
+        "par",
+        "--test_emb_only",
+        "--shard",
+        shard,
+    )
     return [sys.executable, str(REPO / "Executors" / "main_diffAE.py"), *args]
 
 
 def test_two_shards_run_at_once_and_merge(trained, tiny_demo):
-    procs = [subprocess.Popen(_shard_cmd(tiny_demo, trained, f"{i}/2"), cwd=REPO, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"})
-             for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _shard_cmd(tiny_demo, trained, f"{i}/2"),
+            cwd=REPO,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "OMP_NUM_THREADS": "1"},
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=600) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
     run_dir = trained / "t"
@@ -193,8 +254,20 @@ def test_merge_refuses_shards_of_different_tests_and_damaged_shards(tmp_path):
         with h5py.File(folder / "emb.h5", "w") as h5:
             h5.attrs.update({"model": "DiffAE", "checkpoint": checkpoint, "n_samples": 1})
             h5.create_dataset(f"p{i}/f/i/primary", data=np.zeros((1, 1, 1, latent_dim), np.float32))
-        table = pd.DataFrame([{"patientID": f"p{i}", "fieldID": "f", "instanceID": "i", "key": "primary", "c": 0,
-                               "t": 0, "s": 0, **{f"Z{k}": 0.0 for k in range(latent_dim)}}])
+        table = pd.DataFrame(
+            [
+                {
+                    "patientID": f"p{i}",
+                    "fieldID": "f",
+                    "instanceID": "i",
+                    "key": "primary",
+                    "c": 0,
+                    "t": 0,
+                    "s": 0,
+                    **{f"Z{k}": 0.0 for k in range(latent_dim)},
+                }
+            ]
+        )
         table.to_parquet(folder / "emb.parquet", index=False)
         return folder
 

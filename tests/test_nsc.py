@@ -1,4 +1,5 @@
 """NSC / NSCB on planted profiles with known answers."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,13 +9,27 @@ import pytest
 from Engineering.Eval.nsc import nsc_scores, treatment_profiles
 
 # compound, label, batch, angle (degrees): the nearest neighbours are known by construction
-PLANTED = [("c1", "A", 1, 0), ("c2", "A", 1, 10), ("c3", "B", 2, 25), ("c4", "B", 2, 35), ("c5", "A", 2, 90),
-           ("c6", "B", 1, 100), ("c7", "C", 1, 200), ("c8", "C", 1, 210)]
+PLANTED = [
+    ("c1", "A", 1, 0),
+    ("c2", "A", 1, 10),
+    ("c3", "B", 2, 25),
+    ("c4", "B", 2, 35),
+    ("c5", "A", 2, 90),
+    ("c6", "B", 1, 100),
+    ("c7", "C", 1, 200),
+    ("c8", "C", 1, 210),
+]
 
 
 def _meta(rows):
-    return pd.DataFrame({"compound": [r[0] for r in rows], "treatment": [r[0] for r in rows],
-                         "batch": [r[2] for r in rows], "label": [r[1] for r in rows]})
+    return pd.DataFrame(
+        {
+            "compound": [r[0] for r in rows],
+            "treatment": [r[0] for r in rows],
+            "batch": [r[2] for r in rows],
+            "label": [r[1] for r in rows],
+        }
+    )
 
 
 def _vectors(rows):
@@ -37,8 +52,15 @@ def test_known_nsc_and_nscb():
 
 def test_profiles_are_well_means_then_treatment_medians():
     Z = np.array([[1.0], [3.0], [10.0], [12.0], [100.0], [102.0], [5.0]])
-    meta = pd.DataFrame({"compound": ["x"] * 6 + ["y"], "treatment": ["x@1"] * 6 + ["y@1"],
-                         "batch": [1] * 7, "label": ["L"] * 7, "well": ["w1", "w1", "w2", "w2", "w3", "w3", "v"]})
+    meta = pd.DataFrame(
+        {
+            "compound": ["x"] * 6 + ["y"],
+            "treatment": ["x@1"] * 6 + ["y@1"],
+            "batch": [1] * 7,
+            "label": ["L"] * 7,
+            "well": ["w1", "w1", "w2", "w2", "w3", "w3", "v"],
+        }
+    )
     P, rows = treatment_profiles(Z, meta, well="well")
     # wells 2, 11, 101 -> the median 11 (a mean would be pulled to 38 by the outlier well)
     assert rows["treatment"].tolist() == ["x@1", "y@1"] and P[:, 0].tolist() == [11.0, 5.0]
@@ -46,8 +68,11 @@ def test_profiles_are_well_means_then_treatment_medians():
 
 def test_centring_and_control_whitening_run_and_need_controls():
     rng = np.random.default_rng(0)
-    rows = [(f"k{i}", "AB"[i % 2], 1 + i % 2, 0) for i in range(8)] + [("dmso", "ctrl", 1, 0)] * 4 + \
-        [("dmso", "ctrl", 2, 0)] * 4
+    rows = (
+        [(f"k{i}", "AB"[i % 2], 1 + i % 2, 0) for i in range(8)]
+        + [("dmso", "ctrl", 1, 0)] * 4
+        + [("dmso", "ctrl", 2, 0)] * 4
+    )
     meta = _meta(rows)
     meta["treatment"] = meta["compound"] + "@" + pd.Series(range(len(rows))).astype(str)
     Z = rng.normal(size=(len(rows), 3))
@@ -68,15 +93,53 @@ def test_main_benchmark_reports_nsc_and_nscb(tmp_path):
 
     rows = PLANTED
     z = _vectors(rows)
-    emb = pd.DataFrame({"patientID": [f"p{i}" for i in range(len(rows))], "fieldID": "0", "instanceID": "0",
-                        "key": "primary", "c": 0, "t": 0, "s": 0, "Z0": z[:, 0], "Z1": z[:, 1]})
+    emb = pd.DataFrame(
+        {
+            "patientID": [f"p{i}" for i in range(len(rows))],
+            "fieldID": "0",
+            "instanceID": "0",
+            "key": "primary",
+            "c": 0,
+            "t": 0,
+            "s": 0,
+            "Z0": z[:, 0],
+            "Z1": z[:, 1],
+        }
+    )
     emb.to_parquet(tmp_path / "emb.parquet", index=False)
-    labels = pd.DataFrame({"patientID": emb["patientID"], "compound": [r[0] for r in rows],
-                           "moa": [r[1] for r in rows], "plate": [f"b{r[2]}" for r in rows]})
+    labels = pd.DataFrame(
+        {
+            "patientID": emb["patientID"],
+            "compound": [r[0] for r in rows],
+            "moa": [r[1] for r in rows],
+            "plate": [f"b{r[2]}" for r in rows],
+        }
+    )
     labels.to_csv(tmp_path / "labels.tsv", sep="\t", index=False)
-    load_main()(["--latents", f"run={tmp_path / 'emb.parquet'}", "--labels", str(tmp_path / "labels.tsv"),
-                 "--label_cols", "moa", "--nsc_label", "moa", "--compound_col", "compound", "--batch_col", "plate",
-                 "--n_boot", "50", "--n_perm", "10", "--n_splits", "2", "--out", str(tmp_path / "out")])
+    load_main()(
+        [
+            "--latents",
+            f"run={tmp_path / 'emb.parquet'}",
+            "--labels",
+            str(tmp_path / "labels.tsv"),
+            "--label_cols",
+            "moa",
+            "--nsc_label",
+            "moa",
+            "--compound_col",
+            "compound",
+            "--batch_col",
+            "plate",
+            "--n_boot",
+            "50",
+            "--n_perm",
+            "10",
+            "--n_splits",
+            "2",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
     run = metrics["run"] if "run" in metrics else metrics["runs"]["run"]
     assert run["nsc"]["value"] == pytest.approx(0.75) and run["nscb"]["value"] == pytest.approx(0.0)

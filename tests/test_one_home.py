@@ -4,6 +4,7 @@ For every registered task: each key section generated from a drive config datacl
 fields (less those the run sets) with the dataclass's defaults, every key of the task has a description, and the
 resolved config (what --print_config prints) carries the registered drive.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -78,8 +79,9 @@ def test_print_config_names_the_registered_drive(name, capsys):
 def test_a_task_whose_defaults_name_another_drive_is_refused():
     from Engineering.errors import UserError
 
-    spec = registry.TaskSpec(name="one_home_probe", description="x", drive="A", engine=object, module="probe",
-                             defaults={"model§drive": "B"})
+    spec = registry.TaskSpec(
+        name="one_home_probe", description="x", drive="A", engine=object, module="probe", defaults={"model§drive": "B"}
+    )
     with pytest.raises(UserError, match="defaults name model§drive 'B', its drive is 'A'"):
         registry.register(spec)
     assert "one_home_probe" not in registry.tasks()
@@ -112,7 +114,7 @@ def test_a_yaml_or_override_naming_another_drive_is_refused_and_the_tasks_own_is
         resolve(["--model§drive", "pythae"], diffae)
     yml = tmp_path / "other.yaml"  # a recipe written for another task
     yml.write_text("model:\n  drive: pythae\n")
-    with pytest.raises(UserError, match="model§drive 'pythae' .* is not task 'diffAE'\'s drive 'DiffAE'"):
+    with pytest.raises(UserError, match="model§drive 'pythae' .* is not task 'diffAE''s drive 'DiffAE'"):
         resolve(["--configyml_path", str(yml)], diffae)
     yml.write_text("model:\n  drive: DiffAE\n")  # the ancestor's YAMLs restate it: the task's own drive is fine
     assert resolve(["--configyml_path", str(yml)], diffae).cfg.model.drive == "DiffAE"

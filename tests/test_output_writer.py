@@ -1,5 +1,6 @@
 """The output contract is written by one callback, in bounded chunks: a cohort larger than the chunk is written
 through the shards with at most a chunk of samples in memory, and gives the same files as one big chunk."""
+
 from __future__ import annotations
 
 import h5py
@@ -24,8 +25,24 @@ def trained(tiny_demo, tmp_path_factory):
 def _test(trained, suffix, chunk, *extra):
     demo, save = trained
     recon = [] if "--test_emb_only" in extra else ["--n_save_recon_subs", "3"]  # (refused with emb only)
-    return run(tiny_args(demo, save, "--fulltrainID", "w", "--run_mode", "2", "--resume", "--output_suffix", suffix,
-                         "--eval§output_chunk", str(chunk), *recon, *extra), TASK)
+    return run(
+        tiny_args(
+            demo,
+            save,
+            "--fulltrainID",
+            "w",
+            "--run_mode",
+            "2",
+            "--resume",
+            "--output_suffix",
+            suffix,
+            "--eval§output_chunk",
+            str(chunk),
+            *recon,
+            *extra,
+        ),
+        TASK,
+    )
 
 
 def _h5_arrays(path):
@@ -51,8 +68,15 @@ def test_chunked_writes_hold_at_most_a_chunk_and_match_one_big_chunk(trained):
         assert attrs_a["n_samples"] == attrs_b["n_samples"] == n
     with h5py.File(f"{a}/recon.h5") as h5:
         assert len(h5) == 3  # the three selected subjects
-        assert any(k.startswith("xT_") for p in h5 for f in h5[p] for i in h5[p][f] for g in [h5[p][f][i]]
-                   for key in g for k in g[key])
+        assert any(
+            k.startswith("xT_")
+            for p in h5
+            for f in h5[p]
+            for i in h5[p][f]
+            for g in [h5[p][f][i]]
+            for key in g
+            for k in g[key]
+        )
     ma, mb = pd.read_csv(f"{a}/metrics.csv"), pd.read_csv(f"{b}/metrics.csv")
     pd.testing.assert_frame_equal(ma, mb)
     assert len(ma) == n and ma[["SSIM", "PSNR", "NRMSE"]].notna().all().all()
@@ -60,12 +84,20 @@ def test_chunked_writes_hold_at_most_a_chunk_and_match_one_big_chunk(trained):
     pd.testing.assert_frame_equal(ta, tb)
     for out in (a, b):  # no shard left behind, nothing hidden in the Output folder
         from pathlib import Path
-        assert sorted(p.name for p in Path(out).iterdir()) == ["emb.h5", "emb.parquet", "emb.tsv", "metrics.csv",
-                                                               "preview.png", "recon.h5"]
+
+        assert sorted(p.name for p in Path(out).iterdir()) == [
+            "emb.h5",
+            "emb.parquet",
+            "emb.tsv",
+            "metrics.csv",
+            "preview.png",
+            "recon.h5",
+        ]
 
 
 def test_embeddings_only_writes_only_the_latents(trained):
     res = _test(trained, "emb", 2, "--test_emb_only")
     from pathlib import Path
+
     assert sorted(p.name for p in Path(res["out_dir"]).iterdir()) == ["emb.h5", "emb.parquet", "emb.tsv"]
     assert res["writer"].peak_buffered <= 2

@@ -2,6 +2,7 @@
 (pip route, conda file, poetry.lock), console commands that work outside the repository, the container recipe.
 
 `make test-poetry` installs from poetry.lock into a fresh environment and runs `--help` (docs/install.md)."""
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,7 @@ def _environment_requirements() -> tuple[dict[str, Requirement], list[str]]:
         name = re.split(r"[<>=!~ ]", item, maxsplit=1)[0]
         if name in ("python", "pip"):
             continue
-        spec = item[len(name):].strip()
+        spec = item[len(name) :].strip()
         # conda's "pkg=1.2" means "pkg==1.2.*": the file uses pip-style operators only, so the bounds compare
         assert not re.match(r"^=[^=]", spec), f"environment.yml: write {item!r} with a pip-style operator"
         r = Requirement(CONDA_TO_PYPI.get(name, name) + spec)
@@ -101,7 +102,8 @@ def test_one_torch_release_for_pip_conda_and_poetry():
 
 
 def test_poetry_lock_covers_pyproject():
-    """Every dependency (and every extra's) is in the lock; `poetry check --lock` in make test-poetry checks the hash."""
+    """Every dependency (and every extra's) is in the lock; `poetry check --lock` in make test-poetry checks the
+    hash."""
     locked = _lock_packages()
     project = PYPROJECT["project"]
     reqs = project["dependencies"] + [r for extra in project["optional-dependencies"].values() for r in extra]
@@ -117,15 +119,21 @@ def _poetry_content_hash() -> str:
     import hashlib
     import json
 
-    project = {k: PYPROJECT["project"][k] for k in ("requires-python", "dependencies", "optional-dependencies")
-               if k in PYPROJECT["project"]}
+    project = {
+        k: PYPROJECT["project"][k]
+        for k in ("requires-python", "dependencies", "optional-dependencies")
+        if k in PYPROJECT["project"]
+    }
     groups = PYPROJECT.get("dependency-groups", {})
     poetry = PYPROJECT["tool"].get("poetry", {})
     content: dict = {"project": project}
     if groups:
         content["dependency-groups"] = groups
-    content["tool"] = {"poetry": {k: poetry[k] for k in ("dependencies", "source", "extras", "dev-dependencies",
-                                                         "group") if k in poetry}}
+    content["tool"] = {
+        "poetry": {
+            k: poetry[k] for k in ("dependencies", "source", "extras", "dev-dependencies", "group") if k in poetry
+        }
+    }
     return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
 
 
@@ -133,12 +141,19 @@ def test_poetry_lock_is_the_lock_of_this_pyproject():
     """A dependency changed in pyproject.toml without `poetry lock` fails here (and `poetry check --lock` fails in
     make test-poetry). Re-lock: pipx install poetry==2.5.1 && poetry lock (minutes), then commit poetry.lock."""
     lock = tomllib.loads((REPO / "poetry.lock").read_text())
-    assert lock["metadata"]["content-hash"] == _poetry_content_hash(), \
+    assert lock["metadata"]["content-hash"] == _poetry_content_hash(), (
         "poetry.lock is stale: run `poetry lock` and commit poetry.lock (docs/install.md, Poetry)"
+    )
 
 
-LINUX = {"sys_platform": "linux", "platform_system": "Linux", "platform_machine": "x86_64", "os_name": "posix",
-         "implementation_name": "cpython", "platform_python_implementation": "CPython"}
+LINUX = {
+    "sys_platform": "linux",
+    "platform_system": "Linux",
+    "platform_machine": "x86_64",
+    "os_name": "posix",
+    "implementation_name": "cpython",
+    "platform_python_implementation": "CPython",
+}
 
 
 @pytest.mark.parametrize("python", ["3.11", "3.12", "3.13"])
@@ -185,8 +200,7 @@ SCRIPTS = PYPROJECT["project"]["scripts"]
 def test_every_executor_has_a_command():
     import Executors
 
-    tools = {p.stem for p in (REPO / "Executors").glob("*.py")
-             if 'if __name__ == "__main__":' in p.read_text()}
+    tools = {p.stem for p in (REPO / "Executors").glob("*.py") if 'if __name__ == "__main__":' in p.read_text()}
     tools.add("app")  # Executors/app.py (the web page) is mapped even before it exists
     assert tools <= {module for module, _ in Executors.COMMANDS.values()}
     assert SCRIPTS["imlatent"] == "Executors:cli"
@@ -203,8 +217,12 @@ def test_the_wheel_carries_the_commands_and_the_default_configurations(tmp_path)
 
     packages = [p["include"] for p in PYPROJECT["tool"]["poetry"]["packages"]]
     assert {"Engineering", "preprocess", "Executors"} <= set(packages)
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
-                   check=True, capture_output=True, timeout=600)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", str(REPO), "-w", str(tmp_path)],
+        check=True,
+        capture_output=True,
+        timeout=600,
+    )
     (wheel,) = tmp_path.glob("imlatent-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     configs = {f"Configs/{p.name}" for p in (REPO / "Configs").iterdir() if p.is_file()}
@@ -225,20 +243,23 @@ def _script(name: str) -> Path:
 
 def _outside(tmp_path, *argv: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    return subprocess.run([str(a) for a in argv], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([str(a) for a in argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("argv, usage", [
-    (["imlatent", "--help"], r"usage: imlatent COMMAND"),
-    (["imlatent", "diffae", "--help"], r"usage: imlatent diffae .*--configyml_path"),
-    (["imlatent-embed", "--help"], r"usage: imlatent-embed .*--model"),
-    # the same dispatcher again (5 s of imports each): make test-slow
-    pytest.param(["imlatent", "train", "--help"], r"usage: imlatent train ", marks=pytest.mark.slow),
-    pytest.param(["imlatent", "embed", "--help"], r"usage: imlatent embed .*--model", marks=pytest.mark.slow),
-    pytest.param(["imlatent-app", "--help"], r"usage: imlatent-app .*--model", marks=pytest.mark.slow),
-    pytest.param(["imlatent", "merge-shards", "--help"], r"usage: imlatent merge-shards ", marks=pytest.mark.slow),
-], ids=lambda v: " ".join(v) if isinstance(v, list) else "")
+@pytest.mark.parametrize(
+    "argv, usage",
+    [
+        (["imlatent", "--help"], r"usage: imlatent COMMAND"),
+        (["imlatent", "diffae", "--help"], r"usage: imlatent diffae .*--configyml_path"),
+        (["imlatent-embed", "--help"], r"usage: imlatent-embed .*--model"),
+        # the same dispatcher again (5 s of imports each): make test-slow
+        pytest.param(["imlatent", "train", "--help"], r"usage: imlatent train ", marks=pytest.mark.slow),
+        pytest.param(["imlatent", "embed", "--help"], r"usage: imlatent embed .*--model", marks=pytest.mark.slow),
+        pytest.param(["imlatent-app", "--help"], r"usage: imlatent-app .*--model", marks=pytest.mark.slow),
+        pytest.param(["imlatent", "merge-shards", "--help"], r"usage: imlatent merge-shards ", marks=pytest.mark.slow),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) else "",
+)
 def test_console_commands_answer_outside_the_repository(argv, usage, tmp_path):
     """Installed commands run from any folder (here an empty one outside the checkout) without PYTHONPATH."""
     if "app" in " ".join(argv) and not (REPO / "Executors" / "app.py").exists():
@@ -258,8 +279,25 @@ def test_unknown_command_is_one_clear_error(tmp_path):
 # ---------------------------------------------------------------------------------------------------------------
 # container recipe: no Docker engine runs on CI machines, so the Dockerfile is parsed and checked here
 
-DOCKER_INSTRUCTIONS = {"FROM", "ARG", "ENV", "RUN", "COPY", "ADD", "WORKDIR", "ENTRYPOINT", "CMD", "LABEL", "USER",
-                       "EXPOSE", "VOLUME", "SHELL", "HEALTHCHECK", "STOPSIGNAL", "ONBUILD"}
+DOCKER_INSTRUCTIONS = {
+    "FROM",
+    "ARG",
+    "ENV",
+    "RUN",
+    "COPY",
+    "ADD",
+    "WORKDIR",
+    "ENTRYPOINT",
+    "CMD",
+    "LABEL",
+    "USER",
+    "EXPOSE",
+    "VOLUME",
+    "SHELL",
+    "HEALTHCHECK",
+    "STOPSIGNAL",
+    "ONBUILD",
+}
 
 
 def _dockerfile() -> list[tuple[str, str]]:
@@ -316,8 +354,18 @@ def test_apptainer_definition_matches_the_dockerfile():
     for ln in lines[2:]:
         if ln.startswith("%"):
             current = ln.split()[0]
-            assert current in {"%arguments", "%files", "%environment", "%post", "%runscript", "%labels",
-                               "%help", "%test", "%setup", "%startscript"}, current
+            assert current in {
+                "%arguments",
+                "%files",
+                "%environment",
+                "%post",
+                "%runscript",
+                "%labels",
+                "%help",
+                "%test",
+                "%setup",
+                "%startscript",
+            }, current
             sections[current] = []
         else:
             assert current, ln

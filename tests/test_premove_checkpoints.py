@@ -6,6 +6,7 @@
 fit the engine the registry builds today (no missing or unexpected key) and give the same latents (the GAN: the
 same images from fixed codes).
 """
+
 from __future__ import annotations
 
 import importlib.util

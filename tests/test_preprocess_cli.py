@@ -1,6 +1,7 @@
 """The preprocess tools share one command-line skeleton (preprocess/cli.py): an ArgParser each, the common
 flags spelled the same, a bad flag one ``error:`` line and exit 2, and a batch that converts nothing leaves
 every output unchanged."""
+
 from __future__ import annotations
 
 import importlib

@@ -1,4 +1,5 @@
 """dicom_to_h5: real pydicom / pydicom-data files, UK Biobank-named zips, specs, failures."""
+
 from __future__ import annotations
 
 import json
@@ -14,11 +15,9 @@ import pytest
 from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
-from Engineering.data.layout import DATASET_ATTRS, GROUP_ATTRS, parse_key
 from Engineering.data.dicom_series import file_info, phase_to_radians, plane_of
+from Engineering.data.layout import DATASET_ATTRS, GROUP_ATTRS, parse_key
 from preprocess.series_spec import assign_keys
-
-
 from tests.conftest import run_main, run_tool
 
 SERIES_DIR = Path(pydicom.data.__file__).parent / "test_files" / "dicomdirtests" / "98892003"
@@ -108,8 +107,10 @@ def test_no_spec_stores_every_series_as_numbered_primary_with_planes(batch):
     with h5py.File(out, "r") as h5:
         keys = sorted(h5["1000001/20208/2"])
     # 4 localisers + the sagittal images of 2 tri-plane pilots, then 2 coronal, 2 transverse.
-    assert keys == sorted([f"primary_sagittal_{i}" for i in range(6)] + ["primary_coronal_0", "primary_coronal_1",
-                                                                           "primary_transverse_0", "primary_transverse_1"])
+    assert keys == sorted(
+        [f"primary_sagittal_{i}" for i in range(6)]
+        + ["primary_coronal_0", "primary_coronal_1", "primary_transverse_0", "primary_transverse_1"]
+    )
 
 
 def _spec(tmp: Path, repeat: bool) -> Path:
@@ -136,7 +137,12 @@ def test_spec_folder_input_ids_from_tags_plane_and_repeats(tmp_path):
         carotids = next(studies[i] for i in studies if studies[i].attrs["studyDesc"] == "Carotids")
         assert sorted(carotids) == ["primary_0", "primary_1"]  # two localisers, sagittal = default plane
         brain = next(studies[i] for i in studies if studies[i].attrs["studyDesc"] == "Brain")
-        assert sorted(brain) == ["auxiliary_pilot_0", "auxiliary_pilot_coronal_0", "auxiliary_pilot_transverse_0", "primary_0"]
+        assert sorted(brain) == [
+            "auxiliary_pilot_0",
+            "auxiliary_pilot_coronal_0",
+            "auxiliary_pilot_transverse_0",
+            "primary_0",
+        ]
 
 
 def test_without_repeat_acq_a_repeated_key_is_reported_and_ignored(tmp_path, capsys):
@@ -160,7 +166,10 @@ def _truncated_series(tmp: Path) -> Path:
 
 def test_failing_series_removes_partial_group_and_batch_goes_on(tmp_path, capsys):
     good = make_zip(tmp_path / "1000001_20209_2_0.zip", {"ct.dcm": dicom_file("CT_small.dcm")})
-    bad = make_zip(tmp_path / "1000002_20209_2_0.zip", {"mr.dcm": dicom_file("MR_small.dcm"), "broken.dcm": _truncated_series(tmp_path)})
+    bad = make_zip(
+        tmp_path / "1000002_20209_2_0.zip",
+        {"mr.dcm": dicom_file("MR_small.dcm"), "broken.dcm": _truncated_series(tmp_path)},
+    )
     out = tmp_path / "d.h5"
     assert run_main("dicom_to_h5", bad, good, "--out", out) == 0
     printed = capsys.readouterr()
@@ -183,8 +192,17 @@ def test_complex_from_magnitude_and_phase_pair(tmp_path):
     phase.save_as(tmp_path / "phase.dcm")
     make_zip(tmp_path / "1000001_20213_2_0.zip", {"m.dcm": tmp_path / "mag.dcm", "p.dcm": tmp_path / "phase.dcm"})
     spec = tmp_path / "spec.json"
-    spec.write_text(json.dumps({"20213": {"auxiliary_data": [{"magnitude": "flow_MAG", "phase": "flow_P"}],
-                                          "auxiliary_data_tags": ["flow"], "default_plane": "transverse"}}))
+    spec.write_text(
+        json.dumps(
+            {
+                "20213": {
+                    "auxiliary_data": [{"magnitude": "flow_MAG", "phase": "flow_P"}],
+                    "auxiliary_data_tags": ["flow"],
+                    "default_plane": "transverse",
+                }
+            }
+        )
+    )
     out = tmp_path / "d.h5"
     assert run_main("dicom_to_h5", tmp_path / "1000001_20213_2_0.zip", "--out", out, "--spec", spec) == 0
     with h5py.File(out, "r") as h5:
@@ -207,7 +225,9 @@ def test_append_keeps_earlier_groups(batch, tmp_path):
 
 def test_bad_inputs_give_one_line_error_and_exit_2(tmp_path, capsys):
     proc = run_tool("dicom_to_h5", tmp_path / "missing.zip", "--out", tmp_path / "d.h5")
-    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: input not found: {tmp_path / 'missing.zip'}"]
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [
+        f"error: input not found: {tmp_path / 'missing.zip'}"
+    ]
     spec = tmp_path / "spec.yaml"
     spec.write_text("'20208':\n  primary_data: [a, b]\n  multi_primary: true\n  primary_data_tags: [x]\n")
     assert run_main("dicom_to_h5", dicom_file("MR_small.dcm"), "--out", tmp_path / "d.h5", "--spec", spec) == 2
@@ -223,8 +243,17 @@ def test_bad_inputs_give_one_line_error_and_exit_2(tmp_path, capsys):
 def test_assign_keys_rules():
     items = [("primary", "sagittal"), ("primary", "sagittal"), ("auxiliary_t1", "transverse"), ("primary", None)]
     assert assign_keys(items, "sagittal", repeat_acq=False) == ["primary", None, "auxiliary_t1_transverse", None]
-    assert assign_keys(items, None, repeat_acq=True) == ["primary_sagittal_0", "primary_sagittal_1", "auxiliary_t1_transverse_0", "primary_0"]
-    assert assign_keys(items[:3], None, False, number_when_several=True) == ["primary_sagittal_0", "primary_sagittal_1", "auxiliary_t1_transverse"]
+    assert assign_keys(items, None, repeat_acq=True) == [
+        "primary_sagittal_0",
+        "primary_sagittal_1",
+        "auxiliary_t1_transverse_0",
+        "primary_0",
+    ]
+    assert assign_keys(items[:3], None, False, number_when_several=True) == [
+        "primary_sagittal_0",
+        "primary_sagittal_1",
+        "auxiliary_t1_transverse",
+    ]
     assert assign_keys([("primary", None)], None, True, taken={"primary_0"}) == ["primary_1"]
 
 

@@ -1,4 +1,5 @@
 """make_folds: k-fold / Monte-Carlo splits, seeding, stratification, instance filter, file formats."""
+
 from __future__ import annotations
 
 import ast
@@ -12,8 +13,6 @@ import pandas as pd
 import pytest
 
 from preprocess.make_folds import instance_counts, make_folds
-
-
 from tests.conftest import run_main, run_tool
 
 PATIENTS = [str(1000000 + i) for i in range(40)]
@@ -26,7 +25,11 @@ def test_kfold_test_sets_are_disjoint_and_cover_everyone():
     assert set().union(*tests) == set(PATIENTS) and sum(map(len, tests)) == len(PATIENTS)
     for f in folds:
         assert len(f["val"]) == 4 and len(f["test"]) == 8
-        assert not (set(f["train"]) & set(f["val"])) and not (set(f["train"]) & set(f["test"])) and not (set(f["val"]) & set(f["test"]))
+        assert (
+            not (set(f["train"]) & set(f["val"]))
+            and not (set(f["train"]) & set(f["test"]))
+            and not (set(f["val"]) & set(f["test"]))
+        )
         assert set(f["train"]) | set(f["val"]) | set(f["test"]) == set(PATIENTS)
 
 
@@ -65,7 +68,9 @@ def test_instance_counts_and_filter(data_file, tmp_path):
     counts = instance_counts([str(data_file)])
     assert counts["p7"] == 2 and counts["p0"] == 1 and "p99" not in counts
     out = tmp_path / "folds.csv"
-    assert run_main("make_folds", data_file, "--out", out, "--min-instances", 2, "--n-folds", 2, "--val-frac", 0.25) == 0
+    assert (
+        run_main("make_folds", data_file, "--out", out, "--min-instances", 2, "--n-folds", 2, "--val-frac", 0.25) == 0
+    )
     table = pd.read_csv(out)
     assert list(table.columns) == ["train", "val", "test"] and len(table) == 2
     for _, row in table.iterrows():
@@ -76,9 +81,27 @@ def test_instance_counts_and_filter(data_file, tmp_path):
 
 def test_cli_stratified_json(data_file, tmp_path):
     cov = tmp_path / "cov.csv"
-    pd.DataFrame({"eid": [f"p{i}" for i in range(10)], "sex": [0, 1] * 5, "age": np.arange(10) * 3.5}).to_csv(cov, index=False)
+    pd.DataFrame({"eid": [f"p{i}" for i in range(10)], "sex": [0, 1] * 5, "age": np.arange(10) * 3.5}).to_csv(
+        cov, index=False
+    )
     out = tmp_path / "folds.json"
-    assert run_main("make_folds", data_file, "--out", out, "--covariates", cov, "--stratify", "sex", "--n-folds", 5, "--val-frac", 0) == 0
+    assert (
+        run_main(
+            "make_folds",
+            data_file,
+            "--out",
+            out,
+            "--covariates",
+            cov,
+            "--stratify",
+            "sex",
+            "--n-folds",
+            5,
+            "--val-frac",
+            0,
+        )
+        == 0
+    )
     folds = json.loads(out.read_text())
     assert len(folds) == 5 and all(len(f["test"]) == 2 for f in folds)
     for f in folds:
@@ -87,7 +110,21 @@ def test_cli_stratified_json(data_file, tmp_path):
 
 def test_cli_errors(data_file, tmp_path, capsys):
     proc = run_tool("make_folds", data_file, "--out", tmp_path / "f.csv", "--min-instances", 3)
-    assert proc.returncode == 2 and proc.stderr.strip() == "error: only 0 patient(s) left after filtering; need at least 2"
-    assert run_main("make_folds", data_file, "--out", tmp_path / "f.csv", "--covariates", tmp_path / "none.csv", "--stratify", "sex") == 2
+    assert (
+        proc.returncode == 2 and proc.stderr.strip() == "error: only 0 patient(s) left after filtering; need at least 2"
+    )
+    assert (
+        run_main(
+            "make_folds",
+            data_file,
+            "--out",
+            tmp_path / "f.csv",
+            "--covariates",
+            tmp_path / "none.csv",
+            "--stratify",
+            "sex",
+        )
+        == 2
+    )
     assert "covariate table not found" in capsys.readouterr().err
     assert not (tmp_path / "f.csv").exists()

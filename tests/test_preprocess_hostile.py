@@ -1,4 +1,5 @@
 """preprocess/ tools on damaged files and folders they cannot write: one line, exit 2, no traceback."""
+
 from __future__ import annotations
 
 import h5py
@@ -13,7 +14,7 @@ def _corrupt_header(path, name):
     with h5py.File(path, "r") as h5:
         addr = h5py.h5o.get_info(h5[name].id).addr
     raw = bytearray(path.read_bytes())
-    raw[addr:addr + 40] = b"\xde\xad\xbe\xef" * 10
+    raw[addr : addr + 40] = b"\xde\xad\xbe\xef" * 10
     path.write_bytes(bytes(raw))
 
 
@@ -65,9 +66,14 @@ def test_the_data_index_names_a_damaged_dataset(data):
         scan(data, Selection())
 
 
-@pytest.mark.parametrize("tool,args", [("make_folds", ["--out", "{out}/folds.csv", "--n-folds", "2"]),
-                                       ("crop_h5", ["--out", "{out}/c.h5", "--size", "4", "4"]),
-                                       ("make_masks", ["--out", "{out}/m.h5"])])
+@pytest.mark.parametrize(
+    "tool,args",
+    [
+        ("make_folds", ["--out", "{out}/folds.csv", "--n-folds", "2"]),
+        ("crop_h5", ["--out", "{out}/c.h5", "--size", "4", "4"]),
+        ("make_masks", ["--out", "{out}/m.h5"]),
+    ],
+)
 def test_unwritable_output_is_one_line(data, tmp_path, capsys, monkeypatch, tool, args):
     """(Tests run as root, for whom permission bits do not apply: the refusal is simulated where files are made.)"""
     import tempfile
@@ -111,8 +117,9 @@ HUGE = 10**6
 
 def _huge(path, shape, dtype=np.int16):
     with h5py.File(path, "w") as h5:
-        ds = h5.create_dataset("1/2/3/primary_cine_0", shape=shape, dtype=dtype,
-                               chunks=tuple(min(s, 64) for s in shape))
+        ds = h5.create_dataset(
+            "1/2/3/primary_cine_0", shape=shape, dtype=dtype, chunks=tuple(min(s, 64) for s in shape)
+        )
         ds.attrs.update({"min_val": 0, "max_val": 1})
     return path
 
@@ -125,17 +132,41 @@ def _refused(capsys, code, *words):
         assert w in line, (w, line)
 
 
-@pytest.mark.parametrize("tool,shape,args,words", [
-    ("crop_h5", (1, 1, 1, HUGE, HUGE), ["--out", "{out}/c.h5", "--size", "4", "4", "--no-mask"],
-     ["cropping", "1/2/3/primary_cine_0", "GiB, more than"]),
-    ("crop_h5", (1, 1, 1, 8, 8), ["--out", "{out}/c.h5", "--size", str(HUGE), str(HUGE), "--no-mask"],
-     ["--size", "GiB, more than"]),
-    ("make_point_clouds", (1, 1, HUGE, HUGE, 8), ["--out", "{out}/p.h5"],
-     ["sampling 2048 points", "1/2/3/primary_cine_0", "GiB, more than"]),
-    ("make_masks", (1, 1, 1, HUGE, HUGE), ["--out", "{out}/m.h5"], ["masking", "1/2/3/primary_cine_0", "GiB, more"]),
-    ("make_point_clouds", (1, 1, 4, 8, 8), ["--out", "{out}/p.h5", "--n_points", str(10**12)],
-     ["--n_points 1000000000000", "GiB, more than"]),
-])
+@pytest.mark.parametrize(
+    "tool,shape,args,words",
+    [
+        (
+            "crop_h5",
+            (1, 1, 1, HUGE, HUGE),
+            ["--out", "{out}/c.h5", "--size", "4", "4", "--no-mask"],
+            ["cropping", "1/2/3/primary_cine_0", "GiB, more than"],
+        ),
+        (
+            "crop_h5",
+            (1, 1, 1, 8, 8),
+            ["--out", "{out}/c.h5", "--size", str(HUGE), str(HUGE), "--no-mask"],
+            ["--size", "GiB, more than"],
+        ),
+        (
+            "make_point_clouds",
+            (1, 1, HUGE, HUGE, 8),
+            ["--out", "{out}/p.h5"],
+            ["sampling 2048 points", "1/2/3/primary_cine_0", "GiB, more than"],
+        ),
+        (
+            "make_masks",
+            (1, 1, 1, HUGE, HUGE),
+            ["--out", "{out}/m.h5"],
+            ["masking", "1/2/3/primary_cine_0", "GiB, more"],
+        ),
+        (
+            "make_point_clouds",
+            (1, 1, 4, 8, 8),
+            ["--out", "{out}/p.h5", "--n_points", str(10**12)],
+            ["--n_points 1000000000000", "GiB, more than"],
+        ),
+    ],
+)
 def test_huge_datasets_and_size_flags_are_refused_before_allocation(tmp_path, capsys, tool, shape, args, words):
     import tracemalloc
 
@@ -160,36 +191,49 @@ def test_validate_reports_a_dataset_too_large_to_scan(tmp_path, capsys):
     assert run_main("validate_h5", data, "--quick") == 0  # names, shapes and attributes only: fine
 
 
-@pytest.mark.parametrize("tool,args", [("crop_h5", ["--size", "4", "4"]), ("make_folds", ["--n-folds", "2"]),
-                                       ("make_masks", []), ("make_point_clouds", [])])
+@pytest.mark.parametrize(
+    "tool,args",
+    [
+        ("crop_h5", ["--size", "4", "4"]),
+        ("make_folds", ["--n-folds", "2"]),
+        ("make_masks", []),
+        ("make_point_clouds", []),
+    ],
+)
 def test_out_that_is_a_folder(data, tmp_path, capsys, tool, args):
     (tmp_path / "out.h5").mkdir()
     _refused(capsys, run_main(tool, data, "--out", tmp_path / "out.h5", *args), "out.h5 is an existing folder")
     assert list((tmp_path / "out.h5").iterdir()) == []
 
 
-@pytest.mark.parametrize("tool,args,words", [
-    ("make_folds", ["--out", "{out}/f.csv", "--n-bins", "0"], ["--n-bins", "must be >= 1, got 0"]),
-    ("make_folds", ["--out", "{out}/f.csv", "--seed", "-1"], ["--seed", "must be >= 0"]),
-    ("make_folds", ["--out", "{out}/f.csv", "--val-frac", "nan"], ["--val-frac", "not a finite number"]),
-    ("make_point_clouds", ["--out", "{out}/p.h5", "--seed", "-1"], ["--seed", "must be >= 0"]),
-    ("make_point_clouds", ["--out", "{out}/p.h5", "--channel", "-1"], ["--channel", "must be >= 0"]),
-    ("make_point_clouds", ["--out", "{out}/p.h5", "--n_points", "1"], ["--n_points", "must be >= 2"]),
-    ("make_masks", ["--out", "{out}/m.h5", "--dilate", "-2"], ["--dilate", "must be >= 0"]),
-    ("validate_h5", ["--max-listed", "-1"], ["--max-listed", "must be >= 0"]),
-    ("crop_h5", ["--out", "{out}/c.h5", "--size", "4", "x"], ["--size", "'x' is not an integer"]),
-])
+@pytest.mark.parametrize(
+    "tool,args,words",
+    [
+        ("make_folds", ["--out", "{out}/f.csv", "--n-bins", "0"], ["--n-bins", "must be >= 1, got 0"]),
+        ("make_folds", ["--out", "{out}/f.csv", "--seed", "-1"], ["--seed", "must be >= 0"]),
+        ("make_folds", ["--out", "{out}/f.csv", "--val-frac", "nan"], ["--val-frac", "not a finite number"]),
+        ("make_point_clouds", ["--out", "{out}/p.h5", "--seed", "-1"], ["--seed", "must be >= 0"]),
+        ("make_point_clouds", ["--out", "{out}/p.h5", "--channel", "-1"], ["--channel", "must be >= 0"]),
+        ("make_point_clouds", ["--out", "{out}/p.h5", "--n_points", "1"], ["--n_points", "must be >= 2"]),
+        ("make_masks", ["--out", "{out}/m.h5", "--dilate", "-2"], ["--dilate", "must be >= 0"]),
+        ("validate_h5", ["--max-listed", "-1"], ["--max-listed", "must be >= 0"]),
+        ("crop_h5", ["--out", "{out}/c.h5", "--size", "4", "x"], ["--size", "'x' is not an integer"]),
+    ],
+)
 def test_numeric_flags_out_of_their_domain(data, tmp_path, capsys, tool, args, words):
     _refused(capsys, run_main(tool, data, *[a.format(out=tmp_path) for a in args]), *words)
     assert not [p for p in tmp_path.iterdir() if p.name != "data.h5"]
 
 
-@pytest.mark.parametrize("row,words", [
-    ("a/b,", ["line 2", "patientID 'a/b'"]),
-    (",", ["line 2", "patientID ''"]),
-    ("..,", ["patientID '..'"]),
-    ("p1,x/y", ["fieldID 'x/y'"]),
-])
+@pytest.mark.parametrize(
+    "row,words",
+    [
+        ("a/b,", ["line 2", "patientID 'a/b'"]),
+        (",", ["line 2", "patientID ''"]),
+        ("..,", ["patientID '..'"]),
+        ("p1,x/y", ["fieldID 'x/y'"]),
+    ],
+)
 def test_nifti_ids_that_are_not_group_names(tmp_path, capsys, row, words):
     import shutil
 
@@ -199,8 +243,12 @@ def test_nifti_ids_that_are_not_group_names(tmp_path, capsys, row, words):
     pid, fid = row.split(",")
     (tmp_path / "map.csv").write_text(f"path,patientID,fieldID\na.nii,{pid},{fid}\n")
     _refused(capsys, run_main("nifti_to_h5", tmp_path / "map.csv", "--out", tmp_path / "d.h5"), *words)
-    _refused(capsys, run_main("nifti_to_h5", tmp_path / "a.nii", "--field", "2/3", "--out", tmp_path / "d.h5"),
-             "--field", "'2/3'")
+    _refused(
+        capsys,
+        run_main("nifti_to_h5", tmp_path / "a.nii", "--field", "2/3", "--out", tmp_path / "d.h5"),
+        "--field",
+        "'2/3'",
+    )
     assert not (tmp_path / "d.h5").exists()
 
 

@@ -1,4 +1,5 @@
 """make_masks and crop_h5: the cine mask method, label masks, windows, padding, CLI round trip."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -10,8 +11,6 @@ import pytest
 
 from preprocess.crop_h5 import crop_xy, mask_centre, window_start
 from preprocess.make_masks import auto_mask
-
-
 from tests.conftest import run_main, run_tool
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"

@@ -1,4 +1,5 @@
 """nifti_to_h5 on nibabel's shipped images: layout, attributes, IDs, a broken file in a batch."""
+
 from __future__ import annotations
 
 import shutil
@@ -9,8 +10,6 @@ import nibabel as nib
 import numpy as np
 
 from preprocess.nifti_sources import find_nifti, load_5d
-
-
 from tests.conftest import run_main, run_tool
 
 NIB_DATA = Path(nib.__file__).parent / "tests" / "data"
@@ -49,7 +48,9 @@ def test_batch_with_broken_file_ukbb_names_and_attributes(tmp_path):
 
 def test_mapping_csv_names_ids_and_keys(tmp_path):
     mapping = tmp_path / "map.csv"
-    mapping.write_text(f"path,patientID,fieldID,instanceID,key\n{ANATOMICAL},p1,t1,0,primary_T1\n{EXAMPLE4D},p1,fmri,0,\n")
+    mapping.write_text(
+        f"path,patientID,fieldID,instanceID,key\n{ANATOMICAL},p1,t1,0,primary_T1\n{EXAMPLE4D},p1,fmri,0,\n"
+    )
     items = find_nifti([str(mapping)])
     assert [i.ids for i in items] == [("p1", "t1", "0", "primary_T1"), ("p1", "fmri", "0", "primary")]
     out = tmp_path / "d.h5"

@@ -1,4 +1,5 @@
 """validate_h5: a valid file passes with a summary; each kind of problem is reported, exit code 2."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -51,9 +52,15 @@ def test_each_problem_is_listed(valid):
     proc = run_tool("validate_h5", valid)
     assert proc.returncode == 2
     err = proc.stderr
-    for expected in ("key 'secondary' is not", "primary_flat: 2D", "auxiliary_names: dtype |S1 is not numeric",
-                     "auxiliary_nan: 1 NaN/Inf", "max_val=99 but", "1000002/stray: dataset at field level",
-                     "mask shape (1, 1, 1, 4, 4) differs"):
+    for expected in (
+        "key 'secondary' is not",
+        "primary_flat: 2D",
+        "auxiliary_names: dtype |S1 is not numeric",
+        "auxiliary_nan: 1 NaN/Inf",
+        "max_val=99 but",
+        "1000002/stray: dataset at field level",
+        "mask shape (1, 1, 1, 4, 4) differs",
+    ):
         assert expected in err, expected
     assert err.strip().splitlines()[-1] == f"error: not valid: {valid} (7 problems)"
 

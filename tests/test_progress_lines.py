@@ -1,4 +1,5 @@
 """Progress in logs that are not a terminal: plain lines (stage, batches done of total, rate, time left)."""
+
 from __future__ import annotations
 
 import io
@@ -36,8 +37,18 @@ def test_lines_are_throttled_but_first_and_last_always_show(monkeypatch):
 
 def test_a_run_logged_to_a_file_prints_progress_lines(tiny_demo, tmp_path, capsys):
     """pytest's captured stderr is not a terminal, as a SLURM log is not: train and test phases print lines."""
-    args = [*TINY_VAE, "--progress_bar", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-            "--fulltrainID", "p", "--run_mode", "3"]
+    args = [
+        *TINY_VAE,
+        "--progress_bar",
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--fulltrainID",
+        "p",
+        "--run_mode",
+        "3",
+    ]
     run(args, registry.get("recon"))
     err = capsys.readouterr().err
     assert "train epoch 0: 2/2 batches (100%)" in err

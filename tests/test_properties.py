@@ -1,5 +1,6 @@
 """Property-based checks (hypothesis): the §-override grammar and the HDF5 reader either give a correct result
 or one UserError, for any input; never another exception, never a silent wrong value."""
+
 from __future__ import annotations
 
 import copy
@@ -18,12 +19,34 @@ from Engineering.config.loader import Task, resolve
 from Engineering.errors import UserError
 
 KEYS = st.sampled_from(["a", "b", "lr", "DiffAE", "x1", "LRDecay", "type1"])
-SCALARS = st.one_of(st.integers(-5, 5), st.floats(-10, 10, allow_nan=False), st.booleans(),
-                    st.text("abc,[]{}: -1e.", max_size=6))
-TREES = st.recursive(st.dictionaries(KEYS, SCALARS | st.lists(st.integers(0, 3), max_size=3), max_size=3),
-                     lambda inner: st.dictionaries(KEYS, inner, max_size=3), max_leaves=8)
-RAWS = st.one_of(st.text(max_size=8), st.sampled_from(["1", "-5", "1e-3", "true", "no", "[1,2]", "{a: 1}", "nan",
-                                                       "1e400", "!!python/object:os.system", "*x", "[", "a=b"]))
+SCALARS = st.one_of(
+    st.integers(-5, 5), st.floats(-10, 10, allow_nan=False), st.booleans(), st.text("abc,[]{}: -1e.", max_size=6)
+)
+TREES = st.recursive(
+    st.dictionaries(KEYS, SCALARS | st.lists(st.integers(0, 3), max_size=3), max_size=3),
+    lambda inner: st.dictionaries(KEYS, inner, max_size=3),
+    max_leaves=8,
+)
+RAWS = st.one_of(
+    st.text(max_size=8),
+    st.sampled_from(
+        [
+            "1",
+            "-5",
+            "1e-3",
+            "true",
+            "no",
+            "[1,2]",
+            "{a: 1}",
+            "nan",
+            "1e400",
+            "!!python/object:os.system",
+            "*x",
+            "[",
+            "a=b",
+        ]
+    ),
+)
 
 
 def _get(tree, path):
@@ -62,7 +85,7 @@ def test_override_grammar_merges_correctly_or_says_why(tree, path, sep, raw):
         assert isinstance(new, list)
     # nothing but the target changed
     for leaf, value in _leaves(before):
-        related = leaf[:len(path)] == tuple(path) or tuple(path[:len(leaf)]) == leaf
+        related = leaf[: len(path)] == tuple(path) or tuple(path[: len(leaf)]) == leaf
         if not related:
             assert _get(tree, leaf) == value, leaf
 
@@ -75,12 +98,31 @@ def _leaves(tree, prefix=()):
             yield prefix + (k,), v
 
 
-FLAG_ARGS = st.lists(st.tuples(st.sampled_from(["--lr", "--batch_size", "--num_epochs", "--n_val_batches",
-                                                "--training§LRDecay§type1§decay_rate", "--model§DiffAE§net_ch",
-                                                "--json§DS_slice_dim", "--json§DS_sanity_filters§dim1",
-                                                "--norm_type", "--ampmode", "--zscore_mean", "--input_shape",
-                                                "--is3D", "--model§latent_dim", "--newkey"]),
-                               RAWS), max_size=4)
+FLAG_ARGS = st.lists(
+    st.tuples(
+        st.sampled_from(
+            [
+                "--lr",
+                "--batch_size",
+                "--num_epochs",
+                "--n_val_batches",
+                "--training§LRDecay§type1§decay_rate",
+                "--model§DiffAE§net_ch",
+                "--json§DS_slice_dim",
+                "--json§DS_sanity_filters§dim1",
+                "--norm_type",
+                "--ampmode",
+                "--zscore_mean",
+                "--input_shape",
+                "--is3D",
+                "--model§latent_dim",
+                "--newkey",
+            ]
+        ),
+        RAWS,
+    ),
+    max_size=4,
+)
 
 
 @settings(max_examples=200, deadline=None)
@@ -98,16 +140,28 @@ def test_whole_command_lines_resolve_or_give_one_user_error(args):
 ACCEPTED: list[int] = []  # the property must not hold vacuously: see the test below
 DTYPES = st.sampled_from(["int16", "uint8", "float32", "float64", "complex64", "bool", "S4"])
 # (HDF5 cannot store a string attribute with an embedded NUL: such a file cannot exist, so none is generated)
-ATTR = st.one_of(st.none(), st.integers(-3, 300), st.floats(allow_nan=True, allow_infinity=True),
-                 st.text(st.characters(blacklist_characters="\x00"), max_size=3))
+ATTR = st.one_of(
+    st.none(),
+    st.integers(-3, 300),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(st.characters(blacklist_characters="\x00"), max_size=3),
+)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(shape=st.one_of(st.lists(st.integers(1, 4), min_size=5, max_size=5),  # mostly the contract's 5D
-                       st.lists(st.integers(0, 4), min_size=3, max_size=6)),
-       dtype=DTYPES, lo=st.one_of(st.integers(0, 50), ATTR), hi=st.one_of(st.integers(60, 300), ATTR),
-       nan=st.sampled_from([False, False, True]), depth=st.sampled_from([4, 4, 4, 2, 3, 5]),
-       norm=st.sampled_from(["minmax", "minmaxvol", "zscore", "none"]), is3D=st.booleans())
+@given(
+    shape=st.one_of(
+        st.lists(st.integers(1, 4), min_size=5, max_size=5),  # mostly the contract's 5D
+        st.lists(st.integers(0, 4), min_size=3, max_size=6),
+    ),
+    dtype=DTYPES,
+    lo=st.one_of(st.integers(0, 50), ATTR),
+    hi=st.one_of(st.integers(60, 300), ATTR),
+    nan=st.sampled_from([False, False, True]),
+    depth=st.sampled_from([4, 4, 4, 2, 3, 5]),
+    norm=st.sampled_from(["minmax", "minmaxvol", "zscore", "none"]),
+    is3D=st.booleans(),
+)
 def test_hdf5_reader_reads_correctly_or_says_why(shape, dtype, lo, hi, nan, depth, norm, is3D):
     from Engineering.data.datamodule import H5DataModule
 
@@ -126,8 +180,15 @@ def test_hdf5_reader_reads_correctly_or_says_why(shape, dtype, lo, hi, nan, dept
         (d / "dn.json").write_text(json.dumps({"datadir": str(d), "foldCSV": ""}))
         spatial = [int(s) for s in shape[-2:]] if len(shape) == 5 else [2, 2]
         input_shape = ([max(1, shape[2]) if len(shape) == 5 else 1] if is3D else []) + [max(1, s) for s in spatial]
-        argv = ["--datajson_path", str(d / "dn.json"), "--norm_type", norm, "--input_shape",
-                ",".join(map(str, input_shape)), "--allow_pad"] + (["--is3D"] if is3D else [])
+        argv = [
+            "--datajson_path",
+            str(d / "dn.json"),
+            "--norm_type",
+            norm,
+            "--input_shape",
+            ",".join(map(str, input_shape)),
+            "--allow_pad",
+        ] + (["--is3D"] if is3D else [])
         try:
             dm = H5DataModule(resolve(argv, Task("t", "t")).cfg)
             ds_ = dm.dataset("test")

@@ -4,6 +4,7 @@ A real read-only mount raises OSError(EROFS), not the PermissionError that a chm
 tests mount a read-only tmpfs (root only; skipped where mount is not permitted) and, everywhere, simulate EROFS
 at the os level (os.open / os.mkdir) where the writers create their files.
 """
+
 from __future__ import annotations
 
 import errno
@@ -17,10 +18,12 @@ import pytest
 
 from tests.conftest import run_main
 
-TOOLS = [("make_folds", ["--out", "{ro}/folds.csv", "--n-folds", "2"]),
-         ("crop_h5", ["--out", "{ro}/c.h5", "--size", "4", "4"]),
-         ("make_masks", ["--out", "{ro}/m.h5"]),
-         ("make_point_clouds", ["--out", "{ro}/p.h5"])]
+TOOLS = [
+    ("make_folds", ["--out", "{ro}/folds.csv", "--n-folds", "2"]),
+    ("crop_h5", ["--out", "{ro}/c.h5", "--size", "4", "4"]),
+    ("make_masks", ["--out", "{ro}/m.h5"]),
+    ("make_point_clouds", ["--out", "{ro}/p.h5"]),
+]
 
 
 @pytest.fixture
@@ -109,8 +112,12 @@ def test_nifti_to_h5_and_demo_on_a_read_only_mount(ro_mount, capsys):
 
     assert run_main("nifti_to_h5", EXAMPLE4D, "--out", ro_mount / "n.h5") == 2
     _one_line(capsys, ro_mount)
-    assert run_main("make_demo_dataset", "--out", ro_mount / "demo", "--n_patients", "2", "--n_frames", "2",
-                    "--size", "16") == 2
+    assert (
+        run_main(
+            "make_demo_dataset", "--out", ro_mount / "demo", "--n_patients", "2", "--n_frames", "2", "--size", "16"
+        )
+        == 2
+    )
     _one_line(capsys, ro_mount)
 
 

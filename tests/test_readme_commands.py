@@ -9,6 +9,7 @@ The default suite resolves every demo command's configuration in-process (``--pr
 and the task honours them), runs the quick start's demo for one batch and checks what the quick start says about
 it; ``-m slow`` runs each demo command for real at tiny scale, chains in README order.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -31,6 +32,7 @@ RESUME_PAGE = DOCS / "how-to" / "resume.md"  # the recipes table and the run mod
 def pages() -> list[Path]:
     """The README, then every documentation page (sorted): where documented commands live."""
     return [README, *sorted(DOCS.rglob("*.md"))]
+
 
 # command prefix -> why it is not run here
 SKIP = {
@@ -60,12 +62,12 @@ SKIP = {
     "python Executors/main_diffAE.py --help": "prints the flags (tests/test_ancestor_commands.py runs --help)",
     "python preprocess/dicom_to_h5.py scans": "the tutorials' stand-in files (docs/tutorials/dicom-to-h5.md runs them)",
     "python preprocess/validate_h5.py mydata/": "the tutorials' stand-in files (docs/tutorials/train-3d-diffae.md "
-                                                "runs them)",
+    "runs them)",
     "python preprocess/make_folds.py mydata/": "the tutorials' stand-in files (docs/tutorials/train-3d-diffae.md "
-                                               "runs them)",
+    "runs them)",
     "mkdir -p mydata": "the folder of the tutorials' stand-in files (docs/tutorials/train-3d-diffae.md)",
     "python Executors/main_benchmark.py --latents DiffAE=Results/cmp_diffae/": "the comparison tutorial's runs "
-                                                                               "(docs/tutorials/compare.md runs it)",
+    "(docs/tutorials/compare.md runs it)",
     "python Executors/app.py": "starts the web page's server (make test-browser tests the page)",
     # the install routes (docs/install.md): the tests run inside the installed environment
     "python3 -m venv": "the install itself (make setup)",
@@ -84,7 +86,8 @@ MAKE = {"make demo": "python Executors/main_diffAE.py"}
 
 
 def readme_commands(text: str | None = None) -> list[str]:
-    """Shell commands of the README (or of ``text``, a page) in order: ```bash blocks (continuations joined, comments dropped) and inline
+    """Shell commands of the README (or of ``text``, a page) in order: ```bash blocks (continuations joined, comments
+    dropped) and inline
     `python ...` / `make ...` spans."""
     text = README.read_text() if text is None else text
     found = []
@@ -132,8 +135,9 @@ def _is_tutorial(page: Path) -> bool:
 
 def demo_commands() -> list[str]:
     """Commands outside the tutorials (those run in tests/test_docs.py) that run on the demo data, in order."""
-    return list(dict.fromkeys(c for page, c in documented_commands()
-                              if not _is_tutorial(page) and skip_reason(c) is None))
+    return list(
+        dict.fromkeys(c for page, c in documented_commands() if not _is_tutorial(page) and skip_reason(c) is None)
+    )
 
 
 def test_every_command_is_run_or_skipped_with_a_reason():
@@ -146,8 +150,9 @@ def test_every_command_is_run_or_skipped_with_a_reason():
         if _is_tutorial(page) and (page.name, command) in run_by_test_docs:
             continue  # a tutorial block: tests/test_docs.py runs it (and resolves it in the default suite)
         argv = as_argv(command)
-        assert argv[0] == "python" and Path(REPO / argv[1]).is_file(), \
+        assert argv[0] == "python" and Path(REPO / argv[1]).is_file(), (
             f"{page.relative_to(REPO)}: command neither runnable here nor in SKIP (with a reason): {command}"
+        )
 
 
 def as_argv(command: str) -> list[str]:
@@ -191,8 +196,9 @@ def _in_process(command: str, *extra: str, monkeypatch=None) -> int:
     return run_cli(_module(argv[1]).main, [*argv[2:], *extra])
 
 
-@pytest.mark.parametrize("command", [c for c in demo_commands() if c.startswith(("python Executors/main",
-                                                                                  "make demo", "PYTHONPATH"))])
+@pytest.mark.parametrize(
+    "command", [c for c in demo_commands() if c.startswith(("python Executors/main", "make demo", "PYTHONPATH"))]
+)
 def test_demo_command_resolves(command, capsys, monkeypatch):
     """The command's flags exist and its task honours them: its configuration resolves (--print_config)."""
     monkeypatch.chdir(REPO)
@@ -214,12 +220,12 @@ def _quick_start(path: Path = README) -> str:
     text = path.read_text()
     start = text.index("## Quick start") if "## Quick start" in text else text.index("## Two commands")
     end = text.find("\n## ", start + 3)
-    return text[start:end if end > 0 else None]
+    return text[start : end if end > 0 else None]
 
 
 @pytest.mark.parametrize("path", [README, DOCS / "getting-started.md"], ids=["README", "getting-started"])
 def test_the_quick_start_says_what_the_demo_does(path, capsys, monkeypatch):
-    """"make demo ... trains a small 2D DiffAE on CPU for N epochs ... prints outputs written to Results/<run>":
+    """ "make demo ... trains a small 2D DiffAE on CPU for N epochs ... prints outputs written to Results/<run>":
     the number of epochs and the run folder are the demo's (in the README and on the getting-started page)."""
     quick = _quick_start(path)
     cfg = _resolved("make demo", capsys, monkeypatch)
@@ -245,7 +251,7 @@ def test_the_recipes_table_resolves_on_the_demo_command(capsys, monkeypatch):
     from Engineering.Engines.MainEngine import run_name
 
     text = RESUME_PAGE.read_text()
-    table = text[text.index("| what | add to the training command |"):].split("\n\n")[0]
+    table = text[text.index("| what | add to the training command |") :].split("\n\n")[0]
     rows = [re.findall(r"`([^`]*)`", line) for line in table.splitlines()[2:]]
     assert len(rows) >= 5
     spec = registry.get("diffAE")
@@ -262,25 +268,31 @@ def test_executors_that_need_inputs_say_so_in_one_line(capsys, monkeypatch):
     """The "with no arguments" sentence (README and docs/how-to/resume.md) names the executors that need an earlier
     run's output; each of them says which flag in one line."""
     sentences = [p.read_text() for p in (README, RESUME_PAGE)]
-    sentences = [t[t.index("With no arguments"):].split("\n\n")[0] for t in sentences]
+    sentences = [t[t.index("With no arguments") :].split("\n\n")[0] for t in sentences]
     sentence = " ".join(sentences)
     for text in sentences:
         assert "main_latentcls" in text and "main_restyle" in text, text
-    for script, flag in (("main_latentcls", "--parent_trainID"), ("main_restyle", "--generator"),
-                         ("main", "--task"), ("main_benchmark", "--latents"), ("export_hf", "--run"),
-                         ("merge_shards", "RUN")):
+    for script, flag in (
+        ("main_latentcls", "--parent_trainID"),
+        ("main_restyle", "--generator"),
+        ("main", "--task"),
+        ("main_benchmark", "--latents"),
+        ("export_hf", "--run"),
+        ("merge_shards", "RUN"),
+    ):
         assert script in sentence, f"{script} needs arguments; the README's sentence does not say so"
         code = _in_process(f"python Executors/{script}.py", monkeypatch=monkeypatch)
         err = capsys.readouterr().err.strip().splitlines()
-        assert code == 2 and err and flag.lower() in err[-1].lower() and "Traceback" not in "\n".join(err), \
-            (script, err[-3:])
+        assert code == 2 and err and flag.lower() in err[-1].lower() and "Traceback" not in "\n".join(err), (
+            script,
+            err[-3:],
+        )
 
 
 def test_the_demo_command_runs_one_batch(capsys, monkeypatch, tmp_path, demo_dir, one_thread):
     """The quick start's command itself, for one batch (Lightning's fast dev run), on the demo cohort."""
     monkeypatch.chdir(tmp_path)
-    code = _in_process("make demo", "--dev_run", "1", "--no-progress_bar", "--no-tbactive",
-                       monkeypatch=monkeypatch)
+    code = _in_process("make demo", "--dev_run", "1", "--no-progress_bar", "--no-tbactive", monkeypatch=monkeypatch)
     out = capsys.readouterr()
     assert code == 0, out.err[-2000:]
     assert "data: " in out.out and "dev run of 1 batch(es) finished" in out.out
@@ -289,12 +301,14 @@ def test_the_demo_command_runs_one_batch(capsys, monkeypatch, tmp_path, demo_dir
 # --- slow: every demo command for real, at tiny scale, in README-then-pages order (chains: later commands read
 # earlier runs)
 
-TINY = {"main_latentcls": ["--num_epochs", "2"],
-        # latents only: reconstructing every test sample through DDIM takes minutes on a CPU
-        "main_diffAE": ["--num_epochs", "1", "--n_train_batches", "2", "--n_val_batches", "1", "--test_emb_only"],
-        "main_recon": ["--num_epochs", "1", "--n_train_batches", "2", "--test_emb_only"],
-        "main_ssl": ["--num_epochs", "1", "--n_train_batches", "2", "--batch_size", "16", "--maximize_iter", "2"],
-        "default": ["--num_epochs", "1", "--n_train_batches", "2"]}
+TINY = {
+    "main_latentcls": ["--num_epochs", "2"],
+    # latents only: reconstructing every test sample through DDIM takes minutes on a CPU
+    "main_diffAE": ["--num_epochs", "1", "--n_train_batches", "2", "--n_val_batches", "1", "--test_emb_only"],
+    "main_recon": ["--num_epochs", "1", "--n_train_batches", "2", "--test_emb_only"],
+    "main_ssl": ["--num_epochs", "1", "--n_train_batches", "2", "--batch_size", "16", "--maximize_iter", "2"],
+    "default": ["--num_epochs", "1", "--n_train_batches", "2"],
+}
 
 
 # executors that train nothing: they run as written
@@ -310,7 +324,7 @@ def _tiny(argv: list[str]) -> list[str]:
     extra = list(TINY.get(script, TINY["default"]))
     if "--num_epochs" in argv:  # the command's own recipe (e.g. 400 epochs) at tiny scale
         i = argv.index("--num_epochs")
-        argv = argv[:i] + argv[i + 2:]
+        argv = argv[:i] + argv[i + 2 :]
     if script == "main_ssl" and "ipirm" not in " ".join(argv):
         extra = extra[:6]
     return [*argv, *extra, "--no-progress_bar"]
@@ -323,8 +337,9 @@ def test_every_demo_command_runs_at_tiny_scale(tmp_path):
     failures = []
     for command in demo_commands():
         argv = _tiny(as_argv(command))
-        proc = subprocess.run([sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True,
-                              timeout=1800, env=_env(command))
+        proc = subprocess.run(
+            [sys.executable, *argv[1:]], cwd=tmp_path, capture_output=True, text=True, timeout=1800, env=_env(command)
+        )
         if proc.returncode != 0:
             failures.append(f"{command}\n  -> {proc.stderr.strip().splitlines()[-1:]}")
         elif command == "make demo":  # the quick start's promise, at tiny scale

@@ -8,6 +8,7 @@ evaluates point clouds with; cyto_dl/nn/losses/chamfer_loss.py). The ``_ref_*`` 
 those formulas written for this test (torch / scikit-learn as the reference uses them), independent of
 Engineering/Eval. Each test also records, where the issue asked, the project's own variant on the same inputs.
 """
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -73,11 +74,11 @@ def _ref_evolution(decoder, loss_eval, Z, X, pairs, all_embeds=None) -> tuple[fl
     all_embeds = Z if all_embeds is None else all_embeds
     energies, dists = [], []
     for a, b in pairs:
-        init_x, final_x = X[a:a + 1], X[b:b + 1]
+        init_x, final_x = X[a : a + 1], X[b : b + 1]
         for fraction in np.linspace(0, 1, 11):
             if fraction in [0, 1]:
                 continue
-            z = Z[a:a + 1] + (Z[b:b + 1] - Z[a:a + 1]) * fraction
+            z = Z[a : a + 1] + (Z[b : b + 1] - Z[a : a + 1]) * fraction
             xhat = decoder(z)
             init_rcl = loss_eval(xhat, init_x).mean()
             final_rcl = loss_eval(xhat, final_x).mean()
@@ -93,8 +94,13 @@ def _ref_outlier_detection(Z: np.ndarray, outlier: np.ndarray) -> float:
     codes = outlier.astype(int)
     class_weight = {c: len(codes) / (len(np.unique(codes)) * (codes == c).sum()) for c in np.unique(codes)}
     model = make_pipeline(StandardScaler(), LogisticRegression(class_weight=class_weight, max_iter=3000))
-    cv = cross_validate(model, Z, codes, cv=StratifiedKFold(n_splits=5, shuffle=True, random_state=2652124),
-                        scoring=["balanced_accuracy"])
+    cv = cross_validate(
+        model,
+        Z,
+        codes,
+        cv=StratifiedKFold(n_splits=5, shuffle=True, random_state=2652124),
+        scoring=["balanced_accuracy"],
+    )
     return float(np.mean([round(v, 2) for v in cv["test_balanced_accuracy"]]))
 
 
@@ -116,7 +122,7 @@ def _pixel_encoder(n_in: int, dim_z: int = 6, seed: int = 1):
 def test_rotation_invariance_error_matches_the_reference(dim):
     x = _images(dim)
     encode = _pixel_encoder(x[0].size)
-    batches = [x[i:i + 5] for i in range(0, len(x), 5)]  # 5, 5, 2: unequal batches weigh equally, as there
+    batches = [x[i : i + 5] for i in range(0, len(x), 5)]  # 5, 5, 2: unequal batches weigh equally, as there
     ref = _ref_rotation_invariance_error(encode, batches, _ref_rotate_image)
     ours = invariance.rotation_invariance_error(encode, x, 5, n_boot=50, seed=0)
     assert ours.value == pytest.approx(ref, abs=1e-9)
@@ -132,8 +138,14 @@ def test_rotation_invariance_error_of_point_clouds_matches_the_reference():
     clouds = rng.normal(size=(9, 20, 4))  # (B, N, xyz + intensity), the reference's layout
     encode_last = _pixel_encoder(20 * 4)
     ref = _ref_rotation_invariance_error(encode_last, [clouds[:4], clouds[4:8], clouds[8:]], _ref_rotate_points)
-    ours = invariance.rotation_invariance_error(lambda c: encode_last(np.transpose(c, (0, 2, 1))),
-                                                np.transpose(clouds, (0, 2, 1)), 4, n_boot=0, seed=0, kind="points")
+    ours = invariance.rotation_invariance_error(
+        lambda c: encode_last(np.transpose(c, (0, 2, 1))),
+        np.transpose(clouds, (0, 2, 1)),
+        4,
+        n_boot=0,
+        seed=0,
+        kind="points",
+    )
     assert ours.value == pytest.approx(ref, abs=1e-9)
 
 
@@ -149,8 +161,9 @@ def _linear_codec(n: int = 12, size: int = 8, seed: int = 0):
 
 
 def _mse_loss(a, b):
-    return torch.nn.MSELoss(reduction="none")(torch.from_numpy(np.asarray(a, float)),
-                                              torch.from_numpy(np.asarray(b, float))).numpy()
+    return torch.nn.MSELoss(reduction="none")(
+        torch.from_numpy(np.asarray(a, float)), torch.from_numpy(np.asarray(b, float))
+    ).numpy()
 
 
 def test_evolution_energy_matches_the_reference_and_sees_a_decoder_that_ignores_its_latent():
@@ -190,8 +203,9 @@ def test_evolution_energy_of_point_clouds_uses_the_reference_chamfer():
     target = clouds.transpose(0, 2, 1)
     pairs = interpolation.reference_pairs(len(Z), None, seed=3)
     ref_energy, _ = _ref_evolution(decode, _ref_chamfer, Z, target, pairs)
-    ours = interpolation.pointwise_evolution_energy(lambda x, z: decode(z), clouds, Z, target,
-                                                    invariance.chamfer_sum, pairs)
+    ours = interpolation.pointwise_evolution_energy(
+        lambda x, z: decode(z), clouds, Z, target, invariance.chamfer_sum, pairs
+    )
     assert ours.mean() == pytest.approx(ref_energy, rel=1e-9)
 
 
@@ -218,7 +232,7 @@ def test_reconstruction_sinkhorn_is_the_references_point_cloud_reconstruction_sc
     clouds = rng.normal(size=(4, 3, 40))
     recon = clouds.transpose(0, 2, 1)[:, rng.permutation(40)] + rng.normal(size=(4, 40, 3)) * 0.3
     gts = torch.from_numpy(clouds.transpose(0, 2, 1)).float().contiguous()
-    ref = SamplesLoss(loss="sinkhorn", p=2, blur=.05)(torch.from_numpy(recon).float(), gts).double().numpy()
+    ref = SamplesLoss(loss="sinkhorn", p=2, blur=0.05)(torch.from_numpy(recon).float(), gts).double().numpy()
     res = invariance.reconstruction_sinkhorn(lambda c: recon, clouds, n_boot=20, seed=0)
     assert res.value == pytest.approx(ref.mean(), rel=1e-6)
     # about half the project's squared-W2 Earth Mover's distance (geomloss's p=2 cost is |x - y|^2 / 2)
@@ -262,14 +276,23 @@ def _fake_run(kind: str, images: np.ndarray):
         x = (z @ Winv).reshape(len(z), *shape)
         return x[:, :3].transpose(1, 2) if kind == "points" else x
 
-    engine = SimpleNamespace(input_kind=kind, embed=encode, decode=decode,
-                             reconstruct=lambda x, z, use_ema: decode(z),
-                             render=lambda x, codes, use_ema: [decode(c) for c in codes])
+    engine = SimpleNamespace(
+        input_kind=kind,
+        embed=encode,
+        decode=decode,
+        reconstruct=lambda x, z, use_ema: decode(z),
+        render=lambda x, codes, use_ema: [decode(c) for c in codes],
+    )
     return SimpleNamespace(  # the run's methods call its engine's, as SavedRun's do
         cfg=SimpleNamespace(training=SimpleNamespace(batch_size=4), model=SimpleNamespace(is3D=False)),
-        engine=engine, use_ema=False, checkpoint="fake.ckpt", encode=encode, decode=decode,
+        engine=engine,
+        use_ema=False,
+        checkpoint="fake.ckpt",
+        encode=encode,
+        decode=decode,
         render=lambda x, codes: engine.render(x, codes, False),
-        reconstruct=lambda x: engine.reconstruct(x, encode(x), False))
+        reconstruct=lambda x: engine.reconstruct(x, encode(x), False),
+    )
 
 
 @pytest.mark.parametrize("kind", ["image", "points"])
@@ -306,8 +329,14 @@ def test_main_benchmark_computes_the_reference_families_for_a_run(kind):
             compute["reconstruction_chamfer"]()
 
 
-REFERENCE_NAMES = ("rotation_invariance_error", "evolution_energy", "embedding_distance", "outlier_detection",
-                   "reconstruction_chamfer", "reconstruction_sinkhorn")
+REFERENCE_NAMES = (
+    "rotation_invariance_error",
+    "evolution_energy",
+    "embedding_distance",
+    "outlier_detection",
+    "reconstruction_chamfer",
+    "reconstruction_sinkhorn",
+)
 VARIANT_NAMES = ("rotation_invariance", "decoded_path_ratio", "interpolation_distance", "outlier_auroc")
 
 
@@ -322,7 +351,8 @@ def test_the_report_says_which_definition_is_the_references(tmp_path):
         assert described[name][1].startswith("Reference ("), name
     for name in VARIANT_NAMES:
         assert described[name][1].startswith("Project variant"), name
-    results = {r: {m: MetricResult(0.5, 0.4, 0.6, "lower", n=3) for m in REFERENCE_NAMES + VARIANT_NAMES}
-               for r in ("a", "b")}
+    results = {
+        r: {m: MetricResult(0.5, 0.4, 0.6, "lower", n=3) for m in REFERENCE_NAMES + VARIANT_NAMES} for r in ("a", "b")
+    }
     page = render_report(results, described, {}, [], ())
     assert page.count("Reference (") >= len(REFERENCE_NAMES) and page.count("Project variant") >= len(VARIANT_NAMES)

@@ -9,6 +9,7 @@ for this test (pandas + scipy + scikit-learn, as the notebook uses them), indepe
 The data have the standard plate layout: six DMSO wells per plate, two plates per batch (week), two image
 sites per well, each compound in one week at two concentrations, plate effects (shift and scale) on top.
 """
+
 from __future__ import annotations
 
 import json
@@ -24,9 +25,13 @@ from Engineering.Eval.nsc import nsc_scores
 D = 6
 # moa -> weeks its compounds live in (one compound per (moa, week)); "Kinase inhibitors" lives in one week only,
 # like the two mechanisms the reference skips for NSCB
-MOAS = {"Actin disruptors": ["Week1", "Week2", "Week3"], "Aurora kinase inhibitors": ["Week1", "Week2", "Week3"],
-        "Microtubule stabilizers": ["Week1", "Week3"], "Eg5 inhibitors": ["Week2", "Week3"],
-        "Kinase inhibitors": ["Week2"]}
+MOAS = {
+    "Actin disruptors": ["Week1", "Week2", "Week3"],
+    "Aurora kinase inhibitors": ["Week1", "Week2", "Week3"],
+    "Microtubule stabilizers": ["Week1", "Week3"],
+    "Eg5 inhibitors": ["Week2", "Week3"],
+    "Kinase inhibitors": ["Week2"],
+}
 ONE_WEEK_MOAS = ["Kinase inhibitors"]
 
 
@@ -94,11 +99,13 @@ def _reference_nsc(df: pd.DataFrame, use_whitening: bool, use_tvn: bool, lambda_
     batches = compound_df["batch"].to_numpy()
 
     def knn(Xf, Y, T):
-        return KNeighborsClassifier(n_neighbors=1, algorithm="brute", metric="cosine").fit(Xf, Y).predict(
-            T.reshape(1, -1))[0]
+        return (
+            KNeighborsClassifier(n_neighbors=1, algorithm="brute", metric="cosine")
+            .fit(Xf, Y)
+            .predict(T.reshape(1, -1))[0]
+        )
 
-    nsc = [knn(X[compounds != compounds[i]], moas[compounds != compounds[i]], X[i]) == moas[i]
-           for i in range(len(X))]
+    nsc = [knn(X[compounds != compounds[i]], moas[compounds != compounds[i]], X[i]) == moas[i] for i in range(len(X))]
     nscb = []
     for i in range(len(X)):
         if moas[i] in ONE_WEEK_MOAS:
@@ -111,8 +118,9 @@ def _reference_nsc(df: pd.DataFrame, use_whitening: bool, use_tvn: bool, lambda_
 
 def _meta(df: pd.DataFrame, batch: str = "batch", plate: str | None = "plate") -> pd.DataFrame:
     treatment = df["compound"] + "@" + df["concentration"].astype(str)
-    meta = pd.DataFrame({"compound": df["compound"], "treatment": treatment, "batch": df[batch], "label": df["moa"],
-                         "well": df["well"]})
+    meta = pd.DataFrame(
+        {"compound": df["compound"], "treatment": treatment, "batch": df[batch], "label": df["moa"], "well": df["well"]}
+    )
     if plate:
         meta["plate"] = df[plate]
     return meta
@@ -149,8 +157,17 @@ def test_controls_are_never_queries():
 
 
 def _write(tmp_path, df):
-    emb = pd.DataFrame({"patientID": [f"img{i}" for i in range(len(df))], "fieldID": "0", "instanceID": "0",
-                        "key": "primary", "c": 0, "t": 0, "s": 0})
+    emb = pd.DataFrame(
+        {
+            "patientID": [f"img{i}" for i in range(len(df))],
+            "fieldID": "0",
+            "instanceID": "0",
+            "key": "primary",
+            "c": 0,
+            "t": 0,
+            "s": 0,
+        }
+    )
     for j in range(D):
         emb[f"Z{j}"] = df[j].to_numpy()
     emb.to_parquet(tmp_path / "emb.parquet", index=False)
@@ -163,16 +180,40 @@ def _cli(tmp_path, *extra):
     from tests.test_benchmark_cli import load_main
 
     out = tmp_path / ("out" + "_".join(a.strip("-") for a in extra))
-    load_main()(["--latents", f"run={tmp_path / 'emb.parquet'}", "--labels", str(tmp_path / "labels.tsv"),
-                 "--label_cols", "moa", "--nsc_label", "moa", "--compound_col", "compound", "--dose_col",
-                 "concentration", "--well_col", "well", "--n_boot", "20", "--n_perm", "5", "--n_splits", "2",
-                 "--out", str(out), *extra])
+    load_main()(
+        [
+            "--latents",
+            f"run={tmp_path / 'emb.parquet'}",
+            "--labels",
+            str(tmp_path / "labels.tsv"),
+            "--label_cols",
+            "moa",
+            "--nsc_label",
+            "moa",
+            "--compound_col",
+            "compound",
+            "--dose_col",
+            "concentration",
+            "--well_col",
+            "well",
+            "--n_boot",
+            "20",
+            "--n_perm",
+            "5",
+            "--n_splits",
+            "2",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
     return json.loads((out / "metrics.json").read_text())["run"]
 
 
 def test_the_batch_column_does_not_change_nsc(tmp_path):
     """The example of docs/tasks/ssl-ben.md (--batch_col PLATE) gave one profile per (treatment, plate): another
-    NSC than with the batch (week). NSC is one profile per treatment (the reference); the batch column only acts on NSCB."""
+    NSC than with the batch (week). NSC is one profile per treatment (the reference); the batch column only acts on
+    NSCB."""
     df = bbbc_like(2)
     _write(tmp_path, df)
     by_week = _cli(tmp_path, "--batch_col", "batch", "--nsc_controls", "DMSO")
@@ -196,13 +237,21 @@ def test_nsc_flags_act_or_are_refused(tmp_path):
 
     df = bbbc_like(0)
     _write(tmp_path, df)
-    base = ["--latents", f"run={tmp_path / 'emb.parquet'}", "--labels", str(tmp_path / "labels.tsv"),
-            "--out", str(tmp_path / "refused")]
+    base = [
+        "--latents",
+        f"run={tmp_path / 'emb.parquet'}",
+        "--labels",
+        str(tmp_path / "labels.tsv"),
+        "--out",
+        str(tmp_path / "refused"),
+    ]
     nsc = ["--nsc_label", "moa", "--compound_col", "compound", "--batch_col", "batch"]
-    for extra, message in ((["--nsc_controls", "DMSO"], "only act on NSC"),
-                           (["--nsc_tvn", "--plate_col", "plate"], "only act on NSC"),
-                           (nsc + ["--nsc_tvn"], "--nsc_tvn needs --nsc_controls"),
-                           (nsc + ["--nsc_controls", "dmso"], "no sample has that compound")):
+    for extra, message in (
+        (["--nsc_controls", "DMSO"], "only act on NSC"),
+        (["--nsc_tvn", "--plate_col", "plate"], "only act on NSC"),
+        (nsc + ["--nsc_tvn"], "--nsc_tvn needs --nsc_controls"),
+        (nsc + ["--nsc_controls", "dmso"], "no sample has that compound"),
+    ):
         with pytest.raises(UserError, match=message):
             load_main()(base + extra)
     assert not (tmp_path / "refused").exists()

@@ -1,4 +1,5 @@
 """The plug-in seam: one task registry, Executors/main.py --task, plug-ins from outside the repository."""
+
 from __future__ import annotations
 
 import shutil
@@ -84,8 +85,22 @@ def plugin_copy(tmp_path):
 
 
 def test_toy_plugin_trains_tests_and_writes_outputs_from_outside_the_repository(plugin_copy, tiny_demo, tmp_path):
-    args = ["--plugins", "toy_drive", "--task", "toy", "--json§datadir", str(tiny_demo), "--json§save_path",
-            str(tmp_path / "runs"), "--num_epochs", "1", "--batch_size", "8", "--no-progress_bar", "--no-tbactive"]
+    args = [
+        "--plugins",
+        "toy_drive",
+        "--task",
+        "toy",
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path / "runs"),
+        "--num_epochs",
+        "1",
+        "--batch_size",
+        "8",
+        "--no-progress_bar",
+        "--no-tbactive",
+    ]
     env = {"PYTHONPATH": str(plugin_copy)}
     cfg = yaml.safe_load(run_executor("main.py", *args, "--print_config", cwd=tmp_path, env=env).stdout)
     assert cfg["model"]["toy"] == {"width": 8} and cfg["model"]["drive"] == "toy"
@@ -95,15 +110,24 @@ def test_toy_plugin_trains_tests_and_writes_outputs_from_outside_the_repository(
     with h5py.File(out / "emb.h5") as h5:
         assert h5.attrs["latent_dim"] == 8 and h5.attrs["model"] == "toy" and h5.attrs["n_samples"] > 0
     table = pd.read_parquet(out / "emb.parquet")
-    assert len(table) == h5py.File(out / "emb.h5").attrs["n_samples"] and list(table.columns[-8:]) == \
-        [f"Z{j}" for j in range(8)]
+    assert len(table) == h5py.File(out / "emb.h5").attrs["n_samples"] and list(table.columns[-8:]) == [
+        f"Z{j}" for j in range(8)
+    ]
     metrics = pd.read_csv(out / "metrics.csv")
     assert metrics["SSIM"].notna().all() and (out / "recon.h5").is_file()
     saved = yaml.safe_load((out.parent / "resolved_config.yaml").read_text())
     assert saved["model"]["toy"]["width"] == 4  # its own flag reached its typed section
     # the same plug-in through the environment variable; its typed section rejects an unknown key
-    proc = run_executor("main.py", "--task", "toy", "--model§toy§widht", "3", "--print_config", cwd=tmp_path,
-                        env={**env, registry.PLUGINS_ENV: "toy_drive"})
+    proc = run_executor(
+        "main.py",
+        "--task",
+        "toy",
+        "--model§toy§widht",
+        "3",
+        "--print_config",
+        cwd=tmp_path,
+        env={**env, registry.PLUGINS_ENV: "toy_drive"},
+    )
     assert proc.returncode == 2 and "unknown key model§toy§widht (did you mean model§toy§width?)" in proc.stderr
 
 
@@ -114,5 +138,6 @@ def test_keys_and_flags_of_another_task_are_refused_naming_it(capsys):
         resolve(["--eval§reference_Cs", "[1.0]"], registry.get("diffAE"))
     # a key no registered task has is new: created with a warning (the ancestor's rule), recorded
     r = resolve(["--model§toy§width", "3"], registry.get("diffAE"))
-    assert r.raw["model"]["toy"] == {"width": 3} and "'model§toy' does not exist and is created" in \
-        capsys.readouterr().err
+    assert (
+        r.raw["model"]["toy"] == {"width": 3} and "'model§toy' does not exist and is created" in capsys.readouterr().err
+    )

@@ -1,5 +1,6 @@
 """The signal policy of every executor (issue 34): a run stopped by SIGTERM, SIGHUP or Ctrl+C never exits 0; it
 exits 128 + the signal number with one line saying what was saved and how to continue, and a rerun continues."""
+
 from __future__ import annotations
 
 import os
@@ -59,8 +60,11 @@ def test_other_system_exits_keep_their_code():
         run_cli(helps, [])
 
 
-ENTRIES = [p for p in sorted(REPO.glob("Executors/*.py")) + sorted(REPO.glob("preprocess/*.py"))
-           if 'if __name__ == "__main__":' in p.read_text()]
+ENTRIES = [
+    p
+    for p in sorted(REPO.glob("Executors/*.py")) + sorted(REPO.glob("preprocess/*.py"))
+    if 'if __name__ == "__main__":' in p.read_text()
+]
 
 
 @pytest.mark.parametrize("path", ENTRIES, ids=lambda p: f"{p.parent.name}/{p.name}")
@@ -95,8 +99,9 @@ def test_every_executor_and_tool_exits_non_zero_when_stopped(path, name, code, m
 
 def test_a_preprocess_tool_stopped_mid_write_leaves_no_partial_file(tmp_path, monkeypatch, capsys):
     """Atomic writes remove their temporary file on the way out of a stop signal; the exit code is 143."""
-    from preprocess import make_demo_dataset
     import h5py
+
+    from preprocess import make_demo_dataset
 
     real = h5py.Group.create_dataset
     calls = []
@@ -117,8 +122,13 @@ def test_a_preprocess_tool_stopped_mid_write_leaves_no_partial_file(tmp_path, mo
 
 
 def _probe(save: Path, demo: Path, *extra: str, env: dict | None = None):
-    args = ["--plugins", "signal_probe", "--task", "diffae_signal",
-            *tiny_args(demo, save, "--fulltrainID", "sig", "--batch_size", "2", *extra)]
+    args = [
+        "--plugins",
+        "signal_probe",
+        "--task",
+        "diffae_signal",
+        *tiny_args(demo, save, "--fulltrainID", "sig", "--batch_size", "2", *extra),
+    ]
     return run_executor("main.py", *args, env={**PROBE_ENV, **(env or {})})
 
 

@@ -2,6 +2,7 @@
 image events with the expected tags and shapes (2D DiffAE: inputs and reconstructions; 3D rotation-invariant
 autoencoder: middle slices; StyleGAN2: inputs and samples); with --tb_image_every 0 none; without TensorBoard the
 flag is refused. The grids are read back from the event files with TensorBoard's own EventAccumulator."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -77,8 +78,20 @@ def test_grid_layout_and_display_range():
 
 
 def test_diffae_logs_inputs_and_reconstructions_every_n_epochs(tiny_demo, tmp_path):
-    base = [*TINY_DIFFAE, "--interp_fact", "1", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-            "--run_mode", "1", "--tbactive", "--num_epochs", "2"]
+    base = [
+        *TINY_DIFFAE,
+        "--interp_fact",
+        "1",
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--run_mode",
+        "1",
+        "--tbactive",
+        "--num_epochs",
+        "2",
+    ]
     run([*base, "--fulltrainID", "on", "--tb_image_every", "1"], registry.get("diffAE"))
     images = _images(tmp_path / "on")
     assert sorted(images) == ["images/inputs", "images/reconstructions"]
@@ -92,7 +105,9 @@ def test_diffae_logs_inputs_and_reconstructions_every_n_epochs(tiny_demo, tmp_pa
 
     run([*base, "--fulltrainID", "every2", "--tb_image_every", "2"], registry.get("diffAE"))
     assert {tag: len(e) for tag, e in _images(tmp_path / "every2").items()} == {
-        "images/inputs": 1, "images/reconstructions": 1}
+        "images/inputs": 1,
+        "images/reconstructions": 1,
+    }
 
     # no validation (train and val merged, --run_mode 0): the first training batch of the epoch
     run([*base, "--fulltrainID", "merged", "--run_mode", "0", "--num_epochs", "1"], registry.get("diffAE"))
@@ -106,9 +121,27 @@ def test_diffae_logs_inputs_and_reconstructions_every_n_epochs(tiny_demo, tmp_pa
 
 @pytest.mark.parametrize("model", ["vae", "rhvae"])  # (rhvae: a model that needs gradients to evaluate)
 def test_pythae_vaes_log_inputs_and_reconstructions(model, tiny_demo, tmp_path):
-    run([*TINY_RECON, "--interp_fact", "1", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-         "--fulltrainID", model, "--num_epochs", "1", "--run_mode", "1", "--tbactive", "--model§pythae§model", model],
-        registry.get("recon"))
+    run(
+        [
+            *TINY_RECON,
+            "--interp_fact",
+            "1",
+            "--json§datadir",
+            str(tiny_demo),
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            model,
+            "--num_epochs",
+            "1",
+            "--run_mode",
+            "1",
+            "--tbactive",
+            "--model§pythae§model",
+            model,
+        ],
+        registry.get("recon"),
+    )
     images = _images(tmp_path / model)
     assert sorted(images) == ["images/inputs", "images/reconstructions"]
     assert [(e.width, e.height) for e in images["images/reconstructions"]] == [_size(4, 1, 32)]
@@ -116,10 +149,37 @@ def test_pythae_vaes_log_inputs_and_reconstructions(model, tiny_demo, tmp_path):
 
 def test_3d_grids_show_the_middle_slice(tmp_path):
     cells = write_cells(tmp_path / "cells", CellSpec(n_cells=12, n_puncta=6, n_points=32))
-    run(["--batch_size", "4", "--n_train_batches", "2", "--n_val_batches", "1", "--no-progress_bar", "--tbactive",
-         "--latent_dim", "8", "--model§RotInv§width", "2", "--model§RotInv§depth", "2", "--num_epochs", "1",
-         "--run_mode", "1", "--json§datadir", str(cells), "--json§save_path", str(tmp_path / "runs"),
-         "--json§DS_covariates§path", str(cells / "covariates.tsv"), "--fulltrainID", "r"], registry.get("rotinv"))
+    run(
+        [
+            "--batch_size",
+            "4",
+            "--n_train_batches",
+            "2",
+            "--n_val_batches",
+            "1",
+            "--no-progress_bar",
+            "--tbactive",
+            "--latent_dim",
+            "8",
+            "--model§RotInv§width",
+            "2",
+            "--model§RotInv§depth",
+            "2",
+            "--num_epochs",
+            "1",
+            "--run_mode",
+            "1",
+            "--json§datadir",
+            str(cells),
+            "--json§save_path",
+            str(tmp_path / "runs"),
+            "--json§DS_covariates§path",
+            str(cells / "covariates.tsv"),
+            "--fulltrainID",
+            "r",
+        ],
+        registry.get("rotinv"),
+    )
     images = _images(tmp_path / "runs" / "r")
     assert sorted(images) == ["images/inputs", "images/reconstructions"]
     for tag, events in images.items():  # (2 channels, 32x32x32 volumes: one 32x32 slice of each validation cell)
@@ -128,9 +188,29 @@ def test_3d_grids_show_the_middle_slice(tmp_path):
 
 
 def test_gan_logs_inputs_and_samples(tiny_demo_mc, tmp_path):
-    run([*TINY_GAN, "--interp_fact", "1", "--json§datadir", str(tiny_demo_mc), "--json§save_path", str(tmp_path),
-         "--fulltrainID", "g", "--n_train_batches", "2", "--n_val_batches", "1", "--num_epochs", "1",
-         "--run_mode", "1", "--tbactive"], registry.get("stylegan"))
+    run(
+        [
+            *TINY_GAN,
+            "--interp_fact",
+            "1",
+            "--json§datadir",
+            str(tiny_demo_mc),
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "g",
+            "--n_train_batches",
+            "2",
+            "--n_val_batches",
+            "1",
+            "--num_epochs",
+            "1",
+            "--run_mode",
+            "1",
+            "--tbactive",
+        ],
+        registry.get("stylegan"),
+    )
     images = _images(tmp_path / "g")
     assert sorted(images) == ["images/inputs", "images/samples"]
     # 3 channels, 32x32: the validation batch's 4 images and the generator's 4 fixed samples (n_samples 4)
@@ -145,22 +225,49 @@ def test_the_flag_is_refused_where_it_would_do_nothing(tiny_demo, tmp_path, caps
     with pytest.raises(UserError, match="--tb_image_every 2 is not honoured.*--run_mode 2"):
         run([*args, "--tbactive", "--tb_image_every", "2", "--run_mode", "2"], registry.get("diffAE"))
     with pytest.raises(UserError, match="--tb_image_every is not honoured by task 'ssl': it has no decoder"):
-        run(["--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path), "--tb_image_every", "1"],
-            registry.get("ssl"))
+        run(
+            ["--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path), "--tb_image_every", "1"],
+            registry.get("ssl"),
+        )
     assert not (tmp_path / "x").exists()
 
 
 def test_a_task_without_decoder_or_generator_logs_no_grids(tiny_demo, tmp_path):
     """SSL with TensorBoard on (the default --tb_image_every 1 is not honoured by it): scalars, no images."""
-    run([*TINY_SSL, "--interp_fact", "1", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-         "--fulltrainID", "s", "--n_train_batches", "2", "--num_epochs", "1", "--run_mode", "1", "--tbactive",
-         "--knn_label", "ef_class"], registry.get("ssl"))
+    run(
+        [
+            *TINY_SSL,
+            "--interp_fact",
+            "1",
+            "--json§datadir",
+            str(tiny_demo),
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "s",
+            "--n_train_batches",
+            "2",
+            "--num_epochs",
+            "1",
+            "--run_mode",
+            "1",
+            "--tbactive",
+            "--knn_label",
+            "ef_class",
+        ],
+        registry.get("ssl"),
+    )
     assert _images(tmp_path / "s") == {} and "val_loss" in _scalars(tmp_path / "s")
 
 
-
-NOISE = ("💡", "litlogger", "LeafSpec", "module(s) in eval mode", "smaller than the logging interval",
-         "does not have many workers")
+NOISE = (
+    "💡",
+    "litlogger",
+    "LeafSpec",
+    "module(s) in eval mode",
+    "smaller than the logging interval",
+    "does not have many workers",
+)
 
 
 def _console_of_a_run(tiny_demo, tmp_path, name: str) -> tuple[list[str], list[str]]:
@@ -173,13 +280,27 @@ def _console_of_a_run(tiny_demo, tmp_path, name: str) -> tuple[list[str], list[s
     class Keep(logging.Handler):
         def emit(self, record):
             records.append(record.getMessage())
+
     keep = Keep()
     logging.getLogger("lightning").addHandler(keep)
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")  # (the run's own filters go in front of this one)
-            run([*TINY_DIFFAE, "--tbactive", "--run_mode", "1", "--json§datadir", str(tiny_demo), "--json§save_path",
-                 str(tmp_path), "--fulltrainID", name], registry.get("diffAE"))
+            run(
+                [
+                    *TINY_DIFFAE,
+                    "--tbactive",
+                    "--run_mode",
+                    "1",
+                    "--json§datadir",
+                    str(tiny_demo),
+                    "--json§save_path",
+                    str(tmp_path),
+                    "--fulltrainID",
+                    name,
+                ],
+                registry.get("diffAE"),
+            )
     finally:
         logging.getLogger("lightning").removeHandler(keep)
     return [str(w.message) for w in caught], records
@@ -188,7 +309,8 @@ def _console_of_a_run(tiny_demo, tmp_path, name: str) -> tuple[list[str], list[s
 def test_the_console_is_quiet(tiny_demo, tmp_path, monkeypatch):
     """A training run shows none of the third-party tips and warnings Engines/console.py silences, each of which a
     run without its filters shows (the litlogger tip, LeafSpec's deprecation, the EMA copy in eval mode, the
-    logging interval longer than the epoch, few loader workers on a machine with more cores); Lightning's other lines still reach its logger."""
+    logging interval longer than the epoch, few loader workers on a machine with more cores); Lightning's other lines
+    still reach its logger."""
     import logging
     import warnings
 
@@ -209,6 +331,11 @@ def test_the_console_is_quiet(tiny_demo, tmp_path, monkeypatch):
         for name in console.TIP_LOGGERS:
             monkeypatch.setattr(logging.getLogger(name), "filters", [])
         shown, records = _console_of_a_run(tiny_demo, tmp_path, "loud")
-    for noise in ("💡", "LeafSpec", "module(s) in eval mode", "smaller than the logging interval",
-                  "does not have many workers"):
+    for noise in (
+        "💡",
+        "LeafSpec",
+        "module(s) in eval mode",
+        "smaller than the logging interval",
+        "does not have many workers",
+    ):
         assert any(noise in line for line in shown + records), noise

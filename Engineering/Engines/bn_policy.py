@@ -1,5 +1,6 @@
 """--bn_eval_mode as a Lightning callback: every validation/test batch of every task runs with the chosen
 BatchNorm statistics (Science/batchnorm.py); one implementation, not per model."""
+
 from __future__ import annotations
 
 import lightning as L
@@ -35,8 +36,10 @@ class BNPolicy(L.Callback):
         if self.mode == "batch" and self.controls:  # this batch's control samples set the statistics
             keep = self._controls(trainer, loader, batch["index"].tolist()).to(batch["inp"].device)
             if not keep.any():
-                raise UserError(f"--bn_controls: an evaluation batch (samples {batch['index'][:3].tolist()}...) "
-                                "holds no control sample")
+                raise UserError(
+                    f"--bn_controls: an evaluation batch (samples {batch['index'][:3].tolist()}...) "
+                    "holds no control sample"
+                )
             stats = group_statistics(pl_module, self._run_fn(pl_module), lambda: [batch["inp"][keep]])
             self._ctx = fixed_statistics(pl_module, stats)
         elif self.mode == "batch":
@@ -56,14 +59,16 @@ class BNPolicy(L.Callback):
         if self.controls:
             members = [i for i, c in zip(members, self._controls(trainer, loader, members).tolist()) if c]
             if not members:
-                raise UserError(f"--bn_controls: group {trainer.datamodule.group_names[group]!r} holds no control "
-                                "sample")
+                raise UserError(
+                    f"--bn_controls: group {trainer.datamodule.group_names[group]!r} holds no control sample"
+                )
         size = max(len(c) for c in chunks.chunks)
 
         def batches():
             for start in range(0, len(members), size):
-                b = trainer.strategy.batch_to_device(collate([ds[i] for i in members[start:start + size]]))
+                b = trainer.strategy.batch_to_device(collate([ds[i] for i in members[start : start + size]]))
                 yield trainer.datamodule.on_after_batch_transfer(b, 0)["inp"]
+
         return group_statistics(pl_module, self._run_fn(pl_module), batches)
 
     def _end(self) -> None:

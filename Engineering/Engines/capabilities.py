@@ -6,6 +6,7 @@ latents or outputs a pose defines that method, and a family that cannot simply d
 run's configuration (a pythae model without a decoder of z alone, DGCNN's missing pose) stays defined and returns
 the None its protocol documents. ``use_ema``: use the EMA weights where the engine keeps them.
 """
+
 from __future__ import annotations
 
 from typing import Protocol, runtime_checkable
@@ -22,8 +23,9 @@ class Reconstructs(Protocol):
 
 @runtime_checkable
 class ReconstructsWithCode(Protocol):
-    def reconstruct_with_code(self, x: torch.Tensor, z: torch.Tensor,
-                              use_ema: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def reconstruct_with_code(
+        self, x: torch.Tensor, z: torch.Tensor, use_ema: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(reconstruction as ``reconstruct`` gives it, a per-sample code beyond z that recon.h5 keeps, such as
         DiffAE's x_T or a pythae anomaly map, or None)."""
 
@@ -53,8 +55,9 @@ class Poses(Protocol):
 CAPABILITIES = (Reconstructs, ReconstructsWithCode, Decodes, Renders, Poses)
 
 
-def reconstruction_and_code(engine, x: torch.Tensor, z: torch.Tensor,
-                            use_ema: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def reconstruction_and_code(
+    engine, x: torch.Tensor, z: torch.Tensor, use_ema: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The test phase's (reconstruction, code): the engine's own pair where it has one, else (reconstruct, None)."""
     if isinstance(engine, ReconstructsWithCode):
         return engine.reconstruct_with_code(x, z, use_ema)

@@ -3,10 +3,11 @@
 ``--plugins`` (and ``$IMLATENT_PLUGINS``) are imported before the config is resolved, so a plug-in's task, flags
 and YAML defaults are known to the parser. ``main_<task>.py`` are aliases that fix ``--task``.
 """
+
 from __future__ import annotations
 
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from Engineering.Engines import registry
 from Engineering.Engines.MainEngine import run
@@ -23,7 +24,7 @@ def _take(argv: list[str], name: str) -> str | None:
             if i + 1 >= len(argv):
                 raise UserError(f"flag {flag} needs a value")
             value = argv[i + 1]
-            del argv[i:i + 2]
+            del argv[i : i + 2]
         elif tok.startswith(flag + "="):
             value = tok.split("=", 1)[1]
             del argv[i]
@@ -44,8 +45,10 @@ def main(argv: Sequence[str], task: str | None = None) -> dict:
         listing = ", ".join(f"{t.name} ({t.description})" for t in registry.tasks().values())
         if any(a in ("-h", "--help") for a in argv):
             prog = sys.argv[0] if sys.argv and sys.argv[0].startswith("imlatent") else "main.py"  # as typed
-            print(f"usage: {prog} --task NAME [--plugins MOD[,MOD]] [flags]; --task NAME --help lists its flags.\n"
-                  f"registered tasks: {listing}")
+            print(
+                f"usage: {prog} --task NAME [--plugins MOD[,MOD]] [flags]; --task NAME --help lists its flags.\n"
+                f"registered tasks: {listing}"
+            )
             return {}
         raise UserError(f"--task NAME is required; registered tasks: {', '.join(sorted(registry.tasks()))}")
     return run(argv, registry.get(name))

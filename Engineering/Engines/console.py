@@ -13,6 +13,7 @@ message of the project itself, still shows:
 - "The number of training batches (N) is smaller than the logging interval Trainer(log_every_n_steps=5)": short
   demo and test epochs; the epoch metrics are logged either way.
 """
+
 from __future__ import annotations
 
 import logging
@@ -26,8 +27,11 @@ WARNINGS = (
     (r"The number of training batches \(\d+\) is smaller than the logging interval", Warning),
 )
 # the loggers Lightning's rank_zero_info writes to (lightning_utilities' module logger, as set by each package)
-TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
-               "lightning_utilities.core.rank_zero")
+TIP_LOGGERS = (
+    "lightning.pytorch.utilities.rank_zero",
+    "lightning.fabric.utilities.rank_zero",
+    "lightning_utilities.core.rank_zero",
+)
 
 
 class _NoTips(logging.Filter):

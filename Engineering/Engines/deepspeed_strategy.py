@@ -10,6 +10,7 @@ Gradient clipping and accumulation are DeepSpeed's: Lightning writes ``gradient_
 ``accumulate_grad_batches`` (our ``effective_batch_size`` keeps its meaning: samples per optimiser step over
 all devices); nothing here clips partitioned gradients.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,14 +60,21 @@ class CPUDeepSpeedStrategy(SafeDeepSpeedStrategy):
         import deepspeed
 
         engine, ds_optimizer, _, _ = deepspeed.initialize(
-            args=argparse.Namespace(device_rank=self.local_rank), config=self.config, model=model,
-            model_parameters=[p for p in model.parameters() if p.requires_grad], optimizer=optimizer,
-            lr_scheduler=lr_scheduler, dist_init_required=False)
+            args=argparse.Namespace(device_rank=self.local_rank),
+            config=self.config,
+            model=model,
+            model_parameters=[p for p in model.parameters() if p.requires_grad],
+            optimizer=optimizer,
+            lr_scheduler=lr_scheduler,
+            dist_init_required=False,
+        )
         return engine, ds_optimizer
 
     def _initialize_deepspeed_inference(self, model) -> None:
-        raise UserError("the test phase of a DeepSpeed run on CPU runs without DeepSpeed (see "
-                        "docs/how-to/multi-gpu.md); this code path should not be reached")
+        raise UserError(
+            "the test phase of a DeepSpeed run on CPU runs without DeepSpeed (see "
+            "docs/how-to/multi-gpu.md); this code path should not be reached"
+        )
 
 
 def is_deepspeed(name: str) -> bool:
@@ -84,8 +92,9 @@ def read_deepspeed_config(ref) -> dict:
     except (ValueError, OSError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
         raise UserError(f"--deepspeed_config {path} is not readable JSON: {str(exc).splitlines()[0]}") from None
     if not isinstance(config, dict):
-        raise UserError(f"--deepspeed_config {path} holds a {type(config).__name__}, not a JSON object of "
-                        "DeepSpeed settings")
+        raise UserError(
+            f"--deepspeed_config {path} holds a {type(config).__name__}, not a JSON object of DeepSpeed settings"
+        )
     zero = config.get("zero_optimization", {})
     if not isinstance(zero, dict):
         raise UserError(f"--deepspeed_config {path}: zero_optimization is {zero!r}, not an object")
@@ -96,8 +105,9 @@ def read_deepspeed_config(ref) -> dict:
             DeepSpeedZeroConfig(**zero)
         except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
             detail = " ".join(str(exc).split("\n")[1:3]).strip() or str(exc)
-            raise UserError(f"--deepspeed_config {path}: zero_optimization is not valid: {' '.join(detail.split())}") \
-                from None
+            raise UserError(
+                f"--deepspeed_config {path}: zero_optimization is not valid: {' '.join(detail.split())}"
+            ) from None
     return config
 
 

@@ -17,6 +17,7 @@ numpy: torchvision is not a dependency.
 The engine runs in evaluation mode without gradients (with them for the engines that need them to evaluate) and
 goes back to the mode of each of its modules afterwards.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -51,7 +52,7 @@ def grid(x: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
         span = float(hi[j] - lo[j]) or 1.0
         tiles = np.clip((x[:, j] - lo[j]) / span, 0.0, 1.0)
         for i in range(b):
-            out[j * (h + PAD):j * (h + PAD) + h, i * (w + PAD):i * (w + PAD) + w] = tiles[i]
+            out[j * (h + PAD) : j * (h + PAD) + h, i * (w + PAD) : i * (w + PAD) + w] = tiles[i]
     return out[None]
 
 
@@ -85,13 +86,16 @@ class ImageGrids(L.Callback):
         self.active = spec is None or spec.honours is None or FLAG in spec.honours
 
     def _due(self, trainer) -> bool:
-        return getattr(self, "active", True) and (trainer.current_epoch + 1) % self.every == 0 \
+        return (
+            getattr(self, "active", True)
+            and (trainer.current_epoch + 1) % self.every == 0
             and not trainer.sanity_checking
+        )
 
     def _keep(self, batch) -> None:
         x = batch.get("inp") if isinstance(batch, dict) else None
         if isinstance(x, torch.Tensor) and x.ndim in (4, 5):  # images (point clouds have no grid)
-            self._inputs = x[:self.n_images].detach()
+            self._inputs = x[: self.n_images].detach()
 
     def on_train_epoch_start(self, trainer, pl_module) -> None:
         self._inputs = None
@@ -130,8 +134,11 @@ class ImageGrids(L.Callback):
         try:
             with grad, trainer.strategy.precision_plugin.forward_context():
                 generates = self._generates(pl_module)
-                rec = self._reconstruct(pl_module, x.to(pl_module.device), use_ema) \
-                    if x is not None and not generates else None
+                rec = (
+                    self._reconstruct(pl_module, x.to(pl_module.device), use_ema)
+                    if x is not None and not generates
+                    else None
+                )
                 samples = pl_module.samples(pl_module.fixed_z) if generates else None
         finally:
             for m, training in modes.items():
@@ -146,7 +153,7 @@ class ImageGrids(L.Callback):
             if rec is not None:
                 out["images/reconstructions"] = grid(_numpy(rec), lo, hi)
         if samples is not None:
-            s = _numpy(samples[:self.n_images])
+            s = _numpy(samples[: self.n_images])
             if lo is None or len(lo) != s.shape[1]:
                 lo, hi = display_range(s)
             out["images/samples"] = grid(s, lo, hi)
@@ -160,5 +167,6 @@ class ImageGrids(L.Callback):
 
     @staticmethod
     def _generates(pl_module) -> bool:
-        return callable(getattr(pl_module, "samples", None)) and isinstance(getattr(pl_module, "fixed_z", None),
-                                                                             torch.Tensor)
+        return callable(getattr(pl_module, "samples", None)) and isinstance(
+            getattr(pl_module, "fixed_z", None), torch.Tensor
+        )

@@ -7,6 +7,7 @@ defining the methods of Engines/capabilities.py, and the test phase writes recon
 ``Reconstructs``. ``test_step`` returns one record per batch; the OutputWriter callback (Engines/output_writer.py)
 writes the output contract, under DDP from every rank's share.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -51,9 +52,15 @@ def ema_decay_at(step: int, decay: float, warmup: bool = True) -> float:
 
 def use_ema_flag(group: str):
     """--use_ema of an engine that keeps its EMA only when asked (``init_ema``); one text for every task."""
-    return Flag("use_ema", ("training", "use_ema"), "bool", False,
-                "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, "
-                "the best checkpoint and the outputs use it with --test_ema.", group)
+    return Flag(
+        "use_ema",
+        ("training", "use_ema"),
+        "bool",
+        False,
+        "Keep an EMA of the trained weights (training§ema_decay, warm-up training§ema_warmup); validation, "
+        "the best checkpoint and the outputs use it with --test_ema.",
+        group,
+    )
 
 
 class EMAMixin:
@@ -101,8 +108,9 @@ class EMAMixin:
 
     def save_ema_state(self, checkpoint: dict) -> None:
         if self.ema_outside():  # DeepSpeed saves the module's weights itself; the EMA travels as client state
-            checkpoint["ema_state_dict"] = {f"ema_net.{k}": v.detach().cpu() for k, v in
-                                            self.ema_net.state_dict().items()}
+            checkpoint["ema_state_dict"] = {
+                f"ema_net.{k}": v.detach().cpu() for k, v in self.ema_net.state_dict().items()
+            }
 
     def load_ema_state(self, checkpoint: dict) -> None:
         if self.ema_outside() and "ema_state_dict" in checkpoint:
@@ -115,13 +123,16 @@ class ResumableRNGMixin:
 
     @staticmethod
     def save_rng_state(checkpoint: dict) -> None:
-        checkpoint["rng_states"] = {"torch": torch.get_rng_state(),
-                                    # every CUDA generator too: a GPU resume with --non_deter false is exact
-                                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                                    "python": list(random.getstate()[1]),
-                                    "python_version": random.getstate()[0], "python_gauss": random.getstate()[2],
-                                    "numpy": np.random.get_state()[1].tolist(),
-                                    "numpy_pos": int(np.random.get_state()[2])}
+        checkpoint["rng_states"] = {
+            "torch": torch.get_rng_state(),
+            # every CUDA generator too: a GPU resume with --non_deter false is exact
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": list(random.getstate()[1]),
+            "python_version": random.getstate()[0],
+            "python_gauss": random.getstate()[2],
+            "numpy": np.random.get_state()[1].tolist(),
+            "numpy_pos": int(np.random.get_state()[2]),
+        }
 
     @staticmethod
     def restore_rng_state(checkpoint: dict) -> None:
@@ -175,8 +186,9 @@ class LatentEngine(EMAMixin, ResumableRNGMixin, ConfiguredOptimiserMixin, L.Ligh
 
     def use_activation_checkpointing(self, on: bool) -> None:
         if on and not self.checkpointable():
-            raise UserError(f"--activation_checkpointing: the {type(self).__name__} has no checkpointed blocks "
-                            "(the DiffAE has)")
+            raise UserError(
+                f"--activation_checkpointing: the {type(self).__name__} has no checkpointed blocks (the DiffAE has)"
+            )
         for module in self.checkpointable():
             module.activation_checkpointing = on
 
@@ -203,7 +215,8 @@ class LatentEngine(EMAMixin, ResumableRNGMixin, ConfiguredOptimiserMixin, L.Ligh
         if self.cfg.eval.test_emb_only:
             return test_record(batch["index"], z)
         if not isinstance(self, Reconstructs):  # the tasks of such engines fix --test_emb_only: a plug-in's guard
-            raise UserError(f"the {type(self).__name__} does not reconstruct: it writes embeddings only "
-                            "(--test_emb_only)")
+            raise UserError(
+                f"the {type(self).__name__} does not reconstruct: it writes embeddings only (--test_emb_only)"
+            )
         recon, code = reconstruction_and_code(self, x, z, use_ema)
         return test_record(batch["index"], z, batch, recon, code)

@@ -21,6 +21,7 @@ model/data/eval configuration, the test samples); a later test with the same fin
 chunks hold (``done_samples``), so a killed whole-cohort inference continues where it stopped. A partial folder
 with another fingerprint is discarded.
 """
+
 from __future__ import annotations
 
 import io
@@ -61,11 +62,21 @@ def test_fingerprint(cfg, weights, ds, revision: str = "") -> dict:
     path = Path(str(weights))
     cfg_json = cfg.model_dump(mode="json", by_alias=True)
     eval_keys = {k: v for k, v in cfg_json["eval"].items() if k not in ("output_chunk", "n_preview")}
-    return json.loads(json.dumps({
-        "weights": str(weights), "revision": revision,
-        "weights_mtime": path.stat().st_mtime_ns if path.exists() else None,
-        "model": cfg_json["model"], "data": cfg_json["data"], "eval": eval_keys,
-        "samples": ds.key_digest(), "n_samples": len(ds)}, sort_keys=True))
+    return json.loads(
+        json.dumps(
+            {
+                "weights": str(weights),
+                "revision": revision,
+                "weights_mtime": path.stat().st_mtime_ns if path.exists() else None,
+                "model": cfg_json["model"],
+                "data": cfg_json["data"],
+                "eval": eval_keys,
+                "samples": ds.key_digest(),
+                "n_samples": len(ds),
+            },
+            sort_keys=True,
+        )
+    )
 
 
 def _chunks(folder: Path) -> list[Path]:
@@ -143,14 +154,25 @@ class OutputWriter(L.Callback):
             item = {"index": i, "z": z[j]}
             if recon is not None:
                 info = self.ds.sample_info(i)
-                item["metrics"] = [{**info.row(), **row}
-                                   for row in recon_metrics(x[j].abs().cpu() if x.is_complex() else x[j].cpu(),
-                                                            recon[j].abs().cpu() if recon.is_complex() else recon[j].cpu())]
+                item["metrics"] = [
+                    {**info.row(), **row}
+                    for row in recon_metrics(
+                        x[j].abs().cpu() if x.is_complex() else x[j].cpu(),
+                        recon[j].abs().cpu() if recon.is_complex() else recon[j].cpu(),
+                    )
+                ]
                 if info.patientID in self.recon_subs:
-                    item["recon"] = {"recon": orig_rec[j], "input": orig_in[j], "code": None if code is None else code[j]}
+                    item["recon"] = {
+                        "recon": orig_rec[j],
+                        "input": orig_in[j],
+                        "code": None if code is None else code[j],
+                    }
                 if self.n_previews < self.n_preview:
-                    item["preview"] = {"input": np.abs(orig_in[j]), "recon": np.abs(orig_rec[j])} \
-                        if np.iscomplexobj(orig_rec) else {"input": orig_in[j], "recon": orig_rec[j]}
+                    item["preview"] = (
+                        {"input": np.abs(orig_in[j]), "recon": np.abs(orig_rec[j])}
+                        if np.iscomplexobj(orig_rec)
+                        else {"input": orig_in[j], "recon": orig_rec[j]}
+                    )
                     self.n_previews += 1
             self.buffer.append(item)
             self.peak_buffered = max(self.peak_buffered, len(self.buffer))
@@ -163,9 +185,11 @@ class OutputWriter(L.Callback):
         bad = ~np.isfinite(z.reshape(len(index), -1)).all(axis=1)
         if bad.any():
             first = self.ds.sample_info(index[int(np.argmax(bad))])
-            raise UserError(f"non-finite latents for {int(bad.sum())} of {len(index)} samples of a test batch (first: "
-                            f"{'/'.join(map(str, first.ids))}): the weights hold "
-                            "NaN/inf or training diverged; nothing of this test is written as a result")
+            raise UserError(
+                f"non-finite latents for {int(bad.sum())} of {len(index)} samples of a test batch (first: "
+                f"{'/'.join(map(str, first.ids))}): the weights hold "
+                "NaN/inf or training diverged; nothing of this test is written as a result"
+            )
 
     def on_exception(self, trainer, pl_module, exception) -> None:
         # stopped by SIGTERM after a whole batch: keep what is buffered as a chunk, the rerun continues after it
@@ -195,8 +219,9 @@ class OutputWriter(L.Callback):
                     grp = h5.require_group(f"{kind}/{it['index']}")
                     for key, arr in it[kind].items():
                         if arr is not None:  # complex reconstructions stay complex
-                            grp.create_dataset(key, data=np.asarray(arr, np.complex64 if np.iscomplexobj(arr)
-                                                                    else np.float32))
+                            grp.create_dataset(
+                                key, data=np.asarray(arr, np.complex64 if np.iscomplexobj(arr) else np.float32)
+                            )
             rows = [row for it in items for row in it.get("metrics", ())]
             if rows:
                 h5.attrs["metrics_csv"] = pd.DataFrame(rows).to_csv(index=False)
@@ -235,10 +260,11 @@ class OutputWriter(L.Callback):
                         index.append(i)
                         z.append(latents[k])
                 if "metrics_csv" in h5.attrs:
-                    metrics.append(pd.read_csv(io.StringIO(h5.attrs["metrics_csv"]),
-                                               dtype={c: str for c in SAMPLE_COLUMNS[:4]}))
+                    metrics.append(
+                        pd.read_csv(io.StringIO(h5.attrs["metrics_csv"]), dtype={c: str for c in SAMPLE_COLUMNS[:4]})
+                    )
                 for kind, at in (("recon", recon_at), ("preview", preview_at)):
-                    for i in (h5[kind] if kind in h5 else ()):
+                    for i in h5[kind] if kind in h5 else ():
                         at.setdefault(int(i), path)
         order = np.argsort(index, kind="stable")
         index = [index[k] for k in order]
@@ -261,14 +287,24 @@ class OutputWriter(L.Callback):
             self.summary = mdf[["SSIM", "PSNR", "NRMSE"]].replace([np.inf, -np.inf], np.nan).mean().to_dict()
         if recon_keys:  # recon.h5 holds only the selected subjects (--n_save_recon_subs / --save_recon_subs)
             items = self._read_items(recon_at, "recon", recon_keys)
-            write_recon_h5(stage / "recon.h5", [self.ds.sample_info(i) for i in recon_keys],
-                           [it["recon"] for it in items], [it["input"] for it in items], attrs,
-                           [it["code"] for it in items], code_name=self.code_name)
-        keys = sorted(preview_at)[:self.n_preview]
+            write_recon_h5(
+                stage / "recon.h5",
+                [self.ds.sample_info(i) for i in recon_keys],
+                [it["recon"] for it in items],
+                [it["input"] for it in items],
+                attrs,
+                [it["code"] for it in items],
+                code_name=self.code_name,
+            )
+        keys = sorted(preview_at)[: self.n_preview]
         if keys:
             items = self._read_items(preview_at, "preview", keys)
-            write_preview(stage / "preview.png", [it["input"] for it in items], [it["recon"] for it in items],
-                          [f"{info.patientID}/{info.key}" for info in (self.ds.sample_info(i) for i in keys)])
+            write_preview(
+                stage / "preview.png",
+                [it["input"] for it in items],
+                [it["recon"] for it in items],
+                [f"{info.patientID}/{info.key}" for info in (self.ds.sample_info(i) for i in keys)],
+            )
 
     @staticmethod
     def _read_items(at: dict, kind: str, keys) -> list[dict]:
@@ -286,8 +322,13 @@ def _model_units(t: torch.Tensor) -> torch.Tensor:
     return t.to(torch.complex64) if t.is_complex() else t.float()
 
 
-def test_record(index: torch.Tensor, z: torch.Tensor, batch: dict | None = None, recon: torch.Tensor | None = None,
-                code: torch.Tensor | None = None) -> dict:
+def test_record(
+    index: torch.Tensor,
+    z: torch.Tensor,
+    batch: dict | None = None,
+    recon: torch.Tensor | None = None,
+    code: torch.Tensor | None = None,
+) -> dict:
     """What an engine's ``test_step`` returns for the writer."""
     rec = {"index": index, "z": z}
     if recon is not None:

@@ -5,6 +5,7 @@ returns. :class:`ProgressLines` is a Lightning progress bar that writes one plai
 batch, then at most every ``every_s`` seconds, and at its last batch, so a week-long test phase of a cohort
 shows how far it is and how long it has left; at the end of a training epoch it prints the epoch's metrics.
 """
+
 from __future__ import annotations
 
 import sys

@@ -8,15 +8,17 @@ pure-torch ``network``, its engine(s), keys, flags and extra steps, and the ``re
 imported on first use; tasks from outside the repository come from ``--plugins mod[,mod]`` or
 ``$IMLATENT_PLUGINS`` and have the same shape.
 """
+
 from __future__ import annotations
 
 import importlib
-from contextlib import contextmanager
 import os
 import pkgutil
+from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from Engineering.config.honour import STANDARD
 from Engineering.config.loader import Task
@@ -67,7 +69,7 @@ class TaskSpec(Task):
             section, _, rest = ("§".join(path)).partition("§")
             if section in spec.sections and rest.split("§")[0] in spec.sections[section].model_fields:
                 return spec.name
-            if any(f.path[:len(path)] == path for f in spec.extra_flags):
+            if any(f.path[: len(path)] == path for f in spec.extra_flags):
                 return spec.name
         return None
 
@@ -94,8 +96,10 @@ def register(spec: TaskSpec) -> TaskSpec:
     if not spec.drive:
         raise UserError(f"task {spec.name!r} ({spec.module}) names no drive")
     if spec.defaults.get("model§drive", spec.drive) != spec.drive:
-        raise UserError(f"task {spec.name!r} ({spec.module}): defaults name model§drive "
-                        f"{spec.defaults['model§drive']!r}, its drive is {spec.drive!r} (drive= is its one home)")
+        raise UserError(
+            f"task {spec.name!r} ({spec.module}): defaults name model§drive "
+            f"{spec.defaults['model§drive']!r}, its drive is {spec.drive!r} (drive= is its one home)"
+        )
     # model§drive written once (drive=); the run-name tag is the drive unless the task names another
     spec.defaults = {"model§drive": spec.drive, "model§tag": spec.drive, **spec.defaults}
     _TASKS[spec.name] = spec
@@ -150,8 +154,11 @@ def get(name: str) -> TaskSpec:
     found = tasks()
     if name not in found:
         hint = closest_key(name, list(found))
-        raise UserError(f"unknown task {name!r}" + (f" (did you mean {hint!r}?)" if hint else "")
-                        + f"; registered tasks: {', '.join(sorted(found))}")
+        raise UserError(
+            f"unknown task {name!r}"
+            + (f" (did you mean {hint!r}?)" if hint else "")
+            + f"; registered tasks: {', '.join(sorted(found))}"
+        )
     return found[name]
 
 
@@ -170,5 +177,7 @@ def for_drive(drive: str, where: str) -> TaskSpec:
     for spec in tasks().values():
         if spec.drive == drive:
             return spec
-    raise UserError(f"{where} names model§drive {drive!r}, which no registered task provides "
-                    f"({', '.join(sorted({t.drive for t in tasks().values()}))}; a plug-in task needs --plugins)")
+    raise UserError(
+        f"{where} names model§drive {drive!r}, which no registered task provides "
+        f"({', '.join(sorted({t.drive for t in tasks().values()}))}; a plug-in task needs --plugins)"
+    )

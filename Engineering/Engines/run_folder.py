@@ -8,6 +8,7 @@ latent sizes under one ``--trainID``): a run folder whose ``resolved_config.yaml
 refused, with the flags that give a new folder; an ``Output[_suffix]/`` of another configuration is never
 replaced; replacing one of the same configuration is said.
 """
+
 from __future__ import annotations
 
 import re
@@ -84,8 +85,11 @@ def differences(stored: dict, new: dict) -> list[str]:
     """``key: there -> here`` for every key whose value differs (a key only one side has included)."""
     a, b = _flat(stored), _flat(new)
     missing = "(absent)"
-    return [f"{k} {a.get(k, missing)!r} there, {b.get(k, missing)!r} here" for k in sorted(set(a) | set(b), key=str)
-            if a.get(k, missing) != b.get(k, missing)]
+    return [
+        f"{k} {a.get(k, missing)!r} there, {b.get(k, missing)!r} here"
+        for k in sorted(set(a) | set(b), key=str)
+        if a.get(k, missing) != b.get(k, missing)
+    ]
 
 
 def _read(path: Path) -> dict | None:
@@ -94,13 +98,20 @@ def _read(path: Path) -> dict | None:
     try:
         stored = yaml.safe_load(path.read_text()) or {}
     except (OSError, yaml.YAMLError, ValueError) as exc:  # ValueError: bytes that are not text
-        raise UserError(f"{path} cannot be read ({exc}); it records which configuration owns that folder: "
-                        "repair it or choose another --trainID / --fulltrainID") from None
-    bad = next((k for k in ("model", "run") if not isinstance(stored.get(k) or {}, dict)), None) \
-        if isinstance(stored, dict) else type(stored).__name__
+        raise UserError(
+            f"{path} cannot be read ({exc}); it records which configuration owns that folder: "
+            "repair it or choose another --trainID / --fulltrainID"
+        ) from None
+    bad = (
+        next((k for k in ("model", "run") if not isinstance(stored.get(k) or {}, dict)), None)
+        if isinstance(stored, dict)
+        else type(stored).__name__
+    )
     if bad:  # a list, or a section that is a scalar: not a config we wrote
-        raise UserError(f"{path} is not a resolved config ({bad!r} is not a mapping); it records which "
-                        "configuration owns that folder: repair it or choose another --trainID / --fulltrainID")
+        raise UserError(
+            f"{path} is not a resolved config ({bad!r} is not a mapping); it records which "
+            "configuration owns that folder: repair it or choose another --trainID / --fulltrainID"
+        )
     return stored
 
 
@@ -117,8 +128,9 @@ def has_outputs(out_dir: Path) -> bool:
     return out_dir.is_dir() and any(out_dir.iterdir())
 
 
-def check(raw: dict, run_dir: Path, out_dir: Path, mode: int, tests: bool, say: bool = True,
-          resuming: bool = False) -> bool:
+def check(
+    raw: dict, run_dir: Path, out_dir: Path, mode: int, tests: bool, say: bool = True, resuming: bool = False
+) -> bool:
     """Refuse (one UserError line) to reuse a run folder or replace an Output folder of another configuration;
     say when an Output folder of the same configuration is replaced. Returns whether the run folder's
     resolved_config.yaml is this run's to write (False: a test of another configuration, which records its
@@ -132,26 +144,36 @@ def check(raw: dict, run_dir: Path, out_dir: Path, mode: int, tests: bool, say: 
         if diff:
             what = f"run folder {run_dir} holds a run of another configuration ({_listed(diff)})"
             if mode != 2:
-                raise UserError(f"{what}: pass --trainID NAME or --fulltrainID NAME for a new run folder (a run "
-                                "folder is never reused by another configuration)")
+                raise UserError(
+                    f"{what}: pass --trainID NAME or --fulltrainID NAME for a new run folder (a run "
+                    "folder is never reused by another configuration)"
+                )
             if not suffix:
-                raise UserError(f"{what}: pass --output_suffix NAME to test into Output_NAME beside its outputs, or "
-                                "--trainID NAME / --fulltrainID NAME for a new run folder")
+                raise UserError(
+                    f"{what}: pass --output_suffix NAME to test into Output_NAME beside its outputs, or "
+                    "--trainID NAME / --fulltrainID NAME for a new run folder"
+                )
             owner = False
             if say:
-                print(f"notice: {what}; this test writes into {out_dir.name}/ and records its configuration as "
-                      f"{record_path(run_dir, out_dir).name}")
+                print(
+                    f"notice: {what}; this test writes into {out_dir.name}/ and records its configuration as "
+                    f"{record_path(run_dir, out_dir).name}"
+                )
         elif say and mode != 2 and not resuming and (run_dir / CHECKPOINTS / "last.ckpt").exists():
-            print(f"notice: run folder {run_dir} already holds checkpoints of this configuration: this run trains "
-                  "from scratch, replaces last.ckpt and writes its best checkpoint beside the earlier ones (--resume "
-                  "continues instead; --trainID NAME keeps the runs apart)")
+            print(
+                f"notice: run folder {run_dir} already holds checkpoints of this configuration: this run trains "
+                "from scratch, replaces last.ckpt and writes its best checkpoint beside the earlier ones (--resume "
+                "continues instead; --trainID NAME keeps the runs apart)"
+            )
     if tests and has_outputs(out_dir):
         record = _read(record_path(run_dir, out_dir)) or stored
         if record is not None:
             diff = differences(identity(record), mine)
             if diff:
-                raise UserError(f"{out_dir} holds the outputs of another configuration ({_listed(diff)}): pass "
-                                "--output_suffix NAME to write Output_NAME beside it")
+                raise UserError(
+                    f"{out_dir} holds the outputs of another configuration ({_listed(diff)}): pass "
+                    "--output_suffix NAME to write Output_NAME beside it"
+                )
         if say:
             print(f"notice: {out_dir} exists: this test's outputs replace it (--output_suffix NAME keeps both)")
     return owner

@@ -7,6 +7,7 @@
   ends its current batch (Lightning's own SIGTERM handling), then saves its whole state as ``last.ckpt`` so that
   the same command with ``--resume`` continues; ``Engineering.errors.run_cli`` then exits with 143 and says so.
 """
+
 from __future__ import annotations
 
 import math
@@ -45,10 +46,12 @@ class FiniteLoss(L.Callback):
         if bool(torch.stack([f.to(finite[0].device) for f in finite]).all()):
             return
         terms = ", ".join(f"{k} = {float(v)}" for k, v in sorted(losses.items()) if not math.isfinite(float(v)))
-        raise UserError(f"non-finite training loss ({terms}) at epoch {trainer.current_epoch}, step "
-                        f"{trainer.global_step} (batch {batch_idx}): training diverged or the inputs/weights hold "
-                        "NaN; lower --lr, clip gradients (--grad_clip_val) or check the data (validate_h5); "
-                        "last.ckpt keeps the last finite epoch")
+        raise UserError(
+            f"non-finite training loss ({terms}) at epoch {trainer.current_epoch}, step "
+            f"{trainer.global_step} (batch {batch_idx}): training diverged or the inputs/weights hold "
+            "NaN; lower --lr, clip gradients (--grad_clip_val) or check the data (validate_h5); "
+            "last.ckpt keeps the last finite epoch"
+        )
 
 
 class StopCheckpoint(L.Callback):
@@ -62,10 +65,13 @@ class StopCheckpoint(L.Callback):
         if not getattr(trainer, "received_sigterm", False):
             return
         if trainer.state.fn != "fit":
-            note_resume("the samples tested so far are kept; rerun the same command to continue the test where it "
-                        "stopped")
+            note_resume(
+                "the samples tested so far are kept; rerun the same command to continue the test where it stopped"
+            )
             return
         path = self.ckpt_dir / "last.ckpt"
         trainer.save_checkpoint(path)
-        note_resume(f"the training state at epoch {trainer.current_epoch}, step {trainer.global_step} is saved in "
-                    f"{path}: rerun the same command with --resume to continue")
+        note_resume(
+            f"the training state at epoch {trainer.current_epoch}, step {trainer.global_step} is saved in "
+            f"{path}: rerun the same command with --resume to continue"
+        )

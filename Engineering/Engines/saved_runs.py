@@ -5,6 +5,7 @@ the number of input channels, so the engine is rebuilt exactly as trained and
 its weights loaded with the usual checks (weights_only, shapes). Used by latent
 manipulation (main_latentcls) and the model-dependent benchmark metrics.
 """
+
 from __future__ import annotations
 
 import copy
@@ -17,14 +18,13 @@ import torch
 
 from Engineering.config.schema import validate
 from Engineering.data.datamodule import H5DataModule
+from Engineering.data.layout import SAMPLE_COLUMNS
 from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines import registry
 from Engineering.Engines.registry import drive_errors
 from Engineering.Engines.untrusted import refuse_code
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import checkpoint_in, fit_state, read_checkpoint
-from Engineering.data.layout import SAMPLE_COLUMNS
-
 
 READERS = {"image": H5DataModule, "points": PointCloudDataModule}  # LatentEngine.input_kind -> DataModule
 
@@ -63,8 +63,10 @@ def load_run(run_or_file: str | Path) -> SavedRun:
     ckpt = read_checkpoint(path)
     raw, in_channels = ckpt.get("imlatent_config"), ckpt.get("in_channels")
     if not isinstance(raw, dict) or in_channels is None:
-        raise UserError(f"{path} holds no imlatent_config/in_channels: not a checkpoint of this pipeline's "
-                        "training (use the run folder of an autoencoder task such as main.py --task diffAE)")
+        raise UserError(
+            f"{path} holds no imlatent_config/in_channels: not a checkpoint of this pipeline's "
+            "training (use the run folder of an autoencoder task such as main.py --task diffAE)"
+        )
     if isinstance(in_channels, bool) or not isinstance(in_channels, int) or in_channels < 1:
         raise UserError(f"{path}: in_channels is {in_channels!r}, not a positive number of channels")
     cfg, task = saved_config(raw, f"checkpoint {path}")
@@ -93,8 +95,10 @@ def saved_config(raw: dict, where: str):
     refuse_code(raw, f"{where} (its saved imlatent_config)")
     model = raw.get("model") or {}
     if not isinstance(model, dict):
-        raise UserError(f"{where}: its saved imlatent_config's model section is a {type(model).__name__}, not a "
-                        "mapping: not a configuration this pipeline wrote")
+        raise UserError(
+            f"{where}: its saved imlatent_config's model section is a {type(model).__name__}, not a "
+            "mapping: not a configuration this pipeline wrote"
+        )
     drive = model.get("drive")
     task = registry.for_drive(str(drive), where)
     try:
@@ -127,13 +131,14 @@ def whole_file_data(cfg, datafile: str | Path | None = None, datamodule_class: t
 @torch.no_grad()
 def batched(fn, x: np.ndarray, batch_size: int) -> np.ndarray:
     """Apply a tensor -> tensor model function to a numpy batch, ``batch_size`` samples at a time."""
-    out = [fn(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size], dtype=np.float32))).float().numpy()
-           for i in range(0, len(x), batch_size)]
+    out = [
+        fn(torch.from_numpy(np.ascontiguousarray(x[i : i + batch_size], dtype=np.float32))).float().numpy()
+        for i in range(0, len(x), batch_size)
+    ]
     return np.concatenate(out)
 
 
-def sample_images(run: SavedRun, rows: pd.DataFrame, datafile: str | Path | None, max_n: int,
-                  seed: int) -> np.ndarray:
+def sample_images(run: SavedRun, rows: pd.DataFrame, datafile: str | Path | None, max_n: int, seed: int) -> np.ndarray:
     """Model inputs (n, C, ...) of up to ``max_n`` of ``rows`` (flat-table sample IDs), as the run's pipeline
     prepares them; rows its data does not hold are left out (an empty array if none is found)."""
     ds = whole_file_data(run.cfg, datafile, run.datamodule_class).dataset("test")

@@ -3,6 +3,7 @@ config, and the callbacks and loggers every run gets (checkpoints, early stoppin
 guard, BatchNorm policy, image grids, CSV/TensorBoard/W&B loggers). The run lifecycle (MainEngine) calls
 ``build_trainer``; nothing here knows a model family.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -47,8 +48,10 @@ def check_strategy(cfg, accelerator: str) -> None:
     """What the configuration alone decides about the strategy, refused before the run folder is touched."""
     name = cfg.run.training_strategy
     if name == "fsdp" and accelerator == "cpu":
-        raise UserError("--training_strategy fsdp shards a model over CUDA GPUs and does not run on CPU; use ddp "
-                        "or deepspeed* (which run on CPU)")
+        raise UserError(
+            "--training_strategy fsdp shards a model over CUDA GPUs and does not run on CPU; use ddp "
+            "or deepspeed* (which run on CPU)"
+        )
     if is_deepspeed(name) and cfg.run.deepspeed_config:
         read_deepspeed_config(cfg.run.deepspeed_config)
 
@@ -63,8 +66,10 @@ def strategy(cfg, accelerator: str, automatic: bool = True):
     if name == "ddp" and not automatic:
         # steps of several optimisers each use part of the model (a GAN's D step leaves G out): DDP must look
         # for the unused parameters of every backward pass, or it waits for their gradients forever
-        print("notice: this model steps its optimisers by hand; --training_strategy ddp runs as "
-              "ddp_find_unused_parameters_true")
+        print(
+            "notice: this model steps its optimisers by hand; --training_strategy ddp runs as "
+            "ddp_find_unused_parameters_true"
+        )
         return "ddp_find_unused_parameters_true"
     return "auto" if name == "default" else name
 
@@ -113,8 +118,15 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(dirpath=dirpath, filename="last", monitor=None, save_top_k=1, enable_version_counter=False)
 
 
-def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bool = True,
-                  inference_mode: bool = True, testing: list | None = None) -> L.Trainer:
+def build_trainer(
+    cfg,
+    run_dir: Path,
+    monitor: str,
+    has_val: bool,
+    automatic: bool = True,
+    inference_mode: bool = True,
+    testing: list | None = None,
+) -> L.Trainer:
     """The run's Trainer; ``testing``: the loggers of a DeepSpeed run's training Trainer, for the Trainer of its
     test phase (DDP over the same processes, logging to the same files)."""
     r, t = cfg.run, cfg.training
@@ -126,8 +138,16 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     accumulate = accumulation_steps(t, world) if automatic else 1
     clip = (t.grad_clip_val or None) if automatic else None
     # the best checkpoint first (trainer.checkpoint_callback), then last.ckpt, which records the best one's state
-    callbacks = [ModelCheckpoint(dirpath=run_dir / CHECKPOINT_DIR, filename="best-{epoch:03d}-{step}", monitor=monitor,
-                                 mode="min", save_top_k=1), LastCheckpoint(run_dir / CHECKPOINT_DIR)]
+    callbacks = [
+        ModelCheckpoint(
+            dirpath=run_dir / CHECKPOINT_DIR,
+            filename="best-{epoch:03d}-{step}",
+            monitor=monitor,
+            mode="min",
+            save_top_k=1,
+        ),
+        LastCheckpoint(run_dir / CHECKPOINT_DIR),
+    ]
     callbacks += [FiniteLoss(), StopCheckpoint(run_dir / CHECKPOINT_DIR)]  # never silently wrong or stopped
     if t.early_stopping_patience > 0:
         callbacks.append(EarlyStopping(monitor=monitor, patience=t.early_stopping_patience, mode="min"))
@@ -141,14 +161,20 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
     if testing is None:
         shard = parse_shard(r.shard)  # parallel shards of one test log apart
         # a test-only run logs apart too: Lightning's CSVLogger empties the folder it writes (the training's log)
-        test_only = ("_test" + (f"_{r.output_suffix}" if r.output_suffix else "")) if r.run_mode == 2 and not shard \
-            else ""
-        loggers.append(CSVLogger(save_dir=str(run_dir), version="",
-                                 name="csv_logs" + test_only + (f"_shard{shard[0]}of{shard[1]}" if shard else "")))
+        test_only = (
+            ("_test" + (f"_{r.output_suffix}" if r.output_suffix else "")) if r.run_mode == 2 and not shard else ""
+        )
+        loggers.append(
+            CSVLogger(
+                save_dir=str(run_dir),
+                version="",
+                name="csv_logs" + test_only + (f"_shard{shard[0]}of{shard[1]}" if shard else ""),
+            )
+        )
     if r.wnbactive and testing is None:
         try:
-            from lightning.pytorch.loggers import WandbLogger
             import wandb  # noqa: F401
+            from lightning.pytorch.loggers import WandbLogger
         except ImportError:
             raise UserError("--wnbactive needs the wandb package (pip install wandb)") from None
         loggers.append(WandbLogger(project=r.wnbproject, name=run_dir.name, save_dir=str(run_dir)))
@@ -161,18 +187,32 @@ def build_trainer(cfg, run_dir: Path, monitor: str, has_val: bool, automatic: bo
         callbacks.append(BNPolicy(bn_mode, controls=bool(cfg.eval.bn_controls)))
     limit_val = t.n_val_batches if isinstance(t.n_val_batches, int) else 1.0  # fractions: a fixed subset (datamodule)
     return L.Trainer(
-        accelerator=acc, devices=devices, num_nodes=r.nnodes,
+        accelerator=acc,
+        devices=devices,
+        num_nodes=r.nnodes,
         strategy=("ddp" if world > 1 else "auto") if testing is not None else strategy(cfg, acc, automatic),
         # group-pure batches: the group samplers split the work across ranks themselves
-        use_distributed_sampler=not groups, sync_batchnorm=r.sync_batchnorm, precision=precision(cfg, acc),
+        use_distributed_sampler=not groups,
+        sync_batchnorm=r.sync_batchnorm,
+        precision=precision(cfg, acc),
         max_epochs=t.num_epochs,
-        accumulate_grad_batches=accumulate, gradient_clip_val=clip,
-        gradient_clip_algorithm=t.grad_clip_algo if clip else None, inference_mode=inference_mode,
-        limit_train_batches=t.n_train_batches, limit_val_batches=limit_val if has_val else 0,
-        num_sanity_val_steps=1 if has_val else 0, callbacks=callbacks, logger=loggers,
-        deterministic=False if r.non_deter else "warn", benchmark=bool(r.non_deter),
-        profiler=r.profiler or None, fast_dev_run=r.dev_run or False, detect_anomaly=r.check_anomalies,
-        default_root_dir=str(run_dir), log_every_n_steps=5, enable_progress_bar=r.progress_bar,
+        accumulate_grad_batches=accumulate,
+        gradient_clip_val=clip,
+        gradient_clip_algorithm=t.grad_clip_algo if clip else None,
+        inference_mode=inference_mode,
+        limit_train_batches=t.n_train_batches,
+        limit_val_batches=limit_val if has_val else 0,
+        num_sanity_val_steps=1 if has_val else 0,
+        callbacks=callbacks,
+        logger=loggers,
+        deterministic=False if r.non_deter else "warn",
+        benchmark=bool(r.non_deter),
+        profiler=r.profiler or None,
+        fast_dev_run=r.dev_run or False,
+        detect_anomaly=r.check_anomalies,
+        default_root_dir=str(run_dir),
+        log_every_n_steps=5,
+        enable_progress_bar=r.progress_bar,
         # checkpoints written atomically (DeepSpeed writes its own checkpoint folders)
         plugins=None if is_deepspeed(r.training_strategy) and testing is None else [AtomicCheckpointIO()],
     )

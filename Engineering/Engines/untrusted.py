@@ -7,9 +7,11 @@ from such sources; code names are accepted only from the user's own command line
 YAML. Every other string in our configs selects from a fixed registry (drives, pythae
 models, torch.optim optimisers, norm types), so this is the one gate.
 """
+
 from __future__ import annotations
 
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from Engineering.errors import UserError
 
@@ -49,6 +51,8 @@ def refuse_code(tree: dict, where: str) -> None:
         allowed = names.get(key, ())
         if isinstance(value, str) and value in allowed:
             continue
-        raise UserError(f"{where} names code at {'§'.join(path)} = {value!r}: configuration from a downloaded "
-                        f"folder or a checkpoint may only use built-in names ({', '.join(allowed) or 'none'}); "
-                        "code names are accepted only from your own command line or YAML")
+        raise UserError(
+            f"{where} names code at {'§'.join(path)} = {value!r}: configuration from a downloaded "
+            f"folder or a checkpoint may only use built-in names ({', '.join(allowed) or 'none'}); "
+            "code names are accepted only from your own command line or YAML"
+        )

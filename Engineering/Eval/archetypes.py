@@ -6,6 +6,7 @@ constraint as a heavily weighted extra equation). The metric is the variance the
 1 - ||X - A Z||^2 / ||X - mean||^2 (higher is better at a given k); the CI bootstraps samples with the
 archetypes fixed.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -14,8 +15,12 @@ from scipy.optimize import nnls
 from Engineering.Eval.bootstrap import bootstrap_ci
 from Engineering.Eval.result import HIGHER, MetricResult
 
-METRICS = {"archetype_r2": (HIGHER, "Latent variance explained by k archetypes (convex combinations). "
-                                    "Higher is better at the same k.")}
+METRICS = {
+    "archetype_r2": (
+        HIGHER,
+        "Latent variance explained by k archetypes (convex combinations). Higher is better at the same k.",
+    )
+}
 _WEIGHT = 200.0  # weight of the sum-to-one equation, relative to data in units of their spread
 
 
@@ -57,4 +62,5 @@ def archetype_r2(X: np.ndarray, k: int, n_boot: int, seed: int) -> MetricResult:
 
     def stat(w: np.ndarray) -> np.ndarray:
         return 1 - (w @ resid) / (w @ total)
+
     return MetricResult.from_ci(bootstrap_ci(stat, len(X), n_boot, seed), HIGHER, len(X), note=f"k = {k}")

@@ -9,6 +9,7 @@
   eigen-image baseline, Turk & Pentland, J. Cogn. Neurosci. 1991). PCA is fitted on
   all samples, as an autoencoder sees all of them, because it uses no labels.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -19,6 +19,7 @@ Silhouettes use Euclidean distance as in scIB (Rousseeuw, J. Comput. Appl.
 Math. 1987). CIs bootstrap the per-sample values (batch kNN: the out-of-fold
 predictions).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,35 +33,55 @@ from Engineering.Eval.result import HIGHER, LOWER, MetricResult
 from Engineering.Eval.subsample import subsample_indices, subset_note
 
 METRICS = {
-    "batch_knn_balanced_accuracy": (LOWER, "kNN (k=15, cosine) balanced accuracy at predicting the batch. "
-                                   "Lower is better; chance = 1/#batches."),
+    "batch_knn_balanced_accuracy": (
+        LOWER,
+        "kNN (k=15, cosine) balanced accuracy at predicting the batch. Lower is better; chance = 1/#batches.",
+    ),
     "batch_silhouette": (HIGHER, "1 - |silhouette| by batch (scIB batch ASW). Higher is better; 1 = well mixed."),
-    "batch_ilisi": (HIGHER, "Neighbourhood batch mixing (inverse Simpson index of batches among 15 cosine neighbours, "
-                   "rescaled to [0, 1]). Higher is better; 1 = well mixed."),
+    "batch_ilisi": (
+        HIGHER,
+        "Neighbourhood batch mixing (inverse Simpson index of batches among 15 cosine neighbours, "
+        "rescaled to [0, 1]). Higher is better; 1 = well mixed.",
+    ),
     "bio_silhouette": (HIGHER, "(silhouette by label + 1) / 2. Higher is better; 0.5 = no class structure."),
 }
 
 
-def batch_knn_accuracy(Z: np.ndarray, batch: np.ndarray, groups: np.ndarray | None, k: int, n_splits: int,
-                       n_boot: int, seed: int) -> MetricResult:
+def batch_knn_accuracy(
+    Z: np.ndarray, batch: np.ndarray, groups: np.ndarray | None, k: int, n_splits: int, n_boot: int, seed: int
+) -> MetricResult:
     pred = knn_oof(Z, batch, groups, k, n_splits, seed)
     n_batches = len(np.unique(batch))
-    return MetricResult.from_ci(bootstrap_ci(scores.balanced_accuracy(batch, pred), len(batch), n_boot, seed,
-                                             groups), LOWER, len(batch), chance=1.0 / n_batches)
+    return MetricResult.from_ci(
+        bootstrap_ci(scores.balanced_accuracy(batch, pred), len(batch), n_boot, seed, groups),
+        LOWER,
+        len(batch),
+        chance=1.0 / n_batches,
+    )
 
 
-def batch_silhouette(Z: np.ndarray, batch: np.ndarray, groups: np.ndarray | None, n_boot: int,
-                     seed: int) -> MetricResult:
+def batch_silhouette(
+    Z: np.ndarray, batch: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int
+) -> MetricResult:
     values, groups, note = _silhouette(Z, batch, groups, seed)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(1.0 - np.abs(values)), len(values), n_boot, seed,
-                                             groups), HIGHER, len(values), note=note)
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(1.0 - np.abs(values)), len(values), n_boot, seed, groups),
+        HIGHER,
+        len(values),
+        note=note,
+    )
 
 
-def bio_silhouette(Z: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, n_boot: int,
-                   seed: int) -> MetricResult:
+def bio_silhouette(
+    Z: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, n_boot: int, seed: int
+) -> MetricResult:
     values, groups, note = _silhouette(Z, labels, groups, seed)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean((values + 1.0) / 2.0), len(values), n_boot, seed,
-                                             groups), HIGHER, len(values), note=note)
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean((values + 1.0) / 2.0), len(values), n_boot, seed, groups),
+        HIGHER,
+        len(values),
+        note=note,
+    )
 
 
 def pointwise_ilisi(Z: np.ndarray, batch: np.ndarray, k: int, groups: np.ndarray | None = None) -> np.ndarray:
@@ -77,11 +98,13 @@ def pointwise_ilisi(Z: np.ndarray, batch: np.ndarray, k: int, groups: np.ndarray
         return np.where(total > 0, (1.0 / simpson - 1.0) / (n_batches - 1), np.nan)
 
 
-def batch_ilisi(Z: np.ndarray, batch: np.ndarray, groups: np.ndarray | None, k: int, n_boot: int,
-                seed: int) -> MetricResult:
+def batch_ilisi(
+    Z: np.ndarray, batch: np.ndarray, groups: np.ndarray | None, k: int, n_boot: int, seed: int
+) -> MetricResult:
     values = pointwise_ilisi(Z, batch, k, groups)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(values), len(values), n_boot, seed, groups),
-                                HIGHER, int(np.isfinite(values).sum()))
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(values), len(values), n_boot, seed, groups), HIGHER, int(np.isfinite(values).sum())
+    )
 
 
 def _silhouette(Z: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, seed: int):

@@ -20,9 +20,10 @@ refitting on other training sets, so it is somewhat narrow for small data (in
 simulations of a null probe on 200 samples it covered chance ~85% of the time
 instead of 95%); refitting per resample would cost n_boot x folds model fits.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -30,8 +31,9 @@ import numpy as np
 _MAX_CELLS_PER_CHUNK = 20_000_000
 
 
-def resample_weights(n: int, n_resamples: int, rng: np.random.Generator,
-                     groups: np.ndarray | None = None) -> np.ndarray:
+def resample_weights(
+    n: int, n_resamples: int, rng: np.random.Generator, groups: np.ndarray | None = None
+) -> np.ndarray:
     """(n_resamples, n) draw counts; with ``groups`` (integer codes) whole groups are drawn."""
     if groups is None:
         return rng.multinomial(n, np.full(n, 1.0 / n), size=n_resamples).astype(np.int32)
@@ -40,9 +42,15 @@ def resample_weights(n: int, n_resamples: int, rng: np.random.Generator,
     return counts[:, groups].astype(np.int32)
 
 
-def bootstrap_ci(stat: Callable[[np.ndarray], np.ndarray], n: int, n_boot: int, seed: int,
-                 groups: np.ndarray | None = None, level: float = 0.95,
-                 recentre: bool = False) -> tuple[float, float, float]:
+def bootstrap_ci(
+    stat: Callable[[np.ndarray], np.ndarray],
+    n: int,
+    n_boot: int,
+    seed: int,
+    groups: np.ndarray | None = None,
+    level: float = 0.95,
+    recentre: bool = False,
+) -> tuple[float, float, float]:
     """(point estimate, CI low, CI high) of ``stat(W) -> (len(W),)`` by the percentile bootstrap.
 
     Resamples where the statistic is undefined (NaN, e.g. a class absent) are ignored.

@@ -20,6 +20,7 @@ frames) the nearest neighbours are mostly the subject's own samples and the
 estimate describes within-subject variation; ``--aggregate patient`` measures
 across subjects instead.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -30,10 +31,15 @@ from Engineering.Eval.result import LOWER, MetricResult
 from Engineering.Eval.subsample import subsample_indices, subset_note
 
 METRICS = {
-    "intrinsic_dimension": (LOWER, "Levina-Bickel MLE intrinsic dimension ((k-2) correction, mean over k). "
-                           "Lower is better (more compact)."),
-    "pca_components_90": (LOWER, "Principal components needed for 90% of the latent variance "
-                                 "(CI from at most 200 resamples). Lower is better (more compact)."),
+    "intrinsic_dimension": (
+        LOWER,
+        "Levina-Bickel MLE intrinsic dimension ((k-2) correction, mean over k). Lower is better (more compact).",
+    ),
+    "pca_components_90": (
+        LOWER,
+        "Principal components needed for 90% of the latent variance "
+        "(CI from at most 200 resamples). Lower is better (more compact).",
+    ),
 }
 DEFAULT_KS = (10, 15, 20)
 MAX_PCA_RESAMPLES = 200  # each resample is an O(n d^2) covariance
@@ -50,20 +56,22 @@ def pointwise_intrinsic_dimension(Z: np.ndarray, ks=DEFAULT_KS) -> np.ndarray:
     with np.errstate(divide="ignore", invalid="ignore"):
         logs = np.log(dist)
         for k in ks:
-            s = np.sum(logs[:, k - 1:k] - logs[:, : k - 1], axis=1)
+            s = np.sum(logs[:, k - 1 : k] - logs[:, : k - 1], axis=1)
             estimates.append(np.where(np.isfinite(s) & (s > 0), (k - 2) / s, np.nan))
     return np.mean(estimates, axis=0)
 
 
-def intrinsic_dimension(Z: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None,
-                        ks=DEFAULT_KS) -> MetricResult:
+def intrinsic_dimension(
+    Z: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None, ks=DEFAULT_KS
+) -> MetricResult:
     Z, groups, note = _subsample(Z, groups, seed)
     per_point = pointwise_intrinsic_dimension(Z, ks)
     n_ok = int(np.isfinite(per_point).sum())
     if n_ok < len(per_point):
         note = _join(note, f"{len(per_point) - n_ok} duplicate points left out")
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(per_point), len(Z), n_boot, seed, groups),
-                                LOWER, n_ok, note=note)
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(per_point), len(Z), n_boot, seed, groups), LOWER, n_ok, note=note
+    )
 
 
 def components_for_variance(Z: np.ndarray, fraction: float = 0.9):
@@ -89,11 +97,13 @@ def components_for_variance(Z: np.ndarray, fraction: float = 0.9):
     return stat
 
 
-def pca_components(Z: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None,
-                   fraction: float = 0.9) -> MetricResult:
+def pca_components(
+    Z: np.ndarray, n_boot: int, seed: int, groups: np.ndarray | None = None, fraction: float = 0.9
+) -> MetricResult:
     Z, groups, note = _subsample(Z, groups, seed)
-    ci = bootstrap_ci(components_for_variance(Z, fraction), len(Z), min(n_boot, MAX_PCA_RESAMPLES), seed, groups,
-                      recentre=True)
+    ci = bootstrap_ci(
+        components_for_variance(Z, fraction), len(Z), min(n_boot, MAX_PCA_RESAMPLES), seed, groups, recentre=True
+    )
     return MetricResult.from_ci(ci, LOWER, len(Z), note=note)
 
 

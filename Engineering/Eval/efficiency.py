@@ -12,6 +12,7 @@ grid intensity of a given country (``co2_country``, ISO 3166 alpha-3). Lower is 
 bootstrap: these are measurements of one model, not statistics over samples; the spread of the timed passes is
 the reported interval for the time.
 """
+
 from __future__ import annotations
 
 import statistics
@@ -25,13 +26,20 @@ from Engineering.Eval.result import LOWER, MetricResult
 
 METRICS = {
     "parameters_M": (LOWER, "Trainable and frozen parameters of the model, in millions. Lower is better."),
-    "inference_ms_per_sample": (LOWER, "Median time of one encoding pass per sample (ms; interval: the fastest "
-                                       "and slowest timed passes). Lower is better."),
+    "inference_ms_per_sample": (
+        LOWER,
+        "Median time of one encoding pass per sample (ms; interval: the fastest "
+        "and slowest timed passes). Lower is better.",
+    ),
     "inference_peak_MiB": (LOWER, "Peak memory added by one encoding pass (MiB). Lower is better."),
-    "inference_mJ_per_sample": (LOWER, "Energy of encoding per sample (millijoules, codecarbon's estimate). "
-                                       "Lower is better."),
-    "inference_CO2_ug_per_sample": (LOWER, "CO2-equivalent of that energy per sample (micrograms; the grid of "
-                                           "--co2_country). Lower is better."),
+    "inference_mJ_per_sample": (
+        LOWER,
+        "Energy of encoding per sample (millijoules, codecarbon's estimate). Lower is better.",
+    ),
+    "inference_CO2_ug_per_sample": (
+        LOWER,
+        "CO2-equivalent of that energy per sample (micrograms; the grid of --co2_country). Lower is better.",
+    ),
 }
 ENERGY_SECONDS = 2.0
 
@@ -54,8 +62,9 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def efficiency(module: torch.nn.Module, encode, batch: torch.Tensor, repeats: int = 5,
-               co2_country: str | None = None) -> dict[str, MetricResult]:
+def efficiency(
+    module: torch.nn.Module, encode, batch: torch.Tensor, repeats: int = 5, co2_country: str | None = None
+) -> dict[str, MetricResult]:
     """``encode(batch)`` is timed and measured; ``module`` is counted."""
     n = len(batch)
     params = sum(p.numel() for p in module.parameters()) / 1e6
@@ -73,19 +82,21 @@ def efficiency(module: torch.nn.Module, encode, batch: torch.Tensor, repeats: in
                 torch.cuda.synchronize()
             times.append((time.perf_counter() - t0) / n * 1000)
         med = statistics.median(times)
-        out["inference_ms_per_sample"] = MetricResult(med, min(times), max(times), LOWER, n=repeats,
-                                                      note=f"batch {n}, {repeats} timed passes")
+        out["inference_ms_per_sample"] = MetricResult(
+            med, min(times), max(times), LOWER, n=repeats, note=f"batch {n}, {repeats} timed passes"
+        )
         if cuda:
             torch.cuda.reset_peak_memory_stats()
             base = torch.cuda.memory_allocated()
             encode(batch)
-            peak = (torch.cuda.max_memory_allocated() - base) / 2 ** 20
+            peak = (torch.cuda.max_memory_allocated() - base) / 2**20
             out["inference_peak_MiB"] = MetricResult(peak, peak, peak, LOWER, n=1, note="CUDA, allocated by torch")
         elif _reset_peak_rss() and (before := _peak_rss_kib()) is not None:
             encode(batch)
             peak = max(0, _peak_rss_kib() - before) / 1024
-            out["inference_peak_MiB"] = MetricResult(peak, peak, peak, LOWER, n=1,
-                                                     note="CPU: rise of the process's peak resident set")
+            out["inference_peak_MiB"] = MetricResult(
+                peak, peak, peak, LOWER, n=1, note="CPU: rise of the process's peak resident set"
+            )
         else:
             out["inference_peak_MiB"] = MetricResult.skip(LOWER, "peak memory is measured on CUDA or on Linux only")
         out.update(energy(encode, batch, co2_country))
@@ -101,10 +112,17 @@ def energy(encode, batch: torch.Tensor, co2_country: str | None) -> dict[str, Me
         from codecarbon import OfflineEmissionsTracker
     except ImportError:
         why = "codecarbon is not installed (pip install codecarbon)"
-        return {"inference_mJ_per_sample": MetricResult.skip(LOWER, why),
-                "inference_CO2_ug_per_sample": MetricResult.skip(LOWER, why)}
-    tracker = OfflineEmissionsTracker(country_iso_code=co2_country or "USA", log_level="error", save_to_file=False,
-                                      measure_power_secs=1, tracking_mode="process")
+        return {
+            "inference_mJ_per_sample": MetricResult.skip(LOWER, why),
+            "inference_CO2_ug_per_sample": MetricResult.skip(LOWER, why),
+        }
+    tracker = OfflineEmissionsTracker(
+        country_iso_code=co2_country or "USA",
+        log_level="error",
+        save_to_file=False,
+        measure_power_secs=1,
+        tracking_mode="process",
+    )
     tracker.start()
     t0, samples = time.perf_counter(), 0
     try:
@@ -119,11 +137,13 @@ def energy(encode, batch: torch.Tensor, co2_country: str | None) -> dict[str, Me
     out = {"inference_mJ_per_sample": MetricResult(mj, mj, mj, LOWER, n=samples, note=note)}
     if co2_country:
         ug = float(kg) * 1e9 / samples
-        out["inference_CO2_ug_per_sample"] = MetricResult(ug, ug, ug, LOWER, n=samples,
-                                                          note=f"{note}; grid of {co2_country}")
+        out["inference_CO2_ug_per_sample"] = MetricResult(
+            ug, ug, ug, LOWER, n=samples, note=f"{note}; grid of {co2_country}"
+        )
     else:
-        out["inference_CO2_ug_per_sample"] = MetricResult.skip(LOWER, "give --co2_country ISO3 (the grid's carbon "
-                                                                      "intensity) for CO2")
+        out["inference_CO2_ug_per_sample"] = MetricResult.skip(
+            LOWER, "give --co2_country ISO3 (the grid's carbon intensity) for CO2"
+        )
     return out
 
 

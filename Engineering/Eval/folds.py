@@ -4,6 +4,7 @@ With groups (e.g. patientID when a patient contributes many slices) no group
 is ever on both the training and the test side, otherwise a probe can score by
 recognising the patient instead of the label.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,8 +30,7 @@ def classification_folds(y: np.ndarray, groups: np.ndarray | None, n_splits: int
     return list(cv.split(np.zeros(len(y)), y, groups))
 
 
-def regression_folds(n: int, groups: np.ndarray | None, n_splits: int, n_repeats: int,
-                     seed: int) -> list[list[Split]]:
+def regression_folds(n: int, groups: np.ndarray | None, n_splits: int, n_repeats: int, seed: int) -> list[list[Split]]:
     """``n_repeats`` independent k-fold partitions (group k-fold when ``groups`` is given)."""
     repeats = []
     for r in range(n_repeats):

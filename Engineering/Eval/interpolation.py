@@ -30,9 +30,10 @@ Two are this project's variants, under their own names:
 
 CIs bootstrap the pairs.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,16 +41,28 @@ from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import LOWER, MetricResult
 
 METRICS = {
-    "evolution_energy": (LOWER, "Reference (AllenCell benchmarking_representations): (L(D(z_t), x_a) + L(D(z_t), "
-                                "x_b)) / L(x_a, x_b) over t = 0.1..0.9 of a latent segment between two samples; L = "
-                                "MSE (images) or the reference's Chamfer (point clouds). Lower is better."),
-    "embedding_distance": (LOWER, "Reference (closest_embedding_distance): distance of latent interpolants to the "
-                                  "nearest test latent, in latent units. Lower is better."),
-    "decoded_path_ratio": (LOWER, "Project variant (not the reference's evolution energy): decoded length of a latent "
-                                  "segment over its decoded chord (1 = straight); blind to a decoder that ignores "
-                                  "its latent. Lower is better."),
-    "interpolation_distance": (LOWER, "Project variant: distance of decoded interpolants to the nearest decoded real "
-                                      "sample over the real nearest-neighbour distance. Lower is better."),
+    "evolution_energy": (
+        LOWER,
+        "Reference (AllenCell benchmarking_representations): (L(D(z_t), x_a) + L(D(z_t), "
+        "x_b)) / L(x_a, x_b) over t = 0.1..0.9 of a latent segment between two samples; L = "
+        "MSE (images) or the reference's Chamfer (point clouds). Lower is better.",
+    ),
+    "embedding_distance": (
+        LOWER,
+        "Reference (closest_embedding_distance): distance of latent interpolants to the "
+        "nearest test latent, in latent units. Lower is better.",
+    ),
+    "decoded_path_ratio": (
+        LOWER,
+        "Project variant (not the reference's evolution energy): decoded length of a latent "
+        "segment over its decoded chord (1 = straight); blind to a decoder that ignores "
+        "its latent. Lower is better.",
+    ),
+    "interpolation_distance": (
+        LOWER,
+        "Project variant: distance of decoded interpolants to the nearest decoded real "
+        "sample over the real nearest-neighbour distance. Lower is better.",
+    ),
 }
 FRACTIONS = np.linspace(0, 1, 11)[1:-1]  # the reference's t = 0.1 ... 0.9 (its float steps, unrounded)
 
@@ -59,35 +72,51 @@ def reference_pairs(n: int, n_pairs: int | None, seed: int) -> np.ndarray:
     k = n // 2 if n_pairs is None else min(n_pairs, n // 2)
     if k < 1:
         raise ValueError("interpolation needs at least 2 samples")
-    return np.random.default_rng(seed).permutation(n)[:2 * k].reshape(k, 2)
+    return np.random.default_rng(seed).permutation(n)[: 2 * k].reshape(k, 2)
 
 
-def pointwise_evolution_energy(render_at: Callable[[np.ndarray, np.ndarray], np.ndarray], inputs: np.ndarray,
-                               Z: np.ndarray, target: np.ndarray,
-                               distance: Callable[[np.ndarray, np.ndarray], np.ndarray], pairs: np.ndarray
-                               ) -> np.ndarray:
+def pointwise_evolution_energy(
+    render_at: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    inputs: np.ndarray,
+    Z: np.ndarray,
+    target: np.ndarray,
+    distance: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    pairs: np.ndarray,
+) -> np.ndarray:
     """(n_pairs, 9) energies. ``render_at(x, z)``: the decoding of each row of z in the pose of the matching input
     row of x (the plain decoding for models without a pose); ``target``: the inputs in the decoder's output space;
     ``distance(a, b)``: the loss per sample."""
     out = np.full((len(pairs), len(FRACTIONS)), np.nan)
     for i, (a, b) in enumerate(pairs):
-        total = float(distance(target[a:a + 1], target[b:b + 1])[0])
+        total = float(distance(target[a : a + 1], target[b : b + 1])[0])
         if not total > 0:
             continue  # two identical samples: the reference's division by 0 (dropped there as inf / NaN)
         zs = Z[a] + FRACTIONS[:, None] * (Z[b] - Z[a])
         k = len(FRACTIONS)
-        to_a = distance(render_at(np.repeat(inputs[a:a + 1], k, 0), zs), np.repeat(target[a:a + 1], k, 0))
-        to_b = distance(render_at(np.repeat(inputs[b:b + 1], k, 0), zs), np.repeat(target[b:b + 1], k, 0))
+        to_a = distance(render_at(np.repeat(inputs[a : a + 1], k, 0), zs), np.repeat(target[a : a + 1], k, 0))
+        to_b = distance(render_at(np.repeat(inputs[b : b + 1], k, 0), zs), np.repeat(target[b : b + 1], k, 0))
         out[i] = (np.asarray(to_a, float) + np.asarray(to_b, float)) / total
     return out
 
 
-def evolution_energy(render_at, inputs: np.ndarray, Z: np.ndarray, target: np.ndarray, distance, n_boot: int,
-                     seed: int, n_pairs: int | None = None) -> MetricResult:
+def evolution_energy(
+    render_at,
+    inputs: np.ndarray,
+    Z: np.ndarray,
+    target: np.ndarray,
+    distance,
+    n_boot: int,
+    seed: int,
+    n_pairs: int | None = None,
+) -> MetricResult:
     pairs = reference_pairs(len(Z), n_pairs, seed)
     per_pair = np.nanmean(pointwise_evolution_energy(render_at, inputs, Z, target, distance, pairs), axis=1)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(per_pair), len(per_pair), n_boot, seed), LOWER,
-                                len(per_pair), note=f"{len(per_pair)} pairs x t = 0.1..0.9")
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(per_pair), len(per_pair), n_boot, seed),
+        LOWER,
+        len(per_pair),
+        note=f"{len(per_pair)} pairs x t = 0.1..0.9",
+    )
 
 
 def pointwise_embedding_distance(Z: np.ndarray, pairs: np.ndarray, pool: np.ndarray | None = None) -> np.ndarray:
@@ -102,13 +131,18 @@ def pointwise_embedding_distance(Z: np.ndarray, pairs: np.ndarray, pool: np.ndar
     return out
 
 
-def embedding_distance(Z: np.ndarray, n_boot: int, seed: int, n_pairs: int | None = None,
-                       pool: np.ndarray | None = None) -> MetricResult:
+def embedding_distance(
+    Z: np.ndarray, n_boot: int, seed: int, n_pairs: int | None = None, pool: np.ndarray | None = None
+) -> MetricResult:
     """Pairs of rows of ``Z``; nearest latents among ``pool`` (all embedded samples; default: Z)."""
     pairs = reference_pairs(len(Z), n_pairs, seed)
     per_pair = pointwise_embedding_distance(Z, pairs, pool).mean(1)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(per_pair), len(per_pair), n_boot, seed), LOWER,
-                                len(per_pair), note=f"{len(per_pair)} pairs x t = 0.1..0.9, latent units")
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(per_pair), len(per_pair), n_boot, seed),
+        LOWER,
+        len(per_pair),
+        note=f"{len(per_pair)} pairs x t = 0.1..0.9, latent units",
+    )
 
 
 def _pairs(n: int, n_pairs: int, seed: int) -> np.ndarray:
@@ -118,8 +152,14 @@ def _pairs(n: int, n_pairs: int, seed: int) -> np.ndarray:
     return np.stack([a, b], 1)
 
 
-def pointwise_interpolation(decode: Callable[[np.ndarray], np.ndarray], Z: np.ndarray, X: np.ndarray,
-                            n_pairs: int = 32, n_steps: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def pointwise_interpolation(
+    decode: Callable[[np.ndarray], np.ndarray],
+    Z: np.ndarray,
+    X: np.ndarray,
+    n_pairs: int = 32,
+    n_steps: int = 8,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
     """(decoded path ratio, interpolation distance) per pair. ``X``: the real samples (n, ...) the distances use."""
     if len(Z) < 2:
         raise ValueError("interpolation needs at least 2 samples")
@@ -138,10 +178,17 @@ def pointwise_interpolation(decode: Callable[[np.ndarray], np.ndarray], Z: np.nd
     return np.asarray(ratio), np.asarray(dist)
 
 
-def interpolation_metrics(decode, Z: np.ndarray, X: np.ndarray, n_boot: int, seed: int, n_pairs: int = 32,
-                          n_steps: int = 8) -> dict[str, MetricResult]:
+def interpolation_metrics(
+    decode, Z: np.ndarray, X: np.ndarray, n_boot: int, seed: int, n_pairs: int = 32, n_steps: int = 8
+) -> dict[str, MetricResult]:
     """The project's two variants: {"decoded_path_ratio", "interpolation_distance"}."""
     ratio, dist = pointwise_interpolation(decode, Z, X, n_pairs, n_steps, seed)
-    return {name: MetricResult.from_ci(bootstrap_ci(weighted_mean(v), len(v), n_boot, seed), LOWER, len(v),
-                                       note=f"{n_pairs} pairs, {n_steps} steps")
-            for name, v in (("decoded_path_ratio", ratio), ("interpolation_distance", dist))}
+    return {
+        name: MetricResult.from_ci(
+            bootstrap_ci(weighted_mean(v), len(v), n_boot, seed),
+            LOWER,
+            len(v),
+            note=f"{n_pairs} pairs, {n_steps} steps",
+        )
+        for name, v in (("decoded_path_ratio", ratio), ("interpolation_distance", dist))
+    }

@@ -30,9 +30,10 @@ Engineering/Engines/saved_runs.py).
   2-Wasserstein distance (``Science/transport.earth_movers`` / 2). Lower is better.
 CIs bootstrap the per-sample values unless said otherwise.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -40,17 +41,29 @@ from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import LOWER, MetricResult
 
 METRICS = {
-    "rotation_sensitivity": (LOWER, "Project variant: per-sample relative latent change under 90° rotations and "
-                                    "flips, ||z_r - z_0|| / (||z_0|| + ||z_r||). Lower is better (more invariant)."),
+    "rotation_sensitivity": (
+        LOWER,
+        "Project variant: per-sample relative latent change under 90° rotations and "
+        "flips, ||z_r - z_0|| / (||z_0|| + ||z_r||). Lower is better (more invariant).",
+    ),
     "reconstruction_mse": (LOWER, "Mean squared reconstruction error per sample. Lower is better."),
-    "rotation_invariance_error": (LOWER, "Reference (AllenCell benchmarking_representations): ||Z_r - Z_0|| / "
-                                         "(||Z_0|| + ||Z_r||) over each batch's latent matrix, r = 0/90/180/270 "
-                                         "degrees about z, averaged. Lower is better (more invariant)."),
-    "reconstruction_chamfer": (LOWER, "Reference (cyto-dl ChamferLoss, point clouds): sum of nearest-point distances "
-                                      "of the reconstruction to the input and back, per cloud. Lower is better."),
-    "reconstruction_sinkhorn": (LOWER, "Reference (the AllenCell benchmark's point-cloud Reconstruction, cyto-dl "
-                                       "GeomLoss): geomloss Sinkhorn divergence, p=2, blur 0.05, per cloud. Lower is "
-                                       "better."),
+    "rotation_invariance_error": (
+        LOWER,
+        "Reference (AllenCell benchmarking_representations): ||Z_r - Z_0|| / "
+        "(||Z_0|| + ||Z_r||) over each batch's latent matrix, r = 0/90/180/270 "
+        "degrees about z, averaged. Lower is better (more invariant).",
+    ),
+    "reconstruction_chamfer": (
+        LOWER,
+        "Reference (cyto-dl ChamferLoss, point clouds): sum of nearest-point distances "
+        "of the reconstruction to the input and back, per cloud. Lower is better.",
+    ),
+    "reconstruction_sinkhorn": (
+        LOWER,
+        "Reference (the AllenCell benchmark's point-cloud Reconstruction, cyto-dl "
+        "GeomLoss): geomloss Sinkhorn divergence, p=2, blur 0.05, per cloud. Lower is "
+        "better.",
+    ),
 }
 
 
@@ -70,14 +83,16 @@ def pointwise_rotation_sensitivity(encode: Callable[[np.ndarray], np.ndarray], i
     return np.mean(changes, axis=0)
 
 
-def rotation_sensitivity(encode: Callable[[np.ndarray], np.ndarray], images: np.ndarray, n_boot: int,
-                         seed: int) -> MetricResult:
+def rotation_sensitivity(
+    encode: Callable[[np.ndarray], np.ndarray], images: np.ndarray, n_boot: int, seed: int
+) -> MetricResult:
     values = pointwise_rotation_sensitivity(encode, images)
     return MetricResult.from_ci(bootstrap_ci(weighted_mean(values), len(values), n_boot, seed), LOWER, len(values))
 
 
-def reconstruction_mse(reconstruct: Callable[[np.ndarray], np.ndarray], images: np.ndarray, n_boot: int,
-                       seed: int) -> MetricResult:
+def reconstruction_mse(
+    reconstruct: Callable[[np.ndarray], np.ndarray], images: np.ndarray, n_boot: int, seed: int
+) -> MetricResult:
     recon = np.asarray(reconstruct(images), dtype=float)
     values = ((recon - images) ** 2).reshape(len(images), -1).mean(axis=1)
     return MetricResult.from_ci(bootstrap_ci(weighted_mean(values), len(values), n_boot, seed), LOWER, len(values))
@@ -97,12 +112,18 @@ def quarter_turns(inputs: np.ndarray, k: int, kind: str = "image") -> np.ndarray
     return out
 
 
-def rotation_invariance_error(encode: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch_size: int,
-                              n_boot: int, seed: int, kind: str = "image") -> MetricResult:
+def rotation_invariance_error(
+    encode: Callable[[np.ndarray], np.ndarray],
+    inputs: np.ndarray,
+    batch_size: int,
+    n_boot: int,
+    seed: int,
+    kind: str = "image",
+) -> MetricResult:
     """The reference's definition (module doc); ``batch_size``: the batches the Frobenius norms run over."""
     values, batch_ids = [], []
     for i, start in enumerate(range(0, len(inputs), batch_size)):
-        x = inputs[start:start + batch_size]
+        x = inputs[start : start + batch_size]
         z0 = np.asarray(encode(x), dtype=float)
         for k in range(4):
             zr = z0 if k == 0 else np.asarray(encode(quarter_turns(x, k, kind)), dtype=float)
@@ -110,8 +131,12 @@ def rotation_invariance_error(encode: Callable[[np.ndarray], np.ndarray], inputs
             values.append(np.linalg.norm(zr - z0) / denom if denom > 0 else 0.0)
             batch_ids.append(i)
     batch_ids = np.asarray(batch_ids)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(np.asarray(values)), len(values), n_boot, seed, batch_ids),
-                                LOWER, len(inputs), note=f"{batch_ids[-1] + 1} batch(es) of <= {batch_size} x 4 angles")
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(np.asarray(values)), len(values), n_boot, seed, batch_ids),
+        LOWER,
+        len(inputs),
+        note=f"{batch_ids[-1] + 1} batch(es) of <= {batch_size} x 4 angles",
+    )
 
 
 def chamfer_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -125,8 +150,9 @@ def chamfer_sum(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return out
 
 
-def reconstruction_chamfer(reconstruct: Callable[[np.ndarray], np.ndarray], clouds: np.ndarray, n_boot: int,
-                           seed: int) -> MetricResult:
+def reconstruction_chamfer(
+    reconstruct: Callable[[np.ndarray], np.ndarray], clouds: np.ndarray, n_boot: int, seed: int
+) -> MetricResult:
     """``clouds`` (n, F, N) channels first (xyz in the first 3 rows); ``reconstruct`` -> (n, M, 3)."""
     target = np.asarray(clouds, dtype=float)[:, :3].transpose(0, 2, 1)
     values = chamfer_sum(np.asarray(reconstruct(clouds), dtype=float), target)
@@ -141,12 +167,19 @@ def sinkhorn_geomloss(recon: np.ndarray, clouds: np.ndarray) -> np.ndarray:
 
     loss = SamplesLoss("sinkhorn", p=2, blur=0.05)
     with torch.no_grad():
-        return loss(torch.as_tensor(np.asarray(recon), dtype=torch.float32).contiguous(),
-                    torch.as_tensor(np.asarray(clouds), dtype=torch.float32).contiguous()).double().numpy()
+        return (
+            loss(
+                torch.as_tensor(np.asarray(recon), dtype=torch.float32).contiguous(),
+                torch.as_tensor(np.asarray(clouds), dtype=torch.float32).contiguous(),
+            )
+            .double()
+            .numpy()
+        )
 
 
-def reconstruction_sinkhorn(reconstruct: Callable[[np.ndarray], np.ndarray], clouds: np.ndarray, n_boot: int,
-                            seed: int) -> MetricResult:
+def reconstruction_sinkhorn(
+    reconstruct: Callable[[np.ndarray], np.ndarray], clouds: np.ndarray, n_boot: int, seed: int
+) -> MetricResult:
     """``clouds`` (n, F, N) channels first; ``reconstruct`` -> (n, M, 3)."""
     target = np.asarray(clouds, dtype=float)[:, :3].transpose(0, 2, 1)
     values = sinkhorn_geomloss(np.asarray(reconstruct(clouds), dtype=float), target)

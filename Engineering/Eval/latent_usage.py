@@ -12,9 +12,10 @@ images, Chamfer for point clouds) and s_i = d(x_{i+1}, x_i) the distance between
 report, where the UNet reconstructs from x_T alone); about 1 means a swapped latent moves the reconstruction as
 far as the other sample is. Higher is better. The CI bootstraps the samples.
 """
+
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -22,10 +23,16 @@ from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {
-    "latent_usage_swap": (HIGHER, "Reconstruction error with another sample's latent minus with its own, over the "
-                                  "two samples' distance (0 = the decoder ignores the latent). Higher is better."),
-    "latent_usage_mean": (HIGHER, "Reconstruction error with the mean latent minus with its own, over the distance "
-                                  "to another sample (0 = the decoder ignores the latent). Higher is better."),
+    "latent_usage_swap": (
+        HIGHER,
+        "Reconstruction error with another sample's latent minus with its own, over the "
+        "two samples' distance (0 = the decoder ignores the latent). Higher is better.",
+    ),
+    "latent_usage_mean": (
+        HIGHER,
+        "Reconstruction error with the mean latent minus with its own, over the distance "
+        "to another sample (0 = the decoder ignores the latent). Higher is better.",
+    ),
 }
 IGNORED = 0.05  # below this the report says the decoder ignores the latent
 
@@ -35,9 +42,13 @@ def mse(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((np.asarray(a, float) - np.asarray(b, float)) ** 2).reshape(len(a), -1).mean(1)
 
 
-def pointwise_latent_usage(render: Callable[[np.ndarray, Sequence[np.ndarray]], Sequence[np.ndarray]],
-                           inputs: np.ndarray, Z: np.ndarray, target: np.ndarray,
-                           distance: Callable[[np.ndarray, np.ndarray], np.ndarray] = mse) -> dict[str, np.ndarray]:
+def pointwise_latent_usage(
+    render: Callable[[np.ndarray, Sequence[np.ndarray]], Sequence[np.ndarray]],
+    inputs: np.ndarray,
+    Z: np.ndarray,
+    target: np.ndarray,
+    distance: Callable[[np.ndarray, np.ndarray], np.ndarray] = mse,
+) -> dict[str, np.ndarray]:
     """Per-sample errors. ``render(inputs, [codes...]) -> [reconstructions...]``; ``target``: the inputs in
     reconstruction space (images themselves; a cloud's xyz); ``distance(a, b)`` per sample."""
     n = len(Z)
@@ -52,11 +63,14 @@ def pointwise_latent_usage(render: Callable[[np.ndarray, Sequence[np.ndarray]], 
     return {"own": e_own, "swap": e_swap, "mean": e_mean, "between": between}
 
 
-def latent_usage(render, inputs: np.ndarray, Z: np.ndarray, target: np.ndarray, n_boot: int, seed: int,
-                 distance=mse) -> dict[str, MetricResult]:
+def latent_usage(
+    render, inputs: np.ndarray, Z: np.ndarray, target: np.ndarray, n_boot: int, seed: int, distance=mse
+) -> dict[str, MetricResult]:
     e = pointwise_latent_usage(render, inputs, Z, target, distance)
-    errors = (f"error with own latent {e['own'].mean():.4g}, another's {e['swap'].mean():.4g}, the mean latent "
-              f"{e['mean'].mean():.4g}; between samples {e['between'].mean():.4g}")
+    errors = (
+        f"error with own latent {e['own'].mean():.4g}, another's {e['swap'].mean():.4g}, the mean latent "
+        f"{e['mean'].mean():.4g}; between samples {e['between'].mean():.4g}"
+    )
     out = {}
     for name, key in (("latent_usage_swap", "swap"), ("latent_usage_mean", "mean")):
         v = (e[key] - e["own"]) / e["between"]

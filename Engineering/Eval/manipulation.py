@@ -17,10 +17,11 @@ makes class k more likely against the others.
 
 This module takes the network and sampler as arguments and loads nothing.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import h5py
 import numpy as np
@@ -61,8 +62,9 @@ def unit_direction(weights: np.ndarray, classes: Sequence[str], wanted: str | No
     return w / norm, label
 
 
-def shifted_codes(z: torch.Tensor, mean: np.ndarray, std: np.ndarray, direction: np.ndarray,
-                  scales: Sequence[float]) -> torch.Tensor:
+def shifted_codes(
+    z: torch.Tensor, mean: np.ndarray, std: np.ndarray, direction: np.ndarray, scales: Sequence[float]
+) -> torch.Tensor:
     """(n, n_scales, L) semantic codes: each z moved by every scale along the unit direction (see module doc)."""
     as_t = {"dtype": z.dtype, "device": z.device}
     mean, std = torch.tensor(np.array(mean), **as_t), torch.tensor(np.array(std), **as_t)
@@ -71,8 +73,16 @@ def shifted_codes(z: torch.Tensor, mean: np.ndarray, std: np.ndarray, direction:
 
 
 @torch.no_grad()
-def render(diffusion, net, x0: torch.Tensor, z0: torch.Tensor, codes: torch.Tensor, t_inv: int,
-           t_step: int, clip: tuple[float, float] | None = None) -> torch.Tensor:
+def render(
+    diffusion,
+    net,
+    x0: torch.Tensor,
+    z0: torch.Tensor,
+    codes: torch.Tensor,
+    t_inv: int,
+    t_step: int,
+    clip: tuple[float, float] | None = None,
+) -> torch.Tensor:
     """(n, n_scales, C, ...) renders from each subject's own x_T (DDIM inversion with its own z_sem).
 
     All scales of a subject are rendered as one batch (the same x_T, one code each).
@@ -92,8 +102,7 @@ def _plane(img: np.ndarray) -> np.ndarray:
     return img
 
 
-def write_strip(path: str | Path, image: np.ndarray, renders: np.ndarray, scales: Sequence[float],
-                title: str) -> None:
+def write_strip(path: str | Path, image: np.ndarray, renders: np.ndarray, scales: Sequence[float], title: str) -> None:
     """One PNG row: the input, then the render at every scale, all on the input's grey scale."""
     import matplotlib
 
@@ -114,8 +123,9 @@ def write_strip(path: str | Path, image: np.ndarray, renders: np.ndarray, scales
     plt.close(fig)
 
 
-def write_renders_h5(path: str | Path, items: list[dict], scales: Sequence[float], direction: np.ndarray,
-                     attrs: dict) -> None:
+def write_renders_h5(
+    path: str | Path, items: list[dict], scales: Sequence[float], direction: np.ndarray, attrs: dict
+) -> None:
     """``<patientID>/<fieldID>/<instanceID>/<key>/{input, renders}``: (C, ...) and (n_scales, C, ...)."""
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5.attrs.update({k: ("" if v is None else v) for k, v in attrs.items()})
@@ -129,9 +139,20 @@ def write_renders_h5(path: str | Path, items: list[dict], scales: Sequence[float
 
 
 @torch.no_grad()
-def manipulate(net, diffusion, t_inv: int, t_step: int, samples: list[dict], direction: np.ndarray,
-               mean: np.ndarray, std: np.ndarray, scales: Sequence[float], out_dir: str | Path,
-               attrs: dict, clip: tuple[float, float] | None = None) -> Path:
+def manipulate(
+    net,
+    diffusion,
+    t_inv: int,
+    t_step: int,
+    samples: list[dict],
+    direction: np.ndarray,
+    mean: np.ndarray,
+    std: np.ndarray,
+    scales: Sequence[float],
+    out_dir: str | Path,
+    attrs: dict,
+    clip: tuple[float, float] | None = None,
+) -> Path:
     """Encode, move and render every sample; write one PNG strip per sample and ``renders.h5`` into ``out_dir``.
 
     ``samples``: dicts with the normalised input ``inp`` (C, ...), its ``affine`` (C, 2) and the IDs
@@ -151,8 +172,13 @@ def manipulate(net, diffusion, t_inv: int, t_step: int, samples: list[dict], dir
         items.append(item)
         name = "_".join(str(item[k]) for k in KEY_COLUMNS)
         where = "".join(f" {k}={item[k]}" for k in ("c", "t", "s") if item[k] is not None)
-        write_strip(out_dir / f"{name}.png", item["input"], item["renders"], scales,
-                    f"{attrs.get('target', '')} ({attrs.get('direction_label', '')}): {name}{where}")
+        write_strip(
+            out_dir / f"{name}.png",
+            item["input"],
+            item["renders"],
+            scales,
+            f"{attrs.get('target', '')} ({attrs.get('direction_label', '')}): {name}{where}",
+        )
     h5_path = out_dir / "renders.h5"
     write_renders_h5(h5_path, items, scales, direction, attrs)
     return h5_path

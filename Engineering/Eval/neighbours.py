@@ -4,6 +4,7 @@ With groups (e.g. slices of one patient) a neighbour from the same group says
 nothing about label or batch structure across subjects, so such neighbours are
 skipped in mixing metrics exactly as group-aware CV skips them in the probes.
 """
+
 from __future__ import annotations
 
 import numpy as np

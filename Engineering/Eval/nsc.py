@@ -22,6 +22,7 @@ TVN (``tvn=True``), on the sample latents before the well means, as the referenc
    controls of the unit / of all units.
 CIs by bootstrap over compounds. Optional centring (``center``; not in the reference) subtracts the mean profile.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -32,11 +33,17 @@ from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {
-    "nsc": (HIGHER, "Reference (Lin & Lu 2022, BBBC021 notebook): not-same-compound 1-NN (cosine) accuracy of a "
-                    "label over treatment profiles (one per treatment, over all batches; controls dropped). "
-                    "Higher is better."),
-    "nscb": (HIGHER, "Reference (Lin & Lu 2022): not-same-compound-or-batch 1-NN accuracy (labels seen in one "
-                     "batch only are skipped). Higher is better; the gap to NSC is what batch effects lend."),
+    "nsc": (
+        HIGHER,
+        "Reference (Lin & Lu 2022, BBBC021 notebook): not-same-compound 1-NN (cosine) accuracy of a "
+        "label over treatment profiles (one per treatment, over all batches; controls dropped). "
+        "Higher is better.",
+    ),
+    "nscb": (
+        HIGHER,
+        "Reference (Lin & Lu 2022): not-same-compound-or-batch 1-NN accuracy (labels seen in one "
+        "batch only are skipped). Higher is better; the gap to NSC is what batch effects lend.",
+    ),
 }
 
 TVN_LAMBDA = 0.02  # the reference's whitening regulariser (added to the control covariance's eigenvalues)
@@ -68,8 +75,10 @@ def tvn(Z: np.ndarray, is_control: np.ndarray, plate: np.ndarray, lam: float = T
         m = plate == p
         c = Zw[m & is_control]
         if not len(c):
-            raise UserError(f"NSC with TVN: plate {p} has no control sample; every TVN unit (--tvn_col, default "
-                            "--batch_col) needs control wells")
+            raise UserError(
+                f"NSC with TVN: plate {p} has no control sample; every TVN unit (--tvn_col, default "
+                "--batch_col) needs control wells"
+            )
         out[m] = Zw[m] @ _sym_power(c.T @ c / len(c) + eye, -0.5) @ target
     return out
 
@@ -111,9 +120,17 @@ def nearest_same_label(P: np.ndarray, rows: pd.DataFrame, exclude_batch: bool) -
     return hit
 
 
-def nsc_scores(Z: np.ndarray, meta: pd.DataFrame, n_boot: int, seed: int, well: str | None = None,
-               center: bool = False, controls: str | None = None, tvn_on: bool = False,
-               tvn_lambda: float = TVN_LAMBDA) -> dict[str, MetricResult]:
+def nsc_scores(
+    Z: np.ndarray,
+    meta: pd.DataFrame,
+    n_boot: int,
+    seed: int,
+    well: str | None = None,
+    center: bool = False,
+    controls: str | None = None,
+    tvn_on: bool = False,
+    tvn_lambda: float = TVN_LAMBDA,
+) -> dict[str, MetricResult]:
     """{"nsc": ..., "nscb": ...}; ``controls`` names the control compound (dropped from the profiles; with
     ``tvn_on`` also the whitening's reference); ``meta`` may hold a ``plate`` column, the TVN unit (default: batch)."""
     if tvn_on and controls is None:
@@ -134,10 +151,12 @@ def nsc_scores(Z: np.ndarray, meta: pd.DataFrame, n_boot: int, seed: int, well: 
         hit = nearest_same_label(P, rows, exclude)
         ok = np.isfinite(hit)
         if ok.sum() < 2:
-            out[name] = MetricResult.skip(HIGHER, f"{int(ok.sum())} profile(s) have an allowed neighbour",
-                                          n=int(ok.sum()))
+            out[name] = MetricResult.skip(
+                HIGHER, f"{int(ok.sum())} profile(s) have an allowed neighbour", n=int(ok.sum())
+            )
             continue
         ci = bootstrap_ci(weighted_mean(hit[ok]), int(ok.sum()), n_boot, seed, pd.factorize(comp_codes[ok])[0])
-        out[name] = MetricResult.from_ci(ci, HIGHER, int(ok.sum()),
-                                         extra={"n_profiles": len(P), "n_compounds": int(rows["compound"].nunique())})
+        out[name] = MetricResult.from_ci(
+            ci, HIGHER, int(ok.sum()), extra={"n_profiles": len(P), "n_compounds": int(rows["compound"].nunique())}
+        )
     return out

@@ -12,6 +12,7 @@
   samples). It uses no label to fit anything, so it asks whether outliers stand out on their own, where the
   reference asks whether they are linearly separable.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -30,11 +31,19 @@ from Engineering.Eval.bootstrap import bootstrap_ci
 from Engineering.Eval.compactness import DEFAULT_KS, pointwise_intrinsic_dimension
 from Engineering.Eval.result import HIGHER, MetricResult
 
-METRICS = {"outlier_auroc": (HIGHER, "Project variant (unsupervised): AUROC of the local intrinsic dimension as a "
-                                     "score of the known outliers. Higher is better (0.5 = chance)."),
-           "outlier_detection": (HIGHER, "Reference (AllenCell benchmarking_representations): balanced accuracy of a "
-                                         "class-weighted logistic regression, mean over 5 stratified folds. Higher "
-                                         "is better (0.5 = chance).")}
+METRICS = {
+    "outlier_auroc": (
+        HIGHER,
+        "Project variant (unsupervised): AUROC of the local intrinsic dimension as a "
+        "score of the known outliers. Higher is better (0.5 = chance).",
+    ),
+    "outlier_detection": (
+        HIGHER,
+        "Reference (AllenCell benchmarking_representations): balanced accuracy of a "
+        "class-weighted logistic regression, mean over 5 stratified folds. Higher "
+        "is better (0.5 = chance).",
+    ),
+}
 REFERENCE_FOLDS, REFERENCE_SPLIT_SEED = 5, 2652124
 
 
@@ -43,9 +52,12 @@ def outlier_detection(Z: np.ndarray, is_outlier: np.ndarray, n_boot: int, seed: 
     y = np.asarray(is_outlier).astype(int)
     counts = np.bincount(y, minlength=2)
     if counts.min() < REFERENCE_FOLDS:
-        return MetricResult.skip(HIGHER, f"needs >= {REFERENCE_FOLDS} outliers and inliers for the reference's "
-                                         f"{REFERENCE_FOLDS} stratified folds (has {counts[1]} and {counts[0]})",
-                                 n=len(y))
+        return MetricResult.skip(
+            HIGHER,
+            f"needs >= {REFERENCE_FOLDS} outliers and inliers for the reference's "
+            f"{REFERENCE_FOLDS} stratified folds (has {counts[1]} and {counts[0]})",
+            n=len(y),
+        )
     model = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced", max_iter=3000))
     folds = StratifiedKFold(n_splits=REFERENCE_FOLDS, shuffle=True, random_state=REFERENCE_SPLIT_SEED)
     per_fold = []
@@ -57,6 +69,7 @@ def outlier_detection(Z: np.ndarray, is_outlier: np.ndarray, n_boot: int, seed: 
 
     def stat(w: np.ndarray) -> np.ndarray:
         return np.nanmean([score(w[:, test]) for test, score in per_fold], axis=0)
+
     return MetricResult.from_ci(bootstrap_ci(stat, len(y), n_boot, seed), HIGHER, len(y), chance=0.5)
 
 
@@ -80,4 +93,5 @@ def outlier_auroc(Z: np.ndarray, is_outlier: np.ndarray, n_boot: int, seed: int,
             if y[idx].any() and not y[idx].all():
                 out[i] = roc_auc_score(y[idx], s[idx])
         return out
+
     return MetricResult.from_ci(bootstrap_ci(stat, len(s), n_boot, seed), HIGHER, len(s), chance=0.5)

@@ -9,6 +9,7 @@ saw. Complex data is reduced to its magnitude. The latents' (c, t, s) are logica
 axes: with ``DS_channel_dim``/``DS_slice_dim`` swaps (e.g. time as slices) the
 stored array is transposed the same way first.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -20,7 +21,6 @@ from Engineering.data.layout import KEY_COLUMNS, SampleKey
 from Engineering.data.transforms import axis_perm
 from Engineering.errors import UserError
 from Engineering.io.read_budget import check_bytes, check_read, nbytes
-
 
 
 def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slice_dim: int = 2) -> np.ndarray:
@@ -61,13 +61,17 @@ def read_pixels(path: str | Path, rows: pd.DataFrame, channel_dim: int = 0, slic
                 try:
                     vec = arr[index]
                 except IndexError as exc:
-                    raise UserError(f"{path.name}:{name} has shape {arr.shape} (axes swapped as json§DS_channel_dim="
-                                    f"{channel_dim}, DS_slice_dim={slice_dim}); latent row c={c} t={t} s={s} "
-                                    "is outside it") from exc
-                out[pos] = np.abs(vec).ravel().astype(np.float32) if np.iscomplexobj(vec) \
-                    else vec.ravel().astype(np.float32)
+                    raise UserError(
+                        f"{path.name}:{name} has shape {arr.shape} (axes swapped as json§DS_channel_dim="
+                        f"{channel_dim}, DS_slice_dim={slice_dim}); latent row c={c} t={t} s={s} "
+                        "is outside it"
+                    ) from exc
+                out[pos] = (
+                    np.abs(vec).ravel().astype(np.float32) if np.iscomplexobj(vec) else vec.ravel().astype(np.float32)
+                )
     sizes = {v.size for v in out}
     if len(sizes) > 1:
-        raise UserError(f"pixel vectors differ in size ({sorted(sizes)[:5]}); "
-                        "the PCA baseline needs inputs of one shape")
+        raise UserError(
+            f"pixel vectors differ in size ({sorted(sizes)[:5]}); the PCA baseline needs inputs of one shape"
+        )
     return np.stack(out)

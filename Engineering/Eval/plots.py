@@ -8,6 +8,7 @@
   (seed 003) draws it, and the chart says so. It shows relative standing only; the
   table and bar plots hold the absolute values with their CIs.
 """
+
 from __future__ import annotations
 
 import io
@@ -81,6 +82,7 @@ def radar_axes(results: dict[str, dict[str, MetricResult]]) -> tuple[list[str], 
     def value(r, m):
         res = results[r].get(m)
         return res.value if res is not None and res.value is not None and np.isfinite(res.value) else np.nan
+
     names = list(dict.fromkeys(m for r in runs for m in results[r]))
     metrics = [m for m in names if sum(np.isfinite(value(r, m)) for r in runs) >= 2]
     scores = np.full((len(runs), len(metrics)), np.nan)
@@ -105,8 +107,11 @@ def radar_chart(results: dict[str, dict[str, MetricResult]], baseline_names=()) 
     fig, ax = plt.subplots(figsize=(7.5, 7.5), subplot_kw={"projection": "polar"})
     dashes = iter([":", "--", "-."])
     for i, (run, row) in enumerate(zip(results, scores)):
-        style = {"color": BASELINE_COLOUR, "linestyle": next(dashes, ":")} if run in baseline_names \
+        style = (
+            {"color": BASELINE_COLOUR, "linestyle": next(dashes, ":")}
+            if run in baseline_names
             else {"color": f"C{i % 10}"}
+        )
         ring = np.append(row, row[0])
         ax.plot(closed, ring, linewidth=1.4, label=run, marker="o", markersize=2.5, **style)
         if np.isfinite(row).all():
@@ -119,7 +124,10 @@ def radar_chart(results: dict[str, dict[str, MetricResult]], baseline_names=()) 
     ax.set_rlabel_position(360 / len(metrics) / 2)  # between the first two axes, not on one
     ax.set_ylim(-lim, lim * 1.05)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.05, 1.0))
-    ax.set_title("z-score of each metric across the runs compared (outward = better)"
-                 + ("\n* not every run has this metric: a gap, z-scored over the runs that have it"
-                    if partial.any() else ""), fontsize=9, pad=18)
+    ax.set_title(
+        "z-score of each metric across the runs compared (outward = better)"
+        + ("\n* not every run has this metric: a gap, z-scored over the runs that have it" if partial.any() else ""),
+        fontsize=9,
+        pad=18,
+    )
     return _png(fig, tight=True)

@@ -7,6 +7,7 @@ present) and macro AUROC (one-vs-rest, averaged over the classes that have both
 positives and negatives in the split). A score that is undefined on the split
 (one sample, a constant truth, a single class) is NaN rather than an error.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -35,10 +36,16 @@ def classification_scores(truth_codes: np.ndarray, proba: np.ndarray) -> dict[st
     if len(truth_codes) == 0:
         return dict.fromkeys(CLASSIFICATION_METRICS, np.nan)
     pred = np.argmax(proba, axis=1)
-    aucs = [roc_auc_score(truth_codes == k, proba[:, k]) for k in range(proba.shape[1])
-            if 0 < np.sum(truth_codes == k) < len(truth_codes)]
+    aucs = [
+        roc_auc_score(truth_codes == k, proba[:, k])
+        for k in range(proba.shape[1])
+        if 0 < np.sum(truth_codes == k) < len(truth_codes)
+    ]
     with warnings.catch_warnings():  # a predicted class absent from the truth is expected on small splits
         warnings.simplefilter("ignore", UserWarning)
         balanced = float(balanced_accuracy_score(truth_codes, pred))
-    return {"accuracy": float(np.mean(pred == truth_codes)), "balanced_accuracy": balanced,
-            "auroc_macro": float(np.mean(aucs)) if aucs else np.nan}
+    return {
+        "accuracy": float(np.mean(pred == truth_codes)),
+        "balanced_accuracy": balanced,
+        "auroc_macro": float(np.mean(aucs)) if aucs else np.nan,
+    }

@@ -10,6 +10,7 @@ representation benchmark follows Alain & Bengio (ICLR-W 2017) and Kolesnikov et
 al. (CVPR 2019). CIs: percentile bootstrap over out-of-fold predictions (see
 bootstrap.py). Continuous labels: regression.py.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -27,25 +28,32 @@ from Engineering.Eval.folds import classification_folds
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {  # family -> (direction, description)
-    "probe_balanced_accuracy": (HIGHER, "Linear probe (standardise + logistic regression, repeated stratified CV): "
-                               "mean per-class recall. Higher is better; chance = 1/#classes."),
+    "probe_balanced_accuracy": (
+        HIGHER,
+        "Linear probe (standardise + logistic regression, repeated stratified CV): "
+        "mean per-class recall. Higher is better; chance = 1/#classes.",
+    ),
     "probe_accuracy": (HIGHER, "Linear probe top-1 accuracy. Higher is better; chance = share of the largest class."),
 }
 
 
-def classification_oof(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
-                       n_repeats: int, seed: int) -> list[np.ndarray]:
+def classification_oof(
+    Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int, n_repeats: int, seed: int
+) -> list[np.ndarray]:
     """Out-of-fold logistic-regression predictions of ``y``, one array per CV repeat."""
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     with warnings.catch_warnings():
         # A probe that has not fully converged is still a valid (slightly pessimistic) probe.
         warnings.simplefilter("ignore", ConvergenceWarning)
-        return [cross_val_predict(model, Z, y, cv=classification_folds(y, groups, n_splits, seed + r))
-                for r in range(n_repeats)]
+        return [
+            cross_val_predict(model, Z, y, cv=classification_folds(y, groups, n_splits, seed + r))
+            for r in range(n_repeats)
+        ]
 
 
-def linear_probe_classification(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
-                                n_repeats: int, n_boot: int, seed: int) -> dict[str, MetricResult]:
+def linear_probe_classification(
+    Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int, n_repeats: int, n_boot: int, seed: int
+) -> dict[str, MetricResult]:
     """Balanced and top-1 accuracy of a cross-validated linear probe (mean over repeats), with bootstrap CIs."""
     preds = classification_oof(Z, y, groups, n_splits, n_repeats, seed)
     _, counts = np.unique(y, return_counts=True)
@@ -53,8 +61,10 @@ def linear_probe_classification(Z: np.ndarray, y: np.ndarray, groups: np.ndarray
     balanced = scores.mean_of([scores.balanced_accuracy(y, p) for p in preds])
     top1 = scores.mean_of([scores.accuracy(y, p) for p in preds])
     return {
-        "probe_balanced_accuracy": MetricResult.from_ci(bootstrap_ci(balanced, n, n_boot, seed, groups), HIGHER, n,
-                                                        chance=1.0 / len(counts)),
-        "probe_accuracy": MetricResult.from_ci(bootstrap_ci(top1, n, n_boot, seed, groups), HIGHER, n,
-                                               chance=counts.max() / n),
+        "probe_balanced_accuracy": MetricResult.from_ci(
+            bootstrap_ci(balanced, n, n_boot, seed, groups), HIGHER, n, chance=1.0 / len(counts)
+        ),
+        "probe_accuracy": MetricResult.from_ci(
+            bootstrap_ci(top1, n, n_boot, seed, groups), HIGHER, n, chance=counts.max() / n
+        ),
     }

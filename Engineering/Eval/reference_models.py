@@ -6,6 +6,7 @@ linear model. The penalty is chosen on the validation split (lowest squared
 error, or lowest log-loss), never on the test split; without a validation split
 the middle of the grid is used.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -29,8 +30,9 @@ def _choose(grid: list[float], fit, val_loss, has_val: bool):
     return best[2], best[1]
 
 
-def ridge_predictions(Z: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray,
-                      alphas: list[float]) -> tuple[np.ndarray, float]:
+def ridge_predictions(
+    Z: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.ndarray, alphas: list[float]
+) -> tuple[np.ndarray, float]:
     """Predictions (n,) for every row and the chosen alpha; ``y`` is NaN where missing."""
     have = np.isfinite(y)
     tr, va = train & have, val & have
@@ -42,8 +44,9 @@ def ridge_predictions(Z: np.ndarray, y: np.ndarray, train: np.ndarray, val: np.n
     return model.predict(Z), alpha
 
 
-def logistic_probabilities(Z: np.ndarray, codes: np.ndarray, n_classes: int, train: np.ndarray, val: np.ndarray,
-                           Cs: list[float], seed: int) -> tuple[np.ndarray, float | None]:
+def logistic_probabilities(
+    Z: np.ndarray, codes: np.ndarray, n_classes: int, train: np.ndarray, val: np.ndarray, Cs: list[float], seed: int
+) -> tuple[np.ndarray, float | None]:
     """Class probabilities (n, n_classes) for every row and the chosen C; ``codes`` is NaN where missing."""
     have = np.isfinite(codes)
     tr, va = train & have, val & have

@@ -10,6 +10,7 @@ Hoerl & Kennard, Technometrics 1970), which is what makes nested selection
 cheap; the final model per fold is scikit-learn's Ridge. CIs: percentile
 bootstrap over out-of-fold predictions (see bootstrap.py).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,11 @@ from Engineering.Eval.folds import n_splits_for, regression_folds
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {
-    "r2": (HIGHER, "Linear (ridge, nested penalty choice) regression R² of a continuous label, repeated k-fold. "
-                   "Higher is better; 0 = predicting the training mean."),
+    "r2": (
+        HIGHER,
+        "Linear (ridge, nested penalty choice) regression R² of a continuous label, repeated k-fold. "
+        "Higher is better; 0 = predicting the training mean.",
+    ),
 }
 ALPHAS = np.logspace(-3, 4, 15)
 INNER_SPLITS = 3
@@ -42,8 +46,9 @@ def ridge_path(X_train: np.ndarray, y_train: np.ndarray, X_eval: np.ndarray, alp
     return B @ coefs + mean
 
 
-def select_alpha(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int,
-                 alphas: np.ndarray = ALPHAS) -> float:
+def select_alpha(
+    X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: int, alphas: np.ndarray = ALPHAS
+) -> float:
     """The penalty with the least inner-CV squared error (group-aware inner folds with groups)."""
     if groups is None:
         inner = KFold(n_splits_for(len(y), INNER_SPLITS), shuffle=True, random_state=seed).split(X)
@@ -56,8 +61,9 @@ def select_alpha(X: np.ndarray, y: np.ndarray, groups: np.ndarray | None, seed: 
     return float(alphas[np.argmin(errors)])
 
 
-def regression_oof(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int, n_repeats: int,
-                   seed: int) -> list[np.ndarray]:
+def regression_oof(
+    Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int, n_repeats: int, seed: int
+) -> list[np.ndarray]:
     """Out-of-fold ridge predictions of ``y``, one array per repeat."""
     preds = []
     for r, folds in enumerate(regression_folds(len(y), groups, n_splits, n_repeats, seed)):
@@ -71,8 +77,9 @@ def regression_oof(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_sp
     return preds
 
 
-def linear_regression_r2(Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int,
-                         n_repeats: int, n_boot: int, seed: int) -> MetricResult:
+def linear_regression_r2(
+    Z: np.ndarray, y: np.ndarray, groups: np.ndarray | None, n_splits: int, n_repeats: int, n_boot: int, seed: int
+) -> MetricResult:
     """Mean out-of-fold R² over repeats; every resample is scored on all repeats alike."""
     y = np.asarray(y, dtype=float)
     preds = regression_oof(Z, y, groups, n_splits, n_repeats, seed)

@@ -5,6 +5,7 @@ targets skipped), the metric table (value [95% CI], best run in bold), what
 each metric means and which direction is better, one bar plot per metric and
 the radar chart across runs.
 """
+
 from __future__ import annotations
 
 import base64
@@ -31,43 +32,61 @@ td.skip{color:#999;font-style:italic} td.best{font-weight:bold;background:#eef7e
 """
 
 
-def render_report(results: Results, descriptions: dict[str, tuple[str, str]], summary: dict[str, str],
-                  notes: list[str], baseline_names=()) -> str:
+def render_report(
+    results: Results,
+    descriptions: dict[str, tuple[str, str]],
+    summary: dict[str, str],
+    notes: list[str],
+    baseline_names=(),
+) -> str:
     """The HTML page (a string)."""
     runs = list(results)
     metrics = list(dict.fromkeys(m for per in results.values() for m in per))
-    parts = ["<!DOCTYPE html><html><head><meta charset='utf-8'><title>Representation benchmark</title>",
-             f"<style>{_CSS}</style></head><body><h1>Representation benchmark</h1>"]
-    parts.append("<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary.items())
-                 + "</table>")
+    parts = [
+        "<!DOCTYPE html><html><head><meta charset='utf-8'><title>Representation benchmark</title>",
+        f"<style>{_CSS}</style></head><body><h1>Representation benchmark</h1>",
+    ]
+    parts.append(
+        "<table>" + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in summary.items()) + "</table>"
+    )
     if notes:
         parts.append("<h2>Notes</h2><ul>" + "".join(f"<li class='note'>{_e(n)}</li>" for n in notes) + "</ul>")
-    parts.append("<h2>Metrics</h2><p>Value with its bootstrap 95% confidence interval; the best run per row in "
-                 "bold (↑ higher / ↓ lower is better). Grey runs are baselines on the same samples.</p>")
+    parts.append(
+        "<h2>Metrics</h2><p>Value with its bootstrap 95% confidence interval; the best run per row in "
+        "bold (↑ higher / ↓ lower is better). Grey runs are baselines on the same samples.</p>"
+    )
     parts.append(_table(results, runs, metrics, baseline_names))
     parts.append("<h2>What the metrics mean</h2><table><tr><th>metric</th><th>better</th><th>definition</th></tr>")
     for fam in dict.fromkeys(m.partition("/")[0] for m in metrics):
         direction, text = descriptions.get(fam, ("", ""))
-        parts.append(f"<tr><td><code>{_e(fam)}</code></td><td>{_e(direction)}</td>"
-                     f"<td style='text-align:left'>{_e(text)}</td></tr>")
+        parts.append(
+            f"<tr><td><code>{_e(fam)}</code></td><td>{_e(direction)}</td>"
+            f"<td style='text-align:left'>{_e(text)}</td></tr>"
+        )
     parts.append("</table>")
     parts.append("<h2>Radar across runs</h2>")
     radar = _safe_png(lambda: plots.radar_chart(results, baseline_names))
     no_radar = "radar chart needs at least 2 runs and 3 metrics computed for all"
-    parts.append(_img(radar, "radar chart") if isinstance(radar, bytes) else
-                 f"<p class='note'>{_e(radar or no_radar)}</p>")
+    parts.append(
+        _img(radar, "radar chart") if isinstance(radar, bytes) else f"<p class='note'>{_e(radar or no_radar)}</p>"
+    )
     parts.append("<h2>Per-metric comparison</h2><div class='grid'>")
     for fam in dict.fromkeys(m.partition("/")[0] for m in metrics):
-        panels = {m: {r: results[r][m] for r in runs if m in results[r]}
-                  for m in metrics if m.partition("/")[0] == fam}
+        panels = {m: {r: results[r][m] for r in runs if m in results[r]} for m in metrics if m.partition("/")[0] == fam}
         png = _safe_png(lambda: plots.bar_plots(panels, baseline_names))
         parts.append(_img(png, fam) if isinstance(png, bytes) else f"<p class='note'>{_e(fam)}: {_e(png)}</p>")
     parts.append("</div></body></html>")
     return "\n".join(parts)
 
 
-def write_report(path: str | Path, results: Results, descriptions: dict[str, tuple[str, str]],
-                 summary: dict[str, str], notes: list[str], baseline_names=()) -> None:
+def write_report(
+    path: str | Path,
+    results: Results,
+    descriptions: dict[str, tuple[str, str]],
+    summary: dict[str, str],
+    notes: list[str],
+    baseline_names=(),
+) -> None:
     write_text(path, render_report(results, descriptions, summary, notes, baseline_names))
 
 
@@ -91,8 +110,10 @@ def _table(results: Results, runs: list[str], metrics: list[str], baseline_names
                 extra = f" p={c.p_value:.3g}" if c.p_value is not None else ""
                 cls = " class='best'" if best is not None and v == best else ""
                 title = f" title='{_e(c.note)}'" if c.note else ""
-                row.append(f"<td{cls}{title}>{_fmt(v)} <span class='ci'>[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]"
-                           f"{extra} n={c.n}</span></td>")
+                row.append(
+                    f"<td{cls}{title}>{_fmt(v)} <span class='ci'>[{_fmt(c.ci_low)}, {_fmt(c.ci_high)}]"
+                    f"{extra} n={c.n}</span></td>"
+                )
         rows.append("".join(row) + "</tr>")
     return "".join(rows) + "</table>"
 

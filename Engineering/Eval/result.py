@@ -4,6 +4,7 @@ This is the record behind metrics.json (run -> metric -> record) and metrics.csv
 A metric that could not be computed is still a record, with ``skipped`` saying why,
 so that a report never silently loses a row.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,18 +29,23 @@ class MetricResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def skip(cls, direction: str, reason: str, n: int = 0) -> "MetricResult":
+    def skip(cls, direction: str, reason: str, n: int = 0) -> MetricResult:
         return cls(None, None, None, direction, n=n, skipped=reason)
 
     @classmethod
-    def from_ci(cls, ci: tuple[float, float, float], direction: str, n: int, **kw) -> "MetricResult":
+    def from_ci(cls, ci: tuple[float, float, float], direction: str, n: int, **kw) -> MetricResult:
         value, low, high = ci
         return cls(value, low, high, direction, n=n, **kw)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-safe: NaN becomes None; empty optional fields are left out."""
-        out: dict[str, Any] = {"value": _num(self.value), "ci_low": _num(self.ci_low),
-                               "ci_high": _num(self.ci_high), "direction": self.direction, "n": self.n}
+        out: dict[str, Any] = {
+            "value": _num(self.value),
+            "ci_low": _num(self.ci_low),
+            "ci_high": _num(self.ci_high),
+            "direction": self.direction,
+            "n": self.n,
+        }
         for name in ("chance", "p_value"):
             if getattr(self, name) is not None:
                 out[name] = _num(getattr(self, name))

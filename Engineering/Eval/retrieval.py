@@ -13,6 +13,7 @@ labels are constant within groups, so the null keeps the group structure) and
 recomputes mAP on the same rankings; p = (1 + #{null >= observed}) / (1 + n_perm)
 (Phipson & Smyth, 2010). The CI bootstraps the per-query APs.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,11 @@ from Engineering.Eval.bootstrap import bootstrap_ci, weighted_mean
 from Engineering.Eval.result import HIGHER, MetricResult
 
 METRICS = {
-    "retrieval_map": (HIGHER, "Mean average precision of retrieving same-label samples by cosine similarity, "
-                     "with a permutation p-value. Higher is better; chance = mean share of same-label candidates."),
+    "retrieval_map": (
+        HIGHER,
+        "Mean average precision of retrieving same-label samples by cosine similarity, "
+        "with a permutation p-value. Higher is better; chance = mean share of same-label candidates.",
+    ),
 }
 MAX_QUERIES = 2000  # rankings cost O(queries * n log n)
 MAX_PERMUTATION_QUERIES = 300  # the null is recomputed n_perm times on these
@@ -37,7 +41,7 @@ def rankings(Z: np.ndarray, queries: np.ndarray, groups: np.ndarray | None = Non
     Zn = np.divide(Z, norm, out=np.zeros_like(Z, dtype=float), where=norm > 0)
     orders, counts = [], []
     for start in range(0, len(queries), _CHUNK):
-        q = queries[start:start + _CHUNK]
+        q = queries[start : start + _CHUNK]
         sim = Zn[q] @ Zn.T
         excluded = np.zeros_like(sim, dtype=bool)
         excluded[np.arange(len(q)), q] = True
@@ -52,8 +56,9 @@ def rankings(Z: np.ndarray, queries: np.ndarray, groups: np.ndarray | None = Non
     return np.concatenate(orders), np.concatenate(counts)
 
 
-def average_precisions(order: np.ndarray, labels: np.ndarray,
-                       query_labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def average_precisions(
+    order: np.ndarray, labels: np.ndarray, query_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(AP, #relevant candidates) per query; AP is NaN when no candidate shares the label.
 
     AP = (1 / #relevant) * sum over relevant ranks r of (#relevant up to r) / r.
@@ -73,8 +78,9 @@ def average_precisions(order: np.ndarray, labels: np.ndarray,
     return np.concatenate(aps), np.concatenate(n_rels)
 
 
-def retrieval_map(Z: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, n_boot: int, n_perm: int,
-                  seed: int) -> MetricResult:
+def retrieval_map(
+    Z: np.ndarray, labels: np.ndarray, groups: np.ndarray | None, n_boot: int, n_perm: int, seed: int
+) -> MetricResult:
     labels = np.unique(labels, return_inverse=True)[1]
     rng = np.random.default_rng(seed)
     n = len(Z)

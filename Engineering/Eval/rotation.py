@@ -11,9 +11,10 @@ rotated exactly, about the origin (the volume's centre in our clouds' coordinate
 labels of interest do not depend on orientation. For models with a pose output (rotation matrices), the pose
 equivariance error is the mean angle between pose(Rx) and R pose(x), in degrees; lower is better.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from scipy.ndimage import affine_transform
@@ -24,9 +25,12 @@ from Engineering.Eval.result import LOWER, MetricResult
 from Engineering.Science.grids import inscribed_ball
 
 METRICS = {
-    "rotation_invariance": (LOWER, "Project variant (not the reference's rotation_invariance_error): latent change "
-                                   "under random rotations (any angle in 2D, random SO(3) in 3D) over the "
-                                   "between-sample latent spread. Lower is better (more invariant)."),
+    "rotation_invariance": (
+        LOWER,
+        "Project variant (not the reference's rotation_invariance_error): latent change "
+        "under random rotations (any angle in 2D, random SO(3) in 3D) over the "
+        "between-sample latent spread. Lower is better (more invariant).",
+    ),
     "pose_equivariance_error": (LOWER, "Mean angle (degrees) between pose(R x) and R pose(x). Lower is better."),
 }
 
@@ -81,8 +85,14 @@ def _rotator(shape: tuple[int, ...], dim: int, kind: str):
     return (lambda x: (x * mask).astype(np.float32)), (lambda x, rot: rotate(x, rot) * mask)
 
 
-def pointwise_rotation_invariance(encode: Callable[[np.ndarray], np.ndarray], images: np.ndarray, dim: int,
-                                  n_rotations: int = 4, seed: int = 0, kind: str = "image") -> np.ndarray:
+def pointwise_rotation_invariance(
+    encode: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    dim: int,
+    n_rotations: int = 4,
+    seed: int = 0,
+    kind: str = "image",
+) -> np.ndarray:
     prepare, turn = _rotator(images.shape, dim, kind)
     x = prepare(images)
     z0 = np.asarray(encode(x), dtype=float)
@@ -97,16 +107,28 @@ def pointwise_rotation_invariance(encode: Callable[[np.ndarray], np.ndarray], im
     return np.mean(moves, axis=0) / spread
 
 
-def rotation_invariance(encode, images: np.ndarray, dim: int, n_boot: int, seed: int,
-                        n_rotations: int = 4, kind: str = "image") -> MetricResult:
+def rotation_invariance(
+    encode, images: np.ndarray, dim: int, n_boot: int, seed: int, n_rotations: int = 4, kind: str = "image"
+) -> MetricResult:
     values = pointwise_rotation_invariance(encode, images, dim, n_rotations, seed, kind)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(values), len(values), n_boot, seed), LOWER, len(values),
-                                note=f"{n_rotations} random {'angles' if dim == 2 else 'SO(3) rotations'} per sample")
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(values), len(values), n_boot, seed),
+        LOWER,
+        len(values),
+        note=f"{n_rotations} random {'angles' if dim == 2 else 'SO(3) rotations'} per sample",
+    )
 
 
-def pose_equivariance_error(pose: Callable[[np.ndarray], np.ndarray], images: np.ndarray, dim: int, n_boot: int,
-                            seed: int, n_rotations: int = 4, kind: str = "image",
-                            rotations: np.ndarray | None = None) -> MetricResult:
+def pose_equivariance_error(
+    pose: Callable[[np.ndarray], np.ndarray],
+    images: np.ndarray,
+    dim: int,
+    n_boot: int,
+    seed: int,
+    n_rotations: int = 4,
+    kind: str = "image",
+    rotations: np.ndarray | None = None,
+) -> MetricResult:
     """``pose(images) -> (n, dim, dim)`` rotation matrices; the angle of pose(Rx)^T R pose(x) per sample, over
     ``rotations`` (default: ``n_rotations`` random ones)."""
     prepare, turn = _rotator(images.shape, dim, kind)
@@ -121,5 +143,9 @@ def pose_equivariance_error(pose: Callable[[np.ndarray], np.ndarray], images: np
         dev = np.linalg.norm(rel - np.eye(dim), axis=(1, 2)) / (2 * np.sqrt(2))
         errs.append(np.degrees(2 * np.arcsin(np.clip(dev, 0, 1))))
     values = np.mean(errs, axis=0)
-    return MetricResult.from_ci(bootstrap_ci(weighted_mean(values), len(values), n_boot, seed), LOWER, len(values),
-                                note=f"{len(rotations)} rotations per sample")
+    return MetricResult.from_ci(
+        bootstrap_ci(weighted_mean(values), len(values), n_boot, seed),
+        LOWER,
+        len(values),
+        note=f"{len(rotations)} rotations per sample",
+    )

@@ -7,6 +7,7 @@ per-volume models). A sample is one row of the flat table
 (patientID, fieldID, instanceID, key, c, t, s), or one patient with
 ``aggregate="patient"``.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -14,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from Engineering.errors import UserError
 from Engineering.data.layout import SAMPLE_COLUMNS
+from Engineering.errors import UserError
 from Engineering.io.latents import latent_arrays
 
 AGGREGATIONS = ("none", "patient")
@@ -56,7 +57,7 @@ def align_runs(runs: dict[str, pd.DataFrame], aggregate: str = "none", keys: lis
         per_run[name] = aggregate_latents(ids, Z, cols)
 
     common = None
-    for name, (ids, _) in per_run.items():
+    for ids, _ in per_run.values():
         keys_here = ids[cols].drop_duplicates()
         common = keys_here if common is None else common.merge(keys_here, on=cols)
     if common is None or common.empty:
@@ -69,8 +70,9 @@ def align_runs(runs: dict[str, pd.DataFrame], aggregate: str = "none", keys: lis
         # An inner merge keeps the order of its left side: the common samples.
         pos = common.merge(ids[cols].reset_index(), on=cols)["index"].to_numpy()
         if len(pos) < len(ids):
-            notes.append(f"run '{name}': {len(ids) - len(pos)} of {len(ids)} samples are not in every run "
-                         "and were left out")
+            notes.append(
+                f"run '{name}': {len(ids) - len(pos)} of {len(ids)} samples are not in every run and were left out"
+            )
         latents[name] = Z[pos]
 
     source = first_rows.merge(common.reset_index().rename(columns={"index": "sample_index"}), on=cols)
@@ -98,13 +100,17 @@ def _check_finite(name: str, ids: pd.DataFrame, Z: np.ndarray) -> None:
     if bad.any():
         row = ids.loc[np.flatnonzero(bad)[0]]
         where = "/".join(str(row[c]) for c in ("patientID", "fieldID", "instanceID", "key"))
-        raise UserError(f"run '{name}': {int(bad.sum())} of {len(Z)} latent rows contain NaN or inf "
-                        f"(first: {where} c={row['c']} t={row['t']} s={row['s']})")
+        raise UserError(
+            f"run '{name}': {int(bad.sum())} of {len(Z)} latent rows contain NaN or inf "
+            f"(first: {where} c={row['c']} t={row['t']} s={row['s']})"
+        )
 
 
 def _check_unique(name: str, ids: pd.DataFrame) -> None:
     dup = ids.duplicated(list(SAMPLE_COLUMNS))
     if dup.any():
         row = ids.loc[np.flatnonzero(dup.to_numpy())[0]]
-        raise UserError(f"run '{name}': {int(dup.sum())} duplicate latent rows (first: patient {row['patientID']} "
-                        f"key {row['key']} c={row['c']} t={row['t']} s={row['s']})")
+        raise UserError(
+            f"run '{name}': {int(dup.sum())} duplicate latent rows (first: patient {row['patientID']} "
+            f"key {row['key']} c={row['c']} t={row['t']} s={row['s']})"
+        )

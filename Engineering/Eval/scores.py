@@ -5,9 +5,10 @@ scikit-learn's ``accuracy_score`` / ``balanced_accuracy_score`` / ``r2_score``
 (checked in the tests), but all bootstrap resamples are scored in one matrix
 product instead of thousands of calls.
 """
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
@@ -50,7 +51,7 @@ def r2(y_true, y_pred) -> Stat:
 
     def stat(w: np.ndarray) -> np.ndarray:
         sw = w.sum(axis=1)
-        ss_tot = w @ (yc ** 2) - (w @ yc) ** 2 / sw
+        ss_tot = w @ (yc**2) - (w @ yc) ** 2 / sw
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(ss_tot > 0, 1.0 - (w @ res2) / ss_tot, np.nan)
 

@@ -4,6 +4,7 @@ Neighbour searches and silhouettes compare every pair of samples; above a few
 thousand samples a random subset estimates the same average at a fraction of
 the cost. The subset is seeded, so every run is scored on the same samples.
 """
+
 from __future__ import annotations
 
 import numpy as np

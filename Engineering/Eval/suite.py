@@ -9,23 +9,41 @@ A metric that fails on odd data (too few samples, a degenerate split) becomes a
 skipped record with the reason, so one bad target never stops the report;
 ``Settings.debug`` re-raises instead.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from Engineering.errors import UserError
-from Engineering.Eval import (archetypes, baselines, batch_effects, compactness, knn, outliers, probes, regression,
-                              retrieval)
 from Engineering.data.labels import CATEGORICAL, Target
+from Engineering.errors import UserError
+from Engineering.Eval import (
+    archetypes,
+    baselines,
+    batch_effects,
+    compactness,
+    knn,
+    outliers,
+    probes,
+    regression,
+    retrieval,
+)
 from Engineering.Eval.result import MetricResult
 
 # family -> (direction, description), for the report and for skipped records.
-METRICS = {**probes.METRICS, **regression.METRICS, **knn.METRICS, **retrieval.METRICS, **compactness.METRICS,
-           **batch_effects.METRICS, **archetypes.METRICS, **outliers.METRICS}
+METRICS = {
+    **probes.METRICS,
+    **regression.METRICS,
+    **knn.METRICS,
+    **retrieval.METRICS,
+    **compactness.METRICS,
+    **batch_effects.METRICS,
+    **archetypes.METRICS,
+    **outliers.METRICS,
+}
 
 
 @dataclass(frozen=True)
@@ -45,11 +63,16 @@ class Settings:
     n_archetypes: int = 0  # archetypal analysis with this many archetypes (0 = off)
 
 
-def run_benchmark(latents: dict[str, np.ndarray], targets: list[Target], batch: Target | None = None,
-                  groups: np.ndarray | None = None, settings: Settings = Settings(),
-                  pixels: np.ndarray | None = None,
-                  log: Callable[[str], None] = lambda _: None,
-                  outlier: Target | None = None) -> dict[str, dict[str, MetricResult]]:
+def run_benchmark(
+    latents: dict[str, np.ndarray],
+    targets: list[Target],
+    batch: Target | None = None,
+    groups: np.ndarray | None = None,
+    settings: Settings = Settings(),
+    pixels: np.ndarray | None = None,
+    log: Callable[[str], None] = lambda _: None,
+    outlier: Target | None = None,
+) -> dict[str, dict[str, MetricResult]]:
     """Scores of each run plus the baselines; ``pixels`` (n_samples, ...) enables the PCA-pixel baseline;
     ``outlier`` (known outliers, outlier_target) the outlier metrics (the reference's classifier and our AUROC)."""
     if not latents:
@@ -72,14 +95,20 @@ def run_benchmark(latents: dict[str, np.ndarray], targets: list[Target], batch: 
     with threadpool_limits(settings.blas_threads, user_api="blas"):
         for name, Z in reps.items():
             log(f"scoring {name}: {Z.shape[0]} samples x {Z.shape[1]} dims")
-            results[name] = evaluate_representation(np.asarray(Z, dtype=np.float64), targets, batch, groups,
-                                                    settings, outlier)
+            results[name] = evaluate_representation(
+                np.asarray(Z, dtype=np.float64), targets, batch, groups, settings, outlier
+            )
     return results
 
 
-def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target | None,
-                            groups: np.ndarray | None, s: Settings,
-                            outlier: Target | None = None) -> dict[str, MetricResult]:
+def evaluate_representation(
+    Z: np.ndarray,
+    targets: list[Target],
+    batch: Target | None,
+    groups: np.ndarray | None,
+    s: Settings,
+    outlier: Target | None = None,
+) -> dict[str, MetricResult]:
     out: dict[str, MetricResult] = {}
 
     def record(metric: str, fn: Callable[[], MetricResult | dict[str, MetricResult]], families: list[str]):
@@ -98,48 +127,78 @@ def evaluate_representation(Z: np.ndarray, targets: list[Target], batch: Target 
         else:
             out[metric] = res
 
-    record("intrinsic_dimension", lambda: compactness.intrinsic_dimension(Z, s.n_boot, s.seed, groups, s.id_ks),
-           ["intrinsic_dimension"])
-    record("pca_components_90", lambda: compactness.pca_components(Z, s.n_boot, s.seed, groups),
-           ["pca_components_90"])
+    record(
+        "intrinsic_dimension",
+        lambda: compactness.intrinsic_dimension(Z, s.n_boot, s.seed, groups, s.id_ks),
+        ["intrinsic_dimension"],
+    )
+    record("pca_components_90", lambda: compactness.pca_components(Z, s.n_boot, s.seed, groups), ["pca_components_90"])
     if s.n_archetypes:
-        record("archetype_r2", lambda: archetypes.archetype_r2(Z, s.n_archetypes, s.n_boot, s.seed),
-               ["archetype_r2"])
+        record("archetype_r2", lambda: archetypes.archetype_r2(Z, s.n_archetypes, s.n_boot, s.seed), ["archetype_r2"])
 
     if outlier is not None:
         Zo, y, _ = _subset(Z, outlier, groups)
-        record(f"outlier_auroc/{outlier.name}", lambda: outliers.outlier_auroc(Zo, y, s.n_boot, s.seed, s.id_ks),
-               ["outlier_auroc"])
-        record(f"outlier_detection/{outlier.name}", lambda: outliers.outlier_detection(Zo, y, s.n_boot, s.seed),
-               ["outlier_detection"])
+        record(
+            f"outlier_auroc/{outlier.name}",
+            lambda: outliers.outlier_auroc(Zo, y, s.n_boot, s.seed, s.id_ks),
+            ["outlier_auroc"],
+        )
+        record(
+            f"outlier_detection/{outlier.name}",
+            lambda: outliers.outlier_detection(Zo, y, s.n_boot, s.seed),
+            ["outlier_detection"],
+        )
 
     for t in targets:
         Zt, y, g = _subset(Z, t, groups)
         if t.kind == CATEGORICAL:
-            record(f"probe/{t.name}",
-                   lambda: probes.linear_probe_classification(Zt, y, g, s.n_splits, s.n_repeats, s.n_boot, s.seed),
-                   ["probe_balanced_accuracy", "probe_accuracy"])
-            record(f"knn_accuracy/{t.name}",
-                   lambda: knn.knn_accuracy(Zt, y, g, s.knn_k, s.n_splits, s.n_boot, s.seed), ["knn_accuracy"])
-            record(f"retrieval_map/{t.name}",
-                   lambda: retrieval.retrieval_map(Zt, y, g, s.n_boot, s.n_perm, s.seed), ["retrieval_map"])
-            record(f"bio_silhouette/{t.name}",
-                   lambda: batch_effects.bio_silhouette(Zt, y, g, s.n_boot, s.seed), ["bio_silhouette"])
+            record(
+                f"probe/{t.name}",
+                lambda: probes.linear_probe_classification(Zt, y, g, s.n_splits, s.n_repeats, s.n_boot, s.seed),
+                ["probe_balanced_accuracy", "probe_accuracy"],
+            )
+            record(
+                f"knn_accuracy/{t.name}",
+                lambda: knn.knn_accuracy(Zt, y, g, s.knn_k, s.n_splits, s.n_boot, s.seed),
+                ["knn_accuracy"],
+            )
+            record(
+                f"retrieval_map/{t.name}",
+                lambda: retrieval.retrieval_map(Zt, y, g, s.n_boot, s.n_perm, s.seed),
+                ["retrieval_map"],
+            )
+            record(
+                f"bio_silhouette/{t.name}",
+                lambda: batch_effects.bio_silhouette(Zt, y, g, s.n_boot, s.seed),
+                ["bio_silhouette"],
+            )
         else:
-            record(f"r2/{t.name}",
-                   lambda: regression.linear_regression_r2(Zt, y.astype(float), g, s.n_splits, s.n_repeats,
-                                                       s.n_boot, s.seed), ["r2"])
+            record(
+                f"r2/{t.name}",
+                lambda: regression.linear_regression_r2(
+                    Zt, y.astype(float), g, s.n_splits, s.n_repeats, s.n_boot, s.seed
+                ),
+                ["r2"],
+            )
         _annotate(out, t)
 
     if batch is not None:
         Zb, b, g = _subset(Z, batch, groups)
-        record(f"batch_knn_balanced_accuracy/{batch.name}",
-               lambda: batch_effects.batch_knn_accuracy(Zb, b, g, s.knn_k, s.n_splits, s.n_boot, s.seed),
-               ["batch_knn_balanced_accuracy"])
-        record(f"batch_silhouette/{batch.name}",
-               lambda: batch_effects.batch_silhouette(Zb, b, g, s.n_boot, s.seed), ["batch_silhouette"])
-        record(f"batch_ilisi/{batch.name}",
-               lambda: batch_effects.batch_ilisi(Zb, b, g, s.knn_k, s.n_boot, s.seed), ["batch_ilisi"])
+        record(
+            f"batch_knn_balanced_accuracy/{batch.name}",
+            lambda: batch_effects.batch_knn_accuracy(Zb, b, g, s.knn_k, s.n_splits, s.n_boot, s.seed),
+            ["batch_knn_balanced_accuracy"],
+        )
+        record(
+            f"batch_silhouette/{batch.name}",
+            lambda: batch_effects.batch_silhouette(Zb, b, g, s.n_boot, s.seed),
+            ["batch_silhouette"],
+        )
+        record(
+            f"batch_ilisi/{batch.name}",
+            lambda: batch_effects.batch_ilisi(Zb, b, g, s.knn_k, s.n_boot, s.seed),
+            ["batch_ilisi"],
+        )
         _annotate(out, batch)
     return out
 

@@ -2,6 +2,7 @@
 
 Both are written atomically; NaN is written as null / an empty cell.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,21 @@ from Engineering.Eval.result import MetricResult
 from Engineering.io.atomic import atomic_path, write_text
 
 Results = dict[str, dict[str, MetricResult]]
-CSV_COLUMNS = ["run", "metric", "family", "label", "value", "ci_low", "ci_high", "direction", "n",
-               "chance", "p_value", "note", "skipped"]
+CSV_COLUMNS = [
+    "run",
+    "metric",
+    "family",
+    "label",
+    "value",
+    "ci_low",
+    "ci_high",
+    "direction",
+    "n",
+    "chance",
+    "p_value",
+    "note",
+    "skipped",
+]
 
 
 def metrics_dict(results: Results) -> dict:

@@ -12,10 +12,11 @@ batch) so that BatchNorm's batch statistics absorb that group's technical effect
 The running buffers are never touched at evaluation in any mode. One implementation for every model: it
 replaces the forward of every ``_BatchNorm`` layer for the duration of a ``with`` block.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Callable, Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -80,15 +81,18 @@ def _forwards(layers, make: Callable) -> Iterator[None]:
 @contextmanager
 def batch_statistics(model: nn.Module) -> Iterator[None]:
     """Every BatchNorm layer normalises with the current batch's statistics; running buffers untouched."""
+
     def make(k, bn):
         return lambda x: F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+
     with _forwards(batchnorm_layers(model), make):
         yield
 
 
 @torch.no_grad()
-def group_statistics(model: nn.Module, run: Callable[[torch.Tensor], object],
-                     chunks: Callable[[], Iterable[torch.Tensor]]) -> list[tuple]:
+def group_statistics(
+    model: nn.Module, run: Callable[[torch.Tensor], object], chunks: Callable[[], Iterable[torch.Tensor]]
+) -> list[tuple]:
     """(mean, var) of every BatchNorm layer over all ``chunks()`` of one group: layer k is measured with the
     group statistics of layers < k (one pass per layer, each stopped at the layer measured). A layer that
     ``run`` never reaches (another branch, the EMA copy) gets (None, None): batch statistics."""
@@ -104,7 +108,9 @@ def group_statistics(model: nn.Module, run: Callable[[torch.Tensor], object],
             def measure(x):
                 acc.add(x)
                 raise _Stop
+
             return measure if j == k else (lambda x: x)
+
         with _forwards(layers, make):
             for chunk in chunks():
                 try:
@@ -121,5 +127,5 @@ def fixed_statistics(model: nn.Module, stats: list[tuple]) -> Iterator[None]:
     layers = batchnorm_layers(model)
     if len(stats) != len(layers):
         raise ValueError(f"{len(stats)} statistics for {len(layers)} BatchNorm layers")
-    with _forwards(layers, lambda k, bn: (lambda x: _normalise(bn, x, *stats[k]))):
+    with _forwards(layers, lambda k, bn: lambda x: _normalise(bn, x, *stats[k])):
         yield

@@ -2,6 +2,7 @@
 multi-positive form: V >= 2 views per sample; every view is an anchor whose positives are the other V-1 views
 of the same sample and whose negatives are every view of the other samples (the SupCon form of Khosla et al.,
 NeurIPS 2020 with the sample as the label). For V = 2 it is SimCLR's loss exactly."""
+
 from __future__ import annotations
 
 import torch

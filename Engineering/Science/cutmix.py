@@ -5,13 +5,19 @@ codes and noise maps, and with labels that neither matched. Here one box cuts th
 its own resolution), the style codes are mixed in the box's area proportion, and the loss weights the two labels
 by that same proportion.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def cutmix(x: torch.Tensor, codes: torch.Tensor | None, noise: list[torch.Tensor] | None, alpha: float = 1.0,
-           generator: torch.Generator | None = None):
+def cutmix(
+    x: torch.Tensor,
+    codes: torch.Tensor | None,
+    noise: list[torch.Tensor] | None,
+    alpha: float = 1.0,
+    generator: torch.Generator | None = None,
+):
     """(x, codes, noise, perm, lam): the batch with a box of each sample replaced by the same box of sample
     ``perm[i]``; ``lam`` is the kept fraction of the area (the weight of the sample's own label)."""
     b, _, h, w = x.shape
@@ -24,8 +30,12 @@ def cutmix(x: torch.Tensor, codes: torch.Tensor | None, noise: list[torch.Tensor
 
     def paste(t: torch.Tensor) -> torch.Tensor:
         sy, sx = t.shape[-2] / h, t.shape[-1] / w  # the same box at this tensor's resolution
-        a0, a1, b0, b1 = int(y0 * sy), max(int(round(y1 * sy)), int(y0 * sy)), int(x0 * sx), \
-            max(int(round(x1 * sx)), int(x0 * sx))
+        a0, a1, b0, b1 = (
+            int(y0 * sy),
+            max(int(round(y1 * sy)), int(y0 * sy)),
+            int(x0 * sx),
+            max(int(round(x1 * sx)), int(x0 * sx)),
+        )
         out = t.clone()
         out[..., a0:a1, b0:b1] = t[perm][..., a0:a1, b0:b1]
         return out

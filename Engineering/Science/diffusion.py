@@ -18,9 +18,10 @@ keeps the uniform loss's scale. "truncated_snr" (Salimans & Ho, "Progressive Dis
 weights each step by max(1, 1/SNR_t): the x0 error counts with weight max(SNR_t, 1), so at the noisy
 steps the UNet is trained as a decoder of z_sem (not normalised: the weights are the definition).
 """
+
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -47,8 +48,10 @@ def respace_timesteps(T: int, steps: int, spacing: str = "ddim") -> Tensor:
         for stride in range(1, T + 1):
             if len(range(0, T, stride)) == steps:
                 return torch.arange(0, T, stride, dtype=torch.long)
-        raise ValueError(f"{steps} steps of {T} cannot be spaced with an integer stride (DiffAE's ddim spacing); "
-                         f"choose another step count or spacing 'even'")
+        raise ValueError(
+            f"{steps} steps of {T} cannot be spaced with an integer stride (DiffAE's ddim spacing); "
+            f"choose another step count or spacing 'even'"
+        )
     if spacing != "even":
         raise ValueError(f"spacing must be one of {', '.join(SPACINGS)}, got {spacing!r}")
     if steps == 1:
@@ -60,8 +63,16 @@ def respace_timesteps(T: int, steps: int, spacing: str = "ddim") -> Tensor:
 class GaussianDiffusion:
     """DDPM forward process with epsilon prediction, and respaced DDIM (eta=0) sampling/inversion."""
 
-    def __init__(self, T: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02, spacing: str = "ddim",
-                 weighting: str = "uniform", p2_gamma: float = 1.0, p2_k: float = 1.0):
+    def __init__(
+        self,
+        T: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        spacing: str = "ddim",
+        weighting: str = "uniform",
+        p2_gamma: float = 1.0,
+        p2_k: float = 1.0,
+    ):
         if T < 1:
             raise ValueError(f"T must be positive, got {T}")
         if spacing not in SPACINGS:
@@ -96,8 +107,10 @@ class GaussianDiffusion:
             ab = self.alphas_cumprod[torch.as_tensor(t, dtype=torch.long).cpu()]
             if ab.ndim:
                 ab = ab.reshape(-1, *([1] * (like.ndim - 1)))
-        return (ab.sqrt().to(device=like.device, dtype=like.dtype),
-                (1.0 - ab).sqrt().to(device=like.device, dtype=like.dtype))
+        return (
+            ab.sqrt().to(device=like.device, dtype=like.dtype),
+            (1.0 - ab).sqrt().to(device=like.device, dtype=like.dtype),
+        )
 
     def _steps_tensor(self, t: int, like: Tensor) -> Tensor:
         return torch.full((like.shape[0],), int(t), dtype=torch.long, device=like.device)
@@ -112,8 +125,16 @@ class GaussianDiffusion:
         a, s = self._coefs(t, x0)
         return a * x0 + s * noise
 
-    def loss(self, model: EpsModel, x0: Tensor, z_sem: Tensor, t: Tensor | None = None,
-             noise: Tensor | None = None, generator: torch.Generator | None = None, weighted: bool = True) -> Tensor:
+    def loss(
+        self,
+        model: EpsModel,
+        x0: Tensor,
+        z_sem: Tensor,
+        t: Tensor | None = None,
+        noise: Tensor | None = None,
+        generator: torch.Generator | None = None,
+        weighted: bool = True,
+    ) -> Tensor:
         """Epsilon MSE (mean over all elements), weighted per sample by its timestep's ``loss_weights`` (p2,
         truncated_snr) if ``weighted``. Fixed t and noise make it deterministic (validation, which reports the
         plain MSE)."""
@@ -144,9 +165,15 @@ class GaussianDiffusion:
         return torch.float64 if x.device.type in ("cpu", "cuda") else x.dtype
 
     @torch.no_grad()
-    def ddim_sample(self, model: EpsModel, x_T: Tensor, z_sem: Tensor, steps: int,
-                    clip: tuple[float, float] | None = None, progress: Callable[[Iterable], Iterable] | None = None
-                    ) -> Tensor:
+    def ddim_sample(
+        self,
+        model: EpsModel,
+        x_T: Tensor,
+        z_sem: Tensor,
+        steps: int,
+        clip: tuple[float, float] | None = None,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> Tensor:
         """Deterministic DDIM (eta=0) from x_T to x_0 over ``steps`` respaced timesteps.
 
         clip: clamp the predicted x0 to (lo, hi) at every step (DiffAE clips to (-1, 1) for data in that range).
@@ -155,7 +182,7 @@ class GaussianDiffusion:
         ts = self.respace(steps).tolist()
         net_dtype, x = x_T.dtype, x_T.to(self._work_dtype(x_T))
         order = list(reversed(range(len(ts))))
-        for i in (progress(order) if progress else order):
+        for i in progress(order) if progress else order:
             eps = model(x.to(net_dtype), self._steps_tensor(ts[i], x), z_sem).to(x.dtype)
             x0, eps = self._x0_from_eps(x, ts[i], eps, clip)
             a, s = self._coefs(ts[i - 1] if i > 0 else -1, x)
@@ -163,9 +190,15 @@ class GaussianDiffusion:
         return x.to(net_dtype)
 
     @torch.no_grad()
-    def ddim_invert(self, model: EpsModel, x0: Tensor, z_sem: Tensor, steps: int,
-                    clip: tuple[float, float] | None = None, progress: Callable[[Iterable], Iterable] | None = None
-                    ) -> Tensor:
+    def ddim_invert(
+        self,
+        model: EpsModel,
+        x0: Tensor,
+        z_sem: Tensor,
+        steps: int,
+        clip: tuple[float, float] | None = None,
+        progress: Callable[[Iterable], Iterable] | None = None,
+    ) -> Tensor:
         """Deterministic DDIM inversion: the stochastic code x_T that ``ddim_sample`` maps back to about x0.
 
         Runs the DDIM update forwards in time over the same respaced timesteps, starting
@@ -175,7 +208,7 @@ class GaussianDiffusion:
         ts = self.respace(steps).tolist()
         net_dtype, x = x0.dtype, x0.to(self._work_dtype(x0))
         order = list(range(len(ts)))
-        for i in (progress(order) if progress else order):
+        for i in progress(order) if progress else order:
             eps = model(x.to(net_dtype), self._steps_tensor(ts[i], x), z_sem).to(x.dtype)
             pred_x0, eps = self._x0_from_eps(x, ts[i], eps, clip)
             a, s = self._coefs(ts[i + 1] if i + 1 < len(ts) else None, x)

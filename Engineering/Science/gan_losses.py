@@ -1,5 +1,6 @@
 """StyleGAN2's losses and regularisers (Karras et al., CVPR 2020): the non-saturating logistic GAN loss
 (Goodfellow et al., 2014), lazy R1 (Mescheder et al., ICML 2018) and lazy path-length regularisation."""
+
 from __future__ import annotations
 
 import math
@@ -25,8 +26,9 @@ def r1_penalty(real_logits: torch.Tensor, real_img: torch.Tensor) -> torch.Tenso
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
-def path_length_penalty(fake_img: torch.Tensor, ws: torch.Tensor, mean_length: torch.Tensor,
-                        decay: float = 0.01) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def path_length_penalty(
+    fake_img: torch.Tensor, ws: torch.Tensor, mean_length: torch.Tensor, decay: float = 0.01
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(penalty, new running mean, per-sample lengths) of the path-length regulariser: the Jacobian-vector norm
     ||J_w^T y||, y ~ N(0, I) / sqrt(H W), should be the same for every w (a smooth, well-conditioned mapping).
     ``ws`` (B, n_latent, style_dim) must require grad and have produced ``fake_img``."""

@@ -1,4 +1,5 @@
 """Geometry of pixel and voxel grids shared by the rotation-invariant models and the rotation metrics."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,4 +11,4 @@ def inscribed_ball(shape: tuple[int, ...]) -> np.ndarray:
     grid's own rotations (quarter turns, the cube's 24) map onto itself exactly."""
     axes = [(np.arange(s) - (s - 1) / 2) / (s / 2) for s in shape]
     grids = np.meshgrid(*axes, indexing="ij")
-    return (sum(g ** 2 for g in grids) <= 1.0).astype(np.float32)
+    return (sum(g**2 for g in grids) <= 1.0).astype(np.float32)

@@ -8,11 +8,12 @@ Conventions: ``z1``, ``z2`` are (N, D) projections of two views of N samples; si
 For anchor view i of sample n the positive is the other view of n and the candidates are the 2N - 2 views of
 the other samples.
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -40,8 +41,9 @@ def contrastive_logits(z1: torch.Tensor, z2: torch.Tensor, tau: float) -> tuple[
     return logits, cols % n
 
 
-def subset_infonce(z1: torch.Tensor, z2: torch.Tensor, member: torch.Tensor, tau: float = 0.5,
-                   scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+def subset_infonce(
+    z1: torch.Tensor, z2: torch.Tensor, member: torch.Tensor, tau: float = 0.5, scale: torch.Tensor | float = 1.0
+) -> torch.Tensor:
     """InfoNCE over the samples of one subset: anchors and negatives only from ``member`` (a (N,) bool mask).
     ``scale`` multiplies the logits (the IRMv1 dummy classifier: a scalar, or one per column of the subset's
     (2m, 2m - 1) logits in :func:`contrastive_logits`' layout)."""
@@ -50,8 +52,9 @@ def subset_infonce(z1: torch.Tensor, z2: torch.Tensor, member: torch.Tensor, tau
     return F.cross_entropy(logits, torch.zeros(len(logits), dtype=torch.long, device=logits.device))
 
 
-def soft_subset_loss(z1: torch.Tensor, z2: torch.Tensor, weight: torch.Tensor, tau: float = 0.5,
-                     scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+def soft_subset_loss(
+    z1: torch.Tensor, z2: torch.Tensor, weight: torch.Tensor, tau: float = 0.5, scale: torch.Tensor | float = 1.0
+) -> torch.Tensor:
     """The contrastive loss of a soft subset: per-sample weights ``weight`` (N,) in [0, 1] (IP-IRM's "soft
     contrastive loss", the form its code optimises the partition with).
 
@@ -74,8 +77,9 @@ def soft_subset_loss(z1: torch.Tensor, z2: torch.Tensor, weight: torch.Tensor, t
     return (anchor_w * per_anchor).sum() / anchor_w.sum().clamp_min(1e-12)
 
 
-def irm_penalty(loss_at: Callable[[torch.Tensor], torch.Tensor], columns: int | None = None,
-                device=None) -> torch.Tensor:
+def irm_penalty(
+    loss_at: Callable[[torch.Tensor], torch.Tensor], columns: int | None = None, device=None
+) -> torch.Tensor:
     """The IRMv1 penalty (Arjovsky et al., 2019): the squared norm of the gradient of ``loss_at(scale)`` with
     respect to a dummy classifier scale at 1.0 (double back-prop: ``create_graph=True``, so the penalty trains
     the representation).
@@ -105,8 +109,15 @@ def assignment_entropy(weights: torch.Tensor) -> torch.Tensor:
     return -(mean * mean.log()).sum()
 
 
-def imix_loss(z_mix: torch.Tensor, z2: torch.Tensor, partner: torch.Tensor, lam: torch.Tensor,
-              weight: torch.Tensor | None = None, tau: float = 0.5, scale: torch.Tensor | float = 1.0) -> torch.Tensor:
+def imix_loss(
+    z_mix: torch.Tensor,
+    z2: torch.Tensor,
+    partner: torch.Tensor,
+    lam: torch.Tensor,
+    weight: torch.Tensor | None = None,
+    tau: float = 0.5,
+    scale: torch.Tensor | float = 1.0,
+) -> torch.Tensor:
     """i-Mix (Lee et al., ICLR 2021) in its N-pair form, with per-sample mixing weights and optional subset weights.
 
     Anchor n is the projection of the input mix ``lam[n] * x[n] + (1 - lam[n]) * x[partner[n]]``; the candidates
@@ -160,8 +171,9 @@ class PartitionResult:
     history: list[float] = field(default_factory=list)  # the mean risk of every pass (what selects the kept theta)
 
 
-def _chunk_terms(bank: FeatureBank, idx: torch.Tensor, w: torch.Tensor, tau: float, tau_irm: float,
-                 scalar_penalty: bool = False):
+def _chunk_terms(
+    bank: FeatureBank, idx: torch.Tensor, w: torch.Tensor, tau: float, tau_irm: float, scalar_penalty: bool = False
+):
     """Mean over subsets of the soft contrastive loss and of the IRMv1 penalty (one dummy scale per logit
     column; ``scalar_penalty``: one scalar scale), on the bank rows ``idx``."""
     z1, z2 = bank.z1[idx], bank.z2[idx]
@@ -178,6 +190,7 @@ def _chunk_terms(bank: FeatureBank, idx: torch.Tensor, w: torch.Tensor, tau: flo
 
         def loss(wk, t, s=1.0):
             return soft_subset_loss(z1, z2, wk, t, s)
+
     conts, pens = [], []
     for k in range(w.shape[1]):
         conts.append(loss(w[:, k], tau))
@@ -201,11 +214,26 @@ def balance_term(w_chunk: torch.Tensor, constrain: str | None, floor: float) -> 
     raise ValueError(f"balance_term: constrain is None, 'entropy' or 'relax', got {constrain!r}")
 
 
-def maximise_partition(bank: FeatureBank, k: int, *, tau: float, tau_irm: float, irm_weight: float = 0.5,
-                       passes: int = 61, lr: float = 0.5, milestones: tuple[int, ...] = (5, 35), gamma: float = 0.2,
-                       patience: int = 5, patience_after: int = 51, chunk: int = 3096,
-                       constrain: str | None = "relax", balance_ratio: float = 2.0, init: torch.Tensor | None = None,
-                       generator: torch.Generator | None = None, scalar_penalty: bool = False) -> PartitionResult:
+def maximise_partition(
+    bank: FeatureBank,
+    k: int,
+    *,
+    tau: float,
+    tau_irm: float,
+    irm_weight: float = 0.5,
+    passes: int = 61,
+    lr: float = 0.5,
+    milestones: tuple[int, ...] = (5, 35),
+    gamma: float = 0.2,
+    patience: int = 5,
+    patience_after: int = 51,
+    chunk: int = 3096,
+    constrain: str | None = "relax",
+    balance_ratio: float = 2.0,
+    init: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+    scalar_penalty: bool = False,
+) -> PartitionResult:
     """The maximisation step of IP-IRM: the soft K-way partition of the bank that maximises the IRM violation of
     the current representation, ``objective = mean_k L_k + irm_weight * mean_k penalty_k``; the step minimises
     ``risk = -objective + balance_term``.
@@ -240,8 +268,9 @@ def maximise_partition(bank: FeatureBank, k: int, *, tau: float, tau_irm: float,
     best_risk, best_theta = math.inf, theta.detach().clone()
     history, stale = [], 0
     for done in range(1, passes + 1):
-        order = bank.chunks if bank.chunks is not None else \
-            list(rows[torch.randperm(len(rows), generator=g)].split(chunk))
+        order = (
+            bank.chunks if bank.chunks is not None else list(rows[torch.randperm(len(rows), generator=g)].split(chunk))
+        )
         risks = []
         for idx in order:
             w = torch.softmax(theta[idx], 1)
@@ -261,5 +290,11 @@ def maximise_partition(bank: FeatureBank, k: int, *, tau: float, tau_irm: float,
         if done > patience_after and stale >= patience:
             break
     obj, h = evaluate(best_theta)
-    return PartitionResult(logits=best_theta, weights=torch.softmax(best_theta, 1), objective_start=start,
-                           objective=obj, entropy=h, history=history)
+    return PartitionResult(
+        logits=best_theta,
+        weights=torch.softmax(best_theta, 1),
+        objective_start=start,
+        objective=obj,
+        entropy=h,
+        history=history,
+    )

@@ -1,4 +1,5 @@
 """Optimisers and learning-rate schedules from the config (training section)."""
+
 from __future__ import annotations
 
 import math
@@ -10,13 +11,19 @@ from Engineering.errors import UserError
 
 def make_optimiser(params, name: str, lr: float) -> torch.optim.Optimizer:
     """``name`` is any torch.optim class (Adam, AdamW, RAdam, SGD, ...), matched case-insensitively."""
-    classes = {n.lower(): getattr(torch.optim, n) for n in dir(torch.optim)
-               if isinstance(getattr(torch.optim, n), type) and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
-               and n != "Optimizer"}
+    classes = {
+        n.lower(): getattr(torch.optim, n)
+        for n in dir(torch.optim)
+        if isinstance(getattr(torch.optim, n), type)
+        and issubclass(getattr(torch.optim, n), torch.optim.Optimizer)
+        and n != "Optimizer"
+    }
     cls = classes.get(name.lower())
     if cls is None:
-        raise UserError(f"--optimiserID {name!r} is not a torch.optim optimiser; choose one of "
-                        f"{', '.join(sorted(c.__name__ for c in classes.values()))}")
+        raise UserError(
+            f"--optimiserID {name!r} is not a torch.optim optimiser; choose one of "
+            f"{', '.join(sorted(c.__name__ for c in classes.values()))}"
+        )
     return cls(params, lr=lr)
 
 
@@ -29,15 +36,27 @@ def make_scheduler(optimiser, training_cfg, monitor: str) -> dict | None:
     decay = training_cfg.LRDecay  # typed keys (config/schema.LRDecayKeys): checked when the config was resolved
     if kind == 1:
         p = decay.type1
-        return {"scheduler": torch.optim.lr_scheduler.StepLR(optimiser, step_size=p.decay_every, gamma=p.decay_rate),
-                "interval": "epoch"}
+        return {
+            "scheduler": torch.optim.lr_scheduler.StepLR(optimiser, step_size=p.decay_every, gamma=p.decay_rate),
+            "interval": "epoch",
+        }
     if kind == 3:
-        return {"scheduler": cosine_with_warmup(optimiser, training_cfg.num_epochs, decay.type3.warmup_epochs,
-                                                decay.type3.min_lr), "interval": "epoch"}
+        return {
+            "scheduler": cosine_with_warmup(
+                optimiser, training_cfg.num_epochs, decay.type3.warmup_epochs, decay.type3.min_lr
+            ),
+            "interval": "epoch",
+        }
     p = decay.type2
     sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-        optimiser, mode="min", factor=p.decay_rate, patience=p.patience, threshold=p.threshold, cooldown=p.cooldown,
-        min_lr=p.min_lr)
+        optimiser,
+        mode="min",
+        factor=p.decay_rate,
+        patience=p.patience,
+        threshold=p.threshold,
+        cooldown=p.cooldown,
+        min_lr=p.min_lr,
+    )
     return {"scheduler": sched, "interval": "epoch", "monitor": monitor}
 
 
@@ -62,6 +81,7 @@ def cosine_with_warmup(optimiser, epochs: int, warmup: int, min_lr: float):
                 return 0.1 + 0.9 * epoch / warmup
             t = min(epoch - warmup, span)
             return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * t / span))
+
         return at
 
     return torch.optim.lr_scheduler.LambdaLR(optimiser, [factor(g["lr"]) for g in optimiser.param_groups])

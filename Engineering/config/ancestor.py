@@ -18,6 +18,7 @@ pipeline never does, and they are calibrated on natural RGB photographs; -1, the
 file, is the alternative. Other tasks: ``--lossID 0`` on diffAE is a no-op (it trains with its own loss), any other
 value is refused.
 """
+
 from __future__ import annotations
 
 import ast
@@ -26,13 +27,22 @@ from typing import Any
 from Engineering.errors import UserError
 
 _TASK_IDS = {0: "recon", 1: "diffAE", 2: "latentcls"}
-_LOSSES = {-2: "LPIPS", -1: "the in-house perceptual loss", 0: "L1", 1: "MSE", 2: "SmoothL1", 3: "MS-SSIM",
-           4: "SSIM"}
+_LOSSES = {-2: "LPIPS", -1: "the in-house perceptual loss", 0: "L1", 1: "MSE", 2: "SmoothL1", 3: "MS-SSIM", 4: "SSIM"}
 # the ancestor's loss IDs -> model§pythae§reconstruction_loss (None: refused, see the module docstring)
 LOSS_IDS = {-2: None, -1: "perceptual", 0: "l1", 1: "mse", 2: "smooth_l1", 3: "ms_ssim", 4: "ssim"}
 # names accepted for --lossID, compared without case, '-', '_' or spaces
-_LOSS_WORDS = {"lpips": -2, "perceptual": -1, "ploss": -1, "l1": 0, "mae": 0, "mse": 1, "l2": 1, "smoothl1": 2,
-               "msssim": 3, "ssim": 4}
+_LOSS_WORDS = {
+    "lpips": -2,
+    "perceptual": -1,
+    "ploss": -1,
+    "l1": 0,
+    "mae": 0,
+    "mse": 1,
+    "l2": 1,
+    "smoothl1": 2,
+    "msssim": 3,
+    "ssim": 4,
+}
 
 
 def loss_id(raw) -> int:
@@ -55,15 +65,20 @@ def _recon_loss_flag(raw, v: int, cfg: dict | None) -> str:
         raise UserError(f"--lossID {v}: not one of the ancestor's loss IDs ({', '.join(map(str, LOSS_IDS))})")
     name = LOSS_IDS[v]
     if name is None:
-        raise UserError(f"--lossID {raw} (LPIPS) is refused: its network weights are downloaded, which this pipeline "
-                        "never does; use --lossID -1, the perceptual loss over a local network file "
-                        "(--model§pythae§custom_loss_params§network PATH)")
+        raise UserError(
+            f"--lossID {raw} (LPIPS) is refused: its network weights are downloaded, which this pipeline "
+            "never does; use --lossID -1, the perceptual loss over a local network file "
+            "(--model§pythae§custom_loss_params§network PATH)"
+        )
     if cfg is None:  # a caller that cannot change the config: refuse rather than run another loss
         if v == 0:  # (the ancestor's default ID, documented as a no-op before --lossID acted)
-            return ("--lossID 0 has no effect: task 'recon' trains with model§pythae§reconstruction_loss "
-                    "(--model§pythae§reconstruction_loss l1 for L1)")
-        raise UserError(f"--lossID {raw} ({_LOSSES[v]}) cannot be applied here: give "
-                        f"--model§pythae§reconstruction_loss {name}")
+            return (
+                "--lossID 0 has no effect: task 'recon' trains with model§pythae§reconstruction_loss "
+                "(--model§pythae§reconstruction_loss l1 for L1)"
+            )
+        raise UserError(
+            f"--lossID {raw} ({_LOSSES[v]}) cannot be applied here: give --model§pythae§reconstruction_loss {name}"
+        )
     p = cfg.setdefault("model", {}).setdefault("pythae", {})
     before = p.get("reconstruction_loss")
     p["reconstruction_loss"] = name
@@ -93,56 +108,80 @@ def ancestor_flag(name: str, raw, task: str, cfg: dict | None = None) -> str | N
         v = _int(name, raw)
         if _TASK_IDS.get(v) == task:
             return f"--taskID {v} has no effect: this executor runs task {task!r}"
-        raise UserError(f"--taskID {v} selects the ancestor's task {_TASK_IDS.get(v, 'unknown')!r}; this executor runs "
-                        f"task {task!r} (each task has its own executor, Executors/main_<task>.py)")
+        raise UserError(
+            f"--taskID {v} selects the ancestor's task {_TASK_IDS.get(v, 'unknown')!r}; this executor runs "
+            f"task {task!r} (each task has its own executor, Executors/main_<task>.py)"
+        )
     if name == "modelID":
         v = _int(name, raw)
         if v == 0 and task == "recon":
             return "--modelID 0 has no effect: main_recon's models are pythae's (--pythae_model)"
-        raise UserError(f"--modelID {v} is not honoured by task {task!r}: the ancestor's model IDs are not used "
-                        "here (main_recon: --pythae_model NAME; other tasks: their executor)")
+        raise UserError(
+            f"--modelID {v} is not honoured by task {task!r}: the ancestor's model IDs are not used "
+            "here (main_recon: --pythae_model NAME; other tasks: their executor)"
+        )
     if name == "lossID":
         if task == "recon":
             return _recon_loss_flag(raw, loss_id(raw), cfg)
         if task != "diffAE":  # its other executors' IDs name other losses (main_latentcls: classification losses)
-            raise UserError(f"--lossID {_int(name, raw)} is not honoured by task {task!r}: the ancestor's loss IDs "
-                            "select main_recon's reconstruction loss only")
+            raise UserError(
+                f"--lossID {_int(name, raw)} is not honoured by task {task!r}: the ancestor's loss IDs "
+                "select main_recon's reconstruction loss only"
+            )
         v = loss_id(raw)
         if v == 0:
             return f"--lossID {raw} has no effect: task {task!r} trains with its model's own loss"
-        raise UserError(f"--lossID {raw} ({_LOSSES.get(v, 'unknown')}) is not honoured by task {task!r}: the "
-                        "ancestor's loss IDs select main_recon's reconstruction loss only")
+        raise UserError(
+            f"--lossID {raw} ({_LOSSES.get(v, 'unknown')}) is not honoured by task {task!r}: the "
+            "ancestor's loss IDs select main_recon's reconstruction loss only"
+        )
     if name == "pythae_wrapper_mode":
         v = _int(name, raw)
         if v == 0 and task == "recon":
             return "--pythae_wrapper_mode 0 has no effect: no wrapper is what runs"
-        raise UserError(f"--pythae_wrapper_mode {v} is not honoured by task {task!r}: the ancestor's LSTM wrapper "
-                        "is not implemented here")
+        raise UserError(
+            f"--pythae_wrapper_mode {v} is not honoured by task {task!r}: the ancestor's LSTM wrapper "
+            "is not implemented here"
+        )
     if name == "n_optimisers":
         v = _int(name, raw)
         if v in (0, -1):
             return f"--n_optimisers {v} has no effect: the model decides its optimisers, as the ancestor's default"
         raise UserError(f"--n_optimisers {v} is not honoured by task {task!r}: each model sets its own optimisers")
     if name == "in_channels":
-        raise UserError(f"--in_channels is not honoured by task {task!r}: the channel count comes from the data "
-                        "(json§DS_multi_channel, --complex_mode, --grey2RGB)")
+        raise UserError(
+            f"--in_channels is not honoured by task {task!r}: the channel count comes from the data "
+            "(json§DS_multi_channel, --complex_mode, --grey2RGB)"
+        )
     if name in ("ploss_model", "ploss_level", "ploss_type"):  # the ancestor's perceptual-loss network settings
-        raise UserError(f"--{name} is not honoured by task {task!r}: the ancestor's bundled perceptual networks are not "
-                        "shipped; the perceptual loss (--lossID -1) reads your own network file: "
-                        "--model§pythae§custom_loss_params§network PATH (and n_level, feature_loss)")
+        raise UserError(
+            f"--{name} is not honoured by task {task!r}: the ancestor's bundled perceptual networks are not "
+            "shipped; the perceptual loss (--lossID -1) reads your own network file: "
+            "--model§pythae§custom_loss_params§network PATH (and n_level, feature_loss)"
+        )
     if name == "p_augment":
-        raise UserError(f"--p_augment is not honoured by task {task!r}: the ancestor's augmentation pipeline is not "
-                        "implemented; random flips: --flip_prob P --data§flip_axes [AXES]")
+        raise UserError(
+            f"--p_augment is not honoured by task {task!r}: the ancestor's augmentation pipeline is not "
+            "implemented; random flips: --flip_prob P --data§flip_axes [AXES]"
+        )
     return None
 
 
 # --- the ancestor's YAML ------------------------------------------------------------------------------------
 _COMPLEX = {0: "complex", 1: "magnitude", 2: "real", 3: "magphase", 4: "realimag", 5: "phase", 6: "imaginary"}
 _NO_EFFECT = {  # key paths of the ancestor's config_v*.yaml that change nothing here
-    ("training", "log_freq"), ("training", "im_log_freq"), ("eval", "norm4diff"), ("eval", "store_fullscale_evals"),
-    ("eval", "n_calc_processes"), ("eval", "metrics2use"), ("data", "dataset", "combine_acquisitions"),
-    ("data", "dataset", "fetch_confounders"), ("data", "dataset", "fetch_phenotypes"),
-    ("model", "pythae", "wrappers"), ("model", "DiffAE", "sample_every_batches"), ("model", "DiffAE", "sample_size"),
+    ("training", "log_freq"),
+    ("training", "im_log_freq"),
+    ("eval", "norm4diff"),
+    ("eval", "store_fullscale_evals"),
+    ("eval", "n_calc_processes"),
+    ("eval", "metrics2use"),
+    ("data", "dataset", "combine_acquisitions"),
+    ("data", "dataset", "fetch_confounders"),
+    ("data", "dataset", "fetch_phenotypes"),
+    ("model", "pythae", "wrappers"),
+    ("model", "DiffAE", "sample_every_batches"),
+    ("model", "DiffAE", "sample_size"),
 }
 
 
@@ -201,8 +240,10 @@ def translate_yaml(data: dict, where: str, sections: set[str]) -> tuple[dict, di
     if found:
         p = aug.get("p", 0) if isinstance(aug, dict) else aug
         if p:
-            raise UserError(f"{where}: training§augmentations p={p}: the ancestor's augmentation pipeline is not "
-                            "implemented (random flips: data§flip_prob with data§flip_axes)")
+            raise UserError(
+                f"{where}: training§augmentations p={p}: the ancestor's augmentation pipeline is not "
+                "implemented (random flips: data§flip_prob with data§flip_axes)"
+            )
         no_effect.append("training§augmentations")
     for old, new in (("every_primary", "DS_every_primary"), ("include_repeatAcq", "DS_include_repeatAcq")):
         val, found = _pop(data, ("data", "dataset", old))
@@ -215,8 +256,10 @@ def translate_yaml(data: dict, where: str, sections: set[str]) -> tuple[dict, di
     if isinstance(mode, int) and not isinstance(mode, bool):
         if mode not in _COMPLEX:
             choices = ", ".join(f"{k} ({v})" for k, v in _COMPLEX.items())
-            raise UserError(f"{where}: data§complex_mode {mode} is not one of the ancestor's modes (its inverted "
-                            f"channels are not implemented); choose one of {choices}")
+            raise UserError(
+                f"{where}: data§complex_mode {mode} is not one of the ancestor's modes (its inverted "
+                f"channels are not implemented); choose one of {choices}"
+            )
         data["data"]["complex_mode"] = _COMPLEX[mode]
     latent = (data.get("model") or {}).get("latent_dim", 0)
     if latent is None or latent == -1:  # the ancestor's "use the default"
@@ -250,9 +293,11 @@ def _pythae(p: dict, where: str, no_effect: list[str]) -> None:
         p["reconstruction_loss"] = loss = "custom"
     if ancestral and loss == "custom":
         if cls != _MASKED_LOSS:
-            raise UserError(f"{where}: model§pythae§custom_loss_class {cls}: the ancestor's loss is not implemented "
-                            "(its perceptual loss: reconstruction_loss perceptual with custom_loss_params§network "
-                            "PATH; or mse, l1, bce, smooth_l1, ssim, ms_ssim, masked, custom with your own class)")
+            raise UserError(
+                f"{where}: model§pythae§custom_loss_class {cls}: the ancestor's loss is not implemented "
+                "(its perceptual loss: reconstruction_loss perceptual with custom_loss_params§network "
+                "PATH; or mse, l1, bce, smooth_l1, ssim, ms_ssim, masked, custom with your own class)"
+            )
         params = p.get("custom_loss_params") or {}
         if isinstance(params, str):  # the ancestor's command-line form of the dict
             try:

@@ -5,12 +5,13 @@ a tool with its own ``ArgParser`` gives ``type=bounded(int, ge=1)`` instead, so 
 parser's one line naming the flag rather than a traceback (or a silent nonsense run) later.
 ``tests/test_hostile_round2.py`` checks that every int/float option of every tool is bounded.
 """
+
 from __future__ import annotations
 
 import argparse
 import math
 import operator
-from typing import Callable
+from collections.abc import Callable
 
 _OPS = {"ge": (operator.ge, ">="), "gt": (operator.gt, ">"), "le": (operator.le, "<="), "lt": (operator.lt, "<")}
 

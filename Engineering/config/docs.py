@@ -4,10 +4,11 @@
 python -m Engineering.Engines.docs            # print the tables (with each executor's own defaults)
 python -m Engineering.Engines.docs --write    # refresh the two reference pages
 """
+
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 from pydantic import BaseModel
 
@@ -25,8 +26,11 @@ _OPS = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
 def _defaults(flag, tasks: Sequence[Task]) -> str:
     """The generic default, then each executor whose own default differs (what `main_<task>.py` really uses)."""
     text = f"`{flag.default!r}`"
-    own = [f"main_{t.name} `{task_default(t, flag)!r}`" for t in tasks
-           if flag in FLAGS + CONTROL + t.extra_flags and task_default(t, flag) != flag.default]
+    own = [
+        f"main_{t.name} `{task_default(t, flag)!r}`"
+        for t in tasks
+        if flag in FLAGS + CONTROL + t.extra_flags and task_default(t, flag) != flag.default
+    ]
     return text + (f" ({'; '.join(own)})" if own else "")
 
 
@@ -71,8 +75,12 @@ def _key_rows(model: type[BaseModel], prefix: str, flagged: set) -> list[str]:
         if isinstance(sub, type) and issubclass(sub, BaseModel):
             rows += _key_rows(sub, path, flagged)
             continue
-        bounds = [f"{op} {getattr(m, attr)}" for m in info.metadata
-                  for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")) if hasattr(m, attr)]
+        bounds = [
+            f"{op} {getattr(m, attr)}"
+            for m in info.metadata
+            for attr, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+            if hasattr(m, attr)
+        ]
         extra = f" Must be {' and '.join(bounds)}." if bounds else ""
         rows.append(f"| `{path}` | `{_type_name(sub)}` | `{info.default!r}` | {info.description or ''}{extra} |")
     return rows

@@ -9,10 +9,11 @@ would do nothing. The only warnings are the documented no-ops of the ancestor (d
 ``--modelID 0``, ...), its README's ``training§LRDecay§type1§...`` set while no StepLR is chosen, and the keys of
 its YAML that change nothing here.
 """
+
 from __future__ import annotations
 
-from collections.abc import Set
-from typing import Any, Callable
+from collections.abc import Callable, Set
+from typing import Any
 
 from Engineering.config.flags import FLAGS
 from Engineering.config.validated import Config
@@ -21,23 +22,71 @@ from Engineering.errors import UserError
 # --- groups of common flags (names) and keys ('section§key') that tasks declare ------------------------------
 # what MainEngine's lifecycle and its Trainer read for every task: run folder, run mode, checkpoints, hardware,
 # the epoch loop, logging
-LIFECYCLE = frozenset({
-    "trainID", "fulltrainID", "foldID", "run_mode", "output_suffix", "seed", "non_deter", "dev_run",
-    "resume", "load_best", "load_model_4test", "preweights_path",
-    "accelerator", "ndevices", "nnodes", "training_strategy", "deepspeed_config", "sync_batchnorm", "ampmode",
-    "matmul_precision", "compile_model",
-    "batch_size", "num_epochs", "n_train_batches", "n_val_batches", "lr", "early_stopping_patience",
-    "auto_bs", "auto_lr", "tbactive", "wnbactive", "wnbproject", "profiler", "check_anomalies", "progress_bar",
-    "model§tag",
-})
+LIFECYCLE = frozenset(
+    {
+        "trainID",
+        "fulltrainID",
+        "foldID",
+        "run_mode",
+        "output_suffix",
+        "seed",
+        "non_deter",
+        "dev_run",
+        "resume",
+        "load_best",
+        "load_model_4test",
+        "preweights_path",
+        "accelerator",
+        "ndevices",
+        "nnodes",
+        "training_strategy",
+        "deepspeed_config",
+        "sync_batchnorm",
+        "ampmode",
+        "matmul_precision",
+        "compile_model",
+        "batch_size",
+        "num_epochs",
+        "n_train_batches",
+        "n_val_batches",
+        "lr",
+        "early_stopping_patience",
+        "auto_bs",
+        "auto_lr",
+        "tbactive",
+        "wnbactive",
+        "wnbproject",
+        "profiler",
+        "check_anomalies",
+        "progress_bar",
+        "model§tag",
+    }
+)
 LOADERS = frozenset({"num_workers", "prefetch_factor", "pin_memory"})  # the H5 DataModule's loaders
 OPTIMISER = frozenset({"optimiserID", "lr_decay_type", "training§LRDecay"})
 ACCUMULATION = frozenset({"effective_batch_size"})
 CLIPPING = frozenset({"grad_clip_algo", "grad_clip_val"})
 # the H5 image sample pipeline (data/dataset.py)
-IMAGES = frozenset({"is3D", "input_shape", "norm_type", "norm_range", "prenorm", "zscore_prenorm", "zscore_mean",
-                    "zscore_std", "allow_pad", "croppad", "interp_fact", "grey2RGB", "complex_mode",
-                    "data_mask_mode", "flip_prob", "data§flip_axes"})
+IMAGES = frozenset(
+    {
+        "is3D",
+        "input_shape",
+        "norm_type",
+        "norm_range",
+        "prenorm",
+        "zscore_prenorm",
+        "zscore_mean",
+        "zscore_std",
+        "allow_pad",
+        "croppad",
+        "interp_fact",
+        "grey2RGB",
+        "complex_mode",
+        "data_mask_mode",
+        "flip_prob",
+        "data§flip_axes",
+    }
+)
 LATENT = frozenset({"latent_dim"})
 # the output contract's writer (emb.h5, tables, recon.h5)
 OUTPUTS = frozenset({"shard", "test_emb_only", "eval§n_preview", "eval§output_chunk"})
@@ -55,17 +104,41 @@ CHECKPOINTED = frozenset({"activation_checkpointing"})
 HUB = frozenset({"load_hf"})  # (--hf_weights picks among a published layout's weights: the DiffAE's alone)
 
 # An image autoencoder run through MainEngine with Lightning's automatic optimisation (a plug-in's default).
-STANDARD = (LIFECYCLE | LOADERS | OPTIMISER | ACCUMULATION | CLIPPING | IMAGES | LATENT | OUTPUTS | RECON_OUTPUTS
-            | EMA | GROUPS | HUB)
+STANDARD = (
+    LIFECYCLE
+    | LOADERS
+    | OPTIMISER
+    | ACCUMULATION
+    | CLIPPING
+    | IMAGES
+    | LATENT
+    | OUTPUTS
+    | RECON_OUTPUTS
+    | EMA
+    | GROUPS
+    | HUB
+)
 
 # common keys that are not flags, by the name tasks declare
-KEYS = ("training§LRDecay", "training§ema_decay", "training§ema_warmup", "data§flip_axes", "eval§n_preview",
-        "eval§output_chunk", "model§tag", "json§DS_covariates", "json§DS_phenotypes", "json§DS_confounders")
+KEYS = (
+    "training§LRDecay",
+    "training§ema_decay",
+    "training§ema_warmup",
+    "data§flip_axes",
+    "eval§n_preview",
+    "eval§output_chunk",
+    "model§tag",
+    "json§DS_covariates",
+    "json§DS_phenotypes",
+    "json§DS_confounders",
+)
 # ancestor JSON keys that no task reads yet: refused by name on the command line, a note in a dataNpath JSON
 UNREAD_JSON: dict[str, str] = {}
-NOT_USER_KEYS = {"run§load_hf_revision": "is recorded by --load_hf, not set by users",
-                 "model§pythae§fitted_tables": "is recorded by training from its tables, not set by users",
-                 "model§drive": "is fixed by the task (use its executor)"}
+NOT_USER_KEYS = {
+    "run§load_hf_revision": "is recorded by --load_hf, not set by users",
+    "model§pythae§fitted_tables": "is recorded by training from its tables, not set by users",
+    "model§drive": "is fixed by the task (use its executor)",
+}
 
 _FLAG_NAMES = frozenset(f.name for f in FLAGS)
 ALL_NAMES = _FLAG_NAMES | frozenset(KEYS)
@@ -96,53 +169,120 @@ def _prenorm_why(cfg: Config) -> str | None:
     if d.norm_type != "zscore":
         return "acts only with --norm_type zscore"
     if d.zscore_mean is None and d.zscore_std is None:
-        return ("is undone by the per-sample z-score (a scaling before it changes nothing): it acts only with a "
-                "fixed --zscore_mean or --zscore_std")
+        return (
+            "is undone by the per-sample z-score (a scaling before it changes nothing): it acts only with a "
+            "fixed --zscore_mean or --zscore_std"
+        )
     return None
 
 
 Condition = Callable[[Config], "str | None"]
 CONDITIONS: tuple[tuple[str, Condition], ...] = (
-    ("flip_prob", lambda c: "flips nothing without data§flip_axes: name the spatial axes to flip, e.g. "
-     "--data§flip_axes [1] (no default: a left-right flip mirrors anatomy)"
-     if c.data.flip_prob > 0 and not c.data.flip_axes else None),
-    ("data§flip_axes", lambda c: "flips only with --flip_prob > 0" if c.data.flip_axes and not c.data.flip_prob
-     else None),
-    ("bn_eval_mode", lambda c: f"normalises with each {c.eval.bn_eval_mode}'s statistics; without --batch_groups COL a "
-     "batch mixes groups (plates, sites) and there are no groups: give --batch_groups"
-     if c.eval.bn_eval_mode != "running" and not c.data.batch_groups else None),
-    ("bn_controls", lambda c: "picks the samples whose statistics BatchNorm uses: it needs --bn_eval_mode batch or "
-     "group" if c.eval.bn_controls and c.eval.bn_eval_mode == "running" else None),
+    (
+        "flip_prob",
+        lambda c: (
+            "flips nothing without data§flip_axes: name the spatial axes to flip, e.g. "
+            "--data§flip_axes [1] (no default: a left-right flip mirrors anatomy)"
+            if c.data.flip_prob > 0 and not c.data.flip_axes
+            else None
+        ),
+    ),
+    (
+        "data§flip_axes",
+        lambda c: "flips only with --flip_prob > 0" if c.data.flip_axes and not c.data.flip_prob else None,
+    ),
+    (
+        "bn_eval_mode",
+        lambda c: (
+            f"normalises with each {c.eval.bn_eval_mode}'s statistics; without --batch_groups COL a "
+            "batch mixes groups (plates, sites) and there are no groups: give --batch_groups"
+            if c.eval.bn_eval_mode != "running" and not c.data.batch_groups
+            else None
+        ),
+    ),
+    (
+        "bn_controls",
+        lambda c: (
+            "picks the samples whose statistics BatchNorm uses: it needs --bn_eval_mode batch or group"
+            if c.eval.bn_controls and c.eval.bn_eval_mode == "running"
+            else None
+        ),
+    ),
     ("grad_clip_algo", lambda c: "clips only with --grad_clip_val > 0" if not c.training.grad_clip_val else None),
     ("zscore_mean", lambda c: "acts only with --norm_type zscore" if c.data.norm_type != "zscore" else None),
     ("zscore_std", lambda c: "acts only with --norm_type zscore" if c.data.norm_type != "zscore" else None),
     # a per-sample z-score undoes any positive affine prenorm: it acts only before a fixed mean or std
     ("prenorm", lambda c: _prenorm_why(c)),
     ("zscore_prenorm", lambda c: _prenorm_why(c)),
-    ("norm_range", lambda c: f"sets the range of the min-max family; --norm_type {c.data.norm_type} has none"
-     if c.data.norm_type in ("zscore", "none") else None),
-    ("complex_mode", lambda c: None if c.paths.is_complexDS else "turns complex-valued data into channels: set "
-     "json§is_complexDS true for complex data"),
-    ("complex_mode", lambda c: "keeps the batches complex, which only main_recon's complex models read "
-     "(complex_ae, complex_vae, complex_factor_vae); choose magnitude, realimag, magphase, ..."
-     if c.data.complex_mode == "complex" and c.model.drive != "pythae" else None),
+    (
+        "norm_range",
+        lambda c: (
+            f"sets the range of the min-max family; --norm_type {c.data.norm_type} has none"
+            if c.data.norm_type in ("zscore", "none")
+            else None
+        ),
+    ),
+    (
+        "complex_mode",
+        lambda c: (
+            None
+            if c.paths.is_complexDS
+            else "turns complex-valued data into channels: set json§is_complexDS true for complex data"
+        ),
+    ),
+    (
+        "complex_mode",
+        lambda c: (
+            "keeps the batches complex, which only main_recon's complex models read "
+            "(complex_ae, complex_vae, complex_factor_vae); choose magnitude, realimag, magphase, ..."
+            if c.data.complex_mode == "complex" and c.model.drive != "pythae"
+            else None
+        ),
+    ),
     ("allow_pad", lambda c: "acts only with --croppad" if not c.data.croppad else None),
     ("wnbproject", lambda c: "acts only with --wnbactive" if not c.run.wnbactive else None),
-    ("tb_image_every", lambda c: None if not c.run.tb_image_every else "logs image grids to TensorBoard: it acts "
-     "only with --tbactive" if not c.run.tbactive else "logs image grids while training; --run_mode 2 trains nothing"
-     if c.run.run_mode == 2 else None),
+    (
+        "tb_image_every",
+        lambda c: (
+            None
+            if not c.run.tb_image_every
+            else "logs image grids to TensorBoard: it acts only with --tbactive"
+            if not c.run.tbactive
+            else "logs image grids while training; --run_mode 2 trains nothing"
+            if c.run.run_mode == 2
+            else None
+        ),
+    ),
     ("prefetch_factor", lambda c: "acts only with --num_workers > 0" if not c.run.num_workers else None),
     ("hf_weights", lambda c: "acts only with --load_hf" if not c.run.load_hf else None),
-    ("load_best", lambda c: "picks the checkpoint of a test run: it needs --run_mode 2 with --resume or "
-     "--load_model_4test" if c.run.run_mode != 2 or not (c.run.resume or c.run.load_model_4test) else None),
-    ("sync_batchnorm", lambda c: "synchronises BatchNorm across processes; this run has one"
-     if _world(c) == 1 else None),
-    ("deepspeed_config", lambda c: f"needs --training_strategy deepspeed* (got {c.run.training_strategy})"
-     if c.run.deepspeed_config and not str(c.run.training_strategy).startswith("deepspeed") else None),
-    ("n_save_recon_subs", lambda c: "saves reconstructions; --test_emb_only writes none"
-     if c.eval.test_emb_only else None),
-    ("save_recon_subs", lambda c: "saves reconstructions; --test_emb_only writes none"
-     if c.eval.test_emb_only else None),
+    (
+        "load_best",
+        lambda c: (
+            "picks the checkpoint of a test run: it needs --run_mode 2 with --resume or --load_model_4test"
+            if c.run.run_mode != 2 or not (c.run.resume or c.run.load_model_4test)
+            else None
+        ),
+    ),
+    (
+        "sync_batchnorm",
+        lambda c: "synchronises BatchNorm across processes; this run has one" if _world(c) == 1 else None,
+    ),
+    (
+        "deepspeed_config",
+        lambda c: (
+            f"needs --training_strategy deepspeed* (got {c.run.training_strategy})"
+            if c.run.deepspeed_config and not str(c.run.training_strategy).startswith("deepspeed")
+            else None
+        ),
+    ),
+    (
+        "n_save_recon_subs",
+        lambda c: "saves reconstructions; --test_emb_only writes none" if c.eval.test_emb_only else None,
+    ),
+    (
+        "save_recon_subs",
+        lambda c: "saves reconstructions; --test_emb_only writes none" if c.eval.test_emb_only else None,
+    ),
 )
 
 
@@ -163,8 +303,9 @@ def refuse_unhonoured(task, cfg: Config, explicit: Set[str], from_json: Set[str]
         if name in NOT_USER_KEYS:
             raise UserError(f"--{item} {NOT_USER_KEYS[name]}")
         if name in UNREAD_JSON:
-            raise UserError(f"--{item}: {UNREAD_JSON[name]} ({where} does not; the ancestor's key is kept for a "
-                            "later version)")
+            raise UserError(
+                f"--{item}: {UNREAD_JSON[name]} ({where} does not; the ancestor's key is kept for a later version)"
+            )
         if name not in honours:
             why = getattr(task, "why_not", {}).get(name)
             raise UserError(f"--{item} is not honoured by {where}: {why or _generic_why(name)}")
@@ -195,14 +336,18 @@ def _value(cfg: Config, name: str) -> Any:
 
 
 def _generic_why(name: str) -> str:
-    for group, why in ((IMAGE_GRIDS, "it has no decoder or generator: no reconstructions or samples to show"),
-                       (IMAGES, "it reads no H5 images"), (LOADERS, "its data loader does not take it"),
-                       (OPTIMISER | ACCUMULATION | CLIPPING, "it builds and steps its own optimisers"),
-                       (EMA, "it keeps no EMA of its weights"), (GROUPS | BN_EVAL, "it has no group-pure batches or "
-                       "BatchNorm evaluation policy"), (OUTPUTS | RECON_OUTPUTS, "it writes other outputs"),
-                       (CHECKPOINTED, "it has no checkpointed blocks (the DiffAE has)"),
-                       (HUB | {"hf_weights"}, "it loads no published weights"),
-                       (PHENOTYPES, "it reads no phenotype table")):
+    for group, why in (
+        (IMAGE_GRIDS, "it has no decoder or generator: no reconstructions or samples to show"),
+        (IMAGES, "it reads no H5 images"),
+        (LOADERS, "its data loader does not take it"),
+        (OPTIMISER | ACCUMULATION | CLIPPING, "it builds and steps its own optimisers"),
+        (EMA, "it keeps no EMA of its weights"),
+        (GROUPS | BN_EVAL, "it has no group-pure batches or BatchNorm evaluation policy"),
+        (OUTPUTS | RECON_OUTPUTS, "it writes other outputs"),
+        (CHECKPOINTED, "it has no checkpointed blocks (the DiffAE has)"),
+        (HUB | {"hf_weights"}, "it loads no published weights"),
+        (PHENOTYPES, "it reads no phenotype table"),
+    ):
         if name in group:
             return why
     return "it does not read it"

@@ -5,6 +5,7 @@ Precedence, lowest first: flag defaults (with the task's defaults), YAML
 path overrides (``--a§b VALUE``, ``--json§key VALUE``). Unlike the ancestor, a
 JSON key never overrides a flag given explicitly on the command line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -12,9 +13,10 @@ import copy
 import json
 import sys
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import yaml
 from pydantic import BaseModel
@@ -88,10 +90,13 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
     """argparse with every flag, grouped for --help; defaults are suppressed so only explicit flags appear."""
     # the console command's name when one was typed (imlatent diffae ...), else the executor's file name
     typed = sys.argv[0] if sys.argv and sys.argv[0].startswith("imlatent") else ""
-    parser = ArgParser(prog=typed or f"main_{task.name}.py", description=task.description,
-                     argument_default=argparse.SUPPRESS,
-                     epilog="Any config path can be set with --section§key§sub VALUE (or $ as separator); "
-                            "dataNpath keys with --json§key VALUE. See docs/reference/datanpath.md.")
+    parser = ArgParser(
+        prog=typed or f"main_{task.name}.py",
+        description=task.description,
+        argument_default=argparse.SUPPRESS,
+        epilog="Any config path can be set with --section§key§sub VALUE (or $ as separator); "
+        "dataNpath keys with --json§key VALUE. See docs/reference/datanpath.md.",
+    )
     groups: dict[str, argparse._ArgumentGroup] = {}
     for flag in CONTROL + FLAGS + task.extra_flags:
         grp = groups.setdefault(flag.group, parser.add_argument_group(flag.group))
@@ -102,8 +107,14 @@ def build_parser(task: Task) -> argparse.ArgumentParser:
             grp.add_argument(f"--{flag.name}", nargs="?", const=True, type=_bool_arg, metavar="true|false", help=help_)
             grp.add_argument(f"--no-{flag.name}", dest=flag.name, action="store_false", help=argparse.SUPPRESS)
         else:
-            grp.add_argument(f"--{flag.name}", *(f"--{a}" for a in flag.aliases), type=_argtype(flag),
-                             choices=flag.choices, metavar=flag.type.upper(), help=help_)
+            grp.add_argument(
+                f"--{flag.name}",
+                *(f"--{a}" for a in flag.aliases),
+                type=_argtype(flag),
+                choices=flag.choices,
+                metavar=flag.type.upper(),
+                help=help_,
+            )
     return parser
 
 
@@ -139,8 +150,9 @@ def split_argv(argv: Sequence[str], known: dict[str, str]) -> tuple[list[str], l
                 if value_next:
                     value, i = argv[i + 1], i + 1
                 elif ov.is_path_flag(name):
-                    raise UserError(f"override --{name} needs a value"
-                                    + (f" (got the flag {argv[i + 1]})" if has_next else ""))
+                    raise UserError(
+                        f"override --{name} needs a value" + (f" (got the flag {argv[i + 1]})" if has_next else "")
+                    )
                 else:  # a bare unknown flag is True (the ancestor's rule)
                     value = "true"
             overrides.append(ov.Override(ov.split_path(name), value))
@@ -172,8 +184,9 @@ def read_mapping(path: str | Path, what: str) -> dict:
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
     except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise UserError(f"{what} {path} is not valid {'JSON' if is_json else 'YAML'}: "
-                        f"{str(exc).splitlines()[0]}") from None
+        raise UserError(
+            f"{what} {path} is not valid {'JSON' if is_json else 'YAML'}: {str(exc).splitlines()[0]}"
+        ) from None
     if data is None and not is_json:
         return {}
     if not isinstance(data, dict):
@@ -185,8 +198,10 @@ def read_yaml(path: str | Path) -> dict:
     data = read_mapping(path, "config YAML")
     for section in SECTIONS:
         if section in data and data[section] is not None and not isinstance(data[section], dict):
-            raise UserError(f"config YAML {path}: section '{section}' must be a mapping of keys, "
-                            f"got {type(data[section]).__name__} {data[section]!r}")
+            raise UserError(
+                f"config YAML {path}: section '{section}' must be a mapping of keys, "
+                f"got {type(data[section]).__name__} {data[section]!r}"
+            )
     return {k: ({} if k in SECTIONS and v is None else v) for k, v in data.items()}
 
 
@@ -246,11 +261,14 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
     yaml_json: dict = {}
     if control["configyml_path"]:
         sections = {f"{s}§{k}" for s, model in task.sections.items() for k in model.model_fields}
-        data, yaml_json, no_effect = translate_yaml(read_yaml(control["configyml_path"]),
-                                                    f"config YAML {control['configyml_path']}", sections)
+        data, yaml_json, no_effect = translate_yaml(
+            read_yaml(control["configyml_path"]), f"config YAML {control['configyml_path']}", sections
+        )
         if no_effect:  # the ancestor's keys that change nothing here: one line names them all
-            notes.append(f"config YAML {control['configyml_path']}: the ancestor's keys {', '.join(no_effect)} have "
-                         "no effect here")
+            notes.append(
+                f"config YAML {control['configyml_path']}: the ancestor's keys {', '.join(no_effect)} have "
+                "no effect here"
+            )
         cfg = deep_merge(cfg, data)
     data_json = read_json(control["datajson_path"]) if control["datajson_path"] else {}
     flag_by_name = {f.name: f for f in all_flags}
@@ -282,9 +300,11 @@ def resolve(argv: Sequence[str], task: Task, layer: dict | None = None) -> Resol
     validated = validate(cfg, task.extra_flags, task.sections)
     drive = task.defaults.get("model§drive")  # the task's drive (the registry writes it there): not a choice
     if drive and validated.model.drive != drive:
-        raise UserError(f"model§drive {validated.model.drive!r} (from the YAML or an override) is not task "
-                        f"{task.name!r}'s drive {drive!r}: a {task.name} run builds and records {drive}; remove the "
-                        "key or choose the task whose drive it is")
+        raise UserError(
+            f"model§drive {validated.model.drive!r} (from the YAML or an override) is not task "
+            f"{task.name!r}'s drive {drive!r}: a {task.name} run builds and records {drive}; remove the "
+            "key or choose the task whose drive it is"
+        )
     notes += refuse_unhonoured(task, validated, given, {f"json§{k}" for k in data_json})
     for note in notes:
         if not (layer and note in _LAST_NOTES):  # the second pass with --load_hf's layer says nothing twice
@@ -308,8 +328,9 @@ def _typo(name: str, candidates) -> str | None:
     return ov.closest_key(name, candidates, cutoff=TYPO_CUTOFF)
 
 
-def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict, task: Task, schema, created: list,
-           notes: list) -> bool:
+def _apply(
+    cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict, task: Task, schema, created: list, notes: list
+) -> bool:
     """Apply one override; False when it was an ancestor no-op (named in ``notes``, nothing set)."""
     if len(item.path) == 1:
         name = item.path[0]
@@ -325,20 +346,25 @@ def _apply(cfg: dict, item: ov.Override, strict: bool, flag_by_name: dict, task:
         if strict:
             raise UserError(f"unknown flag --{name} (--strict_overrides)")
         # the ancestor's rule: any other new flag becomes a top-level key, with a warning, and is recorded
-        notes.append(f"unknown flag --{name}: created as top-level key '{name}' (recorded in resolved_config.yaml; "
-                     "nothing in this pipeline reads it)")
+        notes.append(
+            f"unknown flag --{name}: created as top-level key '{name}' (recorded in resolved_config.yaml; "
+            "nothing in this pipeline reads it)"
+        )
         cfg[name] = ov.parse_new_value(item.raw)
         return True
     new_at = _new_typed_key(item.path, schema, task)
     if new_at is not None:
         depth, extra_allowed = new_at
         if strict:
-            raise UserError(f"override --{item.dotted}: '{'§'.join(item.path[:depth + 1])}' does not exist "
-                            "(--strict_overrides)")
-        notes.append(f"override --{item.dotted}: '{'§'.join(item.path[:depth + 1])}' does not exist and is created "
-                     "(recorded in resolved_config.yaml; nothing in this task reads it)")
-        if not extra_allowed and item.path[:depth + 1] not in created:  # (the same new key may be given twice)
-            created.append(item.path[:depth + 1])
+            raise UserError(
+                f"override --{item.dotted}: '{'§'.join(item.path[: depth + 1])}' does not exist (--strict_overrides)"
+            )
+        notes.append(
+            f"override --{item.dotted}: '{'§'.join(item.path[: depth + 1])}' does not exist and is created "
+            "(recorded in resolved_config.yaml; nothing in this task reads it)"
+        )
+        if not extra_allowed and item.path[: depth + 1] not in created:  # (the same new key may be given twice)
+            created.append(item.path[: depth + 1])
         _set(cfg, item.path, ov.parse_new_value(item.raw))
         return True
     ov.apply_override(cfg, item, strict)
@@ -354,17 +380,19 @@ def _new_typed_key(path: tuple[str, ...], schema, task: Task) -> tuple[int, bool
     for depth, part in enumerate(path):
         fields = {("json" if n == "paths" else n): info for n, info in model.model_fields.items()}
         if part not in fields:
-            where = "§".join(path[:depth + 1])
+            where = "§".join(path[: depth + 1])
             if where in UNREAD_JSON:  # the ancestor's JSON key: refused by name at the honour check
                 return depth, True
-            owner = task.owner_of(path[:depth + 1])
+            owner = task.owner_of(path[: depth + 1])
             if owner:
                 raise UserError(f"unknown key {where}: it belongs to task {owner!r}, not {task.name!r}")
             hint = _typo(part, fields)
             if hint:
                 parent = "§".join(path[:depth])
-                raise UserError(f"unknown key {where} (did you mean {parent + '§' if parent else ''}{hint}?); "
-                                f"valid keys: {', '.join(sorted(fields))}")
+                raise UserError(
+                    f"unknown key {where} (did you mean {parent + '§' if parent else ''}{hint}?); "
+                    f"valid keys: {', '.join(sorted(fields))}"
+                )
             return depth, model.model_config.get("extra") == "allow"
         ann = fields[part].annotation
         if not (isinstance(ann, type) and issubclass(ann, BaseModel)):

@@ -10,6 +10,7 @@ Grammar (kept from the ancestor, with its holes closed):
   ``strict=True`` turns that into an error. A path through a scalar, or a value
   that cannot take the existing type, is an error naming the path.
 """
+
 from __future__ import annotations
 
 import difflib

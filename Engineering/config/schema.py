@@ -6,6 +6,7 @@ the keys every task has (the ``*Keys`` models below: one home per default) and t
 keys; new top-level keys stay allowed (the ancestor's single-word flags, with a typo warning). Errors name
 the key, the expected type and the value.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -28,7 +29,7 @@ _TYPES: dict[str, Any] = {
     "num": Union[StrictInt, StrictFloat],
     "ints": list[StrictInt],
     "optstr": Optional[StrictStr],
-    "optfloat": Optional[Union[StrictFloat, StrictInt]],
+    "optfloat": Optional[StrictFloat | StrictInt],
 }
 
 
@@ -38,17 +39,20 @@ class _Section(BaseModel):
 
 class Keys(BaseModel):
     """A typed group of YAML keys: unknown keys are errors (the message lists the valid ones)."""
+
     model_config = ConfigDict(extra="forbid", validate_assignment=True, populate_by_name=True)
 
 
 class StepLRKeys(Keys):
     """training§LRDecay§type1 (--lr_decay_type 1, StepLR)"""
+
     decay_every: int = Field(50, gt=0, description="Epochs between decays.")
     decay_rate: float = Field(0.1, gt=0, description="Factor applied to the learning rate.")
 
 
 class PlateauKeys(Keys):
     """training§LRDecay§type2 (--lr_decay_type 2, ReduceLROnPlateau on the monitored loss)"""
+
     decay_rate: float = Field(0.1, gt=0, lt=1, description="Factor applied to the learning rate.")
     patience: int = Field(10, ge=0, description="Epochs without improvement before a decay.")
     threshold: float = Field(1e-4, ge=0, description="Relative improvement that counts.")
@@ -58,12 +62,14 @@ class PlateauKeys(Keys):
 
 class CosineKeys(Keys):
     """training§LRDecay§type3 (--lr_decay_type 3, cosine annealing after a linear warm-up, per epoch)"""
+
     warmup_epochs: int = Field(1, ge=0, description="Epochs of linear warm-up from lr/10 to lr.")
     min_lr: float = Field(0.0, ge=0, description="The learning rate reached at the last epoch.")
 
 
 class LRDecayKeys(Keys):
     """training§LRDecay"""
+
     type1: StepLRKeys = StepLRKeys()
     type2: PlateauKeys = PlateauKeys()
     type3: CosineKeys = CosineKeys()
@@ -71,43 +77,63 @@ class LRDecayKeys(Keys):
 
 class TrainingKeys(Keys):
     """training (YAML keys beside the flags)"""
+
     ema_decay: float = Field(0.9999, ge=0, lt=1, description="EMA decay of the weights (warm-up (1+n)/(10+n)).")
-    ema_warmup: bool = Field(True, description="Decay min(ema_decay, (1+n)/(10+n)) at step n; false = the fixed "
-                                               "ema_decay of DiffAE's and the ancestor's training (at 0.9999 a "
-                                               "run of a few thousand steps tests near-initial weights).")
+    ema_warmup: bool = Field(
+        True,
+        description="Decay min(ema_decay, (1+n)/(10+n)) at step n; false = the fixed "
+        "ema_decay of DiffAE's and the ancestor's training (at 0.9999 a "
+        "run of a few thousand steps tests near-initial weights).",
+    )
     LRDecay: LRDecayKeys = LRDecayKeys()
 
 
 class ModelKeys(Keys):
     """model (YAML keys beside the flags)"""
+
     drive: StrictStr = Field("", description="The WarpDrive of the run (set by the task).")
     tag: StrictStr = Field("", description="Last part of the composed run name.")
 
 
 class DataKeys(Keys):
     """data (YAML keys beside the flags)"""
-    flip_axes: list[StrictInt] = Field([], description="Spatial axes eligible for random training flips "
-                                                       "(with --flip_prob); none by default: a left-right flip "
-                                                       "mirrors cardiac anatomy.")
+
+    flip_axes: list[StrictInt] = Field(
+        [],
+        description="Spatial axes eligible for random training flips "
+        "(with --flip_prob); none by default: a left-right flip "
+        "mirrors cardiac anatomy.",
+    )
 
 
 class EvalKeys(Keys):
     """eval (YAML keys beside the flags)"""
+
     n_preview: StrictInt = Field(4, ge=0, description="Subjects in the PNG preview grid.")
-    output_chunk: StrictInt = Field(256, gt=0, description="Test samples held in memory before they are written "
-                                                           "to the run's output shards (bounds the memory of a "
-                                                           "whole-cohort inference).")
+    output_chunk: StrictInt = Field(
+        256,
+        gt=0,
+        description="Test samples held in memory before they are written "
+        "to the run's output shards (bounds the memory of a "
+        "whole-cohort inference).",
+    )
 
 
 class RunKeys(Keys):
     """run (recorded, not set by users)"""
+
     load_hf_revision: StrictStr = Field("", description="The Hub commit actually loaded by --load_hf.")
 
 
 _DC = TypeVar("_DC")
 
-COMMON_KEYS: dict[str, type[Keys]] = {"run": RunKeys, "training": TrainingKeys, "model": ModelKeys,
-                                      "data": DataKeys, "eval": EvalKeys}
+COMMON_KEYS: dict[str, type[Keys]] = {
+    "run": RunKeys,
+    "training": TrainingKeys,
+    "model": ModelKeys,
+    "data": DataKeys,
+    "eval": EvalKeys,
+}
 
 
 def _annotated(flag: Flag):
@@ -128,8 +154,13 @@ def _section_model(section: str, extra_flags: tuple[Flag, ...], task_keys: type[
     """Flags of the section + the keys every task has + the running task's keys (nested flags such as
     model§pythae§model are fields of the task's key models)."""
     fields = {**_fields(COMMON_KEYS[section]), **(_fields(task_keys) if task_keys else {})}
-    fields.update({f.path[1]: (_annotated(f), f.default) for f in FLAGS + extra_flags
-                   if f.path[0] == section and len(f.path) == 2})
+    fields.update(
+        {
+            f.path[1]: (_annotated(f), f.default)
+            for f in FLAGS + extra_flags
+            if f.path[0] == section and len(f.path) == 2
+        }
+    )
     return pydantic.create_model(f"{section.capitalize()}Config", __base__=Keys, **fields)
 
 
@@ -139,22 +170,22 @@ class DataPaths(_Section):
     run_prefix: StrictStr = "run"
     datadir: StrictStr = "@demo"
     datafile: StrictStr = "data.h5"
-    foldCSV: Union[StrictStr, StrictInt] = ""
+    foldCSV: StrictStr | StrictInt = ""
     save_path: StrictStr = "Results"
     tblog_path: StrictStr = ""
     is_complexDS: StrictBool = False
-    DS_selected_primaries: Union[list[StrictStr], StrictStr] = []
-    DS_selected_auxiliaries: Union[list[StrictStr], StrictStr] = []
+    DS_selected_primaries: list[StrictStr] | StrictStr = []
+    DS_selected_auxiliaries: list[StrictStr] | StrictStr = []
     DS_every_primary: StrictBool = True
     DS_include_repeatAcq: StrictBool = False  # the ancestor read only the first acquisition (_0)
     DS_sanity_filters: dict[str, StrictInt] = {}
     DS_multi_channel: StrictBool = True
-    DS_split_volume: Optional[StrictBool] = None
-    DS_split_time: Optional[StrictBool] = None
+    DS_split_volume: StrictBool | None = None
+    DS_split_time: StrictBool | None = None
     DS_channel_dim: StrictInt = 0
     DS_slice_dim: StrictInt = 2
-    DS_phenotypes: Optional[dict[str, Any]] = None
-    DS_covariates: Optional[dict[str, Any]] = None
+    DS_phenotypes: dict[str, Any] | None = None
+    DS_covariates: dict[str, Any] | None = None
     DS_confounders: dict[str, Any] = {}  # the ancestor's {path, cols, bincat_cols, mulcat_cols}
 
 
@@ -186,8 +217,9 @@ def build_schema(extra_flags: tuple[Flag, ...] = (), sections: dict | None = Non
 def _build_schema(extra_flags: tuple[Flag, ...], sections: dict) -> type[BaseModel]:
     unknown = sorted(set(sections) - set(COMMON_KEYS))
     if unknown:
-        raise UserError(f"task key models for unknown section(s) {', '.join(unknown)}; sections: "
-                        f"{', '.join(COMMON_KEYS)}")
+        raise UserError(
+            f"task key models for unknown section(s) {', '.join(unknown)}; sections: {', '.join(COMMON_KEYS)}"
+        )
     models: dict[str, Any] = {s: (_section_model(s, extra_flags, sections.get(s)), ...) for s in COMMON_KEYS}
     # 'json' would shadow BaseModel.json: the attribute is cfg.paths, the key stays 'json'.
     return pydantic.create_model("Config", __base__=_Section, paths=(DataPaths, Field(alias="json")), **models)
@@ -206,9 +238,15 @@ def validate(cfg: dict, extra_flags: tuple[Flag, ...] = (), sections: dict | Non
             loc = "§".join(str(p) for p in parts).replace("paths", "json", 1)
             if err["type"] == "extra_forbidden":
                 valid = _valid_keys(schema, parts[:-1])
-                problems.append(f"unknown key {loc}" + (f" (did you mean {'§'.join(map(str, parts[:-1]))}§{hint}?)"
-                                                        if (hint := closest_key(str(parts[-1]), valid)) else "")
-                                + f"; valid keys: {', '.join(valid)}")
+                problems.append(
+                    f"unknown key {loc}"
+                    + (
+                        f" (did you mean {'§'.join(map(str, parts[:-1]))}§{hint}?)"
+                        if (hint := closest_key(str(parts[-1]), valid))
+                        else ""
+                    )
+                    + f"; valid keys: {', '.join(valid)}"
+                )
                 continue
             problems.append(f"{loc}: {err['msg'].lower()} (got {err.get('input')!r})")
         raise UserError("invalid config: " + "; ".join(problems)) from None
@@ -228,8 +266,14 @@ def _is_union_branch(part) -> bool:
     return isinstance(part, str) and ("[" in part or part in {"int", "float", "str", "bool"})
 
 
-def keys_from_dataclass(name: str, dc: type, exclude: tuple[str, ...] = (), doc: str = "",
-                        overrides: dict[str, Any] | None = None, **extra: Any) -> type[Keys]:
+def keys_from_dataclass(
+    name: str,
+    dc: type,
+    exclude: tuple[str, ...] = (),
+    doc: str = "",
+    overrides: dict[str, Any] | None = None,
+    **extra: Any,
+) -> type[Keys]:
     """A key model whose fields and defaults ARE a drive's config dataclass (one home per default): the
     dataclass's own defaults and types, each field's ``metadata["help"]`` as its description; ``exclude``: the
     fields the run sets (channels, shape, latent_dim); ``overrides`` gives a field another YAML type (name -> type;

@@ -7,6 +7,7 @@ Gaussian blur with random sigma, and a per-channel standardisation of the view. 
 takes its positives from different parts of the same image: ``grid_views`` cuts each image into a g x g grid of
 in-plane cells and gives each view a different cell, drawn without replacement.
 """
+
 from __future__ import annotations
 
 import math
@@ -25,14 +26,16 @@ def _described(default, meaning: str):
 class AugmentSpec:
     """The random views' parameters (model§augment)."""
 
-    crop_scale: tuple[float, float] = _described((0.5, 1.0), "Fraction of the in-plane area kept by the "
-                                                             "random-resized crop: [low, high].")
-    crop_ratio: tuple[float, float] = _described((0.75, 1.333), "Aspect ratio of the crop, log-uniform in "
-                                                                "[low, high].")
-    rot90: bool = _described(True, "Rotate each view by a random multiple of 90 degrees in-plane (square planes "
-                                   "only).")
-    flip: bool = _described(True, "Flip each view's last axis with probability 0.5 (a flip mirrors anatomy: keep it "
-                                  "off for a lateralised organ).")
+    crop_scale: tuple[float, float] = _described(
+        (0.5, 1.0), "Fraction of the in-plane area kept by the random-resized crop: [low, high]."
+    )
+    crop_ratio: tuple[float, float] = _described((0.75, 1.333), "Aspect ratio of the crop, log-uniform in [low, high].")
+    rot90: bool = _described(True, "Rotate each view by a random multiple of 90 degrees in-plane (square planes only).")
+    flip: bool = _described(
+        True,
+        "Flip each view's last axis with probability 0.5 (a flip mirrors anatomy: keep it "
+        "off for a lateralised organ).",
+    )
     blur_prob: float = _described(0.5, "Probability of a Gaussian blur of a view.")
     blur_sigma: tuple[float, float] = _described((0.1, 1.5), "The blur's sigma in pixels, uniform in [low, high].")
     standardise: bool = _described(True, "Standardise each view per channel (zero mean, unit standard deviation).")
@@ -55,13 +58,13 @@ def _crop(x: torch.Tensor, spec: AugmentSpec, g) -> torch.Tensor:
     ch, cw = max(1, min(h, round((area / ratio) ** 0.5))), max(1, min(w, round((area * ratio) ** 0.5)))
     top = int(torch.randint(0, h - ch + 1, (), generator=g))
     left = int(torch.randint(0, w - cw + 1, (), generator=g))
-    return _resize(x[..., top:top + ch, left:left + cw], x.shape[2:])
+    return _resize(x[..., top : top + ch, left : left + cw], x.shape[2:])
 
 
 def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     radius = max(1, int(3 * sigma))
     t = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
-    k = torch.exp(-t ** 2 / (2 * sigma ** 2))
+    k = torch.exp(-(t**2) / (2 * sigma**2))
     k = k / k.sum()
     c = x.shape[1]
     conv = F.conv3d if x.ndim == 5 else F.conv2d
@@ -69,7 +72,7 @@ def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
         shape = [1, 1] + [1] * (x.ndim - 2)
         shape[axis] = len(k)
         pad = [0, 0] * (x.ndim - 2)
-        pad[(-1 - axis) * 2:(-1 - axis) * 2 + 2] = [radius, radius]
+        pad[(-1 - axis) * 2 : (-1 - axis) * 2 + 2] = [radius, radius]
         weight = k.reshape(shape).expand(c, *shape[1:]).contiguous()  # depthwise: one kernel per channel
         x = conv(F.pad(x, pad, mode="replicate"), weight, groups=c)
     return x
@@ -79,7 +82,7 @@ def augment(x: torch.Tensor, spec: AugmentSpec, g: torch.Generator, crop: bool =
     """One random view of each sample of the batch x (B, C, ..., H, W)."""
     out = []
     for i in range(x.shape[0]):
-        v = x[i:i + 1]
+        v = x[i : i + 1]
         if crop:
             v = _crop(v, spec, g)
         if spec.rot90 and v.shape[-1] == v.shape[-2]:
@@ -107,5 +110,5 @@ def grid_views(x: torch.Tensor, n_views: int, grid: int, g: torch.Generator) -> 
         cells = torch.randperm(grid * grid, generator=g)[:n_views].tolist()
         for v, cell in enumerate(cells):
             r, c = divmod(cell, grid)
-            views[v].append(_resize(x[i:i + 1, ..., r * ch:(r + 1) * ch, c * cw:(c + 1) * cw], x.shape[2:]))
+            views[v].append(_resize(x[i : i + 1, ..., r * ch : (r + 1) * ch, c * cw : (c + 1) * cw], x.shape[2:]))
     return [torch.cat(v) for v in views]

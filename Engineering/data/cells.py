@@ -11,6 +11,7 @@ puncta channel are in points.h5 under the same keys; ``phenotypes.tsv`` has the 
 few planted abnormal cells, whose puncta are a handful of large blobs, for the outlier-detection metric),
 ``covariates.tsv`` the orientation (a quaternion).
 """
+
 from __future__ import annotations
 
 import shutil
@@ -69,8 +70,9 @@ def _place(rule: str, n: int, rng: np.random.Generator) -> np.ndarray:
     return np.asarray(out)
 
 
-def render_cell(rule: str, rotation: np.ndarray, spec: CellSpec, rng: np.random.Generator,
-                outlier: bool = False) -> np.ndarray:
+def render_cell(
+    rule: str, rotation: np.ndarray, spec: CellSpec, rng: np.random.Generator, outlier: bool = False
+) -> np.ndarray:
     """(2, size, size, size) float32: puncta, and the cell body (0.3) with its nucleus (1.0), seen rotated by
     ``rotation`` (world = R cell); an outlier has a few large puncta."""
     s = spec.size
@@ -81,7 +83,7 @@ def render_cell(rule: str, rotation: np.ndarray, spec: CellSpec, rng: np.random.
     puncta = np.zeros((s, s, s))
     n, sd = (OUTLIER_PUNCTA, OUTLIER_SD) if outlier else (spec.n_puncta, PUNCTUM_SD)
     for p in _place(rule, n, rng):
-        puncta += np.exp(-((cell - p) ** 2).sum(-1) / (2 * sd ** 2))
+        puncta += np.exp(-((cell - p) ** 2).sum(-1) / (2 * sd**2))
     return np.stack([puncta, body + nucleus]).astype(np.float32)
 
 
@@ -120,10 +122,10 @@ def _folds(path: Path, pids: list[str], spec: CellSpec) -> None:
     validates."""
     rng = np.random.default_rng(spec.seed + 1)
     rows = []
-    by_rule = [pids[r::len(RULES)] for r in range(len(RULES))]
+    by_rule = [pids[r :: len(RULES)] for r in range(len(RULES))]
     shuffled = [list(rng.permutation(group)) for group in by_rule]
     for k in range(spec.n_folds):
-        test = [p for group in shuffled for p in group[k::spec.n_folds]]
+        test = [p for group in shuffled for p in group[k :: spec.n_folds]]
         rest = [p for p in pids if p not in test]
         rest = [str(p) for p in rng.permutation(rest)]
         n_val = max(1, int(round(0.15 * len(rest))))

@@ -15,6 +15,7 @@ The batch entries and the model fields they give are specified in
 ``Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.aux`` (mirrored here by name, the data layer does not
 import the engines).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -57,8 +58,10 @@ def _same_cohort(cfg, key: str, ref) -> None:
 
     table, data = split_demo_ref(str(ref)), split_demo_ref(str(cfg.paths.datadir))
     if table and (data is None or data[0] != table[0]):
-        raise UserError(f"json§{key}§path {ref} is the bundled {table[0]} cohort's table, but json§datadir is "
-                        f"{cfg.paths.datadir}: give the table of that cohort (--json§{key}§path PATH)")
+        raise UserError(
+            f"json§{key}§path {ref} is the bundled {table[0]} cohort's table, but json§datadir is "
+            f"{cfg.paths.datadir}: give the table of that cohort (--json§{key}§path PATH)"
+        )
 
 
 def train_patients(cfg) -> set[str] | None:
@@ -78,8 +81,9 @@ class _Continuous:
     std: float
 
     def encode(self, values: pd.Series) -> np.ndarray:
-        return ((pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64) - self.mean) / self.std
-                ).astype(np.float32)
+        return ((pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64) - self.mean) / self.std).astype(
+            np.float32
+        )
 
     def decode(self, z: np.ndarray) -> np.ndarray:
         return z * self.std + self.mean
@@ -97,12 +101,14 @@ class _Classes:
 
 def _as_text(values: pd.Series) -> pd.Series:
     """Category labels as strings; missing stays NaN (3 and 3.0 are the same class)."""
+
     def one(v):
         if pd.isna(v):
             return np.nan
         if isinstance(v, float) and v.is_integer():
             return str(int(v))
         return str(v).strip()
+
     return values.map(one)
 
 
@@ -119,7 +125,7 @@ class Covariates:
 
     # ------------------------------------------------------------------ fitting
     @classmethod
-    def fit(cls, cfg, phenotypes: bool, confounders: bool, why: str) -> "Covariates":
+    def fit(cls, cfg, phenotypes: bool, confounders: bool, why: str) -> Covariates:
         """Read and fit the tables a model needs (``why`` names it in messages)."""
         from Engineering.data.datamodule import resolve_data_path
 
@@ -129,8 +135,9 @@ class Covariates:
             spec = _spec(cfg, "DS_phenotypes")
             cols = _cols(spec or {}, "cols", "columns")
             if not cols:
-                raise UserError(f"{why} learns phenotypes: set json§DS_phenotypes to {{\"path\": TABLE, \"cols\": "
-                                "[COLUMNS]}")
+                raise UserError(
+                    f'{why} learns phenotypes: set json§DS_phenotypes to {{"path": TABLE, "cols": [COLUMNS]}}'
+                )
             _same_cohort(cfg, "DS_phenotypes", spec["path"])
             table = out._table("DS_phenotypes", resolve_data_path(cfg, spec["path"]), cols, train)
             forced = set(_cols(spec, "cat_cols"))
@@ -145,11 +152,16 @@ class Covariates:
                     out.pheno_cat.append(_fit_classes(table, col, "json§DS_phenotypes", binary=False))
         if confounders:
             spec = _spec(cfg, "DS_confounders")
-            cont, binary, multi = (_cols(spec or {}, "cols"), _cols(spec or {}, "bincat_cols"),
-                                   _cols(spec or {}, "mulcat_cols"))
+            cont, binary, multi = (
+                _cols(spec or {}, "cols"),
+                _cols(spec or {}, "bincat_cols"),
+                _cols(spec or {}, "mulcat_cols"),
+            )
             if not (cont or binary or multi):
-                raise UserError(f"{why} needs confounders: set json§DS_confounders to {{\"path\": TABLE, \"cols\": "
-                                "[...], \"bincat_cols\": [...], \"mulcat_cols\": [...]}")
+                raise UserError(
+                    f'{why} needs confounders: set json§DS_confounders to {{"path": TABLE, "cols": '
+                    '[...], "bincat_cols": [...], "mulcat_cols": [...]}'
+                )
             _same_cohort(cfg, "DS_confounders", spec["path"])
             table = out._table("DS_confounders", resolve_data_path(cfg, spec["path"]), cont + binary + multi, train)
             out.conf_cont = [_fit_continuous(table, c, "json§DS_confounders§cols") for c in cont]
@@ -161,20 +173,24 @@ class Covariates:
     def to_dict(self) -> dict:
         """What was fitted (names, means, standard deviations, classes): recorded in the run's config, so that a
         checkpoint or an export decodes its predictions with its training split's statistics anywhere."""
-        return {"pheno_cont": [[c.name, c.mean, c.std] for c in self.pheno_cont],
-                "pheno_cat": [[c.name, c.classes] for c in self.pheno_cat],
-                "conf_cont": [[c.name, c.mean, c.std] for c in self.conf_cont],
-                "conf_bin": [[c.name, c.classes] for c in self.conf_bin],
-                "conf_multi": [[c.name, c.classes] for c in self.conf_multi]}
+        return {
+            "pheno_cont": [[c.name, c.mean, c.std] for c in self.pheno_cont],
+            "pheno_cat": [[c.name, c.classes] for c in self.pheno_cat],
+            "conf_cont": [[c.name, c.mean, c.std] for c in self.conf_cont],
+            "conf_bin": [[c.name, c.classes] for c in self.conf_bin],
+            "conf_multi": [[c.name, c.classes] for c in self.conf_multi],
+        }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Covariates":
+    def from_dict(cls, d: dict) -> Covariates:
         try:
-            return cls(pheno_cont=[_Continuous(n, float(m), float(s)) for n, m, s in d.get("pheno_cont", [])],
-                       pheno_cat=[_Classes(n, list(c)) for n, c in d.get("pheno_cat", [])],
-                       conf_cont=[_Continuous(n, float(m), float(s)) for n, m, s in d.get("conf_cont", [])],
-                       conf_bin=[_Classes(n, list(c)) for n, c in d.get("conf_bin", [])],
-                       conf_multi=[_Classes(n, list(c)) for n, c in d.get("conf_multi", [])])
+            return cls(
+                pheno_cont=[_Continuous(n, float(m), float(s)) for n, m, s in d.get("pheno_cont", [])],
+                pheno_cat=[_Classes(n, list(c)) for n, c in d.get("pheno_cat", [])],
+                conf_cont=[_Continuous(n, float(m), float(s)) for n, m, s in d.get("conf_cont", [])],
+                conf_bin=[_Classes(n, list(c)) for n, c in d.get("conf_bin", [])],
+                conf_multi=[_Classes(n, list(c)) for n, c in d.get("conf_multi", [])],
+            )
         except (TypeError, ValueError) as exc:
             raise UserError(f"model§pythae§fitted_tables is damaged ({exc}); it is written by training") from None
 
@@ -182,8 +198,10 @@ class Covariates:
         """Read the tables' rows (for the batches) without fitting anything again."""
         from Engineering.data.datamodule import resolve_data_path
 
-        for key, cols in (("DS_phenotypes", [c.name for c in self.pheno_cont + self.pheno_cat]),
-                          ("DS_confounders", [c.name for c in self.conf_cont + self.conf_bin + self.conf_multi])):
+        for key, cols in (
+            ("DS_phenotypes", [c.name for c in self.pheno_cont + self.pheno_cat]),
+            ("DS_confounders", [c.name for c in self.conf_cont + self.conf_bin + self.conf_multi]),
+        ):
             if cols and key not in self._rows:
                 spec = _spec(cfg, key)
                 if spec is None:
@@ -196,8 +214,10 @@ class Covariates:
         table = read_label_table(path)
         missing = [c for c in cols if c not in table.columns]
         if missing:
-            raise UserError(f"json§{key}: column(s) {', '.join(missing)} not in {path} "
-                            f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})")
+            raise UserError(
+                f"json§{key}: column(s) {', '.join(missing)} not in {path} "
+                f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})"
+            )
         rows = table.drop_duplicates("patientID").set_index("patientID")[cols]
         self._rows[key] = rows
         fit_rows = rows if train is None else rows[rows.index.isin(train)]
@@ -208,9 +228,14 @@ class Covariates:
     # ------------------------------------------------------------------ model fields
     def data_params(self) -> dict:
         """The model config fields the data fix (custom_models/aux.py)."""
-        return {"n_phenotypes": len(self.pheno_cont), "phenotype_n_classes": [len(c.classes) for c in self.pheno_cat],
-                "n_confounders_cont": len(self.conf_cont), "n_confounders_bincat": len(self.conf_bin),
-                "confounder_n_classes": [len(c.classes) for c in self.conf_multi], "n_aux": self.n_aux}
+        return {
+            "n_phenotypes": len(self.pheno_cont),
+            "phenotype_n_classes": [len(c.classes) for c in self.pheno_cat],
+            "n_confounders_cont": len(self.conf_cont),
+            "n_confounders_bincat": len(self.conf_bin),
+            "confounder_n_classes": [len(c.classes) for c in self.conf_multi],
+            "n_aux": self.n_aux,
+        }
 
     @property
     def n_aux(self) -> int:
@@ -232,8 +257,10 @@ class Covariates:
             binary[binary < 0] = np.nan
             multi = _stack([c.codes(_as_text(rows[c.name])) for c in self.conf_multi], n, np.int64)
             out[CONF_CONT], out[CONF_BIN], out[CONF_MULTI] = cont, binary, multi
-            onehots = [np.eye(len(c.classes), dtype=np.float32)[np.where(k < 0, 0, k)] * (k >= 0)[:, None]
-                       for c, k in zip(self.conf_multi, multi.T)]
+            onehots = [
+                np.eye(len(c.classes), dtype=np.float32)[np.where(k < 0, 0, k)] * (k >= 0)[:, None]
+                for c, k in zip(self.conf_multi, multi.T)
+            ]
             out[AUX_U] = np.nan_to_num(np.concatenate([cont, binary, *onehots], axis=1))
         return out
 
@@ -250,7 +277,9 @@ class Covariates:
         cols += [logits.argmax(1).astype(np.float64) for logits in class_logits]
         return np.stack(cols, 1).astype(np.float32) if cols else np.zeros((len(cont), 0), np.float32)
 
-    def decode_confounders(self, cont: np.ndarray, bin_logits: np.ndarray, class_logits: list[np.ndarray]) -> np.ndarray:
+    def decode_confounders(
+        self, cont: np.ndarray, bin_logits: np.ndarray, class_logits: list[np.ndarray]
+    ) -> np.ndarray:
         cols = [c.decode(cont[:, j]) for j, c in enumerate(self.conf_cont)]
         cols += [(bin_logits[:, j] > 0).astype(np.float64) for j in range(len(self.conf_bin))]
         cols += [logits.argmax(1).astype(np.float64) for logits in class_logits]
@@ -280,6 +309,8 @@ def _fit_classes(table: pd.DataFrame, col: str, where: str, binary: bool) -> _Cl
     if len(classes) < 2:
         raise UserError(f"{where}: column {col!r} has {len(classes)} class(es) in the training split; it needs 2")
     if binary and len(classes) > 2:
-        raise UserError(f"{where}: column {col!r} has {len(classes)} classes in the training split, not 2 "
-                        f"({', '.join(classes[:5])}); list it in mulcat_cols")
+        raise UserError(
+            f"{where}: column {col!r} has {len(classes)} classes in the training split, not 2 "
+            f"({', '.join(classes[:5])}); list it in mulcat_cols"
+        )
     return _Classes(col, classes)

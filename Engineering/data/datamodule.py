@@ -1,4 +1,5 @@
 """The Lightning DataModule: config -> index -> fold -> datasets -> loaders."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -52,8 +53,10 @@ def phenotype_labels(cfg, column: str, flag: str) -> tuple[dict, list[str]]:
     path = resolve_data_path(cfg, spec["path"])
     table = read_label_table(path)
     if column not in table.columns:
-        raise UserError(f"{flag} {column!r} is not a column of {path} "
-                        f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})")
+        raise UserError(
+            f"{flag} {column!r} is not a column of {path} "
+            f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})"
+        )
     labels = table.drop_duplicates("patientID").set_index("patientID")[column].dropna().astype(str)
     classes = sorted(labels.unique())
     if len(classes) < 2:
@@ -86,12 +89,27 @@ def sample_spec(cfg) -> SampleSpec:
     split_s = (not m.is3D) if p.DS_split_volume is None else p.DS_split_volume
     if d.norm_type != "zscore" and d.prenorm not in ("", "none"):
         raise UserError(f"data§prenorm={d.prenorm!r} only applies with norm_type zscore (norm_type is {d.norm_type})")
-    return SampleSpec(is3D=m.is3D, input_shape=tuple(m.input_shape), perm=axis_perm(p.DS_channel_dim, p.DS_slice_dim),
-                      split_c=not p.DS_multi_channel, split_t=split_t, split_s=split_s, norm_type=d.norm_type,
-                      prenorm=str(d.prenorm), zscore_mean=d.zscore_mean, zscore_std=d.zscore_std,
-                      norm_range=d.norm_range, allow_pad=d.allow_pad, croppad=d.croppad, interp_fact=d.interp_fact,
-                      complex_mode=d.complex_mode, grey2RGB=d.grey2RGB, mask_mode=d.data_mask_mode,
-                      flip_prob=d.flip_prob, flip_axes=tuple(d.flip_axes))
+    return SampleSpec(
+        is3D=m.is3D,
+        input_shape=tuple(m.input_shape),
+        perm=axis_perm(p.DS_channel_dim, p.DS_slice_dim),
+        split_c=not p.DS_multi_channel,
+        split_t=split_t,
+        split_s=split_s,
+        norm_type=d.norm_type,
+        prenorm=str(d.prenorm),
+        zscore_mean=d.zscore_mean,
+        zscore_std=d.zscore_std,
+        norm_range=d.norm_range,
+        allow_pad=d.allow_pad,
+        croppad=d.croppad,
+        interp_fact=d.interp_fact,
+        complex_mode=d.complex_mode,
+        grey2RGB=d.grey2RGB,
+        mask_mode=d.data_mask_mode,
+        flip_prob=d.flip_prob,
+        flip_axes=tuple(d.flip_axes),
+    )
 
 
 def _dims(shape) -> str:
@@ -136,14 +154,19 @@ class H5DataModule(L.LightningDataModule):
         if cfg.data.data_mask_mode:
             self.mask_file = root / "meta_mask.h5"
             if not self.mask_file.is_file():
-                raise UserError(f"data§data_mask_mode={cfg.data.data_mask_mode} needs {self.mask_file}, which is missing")
-        sel = selection_from(cfg.paths, need_minmax=cfg.data.norm_type in VOLUME_NORMS
-                             or str(cfg.data.prenorm) in VOLUME_NORMS)
+                raise UserError(
+                    f"data§data_mask_mode={cfg.data.data_mask_mode} needs {self.mask_file}, which is missing"
+                )
+        sel = selection_from(
+            cfg.paths, need_minmax=cfg.data.norm_type in VOLUME_NORMS or str(cfg.data.prenorm) in VOLUME_NORMS
+        )
         self.records, self.cache_hit = load_records(self.h5file, sel)
         if not self.records:
-            raise UserError(f"no dataset in {self.h5file} matches the selection (json§DS_selected_primaries="
-                            f"{cfg.paths.DS_selected_primaries!r}, DS_selected_auxiliaries="
-                            f"{cfg.paths.DS_selected_auxiliaries!r}, DS_sanity_filters={cfg.paths.DS_sanity_filters!r})")
+            raise UserError(
+                f"no dataset in {self.h5file} matches the selection (json§DS_selected_primaries="
+                f"{cfg.paths.DS_selected_primaries!r}, DS_selected_auxiliaries="
+                f"{cfg.paths.DS_selected_auxiliaries!r}, DS_sanity_filters={cfg.paths.DS_sanity_filters!r})"
+            )
         self._check_shapes()
         fold_ref = cfg.paths.foldCSV
         self.fold = WHOLE_FILE if is_whole_file(fold_ref) else read_fold(self._resolve(root, fold_ref), cfg.run.foldID)
@@ -155,8 +178,10 @@ class H5DataModule(L.LightningDataModule):
         if self.group_columns:
             cov = cfg.paths.DS_covariates or {}
             if not cov.get("path"):
-                raise UserError(f"--batch_groups {cfg.data.batch_groups} reads its groups from the covariate table: "
-                                "set json§DS_covariates§path")
+                raise UserError(
+                    f"--batch_groups {cfg.data.batch_groups} reads its groups from the covariate table: "
+                    "set json§DS_covariates§path"
+                )
             self._group_table_path = resolve_data_path(cfg, cov["path"])
             self._group_table = read_label_table(self._group_table_path)
             # every patient of the fold needs its group now, not when the test split is reached after training
@@ -166,9 +191,12 @@ class H5DataModule(L.LightningDataModule):
     def _check_shapes(self) -> None:
         """Every selected dataset must fit the model (crop/pad rules) and memory before anything runs or is written."""
         for rec in self.records:
-            check_bytes(self.spec.sample_bytes(rec), f"one sample of {self.h5file}:{rec.path} (shape {rec.shape}) "
-                        f"after resampling (--interp_fact {self.spec.interp_fact:g})",
-                        "check the selection, DS_split_* and --interp_fact")
+            check_bytes(
+                self.spec.sample_bytes(rec),
+                f"one sample of {self.h5file}:{rec.path} (shape {rec.shape}) "
+                f"after resampling (--interp_fact {self.spec.interp_fact:g})",
+                "check the selection, DS_split_* and --interp_fact",
+            )
             problem = self.spec.fit_problem(self.spec.sample_spatial(rec), f"{self.h5file}:{rec.path}")
             if problem:
                 raise UserError(problem)
@@ -186,8 +214,10 @@ class H5DataModule(L.LightningDataModule):
         for split in ("train", "val", "test"):
             absent = [p for p in self.fold.ids(split) if p not in in_file]
             if absent:
-                raise UserError(f"{len(absent)} patient ID(s) of fold {self.cfg.run.foldID} split '{split}' are not in "
-                                f"{self.h5file}: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}")
+                raise UserError(
+                    f"{len(absent)} patient ID(s) of fold {self.cfg.run.foldID} split '{split}' are not in "
+                    f"{self.h5file}: {', '.join(absent[:5])}{' ...' if len(absent) > 5 else ''}"
+                )
 
     def pipeline(self, trains: bool = True) -> tuple[str, list[str]]:
         """The data pipeline in one line (what the data are, what the model gets, the folds) and the warnings for
@@ -196,13 +226,18 @@ class H5DataModule(L.LightningDataModule):
         spec, records, paths = self.spec, self.records, self.cfg.paths
         shapes = [spec.logical_shape(r) for r in records]  # (C, T, S, X, Y)
         C, T, S = shapes[0][:3]
-        what = f"{len(records)} {'volume' if S > 1 else 'image'}{'s' if len(records) > 1 else ''} " \
-               f"{_dims(shapes[0][2:] if S > 1 else shapes[0][3:])}"
+        what = (
+            f"{len(records)} {'volume' if S > 1 else 'image'}{'s' if len(records) > 1 else ''} "
+            f"{_dims(shapes[0][2:] if S > 1 else shapes[0][3:])}"
+        )
         extra = [f"{T} frames"] * (T > 1) + [f"{C} channels"] * (C > 1)
         what += (f" ({', '.join(extra)})" if extra else "") + (
-            f" and {len(set(shapes)) - 1} other shape(s)" if len(set(shapes)) > 1 else "")
-        n = sum((c if spec.split_c else 1) * (t if spec.split_t else 1) * (z if spec.split_s else 1)
-                for c, t, z, _, _ in shapes)
+            f" and {len(set(shapes)) - 1} other shape(s)" if len(set(shapes)) > 1 else ""
+        )
+        n = sum(
+            (c if spec.split_c else 1) * (t if spec.split_t else 1) * (z if spec.split_s else 1)
+            for c, t, z, _, _ in shapes
+        )
         steps = [f"{what} → {n} {'3D' if spec.is3D else '2D'} sample{'s' if n != 1 else ''}"]
         if spec.interp_fact != 1.0:
             steps.append(f"resampled ×{spec.interp_fact:g}")
@@ -216,9 +251,12 @@ class H5DataModule(L.LightningDataModule):
         folds, warnings = self.split_summary(trains)
         n_vol = sum(1 for s in shapes if s[2] > 1)
         if n_vol and not spec.is3D and paths.DS_split_volume is None:
-            warnings.insert(0, f"{n_vol} of the {len(records)} datasets are volumes ({_dims(shapes[0][2:])}) but the "
-                               "model is 2D: each slice becomes a sample of its own; pass --is3D --input_shape S,X,Y "
-                               "for a 3D model (json§DS_split_volume true keeps the slices without this warning)")
+            warnings.insert(
+                0,
+                f"{n_vol} of the {len(records)} datasets are volumes ({_dims(shapes[0][2:])}) but the "
+                "model is 2D: each slice becomes a sample of its own; pass --is3D --input_shape S,X,Y "
+                "for a 3D model (json§DS_split_volume true keeps the slices without this warning)",
+            )
         return "data: " + ", ".join(steps) + "; " + folds, warnings
 
     def split_summary(self, trains: bool = True) -> tuple[str, list[str]]:
@@ -233,13 +271,17 @@ class H5DataModule(L.LightningDataModule):
             folds = "folds: none, train = val = test"
         else:
             source = "none" if self.fold is WHOLE_FILE else f"{self.cfg.paths.foldCSV} row {self.cfg.run.foldID}"
-            folds = f"folds: {source}, patients train {len(sets['train'])} / val {len(sets['val'])} / test " \
-                    f"{len(sets['test'])}" + (" (train includes val)" if self.merge_train_val else "")
+            folds = (
+                f"folds: {source}, patients train {len(sets['train'])} / val {len(sets['val'])} / test "
+                f"{len(sets['test'])}" + (" (train includes val)" if self.merge_train_val else "")
+            )
         warnings = []
         if trains and sets["train"] == sets["test"]:
             why = "json§foldCSV is empty" if self.fold is WHOLE_FILE else f"fold {self.cfg.run.foldID} says so"
-            warnings.append(f"train and test are the same {len(sets['test'])} patients ({why}): the test measures "
-                            "fit, not generalisation; give a fold file (preprocess/make_folds.py)")
+            warnings.append(
+                f"train and test are the same {len(sets['test'])} patients ({why}): the test measures "
+                "fit, not generalisation; give a fold file (preprocess/make_folds.py)"
+            )
         return folds, warnings
 
     def split_ids(self, split: str) -> set[str] | None:
@@ -256,14 +298,21 @@ class H5DataModule(L.LightningDataModule):
             keep = [i for i, r in enumerate(self.records) if ids is None or r.patientID in ids]
             shard = parse_shard(self.cfg.run.shard) if split == "test" else None
             if shard is not None:  # every n-th patient of the split from the i-th: shards are disjoint by patient
-                mine = set(sorted({self.records[i].patientID for i in keep})[shard[0]::shard[1]])
+                mine = set(sorted({self.records[i].patientID for i in keep})[shard[0] :: shard[1]])
                 keep = [i for i in keep if self.records[i].patientID in mine]
             records = [self.records[i] for i in keep]
             if not records:
                 raise UserError(f"the '{split}' split of fold {self.cfg.run.foldID} has no selected datasets")
             samples = enumerate_samples(records, self.spec)
-            ds = H5Samples(self.h5file, records, samples, self.spec, train=split == "train",
-                           mask_file=self.mask_file, seed=self.cfg.training.seed)
+            ds = H5Samples(
+                self.h5file,
+                records,
+                samples,
+                self.spec,
+                train=split == "train",
+                mask_file=self.mask_file,
+                seed=self.cfg.training.seed,
+            )
             self._datasets[split] = ds
         return self._datasets[split]
 
@@ -274,8 +323,9 @@ class H5DataModule(L.LightningDataModule):
         if split not in self._codes:
             ds = self.dataset(split)
             patients = [ds.records[ref.record].patientID for ref in ds.samples]
-            self._codes[split], self.group_names = group_codes(patients, self._group_table, self.group_columns,
-                                                               str(self._group_table_path))
+            self._codes[split], self.group_names = group_codes(
+                patients, self._group_table, self.group_columns, str(self._group_table_path)
+            )
         return self._codes[split]
 
     def patient_groups(self, patients) -> dict[str, str]:
@@ -312,13 +362,22 @@ class H5DataModule(L.LightningDataModule):
         # the loader's own generator: creating its iterator (worker base seeds) must not draw from the global RNG,
         # which dropout uses, or a resume with persistent workers would shift that stream
         generator = torch.Generator().manual_seed(int(self.cfg.training.seed))
-        common = dict(num_workers=workers, generator=generator, pin_memory=run.pin_memory,
-                      prefetch_factor=run.prefetch_factor if workers > 0 else None, persistent_workers=workers > 0)
+        common = dict(
+            num_workers=workers,
+            generator=generator,
+            pin_memory=run.pin_memory,
+            prefetch_factor=run.prefetch_factor if workers > 0 else None,
+            persistent_workers=workers > 0,
+        )
         if codes is not None:  # group-pure batches (BEN); the samplers split the work across ranks themselves
             rank, world = self._ranks()
-            batches = GroupBatchSampler(codes, self.batch_size, self.cfg.training.seed, epoch_fn=self._trainer_epoch,
-                                        rank=rank, world=world) if shuffle else \
-                GroupChunks(codes, self.batch_size, rank, world)
+            batches = (
+                GroupBatchSampler(
+                    codes, self.batch_size, self.cfg.training.seed, epoch_fn=self._trainer_epoch, rank=rank, world=world
+                )
+                if shuffle
+                else GroupChunks(codes, self.batch_size, rank, world)
+            )
             return DataLoader(ds, batch_sampler=batches, **common)
         sampler = EpochShuffle(len(ds), self.cfg.training.seed, self._trainer_epoch) if shuffle else None
         return DataLoader(ds, batch_size=self.batch_size, sampler=sampler, **common)

@@ -7,6 +7,7 @@ C x X x Y, a 3D model C x S x X x Y; unsplit axes the model has no room for
 lazily, once per worker process, and read with h5py slicing, so a sample never
 loads its whole dataset.
 """
+
 from __future__ import annotations
 
 import os
@@ -70,8 +71,11 @@ class SampleSpec:
         """float32 (complex64 when kept complex) bytes of one sample after resampling (before crop/pad): what
         reading it allocates."""
         C, Tn = self.logical_shape(rec)[:2]
-        channels = (1 if self.split_c else C) * (1 if self.split_t else Tn) * (2 if self.complex_mode in
-                                                                               ("magphase", "realimag") else 1)
+        channels = (
+            (1 if self.split_c else C)
+            * (1 if self.split_t else Tn)
+            * (2 if self.complex_mode in ("magphase", "realimag") else 1)
+        )
         return (8 if self.complex_mode == "complex" else 4) * channels * int(np.prod(self.sample_spatial(rec)))
 
     def fit_problem(self, have: tuple[int, ...], where: str) -> str | None:
@@ -82,21 +86,31 @@ class SampleSpec:
         """
         want = tuple(self.input_shape)
         if len(want) != len(have):
-            return (f"model§input_shape {list(want)} needs {len(have)} sizes for this "
-                    f"{'3D' if self.is3D else '2D'} model (got {len(want)})")
-        resampled = (f" (after --interp_fact {self.interp_fact:g} resampled it in-plane)"
-                     if self.interp_fact != 1.0 else "")
+            return (
+                f"model§input_shape {list(want)} needs {len(have)} sizes for this "
+                f"{'3D' if self.is3D else '2D'} model (got {len(want)})"
+            )
+        resampled = (
+            f" (after --interp_fact {self.interp_fact:g} resampled it in-plane)" if self.interp_fact != 1.0 else ""
+        )
         if have != want and not self.croppad:
-            return (f"{where} gives samples of spatial shape {list(have)}{resampled} but model§input_shape is "
-                    f"{list(want)}; use --croppad true or change --input_shape")
+            return (
+                f"{where} gives samples of spatial shape {list(have)}{resampled} but model§input_shape is "
+                f"{list(want)}; use --croppad true or change --input_shape"
+            )
         if self.croppad and not self.allow_pad:
             names = ("S", "X", "Y") if self.is3D else ("X", "Y")
             for axis, (size, target) in enumerate(zip(have, want)):
                 if 2 * size < target:
-                    fix = ("the slices may be cine frames: select time as slices with --json§DS_slice_dim 1"
-                           if self.is3D and axis == 0 else "change --input_shape or --interp_fact")
-                    return (f"{where}: crop-or-pad would pad axis {names[axis]} from {size}{resampled} to the model's "
-                            f"{target} ({100 * (target - size) / target:.0f}% padding); {fix}, or pass --allow_pad")
+                    fix = (
+                        "the slices may be cine frames: select time as slices with --json§DS_slice_dim 1"
+                        if self.is3D and axis == 0
+                        else "change --input_shape or --interp_fact"
+                    )
+                    return (
+                        f"{where}: crop-or-pad would pad axis {names[axis]} from {size}{resampled} to the model's "
+                        f"{target} ({100 * (target - size) / target:.0f}% padding); {fix}, or pass --allow_pad"
+                    )
         return None
 
 
@@ -126,12 +140,20 @@ def _stays_finite(x: np.ndarray, scale: np.ndarray, offset: np.ndarray) -> bool:
 
 
 OPEN_DATASETS = 64  # HDF5 dataset handles kept open per file and process (least recently used dropped)
-METADATA_CACHE = 4 * 2 ** 20  # bytes of HDF5 metadata cache per open file
+METADATA_CACHE = 4 * 2**20  # bytes of HDF5 metadata cache per open file
 
 
 class H5Samples(Dataset):
-    def __init__(self, h5file: str | Path, records: list[DatasetRecord], samples: list[SampleRef],
-                 spec: SampleSpec, train: bool = False, mask_file: str | Path | None = None, seed: int = 0):
+    def __init__(
+        self,
+        h5file: str | Path,
+        records: list[DatasetRecord],
+        samples: list[SampleRef],
+        spec: SampleSpec,
+        train: bool = False,
+        mask_file: str | Path | None = None,
+        seed: int = 0,
+    ):
         self.h5file, self.records, self.samples, self.spec = str(h5file), records, samples, spec
         self.train, self.mask_file, self.seed = train, (str(mask_file) if mask_file else None), seed
         self._files: dict[str, h5py.File] = {}
@@ -204,28 +226,41 @@ class H5Samples(Dataset):
         spec = self.spec
         block = self.read_raw(ref)
         if block.dtype.kind in "fc" and not np.isfinite(block).all():
-            raise UserError(f"{self.h5file}:{rec.path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})")
+            raise UserError(
+                f"{self.h5file}:{rec.path} contains NaN/Inf values (sample c={ref.c}, t={ref.t}, s={ref.s})"
+            )
         if spec.complex_mode == "complex" and block.dtype.kind != "c":  # a real model input is not what was asked
-            raise UserError(f"{self.h5file}:{rec.path} is real ({block.dtype}) but --complex_mode complex keeps "
-                            "complex data complex: select complex datasets, or choose another --complex_mode")
+            raise UserError(
+                f"{self.h5file}:{rec.path} is real ({block.dtype}) but --complex_mode complex keeps "
+                "complex data complex: select complex datasets, or choose another --complex_mode"
+            )
         x = self._to_model_layout(T.complex_to_real(block, spec.complex_mode) if block.dtype.kind == "c" else block)
         mask = None
         if spec.mask_mode and self.mask_file:
             mask = self._to_model_layout(self.read_raw(ref, self.mask_file))
-            mask = (self._spatial(mask.astype(np.float32), rec) > 0.5)
+            mask = self._spatial(mask.astype(np.float32), rec) > 0.5
         if spec.norm_type in T.VOLUME_NORMS or spec.prenorm in T.VOLUME_NORMS:
             self._check_volume_bounds(x, rec)  # on the stored values (padding zeros may lie below min_val)
         # The ancestor's order: resample, crop-or-pad (zeros), mask, then the statistics of what the model sees.
         x = self._spatial(x, rec)
         if mask is not None and spec.mask_mode == 1:
             x = np.where(mask, x, np.zeros((), x.dtype))
-        scale, offset = T.norm_affine(x, spec.norm_type, (rec.min_val, rec.max_val), spec.prenorm,
-                                      spec.zscore_mean, spec.zscore_std, spec.norm_range)
+        scale, offset = T.norm_affine(
+            x,
+            spec.norm_type,
+            (rec.min_val, rec.max_val),
+            spec.prenorm,
+            spec.zscore_mean,
+            spec.zscore_std,
+            spec.norm_range,
+        )
         affine = np.stack([scale, offset], 1).astype(np.float32)
         if not _stays_finite(x, scale, offset):  # a wild attribute or a constant must not give inf
-            raise UserError(f"{self.h5file}:{rec.path}: --norm_type {spec.norm_type} gives non-finite values "
-                            f"for this sample (scale {scale.tolist()}, offset {offset.tolist()}); check the "
-                            "dataset's min_val/max_val attributes or choose another normalisation")
+            raise UserError(
+                f"{self.h5file}:{rec.path}: --norm_type {spec.norm_type} gives non-finite values "
+                f"for this sample (scale {scale.tolist()}, offset {offset.tolist()}); check the "
+                "dataset's min_val/max_val attributes or choose another normalisation"
+            )
         if spec.grey2RGB and x.shape[0] == 1:
             x, affine = np.repeat(x, 3, 0), np.repeat(affine, 3, 0)
         if self.train and spec.flip_prob > 0 and spec.flip_axes:
@@ -257,9 +292,11 @@ class H5Samples(Dataset):
         have_lo, have_hi = float(mag.min()), float(mag.max())
         tol = 1e-4 * max(1.0, abs(lo), abs(hi))
         if lo > hi or have_lo < lo - tol or have_hi > hi + tol:
-            raise UserError(f"{self.h5file}:{rec.path}: its min_val/max_val attributes ({lo:g}, {hi:g}) do not "
-                            f"bound its data ({have_lo:g} .. {have_hi:g}); recompute them (preprocess/validate_h5.py "
-                            "reports this) or use a per-sample normalisation")
+            raise UserError(
+                f"{self.h5file}:{rec.path}: its min_val/max_val attributes ({lo:g}, {hi:g}) do not "
+                f"bound its data ({have_lo:g} .. {have_hi:g}); recompute them (preprocess/validate_h5.py "
+                "reports this) or use a per-sample normalisation"
+            )
 
     def _spatial(self, x: np.ndarray, rec: DatasetRecord) -> np.ndarray:
         if self.spec.interp_fact != 1.0:
@@ -276,9 +313,18 @@ class H5Samples(Dataset):
         rec = self.records[ref.record]
         spec = self.spec
         shape = spec.logical_shape(rec)
-        return SampleInfo(rec.patientID, rec.fieldID, rec.instanceID, rec.key, ref.c, ref.t, ref.s,
-                          shape[0] if spec.split_c else 1, shape[1] if spec.split_t else 1,
-                          shape[2] if spec.split_s else 1)
+        return SampleInfo(
+            rec.patientID,
+            rec.fieldID,
+            rec.instanceID,
+            rec.key,
+            ref.c,
+            ref.t,
+            ref.s,
+            shape[0] if spec.split_c else 1,
+            shape[1] if spec.split_t else 1,
+            shape[2] if spec.split_s else 1,
+        )
 
     def key_digest(self) -> str:
         """A digest of every sample's key and (c, t, s) in dataset order: what "the same samples" means."""
@@ -287,13 +333,23 @@ class H5Samples(Dataset):
         h = hashlib.sha1()
         for i in range(len(self)):
             d = self.describe(i)
-            h.update("\t".join(str(d[f]) for f in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s"))
-                     .encode() + b"\n")
+            h.update(
+                "\t".join(str(d[f]) for f in ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")).encode()
+                + b"\n"
+            )
         return h.hexdigest()
 
     def describe(self, i: int) -> dict:
         """IDs and indices of sample i, for the output files."""
         ref = self.samples[i]
         rec = self.records[ref.record]
-        return {"patientID": rec.patientID, "fieldID": rec.fieldID, "instanceID": rec.instanceID, "key": rec.key,
-                "c": ref.c, "t": ref.t, "s": ref.s, "record": ref.record}
+        return {
+            "patientID": rec.patientID,
+            "fieldID": rec.fieldID,
+            "instanceID": rec.instanceID,
+            "key": rec.key,
+            "c": ref.c,
+            "t": ref.t,
+            "s": ref.s,
+            "record": ref.record,
+        }

@@ -20,6 +20,7 @@ its volumes.
 per-site gain, so that the sites differ in stain balance as plates and experiments do. Seed 000's IID pipeline
 (main_stylegan -> main_restyle -> main_iid) runs on it with the sites as the held-out groups.
 """
+
 from __future__ import annotations
 
 import json
@@ -69,10 +70,12 @@ def _write_cells(out_dir: Path) -> Path:
 
 # the named demo cohorts a dataNpath JSON can use as datadir (or as a path prefix): cache folder and writer;
 # @cells is the synthetic 3D cell cohort of the rotation-invariant and point-cloud models (data/cells.py)
-DEMOS = {"@demo": ("demo", lambda out: write_demo(out, DemoSpec())),
-         "@demo_mc": ("demo_mc", lambda out: write_demo(out, DemoSpec(channels=3))),
-         "@demo_complex": ("demo_complex", lambda out: write_complex_demo(out, ComplexDemoSpec())),
-         "@cells": ("cells_v2", _write_cells)}  # v2: the outlier column
+DEMOS = {
+    "@demo": ("demo", lambda out: write_demo(out, DemoSpec())),
+    "@demo_mc": ("demo_mc", lambda out: write_demo(out, DemoSpec(channels=3))),
+    "@demo_complex": ("demo_complex", lambda out: write_complex_demo(out, ComplexDemoSpec())),
+    "@cells": ("cells_v2", _write_cells),
+}  # v2: the outlier column
 
 
 def default_demo_dir(folder: str = "demo") -> Path:
@@ -101,12 +104,13 @@ def _ensure(out_dir: Path, write) -> Path:
     return out_dir
 
 
-def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Generator,
-            stain_rng: np.random.Generator) -> np.ndarray:
+def _render(
+    rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Generator, stain_rng: np.random.Generator
+) -> np.ndarray:
     """One cine (C, T, X, Y) of the ring phantom, float in roughly [0, 1.3]. The stain channels' noise comes from
     its own generator, so the subjects and channel 0 are those of the 1-channel demo."""
     name, gain, noise_sd, blur = site
-    yy, xx = np.mgrid[0:spec.size, 0:spec.size].astype(np.float32)
+    yy, xx = np.mgrid[0 : spec.size, 0 : spec.size].astype(np.float32)
     cx = spec.size / 2 + rng_factors["centre_dx"]
     cy = spec.size / 2 + rng_factors["centre_dy"]
     dist = np.hypot(xx - cx, yy - cy)
@@ -121,7 +125,7 @@ def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Genera
         pool = 1.0 / (1.0 + np.exp((dist - r_in) * 2.0))
         ring = 1.0 / (1.0 + np.exp((dist - r_in - wall) * 2.0)) - pool
         amp = rng_factors["intensity"]
-        chans = [amp * (pool + 0.45 * ring) + 0.08, amp * ring + 0.05, amp * pool + 0.05][:spec.channels]
+        chans = [amp * (pool + 0.45 * ring) + 0.08, amp * ring + 0.05, amp * pool + 0.05][: spec.channels]
         out = []
         for c, img in enumerate(chans):
             if blur:
@@ -133,15 +137,17 @@ def _render(rng_factors: dict, spec: DemoSpec, site, noise_rng: np.random.Genera
     return np.clip(np.stack(frames).transpose(1, 0, 2, 3), 0, None).astype(np.float32)
 
 
-def render_phantom(factors: dict, site: tuple, rng: np.random.Generator, size: int = 32,
-                   n_frames: int = 1) -> np.ndarray:
+def render_phantom(
+    factors: dict, site: tuple, rng: np.random.Generator, size: int = 32, n_frames: int = 1
+) -> np.ndarray:
     """One (1, T, X, Y) phantom cine from given factors (the keys of a demo patient's) and site (an entry of
     SITES): for cohorts with a planted signal, such as benchmarks/gwas_planted.py."""
     return _render(factors, DemoSpec(n_frames=n_frames, size=size), site, rng, rng)
 
 
 def _write_staged(out_dir: str | Path, fill) -> Path:
-    """``fill(tmp)`` writes a cohort into a staging folder that then replaces ``out_dir`` (a complete folder or none)."""
+    """``fill(tmp)`` writes a cohort into a staging folder that then replaces ``out_dir`` (a complete folder or
+    none)."""
     out_dir = Path(out_dir)
     tmp = staging_dir(out_dir)
     try:
@@ -185,22 +191,48 @@ def _fill_demo(tmp: Path, spec: DemoSpec) -> None:
                 # Stored as int16 like scanner output, scaled to a typical MR range.
                 arr = np.round(cine * 1000).astype(np.int16)[:, :, None]  # (C, T, S=1, X, Y)
                 grp = h5.create_group(f"{pid}/{FIELD_ID}/{iid}")
-                grp.attrs.update({"patientDICOMID": f"DEMO{pid}", "studyDICOMID": f"1.2.826.{pid}.{iid}",
-                                  "studyDesc": "CARDIAC CINE (synthetic)", "aet": site[0], "host": f"{site[0]}-mr",
-                                  "date": "20240101", "n_series": 1})
+                grp.attrs.update(
+                    {
+                        "patientDICOMID": f"DEMO{pid}",
+                        "studyDICOMID": f"1.2.826.{pid}.{iid}",
+                        "studyDesc": "CARDIAC CINE (synthetic)",
+                        "aet": site[0],
+                        "host": f"{site[0]}-mr",
+                        "date": "20240101",
+                        "n_series": 1,
+                    }
+                )
                 ds = grp.create_dataset(KEY, data=arr, chunks=(spec.channels, 1, 1, spec.size, spec.size))
-                ds.attrs.update({"seriesID": f"{pid}.{iid}.1", "seriesDesc": "CINE_segmented_LAX_4Ch",
-                                 "DICOMHeader": json.dumps({"Modality": "MR", "Manufacturer": "phantom"}),
-                                 "channels": json.dumps(list(CHANNEL_NAMES[:spec.channels])),
-                                 "min_val": float(arr.min()), "max_val": float(arr.max())})
-            phenos.append({"FID": pid, **{k: round(float(v), 5) for k, v in f.items()},
-                           "ef_class": "reduced" if f["ejection_fraction"] < 0.5 else "normal"})
+                ds.attrs.update(
+                    {
+                        "seriesID": f"{pid}.{iid}.1",
+                        "seriesDesc": "CINE_segmented_LAX_4Ch",
+                        "DICOMHeader": json.dumps({"Modality": "MR", "Manufacturer": "phantom"}),
+                        "channels": json.dumps(list(CHANNEL_NAMES[: spec.channels])),
+                        "min_val": float(arr.min()),
+                        "max_val": float(arr.max()),
+                    }
+                )
+            phenos.append(
+                {
+                    "FID": pid,
+                    **{k: round(float(v), 5) for k, v in f.items()},
+                    "ef_class": "reduced" if f["ejection_fraction"] < 0.5 else "normal",
+                }
+            )
             if spec.channels > 1:  # a label that one frame shows (EF needs two): the IID pipeline's default
                 phenos[-1]["wall_class"] = "thick" if f["wall_thickness"] >= 3.75 else "thin"
-            covs.append({"FID": pid, "site": site[0], "gain": site[1], "noise": site[2], "blur": site[3],
-                         "n_instances": n_inst,
-                         **{f"gain_{CHANNEL_NAMES[c]}": STAIN_GAINS[site[0]][c - 1]
-                            for c in range(1, spec.channels)}})
+            covs.append(
+                {
+                    "FID": pid,
+                    "site": site[0],
+                    "gain": site[1],
+                    "noise": site[2],
+                    "blur": site[3],
+                    "n_instances": n_inst,
+                    **{f"gain_{CHANNEL_NAMES[c]}": STAIN_GAINS[site[0]][c - 1] for c in range(1, spec.channels)},
+                }
+            )
     pd.DataFrame(phenos).to_csv(tmp / "phenotypes.tsv", sep="\t", index=False)
     pd.DataFrame(covs).to_csv(tmp / "covariates.tsv", sep="\t", index=False)
     _write_folds(tmp / "folds.csv", [p["FID"] for p in phenos], spec)
@@ -226,7 +258,7 @@ def render_complex(f: dict, spec: ComplexDemoSpec, site: tuple, rng: np.random.G
     """One complex series (1, T, S, X, Y): magnitude = the ring phantom (the cavity narrowing towards the apex),
     phase = background ramp + pool velocity over the cycle + site offset; complex Gaussian noise of the site's sd."""
     name, gain, noise_sd, blur = site
-    yy, xx = np.mgrid[0:spec.size, 0:spec.size].astype(np.float32)
+    yy, xx = np.mgrid[0 : spec.size, 0 : spec.size].astype(np.float32)
     cx, cy = spec.size / 2 + f["centre_dx"], spec.size / 2 + f["centre_dy"]
     dist = np.hypot(xx - cx, yy - cy)
     ramp = 2 * np.pi * (f["ramp_x"] * (xx - cx) + f["ramp_y"] * (yy - cy)) / spec.size
@@ -261,25 +293,54 @@ def _fill_complex_demo(tmp: Path, spec: ComplexDemoSpec) -> None:
     with h5py.File(tmp / "data.h5", "w") as h5:
         for i in range(spec.n_patients):
             pid, site = str(1000001 + i), SITES[i % len(SITES)]
-            f = {"cavity_radius": rng.uniform(6, 10), "wall_thickness": rng.uniform(2.0, 3.5),
-                 "ejection_fraction": rng.uniform(0.35, 0.70), "phase": rng.uniform(0, 2 * np.pi),
-                 "centre_dx": rng.uniform(-2, 2), "centre_dy": rng.uniform(-2, 2), "intensity": rng.uniform(0.7, 1.2),
-                 "flow_phase": rng.uniform(0.3, 0.9) * np.pi,  # peak velocity-encoded phase in the pool
-                 "ramp_x": rng.uniform(-0.5, 0.5), "ramp_y": rng.uniform(-0.5, 0.5)}  # cycles across the field
+            f = {
+                "cavity_radius": rng.uniform(6, 10),
+                "wall_thickness": rng.uniform(2.0, 3.5),
+                "ejection_fraction": rng.uniform(0.35, 0.70),
+                "phase": rng.uniform(0, 2 * np.pi),
+                "centre_dx": rng.uniform(-2, 2),
+                "centre_dy": rng.uniform(-2, 2),
+                "intensity": rng.uniform(0.7, 1.2),
+                "flow_phase": rng.uniform(0.3, 0.9) * np.pi,  # peak velocity-encoded phase in the pool
+                "ramp_x": rng.uniform(-0.5, 0.5),
+                "ramp_y": rng.uniform(-0.5, 0.5),
+            }  # cycles across the field
             arr = render_complex(f, spec, site, rng)
             grp = h5.create_group(f"{pid}/{FIELD_ID}/2")
-            grp.attrs.update({"patientDICOMID": f"DEMO{pid}", "studyDICOMID": f"1.2.826.{pid}.2",
-                              "studyDesc": "CARDIAC FLOW (synthetic, complex)", "aet": site[0],
-                              "host": f"{site[0]}-mr", "date": "20240101", "n_series": 1})
+            grp.attrs.update(
+                {
+                    "patientDICOMID": f"DEMO{pid}",
+                    "studyDICOMID": f"1.2.826.{pid}.2",
+                    "studyDesc": "CARDIAC FLOW (synthetic, complex)",
+                    "aet": site[0],
+                    "host": f"{site[0]}-mr",
+                    "date": "20240101",
+                    "n_series": 1,
+                }
+            )
             ds = grp.create_dataset(COMPLEX_KEY, data=arr, chunks=(1, 1, spec.n_slices, spec.size, spec.size))
             mag = np.abs(arr)
-            ds.attrs.update({"seriesID": f"{pid}.2.1", "seriesDesc": "FLOW_SAX_stack (complex)",
-                             "DICOMHeader": json.dumps({"Modality": "MR", "Manufacturer": "phantom"}),
-                             # the data contract: min/max of the magnitude for complex data
-                             "min_val": float(mag.min()), "max_val": float(mag.max())})
+            ds.attrs.update(
+                {
+                    "seriesID": f"{pid}.2.1",
+                    "seriesDesc": "FLOW_SAX_stack (complex)",
+                    "DICOMHeader": json.dumps({"Modality": "MR", "Manufacturer": "phantom"}),
+                    # the data contract: min/max of the magnitude for complex data
+                    "min_val": float(mag.min()),
+                    "max_val": float(mag.max()),
+                }
+            )
             phenos.append({"FID": pid, **{k: round(float(v), 5) for k, v in f.items()}})
-            covs.append({"FID": pid, "site": site[0], "gain": site[1], "noise": site[2], "blur": site[3],
-                         "phase_offset": SITE_PHASE[site[0]]})
+            covs.append(
+                {
+                    "FID": pid,
+                    "site": site[0],
+                    "gain": site[1],
+                    "noise": site[2],
+                    "blur": site[3],
+                    "phase_offset": SITE_PHASE[site[0]],
+                }
+            )
     pd.DataFrame(phenos).to_csv(tmp / "phenotypes.tsv", sep="\t", index=False)
     pd.DataFrame(covs).to_csv(tmp / "covariates.tsv", sep="\t", index=False)
     _write_folds(tmp / "folds.csv", [p["FID"] for p in phenos], spec)
@@ -291,7 +352,7 @@ def _write_folds(path: Path, pids: list[str], spec: DemoSpec | ComplexDemoSpec) 
     order = [str(p) for p in rng.permutation(pids)]
     rows = []
     for k in range(spec.n_folds):
-        test = order[k::spec.n_folds]
+        test = order[k :: spec.n_folds]
         rest = [p for p in order if p not in test]
         n_val = max(1, int(round(0.15 * len(rest))))
         rows.append({"train": str(rest[n_val:]), "val": str(rest[:n_val]), "test": str(test)})

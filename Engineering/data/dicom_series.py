@@ -11,13 +11,14 @@ Ordering rules (one series at a time):
 - X, Y: DICOM Rows, Columns (the pixel array as stored).
 A series with mixed orientations (e.g. a tri-plane localiser) is split per plane.
 """
+
 from __future__ import annotations
 
 import json
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import pydicom
@@ -134,7 +135,9 @@ def group_series(files: list[FileInfo]) -> list[Series]:
     groups: dict[tuple, list[FileInfo]] = defaultdict(list)
     for f in files:
         groups[(f.series_uid, f.plane, f.rows, f.columns)].append(f)
-    series = [Series(uid, fs[0].series_desc, fs[0].series_number, plane, fs) for (uid, plane, _, _), fs in groups.items()]
+    series = [
+        Series(uid, fs[0].series_desc, fs[0].series_number, plane, fs) for (uid, plane, _, _), fs in groups.items()
+    ]
     return sorted(series, key=lambda s: (s.number, s.uid, s.plane or ""))
 
 
@@ -182,7 +185,11 @@ def _frames_of(info: FileInfo, ds: pydicom.Dataset, frames_as: str) -> tuple[lis
     arr, rescaled = _pixels(ds)
     n = arr.shape[0]
     positions = [info.position] * n
-    per = _per_frame(ds, n, "PlanePositionSequence", "ImagePositionPatient") if n > 1 and info.normal is not None else None
+    per = (
+        _per_frame(ds, n, "PlanePositionSequence", "ImagePositionPatient")
+        if n > 1 and info.normal is not None
+        else None
+    )
     if per is not None:
         positions = [float(np.dot([float(v) for v in p], info.normal)) for p in per]
     elif n > 1 and frames_as == "slice":
@@ -200,7 +207,9 @@ def _key(value: float | None, ndigits: int = 2) -> float:
     return -math.inf if value is None else round(value, ndigits)
 
 
-def assemble(series: Series, read: Callable[[str], pydicom.Dataset], frames_as: str = "time") -> tuple[np.ndarray, pydicom.Dataset]:
+def assemble(
+    series: Series, read: Callable[[str], pydicom.Dataset], frames_as: str = "time"
+) -> tuple[np.ndarray, pydicom.Dataset]:
     """Read and stack one series into C x T x S x X x Y; return it with its first header.
 
     ``frames_as`` ("time" or "slice") says what the frames of a multi-frame file are
@@ -209,8 +218,11 @@ def assemble(series: Series, read: Callable[[str], pydicom.Dataset], frames_as: 
     # headers declare every file's size: the series (float64 after a rescale, then stacked) is checked first
     sizes = sum(nbytes((f.rows, f.columns), np.float64) for f in series.files)
     try:
-        check_bytes(2 * sizes, f"series {series.number} ({len(series.files)} files, {series.files[0].rows}x"
-                    f"{series.files[0].columns} pixels each)")
+        check_bytes(
+            2 * sizes,
+            f"series {series.number} ({len(series.files)} files, {series.files[0].rows}x"
+            f"{series.files[0].columns} pixels each)",
+        )
     except UserError as exc:  # one series of a batch: reported and skipped like an undecodable one
         raise SeriesError(str(exc)) from None
     frames: list[_Frame] = []
@@ -270,7 +282,9 @@ def phase_to_radians(phase: np.ndarray, ds: pydicom.Dataset) -> np.ndarray:
 
 def header_json(ds: pydicom.Dataset) -> str:
     """The header as DICOM JSON, without private groups (odd group numbers) or bulk/pixel data."""
-    full = ds.to_json_dict(bulk_data_threshold=4096, bulk_data_element_handler=lambda elem: "omitted", suppress_invalid_tags=True)
+    full = ds.to_json_dict(
+        bulk_data_threshold=4096, bulk_data_element_handler=lambda elem: "omitted", suppress_invalid_tags=True
+    )
     return json.dumps(_public(full))
 
 

@@ -6,6 +6,7 @@ a Python-literal list of patient IDs, parsed with ``ast.literal_eval`` (never
 "test"} objects (or {"folds": [...]}). An empty foldCSV (or 0) means every split
 is the whole file, for inference on a whole cohort.
 """
+
 from __future__ import annotations
 
 import ast
@@ -44,7 +45,9 @@ def _as_ids(cell, where: str) -> tuple[str, ...]:
         try:
             values = ast.literal_eval(cell.strip()) if cell.strip() else []
         except (ValueError, SyntaxError):
-            raise UserError(f"{where}: cannot read the patient list {cell[:60]!r} (expected e.g. ['1001', '1002'])") from None
+            raise UserError(
+                f"{where}: cannot read the patient list {cell[:60]!r} (expected e.g. ['1001', '1002'])"
+            ) from None
     elif cell is None or (isinstance(cell, float) and pd.isna(cell)):
         values = []
     else:
@@ -68,13 +71,17 @@ def read_fold(path: str | Path, fold_id: int) -> Fold:
         else:
             rows = pd.read_csv(path, dtype=str, keep_default_na=False).to_dict("records")
     except (json.JSONDecodeError, KeyError, pd.errors.ParserError, UnicodeDecodeError, pd.errors.EmptyDataError) as exc:
-        raise UserError(f"fold file {path} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        raise UserError(
+            f"fold file {path} is unreadable: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+        ) from None
     if not isinstance(rows, list) or not rows:
         raise UserError(f"fold file {path} holds no folds")
     bad = [i for i, r in enumerate(rows) if not isinstance(r, dict)]
     if bad:
-        raise UserError(f"fold file {path}: fold {bad[0]} is {rows[bad[0]]!r}, not an object with train, val and "
-                        "test lists of patient IDs")
+        raise UserError(
+            f"fold file {path}: fold {bad[0]} is {rows[bad[0]]!r}, not an object with train, val and "
+            "test lists of patient IDs"
+        )
     missing = [s for s in SPLITS if s not in rows[0]]
     if missing:
         raise UserError(f"fold file {path} lacks column(s) {', '.join(missing)} (needs train,val,test)")
@@ -90,9 +97,11 @@ def check_disjoint(fold: dict, where: str) -> None:
     """A patient in two splits of one fold leaks: a test score on subjects the model trained on (or was selected
     on) is not a held-out score. Refused, naming the patients, for files we read and files we write."""
     for i, a in enumerate(SPLITS):
-        for b in SPLITS[i + 1:]:
+        for b in SPLITS[i + 1 :]:
             both = sorted(set(map(str, fold.get(a) or ())) & set(map(str, fold.get(b) or ())))
             if both:
-                raise UserError(f"{where}: {len(both)} patient(s) are in both '{a}' and '{b}' (e.g. "
-                                f"{', '.join(both[:5])}); a patient belongs to one split of a fold (for the whole "
-                                "file in every split, use json§foldCSV 0)")
+                raise UserError(
+                    f"{where}: {len(both)} patient(s) are in both '{a}' and '{b}' (e.g. "
+                    f"{', '.join(both[:5])}); a patient belongs to one split of a fold (for the whole "
+                    "file in every split, use json§foldCSV 0)"
+                )

@@ -13,10 +13,11 @@ and the loaders yield
   batch size (chunks of one group share one set of statistics with ``--bn_eval_mode group``); under DDP whole
   groups go to one rank.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -25,15 +26,18 @@ from torch.utils.data import Sampler
 from Engineering.errors import UserError
 
 
-def group_codes(patients: Sequence[str], table: pd.DataFrame, columns: Sequence[str], where: str
-                ) -> tuple[np.ndarray, list[str]]:
+def group_codes(
+    patients: Sequence[str], table: pd.DataFrame, columns: Sequence[str], where: str
+) -> tuple[np.ndarray, list[str]]:
     """Per sample, the code of its group (the combination of ``columns`` of its patient's row), and the group
     names. ``table`` is keyed by ``patientID`` (data/labels.read_label_table). The codes number every group of
     the table, so they are the same whichever split ``patients`` come from."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
-        raise UserError(f"--batch_groups {','.join(columns)}: column(s) {', '.join(missing)} not in {where} "
-                        f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})")
+        raise UserError(
+            f"--batch_groups {','.join(columns)}: column(s) {', '.join(missing)} not in {where} "
+            f"(columns: {', '.join(c for c in table.columns if c != 'patientID')})"
+        )
     raw = table.drop_duplicates("patientID").set_index("patientID")[list(columns)]
     empty = raw.isna() | raw.apply(lambda col: col.astype(str).str.strip().eq(""))
     # an empty cell of a patient with samples would pool them into a group 'nan' (or a traceback): refused; rows
@@ -42,16 +46,19 @@ def group_codes(patients: Sequence[str], table: pd.DataFrame, columns: Sequence[
     for col in columns:
         if used[col].any():
             first = used.index[used[col].to_numpy()][0]
-            raise UserError(f"--batch_groups {','.join(columns)}: {int(used[col].sum())} patient(s) have no value "
-                            f"in column {col!r} of {where} (first: patient {first}); fill them in or leave those "
-                            "patients out")
+            raise UserError(
+                f"--batch_groups {','.join(columns)}: {int(used[col].sum())} patient(s) have no value "
+                f"in column {col!r} of {where} (first: patient {first}); fill them in or leave those "
+                "patients out"
+            )
     rows = raw[~empty.any(axis=1)].astype(str)
     names = rows.apply(lambda r: "/".join(r), axis=1)
     per_sample = names.reindex(list(patients))
     absent = per_sample[per_sample.isna()]
     if len(absent):
-        raise UserError(f"--batch_groups: {len(absent)} sample(s) have no row in {where} "
-                        f"(first: patient {absent.index[0]})")
+        raise UserError(
+            f"--batch_groups: {len(absent)} sample(s) have no row in {where} (first: patient {absent.index[0]})"
+        )
     groups = sorted(set(names))
     code = {g: k for k, g in enumerate(groups)}
     return np.array([code[g] for g in per_sample], np.int64), groups
@@ -65,8 +72,16 @@ class GroupBatchSampler(Sampler):
     """Training batches, each from one group (see the module docstring). Yields lists of dataset indices, or of
     (index, epoch) pairs with ``epoch_fn`` (the datasets seed their augmentation from the epoch)."""
 
-    def __init__(self, codes: np.ndarray, batch_size: int, seed: int, n_batches: int | None = None,
-                 epoch_fn: Callable[[], int] | None = None, rank: int = 0, world: int = 1):
+    def __init__(
+        self,
+        codes: np.ndarray,
+        batch_size: int,
+        seed: int,
+        n_batches: int | None = None,
+        epoch_fn: Callable[[], int] | None = None,
+        rank: int = 0,
+        world: int = 1,
+    ):
         self.members = [m for m in _members(np.asarray(codes)) if len(m)]
         if not self.members:
             raise UserError("--batch_groups: the training split has no samples")
@@ -90,7 +105,7 @@ class GroupBatchSampler(Sampler):
 
     def __iter__(self) -> Iterator[list]:
         epoch = int(self.epoch_fn()) if self.epoch_fn is not None else self.epoch
-        for b in self.batches(epoch)[self.rank::self.world]:
+        for b in self.batches(epoch)[self.rank :: self.world]:
             yield [(int(i), epoch) for i in b] if self.epoch_fn is not None else [int(i) for i in b]
 
     def __len__(self) -> int:
@@ -109,7 +124,7 @@ class GroupChunks(Sampler):
         self.chunk_groups: list[int] = []
         for g, m in enumerate(_members(np.asarray(codes))):
             for start in range(0, len(m), int(chunk)):
-                self.chunks.append(m[start:start + int(chunk)].tolist())
+                self.chunks.append(m[start : start + int(chunk)].tolist())
                 self.chunk_groups.append(g)
         n, world = len(self.chunks), max(1, int(world))
         self.mine = list(range(rank * n // world, (rank + 1) * n // world)) or ([rank % n] if n else [])

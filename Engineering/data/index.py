@@ -5,6 +5,7 @@ selected datasets is cached outside the data folder (the data may be
 read-only), keyed on the file's path, size and mtime and on the selection; any
 change rebuilds it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -55,8 +56,14 @@ def selection_from(paths_cfg, need_minmax: bool) -> Selection:
         if not (name.startswith("dim") and name[3:].isdigit() and 0 <= int(name[3:]) < 5):
             raise UserError(f"json§DS_sanity_filters: key {name!r} must be dim0..dim4")
         filters.append((int(name[3:]), int(size)))
-    return Selection(_as_list(paths_cfg.DS_selected_primaries), _as_list(paths_cfg.DS_selected_auxiliaries),
-                     paths_cfg.DS_every_primary, paths_cfg.DS_include_repeatAcq, tuple(sorted(filters)), need_minmax)
+    return Selection(
+        _as_list(paths_cfg.DS_selected_primaries),
+        _as_list(paths_cfg.DS_selected_auxiliaries),
+        paths_cfg.DS_every_primary,
+        paths_cfg.DS_include_repeatAcq,
+        tuple(sorted(filters)),
+        need_minmax,
+    )
 
 
 def selection_name(entry: str, kind: str) -> str:
@@ -106,12 +113,15 @@ def _unmatched_error(h5file, sel: Selection, matched: set[str], seen: set[str]) 
     stems = sorted({n for k in seen if (p := parse_key(k)) for n in (p.stem, p.base)} | seen)
     parts = []
     for entry in missing:
-        close = difflib.get_close_matches(selection_name(entry, "primary" if entry in sel.primaries else "auxiliary"),
-                                          stems, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(
+            selection_name(entry, "primary" if entry in sel.primaries else "auxiliary"), stems, n=3, cutoff=0.5
+        )
         parts.append(f"{entry!r}" + (f" (closest keys in the file: {', '.join(close)})" if close else ""))
     some = ", ".join(sorted(seen)[:6]) + (" ..." if len(seen) > 6 else "")
-    return UserError(f"no dataset in {h5file} matches the selection: json§DS_selected_primaries/auxiliaries "
-                     f"{'; '.join(parts)} (the file's keys: {some or 'none'})")
+    return UserError(
+        f"no dataset in {h5file} matches the selection: json§DS_selected_primaries/auxiliaries "
+        f"{'; '.join(parts)} (the file's keys: {some or 'none'})"
+    )
 
 
 def scan(h5file: str | Path, sel: Selection) -> list[DatasetRecord]:
@@ -147,10 +157,13 @@ def _record(h5file, at: SampleKey, ds: h5py.Dataset, sel: Selection) -> DatasetR
         raise UserError(f"{where} is empty: shape {ds.shape} has a zero-length axis")
     lo, hi = (_attr_number(ds, name, where, sel.need_minmax) for name in ("min_val", "max_val"))
     if sel.need_minmax and (lo is None or hi is None):
-        raise UserError(f"{where} lacks the min_val/max_val attributes that volumetric normalisation "
-                        "(minmaxvol/divbymaxvol) needs; add them (preprocess/validate_h5.py) or choose another norm_type")
-    return DatasetRecord(*at.ids, tuple(int(s) for s in ds.shape),
-                         bool(np.issubdtype(ds.dtype, np.complexfloating)), lo, hi)
+        raise UserError(
+            f"{where} lacks the min_val/max_val attributes that volumetric normalisation "
+            "(minmaxvol/divbymaxvol) needs; add them (preprocess/validate_h5.py) or choose another norm_type"
+        )
+    return DatasetRecord(
+        *at.ids, tuple(int(s) for s in ds.shape), bool(np.issubdtype(ds.dtype, np.complexfloating)), lo, hi
+    )
 
 
 def _attr_number(ds: h5py.Dataset, name: str, where: str, needed: bool) -> float | None:
@@ -165,8 +178,10 @@ def _attr_number(ds: h5py.Dataset, name: str, where: str, needed: bool) -> float
         return out
     except (TypeError, ValueError, IndexError):
         if needed:
-            raise UserError(f"{where}: attribute {name}={value!r} is not a finite number "
-                            "(volumetric normalisation needs it; fix it with preprocess/validate_h5.py)") from None
+            raise UserError(
+                f"{where}: attribute {name}={value!r} is not a finite number "
+                "(volumetric normalisation needs it; fix it with preprocess/validate_h5.py)"
+            ) from None
         return None
 
 
@@ -177,8 +192,13 @@ def cache_dir() -> Path:
 
 def cache_key(h5file: str | Path, sel: Selection) -> str:
     st = os.stat(h5file)
-    ident = {"v": INDEX_VERSION, "path": str(Path(h5file).resolve()), "size": st.st_size,
-             "mtime": st.st_mtime_ns, "sel": asdict(sel)}
+    ident = {
+        "v": INDEX_VERSION,
+        "path": str(Path(h5file).resolve()),
+        "size": st.st_size,
+        "mtime": st.st_mtime_ns,
+        "sel": asdict(sel),
+    }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

@@ -11,6 +11,7 @@ Policy for unusable targets: a column the user named (in --label_cols or a type
 flag) must work, so a missing column, a single class or a constant value is a
 ``UserError``; columns picked up automatically are skipped with a note in the report.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from Engineering.errors import UserError
 from Engineering.data.layout import SAMPLE_COLUMNS
+from Engineering.errors import UserError
 
 ID_ALIASES = ("patientID", "FID", "f.eid", "eid")
 JOIN_EXTRA = ("fieldID", "instanceID", "key")
@@ -72,8 +73,9 @@ def attach_labels(ids: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> tuple[p
         dup = table.duplicated(on)
         if dup.any():
             first = table.loc[dup.to_numpy()].iloc[0]
-            raise UserError(f"labels {name}: {int(dup.sum())} duplicate rows for "
-                            + ", ".join(f"{c}={first[c]}" for c in on))
+            raise UserError(
+                f"labels {name}: {int(dup.sum())} duplicate rows for " + ", ".join(f"{c}={first[c]}" for c in on)
+            )
         cols = [c for c in table.columns if c not in on and c not in JOIN_EXTRA]
         clash = [c for c in cols if c in out.columns]
         if clash:
@@ -81,8 +83,10 @@ def attach_labels(ids: pd.DataFrame, tables: dict[str, pd.DataFrame]) -> tuple[p
             cols = [c for c in cols if c not in clash]
         matched = ids[on].merge(table[on].drop_duplicates(), on=on).shape[0]
         if matched == 0:
-            raise UserError(f"no overlap between latents and labels {name} on {'/'.join(on)}: latents have e.g. "
-                            f"{_examples(ids['patientID'])}, labels have e.g. {_examples(table['patientID'])}")
+            raise UserError(
+                f"no overlap between latents and labels {name} on {'/'.join(on)}: latents have e.g. "
+                f"{_examples(ids['patientID'])}, labels have e.g. {_examples(table['patientID'])}"
+            )
         if matched < len(ids):
             notes.append(f"labels {name}: {len(ids) - matched} of {len(ids)} samples have no row")
         out = out.merge(table[on + cols], on=on, how="left")
@@ -101,9 +105,15 @@ def infer_kind(series: pd.Series) -> str:
     return CATEGORICAL if is_integer and numeric.nunique() <= MAX_CLASSES else CONTINUOUS
 
 
-def resolve_targets(table: pd.DataFrame, label_cols: list[str] | None, categorical: list[str] | None,
-                    continuous: list[str] | None, reserved: list[str], min_class_size: int,
-                    min_samples: int) -> tuple[list[Target], list[str]]:
+def resolve_targets(
+    table: pd.DataFrame,
+    label_cols: list[str] | None,
+    categorical: list[str] | None,
+    continuous: list[str] | None,
+    reserved: list[str],
+    min_class_size: int,
+    min_samples: int,
+) -> tuple[list[Target], list[str]]:
     """Targets to evaluate, and notes on the ones skipped (UserError for explicit ones)."""
     categorical, continuous = list(categorical or []), list(continuous or [])
     both = set(categorical) & set(continuous)
@@ -112,8 +122,10 @@ def resolve_targets(table: pd.DataFrame, label_cols: list[str] | None, categoric
     named = list(dict.fromkeys(list(label_cols or []) + categorical + continuous))
     missing = [c for c in named if c not in table.columns]
     if missing:
-        raise UserError(f"label column(s) {', '.join(missing)} not found in the labels "
-                        f"(available: {', '.join(_label_columns(table, reserved)) or 'none'})")
+        raise UserError(
+            f"label column(s) {', '.join(missing)} not found in the labels "
+            f"(available: {', '.join(_label_columns(table, reserved)) or 'none'})"
+        )
     # Without --label_cols every label column is used; the type flags then only override types.
     names = named if label_cols else list(dict.fromkeys(_label_columns(table, reserved) + named))
     targets, notes = [], []
@@ -169,8 +181,9 @@ def group_codes_of(table: pd.DataFrame, column: str) -> np.ndarray:
     return np.unique(keys, return_inverse=True)[1]
 
 
-def _make_target(series: pd.Series, name: str, kind: str, min_class_size: int,
-                 min_samples: int) -> tuple[Target | None, str | None]:
+def _make_target(
+    series: pd.Series, name: str, kind: str, min_class_size: int, min_samples: int
+) -> tuple[Target | None, str | None]:
     mask = series.notna().to_numpy()
     if kind == CONTINUOUS:
         values = pd.to_numeric(series, errors="coerce")

@@ -4,6 +4,7 @@ Latents are small (samples x latent_dim), so every split is held as tensors; the
 training order is a pure function of (seed, epoch) as for the image DataModule,
 so a resumed run sees the same batches.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -26,8 +27,9 @@ class LatentDataModule(L.LightningDataModule):
     def dataset(self, split: str) -> TensorDataset:
         if split not in self._datasets:
             rows = self.data.rows(split)
-            self._datasets[split] = TensorDataset(torch.from_numpy(self.data.Z[rows]),
-                                                  torch.from_numpy(self.data.Y[rows]))
+            self._datasets[split] = TensorDataset(
+                torch.from_numpy(self.data.Z[rows]), torch.from_numpy(self.data.Y[rows])
+            )
         return self._datasets[split]
 
     def train_dataloader(self) -> DataLoader:

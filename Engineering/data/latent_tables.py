@@ -11,6 +11,7 @@ Unlike the ancestor (scalers fitted on the whole cohort before splitting), the
 latent and target scalers are fitted on the training split only and then applied
 to every split: nothing of the val/test patients leaks into training.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -22,9 +23,9 @@ from sklearn.preprocessing import StandardScaler
 
 from Engineering.data.datamodule import resolve_data_path
 from Engineering.data.folds import SPLITS, is_whole_file, read_fold
-from Engineering.errors import UserError
 from Engineering.data.labels import CATEGORICAL, CONTINUOUS, attach_labels, read_label_table, resolve_targets
 from Engineering.data.layout import SAMPLE_COLUMNS
+from Engineering.errors import UserError
 from Engineering.io.latents import latent_arrays, read_latents, resolve_latent_file
 
 AGGREGATIONS = ("none", "patient")
@@ -51,9 +52,10 @@ class TargetSpec:
         return {**asdict(self), "classes": list(self.classes)}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "TargetSpec":
-        return cls(d["name"], d["kind"], tuple(d.get("classes", ())), float(d.get("mean", 0.0)),
-                   float(d.get("std", 1.0)))
+    def from_dict(cls, d: dict) -> TargetSpec:
+        return cls(
+            d["name"], d["kind"], tuple(d.get("classes", ())), float(d.get("mean", 0.0)), float(d.get("std", 1.0))
+        )
 
 
 @dataclass
@@ -86,8 +88,10 @@ def latent_source(cfg) -> Path:
     if parent:
         folder = Path(cfg.paths.save_path).expanduser() / parent / cfg.run.parent_outfolder
         if not folder.is_dir():
-            raise UserError(f"--parent_trainID {parent}: no folder {folder} (check json§save_path and "
-                            "--parent_outfolder, e.g. Output_fullDS)")
+            raise UserError(
+                f"--parent_trainID {parent}: no folder {folder} (check json§save_path and "
+                "--parent_outfolder, e.g. Output_fullDS)"
+            )
         return resolve_latent_file(folder)
     raise UserError("no latents: give --parent_trainID RUN (a run folder in json§save_path) or --latents PATH")
 
@@ -95,7 +99,7 @@ def latent_source(cfg) -> Path:
 def _phenotype_spec(cfg) -> tuple[Path, list[str]]:
     spec = cfg.paths.DS_phenotypes
     if not spec:
-        raise UserError("no phenotype table: set json§DS_phenotypes to {\"path\": ..., \"columns\": [...]}")
+        raise UserError('no phenotype table: set json§DS_phenotypes to {"path": ..., "columns": [...]}')
     if isinstance(spec, str):
         spec = {"path": spec}
     if not spec.get("path"):
@@ -111,14 +115,18 @@ def _sample_latents(path: Path, aggregate: str) -> tuple[pd.DataFrame, np.ndarra
     bad = ~np.isfinite(Z).all(axis=1)
     if bad.any():
         row = ids.loc[np.flatnonzero(bad)[0]]
-        raise UserError(f"{path}: {int(bad.sum())} of {len(Z)} latent rows contain NaN or inf (first: patient "
-                        f"{row['patientID']} {row['fieldID']}/{row['instanceID']}/{row['key']} "
-                        f"c={row['c']} t={row['t']} s={row['s']})")
+        raise UserError(
+            f"{path}: {int(bad.sum())} of {len(Z)} latent rows contain NaN or inf (first: patient "
+            f"{row['patientID']} {row['fieldID']}/{row['instanceID']}/{row['key']} "
+            f"c={row['c']} t={row['t']} s={row['s']})"
+        )
     dup = ids.duplicated(list(SAMPLE_COLUMNS)).to_numpy()
     if dup.any():
         row = ids.loc[np.flatnonzero(dup)[0]]
-        raise UserError(f"{path}: {int(dup.sum())} duplicate latent rows (first: patient {row['patientID']} "
-                        f"key {row['key']} c={row['c']} t={row['t']} s={row['s']})")
+        raise UserError(
+            f"{path}: {int(dup.sum())} duplicate latent rows (first: patient {row['patientID']} "
+            f"key {row['key']} c={row['c']} t={row['t']} s={row['s']})"
+        )
     ids = ids[list(SAMPLE_COLUMNS)]
     if aggregate == "patient":
         frame = pd.DataFrame(Z).groupby(ids["patientID"].to_numpy(), sort=True).mean()
@@ -135,8 +143,8 @@ def patient_splits(cfg, patients: list[str], merge_train_val: bool) -> tuple[dic
         n_train = max(1, int(round(FALLBACK_FRACTIONS[0] * len(order))))
         n_val = int(round(FALLBACK_FRACTIONS[1] * len(order)))
         split = {p: "train" for p in order[:n_train]}
-        split.update({p: "val" for p in order[n_train:n_train + n_val]})
-        split.update({p: "test" for p in order[n_train + n_val:]})
+        split.update({p: "val" for p in order[n_train : n_train + n_val]})
+        split.update({p: "test" for p in order[n_train + n_val :]})
         where = f"no fold file: a seeded (seed {cfg.training.seed}) 70/15/15 split by patient"
     else:
         path = resolve_data_path(cfg, ref)
@@ -159,30 +167,42 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
     table["split"] = table["patientID"].map(split)
     unassigned = table["split"].isna().to_numpy()
     if unassigned.all():
-        raise UserError(f"no latent's patient is in {where} (latents have e.g. "
-                        f"{', '.join(ids['patientID'].unique()[:3])})")
+        raise UserError(
+            f"no latent's patient is in {where} (latents have e.g. {', '.join(ids['patientID'].unique()[:3])})"
+        )
     if unassigned.any():
-        notes.append(f"{int(table.loc[unassigned, 'patientID'].nunique())} patient(s) with latents are in no "
-                     f"split of {where}: left out")
+        notes.append(
+            f"{int(table.loc[unassigned, 'patientID'].nunique())} patient(s) with latents are in no "
+            f"split of {where}: left out"
+        )
     keep = ~unassigned
     table, Z = table.loc[keep].reset_index(drop=True), Z[keep]
     train = table["split"].eq("train").to_numpy()
     if train.sum() < 2:
         present = ", ".join(f"{s}: {n}" for s, n in table["split"].value_counts().items())
-        raise UserError(f"only {int(train.sum())} latent rows belong to the training patients of {where} "
-                        f"({present}); write latents of the whole cohort first (main_diffAE --resume --load_best "
-                        "--run_mode 2 --output_suffix fullDS --json§foldCSV 0) and use "
-                        "--parent_outfolder Output_fullDS")
+        raise UserError(
+            f"only {int(train.sum())} latent rows belong to the training patients of {where} "
+            f"({present}); write latents of the whole cohort first (main_diffAE --resume --load_best "
+            "--run_mode 2 --output_suffix fullDS --json§foldCSV 0) and use "
+            "--parent_outfolder Output_fullDS"
+        )
 
     named = _list(cfg.data.targets) or pheno_cols or None
     reserved = ["split"]
-    found, target_notes = resolve_targets(table, named, _list(cfg.data.categorical_targets),
-                                          _list(cfg.data.continuous_targets), reserved, min_class_size=2,
-                                          min_samples=4)
+    found, target_notes = resolve_targets(
+        table,
+        named,
+        _list(cfg.data.categorical_targets),
+        _list(cfg.data.continuous_targets),
+        reserved,
+        min_class_size=2,
+        min_samples=4,
+    )
     notes += target_notes
     if not found:
-        raise UserError(f"no usable target column in {pheno_path}" + (f" ({'; '.join(target_notes)})"
-                                                                      if target_notes else ""))
+        raise UserError(
+            f"no usable target column in {pheno_path}" + (f" ({'; '.join(target_notes)})" if target_notes else "")
+        )
 
     # Training statistics only: the scalers see the rows of the training patients (the ancestor fitted on all).
     z_scaler = StandardScaler().fit(Z[train])
@@ -198,9 +218,11 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
             classes = tuple(sorted({str(v) for v in t.values[mask]}))
             seen = sorted({str(v) for v in t.values[mask & train]})
             if len(seen) < 2:  # a classifier of one class predicts it everywhere: its scores would mean nothing
-                raise UserError(f"target '{t.name}' has the single class {seen[0]!r} among the training patients of "
-                                f"{where} (all patients: {', '.join(classes)}); a classifier needs two: choose "
-                                "another fold or leave the target out (--targets)")
+                raise UserError(
+                    f"target '{t.name}' has the single class {seen[0]!r} among the training patients of "
+                    f"{where} (all patients: {', '.join(classes)}); a classifier needs two: choose "
+                    "another fold or leave the target out (--targets)"
+                )
             code = {c: i for i, c in enumerate(classes)}
             col = np.array([code[str(v)] if m else np.nan for v, m in zip(t.values, mask)], dtype=np.float32)
             specs.append(TargetSpec(t.name, CATEGORICAL, classes))
@@ -216,6 +238,14 @@ def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
             notes.append(f"target '{t.name}': {t.note}")
         columns.append(col)
     id_cols = [c for c in SAMPLE_COLUMNS if c in table.columns]
-    return LatentSet(table[id_cols + ["split"]].copy(), Zs, np.stack(columns, axis=1), truth, specs,
-                     z_scaler.mean_.astype(np.float32), z_scaler.scale_.astype(np.float32),
-                     source, notes + [f"splits: {where}"])
+    return LatentSet(
+        table[id_cols + ["split"]].copy(),
+        Zs,
+        np.stack(columns, axis=1),
+        truth,
+        specs,
+        z_scaler.mean_.astype(np.float32),
+        z_scaler.scale_.astype(np.float32),
+        source,
+        notes + [f"splits: {where}"],
+    )

@@ -5,10 +5,11 @@
 ``_<plane>`` (sagittal/coronal/transverse) and ``_<n>`` (repeat acquisition).
 Each dataset is 5D ``Channel x Time x Slice x X x Y``, real or complex.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import h5py
 
@@ -70,8 +71,6 @@ class SampleInfo(SampleKey):
         return dict(zip(SAMPLE_COLUMNS, self.ids + self.index))
 
 
-
-
 @dataclass(frozen=True)
 class DatasetKey:
     """A parsed dataset key, e.g. ``primary_LAX_4Ch_transverse_0``."""
@@ -97,8 +96,10 @@ def check_id(column: str, value: str, where: str) -> str:
     """A patient/field/instance ID is one HDF5 group name: an empty one, '.', '..' or one with '/' would put the
     dataset at another depth (or inside another patient's group), where no reader finds it as that patient."""
     if not value.strip() or value in (".", "..") or "/" in value:
-        raise UserError(f"{where}: {column} {value!r} cannot be a group name of the data file (an ID is not empty, "
-                        "'.' or '..', and has no '/')")
+        raise UserError(
+            f"{where}: {column} {value!r} cannot be a group name of the data file (an ID is not empty, "
+            "'.' or '..', and has no '/')"
+        )
     return value
 
 
@@ -135,8 +136,10 @@ def readable_members(group: h5py.Group) -> Iterator[tuple[str, object]]:
     """Members of ``group``; a damaged one is a UserError naming it."""
     for name, obj, why in members(group):
         if why is not None:
-            raise UserError(f"{group.file.filename}:{group.name.rstrip('/')}/{name} cannot be read ({why}): the file "
-                            "is damaged there; check it with preprocess/validate_h5.py")
+            raise UserError(
+                f"{group.file.filename}:{group.name.rstrip('/')}/{name} cannot be read ({why}): the file "
+                "is damaged there; check it with preprocess/validate_h5.py"
+            )
         yield name, obj
 
 

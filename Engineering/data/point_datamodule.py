@@ -2,6 +2,7 @@
 contract"; written by ``preprocess/make_point_clouds.py``), split by the same fold CSV as the images. A sample is
 one cloud, shipped channels-first as (F, N) so that tasks see F (3 or 4) as their input channels; every cloud of
 a run has the same N (the sampler's fixed size)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -48,8 +49,16 @@ class CloudSamples(Dataset):
 
     def describe(self, i: int) -> dict:
         r = self.records[i]
-        return {"patientID": r.patientID, "fieldID": r.fieldID, "instanceID": r.instanceID, "key": r.key,
-                "c": None, "t": None, "s": None, "record": i}
+        return {
+            "patientID": r.patientID,
+            "fieldID": r.fieldID,
+            "instanceID": r.instanceID,
+            "key": r.key,
+            "c": None,
+            "t": None,
+            "s": None,
+            "record": i,
+        }
 
     def sample_info(self, i: int) -> SampleInfo:
         r = self.records[i]
@@ -80,24 +89,33 @@ class PointCloudDataModule(H5DataModule):
                 if not key_selected(entry.key, sel):
                     continue
                 if ds.ndim != 2 or ds.shape[1] not in (3, 4):
-                    raise UserError(f"{self.h5file}:{entry.path} has shape {ds.shape}; point clouds are (N, 3) or "
-                                    "(N, 4) (xyz + intensity)")
+                    raise UserError(
+                        f"{self.h5file}:{entry.path} has shape {ds.shape}; point clouds are (N, 3) or "
+                        "(N, 4) (xyz + intensity)"
+                    )
                 if ds.dtype.kind not in "iuf":  # strings, objects, complex: no coordinates to learn from
                     raise UserError(f"{self.h5file}:{entry.path} holds {ds.dtype} data; point clouds are real numbers")
                 if ds.shape[0] < 2:  # a cloud of 0 or 1 points has no shape (and no spread to normalise by)
-                    raise UserError(f"{self.h5file}:{entry.path} has {ds.shape[0]} point(s); a point cloud needs "
-                                    "at least 2 (make_point_clouds.py --n_points)")
+                    raise UserError(
+                        f"{self.h5file}:{entry.path} has {ds.shape[0]} point(s); a point cloud needs "
+                        "at least 2 (make_point_clouds.py --n_points)"
+                    )
                 check_read(ds.shape, np.float32, f"point cloud {self.h5file}:{entry.path}")
-                self.records.append(CloudRecord(entry.patientID, entry.fieldID, entry.instanceID, entry.key,
-                                                tuple(ds.shape)))
+                self.records.append(
+                    CloudRecord(entry.patientID, entry.fieldID, entry.instanceID, entry.key, tuple(ds.shape))
+                )
                 sizes.add(tuple(ds.shape))
         if not self.records:
-            raise UserError(f"no point cloud in {self.h5file} matches json§DS_selected_primaries="
-                            f"{cfg.paths.DS_selected_primaries!r} / DS_selected_auxiliaries="
-                            f"{cfg.paths.DS_selected_auxiliaries!r}")
+            raise UserError(
+                f"no point cloud in {self.h5file} matches json§DS_selected_primaries="
+                f"{cfg.paths.DS_selected_primaries!r} / DS_selected_auxiliaries="
+                f"{cfg.paths.DS_selected_auxiliaries!r}"
+            )
         if len(sizes) > 1:
-            raise UserError(f"the point clouds of {self.h5file} differ in shape ({', '.join(map(str, sorted(sizes)))}); "
-                            "sample every cloud to the same N (make_point_clouds.py --n_points)")
+            raise UserError(
+                f"the point clouds of {self.h5file} differ in shape ({', '.join(map(str, sorted(sizes)))}); "
+                "sample every cloud to the same N (make_point_clouds.py --n_points)"
+            )
         self.cache_hit = False
         fold_ref = cfg.paths.foldCSV
         self.fold = WHOLE_FILE if is_whole_file(fold_ref) else read_fold(self._resolve(root, fold_ref), cfg.run.foldID)

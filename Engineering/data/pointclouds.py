@@ -7,6 +7,7 @@ Sampling is intensity-weighted (as seed 003's preprocessing samples structure ch
 above it, with replacement, and each point is jittered uniformly inside its voxel, so a fixed N describes any
 volume; with a mask, voxels inside it are drawn uniformly and the intensity column is the image's.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,9 @@ def sampling_bytes(volume_shape: tuple[int, ...], n_points: int) -> int:
     return 5 * nbytes(volume_shape, np.float64) + 20 * 8 * int(n_points)
 
 
-def sample_point_cloud(volume: np.ndarray, n_points: int, rng: np.random.Generator, threshold: float = 0.1,
-                       mask: np.ndarray | None = None) -> np.ndarray:
+def sample_point_cloud(
+    volume: np.ndarray, n_points: int, rng: np.random.Generator, threshold: float = 0.1, mask: np.ndarray | None = None
+) -> np.ndarray:
     """(D, H, W) volume -> (n_points, 4) float32 cloud; ValueError naming the problem when nothing is above the
     threshold (or inside the mask)."""
     vol = np.asarray(volume, dtype=np.float64)

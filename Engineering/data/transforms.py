@@ -7,6 +7,7 @@ how reconstructions are written back in original units.
 Complex data kept complex (``--complex_mode complex``) is normalised on its magnitude with a real positive scale
 and no offset (``COMPLEX_NORMS``): a scale keeps every phase, an offset would move it.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,8 +56,9 @@ def complex_to_real(arr: np.ndarray, mode: str) -> np.ndarray:
     elif mode == "realimag":
         out = np.concatenate([arr.real, arr.imag], axis=0)
     else:
-        raise UserError(f"data§complex_mode {mode!r} is not one of magnitude, real, imaginary, phase, magphase, "
-                        "realimag, complex")
+        raise UserError(
+            f"data§complex_mode {mode!r} is not one of magnitude, real, imaginary, phase, magphase, realimag, complex"
+        )
     return out.astype(np.float32, copy=False)
 
 
@@ -73,9 +75,15 @@ def _prenorm_affine(x: np.ndarray, prenorm: str, vol: tuple[float | None, float 
     return float(s[0]), float(o[0])
 
 
-def norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | None] = (None, None),
-                prenorm: str = "none", zscore_mean: float | None = None, zscore_std: float | None = None,
-                norm_range: str = "unit") -> tuple[np.ndarray, np.ndarray]:
+def norm_affine(
+    x: np.ndarray,
+    norm_type: str,
+    vol: tuple[float | None, float | None] = (None, None),
+    prenorm: str = "none",
+    zscore_mean: float | None = None,
+    zscore_std: float | None = None,
+    norm_range: str = "unit",
+) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel (scale, offset) of the normalisation of sample ``x`` (C, ...).
 
     zscore: ``(prenorm(x) - mean) / std`` with the sample's own per-channel mean/std, or the fixed
@@ -95,18 +103,27 @@ def norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | 
     return scale, offset
 
 
-def complex_norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, float | None] = (None, None),
-                        prenorm: str = "none", norm_range: str = "unit") -> tuple[np.ndarray, np.ndarray]:
+def complex_norm_affine(
+    x: np.ndarray,
+    norm_type: str,
+    vol: tuple[float | None, float | None] = (None, None),
+    prenorm: str = "none",
+    norm_range: str = "unit",
+) -> tuple[np.ndarray, np.ndarray]:
     """(scale, offset = 0) per channel for complex ``x`` (C, ...): divbymax divides by the sample's largest magnitude,
     divbymaxvol by the dataset's ``max_val`` (the magnitude's, as the data contract stores it), none by 1. A min-max,
     a z-score or the symmetric range would add an offset, which rotates and shifts the phase: refused."""
     if norm_type not in COMPLEX_NORMS:
-        raise UserError(f"--norm_type {norm_type} shifts the values, which would move the phase of complex data kept "
-                        f"complex (--complex_mode complex); use one of {', '.join(COMPLEX_NORMS)} (a scale of the "
-                        "magnitude)")
+        raise UserError(
+            f"--norm_type {norm_type} shifts the values, which would move the phase of complex data kept "
+            f"complex (--complex_mode complex); use one of {', '.join(COMPLEX_NORMS)} (a scale of the "
+            "magnitude)"
+        )
     if norm_range != "unit" and norm_type != "none":
-        raise UserError(f"--norm_range {norm_range} maps to [-1, 1] with an offset, which would move the phase of "
-                        "complex data kept complex; use --norm_range unit")
+        raise UserError(
+            f"--norm_range {norm_range} maps to [-1, 1] with an offset, which would move the phase of "
+            "complex data kept complex; use --norm_range unit"
+        )
     if str(prenorm) not in ("", "none"):
         raise UserError(f"--prenorm {prenorm} applies to zscore, which complex data kept complex cannot use")
     n_ch = x.shape[0]
@@ -122,13 +139,23 @@ def complex_norm_affine(x: np.ndarray, norm_type: str, vol: tuple[float | None, 
     return np.full(n_ch, 1.0 / max(abs(float(hi)), _EPS)), zeros
 
 
-def normalised_range(norm_type: str, prenorm: str = "none", zscore_mean: float | None = None,
-                     zscore_std: float | None = None, norm_range: str = "unit") -> tuple[float, float] | None:
+def normalised_range(
+    norm_type: str,
+    prenorm: str = "none",
+    zscore_mean: float | None = None,
+    zscore_std: float | None = None,
+    norm_range: str = "unit",
+) -> tuple[float, float] | None:
     """The interval a normalisation maps the data into, when it has one (None: unbounded, e.g. a per-sample z-score)."""
     if norm_type in UNIT_RANGE_NORMS:
         return (-1.0, 1.0) if norm_range == "symmetric" else (0.0, 1.0)
-    if norm_type == "zscore" and str(prenorm) in UNIT_RANGE_NORMS and zscore_mean is not None \
-            and zscore_std is not None and zscore_std > 0:
+    if (
+        norm_type == "zscore"
+        and str(prenorm) in UNIT_RANGE_NORMS
+        and zscore_mean is not None
+        and zscore_std is not None
+        and zscore_std > 0
+    ):
         return (0.0 - zscore_mean) / zscore_std, (1.0 - zscore_mean) / zscore_std
     return None
 

@@ -5,12 +5,13 @@ Files written into ``--out`` (new, empty, or an earlier export_gwas output, swap
 ``report.json`` and ``report.md``. Tab-separated, missing values as ``NA`` (what plink2 ``--pheno``/``--covar``
 and regenie ``--phenoFile``/``--covarFile`` read).
 """
+
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
-import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,7 +86,7 @@ def _id_map(s: GwasSettings) -> pd.DataFrame | None:
     if len(s.id_map_cols) not in (2, 3):
         raise UserError(f"--id_map_cols {','.join(s.id_map_cols)}: give IMAGE_ID,IID or IMAGE_ID,IID,FID")
     df = _read_table(s.id_map, "ID map", s.id_map_cols)
-    names = ["patientID", "IID", "FID"][:len(s.id_map_cols)]
+    names = ["patientID", "IID", "FID"][: len(s.id_map_cols)]
     return df[s.id_map_cols].set_axis(names, axis=1)
 
 
@@ -99,8 +100,9 @@ def _covariates(s: GwasSettings, ids: pd.Index, drops: ph.Drops) -> tuple[pd.Dat
     cols = s.covar_cols or [c for c in df.columns if c not in ("FID", "IID", "patientID")]
     unknown = [c for c in cols + s.categorical if c not in df.columns]
     if unknown:
-        raise UserError(f"covariates {s.covariates} has no column {unknown[0]!r} "
-                        f"(columns: {', '.join(map(str, df.columns[:12]))})")
+        raise UserError(
+            f"covariates {s.covariates} has no column {unknown[0]!r} (columns: {', '.join(map(str, df.columns[:12]))})"
+        )
     drops.add("no covariates", [i for i in ids if i not in df.index])
     raw = df.loc[[i for i in ids if i in df.index], cols]
     return raw, ph.design_matrix(raw, s.categorical)
@@ -113,7 +115,7 @@ def build(s: GwasSettings) -> dict:
     reduce = {"channel": s.channel, "time": s.time, "slice": s.slice}
     id_map = _id_map(s)
     blocks, n_in = [], []
-    for k, f in enumerate(files):
+    for f in files:
         per = ph.one_row_per_participant(read_latents(f), s.field, s.instance, s.key, reduce, drops)
         n_in.append(len(per))
         blocks.append(ph.map_ids(per, id_map, drops))
@@ -153,39 +155,57 @@ def build(s: GwasSettings) -> dict:
         covar = design.copy()
         covar.insert(0, "FID", fid.loc[design.index].to_numpy())
     report = {
-        "format": FORMAT, "settings": asdict(s),
+        "format": FORMAT,
+        "settings": asdict(s),
         "inputs": [{"file": str(f), "sha256": _digest(f), "participants": n} for f, n in zip(files, n_in)],
         **({"id_map_sha256": _digest(Path(s.id_map))} if s.id_map else {}),
         **({"covariates_sha256": _digest(Path(s.covariates))} if s.covariates else {}),
-        "n_in": len(set().union(*[set(b.index) for b in blocks])), "n_out": len(pheno),
-        "drops": drops.counts, "drop_examples": drops.examples,
+        "n_in": len(set().union(*[set(b.index) for b in blocks])),
+        "n_out": len(pheno),
+        "drops": drops.counts,
+        "drop_examples": drops.examples,
         "steps": [f"merge: {s.merge}" + (f" to {s.n_components} components" if s.merge != "concat" else "")]
         + (["residualised on the covariates (OLS with intercept)"] if s.residualise else [])
         + (["rank-based inverse normal transform (Blom)"] if s.inverse_normal else []),
         "covariate_columns": list(design.columns) if design is not None else [],
-        "before": before, "after": ph.moments(values, names),
+        "before": before,
+        "after": ph.moments(values, names),
     }
     return {"pheno": pheno, "covar": covar, "raw_covariates": raw_cov, "report": report}
 
 
 def _tsv(df: pd.DataFrame, path: Path) -> None:
     table = df.rename_axis("IID").reset_index()
-    table[["FID", "IID", *[c for c in df.columns if c != "FID"]]].to_csv(path, sep="\t", index=False, na_rep="NA",
-                                                                       float_format="%.8g")
+    table[["FID", "IID", *[c for c in df.columns if c != "FID"]]].to_csv(
+        path, sep="\t", index=False, na_rep="NA", float_format="%.8g"
+    )
 
 
 def _markdown(r: dict) -> str:
-    lines = ["# export_gwas report", "", f"- participants in: {r['n_in']}; out: {r['n_out']}",
-             f"- steps: {'; '.join(r['steps'])}", "", "| dropped because | participants |", "|---|---|"]
+    lines = [
+        "# export_gwas report",
+        "",
+        f"- participants in: {r['n_in']}; out: {r['n_out']}",
+        f"- steps: {'; '.join(r['steps'])}",
+        "",
+        "| dropped because | participants |",
+        "|---|---|",
+    ]
     lines += [f"| {k} | {v} |" for k, v in r["drops"].items()] or ["| (none) | 0 |"]
-    lines += ["", "| latent | mean before | SD before | skewness before | mean after | SD after | skewness after |",
-              "|---|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "| latent | mean before | SD before | skewness before | mean after | SD after | skewness after |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for n, b in r["before"].items():
         a = r["after"][n]
-        lines.append(f"| {n} | {b['mean']:.4g} | {b['sd']:.4g} | {b['skewness']:.3f} | {a['mean']:.4g} | "
-                     f"{a['sd']:.4g} | {a['skewness']:.3f} |")
-    lines += ["", "Inputs:"] + [f"- {i['file']} (sha256 {i['sha256'][:16]}…, {i['participants']} participants)"
-                                for i in r["inputs"]]
+        lines.append(
+            f"| {n} | {b['mean']:.4g} | {b['sd']:.4g} | {b['skewness']:.3f} | {a['mean']:.4g} | "
+            f"{a['sd']:.4g} | {a['skewness']:.3f} |"
+        )
+    lines += ["", "Inputs:"] + [
+        f"- {i['file']} (sha256 {i['sha256'][:16]}…, {i['participants']} participants)" for i in r["inputs"]
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -7,6 +7,7 @@ autoencoders share a common genetic architecture"): one visit per participant, Q
 residualisation, then the rank-based inverse normal transform, and views or models merged by concatenation,
 PCA or pairwise CCA (the mean of the two views' canonical variates, chained over the runs).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -50,8 +51,9 @@ def _pick(df: pd.DataFrame, col: str, choice: str, what: str) -> pd.DataFrame:
     """Per patient, the rows of the first / last / a given value of ``col``."""
     if choice not in VISIT_CHOICES:
         if choice not in set(df[col]):
-            raise UserError(f"--{what} {choice}: no latent has {col} {choice!r} (there are "
-                            f"{', '.join(_order(df[col])[:8])})")
+            raise UserError(
+                f"--{what} {choice}: no latent has {col} {choice!r} (there are {', '.join(_order(df[col])[:8])})"
+            )
         return df[df[col] == choice]
     rank = {v: i for i, v in enumerate(_order(df[col]))}
     r = df[col].map(rank)
@@ -59,8 +61,14 @@ def _pick(df: pd.DataFrame, col: str, choice: str, what: str) -> pd.DataFrame:
     return df[r == best]
 
 
-def one_row_per_participant(df: pd.DataFrame, field_choice: str = "first", instance: str = "first", key: str = "",
-                            reduce: dict[str, str] | None = None, drops: Drops | None = None) -> pd.DataFrame:
+def one_row_per_participant(
+    df: pd.DataFrame,
+    field_choice: str = "first",
+    instance: str = "first",
+    key: str = "",
+    reduce: dict[str, str] | None = None,
+    drops: Drops | None = None,
+) -> pd.DataFrame:
     """A flat latent table (``Engineering.io.latents.read_latents``) as one row per patient (index ``patientID``,
     columns Z0..): the chosen key, field and instance (first / last / a given ID, per patient: a patient without
     it is dropped and counted), and each of the channel, time and slice axes either averaged (``mean``) or taken at
@@ -74,8 +82,10 @@ def one_row_per_participant(df: pd.DataFrame, field_choice: str = "first", insta
             raise UserError(f"--key {key}: the latents have keys {', '.join(keys)}")
         df = df[df["key"] == key]
     elif len(keys) > 1:
-        raise UserError(f"the latents hold several keys ({', '.join(keys[:6])}): choose one with --key "
-                        "(a participant is one row: views go in as separate runs, merged with --merge)")
+        raise UserError(
+            f"the latents hold several keys ({', '.join(keys[:6])}): choose one with --key "
+            "(a participant is one row: views go in as separate runs, merged with --merge)"
+        )
     df = _pick(df, "fieldID", field_choice, "field")
     df = _pick(df, "instanceID", instance, "instance")
     for axis, col in AXES.items():
@@ -85,8 +95,10 @@ def one_row_per_participant(df: pd.DataFrame, field_choice: str = "first", insta
         if not str(how).isdigit():
             raise UserError(f"--{axis} {how!r}: give mean or an index (a whole number >= 0)")
         df = df[df[col] == int(how)]
-    drops.add(f"no latent at the chosen key/field/instance/{'/'.join(f'{a} {reduce[a]}' for a in AXES)}",
-              sorted(everyone - set(df["patientID"])))
+    drops.add(
+        f"no latent at the chosen key/field/instance/{'/'.join(f'{a} {reduce[a]}' for a in AXES)}",
+        sorted(everyone - set(df["patientID"])),
+    )
     cols = z_columns(df)
     out = df.groupby("patientID", sort=True)[cols].mean().astype(np.float64)
     # mean() skips NaN: a participant with one uncomputed frame must stay NaN (QC drops it, with its reason)
@@ -112,8 +124,10 @@ def map_ids(table: pd.DataFrame, id_map: pd.DataFrame | None, drops: Drops) -> p
     iid = mapped.loc[table.index, "IID"].astype(str)
     twice = iid[iid.duplicated(keep=False)]
     if len(twice):
-        raise UserError(f"genetic ID {twice.iloc[0]!r} has latents from two image IDs "
-                        f"({', '.join(twice.index[:2])}): a participant in two rows")
+        raise UserError(
+            f"genetic ID {twice.iloc[0]!r} has latents from two image IDs "
+            f"({', '.join(twice.index[:2])}): a participant in two rows"
+        )
     fid = mapped.loc[table.index, "FID"].astype(str) if "FID" in mapped.columns else iid
     table.index = pd.Index(iid.to_numpy(), name="IID")
     table.insert(0, "FID", fid.to_numpy())
@@ -150,8 +164,10 @@ def design_matrix(cov: pd.DataFrame, categorical: list[str]) -> pd.DataFrame:
         values = cov[col]
         if values.isna().any():
             who = values.index[values.isna()][0]
-            raise UserError(f"covariate {col} is missing (NaN) for participant {who} "
-                            f"({int(values.isna().sum())} participants): fill or drop them first")
+            raise UserError(
+                f"covariate {col} is missing (NaN) for participant {who} "
+                f"({int(values.isna().sum())} participants): fill or drop them first"
+            )
         numeric = pd.to_numeric(values, errors="coerce")
         if col in categorical or numeric.isna().any():
             levels = sorted(values.astype(str).unique())
@@ -189,8 +205,10 @@ def merge_runs(blocks: list[np.ndarray], how: str, n_components: int, seed: int 
     k = int(n_components)
     widths = [b.shape[1] for b in blocks]
     if k < 1 or (how == "cca" and k > min(widths)) or k > sum(widths) or k > len(blocks[0]):
-        raise UserError(f"--n_components {k}: give 1..{min(widths) if how == 'cca' else sum(widths)} for --merge "
-                        f"{how} of latents of widths {widths}")
+        raise UserError(
+            f"--n_components {k}: give 1..{min(widths) if how == 'cca' else sum(widths)} for --merge "
+            f"{how} of latents of widths {widths}"
+        )
     if how == "pca":
         from sklearn.decomposition import PCA
         from sklearn.preprocessing import StandardScaler
@@ -212,6 +230,11 @@ def merge_runs(blocks: list[np.ndarray], how: str, n_components: int, seed: int 
 
 def moments(z: np.ndarray, names: list[str]) -> dict[str, dict[str, float]]:
     """Per latent: mean, SD and skewness (the report's before/after table)."""
-    return {n: {"mean": float(np.mean(z[:, j])), "sd": float(np.std(z[:, j], ddof=1)) if len(z) > 1 else 0.0,
-                "skewness": float(stats.skew(z[:, j])) if len(z) > 2 else 0.0}
-            for j, n in enumerate(names)}
+    return {
+        n: {
+            "mean": float(np.mean(z[:, j])),
+            "sd": float(np.std(z[:, j], ddof=1)) if len(z) > 1 else 0.0,
+            "skewness": float(stats.skew(z[:, j])) if len(z) > 2 else 0.0,
+        }
+        for j, n in enumerate(names)
+    }

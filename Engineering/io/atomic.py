@@ -3,6 +3,7 @@
 A crash (or a kill) mid-write leaves the previous file or none, never a
 truncated one; readers never see a half-written emb.h5.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -10,9 +11,9 @@ import glob
 import os
 import shutil
 import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
 
 from Engineering.errors import UserError
 from Engineering.io.runlock import process_alive
@@ -33,8 +34,9 @@ def atomic_path(path: str | Path, copy_existing: bool = False, create_parent: bo
     """
     path = Path(path)
     if path.is_dir():  # os.replace cannot put a file there: refused before anything is computed into it
-        raise UserError(f"{path} is an existing folder, not a file that can be written: give a file name "
-                        f"(e.g. {path}/<name>)")
+        raise UserError(
+            f"{path} is an existing folder, not a file that can be written: give a file name (e.g. {path}/<name>)"
+        )
     if create_parent:
         path.parent.mkdir(parents=True, exist_ok=True)
     elif not path.parent.exists():
@@ -65,8 +67,10 @@ def require_free(folder: str | Path, nbytes: int, what: str) -> None:
         folder = folder.parent
     free = shutil.disk_usage(folder).free
     if free < nbytes * 1.05 + 2**20:
-        raise UserError(f"not enough free space for {what}: {nbytes / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB "
-                        f"free in {folder}; earlier outputs and checkpoints are untouched")
+        raise UserError(
+            f"not enough free space for {what}: {nbytes / 2**20:.1f} MiB needed, {free / 2**20:.1f} MiB "
+            f"free in {folder}; earlier outputs and checkpoints are untouched"
+        )
 
 
 def tensor_bytes(obj) -> int:
@@ -132,10 +136,16 @@ def remove_stale(folder: str | Path, owner: str = "") -> list[Path]:
     return removed
 
 
-def check_replaceable(out: str | Path, own: Sequence[str], is_ours: Callable[[Path], bool], flag: str = "--out",
-                      protect: Sequence[Path] = ()) -> None:
+def check_replaceable(
+    out: str | Path,
+    own: Sequence[str],
+    is_ours: Callable[[Path], bool],
+    flag: str = "--out",
+    protect: Sequence[Path] = (),
+) -> None:
     """The one rule for a tool that writes a whole folder and swaps it in (replace_dir): ``out`` must be new, empty,
-    or hold only files named in ``own`` (names or glob patterns) and pass ``is_ours`` (an earlier output of the same tool, replaced
+    or hold only files named in ``own`` (names or glob patterns) and pass ``is_ours`` (an earlier output of the same
+    tool, replaced
     atomically). Anything else (a folder of other files, a file, a dangling link, a folder that is or holds one of
     ``protect``) is refused before anything is written: a mistyped --out never deletes a thing."""
     out = Path(out)
@@ -147,12 +157,15 @@ def check_replaceable(out: str | Path, own: Sequence[str], is_ours: Callable[[Pa
         return
     for kept in protect:
         if out.resolve() == Path(kept).resolve() or Path(kept).resolve().is_relative_to(out.resolve()):
-            raise UserError(f"{flag} {out} is (or holds) {kept}: writing there would replace it; give a new or "
-                            "empty folder")
+            raise UserError(
+                f"{flag} {out} is (or holds) {kept}: writing there would replace it; give a new or empty folder"
+            )
     entries = sorted(p.name for p in out.iterdir())
     if not entries:
         return
     if not (all(any(fnmatch.fnmatchcase(e, pattern) for pattern in own) for e in entries) and is_ours(out)):
         shown = ", ".join(entries[:5]) + (f", ... ({len(entries) - 5} more)" if len(entries) > 5 else "")
-        raise UserError(f"{flag} {out} is not empty and is not an earlier output of this tool (it holds {shown}): "
-                        "it would be replaced, so give a new or empty folder")
+        raise UserError(
+            f"{flag} {out} is not empty and is not an earlier output of this tool (it holds {shown}): "
+            "it would be replaced, so give a new or empty folder"
+        )

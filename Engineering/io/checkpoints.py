@@ -5,6 +5,7 @@ Weights are read with ``torch.load(..., weights_only=True, map_location='cpu')``
 safetensors. A state that does not fit the model is one error naming the first
 mismatching tensors.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -14,9 +15,8 @@ import re
 from pathlib import Path
 
 import torch
-from torch import nn
-
 from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import nn
 
 from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path, fsync_file, require_free, tensor_bytes
@@ -61,6 +61,7 @@ def deepspeed_safe_load():
         kwargs["weights_only"] = True
         with torch.serialization.safe_globals([LossScaler, ZeroStageEnum, fragment_address]):
             return original(*args, **kwargs)
+
     torch.load = load_tensors_only
     try:
         yield
@@ -87,11 +88,26 @@ def read_deepspeed_checkpoint(path: Path) -> dict:
         raise UserError(refused_pickle_message(path, exc)) from None
     except (RuntimeError, EOFError, OSError, ValueError, KeyError) as exc:
         raise UserError(f"{path} is not a readable DeepSpeed checkpoint ({str(exc).splitlines()[0]})") from None
-    out = {k: v for k, v in client.items() if k not in ("module", "optimizer", "buffer_names", "param_shapes",
-                                                        "frozen_param_shapes", "shared_params",
-                                                        "frozen_param_fragments", "ds_config", "ds_version")}
-    out["state_dict"] = {**{k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
-                         **client.get("ema_state_dict", {})}
+    out = {
+        k: v
+        for k, v in client.items()
+        if k
+        not in (
+            "module",
+            "optimizer",
+            "buffer_names",
+            "param_shapes",
+            "frozen_param_shapes",
+            "shared_params",
+            "frozen_param_fragments",
+            "ds_config",
+            "ds_version",
+        )
+    }
+    out["state_dict"] = {
+        **{k: v.float() if v.is_floating_point() else v for k, v in weights.items()},
+        **client.get("ema_state_dict", {}),
+    }
     return out
 
 
@@ -116,8 +132,9 @@ def read_checkpoint(path: str | Path) -> dict:
     except pickle.UnpicklingError as exc:
         raise UserError(refused_pickle_message(path, exc)) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise UserError(f"{path} is not a checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
-                        ) from None
+        raise UserError(
+            f"{path} is not a checkpoint ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+        ) from None
     if not isinstance(obj, dict):
         raise UserError(f"{path} does not hold a state dict")
     ckpt = obj if "state_dict" in obj else {"state_dict": obj}
@@ -129,12 +146,16 @@ def check_state_dict(state, source: str) -> None:
     """A state dict maps parameter names to tensors; anything else (a list, numbers) is refused here, not met as
     an AttributeError inside the loader."""
     if not isinstance(state, dict):
-        raise UserError(f"{source}: its state_dict is a {type(state).__name__}, not a mapping of parameter names "
-                        "to tensors: not a checkpoint of a model")
+        raise UserError(
+            f"{source}: its state_dict is a {type(state).__name__}, not a mapping of parameter names "
+            "to tensors: not a checkpoint of a model"
+        )
     for key, value in state.items():
         if not isinstance(key, str) or not (isinstance(value, torch.Tensor) or key.endswith("_extra_state")):
-            raise UserError(f"{source}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor: not a "
-                            "checkpoint of a model")
+            raise UserError(
+                f"{source}: state_dict entry {key!r} is a {type(value).__name__}, not a tensor: not a "
+                "checkpoint of a model"
+            )
 
 
 def refused_pickle_message(path, exc: Exception) -> str:
@@ -145,8 +166,10 @@ def refused_pickle_message(path, exc: Exception) -> str:
         detail = re.search(r"WeightsUnpickler error:\s*(.+?)\n", text)
         return f"{path} is not a checkpoint (unreadable: {detail.group(1).strip() if detail else type(exc).__name__})"
     what = f" ({found.group(1)})" if found else ""
-    return (f"{path} holds Python objects other than tensors{what}; refused: checkpoints are read with "
-            "weights_only=True and never unpickled")
+    return (
+        f"{path} holds Python objects other than tensors{what}; refused: checkpoints are read with "
+        "weights_only=True and never unpickled"
+    )
 
 
 def state_mismatch(own: dict, state: dict, limit: int = 5) -> str | None:
@@ -165,17 +188,22 @@ def state_mismatch(own: dict, state: dict, limit: int = 5) -> str | None:
 
     parts = []
     if wrong:
-        parts.append(f"{len(wrong)} shape mismatch: "
-                     + listing(wrong, lambda k: f"{k} weights {shape(state[k])} vs model {shape(own[k])}"))
+        parts.append(
+            f"{len(wrong)} shape mismatch: "
+            + listing(wrong, lambda k: f"{k} weights {shape(state[k])} vs model {shape(own[k])}")
+        )
     if missing:
         parts.append(f"{len(missing)} missing from the weights: " + listing(missing, lambda k: f"{k} {shape(own[k])}"))
     if unexpected:
-        parts.append(f"{len(unexpected)} unexpected in the weights: "
-                     + listing(unexpected, lambda k: f"{k} {shape(state[k])}"))
+        parts.append(
+            f"{len(unexpected)} unexpected in the weights: " + listing(unexpected, lambda k: f"{k} {shape(state[k])}")
+        )
     hint = ""
     if any(".qkv." in k for k in missing + unexpected):
-        hint = (" (attention blocks differ: attention sits where the running resolution, starting at "
-                "max(input_shape) and halving per level, is in attn_res; check input_shape)")
+        hint = (
+            " (attention blocks differ: attention sits where the running resolution, starting at "
+            "max(input_shape) and halving per level, is in attn_res; check input_shape)"
+        )
     return "; ".join(parts) + hint
 
 
@@ -188,8 +216,10 @@ def fit_state(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> 
         state = {**state, **{f"ema_{k}": v for k, v in state.items() if k.startswith("net.")}}
     problem = state_mismatch(own, state)
     if problem:
-        raise UserError(f"weights in {source} do not fit the model (check --is3D, --input_shape, --latent_dim and "
-                        f"the model§… architecture keys): {problem}")
+        raise UserError(
+            f"weights in {source} do not fit the model (check --is3D, --input_shape, --latent_dim and "
+            f"the model§… architecture keys): {problem}"
+        )
     refuse_unusable(own, state, source)
     return state
 
@@ -202,12 +232,20 @@ def refuse_unusable(own: dict, state: dict, source: str) -> None:
         if not isinstance(theirs, torch.Tensor):
             continue
         if mine.is_floating_point() and not (theirs.is_floating_point() or theirs.is_complex()):
-            raise UserError(f"weights in {source}: {name} is {str(theirs.dtype).replace('torch.', '')} where the model "
-                            f"holds {str(mine.dtype).replace('torch.', '')}: not trained weights of this model")
-        if theirs.is_floating_point() and theirs.numel() and not theirs.is_meta \
-                and not bool(torch.isfinite(theirs).all()):
-            raise UserError(f"weights in {source}: {name} holds NaN or inf values (a diverged or damaged "
-                            "checkpoint); every latent would be NaN")
+            raise UserError(
+                f"weights in {source}: {name} is {str(theirs.dtype).replace('torch.', '')} where the model "
+                f"holds {str(mine.dtype).replace('torch.', '')}: not trained weights of this model"
+            )
+        if (
+            theirs.is_floating_point()
+            and theirs.numel()
+            and not theirs.is_meta
+            and not bool(torch.isfinite(theirs).all())
+        ):
+            raise UserError(
+                f"weights in {source}: {name} holds NaN or inf values (a diverged or damaged "
+                "checkpoint); every latent would be NaN"
+            )
 
 
 def load_weights(model: nn.Module, path: str | Path) -> dict:
@@ -230,8 +268,10 @@ def best_from_last(ckpt_dir: Path) -> Path | None:
     ckpt = read_checkpoint(last)
     callbacks = ckpt.get("callbacks") or {}
     if not isinstance(callbacks, dict):
-        raise UserError(f"{last}: its callbacks state is a {type(callbacks).__name__}, not Lightning's mapping; "
-                        "not a checkpoint of a run (give the best checkpoint's file with --load_model_4test)")
+        raise UserError(
+            f"{last}: its callbacks state is a {type(callbacks).__name__}, not Lightning's mapping; "
+            "not a checkpoint of a run (give the best checkpoint's file with --load_model_4test)"
+        )
     for key, cb_state in callbacks.items():
         if str(key).startswith("ModelCheckpoint") and isinstance(cb_state, dict) and cb_state.get("best_model_path"):
             if not isinstance(cb_state["best_model_path"], str):

@@ -10,6 +10,7 @@ Two repository layouts are read, never executing code from them (no
    ``x_T`` in a safetensors file (else a torch pickle), returned as stored with the
    repository's config.json; ``Engines/WarpDrives/DiffAE/published_hub.py`` maps them onto our DiffAE.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,11 +55,16 @@ def fetch(ref: str) -> tuple[Path, str, str | None]:
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
-        path = Path(snapshot_download(repo, revision=revision or None,
-                                      allow_patterns=["*.json", "*.safetensors", "*.md", *_PICKLES]))
+        path = Path(
+            snapshot_download(
+                repo, revision=revision or None, allow_patterns=["*.json", "*.safetensors", "*.md", *_PICKLES]
+            )
+        )
     except LocalEntryNotFoundError:
-        raise UserError(f"--load_hf {ref}: not in the local Hugging Face cache and the Hub is unreachable "
-                        "(offline?); download it once online or pass a local folder") from None
+        raise UserError(
+            f"--load_hf {ref}: not in the local Hugging Face cache and the Hub is unreachable "
+            "(offline?); download it once online or pass a local folder"
+        ) from None
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise UserError(f"--load_hf {ref}: {str(exc).splitlines()[0]}") from None
     # the snapshot folder is named after the commit: that is the revision actually used
@@ -99,11 +105,21 @@ def read(ref: str) -> HubModel:
             return HubModel("imlatent", state, layer_from_config(config, str(cfg_path)), source, revision)
     files = sorted(folder.glob("*.safetensors")) or [p for pat in _PICKLES for p in sorted(folder.glob(pat))]
     if not files:
-        raise UserError(f"no weights in {folder} (expected our config.json + model.safetensors, or a published "
-                        "checkpoint with net.*/ema_net.* tensors)")
+        raise UserError(
+            f"no weights in {folder} (expected our config.json + model.safetensors, or a published "
+            "checkpoint with net.*/ema_net.* tensors)"
+        )
     tensors, meta = _read_tensors(files[0])
-    return HubModel("published", tensors, {}, source, revision, meta=meta,
-                    config=config if isinstance(config, dict) else {}, config_path=str(cfg_path))
+    return HubModel(
+        "published",
+        tensors,
+        {},
+        source,
+        revision,
+        meta=meta,
+        config=config if isinstance(config, dict) else {},
+        config_path=str(cfg_path),
+    )
 
 
 def shape_list(value, where: str) -> list[int]:
@@ -111,10 +127,14 @@ def shape_list(value, where: str) -> list[int]:
     if isinstance(value, str):
         parts = [p.strip() for p in value.replace("x", ",").split(",") if p.strip()]
         value = [int(p) for p in parts] if all(p.isdigit() for p in parts) else value
-    if not (isinstance(value, list) and value and all(isinstance(v, int) and not isinstance(v, bool) and v > 0
-                                                      for v in value)):
-        raise UserError(f"{where}: input_shape must be a list of positive integers such as [50, 128, 128], "
-                        f"got {value!r}")
+    if not (
+        isinstance(value, list)
+        and value
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        raise UserError(
+            f"{where}: input_shape must be a list of positive integers such as [50, 128, 128], got {value!r}"
+        )
     return value
 
 
@@ -127,11 +147,17 @@ def layer_from_config(config: dict, where: str = "config.json") -> dict:
         shape = shape_list(config["input_shape"], where)
     except KeyError as exc:
         raise UserError(f"{where} of the Hub model lacks {exc}") from None
-    problems = [name for name, ok in (("drive", isinstance(drive, str)), ("is3D", isinstance(is3D, bool)),
-                                      ("latent_dim", isinstance(latent, int) and not isinstance(latent, bool)
-                                       and latent > 0),
-                                      ("architecture", isinstance(arch, dict)), ("normalisation", isinstance(norm, dict)))
-                if not ok]
+    problems = [
+        name
+        for name, ok in (
+            ("drive", isinstance(drive, str)),
+            ("is3D", isinstance(is3D, bool)),
+            ("latent_dim", isinstance(latent, int) and not isinstance(latent, bool) and latent > 0),
+            ("architecture", isinstance(arch, dict)),
+            ("normalisation", isinstance(norm, dict)),
+        )
+        if not ok
+    ]
     if problems:
         raise UserError(f"{where}: {', '.join(f'{p}={config.get(p)!r}' for p in problems)} has the wrong type")
     model = {"drive": drive, "is3D": is3D, "input_shape": shape, "latent_dim": latent, drive: dict(arch)}
@@ -148,17 +174,35 @@ def export_config(cfg: Config, in_channels: int, weights: str) -> dict:
     drive = cfg.model.drive
     d, p = cfg.data, cfg.paths
     return {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "drive": drive, "is3D": cfg.model.is3D,
-        "input_shape": list(cfg.model.input_shape), "in_channels": in_channels, "latent_dim": cfg.model.latent_dim,
-        "architecture": _section(getattr(cfg.model, drive, None)), "weights": weights,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "drive": drive,
+        "is3D": cfg.model.is3D,
+        "input_shape": list(cfg.model.input_shape),
+        "in_channels": in_channels,
+        "latent_dim": cfg.model.latent_dim,
+        "architecture": _section(getattr(cfg.model, drive, None)),
+        "weights": weights,
         "axes": "C x S x X x Y" if cfg.model.is3D else "C x X x Y",
         # every data setting of the sample transform (data.datamodule.sample_spec) but training's augmentation:
         # a loader that fell back to the task's default for one of them would embed other inputs, silently
-        "normalisation": {"norm_type": d.norm_type, "norm_range": d.norm_range, "prenorm": d.prenorm,
-                          "zscore_mean": d.zscore_mean, "zscore_std": d.zscore_std, "croppad": d.croppad,
-                          "allow_pad": d.allow_pad, "interp_fact": d.interp_fact, "complex_mode": d.complex_mode,
-                          "grey2RGB": d.grey2RGB},
-        "data_selection": {"DS_channel_dim": p.DS_channel_dim, "DS_slice_dim": p.DS_slice_dim,
-                           "DS_multi_channel": p.DS_multi_channel, "DS_split_time": p.DS_split_time,
-                           "DS_split_volume": p.DS_split_volume},
+        "normalisation": {
+            "norm_type": d.norm_type,
+            "norm_range": d.norm_range,
+            "prenorm": d.prenorm,
+            "zscore_mean": d.zscore_mean,
+            "zscore_std": d.zscore_std,
+            "croppad": d.croppad,
+            "allow_pad": d.allow_pad,
+            "interp_fact": d.interp_fact,
+            "complex_mode": d.complex_mode,
+            "grey2RGB": d.grey2RGB,
+        },
+        "data_selection": {
+            "DS_channel_dim": p.DS_channel_dim,
+            "DS_slice_dim": p.DS_slice_dim,
+            "DS_multi_channel": p.DS_multi_channel,
+            "DS_split_time": p.DS_split_time,
+            "DS_split_volume": p.DS_split_volume,
+        },
     }

@@ -7,6 +7,7 @@ c/t/s as ints). emb.h5 holds, per ``patientID/fieldID/instanceID/key``, an array
 those all-NaN rows are dropped here, partly-NaN rows are kept so that the caller
 can report them.
 """
+
 from __future__ import annotations
 
 import re
@@ -57,8 +58,10 @@ def read_latents(path: str | Path) -> pd.DataFrame:
             import pyarrow.parquet as pq  # the footer declares rows and columns: checked before the read
 
             meta = pq.ParquetFile(file).metadata
-            check_bytes(8 * meta.num_rows * meta.num_columns, f"{file} ({meta.num_rows} rows x {meta.num_columns} "
-                        "columns as 8-byte values)")
+            check_bytes(
+                8 * meta.num_rows * meta.num_columns,
+                f"{file} ({meta.num_rows} rows x {meta.num_columns} columns as 8-byte values)",
+            )
             df = pd.read_parquet(file)
         elif suffix in (".tsv", ".txt", ".csv"):
             sep = "," if suffix == ".csv" else "\t"
@@ -68,8 +71,9 @@ def read_latents(path: str | Path) -> pd.DataFrame:
         elif suffix in (".h5", ".hdf5"):
             df = _read_h5(file)
         else:
-            raise UserError(f"unknown latent format '{file.suffix}' for {file} "
-                            "(expected emb.h5, emb.tsv, emb.csv or emb.parquet)")
+            raise UserError(
+                f"unknown latent format '{file.suffix}' for {file} (expected emb.h5, emb.tsv, emb.csv or emb.parquet)"
+            )
     except UserError:
         raise
     except (OSError, ValueError, ImportError) as exc:  # unreadable or corrupt file
@@ -118,8 +122,7 @@ def _normalise(df: pd.DataFrame, file: Path) -> pd.DataFrame:
 def _first_bad(values: pd.Series, bad: np.ndarray, col: str, file: Path, what: str) -> UserError:
     i = int(np.flatnonzero(bad)[0])
     value = values.iloc[i].item() if hasattr(values.iloc[i], "item") else values.iloc[i]  # 0.5, not np.float64(0.5)
-    return UserError(f"{file}: column {col} row {i + 1} is {value!r}, not {what} "
-                     f"({int(bad.sum())} such row(s))")
+    return UserError(f"{file}: column {col} row {i + 1} is {value!r}, not {what} ({int(bad.sum())} such row(s))")
 
 
 def _index_column(values: pd.Series, col: str, file: Path) -> pd.Series:
@@ -149,14 +152,19 @@ def _read_h5(file: Path) -> pd.DataFrame:
     with h5py.File(file, "r") as h5:
         for where, ds in iter_datasets(h5):
             if ds.ndim != 4:
-                raise UserError(f"{file}:{ds.name} has shape {ds.shape}; expected (n_channel, n_time, n_slice, latent_dim)")
+                raise UserError(
+                    f"{file}:{ds.name} has shape {ds.shape}; expected (n_channel, n_time, n_slice, latent_dim)"
+                )
             if latent_dim is not None and ds.shape[-1] != latent_dim:
                 raise UserError(f"{file}:{ds.name} has latent_dim {ds.shape[-1]}, others {latent_dim}")
             latent_dim = ds.shape[-1]
             # every array is held (as a float32 table) until the concat copies them all once more
             total += nbytes(ds.shape, np.float32)
-            check_bytes(2 * total, f"{file}: the latent arrays up to {ds.name} (shape {ds.shape})",
-                        "is this an emb.h5 written by a run?")
+            check_bytes(
+                2 * total,
+                f"{file}: the latent arrays up to {ds.name} (shape {ds.shape})",
+                "is this an emb.h5 written by a run?",
+            )
             parts.append(_flatten(ds[()], where))
     if not parts:
         raise UserError(f"{file} holds no latent arrays (expected patientID/fieldID/instanceID/key datasets)")

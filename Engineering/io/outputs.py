@@ -4,6 +4,7 @@ emb.h5 mirrors the input layout: patientID/fieldID/instanceID/<key> holds a
 float32 array (n_channel, n_time, n_slice, latent_dim) indexed by the sample's
 (c, t, s); an axis that is not split has length 1; NaN where not computed.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,6 +15,7 @@ import pandas as pd
 
 from Engineering.data.layout import SAMPLE_COLUMNS, SampleInfo
 from Engineering.io.atomic import atomic_path
+
 
 def _attrs(obj, attrs: dict | None) -> None:
     for k, v in (attrs or {}).items():
@@ -48,9 +50,15 @@ def write_emb_tables(out_dir: str | Path, infos: list[SampleInfo], z: np.ndarray
         table.to_parquet(tmp, index=False)
 
 
-def write_recon_h5(path: str | Path, infos: list[SampleInfo], recon: list[np.ndarray], inputs: list[np.ndarray],
-                   attrs: dict | None = None, codes: list[np.ndarray | None] | None = None,
-                   code_name: str = "xT") -> None:
+def write_recon_h5(
+    path: str | Path,
+    infos: list[SampleInfo],
+    recon: list[np.ndarray],
+    inputs: list[np.ndarray],
+    attrs: dict | None = None,
+    codes: list[np.ndarray | None] | None = None,
+    code_name: str = "xT",
+) -> None:
     """Reconstructions (original intensity units; complex64 for complex data kept complex, float32 otherwise) per
     sample: <group>/<key>/recon_c{c}_t{t}_s{s}, with the input (``input_...``) and a per-sample map beside them
     (``<code_name>_...``): for DiffAE the stochastic code x_T in the model's normalised units (``xT_...``), for the
@@ -60,8 +68,10 @@ def write_recon_h5(path: str | Path, infos: list[SampleInfo], recon: list[np.nda
         _attrs(h5, attrs)
         for info, rec, inp, code in zip(infos, recon, inputs, codes):
             grp = h5.require_group(f"{info.group}/{info.key}")
-            name = f"c{info.c if info.c is not None else 'all'}_t{info.t if info.t is not None else 'all'}" \
-                   f"_s{info.s if info.s is not None else 'all'}"
+            name = (
+                f"c{info.c if info.c is not None else 'all'}_t{info.t if info.t is not None else 'all'}"
+                f"_s{info.s if info.s is not None else 'all'}"
+            )
             grp.create_dataset(f"recon_{name}", data=_stored(rec))
             grp.create_dataset(f"input_{name}", data=_stored(inp))
             if code is not None:

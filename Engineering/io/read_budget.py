@@ -8,11 +8,12 @@ is one line naming it instead of a traceback or the machine swapping itself to d
 The bound is a fraction of the memory available when asked (``DEFAULT_FRACTION``), or ``IMLATENT_MAX_READ_GB``
 GiB when that environment variable is set (a shared node whose free memory is not yours, or a big machine).
 """
+
 from __future__ import annotations
 
 import math
 import os
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -65,10 +66,15 @@ def check_bytes(need: int, what: str, hint: str = "") -> None:
     """A UserError naming ``what`` when ``need`` bytes exceed the read budget; nothing is allocated here."""
     budget = read_budget()
     if need > budget:
-        limit = f"{ENV}={os.environ[ENV]}" if os.environ.get(ENV, "").strip() else \
-            f"{DEFAULT_FRACTION:g} of the available memory; {ENV} sets another limit"
-        raise UserError(f"{what} would need {_gib(need)}, more than the {_gib(budget)} one read may take "
-                        f"({limit}){'; ' + hint if hint else ''}")
+        limit = (
+            f"{ENV}={os.environ[ENV]}"
+            if os.environ.get(ENV, "").strip()
+            else f"{DEFAULT_FRACTION:g} of the available memory; {ENV} sets another limit"
+        )
+        raise UserError(
+            f"{what} would need {_gib(need)}, more than the {_gib(budget)} one read may take "
+            f"({limit}){'; ' + hint if hint else ''}"
+        )
 
 
 def check_read(shape: Iterable[int], dtype, what: str, hint: str = "", copies: float = 1) -> int:

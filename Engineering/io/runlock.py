@@ -11,6 +11,7 @@ unsharded test, merge_shards) and a shard lock refuse each other, and two runs o
 other. Each side takes its own lock first and then looks for the other kind: of two racing starts at least one
 refuses, never neither.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,7 +49,7 @@ class RunLock:
         self.path = Path(run_dir) / (LOCK_NAME if shard is None else f"{LOCK_NAME}_shard{shard[0]}of{shard[1]}")
         self.held = False
 
-    def acquire(self) -> "RunLock":
+    def acquire(self) -> RunLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         me = {"pid": os.getpid(), "host": socket.gethostname(), "slurm_job": os.environ.get("SLURM_JOB_ID", "")}
         for _ in range(2):
@@ -59,14 +60,18 @@ class RunLock:
                 dead = holder.get("host") == me["host"] and not process_alive(int(holder.get("pid", -1)))
                 requeued = bool(me["slurm_job"]) and holder.get("slurm_job") == me["slurm_job"]  # SLURM requeue
                 if dead or requeued:
-                    print(f"warning: taking over the stale lock of run folder {self.path.parent} "
-                          f"(process {holder.get('pid')} on {holder.get('host')} is gone)")
+                    print(
+                        f"warning: taking over the stale lock of run folder {self.path.parent} "
+                        f"(process {holder.get('pid')} on {holder.get('host')} is gone)"
+                    )
                     self.path.unlink(missing_ok=True)
                     continue
-                raise UserError(f"run folder {self.path.parent} is in use by process {holder.get('pid', '?')} on "
-                                f"{holder.get('host', '?')} (lock {self.path}); wait for it or use another "
-                                "--trainID/--fulltrainID (if that process is gone, e.g. a job on another node, "
-                                "delete the lock file)") from None
+                raise UserError(
+                    f"run folder {self.path.parent} is in use by process {holder.get('pid', '?')} on "
+                    f"{holder.get('host', '?')} (lock {self.path}); wait for it or use another "
+                    "--trainID/--fulltrainID (if that process is gone, e.g. a job on another node, "
+                    "delete the lock file)"
+                ) from None
             with os.fdopen(fd, "w") as fh:
                 json.dump(me, fh)
             self.held = True
@@ -84,9 +89,11 @@ class RunLock:
                 continue
             self.release()
             what = "a sharded inference (" + other.name.split("_", 1)[1] + ")" if self.shard is None else "a run"
-            raise UserError(f"run folder {folder} is in use by {what}, process {holder.get('pid', '?')} on "
-                            f"{holder.get('host', '?')} (lock {other}); wait for it (shards of one test run in "
-                            "parallel with each other only)")
+            raise UserError(
+                f"run folder {folder} is in use by {what}, process {holder.get('pid', '?')} on "
+                f"{holder.get('host', '?')} (lock {other}); wait for it (shards of one test run in "
+                "parallel with each other only)"
+            )
 
     def _holder(self) -> dict:
         return _read_holder(self.path)
@@ -96,7 +103,7 @@ class RunLock:
             self.path.unlink(missing_ok=True)
             self.held = False
 
-    def __enter__(self) -> "RunLock":
+    def __enter__(self) -> RunLock:
         return self.acquire()
 
     def __exit__(self, *exc) -> None:

@@ -4,6 +4,7 @@ Shard i of n holds every n-th patient of the test split (sorted IDs) starting at
 disjoint by patient: their emb.h5 and recon.h5 groups are copied as they are, the tables concatenated in sample
 order, ``n_samples`` summed. Every shard must be there and complete; the merged folder is swapped in atomically.
 """
+
 from __future__ import annotations
 
 import re
@@ -49,8 +50,10 @@ def merge_shards(out_dir: Path) -> dict:
     n, shards = next(iter(found.items()))
     missing = [i for i in range(n) if i not in shards or not (shards[i] / "emb.h5").is_file()]
     if missing:
-        raise UserError(f"shards {missing} of {n} are missing or unfinished in {out_dir.parent} "
-                        f"(run --run_mode 2 --shard i/{n} for them)")
+        raise UserError(
+            f"shards {missing} of {n} are missing or unfinished in {out_dir.parent} "
+            f"(run --run_mode 2 --shard i/{n} for them)"
+        )
     folders = [shards[i] for i in range(n)]
     with RunLock(out_dir.parent):  # no shard may still be writing, and one merge at a time
         for stale in remove_stale(out_dir.parent, out_dir.name):  # a killed earlier merge's staging folder
@@ -72,8 +75,10 @@ def _same_model(folders: list[Path]) -> list[pd.DataFrame]:
                 attrs = {k: str(h5.attrs.get(k, "")) for k in SAME_ATTRS}
             table = pd.read_parquet(folder / "emb.parquet")
         except (OSError, ValueError) as exc:  # h5py/pyarrow: damaged, truncated or missing files
-            raise UserError(f"shard {folder.name} is damaged or incomplete ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0] if str(exc) else ''}); run that shard again") from None
+            raise UserError(
+                f"shard {folder.name} is damaged or incomplete ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''}); run that shard again"
+            ) from None
         z_cols = [c for c in table.columns if c not in SAMPLE_COLUMNS]
         if first is None:
             first = (folder, attrs, z_cols)
@@ -81,11 +86,15 @@ def _same_model(folders: list[Path]) -> list[pd.DataFrame]:
             changed = [k for k in SAME_ATTRS if attrs[k] != first[1][k]]
             if changed:
                 k = changed[0]
-                raise UserError(f"shards {first[0].name} and {folder.name} are not one test: {k} "
-                                f"{first[1][k]!r} vs {attrs[k]!r}; run every shard with the same weights")
+                raise UserError(
+                    f"shards {first[0].name} and {folder.name} are not one test: {k} "
+                    f"{first[1][k]!r} vs {attrs[k]!r}; run every shard with the same weights"
+                )
             if z_cols != first[2]:
-                raise UserError(f"shards {first[0].name} and {folder.name} hold latents of different sizes "
-                                f"({len(first[2])} vs {len(z_cols)} columns): not one test")
+                raise UserError(
+                    f"shards {first[0].name} and {folder.name} hold latents of different sizes "
+                    f"({len(first[2])} vs {len(z_cols)} columns): not one test"
+                )
         tables.append(table)
     return tables
 
@@ -101,8 +110,11 @@ def _merge(out_dir: Path, folders: list[Path], tables: list[pd.DataFrame], n: in
         table = table.sort_values(list(SAMPLE_COLUMNS), na_position="first", kind="stable")
         table.to_parquet(stage / "emb.parquet", index=False)
         table.to_csv(stage / "emb.tsv", sep="\t", index=False)
-        metrics = [pd.read_csv(f / "metrics.csv", dtype={c: str for c in SAMPLE_COLUMNS[:4]})
-                   for f in folders if (f / "metrics.csv").is_file()]
+        metrics = [
+            pd.read_csv(f / "metrics.csv", dtype={c: str for c in SAMPLE_COLUMNS[:4]})
+            for f in folders
+            if (f / "metrics.csv").is_file()
+        ]
         if metrics:
             pd.concat(metrics, ignore_index=True).to_csv(stage / "metrics.csv", index=False)
         if len(table) != n_samples:
@@ -121,8 +133,9 @@ def _merge_h5(paths: list[Path], out: Path, n: int) -> int:
             try:
                 src_file = h5py.File(path, "r")
             except OSError as exc:
-                raise UserError(f"shard file {path} is damaged ({str(exc).splitlines()[0]}); run that shard again") \
-                    from None
+                raise UserError(
+                    f"shard file {path} is damaged ({str(exc).splitlines()[0]}); run that shard again"
+                ) from None
             with src_file as src:
                 for k, v in src.attrs.items():
                     dst.attrs[k] = v

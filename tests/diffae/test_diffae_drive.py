@@ -1,4 +1,5 @@
 """DiffAE WarpDrive (2D/3D network) and the Gaussian diffusion math, on tiny CPU shapes."""
+
 from __future__ import annotations
 
 import math
@@ -7,8 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig, DiffAEConfigError
-from Engineering.Engines.WarpDrives.DiffAE.network import blocks
+from Engineering.Engines.WarpDrives.DiffAE.network import DiffAE, DiffAEConfig, DiffAEConfigError, blocks
 from Engineering.Engines.WarpDrives.DiffAE.network.blocks import AttentionBlock, Resample
 from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion, respace_timesteps
@@ -17,8 +17,16 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # two UNet levels, attention at the second (running resolution 16 -> 8)
-TINY = dict(net_ch=8, latent_dim=6, ch_mult=(1, 2), enc_ch_mult=(1, 2, 2), num_res_blocks=1,
-            enc_num_res_blocks=1, attn_res=(8,), dropout=0.0)
+TINY = dict(
+    net_ch=8,
+    latent_dim=6,
+    ch_mult=(1, 2),
+    enc_ch_mult=(1, 2, 2),
+    num_res_blocks=1,
+    enc_num_res_blocks=1,
+    attn_res=(8,),
+    dropout=0.0,
+)
 
 
 def tiny(**kw) -> DiffAE:
@@ -31,6 +39,7 @@ def signature(model: torch.nn.Module) -> dict:
 
 
 # ---- network ----------------------------------------------------------------------------
+
 
 def test_2d_shapes():
     m = tiny(is3D=False, in_channels=2, input_shape=(16, 16))
@@ -62,8 +71,9 @@ def test_3d_shapes_and_resampling_axes(isotropic):
             assert tuple(after) == tuple(int(s * factor) for s in before)
         else:  # in-plane only: the first spatial axis keeps its length
             assert after[0] == before[0] == 4
-            assert after[1:] == (torch.Size([b // 2 for b in before[1:]]) if mode == "down"
-                                 else torch.Size([b * 2 for b in before[1:]]))
+            assert after[1:] == (
+                torch.Size([b // 2 for b in before[1:]]) if mode == "down" else torch.Size([b * 2 for b in before[1:]])
+            )
 
 
 def test_in_plane_only_accepts_any_first_axis_but_isotropic_needs_it_divisible():
@@ -139,10 +149,19 @@ def test_in_plane_size_does_not_change_structure():
 
 def test_published_layout_names():
     keys = tiny(is3D=True, input_shape=(2, 16, 16)).state_dict().keys()
-    for k in ["time_embed.time_embed.0.weight", "input_blocks.0.0.weight", "input_blocks.1.0.emb_layers.1.weight",
-              "input_blocks.1.0.cond_emb_layers.1.weight", "input_blocks.2.0.in_layers.0.weight",
-              "input_blocks.3.1.qkv.weight", "middle_block.1.proj_out.weight", "output_blocks.1.2.in_layers.2.weight",
-              "out.2.weight", "encoder.out.3.weight", "encoder.input_blocks.1.0.in_layers.2.weight"]:
+    for k in [
+        "time_embed.time_embed.0.weight",
+        "input_blocks.0.0.weight",
+        "input_blocks.1.0.emb_layers.1.weight",
+        "input_blocks.1.0.cond_emb_layers.1.weight",
+        "input_blocks.2.0.in_layers.0.weight",
+        "input_blocks.3.1.qkv.weight",
+        "middle_block.1.proj_out.weight",
+        "output_blocks.1.2.in_layers.2.weight",
+        "out.2.weight",
+        "encoder.out.3.weight",
+        "encoder.input_blocks.1.0.in_layers.2.weight",
+    ]:
         assert k in keys, k
     # the encoder's blocks are unconditioned: no embedding or second conv
     assert not any(k.startswith("encoder.") and ("emb_layers" in k or "out_layers" in k) for k in keys)
@@ -218,6 +237,7 @@ def test_config_errors_are_clear():
         DiffAEConfig(latent_dim=16, input_shape=(16, 16), ch_mult=(1, 2), enc_ch_mult=(1, 1, 1, 1, 1, 1))
     from Engineering.Engines import registry  # noqa: F401  (registers the drives' error type with run_cli)
     from Engineering.errors import USER_FACING
+
     assert issubclass(DiffAEConfigError, ValueError) and not issubclass(DiffAEConfigError, UserError)
     assert any(issubclass(DiffAEConfigError, t) for t in USER_FACING)
     # lists (YAML/JSON) and 0/1 flags (CLI) are accepted
@@ -240,6 +260,7 @@ def test_runtime_input_checks():
 
 
 # ---- diffusion --------------------------------------------------------------------------
+
 
 def test_respacing():
     # DiffAE's default "ddim" spacing: guided-diffusion's space_timesteps(1000, "ddim20") = range(0, 1000, 50)
@@ -297,8 +318,9 @@ def test_p2_weighting_follows_the_paper_formula():
     assert d.loss(zero, x0, None, t, noise).item() == pytest.approx(want, rel=1e-5)
     # validation's plain MSE, and the uniform diffusion, are untouched by the weighting
     assert d.loss(zero, x0, None, t, noise, weighted=False).item() == pytest.approx(per_sample.mean().item(), rel=1e-6)
-    assert GaussianDiffusion().loss(zero, x0, None, t, noise).item() == pytest.approx(per_sample.mean().item(),
-                                                                                      rel=1e-6)
+    assert GaussianDiffusion().loss(zero, x0, None, t, noise).item() == pytest.approx(
+        per_sample.mean().item(), rel=1e-6
+    )
     # truncated SNR (Salimans & Ho 2022): eps weight max(1, 1/SNR_t), i.e. x0-error weight max(SNR_t, 1)
     tr = GaussianDiffusion(T=T, weighting="truncated_snr")
     abar = 1.0
@@ -312,9 +334,11 @@ def test_p2_weighting_follows_the_paper_formula():
 
 def point_mass_model(d: GaussianDiffusion, target: torch.Tensor):
     """The exact noise predictor for data concentrated on ``target``."""
+
     def eps(x_t, t, z):
         ab = d.alphas_cumprod[t].to(x_t.dtype).view(-1, *([1] * (x_t.ndim - 1)))
         return (x_t - ab.sqrt() * target) / (1 - ab).sqrt()
+
     return eps
 
 
@@ -339,7 +363,7 @@ def reference_ddim(d: GaussianDiffusion, model, x, steps: int, invert: bool):
     ab_prev = torch.cat([torch.ones(1, dtype=ab.dtype), ab[:-1]])
     ab_next = torch.cat([ab[1:], torch.zeros(1, dtype=ab.dtype)])
     x = x.double()
-    for i in (range(steps) if invert else reversed(range(steps))):
+    for i in range(steps) if invert else reversed(range(steps)):
         eps = model(x, torch.full((x.shape[0],), int(ts[i])), None)
         x0 = (1 / ab[i]).sqrt() * x - (1 / ab[i] - 1).sqrt() * eps
         target = ab_next[i] if invert else ab_prev[i]
@@ -352,10 +376,12 @@ def test_ddim_matches_reference_formulas(steps):
     d = GaussianDiffusion()
     model = lambda x_t, t, z: torch.tanh(x_t) * (t.to(x_t.dtype).view(-1, 1, 1, 1) / 1000 + 0.5)  # noqa: E731
     x = torch.randn(2, 1, 4, 4)
-    torch.testing.assert_close(d.ddim_invert(model, x, None, steps), reference_ddim(d, model, x, steps, True),
-                               atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(d.ddim_sample(model, x, None, steps), reference_ddim(d, model, x, steps, False),
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        d.ddim_invert(model, x, None, steps), reference_ddim(d, model, x, steps, True), atol=1e-5, rtol=1e-5
+    )
+    torch.testing.assert_close(
+        d.ddim_sample(model, x, None, steps), reference_ddim(d, model, x, steps, False), atol=1e-4, rtol=1e-4
+    )
 
 
 def test_ddim_clip_and_model_integration():
@@ -395,6 +421,7 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(is3D):
         def pack(tensor, saved=saved):  # what autograd keeps for the backward pass, in bytes
             saved[0] += tensor.numel() * tensor.element_size()
             return tensor
+
         with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
             loss = F.mse_loss(net(x + noise, t, net.encode(x)), noise)
         loss.backward()
@@ -412,13 +439,19 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients(is3D):
 
 # ---- fast paths (docs/results/speed.md): the same numbers as the plain operators -------------------------------------
 
+
 def _plain_down(x: torch.Tensor, factor) -> torch.Tensor:
     return (F.avg_pool3d if x.ndim == 5 else F.avg_pool2d)(x, factor)
 
 
-@pytest.mark.parametrize("dims,shape,layout", [(2, (2, 3, 8, 12), torch.contiguous_format),
-                                               (3, (2, 3, 5, 8, 12), torch.contiguous_format),
-                                               (3, (2, 3, 5, 8, 12), torch.channels_last_3d)])
+@pytest.mark.parametrize(
+    "dims,shape,layout",
+    [
+        (2, (2, 3, 8, 12), torch.contiguous_format),
+        (3, (2, 3, 5, 8, 12), torch.contiguous_format),
+        (3, (2, 3, 5, 8, 12), torch.channels_last_3d),
+    ],
+)
 def test_in_plane_downsampling_equals_average_pooling_values_and_gradients(dims, shape, layout):
     r = Resample("down", dims, in_plane_only=True)
     x = torch.randn(shape).contiguous(memory_format=layout).requires_grad_(True)
@@ -466,8 +499,15 @@ def test_optimised_fp32_paths_give_the_plain_latents_and_noise(monkeypatch, is3D
     with torch.no_grad():
         z, eps = net.encode(x), net(x, t, net.encode(x))
         fast32 = net.fast_encoder(torch.float32)(x)  # the embedding copy (channels-last in 3D)
-        monkeypatch.setattr(Resample, "forward", lambda self, h: _plain_down(h, self.factor) if self.mode == "down"
-                            else F.interpolate(h, scale_factor=self.factor, mode="nearest"))
+        monkeypatch.setattr(
+            Resample,
+            "forward",
+            lambda self, h: (
+                _plain_down(h, self.factor)
+                if self.mode == "down"
+                else F.interpolate(h, scale_factor=self.factor, mode="nearest")
+            ),
+        )
         z_plain, eps_plain = net.encode(x), net(x, t, net.encode(x))
     torch.testing.assert_close(z, z_plain, rtol=0, atol=1e-5)
     torch.testing.assert_close(eps, eps_plain, rtol=0, atol=1e-5)

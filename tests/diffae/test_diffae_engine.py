@@ -1,4 +1,5 @@
 """main_diffAE end to end on a tiny demo cohort: train -> test, outputs, resume, best checkpoint, run modes, errors."""
+
 from __future__ import annotations
 
 import h5py
@@ -7,8 +8,8 @@ import pandas as pd
 import pytest
 import torch
 
-from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
+from Engineering.Engines.MainEngine import run
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import best_from_last, read_checkpoint
 from tests.conftest import run_executor, tiny_args
@@ -65,8 +66,21 @@ def eval_list(cell):
 
 
 def test_3d_train_test_time_as_volume(tiny_demo, tmp_path):
-    _run(tiny_demo, tmp_path, "--fulltrainID", "r3d", "--is3D", "--input_shape", "4,32,32", "--json§DS_slice_dim", "1",
-         "--run_mode", "3", "--n_save_recon_subs", "1")
+    _run(
+        tiny_demo,
+        tmp_path,
+        "--fulltrainID",
+        "r3d",
+        "--is3D",
+        "--input_shape",
+        "4,32,32",
+        "--json§DS_slice_dim",
+        "1",
+        "--run_mode",
+        "3",
+        "--n_save_recon_subs",
+        "1",
+    )
     out = tmp_path / "r3d" / "Output"
     with h5py.File(out / "emb.h5") as h5:
         pid = next(iter(h5))
@@ -81,8 +95,18 @@ def test_3d_train_test_time_as_volume(tiny_demo, tmp_path):
 def test_resume_is_exact(tiny_demo, tmp_path, workers):
     # with workers: persistent loaders and their seeds must not shift the global RNG (dropout) across a resume;
     # random flips are a pure function of (seed, epoch, sample)
-    common = ("--run_mode", "1", "--n_train_batches", "2", "--num_workers", workers, "--flip_prob", "0.5",
-              "--data§flip_axes", "[0, 1]")
+    common = (
+        "--run_mode",
+        "1",
+        "--n_train_batches",
+        "2",
+        "--num_workers",
+        workers,
+        "--flip_prob",
+        "0.5",
+        "--data§flip_axes",
+        "[0, 1]",
+    )
     _run(tiny_demo, tmp_path, "--fulltrainID", "straight", "--num_epochs", "2", *common)
     _run(tiny_demo, tmp_path, "--fulltrainID", "split", "--num_epochs", "1", *common)
     _run(tiny_demo, tmp_path, "--fulltrainID", "split", "--num_epochs", "2", "--resume", *common)
@@ -115,8 +139,19 @@ def test_load_best_picks_lowest_val_loss(tiny_demo, tmp_path):
     best_epoch = int(logged.loc[logged.val_loss.idxmin(), "epoch"])
     best = best_from_last(ckpt_dir)
     assert best is not None and f"epoch={best_epoch:03d}" in best.name
-    _run(tiny_demo, tmp_path, "--fulltrainID", "best", "--resume", "--load_best", "--run_mode", "2",
-         "--test_emb_only", "--output_suffix", "fromBest")
+    _run(
+        tiny_demo,
+        tmp_path,
+        "--fulltrainID",
+        "best",
+        "--resume",
+        "--load_best",
+        "--run_mode",
+        "2",
+        "--test_emb_only",
+        "--output_suffix",
+        "fromBest",
+    )
     with h5py.File(tmp_path / "best" / "Output_fromBest" / "emb.h5") as h5:
         assert h5.attrs["checkpoint"] == str(best)
     assert not (tmp_path / "best" / "Output_fromBest" / "recon.h5").exists()  # --test_emb_only
@@ -130,8 +165,22 @@ def test_run_modes(tiny_demo, tmp_path, mode):
         assert (tmp_path / "m" / "Output" / "emb.h5").is_file()
         return
     # StepLR every epoch by 0.5 (the ancestor had LR decay disabled): the logged lr must halve
-    decay = ["--lr", "1e-4", "--lr_decay_type", "1", "--num_epochs", "2", "--training§LRDecay§type1§decay_every", "1",
-             "--training§LRDecay§type1§decay_rate", "0.5"] if mode == 1 else []
+    decay = (
+        [
+            "--lr",
+            "1e-4",
+            "--lr_decay_type",
+            "1",
+            "--num_epochs",
+            "2",
+            "--training§LRDecay§type1§decay_every",
+            "1",
+            "--training§LRDecay§type1§decay_rate",
+            "0.5",
+        ]
+        if mode == 1
+        else []
+    )
     _run(tiny_demo, tmp_path, "--fulltrainID", "m", "--run_mode", str(mode), "--test_emb_only", *decay)
     assert (tmp_path / "m" / "Checkpoints" / "last.ckpt").is_file()
     assert (tmp_path / "m" / "Output" / "emb.h5").is_file() == (mode == 3)
@@ -144,8 +193,21 @@ def test_run_modes(tiny_demo, tmp_path, mode):
 
 def test_whole_file_inference_and_other_checkpoint(tiny_demo, tmp_path):
     _run(tiny_demo, tmp_path, "--fulltrainID", "w", "--run_mode", "1")
-    _run(tiny_demo, tmp_path, "--fulltrainID", "other", "--run_mode", "2", "--load_model_4test",
-         str(tmp_path / "w"), "--json§foldCSV", "0", "--test_emb_only", "--output_suffix", "fullDS")
+    _run(
+        tiny_demo,
+        tmp_path,
+        "--fulltrainID",
+        "other",
+        "--run_mode",
+        "2",
+        "--load_model_4test",
+        str(tmp_path / "w"),
+        "--json§foldCSV",
+        "0",
+        "--test_emb_only",
+        "--output_suffix",
+        "fullDS",
+    )
     rows = _emb_rows(tmp_path / "other" / "Output_fullDS")
     assert rows.patientID.nunique() == 12
 
@@ -160,8 +222,18 @@ def test_test_without_weights_is_an_error(tiny_demo, tmp_path):
 def test_checkpoint_that_does_not_fit(tiny_demo, tmp_path):
     _run(tiny_demo, tmp_path, "--fulltrainID", "small", "--run_mode", "1")
     with pytest.raises(UserError, match=r"do not fit the model .*shape mismatch"):
-        _run(tiny_demo, tmp_path, "--fulltrainID", "big", "--run_mode", "2", "--latent_dim", "12",
-             "--load_model_4test", str(tmp_path / "small"))
+        _run(
+            tiny_demo,
+            tmp_path,
+            "--fulltrainID",
+            "big",
+            "--run_mode",
+            "2",
+            "--latent_dim",
+            "12",
+            "--load_model_4test",
+            str(tmp_path / "small"),
+        )
 
 
 def test_bad_input_through_the_executor(tmp_path):
@@ -170,9 +242,26 @@ def test_bad_input_through_the_executor(tmp_path):
 
 
 def test_ddp_two_cpu_processes_write_each_subject_once(tiny_demo, tmp_path):
-    proc = run_executor("main_diffAE.py", *tiny_args(tiny_demo, tmp_path, "--fulltrainID", "ddp", "--accelerator",
-                                                     "cpu", "--ndevices", "2", "--training_strategy", "ddp",
-                                                     "--test_emb_only", "--json§foldCSV", "0", "--run_mode", "3"))
+    proc = run_executor(
+        "main_diffAE.py",
+        *tiny_args(
+            tiny_demo,
+            tmp_path,
+            "--fulltrainID",
+            "ddp",
+            "--accelerator",
+            "cpu",
+            "--ndevices",
+            "2",
+            "--training_strategy",
+            "ddp",
+            "--test_emb_only",
+            "--json§foldCSV",
+            "0",
+            "--run_mode",
+            "3",
+        ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = _emb_rows(tmp_path / "ddp" / "Output")
     assert not rows.duplicated(["patientID", "fieldID", "instanceID", "key", "c", "t", "s"]).any()

@@ -1,5 +1,6 @@
 """The IID predictor drive and CutMix on images and latents: every --noise/--style combination trains, alpha
 starts at 0 (the ERM baseline), ArcFace's margin, and one box for the image and its noise maps."""
+
 import math
 
 import pytest
@@ -24,8 +25,19 @@ def batch(n=8, seed=0):
 
 def net(use_noise, use_style, **kw):
     torch.manual_seed(0)
-    return IIDNet(IIDConfig(in_channels=3, n_classes=2, width=8, use_noise=use_noise, use_style=use_style,
-                            n_latent=N_LAT, style_dim=SD, emb_dim=16, **kw))
+    return IIDNet(
+        IIDConfig(
+            in_channels=3,
+            n_classes=2,
+            width=8,
+            use_noise=use_noise,
+            use_style=use_style,
+            n_latent=N_LAT,
+            style_dim=SD,
+            emb_dim=16,
+            **kw,
+        )
+    )
 
 
 @pytest.mark.parametrize("use_noise,use_style", [(False, False), (True, False), (False, True), (True, True)])
@@ -36,7 +48,7 @@ def test_each_combination_trains(use_noise, use_style, use_cutmix):
     x, codes, noise, y = batch()
     g = torch.Generator().manual_seed(1)
     losses = []
-    for step in range(25):
+    for _ in range(25):
         xb, cb, nb, yb, lam, perm = x, codes, noise, y, 1.0, None
         if use_cutmix:
             xb, cb, nb, perm, lam = cutmix(x, codes, noise, generator=g)
@@ -104,9 +116,16 @@ def test_cutmix_mixes_images_noise_and_codes_with_one_box():
     assert torch.allclose(cm, lam * codes + (1 - lam) * codes[perm])
 
 
-@pytest.mark.parametrize("bad,match", [({"n_classes": 1}, "n_classes"), ({"depth": 50}, "depth"),
-                                       ({"use_style": True, "n_latent": 0}, "n_latent"),
-                                       ({"dropout": 1.0}, "dropout"), ({"in_channels": 0}, "in_channels")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"n_classes": 1}, "n_classes"),
+        ({"depth": 50}, "depth"),
+        ({"use_style": True, "n_latent": 0}, "n_latent"),
+        ({"dropout": 1.0}, "dropout"),
+        ({"in_channels": 0}, "in_channels"),
+    ],
+)
 def test_config_errors_name_the_field(bad, match):
     with pytest.raises(IIDConfigError, match=match):
         IIDConfig(**{"n_latent": 4, "style_dim": 4, **bad})
@@ -123,15 +142,21 @@ def torchvision_resnet_state(depth: int = 18, seed: int = 0) -> dict:
         st[name] = torch.randn(*shape, generator=g) * (2.0 / (shape[1] * shape[2] * shape[3])) ** 0.5
 
     def bn(prefix, c):
-        st.update({f"{prefix}.weight": torch.rand(c, generator=g) + 0.5, f"{prefix}.bias": torch.randn(c, generator=g),
-                   f"{prefix}.running_mean": torch.randn(c, generator=g) * 0.1,
-                   f"{prefix}.running_var": torch.rand(c, generator=g) + 0.5,
-                   f"{prefix}.num_batches_tracked": torch.tensor(7)})
+        st.update(
+            {
+                f"{prefix}.weight": torch.rand(c, generator=g) + 0.5,
+                f"{prefix}.bias": torch.randn(c, generator=g),
+                f"{prefix}.running_mean": torch.randn(c, generator=g) * 0.1,
+                f"{prefix}.running_var": torch.rand(c, generator=g) + 0.5,
+                f"{prefix}.num_batches_tracked": torch.tensor(7),
+            }
+        )
+
     conv("conv1.weight", 64, 3, 7, 7)
     bn("bn1", 64)
     cin = 64
     for k, n in enumerate({18: (2, 2, 2, 2), 34: (3, 4, 6, 3)}[depth]):
-        cout = 64 * 2 ** k
+        cout = 64 * 2**k
         for j in range(n):
             pre = f"layer{k + 1}.{j}"
             conv(f"{pre}.conv1.weight", cout, cin if j == 0 else cout, 3, 3)
@@ -149,17 +174,30 @@ def torchvision_resnet_state(depth: int = 18, seed: int = 0) -> dict:
 def reference_resnet_features(st: dict, x: torch.Tensor, blocks) -> torch.Tensor:
     """The ImageNet BasicBlock ResNet (He et al., CVPR 2016) in eval mode straight from the state dict's tensors:
     7x7/2 conv, BN, ReLU, 3x3/2 max pool, residual stages, global average pooling."""
+
     def bn(h, pre):
-        return F.batch_norm(h, st[f"{pre}.running_mean"], st[f"{pre}.running_var"], st[f"{pre}.weight"],
-                            st[f"{pre}.bias"], False, 0.0, 1e-5)
+        return F.batch_norm(
+            h,
+            st[f"{pre}.running_mean"],
+            st[f"{pre}.running_var"],
+            st[f"{pre}.weight"],
+            st[f"{pre}.bias"],
+            False,
+            0.0,
+            1e-5,
+        )
+
     h = F.max_pool2d(F.relu(bn(F.conv2d(x, st["conv1.weight"], stride=2, padding=3), "bn1")), 3, 2, 1)
     for k, n in enumerate(blocks):
         for j in range(n):
             pre, stride = f"layer{k + 1}.{j}", 2 if (j == 0 and k) else 1
             y = F.relu(bn(F.conv2d(h, st[f"{pre}.conv1.weight"], stride=stride, padding=1), f"{pre}.bn1"))
             y = bn(F.conv2d(y, st[f"{pre}.conv2.weight"], padding=1), f"{pre}.bn2")
-            skip = bn(F.conv2d(h, st[f"{pre}.downsample.0.weight"], stride=stride), f"{pre}.downsample.1") \
-                if f"{pre}.downsample.0.weight" in st else h
+            skip = (
+                bn(F.conv2d(h, st[f"{pre}.downsample.0.weight"], stride=stride), f"{pre}.downsample.1")
+                if f"{pre}.downsample.0.weight" in st
+                else h
+            )
             h = F.relu(y + skip)
     return h.mean((2, 3))
 
@@ -174,8 +212,18 @@ def features(m: IIDNet, x: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("channels", [1, 3, 6])
 def test_imagenet_stem_takes_any_channel_count_with_noise_and_style(channels):
     torch.manual_seed(0)
-    m = IIDNet(IIDConfig(in_channels=channels, n_classes=3, stem="imagenet", use_noise=True, use_style=True,
-                         n_latent=N_LAT, style_dim=SD, emb_dim=16))
+    m = IIDNet(
+        IIDConfig(
+            in_channels=channels,
+            n_classes=3,
+            stem="imagenet",
+            use_noise=True,
+            use_style=True,
+            n_latent=N_LAT,
+            style_dim=SD,
+            emb_dim=16,
+        )
+    )
     x, codes, noise, _ = batch(4)
     out = m(x[:, :1].repeat(1, channels, 1, 1), codes, noise)
     assert out["logits"].shape == (4, 3) and out["emb"].shape == (4, 16)
@@ -228,7 +276,8 @@ def test_weights_that_do_not_fit_are_refused():
         m.load_torchvision_weights(good)
     with pytest.raises(IIDConfigError, match="width 64"):
         IIDNet(IIDConfig(in_channels=3, n_classes=2, width=32, stem="imagenet", emb_dim=16)).load_torchvision_weights(
-            torchvision_resnet_state(18))
+            torchvision_resnet_state(18)
+        )
     with pytest.raises(IIDConfigError, match="imagenet stem"):
         IIDNet(IIDConfig(in_channels=3, n_classes=2, width=8, emb_dim=16)).load_torchvision_weights(good)
     with pytest.raises(IIDConfigError, match="stem must be one of small, imagenet"):
@@ -246,17 +295,34 @@ def _report(tmp_path, classes, predicted, split):
 
     n = len(predicted)
     ids = [f"p{i}" for i in range(n)]
-    emb = pd.DataFrame({"patientID": ids, "fieldID": "f", "instanceID": "0", "key": "primary", "c": 0, "t": 0,
-                        "s": 0, "Z0": np.zeros(n, dtype=np.float32)})
+    emb = pd.DataFrame(
+        {
+            "patientID": ids,
+            "fieldID": "f",
+            "instanceID": "0",
+            "key": "primary",
+            "c": 0,
+            "t": 0,
+            "s": 0,
+            "Z0": np.zeros(n, dtype=np.float32),
+        }
+    )
     emb.to_parquet(tmp_path / "emb.parquet")
     position = {c: k for k, c in enumerate(classes)}
     proba = np.zeros((n, len(classes)))
     proba[np.arange(n), [position[c] for c in predicted]] = 1.0
-    model = types.SimpleNamespace(predict_from_embeddings=lambda e: proba, classes=classes,
-                                  labels=dict(zip(ids, predicted)),
-                                  k=types.SimpleNamespace(use_noise=False, use_style=False, loss_coef=0.0))
-    dm = types.SimpleNamespace(group_of={p: "g" for p in ids}, ood_test={p for p, s in zip(ids, split) if s == "ood"},
-                               test_groups={"g"}, val_groups=set())
+    model = types.SimpleNamespace(
+        predict_from_embeddings=lambda e: proba,
+        classes=classes,
+        labels=dict(zip(ids, predicted)),
+        k=types.SimpleNamespace(use_noise=False, use_style=False, loss_coef=0.0),
+    )
+    dm = types.SimpleNamespace(
+        group_of={p: "g" for p in ids},
+        ood_test={p for p, s in zip(ids, split) if s == "ood"},
+        test_groups={"g"},
+        val_groups=set(),
+    )
     cfg = types.SimpleNamespace(model=types.SimpleNamespace(IID=types.SimpleNamespace(targets="y", ood_column="g")))
     OODReport().run(cfg, model, dm, tmp_path)
     return {s: (tmp_path / f"wilds_{s}_test_pred.csv").read_text().split() for s in ("id", "ood")}

@@ -1,5 +1,6 @@
 """main_latentcls: predictors on planted latents, train-only scalers, outputs, bad input; DiffAE latent
 manipulation and the benchmark's model-dependent metrics (--run) on a tiny trained DiffAE."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -15,10 +16,10 @@ import torch
 from Engineering.config.loader import resolve
 from Engineering.data.latent_tables import prepare
 from Engineering.data.transforms import invert_affine
+from Engineering.Engines import registry
 from Engineering.Engines.MainEngine import run
 from Engineering.Engines.MainEngine import run as run_autoencoder
 from Engineering.Engines.saved_runs import load_run, whole_file_data
-from Engineering.Engines import registry
 from Engineering.errors import UserError, run_cli
 from Engineering.io.checkpoints import read_checkpoint
 from tests.conftest import REPO, run_executor, tiny_args
@@ -61,8 +62,9 @@ def planted(tmp_path_factory):
     _latent_table(f, pids, rng).to_parquet(root / "emb.parquet", index=False)
     lin = 10 + 3 * f[:, 0] - 2 * f[:, 1] + rng.normal(scale=0.1, size=N_PATIENTS)
     lin[:6] = np.nan  # missing phenotypes: masked, not dropped
-    pd.DataFrame({"FID": pids, "lin": lin, "rand": rng.normal(size=N_PATIENTS),
-                  "cls": np.where(f[:, 2] > 0, "case", "control")}).to_csv(root / "pheno.tsv", sep="\t", index=False)
+    pd.DataFrame(
+        {"FID": pids, "lin": lin, "rand": rng.normal(size=N_PATIENTS), "cls": np.where(f[:, 2] > 0, "case", "control")}
+    ).to_csv(root / "pheno.tsv", sep="\t", index=False)
     order = [str(p) for p in rng.permutation(pids)]
     folds = {"train": order[:60], "val": order[60:70], "test": order[70:]}
     pd.DataFrame([{k: str(v) for k, v in folds.items()}]).to_csv(root / "folds.csv", index=False)
@@ -70,8 +72,18 @@ def planted(tmp_path_factory):
 
 
 def _args(root, save, *extra, latents="emb.parquet"):
-    return ["--latents", str(root / latents), "--json§DS_phenotypes§path", str(root / "pheno.tsv"),
-            "--json§datadir", str(root), "--json§save_path", str(save), *FAST, *extra]
+    return [
+        "--latents",
+        str(root / latents),
+        "--json§DS_phenotypes§path",
+        str(root / "pheno.tsv"),
+        "--json§datadir",
+        str(root),
+        "--json§save_path",
+        str(save),
+        *FAST,
+        *extra,
+    ]
 
 
 def test_planted_targets_on_held_out_patients(planted, tmp_path):
@@ -79,8 +91,19 @@ def test_planted_targets_on_held_out_patients(planted, tmp_path):
     run(_args(root, tmp_path, "--fulltrainID", "p"), TASK)
     out = tmp_path / "p" / "Output"
     metrics = pd.read_csv(out / "metrics.csv")
-    assert list(metrics.columns) == ["target", "kind", "model", "split", "n", "r2", "mae", "pearson_r", "accuracy",
-                                     "balanced_accuracy", "auroc_macro"]
+    assert list(metrics.columns) == [
+        "target",
+        "kind",
+        "model",
+        "split",
+        "n",
+        "r2",
+        "mae",
+        "pearson_r",
+        "accuracy",
+        "balanced_accuracy",
+        "auroc_macro",
+    ]
     test = metrics[metrics.split == "test"].set_index(["target", "model"])
     for model, least in (("linear", 0.9), ("sklearn_ridge", 0.9), ("mlp", 0.85)):  # 60 training patients
         assert test.loc[("lin", model), "r2"] > least, model
@@ -128,8 +151,11 @@ def test_scalers_are_fitted_on_the_training_split_only(planted, tmp_path):
     np.testing.assert_array_equal(moved.z_std, base.z_std)
     train = base.rows("train")
     np.testing.assert_array_equal(moved.Z[train], base.Z[train])
-    np.testing.assert_allclose(moved.Z[~train & moved.rows("test")] - base.Z[~train & base.rows("test")],
-                               np.broadcast_to(100.0 / base.z_std, (int(in_test.sum()), DIM)), rtol=1e-4)
+    np.testing.assert_allclose(
+        moved.Z[~train & moved.rows("test")] - base.Z[~train & base.rows("test")],
+        np.broadcast_to(100.0 / base.z_std, (int(in_test.sum()), DIM)),
+        rtol=1e-4,
+    )
     pheno = pd.read_csv(root / "pheno.tsv", sep="\t", dtype={"FID": str}).set_index("FID")
     lin = next(t for t in base.targets if t.name == "lin")
     assert lin.mean == pytest.approx(pheno.loc[folds["train"], "lin"].mean())  # target scaler: train patients
@@ -150,15 +176,18 @@ def bad_inputs(planted, tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("case, extra, message", [
-    ("no_overlap", ["--latents", "{bad}/other.parquet"], "no overlap between latents and labels"),
-    ("missing_column", ["--targets", "lin,nope"], "label column(s) nope not found"),
-    ("nan_latents", ["--latents", "{bad}/nan.parquet"], "contain NaN or inf (first: patient 3002"),
-    ("test_only", ["--latents", "{bad}/test_only.parquet"], "--parent_outfolder Output_fullDS"),
-    ("no_latents", ["--latents", ""], "no latents: give --parent_trainID"),
-    ("manipulate_unknown", ["--manipulate", "nope"], "--manipulate 'nope' is not a target"),
-    ("manipulate_no_model", ["--manipulate", "lin"], "--manipulate needs the DiffAE run behind the latents"),
-])
+@pytest.mark.parametrize(
+    "case, extra, message",
+    [
+        ("no_overlap", ["--latents", "{bad}/other.parquet"], "no overlap between latents and labels"),
+        ("missing_column", ["--targets", "lin,nope"], "label column(s) nope not found"),
+        ("nan_latents", ["--latents", "{bad}/nan.parquet"], "contain NaN or inf (first: patient 3002"),
+        ("test_only", ["--latents", "{bad}/test_only.parquet"], "--parent_outfolder Output_fullDS"),
+        ("no_latents", ["--latents", ""], "no latents: give --parent_trainID"),
+        ("manipulate_unknown", ["--manipulate", "nope"], "--manipulate 'nope' is not a target"),
+        ("manipulate_no_model", ["--manipulate", "lin"], "--manipulate needs the DiffAE run behind the latents"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(planted, bad_inputs, tmp_path, capsys, case, extra, message):
     root, _ = planted
     argv = _args(root, tmp_path) + [e.replace("{bad}", str(bad_inputs)) for e in extra]
@@ -177,20 +206,45 @@ def test_bad_input_through_the_executor(planted, tmp_path):
 
 # --- a tiny DiffAE: manipulation and the benchmark's --run ----------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def diffae_run(tiny_demo, tmp_path_factory):
     """A tiny trained DiffAE with latents of the whole cohort (12 patients x 4 frames)."""
     save = tmp_path_factory.mktemp("dae")
-    run_autoencoder(tiny_args(tiny_demo, save, "--fulltrainID", "dae", "--run_mode", "3", "--json§foldCSV", "0",
-                              "--test_emb_only"), registry.get("diffAE"))
+    run_autoencoder(
+        tiny_args(tiny_demo, save, "--fulltrainID", "dae", "--run_mode", "3", "--json§foldCSV", "0", "--test_emb_only"),
+        registry.get("diffAE"),
+    )
     return save
 
 
 def test_manipulate_renders_strips_and_h5(tiny_demo, diffae_run):
-    res = run(["--parent_trainID", "dae", "--json§save_path", str(diffae_run), "--json§datadir", str(tiny_demo),
-               "--json§DS_phenotypes§path", str(tiny_demo / "phenotypes.tsv"), "--targets", "cavity_radius,ef_class",
-               *FAST, "--num_epochs", "3", "--fulltrainID", "lc", "--manipulate", "cavity_radius",
-               "--scales", "-2,0,2", "--n_manipulate_subs", "2"], TASK)
+    res = run(
+        [
+            "--parent_trainID",
+            "dae",
+            "--json§save_path",
+            str(diffae_run),
+            "--json§datadir",
+            str(tiny_demo),
+            "--json§DS_phenotypes§path",
+            str(tiny_demo / "phenotypes.tsv"),
+            "--targets",
+            "cavity_radius,ef_class",
+            *FAST,
+            "--num_epochs",
+            "3",
+            "--fulltrainID",
+            "lc",
+            "--manipulate",
+            "cavity_radius",
+            "--scales",
+            "-2,0,2",
+            "--n_manipulate_subs",
+            "2",
+        ],
+        TASK,
+    )
     run_dir = diffae_run / "dae" / "ClassifyLatent" / "lc"  # the ancestor's place for a parent's predictors
     assert res["run_dir"] == str(run_dir)
     folder = run_dir / "Output" / "manipulation_cavity_radius"
@@ -226,10 +280,27 @@ def test_manipulate_renders_strips_and_h5(tiny_demo, diffae_run):
 
 def test_benchmark_run_gives_model_metrics(tiny_demo, diffae_run, tmp_path):
     bench = _load("main_benchmark")
-    common = ["--latents", str(diffae_run / "dae"), f"copy={diffae_run / 'dae' / 'Output' / 'emb.parquet'}",
-              "--labels", str(tiny_demo / "phenotypes.tsv"), "--label_cols", "cavity_radius",
-              "--out", str(tmp_path / "b"), "--n_boot", "20", "--n_perm", "5", "--n_splits", "2", "--n_repeats", "1",
-              "--run_max_samples", "4"]
+    common = [
+        "--latents",
+        str(diffae_run / "dae"),
+        f"copy={diffae_run / 'dae' / 'Output' / 'emb.parquet'}",
+        "--labels",
+        str(tiny_demo / "phenotypes.tsv"),
+        "--label_cols",
+        "cavity_radius",
+        "--out",
+        str(tmp_path / "b"),
+        "--n_boot",
+        "20",
+        "--n_perm",
+        "5",
+        "--n_splits",
+        "2",
+        "--n_repeats",
+        "1",
+        "--run_max_samples",
+        "4",
+    ]
     with pytest.raises(UserError, match="no --latents run is named 'other'"):
         bench(common + ["--run", f"other={diffae_run / 'dae'}"])
     bench(common + ["--run", str(diffae_run / "dae")])

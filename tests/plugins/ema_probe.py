@@ -1,6 +1,7 @@
 """A test plug-in: the diffAE task, recording the network's weights after every training batch (gathered under
 ZeRO-3, on every rank) so that a test can recompute the EMA independently. Rank 0 writes the initial weights and
 one record per micro-batch to $EMA_LOG (torch.save of a list of state dicts). Registered as ``diffae_ema``."""
+
 from __future__ import annotations
 
 import contextlib

@@ -1,5 +1,6 @@
 """A test plug-in: the diffAE task whose test phase kills its own process (SIGKILL: no cleanup runs) after
 $KILL_AFTER test batches, to check that a killed inference resumes. Registered as ``diffae_kill``."""
+
 from __future__ import annotations
 
 import dataclasses

@@ -3,6 +3,7 @@
 Each rank appends one line per training batch to $PURITY_LOG: rank, number of distinct groups in the batch,
 and the batch's group. Registered as the task ``purity``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,5 +22,6 @@ class PurityEngine(SSLEngine):
         return super().training_step(batch, batch_idx)
 
 
-registry.register(dataclasses.replace(registry.get("ssl"), name="purity", engine=PurityEngine, module=__name__,
-                                      drive="SSL_purity"))
+registry.register(
+    dataclasses.replace(registry.get("ssl"), name="purity", engine=PurityEngine, module=__name__, drive="SSL_purity")
+)

@@ -1,6 +1,7 @@
 """A test plug-in: the diffAE task that sends its own process a signal ($PROBE_SIGNAL, default TERM) at training
 step $SIGNAL_AT_STEP or test batch $SIGNAL_AT_TEST, as ``timeout``, ``scancel`` or a SLURM time limit would.
 Registered as ``diffae_signal``."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -27,5 +28,6 @@ class SignalProbe(DiffAEEngine):
         return super().test_step(batch, batch_idx)
 
 
-registry.register(dataclasses.replace(registry.get("diffAE"), name="diffae_signal", engine=SignalProbe,
-                                      module=__name__))
+registry.register(
+    dataclasses.replace(registry.get("diffAE"), name="diffae_signal", engine=SignalProbe, module=__name__)
+)

@@ -2,6 +2,7 @@
 zero for the same points in any order; both encoders invariant to the points' order; the Vector Neuron code
 invariant to random rotations (and translations) with an equivariant frame and reconstruction; training lowers
 the Chamfer loss; the Earth Mover's distance against the exact optimal matching (Hungarian algorithm)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -73,8 +74,7 @@ def test_vector_neuron_code_is_rotation_invariant_and_its_frame_equivariant(feat
             assert rel < 1e-4, (seed, float(rel))
             torch.testing.assert_close(out["frame"], base["frame"] @ rot.T, rtol=1e-4, atol=1e-4)
             torch.testing.assert_close(out["recon"], base["recon"] @ rot.T + shift, rtol=1e-4, atol=1e-4)
-            assert torch.allclose(out["frame"] @ out["frame"].transpose(1, 2), torch.eye(3).expand(3, 3, 3),
-                                  atol=1e-5)
+            assert torch.allclose(out["frame"] @ out["frame"].transpose(1, 2), torch.eye(3).expand(3, 3, 3), atol=1e-5)
     dg = PointCloudAE(PointCloudConfig(encoder="dgcnn", k=8, width=8, latent_dim=8, grid=4))
     with torch.no_grad():  # the classical encoder is not invariant: the test above could fail
         moved = x[..., :3] @ random_rotation(0).T
@@ -100,9 +100,12 @@ def test_autoencoder_training_lowers_the_chamfer_loss(encoder):
 
 
 def test_bad_configs_are_named():
-    for kw, match in (({"encoder": "pointnet"}, "encoder must be one of dgcnn, vn"),
-                      ({"loss": "l2"}, "loss must be one of chamfer, emd"),
-                      ({"in_features": 5}, "in_features must be 3"), ({"k": 0}, "k")):
+    for kw, match in (
+        ({"encoder": "pointnet"}, "encoder must be one of dgcnn, vn"),
+        ({"loss": "l2"}, "loss must be one of chamfer, emd"),
+        ({"in_features": 5}, "in_features must be 3"),
+        ({"k": 0}, "k"),
+    ):
         with pytest.raises(PointCloudConfigError, match=match):
             PointCloudConfig(latent_dim=16, **kw)
 

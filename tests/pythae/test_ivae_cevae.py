@@ -4,6 +4,7 @@ References are computed here, independently of the models' code: the iVAE ELBO f
 precision form of a product of Gaussians; the CE-VAE loss as the weighted sum of its logged terms. Tiny shapes,
 one torch thread; the whole file runs in seconds.
 """
+
 from __future__ import annotations
 
 import math
@@ -14,8 +15,11 @@ from torch.distributions import Normal, kl_divergence
 
 from Engineering.Engines.WarpDrives.pythaeDrive.network import PythaeDrive, PythaeDriveConfig, PythaeDriveConfigError
 from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models import aux
-from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.cevae import (draw_squares, max_square_side,
-                                                                             square_mask)
+from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.cevae import (
+    draw_squares,
+    max_square_side,
+    square_mask,
+)
 from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models.ivae import skew_kls
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,13 +30,29 @@ MODE_PARAMS = {"iVAE": {}, "IDVAE": {"hidden_nodes_label_decoder": 16}, "CI-iVAE
 
 # the ancestor's config_v1.yaml sections (GlastonburyGroup/ImLatent), key for key; max_n_squares sits inside a
 # comment there, so it is absent
-ANCESTOR_IVAES = {"ivae_mode": "CI-iVAE", "beta": 0.001, "alpha_step": 0.025, "hidden_nodes_label_prior": 256,
-                  "hidden_nodes_label_decoder": 256, "M": 100, "predict_reparameterised": False,
-                  "orig_recon_loss": True}
-ANCESTOR_CEVAE = {"ce_factor": 1.0, "recon_factor": 1.0, "vae_factor": 1.0, "square_size_factor": 2,
-                  "min_n_squares": 1, "anti_confounders_strategy": 0, "n_anti_confounder_layers": 2,
-                  "lambda_conf_corr_loss": 1.0, "learn_phenotypes": True, "n_phenotype_layers": 2,
-                  "lambda_phenotype_loss": 1.0}
+ANCESTOR_IVAES = {
+    "ivae_mode": "CI-iVAE",
+    "beta": 0.001,
+    "alpha_step": 0.025,
+    "hidden_nodes_label_prior": 256,
+    "hidden_nodes_label_decoder": 256,
+    "M": 100,
+    "predict_reparameterised": False,
+    "orig_recon_loss": True,
+}
+ANCESTOR_CEVAE = {
+    "ce_factor": 1.0,
+    "recon_factor": 1.0,
+    "vae_factor": 1.0,
+    "square_size_factor": 2,
+    "min_n_squares": 1,
+    "anti_confounders_strategy": 0,
+    "n_anti_confounder_layers": 2,
+    "lambda_conf_corr_loss": 1.0,
+    "learn_phenotypes": True,
+    "n_phenotype_layers": 2,
+    "lambda_phenotype_loss": 1.0,
+}
 
 
 def blobs(shape, batch=4, seed=0):
@@ -48,8 +68,11 @@ def blobs(shape, batch=4, seed=0):
 
 def make(model, shape=(12, 12), **params):
     torch.manual_seed(0)
-    return PythaeDrive(PythaeDriveConfig(model=model, is3D=len(shape) == 3, input_shape=shape, latent_dim=4,
-                                         n_features=8, model_params=params))
+    return PythaeDrive(
+        PythaeDriveConfig(
+            model=model, is3D=len(shape) == 3, input_shape=shape, latent_dim=4, n_features=8, model_params=params
+        )
+    )
 
 
 def aux_u(batch=4, seed=1):
@@ -151,9 +174,15 @@ def test_ci_ivae_skew_kls_match_quadrature():
     alphas = torch.tensor([0.0, 0.2, 0.5, 0.9, 1.0], dtype=torch.float64)
     g, m = torch.Generator().manual_seed(0), 400_000
     t = lambda v: torch.tensor([[v]], dtype=torch.float64)  # noqa: E731
-    kl_1, kl_2 = skew_kls(t(mu1), t(lv1), t(mu2), t(lv2), alphas,
-                          torch.randn(1, 1, m, generator=g, dtype=torch.float64),
-                          torch.randn(1, 1, m, generator=g, dtype=torch.float64))
+    kl_1, kl_2 = skew_kls(
+        t(mu1),
+        t(lv1),
+        t(mu2),
+        t(lv2),
+        alphas,
+        torch.randn(1, 1, m, generator=g, dtype=torch.float64),
+        torch.randn(1, 1, m, generator=g, dtype=torch.float64),
+    )
     z = torch.linspace(-20, 20, 200_001, dtype=torch.float64)
     q1, q2 = Normal(mu1, math.exp(lv1 / 2)).log_prob(z).exp(), Normal(mu2, math.exp(lv2 / 2)).log_prob(z).exp()
     for k, a in enumerate(alphas.tolist()):
@@ -185,20 +214,29 @@ def test_cevae_loss_is_the_weighted_sum_of_its_terms():
         torch.manual_seed(7)  # same squares and samples for every setting
         out = drive({"inp": x})
         L = {k: float(v.detach()) for k, v in out.losses.items()}
-        want = params["vae_factor"] * L["reg_loss"] + params["recon_factor"] * L["recon_loss"] \
+        want = (
+            params["vae_factor"] * L["reg_loss"]
+            + params["recon_factor"] * L["recon_loss"]
             + params["ce_factor"] * L["ce_recon_loss"]
+        )
         assert math.isclose(L["loss"], want, rel_tol=1e-6)
         runs[name] = L
-    for name, value, term in [("ce_factor", 0.5, "ce_recon_loss"), ("recon_factor", 2.5, "recon_loss"),
-                              ("vae_factor", 0.0, "reg_loss")]:
+    for name, value, term in [
+        ("ce_factor", 0.5, "ce_recon_loss"),
+        ("recon_factor", 2.5, "recon_loss"),
+        ("vae_factor", 0.0, "reg_loss"),
+    ]:
         for key in ("reg_loss", "recon_loss", "ce_recon_loss"):  # the terms do not depend on the factors
             assert math.isclose(runs[name][key], runs[None][key], rel_tol=1e-6)
-        assert math.isclose(runs[name]["loss"] - runs[None]["loss"], (value - 1.0) * runs[None][term],
-                            rel_tol=1e-5, abs_tol=1e-4)
+        assert math.isclose(
+            runs[name]["loss"] - runs[None]["loss"], (value - 1.0) * runs[None][term], rel_tol=1e-5, abs_tol=1e-4
+        )
 
 
-@pytest.mark.parametrize("spatial,factor,min_n,max_n", [((12, 12), 2, 1, 3), ((16, 20), 4, 0, 2),
-                                                        ((4, 12, 12), 2, 2, 2), ((8, 8, 8), 1.5, 0, 4)])
+@pytest.mark.parametrize(
+    "spatial,factor,min_n,max_n",
+    [((12, 12), 2, 1, 3), ((16, 20), 4, 0, 2), ((4, 12, 12), 2, 2, 2), ((8, 8, 8), 1.5, 0, 4)],
+)
 def test_squares_respect_counts_and_size_factor(spatial, factor, min_n, max_n):
     g = torch.Generator().manual_seed(0)
     max_side = max_square_side(spatial, factor)
@@ -301,8 +339,11 @@ def check_terms(terms, falling, k=5):
         assert last < first, f"{name} did not fall: {terms[name]}"
 
 
-IVAE_FALLING = {"iVAE": ["recon_loss"], "IDVAE": ["recon_loss", "label_recon_loss"],
-                "CI-iVAE": ["recon_loss", "encoder_recon_loss"]}
+IVAE_FALLING = {
+    "iVAE": ["recon_loss"],
+    "IDVAE": ["recon_loss", "label_recon_loss"],
+    "CI-iVAE": ["recon_loss", "encoder_recon_loss"],
+}
 
 
 def _train_ivae(mode, shape, steps):
@@ -332,11 +373,20 @@ def test_cevae_trains(shape):
 
 def test_cevae_with_phenotype_head_and_correlation_penalty_trains():
     """The ancestor's ultra_* keys act on ultra_cevae (custom_models/heads.py): their terms are logged and added."""
-    drive = make("ultra_cevae", learn_phenotypes=True, n_phenotypes=1, anti_confounders_strategy=2,
-                 n_confounders_cont=1, lambda_conf_corr_loss=0.5)
+    drive = make(
+        "ultra_cevae",
+        learn_phenotypes=True,
+        n_phenotypes=1,
+        anti_confounders_strategy=2,
+        n_confounders_cont=1,
+        lambda_conf_corr_loss=0.5,
+    )
     x = blobs((12, 12))
-    batch = {"inp": x, aux.PHENOTYPES: x.flatten(1).mean(1, keepdim=True) * 10,
-             aux.CONF_CONT: torch.randn(4, 1, generator=torch.Generator().manual_seed(2))}
+    batch = {
+        "inp": x,
+        aux.PHENOTYPES: x.flatten(1).mean(1, keepdim=True) * 10,
+        aux.CONF_CONT: torch.randn(4, 1, generator=torch.Generator().manual_seed(2)),
+    }
     torch.manual_seed(7)
     out = drive(batch)
     L = {k: float(v.detach()) for k, v in out.losses.items()}
@@ -359,29 +409,36 @@ def test_the_ancestor_config_sections_drive_the_models_unchanged():
     assert drive.model.model_config.max_n_squares == 3 and drive.model.max_side == 6
 
 
-@pytest.mark.parametrize("model,params,match", [
-    ("ivaes", {"alpha_stepp": 0.1}, "unknown ivaes parameter 'alpha_stepp'"),
-    ("ivaes", {"ivae_mode": "betaVAE"}, "ivae_mode must be one of iVAE, IDVAE, CI-iVAE"),
-    ("ivaes", {"alpha_step": 0.0}, "alpha_step must be in"),
-    ("ivaes", {"alpha_step": 1.5}, "alpha_step must be in"),
-    ("ivaes", {"beta": -1.0}, "beta must be"),
-    ("ivaes", {"M": 0}, "M must be a positive integer"),
-    ("ivaes", {"ivae_mode": "iVAE", "M": 10}, "M applies to ivae_mode CI-iVAE only, not iVAE"),
-    ("ivaes", {"ivae_mode": "IDVAE", "alpha_step": 0.1}, "alpha_step applies to ivae_mode CI-iVAE only"),
-    ("ivaes", {"hidden_nodes_label_decoder": 64}, "hidden_nodes_label_decoder applies to ivae_mode IDVAE only"),
-    ("ivaes", {"hidden_nodes_label_prior": 0}, "hidden_nodes_label_prior must be"),
-    ("ivaes", {"predict_reparameterised": True}, "predict_reparameterised=true is not supported"),
-    ("ivaes", {"kl_annealing": True}, "kl_annealing=true is not implemented"),
-    ("ultra_cevae", {"ce_factr": 1.0}, "unknown ultra_cevae parameter 'ce_factr'"),
-    ("ultra_cevae", {"ce_factor": -0.5}, "ce_factor must be"),
-    ("ultra_cevae", {"square_size_factor": 0.5}, "square_size_factor must be >= 1"),
-    ("ultra_cevae", {"min_n_squares": 3, "max_n_squares": 1}, "min_n_squares <= max_n_squares"),
-    ("ultra_cevae", {"min_n_squares": -1}, "min_n_squares <= max_n_squares"),
-])
+@pytest.mark.parametrize(
+    "model,params,match",
+    [
+        ("ivaes", {"alpha_stepp": 0.1}, "unknown ivaes parameter 'alpha_stepp'"),
+        ("ivaes", {"ivae_mode": "betaVAE"}, "ivae_mode must be one of iVAE, IDVAE, CI-iVAE"),
+        ("ivaes", {"alpha_step": 0.0}, "alpha_step must be in"),
+        ("ivaes", {"alpha_step": 1.5}, "alpha_step must be in"),
+        ("ivaes", {"beta": -1.0}, "beta must be"),
+        ("ivaes", {"M": 0}, "M must be a positive integer"),
+        ("ivaes", {"ivae_mode": "iVAE", "M": 10}, "M applies to ivae_mode CI-iVAE only, not iVAE"),
+        ("ivaes", {"ivae_mode": "IDVAE", "alpha_step": 0.1}, "alpha_step applies to ivae_mode CI-iVAE only"),
+        ("ivaes", {"hidden_nodes_label_decoder": 64}, "hidden_nodes_label_decoder applies to ivae_mode IDVAE only"),
+        ("ivaes", {"hidden_nodes_label_prior": 0}, "hidden_nodes_label_prior must be"),
+        ("ivaes", {"predict_reparameterised": True}, "predict_reparameterised=true is not supported"),
+        ("ivaes", {"kl_annealing": True}, "kl_annealing=true is not implemented"),
+        ("ultra_cevae", {"ce_factr": 1.0}, "unknown ultra_cevae parameter 'ce_factr'"),
+        ("ultra_cevae", {"ce_factor": -0.5}, "ce_factor must be"),
+        ("ultra_cevae", {"square_size_factor": 0.5}, "square_size_factor must be >= 1"),
+        ("ultra_cevae", {"min_n_squares": 3, "max_n_squares": 1}, "min_n_squares <= max_n_squares"),
+        ("ultra_cevae", {"min_n_squares": -1}, "min_n_squares <= max_n_squares"),
+    ],
+)
 def test_invalid_keys_are_refused_in_one_line(model, params, match):
     with pytest.raises(PythaeDriveConfigError, match=match) as exc:
-        PythaeDriveConfig(latent_dim=16, model=model, input_shape=(12, 12), model_params={"n_aux": N_AUX, **params}
-                          if model == "ivaes" else params)
+        PythaeDriveConfig(
+            latent_dim=16,
+            model=model,
+            input_shape=(12, 12),
+            model_params={"n_aux": N_AUX, **params} if model == "ivaes" else params,
+        )
     one_line(exc)
 
 
@@ -390,8 +447,9 @@ def test_ivaes_without_u_is_one_clear_error():
         make("ivaes")
     one_line(exc)
     drive = make("ivaes", **SMALL_IVAE)
-    with pytest.raises(PythaeDriveConfigError, match="needs the auxiliary variable u in the batch under 'aux_u'") \
-            as exc:
+    with pytest.raises(
+        PythaeDriveConfigError, match="needs the auxiliary variable u in the batch under 'aux_u'"
+    ) as exc:
         drive({"inp": blobs((12, 12))})
     one_line(exc)
     with pytest.raises(PythaeDriveConfigError, match=r"must have shape \(batch, n_aux\) = \(4, 3\)") as exc:
@@ -407,9 +465,14 @@ class _SquaredError(torch.nn.Module):
         return (recon - target) ** 2
 
 
-@pytest.mark.parametrize("model,params", [("ivaes", {"ivae_mode": "CI-iVAE", "orig_recon_loss": True}),
-                                          ("ivaes", {"ivae_mode": "IDVAE", "orig_recon_loss": False}),
-                                          ("ultra_cevae", {})])
+@pytest.mark.parametrize(
+    "model,params",
+    [
+        ("ivaes", {"ivae_mode": "CI-iVAE", "orig_recon_loss": True}),
+        ("ivaes", {"ivae_mode": "IDVAE", "orig_recon_loss": False}),
+        ("ultra_cevae", {}),
+    ],
+)
 def test_the_drives_elementwise_loss_replaces_the_squared_error(model, params):
     """reconstruction_loss='custom' with a squared error reproduces 'mse' exactly: the recon terms go through the
     drive's element-wise loss (so l1 / masked losses act on these models too)."""
@@ -417,9 +480,17 @@ def test_the_drives_elementwise_loss_replaces_the_squared_error(model, params):
     x, results = blobs((7, 9), batch=5), []
     for kind in ("mse", "custom"):
         torch.manual_seed(0)
-        drive = PythaeDrive(PythaeDriveConfig(model=model, input_shape=(7, 9), latent_dim=4, n_features=4,
-                                              reconstruction_loss=kind, model_params=params,
-                                              custom_loss_class=_SquaredError if kind == "custom" else None))
+        drive = PythaeDrive(
+            PythaeDriveConfig(
+                model=model,
+                input_shape=(7, 9),
+                latent_dim=4,
+                n_features=4,
+                reconstruction_loss=kind,
+                model_params=params,
+                custom_loss_class=_SquaredError if kind == "custom" else None,
+            )
+        )
         torch.manual_seed(1)
         out = drive({"inp": x, "aux_u": aux_u(5)})
         results.append({k: float(v.detach()) for k, v in out.losses.items()})

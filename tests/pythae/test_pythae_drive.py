@@ -3,6 +3,7 @@
 Tiny shapes (1x12x12, 1x4x12x12; odd sizes where the size matters), fixed seeds, one
 torch thread (these tensors are too small for threads to pay off on 2 shared cores).
 """
+
 from __future__ import annotations
 
 import math
@@ -13,19 +14,28 @@ import torch
 import torch.nn.functional as F
 
 from Engineering.Engines.WarpDrives.pythaeDrive.network import (
-    MODELS, PythaeDrive, PythaeDriveConfig, PythaeDriveConfigError, editable_fields, get_spec, model_names,
-    pythae_defaults)
-from Engineering.errors import UserError
-
+    MODELS,
+    PythaeDrive,
+    PythaeDriveConfig,
+    PythaeDriveConfigError,
+    editable_fields,
+    get_spec,
+    model_names,
+    pythae_defaults,
+)
 from Engineering.Engines.WarpDrives.pythaeDrive.network.custom_models import CUSTOM_MODELS
+from Engineering.errors import UserError
 
 CUSTOM = {s.name for s in CUSTOM_MODELS}  # the ancestor's models: their inputs differ (complex data, tables); own tests
 ALL = tuple(n for n in model_names() if n not in CUSTOM)
 PIXEL_LOSS_MODELS = [n for n in ALL if get_spec(n).custom_recon]
 # smaller importance-sample counts keep the 3D runs of the IWAE family quick
-FEW_SAMPLES = {"iwae": {"number_samples": 3}, "ciwae": {"number_samples": 3},
-               "miwae": {"number_samples": 3, "number_gradient_estimates": 2},
-               "piwae": {"number_samples": 3, "number_gradient_estimates": 2}}
+FEW_SAMPLES = {
+    "iwae": {"number_samples": 3},
+    "ciwae": {"number_samples": 3},
+    "miwae": {"number_samples": 3, "number_gradient_estimates": 2},
+    "piwae": {"number_samples": 3, "number_gradient_estimates": 2},
+}
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -107,15 +117,23 @@ def check_trains(drive, x, steps):
 
 # ----------------------------------------------------------------------------- registry / config
 def test_registry_holds_every_model_pythae_exports():
-    exported = {getattr(pm, n) for n in pm.__all__
-                if isinstance(getattr(pm, n), type) and issubclass(getattr(pm, n), pm.BaseAE)} - {pm.BaseAE}
+    exported = {
+        getattr(pm, n) for n in pm.__all__ if isinstance(getattr(pm, n), type) and issubclass(getattr(pm, n), pm.BaseAE)
+    } - {pm.BaseAE}
     stock = {n: s for n, s in MODELS.items() if n not in CUSTOM}
     ours = {s.model_cls for s in stock.values()}
     covered = {c for c in exported if any(issubclass(m, c) for m in ours)}
     assert covered == exported, f"not registered: {sorted(c.__name__ for c in exported - covered)}"
     assert len(stock) == len(exported) == 25
-    assert CUSTOM == {"ultra_vae", "ultra_factor_vae", "ultra_cevae", "ivaes", "complex_ae", "complex_vae",
-                      "complex_factor_vae"}
+    assert CUSTOM == {
+        "ultra_vae",
+        "ultra_factor_vae",
+        "ultra_cevae",
+        "ivaes",
+        "complex_ae",
+        "complex_vae",
+        "complex_factor_vae",
+    }
     for s in stock.values():  # each config class comes from its model's own pythae folder
         base = next(c for c in s.model_cls.__mro__ if c.__module__.startswith("pythae.models."))
         assert s.config_cls.__module__.rsplit(".", 1)[0] == base.__module__.rsplit(".", 1)[0], s.name
@@ -126,6 +144,7 @@ def test_unknown_model_name_lists_valid_names():
         PythaeDriveConfig(latent_dim=16, model="bvae")
     from Engineering.Engines import registry  # noqa: F401  (registers the drives' error type with run_cli)
     from Engineering.errors import USER_FACING
+
     assert not isinstance(err.value, UserError) and isinstance(err.value, tuple(USER_FACING))
     with pytest.raises(ValueError, match="vqvae"):
         get_spec("nope")
@@ -140,14 +159,22 @@ def test_unknown_model_param_names_the_valid_fields():
     with pytest.raises(ValueError, match="adversarial_loss_scale"):
         PythaeDriveConfig(latent_dim=16, model="aae", model_params={"adversarial_loss_scale": "lots"})
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
-        PythaeDrive(PythaeDriveConfig(latent_dim=16, model="aae", input_shape=(8, 8),
-                                      model_params={"adversarial_loss_scale": 2.0}))
+        PythaeDrive(
+            PythaeDriveConfig(
+                latent_dim=16, model="aae", input_shape=(8, 8), model_params={"adversarial_loss_scale": 2.0}
+            )
+        )
 
 
 def test_model_params_override_pythae_defaults():
     assert pythae_defaults("beta_vae") == {"beta": 1.0}
-    assert set(editable_fields("vqvae")) == {"commitment_loss_factor", "quantization_loss_factor", "num_embeddings",
-                                             "use_ema", "decay"}
+    assert set(editable_fields("vqvae")) == {
+        "commitment_loss_factor",
+        "quantization_loss_factor",
+        "num_embeddings",
+        "use_ema",
+        "decay",
+    }
     assert make("beta_vae").model.beta == 1.0
     # a pythae-saved JSON carries bookkeeping fields; they are accepted when consistent
     saved = {"name": "BetaVAEConfig", "latent_dim": 4, "uses_default_encoder": True, "beta": 4.0}
@@ -220,9 +247,13 @@ def test_odd_sizes_reconstruct_to_input_size(family, shape):
 # ----------------------------------------------------------------------------- optimiser contract
 def test_optimiser_specs_follow_pythae_trainers():
     names = {m: [s.name for s in make(m).optimiser_specs()] for m in ("vae", "factor_vae", "aae", "piwae", "vaegan")}
-    assert names == {"vae": ["model"], "factor_vae": ["autoencoder", "discriminator"],
-                     "aae": ["autoencoder", "discriminator"], "piwae": ["encoder", "decoder"],
-                     "vaegan": ["encoder", "decoder", "discriminator"]}
+    assert names == {
+        "vae": ["model"],
+        "factor_vae": ["autoencoder", "discriminator"],
+        "aae": ["autoencoder", "discriminator"],
+        "piwae": ["encoder", "decoder"],
+        "vaegan": ["encoder", "decoder", "discriminator"],
+    }
     rae = make("rae_l2", model_params={"reg_weight": 0.01})
     assert not rae.is_multi_optimiser
     enc, dec = rae.param_groups()
@@ -306,8 +337,13 @@ def test_custom_loss_goes_inside_pythae_formula(model):
     x = blobs((7, 9), batch=5)
     results = []
     for kind in ("mse", "custom"):
-        drive = make(model, (7, 9), n_features=4, reconstruction_loss=kind,
-                     custom_loss_class=SquaredError if kind == "custom" else None)
+        drive = make(
+            model,
+            (7, 9),
+            n_features=4,
+            reconstruction_loss=kind,
+            custom_loss_class=SquaredError if kind == "custom" else None,
+        )
         calls = SquaredError.calls
         torch.manual_seed(1)
         out = drive({"inp": x}, epoch=2, dataset_size=20)
@@ -336,8 +372,13 @@ def test_masked_loss_counts_only_voxels_inside_the_mask():
     mask = torch.zeros(5, 1, *shape)
     mask[..., 2:7, 3:8] = 1
     for model in ("vae", "iwae", "factor_vae"):
-        drive = make(model, shape, reconstruction_loss="custom", custom_loss_class="masked_mse",
-                     model_params=FEW_SAMPLES.get(model, {}))
+        drive = make(
+            model,
+            shape,
+            reconstruction_loss="custom",
+            custom_loss_class="masked_mse",
+            model_params=FEW_SAMPLES.get(model, {}),
+        )
         seen = _capture_decoder_outputs(drive)
         out = drive({"inp": x, "mask": mask})
         rec, xs, ms = seen[-1], x, mask
@@ -376,8 +417,9 @@ def test_masked_custom_loss_trains():
 
 def test_custom_loss_by_dotted_path_and_torch_losses():
     x = blobs((12, 12))
-    drive = make("vae", reconstruction_loss="custom", custom_loss_class="torch.nn.SmoothL1Loss",
-                 custom_loss_params={"beta": 0.5})
+    drive = make(
+        "vae", reconstruction_loss="custom", custom_loss_class="torch.nn.SmoothL1Loss", custom_loss_params={"beta": 0.5}
+    )
     out = drive({"inp": x})
     huber = F.smooth_l1_loss(out.recon, x, beta=0.5, reduction="none")
     assert torch.allclose(out.losses["recon_loss"], (0.5 * _per_sample(huber)).mean())

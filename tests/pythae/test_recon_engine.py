@@ -3,6 +3,7 @@
 Multi-optimiser models run Lightning's manual optimisation in ReconEngine, with gradient accumulation
 and clipping; single-optimiser models the automatic path.
 """
+
 from __future__ import annotations
 
 import lightning as L
@@ -11,9 +12,9 @@ import torch
 
 from Engineering.config.loader import resolve
 from Engineering.data.datamodule import H5DataModule
-from Engineering.Engines.WarpDrives.pythaeDrive.engine import ReconEngine
-from Engineering.Engines.MainEngine import run
 from Engineering.Engines import registry
+from Engineering.Engines.MainEngine import run
+from Engineering.Engines.WarpDrives.pythaeDrive.engine import ReconEngine
 from Engineering.Engines.WarpDrives.pythaeDrive.network import get_spec, model_names
 from Engineering.errors import UserError
 
@@ -24,9 +25,25 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _args(demo, *extra):
-    return ["--json§datadir", str(demo), "--input_shape", "16,16", "--interp_fact", "0.5", "--latent_dim", "4",
-            "--batch_size", "8", "--model§pythae§n_features", "8", "--model§pythae§n_levels", "2",
-            "--no-progress_bar", "--no-tbactive", *extra]
+    return [
+        "--json§datadir",
+        str(demo),
+        "--input_shape",
+        "16,16",
+        "--interp_fact",
+        "0.5",
+        "--latent_dim",
+        "4",
+        "--batch_size",
+        "8",
+        "--model§pythae§n_features",
+        "8",
+        "--model§pythae§n_levels",
+        "2",
+        "--no-progress_bar",
+        "--no-tbactive",
+        *extra,
+    ]
 
 
 def _probe_loss(engine, batch) -> float:
@@ -62,21 +79,44 @@ def test_every_model_trains_through_the_engine(tiny_demo, name):
     batch = {"inp": torch.stack([ds.sample(i)["inp"] for i in range(min(16, len(ds)))])}
     before_params = {k: v.detach().clone() for k, v in engine.net.named_parameters() if v.requires_grad}
     before = _probe_loss(engine, batch)
-    trainer = L.Trainer(accelerator="cpu", max_steps=30 if engine.automatic_optimization else 60,
-                        limit_val_batches=0, logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, inference_mode=not engine.needs_grad_in_eval,
-                        accumulate_grad_batches=2 if engine.automatic_optimization else 1,
-                        gradient_clip_val=5.0 if engine.automatic_optimization else None)
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=30 if engine.automatic_optimization else 60,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        inference_mode=not engine.needs_grad_in_eval,
+        accumulate_grad_batches=2 if engine.automatic_optimization else 1,
+        gradient_clip_val=5.0 if engine.automatic_optimization else None,
+    )
     trainer.fit(engine, datamodule=dm)
-    changed = [k for k, v in engine.net.named_parameters() if k in before_params and not torch.equal(v, before_params[k])]
+    changed = [
+        k for k, v in engine.net.named_parameters() if k in before_params and not torch.equal(v, before_params[k])
+    ]
     assert len(changed) == len(before_params), f"{name}: unchanged {set(before_params) - set(changed)}"
     after = _probe_loss(engine, batch)
     assert after < before, f"{name}: loss {before:.4g} -> {after:.4g}"
 
 
 def test_main_recon_end_to_end_and_unknown_model(tiny_demo, tmp_path):
-    res = run(_args(tiny_demo, "--json§save_path", str(tmp_path), "--fulltrainID", "vae", "--num_epochs", "1",
-                    "--n_train_batches", "3", "--n_val_batches", "2"), TASK)
+    res = run(
+        _args(
+            tiny_demo,
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "vae",
+            "--num_epochs",
+            "1",
+            "--n_train_batches",
+            "3",
+            "--n_val_batches",
+            "2",
+        ),
+        TASK,
+    )
     out = tmp_path / "vae" / "Output"
     assert res["out_dir"] == str(out)
     for f in ("emb.h5", "emb.tsv", "emb.parquet", "metrics.csv", "recon.h5"):
@@ -86,8 +126,23 @@ def test_main_recon_end_to_end_and_unknown_model(tiny_demo, tmp_path):
     with h5py.File(out / "emb.h5") as h5:
         assert bool(h5.attrs["ema"]) is False  # pythae keeps no EMA: the latents are the trained weights'
 
-    run(_args(tiny_demo, "--json§save_path", str(tmp_path), "--fulltrainID", "vae", "--resume", "--load_best",
-              "--run_mode", "2", "--output_suffix", "again", "--test_emb_only"), TASK)
+    run(
+        _args(
+            tiny_demo,
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "vae",
+            "--resume",
+            "--load_best",
+            "--run_mode",
+            "2",
+            "--output_suffix",
+            "again",
+            "--test_emb_only",
+        ),
+        TASK,
+    )
     assert (tmp_path / "vae" / "Output_again" / "emb.h5").is_file()
     with pytest.raises(UserError, match="unknown pythae model 'vea'.*vae"):
         run(_args(tiny_demo, "--pythae_model", "vea", "--json§save_path", str(tmp_path)), TASK)
@@ -112,20 +167,28 @@ def test_manual_clipping_under_16_mixed_clips_the_true_gradient(tiny_demo):
 
     def configure():
         opts = build()
-        for opt in (opts if isinstance(opts, (list, tuple)) else [opts]):
+        for opt in opts if isinstance(opts, (list, tuple)) else [opts]:
             inner = opt.step
 
             def step(*a, _inner=inner, _opt=opt, **k):  # called by the GradScaler after unscale + clipping
                 grads = [p.grad for g in _opt.param_groups for p in g["params"] if p.grad is not None]
                 norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
                 return _inner(*a, **k)
+
             opt.step = step
         return opts
 
     engine.configure_optimizers = configure
-    trainer = L.Trainer(accelerator="cpu", max_steps=6, limit_val_batches=0, logger=False, enable_checkpointing=False,
-                        enable_progress_bar=False, enable_model_summary=False,
-                        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0 ** 16))])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=6,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        plugins=[MixedPrecision("16-mixed", "cpu", torch.amp.GradScaler("cpu", init_scale=2.0**16))],
+    )
     trainer.fit(engine, datamodule=dm)
     assert norms and max(norms) <= clip * (1 + 1e-3)
     # the gradients were large enough to be clipped: the clipped norm is the threshold itself, not 1/scale of it
@@ -137,8 +200,22 @@ def test_vqvae_every_loss_term_falls(tiny_demo, tmp_path):
     (pythae's gradient-learned codebook let the quantiser loss grow 24x on the demo; the EMA codebook follows)."""
     import pandas as pd
 
-    run(_args(tiny_demo, "--pythae_model", "vqvae", "--json§save_path", str(tmp_path), "--fulltrainID", "vq",
-              "--num_epochs", "4", "--run_mode", "1"), TASK)
+    run(
+        _args(
+            tiny_demo,
+            "--pythae_model",
+            "vqvae",
+            "--json§save_path",
+            str(tmp_path),
+            "--fulltrainID",
+            "vq",
+            "--num_epochs",
+            "4",
+            "--run_mode",
+            "1",
+        ),
+        TASK,
+    )
     m = pd.read_csv(tmp_path / "vq" / "csv_logs" / "metrics.csv").groupby("epoch").mean(numeric_only=True)
     for term in ("train_recon_loss_epoch", "train_vq_loss_epoch", "val_loss"):
         curve = m[term].dropna().to_numpy()
@@ -165,9 +242,16 @@ def test_use_ema_averages_every_optimiser_step(tiny_demo, name):
             steps.append(dict(module.net.named_parameters())[key].detach().clone())
 
     # max_steps counts every optimiser's steps (factor_vae has two): 6 batches either way
-    trainer = L.Trainer(accelerator="cpu", max_steps=6 * len(engine.net.optimiser_specs()), limit_val_batches=0,
-                        logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        enable_model_summary=False, callbacks=[Record()])
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_steps=6 * len(engine.net.optimiser_specs()),
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+    )
     trainer.fit(engine, datamodule=dm)
     for n, p in enumerate(steps):  # one update per batch, whatever the number of optimisers
         decay = ema_decay_at(n, cfg.training.ema_decay, cfg.training.ema_warmup)
@@ -189,13 +273,34 @@ def test_use_ema_end_to_end_and_rhvae_refused(tiny_demo, tmp_path):
     import h5py
     import pandas as pd
 
-    common = ["--json§save_path", str(tmp_path), "--fulltrainID", "ema", "--n_train_batches", "3",
-              "--n_val_batches", "2"]
+    common = [
+        "--json§save_path",
+        str(tmp_path),
+        "--fulltrainID",
+        "ema",
+        "--n_train_batches",
+        "3",
+        "--n_val_batches",
+        "2",
+    ]
     run(_args(tiny_demo, *common, "--use_ema", "--num_epochs", "2"), TASK)
     with h5py.File(tmp_path / "ema" / "Output" / "emb.h5") as h5:
         assert bool(h5.attrs["ema"]) is True
-    run(_args(tiny_demo, *common, "--use_ema", "--resume", "--load_best", "--run_mode", "2", "--output_suffix",
-              "again", "--test_emb_only"), TASK)
+    run(
+        _args(
+            tiny_demo,
+            *common,
+            "--use_ema",
+            "--resume",
+            "--load_best",
+            "--run_mode",
+            "2",
+            "--output_suffix",
+            "again",
+            "--test_emb_only",
+        ),
+        TASK,
+    )
     first, again = (pd.read_csv(tmp_path / "ema" / d / "emb.tsv", sep="\t") for d in ("Output", "Output_again"))
     z = [c for c in first.columns if c.startswith("Z")]
     assert len(first) > 0

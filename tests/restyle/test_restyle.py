@@ -1,5 +1,6 @@
 """The ReStyle encoder drive: code and noise-map shapes, the residual refinement from the average latent, a frozen
 generator, and a falling loss over a few steps."""
+
 import pytest
 import torch
 
@@ -62,8 +63,15 @@ def test_encoder_loss_falls_with_a_frozen_generator():
     assert all(torch.equal(v, g_before[k]) for k, v in net.generator.state_dict().items())
 
 
-@pytest.mark.parametrize("bad,match", [({"backbone": "vit"}, "backbone"), ({"blocks": (1, 1)}, "blocks"),
-                                       ({"n_iters": 0}, "n_iters"), ({"width": 0}, "width")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ({"backbone": "vit"}, "backbone"),
+        ({"blocks": (1, 1)}, "blocks"),
+        ({"n_iters": 0}, "n_iters"),
+        ({"width": 0}, "width"),
+    ],
+)
 def test_config_errors_name_the_field(bad, match):
     with pytest.raises(ReStyleConfigError, match=match):
         ReStyleConfig(**bad)

@@ -1,6 +1,7 @@
 """The rotation-invariant autoencoder's pieces: the grid groups C4 and O (a left action), group convolutions
 that commute with it, a code invariant to the group's rotations, an equivariant pose, a reconstruction that turns
 with the input, and what arbitrary in-plane angles (not group elements) do to the code."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -43,14 +44,19 @@ def test_group_convolutions_commute_with_the_action(make, dim):
         # out(h x)[k] = h . out(x)[h^-1 k]
         want = torch.stack([g.act(h, f[:, :, g.mul[g.inv[h], k]]) for k in range(len(g))], 2)
         torch.testing.assert_close(fh, want, rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(conv(fh), torch.stack([g.act(h, conv(f)[:, :, g.mul[g.inv[h], k]])
-                                                          for k in range(len(g))], 2), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(
+            conv(fh),
+            torch.stack([g.act(h, conv(f)[:, :, g.mul[g.inv[h], k]]) for k in range(len(g))], 2),
+            rtol=1e-4,
+            atol=1e-4,
+        )
 
 
 def _net(dim, seed=0):
     torch.manual_seed(seed)
-    cfg = RotInvConfig(dim=dim, in_channels=2, size=16 if dim == 2 else 8, width=4 if dim == 2 else 2,
-                       depth=2, latent_dim=8)
+    cfg = RotInvConfig(
+        dim=dim, in_channels=2, size=16 if dim == 2 else 8, width=4 if dim == 2 else 2, depth=2, latent_dim=8
+    )
     net = RotInvAE(cfg)
     with torch.no_grad():  # non-trivial BatchNorm statistics, then eval mode (what embedding uses)
         net.train()(torch.randn(8, 2, *[cfg.size] * dim))
@@ -92,10 +98,19 @@ def test_arbitrary_angles_move_the_code_less_than_a_classical_encoder():
     torch.manual_seed(0)
     cfg = RotInvConfig(dim=2, in_channels=2, size=32, width=4, depth=3, latent_dim=8)
     inv = RotInvAE(cfg).eval()
-    plain = torch.nn.Sequential(torch.nn.Conv2d(2, 16, 3, 1, 1), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
-                                torch.nn.Conv2d(16, 32, 3, 1, 1), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
-                                torch.nn.Conv2d(32, 32, 3, 1, 1), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
-                                torch.nn.Flatten(), torch.nn.Linear(32 * 16, 8)).eval()
+    plain = torch.nn.Sequential(
+        torch.nn.Conv2d(2, 16, 3, 1, 1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Conv2d(16, 32, 3, 1, 1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Conv2d(32, 32, 3, 1, 1),
+        torch.nn.ReLU(),
+        torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(),
+        torch.nn.Linear(32 * 16, 8),
+    ).eval()
     mask = inv.encoder.mask
 
     def drift(encode):

@@ -1,6 +1,7 @@
 """main_rotinv end to end: on a tiny 3D cell cohort (group O) and on the 2D demo (group C4), every logged loss
 term, the latents through the output contract, the trained encoder's code invariant to the group's rotations of
 the test volumes, and a non-square input refused with one line."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +14,22 @@ from Engineering.Engines import registry
 from Engineering.Engines.MainEngine import run
 from Engineering.errors import UserError
 
-TINY = ["--batch_size", "4", "--n_train_batches", "2", "--n_val_batches", "1", "--no-progress_bar", "--no-tbactive",
-        "--latent_dim", "8", "--model§RotInv§width", "2", "--model§RotInv§depth", "2"]
+TINY = [
+    "--batch_size",
+    "4",
+    "--n_train_batches",
+    "2",
+    "--n_val_batches",
+    "1",
+    "--no-progress_bar",
+    "--no-tbactive",
+    "--latent_dim",
+    "8",
+    "--model§RotInv§width",
+    "2",
+    "--model§RotInv§depth",
+    "2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +38,14 @@ def tiny_cells(tmp_path_factory):
 
 
 def _cells_args(cells, save):
-    return ["--json§datadir", str(cells), "--json§save_path", str(save),
-            "--json§DS_covariates§path", str(cells / "covariates.tsv")]  # (main_rotinv reads no phenotype table)
+    return [
+        "--json§datadir",
+        str(cells),
+        "--json§save_path",
+        str(save),
+        "--json§DS_covariates§path",
+        str(cells / "covariates.tsv"),
+    ]  # (main_rotinv reads no phenotype table)
 
 
 def test_rotinv_trains_on_3d_cells_with_an_invariant_code(tiny_cells, tmp_path):
@@ -52,13 +73,24 @@ def test_rotinv_trains_on_3d_cells_with_an_invariant_code(tiny_cells, tmp_path):
     def pose(a):
         with torch.no_grad():
             return engine.pose(torch.from_numpy(a), False).numpy()
+
     exact = pose_equivariance_error(pose, x.numpy(), 3, 20, 0, rotations=np.stack(g.mats).astype(float))
     assert exact.value == 0 and exact.n == 2
 
 
 def test_rotinv_runs_in_2d_and_refuses_a_non_square_input(tiny_demo, tmp_path):
-    args = [*TINY, "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-            "--datajson_path", "Configs/dataNpath_demo.json", "--no-is3D", "--input_shape", "32,32"]
+    args = [
+        *TINY,
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--datajson_path",
+        "Configs/dataNpath_demo.json",
+        "--no-is3D",
+        "--input_shape",
+        "32,32",
+    ]
     run([*args, "--fulltrainID", "flat", "--num_epochs", "1"], registry.get("rotinv"))
     assert (tmp_path / "flat" / "Output" / "emb.parquet").is_file()
     # main_benchmark --run: the model-dependent families of a model with a decoder
@@ -70,9 +102,30 @@ def test_rotinv_runs_in_2d_and_refuses_a_non_square_input(tiny_demo, tmp_path):
     spec = importlib.util.spec_from_file_location("bench", REPO / "Executors" / "main_benchmark.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    bench.main(["--latents", f"ri={tmp_path / 'flat'}", "--run", f"ri={tmp_path / 'flat'}", "--labels",
-                str(tiny_demo / "phenotypes.tsv"), "--label_cols", "ef_class", "--out", str(tmp_path / "b"),
-                "--n_boot", "20", "--n_perm", "5", "--n_splits", "2", "--n_repeats", "1", "--run_max_samples", "6"])
+    bench.main(
+        [
+            "--latents",
+            f"ri={tmp_path / 'flat'}",
+            "--run",
+            f"ri={tmp_path / 'flat'}",
+            "--labels",
+            str(tiny_demo / "phenotypes.tsv"),
+            "--label_cols",
+            "ef_class",
+            "--out",
+            str(tmp_path / "b"),
+            "--n_boot",
+            "20",
+            "--n_perm",
+            "5",
+            "--n_splits",
+            "2",
+            "--n_repeats",
+            "1",
+            "--run_max_samples",
+            "6",
+        ]
+    )
     m = json.loads((tmp_path / "b" / "metrics.json").read_text())["ri"]
     assert m["evolution_energy"]["value"] >= 1 - 1e-9  # a path is never shorter than its chord
     assert m["interpolation_distance"]["value"] >= 0 and m["rotation_invariance"]["value"] >= 0

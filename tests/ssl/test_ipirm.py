@@ -1,5 +1,6 @@
 """main_ssl.py --method ipirm end to end: every logged term, latents and the partition table, partitions that
 survive --resume bit for bit (with a different worker count), and the errors a user can make."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,13 +14,27 @@ from tests.ssl.test_ssl import TINY_SSL
 
 
 def _args(demo, save, *extra):
-    return [*TINY_SSL, "--method", "ipirm", "--maximize_iter", "1", "--json§datadir", str(demo),
-            "--json§save_path", str(save), "--model§IPIRM§max_epochs", "20", *extra]
+    return [
+        *TINY_SSL,
+        "--method",
+        "ipirm",
+        "--maximize_iter",
+        "1",
+        "--json§datadir",
+        str(demo),
+        "--json§save_path",
+        str(save),
+        "--model§IPIRM§max_epochs",
+        "20",
+        *extra,
+    ]
 
 
 def test_ipirm_trains_logs_every_term_and_writes_the_partition_table(tiny_demo, tmp_path):
-    proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, "--fulltrainID", "ip", "--num_epochs", "4",
-                                              "--maximize_iter", "2", "--mixup_max"))
+    proc = run_executor(
+        "main_ssl.py",
+        *_args(tiny_demo, tmp_path, "--fulltrainID", "ip", "--num_epochs", "4", "--maximize_iter", "2", "--mixup_max"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = pd.read_csv(tmp_path / "ip" / "csv_logs" / "metrics.csv")
     for term in ("train_loss_epoch", "train_cont", "train_env_loss", "train_irm_penalty", "val_loss"):
@@ -48,8 +63,9 @@ def test_ipirm_trains_logs_every_term_and_writes_the_partition_table(tiny_demo, 
     for p, weights in enumerate(parts):  # the table is the tested checkpoint's partitions, in dataset order
         rows = table[table["partition"] == p].sort_values("sample")
         assert rows["sample"].tolist() == list(range(n))
-        torch.testing.assert_close(torch.tensor(rows[["w0", "w1"]].to_numpy(), dtype=torch.float32), weights,
-                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            torch.tensor(rows[["w0", "w1"]].to_numpy(), dtype=torch.float32), weights, rtol=1e-5, atol=1e-6
+        )
         assert (rows["subset"].to_numpy() == weights.argmax(1).numpy()).all()
     assert not table.duplicated(["patientID", "fieldID", "instanceID", "key", "c", "t", "s", "partition"]).any()
 
@@ -60,12 +76,15 @@ def test_partitions_survive_resume_bit_for_bit(tiny_demo, tmp_path):
     proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, *common, "--fulltrainID", "whole"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     # the same run stopped after one epoch, then resumed with another worker count
-    proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, *common, "--num_epochs", "1", "--fulltrainID",
-                                              "split", "--run_mode", "1"))
+    proc = run_executor(
+        "main_ssl.py",
+        *_args(tiny_demo, tmp_path, *common, "--num_epochs", "1", "--fulltrainID", "split", "--run_mode", "1"),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     first = read_checkpoint(tmp_path / "split" / "Checkpoints" / "last.ckpt")["ipirm"]
-    proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, *common, "--fulltrainID", "split", "--resume",
-                                              "--num_workers", "1"))
+    proc = run_executor(
+        "main_ssl.py", *_args(tiny_demo, tmp_path, *common, "--fulltrainID", "split", "--resume", "--num_workers", "1")
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     whole = read_checkpoint(tmp_path / "whole" / "Checkpoints" / "last.ckpt")
     split = read_checkpoint(tmp_path / "split" / "Checkpoints" / "last.ckpt")
@@ -84,8 +103,8 @@ def test_partitions_survive_resume_bit_for_bit(tiny_demo, tmp_path):
 
 def test_ipirm_user_errors(tiny_demo, tmp_path):
     from Engineering.config.loader import resolve
-    from Engineering.Engines.WarpDrives.SSL.methods import ssl_engine
     from Engineering.Engines.registry import get
+    from Engineering.Engines.WarpDrives.SSL.methods import ssl_engine
     from Engineering.errors import UserError
 
     proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, "--n_views", "3", "--fulltrainID", "v3"))
@@ -114,8 +133,22 @@ def test_ddp_gathers_the_bank_and_every_rank_gets_rank_zeros_partition(tiny_demo
     common = ["--num_epochs", "1", "--run_mode", "1"]
     proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, *common, "--fulltrainID", "one"))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    proc = run_executor("main_ssl.py", *_args(tiny_demo, tmp_path, *common, "--fulltrainID", "two", "--accelerator",
-                                              "cpu", "--ndevices", "2", "--training_strategy", "ddp"))
+    proc = run_executor(
+        "main_ssl.py",
+        *_args(
+            tiny_demo,
+            tmp_path,
+            *common,
+            "--fulltrainID",
+            "two",
+            "--accelerator",
+            "cpu",
+            "--ndevices",
+            "2",
+            "--training_strategy",
+            "ddp",
+        ),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = read_checkpoint(tmp_path / "one" / "Checkpoints" / "last.ckpt")["ipirm"]
     two = read_checkpoint(tmp_path / "two" / "Checkpoints" / "last.ckpt")["ipirm"]
@@ -131,13 +164,24 @@ def test_partitions_refuse_another_training_split(tiny_demo, tmp_path):
 
     from Engineering.config.loader import resolve
     from Engineering.data.datamodule import H5DataModule
-    from Engineering.Engines.WarpDrives.SSL.ipirm import Maximisation, describe_split
     from Engineering.Engines.registry import get
+    from Engineering.Engines.WarpDrives.SSL.ipirm import Maximisation, describe_split
     from Engineering.errors import UserError
 
     def split_of(fold):
-        cfg = resolve(["--method", "ipirm", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-                       "--foldID", str(fold)], get("ssl")).cfg
+        cfg = resolve(
+            [
+                "--method",
+                "ipirm",
+                "--json§datadir",
+                str(tiny_demo),
+                "--json§save_path",
+                str(tmp_path),
+                "--foldID",
+                str(fold),
+            ],
+            get("ssl"),
+        ).cfg
         return H5DataModule(cfg).dataset("train")
 
     ds0, ds1 = split_of(0), split_of(1)

@@ -1,12 +1,12 @@
 """Self-supervised task: NT-Xent against SimCLR's formula, MinCLR's distinct positives, augmentations, and
 main_ssl end to end with Batch Effects Normalization."""
+
 from __future__ import annotations
 
 import math
 
-import numpy as np
-
 import h5py
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -74,8 +74,13 @@ def test_augment_is_seeded_and_standardised():
     c = augment(x, AugmentSpec(), torch.Generator().manual_seed(2))
     assert a.shape == x.shape and torch.equal(a, b) and not torch.equal(a, c)
     torch.testing.assert_close(a.mean((2, 3)), torch.zeros(3, 2), atol=1e-4, rtol=0)
-    plain = augment(x, AugmentSpec(rot90=False, flip=False, blur_prob=0.0, standardise=False,
-                                   crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)), torch.Generator())
+    plain = augment(
+        x,
+        AugmentSpec(
+            rot90=False, flip=False, blur_prob=0.0, standardise=False, crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0)
+        ),
+        torch.Generator(),
+    )
     torch.testing.assert_close(plain, x)  # every transform off: the identity
 
 
@@ -91,19 +96,50 @@ def test_resnet_encoder_2d_3d_and_config_errors():
         SSLConfig(stem="big")
 
 
-TINY_SSL = ["--batch_size", "8", "--num_epochs", "3", "--n_train_batches", "6", "--model§SSL§width", "4",
-            "--model§SSL§proj_hidden", "16", "--model§SSL§proj_dim", "8", "--no-progress_bar", "--no-tbactive",
-            "--lr", "3e-3"]
+TINY_SSL = [
+    "--batch_size",
+    "8",
+    "--num_epochs",
+    "3",
+    "--n_train_batches",
+    "6",
+    "--model§SSL§width",
+    "4",
+    "--model§SSL§proj_hidden",
+    "16",
+    "--model§SSL§proj_dim",
+    "8",
+    "--no-progress_bar",
+    "--no-tbactive",
+    "--lr",
+    "3e-3",
+]
 
 
-@pytest.mark.parametrize("method, extra", [
-    ("simclr", ["--knn_label", "ef_class"]),
-    pytest.param("minclr", ["--batch_groups", "site", "--bn_eval_mode", "group"], marks=pytest.mark.slow),
-])
+@pytest.mark.parametrize(
+    "method, extra",
+    [
+        ("simclr", ["--knn_label", "ef_class"]),
+        pytest.param("minclr", ["--batch_groups", "site", "--bn_eval_mode", "group"], marks=pytest.mark.slow),
+    ],
+)
 def test_main_ssl_trains_and_writes_latents(tiny_demo, tmp_path, method, extra):
-    args = [*TINY_SSL, "--ssl_method", method, "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-            "--json§DS_covariates§path", str(tiny_demo / "covariates.tsv"),
-            "--json§DS_phenotypes§path", str(tiny_demo / "phenotypes.tsv"), "--fulltrainID", method, *extra]
+    args = [
+        *TINY_SSL,
+        "--ssl_method",
+        method,
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--json§DS_covariates§path",
+        str(tiny_demo / "covariates.tsv"),
+        "--json§DS_phenotypes§path",
+        str(tiny_demo / "phenotypes.tsv"),
+        "--fulltrainID",
+        method,
+        *extra,
+    ]
     proc = run_executor("main_ssl.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = pd.read_csv(tmp_path / method / "csv_logs" / "metrics.csv")
@@ -142,11 +178,34 @@ def test_main_erm_trains_and_reports_held_out_groups(tiny_demo, tmp_path):
     rest = [p for p in cov["FID"] if p not in held]
     folds = tmp_path / "folds.csv"
     pd.DataFrame({"train": [str(rest[2:])], "val": [str(rest[:2])], "test": [str(held)]}).to_csv(folds, index=False)
-    args = ["--batch_size", "8", "--num_epochs", "3", "--n_train_batches", "4", "--model§ERM§width", "4",
-            "--no-progress_bar", "--no-tbactive", "--json§datadir", str(tiny_demo), "--json§save_path", str(tmp_path),
-            "--json§foldCSV", str(folds), "--json§DS_phenotypes§path", str(tiny_demo / "phenotypes.tsv"),
-            "--json§DS_covariates§path", str(tiny_demo / "covariates.tsv"), "--batch_groups", "site",
-            "--bn_eval_mode", "batch", "--fulltrainID", "erm"]
+    args = [
+        "--batch_size",
+        "8",
+        "--num_epochs",
+        "3",
+        "--n_train_batches",
+        "4",
+        "--model§ERM§width",
+        "4",
+        "--no-progress_bar",
+        "--no-tbactive",
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--json§foldCSV",
+        str(folds),
+        "--json§DS_phenotypes§path",
+        str(tiny_demo / "phenotypes.tsv"),
+        "--json§DS_covariates§path",
+        str(tiny_demo / "covariates.tsv"),
+        "--batch_groups",
+        "site",
+        "--bn_eval_mode",
+        "batch",
+        "--fulltrainID",
+        "erm",
+    ]
     proc = run_executor("main_erm.py", *args)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = pd.read_csv(tmp_path / "erm" / "csv_logs" / "metrics.csv")
@@ -174,9 +233,22 @@ def test_control_sample_batchnorm_runs_and_names_a_group_without_controls(tiny_d
     cov["treatment"] = np.where((cov.index % 2 == 0) & (cov["site"] != site0), "DMSO", "drug")
     path = tmp_path / "cov.tsv"
     cov.to_csv(path, sep="\t", index=False)
-    base = [*TINY_SSL[:2], "--num_epochs", "1", *TINY_SSL[4:], "--json§datadir", str(tiny_demo),
-            "--json§save_path", str(tmp_path), "--json§DS_covariates§path", str(path), "--batch_groups", "site",
-            "--bn_controls", "treatment=DMSO"]
+    base = [
+        *TINY_SSL[:2],
+        "--num_epochs",
+        "1",
+        *TINY_SSL[4:],
+        "--json§datadir",
+        str(tiny_demo),
+        "--json§save_path",
+        str(tmp_path),
+        "--json§DS_covariates§path",
+        str(path),
+        "--batch_groups",
+        "site",
+        "--bn_controls",
+        "treatment=DMSO",
+    ]
     proc = run_executor("main_ssl.py", *base, "--bn_eval_mode", "group", "--fulltrainID", "ctrl")
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert f"--bn_controls: group '{site0}' holds no control sample" in proc.stderr.strip().splitlines()[-1]

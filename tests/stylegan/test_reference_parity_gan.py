@@ -15,6 +15,7 @@ project's code (issue 33: they were tested for shapes and finiteness only).
 The scalings of the lazy regularisers in training (gamma / 2 * r1_every, pl_weight * pl_every) match
 rosinality/stylegan2-pytorch @ bef283a1c24087da704d16c30abc8e36e63efa0e (train.py), read by hand.
 """
+
 from __future__ import annotations
 
 import math
@@ -36,11 +37,11 @@ def _style(layer: ModulatedConv2d, w: torch.Tensor) -> torch.Tensor:
 
 def _modulated_weights(layer: ModulatedConv2d, w: torch.Tensor, demodulate: bool) -> torch.Tensor:
     """(B, out, in, k, k): eq. 1 (modulation) and eq. 3 (demodulation) of the paper, element by element."""
-    base = layer.weight[0].double() / math.sqrt(layer.in_ch * layer.k ** 2)  # equalised learning rate
+    base = layer.weight[0].double() / math.sqrt(layer.in_ch * layer.k**2)  # equalised learning rate
     s = _style(layer, w).double()
     wp = base[None] * s[:, None, :, None, None]
     if demodulate:
-        sigma = torch.sqrt((wp ** 2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
+        sigma = torch.sqrt((wp**2).sum(dim=(2, 3, 4), keepdim=True) + 1e-8)
         wp = wp / sigma
     return wp
 
@@ -64,7 +65,7 @@ def _upfirdn_naive(x: torch.Tensor, kernel: torch.Tensor, up: int, pad: tuple[in
     kf = torch.flip(kernel, (0, 1)).to(x.dtype)
     for u in range(kh):
         for v in range(kh):
-            out += kf[u, v] * z[..., u:u + out.shape[2], v:v + out.shape[3]]
+            out += kf[u, v] * z[..., u : u + out.shape[2], v : v + out.shape[3]]
     return out
 
 
@@ -102,7 +103,7 @@ def test_modulated_upsampling_convolution_is_transposed_conv_then_fir():
     for b in range(2):
         # a stride-2 transposed convolution = the full convolution of the zero-inserted input with the kernel
         z = torch.zeros(1, 3, 9, 9, dtype=torch.float64)
-        z[..., ::2, ::2] = x[b:b + 1].double()
+        z[..., ::2, ::2] = x[b : b + 1].double()
         kernel = wpp[b]  # (out, in, k, k)
         full = F.conv2d(F.pad(z, (2, 2, 2, 2)), torch.flip(kernel, (2, 3)))
         p = (4 - 2) - (3 - 1)
@@ -116,7 +117,7 @@ def test_r1_is_the_squared_gradient_norm_of_d_on_real_data():
     g = torch.Generator().manual_seed(3)
     v, c = torch.randn(2, 4, 4, generator=g), torch.randn(2, 4, 4, generator=g)
     x = torch.randn(5, 2, 4, 4, generator=g).requires_grad_(True)
-    logits = (x * v).sum((1, 2, 3)) + 0.5 * (c * x ** 2).sum((1, 2, 3))
+    logits = (x * v).sum((1, 2, 3)) + 0.5 * (c * x**2).sum((1, 2, 3))
     want = ((v + c * x.detach()) ** 2).sum((1, 2, 3)).mean()
     got = r1_penalty(logits, x)
     assert float(got.detach()) == pytest.approx(float(want), rel=1e-6)
@@ -150,9 +151,14 @@ def test_generator_ema_is_stylegan2_adas():
 
     net, ema = torch.nn.Linear(1, 1, bias=False), torch.nn.Linear(1, 1, bias=False)
     ema.weight.data.fill_(5.0)
-    fake = types.SimpleNamespace(cfg=types.SimpleNamespace(training=types.SimpleNamespace(batch_size=4)),
-                                 k=types.SimpleNamespace(ema_kimg=0.01, ema_rampup=0.5), net=net, ema_net=ema,
-                                 n_images=torch.tensor(0), world_size=lambda: 1)
+    fake = types.SimpleNamespace(
+        cfg=types.SimpleNamespace(training=types.SimpleNamespace(batch_size=4)),
+        k=types.SimpleNamespace(ema_kimg=0.01, ema_rampup=0.5),
+        net=net,
+        ema_net=ema,
+        n_images=torch.tensor(0),
+        world_size=lambda: 1,
+    )
     want, cur_nimg = 5.0, 0
     for step in range(5):
         net.weight.data.fill_(float(step + 1))

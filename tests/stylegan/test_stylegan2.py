@@ -1,12 +1,23 @@
 """The StyleGAN2 WarpDrive: FIR resampling against the paper's upfirdn2d formula, shapes for any channel count,
 style mixing, truncation, noise inputs, and the regularisers' gradients."""
+
 import pytest
 import torch
 import torch.nn.functional as F
 
-from Engineering.Engines.WarpDrives.StyleGAN2.network import Discriminator, Generator, StyleGAN2Config, StyleGAN2ConfigError
+from Engineering.Engines.WarpDrives.StyleGAN2.network import (
+    Discriminator,
+    Generator,
+    StyleGAN2Config,
+    StyleGAN2ConfigError,
+)
 from Engineering.Engines.WarpDrives.StyleGAN2.network.resample import (
-    blur2d, downsample2d, make_kernel, upfirdn2d, upsample2d)
+    blur2d,
+    downsample2d,
+    make_kernel,
+    upfirdn2d,
+    upsample2d,
+)
 from Engineering.Science.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 
 
@@ -18,14 +29,25 @@ def naive_upfirdn2d(x, k, up, down, pad):
     u[:, :, ::up, ::up] = x
     p0, p1 = pad
     u = F.pad(u, (max(p0, 0), max(p1, 0), max(p0, 0), max(p1, 0)))
-    u = u[:, :, max(-p0, 0):u.shape[2] - max(-p1, 0), max(-p0, 0):u.shape[3] - max(-p1, 0)]
+    u = u[:, :, max(-p0, 0) : u.shape[2] - max(-p1, 0), max(-p0, 0) : u.shape[3] - max(-p1, 0)]
     kf = torch.flip(k, (0, 1))[None, None].repeat(c, 1, 1, 1)
     y = F.conv2d(u, kf, groups=c)
     return y[:, :, ::down, ::down]
 
 
-@pytest.mark.parametrize("up,down,pad", [(2, 1, (2, 1)), (2, 1, (1, 1)), (2, 1, (4, 3)), (2, 1, (-1, 2)),
-                                         (1, 2, (1, 1)), (1, 2, (2, 2)), (1, 1, (1, 2)), (1, 1, (-1, 1))])
+@pytest.mark.parametrize(
+    "up,down,pad",
+    [
+        (2, 1, (2, 1)),
+        (2, 1, (1, 1)),
+        (2, 1, (4, 3)),
+        (2, 1, (-1, 2)),
+        (1, 2, (1, 1)),
+        (1, 2, (2, 2)),
+        (1, 1, (1, 2)),
+        (1, 1, (-1, 1)),
+    ],
+)
 @pytest.mark.parametrize("hw", [(8, 8), (7, 10)])
 def test_upfirdn2d_matches_the_reference_formula(up, down, pad, hw):
     g = torch.Generator().manual_seed(0)
@@ -127,8 +149,10 @@ def test_losses_and_regularisers_are_finite_with_gradients():
     assert all(gr is not None and torch.isfinite(gr).all() for gr in grads)
 
 
-@pytest.mark.parametrize("bad", [{"size": 48}, {"size": 512}, {"channels": 0}, {"mixing_prob": 1.5},
-                                 {"lr_mlp": 0.0}, {"channel_multiplier": -1}])
+@pytest.mark.parametrize(
+    "bad",
+    [{"size": 48}, {"size": 512}, {"channels": 0}, {"mixing_prob": 1.5}, {"lr_mlp": 0.0}, {"channel_multiplier": -1}],
+)
 def test_config_errors_name_the_field(bad):
     with pytest.raises(StyleGAN2ConfigError, match=next(iter(bad))):
         tiny(**bad) if "size" not in bad else StyleGAN2Config(**bad)

@@ -1,6 +1,7 @@
 """main_stylegan -> main_restyle -> main_iid end to end on the tiny 3-channel demo cohort (the tasks' default
 data is its full-sized twin, @demo_mc): every logged loss term, the outputs, the generator frozen under ReStyle,
 the held-out groups, exact resume of all three."""
+
 from __future__ import annotations
 
 import math
@@ -15,13 +16,45 @@ from Engineering.Engines.MainEngine import run
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import read_checkpoint
 
-TINY_GAN = ["--batch_size", "4", "--n_train_batches", "3", "--n_val_batches", "1", "--no-progress_bar",
-            "--no-tbactive", "--input_shape", "32,32", "--model§StyleGAN2§style_dim", "16",
-            "--model§StyleGAN2§n_mlp", "2", "--model§StyleGAN2§channel_max", "8", "--model§StyleGAN2§r1_every", "2",
-            "--model§StyleGAN2§pl_every", "2", "--model§StyleGAN2§n_samples", "4"]
+TINY_GAN = [
+    "--batch_size",
+    "4",
+    "--n_train_batches",
+    "3",
+    "--n_val_batches",
+    "1",
+    "--no-progress_bar",
+    "--no-tbactive",
+    "--input_shape",
+    "32,32",
+    "--model§StyleGAN2§style_dim",
+    "16",
+    "--model§StyleGAN2§n_mlp",
+    "2",
+    "--model§StyleGAN2§channel_max",
+    "8",
+    "--model§StyleGAN2§r1_every",
+    "2",
+    "--model§StyleGAN2§pl_every",
+    "2",
+    "--model§StyleGAN2§n_samples",
+    "4",
+]
 # no --input_shape: ReStyle takes the image size of its --generator
-TINY_RESTYLE = ["--batch_size", "4", "--n_train_batches", "4", "--n_val_batches", "1", "--no-progress_bar",
-                "--no-tbactive", "--model§ReStyle§width", "4", "--lr", "3e-3"]
+TINY_RESTYLE = [
+    "--batch_size",
+    "4",
+    "--n_train_batches",
+    "4",
+    "--n_val_batches",
+    "1",
+    "--no-progress_bar",
+    "--no-tbactive",
+    "--model§ReStyle§width",
+    "4",
+    "--lr",
+    "3e-3",
+]
 
 
 def _data(demo, save):
@@ -41,8 +74,16 @@ def gan_run(tiny_demo_mc, tmp_path_factory):
 
 def test_stylegan_trains_and_writes_samples(gan_run):
     log = _log(gan_run)
-    for term in ("train_loss_d", "train_loss_g", "train_r1", "train_pl", "train_pl_length", "train_real_score",
-                 "train_fake_score", "val_loss"):
+    for term in (
+        "train_loss_d",
+        "train_loss_g",
+        "train_r1",
+        "train_pl",
+        "train_pl_length",
+        "train_real_score",
+        "train_fake_score",
+        "val_loss",
+    ):
         values = log[term].dropna().to_numpy()
         assert len(values) == 2 and np.isfinite(values).all(), (term, values)
     assert (log["train_r1"].dropna() >= 0).all() and (log["train_pl_length"].dropna() > 0).all()
@@ -70,23 +111,38 @@ def test_gan_checkpoint_rule_is_last():
 
     from Engineering.Engines.WarpDrives.StyleGAN2.engine import GANRun
 
-    assert GANRun.generator_checkpoint(Path("r/Checkpoints/best-epoch=001-step=6.ckpt")) == \
-        Path("r/Checkpoints/last.ckpt")
+    assert GANRun.generator_checkpoint(Path("r/Checkpoints/best-epoch=001-step=6.ckpt")) == Path(
+        "r/Checkpoints/last.ckpt"
+    )
     assert GANRun.generator_checkpoint(Path("elsewhere/my_generator.ckpt")) == Path("elsewhere/my_generator.ckpt")
     assert GANRun.generator_checkpoint(None) is None
 
 
 def test_stylegan_refuses_load_best(tiny_demo_mc, tmp_path):
     with pytest.raises(UserError, match="load_best"):
-        run([*TINY_GAN, *_data(tiny_demo_mc, tmp_path), "--run_mode", "2", "--resume", "--load_best"],
-            registry.get("stylegan"))
+        run(
+            [*TINY_GAN, *_data(tiny_demo_mc, tmp_path), "--run_mode", "2", "--resume", "--load_best"],
+            registry.get("stylegan"),
+        )
 
 
 @pytest.fixture(scope="module")
 def restyle_run(gan_run, tiny_demo_mc, tmp_path_factory):
     save = tmp_path_factory.mktemp("restyle")
-    run([*TINY_RESTYLE, *_data(tiny_demo_mc, save), "--fulltrainID", "r", "--num_epochs", "3",
-         "--generator", str(gan_run), "--write_noise"], registry.get("restyle"))
+    run(
+        [
+            *TINY_RESTYLE,
+            *_data(tiny_demo_mc, save),
+            "--fulltrainID",
+            "r",
+            "--num_epochs",
+            "3",
+            "--generator",
+            str(gan_run),
+            "--write_noise",
+        ],
+        registry.get("restyle"),
+    )
     return save / "r"
 
 
@@ -111,28 +167,60 @@ def test_restyle_inverts_the_frozen_generator(gan_run, restyle_run):
         for i, side in enumerate(h5.attrs["sizes"]):
             m = h5[f"noise_{i}"][()]
             assert m.shape == (len(table), 1, side, side) and np.isfinite(m).all() and m.std() > 0
-        ids = pd.DataFrame({c: h5[c].asstr()[()] if h5[c].dtype.kind == "O" else h5[c][()]
-                            for c in ("patientID", "instanceID", "t")})
+        ids = pd.DataFrame(
+            {c: h5[c].asstr()[()] if h5[c].dtype.kind == "O" else h5[c][()] for c in ("patientID", "instanceID", "t")}
+        )
     key = ["patientID", "instanceID", "t"]
-    assert sorted(map(tuple, ids[key].astype(str).to_numpy())) == \
-        sorted(map(tuple, table[key].astype(str).to_numpy()))
+    assert sorted(map(tuple, ids[key].astype(str).to_numpy())) == sorted(map(tuple, table[key].astype(str).to_numpy()))
     after = read_checkpoint(restyle_run / "Checkpoints" / "last.ckpt")["state_dict"]
     for k, v in g_before.items():  # the inverted generator is the run's EMA generator, unchanged
         if k.startswith("ema_net."):
-            assert torch.equal(after["net.generator." + k[len("ema_net."):]], v), k
+            assert torch.equal(after["net.generator." + k[len("ema_net.") :]], v), k
 
 
 def test_restyle_refuses_a_missing_or_mismatched_generator(gan_run, tiny_demo_mc, tmp_path):
     with pytest.raises(UserError, match="--generator"):
         run([*TINY_RESTYLE, *_data(tiny_demo_mc, tmp_path), "--num_epochs", "1"], registry.get("restyle"))
     with pytest.raises(UserError, match="makes 3-channel 32x32"):
-        run([*TINY_RESTYLE, *_data(tiny_demo_mc, tmp_path), "--num_epochs", "1", "--input_shape", "16,16",
-             "--generator", str(gan_run)], registry.get("restyle"))
+        run(
+            [
+                *TINY_RESTYLE,
+                *_data(tiny_demo_mc, tmp_path),
+                "--num_epochs",
+                "1",
+                "--input_shape",
+                "16,16",
+                "--generator",
+                str(gan_run),
+            ],
+            registry.get("restyle"),
+        )
 
 
-IID_DEMO = ["--batch_size", "8", "--n_train_batches", "3", "--n_val_batches", "2", "--no-progress_bar",
-            "--no-tbactive", "--input_shape", "32,32", "--model§IID§width", "4", "--model§IID§emb_dim", "8",
-            "--targets", "wall_class", "--ood_column", "site", "--ood_test_groups", "siteC", "--ood_val_groups", "siteB"]
+IID_DEMO = [
+    "--batch_size",
+    "8",
+    "--n_train_batches",
+    "3",
+    "--n_val_batches",
+    "2",
+    "--no-progress_bar",
+    "--no-tbactive",
+    "--input_shape",
+    "32,32",
+    "--model§IID§width",
+    "4",
+    "--model§IID§emb_dim",
+    "8",
+    "--targets",
+    "wall_class",
+    "--ood_column",
+    "site",
+    "--ood_test_groups",
+    "siteC",
+    "--ood_val_groups",
+    "siteB",
+]
 
 
 def _sites(demo):
@@ -142,15 +230,37 @@ def _sites(demo):
 
 
 def _iid_data(demo, save):
-    return [*_data(demo, save), "--json§DS_phenotypes§path", str(demo / "phenotypes.tsv"),
-            "--json§DS_covariates§path", str(demo / "covariates.tsv")]
+    return [
+        *_data(demo, save),
+        "--json§DS_phenotypes§path",
+        str(demo / "phenotypes.tsv"),
+        "--json§DS_covariates§path",
+        str(demo / "covariates.tsv"),
+    ]
 
 
-@pytest.mark.parametrize("flags", [pytest.param([], marks=pytest.mark.slow),
-                                   ["--noise", "--style", "--loss_coef", "0.5", "--model§IID§cutmix_prob", "1"]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        pytest.param([], marks=pytest.mark.slow),
+        ["--noise", "--style", "--loss_coef", "0.5", "--model§IID§cutmix_prob", "1"],
+    ],
+)
 def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run, tiny_demo_mc, tmp_path):
-    res = run([*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path), "--fulltrainID", "p", "--num_epochs", "2",
-               "--encoder", str(restyle_run), *flags], registry.get("iid"))
+    res = run(
+        [
+            *IID_DEMO,
+            *_iid_data(tiny_demo_mc, tmp_path),
+            "--fulltrainID",
+            "p",
+            "--num_epochs",
+            "2",
+            "--encoder",
+            str(restyle_run),
+            *flags,
+        ],
+        registry.get("iid"),
+    )
     log = _log(tmp_path / "p")
     for term in ("train_loss_epoch", "train_acc_epoch", "val_loss", "val_acc"):
         values = log[term].dropna().to_numpy()
@@ -171,8 +281,9 @@ def test_iid_trains_on_kept_groups_and_reports_held_out_ones(flags, restyle_run,
     for split in ("id", "ood"):  # the overall accuracy is over subjects, as the rows are
         rows = report[report["split"] == split]
         assert res["ood_report"][f"{split}_n_subjects"] == rows["n"].sum()
-        assert res["ood_report"][f"{split}_accuracy"] == pytest.approx((rows["accuracy"] * rows["n"]).sum()
-                                                                       / rows["n"].sum())
+        assert res["ood_report"][f"{split}_accuracy"] == pytest.approx(
+            (rows["accuracy"] * rows["n"]).sum() / rows["n"].sum()
+        )
     for name in ("ood_report.json", "ood_report.html", "wilds_id_test_pred.csv", "wilds_ood_test_pred.csv"):
         assert (out / name).is_file(), name
     wilds = (out / "wilds_ood_test_pred.csv").read_text().split()
@@ -189,8 +300,11 @@ def test_ood_splits_hold_the_groups_out(tiny_demo_mc, tmp_path):
     groups = {s: {site[p] for p in dm.split_ids(s)} for s in ("train", "val", "test")}
     assert groups["train"] == {"siteA"} and groups["val"] == {"siteA", "siteB"} and groups["test"] == {"siteA", "siteC"}
     assert not dm.split_ids("train") & (dm.ood_test | dm.ood_val)
-    for bad, match in ((["--ood_test_groups", "siteZ"], "siteZ"), (["--ood_column", "nope"], "nope"),
-                       (["--ood_val_groups", "siteC"], "both")):
+    for bad, match in (
+        (["--ood_test_groups", "siteZ"], "siteZ"),
+        (["--ood_column", "nope"], "nope"),
+        (["--ood_val_groups", "siteC"], "both"),
+    ):
         with pytest.raises(UserError, match=match):
             OODSplits(resolve([*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path), *bad], registry.get("iid")).cfg)
 
@@ -201,8 +315,18 @@ def _resume_args(task, tmp_path, demo, gan_run, restyle_run):
     if task == "restyle":
         return [*TINY_RESTYLE, *_data(demo, tmp_path), "--generator", str(gan_run)]
     # every random draw of the predictor: dropout, CutMix's boxes and pairs, the noise maps' injection
-    return [*IID_DEMO, *_iid_data(demo, tmp_path), "--encoder", str(restyle_run), "--noise", "--style",
-            "--loss_coef", "0.5", "--model§IID§cutmix_prob", "0.5"]
+    return [
+        *IID_DEMO,
+        *_iid_data(demo, tmp_path),
+        "--encoder",
+        str(restyle_run),
+        "--noise",
+        "--style",
+        "--loss_coef",
+        "0.5",
+        "--model§IID§cutmix_prob",
+        "0.5",
+    ]
 
 
 def _interrupted_after_the_first_epoch(monkeypatch):
@@ -222,6 +346,7 @@ def _interrupted_after_the_first_epoch(monkeypatch):
         trainer = real(*args, **kwargs)
         trainer.callbacks.append(Stop())
         return trainer
+
     monkeypatch.setattr(MainEngine, "build_trainer", build)
 
 
@@ -248,8 +373,21 @@ def test_resume_is_exact(task, request, tiny_demo_mc, tmp_path, monkeypatch):
 def test_stylegan_trains_under_two_process_ddp(tiny_demo_mc, tmp_path):
     from tests.conftest import run_executor
 
-    proc = run_executor("main_stylegan.py", *TINY_GAN, *_data(tiny_demo_mc, tmp_path), "--fulltrainID", "d",
-                        "--num_epochs", "2", "--accelerator", "cpu", "--ndevices", "2", "--training_strategy", "ddp")
+    proc = run_executor(
+        "main_stylegan.py",
+        *TINY_GAN,
+        *_data(tiny_demo_mc, tmp_path),
+        "--fulltrainID",
+        "d",
+        "--num_epochs",
+        "2",
+        "--accelerator",
+        "cpu",
+        "--ndevices",
+        "2",
+        "--training_strategy",
+        "ddp",
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ddp_find_unused_parameters_true" in proc.stdout  # plain DDP would wait for the D step's G gradients
     log = _log(tmp_path / "d")
@@ -267,12 +405,21 @@ def test_iid_starts_an_imagenet_resnet_from_local_torchvision_weights(tiny_demo_
 
     weights = tmp_path / "resnet18.pth"
     torch.save(torchvision_resnet_state(18), weights)
-    common = [*IID_DEMO, *_iid_data(tiny_demo_mc, tmp_path), "--num_epochs", "1", "--n_train_batches", "1",
-              "--model§IID§weights", str(weights)]
+    common = [
+        *IID_DEMO,
+        *_iid_data(tiny_demo_mc, tmp_path),
+        "--num_epochs",
+        "1",
+        "--n_train_batches",
+        "1",
+        "--model§IID§weights",
+        str(weights),
+    ]
     with pytest.raises(UserError, match="need model§IID§stem imagenet"):
         run([*common, "--fulltrainID", "small"], registry.get("iid"))
-    run([*common, "--fulltrainID", "tv", "--model§IID§stem", "imagenet", "--model§IID§width", "64"],
-        registry.get("iid"))
+    run(
+        [*common, "--fulltrainID", "tv", "--model§IID§stem", "imagenet", "--model§IID§width", "64"], registry.get("iid")
+    )
     out = capsys.readouterr().out
     assert "IID backbone: 120 tensors from" in out and "not used: fc.bias, fc.weight" in out
     assert "adapted" not in out  # 3 channels: the RGB stem as it is

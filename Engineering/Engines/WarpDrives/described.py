@@ -3,6 +3,7 @@
 ``Engineering.config.schema.keys_from_dataclass`` reads ``metadata["help"]`` as the YAML key's description (the
 reference pages show it); a network module stays pure (this imports nothing of the config layer).
 """
+
 from __future__ import annotations
 
 import copy

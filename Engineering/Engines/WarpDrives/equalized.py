@@ -2,6 +2,7 @@
 drawn from N(0, 1) and scaled at run time by He's constant, and the fused bias + leaky ReLU with gain sqrt(2).
 Shared by the StyleGAN2 generator/discriminator and the ReStyle encoder's style heads (families never import each
 other)."""
+
 from __future__ import annotations
 
 import math
@@ -23,8 +24,7 @@ class EqualLinear(nn.Module):
     """A linear layer with equalised learning rate; ``lr_mul`` scales its effective learning rate (0.01 in the
     mapping network)."""
 
-    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0,
-                 activate: bool = False):
+    def __init__(self, in_dim: int, out_dim: int, bias_init: float = 0.0, lr_mul: float = 1.0, activate: bool = False):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_dim, in_dim) / lr_mul)
         self.bias = nn.Parameter(torch.full((out_dim,), float(bias_init) / lr_mul))

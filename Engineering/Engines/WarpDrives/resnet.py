@@ -1,14 +1,18 @@
 """The ResNet trunk's residual blocks (He et al., CVPR 2016) in 2D or 3D with BatchNorm: BasicBlock (ResNet-18/34)
 and Bottleneck (ResNet-50). Shared by the SSL encoder and the IID classifier (families never import each other);
 written here because torchvision's wheels do not import beside the CPU build of torch this project installs."""
+
 from __future__ import annotations
 
 from torch import nn
 
 
 def layers_for(is3D: bool):
-    return (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d) if is3D else \
-        (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+    return (
+        (nn.Conv3d, nn.BatchNorm3d, nn.MaxPool3d, nn.AdaptiveAvgPool3d)
+        if is3D
+        else (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AdaptiveAvgPool2d)
+    )
 
 
 class BasicBlock(nn.Module):
@@ -18,8 +22,11 @@ class BasicBlock(nn.Module):
         self.conv1, self.bn1 = Conv(cin, cout, 3, stride, 1, bias=False), BN(cout)
         self.conv2, self.bn2 = Conv(cout, cout, 3, 1, 1, bias=False), BN(cout)
         self.act = nn.ReLU(inplace=True)
-        self.skip = nn.Identity() if stride == 1 and cin == cout else \
-            nn.Sequential(Conv(cin, cout, 1, stride, bias=False), BN(cout))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(Conv(cin, cout, 1, stride, bias=False), BN(cout))
+        )
 
     def forward(self, x):
         y = self.act(self.bn1(self.conv1(x)))
@@ -33,12 +40,22 @@ class Bottleneck(nn.Module):
         super().__init__()
         Conv, BN, _, _ = layers_for(is3D)
         cout = 4 * mid
-        self.body = nn.Sequential(Conv(cin, mid, 1, bias=False), BN(mid), nn.ReLU(inplace=True),
-                                  Conv(mid, mid, 3, stride, 1, bias=False), BN(mid), nn.ReLU(inplace=True),
-                                  Conv(mid, cout, 1, bias=False), BN(cout))
+        self.body = nn.Sequential(
+            Conv(cin, mid, 1, bias=False),
+            BN(mid),
+            nn.ReLU(inplace=True),
+            Conv(mid, mid, 3, stride, 1, bias=False),
+            BN(mid),
+            nn.ReLU(inplace=True),
+            Conv(mid, cout, 1, bias=False),
+            BN(cout),
+        )
         self.act = nn.ReLU(inplace=True)
-        self.skip = nn.Identity() if stride == 1 and cin == cout else \
-            nn.Sequential(Conv(cin, cout, 1, stride, bias=False), BN(cout))
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(Conv(cin, cout, 1, stride, bias=False), BN(cout))
+        )
 
     def forward(self, x):
         return self.act(self.body(x) + self.skip(x))

@@ -8,6 +8,7 @@
 
 It lives at the Engines level because ``--run`` loads saved runs (Engines/saved_runs.py); Eval never imports it.
 """
+
 from __future__ import annotations
 
 from Engineering.Engines.benchmark.model_metrics import MODEL_METRICS, NotApplicable, model_metrics

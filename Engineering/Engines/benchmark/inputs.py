@@ -1,5 +1,6 @@
 """The benchmark's inputs: run names, label-file names, pixel axes and vectors, the NSC metadata, and the report's
 summary. Every check here runs before anything is written; a bad input is a UserError."""
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -24,15 +25,23 @@ def check_out(option: str) -> None:
     out = Path(option)
     for path in (out, *(out / name for name in REPORT_FILES)):
         if path.exists() and path.is_dir() != (path == out):
-            raise UserError(f"--out {option}: {path} is {'a folder' if path.is_dir() else 'a file'} where the "
-                            f"benchmark writes {'its report file' if path != out else 'its folder'}")
+            raise UserError(
+                f"--out {option}: {path} is {'a folder' if path.is_dir() else 'a file'} where the "
+                f"benchmark writes {'its report file' if path != out else 'its folder'}"
+            )
 
 
 def check_options(args) -> None:
     """Flags that act only with another one, and --archetypes' range."""
-    nsc_only = {"--compound_col": args.compound_col, "--dose_col": args.dose_col, "--well_col": args.well_col,
-                "--plate_col": args.plate_col, "--nsc_center": args.nsc_center, "--nsc_controls": args.nsc_controls,
-                "--nsc_tvn": args.nsc_tvn}
+    nsc_only = {
+        "--compound_col": args.compound_col,
+        "--dose_col": args.dose_col,
+        "--well_col": args.well_col,
+        "--plate_col": args.plate_col,
+        "--nsc_center": args.nsc_center,
+        "--nsc_controls": args.nsc_controls,
+        "--nsc_tvn": args.nsc_tvn,
+    }
     if not args.nsc_label and any(nsc_only.values()):
         raise UserError(f"{', '.join(k for k, v in nsc_only.items() if v)} only act on NSC: add --nsc_label COL")
     if args.archetypes == 1 or args.archetypes < 0:
@@ -46,15 +55,23 @@ def nsc_meta(table: pd.DataFrame, args) -> pd.DataFrame:
         raise UserError("--nsc_label needs " + " and ".join(k for k, v in need.items() if not v))
     if args.nsc_tvn and not args.nsc_controls:
         raise UserError("--nsc_tvn needs --nsc_controls COMPOUND (the control wells it is fitted on)")
-    cols = [c for c in (args.nsc_label, args.compound_col, args.batch_col, args.dose_col, args.well_col,
-                        args.plate_col) if c]
+    cols = [
+        c
+        for c in (args.nsc_label, args.compound_col, args.batch_col, args.dose_col, args.well_col, args.plate_col)
+        if c
+    ]
     missing = [c for c in cols if c not in table.columns]
     if missing:
         raise UserError(f"NSC column(s) {', '.join(missing)} not in the label tables")
     if table[cols].isna().any().any():
         raise UserError(f"NSC columns {', '.join(cols)} have missing values for some samples")
-    meta = pd.DataFrame({"compound": table[args.compound_col].astype(str), "batch": table[args.batch_col].astype(str),
-                         "label": table[args.nsc_label].astype(str)})
+    meta = pd.DataFrame(
+        {
+            "compound": table[args.compound_col].astype(str),
+            "batch": table[args.batch_col].astype(str),
+            "label": table[args.nsc_label].astype(str),
+        }
+    )
     meta["treatment"] = meta["compound"] + ("@" + table[args.dose_col].astype(str) if args.dose_col else "")
     if args.well_col:
         meta["well"] = table[args.well_col].astype(str)
@@ -67,8 +84,10 @@ def nsc_meta(table: pd.DataFrame, args) -> pd.DataFrame:
 
 def nsc_note(args) -> str:
     """What the NSC numbers are: the reference's profiles, which controls were dropped, whether TVN ran."""
-    text = (f"NSC/NSCB as in Lin & Lu's BBBC021 notebook: one profile per treatment over all batches (the batch "
-            f"column {args.batch_col} only acts on NSCB)")
+    text = (
+        f"NSC/NSCB as in Lin & Lu's BBBC021 notebook: one profile per treatment over all batches (the batch "
+        f"column {args.batch_col} only acts on NSCB)"
+    )
     if not args.nsc_controls:
         return text + "; no --nsc_controls: every compound is a query (the reference drops its DMSO controls)"
     text += f"; control {args.nsc_controls} dropped from the profiles"
@@ -127,8 +146,9 @@ def pixel_axes(option: str | None, paths: dict[str, Path]) -> tuple[int, int]:
                 found[name] = (int(js.get("DS_channel_dim", 0)), int(js.get("DS_slice_dim", 2)))
                 break
     if len(set(found.values())) > 1:
-        raise UserError(f"the runs were computed with different axis swaps {found}; benchmark them separately "
-                        "or pass --pixels_axes")
+        raise UserError(
+            f"the runs were computed with different axis swaps {found}; benchmark them separately or pass --pixels_axes"
+        )
     return next(iter(found.values()), (0, 2))
 
 
@@ -144,10 +164,16 @@ def pixels(path: str, samples, axes: tuple[int, int]) -> np.ndarray:
 
 def summary(paths, runs, samples, targets, args) -> dict[str, str]:
     """The report's header: runs, baselines, samples, labels, targets, columns and settings."""
-    runs_text = "; ".join(f"{n}: {resolve_latent_file(p)} ({len(runs[n])} rows, {samples.latents[n].shape[1]} dims)"
-                          for n, p in paths.items())
-    target_text = ", ".join(f"{t.name} ({'classes' if t.kind == CATEGORICAL else 'continuous'}, n={int(t.mask.sum())})"
-                            for t in targets) or "none"
+    runs_text = "; ".join(
+        f"{n}: {resolve_latent_file(p)} ({len(runs[n])} rows, {samples.latents[n].shape[1]} dims)"
+        for n, p in paths.items()
+    )
+    target_text = (
+        ", ".join(
+            f"{t.name} ({'classes' if t.kind == CATEGORICAL else 'continuous'}, n={int(t.mask.sum())})" for t in targets
+        )
+        or "none"
+    )
     return {
         "generated": _dt.datetime.now().isoformat(timespec="seconds"),
         "runs": runs_text,
@@ -158,6 +184,6 @@ def summary(paths, runs, samples, targets, args) -> dict[str, str]:
         "batch column": args.batch_col or "none",
         "group column": args.group_col or "none",
         "settings": f"{args.n_splits}-fold CV x {args.n_repeats} repeats, {args.n_boot} bootstrap resamples "
-                    f"(percentile 95% CI{', resampling whole groups' if args.group_col else ''}), "
-                    f"{args.n_perm} permutations, seed {args.seed}",
+        f"(percentile 95% CI{', resampling whole groups' if args.group_col else ''}), "
+        f"{args.n_perm} permutations, seed {args.seed}",
     }

@@ -11,6 +11,7 @@ What a model can do is asked of its engine through the protocols of Engines/capa
 ``Decodes``, ``Renders``, ``Poses``); a family that does not apply raises :class:`NotApplicable`, recorded as a
 skip with the reason. Torch and Lightning are imported only when a model is scored (``--run``).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -24,8 +25,13 @@ from Engineering.errors import UserError
 from Engineering.Eval import baselines, efficiency, interpolation, invariance, latent_usage, rotation
 from Engineering.Eval.result import MetricResult
 
-MODEL_METRICS = {**invariance.METRICS, **rotation.METRICS, **interpolation.METRICS, **latent_usage.METRICS,
-                 **efficiency.METRICS}
+MODEL_METRICS = {
+    **invariance.METRICS,
+    **rotation.METRICS,
+    **interpolation.METRICS,
+    **latent_usage.METRICS,
+    **efficiency.METRICS,
+}
 
 
 class NotApplicable(Exception):
@@ -48,7 +54,7 @@ class Probe:
         self.kind = model.engine.input_kind
         self.points = self.kind == "points"
         self.dim = 3 if self.points or model.cfg.model.is3D else 2
-        self.spatial = images.shape[-self.dim:] if len(images) and not self.points else ()
+        self.spatial = images.shape[-self.dim :] if len(images) and not self.points else ()
         self.cache: dict = {}
 
     def batched(self, fn, x: np.ndarray) -> np.ndarray:
@@ -69,19 +75,25 @@ class Probe:
         return self.images[:, :3].transpose(0, 2, 1) if self.points else self.images
 
     def rotatable(self) -> None:
-        needs(self.points or len(set(self.spatial)) == 1,
-              f"rotations need a square / cubic input, got {'x'.join(map(str, self.spatial))}")
+        needs(
+            self.points or len(set(self.spatial)) == 1,
+            f"rotations need a square / cubic input, got {'x'.join(map(str, self.spatial))}",
+        )
         needs(len(self.images) > 1, "needs 2 or more samples (the between-sample spread)")
 
     def square_in_plane(self) -> None:
-        needs(self.images.shape[-1] == self.images.shape[-2],
-              f"90° rotations need square in-plane inputs, got {self.images.shape[-2]}x{self.images.shape[-1]}")
+        needs(
+            self.images.shape[-1] == self.images.shape[-2],
+            f"90° rotations need square in-plane inputs, got {self.images.shape[-2]}x{self.images.shape[-1]}",
+        )
 
     def has_decoder(self) -> None:
         """A decoder of a latent alone (interpolations decode latents between samples)."""
         needs(len(self.images) > 1, "needs 2 or more samples")
-        needs(isinstance(self.engine, Decodes) and self.decoded(self.latents()[:1]) is not None,
-              "the model has no decoder of a latent alone (DiffAE also needs x_T; encoders have none)")
+        needs(
+            isinstance(self.engine, Decodes) and self.decoded(self.latents()[:1]) is not None,
+            "the model has no decoder of a latent alone (DiffAE also needs x_T; encoders have none)",
+        )
 
     def decoded(self, z: np.ndarray):
         import torch
@@ -97,8 +109,10 @@ class Probe:
         outs: list[list[np.ndarray]] = [[] for _ in codes]
         for i in range(0, len(x), self.bs):
             with torch.no_grad():
-                got = self.model.render(torch.from_numpy(np.ascontiguousarray(x[i:i + self.bs], np.float32)),
-                                        [torch.from_numpy(np.asarray(c[i:i + self.bs], np.float32)) for c in codes])
+                got = self.model.render(
+                    torch.from_numpy(np.ascontiguousarray(x[i : i + self.bs], np.float32)),
+                    [torch.from_numpy(np.asarray(c[i : i + self.bs], np.float32)) for c in codes],
+                )
             needs(got is not None, "the model has no decoder conditioned on a latent")
             for out, r in zip(outs, got):
                 out.append(r.float().numpy())
@@ -134,17 +148,21 @@ def pose_equivariance_error(p: Probe) -> MetricResult:
 
     p.rotatable()
     with torch.no_grad():
-        needs(isinstance(p.engine, Poses) and p.model.pose(torch.from_numpy(p.images[:1]).float()) is not None,
-              "the model has no pose output")
-    return rotation.pose_equivariance_error(lambda x: p.batched(p.model.pose, x), p.images, p.dim, p.args.n_boot,
-                                            p.args.seed, kind=p.kind)
+        needs(
+            isinstance(p.engine, Poses) and p.model.pose(torch.from_numpy(p.images[:1]).float()) is not None,
+            "the model has no pose output",
+        )
+    return rotation.pose_equivariance_error(
+        lambda x: p.batched(p.model.pose, x), p.images, p.dim, p.args.n_boot, p.args.seed, kind=p.kind
+    )
 
 
 def reconstruction_mse(p: Probe) -> MetricResult:
     needs(not p.points, "point clouds: see reconstruction_chamfer (the reference's Chamfer loss)")
     needs(isinstance(p.engine, Reconstructs), "the model has no decoder: it does not reconstruct")
-    return invariance.reconstruction_mse(lambda x: p.batched(p.model.reconstruct, x), p.images, p.args.n_boot,
-                                         p.args.seed)
+    return invariance.reconstruction_mse(
+        lambda x: p.batched(p.model.reconstruct, x), p.images, p.args.n_boot, p.args.seed
+    )
 
 
 def reconstruction_chamfer(p: Probe) -> MetricResult:
@@ -160,9 +178,15 @@ def reconstruction_sinkhorn(p: Probe) -> MetricResult:
 def evolution_energy(p: Probe) -> MetricResult:
     """The reference's: decoded interpolants against the real ends (in each end's own pose)."""
     p.has_decoder()
-    return interpolation.evolution_energy(lambda x, z: p.render(x, [z])[0], p.images, p.latents(), p.targets(),
-                                          invariance.chamfer_sum if p.points else latent_usage.mse, p.args.n_boot,
-                                          p.args.seed)
+    return interpolation.evolution_energy(
+        lambda x, z: p.render(x, [z])[0],
+        p.images,
+        p.latents(),
+        p.targets(),
+        invariance.chamfer_sum if p.points else latent_usage.mse,
+        p.args.n_boot,
+        p.args.seed,
+    )
 
 
 def embedding_distance(p: Probe) -> MetricResult:
@@ -189,33 +213,47 @@ def _chamfer(a, b) -> np.ndarray:
 
     from Engineering.Science.chamfer import chamfer_distance
 
-    return chamfer_distance(torch.from_numpy(np.asarray(a, np.float32)),
-                            torch.from_numpy(np.asarray(b, np.float32))).double().numpy()
+    return (
+        chamfer_distance(torch.from_numpy(np.asarray(a, np.float32)), torch.from_numpy(np.asarray(b, np.float32)))
+        .double()
+        .numpy()
+    )
 
 
 def usage(family: str, p: Probe) -> MetricResult:
     """The latent-usage families (Eval/latent_usage.py), computed once for all of them."""
     if "usage" not in p.cache:
         needs(len(p.images) > 1, "needs 2 or more samples")
-        p.cache["usage"] = latent_usage.latent_usage(p.render, p.images, p.latents(), p.targets(), p.args.n_boot,
-                                                     p.args.seed, _chamfer if p.points else latent_usage.mse)
+        p.cache["usage"] = latent_usage.latent_usage(
+            p.render,
+            p.images,
+            p.latents(),
+            p.targets(),
+            p.args.n_boot,
+            p.args.seed,
+            _chamfer if p.points else latent_usage.mse,
+        )
     return p.cache["usage"][family]
 
 
 def measured(family: str, p: Probe) -> MetricResult:
     """The efficiency families, measured once, on one batch of the model's inputs."""
     if "efficiency" not in p.cache:
-        p.cache["efficiency"] = efficiency.efficiency(p.engine, p.model.encode,
-                                                      efficiency.as_tensor(p.images[:p.bs], "cpu"),
-                                                      co2_country=p.args.co2_country)
+        p.cache["efficiency"] = efficiency.efficiency(
+            p.engine, p.model.encode, efficiency.as_tensor(p.images[: p.bs], "cpu"), co2_country=p.args.co2_country
+        )
     return p.cache["efficiency"][family]
 
 
 FAMILIES: dict[str, Callable[[Probe], MetricResult]] = {
-    "rotation_sensitivity": rotation_sensitivity, "rotation_invariance": rotation_invariance,
-    "rotation_invariance_error": rotation_invariance_error, "pose_equivariance_error": pose_equivariance_error,
-    "reconstruction_mse": reconstruction_mse, "reconstruction_chamfer": reconstruction_chamfer,
-    "reconstruction_sinkhorn": reconstruction_sinkhorn, "evolution_energy": evolution_energy,
+    "rotation_sensitivity": rotation_sensitivity,
+    "rotation_invariance": rotation_invariance,
+    "rotation_invariance_error": rotation_invariance_error,
+    "pose_equivariance_error": pose_equivariance_error,
+    "reconstruction_mse": reconstruction_mse,
+    "reconstruction_chamfer": reconstruction_chamfer,
+    "reconstruction_sinkhorn": reconstruction_sinkhorn,
+    "evolution_energy": evolution_energy,
     "embedding_distance": embedding_distance,
     **{f: partial(interpolated, f) for f in ("decoded_path_ratio", "interpolation_distance")},
     **{f: partial(usage, f) for f in latent_usage.METRICS},
@@ -251,8 +289,9 @@ def load_models(items: list[str], paths: dict[str, Path], samples, args) -> dict
             in_checkpoints = path.is_file() and path.parent.name == "Checkpoints"
             name = path.parent.parent.name if in_checkpoints else default_name(path)
         if name not in paths:
-            raise UserError(f"--run {item}: no --latents run is named '{name}' (runs: {', '.join(paths)}); "
-                            "use --run NAME=RUN_DIR")
+            raise UserError(
+                f"--run {item}: no --latents run is named '{name}' (runs: {', '.join(paths)}); use --run NAME=RUN_DIR"
+            )
         model = load_run(path)
         datafile = args.pixels if model.engine.input_kind == "image" else None  # clouds: the run's own file
         models[name] = (model, sample_images(model, samples.source_rows, datafile, args.run_max_samples, args.seed))
@@ -286,5 +325,7 @@ def score_models(results: dict, models: dict, args, notes: list[str], latents: d
                 per[family] = MetricResult.skip(direction, f"{type(exc).__name__}: {str(exc).splitlines()[0]}")
             if family == "latent_usage_swap" and (per[family].note or "").startswith("the decoder ignores"):
                 notes.append(f"{name}: {per[family].note}")
-        notes.append(f"model-dependent metrics of {name}: {model.checkpoint}, {len(images)} samples, "
-                     f"{'EMA' if model.use_ema else 'raw'} weights; errors in the model's normalised input units")
+        notes.append(
+            f"model-dependent metrics of {name}: {model.checkpoint}, {len(images)} samples, "
+            f"{'EMA' if model.use_ema else 'raw'} weights; errors in the model's normalised input units"
+        )

@@ -1,5 +1,6 @@
 """The toy family's engine (a LatentEngine: optimiser, EMA, resume and the output contract come with it), its
 typed YAML section (model§toy) and its flag."""
+
 from __future__ import annotations
 
 import torch
@@ -15,8 +16,16 @@ from .network import ToyAE, ToyConfig
 # model§toy: the keys ARE the network config's fields (minus what the run gives)
 ToyKeys = keys_from_dataclass("ToyKeys", ToyConfig, exclude=("in_channels", "size", "latent_dim"), doc="model§toy")
 ToyModelKeys = create_model("ToyModelKeys", __base__=Keys, toy=(ToyKeys, ToyKeys()))
-TOY_FLAGS = (Flag("toy_width", ("model", "toy", "width"), "int", ToyKeys.model_fields["width"].default,
-                  "Channels of the toy autoencoder.", "Model"),)
+TOY_FLAGS = (
+    Flag(
+        "toy_width",
+        ("model", "toy", "width"),
+        "int",
+        ToyKeys.model_fields["width"].default,
+        "Channels of the toy autoencoder.",
+        "Model",
+    ),
+)
 
 
 class ToyEngine(LatentEngine):
@@ -25,8 +34,11 @@ class ToyEngine(LatentEngine):
         shape = list(cfg.model.input_shape)
         if len(shape) != 2 or shape[0] != shape[1]:
             raise ValueError(f"the toy task takes square 2D inputs, got --input_shape {shape}")
-        self.net = ToyAE(drive_config(ToyConfig, cfg.model.toy, in_channels=in_channels, size=shape[0],
-                                       latent_dim=cfg.model.latent_dim))
+        self.net = ToyAE(
+            drive_config(
+                ToyConfig, cfg.model.toy, in_channels=in_channels, size=shape[0], latent_dim=cfg.model.latent_dim
+            )
+        )
 
     def _loss(self, x):
         return F.mse_loss(self.net.decode(self.net.encode(x)), x)

@@ -7,6 +7,7 @@ every ``eval§val_ssim_every`` epochs the reconstruction SSIM of a few fixed
 samples. Test: z_sem from the (EMA) encoder; unless ``--test_emb_only``,
 deterministic DDIM inversion to x_T and rendering back.
 """
+
 from __future__ import annotations
 
 from typing import Literal, Optional, Union
@@ -14,58 +15,79 @@ from typing import Literal, Optional, Union
 import torch
 from pydantic import Field, create_model
 
-from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
-from Engineering.Engines.latent_engine import LatentEngine
-from .published_hub import published_diffae
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.data.transforms import normalised_range
-from .network import DiffAE, DiffAEConfig
+from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.errors import UserError
 from Engineering.Science.diffusion import GaussianDiffusion
 from Engineering.Science.metrics import recon_metrics
 
+from .network import DiffAE, DiffAEConfig
+
 # model§DiffAE: the drive's architecture (its config dataclass: one home per default) + the diffusion keys
 DiffAEKeys = keys_from_dataclass(
-    "DiffAEKeys", DiffAEConfig, exclude=("is3D", "in_channels", "input_shape", "latent_dim"), doc="model§DiffAE",
+    "DiffAEKeys",
+    DiffAEConfig,
+    exclude=("is3D", "in_channels", "input_shape", "latent_dim"),
+    doc="model§DiffAE",
     T=(int, Field(1000, gt=0, description="Diffusion steps of training (linear betas, epsilon prediction).")),
     # the step counts are checked against T by the diffusion (one message naming all four)
     T_eval=(int, Field(10, description="DDIM steps of the validation renders (val_ssim).")),
     T_inv=(Optional[int], Field(None, description="DDIM steps of the test inversion to x_T (null = T_eval).")),
     T_step=(Optional[int], Field(None, description="DDIM steps of the test rendering (null = T_eval).")),
-    spacing=(Literal["ddim", "even"], Field("ddim", description="Which timesteps an N-step DDIM visits: ddim = DiffAE's "
-                                                              "and the ancestor's range(0, T, k) with the smallest "
-                                                              "stride k giving N steps (20 steps: 0, 50, ..., 950); "
-                                                              "even = N rounded points from 0 to T-1.")),
-    loss_weighting=(Literal["uniform", "p2", "truncated_snr"],
-                    Field("uniform", description="Training loss over timesteps: uniform = DiffAE's epsilon MSE; p2 = "
-                                                 "P2 weighting 1/(p2_k + SNR_t)^p2_gamma (Choi et al. 2022, mean 1), "
-                                                 "more weight on the noisy steps where the content must come from "
-                                                 "z_sem; truncated_snr = max(1, 1/SNR_t) (Salimans & Ho 2022: the "
-                                                 "x0 error with weight max(SNR_t, 1)). Validation reports the "
-                                                 "plain MSE either way.")),
+    spacing=(
+        Literal["ddim", "even"],
+        Field(
+            "ddim",
+            description="Which timesteps an N-step DDIM visits: ddim = DiffAE's "
+            "and the ancestor's range(0, T, k) with the smallest "
+            "stride k giving N steps (20 steps: 0, 50, ..., 950); "
+            "even = N rounded points from 0 to T-1.",
+        ),
+    ),
+    loss_weighting=(
+        Literal["uniform", "p2", "truncated_snr"],
+        Field(
+            "uniform",
+            description="Training loss over timesteps: uniform = DiffAE's epsilon MSE; p2 = "
+            "P2 weighting 1/(p2_k + SNR_t)^p2_gamma (Choi et al. 2022, mean 1), "
+            "more weight on the noisy steps where the content must come from "
+            "z_sem; truncated_snr = max(1, 1/SNR_t) (Salimans & Ho 2022: the "
+            "x0 error with weight max(SNR_t, 1)). Validation reports the "
+            "plain MSE either way.",
+        ),
+    ),
     p2_gamma=(float, Field(1.0, ge=0, description="P2 weighting exponent (0 = uniform).")),
     p2_k=(float, Field(1.0, gt=0, description="P2 weighting offset k.")),
-    clip_x0=(Union[Literal["auto", "none"], None, tuple[float, float]],
-             Field("auto", description="Clamp the predicted x0 while inverting and rendering (DiffAE's clip_denoised): "
-                                       "auto = the normalised data range ([-1, 1] with --norm_range symmetric or "
-                                       "the fixed z-score after a min-max prenorm, [0, 1] with unit; off for a "
-                                       "per-sample z-score or none), null = off, or [lo, hi].")),
+    clip_x0=(
+        Union[Literal["auto", "none"], None, tuple[float, float]],
+        Field(
+            "auto",
+            description="Clamp the predicted x0 while inverting and rendering (DiffAE's clip_denoised): "
+            "auto = the normalised data range ([-1, 1] with --norm_range symmetric or "
+            "the fixed z-score after a min-max prenorm, [0, 1] with unit; off for a "
+            "per-sample z-score or none), null = off, or [lo, hi].",
+        ),
+    ),
 )
 DiffAEModelKeys = create_model("DiffAEModelKeys", __base__=Keys, DiffAE=(DiffAEKeys, DiffAEKeys()))
 
 
 class DiffAEEvalKeys(Keys):
     """eval (main_diffAE)"""
-    val_ssim_every: int = Field(1, ge=0, description="Reconstruction SSIM of a few fixed validation subjects every "
-                                                     "N epochs (0 = never).")
+
+    val_ssim_every: int = Field(
+        1, ge=0, description="Reconstruction SSIM of a few fixed validation subjects every N epochs (0 = never)."
+    )
     val_ssim_subjects: int = Field(2, gt=0, description="Validation subjects of that SSIM.")
     embed_precision: Literal["32", "bf16"] = Field(
-        "32", description="Precision of test-time embedding: bf16 runs a bfloat16 (3D: channels-last) copy of the "
-                          "encoder's trunk with its head in float32, 1.3-1.8x faster than fp32 on an AVX512-BF16 CPU "
-                          "(attention-bound at the published 3D shape; docs/results/speed.md, with the measured "
-                          "tolerance against fp32); with --compile_model that copy is torch.compiled.")
+        "32",
+        description="Precision of test-time embedding: bf16 runs a bfloat16 (3D: channels-last) copy of the "
+        "encoder's trunk with its head in float32, 1.3-1.8x faster than fp32 on an AVX512-BF16 CPU "
+        "(attention-bound at the published 3D shape; docs/results/speed.md, with the measured "
+        "tolerance against fp32); with --compile_model that copy is torch.compiled.",
+    )
 
 
 def clip_range(cfg) -> tuple[float, float] | None:
@@ -84,8 +106,14 @@ def clip_range(cfg) -> tuple[float, float] | None:
 
 def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
     """The WarpDrive config from model§latent_dim, model§input_shape, model§is3D and model§DiffAE§*."""
-    return drive_config(DiffAEConfig, cfg.model.DiffAE, is3D=cfg.model.is3D, in_channels=in_channels,
-                        input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim)
+    return drive_config(
+        DiffAEConfig,
+        cfg.model.DiffAE,
+        is3D=cfg.model.is3D,
+        in_channels=in_channels,
+        input_shape=tuple(cfg.model.input_shape),
+        latent_dim=cfg.model.latent_dim,
+    )
 
 
 class DiffAEEngine(LatentEngine):
@@ -101,13 +129,15 @@ class DiffAEEngine(LatentEngine):
         self.T_step = t_eval if cfg.eval.test_with_TEval or keys.T_step is None else keys.T_step
         self.T_eval = t_eval
         try:
-            self.diffusion = GaussianDiffusion(T=self.T, spacing=keys.spacing, weighting=keys.loss_weighting,
-                                               p2_gamma=keys.p2_gamma, p2_k=keys.p2_k)
+            self.diffusion = GaussianDiffusion(
+                T=self.T, spacing=keys.spacing, weighting=keys.loss_weighting, p2_gamma=keys.p2_gamma, p2_k=keys.p2_k
+            )
             for name in ("T_eval", "T_inv", "T_step"):
                 self.diffusion.respace(getattr(self, name))
         except ValueError as exc:
-            raise UserError(f"model§DiffAE (T={self.T}, T_eval={self.T_eval}, T_inv={self.T_inv}, "
-                            f"T_step={self.T_step}): {exc}") from None
+            raise UserError(
+                f"model§DiffAE (T={self.T}, T_eval={self.T_eval}, T_inv={self.T_inv}, T_step={self.T_step}): {exc}"
+            ) from None
         self.clip = clip_range(cfg)
         self.seed = int(cfg.training.seed)
 
@@ -135,8 +165,15 @@ class DiffAEEngine(LatentEngine):
     def training_step(self, batch, batch_idx):
         rank = self.global_rank
         loss = self._loss(self.net, batch["inp"], self._gen(1, self.global_step, batch_idx, rank))
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["inp"].shape[0],
-                 sync_dist=True)
+        self.log(
+            "train_loss",
+            loss,
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=batch["inp"].shape[0],
+            sync_dist=True,
+        )
         return loss
 
     def _eval_net(self):
@@ -196,10 +233,22 @@ class DiffAEEngine(LatentEngine):
 
 
 DIFFAE_FLAGS = (
-    Flag("embed_precision", ("eval", "embed_precision"), "str", "32",
-         "Test-time embedding precision: bf16 = a bfloat16 copy of the encoder's trunk, head in float32 (1.3-1.8x "
-         "faster than fp32 on an AVX512-BF16 CPU; latents within 0.3% of fp32, docs/results/speed.md).", "Test",
-         choices=("32", "bf16")),
-    Flag("test_with_TEval", ("eval", "test_with_TEval"), "bool", False,
-         "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).", "Test"),
+    Flag(
+        "embed_precision",
+        ("eval", "embed_precision"),
+        "str",
+        "32",
+        "Test-time embedding precision: bf16 = a bfloat16 copy of the encoder's trunk, head in float32 (1.3-1.8x "
+        "faster than fp32 on an AVX512-BF16 CPU; latents within 0.3% of fp32, docs/results/speed.md).",
+        "Test",
+        choices=("32", "bf16"),
+    ),
+    Flag(
+        "test_with_TEval",
+        ("eval", "test_with_TEval"),
+        "bool",
+        False,
+        "Use T_eval steps for inversion and rendering too (T_inv = T_step = T_eval).",
+        "Test",
+    ),
 )

@@ -2,15 +2,17 @@
 the published models need that is not a property of the user's data (the io layer reads the files; the mapping
 onto a drive lives here, at the engine level).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import json
 
-from .network import DiffAEConfig
-from .network.published import load_published_state
 from Engineering.errors import UserError
 from Engineering.io.hub import HubModel, shape_list
+
+from .network import DiffAEConfig
+from .network.published import load_published_state
 
 # What the published ImLatent DiffAE models were trained and tested with that is not a property of the
 # user's data (the ancestor's ukbb_autoenc template and defaults; the model cards): per-sample min-max then
@@ -18,8 +20,15 @@ from Engineering.io.hub import HubModel, shape_list
 # DiffAE's "ddim20" (range(0, 1000, 50)), x0 clipped to the data range while inverting and rendering.
 PUBLISHED_DATA = {"norm_type": "minmax", "norm_range": "symmetric", "interp_fact": 1.0, "croppad": True}
 # the published model's diffusion, and its training objective (fine-tuning keeps DiffAE's uniform epsilon MSE)
-PUBLISHED_DIFFUSION = {"T": 1000, "T_eval": 20, "T_inv": 20, "T_step": 20, "spacing": "ddim", "clip_x0": "auto",
-                       "loss_weighting": "uniform"}
+PUBLISHED_DIFFUSION = {
+    "T": 1000,
+    "T_eval": 20,
+    "T_inv": 20,
+    "T_step": 20,
+    "spacing": "ddim",
+    "clip_x0": "auto",
+    "loss_weighting": "uniform",
+}
 
 
 def published_diffae(raw: HubModel, cfg) -> HubModel:
@@ -31,12 +40,24 @@ def published_diffae(raw: HubModel, cfg) -> HubModel:
     for key in ("is3D", "in_channels", "latent_dim", "net_ch"):
         if key in config and key in inferred and (bool(config[key]) if key == "is3D" else config[key]) != inferred[key]:
             raise UserError(f"{where} says {key}={config[key]!r} but the weights have {key}={inferred[key]!r}")
-    arch = {f.name: f.default for f in dataclasses.fields(DiffAEConfig)
-            if f.name not in ("is3D", "in_channels", "input_shape", "latent_dim")}
-    arch.update({k: list(v) if isinstance(v, tuple) else v for k, v in inferred.items()
-                 if k not in ("is3D", "in_channels", "latent_dim")})
-    model = {"drive": "DiffAE", "is3D": bool(inferred["is3D"]), "latent_dim": int(inferred["latent_dim"]),
-             "DiffAE": {**{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}, **PUBLISHED_DIFFUSION}}
+    arch = {
+        f.name: f.default
+        for f in dataclasses.fields(DiffAEConfig)
+        if f.name not in ("is3D", "in_channels", "input_shape", "latent_dim")
+    }
+    arch.update(
+        {
+            k: list(v) if isinstance(v, tuple) else v
+            for k, v in inferred.items()
+            if k not in ("is3D", "in_channels", "latent_dim")
+        }
+    )
+    model = {
+        "drive": "DiffAE",
+        "is3D": bool(inferred["is3D"]),
+        "latent_dim": int(inferred["latent_dim"]),
+        "DiffAE": {**{k: list(v) if isinstance(v, tuple) else v for k, v in arch.items()}, **PUBLISHED_DIFFUSION},
+    }
     dims = 3 if inferred["is3D"] else 2
     x_T = tensors.get("x_T")
     buffer_shape = [int(v) for v in x_T.shape[2:]] if x_T is not None and x_T.ndim == dims + 2 else None
@@ -51,5 +72,6 @@ def published_diffae(raw: HubModel, cfg) -> HubModel:
         model["input_shape"] = buffer_shape
     else:
         needs.append("input_shape")
-    return HubModel("published_diffae", state, {"model": model, "data": dict(PUBLISHED_DATA)}, source, raw.revision,
-                    needs)
+    return HubModel(
+        "published_diffae", state, {"model": model, "data": dict(PUBLISHED_DATA)}, source, raw.revision, needs
+    )

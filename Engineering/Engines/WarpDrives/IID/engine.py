@@ -9,6 +9,7 @@ and on its latents alike (``--cutmix_prob``). Every random draw is a function of
 Test: the predictor's embedding through the output contract, then ``ood_report.csv/json/html``, the per-subject
 ``predictions.tsv`` and WILDS-style prediction files (one predicted class index per line, per split).
 """
+
 from __future__ import annotations
 
 import html
@@ -21,37 +22,57 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, create_model
 
-from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.datamodule import H5DataModule, phenotype_labels, resolve_data_path, split_targets
 from Engineering.data.labels import read_label_table
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import ImageRun
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.saved_runs import upstream_engine
-from .network import IIDConfig, IIDNet
 from Engineering.errors import UserError
 from Engineering.io.atomic import write_text
 from Engineering.io.checkpoints import read_checkpoint
 from Engineering.io.outputs import write_table
 from Engineering.Science.cutmix import cutmix
 
+from .network import IIDConfig, IIDNet
+
 IIDKeys = keys_from_dataclass(
-    "IIDKeys", IIDConfig, exclude=("in_channels", "n_classes", "n_latent", "style_dim"), doc="model§IID",
-    encoder=(str, Field("", description="--encoder: the main_restyle run folder (its last checkpoint) or checkpoint "
-                                        "file whose noise maps / style codes the predictor reads.")),
+    "IIDKeys",
+    IIDConfig,
+    exclude=("in_channels", "n_classes", "n_latent", "style_dim"),
+    doc="model§IID",
+    encoder=(
+        str,
+        Field(
+            "",
+            description="--encoder: the main_restyle run folder (its last checkpoint) or checkpoint "
+            "file whose noise maps / style codes the predictor reads.",
+        ),
+    ),
     targets=(str, Field("", description="--targets: the label column of json§DS_phenotypes.")),
-    ood_column=(str, Field("", description="--ood_column: the metadata column (phenotype or covariate table) whose "
-                                           "groups are held out (experiment, plate, site, scanner).")),
+    ood_column=(
+        str,
+        Field(
+            "",
+            description="--ood_column: the metadata column (phenotype or covariate table) whose "
+            "groups are held out (experiment, plate, site, scanner).",
+        ),
+    ),
     ood_test_groups=(str, Field("", description="--ood_test_groups a,b: groups used only for the OOD test.")),
     ood_val_groups=(str, Field("", description="--ood_val_groups c: groups used only for OOD validation.")),
     loss_coef=(float, Field(0.0, ge=0, le=1, description="--loss_coef c: the loss is (1 - c) CE + c ArcFace.")),
     cutmix_prob=(float, Field(0.0, ge=0, le=1, description="Probability of CutMix per batch (images and latents).")),
     cutmix_alpha=(float, Field(1.0, gt=0, description="CutMix's Beta(alpha, alpha) of the kept area.")),
-    weights=(str, Field("", description="A local state dict of torchvision's resnet18/34 layout (.pth, read with "
-                                        "weights_only, or .safetensors) for the imagenet stem at width 64 to start "
-                                        "from; never downloaded.")),
+    weights=(
+        str,
+        Field(
+            "",
+            description="A local state dict of torchvision's resnet18/34 layout (.pth, read with "
+            "weights_only, or .safetensors) for the imagenet stem at width 64 to start "
+            "from; never downloaded.",
+        ),
+    ),
 )
 IIDModelKeys = create_model("IIDModelKeys", __base__=Keys, IID=(IIDKeys, IIDKeys()))
 
@@ -63,8 +84,10 @@ def _groups(text: str) -> set[str]:
 def metadata_groups(cfg, column: str) -> dict[str, str]:
     """patientID -> its value (as a string) in ``column`` of the phenotype table, else of the covariate table."""
     if not column:
-        raise UserError("main_iid evaluates out of distribution: give --ood_column COL (a column of the phenotype "
-                        "or covariate table: experiment, plate, site, scanner)")
+        raise UserError(
+            "main_iid evaluates out of distribution: give --ood_column COL (a column of the phenotype "
+            "or covariate table: experiment, plate, site, scanner)"
+        )
     tried = []
     for key in ("DS_phenotypes", "DS_covariates"):
         spec = getattr(cfg.paths, key) or {}
@@ -76,8 +99,10 @@ def metadata_groups(cfg, column: str) -> dict[str, str]:
         if column in table.columns:
             return table.drop_duplicates("patientID").set_index("patientID")[column].dropna().astype(str).to_dict()
         tried.append(f"{path} (columns: {', '.join(c for c in table.columns if c != 'patientID')})")
-    raise UserError(f"--ood_column {column!r} is in neither table: " + ("; ".join(tried) or "set json§DS_phenotypes"
-                                                                       "§path or json§DS_covariates§path"))
+    raise UserError(
+        f"--ood_column {column!r} is in neither table: "
+        + ("; ".join(tried) or "set json§DS_phenotypes§path or json§DS_covariates§path")
+    )
 
 
 class OODSplits(H5DataModule):
@@ -91,13 +116,17 @@ class OODSplits(H5DataModule):
         if not self.test_groups:
             raise UserError(f"--ood_test_groups: name the {k.ood_column} group(s) held out for the OOD test")
         if self.test_groups & self.val_groups:
-            raise UserError(f"group(s) {', '.join(sorted(self.test_groups & self.val_groups))} are in both "
-                            "--ood_test_groups and --ood_val_groups")
+            raise UserError(
+                f"group(s) {', '.join(sorted(self.test_groups & self.val_groups))} are in both "
+                "--ood_test_groups and --ood_val_groups"
+            )
         present = set(self.group_of.get(r.patientID) for r in self.records) - {None}
         unknown = (self.test_groups | self.val_groups) - present
         if unknown:
-            raise UserError(f"--ood_*_groups {', '.join(sorted(unknown))}: not a value of {k.ood_column!r} among the "
-                            f"selected subjects (values: {', '.join(sorted(present))})")
+            raise UserError(
+                f"--ood_*_groups {', '.join(sorted(unknown))}: not a value of {k.ood_column!r} among the "
+                f"selected subjects (values: {', '.join(sorted(present))})"
+            )
         patients = {r.patientID for r in self.records}
         self.ood_test = {p for p in patients if self.group_of.get(p) in self.test_groups}
         self.ood_val = {p for p in patients if self.group_of.get(p) in self.val_groups}
@@ -113,8 +142,7 @@ class IIDRun(ImageRun):
 
 
 def frozen_encoder(path: str):
-    engine = upstream_engine(path, "--encoder", "restyle", "main_iid reads a trained encoder's "
-                             "latents")
+    engine = upstream_engine(path, "--encoder", "restyle", "main_iid reads a trained encoder's latents")
     return engine.net.requires_grad_(False).eval()
 
 
@@ -132,8 +160,14 @@ class IIDEngine(LatentEngine):
             if k.use_noise and not self.encoder.cfg.noise_head:
                 raise UserError(f"--noise: the encoder {k.encoder} was trained without its noise head")
         g = self.encoder.generator.cfg if self.encoder is not None else None
-        self.iid_cfg = drive_config(IIDConfig, k, in_channels=in_channels, n_classes=len(self.classes),
-                                    n_latent=g.n_latent if g else 0, style_dim=g.style_dim if g else 0)
+        self.iid_cfg = drive_config(
+            IIDConfig,
+            k,
+            in_channels=in_channels,
+            n_classes=len(self.classes),
+            n_latent=g.n_latent if g else 0,
+            style_dim=g.style_dim if g else 0,
+        )
         self.net = IIDNet(self.iid_cfg)
         if k.weights:
             self._load_weights(k.weights)
@@ -141,15 +175,21 @@ class IIDEngine(LatentEngine):
 
     def _load_weights(self, path: str) -> None:
         if self.iid_cfg.stem != "imagenet":
-            raise UserError(f"model§IID§weights {path}: pretrained weights need model§IID§stem imagenet (and "
-                            "model§IID§width 64)")
+            raise UserError(
+                f"model§IID§weights {path}: pretrained weights need model§IID§stem imagenet (and model§IID§width 64)"
+            )
         if not Path(path).is_file():
             raise UserError(f"model§IID§weights {path}: no such file")
         info = self.net.load_torchvision_weights(read_checkpoint(path)["state_dict"])
-        print(f"IID backbone: {info['tensors']} tensors from {path}"
-              + (f"; first convolution adapted from 3 to {self.iid_cfg.in_channels} channels"
-                 if info["conv1_adapted"] else "")
-              + (f"; not used: {', '.join(info['dropped'])}" if info["dropped"] else ""))
+        print(
+            f"IID backbone: {info['tensors']} tensors from {path}"
+            + (
+                f"; first convolution adapted from 3 to {self.iid_cfg.in_channels} channels"
+                if info["conv1_adapted"]
+                else ""
+            )
+            + (f"; not used: {', '.join(info['dropped'])}" if info["dropped"] else "")
+        )
 
     def train(self, mode: bool = True):  # the encoder stays frozen, in eval mode
         super().train(mode)
@@ -193,8 +233,9 @@ class IIDEngine(LatentEngine):
             loss = self._loss_of(out, y)
         n = len(x)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-        self.log("train_acc", (out["logits"].argmax(1) == y).float().mean(), on_epoch=True, batch_size=n,
-                 sync_dist=True)
+        self.log(
+            "train_acc", (out["logits"].argmax(1) == y).float().mean(), on_epoch=True, batch_size=n, sync_dist=True
+        )
         return loss
 
     @torch.no_grad()
@@ -206,8 +247,9 @@ class IIDEngine(LatentEngine):
             out = self.net(x, *self.latents(x))
             n = len(x)
             self.log("val_loss", self._loss_of(out, y), on_epoch=True, prog_bar=True, batch_size=n, sync_dist=True)
-            self.log("val_acc", (out["logits"].argmax(1) == y).float().mean(), on_epoch=True, batch_size=n,
-                     sync_dist=True)
+            self.log(
+                "val_acc", (out["logits"].argmax(1) == y).float().mean(), on_epoch=True, batch_size=n, sync_dist=True
+            )
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return self.net(x, *self.latents(x))["emb"]
@@ -218,13 +260,18 @@ class IIDEngine(LatentEngine):
 
 
 def _html(report: dict, table: pd.DataFrame) -> str:
-    rows = "".join(f"<tr><td>{html.escape(str(r.group))}</td><td>{r.split}</td><td>{r.n}</td>"
-                   f"<td>{r.accuracy:.3f}</td></tr>" for r in table.itertuples())
-    summary = "".join(f"<li>{html.escape(k)}: {html.escape(json.dumps(v))}</li>" for k, v in report.items()
-                      if k != "per_group")
-    return (f"<!doctype html><meta charset='utf-8'><title>OOD report</title><h1>In- and out-of-distribution "
-            f"accuracy</h1><ul>{summary}</ul><table border=1 cellpadding=4><tr><th>group</th><th>split</th><th>n</th>"
-            f"<th>accuracy</th></tr>{rows}</table>")
+    rows = "".join(
+        f"<tr><td>{html.escape(str(r.group))}</td><td>{r.split}</td><td>{r.n}</td><td>{r.accuracy:.3f}</td></tr>"
+        for r in table.itertuples()
+    )
+    summary = "".join(
+        f"<li>{html.escape(k)}: {html.escape(json.dumps(v))}</li>" for k, v in report.items() if k != "per_group"
+    )
+    return (
+        f"<!doctype html><meta charset='utf-8'><title>OOD report</title><h1>In- and out-of-distribution "
+        f"accuracy</h1><ul>{summary}</ul><table border=1 cellpadding=4><tr><th>group</th><th>split</th><th>n</th>"
+        f"<th>accuracy</th></tr>{rows}</table>"
+    )
 
 
 def wilds_labels(classes: list[str], index: np.ndarray) -> tuple[np.ndarray, pd.DataFrame | None]:
@@ -260,11 +307,18 @@ class OODReport:
         lab = pred[pred["true"].notna()].assign(correct=lambda d: d["true"] == d["prediction"])
         # per group and split, counted over subjects (a subject's accuracy: the mean over its samples)
         subj = lab.groupby(["group", "split", "patientID"], as_index=False)["correct"].mean()
-        table = subj.groupby(["group", "split"], as_index=False).agg(n=("patientID", "size"),
-                                                                     accuracy=("correct", "mean"))
-        report = {"targets": cfg.model.IID.targets, "ood_column": cfg.model.IID.ood_column,
-                  "ood_test_groups": sorted(dm.test_groups), "ood_val_groups": sorted(dm.val_groups),
-                  "noise": model.k.use_noise, "style": model.k.use_style, "loss_coef": model.k.loss_coef}
+        table = subj.groupby(["group", "split"], as_index=False).agg(
+            n=("patientID", "size"), accuracy=("correct", "mean")
+        )
+        report = {
+            "targets": cfg.model.IID.targets,
+            "ood_column": cfg.model.IID.ood_column,
+            "ood_test_groups": sorted(dm.test_groups),
+            "ood_val_groups": sorted(dm.val_groups),
+            "noise": model.k.use_noise,
+            "style": model.k.use_style,
+            "loss_coef": model.k.loss_coef,
+        }
         for split in ("id", "ood"):  # over subjects, as the per-group rows; the sample-level accuracy beside it
             part, subjects = lab[lab["split"] == split], subj[subj["split"] == split]
             report[f"{split}_accuracy"] = float(subjects["correct"].mean()) if len(subjects) else None
@@ -278,28 +332,53 @@ class OODReport:
         write_table(out_dir / "predictions.tsv", pred, sep="\t")
         labels, mapping = wilds_labels(model.classes, pred["prediction_index"].to_numpy())
         for split in ("id", "ood"):
-            write_text(out_dir / f"wilds_{split}_test_pred.csv",
-                       "".join(f"{i}\n" for i in labels[(pred["split"] == split).to_numpy()]))
+            write_text(
+                out_dir / f"wilds_{split}_test_pred.csv",
+                "".join(f"{i}\n" for i in labels[(pred["split"] == split).to_numpy()]),
+            )
         if mapping is not None:
             write_table(out_dir / "wilds_classes.csv", mapping)
+
         def fmt(v):
             return "n/a" if v is None else f"{v:.3f}"
-        print(f"accuracy over subjects in distribution {fmt(report['id_accuracy'])} (n {report['id_n_subjects']}), "
-              f"out of distribution {fmt(report['ood_accuracy'])} (n {report['ood_n_subjects']}): "
-              f"{out_dir / 'ood_report.csv'}")
+
+        print(
+            f"accuracy over subjects in distribution {fmt(report['id_accuracy'])} (n {report['id_n_subjects']}), "
+            f"out of distribution {fmt(report['ood_accuracy'])} (n {report['ood_n_subjects']}): "
+            f"{out_dir / 'ood_report.csv'}"
+        )
         return {"ood_report": report}
 
 
 IID_FLAGS = (
-    Flag("encoder", ("model", "IID", "encoder"), "str", "", "The main_restyle run folder or checkpoint whose "
-         "latents the predictor reads.", "Model"),
+    Flag(
+        "encoder",
+        ("model", "IID", "encoder"),
+        "str",
+        "",
+        "The main_restyle run folder or checkpoint whose latents the predictor reads.",
+        "Model",
+    ),
     Flag("targets", ("model", "IID", "targets"), "str", "", "The label column of json§DS_phenotypes.", "Model"),
-    Flag("ood_column", ("model", "IID", "ood_column"), "str", "", "Metadata column whose groups are held out.",
-         "Model"),
-    Flag("ood_test_groups", ("model", "IID", "ood_test_groups"), "str", "", "Comma-separated groups of the OOD "
-         "test.", "Model"),
-    Flag("ood_val_groups", ("model", "IID", "ood_val_groups"), "str", "", "Comma-separated groups of OOD "
-         "validation.", "Model"),
+    Flag(
+        "ood_column", ("model", "IID", "ood_column"), "str", "", "Metadata column whose groups are held out.", "Model"
+    ),
+    Flag(
+        "ood_test_groups",
+        ("model", "IID", "ood_test_groups"),
+        "str",
+        "",
+        "Comma-separated groups of the OOD test.",
+        "Model",
+    ),
+    Flag(
+        "ood_val_groups",
+        ("model", "IID", "ood_val_groups"),
+        "str",
+        "",
+        "Comma-separated groups of OOD validation.",
+        "Model",
+    ),
     Flag("noise", ("model", "IID", "use_noise"), "bool", False, "Inject the encoder's noise maps (morph).", "Model"),
     Flag("style", ("model", "IID", "use_style"), "bool", False, "Read the encoder's style codes (stain).", "Model"),
     Flag("loss_coef", ("model", "IID", "loss_coef"), "float", 0.0, "c in (1 - c) CE + c ArcFace.", "Model"),

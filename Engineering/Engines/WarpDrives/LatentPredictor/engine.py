@@ -13,23 +13,21 @@ Optimiser, scheduler, optional EMA (``--use_ema``) and exact-resume RNG state
 come from LatentEngine; the checkpoint also stores the targets and the latent
 scaler, so a head can be used without the table it was trained on.
 """
+
 from __future__ import annotations
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import nn
 
-from pydantic import Field
-
-from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys
-from Engineering.Engines.latent_engine import LatentEngine, use_ema_flag
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from Engineering.data.latent_tables import TargetSpec
-from Engineering.errors import UserError
 from Engineering.data.labels import CATEGORICAL
+from Engineering.data.latent_tables import TargetSpec
+from Engineering.Engines.latent_engine import LatentEngine, use_ema_flag
+from Engineering.errors import UserError
 
 HEADS = ("linear", "mlp")
 
@@ -52,7 +50,7 @@ def masked_losses(out: torch.Tensor, y: torch.Tensor, targets: list[TargetSpec])
     """Per-target losses (n_targets,) over the samples that have a value; 0 where none has."""
     losses, start = [], 0
     for j, t in enumerate(targets):
-        pred, yj = out[:, start:start + t.width], y[:, j]
+        pred, yj = out[:, start : start + t.width], y[:, j]
         start += t.width
         have = torch.isfinite(yj)
         if not have.any():
@@ -71,8 +69,9 @@ class LatentPredictorEngine(LatentEngine):
         self.z_mean, self.z_std = np.array(z_mean, np.float32), np.array(z_std, np.float32)
         m = cfg.model
         width = sum(t.width for t in self.targets)
-        self.net = nn.ModuleDict({h: make_head(h, in_channels, width, int(m.mlp_hidden), float(m.mlp_dropout))
-                                  for h in head_names(m.heads)})
+        self.net = nn.ModuleDict(
+            {h: make_head(h, in_channels, width, int(m.mlp_hidden), float(m.mlp_dropout)) for h in head_names(m.heads)}
+        )
         self.use_ema = bool(cfg.training.use_ema)
         if self.use_ema:
             self.init_ema()
@@ -92,8 +91,9 @@ class LatentPredictorEngine(LatentEngine):
 
     def training_step(self, batch, batch_idx):
         loss = self._step(self.net, batch, "train")
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[0]),
-                 sync_dist=True)
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch[0]), sync_dist=True
+        )
         return loss
 
     @torch.no_grad()
@@ -111,7 +111,7 @@ class LatentPredictorEngine(LatentEngine):
         for name, head in net.items():
             raw, start, per = head(z).float().cpu(), 0, []
             for t in self.targets:
-                block = raw[:, start:start + t.width]
+                block = raw[:, start : start + t.width]
                 start += t.width
                 per.append(torch.softmax(block, 1).numpy() if t.kind == CATEGORICAL else block[:, 0].numpy())
             out[name] = per
@@ -125,9 +125,9 @@ class LatentPredictorEngine(LatentEngine):
         names = [t.name for t in self.targets]
         if target not in names:
             raise UserError(f"--manipulate {target!r} is not a trained target (targets: {', '.join(names)})")
-        start = sum(t.width for t in self.targets[:names.index(target)])
+        start = sum(t.width for t in self.targets[: names.index(target)])
         width = self.targets[names.index(target)].width
-        return net["linear"].weight.detach().cpu().numpy()[start:start + width].astype(np.float64)
+        return net["linear"].weight.detach().cpu().numpy()[start : start + width].astype(np.float64)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -137,42 +137,127 @@ class LatentPredictorEngine(LatentEngine):
 
 LATENTCLS_GROUP = "Latent predictor"
 LATENTCLS_FLAGS = (
-    Flag("parent_trainID", ("run", "parent_trainID"), "optstr", None,
-         "Run folder (in json§save_path) whose latents are used; outputs go to its ClassifyLatent/ folder.",
-         LATENTCLS_GROUP),
-    Flag("parent_outfolder", ("run", "parent_outfolder"), "str", "Output",
-         "Output folder of the parent run that holds emb.parquet/tsv/h5 (e.g. Output_fullDS).", LATENTCLS_GROUP),
-    Flag("latents", ("data", "latents"), "optstr", None,
-         "An emb.h5 / emb.tsv / emb.parquet file (or run folder) instead of --parent_trainID.", LATENTCLS_GROUP),
-    Flag("targets", ("data", "targets"), "str", "",
-         "Comma-separated target columns of json§DS_phenotypes ('' = its columns, or every column).", LATENTCLS_GROUP),
-    Flag("categorical_targets", ("data", "categorical_targets"), "str", "",
-         "Comma-separated targets to treat as classes (default: inferred).", LATENTCLS_GROUP),
-    Flag("continuous_targets", ("data", "continuous_targets"), "str", "",
-         "Comma-separated targets to regress (default: inferred).", LATENTCLS_GROUP),
-    Flag("latent_aggregate", ("data", "latent_aggregate"), "str", "none",
-         "'patient': average the latents of each patient (one sample per patient).", LATENTCLS_GROUP,
-         ("none", "patient")),
-    Flag("heads", ("model", "heads"), "str", "linear,mlp",
-         "Heads trained together on the latents: linear, mlp or both (comma-separated).", LATENTCLS_GROUP),
-    Flag("mlp_hidden", ("model", "mlp_hidden"), "int", 64, "Hidden width of the MLP head.", LATENTCLS_GROUP,
-         bounds=(("gt", 0),)),
-    Flag("mlp_dropout", ("model", "mlp_dropout"), "float", 0.1, "Dropout of the MLP head.", LATENTCLS_GROUP,
-         bounds=(("ge", 0), ("lt", 1))),
+    Flag(
+        "parent_trainID",
+        ("run", "parent_trainID"),
+        "optstr",
+        None,
+        "Run folder (in json§save_path) whose latents are used; outputs go to its ClassifyLatent/ folder.",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "parent_outfolder",
+        ("run", "parent_outfolder"),
+        "str",
+        "Output",
+        "Output folder of the parent run that holds emb.parquet/tsv/h5 (e.g. Output_fullDS).",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "latents",
+        ("data", "latents"),
+        "optstr",
+        None,
+        "An emb.h5 / emb.tsv / emb.parquet file (or run folder) instead of --parent_trainID.",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "targets",
+        ("data", "targets"),
+        "str",
+        "",
+        "Comma-separated target columns of json§DS_phenotypes ('' = its columns, or every column).",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "categorical_targets",
+        ("data", "categorical_targets"),
+        "str",
+        "",
+        "Comma-separated targets to treat as classes (default: inferred).",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "continuous_targets",
+        ("data", "continuous_targets"),
+        "str",
+        "",
+        "Comma-separated targets to regress (default: inferred).",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "latent_aggregate",
+        ("data", "latent_aggregate"),
+        "str",
+        "none",
+        "'patient': average the latents of each patient (one sample per patient).",
+        LATENTCLS_GROUP,
+        ("none", "patient"),
+    ),
+    Flag(
+        "heads",
+        ("model", "heads"),
+        "str",
+        "linear,mlp",
+        "Heads trained together on the latents: linear, mlp or both (comma-separated).",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "mlp_hidden",
+        ("model", "mlp_hidden"),
+        "int",
+        64,
+        "Hidden width of the MLP head.",
+        LATENTCLS_GROUP,
+        bounds=(("gt", 0),),
+    ),
+    Flag(
+        "mlp_dropout",
+        ("model", "mlp_dropout"),
+        "float",
+        0.1,
+        "Dropout of the MLP head.",
+        LATENTCLS_GROUP,
+        bounds=(("ge", 0), ("lt", 1)),
+    ),
     use_ema_flag(LATENTCLS_GROUP),
-    Flag("manipulate", ("eval", "manipulate"), "str", "",
-         "DiffAE parents: move z_sem along the linear head's direction for this target (TARGET or TARGET:CLASS) "
-         "and render.", LATENTCLS_GROUP),
-    Flag("scales", ("eval", "scales"), "str", "-2,-1,0,1,2",
-         "Steps along the unit direction, in standard deviations of the standardised latents.", LATENTCLS_GROUP),
-    Flag("n_manipulate_subs", ("eval", "n_manipulate_subs"), "int", 2,
-         "Test-split subjects to manipulate (one sample each).", LATENTCLS_GROUP, bounds=(("gt", 0),)),
+    Flag(
+        "manipulate",
+        ("eval", "manipulate"),
+        "str",
+        "",
+        "DiffAE parents: move z_sem along the linear head's direction for this target (TARGET or TARGET:CLASS) "
+        "and render.",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "scales",
+        ("eval", "scales"),
+        "str",
+        "-2,-1,0,1,2",
+        "Steps along the unit direction, in standard deviations of the standardised latents.",
+        LATENTCLS_GROUP,
+    ),
+    Flag(
+        "n_manipulate_subs",
+        ("eval", "n_manipulate_subs"),
+        "int",
+        2,
+        "Test-split subjects to manipulate (one sample each).",
+        LATENTCLS_GROUP,
+        bounds=(("gt", 0),),
+    ),
 )
 
 
 class PredictorEvalKeys(Keys):
     """eval (main_latentcls)"""
-    reference_alphas: list[float] = Field([0.01, 0.1, 1.0, 10.0, 100.0, 1000.0], min_length=1,
-                                          description="Ridge penalties tried for the scikit-learn reference.")
-    reference_Cs: list[float] = Field([0.01, 0.1, 1.0, 10.0, 100.0], min_length=1,
-                                      description="Inverse penalties tried for the logistic reference.")
+
+    reference_alphas: list[float] = Field(
+        [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0],
+        min_length=1,
+        description="Ridge penalties tried for the scikit-learn reference.",
+    )
+    reference_Cs: list[float] = Field(
+        [0.01, 0.1, 1.0, 10.0, 100.0], min_length=1, description="Inverse penalties tried for the logistic reference."
+    )

@@ -7,6 +7,7 @@ train+val then test with the best checkpoint); "test" here means: predict every
 sample, write the predictions and metrics (with scikit-learn references fitted
 on the same rows), and ``--manipulate`` if asked.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,13 +22,19 @@ from threadpoolctl import threadpool_limits
 from Engineering.data.labels import CATEGORICAL
 from Engineering.data.latent_datamodule import LatentDataModule
 from Engineering.data.latent_tables import LatentSet, prepare
-from .engine import LatentPredictorEngine
 from Engineering.Engines.MainEngine import MERGED_MODES, ImageRun, run_name
 from Engineering.Eval import reference_models
-from Engineering.Eval.predictor_metrics import (ALL_METRICS, CLASSIFICATION_METRICS, REGRESSION_METRICS,
-                                                classification_scores, regression_scores)
+from Engineering.Eval.predictor_metrics import (
+    ALL_METRICS,
+    CLASSIFICATION_METRICS,
+    REGRESSION_METRICS,
+    classification_scores,
+    regression_scores,
+)
 from Engineering.io.atomic import write_text
 from Engineering.io.outputs import write_table
+
+from .engine import LatentPredictorEngine
 
 PARENT_SUBDIR = "ClassifyLatent"
 
@@ -98,6 +105,7 @@ def one_thread():
 
 # --- predictions and scores -------------------------------------------------------------------------------------
 
+
 def evaluate(model: LatentPredictorEngine, data: LatentSet, cfg) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Long predictions table, wide metrics table and the references' chosen penalties."""
     heads = model.predict_heads(data.Z)
@@ -108,8 +116,9 @@ def evaluate(model: LatentPredictorEngine, data: LatentSet, cfg) -> tuple[pd.Dat
         outputs = {name: per[j] for name, per in heads.items()}
         y = data.Y[:, j]
         if t.kind == CATEGORICAL:
-            proba, C = reference_models.logistic_probabilities(data.Z, y, len(t.classes), train, val, Cs,
-                                                               cfg.training.seed)
+            proba, C = reference_models.logistic_probabilities(
+                data.Z, y, len(t.classes), train, val, Cs, cfg.training.seed
+            )
             outputs[reference_models.LOGISTIC] = proba
             penalties[t.name] = {"model": reference_models.LOGISTIC, "C": C}
         else:
@@ -150,13 +159,20 @@ def _metric_rows(data: LatentSet, j: int, model_name: str, out: np.ndarray) -> l
             scores = classification_scores(data.Y[m, j].astype(int), out[m])
         else:
             scores = regression_scores(data.Y[m, j] * t.std + t.mean, out[m] * t.std + t.mean)
-        rows.append({"target": t.name, "kind": t.kind, "model": model_name, "split": split, "n": int(m.sum()),
-                     **scores})
+        rows.append(
+            {"target": t.name, "kind": t.kind, "model": model_name, "split": split, "n": int(m.sum()), **scores}
+        )
     return rows
 
 
-def write_outputs(out_dir: Path, predictions: pd.DataFrame, metrics: pd.DataFrame, penalties: dict,
-                  data: LatentSet, checkpoint: Path | None) -> None:
+def write_outputs(
+    out_dir: Path,
+    predictions: pd.DataFrame,
+    metrics: pd.DataFrame,
+    penalties: dict,
+    data: LatentSet,
+    checkpoint: Path | None,
+) -> None:
     write_table(out_dir / "predictions.tsv", predictions, sep="\t")
     write_table(out_dir / "metrics.csv", metrics)
     nested: dict = {}
@@ -164,10 +180,15 @@ def write_outputs(out_dir: Path, predictions: pd.DataFrame, metrics: pd.DataFram
         scores = {k: (None if pd.isna(rec[k]) else float(rec[k])) for k in ALL_METRICS}
         scores = {k: v for k, v in scores.items() if v is not None or k in _metric_names(rec["kind"])}
         nested.setdefault(rec["target"], {}).setdefault(rec["model"], {})[rec["split"]] = {"n": rec["n"], **scores}
-    doc = {"latents": str(data.source), "checkpoint": str(checkpoint or "final weights"),
-           "targets": {t.name: t.to_dict() for t in data.targets},
-           "n_samples": {s: int(data.rows(s).sum()) for s in ("train", "val", "test")},
-           "reference_penalties": penalties, "notes": data.notes, "metrics": nested}
+    doc = {
+        "latents": str(data.source),
+        "checkpoint": str(checkpoint or "final weights"),
+        "targets": {t.name: t.to_dict() for t in data.targets},
+        "n_samples": {s: int(data.rows(s).sum()) for s in ("train", "val", "test")},
+        "reference_penalties": penalties,
+        "notes": data.notes,
+        "metrics": nested,
+    }
     write_text(out_dir / "metrics.json", json.dumps(doc, indent=1))
 
 
@@ -179,6 +200,8 @@ def _summary(metrics: pd.DataFrame) -> str:
     test = metrics[(metrics.split == "test") & (metrics.model == "linear")]
     if test.empty:
         return "no test split"
-    parts = [f"{r.target} " + (f"bal. acc. {r.balanced_accuracy:.3g}" if r.kind == CATEGORICAL else f"R² {r.r2:.3g}")
-             for r in test.itertuples()]
+    parts = [
+        f"{r.target} " + (f"bal. acc. {r.balanced_accuracy:.3g}" if r.kind == CATEGORICAL else f"R² {r.r2:.3g}")
+        for r in test.itertuples()
+    ]
     return "test, linear head: " + ", ".join(parts)

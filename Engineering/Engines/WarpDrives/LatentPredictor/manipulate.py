@@ -5,17 +5,19 @@ deviations of the standardised latents, and renders each test-split subject with
 own inverted x_T (as DiffAE, Preechakul et al., CVPR 2022, manipulates with a linear classifier on normalised
 z_sem). Its own module: the predictors know nothing of rendering; the step reads their trained heads.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
 from Engineering.data.latent_tables import LatentSet
 from Engineering.data.layout import SAMPLE_COLUMNS
-from .engine import head_names
 from Engineering.Engines.saved_runs import load_run, whole_file_data
 from Engineering.errors import UserError
 from Engineering.Eval import manipulation
 from Engineering.io.checkpoints import CHECKPOINT_DIR
+
+from .engine import head_names
 
 
 class ManipulationStep:
@@ -39,8 +41,10 @@ def parent_run_folder(cfg, data: LatentSet) -> Path:
     if folder.name.startswith("Output"):
         folder = folder.parent
     if not (folder / CHECKPOINT_DIR).is_dir():
-        raise UserError(f"--manipulate needs the DiffAE run behind the latents: give --parent_trainID "
-                        f"(no {CHECKPOINT_DIR}/ next to {data.source})")
+        raise UserError(
+            f"--manipulate needs the DiffAE run behind the latents: give --parent_trainID "
+            f"(no {CHECKPOINT_DIR}/ next to {data.source})"
+        )
     return folder
 
 
@@ -50,8 +54,10 @@ def check_manipulation(cfg, data: LatentSet) -> None:
     if spec is None:
         raise UserError(f"--manipulate {target!r} is not a target (targets: {', '.join(t.name for t in data.targets)})")
     if wanted and wanted not in spec.classes:
-        raise UserError(f"--manipulate {cfg.eval.manipulate}: {wanted!r} is not a class of {target} "
-                        f"({', '.join(spec.classes) or 'continuous target'})")
+        raise UserError(
+            f"--manipulate {cfg.eval.manipulate}: {wanted!r} is not a class of {target} "
+            f"({', '.join(spec.classes) or 'continuous target'})"
+        )
     if "linear" not in head_names(cfg.model.heads):
         raise UserError("--manipulate needs the linear head: add linear to --heads")
     if cfg.eval.n_manipulate_subs < 1:
@@ -69,21 +75,42 @@ def manipulate(cfg, model, data: LatentSet, out_dir: Path) -> Path:
     if parent.cfg.model.drive != "DiffAE":
         raise UserError(f"--manipulate renders with a DiffAE; the parent run's model is {parent.cfg.model.drive}")
     if int(parent.cfg.model.latent_dim) != data.Z.shape[1]:
-        raise UserError(f"the latents have {data.Z.shape[1]} dimensions but the parent DiffAE has latent_dim "
-                        f"{parent.cfg.model.latent_dim}: they are not this model's latents")
+        raise UserError(
+            f"the latents have {data.Z.shape[1]} dimensions but the parent DiffAE has latent_dim "
+            f"{parent.cfg.model.latent_dim}: they are not this model's latents"
+        )
     samples = _manipulation_samples(parent.cfg, data, int(cfg.eval.n_manipulate_subs))
     engine = parent.engine
     net = engine.ema_net if parent.use_ema else engine.net
-    folder = out_dir / ("manipulation_" + "".join(ch if ch.isalnum() or ch in "-_." else "_"
-                                                  for ch in cfg.eval.manipulate))
-    attrs = {"target": target, "class": wanted or "", "direction_label": label,
-             "parent_checkpoint": str(parent.checkpoint), "T_inv": engine.T_inv, "T_step": engine.T_step,
-             "ema": parent.use_ema,
-             "units": "original intensity units (the input's normalisation inverted)",
-             "scale_units": "standard deviations of the standardised latents (training-split statistics), "
-                            "along the unit direction"}
-    path = manipulation.manipulate(net, engine.diffusion, engine.T_inv, engine.T_step, samples, direction,
-                                   model.z_mean, model.z_std, scales, folder, attrs, clip=engine.clip)
+    folder = out_dir / (
+        "manipulation_" + "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in cfg.eval.manipulate)
+    )
+    attrs = {
+        "target": target,
+        "class": wanted or "",
+        "direction_label": label,
+        "parent_checkpoint": str(parent.checkpoint),
+        "T_inv": engine.T_inv,
+        "T_step": engine.T_step,
+        "ema": parent.use_ema,
+        "units": "original intensity units (the input's normalisation inverted)",
+        "scale_units": "standard deviations of the standardised latents (training-split statistics), "
+        "along the unit direction",
+    }
+    path = manipulation.manipulate(
+        net,
+        engine.diffusion,
+        engine.T_inv,
+        engine.T_step,
+        samples,
+        direction,
+        model.z_mean,
+        model.z_std,
+        scales,
+        folder,
+        attrs,
+        clip=engine.clip,
+    )
     print(f"manipulation of {cfg.eval.manipulate} ({label}) for {len(samples)} subject(s): {folder}")
     return path
 
@@ -105,8 +132,7 @@ def _manipulation_samples(parent_cfg, data: LatentSet, n_subjects: int) -> list[
         if len(samples) >= n_subjects:
             break
         r = part.iloc[0]
-        key = tuple(r[c] for c in SAMPLE_COLUMNS) \
-            if "key" in part.columns else None
+        key = tuple(r[c] for c in SAMPLE_COLUMNS) if "key" in part.columns else None
         i = by_id.get(key, first.get(pid))
         if i is None:
             continue

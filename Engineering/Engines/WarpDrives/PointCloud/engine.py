@@ -3,23 +3,24 @@ decoder trained with the Chamfer or the Earth Mover's distance (``model§PointCl
 val_chamfer and val_emd) on (N, 3) / (N, 4) clouds (``Engineering/data/point_datamodule.py``).
 Test: the codes as latents through the output contract (embeddings only: a cloud is no image to score by
 SSIM)."""
+
 from __future__ import annotations
 
 import torch
 from pydantic import create_model
 
-from Engineering.config import honour
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import TRAIN_MODES, ImageRun, is_rank_zero
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from .network import PointCloudAE, PointCloudConfig
 from Engineering.Science.chamfer import chamfer_distance
 from Engineering.Science.transport import earth_movers
 
-PointCloudKeys = keys_from_dataclass("PointCloudKeys", PointCloudConfig, exclude=("in_features", "latent_dim"),
-                                     doc="model§PointCloud")
+from .network import PointCloudAE, PointCloudConfig
+
+PointCloudKeys = keys_from_dataclass(
+    "PointCloudKeys", PointCloudConfig, exclude=("in_features", "latent_dim"), doc="model§PointCloud"
+)
 PointCloudModelKeys = create_model("PointCloudModelKeys", __base__=Keys, PointCloud=(PointCloudKeys, PointCloudKeys()))
 
 
@@ -48,8 +49,9 @@ class PointCloudEngine(LatentEngine):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(self._points(batch))
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]),
-                 sync_dist=True)
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]), sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -84,5 +86,7 @@ class PointCloudRun(ImageRun):
             for warning in warnings:
                 print(f"warning: {warning}")
         n, width = dm.records[0].shape
-        return (f"data: {len(dm.records)} point clouds of {n} points ({'xyz + intensity' if width == 4 else 'xyz'}) "
-                f"→ {len(dm.records)} samples; {folds} ({dm.h5file})")
+        return (
+            f"data: {len(dm.records)} point clouds of {n} points ({'xyz + intensity' if width == 4 else 'xyz'}) "
+            f"→ {len(dm.records)} samples; {folds} ({dm.h5file})"
+        )

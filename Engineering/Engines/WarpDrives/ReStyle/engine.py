@@ -9,6 +9,7 @@ flattened (n_latent x style_dim: emb.h5 and the tables), with their mean over la
 (``Output/style_mean/``); reconstructions and their SSIM/PSNR unless ``--test_emb_only``; with ``--write_noise``
 the noise head's maps of every test sample (``Output/noise_maps.h5``).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,40 +20,53 @@ import torch.nn.functional as F
 from pydantic import Field, create_model
 from torchmetrics.functional.image import structural_similarity_index_measure
 
-from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.transforms import normalised_range
 from Engineering.Engines.latent_engine import LatentEngine
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.Engines.saved_runs import upstream_engine
-from .network import ReStyleConfig, ReStyleNet
 from Engineering.errors import UserError
 
+from .network import ReStyleConfig, ReStyleNet
+
 ReStyleKeys = keys_from_dataclass(
-    "ReStyleKeys", ReStyleConfig, doc="model§ReStyle",
+    "ReStyleKeys",
+    ReStyleConfig,
+    doc="model§ReStyle",
     overrides={"blocks": list[int]},
-    generator=(str, Field("", description="--generator: the main_stylegan run folder (its last checkpoint) or a "
-                                          "checkpoint file whose EMA generator is inverted.")),
+    generator=(
+        str,
+        Field(
+            "",
+            description="--generator: the main_stylegan run folder (its last checkpoint) or a "
+            "checkpoint file whose EMA generator is inverted.",
+        ),
+    ),
     l2_weight=(float, Field(1.0, ge=0, description="Weight of the pixel L2 loss.")),
     ssim_weight=(float, Field(0.5, ge=0, description="Weight of 1 - SSIM (torchmetrics, the data's range).")),
-    write_noise=(bool, Field(False, description="--write_noise: also write the noise head's maps of every test "
-                                                "sample to Output/noise_maps.h5.")),
+    write_noise=(
+        bool,
+        Field(
+            False,
+            description="--write_noise: also write the noise head's maps of every test sample to Output/noise_maps.h5.",
+        ),
+    ),
 )
 ReStyleModelKeys = create_model("ReStyleModelKeys", __base__=Keys, ReStyle=(ReStyleKeys, ReStyleKeys()))
 
 
 def frozen_generator(path: str, in_channels: int, input_shape) -> torch.nn.Module:
     """The EMA generator of a main_stylegan run, checked against this run's images."""
-    engine = upstream_engine(path, "--generator", "stylegan", "main_restyle inverts a trained "
-                             "generator")
+    engine = upstream_engine(path, "--generator", "stylegan", "main_restyle inverts a trained generator")
     g = engine.ema_net
     want = (in_channels, *[int(s) for s in input_shape])
     have = (g.cfg.channels, g.cfg.size, g.cfg.size)
     if want != have:
-        raise UserError(f"--generator {path} makes {have[0]}-channel {have[1]}x{have[2]} images but this run's data "
-                        f"gives {want[0]}-channel {'x'.join(map(str, want[1:]))} (set --input_shape / the data "
-                        "selection as the generator's run did)")
+        raise UserError(
+            f"--generator {path} makes {have[0]}-channel {have[1]}x{have[2]} images but this run's data "
+            f"gives {want[0]}-channel {'x'.join(map(str, want[1:]))} (set --input_shape / the data "
+            "selection as the generator's run did)"
+        )
     return g
 
 
@@ -88,8 +102,9 @@ class ReStyleEngine(LatentEngine):
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=b, sync_dist=True)
         for name in ("l2", "ssim"):
             if name in last:
-                self.log(f"train_{name}", last[name].detach(), on_step=False, on_epoch=True, batch_size=b,
-                         sync_dist=True)
+                self.log(
+                    f"train_{name}", last[name].detach(), on_step=False, on_epoch=True, batch_size=b, sync_dist=True
+                )
         return loss
 
     def validation_step(self, batch, batch_idx):
@@ -172,18 +187,41 @@ class StyleMeanView:
         zcols = [c for c in table.columns if c.startswith("Z")]
         g = model.net.generator.cfg
         z = table[zcols].to_numpy(np.float32).reshape(len(table), g.n_latent, g.style_dim).mean(1)
-        view = pd.concat([table.drop(columns=zcols),
-                          pd.DataFrame(z, columns=[f"Z{i}" for i in range(g.style_dim)], index=table.index)], axis=1)
+        view = pd.concat(
+            [
+                table.drop(columns=zcols),
+                pd.DataFrame(z, columns=[f"Z{i}" for i in range(g.style_dim)], index=table.index),
+            ],
+            axis=1,
+        )
         write_table(out_dir / "style_mean" / "emb.tsv", view, sep="\t")
         print(f"style codes' mean over layers: {out_dir / 'style_mean' / 'emb.tsv'}")
         return {"style_mean": str(out_dir / "style_mean" / "emb.tsv")}
 
 
 RESTYLE_FLAGS = (
-    Flag("generator", ("model", "ReStyle", "generator"), "str", "",
-         "The main_stylegan run folder (its last checkpoint) or checkpoint file to invert.", "Model"),
-    Flag("noise_head", ("model", "ReStyle", "noise_head"), "bool", True,
-         "Predict the generator's noise maps from the image (--no-noise_head: a fixed noise draw).", "Model"),
-    Flag("write_noise", ("model", "ReStyle", "write_noise"), "bool", False,
-         "Also write the test samples' noise maps (Output/noise_maps.h5).", "Model"),
+    Flag(
+        "generator",
+        ("model", "ReStyle", "generator"),
+        "str",
+        "",
+        "The main_stylegan run folder (its last checkpoint) or checkpoint file to invert.",
+        "Model",
+    ),
+    Flag(
+        "noise_head",
+        ("model", "ReStyle", "noise_head"),
+        "bool",
+        True,
+        "Predict the generator's noise maps from the image (--no-noise_head: a fixed noise draw).",
+        "Model",
+    ),
+    Flag(
+        "write_noise",
+        ("model", "ReStyle", "write_noise"),
+        "bool",
+        False,
+        "Also write the test samples' noise maps (Output/noise_maps.h5).",
+        "Model",
+    ),
 )

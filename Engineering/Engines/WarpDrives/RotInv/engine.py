@@ -5,6 +5,7 @@ Training: the masked input's mean squared reconstruction error, the reconstructi
 turned by the predicted pose. Validation: the same (``val_loss``). Test: the invariant code as the latents, the
 posed reconstructions and their SSIM/PSNR through the output contract.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,15 +13,15 @@ import torch
 import torch.nn.functional as F
 from pydantic import create_model
 
-from Engineering.config import honour
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from .network import RotInvAE, RotInvConfig
 from Engineering.errors import UserError
 
-RotInvKeys = keys_from_dataclass("RotInvKeys", RotInvConfig, exclude=("dim", "in_channels", "size", "latent_dim"),
-                                 doc="model§RotInv")
+from .network import RotInvAE, RotInvConfig
+
+RotInvKeys = keys_from_dataclass(
+    "RotInvKeys", RotInvConfig, exclude=("dim", "in_channels", "size", "latent_dim"), doc="model§RotInv"
+)
 RotInvModelKeys = create_model("RotInvModelKeys", __base__=Keys, RotInv=(RotInvKeys, RotInvKeys()))
 
 
@@ -28,9 +29,11 @@ def rotinv_config(cfg, in_channels: int) -> RotInvConfig:
     m = cfg.model
     shape, dim = [int(s) for s in m.input_shape], 3 if m.is3D else 2
     if len(shape) != dim or len(set(shape)) != 1:
-        raise UserError(f"main_rotinv needs a square image or a cubic volume (--input_shape S S{' S' if m.is3D else ''}"
-                        f"{'' if m.is3D else ', or S S S with --is3D'}): the grid's rotations must map it onto itself; "
-                        f"got {shape}")
+        raise UserError(
+            f"main_rotinv needs a square image or a cubic volume (--input_shape S S{' S' if m.is3D else ''}"
+            f"{'' if m.is3D else ', or S S S with --is3D'}): the grid's rotations must map it onto itself; "
+            f"got {shape}"
+        )
     k = m.RotInv
     return drive_config(RotInvConfig, k, dim=dim, in_channels=in_channels, size=shape[0], latent_dim=m.latent_dim)
 
@@ -48,13 +51,20 @@ class RotInvEngine(LatentEngine):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(batch["inp"])
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]),
-                 sync_dist=True)
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]), sync_dist=True
+        )
         return loss
 
     def validation_step(self, batch, batch_idx):
-        self.log("val_loss", self._loss(batch["inp"]), on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]),
-                 sync_dist=True)
+        self.log(
+            "val_loss",
+            self._loss(batch["inp"]),
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=len(batch["inp"]),
+            sync_dist=True,
+        )
 
     def embed(self, x, use_ema: bool) -> torch.Tensor:
         return self.net.encode(x)

@@ -1,5 +1,6 @@
 """Lightning engine of self-supervised representation learning: SimCLR (Chen et al., ICML 2020), MinCLR
-(Lin & Lu, MLCB 2022) and IP-IRM (Wang et al., NeurIPS 2021: ``IPIRMEngine``, which builds on this one), with Batch Effects Normalization from the shared options (--batch_groups for
+(Lin & Lu, MLCB 2022) and IP-IRM (Wang et al., NeurIPS 2021: ``IPIRMEngine``, which builds on this one), with Batch
+Effects Normalization from the shared options (--batch_groups for
 group-pure training batches, --bn_eval_mode for evaluation).
 
 Training: V views of every image (SimCLR: V random augmentations of the image; MinCLR: V different grid cells
@@ -9,31 +10,35 @@ Validation: the same loss with draws fixed per batch (``val_loss``). The latents
 features (not the projections), written through the output contract (embeddings only: nothing is
 reconstructed).
 """
+
 from __future__ import annotations
 
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from pydantic import Field, create_model
+from pydantic import Field
 
-from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.augment import AugmentSpec, augment, grid_views
 from Engineering.data.datamodule import dataset_positions, phenotype_labels
 from Engineering.Engines.latent_engine import LatentEngine
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from .network import SSLConfig, SSLNet
 from Engineering.errors import UserError
 from Engineering.Science.contrastive import nt_xent
+
+from .network import SSLConfig, SSLNet
+
 
 def ssl_keys(methods: dict) -> type[Keys]:
     """model§SSL: the drive's dataclass + the contrastive keys; ``method`` is one of the method table's
     (``methods.METHODS``: name -> ``Method``), described by the table's own lines."""
     method_help = "; ".join(f"{name}: {m.key_help}" for name, m in methods.items()) + "."
     return keys_from_dataclass(
-        "SSLKeys", SSLConfig, exclude=("is3D", "in_channels"), doc="model§SSL",
+        "SSLKeys",
+        SSLConfig,
+        exclude=("is3D", "in_channels"),
+        doc="model§SSL",
         method=(Literal[tuple(methods)], Field(next(iter(methods)), description=method_help)),
         n_views=(int, Field(2, ge=2, description="Views per image (positives per anchor: n_views - 1).")),
         temperature=(float, Field(0.1, gt=0, description="NT-Xent temperature.")),
@@ -52,18 +57,23 @@ class SSLEngine(LatentEngine):
         self.net = SSLNet(drive_config(SSLConfig, keys, is3D=cfg.model.is3D, in_channels=in_channels))
         self.init_ema()
         self.method, self.n_views, self.tau, self.grid = keys.method, keys.n_views, keys.temperature, keys.grid
-        if self.method == "minclr" and self.n_views > self.grid ** 2:
-            raise UserError(f"model§SSL: MinCLR draws its {self.n_views} views from different cells of a "
-                            f"{self.grid}x{self.grid} grid; raise model§SSL§grid or lower n_views")
+        if self.method == "minclr" and self.n_views > self.grid**2:
+            raise UserError(
+                f"model§SSL: MinCLR draws its {self.n_views} views from different cells of a "
+                f"{self.grid}x{self.grid} grid; raise model§SSL§grid or lower n_views"
+            )
         plane = tuple(cfg.model.input_shape)[-2:]
         if self.method == "minclr" and min(plane) < self.grid:  # cells of 0 pixels: nothing to resize
-            raise UserError(f"model§SSL§grid={self.grid}: a {self.grid}x{self.grid} MinCLR grid does not fit the "
-                            f"{plane[0]}x{plane[1]} input (--input_shape); each cell needs at least one pixel")
+            raise UserError(
+                f"model§SSL§grid={self.grid}: a {self.grid}x{self.grid} MinCLR grid does not fit the "
+                f"{plane[0]}x{plane[1]} input (--input_shape); each cell needs at least one pixel"
+            )
         self.aug = AugmentSpec(**cfg.model.augment.model_dump())
         self.seed = int(cfg.training.seed)
         # the kNN monitor: leave-one-out k-NN accuracy of a phenotype class on the validation features
-        self.knn_labels, self.knn_classes = phenotype_labels(cfg, cfg.eval.knn_label, "--knn_label") \
-            if cfg.eval.knn_label else (None, None)
+        self.knn_labels, self.knn_classes = (
+            phenotype_labels(cfg, cfg.eval.knn_label, "--knn_label") if cfg.eval.knn_label else (None, None)
+        )
         self._val_feats: list = []
 
     def _gen(self, *key: int) -> torch.Generator:
@@ -88,8 +98,9 @@ class SSLEngine(LatentEngine):
 
     def training_step(self, batch, batch_idx):
         loss = self._loss(self.net, batch["inp"], self._gen(1, self.global_step, batch_idx, self.global_rank))
-        self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]),
-                 sync_dist=True)
+        self.log(
+            "train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(batch["inp"]), sync_dist=True
+        )
         return loss
 
     @torch.no_grad()
@@ -104,8 +115,9 @@ class SSLEngine(LatentEngine):
             code = {c: k for k, c in enumerate(self.knn_classes)}
             pos = dataset_positions(self.trainer.val_dataloaders.dataset, batch["index"].tolist())
             y = [code.get(self.knn_labels.get(ds.records[ds.samples[i].record].patientID), -1) for i in pos]
-            self._val_feats.append((self.embed(batch["inp"], bool(self.cfg.eval.test_ema)).float(),
-                                    torch.tensor(y, device=self.device)))
+            self._val_feats.append(
+                (self.embed(batch["inp"], bool(self.cfg.eval.test_ema)).float(), torch.tensor(y, device=self.device))
+            )
 
     def on_validation_epoch_end(self) -> None:
         if self.knn_labels is None or not self._val_feats:
@@ -129,9 +141,16 @@ class SSLEngine(LatentEngine):
         if self.method == "minclr":
             h, w = x.shape[-2:]
             ch, cw = h // self.grid, w // self.grid
-            parts = [F.interpolate(x[..., r * ch:(r + 1) * ch, c * cw:(c + 1) * cw].float(), size=tuple(x.shape[2:]),
-                                   mode="trilinear" if x.ndim == 5 else "bilinear", align_corners=False)
-                     for r in range(self.grid) for c in range(self.grid)]
+            parts = [
+                F.interpolate(
+                    x[..., r * ch : (r + 1) * ch, c * cw : (c + 1) * cw].float(),
+                    size=tuple(x.shape[2:]),
+                    mode="trilinear" if x.ndim == 5 else "bilinear",
+                    align_corners=False,
+                )
+                for r in range(self.grid)
+                for c in range(self.grid)
+            ]
         feats = []
         for v in parts:
             if self.aug.standardise:  # the views the encoder learnt from were standardised per channel
@@ -145,8 +164,15 @@ class SSLEngine(LatentEngine):
 SSL_FLAGS = (
     Flag("n_views", ("model", "SSL", "n_views"), "int", 2, "Views per image in the contrastive loss.", "Model"),
     Flag("temperature", ("model", "SSL", "temperature"), "float", 0.1, "NT-Xent temperature.", "Model"),
-    Flag("knn_label", ("eval", "knn_label"), "str", "", "kNN monitor: leave-one-out 15-NN accuracy of this "
-         "phenotype class on the validation features, logged as val_knn_acc ('' = off).", "Test"),
+    Flag(
+        "knn_label",
+        ("eval", "knn_label"),
+        "str",
+        "",
+        "kNN monitor: leave-one-out 15-NN accuracy of this "
+        "phenotype class on the validation features, logged as val_knn_acc ('' = off).",
+        "Test",
+    ),
 )
 
 

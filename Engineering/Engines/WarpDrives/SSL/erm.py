@@ -7,6 +7,7 @@ without a label is left out of the loss. Cross-entropy, Adam, cosine schedule wi
 for every task. Test: the encoder's features go to the output contract (emb.h5: the latents a probe or GWAS
 uses), and an extra output step writes the class predictions and the in- / out-of-distribution report.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,25 @@ import torch.nn.functional as F
 from pydantic import Field, create_model
 from torch import nn
 
-from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.datamodule import phenotype_labels, split_targets
 from Engineering.Engines.latent_engine import LatentEngine
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from .network import ResNetEncoder, SSLConfig
 from Engineering.io.atomic import write_text
 from Engineering.io.outputs import write_table
 
+from .network import ResNetEncoder, SSLConfig
+
 # model§ERM: the ResNet encoder of the SSL drive's config (its defaults), without the projection head
-ERMKeys = keys_from_dataclass("ERMKeys", SSLConfig, exclude=("is3D", "in_channels", "proj_hidden", "proj_dim"),
-                              doc="model§ERM")
-ERMModelKeys = create_model("ERMModelKeys", __base__=Keys, ERM=(ERMKeys, ERMKeys()),
-                            erm_label=(str, Field("", description="The phenotype column the classifier predicts.")))
+ERMKeys = keys_from_dataclass(
+    "ERMKeys", SSLConfig, exclude=("is3D", "in_channels", "proj_hidden", "proj_dim"), doc="model§ERM"
+)
+ERMModelKeys = create_model(
+    "ERMModelKeys",
+    __base__=Keys,
+    ERM=(ERMKeys, ERMKeys()),
+    erm_label=(str, Field("", description="The phenotype column the classifier predicts.")),
+)
 
 
 class ERMEngine(LatentEngine):
@@ -42,8 +47,9 @@ class ERMEngine(LatentEngine):
         self.labels, self.classes = phenotype_labels(cfg, cfg.model.erm_label, "--erm_label")
         keys = cfg.model.ERM
         arch = drive_config(SSLConfig, keys, is3D=cfg.model.is3D, in_channels=in_channels)
-        self.net = nn.ModuleDict({"encoder": ResNetEncoder(arch), "head": nn.Linear(arch.feature_dim,
-                                                                                   len(self.classes))})
+        self.net = nn.ModuleDict(
+            {"encoder": ResNetEncoder(arch), "head": nn.Linear(arch.feature_dim, len(self.classes))}
+        )
         self.init_ema()
         self._targets: dict[str, torch.Tensor] = {}
 
@@ -109,23 +115,54 @@ class ERMReport:
         pred["group"] = pred["patientID"].map(group_of) if group_of else ""
         labelled = pred[pred["true"].notna()]
         correct = labelled["true"] == labelled["prediction"]
-        report = {"label": cfg.model.erm_label, "classes": model.classes, "n_test": int(len(labelled)),
-                  "accuracy": float(correct.mean()) if len(labelled) else None}
+        report = {
+            "label": cfg.model.erm_label,
+            "classes": model.classes,
+            "n_test": int(len(labelled)),
+            "accuracy": float(correct.mean()) if len(labelled) else None,
+        }
         if group_of:
             ood = ~labelled["group"].isin(seen)
             report.update(
                 groups_in_training=sorted(seen),
-                in_distribution={"n": int((~ood).sum()), "accuracy": float(correct[~ood].mean()) if (~ood).any() else None},
-                out_of_distribution={"n": int(ood.sum()), "accuracy": float(correct[ood].mean()) if ood.any() else None},
-                per_group={g: {"n": int(len(part)), "accuracy": float((part["true"] == part["prediction"]).mean()),
-                               "held_out": g not in seen} for g, part in labelled.groupby("group")})
+                in_distribution={
+                    "n": int((~ood).sum()),
+                    "accuracy": float(correct[~ood].mean()) if (~ood).any() else None,
+                },
+                out_of_distribution={
+                    "n": int(ood.sum()),
+                    "accuracy": float(correct[ood].mean()) if ood.any() else None,
+                },
+                per_group={
+                    g: {
+                        "n": int(len(part)),
+                        "accuracy": float((part["true"] == part["prediction"]).mean()),
+                        "held_out": g not in seen,
+                    }
+                    for g, part in labelled.groupby("group")
+                },
+            )
         write_table(out_dir / "predictions.tsv", pred, sep="\t")
         write_text(out_dir / "ood_report.json", json.dumps(report, indent=1))
-        print(f"test accuracy {report['accuracy']:.3g}" + (
-            f" (in-distribution {report['in_distribution']['accuracy']}, held-out groups "
-            f"{report['out_of_distribution']['accuracy']})" if group_of else ""))
+        print(
+            f"test accuracy {report['accuracy']:.3g}"
+            + (
+                f" (in-distribution {report['in_distribution']['accuracy']}, held-out groups "
+                f"{report['out_of_distribution']['accuracy']})"
+                if group_of
+                else ""
+            )
+        )
         return {"ood_report": report}
 
 
-ERM_FLAGS = (Flag("erm_label", ("model", "erm_label"), "str", "", "The phenotype column (classes) the ERM "
-                  "classifier predicts (json§DS_phenotypes).", "Model"),)
+ERM_FLAGS = (
+    Flag(
+        "erm_label",
+        ("model", "erm_label"),
+        "str",
+        "",
+        "The phenotype column (classes) the ERM classifier predicts (json§DS_phenotypes).",
+        "Model",
+    ),
+)

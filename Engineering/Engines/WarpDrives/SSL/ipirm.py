@@ -21,88 +21,141 @@ the online bank and a digest of the training split's sample keys (a resume on an
 training, ``PartitionTable`` writes ``Output/partitions.tsv`` from the checkpoint's own sample keys (so a test
 on another split still describes the training samples).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 import torch
 from lightning.pytorch.callbacks import Callback
-
-from typing import Literal
-
 from pydantic import Field
 
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys
-
-from .engine import SSLEngine
 from Engineering.errors import UserError
 from Engineering.io.outputs import write_table
 from Engineering.Science.contrastive import nt_xent
 from Engineering.Science.ipirm import FeatureBank, imix_loss, irm_penalty, maximise_partition, subset_infonce
 
+from .engine import SSLEngine
+
 
 class IPIRMKeys(Keys):
     """model§IPIRM: IP-IRM (--method ipirm). Names follow the reference code's flags."""
+
     env_num: int = Field(2, ge=2, description="K: subsets (orbits) per partition.")
-    penalty_weight: float = Field(0.2, ge=0, description="lambda_1: weight of the IRM penalty in the minimisation "
-                                                         "step (> 1: the whole loss is divided by it, as in the "
-                                                         "reference).")
+    penalty_weight: float = Field(
+        0.2,
+        ge=0,
+        description="lambda_1: weight of the IRM penalty in the minimisation "
+        "step (> 1: the whole loss is divided by it, as in the "
+        "reference).",
+    )
     penalty_warmup: int = Field(0, ge=0, description="Epochs over which lambda_1 ramps linearly from 0 (0: off).")
-    irm_weight_maxim: float = Field(0.5, ge=0, description="lambda_2: weight of the penalty in the maximisation "
-                                                           "step's objective.")
+    irm_weight_maxim: float = Field(
+        0.5, ge=0, description="lambda_2: weight of the penalty in the maximisation step's objective."
+    )
     irm_temperature: float = Field(0.1, gt=0, description="tau_irm: temperature of the losses inside the penalty.")
     irm_scale: Literal["column", "scalar"] = Field(
-        "column", description="The IRMv1 penalty's dummy classifier: column, one scale per logit column (the "
-                              "reference code's); scalar, one scale (IRMv1's own form: a variant, not the "
-                              "reference's).")
+        "column",
+        description="The IRMv1 penalty's dummy classifier: column, one scale per logit column (the "
+        "reference code's); scalar, one scale (IRMv1's own form: a variant, not the "
+        "reference's).",
+    )
     maximize_iter: int = Field(50, ge=1, description="A maximisation step at the start and every this many epochs.")
     keep_cont: bool = Field(True, description="Keep the whole-batch contrastive loss next to the subsets' losses.")
-    retain_group: bool = Field(True, description="Keep the earlier partitions in the minimisation step (else only "
-                                                 "the newest).")
+    retain_group: bool = Field(
+        True, description="Keep the earlier partitions in the minimisation step (else only the newest)."
+    )
     retain_group_set: int = Field(10, ge=1, description="At most this many retained partitions (oldest dropped).")
-    offline: bool = Field(True, description="Feature bank of two fresh views of every training sample at each "
-                                            "maximisation step; false: the projections training computed during "
-                                            "the previous epochs (samples not yet visited are left out).")
-    random_init: bool = Field(True, description="Start each partition search from random logits; false: from the "
-                                                "previous search's.")
-    constrain: bool = Field(True, description="Balance term in the partition search (the reference's --constrain): "
-                                              "minus the entropy of a chunk's mean assignment (pushes towards equal "
-                                              "subsets); with constrain_relax its hinge form.")
-    constrain_relax: bool = Field(True, description="With constrain: the term is relu(floor - entropy), inactive "
-                                                    "while no subset is more than balance_ratio times another (the "
-                                                    "reference's --constrain_relax).")
-    balance_ratio: float = Field(2.0, ge=1, description="constrain_relax's floor: the entropy of a split with one "
-                                                        "subset this many times the others (K = 2, 2:1: 0.6365, the "
-                                                        "reference's).")
-    max_epochs: int = Field(61, ge=1, description="The partition search stops after this many passes over the "
-                                                  "feature bank (the reference's 61).")
+    offline: bool = Field(
+        True,
+        description="Feature bank of two fresh views of every training sample at each "
+        "maximisation step; false: the projections training computed during "
+        "the previous epochs (samples not yet visited are left out).",
+    )
+    random_init: bool = Field(
+        True, description="Start each partition search from random logits; false: from the previous search's."
+    )
+    constrain: bool = Field(
+        True,
+        description="Balance term in the partition search (the reference's --constrain): "
+        "minus the entropy of a chunk's mean assignment (pushes towards equal "
+        "subsets); with constrain_relax its hinge form.",
+    )
+    constrain_relax: bool = Field(
+        True,
+        description="With constrain: the term is relu(floor - entropy), inactive "
+        "while no subset is more than balance_ratio times another (the "
+        "reference's --constrain_relax).",
+    )
+    balance_ratio: float = Field(
+        2.0,
+        ge=1,
+        description="constrain_relax's floor: the entropy of a split with one "
+        "subset this many times the others (K = 2, 2:1: 0.6365, the "
+        "reference's).",
+    )
+    max_epochs: int = Field(
+        61,
+        ge=1,
+        description="The partition search stops after this many passes over the feature bank (the reference's 61).",
+    )
     max_lr: float = Field(0.5, gt=0, description="Adam learning rate of the partition logits (the reference's).")
-    max_milestones: list[int] = Field([5, 35], description="Passes after which the search's learning rate is "
-                                                           "multiplied by max_gamma (the reference's 5 and 35).")
+    max_milestones: list[int] = Field(
+        [5, 35],
+        description="Passes after which the search's learning rate is "
+        "multiplied by max_gamma (the reference's 5 and 35).",
+    )
     max_gamma: float = Field(0.2, gt=0, description="The search's learning-rate factor at each milestone.")
-    max_patience: int = Field(5, ge=1, description="Stop the search after this many passes without a lower mean "
-                                                   "risk, once max_patience_after passes are done (the reference's "
-                                                   "5 after 51).")
+    max_patience: int = Field(
+        5,
+        ge=1,
+        description="Stop the search after this many passes without a lower mean "
+        "risk, once max_patience_after passes are done (the reference's "
+        "5 after 51).",
+    )
     max_patience_after: int = Field(51, ge=0, description="Passes before max_patience can stop the search.")
-    max_chunk: int = Field(3096, ge=2, description="Rows of the feature bank per step of the partition search "
-                                                   "(the reference's 3,096).")
-    mixup: bool = Field(False, description="i-Mix in the minimisation step: the first view is an input mix, the "
-                                           "loss weighs each sample's two targets by its own mixing weight.")
+    max_chunk: int = Field(
+        3096, ge=2, description="Rows of the feature bank per step of the partition search (the reference's 3,096)."
+    )
+    mixup: bool = Field(
+        False,
+        description="i-Mix in the minimisation step: the first view is an input mix, the "
+        "loss weighs each sample's two targets by its own mixing weight.",
+    )
     mixup_alpha: float = Field(1.0, gt=0, description="Mixing weights ~ Beta(alpha, alpha).")
     mixup_max: bool = Field(False, description="i-Mix in the maximisation step's feature bank too (offline only).")
 
 
 # its command-line flags (--env_num ...), each the key of the same name
 IPIRM_FLAGS = tuple(
-    Flag(name, ("model", "IPIRM", name), typ, IPIRMKeys.model_fields[name].default,
-         "IP-IRM: " + IPIRMKeys.model_fields[name].description, "Model")
-    for name, typ in (("env_num", "int"), ("penalty_weight", "float"), ("irm_weight_maxim", "float"),
-                      ("maximize_iter", "int"), ("keep_cont", "bool"), ("retain_group", "bool"), ("offline", "bool"),
-                      ("random_init", "bool"), ("constrain", "bool"), ("constrain_relax", "bool"), ("mixup", "bool"),
-                      ("mixup_max", "bool")))
+    Flag(
+        name,
+        ("model", "IPIRM", name),
+        typ,
+        IPIRMKeys.model_fields[name].default,
+        "IP-IRM: " + IPIRMKeys.model_fields[name].description,
+        "Model",
+    )
+    for name, typ in (
+        ("env_num", "int"),
+        ("penalty_weight", "float"),
+        ("irm_weight_maxim", "float"),
+        ("maximize_iter", "int"),
+        ("keep_cont", "bool"),
+        ("retain_group", "bool"),
+        ("offline", "bool"),
+        ("random_init", "bool"),
+        ("constrain", "bool"),
+        ("constrain_relax", "bool"),
+        ("mixup", "bool"),
+        ("mixup_max", "bool"),
+    )
+)
 
 KEY_FIELDS = ("patientID", "fieldID", "instanceID", "key", "c", "t", "s")
 
@@ -141,7 +194,7 @@ class IPIRMEngine(SSLEngine):
     def _mix(self, v1: torch.Tensor, g: torch.Generator):
         """i-Mix of the first views: per-sample lam ~ Beta(a, a) and a random partner inside the batch."""
         n = len(v1)
-        rng = np.random.default_rng(int(torch.randint(2 ** 31, (), generator=g)))
+        rng = np.random.default_rng(int(torch.randint(2**31, (), generator=g)))
         lam = torch.from_numpy(rng.beta(self.ip.mixup_alpha, self.ip.mixup_alpha, n)).float()
         partner = torch.randperm(n, generator=g)
         shape = (n,) + (1,) * (v1.ndim - 1)
@@ -153,7 +206,7 @@ class IPIRMEngine(SSLEngine):
         if per_sample is None:
             v = self.views(x.cpu(), g)
         else:
-            v = torch.cat([self.views(x[j:j + 1].cpu(), gj) for j, gj in enumerate(per_sample)])
+            v = torch.cat([self.views(x[j : j + 1].cpu(), gj) for j, gj in enumerate(per_sample)])
         v1, v2, lam, partner = v[:, 0], v[:, 1], None, None
         if mixup:
             v1, lam, partner = self._mix(v1, g)
@@ -164,6 +217,7 @@ class IPIRMEngine(SSLEngine):
 
     def min_terms(self, z1, z2, idx: torch.Tensor, mix) -> dict:
         """The minimisation step's terms for a batch whose dataset rows are ``idx``."""
+
         def loss(member, tau, scale=1.0):
             if mix is None:
                 return subset_infonce(z1, z2, member, tau, scale)
@@ -174,8 +228,11 @@ class IPIRMEngine(SSLEngine):
                 return None
             return 2 * int(member.sum()) - 1 if mix is None else len(z1)
 
-        full = nt_xent(torch.stack([z1, z2], 1), self.tau) if mix is None else \
-            imix_loss(z1, z2, mix[1], mix[0], None, self.tau)
+        full = (
+            nt_xent(torch.stack([z1, z2], 1), self.tau)
+            if mix is None
+            else imix_loss(z1, z2, mix[1], mix[0], None, self.tau)
+        )
         env_losses, penalties = [], []
         for hard_all in self._hard:
             hard = hard_all.to(idx.device)[idx]
@@ -184,8 +241,10 @@ class IPIRMEngine(SSLEngine):
             if not subsets:  # a batch too small for any subset: the batch as one (the logged terms stay defined)
                 subsets = [torch.ones_like(hard, dtype=torch.bool)]
             conts = [loss(m, self.tau) for m in subsets]
-            pens = [irm_penalty(lambda s, m=m: loss(m, self.ip.irm_temperature, s), columns(m), device=z1.device)
-                    for m in subsets]
+            pens = [
+                irm_penalty(lambda s, m=m: loss(m, self.ip.irm_temperature, s), columns(m), device=z1.device)
+                for m in subsets
+            ]
             env_losses.append(torch.stack(conts).mean())
             penalties.append(torch.stack(pens).mean())
         terms = {"train_cont": full}
@@ -209,8 +268,15 @@ class IPIRMEngine(SSLEngine):
         if not self.ip.offline:
             self._remember(idx, z1.detach(), z2.detach())
         for name, value in terms.items():
-            self.log(name, value, on_step=name == "train_loss", on_epoch=True, prog_bar=name == "train_loss",
-                     batch_size=len(x), sync_dist=True)
+            self.log(
+                name,
+                value,
+                on_step=name == "train_loss",
+                on_epoch=True,
+                prog_bar=name == "train_loss",
+                batch_size=len(x),
+                sync_dist=True,
+            )
         self.log("train_lambda1", self.lambda1(), on_epoch=True, on_step=False, batch_size=len(x))
         return terms["train_loss"]
 
@@ -226,8 +292,13 @@ class IPIRMEngine(SSLEngine):
     # --- the partitions travel with the checkpoint (exact resume) and with the weights a test loads
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["ipirm"] = {"partitions": [p.clone() for p in self.partitions], "epochs": list(self.partition_epochs),
-                               "theta": self.theta, "split": self.split, "bank": self.bank}
+        checkpoint["ipirm"] = {
+            "partitions": [p.clone() for p in self.partitions],
+            "epochs": list(self.partition_epochs),
+            "theta": self.theta,
+            "split": self.split,
+            "bank": self.bank,
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -248,13 +319,32 @@ class IPIRMEngine(SSLEngine):
         warm = self.theta if (not ip.random_init and self.theta is not None) else None
         constrain = ("relax" if ip.constrain_relax else "entropy") if ip.constrain else None
         result = maximise_partition(
-            bank, ip.env_num, tau=self.tau, tau_irm=ip.irm_temperature, irm_weight=ip.irm_weight_maxim,
-            passes=ip.max_epochs, lr=ip.max_lr, milestones=tuple(ip.max_milestones), gamma=ip.max_gamma,
-            patience=ip.max_patience, patience_after=ip.max_patience_after, chunk=ip.max_chunk,
-            constrain=constrain, balance_ratio=ip.balance_ratio, init=warm, generator=self._gen(4, epoch),
-            scalar_penalty=ip.irm_scale == "scalar")
-        return {"weights": result.weights, "theta": result.logits, "objective_start": result.objective_start,
-                "objective": result.objective, "entropy": result.entropy, "passes": len(result.history)}
+            bank,
+            ip.env_num,
+            tau=self.tau,
+            tau_irm=ip.irm_temperature,
+            irm_weight=ip.irm_weight_maxim,
+            passes=ip.max_epochs,
+            lr=ip.max_lr,
+            milestones=tuple(ip.max_milestones),
+            gamma=ip.max_gamma,
+            patience=ip.max_patience,
+            patience_after=ip.max_patience_after,
+            chunk=ip.max_chunk,
+            constrain=constrain,
+            balance_ratio=ip.balance_ratio,
+            init=warm,
+            generator=self._gen(4, epoch),
+            scalar_penalty=ip.irm_scale == "scalar",
+        )
+        return {
+            "weights": result.weights,
+            "theta": result.logits,
+            "objective_start": result.objective_start,
+            "objective": result.objective,
+            "entropy": result.entropy,
+            "passes": len(result.history),
+        }
 
     def add_partition(self, found: dict, epoch: int) -> None:
         self.partitions.append(found["weights"].float().cpu())
@@ -271,9 +361,11 @@ class Maximisation(Callback):
     def on_train_start(self, trainer, m: IPIRMEngine) -> None:
         split = describe_split(trainer.datamodule.dataset("train"))
         if m.split is not None and (m.split["n"], m.split["digest"]) != (split["n"], split["digest"]):
-            raise UserError(f"the checkpoint's IP-IRM partitions cover {m.split['n']} samples of another training "
-                            f"split (this one has {split['n']}, or other samples): resume with the same data and "
-                            "fold, or start a new run")
+            raise UserError(
+                f"the checkpoint's IP-IRM partitions cover {m.split['n']} samples of another training "
+                f"split (this one has {split['n']}, or other samples): resume with the same data and "
+                "fold, or start a new run"
+            )
         m.split = split
 
     def on_train_epoch_start(self, trainer, m: IPIRMEngine) -> None:
@@ -295,8 +387,10 @@ class Maximisation(Callback):
         sizes = torch.bincount(hard, minlength=m.ip.env_num).tolist()
         m.log("ipirm_max_objective", float(found["objective"]), on_epoch=True, on_step=False)
         if trainer.is_global_zero:
-            print(f"IP-IRM epoch {epoch}: partition {len(m.partition_epochs)} (subset sizes {sizes}), objective "
-                  f"{found['objective_start']:.4g} -> {found['objective']:.4g} in {found['passes']} passes")
+            print(
+                f"IP-IRM epoch {epoch}: partition {len(m.partition_epochs)} (subset sizes {sizes}), objective "
+                f"{found['objective_start']:.4g} -> {found['objective']:.4g} in {found['passes']} passes"
+            )
 
     @staticmethod
     def _gather(trainer, obj):
@@ -321,8 +415,9 @@ class Maximisation(Callback):
                 x = dm.on_after_batch_transfer(trainer.strategy.batch_to_device(batch), 0)["inp"]
                 idx = batch["index"].long()
                 # a sample's views depend on (seed, epoch, sample), not on which rank or batch holds it
-                z1, z2, mix = m._project_pair(m.net, x, m._gen(3, epoch, b, rank), mixup,
-                                              per_sample=[m._gen(3, epoch, -1, int(i)) for i in idx])
+                z1, z2, mix = m._project_pair(
+                    m.net, x, m._gen(3, epoch, b, rank), mixup, per_sample=[m._gen(3, epoch, -1, int(i)) for i in idx]
+                )
                 rows.append(idx)
                 z1s.append(z1.float().cpu())
                 z2s.append(z2.float().cpu())
@@ -390,6 +485,8 @@ class PartitionTable:
             parts.append(part)
         table = pd.concat(parts, ignore_index=True)
         write_table(out_dir / "partitions.tsv", table, sep="\t")
-        print(f"IP-IRM partitions written to {out_dir / 'partitions.tsv'} ({len(parts)} partitions of {len(keys)} "
-              "training samples)")
+        print(
+            f"IP-IRM partitions written to {out_dir / 'partitions.tsv'} ({len(parts)} partitions of {len(keys)} "
+            "training samples)"
+        )
         return {"partitions": str(out_dir / "partitions.tsv")}

@@ -5,6 +5,7 @@ different views; IP-IRM (Wang et al., NeurIPS 2021) is ``ipirm.py``'s engine, wi
 flags. A new method is one entry here and its module; the task's keys, flags and engine factory come from the
 table.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -30,20 +31,35 @@ class Method:
 METHODS: dict[str, Method] = {
     "simclr": Method(SSLEngine, "positives are augmentations of the image", "positives: augmentations of the image"),
     "minclr": Method(SSLEngine, "different grid cells of it", "different cells of the same image"),
-    "ipirm": Method(IPIRMEngine, "SimCLR's views with IP-IRM's partitions (model§IPIRM)",
-                    "SimCLR views, IRM inside discovered partitions", ("IPIRM", IPIRMKeys), IPIRM_FLAGS),
+    "ipirm": Method(
+        IPIRMEngine,
+        "SimCLR's views with IP-IRM's partitions (model§IPIRM)",
+        "SimCLR views, IRM inside discovered partitions",
+        ("IPIRM", IPIRMKeys),
+        IPIRM_FLAGS,
+    ),
 }
 
 _names = list(METHODS)
 METHOD_FLAG = Flag(
-    "method", ("model", "SSL", "method"), "str", _names[0],
+    "method",
+    ("model", "SSL", "method"),
+    "str",
+    _names[0],
     ", ".join(f"{n} ({METHODS[n].flag_help})" for n in _names[:-1])
     + f" or {_names[-1]} ({METHODS[_names[-1]].flag_help}); --ssl_method is its former name.",
-    "Model", tuple(_names), aliases=("ssl_method",))
+    "Model",
+    tuple(_names),
+    aliases=("ssl_method",),
+)
 
 SSLModelKeys = create_model(
-    "SSLModelKeys", __base__=Keys, SSL=(ssl_keys(METHODS), ssl_keys(METHODS)()), augment=(AugmentKeys, AugmentKeys()),
-    **{m.section[0]: (m.section[1], m.section[1]()) for m in METHODS.values() if m.section})
+    "SSLModelKeys",
+    __base__=Keys,
+    SSL=(ssl_keys(METHODS), ssl_keys(METHODS)()),
+    augment=(AugmentKeys, AugmentKeys()),
+    **{m.section[0]: (m.section[1], m.section[1]()) for m in METHODS.values() if m.section},
+)
 TASK_FLAGS = (METHOD_FLAG, *SSL_FLAGS, *(f for m in METHODS.values() for f in m.flags))
 
 

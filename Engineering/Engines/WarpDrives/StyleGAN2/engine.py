@@ -14,6 +14,7 @@ One checkpoint rule for the generator everywhere: the **last** one. Its test and
 the "best" checkpoint by ``val_loss``, which does not measure sample quality), as ``main_restyle --generator``
 does; ``--load_best`` is refused for this task.
 """
+
 from __future__ import annotations
 
 import json
@@ -25,12 +26,9 @@ import numpy as np
 import torch
 from pydantic import Field, create_model
 
-from Engineering.config import honour
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import ImageRun
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
-from .network import Discriminator, Generator, StyleGAN2Config
 from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path, write_text
 from Engineering.io.checkpoints import load_weights
@@ -38,20 +36,40 @@ from Engineering.io.outputs import write_sample_grid
 from Engineering.Science.gan_losses import d_logistic_loss, g_nonsaturating_loss, path_length_penalty, r1_penalty
 from Engineering.Science.optimisers import make_optimiser, make_scheduler
 
+from .network import Discriminator, Generator, StyleGAN2Config
+
 StyleGAN2Keys = keys_from_dataclass(
-    "StyleGAN2Keys", StyleGAN2Config, exclude=("size", "channels"), doc="model§StyleGAN2",
+    "StyleGAN2Keys",
+    StyleGAN2Config,
+    exclude=("size", "channels"),
+    doc="model§StyleGAN2",
     overrides={"blur_kernel": list[int]},
-    r1_gamma=(float, Field(10.0, ge=0, description="R1 weight gamma (the loss adds gamma/2 * E||grad D(x)||^2; "
-                                                   "0 = off).")),
+    r1_gamma=(
+        float,
+        Field(10.0, ge=0, description="R1 weight gamma (the loss adds gamma/2 * E||grad D(x)||^2; 0 = off)."),
+    ),
     r1_every=(int, Field(16, ge=1, description="Lazy R1: every N steps, scaled by N.")),
     pl_weight=(float, Field(2.0, ge=0, description="Path-length regularisation weight (0 = off).")),
     pl_every=(int, Field(4, ge=1, description="Lazy path-length regularisation: every N steps, scaled by N.")),
     pl_batch_shrink=(int, Field(2, ge=1, description="The path-length batch is the batch divided by this.")),
     ema_kimg=(float, Field(10.0, gt=0, description="Half-life of the generator EMA, in thousands of images.")),
-    ema_rampup=(float, Field(0.05, ge=0, description="The half-life is at most this fraction of the images "
-                                                     "seen so far (StyleGAN2-ADA's ramp-up; 0 = off).")),
-    sample_every=(int, Field(0, ge=0, description="Write Samples/step_<n>.png every N training steps (0 = only "
-                                                  "at the end of each epoch).")),
+    ema_rampup=(
+        float,
+        Field(
+            0.05,
+            ge=0,
+            description="The half-life is at most this fraction of the images "
+            "seen so far (StyleGAN2-ADA's ramp-up; 0 = off).",
+        ),
+    ),
+    sample_every=(
+        int,
+        Field(
+            0,
+            ge=0,
+            description="Write Samples/step_<n>.png every N training steps (0 = only at the end of each epoch).",
+        ),
+    ),
     n_samples=(int, Field(16, ge=1, description="Images in each sample grid and in the test's samples.")),
     truncation=(float, Field(1.0, ge=0, le=1, description="Truncation psi of the test's samples (1 = none).")),
 )
@@ -62,8 +80,10 @@ def generator_config(cfg, in_channels: int) -> StyleGAN2Config:
     m = cfg.model
     shape = list(m.input_shape)
     if m.is3D or len(shape) != 2 or shape[0] != shape[1]:
-        raise UserError(f"main_stylegan trains on square 2D images: --input_shape S S (S a power of two from 32 to "
-                        f"256), got {shape}{' with is3D' if m.is3D else ''}")
+        raise UserError(
+            f"main_stylegan trains on square 2D images: --input_shape S S (S a power of two from 32 to "
+            f"256), got {shape}{' with is3D' if m.is3D else ''}"
+        )
     k = m.StyleGAN2
     return drive_config(StyleGAN2Config, k, size=shape[0], channels=in_channels)
 
@@ -74,9 +94,11 @@ class StyleGANEngine(LatentEngine):
     def __init__(self, cfg, in_channels: int):
         super().__init__(cfg, in_channels)
         if str(cfg.run.training_strategy).startswith("deepspeed"):
-            raise UserError(f"--training_strategy {cfg.run.training_strategy}: adversarial training steps two "
-                            "optimisers by hand, which Lightning's DeepSpeed strategy does not support; use DDP "
-                            "(--training_strategy ddp on several devices)")
+            raise UserError(
+                f"--training_strategy {cfg.run.training_strategy}: adversarial training steps two "
+                "optimisers by hand, which Lightning's DeepSpeed strategy does not support; use DDP "
+                "(--training_strategy ddp on several devices)"
+            )
         self.gen_cfg = generator_config(cfg, in_channels)
         self.k = cfg.model.StyleGAN2
         self.net = Generator(self.gen_cfg)
@@ -87,8 +109,14 @@ class StyleGANEngine(LatentEngine):
         self.register_buffer("n_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("n_images", torch.zeros((), dtype=torch.long))
         self.register_buffer("pl_mean", torch.zeros(()))
-        self.register_buffer("fixed_z", torch.randn(self.k.n_samples, self.gen_cfg.style_dim,
-                                                    generator=torch.Generator().manual_seed(int(cfg.training.seed))))
+        self.register_buffer(
+            "fixed_z",
+            torch.randn(
+                self.k.n_samples,
+                self.gen_cfg.style_dim,
+                generator=torch.Generator().manual_seed(int(cfg.training.seed)),
+            ),
+        )
 
     def configure_optimizers(self):
         # Manual optimisation: Lightning neither clips nor steps schedulers here (on_before_optimizer_step and the
@@ -99,8 +127,9 @@ class StyleGANEngine(LatentEngine):
         def build(params, every):
             c = every / (every + 1) if every else 1.0
             if t.optimiserID.lower() == "adam":  # the paper's Adam: betas (0, 0.99)
-                return torch.optim.Adam(params, lr=self.lr * c, betas=(0.0, 0.99 ** c))
+                return torch.optim.Adam(params, lr=self.lr * c, betas=(0.0, 0.99**c))
             return make_optimiser(params, t.optimiserID, self.lr * c)  # --optimiserID: another torch.optim class
+
         g_every = self.k.pl_every if self.k.pl_weight > 0 else 0
         d_every = self.k.r1_every if self.k.r1_gamma > 0 else 0
         optimisers = [build(self.net.parameters(), g_every), build(self.disc.parameters(), d_every)]
@@ -133,7 +162,8 @@ class StyleGANEngine(LatentEngine):
         sd, n, r = self.gen_cfg.style_dim, self.world_size(), self.global_rank
 
         def draw():
-            return torch.randn(n * b, sd, device=self.device)[r * b:(r + 1) * b]
+            return torch.randn(n * b, sd, device=self.device)[r * b : (r + 1) * b]
+
         z = draw()
         z2 = draw() if random.random() < self.gen_cfg.mixing_prob else None
         return self.net.styles(z, z2)
@@ -152,8 +182,9 @@ class StyleGANEngine(LatentEngine):
         opt_d.zero_grad()
         self.manual_backward(loss_d)
         opt_d.step()
-        logs.update(loss_d=loss_d.detach(), real_score=real_logits.detach().mean(),
-                    fake_score=fake_logits.detach().mean())
+        logs.update(
+            loss_d=loss_d.detach(), real_score=real_logits.detach().mean(), fake_score=fake_logits.detach().mean()
+        )
         if k.r1_gamma > 0 and step % k.r1_every == 0:
             x = real.detach().requires_grad_(True)
             r1 = r1_penalty(self.disc(x), x)
@@ -182,8 +213,15 @@ class StyleGANEngine(LatentEngine):
         self.n_images += b * self.world_size()  # images of every rank: the EMA's half-life counts them all
         self.n_steps += 1
         self.update_ema()
-        self.log("train_loss", loss_g.detach() + loss_d.detach(), on_step=True, on_epoch=True, prog_bar=True,
-                 batch_size=b, sync_dist=True)
+        self.log(
+            "train_loss",
+            loss_g.detach() + loss_d.detach(),
+            on_step=True,
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=b,
+            sync_dist=True,
+        )
         for name, v in logs.items():
             self.log(f"train_{name}", v, on_step=False, on_epoch=True, batch_size=b, sync_dist=True)
         if k.sample_every and int(self.n_steps) % k.sample_every == 0:
@@ -261,8 +299,11 @@ class GANRun(ImageRun):
         if not trainer.is_global_zero:
             return {"out_dir": str(out_dir)}
         k = model.k
-        z = torch.randn(k.n_samples, model.gen_cfg.style_dim, generator=torch.Generator().manual_seed(
-            int(self.cfg.training.seed) + 1))
+        z = torch.randn(
+            k.n_samples,
+            model.gen_cfg.style_dim,
+            generator=torch.Generator().manual_seed(int(self.cfg.training.seed) + 1),
+        )
         imgs = model.samples(z, truncation=k.truncation).float().cpu().numpy()
         # test images as the model saw them (normalised on transfer, as in training)
         real = dm.on_after_batch_transfer(next(iter(dm.test_dataloader())), 0)["inp"].float().numpy()
@@ -271,11 +312,19 @@ class GANRun(ImageRun):
         with atomic_path(out_dir / "samples.h5") as tmp, h5py.File(tmp, "w") as f:
             f.create_dataset("samples", data=imgs.astype(np.float32))
             f.attrs.update({"truncation": k.truncation, "checkpoint": str(test_ckpt or "final weights")})
-        metrics = {"n_samples": int(len(imgs)), "truncation": k.truncation,
-                   "sample_mean": float(imgs.mean()), "sample_std": float(imgs.std()),
-                   "test_mean": float(real.mean()), "test_std": float(real.std()),
-                   "finite": bool(np.isfinite(imgs).all()), "w_avg_norm": float(model.ema_net.w_avg.norm())}
+        metrics = {
+            "n_samples": int(len(imgs)),
+            "truncation": k.truncation,
+            "sample_mean": float(imgs.mean()),
+            "sample_std": float(imgs.std()),
+            "test_mean": float(real.mean()),
+            "test_std": float(real.std()),
+            "finite": bool(np.isfinite(imgs).all()),
+            "w_avg_norm": float(model.ema_net.w_avg.norm()),
+        }
         write_text(out_dir / "gan_metrics.json", json.dumps(metrics, indent=1))
-        print(f"outputs written to {out_dir} (samples.png, samples.h5, gan_metrics.json); generator: "
-              f"{test_ckpt or 'the final weights'}")
+        print(
+            f"outputs written to {out_dir} (samples.png, samples.h5, gan_metrics.json); generator: "
+            f"{test_ckpt or 'the final weights'}"
+        )
         return {"out_dir": str(out_dir), "gan_metrics": metrics}

@@ -6,6 +6,7 @@ the drive's contract (see WarpDrives/pythaeDrive/drive.py), with gradient
 accumulation and clipping done here, since Lightning leaves both to the engine
 under manual optimisation.
 """
+
 from __future__ import annotations
 
 import copy
@@ -15,41 +16,60 @@ from typing import Any, Optional
 
 import h5py
 import numpy as np
-
 import torch
 from pydantic import Field, create_model
 
-from Engineering.config import honour
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
-from Engineering.errors import UserError
-from Engineering.Engines.latent_engine import LatentEngine, use_ema_flag
-from .pythae_json import merge_pythae_json
-from Engineering.Engines.registry import CONFIGS, TaskSpec, register
 from Engineering.data.covariates import Covariates
 from Engineering.data.layout import iter_datasets
+from Engineering.Engines.latent_engine import LatentEngine, use_ema_flag
+from Engineering.errors import UserError
 from Engineering.io.atomic import atomic_path
+from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
+
 from .network import PythaeDrive, PythaeDriveConfig, get_spec
 from .network.custom_models.aux import tables_needed
 from .network.custom_models.cevae import ANOMALY_SCORES
 from .network.custom_models.complex import complex_data_problem
-from Engineering.Science.optimisers import accumulation_steps, make_optimiser, make_scheduler
 
 # model§pythae: the drive's own config dataclass (its defaults and types) + which model, its parameters
 PythaeKeys = keys_from_dataclass(
-    "PythaeKeys", PythaeDriveConfig, doc="model§pythae",
+    "PythaeKeys",
+    PythaeDriveConfig,
+    doc="model§pythae",
     exclude=("is3D", "in_channels", "input_shape", "latent_dim", "model_params", "data_key", "mask_key"),
     overrides={"custom_loss_class": Optional[str]},
-    config_json=(str, Field("", description="--pythae_config: a JSON file of pythae model parameters (merged into "
-                                            "models§<model> when the config is resolved).")),
-    models=(dict[str, dict[str, Any]], Field({}, description="pythae parameters per model name, e.g. "
-                                                              "beta_vae: {beta: 4.0}.")),
-    fitted_tables=(dict[str, Any], Field({}, description="What training fitted on its phenotype/confounder "
-                                                        "tables (columns, means, standard deviations, classes); "
-                                                        "written by the run, not set by users.")),
-    anomaly_map=(str, Field("", description="--anomaly_map: write each reconstructed sample's anomaly map into "
-                                            "recon.h5 (anomaly_<c,t,s>), for models that have one (ultra_cevae): "
-                                            "combi, grad or rec; empty = none.")),
+    config_json=(
+        str,
+        Field(
+            "",
+            description="--pythae_config: a JSON file of pythae model parameters (merged into "
+            "models§<model> when the config is resolved).",
+        ),
+    ),
+    models=(
+        dict[str, dict[str, Any]],
+        Field({}, description="pythae parameters per model name, e.g. beta_vae: {beta: 4.0}."),
+    ),
+    fitted_tables=(
+        dict[str, Any],
+        Field(
+            {},
+            description="What training fitted on its phenotype/confounder "
+            "tables (columns, means, standard deviations, classes); "
+            "written by the run, not set by users.",
+        ),
+    ),
+    anomaly_map=(
+        str,
+        Field(
+            "",
+            description="--anomaly_map: write each reconstructed sample's anomaly map into "
+            "recon.h5 (anomaly_<c,t,s>), for models that have one (ultra_cevae): "
+            "combi, grad or rec; empty = none.",
+        ),
+    ),
 )
 PythaeModelKeys = create_model("PythaeModelKeys", __base__=Keys, pythae=(PythaeKeys, PythaeKeys()))
 
@@ -71,9 +91,15 @@ def pythae_config(cfg, in_channels: int, data_params: dict | None = None) -> Pyt
     """Drive config from model§pythae§*; parameters = pythae defaults < YAML < --pythae_config < path overrides;
     ``data_params``: the model fields the data fix (phenotype/confounder column counts, custom_models/aux.py)."""
     _, params = model_params(cfg.model.pythae)
-    return drive_config(PythaeDriveConfig, cfg.model.pythae, is3D=cfg.model.is3D, in_channels=in_channels,
-                        input_shape=tuple(cfg.model.input_shape), latent_dim=cfg.model.latent_dim,
-                        model_params={**params, **(data_params or {})})
+    return drive_config(
+        PythaeDriveConfig,
+        cfg.model.pythae,
+        is3D=cfg.model.is3D,
+        in_channels=in_channels,
+        input_shape=tuple(cfg.model.input_shape),
+        latent_dim=cfg.model.latent_dim,
+        model_params={**params, **(data_params or {})},
+    )
 
 
 def model_covariates(cfg) -> Covariates | None:
@@ -81,8 +107,10 @@ def model_covariates(cfg) -> Covariates | None:
     spec, params = model_params(cfg.model.pythae)
     fixed = sorted(set(params) & set(spec.data_params))
     if fixed:
-        raise UserError(f"model§pythae§models§{spec.name}§{fixed[0]} is set from the data (json§DS_phenotypes / "
-                        "json§DS_confounders), not by the configuration")
+        raise UserError(
+            f"model§pythae§models§{spec.name}§{fixed[0]} is set from the data (json§DS_phenotypes / "
+            "json§DS_confounders), not by the configuration"
+        )
     phenotypes, confounders = tables_needed(spec, params)
     if not (phenotypes or confounders):
         return None
@@ -108,16 +136,20 @@ class ReconEngine(LatentEngine):
         self.net = PythaeDrive(self.drive_cfg)
         loss = self.net.recon_loss
         if loss is not None and loss.takes_mask and cfg.data.data_mask_mode != 2:
-            raise UserError(f"reconstruction loss {self.drive_cfg.reconstruction_loss} ({loss.name}) reads the mask: "
-                            "set --data_mask_mode 2 (meta_mask.h5 into the batch)")
+            raise UserError(
+                f"reconstruction loss {self.drive_cfg.reconstruction_loss} ({loss.name}) reads the mask: "
+                "set --data_mask_mode 2 (meta_mask.h5 into the batch)"
+            )
         self.automatic_optimization = not self.net.is_multi_optimiser
         self.needs_grad_in_eval = self.net.needs_grad_in_eval
         self._touched: set[str] = set()
         self._ema_updates = 0  # EMA updates under manual optimisation (the warm-up's n)
         if cfg.training.use_ema:  # validated, embedded and decoded with the EMA when eval§test_ema (the default)
             if self.drive_cfg.model == "rhvae":
-                raise UserError("--use_ema: rhvae's metric is state outside its weights (set from the training "
-                                "passes at each epoch's end), which an average of the weights would not match")
+                raise UserError(
+                    "--use_ema: rhvae's metric is state outside its weights (set from the training "
+                    "passes at each epoch's end), which an average of the weights would not match"
+                )
             self.init_ema()
 
     def _train_size(self) -> int:
@@ -195,7 +227,8 @@ class ReconEngine(LatentEngine):
         """The tables' statistics the weights were trained with (a resumed or test-only run re-reads the tables,
         possibly with another fold: --run_mode 2 --json§foldCSV 0 would refit them on every patient)."""
         saved = (((checkpoint.get("imlatent_config") or {}).get("model") or {}).get("pythae") or {}).get(
-            "fitted_tables")
+            "fitted_tables"
+        )
         if not saved or self.covariates is None or saved == self.cfg.model.pythae.fitted_tables:
             return
         self.covariates = Covariates.from_dict(saved)
@@ -219,7 +252,11 @@ class ReconEngine(LatentEngine):
                 s.step()
 
     def on_validation_epoch_end(self) -> None:
-        if not self.automatic_optimization and self.cfg.training.lr_decay_type == 2 and not self.trainer.sanity_checking:
+        if (
+            not self.automatic_optimization
+            and self.cfg.training.lr_decay_type == 2
+            and not self.trainer.sanity_checking
+        ):
             metric = self.trainer.callback_metrics.get(self.monitor())
             scheds = self.lr_schedulers()
             for s in scheds if isinstance(scheds, list) else [scheds]:
@@ -305,14 +342,18 @@ class CovariatePredictions:
         pheno_cols, conf_cols = cov.prediction_columns()
         written = {}
         if heads.phenotype_head is not None:
+
             def pheno(z):
                 cont, logits = heads.predict_phenotypes(z)
                 return cov.decode_phenotypes(cont.numpy(), [x.numpy() for x in logits])
+
             written["pheno_pred"] = _write_predictions(out_dir, "pheno_pred.h5", pheno, pheno_cols, cov.class_names())
         if heads.confounder_head is not None:
+
             def conf(z):
                 cont, binary, logits = heads.predict_confounders(z)
                 return cov.decode_confounders(cont.numpy(), binary.numpy(), [x.numpy() for x in logits])
+
             written["conf_pred"] = _write_predictions(out_dir, "conf_pred.h5", conf, conf_cols, cov.class_names())
         return written
 
@@ -333,12 +374,14 @@ def _write_predictions(out_dir: Path, name: str, predict, columns: list[str], cl
             if done.any():
                 pred[done] = predict(torch.from_numpy(flat[done].astype(np.float32)))
             h5.require_group(f"{key.patientID}/{key.fieldID}/{key.instanceID}").create_dataset(
-                key.key, data=pred.reshape(*z.shape[:-1], len(columns)))
+                key.key, data=pred.reshape(*z.shape[:-1], len(columns))
+            )
     return str(out)
 
 
 def _tables_why(which: int):
     """Condition of json§DS_phenotypes (0) / json§DS_confounders (1): acts only with a model that reads it."""
+
     def why(cfg) -> str | None:
         try:
             spec, params = model_params(cfg.model.pythae)
@@ -346,8 +389,17 @@ def _tables_why(which: int):
             return None  # the model name is refused on its own
         if tables_needed(spec, params)[which]:
             return None
-        return (f"is read only by a model that {'learns phenotypes (learn_phenotypes: true)' if which == 0 else 'uses confounders (anti_confounders_strategy 1 or 2, or ivaes)'}; "
-                f"--pythae_model {spec.name} with these settings does not")
+        return (
+            "is read only by a model that "
+            + (
+                "learns phenotypes (learn_phenotypes: true)"
+                if which == 0
+                else "uses confounders (anti_confounders_strategy 1 or 2, or ivaes)"
+            )
+            + "; "
+            f"--pythae_model {spec.name} with these settings does not"
+        )
+
     return why
 
 
@@ -367,12 +419,30 @@ def _anomaly_why(cfg) -> str | None:
 
 
 RECON_FLAGS = (
-    Flag("pythae_model", ("model", "pythae", "model"), "str", "vae",
-         "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.", "Model"),
-    Flag("pythae_config", ("model", "pythae", "config_json"), "str", "",
-         "JSON file of pythae model parameters (above the YAML's models§<name>, below path overrides).", "Model"),
-    Flag("anomaly_map", ("model", "pythae", "anomaly_map"), "str", "",
-         "Write the anomaly map of each reconstructed sample into recon.h5 (ultra_cevae: combi = error x |grad of the "
-         "KL|, grad, rec).", "Model"),
+    Flag(
+        "pythae_model",
+        ("model", "pythae", "model"),
+        "str",
+        "vae",
+        "pythae model name (ae, vae, beta_vae, ..., vqvae); an unknown name lists the valid ones.",
+        "Model",
+    ),
+    Flag(
+        "pythae_config",
+        ("model", "pythae", "config_json"),
+        "str",
+        "",
+        "JSON file of pythae model parameters (above the YAML's models§<name>, below path overrides).",
+        "Model",
+    ),
+    Flag(
+        "anomaly_map",
+        ("model", "pythae", "anomaly_map"),
+        "str",
+        "",
+        "Write the anomaly map of each reconstructed sample into recon.h5 (ultra_cevae: combi = error x |grad of the "
+        "KL|, grad, rec).",
+        "Model",
+    ),
     use_ema_flag("Training"),
 )

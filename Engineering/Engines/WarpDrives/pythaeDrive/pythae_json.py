@@ -14,6 +14,7 @@ above the YAML's and below path overrides. The drive owns three of pythae's fiel
 - ``reconstruction_loss``: 'mse' is dropped (pythae writes its default into every config it saves, so it is no
   choice: the YAML's loss stays); another value sets model§pythae§reconstruction_loss, as the flag would.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,12 +32,14 @@ def resolve_pythae_json(name: str) -> Path:
     if given.is_file():
         return given
     rel = str(name).replace("\\", "/")
-    rel = rel[len(_ANCESTOR_PREFIX):] if rel.startswith(_ANCESTOR_PREFIX) else rel
+    rel = rel[len(_ANCESTOR_PREFIX) :] if rel.startswith(_ANCESTOR_PREFIX) else rel
     shipped = SHIPPED / rel
     if not given.is_absolute() and ".." not in Path(rel).parts and shipped.is_file():
         return shipped
-    raise UserError(f"--pythae_config file not found: {name} (neither a file nor a shipped configuration such as "
-                    "originals/celeba/vae_config.json)")
+    raise UserError(
+        f"--pythae_config file not found: {name} (neither a file nor a shipped configuration such as "
+        "originals/celeba/vae_config.json)"
+    )
 
 
 def _default_latent_dim() -> int:

@@ -1,4 +1,5 @@
 """The toy family's network: a config dataclass and a pure torch module (no Lightning, no files, no config)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,11 +26,22 @@ class ToyAE(nn.Module):
         if cfg.size % 4:
             raise ValueError(f"the toy autoencoder needs a size divisible by 4, got {cfg.size}")
         w, s = cfg.width, cfg.size // 4
-        self.enc = nn.Sequential(nn.Conv2d(cfg.in_channels, w, 3, 2, 1), nn.SiLU(), nn.Conv2d(w, w, 3, 2, 1),
-                                 nn.SiLU(), nn.Flatten(), nn.Linear(w * s * s, cfg.latent_dim))
-        self.dec = nn.Sequential(nn.Linear(cfg.latent_dim, w * s * s), nn.Unflatten(1, (w, s, s)), nn.SiLU(),
-                                 nn.ConvTranspose2d(w, w, 4, 2, 1), nn.SiLU(),
-                                 nn.ConvTranspose2d(w, cfg.in_channels, 4, 2, 1))
+        self.enc = nn.Sequential(
+            nn.Conv2d(cfg.in_channels, w, 3, 2, 1),
+            nn.SiLU(),
+            nn.Conv2d(w, w, 3, 2, 1),
+            nn.SiLU(),
+            nn.Flatten(),
+            nn.Linear(w * s * s, cfg.latent_dim),
+        )
+        self.dec = nn.Sequential(
+            nn.Linear(cfg.latent_dim, w * s * s),
+            nn.Unflatten(1, (w, s, s)),
+            nn.SiLU(),
+            nn.ConvTranspose2d(w, w, 4, 2, 1),
+            nn.SiLU(),
+            nn.ConvTranspose2d(w, cfg.in_channels, 4, 2, 1),
+        )
 
     def encode(self, x):
         return self.enc(x)

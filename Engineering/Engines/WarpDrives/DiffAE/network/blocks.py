@@ -4,6 +4,7 @@ Module and attribute names (``in_layers``, ``emb_layers``, ``cond_emb_layers``,
 ``out_layers``, ``skip_connection``, ``norm``, ``qkv``, ``proj_out``) and the
 Sequential indices are part of the published checkpoint layout: keep them.
 """
+
 from __future__ import annotations
 
 import math
@@ -61,8 +62,12 @@ class Resample(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode == "down":
-            if self.factor[-2:] == (2, 2) and all(f == 1 for f in self.factor[:-2]) \
-                    and x.shape[-1] % 2 == 0 and x.shape[-2] % 2 == 0:
+            if (
+                self.factor[-2:] == (2, 2)
+                and all(f == 1 for f in self.factor[:-2])
+                and x.shape[-1] % 2 == 0
+                and x.shape[-2] % 2 == 0
+            ):
                 # 2x2 in-plane mean as four strided views: any dtype and memory format without the copies that
                 # the pooling kernels make (bf16 on CPU has no 3D pooling kernel; channels-last is converted)
                 top, bottom = x[..., 0::2, :], x[..., 1::2, :]
@@ -100,8 +105,16 @@ class ResBlock(nn.Module):
     activation and conv, and on the skip path.
     """
 
-    def __init__(self, c_in: int, c_out: int, dims: int, groups: int, emb_dim: int | None = None,
-                 dropout: float = 0.0, resample: Resample | None = None):
+    def __init__(
+        self,
+        c_in: int,
+        c_out: int,
+        dims: int,
+        groups: int,
+        emb_dim: int | None = None,
+        dropout: float = 0.0,
+        resample: Resample | None = None,
+    ):
         super().__init__()
         self.c_out = c_out
         self.in_layers = nn.Sequential(nn.GroupNorm(groups, c_in), nn.SiLU(), conv_nd(dims, c_in, c_out, 3))
@@ -110,8 +123,9 @@ class ResBlock(nn.Module):
         if self.conditioned:
             self.emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * c_out))
             self.cond_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, c_out))
-            self.out_layers = nn.Sequential(nn.GroupNorm(groups, c_out), nn.SiLU(), FastDropout(dropout),
-                                            zero_init(conv_nd(dims, c_out, c_out, 3)))
+            self.out_layers = nn.Sequential(
+                nn.GroupNorm(groups, c_out), nn.SiLU(), FastDropout(dropout), zero_init(conv_nd(dims, c_out, c_out, 3))
+            )
         self.skip_connection = nn.Identity() if c_in == c_out else conv_nd(dims, c_in, c_out, 1)
 
     def forward(self, x: Tensor, emb: Tensor | None = None, cond: Tensor | None = None) -> Tensor:
@@ -165,7 +179,7 @@ class _SDPAChunkedBackward(torch.autograd.Function):
         n_k, d = k.shape[-2], q.shape[-1]
         # (batch*heads, tokens, d) in float32: softmax gradients need float32 accumulation
         q, k, v, out, d_out = (t.reshape(-1, t.shape[-2], d).float() for t in (q, k, v, out, d_out))
-        scale = d ** -0.5
+        scale = d**-0.5
         rows = max(1, _CHUNK_ELEMS // max(1, n_k * q.shape[0]))
         dq = torch.empty_like(q)
         dk = torch.zeros_like(k)
@@ -189,8 +203,12 @@ class _SDPAChunkedBackward(torch.autograd.Function):
 def attention(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q k^T / sqrt(d)) v over (..., tokens, d) tensors, through SDPA (fused forward and backward on CPU;
     the chunked backward above where torch lacks the fused CPU kernel)."""
-    if (_FLASH_CPU is None and q.device.type == "cpu" and torch.is_grad_enabled()
-            and (q.requires_grad or k.requires_grad or v.requires_grad)):
+    if (
+        _FLASH_CPU is None
+        and q.device.type == "cpu"
+        and torch.is_grad_enabled()
+        and (q.requires_grad or k.requires_grad or v.requires_grad)
+    ):
         return _SDPAChunkedBackward.apply(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 

@@ -6,6 +6,7 @@ GroupNorm, SiLU, global average pooling and a 1x1 convolution to ``latent_dim``
 one linear layer over every position of the last map. With ``latent_norm="batch"`` the code is then
 standardised per dimension (batch statistics in training, running ones at evaluation).
 """
+
 from __future__ import annotations
 
 import math
@@ -63,11 +64,21 @@ class SemanticEncoder(nn.Module):
         self.middle_block = EmbedSequential(block(ch, ch), AttentionBlock(ch, groups, cfg.num_heads), block(ch, ch))
         self.map_shape = cfg.encoder_map_shape() if cfg.enc_pool == "flatten" else None
         if self.map_shape is None:
-            head = [nn.GroupNorm(groups, ch), nn.SiLU(), GlobalAvgPool(), conv_nd(dims, ch, cfg.latent_dim, 1),
-                    nn.Flatten(1)]
+            head = [
+                nn.GroupNorm(groups, ch),
+                nn.SiLU(),
+                GlobalAvgPool(),
+                conv_nd(dims, ch, cfg.latent_dim, 1),
+                nn.Flatten(1),
+            ]
         else:  # same indices as the pooled head: out.3 is the projection, out.5 the optional BatchNorm
-            head = [nn.GroupNorm(groups, ch), nn.SiLU(), nn.Flatten(1),
-                    nn.Linear(ch * math.prod(self.map_shape), cfg.latent_dim), nn.Identity()]
+            head = [
+                nn.GroupNorm(groups, ch),
+                nn.SiLU(),
+                nn.Flatten(1),
+                nn.Linear(ch * math.prod(self.map_shape), cfg.latent_dim),
+                nn.Identity(),
+            ]
         if cfg.latent_norm == "batch":
             head.append(LatentBatchNorm(cfg.latent_dim))
         self.out = nn.Sequential(*head)
@@ -78,9 +89,11 @@ class SemanticEncoder(nn.Module):
             h = run_block(module, self.activation_checkpointing, h)
         h = run_block(self.middle_block, self.activation_checkpointing, h)
         if self.map_shape is not None and tuple(h.shape[2:]) != self.map_shape:
-            raise DiffAEConfigError(f"enc_pool flatten: the encoder was built for input_shape "
-                                    f"{tuple(self.cfg_input_shape)} (a {self.map_shape} feature map), got an input "
-                                    f"of spatial shape {tuple(x.shape[2:])}")
+            raise DiffAEConfigError(
+                f"enc_pool flatten: the encoder was built for input_shape "
+                f"{tuple(self.cfg_input_shape)} (a {self.map_shape} feature map), got an input "
+                f"of spatial shape {tuple(x.shape[2:])}"
+            )
         # the head in the weights' dtype even under bf16 autocast (--ampmode bf16-mixed), as in fast_encoder: a
         # code with a large mean and a small spread loses its signal when projected and normalised in bfloat16
         with torch.autocast(h.device.type, enabled=False):

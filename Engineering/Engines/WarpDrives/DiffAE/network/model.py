@@ -9,6 +9,7 @@ Parameter names equal the published checkpoints' ``<param>`` names (UNet at the
 top level, encoder under ``encoder.``). The model holds no buffers: the sampling
 noise of the ancestor (``x_T``) is not part of its state.
 """
+
 from __future__ import annotations
 
 import copy
@@ -16,8 +17,16 @@ import copy
 import torch
 from torch import Tensor, nn
 
-from .blocks import (AttentionBlock, EmbedSequential, Resample, ResBlock, conv_nd, run_block, timestep_embedding,
-                     zero_init)
+from .blocks import (
+    AttentionBlock,
+    EmbedSequential,
+    Resample,
+    ResBlock,
+    conv_nd,
+    run_block,
+    timestep_embedding,
+    zero_init,
+)
 from .config import DiffAEConfig, DiffAEConfigError
 from .encoder import SemanticEncoder
 
@@ -103,7 +112,8 @@ class DiffAE(nn.Module):
         if any(s % need for s in self.cfg.downsampled(x.shape[2:])):
             raise DiffAEConfigError(
                 f"x_t spatial shape {tuple(x.shape[2:])}: {self.cfg.downsampled_axes_text()} must be "
-                f"multiples of {need} (the UNet has {len(self.cfg.ch_mult) - 1} downsampling levels)")
+                f"multiples of {need} (the UNet has {len(self.cfg.ch_mult) - 1} downsampling levels)"
+            )
 
     # ---- API --------------------------------------------------------------------------
     def encode(self, x: Tensor) -> Tensor:
@@ -128,6 +138,7 @@ class DiffAE(nn.Module):
             for module in trunk:
                 h = module(h)
             return h
+
         # static shapes: one compilation per batch shape (a cohort has two: full batches and the last one);
         # automatic dynamic shapes would kick in on the second shape and give slower kernels
         run = torch.compile(features, dynamic=False) if compile else features
@@ -136,21 +147,27 @@ class DiffAE(nn.Module):
             self._check_input(x, "x")
             h = run(x.to(dtype).contiguous(memory_format=layout))
             if enc.map_shape is not None and tuple(h.shape[2:]) != enc.map_shape:
-                raise DiffAEConfigError(f"enc_pool flatten: the encoder was built for a {enc.map_shape} feature "
-                                        f"map, got {tuple(h.shape[2:])} from an input of {tuple(x.shape[2:])}")
+                raise DiffAEConfigError(
+                    f"enc_pool flatten: the encoder was built for a {enc.map_shape} feature "
+                    f"map, got {tuple(h.shape[2:])} from an input of {tuple(x.shape[2:])}"
+                )
             return head(h.float())
+
         return encode
 
     def forward(self, x_t: Tensor, t: Tensor, z_sem: Tensor) -> Tensor:
-        """Noise prediction for x_t at integer timesteps t (B,) (or one scalar) in [0, T), given z_sem (B, latent_dim)."""
+        """Noise prediction for x_t at integer timesteps t (B,) (or one scalar) in [0, T), given z_sem (B,
+        latent_dim)."""
         self._check_unet_input(x_t)
         b = x_t.shape[0]
         t = torch.as_tensor(t, device=x_t.device)
         if t.ndim == 0:
             t = t.expand(b)
         if t.shape != (b,) or z_sem.shape != (b, self.cfg.latent_dim):
-            raise DiffAEConfigError(f"expected t of shape ({b},) and z_sem of shape ({b}, {self.cfg.latent_dim}) "
-                                    f"for x_t of batch {b}, got {tuple(t.shape)} and {tuple(z_sem.shape)}")
+            raise DiffAEConfigError(
+                f"expected t of shape ({b},) and z_sem of shape ({b}, {self.cfg.latent_dim}) "
+                f"for x_t of batch {b}, got {tuple(t.shape)} and {tuple(z_sem.shape)}"
+            )
         # the network may run in another dtype than its inputs (DeepSpeed's bf16 casts the parameters): the
         # caller's tensors (the fp32 diffusion schedule's x_t) are cast in, the prediction is cast back
         dtype = self.out[-1].weight.dtype
@@ -166,4 +183,3 @@ class DiffAE(nn.Module):
             # decoder input: running features first, then the matching skip
             h = run_block(module, self.activation_checkpointing, torch.cat([h, hs.pop()], dim=1), emb, z_sem)
         return self.out(h).to(x_t.dtype)
-

@@ -7,6 +7,7 @@ is prefix stripping; the shapes determine most of the architecture, which
 ``load_published_state`` reports so a caller can build the matching config
 (input_shape is not determined by the weights and must come from the user).
 """
+
 from __future__ import annotations
 
 import re
@@ -34,12 +35,13 @@ def load_published_state(tensors: dict[str, Tensor], which: str = "ema") -> tupl
     if which not in PREFIXES:
         raise ValueError(f"which must be one of {sorted(PREFIXES)}, got {which!r}")
     prefix = PREFIXES[which]
-    state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    state = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
     if not state:
         heads = sorted({k.split(".", 1)[0] for k in tensors})
         raise WeightsMismatchError(
             f"no '{prefix}*' tensors in these weights (top-level names: {', '.join(heads[:8]) or 'none'}); "
-            f"not a published DiffAE checkpoint")
+            f"not a published DiffAE checkpoint"
+        )
     return state, infer_config(state)
 
 
@@ -86,7 +88,8 @@ def infer_config(state: dict[str, Tensor]) -> dict:
         if temb is not None and temb.shape[0] != head.shape[0]:
             raise WeightsMismatchError(
                 f"time embedding width {temb.shape[0]} differs from the latent size {head.shape[0]}; "
-                f"this DiffAE ties them (embed width = latent_dim)")
+                f"this DiffAE ties them (embed width = latent_dim)"
+            )
 
     # UNet: each level has nrb+1 output blocks; all but the top-level one end in an upsampling ResBlock
     outs = _block_kinds(state, "output_blocks")

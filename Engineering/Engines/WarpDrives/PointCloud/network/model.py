@@ -3,6 +3,7 @@ encoder (Deng et al., "Vector Neurons", ICCV 2021) whose code is SO(3)-invariant
 pose, and a FoldingNet decoder (Yang et al., CVPR 2018). Clouds are (B, N, 3) or (B, N, 4) (xyz + intensity);
 every encoder is invariant to the order of the points (symmetric pooling over them).
 """
+
 from __future__ import annotations
 
 import math
@@ -48,8 +49,9 @@ class DGCNNEncoder(nn.Module):
     def __init__(self, cfg: PointCloudConfig):
         super().__init__()
         widths = [cfg.width * (2 if i else 1) for i in range(cfg.n_layers)]
-        self.convs = nn.ModuleList(EdgeConv(c_in, c_out, cfg.k)
-                                   for c_in, c_out in zip([cfg.in_features, *widths[:-1]], widths))
+        self.convs = nn.ModuleList(
+            EdgeConv(c_in, c_out, cfg.k) for c_in, c_out in zip([cfg.in_features, *widths[:-1]], widths)
+        )
         self.head = nn.Linear(2 * sum(widths), cfg.latent_dim)
 
     def forward(self, pts: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -145,12 +147,13 @@ class FoldingDecoder(nn.Module):
     def __init__(self, cfg: PointCloudConfig, hidden: int = 128):
         super().__init__()
         t = torch.linspace(-1, 1, cfg.grid)
-        self.register_buffer("grid", torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).view(-1, 2),
-                             persistent=False)
+        self.register_buffer("grid", torch.stack(torch.meshgrid(t, t, indexing="ij"), -1).view(-1, 2), persistent=False)
 
         def mlp(cin):
-            return nn.Sequential(nn.Linear(cin, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
-                                 nn.Linear(hidden, 3))
+            return nn.Sequential(
+                nn.Linear(cin, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 3)
+            )
+
         self.fold1, self.fold2 = mlp(cfg.latent_dim + 2), mlp(cfg.latent_dim + 3)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

@@ -5,6 +5,7 @@ ReStyle refines iteratively: the encoder sees the image and the current reconstr
 predicts a residual added to the current codes; it starts from the generator's average latent, ``y_0 =
 G(w_avg)``. Written here (no torchvision, see the SSL drive); the units follow the papers' descriptions.
 """
+
 from __future__ import annotations
 
 import math
@@ -37,8 +38,13 @@ class SqueezeExcite(nn.Module):
     def __init__(self, ch: int, reduction: int = 16):
         super().__init__()
         mid = max(1, ch // reduction)
-        self.fc = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Conv2d(ch, mid, 1, bias=False), nn.ReLU(inplace=True),
-                                nn.Conv2d(mid, ch, 1, bias=False), nn.Sigmoid())
+        self.fc = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1),
+            nn.Conv2d(ch, mid, 1, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(mid, ch, 1, bias=False),
+            nn.Sigmoid(),
+        )
 
     def forward(self, x):
         return x * self.fc(x)
@@ -54,10 +60,19 @@ class IRSEUnit(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.res = nn.Sequential(_norm(cin), nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.PReLU(cout),
-                                 nn.Conv2d(cout, cout, 3, stride, 1, bias=False), _norm(cout), SqueezeExcite(cout))
-        self.short = nn.MaxPool2d(1, stride) if cin == cout else \
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(cout))
+        self.res = nn.Sequential(
+            _norm(cin),
+            nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+            nn.PReLU(cout),
+            nn.Conv2d(cout, cout, 3, stride, 1, bias=False),
+            _norm(cout),
+            SqueezeExcite(cout),
+        )
+        self.short = (
+            nn.MaxPool2d(1, stride)
+            if cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(cout))
+        )
 
     def forward(self, x):
         return self.res(x) + self.short(x)
@@ -68,10 +83,18 @@ class BasicUnit(nn.Module):
 
     def __init__(self, cin: int, cout: int, stride: int):
         super().__init__()
-        self.res = nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), _norm(cout), nn.ReLU(inplace=True),
-                                 nn.Conv2d(cout, cout, 3, 1, 1, bias=False), _norm(cout))
-        self.short = nn.Identity() if stride == 1 and cin == cout else \
-            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(cout))
+        self.res = nn.Sequential(
+            nn.Conv2d(cin, cout, 3, stride, 1, bias=False),
+            _norm(cout),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(cout, cout, 3, 1, 1, bias=False),
+            _norm(cout),
+        )
+        self.short = (
+            nn.Identity()
+            if stride == 1 and cin == cout
+            else nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(cout))
+        )
 
     def forward(self, x):
         return F.relu(self.res(x) + self.short(x))
@@ -105,16 +128,17 @@ class ReStyleEncoder(nn.Module):
         self.input = nn.Sequential(nn.Conv2d(2 * gen.channels, w, 3, 1, 1, bias=False), _norm(w), nn.PReLU(w))
         self.stages, cin, widths = nn.ModuleList(), w, [w]
         for k, n in enumerate(cfg.blocks):
-            cout = w * min(2 ** k, 8)
-            self.stages.append(nn.Sequential(*[unit(cin if j == 0 else cout, cout, 2 if j == 0 else 1)
-                                               for j in range(n)]))
+            cout = w * min(2**k, 8)
+            self.stages.append(
+                nn.Sequential(*[unit(cin if j == 0 else cout, cout, 2 if j == 0 else 1) for j in range(n)])
+            )
             cin = cout
             widths.append(cout)
         final = gen.size // 16
         self.styles = nn.ModuleList(Map2Style(cin, gen.style_dim, final) for _ in range(gen.n_latent))
         if cfg.noise_head:
             # each noise map from the finest feature map no coarser than it (features at size, size/2, ... /16)
-            res = [gen.size // 2 ** k for k in range(5)]
+            res = [gen.size // 2**k for k in range(5)]
             self.noise_src = [max(k for k, r in enumerate(res) if r >= s) for s in gen.noise_sizes()]
             self.noise = nn.ModuleList(nn.Conv2d(widths[k], 1, 3, 1, 1) for k in self.noise_src)
 
@@ -125,8 +149,10 @@ class ReStyleEncoder(nn.Module):
         codes = torch.stack([head(feats[-1]) for head in self.styles], 1)
         if not self.cfg.noise_head:
             return codes, None
-        noise = [F.adaptive_avg_pool2d(conv(feats[k]), s) if feats[k].shape[-1] != s else conv(feats[k])
-                 for conv, k, s in zip(self.noise, self.noise_src, self.gen.noise_sizes())]
+        noise = [
+            F.adaptive_avg_pool2d(conv(feats[k]), s) if feats[k].shape[-1] != s else conv(feats[k])
+            for conv, k, s in zip(self.noise, self.noise_src, self.gen.noise_sizes())
+        ]
         return codes, noise
 
 

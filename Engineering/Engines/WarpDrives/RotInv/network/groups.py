@@ -3,6 +3,7 @@ and the octahedral group O (the 24 rotations of a cube), each element a signed p
 trailing 2 or 3 array axes by permuting and flipping them, so no interpolation ever enters (Cohen & Welling,
 "Group Equivariant Convolutional Networks", ICML 2016, use the same groups on the same grids).
 """
+
 from __future__ import annotations
 
 import itertools

@@ -3,6 +3,7 @@ group x space, group convolutions between such functions, and the pooling that l
 agrees on. With odd kernels, 'same' zero padding and 2x pooling of even sizes, every layer commutes exactly with
 the group's action: f(g x) = g . f(x), where g acts on space and shifts the group axis by left multiplication.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,7 +23,7 @@ class LiftingConv(nn.Module):
     def __init__(self, group: GridGroup, cin: int, cout: int, k: int = 3):
         super().__init__()
         self.group, self.cout, self.k = group, cout, k
-        self.weight = nn.Parameter(torch.randn(cout, cin, *[k] * group.dim) * (2.0 / (cin * k ** group.dim)) ** 0.5)
+        self.weight = nn.Parameter(torch.randn(cout, cin, *[k] * group.dim) * (2.0 / (cin * k**group.dim)) ** 0.5)
         self.bias = nn.Parameter(torch.zeros(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -40,8 +41,9 @@ class GroupConv(nn.Module):
         super().__init__()
         self.group, self.cin, self.cout, self.k = group, cin, cout, k
         n = len(group)
-        self.weight = nn.Parameter(torch.randn(cout, cin, n, *[k] * group.dim) * (2.0 / (cin * n * k ** group.dim))
-                                   ** 0.5)
+        self.weight = nn.Parameter(
+            torch.randn(cout, cin, n, *[k] * group.dim) * (2.0 / (cin * n * k**group.dim)) ** 0.5
+        )
         self.bias = nn.Parameter(torch.zeros(cout))
         # which stored group slice feeds output rotation g from input rotation s: g^-1 s
         idx = torch.as_tensor([[group.mul[group.inv[gi], s] for s in range(n)] for gi in range(n)])

@@ -7,6 +7,7 @@ Invariance: global pooling over space and over the group axis of equivariant fea
 group element from the spatially pooled features (a softmax over the group, permuted by left multiplication
 when the input is rotated). Reconstruction: sum_g p_g (g . D(z)), which turns with the input.
 """
+
 from __future__ import annotations
 
 import torch
@@ -66,10 +67,10 @@ class CanonicalDecoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         conv, bn = (nn.Conv2d, nn.BatchNorm2d) if cfg.dim == 2 else (nn.Conv3d, nn.BatchNorm3d)
-        self.s0 = cfg.size // 2 ** cfg.depth
+        self.s0 = cfg.size // 2**cfg.depth
         top = cfg.width * 2 ** min(cfg.depth, 3)
         self.top = top
-        self.fc = nn.Linear(cfg.latent_dim, top * self.s0 ** cfg.dim)
+        self.fc = nn.Linear(cfg.latent_dim, top * self.s0**cfg.dim)
         layers, cin = [], top
         for i in reversed(range(cfg.depth)):
             cout = cfg.width * 2 ** min(i, 3)

@@ -4,6 +4,7 @@ Equalised learning rate everywhere (weights drawn from N(0, 1), scaled at run ti
 every layer at the same scale); bias + leaky ReLU (slope 0.2) with gain sqrt(2); weight modulation and
 demodulation; per-layer noise with a learned strength. Plain torch ops only (see ``resample``).
 """
+
 from __future__ import annotations
 
 import math
@@ -16,15 +17,15 @@ from Engineering.Engines.WarpDrives.equalized import LRELU_GAIN, EqualLinear, bi
 
 from .resample import blur2d, make_kernel, upsample2d
 
+
 class EqualConv2d(nn.Module):
     """A convolution with equalised learning rate."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0,
-                 bias: bool = True):
+    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, stride: int = 1, padding: int = 0, bias: bool = True):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(out_ch, in_ch, kernel_size, kernel_size))
         self.bias = nn.Parameter(torch.zeros(out_ch)) if bias else None
-        self.scale = 1 / math.sqrt(in_ch * kernel_size ** 2)
+        self.scale = 1 / math.sqrt(in_ch * kernel_size**2)
         self.stride, self.padding = stride, padding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -36,12 +37,20 @@ class ModulatedConv2d(nn.Module):
     whose output channels are renormalised to unit expected variance (demodulation, replacing AdaIN). ``upsample``
     doubles the resolution with a transposed convolution followed by the FIR filter."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, style_dim: int, demodulate: bool = True,
-                 upsample: bool = False, blur_kernel=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        style_dim: int,
+        demodulate: bool = True,
+        upsample: bool = False,
+        blur_kernel=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(1, out_ch, in_ch, kernel_size, kernel_size))
         self.modulation = EqualLinear(style_dim, in_ch, bias_init=1.0)  # styles start at 1: an identity
-        self.scale = 1 / math.sqrt(in_ch * kernel_size ** 2)
+        self.scale = 1 / math.sqrt(in_ch * kernel_size**2)
         self.in_ch, self.out_ch, self.k = in_ch, out_ch, kernel_size
         self.demodulate, self.upsample = demodulate, upsample
         if upsample:
@@ -113,16 +122,30 @@ class ToImage(nn.Module):
 class ConvLayer(nn.Module):
     """The discriminator's convolution: optional FIR filter + stride-2 (downsampling), then bias + leaky ReLU."""
 
-    def __init__(self, in_ch: int, out_ch: int, kernel_size: int, downsample: bool = False, bias: bool = True,
-                 activate: bool = True, blur_kernel=(1, 3, 3, 1)):
+    def __init__(
+        self,
+        in_ch: int,
+        out_ch: int,
+        kernel_size: int,
+        downsample: bool = False,
+        bias: bool = True,
+        activate: bool = True,
+        blur_kernel=(1, 3, 3, 1),
+    ):
         super().__init__()
         self.downsample, self.activate = downsample, activate
         if downsample:
             self.register_buffer("kernel", make_kernel(blur_kernel), persistent=False)
             p = (len(blur_kernel) - 2) + (kernel_size - 1)
             self.blur_pad = ((p + 1) // 2, p // 2)
-        self.conv = EqualConv2d(in_ch, out_ch, kernel_size, stride=2 if downsample else 1,
-                                padding=0 if downsample else kernel_size // 2, bias=bias and not activate)
+        self.conv = EqualConv2d(
+            in_ch,
+            out_ch,
+            kernel_size,
+            stride=2 if downsample else 1,
+            padding=0 if downsample else kernel_size // 2,
+            bias=bias and not activate,
+        )
         self.act_bias = nn.Parameter(torch.zeros(out_ch)) if bias and activate else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -142,8 +165,7 @@ class ResBlock(nn.Module):
         super().__init__()
         self.conv1 = ConvLayer(in_ch, in_ch, 3, blur_kernel=blur_kernel)
         self.conv2 = ConvLayer(in_ch, out_ch, 3, downsample=True, blur_kernel=blur_kernel)
-        self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, bias=False, activate=False,
-                              blur_kernel=blur_kernel)
+        self.skip = ConvLayer(in_ch, out_ch, 1, downsample=True, bias=False, activate=False, blur_kernel=blur_kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.conv2(self.conv1(x)) + self.skip(x)) / math.sqrt(2.0)

@@ -1,4 +1,5 @@
 """StyleGAN2 generator and residual discriminator (Karras et al., CVPR 2020, config F), any channel count."""
+
 from __future__ import annotations
 
 import random
@@ -39,7 +40,7 @@ class Generator(nn.Module):
         self.convs, self.to_imgs = nn.ModuleList(), nn.ModuleList()
         in_ch = c4
         for r in range(3, cfg.log_size + 1):
-            out_ch = cfg.width(2 ** r)
+            out_ch = cfg.width(2**r)
             self.convs.append(StyledConv(in_ch, out_ch, sd, upsample=True, blur_kernel=bk))
             self.convs.append(StyledConv(out_ch, out_ch, sd, blur_kernel=bk))
             self.to_imgs.append(ToImage(out_ch, cfg.channels, sd, blur_kernel=bk))
@@ -64,8 +65,9 @@ class Generator(nn.Module):
         """The mean w of ``n`` random z (an estimate of ``w_avg`` for a generator trained elsewhere)."""
         return self.mapping(torch.randn(n, self.cfg.style_dim, device=self.const.device)).mean(0)
 
-    def styles(self, z: torch.Tensor, z2: torch.Tensor | None = None, truncation: float = 1.0,
-               crossover: int | None = None) -> torch.Tensor:
+    def styles(
+        self, z: torch.Tensor, z2: torch.Tensor | None = None, truncation: float = 1.0, crossover: int | None = None
+    ) -> torch.Tensor:
         """W+ codes (B, n_latent, style_dim) from z, with ``z2``'s styles from layer ``crossover`` on (style
         mixing; a random crossover if None) and truncation towards ``w_avg`` (psi = ``truncation``)."""
         n = self.n_latent
@@ -93,8 +95,13 @@ class Generator(nn.Module):
             img = to_img(x, ws[:, 2 * i + 3], img)
         return img
 
-    def forward(self, z: torch.Tensor, z2: torch.Tensor | None = None, truncation: float = 1.0,
-                noise: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        z: torch.Tensor,
+        z2: torch.Tensor | None = None,
+        truncation: float = 1.0,
+        noise: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         return self.synthesis(self.styles(z, z2, truncation), noise)
 
 
@@ -108,7 +115,7 @@ class Discriminator(nn.Module):
         bk = cfg.blur_kernel
         layers = [ConvLayer(cfg.channels, cfg.width(cfg.size), 1)]
         for r in range(cfg.log_size, 2, -1):
-            layers.append(ResBlock(cfg.width(2 ** r), cfg.width(2 ** (r - 1)), blur_kernel=bk))
+            layers.append(ResBlock(cfg.width(2**r), cfg.width(2 ** (r - 1)), blur_kernel=bk))
         self.blocks = nn.Sequential(*layers)
         c4 = cfg.width(4)
         self.final_conv = ConvLayer(c4 + 1, c4, 3)
@@ -116,8 +123,9 @@ class Discriminator(nn.Module):
 
     def forward(self, img: torch.Tensor) -> torch.Tensor:
         if img.shape[1:] != (self.cfg.channels, self.cfg.size, self.cfg.size):
-            raise ValueError(f"images must be (B, {self.cfg.channels}, {self.cfg.size}, {self.cfg.size}), got "
-                             f"{tuple(img.shape)}")
+            raise ValueError(
+                f"images must be (B, {self.cfg.channels}, {self.cfg.size}, {self.cfg.size}), got {tuple(img.shape)}"
+            )
         x = self.final_conv(minibatch_stddev(self.blocks(img)))
         return self.final(x.flatten(1))
 

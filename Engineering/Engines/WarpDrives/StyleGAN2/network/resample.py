@@ -5,6 +5,7 @@ Here the same result comes from polyphase forms: a depthwise strided ``conv_tran
 multiplies the inserted zeros) and a depthwise strided ``conv2d`` for ``down = 2`` (it never computes the dropped
 outputs). ``tests/stylegan/test_stylegan2.py`` checks both against the naive formula.
 """
+
 from __future__ import annotations
 
 import torch
@@ -18,8 +19,9 @@ def make_kernel(taps=(1, 3, 3, 1)) -> torch.Tensor:
     return k / k.sum()
 
 
-def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
-              pad: tuple[int, int] = (0, 0)) -> torch.Tensor:
+def upfirdn2d(
+    x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1, pad: tuple[int, int] = (0, 0)
+) -> torch.Tensor:
     """Zero-insert by ``up``, pad by ``pad`` (before, after; both axes), convolve with ``kernel``, keep every
     ``down``-th sample. ``x``: (B, C, H, W); the kernel is applied to each channel alone. ``up`` and ``down`` are
     not both > 1 (StyleGAN2 never needs that)."""
@@ -40,7 +42,7 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
         lead = max(0, -start)
         y = F.pad(y, (lead, max(0, start + n_w - y.shape[-1]), lead, max(0, start + n_h - y.shape[-2])))
         start += lead
-        return y[..., start:start + n_h, start:start + n_w]
+        return y[..., start : start + n_h, start : start + n_w]
     x = F.pad(x, (pad[0], pad[1], pad[0], pad[1]))  # negative amounts crop
     w = torch.flip(k, (0, 1))[None, None].expand(c, 1, kh, kh)  # conv2d correlates: flip for a convolution
     return F.conv2d(x, w, stride=down, groups=c)
@@ -49,7 +51,7 @@ def upfirdn2d(x: torch.Tensor, kernel: torch.Tensor, up: int = 1, down: int = 1,
 def upsample2d(x: torch.Tensor, kernel: torch.Tensor, factor: int = 2) -> torch.Tensor:
     """Upsample by ``factor`` with the FIR filter (gain factor**2 keeps the mean): H x W -> factor*H x factor*W."""
     p = kernel.shape[0] - factor
-    return upfirdn2d(x, kernel * factor ** 2, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
+    return upfirdn2d(x, kernel * factor**2, up=factor, pad=((p + 1) // 2 + factor - 1, p // 2))
 
 
 def downsample2d(x: torch.Tensor, kernel: torch.Tensor, factor: int = 2) -> torch.Tensor:

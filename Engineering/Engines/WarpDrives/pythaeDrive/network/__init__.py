@@ -7,12 +7,28 @@ reconstruction losses, and an optimiser contract for a Lightning engine (see dri
 
 ``PythaeDriveConfig`` + ``PythaeDrive`` (pure torch); ``MODELS`` / ``get_spec`` is the model table.
 """
+
 from .config import PythaeDriveConfig, PythaeDriveConfigError, editable_fields, pythae_defaults
 from .drive import DriveOutput, OptimiserSpec, PythaeDrive, StepLoss
 from .recon_losses import BUILTIN_CUSTOM_LOSSES, MaskedL1, MaskedMSE, ReconTarget
 from .registry import MODELS, ModelSpec, OptimiserPlan, get_spec, model_names
 
-__all__ = ["PythaeDriveConfig", "PythaeDriveConfigError", "editable_fields", "pythae_defaults",
-           "PythaeDrive", "DriveOutput", "OptimiserSpec", "StepLoss",
-           "ReconTarget", "MaskedMSE", "MaskedL1", "BUILTIN_CUSTOM_LOSSES",
-           "MODELS", "ModelSpec", "OptimiserPlan", "get_spec", "model_names"]
+__all__ = [
+    "PythaeDriveConfig",
+    "PythaeDriveConfigError",
+    "editable_fields",
+    "pythae_defaults",
+    "PythaeDrive",
+    "DriveOutput",
+    "OptimiserSpec",
+    "StepLoss",
+    "ReconTarget",
+    "MaskedMSE",
+    "MaskedL1",
+    "BUILTIN_CUSTOM_LOSSES",
+    "MODELS",
+    "ModelSpec",
+    "OptimiserPlan",
+    "get_spec",
+    "model_names",
+]

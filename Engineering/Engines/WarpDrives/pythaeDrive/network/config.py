@@ -9,10 +9,12 @@ saved configs for bookkeeping (``name``, ``uses_default_*``) are accepted and ig
 ``input_dim`` / ``latent_dim`` / ``reconstruction_loss``, which this config owns, may appear
 only with the same value.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any, Dict, Mapping, Tuple, Union
+from typing import Any
 
 from Engineering.Engines.WarpDrives.described import described, required
 from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
@@ -28,21 +30,27 @@ OUTPUT_ACTIVATIONS = ("auto", "identity", "sigmoid", "tanh")
 # set by the drive from this config, never by model_params
 DRIVE_OWNED = ("input_dim", "latent_dim", "reconstruction_loss")
 # pythae bookkeeping written into saved configs; accepted in model_params and ignored
-BOOKKEEPING = ("name", "uses_default_encoder", "uses_default_decoder", "uses_default_discriminator",
-               "uses_default_metric", "discriminator_input_dim")
+BOOKKEEPING = (
+    "name",
+    "uses_default_encoder",
+    "uses_default_decoder",
+    "uses_default_discriminator",
+    "uses_default_metric",
+    "discriminator_input_dim",
+)
 
 
 class PythaeDriveConfigError(DriveError):
     """A pythae drive configuration value the user can fix."""
 
 
-def editable_fields(model: str) -> Tuple[str, ...]:
+def editable_fields(model: str) -> tuple[str, ...]:
     """pythae config fields of ``model`` that ``model_params`` may set."""
     spec = get_spec(model)
     return tuple(f.name for f in fields(spec.config_cls) if f.name not in DRIVE_OWNED + BOOKKEEPING)
 
 
-def pythae_defaults(model: str) -> Dict[str, Any]:
+def pythae_defaults(model: str) -> dict[str, Any]:
     """The default values of the editable fields of ``model``: pythae's, with ours where they differ."""
     spec = get_spec(model)
     cfg = spec.config_cls()
@@ -56,29 +64,38 @@ class PythaeDriveConfig:
     model: str = described("vae", "registry name (see ``registry.MODELS``), e.g. 'vae', 'beta_vae', 'vqvae'.")
     is3D: bool = described(False, "volumes B x C x S x X x Y (3D convs) instead of images B x C x X x Y.")
     in_channels: int = described(1, "image channels C.")
-    input_shape: Tuple[int, ...] = described((64, 64), "spatial size, (X, Y) or (S, X, Y); any size (padded inside, "
-                                                       "cropped back).")
+    input_shape: tuple[int, ...] = described(
+        (64, 64), "spatial size, (X, Y) or (S, X, Y); any size (padded inside, cropped back)."
+    )
     latent_dim: int = required("size of the latent code; embed() returns (B, latent_dim).")
     nn: str = described("conv", "network family, 'conv' or 'resnet'.")
     n_features: int = described(32, "width of the first stage (doubles per level, capped at 8x).")
     n_levels: int = described(3, "downsampling stages (an axis stops halving at length 1).")
     reconstruction_loss: str = described(
-        "mse", "'mse' / 'bce' (pythae's own; bce needs data in [0, 1] and makes the decoder end in a sigmoid), 'l1', "
-               "'smooth_l1', 'ssim', 'ms_ssim', 'masked' (the ancestor's MaskedReconLoss over the batch mask), "
-               "'perceptual' (a local network file), or 'custom' (``custom_loss_class`` built with "
-               "``custom_loss_params``; built-ins 'masked_mse', 'masked_l1', 'masked' use the batch mask). See "
-               "recon_losses.py for how they replace the squared error inside pythae, and for each loss's "
-               "parameters.")
-    custom_loss_class: Union[str, type, None] = described(None, "built-in name, 'package.module.Class', or a "
-                                                                "class/function.")
-    custom_loss_params: Dict[str, Any] = described(
-        {}, "keyword arguments of the loss: of ``custom_loss_class``, or of the named loss (smooth_l1: beta; "
-            "ssim/ms_ssim: data_range, sigma, ...; masked: loss_fn, mode; perceptual: network, n_level, "
-            "feature_loss). Ignored by 'l1' and 'bce', which take none.")
-    model_params: Dict[str, Any] = described({}, "pythae config fields of the model (see module docstring).")
+        "mse",
+        "'mse' / 'bce' (pythae's own; bce needs data in [0, 1] and makes the decoder end in a sigmoid), 'l1', "
+        "'smooth_l1', 'ssim', 'ms_ssim', 'masked' (the ancestor's MaskedReconLoss over the batch mask), "
+        "'perceptual' (a local network file), or 'custom' (``custom_loss_class`` built with "
+        "``custom_loss_params``; built-ins 'masked_mse', 'masked_l1', 'masked' use the batch mask). See "
+        "recon_losses.py for how they replace the squared error inside pythae, and for each loss's "
+        "parameters.",
+    )
+    custom_loss_class: str | type | None = described(
+        None, "built-in name, 'package.module.Class', or a class/function."
+    )
+    custom_loss_params: dict[str, Any] = described(
+        {},
+        "keyword arguments of the loss: of ``custom_loss_class``, or of the named loss (smooth_l1: beta; "
+        "ssim/ms_ssim: data_range, sigma, ...; masked: loss_fn, mode; perceptual: network, n_level, "
+        "feature_loss). Ignored by 'l1' and 'bce', which take none.",
+    )
+    model_params: dict[str, Any] = described({}, "pythae config fields of the model (see module docstring).")
     output_activation: str = described("auto", "decoder output; 'auto' = sigmoid for bce, identity otherwise.")
-    vq_code_dim: int = described(1, "vqvae only: size of each code vector; latent_dim / vq_code_dim codes. 1 "
-                                    "quantises each latent scalar separately, as pythae does for a flat embedding.")
+    vq_code_dim: int = described(
+        1,
+        "vqvae only: size of each code vector; latent_dim / vq_code_dim codes. 1 "
+        "quantises each latent scalar separately, as pythae does for a flat embedding.",
+    )
     data_key: str = described("inp", "batch-dict key of the image.")
     mask_key: str = described("mask", "batch-dict key of the optional mask.")
 
@@ -94,22 +111,28 @@ class PythaeDriveConfig:
             raise PythaeDriveConfigError(f"input_shape must be a list of sizes, got {self.input_shape!r}") from None
         want = 3 if self.is3D else 2
         if len(self.input_shape) != want or min(self.input_shape) < 1:
-            raise PythaeDriveConfigError(f"input_shape must hold {want} positive sizes "
-                                         f"({'S, X, Y' if self.is3D else 'X, Y'}), got {list(self.input_shape)}")
+            raise PythaeDriveConfigError(
+                f"input_shape must hold {want} positive sizes "
+                f"({'S, X, Y' if self.is3D else 'X, Y'}), got {list(self.input_shape)}"
+            )
         for name in ("in_channels", "latent_dim", "n_features", "n_levels", "vq_code_dim"):
             positive_int(name, getattr(self, name), PythaeDriveConfigError)
         if self.nn not in NN_FAMILIES:
             raise PythaeDriveConfigError(f"nn must be one of {', '.join(NN_FAMILIES)}, got {self.nn!r}")
         if self.reconstruction_loss not in RECON_LOSSES:
-            raise PythaeDriveConfigError(f"reconstruction_loss must be one of {', '.join(RECON_LOSSES)}, "
-                                         f"got {self.reconstruction_loss!r}")
+            raise PythaeDriveConfigError(
+                f"reconstruction_loss must be one of {', '.join(RECON_LOSSES)}, got {self.reconstruction_loss!r}"
+            )
         if self.output_activation not in OUTPUT_ACTIVATIONS:
-            raise PythaeDriveConfigError(f"output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, "
-                                         f"got {self.output_activation!r}")
+            raise PythaeDriveConfigError(
+                f"output_activation must be one of {', '.join(OUTPUT_ACTIVATIONS)}, got {self.output_activation!r}"
+            )
         spec = self.spec
         if not spec.custom_recon and self.reconstruction_loss != "mse":
-            raise PythaeDriveConfigError(f"{self.model}: reconstruction_loss must be 'mse' (its reconstruction "
-                                         f"term is its own: {spec.notes.split(';')[0]})")
+            raise PythaeDriveConfigError(
+                f"{self.model}: reconstruction_loss must be 'mse' (its reconstruction "
+                f"term is its own: {spec.notes.split(';')[0]})"
+            )
         if self.vq_code_dim != 1 and self.model != "vqvae":
             raise PythaeDriveConfigError("vq_code_dim applies to vqvae only")
         if self.latent_dim % self.vq_code_dim:
@@ -134,7 +157,7 @@ class PythaeDriveConfig:
         return get_spec(self.model)
 
     @property
-    def input_dim(self) -> Tuple[int, ...]:
+    def input_dim(self) -> tuple[int, ...]:
         """pythae's ``input_dim``: (C, X, Y) or (C, S, X, Y)."""
         return (self.in_channels,) + tuple(self.input_shape)
 
@@ -159,8 +182,9 @@ class PythaeDriveConfig:
         from .recon_losses import build_elementwise_loss
 
         if self.reconstruction_loss != "custom" and self.custom_loss_class is not None:
-            raise PythaeDriveConfigError("custom_loss_class is set but reconstruction_loss is "
-                                         f"{self.reconstruction_loss!r}, not 'custom'")
+            raise PythaeDriveConfigError(
+                f"custom_loss_class is set but reconstruction_loss is {self.reconstruction_loss!r}, not 'custom'"
+            )
         if not self.wraps_reconstruction:
             return None
         try:
@@ -173,25 +197,33 @@ class PythaeDriveConfig:
         """A fresh pythae config instance (pythae models mutate theirs) with defaults < model_params."""
         spec = self.spec
         valid = editable_fields(spec.name)
-        params: Dict[str, Any] = dict(spec.defaults)
-        owned = {"input_dim": self.input_dim, "latent_dim": self.latent_dim,
-                 "reconstruction_loss": self.native_reconstruction_loss}
+        params: dict[str, Any] = dict(spec.defaults)
+        owned = {
+            "input_dim": self.input_dim,
+            "latent_dim": self.latent_dim,
+            "reconstruction_loss": self.native_reconstruction_loss,
+        }
         for key, value in self.model_params.items():
             if key in BOOKKEEPING:
                 if key == "name" and value not in (spec.config_cls.__name__, None):
-                    raise PythaeDriveConfigError(f"model_params are for {spec.config_cls.__name__} "
-                                                 f"(model {spec.name!r}), not {value}")
+                    raise PythaeDriveConfigError(
+                        f"model_params are for {spec.config_cls.__name__} (model {spec.name!r}), not {value}"
+                    )
                 continue
             if key in DRIVE_OWNED:
                 mine = self.reconstruction_loss if key == "reconstruction_loss" else owned[key]
                 theirs = tuple(value) if isinstance(value, list) else value
                 if theirs is not None and theirs != mine:
-                    raise PythaeDriveConfigError(f"model_params§{key}={value!r} conflicts with the drive's "
-                                                 f"{key} ({mine!r}); set it there instead")
+                    raise PythaeDriveConfigError(
+                        f"model_params§{key}={value!r} conflicts with the drive's "
+                        f"{key} ({mine!r}); set it there instead"
+                    )
                 continue
             if key not in valid:
-                raise PythaeDriveConfigError(f"unknown {spec.name} parameter {key!r}; valid fields of "
-                                             f"{spec.config_cls.__name__}: {', '.join(valid) or '(none)'}")
+                raise PythaeDriveConfigError(
+                    f"unknown {spec.name} parameter {key!r}; valid fields of "
+                    f"{spec.config_cls.__name__}: {', '.join(valid) or '(none)'}"
+                )
             params[key] = value
         if "reconstruction_loss" not in {f.name for f in fields(spec.config_cls)}:
             owned.pop("reconstruction_loss")

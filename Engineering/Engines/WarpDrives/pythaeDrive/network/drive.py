@@ -65,12 +65,14 @@ Validation: ``drive.needs_grad_in_eval`` is True for hvae, rhvae and rae_gp, who
 itself calls ``torch.autograd.grad``: forward() enables grad itself, but it cannot inside
 ``torch.inference_mode`` -- use ``Trainer(inference_mode=False)`` for these models.
 """
+
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -94,11 +96,11 @@ class OptimiserSpec:
     """One optimiser: its name, torch param groups, and the loss (key of DriveOutput.losses) it minimises."""
 
     name: str
-    param_groups: List[Dict[str, Any]]
+    param_groups: list[dict[str, Any]]
     loss_key: str
 
     @property
-    def params(self) -> List[nn.Parameter]:
+    def params(self) -> list[nn.Parameter]:
         return [p for g in self.param_groups for p in g["params"]]
 
 
@@ -112,8 +114,8 @@ class StepLoss:
     """
 
     optimiser: str
-    loss: Optional[Tensor]
-    params: Optional[List[nn.Parameter]]
+    loss: Tensor | None
+    params: list[nn.Parameter] | None
     retain_graph: bool
 
 
@@ -133,15 +135,15 @@ class DriveOutput:
     """
 
     loss: Tensor
-    losses: Dict[str, Tensor]
+    losses: dict[str, Tensor]
     recon: Tensor
     z: Tensor
-    recon_index: Optional[Tensor] = None
-    updates: Dict[str, bool] = field(default_factory=dict)
+    recon_index: Tensor | None = None
+    updates: dict[str, bool] = field(default_factory=dict)
     raw: Any = None
 
 
-def _encoder_kwargs(spec: ModelSpec, cfg: PythaeDriveConfig, mcfg) -> Dict[str, Any]:
+def _encoder_kwargs(spec: ModelSpec, cfg: PythaeDriveConfig, mcfg) -> dict[str, Any]:
     kind = spec.encoder_kind
     if kind == "vae":
         return {"log_covariance": True}
@@ -149,8 +151,11 @@ def _encoder_kwargs(spec: ModelSpec, cfg: PythaeDriveConfig, mcfg) -> Dict[str, 
         return {"log_concentration": True}
     if kind == "pvae":  # pythae reads log_concentration as the scale of a Riemannian-normal posterior
         riemannian = mcfg.posterior_distribution == "riemannian_normal"
-        return {"log_covariance": not riemannian, "log_concentration": riemannian,
-                "poincare_curvature": float(mcfg.curvature)}
+        return {
+            "log_covariance": not riemannian,
+            "log_concentration": riemannian,
+            "poincare_curvature": float(mcfg.curvature),
+        }
     if kind == "vqvae":
         return {"vq_code_dim": cfg.vq_code_dim}
     return {}
@@ -180,10 +185,11 @@ class PythaeDrive(nn.Module):
 
     def _networks(self, config: PythaeDriveConfig, mcfg):
         geo = Geometry(config.in_channels, tuple(config.input_shape), config.n_levels)
-        encoder = Encoder(geo, config.nn, config.n_features, config.latent_dim,
-                          **_encoder_kwargs(self.spec, config, mcfg))
+        encoder = Encoder(
+            geo, config.nn, config.n_features, config.latent_dim, **_encoder_kwargs(self.spec, config, mcfg)
+        )
         decoder = Decoder(geo, config.nn, config.n_features, config.latent_dim, config.decoder_activation)
-        extra: Dict[str, nn.Module] = {}
+        extra: dict[str, nn.Module] = {}
         if "image_discriminator" in self.spec.extra_nets:
             extra["discriminator"] = Discriminator(geo, config.nn, config.n_features)
         if "metric" in self.spec.extra_nets:
@@ -204,7 +210,7 @@ class PythaeDrive(nn.Module):
     def needs_grad_in_eval(self) -> bool:
         return self.spec.needs_autograd
 
-    def _unpack(self, batch: Union[Tensor, Mapping[str, Any]]):
+    def _unpack(self, batch: Tensor | Mapping[str, Any]):
         if isinstance(batch, Tensor):
             return batch, None
         key = self.config.data_key
@@ -212,21 +218,28 @@ class PythaeDrive(nn.Module):
             raise KeyError(f"batch has no image under {key!r} (data_key); keys: {sorted(batch)}")
         return batch[key], batch.get(self.config.mask_key)
 
-    def _aux(self, batch: Union[Tensor, Mapping[str, Any]]) -> Dict[str, Any]:
+    def _aux(self, batch: Tensor | Mapping[str, Any]) -> dict[str, Any]:
         """The batch entries besides the image that the model reads (``ModelSpec.aux_inputs``)."""
         if isinstance(batch, Tensor):
             return {}
         return {k: batch[k] for k in self.spec.aux_inputs if k in batch}
 
-    def forward(self, batch: Union[Tensor, Mapping[str, Any]], epoch: Optional[int] = None,
-                dataset_size: Optional[int] = None, **model_kwargs) -> DriveOutput:
+    def forward(
+        self,
+        batch: Tensor | Mapping[str, Any],
+        epoch: int | None = None,
+        dataset_size: int | None = None,
+        **model_kwargs,
+    ) -> DriveOutput:
         x, mask = self._unpack(batch)
         if self.spec.name == "rae_gp":  # pythae calls requires_grad_() on its input: give it its own leaf
             x = x.detach()
         if self.recon_loss is not None:
             if self.recon_loss.takes_mask and mask is None:
-                raise ValueError(f"reconstruction loss {self.recon_loss.name} needs a mask in the batch "
-                                 f"under {self.config.mask_key!r} (mask_key)")
+                raise ValueError(
+                    f"reconstruction loss {self.recon_loss.name} needs a mask in the batch "
+                    f"under {self.config.mask_key!r} (mask_key)"
+                )
             data = ReconTarget.wrap(x, self.recon_loss, mask)
         else:
             data = x
@@ -237,20 +250,28 @@ class PythaeDrive(nn.Module):
         grad_ctx = nullcontext()
         if self.spec.needs_autograd and not torch.is_grad_enabled():
             if torch.is_inference_mode_enabled():
-                raise RuntimeError(f"{self.spec.name} calls autograd.grad in its forward pass and cannot run under "
-                                   "torch.inference_mode; use Trainer(inference_mode=False)")
+                raise RuntimeError(
+                    f"{self.spec.name} calls autograd.grad in its forward pass and cannot run under "
+                    "torch.inference_mode; use Trainer(inference_mode=False)"
+                )
             grad_ctx = torch.enable_grad()
         with grad_ctx, warnings.catch_warnings():
             for msg in _STEP_WARNINGS:
                 warnings.filterwarnings("ignore", message=msg)
             raw = self.model({"data": data, **self._aux(batch)}, **model_kwargs)
-        losses = {k: v for k, v in raw.items()
-                  if k.endswith("loss") and isinstance(v, Tensor) and v.dim() == 0}
+        losses = {k: v for k, v in raw.items() if k.endswith("loss") and isinstance(v, Tensor) and v.dim() == 0}
         updates = {p.name: bool(raw[p.update_flag]) if p.update_flag else True for p in self.spec.optimisers}
-        return DriveOutput(loss=raw["loss"], losses=losses, recon=raw["recon_x"], z=raw["z"],
-                           recon_index=raw.get("recon_x_indices"), updates=updates, raw=raw)
+        return DriveOutput(
+            loss=raw["loss"],
+            losses=losses,
+            recon=raw["recon_x"],
+            z=raw["z"],
+            recon_index=raw.get("recon_x_indices"),
+            updates=updates,
+            raw=raw,
+        )
 
-    def _build_specs(self) -> List[OptimiserSpec]:
+    def _build_specs(self) -> list[OptimiserSpec]:
         specs = []
         for plan in self.spec.optimisers:
             if not plan.modules:  # everything trainable in the drive (incl. a custom loss's own weights)
@@ -269,23 +290,24 @@ class PythaeDrive(nn.Module):
             specs.append(OptimiserSpec(plan.name, groups, plan.loss))
         return specs
 
-    def optimiser_specs(self) -> List[OptimiserSpec]:
+    def optimiser_specs(self) -> list[OptimiserSpec]:
         """One spec per optimiser, in the order the engine should create them."""
         return list(self._specs)
 
-    def param_groups(self, optimiser: Optional[str] = None) -> List[Dict[str, Any]]:
+    def param_groups(self, optimiser: str | None = None) -> list[dict[str, Any]]:
         """torch param groups of ``optimiser`` (default: the only one)."""
         if optimiser is None:
             if len(self._specs) > 1:
-                raise ValueError(f"{self.spec.name} has several optimisers "
-                                 f"({', '.join(s.name for s in self._specs)}); name one")
+                raise ValueError(
+                    f"{self.spec.name} has several optimisers ({', '.join(s.name for s in self._specs)}); name one"
+                )
             return self._specs[0].param_groups
         for s in self._specs:
             if s.name == optimiser:
                 return s.param_groups
         raise ValueError(f"{self.spec.name} has no optimiser {optimiser!r}")
 
-    def losses_for_step(self, output: DriveOutput) -> List[StepLoss]:
+    def losses_for_step(self, output: DriveOutput) -> list[StepLoss]:
         """The loss each optimiser backpropagates on this batch, in ``optimiser_specs()`` order."""
         if not self.is_multi_optimiser:
             return [StepLoss(self._specs[0].name, output.loss, None, False)]
@@ -303,7 +325,7 @@ class PythaeDrive(nn.Module):
         self.model.update()
 
     # ----------------------------------------------------------------- inference
-    def _unwrap_input(self, x: Union[Tensor, Mapping[str, Any]]) -> Tensor:
+    def _unwrap_input(self, x: Tensor | Mapping[str, Any]) -> Tensor:
         return self._unpack(x)[0] if not isinstance(x, Tensor) else x
 
     def _quantise(self, emb: Tensor) -> Tensor:
@@ -326,7 +348,7 @@ class PythaeDrive(nn.Module):
             emb = emb / emb.norm(dim=-1, keepdim=True)
         return emb
 
-    def embed(self, x: Union[Tensor, Mapping[str, Any]]) -> Tensor:
+    def embed(self, x: Tensor | Mapping[str, Any]) -> Tensor:
         """(B, latent_dim) latent: posterior mean / embedding; vqvae: quantised code, flattened."""
         x = self._unwrap_input(x)
         emb = self._posterior_mean(x)
@@ -344,7 +366,7 @@ class PythaeDrive(nn.Module):
                 z = layer(z).out
         return z
 
-    def reconstruct(self, x: Union[Tensor, Mapping[str, Any]]) -> Tensor:
+    def reconstruct(self, x: Tensor | Mapping[str, Any]) -> Tensor:
         """Deterministic reconstruction, same shape as the input image: the decoder of ``embed(x)``."""
         return self.decode(self.embed(x))
 

@@ -26,11 +26,12 @@ pvae also needs the embedding to lie on the Poincaré ball: the encoder maps it 
 the ball's exponential map at 0 (as in Mathieu et al., 2019) and pythae's own projection,
 which keeps it a float-safe distance inside the boundary (on it, pythae's KL is NaN).
 """
+
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -52,7 +53,7 @@ class Geometry:
     """
 
     in_channels: int
-    input_shape: Tuple[int, ...]
+    input_shape: tuple[int, ...]
     n_levels: int = 3
 
     @property
@@ -60,22 +61,22 @@ class Geometry:
         return len(self.input_shape)
 
     @property
-    def halvings(self) -> Tuple[int, ...]:
+    def halvings(self) -> tuple[int, ...]:
         # an axis of length n is halved at most floor(log2(n)) times
         return tuple(min(self.n_levels, int(math.floor(math.log2(n)))) if n > 1 else 0 for n in self.input_shape)
 
     @property
-    def padded_shape(self) -> Tuple[int, ...]:
-        return tuple(-(-n // 2 ** k) * 2 ** k for n, k in zip(self.input_shape, self.halvings))
+    def padded_shape(self) -> tuple[int, ...]:
+        return tuple(-(-n // 2**k) * 2**k for n, k in zip(self.input_shape, self.halvings))
 
     @property
-    def bottleneck_shape(self) -> Tuple[int, ...]:
-        return tuple(p // 2 ** k for p, k in zip(self.padded_shape, self.halvings))
+    def bottleneck_shape(self) -> tuple[int, ...]:
+        return tuple(p // 2**k for p, k in zip(self.padded_shape, self.halvings))
 
-    def strides(self, level: int) -> Tuple[int, ...]:
+    def strides(self, level: int) -> tuple[int, ...]:
         return tuple(2 if level < k else 1 for k in self.halvings)
 
-    def pad_widths(self) -> List[Tuple[int, int]]:
+    def pad_widths(self) -> list[tuple[int, int]]:
         """(before, after) zero padding per axis, in axis order."""
         out = []
         for n, p in zip(self.input_shape, self.padded_shape):
@@ -93,7 +94,7 @@ def _norm(ch: int) -> nn.GroupNorm:
     return nn.GroupNorm(groups, ch)
 
 
-def _widths(n_features: int, n_levels: int) -> List[int]:
+def _widths(n_features: int, n_levels: int) -> list[int]:
     # width after the stem and after each downsampling stage, capped at 8x
     return [n_features * 2 ** min(i, 3) for i in range(n_levels + 1)]
 
@@ -102,7 +103,7 @@ def _pad(x: torch.Tensor, geo: Geometry) -> torch.Tensor:
     widths = geo.pad_widths()
     if not any(a or b for a, b in widths):
         return x
-    flat: List[int] = []
+    flat: list[int] = []
     for a, b in reversed(widths):  # F.pad lists the last axis first
         flat += [a, b]
     return F.pad(x, flat)
@@ -121,8 +122,12 @@ class ResBlock(nn.Module):
     def __init__(self, ndim: int, ch: int):
         super().__init__()
         self.body = nn.Sequential(
-            _norm(ch), nn.SiLU(), _conv(ndim, ch, ch, 3, padding=1),
-            _norm(ch), nn.SiLU(), _conv(ndim, ch, ch, 3, padding=1),
+            _norm(ch),
+            nn.SiLU(),
+            _conv(ndim, ch, ch, 3, padding=1),
+            _norm(ch),
+            nn.SiLU(),
+            _conv(ndim, ch, ch, 3, padding=1),
         )
 
     def forward(self, x):
@@ -136,7 +141,7 @@ def _down(ndim: int, c_in: int, c_out: int, stride: Sequence[int]) -> nn.Module:
 
 
 def _up(ndim: int, c_in: int, c_out: int, stride: Sequence[int]) -> nn.Module:
-    layers: List[nn.Module] = []
+    layers: list[nn.Module] = []
     if any(s > 1 for s in stride):
         layers.append(nn.Upsample(scale_factor=tuple(float(s) for s in stride), mode="nearest"))
     layers.append(_conv(ndim, c_in, c_out, 3, padding=1))
@@ -157,7 +162,7 @@ class Trunk(nn.Module):
         nd, w = geo.ndim, _widths(n_features, geo.n_levels)
         stages = [_conv(nd, geo.in_channels, w[0], 3, padding=1)]
         for lvl in range(geo.n_levels):
-            body: List[nn.Module] = [ResBlock(nd, w[lvl])] if family == "resnet" else []
+            body: list[nn.Module] = [ResBlock(nd, w[lvl])] if family == "resnet" else []
             body += [_down(nd, w[lvl], w[lvl + 1], geo.strides(lvl)), _norm(w[lvl + 1]), nn.SiLU()]
             stages.append(nn.Sequential(*body))
         if family == "resnet":
@@ -197,9 +202,17 @@ class Encoder(BaseEncoder):
     vq_code_dim: > 1 returns a (B, vq_code_dim, latent_dim // vq_code_dim, 1) token grid (vqvae).
     """
 
-    def __init__(self, geo: Geometry, family: str, n_features: int, latent_dim: int,
-                 log_covariance: bool = False, log_concentration: bool = False,
-                 poincare_curvature: Optional[float] = None, vq_code_dim: int = 1):
+    def __init__(
+        self,
+        geo: Geometry,
+        family: str,
+        n_features: int,
+        latent_dim: int,
+        log_covariance: bool = False,
+        log_concentration: bool = False,
+        poincare_curvature: float | None = None,
+        vq_code_dim: int = 1,
+    ):
         BaseEncoder.__init__(self)
         if vq_code_dim < 1 or latent_dim % vq_code_dim:
             raise ValueError(f"vq_code_dim ({vq_code_dim}) must divide latent_dim ({latent_dim})")
@@ -233,8 +246,9 @@ class Decoder(BaseDecoder):
     output_activation: 'identity', 'sigmoid' (needed by BCE) or 'tanh'.
     """
 
-    def __init__(self, geo: Geometry, family: str, n_features: int, latent_dim: int,
-                 output_activation: str = "identity"):
+    def __init__(
+        self, geo: Geometry, family: str, n_features: int, latent_dim: int, output_activation: str = "identity"
+    ):
         BaseDecoder.__init__(self)
         if family not in FAMILIES:
             raise ValueError(f"unknown network family {family!r}; valid: {', '.join(FAMILIES)}")
@@ -244,7 +258,7 @@ class Decoder(BaseDecoder):
         self.geo, self.latent_dim = geo, latent_dim
         nd, w = geo.ndim, _widths(n_features, geo.n_levels)
         self.fc = nn.Linear(latent_dim, w[-1] * math.prod(geo.bottleneck_shape))
-        stages: List[nn.Module] = [ResBlock(nd, w[-1])] if family == "resnet" else []
+        stages: list[nn.Module] = [ResBlock(nd, w[-1])] if family == "resnet" else []
         for lvl in reversed(range(geo.n_levels)):
             stages += [_up(nd, w[lvl + 1], w[lvl], geo.strides(lvl)), _norm(w[lvl]), nn.SiLU()]
             if family == "resnet":
@@ -274,13 +288,16 @@ class Discriminator(BaseDiscriminator):
         BaseDiscriminator.__init__(self)
         self.geo = geo
         trunk = Trunk(geo, family, n_features)
-        self.layers = nn.ModuleList(list(trunk.stages) + [
-            nn.Sequential(nn.Flatten(1), nn.Linear(trunk.out_features, hidden), nn.LeakyReLU(0.2)),
-            nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid()),
-        ])
+        self.layers = nn.ModuleList(
+            list(trunk.stages)
+            + [
+                nn.Sequential(nn.Flatten(1), nn.Linear(trunk.out_features, hidden), nn.LeakyReLU(0.2)),
+                nn.Sequential(nn.Linear(hidden, 1), nn.Sigmoid()),
+            ]
+        )
         self.depth = len(self.layers)
 
-    def forward(self, x: torch.Tensor, output_layer_levels: Optional[List[int]] = None) -> ModelOutput:
+    def forward(self, x: torch.Tensor, output_layer_levels: list[int] | None = None) -> ModelOutput:
         out = ModelOutput()
         max_depth = self.depth
         if output_layer_levels is not None:
@@ -292,8 +309,9 @@ class Discriminator(BaseDiscriminator):
         h = _pad(x, self.geo)
         for i in range(max_depth):
             h = self.layers[i](h)
-            if output_layer_levels is not None and (i + 1 in output_layer_levels
-                                                    or (-1 in output_layer_levels and i + 1 == self.depth)):
+            if output_layer_levels is not None and (
+                i + 1 in output_layer_levels or (-1 in output_layer_levels and i + 1 == self.depth)
+            ):
                 out[f"embedding_layer_{i + 1}"] = h
             if i + 1 == self.depth:
                 out["embedding"] = h

@@ -12,6 +12,7 @@ Every other model is used as pythae ships it.
   would lose it and ``.to(device)`` would not move it. This subclass saves it as module
   extra state (one tensor), moves it with the module, and skips ``update()`` when nothing was gathered.
 """
+
 from __future__ import annotations
 
 from collections import deque
@@ -63,8 +64,8 @@ class RHVAE(_RHVAE):
         device = next(self.parameters()).device
         state = state.to(device)
         pending_M, pending_c = self.M, self.centroids  # keep what this epoch gathered so far
-        self.M = deque([state[:, :d * d].reshape(-1, d, d)])
-        self.centroids = deque([state[:, d * d:]])
+        self.M = deque([state[:, : d * d].reshape(-1, d, d)])
+        self.centroids = deque([state[:, d * d :]])
         super().update()
         self.M, self.centroids = pending_M, pending_c
         self._metric_updated = True

@@ -40,13 +40,15 @@ to (N, C, [S,] X, Y) and their element-wise result reshaped back. LPIPS (the anc
 offered: its weights are downloaded when it is built, which this pipeline never does (``perceptual`` with a local
 file is the alternative; Engineering/config/ancestor.py refuses ``--lossID -2`` saying so).
 """
+
 from __future__ import annotations
 
 import importlib
 import inspect
 import math
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -90,7 +92,7 @@ class MaskedMSE(nn.Module):
     ``data_mask_mode`` 2); 0/1 or soft weights, broadcastable to the image.
     """
 
-    def forward(self, recon: T, target: T, mask: Optional[T] = None) -> T:
+    def forward(self, recon: T, target: T, mask: T | None = None) -> T:
         if mask is None:
             raise ValueError(f"{type(self).__name__} needs a mask in the batch (see mask_key)")
         return mask * (recon - target) ** 2
@@ -99,7 +101,7 @@ class MaskedMSE(nn.Module):
 class MaskedL1(nn.Module):
     """mask * |recon - target| (a mask is required)."""
 
-    def forward(self, recon: T, target: T, mask: Optional[T] = None) -> T:
+    def forward(self, recon: T, target: T, mask: T | None = None) -> T:
         if mask is None:
             raise ValueError(f"{type(self).__name__} needs a mask in the batch (see mask_key)")
         return mask * (recon - target).abs()
@@ -114,7 +116,7 @@ class MaskedRecon(nn.Module):
     ancestor's per-sample sum. The mask is the batch's (``data_mask_mode`` 2 puts meta_mask.h5 there).
     """
 
-    def __init__(self, loss_fn: str = "mse", mode: Union[int, str] = 0):
+    def __init__(self, loss_fn: str = "mse", mode: int | str = 0):
         super().__init__()
         fn = str(loss_fn).lower()
         if fn not in ("mse", "l1", "mae"):
@@ -124,9 +126,9 @@ class MaskedRecon(nn.Module):
         self.loss_fn, self.mode = ("l1" if fn == "mae" else fn), int(str(mode))
 
     def _err(self, d: T) -> T:
-        return d ** 2 if self.loss_fn == "mse" else d.abs()
+        return d**2 if self.loss_fn == "mse" else d.abs()
 
-    def forward(self, recon: T, target: T, mask: Optional[T] = None) -> T:
+    def forward(self, recon: T, target: T, mask: T | None = None) -> T:
         if mask is None:
             raise ValueError("masked loss needs a mask in the batch (data§data_mask_mode 2; see mask_key)")
         out = self._err(mask * target - mask * recon)
@@ -144,8 +146,15 @@ class _SSIMParams(nn.Module):
     needs_image = True
     label = "ssim"
 
-    def __init__(self, data_range: float = 1.0, gaussian_kernel: bool = True, sigma: float = 1.5,
-                 kernel_size: int = 11, k1: float = 0.01, k2: float = 0.03):
+    def __init__(
+        self,
+        data_range: float = 1.0,
+        gaussian_kernel: bool = True,
+        sigma: float = 1.5,
+        kernel_size: int = 11,
+        k1: float = 0.01,
+        k2: float = 0.03,
+    ):
         super().__init__()
         if not float(data_range) > 0 or not float(sigma) > 0:
             raise ValueError(f"{self.label}: data_range and sigma must be > 0, got {data_range!r}, {sigma!r}")
@@ -154,8 +163,14 @@ class _SSIMParams(nn.Module):
         # with a Gaussian window torchmetrics pads by the window that sigma implies but pads the depth axis of
         # volumes by kernel_size: pass the implied size so the SSIM map keeps the image's shape in 2D and 3D
         size = _gauss_size(float(sigma)) if gaussian_kernel else int(kernel_size)
-        self.kw = dict(data_range=float(data_range), gaussian_kernel=bool(gaussian_kernel), sigma=float(sigma),
-                       kernel_size=size, k1=float(k1), k2=float(k2))
+        self.kw = dict(
+            data_range=float(data_range),
+            gaussian_kernel=bool(gaussian_kernel),
+            sigma=float(sigma),
+            kernel_size=size,
+            k1=float(k1),
+            k2=float(k2),
+        )
 
     @property
     def pad(self) -> int:
@@ -170,8 +185,10 @@ class _SSIMParams(nn.Module):
         n = len(input_shape)
         need = [self.min_size(i, n) for i in range(n)]
         if any(s < m for s, m in zip(input_shape, need)):
-            raise ValueError(f"reconstruction_loss {self.label} needs input_shape of at least {need} with "
-                             f"{self.describe()}, got {list(input_shape)}")
+            raise ValueError(
+                f"reconstruction_loss {self.label} needs input_shape of at least {need} with "
+                f"{self.describe()}, got {list(input_shape)}"
+            )
 
     def describe(self) -> str:
         return f"a {self.kw['kernel_size']}-wide window"
@@ -195,8 +212,10 @@ class SSIM(_SSIMParams):
 
         _, full = ssim(recon, target, reduction="none", return_full_image=True, **self.kw)
         if full.shape != recon.shape:  # a torchmetrics that crops its map would break the element-wise contract
-            raise ValueError(f"ssim: torchmetrics returned a map of shape {tuple(full.shape)} for images of shape "
-                             f"{tuple(recon.shape)}")
+            raise ValueError(
+                f"ssim: torchmetrics returned a map of shape {tuple(full.shape)} for images of shape "
+                f"{tuple(recon.shape)}"
+            )
         return 1 - full
 
 
@@ -215,8 +234,9 @@ class MSSSIM(_SSIMParams):
 
     label = "ms_ssim"
 
-    def __init__(self, betas: Sequence[float] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333),
-                 normalize: Optional[str] = "relu", **kw):
+    def __init__(
+        self, betas: Sequence[float] = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333), normalize: str | None = "relu", **kw
+    ):
         super().__init__(**kw)
         self.betas = tuple(float(b) for b in betas)
         if not self.betas:
@@ -231,12 +251,14 @@ class MSSSIM(_SSIMParams):
         need = max(self.pad + 1, 2) * 2 ** (n - 1)
         if axis >= n_axes - 2:  # torchmetrics' own checks on the last two axes
             div = max(1, n - 1) ** 2
-            need = max(need, 2 ** n, self.kw["kernel_size"] * div)
+            need = max(need, 2**n, self.kw["kernel_size"] * div)
         return need
 
     def describe(self) -> str:
-        return (f"{len(self.betas)} scales and a {self.kw['kernel_size']}-wide window "
-                "(fewer betas or a smaller sigma lower it)")
+        return (
+            f"{len(self.betas)} scales and a {self.kw['kernel_size']}-wide window "
+            "(fewer betas or a smaller sigma lower it)"
+        )
 
     def forward(self, recon: T, target: T) -> T:
         from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as msssim
@@ -269,18 +291,24 @@ class Perceptual(nn.Module):
 
     needs_image = True
 
-    def __init__(self, network: Optional[str] = None, n_level: Optional[int] = None, feature_loss: str = "l1"):
+    def __init__(self, network: str | None = None, n_level: int | None = None, feature_loss: str = "l1"):
         super().__init__()
         if not network:
-            raise ValueError("perceptual loss needs a local network file: custom_loss_params§network PATH "
-                             "(.safetensors or a torch weights file; nothing is downloaded)")
+            raise ValueError(
+                "perceptual loss needs a local network file: custom_loss_params§network PATH "
+                "(.safetensors or a torch weights file; nothing is downloaded)"
+            )
         if feature_loss not in ("l1", "mse"):
             raise ValueError(f"perceptual loss: feature_loss must be 'l1' or 'mse', got {feature_loss!r}")
         self.feature_loss = feature_loss
         levels, self.mean, self.std = _read_feature_net(Path(str(network)).expanduser())
         # None or inf (the ancestor's default): every level of the file
-        if n_level is not None and not (isinstance(n_level, (int, float)) and not isinstance(n_level, bool)
-                                        and n_level >= 1 and (math.isinf(n_level) or n_level == int(n_level))):
+        if n_level is not None and not (
+            isinstance(n_level, (int, float))
+            and not isinstance(n_level, bool)
+            and n_level >= 1
+            and (math.isinf(n_level) or n_level == int(n_level))
+        ):
             raise ValueError(f"perceptual loss: n_level must be a positive integer, got {n_level!r}")
         keep = len(levels) if n_level is None or n_level >= len(levels) else int(n_level)
         self.levels = levels[:keep]
@@ -292,16 +320,21 @@ class Perceptual(nn.Module):
     def check_shape(self, input_shape: Sequence[int], in_channels: int, is3D: bool) -> None:
         """Refuse (one line) data the network cannot take: other dimensionality, channels, too small."""
         if is3D != self.is3D:
-            raise ValueError(f"perceptual loss: the network file holds {'3D' if self.is3D else '2D'} convolutions, "
-                             f"the data is {'3D' if is3D else '2D'}")
+            raise ValueError(
+                f"perceptual loss: the network file holds {'3D' if self.is3D else '2D'} convolutions, "
+                f"the data is {'3D' if is3D else '2D'}"
+            )
         if in_channels != self.in_channels and not (in_channels == 1 and self.in_channels == 3):
-            raise ValueError(f"perceptual loss: the network takes {self.in_channels} input channels, the data has "
-                             f"{in_channels}")
+            raise ValueError(
+                f"perceptual loss: the network takes {self.in_channels} input channels, the data has {in_channels}"
+            )
         need = 2 ** (len(self.levels) - 1)
         if min(input_shape) < need:
-            raise ValueError(f"perceptual loss: {len(self.levels)} levels halve the image {len(self.levels) - 1} "
-                             f"times: input_shape must be at least {need} on every axis (or lower n_level), got "
-                             f"{list(input_shape)}")
+            raise ValueError(
+                f"perceptual loss: {len(self.levels)} levels halve the image {len(self.levels) - 1} "
+                f"times: input_shape must be at least {need} on every axis (or lower n_level), got "
+                f"{list(input_shape)}"
+            )
 
     def forward(self, recon: T, target: T) -> T:
         net = self._frozen[0]
@@ -322,13 +355,13 @@ class Perceptual(nn.Module):
                 x, y = pool(x, 2), pool(y, 2)
             x, y = level(x), level(y)
             d = x - y
-            err = d.abs() if self.feature_loss == "l1" else d ** 2
+            err = d.abs() if self.feature_loss == "l1" else d**2
             total = total + err.reshape(err.shape[0], -1).mean(dim=1)
         n = recon[0].numel()
         return (total / n).reshape(-1, *([1] * (recon.dim() - 1))).expand_as(recon)
 
 
-def _read_feature_net(path: Path) -> Tuple[List[List[nn.Module]], Optional[T], Optional[T]]:
+def _read_feature_net(path: Path) -> tuple[list[list[nn.Module]], T | None, T | None]:
     """The conv levels of a perceptual network file (see :class:`Perceptual`), every problem one line."""
     if not path.is_file():
         raise ValueError(f"perceptual loss: network file not found: {path}")
@@ -346,7 +379,7 @@ def _read_feature_net(path: Path) -> Tuple[List[List[nn.Module]], Optional[T], O
         raise ValueError(f"perceptual loss: cannot read network file {path}: {why}") from None
     if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"perceptual loss: {path} must hold a mapping of tensor names to tensors")
-    convs: Dict[Tuple[int, int], Dict[str, T]] = {}
+    convs: dict[tuple[int, int], dict[str, T]] = {}
     extra = {}
     for key, value in state.items():
         parts = key.split(".")
@@ -355,21 +388,25 @@ def _read_feature_net(path: Path) -> Tuple[List[List[nn.Module]], Optional[T], O
         elif key in ("mean", "std"):
             extra[key] = value.float().flatten()
         else:
-            raise ValueError(f"perceptual loss: {path}: unexpected tensor {key!r} (expected '<level>.<layer>.weight' "
-                             "/ '.bias', 'mean', 'std')")
+            raise ValueError(
+                f"perceptual loss: {path}: unexpected tensor {key!r} (expected '<level>.<layer>.weight' "
+                "/ '.bias', 'mean', 'std')"
+            )
     if not convs:
         raise ValueError(f"perceptual loss: {path} holds no '<level>.<layer>.weight' convolution kernels")
-    levels: List[List[nn.Module]] = []
+    levels: list[list[nn.Module]] = []
     prev_out = None
     for lv in sorted({lv for lv, _ in convs}):
         if lv != len(levels):
             raise ValueError(f"perceptual loss: {path}: levels must be numbered 0, 1, ... without gaps")
-        layers: List[nn.Module] = []
+        layers: list[nn.Module] = []
         for (_, _), p in sorted((k, v) for k, v in convs.items() if k[0] == lv):
             w = p.get("weight")
             if w is None or w.dim() not in (4, 5) or len(set(w.shape[2:])) != 1 or w.shape[2] % 2 == 0:
-                raise ValueError(f"perceptual loss: {path}: level {lv} needs odd square convolution kernels "
-                                 "(out, in, k, k) or (out, in, k, k, k)")
+                raise ValueError(
+                    f"perceptual loss: {path}: level {lv} needs odd square convolution kernels "
+                    "(out, in, k, k) or (out, in, k, k, k)"
+                )
             if prev_out is not None and w.shape[1] != prev_out:
                 raise ValueError(f"perceptual loss: {path}: level {lv} takes {w.shape[1]} channels after {prev_out}")
             conv_cls = nn.Conv3d if w.dim() == 5 else nn.Conv2d
@@ -386,10 +423,17 @@ def _read_feature_net(path: Path) -> Tuple[List[List[nn.Module]], Optional[T], O
     return levels, extra.get("mean"), extra.get("std")
 
 
-BUILTIN_CUSTOM_LOSSES: Dict[str, type] = {"masked_mse": MaskedMSE, "masked_l1": MaskedL1, "masked": MaskedRecon}
+BUILTIN_CUSTOM_LOSSES: dict[str, type] = {"masked_mse": MaskedMSE, "masked_l1": MaskedL1, "masked": MaskedRecon}
 # reconstruction_loss names with their own class here (custom_loss_params are their keyword arguments)
-NAMED_LOSSES: Dict[str, type] = {"l1": L1, "bce": BCE, "smooth_l1": SmoothL1, "ssim": SSIM, "ms_ssim": MSSSIM,
-                                 "masked": MaskedRecon, "perceptual": Perceptual}
+NAMED_LOSSES: dict[str, type] = {
+    "l1": L1,
+    "bce": BCE,
+    "smooth_l1": SmoothL1,
+    "ssim": SSIM,
+    "ms_ssim": MSSSIM,
+    "masked": MaskedRecon,
+    "perceptual": Perceptual,
+}
 
 
 class ElementwiseLoss(nn.Module):
@@ -409,30 +453,38 @@ class ElementwiseLoss(nn.Module):
         except (TypeError, ValueError):
             self.takes_mask = False
 
-    def forward(self, recon: T, target: T, mask: Optional[T] = None,
-                sample_shape: Optional[Tuple[int, ...]] = None) -> T:
+    def forward(self, recon: T, target: T, mask: T | None = None, sample_shape: tuple[int, ...] | None = None) -> T:
         view = recon.shape
         if self.needs_image:
             n = math.prod(sample_shape) if sample_shape else 0
             if not n or recon.numel() % n or recon.shape != target.shape:
-                raise ValueError(f"reconstruction loss {self.name} compares whole images of shape {sample_shape}; "
-                                 f"got views of shape {tuple(recon.shape)} and {tuple(target.shape)}")
+                raise ValueError(
+                    f"reconstruction loss {self.name} compares whole images of shape {sample_shape}; "
+                    f"got views of shape {tuple(recon.shape)} and {tuple(target.shape)}"
+                )
             recon, target = recon.reshape(-1, *sample_shape), target.reshape(-1, *sample_shape)
             mask = None if mask is None else mask.reshape(-1, *sample_shape)
         out = self.loss(recon, target, mask=mask) if self.takes_mask else self.loss(recon, target)
-        if not isinstance(out, torch.Tensor) or out.shape != torch.broadcast_shapes(out.shape, recon.shape) \
-                or out.numel() != recon.numel():
+        if (
+            not isinstance(out, torch.Tensor)
+            or out.shape != torch.broadcast_shapes(out.shape, recon.shape)
+            or out.numel() != recon.numel()
+        ):
             shape = getattr(out, "shape", type(out).__name__)
-            raise ValueError(f"reconstruction loss {self.name} must return an element-wise loss of shape "
-                             f"{tuple(recon.shape)}, got {shape} (for torch.nn losses use reduction='none')")
+            raise ValueError(
+                f"reconstruction loss {self.name} must return an element-wise loss of shape "
+                f"{tuple(recon.shape)}, got {shape} (for torch.nn losses use reduction='none')"
+            )
         return out.reshape(view) if self.needs_image else out
 
 
 def _import(path: str) -> Any:
     module, sep, name = path.replace(":", ".").rpartition(".")
     if not sep:
-        raise ValueError(f"custom_loss_class {path!r} is neither a built-in "
-                         f"({', '.join(BUILTIN_CUSTOM_LOSSES)}) nor a dotted path 'package.module.Class'")
+        raise ValueError(
+            f"custom_loss_class {path!r} is neither a built-in "
+            f"({', '.join(BUILTIN_CUSTOM_LOSSES)}) nor a dotted path 'package.module.Class'"
+        )
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError) as exc:
@@ -446,8 +498,9 @@ def _build(cls: type, params: Mapping[str, Any], what: str):
         raise ValueError(f"cannot build {what} with custom_loss_params {dict(params)}: {exc}") from None
 
 
-def build_elementwise_loss(kind: str, custom_class: Union[str, type, None] = None,
-                           custom_params: Optional[Mapping[str, Any]] = None) -> ElementwiseLoss:
+def build_elementwise_loss(
+    kind: str, custom_class: str | type | None = None, custom_params: Mapping[str, Any] | None = None
+) -> ElementwiseLoss:
     """The element-wise loss for ``kind``: a name of :data:`NAMED_LOSSES` (``custom_params`` are its keyword
     arguments) or 'custom' (``custom_class`` built with ``custom_params``)."""
     params = dict(custom_params or {})
@@ -456,8 +509,10 @@ def build_elementwise_loss(kind: str, custom_class: Union[str, type, None] = Non
     if kind != "custom":
         raise ValueError(f"no element-wise loss for reconstruction_loss={kind!r}")
     if custom_class is None:
-        raise ValueError("reconstruction_loss='custom' needs custom_loss_class "
-                         f"(a built-in: {', '.join(BUILTIN_CUSTOM_LOSSES)}, or 'package.module.Class')")
+        raise ValueError(
+            "reconstruction_loss='custom' needs custom_loss_class "
+            f"(a built-in: {', '.join(BUILTIN_CUSTOM_LOSSES)}, or 'package.module.Class')"
+        )
     cls = custom_class
     if isinstance(cls, str):
         cls = BUILTIN_CUSTOM_LOSSES.get(cls) or _import(cls)
@@ -481,11 +536,32 @@ def build_elementwise_loss(kind: str, custom_class: Union[str, type, None] = Non
 # Operations that only move/select elements: the result is still "the data", so it stays a
 # ReconTarget and the mask goes through the same operation.
 _SHAPE_OPS = {
-    T.reshape, T.view, T.flatten, T.unsqueeze, T.squeeze, T.repeat, T.expand, T.__getitem__,
-    T.contiguous, T.clone, T.reshape_as, T.view_as, T.permute, T.transpose, T.index_select,
-    T.repeat_interleave, T.detach, T.expand_as,
-    torch.reshape, torch.flatten, torch.unsqueeze, torch.squeeze, torch.permute, torch.transpose,
-    torch.index_select, torch.repeat_interleave,
+    T.reshape,
+    T.view,
+    T.flatten,
+    T.unsqueeze,
+    T.squeeze,
+    T.repeat,
+    T.expand,
+    T.__getitem__,
+    T.contiguous,
+    T.clone,
+    T.reshape_as,
+    T.view_as,
+    T.permute,
+    T.transpose,
+    T.index_select,
+    T.repeat_interleave,
+    T.detach,
+    T.expand_as,
+    torch.reshape,
+    torch.flatten,
+    torch.unsqueeze,
+    torch.squeeze,
+    torch.permute,
+    torch.transpose,
+    torch.index_select,
+    torch.repeat_interleave,
 }
 _RECON_LOSSES = {F.mse_loss, F.binary_cross_entropy, F.l1_loss}
 
@@ -494,21 +570,22 @@ class ReconTarget(torch.Tensor):
     """The data tensor given to pythae; pythae's recon loss calls on it use ``recon_loss`` (see module doc)."""
 
     recon_loss: ElementwiseLoss
-    mask: Optional[T]
-    sample_shape: Tuple[int, ...]  # (C, [S,] X, Y) of one sample of the wrapped data, kept through every view
+    mask: T | None
+    sample_shape: tuple[int, ...]  # (C, [S,] X, Y) of one sample of the wrapped data, kept through every view
 
     @staticmethod
-    def wrap(x: T, recon_loss: ElementwiseLoss, mask: Optional[T] = None) -> "ReconTarget":
+    def wrap(x: T, recon_loss: ElementwiseLoss, mask: T | None = None) -> ReconTarget:
         if mask is not None:
             try:
                 mask = mask.to(dtype=x.dtype, device=x.device).expand_as(x)
             except RuntimeError:
-                raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to the data "
-                                 f"shape {tuple(x.shape)}") from None
+                raise ValueError(
+                    f"mask of shape {tuple(mask.shape)} does not broadcast to the data shape {tuple(x.shape)}"
+                ) from None
         return ReconTarget._make(x, recon_loss, mask, tuple(x.shape[1:]))
 
     @staticmethod
-    def _make(x: T, recon_loss: ElementwiseLoss, mask: Optional[T], sample_shape: Tuple[int, ...]) -> "ReconTarget":
+    def _make(x: T, recon_loss: ElementwiseLoss, mask: T | None, sample_shape: tuple[int, ...]) -> ReconTarget:
         with torch._C.DisableTorchFunctionSubclass():
             out = x.as_subclass(ReconTarget)
         out.recon_loss, out.mask, out.sample_shape = recon_loss, mask, sample_shape
@@ -522,8 +599,7 @@ class ReconTarget(torch.Tensor):
         with torch._C.DisableTorchFunctionSubclass():
             out = func(*args, **kwargs)
             src = args[0] if args else None
-            if func in _SHAPE_OPS and isinstance(src, ReconTarget) and isinstance(out, torch.Tensor) \
-                    and out is not src:
+            if func in _SHAPE_OPS and isinstance(src, ReconTarget) and isinstance(out, torch.Tensor) and out is not src:
                 mask = None if src.mask is None else func(src.mask, *args[1:], **kwargs)
                 return ReconTarget._make(out, src.recon_loss, mask, src.sample_shape)
         return out  # plain tensors (in-place ops return the ReconTarget itself)

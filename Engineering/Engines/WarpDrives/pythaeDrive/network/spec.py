@@ -2,10 +2,12 @@
 
 Kept apart from the table (registry.py) so that the models of ``custom_models`` can declare their own spec.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -21,15 +23,17 @@ class OptimiserPlan:
     """
 
     name: str
-    modules: Tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
     loss: str = "loss"
-    update_flag: Optional[str] = None
-    group_options: Optional[Callable[[Any], Dict[str, Dict[str, Any]]]] = None
+    update_flag: str | None = None
+    group_options: Callable[[Any], dict[str, dict[str, Any]]] | None = None
 
 
 SINGLE = (OptimiserPlan("model"),)
-ADVERSARIAL = (OptimiserPlan("autoencoder", ("encoder", "decoder"), "autoencoder_loss"),
-               OptimiserPlan("discriminator", ("discriminator",), "discriminator_loss"))
+ADVERSARIAL = (
+    OptimiserPlan("autoencoder", ("encoder", "decoder"), "autoencoder_loss"),
+    OptimiserPlan("discriminator", ("discriminator",), "discriminator_loss"),
+)
 
 
 @dataclass(frozen=True)
@@ -61,18 +65,18 @@ class ModelSpec:
     config_cls: type
     model_cls: type
     encoder_kind: str = "vae"
-    extra_nets: Tuple[str, ...] = ()
-    optimisers: Tuple[OptimiserPlan, ...] = SINGLE
+    extra_nets: tuple[str, ...] = ()
+    optimisers: tuple[OptimiserPlan, ...] = SINGLE
     native_bce: bool = True
     custom_recon: bool = True
     needs_autograd: bool = False
     monitor: str = "loss"
     pythae_trainer: str = "BaseTrainer"
     notes: str = ""
-    defaults: Tuple[Tuple[str, Any], ...] = ()
-    networks: Optional[Callable[..., Tuple[Any, Any, Dict[str, Any]]]] = None
-    aux_inputs: Tuple[str, ...] = ()
-    data_params: Tuple[str, ...] = ()
+    defaults: tuple[tuple[str, Any], ...] = ()
+    networks: Callable[..., tuple[Any, Any, dict[str, Any]]] | None = None
+    aux_inputs: tuple[str, ...] = ()
+    data_params: tuple[str, ...] = ()
 
     @property
     def multi_optimiser(self) -> bool:

@@ -7,6 +7,7 @@
   (b < 0 opens a dead zone of radius -b around 0). z / |z| is undefined at z = 0: there we take the phase factor as
   0, so the output is 0 and both the value and its gradient are finite.
 """
+
 from __future__ import annotations
 
 import torch

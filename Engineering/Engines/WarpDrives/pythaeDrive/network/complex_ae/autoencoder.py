@@ -6,6 +6,7 @@ Networks", ICLR 2018; modReLU of Arjovsky et al., ICML 2016), on the layout of t
 The ancestor's latent was complex; ours is real, because the output contract (emb.h5, the latent tables, the
 benchmarks, GWAS) holds real float32 latents.
 """
+
 from __future__ import annotations
 
 from typing import NamedTuple
@@ -53,8 +54,10 @@ class ComplexEncoder(nn.Module):
         config = self.config
         require_complex(x, config.spatial_dims, "ComplexEncoder")
         if tuple(x.shape[1:]) != (config.in_channels, *config.input_size):
-            raise ComplexAEError(f"ComplexEncoder expects samples of shape {(config.in_channels, *config.input_size)}"
-                                 f" (channels, *input_size), got {tuple(x.shape[1:])}")
+            raise ComplexAEError(
+                f"ComplexEncoder expects samples of shape {(config.in_channels, *config.input_size)}"
+                f" (channels, *input_size), got {tuple(x.shape[1:])}"
+            )
         features = self.blocks(x)
         out = self.head(stack_parts(features.flatten(1)))
         if config.variational:
@@ -78,14 +81,17 @@ class ComplexDecoder(nn.Module):
         self.head = nn.Linear(config.latent_dim, 2 * config.feature_numel)
         widths = config.widths[::-1]
         self.blocks = nn.Sequential(*(up_block(config, c_in, c_out) for c_in, c_out in zip(widths, widths[1:])))
-        self.out = ComplexConvTranspose(widths[-1], config.in_channels, 4, stride=2, padding=1,
-                                        spatial_dims=config.spatial_dims)
+        self.out = ComplexConvTranspose(
+            widths[-1], config.in_channels, 4, stride=2, padding=1, spatial_dims=config.spatial_dims
+        )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         config = self.config
         if z.is_complex() or not z.is_floating_point() or z.dim() != 2 or z.shape[1] != config.latent_dim:
-            raise ComplexAEError(f"ComplexDecoder expects a real latent of shape (N, {config.latent_dim}), got "
-                                 f"{tuple(z.shape)} {z.dtype}")
+            raise ComplexAEError(
+                f"ComplexDecoder expects a real latent of shape (N, {config.latent_dim}), got "
+                f"{tuple(z.shape)} {z.dtype}"
+            )
         real = self.head(z)
         features = unstack_parts(real).view(z.shape[0], config.widths[-1], *config.feature_size)
         return self.out(self.blocks(features))

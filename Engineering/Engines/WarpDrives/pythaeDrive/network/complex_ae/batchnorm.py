@@ -18,6 +18,7 @@ Running statistics (for eval): an exponential moving average (``momentum``) of t
 covariance (unbiased, n/(n-1), as torch's real BN keeps running_var). They start at mean 0 and covariance I, so a
 layer that never saw training data leaves its input unwhitened in eval, as torch's BN does.
 """
+
 from __future__ import annotations
 
 import math
@@ -28,8 +29,9 @@ from torch import nn
 from .checks import ComplexAEError, check_spatial_dims, require_complex
 
 
-def inverse_sqrt_2x2(vrr: torch.Tensor, vri: torch.Tensor, vii: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def inverse_sqrt_2x2(
+    vrr: torch.Tensor, vri: torch.Tensor, vii: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The entries (rr, ri, ii) of V^(-1/2) for the symmetric positive definite V = [[vrr, vri], [vri, vii]]."""
     s = torch.sqrt(vrr * vii - vri * vri)
     t = torch.sqrt(vrr + vii + 2.0 * s)
@@ -45,8 +47,15 @@ class ComplexBatchNorm(nn.Module):
     ``running_covar`` (3, C: Vrr, Vri, Vii).
     """
 
-    def __init__(self, num_features: int, spatial_dims: int = 2, eps: float = 1e-5, momentum: float = 0.1,
-                 affine: bool = True, track_running_stats: bool = True) -> None:
+    def __init__(
+        self,
+        num_features: int,
+        spatial_dims: int = 2,
+        eps: float = 1e-5,
+        momentum: float = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+    ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
@@ -88,8 +97,9 @@ class ComplexBatchNorm(nn.Module):
         if use_batch:
             n = x.numel() // x.shape[1]
             if self.training and n < 2:
-                raise ComplexAEError("ComplexBatchNorm needs more than one value per channel in training, got "
-                                     f"shape {tuple(x.shape)}")
+                raise ComplexAEError(
+                    f"ComplexBatchNorm needs more than one value per channel in training, got shape {tuple(x.shape)}"
+                )
             mean_r, mean_i, vrr, vri, vii = self._batch_stats(re, im, dims)
             if self.training and self.track_running_stats:
                 with torch.no_grad():
@@ -105,10 +115,14 @@ class ComplexBatchNorm(nn.Module):
         out_r = view(w_rr) * cr + view(w_ri) * ci
         out_i = view(w_ri) * cr + view(w_ii) * ci
         if self.affine:
-            out_r, out_i = (view(self.gamma_rr) * out_r + view(self.gamma_ri) * out_i + view(self.beta_real),
-                            view(self.gamma_ri) * out_r + view(self.gamma_ii) * out_i + view(self.beta_imag))
+            out_r, out_i = (
+                view(self.gamma_rr) * out_r + view(self.gamma_ri) * out_i + view(self.beta_real),
+                view(self.gamma_ri) * out_r + view(self.gamma_ii) * out_i + view(self.beta_imag),
+            )
         return torch.complex(out_r, out_i)
 
     def extra_repr(self) -> str:
-        return (f"{self.num_features}, spatial_dims={self.spatial_dims}, eps={self.eps}, momentum={self.momentum}, "
-                f"affine={self.affine}, track_running_stats={self.track_running_stats}")
+        return (
+            f"{self.num_features}, spatial_dims={self.spatial_dims}, eps={self.eps}, momentum={self.momentum}, "
+            f"affine={self.affine}, track_running_stats={self.track_running_stats}"
+        )

@@ -1,4 +1,5 @@
 """The one block both halves repeat: complex (transposed) convolution -> complex BN -> complex activation."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -18,13 +19,16 @@ def down_block(config: ComplexAEConfig, in_channels: int, out_channels: int) -> 
     return nn.Sequential(
         ComplexConv(in_channels, out_channels, 4, stride=2, padding=1, bias=False, spatial_dims=config.spatial_dims),
         ComplexBatchNorm(out_channels, spatial_dims=config.spatial_dims),
-        activation(config, out_channels))
+        activation(config, out_channels),
+    )
 
 
 def up_block(config: ComplexAEConfig, in_channels: int, out_channels: int) -> nn.Sequential:
     """Double every side: transposed kernel 4, stride 2, padding 1."""
     return nn.Sequential(
-        ComplexConvTranspose(in_channels, out_channels, 4, stride=2, padding=1, bias=False,
-                             spatial_dims=config.spatial_dims),
+        ComplexConvTranspose(
+            in_channels, out_channels, 4, stride=2, padding=1, bias=False, spatial_dims=config.spatial_dims
+        ),
         ComplexBatchNorm(out_channels, spatial_dims=config.spatial_dims),
-        activation(config, out_channels))
+        activation(config, out_channels),
+    )

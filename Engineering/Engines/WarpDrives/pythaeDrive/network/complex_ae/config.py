@@ -1,5 +1,6 @@
 """Configuration of the complex-valued autoencoder networks (encoder and decoder of complex_ae / complex_vae /
 complex_factor_vae)."""
+
 from __future__ import annotations
 
 import math
@@ -45,14 +46,18 @@ class ComplexAEConfig:
         for width in self.widths:
             positive_int("each of widths", width, ComplexAEError)
         if len(self.input_size) != self.spatial_dims:
-            raise ComplexAEError(f"input_size must have {self.spatial_dims} sides for spatial_dims="
-                                 f"{self.spatial_dims}, got {self.input_size}")
+            raise ComplexAEError(
+                f"input_size must have {self.spatial_dims} sides for spatial_dims="
+                f"{self.spatial_dims}, got {self.input_size}"
+            )
         factor = 2 ** len(self.widths)
         for side in self.input_size:
             positive_int("each side of input_size", side, ComplexAEError)
             if side % factor:
-                raise ComplexAEError(f"input_size {self.input_size}: each side must be divisible by 2**levels = "
-                                     f"{factor} (levels = len(widths) = {len(self.widths)})")
+                raise ComplexAEError(
+                    f"input_size {self.input_size}: each side must be divisible by 2**levels = "
+                    f"{factor} (levels = len(widths) = {len(self.widths)})"
+                )
         if self.activation not in ACTIVATIONS:
             raise ComplexAEError(f"activation must be one of {ACTIVATIONS}, got {self.activation!r}")
         self.modrelu_bias = float(self.modrelu_bias)

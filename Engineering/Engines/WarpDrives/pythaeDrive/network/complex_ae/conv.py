@@ -15,6 +15,7 @@ decomposition (~6e-6 here). And real parameters keep optimisers, AMP, weight dec
 safetensors on the paths every other drive uses.
 Only ``groups=1`` is offered (the block kernel assumes one group).
 """
+
 from __future__ import annotations
 
 import math
@@ -66,8 +67,17 @@ def unstack_parts(y: torch.Tensor) -> torch.Tensor:
 class _ComplexConvBase(nn.Module):
     transposed = False
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, dilation=1,
-                 bias: bool = True, spatial_dims: int = 2) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        dilation=1,
+        bias: bool = True,
+        spatial_dims: int = 2,
+    ) -> None:
         super().__init__()
         self.spatial_dims = check_spatial_dims(spatial_dims)
         n = self.spatial_dims
@@ -104,8 +114,10 @@ class _ComplexConvBase(nn.Module):
         return torch.cat([self.bias_real, self.bias_imag])
 
     def extra_repr(self) -> str:
-        return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-                f"padding={self.padding}, spatial_dims={self.spatial_dims}, bias={self.bias_real is not None}")
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding}, spatial_dims={self.spatial_dims}, bias={self.bias_real is not None}"
+        )
 
 
 class ComplexConv(_ComplexConvBase):
@@ -119,8 +131,9 @@ class ComplexConv(_ComplexConvBase):
         require_complex(x, self.spatial_dims, type(self).__name__)
         w, v = self.weight_real, self.weight_imag
         block = torch.cat([torch.cat([w, -v], dim=1), torch.cat([v, w], dim=1)], dim=0)  # (2 out, 2 in, *k)
-        y = _CONV[self.spatial_dims](stack_parts(x), block, self._block_bias(), self.stride, self.padding,
-                                     self.dilation)
+        y = _CONV[self.spatial_dims](
+            stack_parts(x), block, self._block_bias(), self.stride, self.padding, self.dilation
+        )
         return unstack_parts(y)
 
 
@@ -133,8 +146,18 @@ class ComplexConvTranspose(_ComplexConvBase):
 
     transposed = True
 
-    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=0, output_padding=0,
-                 dilation=1, bias: bool = True, spatial_dims: int = 2) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size,
+        stride=1,
+        padding=0,
+        output_padding=0,
+        dilation=1,
+        bias: bool = True,
+        spatial_dims: int = 2,
+    ) -> None:
         super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, bias, spatial_dims)
         self.output_padding = _tuple(output_padding, self.spatial_dims, "output_padding")
 
@@ -142,6 +165,7 @@ class ComplexConvTranspose(_ComplexConvBase):
         require_complex(x, self.spatial_dims, type(self).__name__)
         w, v = self.weight_real, self.weight_imag
         block = torch.cat([torch.cat([w, v], dim=1), torch.cat([-v, w], dim=1)], dim=0)  # (2 in, 2 out, *k)
-        y = _CONV_T[self.spatial_dims](stack_parts(x), block, self._block_bias(), self.stride, self.padding,
-                                       self.output_padding, 1, self.dilation)
+        y = _CONV_T[self.spatial_dims](
+            stack_parts(x), block, self._block_bias(), self.stride, self.padding, self.output_padding, 1, self.dilation
+        )
         return unstack_parts(y)

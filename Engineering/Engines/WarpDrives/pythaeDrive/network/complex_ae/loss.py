@@ -11,6 +11,7 @@ kind:
 reduction: "mean" over every element, "sum", or "none" (the real per-element map, the input's shape).
 Magnitude-based SSIM / PSNR are separate metrics, not part of this loss.
 """
+
 from __future__ import annotations
 
 import torch

@@ -6,6 +6,7 @@ registry adds to its table.
 The batch entries these models read besides the image (phenotypes, confounders, auxiliary variables) and the
 config fields the engine fills from the data are named in :mod:`.aux`.
 """
+
 from __future__ import annotations
 
 from ..spec import ModelSpec

@@ -17,6 +17,7 @@ Config fields the engine sets from the data (``ModelSpec.data_params`` lists tho
 ``n_phenotypes`` (P), ``phenotype_n_classes`` (Q class counts), ``n_confounders_cont`` (Cc),
 ``n_confounders_bincat`` (Cb), ``confounder_n_classes`` (Cm class counts), ``n_aux`` (U).
 """
+
 from __future__ import annotations
 
 PHENOTYPES = "phenotypes"
@@ -27,8 +28,14 @@ CONF_MULTI = "confounders_multicat"
 AUX_U = "aux_u"
 
 ALL_KEYS = (PHENOTYPES, PHENOTYPE_CLASSES, CONF_CONT, CONF_BIN, CONF_MULTI, AUX_U)
-DATA_PARAMS = ("n_phenotypes", "phenotype_n_classes", "n_confounders_cont", "n_confounders_bincat",
-               "confounder_n_classes", "n_aux")
+DATA_PARAMS = (
+    "n_phenotypes",
+    "phenotype_n_classes",
+    "n_confounders_cont",
+    "n_confounders_bincat",
+    "confounder_n_classes",
+    "n_aux",
+)
 # what the phenotype/confounder heads (heads.py) read: the tables column by column, not the iVAEs' u
 HEAD_KEYS = tuple(k for k in ALL_KEYS if k != AUX_U)
 HEAD_PARAMS = tuple(p for p in DATA_PARAMS if p != "n_aux")

@@ -32,10 +32,11 @@ posterior mean, so the map is deterministic. ``score="grad"`` gives |d(-ELBO)/dx
 ``score="rec"`` the squared error alone. Not done here: the authors' code also rescales the gradient map to
 [0, 1] and smooths it (an 8-pixel kernel) before the product; apply such post-processing downstream if wanted.
 """
+
 from __future__ import annotations
 
 import math
-from typing import List, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,7 @@ from . import aux
 from .heads import CovariateHeads, CovariateHeadsConfig
 
 Tensor = torch.Tensor
-Box = Tuple[Tuple[int, ...], int]  # (start per spatial axis, side)
+Box = tuple[tuple[int, ...], int]  # (start per spatial axis, side)
 ANOMALY_SCORES = ("combi", "grad", "rec")
 
 
@@ -83,11 +84,15 @@ class UltraCEVAEConfig(VAEConfig, CovariateHeadsConfig):
             if not (math.isfinite(value) and value >= 0):
                 raise _config_error(f"ultra_cevae: {name} must be a finite number >= 0, got {value}")
         if not (math.isfinite(self.square_size_factor) and self.square_size_factor >= 1):
-            raise _config_error(f"ultra_cevae: square_size_factor must be >= 1 (sides up to the image size over it), "
-                                f"got {self.square_size_factor}")
+            raise _config_error(
+                f"ultra_cevae: square_size_factor must be >= 1 (sides up to the image size over it), "
+                f"got {self.square_size_factor}"
+            )
         if not 0 <= self.min_n_squares <= self.max_n_squares:
-            raise _config_error(f"ultra_cevae: need 0 <= min_n_squares <= max_n_squares, got "
-                                f"{self.min_n_squares} and {self.max_n_squares}")
+            raise _config_error(
+                f"ultra_cevae: need 0 <= min_n_squares <= max_n_squares, got "
+                f"{self.min_n_squares} and {self.max_n_squares}"
+            )
 
 
 # ----------------------------------------------------------------------------- squares
@@ -96,9 +101,11 @@ def max_square_side(spatial: Sequence[int], square_size_factor: float) -> int:
     return max(1, int(min(spatial) // square_size_factor))
 
 
-def draw_squares(batch: int, spatial: Sequence[int], min_n: int, max_n: int, max_side: int,
-                 generator: Optional[torch.Generator] = None) -> List[List[Box]]:
+def draw_squares(
+    batch: int, spatial: Sequence[int], min_n: int, max_n: int, max_side: int, generator: torch.Generator | None = None
+) -> list[list[Box]]:
     """Per sample, a list of (start per axis, side) boxes: count uniform in [min_n, max_n], side in [1, max_side]."""
+
     def randint(lo: int, hi: int) -> int:  # inclusive
         return int(torch.randint(lo, hi + 1, (1,), generator=generator))
 
@@ -112,8 +119,9 @@ def draw_squares(batch: int, spatial: Sequence[int], min_n: int, max_n: int, max
     return boxes
 
 
-def square_mask(x: Tensor, boxes: List[List[Box]], low: float, high: float,
-                generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+def square_mask(
+    x: Tensor, boxes: list[list[Box]], low: float, high: float, generator: torch.Generator | None = None
+) -> tuple[Tensor, Tensor]:
     """(mask, fill), both (B, 1, *spatial): True inside a box; each box filled with its own uniform value in
     [low, high] (a later box overwrites an earlier one where they overlap)."""
     shape = (x.shape[0], 1) + tuple(x.shape[2:])
@@ -149,7 +157,7 @@ class UltraCEVAE(VAE):
     def kl_term(mu: Tensor, log_var: Tensor) -> Tensor:
         return -0.5 * (1 + log_var - mu.pow(2) - log_var.exp()).sum(-1)
 
-    def mask_input(self, x: Tensor, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor]:
+    def mask_input(self, x: Tensor, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(masked x, mask): the context-encoding branch's input."""
         cfg = self.model_config
         boxes = draw_squares(x.shape[0], self.spatial, cfg.min_n_squares, cfg.max_n_squares, self.max_side, generator)
@@ -157,7 +165,7 @@ class UltraCEVAE(VAE):
         mask, fill = square_mask(x, boxes, lo, hi, generator)
         return torch.where(mask, fill, x), mask
 
-    def _sample(self, x: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+    def _sample(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         enc = self.encoder(x)
         mu, log_var = enc.embedding, enc.log_covariance
         z, _ = self._sample_gauss(mu, torch.exp(0.5 * log_var))
@@ -176,8 +184,11 @@ class UltraCEVAE(VAE):
         ce = self.recon_term(self.decoder(z_ce)["reconstruction"], x)  # inpaint: compare with the unmasked x
 
         terms = {"recon_loss": recon.mean(), "reg_loss": kl.mean(), "ce_recon_loss": ce.mean()}
-        loss = cfg.vae_factor * terms["reg_loss"] + cfg.recon_factor * terms["recon_loss"] \
+        loss = (
+            cfg.vae_factor * terms["reg_loss"]
+            + cfg.recon_factor * terms["recon_loss"]
             + cfg.ce_factor * terms["ce_recon_loss"]
+        )
         if self.covariate_heads.active:
             head_terms = self.covariate_heads(z, inputs, mu)
             terms.update(head_terms)
@@ -211,8 +222,14 @@ class UltraCEVAE(VAE):
 
 
 SPECS = (
-    ModelSpec("ultra_cevae", UltraCEVAEConfig, UltraCEVAE, aux_inputs=aux.HEAD_KEYS, data_params=aux.HEAD_PARAMS,
-              notes="context-encoding VAE (Zimmerer et al.; StRegA): VAE + inpainting of random squares/cubes with "
-                    "the same encoder/decoder; anomaly_map(x) = (x - x_hat)^2 * |grad_x KL| (their 'combi'); "
-                    "phenotype heads and anti-confounder strategies as ultra_vae."),
+    ModelSpec(
+        "ultra_cevae",
+        UltraCEVAEConfig,
+        UltraCEVAE,
+        aux_inputs=aux.HEAD_KEYS,
+        data_params=aux.HEAD_PARAMS,
+        notes="context-encoding VAE (Zimmerer et al.; StRegA): VAE + inpainting of random squares/cubes with "
+        "the same encoder/decoder; anomaly_map(x) = (x - x_hat)^2 * |grad_x KL| (their 'combi'); "
+        "phenotype heads and anti-confounder strategies as ultra_vae.",
+    ),
 )

@@ -18,6 +18,7 @@ The reconstruction term is ``crecon`` on the complex difference (``ComplexAE/los
 summed over the voxels, then averaged over the batch (pythae's reduction); in the VAEs the "mse" sum is halved,
 the negative log-likelihood of a complex Gaussian with unit variance per part, as pythae's VAE halves its mse.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -29,9 +30,7 @@ from pythae.models import AE, VAE, AEConfig, FactorVAE, FactorVAEConfig, VAEConf
 from pythae.models.base.base_utils import ModelOutput
 from pythae.models.nn import BaseDecoder, BaseEncoder
 
-from ..complex_ae import ComplexAEConfig, ComplexAEError, ComplexDecoder, \
-    ComplexEncoder, crecon
-
+from ..complex_ae import ComplexAEConfig, ComplexAEError, ComplexDecoder, ComplexEncoder, crecon
 from ..spec import ADVERSARIAL, ModelSpec
 
 NAMES = ("complex_ae", "complex_vae", "complex_factor_vae")
@@ -103,31 +102,45 @@ def complex_networks(drive_cfg, model_cfg):
     complex_factor_vae is pythae's own latent MLP, built by the model."""
     name = drive_cfg.model
     if drive_cfg.nn != "conv":
-        raise ComplexAEError(f"{name}: its networks are complex convolutions; --model§pythae§nn {drive_cfg.nn} is not "
-                             "available for the complex models (use conv, the ancestor's cvconvnet)")
+        raise ComplexAEError(
+            f"{name}: its networks are complex convolutions; --model§pythae§nn {drive_cfg.nn} is not "
+            "available for the complex models (use conv, the ancestor's cvconvnet)"
+        )
     if drive_cfg.output_activation not in ("auto", "identity"):
-        raise ComplexAEError(f"{name}: a complex reconstruction takes any complex value; --model§pythae§"
-                             f"output_activation {drive_cfg.output_activation} is not available (use auto)")
+        raise ComplexAEError(
+            f"{name}: a complex reconstruction takes any complex value; --model§pythae§"
+            f"output_activation {drive_cfg.output_activation} is not available (use auto)"
+        )
     levels = drive_cfg.n_levels
-    factor = 2 ** levels
+    factor = 2**levels
     if any(side % factor for side in drive_cfg.input_shape):
-        raise ComplexAEError(f"{name}: --input_shape {','.join(map(str, drive_cfg.input_shape))} must be divisible by "
-                             f"2**n_levels = {factor} on every side (each level halves it; --model§pythae§n_levels "
-                             f"{levels}): change --input_shape or the number of levels")
-    widths = tuple(min(drive_cfg.n_features * 2 ** i, 8 * drive_cfg.n_features) for i in range(levels))
-    net_cfg = ComplexAEConfig(spatial_dims=3 if drive_cfg.is3D else 2, in_channels=drive_cfg.in_channels,
-                              input_size=tuple(drive_cfg.input_shape), widths=widths, latent_dim=drive_cfg.latent_dim,
-                              activation=model_cfg.activation, modrelu_bias=model_cfg.modrelu_bias,
-                              variational=name != "complex_ae")
+        raise ComplexAEError(
+            f"{name}: --input_shape {','.join(map(str, drive_cfg.input_shape))} must be divisible by "
+            f"2**n_levels = {factor} on every side (each level halves it; --model§pythae§n_levels "
+            f"{levels}): change --input_shape or the number of levels"
+        )
+    widths = tuple(min(drive_cfg.n_features * 2**i, 8 * drive_cfg.n_features) for i in range(levels))
+    net_cfg = ComplexAEConfig(
+        spatial_dims=3 if drive_cfg.is3D else 2,
+        in_channels=drive_cfg.in_channels,
+        input_size=tuple(drive_cfg.input_shape),
+        widths=widths,
+        latent_dim=drive_cfg.latent_dim,
+        activation=model_cfg.activation,
+        modrelu_bias=model_cfg.modrelu_bias,
+        variational=name != "complex_ae",
+    )
     return ComplexPythaeEncoder(net_cfg), ComplexPythaeDecoder(net_cfg), {}
 
 
 # ------------------------------------------------------------------------------------------------------ models
 def _complex_input(x: torch.Tensor, name: str) -> torch.Tensor:
     if not torch.is_tensor(x) or not x.is_complex():
-        raise ComplexAEError(f"{name} reads complex data kept complex, got a real batch ({getattr(x, 'dtype', x)}): "
-                             "train it on a complex cohort with --complex_mode complex (e.g. --datajson_path "
-                             "Configs/dataNpath_demo_complex.json --complex_mode complex --norm_type divbymax)")
+        raise ComplexAEError(
+            f"{name} reads complex data kept complex, got a real batch ({getattr(x, 'dtype', x)}): "
+            "train it on a complex cohort with --complex_mode complex (e.g. --datajson_path "
+            "Configs/dataNpath_demo_complex.json --complex_mode complex --norm_type divbymax)"
+        )
     return x
 
 
@@ -172,8 +185,9 @@ class CVVAE(VAE):
         recon_x = self.decoder(z)["reconstruction"]
         recon = recon_term(recon_x, x, self.model_config.crecon, halve_mse=True)
         kld = _kl(mu, log_var)
-        return ModelOutput(loss=(recon + kld).mean(dim=0), recon_loss=recon.mean(dim=0), reg_loss=kld.mean(dim=0),
-                           recon_x=recon_x, z=z)
+        return ModelOutput(
+            loss=(recon + kld).mean(dim=0), recon_loss=recon.mean(dim=0), reg_loss=kld.mean(dim=0), recon_x=recon_x, z=z
+        )
 
 
 class CVFactorVAE(FactorVAE):
@@ -199,10 +213,12 @@ class CVFactorVAE(FactorVAE):
         x_in = _complex_input(inputs["data"], "complex_factor_vae")
         n = x_in.shape[0]
         if n < 2:
-            raise ComplexAEError("complex_factor_vae needs batches of at least 2 samples (one half is reconstructed, "
-                                 "the other permuted for the discriminator): raise --batch_size")
+            raise ComplexAEError(
+                "complex_factor_vae needs batches of at least 2 samples (one half is reconstructed, "
+                "the other permuted for the discriminator): raise --batch_size"
+            )
         idx = torch.randperm(n, device=x_in.device)
-        idx_1, idx_2 = idx[n // 2:], idx[:n // 2]
+        idx_1, idx_2 = idx[n // 2 :], idx[: n // 2]
         x = x_in[idx_1]
         mu, log_var, z = self._encode_sample(x)
         recon_x = self.decoder(z)["reconstruction"]
@@ -218,10 +234,18 @@ class CVFactorVAE(FactorVAE):
         fake = torch.zeros(score.shape[0], dtype=torch.long, device=score.device)
         true = torch.ones(score_perm.shape[0], dtype=torch.long, device=score.device)
         discriminator_loss = 0.5 * (F.cross_entropy(score, fake) + F.cross_entropy(score_perm, true))
-        return ModelOutput(loss=autoencoder_loss + discriminator_loss, recon_loss=recon.mean(dim=0),
-                           reg_loss=kld.mean(dim=0), tc_loss=tc, autoencoder_loss=autoencoder_loss,
-                           discriminator_loss=discriminator_loss, recon_x=recon_x, recon_x_indices=idx_1, z=z,
-                           z_bis_permuted=z_bis_permuted)
+        return ModelOutput(
+            loss=autoencoder_loss + discriminator_loss,
+            recon_loss=recon.mean(dim=0),
+            reg_loss=kld.mean(dim=0),
+            tc_loss=tc,
+            autoencoder_loss=autoencoder_loss,
+            discriminator_loss=discriminator_loss,
+            recon_x=recon_x,
+            recon_x_indices=idx_1,
+            z=z,
+            z_bis_permuted=z_bis_permuted,
+        )
 
 
 def complex_data_problem(model: str, complex_mode: str) -> str | None:
@@ -229,25 +253,57 @@ def complex_data_problem(model: str, complex_mode: str) -> str | None:
     data kept complex, every other model real channels. For the engine, to refuse before anything runs."""
     is_complex_model = str(model).lower().removeprefix("custom_") in NAMES
     if is_complex_model and complex_mode != "complex":
-        return (f"--pythae_model {model} reads complex data kept complex: use a complex cohort with --complex_mode "
-                f"complex (got {complex_mode!r}; e.g. --datajson_path Configs/dataNpath_demo_complex.json "
-                "--complex_mode complex --norm_type divbymax)")
+        return (
+            f"--pythae_model {model} reads complex data kept complex: use a complex cohort with --complex_mode "
+            f"complex (got {complex_mode!r}; e.g. --datajson_path Configs/dataNpath_demo_complex.json "
+            "--complex_mode complex --norm_type divbymax)"
+        )
     if not is_complex_model and complex_mode == "complex":
-        return (f"--complex_mode complex keeps the data complex, which only the complex models read "
-                f"({', '.join(NAMES)}); --pythae_model {model} needs real channels (e.g. --complex_mode magnitude)")
+        return (
+            f"--complex_mode complex keeps the data complex, which only the complex models read "
+            f"({', '.join(NAMES)}); --pythae_model {model} needs real channels (e.g. --complex_mode magnitude)"
+        )
     return None
 
 
-_NOTES = ("its reconstruction term is its own: crecon on the complex difference (model parameter crecon: xie, mse "
-          "or l1); complex data only (--complex_mode complex); input_shape divisible by 2**n_levels; nn conv")
+_NOTES = (
+    "its reconstruction term is its own: crecon on the complex difference (model parameter crecon: xie, mse "
+    "or l1); complex data only (--complex_mode complex); input_shape divisible by 2**n_levels; nn conv"
+)
 
 SPECS: tuple[ModelSpec, ...] = (
-    ModelSpec("complex_ae", CVAEConfig, CVAE, encoder_kind="ae", native_bce=False, custom_recon=False,
-              networks=complex_networks, notes=_NOTES),
-    ModelSpec("complex_vae", CVVAEConfig, CVVAE, encoder_kind="vae", native_bce=False, custom_recon=False,
-              networks=complex_networks, notes=_NOTES),
-    ModelSpec("complex_factor_vae", CVFactorVAEConfig, CVFactorVAE, encoder_kind="vae", native_bce=False,
-              custom_recon=False, extra_nets=("latent_discriminator",), optimisers=ADVERSARIAL,
-              monitor="autoencoder_loss", pythae_trainer="AdversarialTrainer", networks=complex_networks,
-              notes=_NOTES + "; needs batches of >= 2 (reconstructs a random half, DriveOutput.recon_index)"),
+    ModelSpec(
+        "complex_ae",
+        CVAEConfig,
+        CVAE,
+        encoder_kind="ae",
+        native_bce=False,
+        custom_recon=False,
+        networks=complex_networks,
+        notes=_NOTES,
+    ),
+    ModelSpec(
+        "complex_vae",
+        CVVAEConfig,
+        CVVAE,
+        encoder_kind="vae",
+        native_bce=False,
+        custom_recon=False,
+        networks=complex_networks,
+        notes=_NOTES,
+    ),
+    ModelSpec(
+        "complex_factor_vae",
+        CVFactorVAEConfig,
+        CVFactorVAE,
+        encoder_kind="vae",
+        native_bce=False,
+        custom_recon=False,
+        extra_nets=("latent_discriminator",),
+        optimisers=ADVERSARIAL,
+        monitor="autoencoder_loss",
+        pythae_trainer="AdversarialTrainer",
+        networks=complex_networks,
+        notes=_NOTES + "; needs batches of >= 2 (reconstructs a random half, DriveOutput.recon_index)",
+    ),
 )

@@ -22,9 +22,8 @@ Missing values (NaN, class -1; see ``aux.py``) are left out of each term. Each t
 its own name, ending in "loss" so that the engine logs it; :meth:`CovariateHeads.weighted_total` is what the model
 adds to its loss.
 """
-from __future__ import annotations
 
-from typing import Dict, List, Optional
+from __future__ import annotations
 
 import torch
 import torch.nn as nn
@@ -56,12 +55,12 @@ class CovariateHeadsConfig:
     learn_phenotypes: bool = False
     n_phenotype_layers: int = 2
     lambda_pheno_loss: float = 1.0
-    lambda_phenotype_loss: Optional[float] = None
+    lambda_phenotype_loss: float | None = None
     n_phenotypes: int = 0
-    phenotype_n_classes: List[int] = ()
+    phenotype_n_classes: list[int] = ()
     n_confounders_cont: int = 0
     n_confounders_bincat: int = 0
-    confounder_n_classes: List[int] = ()
+    confounder_n_classes: list[int] = ()
     n_aux: int = 0
 
 
@@ -105,11 +104,11 @@ def _masked_mse(pred: Tensor, target: Tensor) -> Tensor:
     return F.mse_loss(pred[keep], target[keep])
 
 
-def _class_losses(logits: Tensor, codes: Tensor, n_classes: List[int]) -> Tensor:
+def _class_losses(logits: Tensor, codes: Tensor, n_classes: list[int]) -> Tensor:
     total, start = logits.new_zeros(()), 0
     for j, n in enumerate(n_classes):
         y = codes[:, j]
-        part = logits[:, start:start + n]
+        part = logits[:, start : start + n]
         start += n
         if (y >= 0).any():
             total = total + F.cross_entropy(part[y >= 0], y[y >= 0])
@@ -118,7 +117,7 @@ def _class_losses(logits: Tensor, codes: Tensor, n_classes: List[int]) -> Tensor
     return total
 
 
-def _confounder_matrix(inputs, confounder_n_classes: List[int]) -> Optional[Tensor]:
+def _confounder_matrix(inputs, confounder_n_classes: list[int]) -> Tensor | None:
     """(B, K) float: continuous, binary, one-hot classes; NaN where missing."""
     parts = [inputs[k] for k in (aux.CONF_CONT, aux.CONF_BIN) if k in inputs]
     if aux.CONF_MULTI in inputs:
@@ -154,16 +153,24 @@ class CovariateHeads(nn.Module):
     def __init__(self, config) -> None:
         super().__init__()
         self.config = config
-        if config.lambda_phenotype_loss is not None and config.lambda_phenotype_loss != config.lambda_pheno_loss \
-                and config.lambda_pheno_loss != 1.0:
-            raise DriveError(f"lambda_phenotype_loss ({config.lambda_phenotype_loss}) and lambda_pheno_loss "
-                             f"({config.lambda_pheno_loss}) are the same weight: set one")
-        self.lambda_pheno = (config.lambda_phenotype_loss if config.lambda_phenotype_loss is not None
-                             else config.lambda_pheno_loss)
+        if (
+            config.lambda_phenotype_loss is not None
+            and config.lambda_phenotype_loss != config.lambda_pheno_loss
+            and config.lambda_pheno_loss != 1.0
+        ):
+            raise DriveError(
+                f"lambda_phenotype_loss ({config.lambda_phenotype_loss}) and lambda_pheno_loss "
+                f"({config.lambda_pheno_loss}) are the same weight: set one"
+            )
+        self.lambda_pheno = (
+            config.lambda_phenotype_loss if config.lambda_phenotype_loss is not None else config.lambda_pheno_loss
+        )
         strategy = int(config.anti_confounders_strategy)
         if strategy not in STRATEGIES:
-            raise DriveError(f"anti_confounders_strategy must be one of "
-                             f"{', '.join(f'{k} ({v})' for k, v in STRATEGIES.items())}, got {strategy}")
+            raise DriveError(
+                f"anti_confounders_strategy must be one of "
+                f"{', '.join(f'{k} ({v})' for k, v in STRATEGIES.items())}, got {strategy}"
+            )
         if not 0.0 <= config.p_do < 1.0:
             raise DriveError(f"p_do must be in [0, 1), got {config.p_do}")
         for name in ("n_phenotype_layers", "n_anti_confounder_layers"):
@@ -182,8 +189,10 @@ class CovariateHeads(nn.Module):
         self.confounder_head = None
         n_conf = int(config.n_confounders_cont) + int(config.n_confounders_bincat) + sum(self.conf_classes)
         if strategy and n_conf == 0:
-            raise DriveError(f"anti_confounders_strategy {strategy}: no confounder column (set "
-                             "json§DS_confounders§cols / bincat_cols / mulcat_cols)")
+            raise DriveError(
+                f"anti_confounders_strategy {strategy}: no confounder column (set "
+                "json§DS_confounders§cols / bincat_cols / mulcat_cols)"
+            )
         if strategy == 1:
             self.confounder_head = mlp(latent, n_conf, int(config.n_anti_confounder_layers), float(config.p_do))
 
@@ -192,21 +201,25 @@ class CovariateHeads(nn.Module):
         return self.phenotype_head is not None or self.strategy != 0
 
     # ------------------------------------------------------------------ predictions
-    def predict_phenotypes(self, z: Tensor) -> tuple[Tensor, List[Tensor]]:
+    def predict_phenotypes(self, z: Tensor) -> tuple[Tensor, list[Tensor]]:
         """(continuous predictions (B, P) in standardised units, [class logits per categorical column])."""
         out = self.phenotype_head(z)
         p = int(self.config.n_phenotypes)
         return out[:, :p], list(torch.split(out[:, p:], self.pheno_classes, 1)) if self.pheno_classes else []
 
-    def predict_confounders(self, z: Tensor) -> tuple[Tensor, Tensor, List[Tensor]]:
+    def predict_confounders(self, z: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         """(continuous (B, Cc), binary logits (B, Cb), [class logits per multi-class column]) of the adversary."""
         out = self.confounder_head(z)
         cc, cb = int(self.config.n_confounders_cont), int(self.config.n_confounders_bincat)
-        rest = out[:, cc + cb:]
-        return out[:, :cc], out[:, cc:cc + cb], list(torch.split(rest, self.conf_classes, 1)) if self.conf_classes else []
+        rest = out[:, cc + cb :]
+        return (
+            out[:, :cc],
+            out[:, cc : cc + cb],
+            list(torch.split(rest, self.conf_classes, 1)) if self.conf_classes else [],
+        )
 
     # ------------------------------------------------------------------ losses
-    def forward(self, z: Tensor, inputs, mean: Optional[Tensor] = None) -> Dict[str, Tensor]:
+    def forward(self, z: Tensor, inputs, mean: Tensor | None = None) -> dict[str, Tensor]:
         """Unweighted losses: pheno_loss, conf_adv_loss, conf_corr_loss (those that apply).
 
         z: the sampled latent. mean: the posterior mean, the latent a run writes to emb.h5 (default z). Every head
@@ -217,7 +230,7 @@ class CovariateHeads(nn.Module):
         the encoder does not control (on the planted demo cohort its training loss stayed near 0.8 of the
         variance after 12 epochs)."""
         mean = z if mean is None else mean
-        losses: Dict[str, Tensor] = {}
+        losses: dict[str, Tensor] = {}
         if self.phenotype_head is not None:
             if aux.PHENOTYPES not in inputs and aux.PHENOTYPE_CLASSES not in inputs:
                 raise DriveError("learn_phenotypes: the batch has no phenotypes (json§DS_phenotypes)")
@@ -244,11 +257,14 @@ class CovariateHeads(nn.Module):
             losses["conf_corr_loss"] = squared_correlation(mean, _confounder_matrix(inputs, self.conf_classes))
         return losses
 
-    def weighted_total(self, losses: Dict[str, Tensor]) -> Tensor:
+    def weighted_total(self, losses: dict[str, Tensor]) -> Tensor:
         """What the model adds to its loss. The adversarial term enters with weight 1: its head minimises it, and
         the gradient reversal already makes (and scales) the encoder's opposite objective."""
-        weights = {"pheno_loss": self.lambda_pheno, "conf_adv_loss": 1.0,
-                   "conf_corr_loss": float(self.config.lambda_conf_corr_loss)}
+        weights = {
+            "pheno_loss": self.lambda_pheno,
+            "conf_adv_loss": 1.0,
+            "conf_corr_loss": float(self.config.lambda_conf_corr_loss),
+        }
         total = None
         for name, value in losses.items():
             term = weights[name] * value

@@ -14,7 +14,8 @@
   q_a = a q(z | x) + (1 - a) q(z | x, u); per sample, the bound is maximised over a on the grid
   {alpha_step, 2 alpha_step, ...} inside (0, 1), as in the authors' code. (The ancestor added a = 0 and a = 1;
   at a = 0 the encoder q(z | x) gets no gradient of its own and drifts: on 12x12 blobs with beta 1 its KL to the
-  label prior grew 7 -> 149 in 15 Adam steps, which the open grid prevents.) The mixture's beta-ELBO decomposes exactly as
+  label prior grew 7 -> 149 in 15 Adam steps, which the open grid prevents.) The mixture's beta-ELBO decomposes
+  exactly as
   a ELBO_enc + (1 - a) ELBO_iVAE + beta [a KL(q(z|x) || q_a) + (1 - a) KL(q(z|x,u) || q_a)]
   (the entropy of a mixture exceeds the mixture of entropies by these skew KL divergences), where ELBO_enc is
   the ELBO of q(z | x) against the label prior. The skew KLs have no closed form: ``M`` Monte-Carlo samples
@@ -39,10 +40,10 @@ u is the batch entry ``aux_u`` (custom_models/aux.py: the confounders, one-hot w
 ``n_aux`` (set by the engine from the data). ``embed()`` is the drive's default: the mean of q(z | x), which
 needs no u.
 """
+
 from __future__ import annotations
 
 import math
-from typing import Dict, Tuple
 
 import torch
 import torch.nn as nn
@@ -72,7 +73,7 @@ def gaussian_kl(mean1: Tensor, log_var1: Tensor, mean2: Tensor, log_var2: Tensor
     return 0.5 * (log_var2 - log_var1 + (log_var1.exp() + (mean1 - mean2) ** 2) / log_var2.exp() - 1).sum(-1)
 
 
-def product_of_gaussians(mean1: Tensor, log_var1: Tensor, mean2: Tensor, log_var2: Tensor) -> Tuple[Tensor, Tensor]:
+def product_of_gaussians(mean1: Tensor, log_var1: Tensor, mean2: Tensor, log_var2: Tensor) -> tuple[Tensor, Tensor]:
     """The normalised product N(mean1, var1) N(mean2, var2): precisions add, means are precision-weighted."""
     log_var = -torch.logaddexp(-log_var1, -log_var2)
     w1 = torch.sigmoid(log_var2 - log_var1)  # = var2 / (var1 + var2), stable for extreme variances
@@ -84,8 +85,9 @@ def log_normal(z: Tensor, mean: Tensor, log_var: Tensor, dim: int = 1) -> Tensor
     return -0.5 * (_LOG_2PI + log_var + (z - mean) ** 2 / log_var.exp()).sum(dim)
 
 
-def skew_kls(mu_x: Tensor, lv_x: Tensor, mu_p: Tensor, lv_p: Tensor, alphas: Tensor, eps_x: Tensor,
-             eps_p: Tensor) -> Tuple[Tensor, Tensor]:
+def skew_kls(
+    mu_x: Tensor, lv_x: Tensor, mu_p: Tensor, lv_p: Tensor, alphas: Tensor, eps_x: Tensor, eps_p: Tensor
+) -> tuple[Tensor, Tensor]:
     """Monte-Carlo KL(q_x || q_a) and KL(q_p || q_a), each (B, K), for the mixtures q_a = a q_x + (1 - a) q_p.
 
     q_x = N(mu_x, e^lv_x) and q_p = N(mu_p, e^lv_p) are (B, L) diagonal Gaussians; eps_x, eps_p (B, L, M) standard
@@ -160,13 +162,18 @@ class IVAEsConfig(VAEConfig):
             raise _config_error(f"ivaes: n_aux must be >= 0, got {self.n_aux}")
         # a key the chosen mode does not read may keep its default (the ancestor's YAML lists them all); a value
         # set to something else would silently do nothing
-        for name, modes_using in (("alpha_step", ("CI-iVAE",)), ("M", ("CI-iVAE",)),
-                                  ("hidden_nodes_label_decoder", ("IDVAE",))):
+        for name, modes_using in (
+            ("alpha_step", ("CI-iVAE",)),
+            ("M", ("CI-iVAE",)),
+            ("hidden_nodes_label_decoder", ("IDVAE",)),
+        ):
             if mode not in modes_using and getattr(self, name) != _FIELD_DEFAULTS[name]:
                 raise _config_error(f"ivaes: {name} applies to ivae_mode {' / '.join(modes_using)} only, not {mode}")
         if self.predict_reparameterised:
-            raise _config_error("ivaes: predict_reparameterised=true is not supported: embed() returns the "
-                                "posterior mean of q(z|x) (deterministic); set it to false")
+            raise _config_error(
+                "ivaes: predict_reparameterised=true is not supported: embed() returns the "
+                "posterior mean of q(z|x) (deterministic); set it to false"
+            )
         for name in ("aggressive_post", "kl_annealing"):
             if getattr(self, name):
                 raise _config_error(f"ivaes: {name}=true is not implemented (nor was it in the ancestor)")
@@ -180,8 +187,13 @@ class _MLP(nn.Sequential):
     """in -> hidden -> hidden -> out, LeakyReLU(0.2) (the CI-iVAE networks' shape)."""
 
     def __init__(self, n_in: int, hidden: int, n_out: int):
-        super().__init__(nn.Linear(n_in, hidden), nn.LeakyReLU(0.2), nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),
-                         nn.Linear(hidden, n_out))
+        super().__init__(
+            nn.Linear(n_in, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, hidden),
+            nn.LeakyReLU(0.2),
+            nn.Linear(hidden, n_out),
+        )
 
 
 class LabelPrior(nn.Module):
@@ -191,7 +203,7 @@ class LabelPrior(nn.Module):
         super().__init__()
         self.net = _MLP(n_aux, hidden, 2 * latent_dim)
 
-    def forward(self, u: Tensor) -> Tuple[Tensor, Tensor]:
+    def forward(self, u: Tensor) -> tuple[Tensor, Tensor]:
         mean, log_var = self.net(u).chunk(2, dim=-1)
         return mean, log_var
 
@@ -202,14 +214,19 @@ class IVAEs(VAE):
 
     def __init__(self, model_config: IVAEsConfig, encoder=None, decoder=None):
         if model_config.n_aux < 1:
-            raise _config_error("ivaes needs the auxiliary variable u: n_aux is 0 (the engine sets it from the "
-                                "columns of json§DS_confounders)")
+            raise _config_error(
+                "ivaes needs the auxiliary variable u: n_aux is 0 (the engine sets it from the "
+                "columns of json§DS_confounders)"
+            )
         super().__init__(model_config, encoder=encoder, decoder=decoder)
         self.model_name = f"iVAEs_{model_config.ivae_mode}"
         self.mode = model_config.ivae_mode
         self.label_prior = LabelPrior(model_config.n_aux, model_config.hidden_nodes_label_prior, self.latent_dim)
-        self.label_decoder = (_MLP(self.latent_dim, model_config.hidden_nodes_label_decoder, model_config.n_aux)
-                              if self.mode == "IDVAE" else None)
+        self.label_decoder = (
+            _MLP(self.latent_dim, model_config.hidden_nodes_label_decoder, model_config.n_aux)
+            if self.mode == "IDVAE"
+            else None
+        )
         # CI-iVAE's grid of mixture weights: alpha_step, 2 alpha_step, ... < 1 (the ends are left out, see the
         # module docstring)
         step = model_config.alpha_step
@@ -238,13 +255,16 @@ class IVAEs(VAE):
     def _aux_u(self, inputs, x: Tensor) -> Tensor:
         u = inputs.get(AUX_U) if hasattr(inputs, "get") else None
         if u is None:
-            raise _config_error(f"ivaes needs the auxiliary variable u in the batch under {AUX_U!r} (the "
-                                "engine builds it from json§DS_confounders); this batch has none")
+            raise _config_error(
+                f"ivaes needs the auxiliary variable u in the batch under {AUX_U!r} (the "
+                "engine builds it from json§DS_confounders); this batch has none"
+            )
         u = torch.as_tensor(u).to(device=x.device, dtype=x.dtype)
         n = self.model_config.n_aux
         if u.dim() != 2 or u.shape != (x.shape[0], n):
-            raise _config_error(f"ivaes: {AUX_U} must have shape (batch, n_aux) = ({x.shape[0]}, {n}), "
-                                f"got {tuple(u.shape)}")
+            raise _config_error(
+                f"ivaes: {AUX_U} must have shape (batch, n_aux) = ({x.shape[0]}, {n}), got {tuple(u.shape)}"
+            )
         if not torch.isfinite(u).all():
             raise _config_error(f"ivaes: {AUX_U} holds NaN or inf values (missing values must be 0)")
         return u
@@ -266,8 +286,8 @@ class IVAEs(VAE):
         rec_post = self.recon_term(recon_post, x)
         kl_post = gaussian_kl(mu_p, lv_p, mu_u, lv_u)
         neg_elbo_ivae = rec_post + beta * kl_post
-        terms: Dict[str, Tensor] = {"recon_loss": rec_post.mean(), "reg_loss": kl_post.mean()}
-        extra: Dict[str, Tensor] = {}
+        terms: dict[str, Tensor] = {"recon_loss": rec_post.mean(), "reg_loss": kl_post.mean()}
+        extra: dict[str, Tensor] = {}
 
         if self.mode == "iVAE":
             per_sample = neg_elbo_ivae
@@ -300,13 +320,22 @@ class IVAEs(VAE):
         bounds = a * neg_elbo_enc[:, None] + (1 - a) * neg_elbo_ivae[:, None] - beta * skew
         per_sample, idx = bounds.min(dim=1)
         chosen = a[idx]
-        terms = {"encoder_recon_loss": rec_enc.mean(), "encoder_reg_loss": kl_enc.mean(),
-                 "skew_kl_loss": skew.gather(1, idx[:, None]).mean()}
+        terms = {
+            "encoder_recon_loss": rec_enc.mean(),
+            "encoder_reg_loss": kl_enc.mean(),
+            "skew_kl_loss": skew.gather(1, idx[:, None]).mean(),
+        }
         return per_sample, terms, chosen.mean().detach()
 
 
 SPECS = (
-    ModelSpec(name="ivaes", config_cls=IVAEsConfig, model_cls=IVAEs, aux_inputs=(AUX_U,), data_params=("n_aux",),
-              notes="identifiable VAEs (ivae_mode iVAE | IDVAE | CI-iVAE): needs the auxiliary variable u "
-                    "(batch key aux_u, from json§DS_confounders); embed() is the mean of q(z|x)."),
+    ModelSpec(
+        name="ivaes",
+        config_cls=IVAEsConfig,
+        model_cls=IVAEs,
+        aux_inputs=(AUX_U,),
+        data_params=("n_aux",),
+        notes="identifiable VAEs (ivae_mode iVAE | IDVAE | CI-iVAE): needs the auxiliary variable u "
+        "(batch key aux_u, from json§DS_confounders); embed() is the mean of q(z|x).",
+    ),
 )

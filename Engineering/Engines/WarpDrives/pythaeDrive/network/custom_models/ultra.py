@@ -5,6 +5,7 @@ Kim & Mnih, ICML 2018 (pythae's implementations, unchanged). What the heads add 
 The heads read the posterior mean, the latent the run writes to emb.h5 (see ``CovariateHeads.forward``), in
 training and for the predictions (pheno_pred.h5, conf_pred.h5).
 """
+
 from __future__ import annotations
 
 from pydantic.dataclasses import dataclass
@@ -80,12 +81,26 @@ class UltraFactorVAE(FactorVAE):
 
 _AUX = dict(aux_inputs=aux.HEAD_KEYS, data_params=aux.HEAD_PARAMS)
 SPECS = (
-    ModelSpec("ultra_vae", UltraVAEConfig, UltraVAE, **_AUX,
-              notes="VAE + phenotype heads (learn_phenotypes) and anti-confounder strategies "
-                    "(anti_confounders_strategy 1: adversary with gradient reversal, 2: correlation penalty)."),
-    ModelSpec("ultra_factor_vae", UltraFactorVAEConfig, UltraFactorVAE, extra_nets=("latent_discriminator",),
-              optimisers=(OptimiserPlan("autoencoder", ("encoder", "decoder", "covariate_heads"), "autoencoder_loss"),
-                          ADVERSARIAL[1]),
-              monitor="autoencoder_loss", pythae_trainer="AdversarialTrainer", **_AUX,
-              notes="FactorVAE + the ultra_vae heads; needs batches of >= 2 (the heads see the reconstructed half)."),
+    ModelSpec(
+        "ultra_vae",
+        UltraVAEConfig,
+        UltraVAE,
+        **_AUX,
+        notes="VAE + phenotype heads (learn_phenotypes) and anti-confounder strategies "
+        "(anti_confounders_strategy 1: adversary with gradient reversal, 2: correlation penalty).",
+    ),
+    ModelSpec(
+        "ultra_factor_vae",
+        UltraFactorVAEConfig,
+        UltraFactorVAE,
+        extra_nets=("latent_discriminator",),
+        optimisers=(
+            OptimiserPlan("autoencoder", ("encoder", "decoder", "covariate_heads"), "autoencoder_loss"),
+            ADVERSARIAL[1],
+        ),
+        monitor="autoencoder_loss",
+        pythae_trainer="AdversarialTrainer",
+        **_AUX,
+        notes="FactorVAE + the ultra_vae heads; needs batches of >= 2 (the heads see the reconstructed half).",
+    ),
 )
