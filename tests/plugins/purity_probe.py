@@ -22,6 +22,15 @@ class PurityEngine(SSLEngine):
         return super().training_step(batch, batch_idx)
 
 
+_ssl = registry.get("ssl")
+# the SSL task under its own drive: ssl's defaults less the drive and tag register() derived from ssl's drive
 registry.register(
-    dataclasses.replace(registry.get("ssl"), name="purity", engine=PurityEngine, module=__name__, drive="SSL_purity")
+    dataclasses.replace(
+        _ssl,
+        name="purity",
+        engine=PurityEngine,
+        module=__name__,
+        drive="SSL_purity",
+        defaults={k: v for k, v in _ssl.defaults.items() if k not in ("model§drive", "model§tag")},
+    )
 )
