@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from Engineering.config import Config
 from Engineering.config.loader import dump_yaml, resolve
 from Engineering.data.datamodule import H5DataModule
 from Engineering.Engines import run_folder
@@ -54,7 +55,7 @@ log = logging.getLogger("imlatent")
 TRAIN_MODES, TEST_MODES, MERGED_MODES = (0, 1, 3, 4), (2, 3, 4), (0, 3)
 
 
-def run_name(cfg, task: TaskSpec) -> str:
+def run_name(cfg: Config, task: TaskSpec) -> str:
     if cfg.run.fulltrainID:
         return cfg.run.fulltrainID
     tag = cfg.model.tag or task.name
@@ -392,7 +393,7 @@ def _run_locked(
     return result
 
 
-def test_checkpoint(cfg, ckpt_dir: Path) -> Path | None:
+def test_checkpoint(cfg: Config, ckpt_dir: Path) -> Path | None:
     if cfg.run.load_model_4test:
         return checkpoint_in(cfg.run.load_model_4test, "best" if cfg.run.load_best else "last")
     if cfg.run.resume:
@@ -424,7 +425,7 @@ def read_tuned(record: Path) -> dict:
     return tuned
 
 
-def _tune(cfg, trainer, model, dm, run_dir: Path) -> None:
+def _tune(cfg: Config, trainer, model, dm, run_dir: Path) -> None:
     """--auto_bs/--auto_lr: run the Lightning Tuner once per run folder; later runs reuse its result."""
     t = cfg.training
     if not (t.auto_bs or t.auto_lr):

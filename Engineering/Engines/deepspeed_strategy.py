@@ -21,6 +21,7 @@ from pathlib import Path
 from lightning.fabric.utilities.seed import reset_seed
 from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy
 
+from Engineering.config import Config
 from Engineering.errors import UserError
 from Engineering.io.checkpoints import deepspeed_safe_load
 
@@ -111,7 +112,7 @@ def read_deepspeed_config(ref) -> dict:
     return config
 
 
-def build_strategy(cfg, accelerator: str, automatic: bool):
+def build_strategy(cfg: Config, accelerator: str, automatic: bool):
     """The DeepSpeed strategy of ``--training_strategy`` (and ``--deepspeed_config``) for this accelerator."""
     name = cfg.run.training_strategy
     if not automatic:

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from lightning.pytorch.strategies import DeepSpeedStrategy
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.Engines.capabilities import Reconstructs, reconstruction_and_code
 from Engineering.Engines.output_writer import test_record
@@ -166,7 +167,7 @@ class ConfiguredOptimiserMixin:
 class LatentEngine(EMAMixin, ResumableRNGMixin, ConfiguredOptimiserMixin, L.LightningModule):
     input_kind = "image"  # what a sample is: "image" (C, *S) or "points" (F, N); the benchmark rotates each its way
 
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__()
         self.cfg = cfg
         self.in_channels = in_channels

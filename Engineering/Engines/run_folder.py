@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from Engineering.config import Config
 from Engineering.config.loader import dump_yaml
 from Engineering.errors import UserError
 
@@ -41,7 +42,7 @@ def weights_name(path: str) -> str:
     return p.stem if p.suffix in (".ckpt", ".pt", ".pth", ".safetensors", ".bin") else p.name
 
 
-def compose(cfg, task, base: str) -> str:
+def compose(cfg: Config, task, base: str) -> str:
     """``base`` (prefix, trainID, fold, precision, tag) + the task's parts + the parts every task gets: the
     dimensionality where it is not the task's default and where the weights came from."""
     parts = list(task.run_name_parts(cfg)) if task.run_name_parts else []

@@ -17,6 +17,7 @@ import torch
 from lightning.pytorch.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
+from Engineering.config import Config
 from Engineering.Engines.bn_policy import BNPolicy
 from Engineering.Engines.console import quiet
 from Engineering.Engines.deepspeed_strategy import build_strategy, is_deepspeed, read_deepspeed_config
@@ -36,7 +37,7 @@ def is_rank_zero() -> bool:
     return all(int(os.environ.get(n, 0) or 0) == 0 for n in names)
 
 
-def precision(cfg, accelerator: str) -> str:
+def precision(cfg: Config, accelerator: str) -> str:
     amp = str(cfg.run.ampmode)
     if accelerator == "cpu" and amp in ("16", "16-mixed"):
         print(f"notice: --ampmode {amp} is not supported on CPU; using bf16-mixed")
@@ -44,7 +45,7 @@ def precision(cfg, accelerator: str) -> str:
     return amp
 
 
-def check_strategy(cfg, accelerator: str) -> None:
+def check_strategy(cfg: Config, accelerator: str) -> None:
     """What the configuration alone decides about the strategy, refused before the run folder is touched."""
     name = cfg.run.training_strategy
     if name == "fsdp" and accelerator == "cpu":
@@ -56,7 +57,7 @@ def check_strategy(cfg, accelerator: str) -> None:
         read_deepspeed_config(cfg.run.deepspeed_config)
 
 
-def strategy(cfg, accelerator: str, automatic: bool = True):
+def strategy(cfg: Config, accelerator: str, automatic: bool = True):
     name = cfg.run.training_strategy
     if is_deepspeed(name):
         return build_strategy(cfg, accelerator, automatic)  # (it reads and checks --deepspeed_config itself)
@@ -74,7 +75,7 @@ def strategy(cfg, accelerator: str, automatic: bool = True):
     return "auto" if name == "default" else name
 
 
-def resolved_accelerator(cfg) -> str:
+def resolved_accelerator(cfg: Config) -> str:
     acc = cfg.run.accelerator
     if acc == "auto":
         return "gpu" if torch.cuda.is_available() else "cpu"
@@ -83,7 +84,7 @@ def resolved_accelerator(cfg) -> str:
     return acc
 
 
-def device_count(cfg, accelerator: str) -> int:
+def device_count(cfg: Config, accelerator: str) -> int:
     """Devices per node as a number: --ndevices N, or -1 = every device of the accelerator (every GPU; a CPU is
     one device), so that accumulation is computed for the real world size."""
     n = cfg.run.ndevices
@@ -119,7 +120,7 @@ class LastCheckpoint(ModelCheckpoint):
 
 
 def build_trainer(
-    cfg,
+    cfg: Config,
     run_dir: Path,
     monitor: str,
     has_val: bool,

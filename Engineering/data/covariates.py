@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from Engineering.config import Config
 from Engineering.data.folds import is_whole_file, read_fold
 from Engineering.data.labels import read_label_table
 from Engineering.errors import UserError
@@ -41,7 +42,7 @@ def _cols(spec: dict, *names: str) -> list[str]:
     return []
 
 
-def _spec(cfg, key: str) -> dict | None:
+def _spec(cfg: Config, key: str) -> dict | None:
     spec = getattr(cfg.paths, key, None)
     if not spec:
         return None
@@ -51,7 +52,7 @@ def _spec(cfg, key: str) -> dict | None:
     return spec
 
 
-def _same_cohort(cfg, key: str, ref) -> None:
+def _same_cohort(cfg: Config, key: str, ref) -> None:
     """A bundled demo cohort's table (``@demo/phenotypes.tsv``, what the demo dataNpath JSONs name) read for other
     data would give other patients' values to the IDs both share, without a word: refused."""
     from Engineering.data.demo import split_demo_ref
@@ -64,7 +65,7 @@ def _same_cohort(cfg, key: str, ref) -> None:
         )
 
 
-def train_patients(cfg) -> set[str] | None:
+def train_patients(cfg: Config) -> set[str] | None:
     """The patients of the training split by the fold file (None: no fold file, every patient trains)."""
     from Engineering.data.datamodule import resolve_data_path
 

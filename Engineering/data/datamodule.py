@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Sampler, Subset
 
+from Engineering.config import Config
 from Engineering.data.dataset import H5Samples, SampleSpec, enumerate_samples
 from Engineering.data.demo import ensure_named_demo, split_demo_ref
 from Engineering.data.folds import SPLITS, WHOLE_FILE, is_whole_file, read_fold
@@ -30,7 +31,7 @@ def data_dir(paths_cfg) -> Path:
     return Path(paths_cfg.datadir).expanduser()
 
 
-def resolve_data_path(cfg, ref: str) -> Path:
+def resolve_data_path(cfg: Config, ref: str) -> Path:
     """``@demo/x`` is the demo cohort's file (``@demo_mc/x`` the multi-channel one's); a relative path is read
     from json§datadir unless it exists as given."""
     ref = str(ref)
@@ -41,7 +42,7 @@ def resolve_data_path(cfg, ref: str) -> Path:
     return path if path.is_absolute() or path.exists() else data_dir(cfg.paths) / path
 
 
-def phenotype_labels(cfg, column: str, flag: str) -> tuple[dict, list[str]]:
+def phenotype_labels(cfg: Config, column: str, flag: str) -> tuple[dict, list[str]]:
     """patientID -> class name of a categorical column of json§DS_phenotypes, and the sorted class names (``flag``
     names the option that asked for it in the messages)."""
     if not column:
@@ -83,7 +84,7 @@ def dataset_positions(ds, index) -> list[int]:
     return [ds.indices[i] for i in index] if isinstance(ds, Subset) else list(index)
 
 
-def sample_spec(cfg) -> SampleSpec:
+def sample_spec(cfg: Config) -> SampleSpec:
     p, d, m = cfg.paths, cfg.data, cfg.model
     split_t = True if p.DS_split_time is None else p.DS_split_time
     split_s = (not m.is3D) if p.DS_split_volume is None else p.DS_split_volume
@@ -143,7 +144,7 @@ class EpochShuffle(Sampler):
 
 
 class H5DataModule(L.LightningDataModule):
-    def __init__(self, cfg, merge_train_val: bool = False):
+    def __init__(self, cfg: Config, merge_train_val: bool = False):
         super().__init__()
         self.cfg, self.merge_train_val = cfg, merge_train_val
         self.test_skip: set[int] = set()  # test samples already written by an interrupted test (OutputWriter)

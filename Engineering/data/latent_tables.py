@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 from sklearn.preprocessing import StandardScaler
 
+from Engineering.config import Config
 from Engineering.data.datamodule import resolve_data_path
 from Engineering.data.folds import SPLITS, is_whole_file, read_fold
 from Engineering.data.labels import CATEGORICAL, CONTINUOUS, attach_labels, read_label_table, resolve_targets
@@ -78,7 +79,7 @@ def _list(text: str) -> list[str]:
     return [t.strip() for t in str(text or "").split(",") if t.strip()]
 
 
-def latent_source(cfg) -> Path:
+def latent_source(cfg: Config) -> Path:
     """The latent file: ``--latents``, or ``<save_path>/<parent_trainID>/<parent_outfolder>``."""
     latents, parent = cfg.data.latents, cfg.run.parent_trainID
     if latents and parent:
@@ -96,7 +97,7 @@ def latent_source(cfg) -> Path:
     raise UserError("no latents: give --parent_trainID RUN (a run folder in json§save_path) or --latents PATH")
 
 
-def _phenotype_spec(cfg) -> tuple[Path, list[str]]:
+def _phenotype_spec(cfg: Config) -> tuple[Path, list[str]]:
     spec = cfg.paths.DS_phenotypes
     if not spec:
         raise UserError('no phenotype table: set json§DS_phenotypes to {"path": ..., "columns": [...]}')
@@ -134,7 +135,7 @@ def _sample_latents(path: Path, aggregate: str) -> tuple[pd.DataFrame, np.ndarra
     return ids.reset_index(drop=True), Z
 
 
-def patient_splits(cfg, patients: list[str], merge_train_val: bool) -> tuple[dict[str, str], str]:
+def patient_splits(cfg: Config, patients: list[str], merge_train_val: bool) -> tuple[dict[str, str], str]:
     """patient -> split from the fold file (a seeded split by patient without one), and where it came from."""
     ref = cfg.paths.foldCSV
     if is_whole_file(ref):
@@ -156,7 +157,7 @@ def patient_splits(cfg, patients: list[str], merge_train_val: bool) -> tuple[dic
     return split, where
 
 
-def prepare(cfg, merge_train_val: bool = False) -> LatentSet:
+def prepare(cfg: Config, merge_train_val: bool = False) -> LatentSet:
     """Latents + targets of every usable sample, split and standardised (see the module doc)."""
     source = latent_source(cfg)
     ids, Z = _sample_latents(source, cfg.data.latent_aggregate)

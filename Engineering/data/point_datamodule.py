@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from Engineering.config import Config
 from Engineering.data.datamodule import H5DataModule, data_dir
 from Engineering.data.folds import WHOLE_FILE, is_whole_file, read_fold
 from Engineering.data.index import key_selected, selection_from
@@ -72,7 +73,7 @@ class PointCloudDataModule(H5DataModule):
     """json§datafile names the point-cloud file (e.g. points.h5) in json§datadir; loaders, shuffling and splits
     are the image DataModule's."""
 
-    def __init__(self, cfg, merge_train_val: bool = False):
+    def __init__(self, cfg: Config, merge_train_val: bool = False):
         L.LightningDataModule.__init__(self)
         self.cfg, self.merge_train_val = cfg, merge_train_val
         self.test_skip: set[int] = set()

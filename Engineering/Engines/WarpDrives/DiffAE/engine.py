@@ -15,6 +15,7 @@ from typing import Literal, Optional, Union
 import torch
 from pydantic import Field, create_model
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.transforms import normalised_range
@@ -90,7 +91,7 @@ class DiffAEEvalKeys(Keys):
     )
 
 
-def clip_range(cfg) -> tuple[float, float] | None:
+def clip_range(cfg: Config) -> tuple[float, float] | None:
     """Where inversion and rendering clamp their x0 prediction: ``model§DiffAE§clip_x0`` auto = the range
     the normalisation maps into ([-1, 1] for the symmetric min-max family and the ancestor's fixed
     z-score after min-max, [0, 1] for unit min-max; none for a per-sample z-score or none), as DiffAE
@@ -104,7 +105,7 @@ def clip_range(cfg) -> tuple[float, float] | None:
     return float(value[0]), float(value[1])
 
 
-def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
+def diffae_config(cfg: Config, in_channels: int) -> DiffAEConfig:
     """The WarpDrive config from model§latent_dim, model§input_shape, model§is3D and model§DiffAE§*."""
     return drive_config(
         DiffAEConfig,
@@ -117,7 +118,7 @@ def diffae_config(cfg, in_channels: int) -> DiffAEConfig:
 
 
 class DiffAEEngine(LatentEngine):
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         self.drive_cfg = diffae_config(cfg, in_channels)
         self.net = DiffAE(self.drive_cfg)

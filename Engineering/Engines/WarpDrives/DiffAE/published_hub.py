@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
+from Engineering.config import Config
 from Engineering.errors import UserError
 from Engineering.io.hub import HubModel, shape_list
 
@@ -31,7 +32,7 @@ PUBLISHED_DIFFUSION = {
 }
 
 
-def published_diffae(raw: HubModel, cfg) -> HubModel:
+def published_diffae(raw: HubModel, cfg: Config) -> HubModel:
     """The published layout: weights mapped onto our DiffAE; the architecture from the tensor shapes, checked
     against the repository's config.json (only its plain values are read: ``auto_map`` and any other code
     reference is ignored, nothing is imported); input shape from config.json, else the ``x_T`` buffer."""

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, create_model
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.datamodule import H5DataModule, phenotype_labels, resolve_data_path, split_targets
@@ -81,7 +82,7 @@ def _groups(text: str) -> set[str]:
     return {g.strip() for g in str(text).split(",") if g.strip()}
 
 
-def metadata_groups(cfg, column: str) -> dict[str, str]:
+def metadata_groups(cfg: Config, column: str) -> dict[str, str]:
     """patientID -> its value (as a string) in ``column`` of the phenotype table, else of the covariate table."""
     if not column:
         raise UserError(
@@ -108,7 +109,7 @@ def metadata_groups(cfg, column: str) -> dict[str, str]:
 class OODSplits(H5DataModule):
     """The fold CSV's splits with the held-out groups moved out: their subjects are only OOD test or OOD val."""
 
-    def __init__(self, cfg, merge_train_val: bool = False):
+    def __init__(self, cfg: Config, merge_train_val: bool = False):
         super().__init__(cfg, merge_train_val)
         k = cfg.model.IID
         self.group_of = metadata_groups(cfg, k.ood_column)
@@ -147,7 +148,7 @@ def frozen_encoder(path: str):
 
 
 class IIDEngine(LatentEngine):
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         k = cfg.model.IID
         self.k = k
@@ -290,10 +291,10 @@ def wilds_labels(classes: list[str], index: np.ndarray) -> tuple[np.ndarray, pd.
 class OODReport:
     """After the test: accuracy per held-out and in-distribution group, predictions, WILDS-style files."""
 
-    def check(self, cfg, data) -> None:
+    def check(self, cfg: Config, data) -> None:
         phenotype_labels(cfg, cfg.model.IID.targets, "--targets")
 
-    def run(self, cfg, model, dm, out_dir: Path) -> dict:
+    def run(self, cfg: Config, model, dm, out_dir: Path) -> dict:
         emb = pd.read_parquet(out_dir / "emb.parquet")
         zcols = [c for c in emb.columns if c.startswith("Z")]
         proba = model.predict_from_embeddings(emb[zcols].to_numpy())

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from pydantic import Field
 from torch import nn
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys
 from Engineering.data.labels import CATEGORICAL
@@ -63,7 +64,7 @@ def masked_losses(out: torch.Tensor, y: torch.Tensor, targets: list[TargetSpec])
 
 
 class LatentPredictorEngine(LatentEngine):
-    def __init__(self, cfg, in_channels: int, targets: list[TargetSpec], z_mean: np.ndarray, z_std: np.ndarray):
+    def __init__(self, cfg: Config, in_channels: int, targets: list[TargetSpec], z_mean: np.ndarray, z_std: np.ndarray):
         super().__init__(cfg, in_channels)
         self.targets = list(targets)
         self.z_mean, self.z_std = np.array(z_mean, np.float32), np.array(z_std, np.float32)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
+from Engineering.config import Config
 from Engineering.data.labels import CATEGORICAL
 from Engineering.data.latent_datamodule import LatentDataModule
 from Engineering.data.latent_tables import LatentSet, prepare
@@ -106,7 +107,7 @@ def one_thread():
 # --- predictions and scores -------------------------------------------------------------------------------------
 
 
-def evaluate(model: LatentPredictorEngine, data: LatentSet, cfg) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def evaluate(model: LatentPredictorEngine, data: LatentSet, cfg: Config) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """Long predictions table, wide metrics table and the references' chosen penalties."""
     heads = model.predict_heads(data.Z)
     train, val = data.rows("train"), data.rows("val")

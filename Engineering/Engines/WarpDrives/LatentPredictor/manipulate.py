@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from Engineering.config import Config
 from Engineering.data.latent_tables import LatentSet
 from Engineering.data.layout import SAMPLE_COLUMNS
 from Engineering.Engines.saved_runs import load_run, whole_file_data
@@ -23,17 +24,17 @@ from .engine import head_names
 class ManipulationStep:
     """An extra output step of the latentcls task: ``check`` before training, ``run`` after its outputs."""
 
-    def check(self, cfg, data: LatentSet) -> None:
+    def check(self, cfg: Config, data: LatentSet) -> None:
         if cfg.eval.manipulate:
             check_manipulation(cfg, data)
 
-    def run(self, cfg, model, data: LatentSet, out_dir: Path) -> dict:
+    def run(self, cfg: Config, model, data: LatentSet, out_dir: Path) -> dict:
         if not cfg.eval.manipulate:
             return {}
         return {"manipulation": str(manipulate(cfg, model, data, out_dir))}
 
 
-def parent_run_folder(cfg, data: LatentSet) -> Path:
+def parent_run_folder(cfg: Config, data: LatentSet) -> Path:
     """The autoencoder behind the latents: --parent_trainID, or the run folder holding the --latents file."""
     if cfg.run.parent_trainID:
         return Path(cfg.paths.save_path).expanduser() / cfg.run.parent_trainID
@@ -48,7 +49,7 @@ def parent_run_folder(cfg, data: LatentSet) -> Path:
     return folder
 
 
-def check_manipulation(cfg, data: LatentSet) -> None:
+def check_manipulation(cfg: Config, data: LatentSet) -> None:
     target, _, wanted = cfg.eval.manipulate.partition(":")
     spec = next((t for t in data.targets if t.name == target), None)
     if spec is None:
@@ -66,7 +67,7 @@ def check_manipulation(cfg, data: LatentSet) -> None:
     parent_run_folder(cfg, data)
 
 
-def manipulate(cfg, model, data: LatentSet, out_dir: Path) -> Path:
+def manipulate(cfg: Config, model, data: LatentSet, out_dir: Path) -> Path:
     target, _, wanted = cfg.eval.manipulate.partition(":")
     spec = next(t for t in data.targets if t.name == target)  # checked before training
     direction, label = manipulation.unit_direction(model.linear_weights(target), spec.classes, wanted or None)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from pydantic import create_model
 
+from Engineering.config import Config
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.point_datamodule import PointCloudDataModule
 from Engineering.Engines.latent_engine import LatentEngine
@@ -27,7 +28,7 @@ PointCloudModelKeys = create_model("PointCloudModelKeys", __base__=Keys, PointCl
 class PointCloudEngine(LatentEngine):
     input_kind = "points"
 
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         k = cfg.model.PointCloud
         self.pc_cfg = drive_config(PointCloudConfig, k, in_features=in_channels, latent_dim=cfg.model.latent_dim)

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field, create_model
 from torchmetrics.functional.image import structural_similarity_index_measure
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.transforms import normalised_range
@@ -71,7 +72,7 @@ def frozen_generator(path: str, in_channels: int, input_shape) -> torch.nn.Modul
 
 
 class ReStyleEngine(LatentEngine):
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         k = cfg.model.ReStyle
         generator = frozen_generator(k.generator, in_channels, cfg.model.input_shape)
@@ -132,7 +133,7 @@ class NoiseMapsView:
     def check(self, cfg, data) -> None:
         pass
 
-    def run(self, cfg, model, dm, out_dir: Path) -> dict:
+    def run(self, cfg: Config, model, dm, out_dir: Path) -> dict:
         if not cfg.model.ReStyle.write_noise:
             return {}
         if not model.re_cfg.noise_head:

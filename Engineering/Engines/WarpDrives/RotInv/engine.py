@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import create_model
 
+from Engineering.config import Config
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.errors import UserError
@@ -25,7 +26,7 @@ RotInvKeys = keys_from_dataclass(
 RotInvModelKeys = create_model("RotInvModelKeys", __base__=Keys, RotInv=(RotInvKeys, RotInvKeys()))
 
 
-def rotinv_config(cfg, in_channels: int) -> RotInvConfig:
+def rotinv_config(cfg: Config, in_channels: int) -> RotInvConfig:
     m = cfg.model
     shape, dim = [int(s) for s in m.input_shape], 3 if m.is3D else 2
     if len(shape) != dim or len(set(shape)) != 1:

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.augment import AugmentSpec, augment, grid_views
@@ -51,7 +52,7 @@ AugmentKeys = keys_from_dataclass("AugmentKeys", AugmentSpec, doc="model§augmen
 
 
 class SSLEngine(LatentEngine):
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         keys = cfg.model.SSL
         self.net = SSLNet(drive_config(SSLConfig, keys, is3D=cfg.model.is3D, in_channels=in_channels))

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field, create_model
 from torch import nn
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.datamodule import phenotype_labels, split_targets
@@ -42,7 +43,7 @@ ERMModelKeys = create_model(
 
 
 class ERMEngine(LatentEngine):
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         self.labels, self.classes = phenotype_labels(cfg, cfg.model.erm_label, "--erm_label")
         keys = cfg.model.ERM
@@ -97,10 +98,10 @@ class ERMEngine(LatentEngine):
 class ERMReport:
     """The extra output step of the ERM task: predictions.tsv and ood_report.json in the Output folder."""
 
-    def check(self, cfg, data) -> None:
+    def check(self, cfg: Config, data) -> None:
         phenotype_labels(cfg, cfg.model.erm_label, "--erm_label")
 
-    def run(self, cfg, model, dm, out_dir: Path) -> dict:
+    def run(self, cfg: Config, model, dm, out_dir: Path) -> dict:
         emb = pd.read_parquet(out_dir / "emb.parquet")
         zcols = [c for c in emb.columns if c.startswith("Z")]
         use_ema = bool(cfg.eval.test_ema) and hasattr(model, "ema_net")

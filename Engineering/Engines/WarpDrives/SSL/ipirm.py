@@ -33,6 +33,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from pydantic import Field
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys
 from Engineering.errors import UserError
@@ -168,7 +169,7 @@ def describe_split(ds) -> dict:
 
 
 class IPIRMEngine(SSLEngine):
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         self.ip = cfg.model.IPIRM
         if self.n_views != 2:

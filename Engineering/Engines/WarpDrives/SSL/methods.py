@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from pydantic import create_model
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys
 
@@ -63,6 +64,6 @@ SSLModelKeys = create_model(
 TASK_FLAGS = (METHOD_FLAG, *SSL_FLAGS, *(f for m in METHODS.values() for f in m.flags))
 
 
-def ssl_engine(cfg, in_channels: int) -> SSLEngine:
+def ssl_engine(cfg: Config, in_channels: int) -> SSLEngine:
     """The engine of ``model§SSL§method``, from the table."""
     return METHODS[cfg.model.SSL.method].engine(cfg, in_channels)

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import Field, create_model
 
+from Engineering.config import Config
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.Engines.latent_engine import LatentEngine
 from Engineering.Engines.MainEngine import ImageRun
@@ -76,7 +77,7 @@ StyleGAN2Keys = keys_from_dataclass(
 StyleGANModelKeys = create_model("StyleGANModelKeys", __base__=Keys, StyleGAN2=(StyleGAN2Keys, StyleGAN2Keys()))
 
 
-def generator_config(cfg, in_channels: int) -> StyleGAN2Config:
+def generator_config(cfg: Config, in_channels: int) -> StyleGAN2Config:
     m = cfg.model
     shape = list(m.input_shape)
     if m.is3D or len(shape) != 2 or shape[0] != shape[1]:
@@ -91,7 +92,7 @@ def generator_config(cfg, in_channels: int) -> StyleGAN2Config:
 class StyleGANEngine(LatentEngine):
     monitor_train = "train_loss_epoch"
 
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         if str(cfg.run.training_strategy).startswith("deepspeed"):
             raise UserError(

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from pydantic import Field, create_model
 
+from Engineering.config import Config
 from Engineering.config.flags import Flag
 from Engineering.config.schema import Keys, drive_config, keys_from_dataclass
 from Engineering.data.covariates import Covariates
@@ -87,7 +88,7 @@ def model_params(keys) -> tuple[Any, dict]:
     return spec, params
 
 
-def pythae_config(cfg, in_channels: int, data_params: dict | None = None) -> PythaeDriveConfig:
+def pythae_config(cfg: Config, in_channels: int, data_params: dict | None = None) -> PythaeDriveConfig:
     """Drive config from model§pythae§*; parameters = pythae defaults < YAML < --pythae_config < path overrides;
     ``data_params``: the model fields the data fix (phenotype/confounder column counts, custom_models/aux.py)."""
     _, params = model_params(cfg.model.pythae)
@@ -102,7 +103,7 @@ def pythae_config(cfg, in_channels: int, data_params: dict | None = None) -> Pyt
     )
 
 
-def model_covariates(cfg) -> Covariates | None:
+def model_covariates(cfg: Config) -> Covariates | None:
     """The phenotype/confounder tables the chosen model reads, fitted on the training split (None: it reads none)."""
     spec, params = model_params(cfg.model.pythae)
     fixed = sorted(set(params) & set(spec.data_params))
@@ -118,7 +119,7 @@ def model_covariates(cfg) -> Covariates | None:
 
 
 class ReconEngine(LatentEngine):
-    def __init__(self, cfg, in_channels: int):
+    def __init__(self, cfg: Config, in_channels: int):
         super().__init__(cfg, in_channels)
         fitted = cfg.model.pythae.fitted_tables
         self.covariates = Covariates.from_dict(fitted) if fitted else model_covariates(cfg)
@@ -333,7 +334,7 @@ class CovariatePredictions:
     def check(self, cfg, data) -> None:
         pass
 
-    def run(self, cfg, model, dm, out_dir: Path) -> dict:
+    def run(self, cfg: Config, model, dm, out_dir: Path) -> dict:
         cov = getattr(model, "covariates", None)
         heads = getattr(model._net(bool(cfg.eval.test_ema)).model, "covariate_heads", None)
         if cov is None or heads is None or not (Path(out_dir) / "emb.h5").is_file():
@@ -382,7 +383,7 @@ def _write_predictions(out_dir: Path, name: str, predict, columns: list[str], cl
 def _tables_why(which: int):
     """Condition of json§DS_phenotypes (0) / json§DS_confounders (1): acts only with a model that reads it."""
 
-    def why(cfg) -> str | None:
+    def why(cfg: Config) -> str | None:
         try:
             spec, params = model_params(cfg.model.pythae)
         except UserError:
@@ -403,7 +404,7 @@ def _tables_why(which: int):
     return why
 
 
-def _anomaly_why(cfg) -> str | None:
+def _anomaly_why(cfg: Config) -> str | None:
     """Condition of --anomaly_map: a model that computes one, a score it knows, reconstructions being written."""
     try:
         spec, _ = model_params(cfg.model.pythae)
