@@ -17,9 +17,10 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from Engineering.Engines.WarpDrives.described import described, required
-from Engineering.Engines.WarpDrives.errors import DriveError, positive_int
+from Engineering.Engines.WarpDrives.errors import positive_int
 
 from .registry import ModelSpec, get_spec
+from .spec import PythaeDriveConfigError  # (defined beside the model table's types: no import cycle)
 
 NN_FAMILIES = ("conv", "resnet")
 RECON_LOSSES = ("mse", "l1", "bce", "smooth_l1", "ssim", "ms_ssim", "masked", "perceptual", "custom")
@@ -38,10 +39,6 @@ BOOKKEEPING = (
     "uses_default_metric",
     "discriminator_input_dim",
 )
-
-
-class PythaeDriveConfigError(DriveError):
-    """A pythae drive configuration value the user can fix."""
 
 
 def editable_fields(model: str) -> tuple[str, ...]:

@@ -9,6 +9,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from Engineering.Engines.WarpDrives.errors import DriveError
+
+
+class PythaeDriveConfigError(DriveError):
+    """A pythae drive configuration value the user can fix."""
+
 
 @dataclass(frozen=True)
 class OptimiserPlan:

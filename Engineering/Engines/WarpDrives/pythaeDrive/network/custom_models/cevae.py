@@ -44,7 +44,7 @@ from pydantic.dataclasses import dataclass
 from pythae.models import VAE, VAEConfig
 from pythae.models.base.base_utils import ModelOutput
 
-from ..spec import ModelSpec
+from ..spec import ModelSpec, PythaeDriveConfigError
 from . import aux
 from .heads import CovariateHeads, CovariateHeadsConfig
 
@@ -54,9 +54,6 @@ ANOMALY_SCORES = ("combi", "grad", "rec")
 
 
 def _config_error(msg: str) -> Exception:
-    # imported late: config.py imports the registry, which imports this module
-    from ..config import PythaeDriveConfigError
-
     return PythaeDriveConfigError(msg)
 
 

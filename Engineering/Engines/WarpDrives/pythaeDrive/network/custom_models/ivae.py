@@ -52,7 +52,7 @@ from pydantic.dataclasses import dataclass
 from pythae.models import VAE, VAEConfig
 from pythae.models.base.base_utils import ModelOutput
 
-from ..spec import ModelSpec
+from ..spec import ModelSpec, PythaeDriveConfigError
 from .aux import AUX_U
 
 Tensor = torch.Tensor
@@ -61,9 +61,6 @@ _LOG_2PI = math.log(2 * math.pi)
 
 
 def _config_error(msg: str) -> Exception:
-    # imported late: config.py imports the registry, which imports this module
-    from ..config import PythaeDriveConfigError
-
     return PythaeDriveConfigError(msg)
 
 
